@@ -1,0 +1,589 @@
+"""BOOTP/DHCP message codec (RFC 951, RFC 2131, RFC 2132, RFC 3396, PXE): pure, no I/O.
+
+A datagram becomes an immutable :class:`BootpPacket` with :func:`decode`, and a packet becomes
+bytes with :func:`encode`. Options are kept as raw ``(code, value)`` pairs in wire order; the
+properties of :class:`BootpPacket` interpret the few that the policy needs (message type, PXE
+identity, architecture, user class, ...). :func:`decode` raises :class:`PacketError` and nothing
+else, whatever the input, so a server can drop bad datagrams with one ``except``.
+
+Replies are built from requests with :func:`dataclasses.replace`::
+
+    reply = dataclasses.replace(request, op=BOOTREPLY, yiaddr="10.0.0.5", options=(
+        (Opt.MESSAGE_TYPE, u8(MessageType.OFFER)),
+        (Opt.SERVER_ID, ip_bytes("10.0.0.1")),
+    ))
+    datagram = encode(reply)
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+
+from massboot.ident import uuid_from_option97
+
+__all__ = [
+    "BOOTP_MIN_SIZE",
+    "BOOTREPLY",
+    "BOOTREQUEST",
+    "FLAG_BROADCAST",
+    "HEADER_SIZE",
+    "MAGIC_COOKIE",
+    "BootpPacket",
+    "MessageType",
+    "Opt",
+    "PacketError",
+    "arch_from_vendor_class",
+    "bytes_ip",
+    "decode",
+    "decode_suboptions",
+    "encode",
+    "encode_suboptions",
+    "ip_bytes",
+    "ips_bytes",
+    "parse_user_classes",
+    "u8",
+    "u16",
+    "u32",
+]
+
+BOOTREQUEST = 1  # RFC 2131 §2, 'op'
+BOOTREPLY = 2  # RFC 2131 §2, 'op'
+FLAG_BROADCAST = 0x8000  # RFC 2131 §2, figure 2: the leftmost bit of 'flags'
+MAGIC_COOKIE = b"\x63\x82\x53\x63"  # RFC 2132 §2: 99.130.83.99 opens the vendor area
+BOOTP_MIN_SIZE = 300  # RFC 951 (64-byte vendor area) and RFC 1542 §2.1: minimum BOOTP message
+HEADER_SIZE = 236  # RFC 2131 §2: fixed fields up to and including 'file'
+_MAX_HLEN = 16  # RFC 2131 §2: 'chaddr' is 16 octets
+_SNAME_SIZE = 64  # RFC 2131 §2
+_FILE_SIZE = 128  # RFC 2131 §2
+_MAX_OPTION_LEN = 255  # RFC 2132 §2: one length octet; RFC 3396 §5 splits longer values
+
+# op htype hlen hops | xid | secs flags | ciaddr yiaddr siaddr giaddr | chaddr sname file
+_HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s")
+assert _HEADER.size == HEADER_SIZE
+
+
+class PacketError(ValueError):
+    """A datagram that is not a well-formed BOOTP/DHCP message (the only error of :func:`decode`)."""
+
+
+class MessageType(IntEnum):
+    """DHCP message types, option 53 (RFC 2132 §9.6)."""
+
+    DISCOVER = 1
+    OFFER = 2
+    REQUEST = 3
+    DECLINE = 4
+    ACK = 5
+    NAK = 6
+    RELEASE = 7
+    INFORM = 8
+
+
+class Opt(IntEnum):
+    """DHCP/BOOTP option codes."""
+
+    PAD = 0  # RFC 2132 §3.1
+    SUBNET_MASK = 1  # RFC 2132 §3.3
+    ROUTER = 3  # RFC 2132 §3.5
+    DNS = 6  # RFC 2132 §3.8
+    HOSTNAME = 12  # RFC 2132 §3.14
+    BOOTFILE_SIZE = 13  # RFC 2132 §3.15
+    DOMAIN_NAME = 15  # RFC 2132 §3.17
+    BROADCAST = 28  # RFC 2132 §5.3
+    VENDOR_SPECIFIC = 43  # RFC 2132 §8.4; PXE 2.1 §2.4 encapsulates PXE sub-options here
+    REQUESTED_IP = 50  # RFC 2132 §9.1
+    LEASE_TIME = 51  # RFC 2132 §9.2
+    OVERLOAD = 52  # RFC 2132 §9.3
+    MESSAGE_TYPE = 53  # RFC 2132 §9.6
+    SERVER_ID = 54  # RFC 2132 §9.7
+    PARAM_REQUEST = 55  # RFC 2132 §9.8
+    MESSAGE = 56  # RFC 2132 §9.9
+    MAX_SIZE = 57  # RFC 2132 §9.10
+    RENEWAL_T1 = 58  # RFC 2132 §9.11
+    REBINDING_T2 = 59  # RFC 2132 §9.12
+    VENDOR_CLASS = 60  # RFC 2132 §9.13; PXE: "PXEClient:Arch:xxxxx:UNDI:yyyzzz"
+    CLIENT_ID = 61  # RFC 2132 §9.14
+    TFTP_SERVER = 66  # RFC 2132 §9.4
+    BOOTFILE = 67  # RFC 2132 §9.5
+    USER_CLASS = 77  # RFC 3004 §4
+    RELAY_AGENT = 82  # RFC 3046 §2
+    CLIENT_ARCH = 93  # RFC 4578 §2.1
+    CLIENT_NDI = 94  # RFC 4578 §2.2
+    CLIENT_UUID = 97  # RFC 4578 §2.3
+    DOMAIN_SEARCH = 119  # RFC 3397 §2
+    TFTP_SERVER_ADDRESS = 150  # RFC 5859 §3
+    IPXE_ENCAP = 175  # iPXE's encapsulated options (docs: ipxe.org/howto/dhcpd)
+    PXELINUX_CONFIGFILE = 209  # RFC 5071 §5
+    PXELINUX_PATHPREFIX = 210  # RFC 5071 §6
+    END = 255  # RFC 2132 §3.2
+
+
+_PAD = 0
+_END = 255
+_IPXE_USER_CLASS = b"iPXE"
+
+
+# ---------------------------------------------------------------------------------------------
+# value helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def ip_bytes(ip: str) -> bytes:
+    """Four network-order bytes of a dotted-quad IPv4 address.
+
+    Raises:
+        ValueError: not a dotted-quad IPv4 address.
+    """
+    try:
+        return socket.inet_pton(socket.AF_INET, ip)
+    except (OSError, TypeError):
+        raise ValueError(f"not an IPv4 address: {ip!r}") from None
+
+
+def ips_bytes(ips: Iterable[str]) -> bytes:
+    """The concatenated addresses of a list option (router, DNS: RFC 2132 §3.5, §3.8).
+
+    Raises:
+        ValueError: an element is not a dotted-quad IPv4 address.
+    """
+    return b"".join(ip_bytes(ip) for ip in ips)
+
+
+def bytes_ip(b: bytes) -> str:
+    """Dotted-quad text of four network-order bytes.
+
+    Raises:
+        ValueError: ``b`` is not exactly four bytes long.
+    """
+    if len(b) != 4:
+        raise ValueError(f"an IPv4 address is 4 bytes, not {len(b)}")
+    return socket.inet_ntoa(b)
+
+
+def _uint(n: int, size: int) -> bytes:
+    try:
+        return int(n).to_bytes(size, "big")
+    except OverflowError:
+        raise ValueError(f"{n} does not fit in {size * 8} unsigned bits") from None
+
+
+def u8(n: int) -> bytes:
+    """One byte (e.g. option 53's value). Raises ValueError outside 0..255."""
+    return _uint(n, 1)
+
+
+def u16(n: int) -> bytes:
+    """Two network-order bytes (e.g. option 57). Raises ValueError outside 0..65535."""
+    return _uint(n, 2)
+
+
+def u32(n: int) -> bytes:
+    """Four network-order bytes (e.g. option 51). Raises ValueError outside 0..2**32-1."""
+    return _uint(n, 4)
+
+
+def encode_suboptions(items: Iterable[tuple[int, bytes]], *, end: bool = True) -> bytes:
+    """Encapsulate sub-options as in option 43 (RFC 2132 §8.4; PXE 2.1 §2.4).
+
+    Args:
+        items: ``(code, value)`` pairs in order; codes 1..254, values of at most 255 bytes.
+        end: append the END sub-option (255), as PXE 2.1 requires of option 43.
+
+    Returns:
+        The concatenated TLVs, ready to be the value of an option.
+
+    Raises:
+        ValueError: a code out of range or a value longer than 255 bytes.
+    """
+    out = bytearray()
+    for code, value in items:
+        if not 0 < code < _END:
+            raise ValueError(f"sub-option code out of 1..254: {code}")
+        if len(value) > _MAX_OPTION_LEN:
+            raise ValueError(f"sub-option {code} is {len(value)} bytes, more than 255")
+        out.append(code)
+        out.append(len(value))
+        out += value
+    if end:
+        out.append(_END)
+    return bytes(out)
+
+
+def decode_suboptions(data: bytes) -> tuple[tuple[int, bytes], ...]:
+    """Split encapsulated sub-options (the inverse of :func:`encode_suboptions`).
+
+    PAD (0) is skipped, END (255) stops, a missing END is tolerated. Repeated codes stay
+    separate entries, in wire order.
+
+    Raises:
+        PacketError: a sub-option whose length runs past the end of ``data``.
+    """
+    items: list[tuple[int, bytes]] = []
+    i = 0
+    n = len(data)
+    while i < n:
+        code = data[i]
+        if code == _PAD:
+            i += 1
+            continue
+        if code == _END:
+            break
+        if i + 1 >= n:
+            raise PacketError(f"sub-option {code} truncated: no length octet")
+        end = i + 2 + data[i + 1]
+        if end > n:
+            raise PacketError(f"sub-option {code} truncated: length {data[i + 1]} past the end")
+        items.append((code, bytes(data[i + 2 : end])))
+        i = end
+    return tuple(items)
+
+
+def parse_user_classes(value: bytes) -> tuple[bytes, ...]:
+    """The classes of an option 77 value (RFC 3004 §4), tolerating iPXE's bare string.
+
+    RFC 3004 encodes a list of length-prefixed strings. iPXE (and some other clients, as for
+    the older RFC 2132 draft form) send one bare string such as ``b"iPXE"``. A value that
+    does not parse exactly as a non-empty length-prefixed list is taken as one bare class.
+    """
+    if not value:
+        return ()
+    classes: list[bytes] = []
+    i = 0
+    n = len(value)
+    while i < n:
+        length = value[i]
+        end = i + 1 + length
+        if length == 0 or end > n:
+            return (bytes(value),)
+        classes.append(bytes(value[i + 1 : end]))
+        i = end
+    return tuple(classes)
+
+
+def arch_from_vendor_class(vendor_class: str) -> int | None:
+    """The architecture field of a PXE vendor class ``PXEClient:Arch:NNNNN:...`` (PXE 2.1).
+
+    The first two fields are compared case-insensitively, as pybootd does.
+
+    Returns:
+        The decimal architecture number, or None if the text has no such field.
+    """
+    fields = vendor_class.split(":", 3)
+    if len(fields) < 3 or fields[0].lower() != "pxeclient" or fields[1].lower() != "arch":
+        return None
+    digits = fields[2].strip()
+    if not digits.isdigit() or not digits.isascii():
+        return None
+    return int(digits)
+
+
+# ---------------------------------------------------------------------------------------------
+# the packet
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BootpPacket:
+    """One BOOTP/DHCP message (RFC 2131 §2), fields in wire order.
+
+    Attributes:
+        op: :data:`BOOTREQUEST` or :data:`BOOTREPLY`.
+        xid: transaction id.
+        htype: hardware type (1 = Ethernet).
+        hlen: hardware address length (encoded as given, not derived from ``chaddr``).
+        hops: relay hop count.
+        secs: seconds since the client began.
+        flags: the broadcast flag (:data:`FLAG_BROADCAST`) and reserved bits.
+        ciaddr: client address (dotted quad).
+        yiaddr: "your" (client) address offered or assigned.
+        siaddr: next server (TFTP) address.
+        giaddr: relay agent address.
+        chaddr: client hardware address; decode gives ``hlen`` bytes, encode pads to 16.
+        sname: server host name; NUL-padding stripped on decode; empty when overloaded.
+        file: boot file name; NUL-padding stripped on decode; empty when overloaded.
+        options: ordered ``(code, value)`` pairs. On decode, repeated codes are concatenated
+            into one entry at the place of the first (RFC 3396 §7), PAD/END/OVERLOAD are
+            not listed, and options carried in ``sname``/``file`` follow the others.
+        vendor: False for a pure RFC 951 BOOTP vendor area without the magic cookie.
+    """
+
+    op: int
+    xid: int = 0
+    htype: int = 1
+    hlen: int = 6
+    hops: int = 0
+    secs: int = 0
+    flags: int = 0
+    ciaddr: str = "0.0.0.0"
+    yiaddr: str = "0.0.0.0"
+    siaddr: str = "0.0.0.0"
+    giaddr: str = "0.0.0.0"
+    chaddr: bytes = b""
+    sname: bytes = b""
+    file: bytes = b""
+    options: tuple[tuple[int, bytes], ...] = ()
+    vendor: bool = True
+
+    @property
+    def mac(self) -> bytes:
+        """The first six bytes of ``chaddr``."""
+        return self.chaddr[:6]
+
+    def option(self, code: int) -> bytes | None:
+        """The value of option ``code``, or None if absent."""
+        for c, value in self.options:
+            if c == code:
+                return value
+        return None
+
+    @property
+    def message_type(self) -> MessageType | None:
+        """Option 53 (RFC 2132 §9.6); None when absent, empty or of an unknown value."""
+        value = self.option(Opt.MESSAGE_TYPE)
+        if not value:
+            return None
+        try:
+            return MessageType(value[0])
+        except ValueError:
+            return None
+
+    @property
+    def requested_params(self) -> tuple[int, ...]:
+        """The codes of option 55 (RFC 2132 §9.8), in the client's order; () when absent."""
+        value = self.option(Opt.PARAM_REQUEST)
+        return tuple(value) if value else ()
+
+    @property
+    def vendor_class(self) -> str | None:
+        """Option 60 (RFC 2132 §9.13) decoded as latin-1, or None."""
+        value = self.option(Opt.VENDOR_CLASS)
+        return None if value is None else value.decode("latin-1")
+
+    @property
+    def client_arch(self) -> int | None:
+        """The client system architecture: the first type of option 93 (RFC 4578 §2.1), else
+        the ``Arch`` field of a ``PXEClient:Arch:NNNNN:...`` option 60, else None."""
+        value = self.option(Opt.CLIENT_ARCH)
+        if value is not None and len(value) >= 2:
+            return int.from_bytes(value[:2], "big")
+        vendor_class = self.vendor_class
+        if vendor_class is None:
+            return None
+        return arch_from_vendor_class(vendor_class)
+
+    @property
+    def user_classes(self) -> tuple[bytes, ...]:
+        """The classes of option 77 (see :func:`parse_user_classes`); () when absent."""
+        value = self.option(Opt.USER_CLASS)
+        return parse_user_classes(value) if value else ()
+
+    @property
+    def is_ipxe(self) -> bool:
+        """True for iPXE: a user class ``iPXE``, or iPXE's encapsulated option 175 present."""
+        return _IPXE_USER_CLASS in self.user_classes or self.option(Opt.IPXE_ENCAP) is not None
+
+    @property
+    def uuid(self) -> str | None:
+        """The client machine UUID of a 17-byte option 97 (RFC 4578 §2.3), else None."""
+        value = self.option(Opt.CLIENT_UUID)
+        return None if value is None else uuid_from_option97(value)
+
+    @property
+    def is_pxe(self) -> bool:
+        """True for a PXE request: option 97 of exactly 17 bytes, or option 60 ``PXEClient...``."""
+        value = self.option(Opt.CLIENT_UUID)
+        if value is not None and len(value) == 17:
+            return True
+        vendor_class = self.option(Opt.VENDOR_CLASS)
+        return vendor_class is not None and vendor_class.startswith(b"PXEClient")
+
+    @property
+    def requested_ip(self) -> str | None:
+        """Option 50 (RFC 2132 §9.1) as a dotted quad, or None if absent or not 4 bytes."""
+        return _opt_ip(self.option(Opt.REQUESTED_IP))
+
+    @property
+    def server_id(self) -> str | None:
+        """Option 54 (RFC 2132 §9.7) as a dotted quad, or None if absent or not 4 bytes."""
+        return _opt_ip(self.option(Opt.SERVER_ID))
+
+    @property
+    def broadcast(self) -> bool:
+        """The BROADCAST flag (RFC 2131 §2, §4.1)."""
+        return bool(self.flags & FLAG_BROADCAST)
+
+
+def _opt_ip(value: bytes | None) -> str | None:
+    if value is None or len(value) != 4:
+        return None
+    return socket.inet_ntoa(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# decode
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse_options(data: bytes, start: int, stop: int, found: dict[int, bytes], where: str) -> None:
+    """Add the TLVs of ``data[start:stop]`` to ``found``, concatenating repeats (RFC 3396 §7).
+
+    PAD is skipped and END stops (RFC 2132 §3.1, §3.2); running out of data exactly on a TLV
+    boundary is accepted as a missing END.
+    """
+    i = start
+    while i < stop:
+        code = data[i]
+        if code == _PAD:
+            i += 1
+            continue
+        if code == _END:
+            return
+        if i + 1 >= stop:
+            raise PacketError(f"option {code} in {where} truncated: no length octet")
+        end = i + 2 + data[i + 1]
+        if end > stop:
+            raise PacketError(f"option {code} in {where} truncated: length {data[i + 1]} past the end")
+        value = data[i + 2 : end]
+        previous = found.get(code)
+        found[code] = value if previous is None else previous + value
+        i = end
+
+
+def decode(data: bytes) -> BootpPacket:
+    """Decode one BOOTP/DHCP datagram.
+
+    The fixed header is RFC 2131 §2. Options follow the magic cookie (RFC 2132 §2); without
+    the cookie the packet is plain BOOTP (``vendor=False``, no options). Option overload
+    (RFC 2132 §9.3) is resolved in the order options, ``file``, ``sname`` (RFC 2131 §4.1),
+    and repeated options are concatenated (RFC 3396 §7).
+
+    Args:
+        data: the UDP payload.
+
+    Returns:
+        The packet.
+
+    Raises:
+        PacketError: shorter than 236 bytes, ``op`` not 1 or 2, ``hlen`` above 16, a truncated
+            option, or a bad overload option. Nothing else is ever raised.
+    """
+    if not isinstance(data, bytes):
+        if not isinstance(data, bytearray | memoryview):
+            raise PacketError(f"not a byte string: {type(data).__name__}")
+        data = bytes(data)
+    if len(data) < HEADER_SIZE:
+        raise PacketError(f"{len(data)} bytes: shorter than the {HEADER_SIZE}-byte BOOTP header")
+    (op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr, sname,
+     file) = _HEADER.unpack_from(data)
+    if op != BOOTREQUEST and op != BOOTREPLY:
+        raise PacketError(f"bad op {op}")
+    if hlen > _MAX_HLEN:
+        raise PacketError(f"bad hlen {hlen}")
+
+    vendor = data[HEADER_SIZE : HEADER_SIZE + 4] == MAGIC_COOKIE
+    options: tuple[tuple[int, bytes], ...] = ()
+    if vendor:
+        found: dict[int, bytes] = {}
+        _parse_options(data, HEADER_SIZE + 4, len(data), found, "options")
+        overload = found.pop(Opt.OVERLOAD, None)
+        if overload is not None:
+            if len(overload) != 1 or not 1 <= overload[0] <= 3:
+                raise PacketError(f"bad overload option value {overload.hex()}")
+            # RFC 2131 §4.1: the 'file' field is read before 'sname'.
+            if overload[0] & 1:
+                _parse_options(file, 0, _FILE_SIZE, found, "file")
+                file = b""
+            if overload[0] & 2:
+                _parse_options(sname, 0, _SNAME_SIZE, found, "sname")
+                sname = b""
+            found.pop(Opt.OVERLOAD, None)
+        options = tuple(found.items())
+
+    return BootpPacket(
+        op=op,
+        xid=xid,
+        htype=htype,
+        hlen=hlen,
+        hops=hops,
+        secs=secs,
+        flags=flags,
+        ciaddr=socket.inet_ntoa(ciaddr),
+        yiaddr=socket.inet_ntoa(yiaddr),
+        siaddr=socket.inet_ntoa(siaddr),
+        giaddr=socket.inet_ntoa(giaddr),
+        chaddr=chaddr[:hlen],
+        sname=sname.rstrip(b"\0"),
+        file=file.rstrip(b"\0"),
+        options=options,
+        vendor=vendor,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# encode
+# ---------------------------------------------------------------------------------------------
+
+
+def encode(packet: BootpPacket, *, min_size: int = BOOTP_MIN_SIZE) -> bytes:
+    """Encode a packet: header, magic cookie, options in the given order, END, zero padding.
+
+    A value longer than 255 bytes is split into consecutive instances of its option
+    (RFC 3396 §6). Option 52 is never produced (an OVERLOAD entry in ``options`` is dropped),
+    nor PAD or END entries given in ``options``.
+
+    Args:
+        packet: the message; ``chaddr`` up to 16 bytes, ``sname`` up to 64, ``file`` up to 128.
+        min_size: pad with zeros to at least this many bytes (RFC 1542 §2.1: 300 for BOOTP
+            relays and old clients); 0 disables padding.
+
+    Returns:
+        The UDP payload.
+
+    Raises:
+        ValueError: a field out of range, an invalid address, an option code out of 0..255,
+            or options on a packet with ``vendor=False``.
+    """
+    if len(packet.chaddr) > _MAX_HLEN:
+        raise ValueError(f"chaddr is {len(packet.chaddr)} bytes, more than 16")
+    if len(packet.sname) > _SNAME_SIZE:
+        raise ValueError(f"sname is {len(packet.sname)} bytes, more than 64")
+    if len(packet.file) > _FILE_SIZE:
+        raise ValueError(f"file is {len(packet.file)} bytes, more than 128")
+    try:
+        header = _HEADER.pack(
+            packet.op, packet.htype, packet.hlen, packet.hops, packet.xid, packet.secs, packet.flags,
+            ip_bytes(packet.ciaddr), ip_bytes(packet.yiaddr), ip_bytes(packet.siaddr),
+            ip_bytes(packet.giaddr), packet.chaddr, packet.sname, packet.file,
+        )
+    except struct.error as exc:
+        raise ValueError(f"header field out of range: {exc}") from None
+
+    out = bytearray(header)
+    if packet.vendor:
+        out += MAGIC_COOKIE
+        for code, value in packet.options:
+            if code == _PAD or code == _END or code == Opt.OVERLOAD:
+                continue
+            if not 0 < code < _END:
+                raise ValueError(f"option code out of 1..254: {code}")
+            n = len(value)
+            if n <= _MAX_OPTION_LEN:
+                out.append(code)
+                out.append(n)
+                out += value
+                continue
+            for i in range(0, n, _MAX_OPTION_LEN):
+                chunk = value[i : i + _MAX_OPTION_LEN]
+                out.append(code)
+                out.append(len(chunk))
+                out += chunk
+        out.append(_END)
+    elif packet.options:
+        raise ValueError("options need the magic cookie: vendor=False packets carry none")
+    if len(out) < min_size:
+        out += bytes(min_size - len(out))
+    return bytes(out)

@@ -1,0 +1,219 @@
+"""DHCP/PXE decisions, pure: no sockets, no clocks, no stores.
+
+The server (:mod:`massboot.dhcp.server`) does the I/O and keeps the state; everything that
+decides *what* to answer lives here so it can be tested with plain packets:
+
+* :func:`next_state` — pybootd's per-MAC PXE→OS state machine (spec §4.3);
+* :func:`request_kind` — which RFC 2131 §4.3.2 state a DHCPREQUEST comes from;
+* :func:`select_bootfile` — boot file by architecture, iPXE second stage (contract C9);
+* :func:`build_reply` — the reply packet and its options (spec §4.6, fixed);
+* :func:`destination` — where the reply goes (RFC 2131 §4.1).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+
+from massboot.dhcp.packet import (
+    BOOTREPLY,
+    BootpPacket,
+    MessageType,
+    Opt,
+    encode_suboptions,
+    ip_bytes,
+    ips_bytes,
+    u8,
+    u32,
+)
+
+#: PXE vendor option 43, sub-option 6 (PXE_DISCOVERY_CONTROL, PXE spec 2.1 §2.4.5): bit 3 = use
+#: the boot file name of this offer directly, with no boot-server discovery or menu. pybootd also
+#: sent a 10 s menu prompt ("Stupid PXE"), which only delays a mass boot.
+PXE_DISCOVERY_CONTROL = 6
+PXE_USE_BOOTFILE = 0x08
+
+
+class State(IntEnum):
+    """pybootd's per-MAC state (spec §4.3)."""
+
+    IDLE = 0
+    PXE = 1
+    DHCP = 2
+
+
+class RequestKind(IntEnum):
+    """The client state a DHCPREQUEST comes from (RFC 2131 §4.3.2)."""
+
+    SELECTING = 1       # server id (54) present, ciaddr 0, option 50 = the offered address
+    INIT_REBOOT = 2     # no server id, option 50 present, ciaddr 0
+    RENEWING = 3        # no server id, ciaddr set (unicast to us, or relayed)
+    REBINDING = 4       # no server id, ciaddr set, broadcast
+    UNKNOWN = 5         # no server id, no option 50, ciaddr 0: pybootd ACKed these; so do we
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """What a reply needs to know of the client's subnet."""
+
+    server_ip: str
+    netmask: str
+    router: str | None
+    dns: tuple[str, ...]
+    lease_time: int
+
+    @property
+    def broadcast(self) -> str:
+        """The subnet-directed broadcast address of the server's subnet."""
+        net = ipaddress.IPv4Network(f"{self.server_ip}/{self.netmask}", strict=False)
+        return str(net.broadcast_address)
+
+
+@dataclass(frozen=True, slots=True)
+class BootInfo:
+    """What a PXE client is told to boot."""
+
+    server_ip: str
+    sname: str
+    bootfile: str
+    bootfile_size: int | None = None    # bytes, for option 13
+
+
+def next_state(state: State, pxe: bool, msgtype: MessageType | None) -> State:
+    """pybootd's transition (spec §4.3): IDLE→PXE on a PXE DISCOVER, PXE→DHCP on an OS
+    REQUEST, DHCP→PXE on any PXE request (the machine rebooted)."""
+    if pxe:
+        if state == State.IDLE and msgtype == MessageType.DISCOVER:
+            return State.PXE
+        if state == State.DHCP:
+            return State.PXE
+        return state
+    if state == State.PXE and msgtype == MessageType.REQUEST:
+        return State.DHCP
+    return state
+
+
+def request_kind(packet: BootpPacket, unicast: bool = False) -> RequestKind:
+    """Classify a DHCPREQUEST (RFC 2131 §4.3.2)."""
+    if packet.server_id is not None:
+        return RequestKind.SELECTING
+    if packet.ciaddr != "0.0.0.0":
+        return RequestKind.RENEWING if unicast or packet.giaddr != "0.0.0.0" else RequestKind.REBINDING
+    if packet.requested_ip is not None:
+        return RequestKind.INIT_REBOOT
+    return RequestKind.UNKNOWN
+
+
+def select_bootfile(packet: BootpPacket, default: str, by_arch: dict[int, str],
+                    ipxe_bootfile: str | None) -> tuple[str, bool]:
+    """Boot file for a client (contract C9).
+
+    An iPXE client (user class ``iPXE``) gets *ipxe_bootfile* when configured, which breaks the
+    chainload loop. Otherwise the architecture of option 93, else option 60, picks a
+    ``[bootfile]`` entry; an architecture with no entry falls back to *default*.
+
+    Returns:
+        ``(file, fell_back)``: fell_back is True when the client named an architecture that has
+        no entry (the server logs and counts it).
+    """
+    if ipxe_bootfile and packet.is_ipxe:
+        return ipxe_bootfile, False
+    arch = packet.client_arch
+    if arch is None or arch == 0:      # no architecture, or x86 BIOS: the default is meant
+        return by_arch.get(0, default) if arch == 0 else default, False
+    if arch in by_arch:
+        return by_arch[arch], False
+    return default, True
+
+
+def _pxe_options(packet: BootpPacket, boot: BootInfo) -> list[tuple[int, bytes]]:
+    params = set(packet.requested_params)
+    options: list[tuple[int, bytes]] = []
+    vendor_class = packet.vendor_class or ""
+    if vendor_class.startswith("PXEClient"):
+        options.append((Opt.VENDOR_CLASS, b"PXEClient"))
+    options.append((Opt.VENDOR_SPECIFIC,
+                    encode_suboptions([(PXE_DISCOVERY_CONTROL, u8(PXE_USE_BOOTFILE))])))
+    uuid_opt = packet.option(Opt.CLIENT_UUID)
+    if uuid_opt is not None:
+        options.append((Opt.CLIENT_UUID, uuid_opt))
+    if Opt.TFTP_SERVER in params:
+        # pybootd sent the sname host name, which a client cannot resolve; the address works.
+        options.append((Opt.TFTP_SERVER, boot.server_ip.encode("ascii")))
+    if Opt.BOOTFILE in params:
+        options.append((Opt.BOOTFILE, boot.bootfile.encode("utf-8")))
+    if Opt.BOOTFILE_SIZE in params and boot.bootfile_size:
+        blocks = min(math.ceil(boot.bootfile_size / 512), 0xFFFF)
+        options.append((Opt.BOOTFILE_SIZE, blocks.to_bytes(2, "big")))
+    return options
+
+
+def build_reply(request: BootpPacket, msgtype: MessageType | None, *, yiaddr: str, net: Network,
+                boot: BootInfo | None, pxe: bool, hostname: str | None = None,
+                message: str | None = None) -> BootpPacket:
+    """The reply to *request* (RFC 2131 §4.3.1 table 3, RFC 2132 options).
+
+    *msgtype* None builds a plain BOOTP reply (RFC 951/1497: no option 53, no lease time).
+    A NAK carries only 53, 54 and an optional message (56).
+    """
+    options: list[tuple[int, bytes]] = []
+    if msgtype is not None:
+        options.append((Opt.MESSAGE_TYPE, u8(msgtype)))
+        options.append((Opt.SERVER_ID, ip_bytes(net.server_ip)))
+    if msgtype == MessageType.NAK:
+        if message:
+            options.append((Opt.MESSAGE, message.encode("utf-8")[:255]))
+        return BootpPacket(op=BOOTREPLY, xid=request.xid, htype=request.htype, hlen=request.hlen,
+                           flags=request.flags, giaddr=request.giaddr, chaddr=request.chaddr,
+                           options=tuple(options) + _relay_echo(request))
+    options.append((Opt.SUBNET_MASK, ip_bytes(net.netmask)))
+    if net.router:
+        options.append((Opt.ROUTER, ip_bytes(net.router)))
+    if net.dns:
+        options.append((Opt.DNS, ips_bytes(net.dns)))   # one option, 4×N bytes (RFC 2132 §3.8)
+    if hostname:
+        options.append((Opt.HOSTNAME, hostname.encode("utf-8")[:255]))
+    if msgtype in (MessageType.OFFER, MessageType.ACK) and msgtype is not None and yiaddr != "0.0.0.0":
+        options.append((Opt.LEASE_TIME, u32(net.lease_time)))
+        options.append((Opt.RENEWAL_T1, u32(net.lease_time // 2)))
+        options.append((Opt.REBINDING_T2, u32(net.lease_time * 7 // 8)))
+    if pxe and boot is not None:
+        options.extend(_pxe_options(request, boot))
+    return BootpPacket(
+        op=BOOTREPLY, xid=request.xid, htype=request.htype, hlen=request.hlen, hops=0, secs=0,
+        flags=request.flags, ciaddr=request.ciaddr, yiaddr=yiaddr,
+        siaddr=boot.server_ip if boot else net.server_ip, giaddr=request.giaddr, chaddr=request.chaddr,
+        sname=boot.sname.encode("utf-8")[:63] if boot else b"",
+        file=boot.bootfile.encode("utf-8")[:127] if boot else b"",
+        options=tuple(options) + _relay_echo(request), vendor=True)
+
+
+def _relay_echo(request: BootpPacket) -> tuple[tuple[int, bytes], ...]:
+    """Option 82 goes back to the relay unchanged (RFC 3046 §2.2)."""
+    info = request.option(Opt.RELAY_AGENT)
+    return ((Opt.RELAY_AGENT, info),) if info is not None else ()
+
+
+def destination(request: BootpPacket, reply: BootpPacket, source: tuple[str, int], *,
+                server_port: int, subnet_broadcast: str, force_broadcast: bool) -> tuple[str, int]:
+    """Where a reply goes (RFC 2131 §4.1).
+
+    * relayed (giaddr set): to the relay, on the port it sent from when it sent from giaddr,
+      else on the server port;
+    * ciaddr set (renewing, inform): unicast to ciaddr;
+    * otherwise broadcast: the subnet-directed broadcast, or 255.255.255.255 for
+      ``[buggy_clients]`` and NAKs. The client port is the request's source port (68 normally).
+    """
+    src_ip, src_port = source
+    if request.giaddr != "0.0.0.0":
+        return request.giaddr, src_port if src_ip == request.giaddr else server_port
+    if request.ciaddr != "0.0.0.0" and reply.option(Opt.MESSAGE_TYPE) != u8(MessageType.NAK):
+        return request.ciaddr, src_port
+    if force_broadcast or reply.option(Opt.MESSAGE_TYPE) == u8(MessageType.NAK):
+        return "255.255.255.255", src_port
+    # Without a raw socket we cannot unicast to an address the client does not hold yet (there
+    # is no ARP entry for it), whatever its broadcast flag says: broadcast on the server's
+    # subnet, as pybootd does.
+    return subnet_broadcast, src_port

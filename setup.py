@@ -1,0 +1,29 @@
+"""Packaging for massboot (tool settings live in pyproject.toml)."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "massboot" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="massboot",
+    version=VERSION,
+    description="gevent BOOTP/DHCP/PXE + TFTP boot server for mass deployment (pybootd successor)",
+    long_description=(HERE / "README.rst").read_text(encoding="utf-8"),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(include=["massboot", "massboot.*"]),
+    install_requires=[line.strip() for line in (HERE / "requirements.txt").read_text().splitlines()
+                      if line.strip() and not line.startswith("#")],
+    entry_points={"console_scripts": ["massboot = massboot.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: System :: Boot",
+        "Topic :: System :: Networking",
+    ],
+)

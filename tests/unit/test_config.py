@@ -1,0 +1,167 @@
+"""Config loading: both pybootd generations, defaults, aliases, errors (contract C1-C3, C7, C9)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from massboot import config as cfg
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def load(name: str) -> cfg.Config:
+    return cfg.load(str(DATA / name))
+
+
+def test_pybootd_18_sample_loads_with_pybootd_meaning():
+    c = load("pybootd-1.8-sample.ini")
+    b = c.bootp
+    assert b is not None
+    assert (b.pool_start, b.pool_count, b.address, b.port) == ("192.168.25.100", 5, "0.0.0.0", 67)
+    assert b.access == "mac" and b.allow_simple_dhcp is True
+    assert b.lease_time == 86400 and b.dns == ("8.8.8.8",)
+    # server_name is not read by pybootd: sname stays unknown.localdomain
+    assert (b.servername, b.domain) == ("unknown", "localdomain")
+    assert b.default_bootfile == "pxelinux.0"
+    assert b.bootfiles == {0: "pxelinux.0", 2: "shim.efi", 6: "shim.efi", 7: "shimx64.efi",
+                           8: "shimx64.efi", 9: "shimx64.efi"}
+    assert ("1c-69-7a/24", True) in b.mac_rules and ("00-aa-55-12-34-56", True) in b.mac_rules
+    assert b.buggy_clients == (("1c-69-7a/24", True),)
+    assert b.http is not None and b.http.location == "127.0.0.1:13400" and b.http.timeout == 5
+    assert c.tftp.root == os.path.normpath(str(DATA / "images"))   # relative to the config file (C7)
+    assert c.tftp.filters == (("egg.info", "[{filename}]"),)
+    assert c.tftp.blocksize is None and c.tftp.timeout == 2.0 and c.tftp.port == 69
+    assert c.logger.type == "stderr" and c.logger.level == logging.INFO
+
+
+def test_internet_install_example():
+    c = load("pybootd-1.8-internet.ini")
+    assert c.bootp.pool_count == 10 and c.bootp.default_bootfile == "pxelinux.0"
+    assert c.bootp.bootfiles == {7: "shimx64.efi"}
+    assert c.remote_root and c.tftp.root.startswith("http://")
+    assert c.tftp.filters == (("pxelinux.cfg/*", "pybootd/etc/pxe.cfg"),)
+
+
+def test_documented_generation_same_meaning(caplog):
+    c = load("pybootd-documented-sample.ini")
+    b = c.bootp
+    assert b.default_bootfile == "pxelinux.0" and b.bootfiles == {}
+    assert b.dns == ("10.130.0.2",) and b.access == "mac"
+    assert b.mac_rules == (("00-1e-4f-c4-95-ee", True),)
+    assert c.remote_root
+    # boot_file is given twice: a warning, the last value wins (C2)
+    assert any("boot_file is given more than once" in w for w in c.warnings)
+    d = load("pybootd-documented-debian.ini")
+    assert d.bootp.allow_simple_dhcp and d.bootp.dns == ("8.8.8.8",)
+    assert d.tftp.filters == (("pxelinux.cfg/*", "pybootd/etc/pxe.cfg"),)
+
+
+def test_minimal_configs():
+    h = load("minimal-http-acl.ini")
+    assert h.bootp.access == "http" and h.bootp.http.timeout == 3 and h.bootp.pool_count == 200
+    assert h.tftp.root == "/srv/tftp" and h.bootp.bootfiles == {7: "ipxe.efi"}
+    s = load("minimal-static.ini")
+    assert s.bootp.pool_count == 0 and s.bootp.static == {"52:54:00:12:34:56": "10.0.0.10"}
+    assert s.tftp is not None and s.bootp.access is None
+
+
+def test_tests_config_without_bootp_section():
+    c = load("tests-config.ini")
+    assert c.bootp is None and c.logger.level == logging.DEBUG
+
+
+BASE = "[bootpd]\npool_start = 10.0.0.10\n[bootfile]\ndefault = pxelinux.0\n"
+
+
+@pytest.mark.parametrize("text, section, option, value", [
+    ("[bootpd]\npool_start = 10.0.0.10\npool_count = ten\n[bootfile]\ndefault = a\n",
+     "bootpd", "pool_count", "ten"),
+    ("[bootpd]\npool_start = 10.0.0.300\n[bootfile]\ndefault = a\n", "bootpd", "pool_start", "10.0.0.300"),
+    (BASE.replace("[bootfile]", "allow_simple_dhcp = maybe\n[bootfile]"),
+     "bootpd", "allow_simple_dhcp", "maybe"),
+    (BASE.replace("[bootfile]", "access = ldap\n[bootfile]"), "bootpd", "access", "ldap"),
+    (BASE.replace("[bootfile]", "access = mac\n[bootfile]"), "bootpd", "access", "mac"),
+    (BASE.replace("[bootfile]", "notify = 10.0.0.1\n[bootfile]"), "bootpd", "notify", "10.0.0.1"),
+    (BASE.replace("[bootfile]", "dns = 8.8.8.8;nine\n[bootfile]"), "bootpd", "dns", "nine"),
+    (BASE + "[mac]\nZZ-11 = yes\n", "mac", "zz-11", "yes"),
+    (BASE + "[mac]\n00-11-22 = sure\n", "mac", "00-11-22", "sure"),
+    (BASE + "[tftpd]\nblocksize = 70000\n", "tftpd", "blocksize", "70000"),
+    (BASE + "[tftpd]\ntimeout = fast\n", "tftpd", "timeout", "fast"),
+    (BASE + "[tftpd]\nroot = ftp://x/y\n", "tftpd", "root", "ftp://x/y"),
+    (BASE + "[static_dhcp]\n52-54-00-12-34 = 10.0.0.5\n", "static_dhcp", "52-54-00-12-34", "10.0.0.5"),
+    (BASE + "[logger]\ntype = carrier-pigeon\n", "logger", "type", "carrier-pigeon"),
+    (BASE + "[subnet:rack2]\nnetwork = 10.2.0.0/24\npool_start = 10.3.0.1\n", "subnet:rack2",
+     "pool_start", "10.3.0.1"),
+])
+def test_bad_values_name_section_option_value(text, section, option, value):
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.loads(text)
+    e = err.value
+    assert (e.section, e.option, e.value) == (section, option, value)
+    assert f"[{section}]" in str(e) and repr(value) in str(e)
+
+
+def test_missing_required():
+    with pytest.raises(cfg.ConfigError, match=r"\[bootpd\] pool_start: missing"):
+        cfg.loads("[bootpd]\npool_count = 3\n[bootfile]\ndefault = a\n")
+    with pytest.raises(cfg.ConfigError, match=r"\[bootfile\] default: missing"):
+        cfg.loads("[bootpd]\npool_start = 10.0.0.1\n")
+
+
+def test_generations_conflict_names_both_places():
+    text = "[bootp]\npool_start = 10.0.0.1\npool_count = 5\n[bootpd]\npool_count = 6\n[bootfile]\ndefault = a\n"
+    with pytest.raises(cfg.ConfigError, match=r"\[bootp\] pool_count = '5' and \[bootpd\] pool_count = '6'"):
+        cfg.loads(text)
+    with pytest.raises(cfg.ConfigError, match="boot_file"):
+        cfg.loads("[bootp]\npool_start = 10.0.0.1\nboot_file = a\n[bootfile]\ndefault = b\n")
+    # the same value twice is fine
+    c = cfg.loads("[bootp]\npool_start = 10.0.0.1\nboot_file = a\n[bootfile]\ndefault = a\n")
+    assert c.bootp.default_bootfile == "a"
+
+
+def test_unknown_names_warn_with_hint():
+    c = cfg.loads(BASE.replace("[bootfile]", "pool_cuont = 3\n[bootfile]") + "[tftpd]\nblksize = 1468\n[bootfiles]\nx = y\n")
+    text = "\n".join(c.warnings)
+    assert "did you mean pool_count?" in text
+    assert "did you mean blocksize?" in text
+    assert "did you mean [bootfile]?" in text
+
+
+@pytest.mark.parametrize("word, expected", [(w, True) for w in "on true enable enabled yes high ok 1 YES".split()]
+                         + [(w, False) for w in "off false disable disabled no low ko 0 Off".split()])
+def test_booleans(word, expected):
+    c = cfg.loads(BASE.replace("[bootfile]", f"allow_simple_dhcp = {word}\n[bootfile]"))
+    assert c.bootp.allow_simple_dhcp is expected
+
+
+def test_parsing_semantics():
+    text = ("[bootpd]\npool_start: 10.0.0.10\nPOOL_COUNT = 4\n; a comment\n# another\n"
+            "servername = pxe%(x)s\n[bootfile]\ndefault = a\n00007 = b.efi\n9 = c.efi\n")
+    c = cfg.loads(text)
+    assert c.bootp.pool_count == 4 and c.bootp.servername == "pxe%(x)s"   # no interpolation
+    assert c.bootp.bootfiles == {7: "b.efi", 9: "c.efi"}                    # 00007 and 7 alike (C9)
+
+
+def test_subnets_and_additions():
+    c = cfg.loads("[bootpd]\npool_start = 10.0.0.10\nipxe_boot_file = http://10.0.0.1/boot.ipxe\n"
+                  "[bootfile]\ndefault = pxelinux.0\n"
+                  "[subnet:rack2]\nnetwork = 10.2.0.0/24\npool_start = 10.2.0.50\npool_count = 100\n"
+                  "gateway = 10.2.0.1\ndns = 10.2.0.2\n[metrics]\nport = 9100\n")
+    assert c.bootp.ipxe_boot_file == "http://10.0.0.1/boot.ipxe"
+    (sub,) = c.bootp.subnets
+    assert (sub.name, str(sub.network), sub.pool_start, sub.pool_count, sub.gateway, sub.dns) == (
+        "rack2", "10.2.0.0/24", "10.2.0.50", 100, "10.2.0.1", ("10.2.0.2",))
+    assert c.metrics is not None and c.metrics.port == 9100
+
+
+def test_describe_mentions_what_is_served():
+    text = "\n".join(cfg.describe(load("pybootd-1.8-sample.ini")))
+    assert "192.168.25.100 .. 192.168.25.104" in text and "arch 7 'shimx64.efi'" in text
+
+
+def test_pool_addresses():
+    assert cfg.pool_addresses("10.0.0.254", 3) == ["10.0.0.254", "10.0.0.255", "10.0.1.0"]
