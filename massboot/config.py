@@ -433,7 +433,8 @@ def _bootp(r: _Reader, base_dir: str) -> BootpConfig:
         try:
             mac = parse_mac(key)
         except ValueError:
-            raise ConfigError("static_dhcp", key, value, "not a MAC address (write AA-BB-CC-DD-EE-FF)") from None
+            raise ConfigError("static_dhcp", key, value,
+                              "not a MAC address (write AA-BB-CC-DD-EE-FF)") from None
         static[":".join(f"{b:02X}" for b in mac)] = parse_ip("static_dhcp", key, value)
     clash = [ip for ip in static.values() if list(static.values()).count(ip) > 1]
     if clash:
@@ -591,7 +592,8 @@ def describe(config: Config) -> Iterable[str]:
         last = pool_addresses(b.pool_start, b.pool_count)[-1] if b.pool_count else None
         pool = f"{b.pool_start} .. {last} ({b.pool_count} addresses)" if last else "none (pool_count = 0)"
         yield f"bootp: listen {b.address}:{b.port}, pool {pool}, lease {b.lease_time}s"
-        yield f"bootp: access {b.access or 'none'}, allow_simple_dhcp {'on' if b.allow_simple_dhcp else 'off'}"
+        simple = "on" if b.allow_simple_dhcp else "off"
+        yield f"bootp: access {b.access or 'none'}, allow_simple_dhcp {simple}"
         yield f"bootp: boot file default {b.default_bootfile!r}" + "".join(
             f", arch {k} {v!r}" for k, v in sorted(b.bootfiles.items()))
         if b.ipxe_boot_file:
@@ -599,7 +601,8 @@ def describe(config: Config) -> Iterable[str]:
         if b.static:
             yield f"bootp: {len(b.static)} static lease(s)"
         for sub in b.subnets:
-            yield f"bootp: relay subnet {sub.name} {sub.network}, pool from {sub.pool_start} ({sub.pool_count})"
+            yield (f"bootp: relay subnet {sub.name} {sub.network}, "
+                   f"pool from {sub.pool_start} ({sub.pool_count})")
         if b.notify:
             yield "bootp: notify " + ", ".join(f"{h}:{p}" for h, p in b.notify)
         yield f"bootp: lease database {b.lease_db}"

@@ -113,7 +113,8 @@ def test_missing_required():
 
 
 def test_generations_conflict_names_both_places():
-    text = "[bootp]\npool_start = 10.0.0.1\npool_count = 5\n[bootpd]\npool_count = 6\n[bootfile]\ndefault = a\n"
+    text = ("[bootp]\npool_start = 10.0.0.1\npool_count = 5\n[bootpd]\npool_count = 6\n"
+            "[bootfile]\ndefault = a\n")
     with pytest.raises(cfg.ConfigError, match=r"\[bootp\] pool_count = '5' and \[bootpd\] pool_count = '6'"):
         cfg.loads(text)
     with pytest.raises(cfg.ConfigError, match="boot_file"):
@@ -124,14 +125,16 @@ def test_generations_conflict_names_both_places():
 
 
 def test_unknown_names_warn_with_hint():
-    c = cfg.loads(BASE.replace("[bootfile]", "pool_cuont = 3\n[bootfile]") + "[tftpd]\nblksize = 1468\n[bootfiles]\nx = y\n")
+    c = cfg.loads(BASE.replace("[bootfile]", "pool_cuont = 3\n[bootfile]")
+                  + "[tftpd]\nblksize = 1468\n[bootfiles]\nx = y\n")
     text = "\n".join(c.warnings)
     assert "did you mean pool_count?" in text
     assert "did you mean blocksize?" in text
     assert "did you mean [bootfile]?" in text
 
 
-@pytest.mark.parametrize("word, expected", [(w, True) for w in "on true enable enabled yes high ok 1 YES".split()]
+@pytest.mark.parametrize("word, expected",
+                         [(w, True) for w in "on true enable enabled yes high ok 1 YES".split()]
                          + [(w, False) for w in "off false disable disabled no low ko 0 Off".split()])
 def test_booleans(word, expected):
     c = cfg.loads(BASE.replace("[bootfile]", f"allow_simple_dhcp = {word}\n[bootfile]"))

@@ -1,0 +1,155 @@
+"""UDP notifications of boots and leases (contract C8, spec §6).
+
+One ASCII datagram per target, no newline: ``BOOT,<uuid>,<MAC>,<IP>`` on a PXE REQUEST,
+``LEASE,[<uuid>,]<MAC>,<IP>`` on an OS REQUEST, ``RELEASE,[<uuid>,]<MAC>,<IP>`` on a RELEASE.
+Targets are written ``host:port;host:port`` (``[bootpd] notify``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from collections.abc import Sequence
+
+from massboot.events import EventBus
+from massboot.ident import mac_str
+
+log = logging.getLogger(__name__)
+
+KINDS = ("BOOT", "LEASE", "RELEASE")
+
+
+def format_notification(kind: str, mac: bytes, ip: str, uuid: str | None) -> bytes:
+    """Build one notification payload.
+
+    Args:
+        kind: ``BOOT``, ``LEASE`` or ``RELEASE`` (any case).
+        mac: the client hardware address (first 6 bytes used).
+        ip: the client's address.
+        uuid: the client UUID (lower case), omitted from the payload when None.
+
+    Returns:
+        e.g. ``b"BOOT,12345678-abcd-ef00-1111-abcdefabcdef,00:AA:55:12:34:56,192.168.25.100"``.
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    name = kind.upper()
+    if name not in KINDS:
+        raise ValueError(f"unknown notification kind {kind!r}")
+    fields = [name]
+    if uuid:
+        fields.append(uuid.lower())
+    fields += [mac_str(mac), ip]
+    return ",".join(fields).encode("ascii")
+
+
+def parse_targets(text: str) -> list[tuple[str, int]]:
+    """Parse ``host:port;host:port`` (empty entries are skipped; ``[v6]:port`` accepted).
+
+    Raises:
+        ValueError: an entry without a host or with a port outside 1..65535, naming it.
+    """
+    targets: list[tuple[str, int]] = []
+    for raw in text.split(";"):
+        entry = raw.strip()
+        if not entry:
+            continue
+        host, sep, port_text = entry.rpartition(":")
+        host = host.strip()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        try:
+            port = int(port_text)
+        except ValueError:
+            port = 0
+        if not sep or not host or not 0 < port < 65536 or any(c.isspace() for c in host):
+            raise ValueError(f"invalid notify target {entry!r}: expected host:port")
+        targets.append((host, port))
+    return targets
+
+
+class Notifier:
+    """Send notifications to every target, fire-and-forget.
+
+    One long-lived UDP socket per address family is opened on first use and reused. Host
+    names are resolved at each send (by the system resolver, cooperative under gevent); IP
+    literals are parsed once.
+
+    Args:
+        targets: ``(host, port)`` pairs, e.g. from :func:`parse_targets`.
+        events: the bus that receives one ``dhcp.notify`` event (ok, target) per datagram.
+    """
+
+    def __init__(self, targets: Sequence[tuple[str, int]], events: EventBus | None = None) -> None:
+        self._targets = [(host, int(port), self._literal(host)) for host, port in targets]
+        self._events = events
+        self._sockets: dict[int, socket.socket] = {}
+        self._closed = False
+
+    @staticmethod
+    def _literal(host: str) -> int | None:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        return socket.AF_INET6 if address.version == 6 else socket.AF_INET
+
+    @property
+    def targets(self) -> list[tuple[str, int]]:
+        """The configured targets."""
+        return [(host, port) for host, port, _ in self._targets]
+
+    def _socket(self, family: int) -> socket.socket:
+        sock = self._sockets.get(family)
+        if sock is None:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            self._sockets[family] = sock
+        return sock
+
+    def _send_one(self, payload: bytes, host: str, port: int, family: int | None) -> None:
+        if family is not None:
+            address: tuple = (host, port)
+        else:
+            info = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)
+            family, _, _, _, address = info[0]
+        self._socket(family).sendto(payload, address)
+
+    def send(self, kind: str, mac: bytes, ip: str, uuid: str | None) -> None:
+        """Send one datagram to each target; never raises.
+
+        Args:
+            kind: ``BOOT``, ``LEASE`` or ``RELEASE``.
+            mac: the client hardware address.
+            ip: the client's address.
+            uuid: the client UUID, when known.
+        """
+        try:
+            payload = format_notification(kind, mac, ip, uuid)
+        except (ValueError, UnicodeEncodeError) as exc:
+            log.error("notify: cannot format %s for %s: %s", kind, ip, exc)
+            return
+        for host, port, family in self._targets:
+            target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            ok = False
+            if self._closed:
+                log.debug("notify: closed, %s to %s dropped", kind, target)
+            else:
+                try:
+                    self._send_one(payload, host, port, family)
+                    ok = True
+                except (OSError, UnicodeError) as exc:
+                    log.warning("notify: %s to %s failed: %s", kind, target, exc)
+            if ok:
+                log.debug("notify: sent %r to %s", payload, target)
+            if self._events is not None:
+                self._events.emit("dhcp.notify", ok=ok, target=target)
+
+    def close(self) -> None:
+        """Close the sockets; later sends are dropped."""
+        self._closed = True
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()

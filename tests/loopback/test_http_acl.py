@@ -1,0 +1,234 @@
+"""The remote HTTP ACL against a real HTTP server on 127.0.0.1 (contract C5, spec §5.3)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import gevent
+import gevent.event
+import pytest
+
+from massboot.acl import HttpAcl, Verdict
+
+MAC = bytes.fromhex("00aa55123456")
+UUID = "12345678-abcd-ef00-1111-abcdefabcdef"
+BODY = b"\nClient: Tester-001\nFile: next.cfg"
+
+
+@dataclass
+class AclServer:
+    location: str
+    lines: list[bytes] = field(default_factory=list)
+    gate: gevent.event.Event = field(default_factory=gevent.event.Event)
+
+    def last_line(self) -> str:
+        return self.lines[-1].decode("ascii")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
+        pass
+
+    def _answer(self, status: int, body: bytes = b"") -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+        self.server.record.lines.append(self.raw_requestline)
+        path = self.path.partition("?")[0]
+        if path in ("/boot", "/linux"):
+            self._answer(200, BODY)
+        elif path == "/fast":
+            self._answer(204)
+        elif path == "/deny":
+            self._answer(401, b"Client: nobody\n")
+        elif path == "/fail":
+            self._answer(500)
+        elif path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", "/boot")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif path == "/slow":
+            self.server.record.gate.wait(3)  # sleeps 3 s unless the test lets it go
+            self._answer(200, b"Client: slow\n")
+        elif path == "/trickle":
+            # headers at once, then one body byte every 0.3 s: each read beats a 1 s read
+            # timeout, the whole answer does not
+            body = b"Client: trickle-0123\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.flush()
+            for i in range(len(body)):
+                self.wfile.write(body[i:i + 1])
+                self.wfile.flush()
+                time.sleep(0.3)
+        else:
+            self._answer(404)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 256
+    record: AclServer
+
+
+@pytest.fixture
+def acl_server() -> Iterator[AclServer]:
+    server = _Server(("127.0.0.1", 0), _Handler)
+    host, port = server.server_address[:2]
+    server.record = AclServer(f"{host}:{port}")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server.record
+    finally:
+        server.record.gate.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def refused_location() -> Iterator[str]:
+    # a bound TCP port nobody listens on: connecting to it is refused
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+def acl(server: AclServer, pxe_path: str = "boot", dhcp_path: str = "linux", **kw) -> HttpAcl:
+    return HttpAcl(server.location, pxe_path, dhcp_path, **kw)
+
+
+# -- the exact request -------------------------------------------------------------------
+
+
+def test_dash_form_with_uuid(acl_server) -> None:
+    result = acl(acl_server).check(MAC, uuid=UUID, ip="10.0.0.5", pxe=True)
+    assert result.verdict is Verdict.ALLOWED
+    assert acl_server.last_line() == f"GET /boot?mac=00-AA-55-12-34-56&uuid={UUID} HTTP/1.1\r\n"
+
+
+def test_dash_form_without_uuid_os_phase(acl_server) -> None:
+    acl(acl_server).check(MAC, uuid=None, ip="10.0.0.5", pxe=False)
+    assert acl_server.last_line() == "GET /linux?mac=00-AA-55-12-34-56 HTTP/1.1\r\n"
+
+
+def test_colon_form_pxe_never_sends_ip(acl_server) -> None:
+    checker = acl(acl_server, mac_format="colon")
+    checker.check(MAC, uuid=UUID, ip="192.168.25.100", pxe=True)
+    assert acl_server.last_line() == f"GET /boot?mac=00%3AAA%3A55%3A12%3A34%3A56&uuid={UUID} HTTP/1.1\r\n"
+
+
+def test_colon_form_os_phase_with_ip(acl_server) -> None:
+    checker = acl(acl_server, mac_format="colon")
+    checker.check(MAC, uuid=UUID, ip="192.168.25.100", pxe=False)
+    assert acl_server.last_line() == (
+        f"GET /linux?mac=00%3AAA%3A55%3A12%3A34%3A56&uuid={UUID}&ip=192.168.25.100 HTTP/1.1\r\n"
+    )
+    checker.check(MAC, uuid=None, ip="192.168.25.100", pxe=False)
+    assert acl_server.last_line() == (
+        "GET /linux?mac=00%3AAA%3A55%3A12%3A34%3A56&ip=192.168.25.100 HTTP/1.1\r\n"
+    )
+    checker.check(MAC, uuid=None, ip=None, pxe=False)
+    assert acl_server.last_line() == "GET /linux?mac=00%3AAA%3A55%3A12%3A34%3A56 HTTP/1.1\r\n"
+
+
+def test_leading_slash_is_not_doubled(acl_server) -> None:
+    acl(acl_server, pxe_path="/boot", dhcp_path="/linux").check(MAC, uuid=None, ip=None, pxe=True)
+    assert acl_server.last_line() == "GET /boot?mac=00-AA-55-12-34-56 HTTP/1.1\r\n"
+
+
+# -- verdicts ----------------------------------------------------------------------------
+
+
+def test_allowed_with_client_and_file(acl_server) -> None:
+    result = acl(acl_server).check(MAC, uuid=UUID, ip=None, pxe=False)
+    assert result.verdict is Verdict.ALLOWED
+    assert result.client_name == "Tester-001"
+    assert result.file == "next.cfg"
+
+
+def test_empty_2xx_allows(acl_server) -> None:
+    result = acl(acl_server, pxe_path="fast").check(MAC, uuid=None, ip=None, pxe=True)
+    assert result.verdict is Verdict.ALLOWED
+    assert (result.client_name, result.file) == (None, None)
+
+
+def test_redirect_is_followed(acl_server) -> None:
+    result = acl(acl_server, pxe_path="redirect").check(MAC, uuid=None, ip=None, pxe=True)
+    assert result.verdict is Verdict.ALLOWED
+    assert result.client_name == "Tester-001"
+
+
+@pytest.mark.parametrize(("path", "status"), [("deny", 401), ("fail", 500), ("missing", 404)])
+def test_other_status_denies(acl_server, path: str, status: int) -> None:
+    result = acl(acl_server, pxe_path=path).check(MAC, uuid=None, ip=None, pxe=True)
+    assert result.verdict is Verdict.DENIED
+    assert result.client_name is None
+    assert str(status) in result.reason
+
+
+def test_slow_server_is_an_error_after_the_timeout(acl_server) -> None:
+    checker = acl(acl_server, pxe_path="slow", timeout=1)
+    start = time.monotonic()
+    result = checker.check(MAC, uuid=None, ip=None, pxe=True)
+    elapsed = time.monotonic() - start
+    assert result.verdict is Verdict.ERROR
+    assert 0.9 <= elapsed < 2.5  # the deadline, not the server's 3 s
+
+
+def test_trickling_body_hits_the_hard_deadline(acl_server) -> None:
+    checker = acl(acl_server, pxe_path="trickle", timeout=1)
+    start = time.monotonic()
+    result = checker.check(MAC, uuid=None, ip=None, pxe=True)
+    elapsed = time.monotonic() - start
+    assert result.verdict is Verdict.ERROR
+    assert elapsed < 2.5  # the whole body would take over 6 s
+
+
+def test_connection_refused_is_an_error(refused_location) -> None:
+    checker = HttpAcl(refused_location, "boot", "linux", timeout=2)
+    result = checker.check(MAC, uuid=None, ip=None, pxe=True)
+    assert result.verdict is Verdict.ERROR
+    assert result.reason
+
+
+def test_a_slow_acl_call_never_delays_the_others(acl_server) -> None:
+    checker = acl(acl_server, pxe_path="slow", dhcp_path="fast", timeout=10)
+    slow = gevent.spawn(checker.check, MAC, uuid=None, ip=None, pxe=True)
+    gevent.sleep(0)  # let the slow call start and block on its server
+    fast = [gevent.spawn(checker.check, MAC, uuid=None, ip=f"10.0.0.{i}", pxe=False) for i in range(100)]
+    gevent.joinall(fast, raise_error=True)
+    assert not slow.ready()
+    assert all(job.value.verdict is Verdict.ALLOWED for job in fast)
+    assert sum(line.startswith(b"GET /fast") for line in acl_server.lines) == 100
+    acl_server.gate.set()
+    assert slow.get(timeout=10).verdict is Verdict.ALLOWED
+    assert slow.value.client_name == "slow"
+
+
+def test_environment_proxy_is_not_used(acl_server, refused_location, monkeypatch) -> None:
+    # a proxy from the environment would take the check off the deployment network
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, f"http://{refused_location}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    result = acl(acl_server).check(MAC, uuid=None, ip=None, pxe=True)
+    assert result.verdict is Verdict.ALLOWED

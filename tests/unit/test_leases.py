@@ -1,0 +1,325 @@
+"""Lease stores: stickiness, static leases, exhaustion, decline, persistence (contract C10)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import gevent
+import pytest
+
+from massboot.dhcp.leases import (
+    BOUND,
+    OFFERED,
+    RELEASED,
+    LeaseConflict,
+    LeaseStore,
+    MemoryLeaseStore,
+    SqliteLeaseStore,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+POOL = [f"10.0.0.{i}" for i in range(10, 20)]
+MAC_A = "00:11:22:33:44:0A"
+MAC_B = "00:11:22:33:44:0B"
+MAC_C = "00:11:22:33:44:0C"
+STATIC_MAC = "AA:BB:CC:DD:EE:01"
+
+
+def mac(n: int) -> str:
+    return "02:00:" + ":".join(f"{b:02X}" for b in n.to_bytes(4, "big"))
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_store(request, tmp_path):
+    stores: list[LeaseStore] = []
+
+    def factory(pool=POOL, static={}, exclude=(), name="leases.db") -> LeaseStore:  # noqa: B006
+        if request.param == "memory":
+            store: LeaseStore = MemoryLeaseStore(pool, static, exclude)
+        else:
+            store = SqliteLeaseStore(str(tmp_path / name), pool, static, exclude)
+        stores.append(store)
+        return store
+
+    yield factory
+    for store in stores:
+        store.close()
+
+
+def test_allocate_is_sticky(make_store) -> None:
+    store = make_store()
+    a = store.allocate(MAC_A)
+    b = store.allocate(MAC_B)
+    assert a is not None and b is not None
+    assert (a.ip, b.ip) == ("10.0.0.10", "10.0.0.11")
+    assert a.state == OFFERED and a.mac == MAC_A
+    assert store.allocate(MAC_A) == a
+    assert store.allocate(MAC_A.lower().replace(":", "-")).ip == a.ip  # any MAC spelling
+    assert store.get(MAC_A) == a
+    assert store.by_ip("10.0.0.11") == b
+    assert store.by_ip("10.0.0.12") is None
+
+
+def test_commit_binds_and_keeps_address(make_store) -> None:
+    store = make_store()
+    offered = store.allocate(MAC_A)
+    lease = store.commit(MAC_A, offered.ip, lease_time=3600, uuid="12345678-abcd-ef00-1111-abcdefabcdef")
+    assert lease.state == BOUND and lease.ip == offered.ip
+    assert lease.expires >= lease.updated + 3600 - 1
+    assert lease.uuid == "12345678-abcd-ef00-1111-abcdefabcdef"
+    assert store.allocate(MAC_A) == lease  # a bound lease is returned unchanged
+    again = store.commit(MAC_A, offered.ip, lease_time=60)
+    assert again.uuid == lease.uuid  # a commit without UUID keeps the known one
+
+
+def test_commit_refuses_another_macs_address(make_store) -> None:
+    store = make_store(static={STATIC_MAC: "10.0.0.50"})
+    a = store.allocate(MAC_A)
+    with pytest.raises(LeaseConflict):
+        store.commit(MAC_B, a.ip, lease_time=60)
+    with pytest.raises(LeaseConflict):
+        store.commit(MAC_B, "10.0.0.50", lease_time=60)  # another MAC's static address
+    with pytest.raises(LeaseConflict):
+        store.commit(MAC_A, "10.0.0.15", lease_time=60)  # MAC_A is bound to a.ip
+    # a MAC with no binding may claim a free address (INIT-REBOOT after a lost store)
+    lease = store.commit(MAC_C, "10.0.0.15", lease_time=60)
+    assert lease.state == BOUND
+    assert store.allocate(MAC_B).ip == "10.0.0.11"
+    assert store.allocate(mac(1)).ip == "10.0.0.12"
+
+
+def test_static_lease(make_store) -> None:
+    store = make_store(static={"aa-bb-cc-dd-ee-01": "10.0.0.10", "AA-BB-CC-DD-EE-02": "192.168.9.9"})
+    # the static address inside the pool is never given to another MAC
+    assert store.allocate(MAC_A).ip == "10.0.0.11"
+    s1 = store.allocate(STATIC_MAC)
+    assert s1.ip == "10.0.0.10" and s1.static
+    s2 = store.allocate("AA:BB:CC:DD:EE:02")
+    assert s2.ip == "192.168.9.9" and s2.static
+    assert store.commit(STATIC_MAC, "10.0.0.10", lease_time=60).static
+    # the in-pool static reservation counts as in use, the one outside the pool does not
+    assert store.counts() == (2, 10)
+
+
+def test_duplicate_static_address_is_rejected() -> None:
+    with pytest.raises(ValueError, match="10.0.0.1"):
+        MemoryLeaseStore(POOL, {MAC_A: "10.0.0.1", MAC_B: "10.0.0.1"})
+
+
+def test_exhaustion_returns_none(make_store) -> None:
+    store = make_store(pool=POOL[:3], exclude=["10.0.0.11"])
+    assert store.counts() == (0, 2)
+    assert store.allocate(MAC_A).ip == "10.0.0.10"
+    assert store.allocate(MAC_B).ip == "10.0.0.12"
+    assert store.allocate(MAC_C) is None
+    assert store.allocate(MAC_C) is None
+    assert store.counts() == (2, 2)
+    # existing bindings still work when the pool is exhausted
+    assert store.allocate(MAC_A).ip == "10.0.0.10"
+
+
+def test_release_keeps_binding(make_store) -> None:
+    store = make_store()
+    ip = store.allocate(MAC_A).ip
+    store.commit(MAC_A, ip, lease_time=3600)
+    released = store.release(MAC_A)
+    assert released.state == RELEASED and released.ip == ip
+    assert store.release(MAC_B) is None
+    assert store.allocate(MAC_B).ip != ip
+    assert store.allocate(MAC_A).ip == ip
+    assert store.commit(MAC_A, ip, lease_time=60).state == BOUND
+
+
+def test_decline_sets_address_aside(make_store) -> None:
+    store = make_store()
+    ip = store.allocate(MAC_A).ip
+    store.decline(MAC_A, ip)
+    assert store.get(MAC_A) is None
+    assert store.by_ip(ip) is None
+    new = store.allocate(MAC_A)
+    assert new.ip != ip
+    assert all(store.allocate(mac(i)).ip != ip for i in range(8))
+    assert store.allocate(mac(99)) is None
+    assert store.counts() == (9, 9)
+    with pytest.raises(LeaseConflict):
+        store.commit(MAC_B, ip, lease_time=60)
+
+
+def test_decline_of_another_macs_address_is_ignored(make_store) -> None:
+    store = make_store()
+    a = store.allocate(MAC_A)
+    store.decline(MAC_B, a.ip)
+    assert store.get(MAC_A) == a
+    assert store.counts() == (1, 10)
+
+
+def test_declined_static_address_falls_back_to_pool(make_store) -> None:
+    store = make_store(static={STATIC_MAC: "10.0.0.10"})
+    assert store.allocate(STATIC_MAC).ip == "10.0.0.10"
+    store.decline(STATIC_MAC, "10.0.0.10")
+    lease = store.allocate(STATIC_MAC)
+    assert lease.ip == "10.0.0.11" and not lease.static
+
+
+def test_leases_snapshot(make_store) -> None:
+    store = make_store()
+    store.allocate(MAC_A)
+    store.allocate(MAC_B)
+    assert sorted(lease.mac for lease in store.leases()) == [MAC_A, MAC_B]
+
+
+def test_thousand_allocations(make_store) -> None:
+    pool = [f"10.1.{i // 250}.{i % 250 + 1}" for i in range(1000)]
+    store = make_store(pool=pool)
+    ips = [store.allocate(mac(i)).ip for i in range(1000)]
+    assert ips == pool
+    assert store.allocate(mac(1000)) is None
+    assert store.counts() == (1000, 1000)
+    assert [store.allocate(mac(i)).ip for i in range(0, 1000, 97)] == pool[::97]
+
+
+def test_concurrent_greenlets_never_share_an_address(make_store) -> None:
+    pool = [f"10.2.0.{i}" for i in range(1, 201)]
+    store = make_store(pool=pool)
+
+    def client(n: int) -> str | None:
+        gevent.sleep(0)
+        lease = store.allocate(mac(n))
+        if lease is None:
+            return None
+        gevent.sleep(0)
+        return store.commit(mac(n), lease.ip, lease_time=60).ip
+
+    jobs = [gevent.spawn(client, n) for n in range(250)]
+    gevent.joinall(jobs, raise_error=True)
+    ips = [job.value for job in jobs if job.value is not None]
+    assert len(ips) == 200
+    assert len(set(ips)) == 200
+    assert sum(job.value is None for job in jobs) == 50
+    owners = {lease.ip: lease.mac for lease in store.leases()}
+    assert len(owners) == 200
+
+
+# -- persistence -------------------------------------------------------------------------
+
+
+def test_sqlite_persists_across_reopen(tmp_path) -> None:
+    path = str(tmp_path / "l.db")
+    store = SqliteLeaseStore(path, POOL, {STATIC_MAC: "10.0.0.19"})
+    a = store.allocate(MAC_A)
+    bound = store.commit(MAC_A, a.ip, lease_time=600, uuid="11111111-2222-3333-4444-555555555555")
+    b = store.allocate(MAC_B)  # offered only
+    store.allocate(MAC_C)
+    store.release(MAC_C)
+    store.decline(MAC_C, "10.0.0.12")
+    store.close()
+    store.close()  # idempotent
+
+    again = SqliteLeaseStore(path, POOL, {STATIC_MAC: "10.0.0.19"})
+    try:
+        assert again.get(MAC_A) == bound
+        assert again.get(MAC_B) == b
+        assert again.get(MAC_C) is None
+        assert again.allocate(MAC_C).ip == "10.0.0.13"  # .12 stays declined
+        assert again.allocate(STATIC_MAC).ip == "10.0.0.19"
+        assert again.counts() == (4, 9)
+    finally:
+        again.close()
+
+
+def test_sqlite_pool_change_keeps_outside_bindings(tmp_path, caplog) -> None:
+    path = str(tmp_path / "l.db")
+    store = SqliteLeaseStore(path, POOL)
+    old = store.allocate(MAC_A)
+    store.commit(MAC_A, old.ip, lease_time=60)
+    store.close()
+
+    new_pool = [f"10.0.1.{i}" for i in range(1, 5)]
+    caplog.set_level("INFO", logger="massboot.dhcp.leases")
+    again = SqliteLeaseStore(path, new_pool)
+    try:
+        assert again.allocate(MAC_A).ip == old.ip
+        assert "outside the pool" in caplog.text
+        assert again.counts() == (0, 4)
+        assert again.allocate(MAC_B).ip == "10.0.1.1"
+    finally:
+        again.close()
+
+
+def test_sqlite_static_config_wins_over_stored_binding(tmp_path) -> None:
+    path = str(tmp_path / "l.db")
+    store = SqliteLeaseStore(path, POOL)
+    assert store.allocate(MAC_A).ip == "10.0.0.10"
+    assert store.allocate(MAC_B).ip == "10.0.0.11"
+    store.close()
+    # MAC_B's address is now static for MAC_C; MAC_A now has a static address
+    again = SqliteLeaseStore(path, POOL, {MAC_C: "10.0.0.11", MAC_A: "10.0.0.30"})
+    try:
+        assert again.get(MAC_B) is None
+        assert again.allocate(MAC_A).ip == "10.0.0.30"
+        assert again.allocate(MAC_C).ip == "10.0.0.11"
+    finally:
+        again.close()
+    third = SqliteLeaseStore(path, POOL, {MAC_C: "10.0.0.11", MAC_A: "10.0.0.30"})
+    try:
+        assert third.get(MAC_A).ip == "10.0.0.30"
+    finally:
+        third.close()
+
+
+def test_sqlite_commit_survives_sigkill(tmp_path) -> None:
+    path = str(tmp_path / "killed.db")
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from massboot.dhcp.leases import SqliteLeaseStore
+        store = SqliteLeaseStore({path!r}, {POOL!r})
+        lease = store.allocate({MAC_A!r})
+        store.commit({MAC_A!r}, lease.ip, lease_time=3600, uuid="aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee")
+        store.allocate({MAC_B!r})
+        print("committed", lease.ip, flush=True)
+        time.sleep(120)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=str(ROOT), env=env, text=True
+    )
+    try:
+        line = proc.stdout.readline().split()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    assert line[0] == "committed"
+    assert proc.returncode == -signal.SIGKILL
+
+    store = SqliteLeaseStore(path, POOL)
+    try:
+        lease = store.get(MAC_A)
+        assert lease is not None and lease.state == BOUND and lease.ip == line[1]
+        assert lease.uuid == "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+        assert store.get(MAC_B).ip == "10.0.0.11"
+        assert store.allocate(MAC_C).ip == "10.0.0.12"
+    finally:
+        store.close()
+
+
+def test_sqlite_writes_do_not_block_the_hub(tmp_path) -> None:
+    store = SqliteLeaseStore(str(tmp_path / "l.db"), POOL)
+    ticks = []
+    ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0)) for _ in range(1000)])
+    try:
+        for i in range(10):
+            lease = store.allocate(mac(i))
+            store.commit(mac(i), lease.ip, lease_time=60)
+        # while the worker thread wrote, the other greenlet ran
+        assert ticks
+    finally:
+        ticker.kill()
+        store.close()
