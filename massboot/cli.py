@@ -277,7 +277,8 @@ def check_config(config: cfg.Config, *, run_dhcp: bool, run_tftp: bool) -> int:
     try:
         from massboot.files import FileStore
 
-        FileStore(config.tftp.root, config.tftp.filters, base_dir=config.base_dir).close()
+        FileStore(config.tftp.root, config.tftp.filters, base_dir=config.base_dir,
+                  cache_dir=config.tftp.cache_dir).close()
     except ValueError as exc:
         print(f"error: [filters]: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -1,0 +1,438 @@
+"""The TFTP server: one listener, one greenlet and one socket (TID) per read transfer.
+
+The listener greenlet reads requests on ``address:port`` and decodes them itself, so junk,
+write requests and duplicate read requests cost no pool slot:
+
+* a malformed datagram is dropped and counted (``tftp.malformed``);
+* WRQ gets ERROR 2 "Access violation": the server is read-only (``tftp.denied``, write);
+* a first packet that is neither RRQ nor WRQ gets ERROR 4 (an ERROR is never answered);
+* an RRQ from an (ip, port) whose transfer is still running is a retransmission and starts
+  nothing;
+* any other RRQ runs in a greenlet from a bounded :class:`gevent.pool.Pool`. While the pool is
+  full the listener does not read at all: requests wait in the kernel's receive buffer (sized
+  with ``rcvbuf``) and clients retransmit, which is the back-pressure we want under a storm.
+
+A transfer binds its own socket to ``(address, 0)`` (its TID, RFC 1350 section 4), opens the
+file through the injected store (a :class:`massboot.files.FileError` becomes an ERROR with its
+code at once, ``tftp.denied``), negotiates options (RFC 2347-2349, RFC 7440) and drives a
+:class:`~massboot.tftp.transfer.ReadTransfer`. A datagram from any other (ip, port) on that
+socket gets ERROR 5 and the transfer goes on. Mode ``netascii`` is converted; any other mode
+is served as ``octet``, as pybootd did.
+
+Events (see :mod:`massboot.events`): ``tftp.start``, then ``tftp.done`` or ``tftp.fail``, with
+``duration`` measured from the RRQ's arrival and ``ttfb`` from the RRQ's arrival to the moment
+DATA 1 was first sent (after the OACK round trip, when there is one). One INFO log line per
+outcome; per-packet detail only at DEBUG.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Iterable
+from typing import Protocol
+
+import gevent
+from gevent import socket as gsocket
+from gevent.event import Event
+from gevent.pool import Pool
+
+from massboot.events import EventBus
+from massboot.files import FileError
+from massboot.tftp.packet import (
+    ACK_HEADER,
+    BLKSIZE_MAX,
+    BLKSIZE_MIN,
+    Error,
+    ErrorCode,
+    Opcode,
+    PacketError,
+    Request,
+    decode,
+)
+from massboot.tftp.transfer import Datagram, ReadTransfer, negotiate
+
+__all__ = ["FileStoreLike", "Source", "TftpServer"]
+
+log = logging.getLogger(__name__)
+
+_LISTEN_BUFSIZE = 65536  # a request with many options can exceed 512 bytes
+_TRANSFER_BUFSIZE = 2048  # ACKs are 4 bytes; a long ERROR message may be cut, harmlessly
+_FATAL_ERRNOS = (errno.EBADF, errno.ENOTSOCK, errno.EINVAL)
+_DENY_REASONS: dict[int, str] = {
+    int(ErrorCode.FILE_NOT_FOUND): "not_found",
+    int(ErrorCode.ACCESS_VIOLATION): "access",
+}
+
+
+class Source(Protocol):
+    """An open file as the store hands it out (see :mod:`massboot.files`)."""
+
+    size: int | None
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to *length* bytes at *offset*; ``b""`` at the end; may wait; may raise FileError."""
+        ...
+
+    def close(self) -> None:
+        """Release the file."""
+        ...
+
+
+class FileStoreLike(Protocol):
+    """Name to :class:`Source` (see :class:`massboot.files.FileStore`)."""
+
+    def open(self, name: str, client_ip: str) -> Source:
+        """Open *name* for *client_ip*; raise FileError (1 not found, 2 access violation)."""
+        ...
+
+
+class TftpServer:
+    """A read-only TFTP server on gevent.
+
+    Args:
+        address: IPv4 address to listen on (transfer sockets bind to it too).
+        port: UDP port; 0 picks an ephemeral one (see :attr:`port`).
+        files: the store that opens requested names.
+        events: the event bus for ``tftp.*`` events.
+        pool_size: the most transfers running at once.
+        max_blksize: the largest ``blksize`` agreed to (``None``: 65464, RFC 2348).
+        max_windowsize: the largest ``windowsize`` agreed to (RFC 7440).
+        timeout_min: lower bound of the adaptive retransmission timeout, seconds.
+        timeout_max: upper bound of it, unless the client's ``timeout`` option sets another.
+        retries: consecutive timeouts without progress before a transfer is abandoned.
+        rcvbuf: ``SO_RCVBUF`` of the listener, best effort.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        files: FileStoreLike,
+        events: EventBus,
+        *,
+        pool_size: int = 1000,
+        max_blksize: int | None = None,
+        max_windowsize: int = 64,
+        timeout_min: float = 0.02,
+        timeout_max: float = 2.0,
+        retries: int = 5,
+        rcvbuf: int = 4 * 1024 * 1024,
+    ) -> None:
+        if max_blksize is not None and not BLKSIZE_MIN <= max_blksize <= BLKSIZE_MAX:
+            raise ValueError(f"max_blksize {max_blksize} outside {BLKSIZE_MIN}..{BLKSIZE_MAX}")
+        if not 1 <= max_windowsize <= 65535:
+            raise ValueError(f"max_windowsize {max_windowsize} outside 1..65535")
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        self._address = address
+        self._requested_port = port
+        self._files = files
+        self._events = events
+        self._pool_size = pool_size
+        self._max_blksize = max_blksize
+        self._max_windowsize = max_windowsize
+        self._timeout_min = timeout_min
+        self._timeout_max = timeout_max
+        self._retries = retries
+        self._rcvbuf = rcvbuf
+        self._clock = time.monotonic
+        self._socket: gsocket.socket | None = None
+        self._pool: Pool | None = None
+        self._reader: gevent.Greenlet | None = None
+        self._stopped = Event()
+        self._transfers: dict[tuple[str, int], ReadTransfer | None] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind the listener (synchronously) and start reading in a greenlet."""
+        if self._socket is not None:
+            raise RuntimeError("TftpServer already started")
+        sock = gsocket.socket(gsocket.AF_INET, gsocket.SOCK_DGRAM)
+        try:
+            _set_rcvbuf(sock, self._rcvbuf)
+            sock.bind((self._address, self._requested_port))
+        except BaseException:
+            sock.close()
+            raise
+        self._socket = sock
+        self._pool = Pool(self._pool_size)
+        self._stopped.clear()
+        self._reader = gevent.spawn(self._read_loop, sock, self._pool)
+        log.info("tftp listening on %s:%d pool=%d", self._address, self.port, self._pool_size)
+
+    @property
+    def port(self) -> int:
+        """The bound UDP port."""
+        if self._socket is None:
+            raise RuntimeError("TftpServer not started")
+        return self._socket.getsockname()[1]
+
+    @property
+    def active(self) -> int:
+        """Transfers running (including those still opening their file)."""
+        return len(self._transfers)
+
+    def serve_forever(self) -> None:
+        """Start if needed and block until :meth:`stop`."""
+        if self._socket is None:
+            self.start()
+        self._stopped.wait()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop reading requests, let transfers finish for *timeout* seconds, then kill them.
+
+        Args:
+            timeout: grace period in seconds; ``None`` waits until every transfer ends (each
+                is bounded by its retry limit); 0 kills them at once.
+        """
+        if self._reader is not None:
+            self._reader.kill()
+            self._reader = None
+        if self._socket is not None:
+            self._socket.close()
+        if self._pool is not None:
+            self._pool.join(timeout=timeout)
+            if len(self._pool):
+                log.info("tftp stopping: aborting %d transfer(s)", len(self._pool))
+            self._pool.kill(block=True)
+        self._stopped.set()
+
+    def __enter__(self) -> TftpServer:
+        if self._socket is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop(timeout=0)
+
+    # -- listener ------------------------------------------------------------------------
+
+    def _read_loop(self, sock: gsocket.socket, pool: Pool) -> None:
+        while True:
+            if pool.full():
+                pool.wait_available()  # back-pressure: leave requests in the kernel queue
+            try:
+                data, address = sock.recvfrom(_LISTEN_BUFSIZE)
+            except OSError as exc:
+                if exc.errno in _FATAL_ERRNOS or sock.fileno() < 0:
+                    log.error("tftp listener stopped: %s", exc)
+                    return
+                log.warning("tftp listener: %s", exc)
+                continue
+            try:
+                self._dispatch(sock, pool, data, address)
+            except Exception:
+                log.exception("tftp: failed to handle a datagram from %s:%d", *address[:2])
+
+    def _dispatch(self, sock: gsocket.socket, pool: Pool, data: bytes, address: tuple[str, int]) -> None:
+        received = self._clock()
+        address = (address[0], address[1])
+        try:
+            packet = decode(data)
+        except PacketError as exc:
+            log.debug("tftp malformed request from %s:%d: %s", *address, exc)
+            self._events.emit("tftp.malformed", reason=str(exc))
+            return
+        if isinstance(packet, Request):
+            if packet.opcode == Opcode.RRQ:
+                if address in self._transfers:
+                    log.debug("tftp duplicate RRQ from %s:%d for %s", *address, packet.filename)
+                    return
+                self._transfers[address] = None
+                pool.spawn(self._serve, packet, address, received)
+                return
+            log.info("tftp denied write client=%s:%d file=%s", *address, packet.filename)
+            self._events.emit("tftp.denied", ip=address[0], name=packet.filename, reason="write")
+            _send(sock, Error(ErrorCode.ACCESS_VIOLATION, "Access violation").encode(), address)
+            return
+        if isinstance(packet, Error):
+            log.debug("tftp stray ERROR from %s:%d ignored", *address)  # never answer an ERROR
+            return
+        log.debug("tftp %s as a first packet from %s:%d", type(packet).__name__, *address)
+        _send(sock, Error(ErrorCode.ILLEGAL_OPERATION, "Illegal TFTP operation").encode(), address)
+
+    # -- one transfer --------------------------------------------------------------------
+
+    def _serve(self, request: Request, client: tuple[str, int], received: float) -> None:
+        ip, port = client
+        name = request.filename
+        sock: gsocket.socket | None = None
+        source: Source | None = None
+        transfer: ReadTransfer | None = None
+        try:
+            sock = gsocket.socket(gsocket.AF_INET, gsocket.SOCK_DGRAM)
+            sock.bind((self._address, 0))
+            try:
+                source = self._files.open(name, ip)
+            except FileError as exc:
+                self._deny(sock, client, name, exc.code, exc.message)
+                return
+            netascii = request.mode == "netascii"
+            deal = negotiate(
+                request.options,
+                size=getattr(source, "size", None),
+                max_blksize=self._max_blksize,
+                max_windowsize=self._max_windowsize,
+                netascii=netascii,
+            )
+            transfer = ReadTransfer(
+                source.read,
+                blksize=deal.blksize,
+                windowsize=deal.windowsize,
+                options=deal.oack,
+                netascii=netascii,
+                timeout_min=self._timeout_min,
+                timeout_max=float(deal.timeout) if deal.timeout else self._timeout_max,
+                retries=self._retries,
+                read_errors=(FileError,),
+                clock=self._clock,
+            )
+            self._transfers[client] = transfer
+            log.debug("tftp RRQ client=%s:%d file=%s mode=%s options=%s oack=%s",
+                      ip, port, name, request.mode, request.options, deal.oack)
+            self._events.emit("tftp.start", ip=ip, port=port, name=name,
+                              blksize=deal.blksize, windowsize=deal.windowsize)
+            self._run(sock, client, transfer)
+        except gevent.GreenletExit:
+            message = "Server shutting down"
+            if transfer is not None:
+                _send(sock, transfer.abort(ErrorCode.NOT_DEFINED, message, "shutdown"), client)
+            elif sock is not None:
+                _send(sock, Error(ErrorCode.NOT_DEFINED, message).encode(), client)
+            raise
+        except Exception:
+            log.exception("tftp transfer failed client=%s:%d file=%s", ip, port, name)
+            if transfer is not None:
+                _send(sock, transfer.abort(), client)
+            elif sock is not None:
+                _send(sock, Error(ErrorCode.NOT_DEFINED, "Internal error").encode(), client)
+                self._events.emit("tftp.denied", ip=ip, name=name, reason="error")
+        finally:
+            self._transfers.pop(client, None)
+            if transfer is not None:
+                self._report(client, name, transfer, received)
+            if source is not None:
+                try:
+                    source.close()
+                except Exception:
+                    log.exception("tftp: closing %s failed", name)
+            if sock is not None:
+                sock.close()
+
+    def _run(self, sock: gsocket.socket, client: tuple[str, int], transfer: ReadTransfer) -> None:
+        """Drive *transfer* until it finishes: the hot path, kept lean."""
+        clock = self._clock
+        buf = bytearray(_TRANSFER_BUFSIZE)
+        view = memoryview(buf)
+        unpack_ack = ACK_HEADER.unpack_from
+        _send_all(sock, transfer.start(), client)
+        while not transfer.finished:
+            remaining = transfer.deadline - clock()
+            if remaining <= 0:
+                _send_all(sock, transfer.on_timeout(), client)
+                continue
+            sock.settimeout(remaining)
+            try:
+                size, peer = sock.recvfrom_into(buf)
+            except TimeoutError:
+                continue
+            except OSError as exc:  # e.g. an ICMP error reported late; treat as a loss
+                log.debug("tftp recv error client=%s:%d: %s", *client, exc)
+                continue
+            if peer[0] != client[0] or peer[1] != client[1]:
+                self._stranger(sock, buf, size, peer)
+                continue
+            if size >= 4:
+                opcode, block = unpack_ack(buf)
+                if opcode == Opcode.ACK:
+                    out = transfer.on_ack(block)
+                    if out:
+                        _send_all(sock, out, client)
+                    continue
+            try:
+                packet = decode(bytes(view[:size]))
+            except PacketError as exc:
+                self._events.emit("tftp.malformed", reason=str(exc))
+                continue
+            if isinstance(packet, Error):
+                transfer.on_error(packet.code, packet.message)
+            else:
+                log.debug("tftp ignored %s from client=%s:%d", type(packet).__name__, *client)
+
+    def _stranger(self, sock: gsocket.socket, buf: bytearray, size: int, peer: tuple[str, int]) -> None:
+        """RFC 1350 section 4: answer a wrong TID with ERROR 5; never answer an ERROR."""
+        if size >= 2 and buf[0] == 0 and buf[1] == Opcode.ERROR:
+            return
+        log.debug("tftp datagram from unknown TID %s:%d", peer[0], peer[1])
+        _send(sock, Error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID").encode(), peer)
+
+    def _deny(self, sock: gsocket.socket, client: tuple[str, int], name: str, code: int,
+              message: str) -> None:
+        if not isinstance(code, int) or not 0 <= code <= 8:
+            code = ErrorCode.NOT_DEFINED
+        reason = _DENY_REASONS.get(code, "error")
+        log.info("tftp denied client=%s:%d file=%s code=%d reason=%s: %s",
+                 client[0], client[1], name, code, reason, message)
+        self._events.emit("tftp.denied", ip=client[0], name=name, reason=reason)
+        _send(sock, Error(code, message).encode(), client)
+
+    def _report(self, client: tuple[str, int], name: str, transfer: ReadTransfer,
+                received: float) -> None:
+        duration = self._clock() - received
+        ip, port = client
+        nbytes = transfer.bytes_acked
+        rate = nbytes / duration / 1e6 if duration > 0 else 0.0
+        if transfer.done:
+            first = transfer.first_data_at
+            ttfb = first - received if first is not None else duration
+            log.info("tftp done client=%s:%d file=%s bytes=%d duration=%.3fs rate=%.2fMB/s "
+                     "retransmits=%d blksize=%d windowsize=%d", ip, port, name, nbytes, duration,
+                     rate, transfer.retransmits, transfer.blksize, transfer.windowsize)
+            self._events.emit("tftp.done", ip=ip, port=port, name=name, bytes=nbytes,
+                              duration=duration, ttfb=ttfb, retransmits=transfer.retransmits)
+        else:
+            reason = transfer.reason or "aborted"
+            log.info("tftp failed client=%s:%d file=%s reason=%s bytes=%d duration=%.3fs "
+                     "rate=%.2fMB/s retransmits=%d: %s", ip, port, name, reason, nbytes, duration,
+                     rate, transfer.retransmits, transfer.detail)
+            self._events.emit("tftp.fail", ip=ip, port=port, name=name, reason=reason, bytes=nbytes,
+                              duration=duration, retransmits=transfer.retransmits)
+
+
+def _set_rcvbuf(sock: gsocket.socket, size: int) -> None:
+    """Size the receive buffer: SO_RCVBUFFORCE (root, beyond rmem_max), else SO_RCVBUF."""
+    if size <= 0:
+        return
+    force = getattr(gsocket, "SO_RCVBUFFORCE", None)
+    if force is not None:
+        try:
+            sock.setsockopt(gsocket.SOL_SOCKET, force, size)
+            return
+        except OSError:
+            pass
+    try:
+        sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_RCVBUF, size)
+    except OSError as exc:
+        log.warning("tftp: cannot set SO_RCVBUF to %d: %s", size, exc)
+
+
+def _send(sock: gsocket.socket | None, datagram: Datagram, address: tuple[str, int]) -> None:
+    if sock is None:
+        return
+    try:
+        sock.sendto(datagram, address)
+    except OSError as exc:
+        log.debug("tftp send to %s:%d failed: %s", address[0], address[1], exc)
+
+
+def _send_all(sock: gsocket.socket, datagrams: Iterable[Datagram], address: tuple[str, int]) -> None:
+    """Send a batch; a failed send counts as a lost packet (the timer will resend it)."""
+    sendto = sock.sendto
+    try:
+        for datagram in datagrams:
+            sendto(datagram, address)
+    except OSError as exc:
+        log.debug("tftp send to %s:%d failed: %s", address[0], address[1], exc)

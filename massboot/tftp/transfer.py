@@ -1,0 +1,470 @@
+"""Sans-IO TFTP read transfer: option negotiation, DATA/ACK windowing, retransmission timer.
+
+:class:`ReadTransfer` owns no socket and no timer. The caller feeds it events and sends what
+it returns::
+
+    transfer = ReadTransfer(source.read, blksize=1468, windowsize=8, options=oack)
+    send(transfer.start())
+    while not transfer.finished:
+        wait for a datagram until transfer.deadline
+        on ACK n        -> send(transfer.on_ack(n))
+        on ERROR        -> transfer.on_error(code, message)
+        on the deadline -> send(transfer.on_timeout())
+
+Behaviour (RFC 1350, RFC 2347-2349, RFC 7440, RFC 6298):
+
+* Blocks are numbered 1, 2, ... on the wire modulo 2**16: after 65535 comes 0, as tftp-hpa,
+  atftp and dnsmasq do, so files of any size can be sent. Internally blocks are counted
+  without wrapping and an ACK is mapped back to the window it belongs to.
+* The transfer ends with a block shorter than the block size, an empty one when the size is
+  an exact multiple. That last block is retransmitted until it is acknowledged.
+* An ACK that acknowledges nothing new (a duplicate, an old one, one for a block never sent)
+  is ignored: no resend, which avoids the Sorcerer's Apprentice syndrome (RFC 1123 4.2.3.1).
+* Windowsize (RFC 7440 section 4): up to ``windowsize`` blocks are in flight. An ACK for the
+  last block sent opens the next window; an ACK for a block inside the window means the
+  client dropped what followed, so sending restarts right after the acknowledged block
+  (go-back-N). A timeout resends from the first unacknowledged block.
+* Options: when ``options`` (the OACK contents) is not empty, the OACK is sent first and
+  retransmitted until the client answers ACK 0 (RFC 2347). An ERROR from the client ends the
+  transfer quietly (no answer), ERROR 8 after the OACK included (a client such as EDK2's PXE
+  probes ``tsize`` this way).
+* Retransmission timeout is adaptive like TCP's (RFC 6298 section 2): SRTT and RTTVAR from ACK
+  samples, Karn's rule (no sample from a block that was retransmitted, section 3), exponential
+  back-off on expiry (section 5.5), bounded by ``timeout_min`` and ``timeout_max``; the first
+  value is ``min(1.0, timeout_max)``. After ``retries`` consecutive timeouts without progress
+  the transfer fails and returns ERROR 0 "Transfer timed out" for the client (RFC 1350 has no
+  code for a timeout; code 0 means "see the message").
+* Netascii mode converts LF to CR LF and CR to CR NUL on the fly (RFC 764 via RFC 1350). The
+  converted size is not known without reading the whole file, so :func:`negotiate` does not
+  answer ``tsize`` in netascii mode.
+* Memory is O(blksize * windowsize): one reusable buffer per window slot, never the file.
+
+The DATA datagrams returned are ``memoryview`` slices of those slot buffers: send them before
+the next call, or copy them with ``bytes()``. OACK and ERROR datagrams are ``bytes``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from massboot.tftp.packet import (
+    BLKSIZE_DEFAULT,
+    BLKSIZE_MAX,
+    DATA_HEADER,
+    Error,
+    ErrorCode,
+    Opcode,
+    OptionAck,
+    parse_blksize,
+    parse_timeout,
+    parse_tsize,
+    parse_windowsize,
+)
+
+__all__ = ["Datagram", "Negotiation", "ReadTransfer", "negotiate"]
+
+Datagram = bytes | memoryview
+ReadFunc = Callable[[int, int], bytes]
+
+_K = 4  # RFC 6298 section 2: RTO = SRTT + max(G, K * RTTVAR)
+_ALPHA = 1 / 8  # RFC 6298 section 2.3
+_BETA = 1 / 4  # RFC 6298 section 2.3
+_GRANULARITY = 0.001  # G in RFC 6298: the clock is far finer, 1 ms keeps RTO above noise
+_INITIAL_RTO = 1.0  # RFC 6298 section 2.1 (capped by timeout_max)
+_BLOCK_MOD = 0x10000  # 16-bit block numbers, RFC 1350 section 5
+
+# Reasons a transfer failed; short tokens suitable for metrics labels.
+REASON_TIMEOUT = "timeout"
+REASON_CLIENT_ERROR = "client_error"
+REASON_OPTIONS_REFUSED = "options_refused"
+REASON_READ_ERROR = "read_error"
+
+_WAIT_OACK, _SENDING, _DONE, _FAILED = range(4)
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiation:
+    """The result of option negotiation for one read request.
+
+    Attributes:
+        blksize: the block size to use (512 when the client asked for none, RFC 1350).
+        windowsize: the window size to use (1 when not negotiated, RFC 7440).
+        timeout: the accepted ``timeout`` option in seconds, or ``None``.
+        oack: the options to answer in an OACK, in the client's order; empty means no OACK
+            and DATA 1 goes out straight away (RFC 2347).
+    """
+
+    blksize: int = BLKSIZE_DEFAULT
+    windowsize: int = 1
+    timeout: int | None = None
+    oack: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+def negotiate(
+    requested: Mapping[str, str],
+    *,
+    size: int | None,
+    max_blksize: int | None = None,
+    max_windowsize: int = 64,
+    netascii: bool = False,
+) -> Negotiation:
+    """Decide which of a read request's options to accept (RFC 2347).
+
+    Args:
+        requested: the client's options, names lower-cased.
+        size: the file size for ``tsize`` (RFC 2349), or ``None`` when unknown.
+        max_blksize: the largest block size agreed to (``None``: 65464, RFC 2348).
+        max_windowsize: the largest window agreed to (RFC 7440).
+        netascii: netascii mode; the converted size is unknown, so ``tsize`` is not answered.
+
+    Returns:
+        The values to use and the OACK contents. Invalid and unknown options are ignored.
+    """
+    blksize, windowsize, timeout = BLKSIZE_DEFAULT, 1, None
+    oack: dict[str, str] = {}
+    limit_blksize = min(max_blksize or BLKSIZE_MAX, BLKSIZE_MAX)
+    for name, value in requested.items():
+        if name == "blksize":  # RFC 2348
+            number = parse_blksize(value)
+            if number is not None:
+                blksize = min(number, limit_blksize)
+                oack[name] = str(blksize)
+        elif name == "tsize":  # RFC 2349: the client sends 0 in a read request
+            if parse_tsize(value) is not None and size is not None and not netascii:
+                oack[name] = str(size)
+        elif name == "timeout":  # RFC 2349: echoed when accepted
+            number = parse_timeout(value)
+            if number is not None:
+                timeout = number
+                oack[name] = str(number)
+        elif name == "windowsize":  # RFC 7440
+            number = parse_windowsize(value)
+            if number is not None:
+                windowsize = max(1, min(number, max_windowsize))
+                oack[name] = str(windowsize)
+    return Negotiation(blksize, windowsize, timeout, oack)
+
+
+class ReadTransfer:
+    """One read transfer as a state machine; see the module docstring.
+
+    Args:
+        read: ``read(offset, length) -> bytes``, up to *length* bytes at *offset*, ``b""`` at
+            the end of the file; may wait cooperatively; exceptions listed in *read_errors*
+            end the transfer with an ERROR carrying their ``code`` and ``message``.
+        blksize: negotiated block size (8..65464).
+        windowsize: negotiated window size (1..65535).
+        options: the OACK to send first; empty or ``None`` for none.
+        netascii: convert LF -> CR LF and CR -> CR NUL.
+        timeout_min: lower bound of the retransmission timeout, seconds.
+        timeout_max: upper bound of the retransmission timeout, seconds (a client's
+            accepted ``timeout`` option belongs here).
+        retries: consecutive timeouts without progress tolerated before giving up.
+        read_errors: exception types from *read* that are the file's fault, not a bug.
+        clock: monotonic clock in seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        read: ReadFunc,
+        *,
+        blksize: int = BLKSIZE_DEFAULT,
+        windowsize: int = 1,
+        options: Mapping[str, str] | None = None,
+        netascii: bool = False,
+        timeout_min: float = 0.02,
+        timeout_max: float = 2.0,
+        retries: int = 5,
+        read_errors: tuple[type[BaseException], ...] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 8 <= blksize <= BLKSIZE_MAX:
+            raise ValueError(f"blksize {blksize} outside 8..{BLKSIZE_MAX}")
+        if not 1 <= windowsize < _BLOCK_MOD:
+            raise ValueError(f"windowsize {windowsize} outside 1..65535")
+        if timeout_max <= 0 or timeout_min <= 0:
+            raise ValueError("timeouts must be positive")
+        self._read = read
+        self._blksize = blksize
+        self._window = windowsize
+        self._oack = OptionAck(dict(options)).encode() if options else None
+        self._netascii = netascii
+        self._timeout_max = float(timeout_max)
+        self._timeout_min = min(float(timeout_min), self._timeout_max)
+        self._retries = retries
+        self._read_errors = read_errors
+        self._clock = clock
+
+        self._state = _WAIT_OACK if self._oack else _SENDING
+        self._started = False
+        # Window slots: block n lives in slot n % windowsize while unacknowledged.
+        self._slots: list[bytearray | None] = [None] * windowsize
+        self._views: list[memoryview | None] = [None] * windowsize
+        self._lengths = [0] * windowsize  # datagram length (4 + payload)
+        self._sent_at = [0.0] * windowsize
+        self._resent = [False] * windowsize
+        self._base = 1  # first unacknowledged block (unwrapped)
+        self._next = 1  # next block to put on the wire
+        self._high = 0  # highest block read so far
+        self._last: int | None = None  # the final (short) block, once read
+        self._offset = 0  # file offset of the next read
+        self._pending = bytearray()  # netascii output not yet in a block
+        self._eof = False
+
+        self._rto = max(self._timeout_min, min(_INITIAL_RTO, self._timeout_max))
+        self._srtt: float | None = None
+        self._rttvar = 0.0
+        self._timeouts = 0
+        self._deadline = float("inf")
+        self._oack_sent_at = 0.0
+        self._oack_resent = False
+
+        self.bytes_sent = 0
+        """Payload bytes of distinct blocks sent (retransmissions not counted)."""
+        self.bytes_acked = 0
+        """Payload bytes the client acknowledged."""
+        self.retransmits = 0
+        """Datagrams (DATA or OACK) sent again."""
+        self.first_data_at: float | None = None
+        """Clock time when DATA 1 was first handed out, or ``None``."""
+        self.reason: str | None = None
+        """Why the transfer failed (``timeout``, ``client_error``, ``options_refused``,
+        ``read_error`` or the reason given to :meth:`abort`); ``None`` otherwise."""
+        self.detail = ""
+        """Human-readable detail of the failure."""
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def blksize(self) -> int:
+        """The block size in use."""
+        return self._blksize
+
+    @property
+    def windowsize(self) -> int:
+        """The window size in use."""
+        return self._window
+
+    @property
+    def done(self) -> bool:
+        """True once the client acknowledged the last block."""
+        return self._state == _DONE
+
+    @property
+    def failed(self) -> bool:
+        """True once the transfer ended without the last ACK."""
+        return self._state == _FAILED
+
+    @property
+    def finished(self) -> bool:
+        """True once the transfer is over, either way."""
+        return self._state >= _DONE
+
+    @property
+    def timeout(self) -> float:
+        """The current retransmission timeout (RTO), seconds."""
+        return self._rto
+
+    @property
+    def srtt(self) -> float | None:
+        """The smoothed round-trip time, or ``None`` before the first sample."""
+        return self._srtt
+
+    @property
+    def deadline(self) -> float:
+        """Clock time at which :meth:`on_timeout` is due (``inf`` when finished)."""
+        return self._deadline if self._state < _DONE else float("inf")
+
+    # -- events --------------------------------------------------------------------------
+
+    def start(self) -> list[Datagram]:
+        """Begin: return the OACK, or the first window of DATA."""
+        if self._started:
+            raise RuntimeError("transfer already started")
+        self._started = True
+        if self._oack is not None:
+            now = self._clock()
+            self._oack_sent_at = now
+            self._deadline = now + self._rto
+            return [self._oack]
+        return self._fill()
+
+    def on_ack(self, block: int) -> list[Datagram]:
+        """Handle ACK *block* (the 16-bit wire number); return what to send next."""
+        if self._state == _WAIT_OACK:
+            if block != 0:
+                return []
+            if not self._oack_resent:
+                self._sample(self._clock() - self._oack_sent_at)
+            self._state = _SENDING
+            self._timeouts = 0
+            return self._fill()
+        if self._state != _SENDING:
+            return []
+        delta = (block - (self._base - 1)) % _BLOCK_MOD
+        acked = self._base - 1 + delta
+        if delta == 0 or acked > self._high:
+            return []  # duplicate, old, or for a block never sent: no resend
+        slot = acked % self._window
+        if not self._resent[slot]:  # Karn's rule, RFC 6298 section 3
+            self._sample(self._clock() - self._sent_at[slot])
+        lengths, window = self._lengths, self._window
+        for number in range(self._base, acked + 1):
+            self.bytes_acked += lengths[number % window] - 4
+        self._base = acked + 1
+        self._timeouts = 0
+        if acked == self._last:
+            self._state = _DONE
+            return []
+        if acked < self._next - 1:
+            # RFC 7440 section 4: an ACK inside the window means the client dropped the
+            # blocks after it; go back and send the window from the block after it.
+            self._next = self._base
+        return self._fill()
+
+    def on_error(self, code: int, message: str = "") -> None:
+        """The client sent ERROR: end the transfer quietly (no ERROR is sent back)."""
+        if self.finished:
+            return
+        if self._state == _WAIT_OACK and code == ErrorCode.OPTION_REFUSED:
+            self._fail(REASON_OPTIONS_REFUSED, f"client refused the options: {message}")
+        else:
+            self._fail(REASON_CLIENT_ERROR, f"client error {code}: {message}")
+
+    def on_timeout(self) -> list[Datagram]:
+        """The deadline passed without progress: retransmit, or give up after ``retries``."""
+        if not self._started or self.finished:
+            return []
+        self._timeouts += 1
+        if self._timeouts > self._retries:
+            self._fail(REASON_TIMEOUT, f"no ACK after {self._retries} retransmissions")
+            return [Error(ErrorCode.NOT_DEFINED, "Transfer timed out").encode()]
+        self._rto = min(self._rto * 2, self._timeout_max)  # back off, RFC 6298 section 5.5
+        if self._state == _WAIT_OACK:
+            self._oack_resent = True
+            self.retransmits += 1
+            now = self._clock()
+            self._oack_sent_at = now
+            self._deadline = now + self._rto
+            return [self._oack]  # type: ignore[list-item]
+        self._next = self._base
+        return self._fill()
+
+    def abort(self, code: int = ErrorCode.NOT_DEFINED, message: str = "Internal error",
+              reason: str = "internal_error") -> bytes:
+        """End the transfer from outside (shutdown, a bug); return the ERROR for the client."""
+        if not self.finished:
+            self._fail(reason, message)
+        return Error(code, message).encode()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _fail(self, reason: str, detail: str) -> None:
+        self._state = _FAILED
+        self.reason = reason
+        self.detail = detail
+
+    def _sample(self, rtt: float) -> None:
+        """Update SRTT/RTTVAR/RTO from one round-trip sample (RFC 6298 section 2)."""
+        rtt = max(rtt, 0.0)
+        if self._srtt is None:
+            self._srtt = rtt
+            self._rttvar = rtt / 2
+        else:
+            self._rttvar = (1 - _BETA) * self._rttvar + _BETA * abs(self._srtt - rtt)
+            self._srtt = (1 - _ALPHA) * self._srtt + _ALPHA * rtt
+        rto = self._srtt + max(_GRANULARITY, _K * self._rttvar)
+        self._rto = max(self._timeout_min, min(rto, self._timeout_max))
+
+    def _fill(self) -> list[Datagram]:
+        """Send blocks from ``_next`` to the end of the window; new ones are read."""
+        out: list[Datagram] = []
+        window = self._window
+        end = self._base + window - 1
+        if self._last is not None and self._last < end:
+            end = self._last
+        batch_start = self._next
+        while self._next <= end:
+            number = self._next
+            slot = number % window
+            if number <= self._high:
+                self._resent[slot] = True
+                self.retransmits += 1
+            else:
+                try:
+                    payload = self._read_netascii() if self._netascii else self._read_octet()
+                except self._read_errors as exc:
+                    code = getattr(exc, "code", ErrorCode.NOT_DEFINED)
+                    message = str(getattr(exc, "message", exc))
+                    if not isinstance(code, int) or not 0 <= code <= 8:
+                        code = ErrorCode.NOT_DEFINED
+                    self._fail(REASON_READ_ERROR, message)
+                    return [Error(code, message).encode()]
+                self._store(slot, number, payload)
+                if len(payload) < self._blksize:
+                    self._last = number
+                    end = number
+            out.append(self._views[slot][: self._lengths[slot]])  # type: ignore[index]
+            self._next = number + 1
+        now = self._clock()
+        sent_at = self._sent_at
+        for number in range(batch_start, self._next):
+            sent_at[number % window] = now
+        if self.first_data_at is None and out:
+            self.first_data_at = now
+        self._deadline = now + self._rto
+        return out
+
+    def _store(self, slot: int, number: int, payload: bytes) -> None:
+        buf = self._slots[slot]
+        if buf is None:  # allocated on first use: a small file needs few slots
+            buf = bytearray(4 + self._blksize)
+            self._slots[slot] = buf
+            self._views[slot] = memoryview(buf)
+        size = len(payload)
+        DATA_HEADER.pack_into(buf, 0, Opcode.DATA, number % _BLOCK_MOD)
+        buf[4 : 4 + size] = payload
+        self._lengths[slot] = 4 + size
+        self._resent[slot] = False
+        self._high = number
+        self.bytes_sent += size
+
+    def _read_octet(self) -> bytes:
+        """Read one block: up to blksize bytes, short only at the end of the file."""
+        want = self._blksize
+        if self._eof:
+            return b""
+        chunk = self._read(self._offset, want)
+        if not chunk:
+            self._eof = True
+            return b""
+        if len(chunk) < want:
+            parts = bytearray(chunk)
+            while len(parts) < want:
+                more = self._read(self._offset + len(parts), want - len(parts))
+                if not more:
+                    self._eof = True
+                    break
+                parts += more
+            chunk = bytes(parts)
+        elif len(chunk) > want:  # a source that returns too much must not corrupt a block
+            chunk = chunk[:want]
+        self._offset += len(chunk)
+        return chunk
+
+    def _read_netascii(self) -> bytes:
+        """Read one block of netascii: LF -> CR LF, CR -> CR NUL (RFC 764)."""
+        want = self._blksize
+        pending = self._pending
+        while len(pending) < want and not self._eof:
+            raw = self._read(self._offset, want)
+            if not raw:
+                self._eof = True
+                break
+            self._offset += len(raw)
+            pending += bytes(raw).replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
+        chunk = bytes(pending[:want])
+        del pending[:want]
+        return chunk

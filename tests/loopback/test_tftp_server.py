@@ -1,0 +1,563 @@
+"""TftpServer on 127.0.0.1 port 0: tftpy downloads and a scripted raw-socket client."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import gevent
+import pytest
+import tftpy
+
+from massboot.events import EventBus, EventRecorder
+from massboot.files import FileError
+from massboot.tftp.packet import (
+    Ack,
+    Data,
+    Error,
+    ErrorCode,
+    Opcode,
+    OptionAck,
+    Packet,
+    Request,
+    decode,
+)
+from massboot.tftp.server import TftpServer
+
+HOST = "127.0.0.1"
+WAIT = 5.0  # upper bound for anything the server should do "at once"
+
+
+def pattern(size: int, seed: bytes = b"massboot") -> bytes:
+    """Deterministic, non-repeating-looking content of *size* bytes."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(seed + counter.to_bytes(4, "big")).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+FILES = {
+    "empty": b"",
+    "f511": pattern(511),
+    "f512": pattern(512),
+    "f513": pattern(513),
+    "f1m": pattern(1024 * 1024),
+    "dir/kernel": pattern(70_000),
+    "f600k": pattern(600_000),
+}
+
+
+class MemSource:
+    def __init__(self, data: bytes, size_known: bool, fail_at: int | None, crash: bool) -> None:
+        self.data = data
+        self.size = len(data) if size_known else None
+        self.fail_at = fail_at
+        self.crash = crash
+        self.closed = False
+
+    def read(self, offset: int, length: int) -> bytes:
+        if self.crash:
+            raise RuntimeError("a bug in the store")
+        if self.fail_at is not None and offset + length > self.fail_at:
+            raise FileError(0, "upstream download failed")
+        return self.data[offset : offset + length]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class MemStore:
+    """In-memory files; names starting with ``deny`` are refused, ``broken`` raises a bug."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+        self.opened: list[tuple[str, str]] = []
+        self.sources: list[MemSource] = []
+        self.size_known = True
+        self.fail_at: int | None = None
+        self.crash_on_read = False
+
+    def open(self, name: str, client_ip: str) -> MemSource:
+        self.opened.append((name, client_ip))
+        if name.startswith("deny"):
+            raise FileError(2, "Access violation")
+        if name == "broken":
+            raise RuntimeError("a bug while opening")
+        if name not in self.files:
+            raise FileError(1, "File not found")
+        source = MemSource(self.files[name], self.size_known, self.fail_at, self.crash_on_read)
+        self.sources.append(source)
+        return source
+
+
+ServerFactory = Callable[..., tuple[TftpServer, MemStore, EventRecorder]]
+
+
+@pytest.fixture
+def make_server() -> Iterator[ServerFactory]:
+    servers: list[TftpServer] = []
+
+    def factory(**kwargs: object) -> tuple[TftpServer, MemStore, EventRecorder]:
+        store = MemStore(FILES)
+        bus = EventBus()
+        recorder = EventRecorder()
+        bus.subscribe(recorder)
+        options: dict[str, object] = {"timeout_min": 0.01, "timeout_max": 0.5, "retries": 5}
+        options.update(kwargs)
+        server = TftpServer(HOST, 0, store, bus, **options)  # type: ignore[arg-type]
+        server.start()
+        servers.append(server)
+        return server, store, recorder
+
+    yield factory
+    for server in servers:
+        server.stop(timeout=0)
+
+
+@pytest.fixture
+def served(make_server: ServerFactory) -> tuple[TftpServer, MemStore, EventRecorder]:
+    return make_server()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+    """Poll (cooperatively) until *predicate* holds; fail after *timeout*."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        gevent.sleep(0.002)
+
+
+class Client:
+    """A scripted TFTP client on a plain UDP socket."""
+
+    def __init__(self, server_port: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((HOST, 0))
+        self.sock.settimeout(WAIT)
+        self.server = (HOST, server_port)
+        self.tid: tuple[str, int] | None = None
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send_raw(self, data: bytes, to: tuple[str, int] | None = None) -> None:
+        self.sock.sendto(data, to or self.server)
+
+    def rrq(self, name: str, mode: str = "octet", **options: object) -> None:
+        self.send_raw(Request(Opcode.RRQ, name, mode, {k: str(v) for k, v in options.items()}).encode())
+
+    def recv(self, timeout: float = WAIT) -> tuple[Packet, tuple[str, int]]:
+        self.sock.settimeout(timeout)
+        data, peer = self.sock.recvfrom(65536)
+        return decode(data), peer
+
+    def recv_from_tid(self) -> Packet:
+        packet, peer = self.recv()
+        if self.tid is None:
+            assert peer != self.server, "the transfer must come from its own port (TID)"
+            self.tid = peer
+        assert peer == self.tid
+        return packet
+
+    def ack(self, block: int) -> None:
+        assert self.tid is not None
+        self.send_raw(Ack(block % 65536).encode(), self.tid)
+
+    def nothing_pending(self) -> bool:
+        self.sock.setblocking(False)
+        try:
+            self.sock.recvfrom(65536)
+        except BlockingIOError:
+            return True
+        finally:
+            self.sock.settimeout(WAIT)
+        return False
+
+    def download(self, name: str, *, windowsize: int = 1, **options: object) -> bytes:
+        """Lock-step (or RFC 7440 windowed) download; returns the content."""
+        if windowsize > 1:
+            options["windowsize"] = windowsize
+        self.rrq(name, **options)
+        blksize = int(options.get("blksize", 512))  # type: ignore[call-overload]
+        received = bytearray()
+        expected = 1
+        first = self.recv_from_tid()
+        if options:
+            assert isinstance(first, OptionAck)
+            blksize = int(first.options.get("blksize", 512))
+            windowsize = int(first.options.get("windowsize", 1))
+            self.ack(0)
+            packet = self.recv_from_tid()
+        else:
+            packet = first
+        in_window = 0
+        while True:
+            assert isinstance(packet, Data), packet
+            if packet.block == expected % 65536:
+                received += packet.payload
+                expected += 1
+                in_window += 1
+                last = len(packet.payload) < blksize
+                if last or in_window == windowsize:
+                    self.ack(packet.block)
+                    in_window = 0
+                if last:
+                    return bytes(received)
+            packet = self.recv_from_tid()
+
+
+@pytest.fixture
+def client_factory() -> Iterator[Callable[[int], Client]]:
+    clients: list[Client] = []
+
+    def factory(port: int) -> Client:
+        client = Client(port)
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.close()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- tftpy, a third-party client -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["empty", "f511", "f512", "f513", "f1m"])
+@pytest.mark.parametrize(
+    "options", [{}, {"tsize": 0}, {"blksize": 1428}, {"blksize": 8192, "tsize": 0}], ids=str
+)
+def test_tftpy_download(served, name: str, options: dict[str, int]) -> None:
+    server, store, recorder = served
+    output = io.BytesIO()
+    tftpy.TftpClient(HOST, server.port, options=dict(options)).download(name, output, timeout=2)
+    assert sha(output.getvalue()) == sha(FILES[name])
+    wait_for(lambda: len(recorder.of("tftp.done")) == 1)
+    (done,) = recorder.of("tftp.done")
+    assert done.get("name") == name and done.get("bytes") == len(FILES[name])
+    assert done.get("ip") == HOST
+    assert done.get("ttfb") <= done.get("duration")
+    (start,) = recorder.of("tftp.start")
+    assert start.get("blksize") == options.get("blksize", 512)
+    assert store.sources[0].closed
+    wait_for(lambda: server.active == 0)
+
+
+def test_tftpy_missing_file(served) -> None:
+    server, _, recorder = served
+    with pytest.raises(tftpy.TftpException):
+        tftpy.TftpClient(HOST, server.port).download("nope", io.BytesIO(), timeout=2, retries=1)
+    assert recorder.of("tftp.denied")[0].get("reason") == "not_found"
+
+
+# -- scripted client -------------------------------------------------------------------------
+
+
+def test_oack_negotiation_values(served, client_factory) -> None:
+    server, _, recorder = served
+    client = client_factory(server.port)
+    client.rrq("dir/kernel", blksize=1468, tsize=0, timeout=3, windowsize=4, multicast="", foo="bar")
+    oack = client.recv_from_tid()
+    assert oack == OptionAck({"blksize": "1468", "tsize": "70000", "timeout": "3", "windowsize": "4"})
+    client.ack(0)
+    window = [client.recv_from_tid() for _ in range(4)]
+    assert [p.block for p in window] == [1, 2, 3, 4]  # type: ignore[union-attr]
+    assert all(len(p.payload) == 1468 for p in window)  # type: ignore[union-attr]
+    (start,) = recorder.of("tftp.start")
+    assert (start.get("blksize"), start.get("windowsize"), start.get("name")) == (1468, 4, "dir/kernel")
+
+
+def test_oack_respects_server_limits(make_server, client_factory) -> None:
+    server, _, _ = make_server(max_blksize=1024, max_windowsize=2)
+    client = client_factory(server.port)
+    client.rrq("f1m", blksize=65464, windowsize=64, timeout=0, tsize=0)
+    assert client.recv_from_tid() == OptionAck({"blksize": "1024", "windowsize": "2", "tsize": "1048576"})
+
+
+def test_no_options_means_512_byte_blocks_and_no_oack(served, client_factory) -> None:
+    server, _, _ = served
+    client = client_factory(server.port)
+    client.rrq("f1m")
+    first = client.recv_from_tid()
+    assert isinstance(first, Data) and first.block == 1 and len(first.payload) == 512
+
+
+def test_unknown_size_omits_tsize(served, client_factory) -> None:
+    server, store, _ = served
+    store.size_known = False
+    client = client_factory(server.port)
+    client.rrq("f513", tsize=0)
+    first = client.recv_from_tid()  # tsize was the only option: no OACK, DATA at once
+    assert first == Data(1, FILES["f513"][:512])
+
+
+def test_stranger_gets_error_5_and_the_transfer_goes_on(served, client_factory) -> None:
+    server, _, recorder = served
+    client = client_factory(server.port)
+    stranger = client_factory(server.port)
+    client.rrq("f1m", blksize=1024)
+    assert isinstance(client.recv_from_tid(), OptionAck)
+    client.ack(0)
+    received = bytearray()
+    packet = client.recv_from_tid()
+    assert isinstance(packet, Data) and packet.block == 1
+    received += packet.payload
+    assert client.tid is not None
+    stranger.send_raw(Ack(1).encode(), client.tid)
+    reply, peer = stranger.recv()
+    assert reply == Error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID") and peer == client.tid
+    client.ack(1)
+    while True:
+        packet = client.recv_from_tid()
+        assert isinstance(packet, Data)
+        received += packet.payload
+        client.ack(packet.block)
+        if len(packet.payload) < 1024:
+            break
+    assert received == FILES["f1m"]
+    wait_for(lambda: len(recorder.of("tftp.done")) == 1)
+    assert not recorder.of("tftp.fail")
+
+
+def test_duplicate_rrq_starts_one_transfer(served, client_factory) -> None:
+    server, store, recorder = served
+    client = client_factory(server.port)
+    client.rrq("f513")
+    client.rrq("f513")
+    client.rrq("f513")
+    first = client.recv_from_tid()
+    assert first == Data(1, FILES["f513"][:512])
+    client.ack(1)
+    assert client.recv_from_tid() == Data(2, FILES["f513"][512:])
+    client.ack(2)
+    wait_for(lambda: len(recorder.of("tftp.done")) == 1)
+    assert len(recorder.of("tftp.start")) == 1
+    assert store.opened == [("f513", HOST)]
+    assert client.nothing_pending()
+    # Once that transfer is over, the same (ip, port) may ask again.
+    client.tid = None
+    assert client.download("f512") == FILES["f512"]
+
+
+def test_wrq_is_refused_with_access_violation(served, client_factory) -> None:
+    server, store, recorder = served
+    client = client_factory(server.port)
+    client.send_raw(Request(Opcode.WRQ, "upload.bin", "octet", {}).encode())
+    reply, _ = client.recv()
+    assert reply == Error(ErrorCode.ACCESS_VIOLATION, "Access violation")
+    assert recorder.of("tftp.denied")[0].fields == {"ip": HOST, "name": "upload.bin", "reason": "write"}
+    assert store.opened == []
+
+
+def test_non_request_first_packet_gets_error_4(served, client_factory) -> None:
+    server, _, _ = served
+    client = client_factory(server.port)
+    client.send_raw(Ack(1).encode())
+    reply, peer = client.recv()
+    assert isinstance(reply, Error) and reply.code == ErrorCode.ILLEGAL_OPERATION
+    assert peer == client.server
+
+
+def test_garbage_is_dropped_and_counted(served, client_factory) -> None:
+    server, _, recorder = served
+    client = client_factory(server.port)
+    for junk in (b"\x00", b"\x00\x01no-terminator", b"\xde\xad\xbe\xef", b"\x00\x05\x00\x00stray error\x00"):
+        client.send_raw(junk)
+    # The listener handles datagrams in order: the first reply must answer this WRQ.
+    client.send_raw(Request(Opcode.WRQ, "x", "octet", {}).encode())
+    reply, _ = client.recv()
+    assert isinstance(reply, Error) and reply.code == ErrorCode.ACCESS_VIOLATION
+    assert len(recorder.of("tftp.malformed")) == 3  # the stray ERROR is valid, just ignored
+    assert client.nothing_pending()
+
+
+def test_missing_file_gets_error_1_at_once(served, client_factory) -> None:
+    server, _, recorder = served
+    client = client_factory(server.port)
+    client.rrq("no/such/file", tsize=0)
+    reply, _ = client.recv(timeout=WAIT)
+    assert reply == Error(ErrorCode.FILE_NOT_FOUND, "File not found")
+    (denied,) = recorder.of("tftp.denied")
+    assert denied.fields == {"ip": HOST, "name": "no/such/file", "reason": "not_found"}
+    assert not recorder.of("tftp.start")
+
+
+def test_access_violation_from_the_store(served, client_factory) -> None:
+    server, _, recorder = served
+    client = client_factory(server.port)
+    client.rrq("deny/secret")
+    reply, _ = client.recv()
+    assert reply == Error(ErrorCode.ACCESS_VIOLATION, "Access violation")
+    assert recorder.of("tftp.denied")[0].get("reason") == "access"
+
+
+def test_client_stops_acking_server_gives_up(make_server, client_factory) -> None:
+    server, store, recorder = make_server(timeout_min=0.01, timeout_max=0.05, retries=3)
+    client = client_factory(server.port)
+    client.rrq("f1m")
+    packets = []
+    while True:
+        packet = client.recv_from_tid()
+        packets.append(packet)
+        if isinstance(packet, Error):
+            break
+    assert packets[:4] == [Data(1, FILES["f1m"][:512])] * 4  # the first send plus 3 retries
+    assert packets[4] == Error(ErrorCode.NOT_DEFINED, "Transfer timed out")
+    wait_for(lambda: len(recorder.of("tftp.fail")) == 1)
+    (fail,) = recorder.of("tftp.fail")
+    assert fail.get("reason") == "timeout" and fail.get("retransmits") == 3 and fail.get("bytes") == 0
+    assert store.sources[0].closed
+    wait_for(lambda: server.active == 0)
+
+
+def test_error_8_after_oack_ends_quietly(served, client_factory) -> None:
+    server, _, recorder = served
+    client = client_factory(server.port)
+    client.rrq("f1m", tsize=0)
+    assert client.recv_from_tid() == OptionAck({"tsize": str(len(FILES["f1m"]))})
+    client.send_raw(Error(ErrorCode.OPTION_REFUSED, "tsize probe").encode(), client.tid)
+    wait_for(lambda: len(recorder.of("tftp.fail")) == 1)
+    assert recorder.of("tftp.fail")[0].get("reason") == "options_refused"
+    assert client.nothing_pending()
+
+
+def test_windowsize_8_transfer_completes(served, client_factory) -> None:
+    server, _, recorder = served
+    client = client_factory(server.port)
+    data = client.download("f1m", windowsize=8, blksize=1400)
+    assert sha(data) == sha(FILES["f1m"])
+    wait_for(lambda: len(recorder.of("tftp.done")) == 1)
+    assert recorder.of("tftp.start")[0].get("windowsize") == 8
+
+
+def test_windowsize_with_a_dropped_block(served, client_factory) -> None:
+    """The client drops DATA 6 once; it ACKs 5 and the server goes back (RFC 7440)."""
+    server, _, recorder = served
+    client = client_factory(server.port)
+    client.rrq("dir/kernel", blksize=1000, windowsize=4)
+    assert isinstance(client.recv_from_tid(), OptionAck)
+    client.ack(0)
+    received = bytearray()
+    expected, in_window, dropped = 1, 0, False
+    while True:
+        packet = client.recv_from_tid()
+        assert isinstance(packet, Data)
+        if packet.block == 6 and not dropped:
+            dropped = True
+            continue
+        if packet.block != expected:
+            if in_window or packet.block > expected:
+                client.ack(expected - 1)  # out of order: ACK the last in-order block
+                in_window = 0
+            continue
+        received += packet.payload
+        expected += 1
+        in_window += 1
+        if len(packet.payload) < 1000:
+            client.ack(packet.block)
+            break
+        if in_window == 4:
+            client.ack(packet.block)
+            in_window = 0
+    assert received == FILES["dir/kernel"]
+    wait_for(lambda: len(recorder.of("tftp.done")) == 1)
+    assert recorder.of("tftp.done")[0].get("retransmits") >= 1
+
+
+def test_rollover_with_blksize_8(served, client_factory) -> None:
+    server, _, recorder = served
+    client = client_factory(server.port)
+    data = client.download("f600k", blksize=8)  # 75,001 blocks: wraps past 65535 to 0
+    assert sha(data) == sha(FILES["f600k"])
+    wait_for(lambda: len(recorder.of("tftp.done")) == 1)
+    assert recorder.of("tftp.done")[0].get("bytes") == 600_000
+
+
+def test_read_error_mid_transfer_sends_its_code(served, client_factory) -> None:
+    server, store, recorder = served
+    store.fail_at = 1000
+    client = client_factory(server.port)
+    client.rrq("f1m")
+    assert isinstance(client.recv_from_tid(), Data)
+    client.ack(1)
+    assert client.recv_from_tid() == Error(0, "upstream download failed")
+    wait_for(lambda: len(recorder.of("tftp.fail")) == 1)
+    assert recorder.of("tftp.fail")[0].get("reason") == "read_error"
+
+
+def test_unexpected_exceptions_answer_error_0_and_the_server_goes_on(
+    served, client_factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, store, recorder = served
+    caplog.set_level(logging.ERROR, logger="massboot.tftp.server")
+    client = client_factory(server.port)
+    client.rrq("broken")
+    reply, _ = client.recv()
+    assert reply == Error(ErrorCode.NOT_DEFINED, "Internal error")
+    store.crash_on_read = True
+    other = client_factory(server.port)
+    other.rrq("f513")
+    assert other.recv_from_tid() == Error(ErrorCode.NOT_DEFINED, "Internal error")
+    wait_for(lambda: len(recorder.of("tftp.fail")) == 1)
+    assert recorder.of("tftp.fail")[0].get("reason") == "internal_error"
+    assert sum(1 for r in caplog.records if r.exc_info) == 2  # each logged once, with traceback
+    store.crash_on_read = False
+    third = client_factory(server.port)
+    assert third.download("f513") == FILES["f513"]
+
+
+def test_full_pool_holds_requests_in_the_kernel_queue(make_server, client_factory) -> None:
+    server, _, recorder = make_server(pool_size=1)
+    first = client_factory(server.port)
+    second = client_factory(server.port)
+    first.rrq("f1m")
+    assert isinstance(first.recv_from_tid(), Data)
+    second.rrq("f513")
+    first.ack(1)
+    assert isinstance(first.recv_from_tid(), Data)  # yields plenty to the server meanwhile
+    assert len(recorder.of("tftp.start")) == 1 and server.active == 1
+    assert second.nothing_pending()
+    first.send_raw(Error(0, "enough").encode(), first.tid)
+    packet = second.recv_from_tid()
+    assert packet == Data(1, FILES["f513"][:512])
+    assert len(recorder.of("tftp.start")) == 2
+
+
+def test_stop_aborts_running_transfers(make_server, client_factory) -> None:
+    server, _, recorder = make_server(timeout_max=5.0)
+    client = client_factory(server.port)
+    client.rrq("f1m")
+    assert isinstance(client.recv_from_tid(), Data)
+    server.stop(timeout=0)
+    packet = client.recv_from_tid()
+    assert packet == Error(ErrorCode.NOT_DEFINED, "Server shutting down")
+    (fail,) = recorder.of("tftp.fail")
+    assert fail.get("reason") == "shutdown"
+    assert server.active == 0
+
+
+def test_netascii_mode(served, client_factory) -> None:
+    server, store, _ = served
+    store.files = dict(FILES, text=b"a\nb\r\nc\r" * 300)
+    client = client_factory(server.port)
+    client.rrq("text", "netascii")
+    received = bytearray()
+    while True:
+        packet = client.recv_from_tid()
+        assert isinstance(packet, Data)
+        received += packet.payload
+        client.ack(packet.block)
+        if len(packet.payload) < 512:
+            break
+    assert bytes(received) == (b"a\r\nb\r\0\r\nc\r\0") * 300

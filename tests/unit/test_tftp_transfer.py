@@ -1,0 +1,425 @@
+"""Sans-IO read transfer: loss, duplicates, windows, rollover, options, timer; no sockets."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from massboot.tftp.packet import Data, Error, ErrorCode, OptionAck, decode
+from massboot.tftp.transfer import Datagram, ReadTransfer, negotiate
+
+
+class Clock:
+    """A hand-driven monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class ReadError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def reader(content: bytes, chunk: int | None = None, fail_at: int | None = None):
+    """read(offset, length) over *content*; optionally short reads and a failure offset."""
+    calls: list[tuple[int, int]] = []
+
+    def read(offset: int, length: int) -> bytes:
+        calls.append((offset, length))
+        if fail_at is not None and offset + length > fail_at:
+            raise ReadError(0, "upstream went away")
+        if chunk is not None:
+            length = min(length, chunk)
+        return content[offset : offset + length]
+
+    read.calls = calls  # type: ignore[attr-defined]
+    return read
+
+
+def packets(datagrams: list[Datagram]) -> list[object]:
+    return [decode(bytes(d)) for d in datagrams]
+
+
+def blocks(datagrams: list[Datagram]) -> list[int]:
+    out = []
+    for packet in packets(datagrams):
+        assert isinstance(packet, Data)
+        out.append(packet.block)
+    return out
+
+
+def run_lockstep(transfer: ReadTransfer, clock: Clock, *, rtt: float = 0.001) -> bytes:
+    """A perfect lock-step client; returns what it received."""
+    received = bytearray()
+    expected = 1
+    out = transfer.start()
+    while out:
+        clock.advance(rtt)
+        (packet,) = packets(out)
+        assert isinstance(packet, Data)
+        assert packet.block == expected % 65536
+        received += packet.payload
+        expected += 1
+        out = transfer.on_ack(packet.block)
+    return bytes(received)
+
+
+def test_lockstep_small_file() -> None:
+    clock = Clock()
+    content = bytes(range(256)) * 5  # 1280 bytes: 512 + 512 + 256
+    transfer = ReadTransfer(reader(content), clock=clock)
+    assert run_lockstep(transfer, clock) == content
+    assert transfer.done and not transfer.failed and transfer.finished
+    assert transfer.bytes_sent == transfer.bytes_acked == len(content)
+    assert transfer.retransmits == 0
+
+
+def test_empty_file_sends_one_empty_block() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b""), clock=clock)
+    out = transfer.start()
+    assert packets(out) == [Data(1, b"")]
+    assert transfer.on_ack(1) == []
+    assert transfer.done
+
+
+def test_exact_multiple_ends_with_an_empty_block() -> None:
+    clock = Clock()
+    content = b"x" * 1024
+    transfer = ReadTransfer(reader(content), clock=clock)
+    out = transfer.start()
+    assert packets(out) == [Data(1, b"x" * 512)]
+    assert packets(transfer.on_ack(1)) == [Data(2, b"x" * 512)]
+    assert packets(transfer.on_ack(2)) == [Data(3, b"")]
+    assert not transfer.done
+    # The empty last block is retransmitted until it is acknowledged.
+    clock.advance(transfer.timeout)
+    assert packets(transfer.on_timeout()) == [Data(3, b"")]
+    assert transfer.on_ack(3) == []
+    assert transfer.done and transfer.bytes_acked == 1024
+
+
+def test_short_reads_still_fill_blocks() -> None:
+    clock = Clock()
+    content = bytes(range(256)) * 9
+    transfer = ReadTransfer(reader(content, chunk=100), clock=clock)
+    assert run_lockstep(transfer, clock) == content
+
+
+def test_lost_data_is_resent_after_the_timeout() -> None:
+    clock = Clock()
+    content = b"a" * 512 + b"b" * 100
+    transfer = ReadTransfer(reader(content), clock=clock)
+    assert blocks(transfer.start()) == [1]
+    # DATA 1 lost: nothing comes back until the deadline.
+    assert transfer.deadline == pytest.approx(clock.now + 1.0)
+    clock.advance(1.0)
+    assert packets(transfer.on_timeout()) == [Data(1, b"a" * 512)]
+    assert transfer.retransmits == 1
+    assert transfer.timeout == pytest.approx(2.0)  # backed off, capped at timeout_max
+    assert packets(transfer.on_ack(1)) == [Data(2, b"b" * 100)]
+    assert transfer.on_ack(2) == []
+    assert transfer.done
+
+
+def test_lost_ack_resends_and_the_late_duplicate_is_ignored() -> None:
+    clock = Clock()
+    content = b"a" * 512 + b"b" * 512 + b"c"
+    transfer = ReadTransfer(reader(content), clock=clock)
+    transfer.start()
+    assert blocks(transfer.on_ack(1)) == [2]
+    # ACK 2 lost: DATA 2 goes again; the client answers it with a second ACK 2.
+    clock.advance(transfer.timeout)
+    assert blocks(transfer.on_timeout()) == [2]
+    assert blocks(transfer.on_ack(2)) == [3]
+    assert transfer.on_ack(2) == []  # the duplicate: no Sorcerer's Apprentice resend
+    assert transfer.on_ack(3) == []
+    assert transfer.done and transfer.retransmits == 1
+
+
+def test_duplicate_and_stray_acks_never_resend() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"z" * 5000), clock=clock)
+    transfer.start()
+    assert blocks(transfer.on_ack(1)) == [2]
+    deadline = transfer.deadline
+    assert transfer.on_ack(1) == []  # duplicate
+    assert transfer.on_ack(0) == []  # old
+    assert transfer.on_ack(7) == []  # a block never sent
+    assert transfer.on_ack(40000) == []
+    assert transfer.deadline == deadline  # none of them restarted the timer
+    assert transfer.retransmits == 0
+    assert blocks(transfer.on_ack(2)) == [3]
+
+
+def test_window_of_four_with_a_loss_mid_window() -> None:
+    clock = Clock()
+    content = bytes(range(256)) * 48  # 12288 bytes = 24 blocks of 512, then an empty block 25
+    transfer = ReadTransfer(reader(content), windowsize=4, clock=clock)
+    assert blocks(transfer.start()) == [1, 2, 3, 4]
+    assert blocks(transfer.on_ack(4)) == [5, 6, 7, 8]
+    # DATA 6 is lost: the RFC 7440 client ACKs 5, the last block it got in order.
+    assert blocks(transfer.on_ack(5)) == [6, 7, 8, 9]
+    assert transfer.retransmits == 3  # 6, 7 and 8 went again
+    assert transfer.on_ack(5) == []  # the client's duplicate ACK 5 changes nothing
+    assert blocks(transfer.on_ack(9)) == [10, 11, 12, 13]
+    # A whole window is lost: the timeout resends it from the first unacknowledged block.
+    clock.advance(transfer.timeout)
+    assert blocks(transfer.on_timeout()) == [10, 11, 12, 13]
+    received = {}
+    out = transfer.on_ack(13)
+    while out:
+        for packet in packets(out):
+            assert isinstance(packet, Data)
+            received[packet.block] = packet.payload
+        out = transfer.on_ack(max(received))
+    assert sorted(received) == list(range(14, 26))
+    assert received[25] == b""
+    assert transfer.done and transfer.bytes_acked == len(content)
+
+
+def test_window_larger_than_the_file() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"q" * 1100), windowsize=8, clock=clock)
+    assert [len(p.payload) for p in packets(transfer.start())] == [512, 512, 76]  # type: ignore[attr-defined]
+    assert transfer.on_ack(3) == []
+    assert transfer.done
+
+
+def test_rollover_past_65535() -> None:
+    clock = Clock()
+    content = hashlib.sha256(b"seed").digest() * 17500 + b"tail"  # 560,004 bytes
+    count = len(content) // 8 + 1  # 70,001 blocks of 8 bytes, the last one 4 bytes
+    assert count > 70_000
+    transfer = ReadTransfer(reader(content), blksize=8, clock=clock)
+    received = bytearray()
+    wire_numbers = []
+    out = transfer.start()
+    while out:
+        block = int.from_bytes(bytes(out[0][2:4]), "big")
+        received += bytes(out[0][4:])
+        if len(wire_numbers) < 65540:
+            wire_numbers.append(block)
+        out = transfer.on_ack(block)
+    assert transfer.done
+    assert bytes(received) == content
+    assert wire_numbers[65533:65538] == [65534, 65535, 0, 1, 2]
+    assert transfer.bytes_acked == len(content)
+
+
+def test_stale_ack_after_rollover_is_ignored() -> None:
+    clock = Clock()
+    content = b"r" * (8 * 65540)
+    transfer = ReadTransfer(reader(content), blksize=8, clock=clock)
+    out = transfer.start()
+    for number in range(1, 65538):  # acknowledge through wire block 1 of the second round
+        out = transfer.on_ack(number % 65536)
+    assert blocks(out) == [65538 % 65536]
+    assert transfer.on_ack(65535) == []  # an old ACK from before the wrap
+    assert transfer.on_ack(0) == []
+    assert transfer.retransmits == 0
+
+
+def test_oack_then_ack_zero_then_data() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"d" * 700), blksize=1024, options={"blksize": "1024", "tsize": "700"},
+                            clock=clock)
+    assert packets(transfer.start()) == [OptionAck({"blksize": "1024", "tsize": "700"})]
+    assert transfer.first_data_at is None
+    assert transfer.on_ack(1) == []  # only ACK 0 answers an OACK
+    clock.advance(0.01)
+    assert packets(transfer.on_ack(0)) == [Data(1, b"d" * 700)]
+    assert transfer.first_data_at == clock.now
+    assert transfer.srtt == pytest.approx(0.01)
+    assert transfer.on_ack(1) == []
+    assert transfer.done
+
+
+def test_lost_oack_is_retransmitted() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x"), options={"tsize": "1"}, clock=clock)
+    first = transfer.start()
+    clock.advance(transfer.timeout)
+    assert [bytes(d) for d in transfer.on_timeout()] == [bytes(d) for d in first]
+    assert transfer.retransmits == 1
+    clock.advance(0.2)
+    assert packets(transfer.on_ack(0)) == [Data(1, b"x")]
+    assert transfer.srtt is None  # Karn: no sample from the retransmitted OACK
+
+
+def test_oack_answered_by_error_8_ends_quietly() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 10), options={"tsize": "10"}, clock=clock)
+    transfer.start()
+    transfer.on_error(ErrorCode.OPTION_REFUSED, "tsize probe")
+    assert transfer.failed and transfer.reason == "options_refused"
+    assert transfer.on_timeout() == []  # nothing more is sent, not even an ERROR
+    assert transfer.on_ack(0) == []
+
+
+def test_client_error_mid_transfer_ends_quietly() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 5000), clock=clock)
+    transfer.start()
+    transfer.on_error(0, "disk full")
+    assert transfer.failed and transfer.reason == "client_error"
+
+
+def test_retries_exhausted() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 5000), retries=3, timeout_max=0.5, clock=clock)
+    transfer.start()
+    for _ in range(3):
+        clock.advance(transfer.timeout)
+        assert blocks(transfer.on_timeout()) == [1]
+    clock.advance(transfer.timeout)
+    out = transfer.on_timeout()
+    assert transfer.failed and transfer.reason == "timeout"
+    (packet,) = packets(out)
+    assert isinstance(packet, Error) and packet.code == ErrorCode.NOT_DEFINED
+    assert "timed out" in packet.message
+    assert transfer.retransmits == 3
+
+
+def test_progress_resets_the_retry_count() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 5000), retries=2, clock=clock)
+    transfer.start()
+    for number in range(1, 6):
+        for _ in range(2):
+            clock.advance(transfer.timeout)
+            assert blocks(transfer.on_timeout()) == [number]
+        transfer.on_ack(number)
+    assert not transfer.failed
+
+
+def test_timer_backs_off_and_is_bounded() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 5000), timeout_min=0.05, timeout_max=3.0, retries=10, clock=clock)
+    assert transfer.timeout == pytest.approx(1.0)  # RFC 6298 initial value
+    transfer.start()
+    seen = []
+    for _ in range(4):
+        clock.advance(transfer.timeout)
+        transfer.on_timeout()
+        seen.append(transfer.timeout)
+    assert seen == pytest.approx([2.0, 3.0, 3.0, 3.0])
+    assert ReadTransfer(reader(b""), timeout_max=0.3).timeout == pytest.approx(0.3)
+
+
+def test_rto_adapts_to_fast_acks() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 512 * 100), timeout_min=0.02, timeout_max=2.0, clock=clock)
+    out = transfer.start()
+    assert transfer.timeout == pytest.approx(1.0)
+    number = 1
+    while out:
+        clock.advance(0.0005)
+        out = transfer.on_ack(number)
+        number += 1
+    assert transfer.done
+    assert transfer.srtt == pytest.approx(0.0005)
+    assert transfer.timeout == pytest.approx(0.02)  # shrank to timeout_min
+
+
+def test_karn_no_sample_from_a_retransmitted_block() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 2000), clock=clock)
+    transfer.start()
+    clock.advance(transfer.timeout)
+    transfer.on_timeout()
+    clock.advance(0.001)
+    transfer.on_ack(1)
+    assert transfer.srtt is None
+    assert transfer.timeout == pytest.approx(2.0)  # the backed-off value stays
+    clock.advance(0.004)
+    transfer.on_ack(2)
+    assert transfer.srtt == pytest.approx(0.004)
+
+
+def test_read_error_becomes_an_error_packet() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 5000, fail_at=1500), read_errors=(ReadError,), clock=clock)
+    transfer.start()
+    assert blocks(transfer.on_ack(1)) == [2]
+    out = transfer.on_ack(2)
+    assert packets(out) == [Error(0, "upstream went away")]
+    assert transfer.failed and transfer.reason == "read_error"
+
+
+def test_unexpected_read_exceptions_propagate() -> None:
+    def read(offset: int, length: int) -> bytes:
+        raise RuntimeError("bug")
+
+    transfer = ReadTransfer(read, read_errors=(ReadError,))
+    with pytest.raises(RuntimeError):
+        transfer.start()
+    assert decode(transfer.abort()) == Error(0, "Internal error")
+    assert transfer.failed and transfer.reason == "internal_error"
+
+
+def test_netascii_conversion_across_blocks() -> None:
+    clock = Clock()
+    text = b"line one\nline two\r\nbare\rcr\n" * 40
+    transfer = ReadTransfer(reader(text, chunk=7), blksize=64, netascii=True, clock=clock)
+    got = run_lockstep(transfer, clock)
+    assert got == text.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
+    assert transfer.bytes_acked == len(got)
+
+
+def test_memory_is_bounded_by_the_window() -> None:
+    """A big file is never held whole: reads are block-sized and slots are reused."""
+    clock = Clock()
+    read = reader(b"m" * 1_000_000)
+    transfer = ReadTransfer(read, blksize=1000, windowsize=4, clock=clock)
+    out = transfer.start()
+    while out:
+        last = int.from_bytes(bytes(out[-1][2:4]), "big")
+        out = transfer.on_ack(last)
+    assert transfer.done
+    assert max(length for _, length in read.calls) == 1000  # type: ignore[attr-defined]
+    assert sum(1 for slot in transfer._slots if slot is not None) == 4
+
+
+def test_datagrams_are_valid_until_the_next_call() -> None:
+    transfer = ReadTransfer(reader(b"abc"))
+    (datagram,) = transfer.start()
+    assert bytes(datagram) == Data(1, b"abc").encode()
+
+
+class TestNegotiate:
+    def test_no_options_no_oack(self) -> None:
+        deal = negotiate({}, size=100)
+        assert (deal.blksize, deal.windowsize, deal.timeout, deal.oack) == (512, 1, None, {})
+
+    def test_all_options(self) -> None:
+        deal = negotiate({"blksize": "1468", "tsize": "0", "timeout": "3", "windowsize": "16",
+                          "multicast": ""}, size=4242)
+        assert deal.oack == {"blksize": "1468", "tsize": "4242", "timeout": "3", "windowsize": "16"}
+        assert list(deal.oack) == ["blksize", "tsize", "timeout", "windowsize"]
+        assert (deal.blksize, deal.windowsize, deal.timeout) == (1468, 16, 3)
+
+    def test_limits(self) -> None:
+        deal = negotiate({"blksize": "65464", "windowsize": "1000"}, size=None, max_blksize=1400,
+                         max_windowsize=8)
+        assert deal.oack == {"blksize": "1400", "windowsize": "8"}
+        assert negotiate({"blksize": "99999"}, size=None).blksize == 65464
+
+    def test_invalid_values_are_ignored(self) -> None:
+        deal = negotiate({"blksize": "4", "timeout": "0", "windowsize": "0", "tsize": "x"}, size=9)
+        assert deal.oack == {} and deal.blksize == 512
+
+    def test_tsize_needs_a_known_size_and_octet(self) -> None:
+        assert negotiate({"tsize": "0"}, size=None).oack == {}
+        assert negotiate({"tsize": "0"}, size=10, netascii=True).oack == {}
+        assert negotiate({"tsize": "0"}, size=0).oack == {"tsize": "0"}
