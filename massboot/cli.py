@@ -178,12 +178,14 @@ class Services:
 
     def start(self) -> None:
         """Bind every socket; raises OSError when a port cannot be bound."""
+        # local file reads and lease writes go through the hub's thread pool: let it follow the
+        # number of transfers that can run at once, within reason
+        hub = gevent.get_hub()
+        hub.threadpool.maxsize = max(hub.threadpool.maxsize, 32)
         if self.dhcp is not None:
             self.dhcp.start()
         if self.tftp is not None:
             self.tftp.start()
-            log.info("tftp listening on %s:%d root=%s", self.tftp_address, self.tftp.port,
-                     self.config.tftp.root)
         if self.metrics is not None:
             self.metrics.start()
 

@@ -168,3 +168,11 @@ def test_describe_mentions_what_is_served():
 
 def test_pool_addresses():
     assert cfg.pool_addresses("10.0.0.254", 3) == ["10.0.0.254", "10.0.0.255", "10.0.1.0"]
+
+
+@pytest.mark.parametrize("name", ["massboot.ini", "debian-mirror.ini", "http-acl.ini"])
+def test_deploy_samples_load_without_warnings(name):
+    path = Path(__file__).resolve().parents[2] / "deploy" / name
+    c = cfg.load(str(path))
+    assert c.bootp is not None and not c.warnings
+    assert list(cfg.describe(c))
