@@ -19,6 +19,7 @@ from enum import IntEnum
 
 from massboot.dhcp.packet import (
     BOOTREPLY,
+    FLAG_BROADCAST,
     BootpPacket,
     MessageType,
     Opt,
@@ -203,15 +204,17 @@ def destination(request: BootpPacket, reply: BootpPacket, source: tuple[str, int
     * relayed (giaddr set): to the relay, on the port it sent from when it sent from giaddr,
       else on the server port;
     * ciaddr set (renewing, inform): unicast to ciaddr;
-    * otherwise broadcast: the subnet-directed broadcast, or 255.255.255.255 for
-      ``[buggy_clients]`` and NAKs. The client port is the request's source port (68 normally).
+    * otherwise broadcast: 255.255.255.255 when the client set the broadcast flag, for
+      ``[buggy_clients]`` and for NAKs; else the subnet-directed broadcast, as pybootd does.
+      The client port is the request's source port (68 normally).
     """
     src_ip, src_port = source
     if request.giaddr != "0.0.0.0":
         return request.giaddr, src_port if src_ip == request.giaddr else server_port
     if request.ciaddr != "0.0.0.0" and reply.option(Opt.MESSAGE_TYPE) != u8(MessageType.NAK):
         return request.ciaddr, src_port
-    if force_broadcast or reply.option(Opt.MESSAGE_TYPE) == u8(MessageType.NAK):
+    if force_broadcast or request.flags & FLAG_BROADCAST or \
+            reply.option(Opt.MESSAGE_TYPE) == u8(MessageType.NAK):
         return "255.255.255.255", src_port
     # Without a raw socket we cannot unicast to an address the client does not hold yet (there
     # is no ARP entry for it), whatever its broadcast flag says: broadcast on the server's

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,6 +58,7 @@ class Client:
     ip: str | None = None
     hostname: str | None = None      # HTTP ACL "Client:" line (option 12)
     file: str | None = None          # HTTP ACL "File:" line (TFTP filters' {file})
+    ifindex: int = 0                 # interface of the exchange in flight
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,9 @@ class DhcpServer:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        # learn the interface of each request, so that a limited broadcast (255.255.255.255) goes
+        # out of that interface without SO_BINDTODEVICE or a route (RFC 2131 §4.1)
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         set_rcvbuf(sock, self.config.rcvbuf)
         if self.buggy is not None:
             self._bind_to_device(sock)
@@ -177,7 +182,7 @@ class DhcpServer:
         assert sock is not None
         while self._running:
             try:
-                data, source = sock.recvfrom(65535)
+                data, ancillary, _flags, source = sock.recvmsg(65535, PKTINFO_SPACE)
             except OSError:
                 if not self._running:
                     return
@@ -197,11 +202,12 @@ class DhcpServer:
                 self.events.emit("dhcp.ignored", mac=mac_str(packet.mac), reason="in_flight")
                 continue
             self._in_flight.add(key)
-            self.pool.spawn(self._exchange, packet, source, key)   # waits while the pool is full
+            ifindex = _ifindex(ancillary)
+            self.pool.spawn(self._exchange, packet, (source[0], source[1], ifindex), key)  # waits if full
 
-    def _exchange(self, packet: BootpPacket, source: tuple[str, int], key: bytes) -> None:
+    def _exchange(self, packet: BootpPacket, source: tuple[str, int, int], key: bytes) -> None:
         try:
-            self.handle(packet, source)
+            self.handle(packet, source[:2], ifindex=source[2])
         except Exception:
             log.exception("dhcp exchange with %s failed", mac_str(packet.mac))
             self.events.emit("dhcp.ignored", mac=mac_str(packet.mac), reason="internal_error")
@@ -209,8 +215,14 @@ class DhcpServer:
             self._in_flight.discard(key)
 
     # ------------------------------------------------------------------ one exchange
-    def handle(self, packet: BootpPacket, source: tuple[str, int]) -> BootpPacket | None:
-        """Answer one decoded request; return the reply sent, if any."""
+    def handle(self, packet: BootpPacket, source: tuple[str, int], ifindex: int = 0) -> BootpPacket | None:
+        """Answer one decoded request; return the reply sent, if any.
+
+        Args:
+            packet: the decoded request.
+            source: its source address and port.
+            ifindex: the interface it arrived on (0: unknown), for limited broadcasts.
+        """
         mac = mac_str(packet.mac)
         msgtype = packet.message_type
         mtname = MSG_NAMES.get(msgtype, "bootp") if msgtype is not None else "bootp"
@@ -224,6 +236,7 @@ class DhcpServer:
             lease = self._store_for(packet).get(mac)
             if lease is not None and lease.uuid:
                 client.uuid = lease.uuid
+        client.ifindex = ifindex      # one exchange per MAC at a time: safe to keep here
         pxe = packet.is_pxe
         if packet.uuid:
             client.uuid = packet.uuid
@@ -406,7 +419,12 @@ class DhcpServer:
         dest = policy.destination(packet, reply, source, server_port=self.config.port,
                                   subnet_broadcast=scope.net.broadcast, force_broadcast=buggy)
         assert self.socket is not None
-        self.socket.sendto(encode(reply), dest)
+        data = encode(reply)
+        if dest[0] == "255.255.255.255" and client.ifindex and self.buggy is None:
+            pktinfo = _PKTINFO.pack(client.ifindex, b"\0" * 4, b"\0" * 4)
+            self.socket.sendmsg([data], [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)], 0, dest)
+        else:
+            self.socket.sendto(data, dest)
         name = MSG_NAMES.get(msgtype, "bootp") if msgtype is not None else "bootp"
         if yiaddr != "0.0.0.0" and msgtype != MessageType.NAK:
             client.ip = yiaddr
@@ -438,6 +456,18 @@ class DhcpServer:
     def lease_counts(self) -> dict[str, tuple[int, int]]:
         """``scope → (bound, size)`` of every pool, for metrics."""
         return {scope.name: scope.store.counts() for scope in [self.main, *self.scopes]}
+
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_PKTINFO = struct.Struct("@i4s4s")           # struct in_pktinfo: ifindex, spec_dst, addr
+PKTINFO_SPACE = socket.CMSG_SPACE(_PKTINFO.size)
+
+
+def _ifindex(ancillary: list[tuple[int, int, bytes]]) -> int:
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _PKTINFO.size:
+            return _PKTINFO.unpack_from(data)[0]
+    return 0
 
 
 def _reason(exc: Exception) -> str:
