@@ -365,3 +365,18 @@ def _wait(predicate, timeout: float = 2.0) -> None:
             raise AssertionError("condition not met in time")
         gevent.sleep(0.01)
 
+
+
+def test_option_13_from_the_file_layer(harness, tmp_path):
+    from massboot.files import FileStore
+
+    (tmp_path / "pxelinux.0").write_bytes(b"x" * 40000)
+    files = FileStore(str(tmp_path), base_dir=str(tmp_path))
+    try:
+        h = harness(bootfile_size=files.size)
+        offer, _ = h.client.dora(MAC1, pxe_options(arch=0))
+        assert int.from_bytes(offer.option(Opt.BOOTFILE_SIZE), "big") == 79   # ceil(40000 / 512)
+        offer, _ = h.client.dora(MAC2, pxe_options(arch=7))                   # shimx64.efi: unknown size
+        assert offer.option(Opt.BOOTFILE_SIZE) is None
+    finally:
+        files.close()
