@@ -303,7 +303,7 @@ def run_until_signal(services: Services) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, on_signal, signum)
-    watched = [g for g in (getattr(services.dhcp, "_reader", None),) if g is not None]
+    watched = [s._reader for s in (services.dhcp, services.tftp) if s is not None and s._reader is not None]
     for greenlet in watched:
         greenlet.link(lambda g: stop.set())
     stop.wait()

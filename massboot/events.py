@@ -7,23 +7,27 @@ logged and never reaches the server.
 
 Event kinds (fields in brackets):
 
-``dhcp.received``   a request decoded [msgtype (str: discover, request, ...), mac, relayed]
-``dhcp.reply``      a reply sent [msgtype (offer, ack, nak, bootp), mac, ip, pxe, arch, phase]
-``dhcp.ignored``    a request not answered [mac, reason]
+``dhcp.received``   a request decoded [msgtype (str: discover, request, ...), mac, relayed, pxe,
+                    ipxe, uuid, arch]
+``dhcp.reply``      a reply sent [msgtype (offer, ack, nak, bootp), mac, ip, pxe, arch, phase
+                    (pxe or os), file, ipxe, uuid]
+``dhcp.ignored``    a request not answered [mac, reason, phase]
+``dhcp.arch_fallback`` an architecture without a [bootfile] entry got the default [mac, arch]
 ``dhcp.malformed``  a datagram dropped by the codec [reason]
-``dhcp.exhausted``  the pool had no address for a client [mac]
+``dhcp.exhausted``  the pool had no address for a client [mac, scope]
 ``dhcp.declined``   a client declined an address [mac, ip]
 ``dhcp.released``   a client released its address [mac, ip]
 ``dhcp.acl``        an ACL verdict [acl (mac, uuid, http), verdict (allowed, denied, error), mac]
 ``dhcp.notify``     a notification datagram [ok (bool), target]
 ``tftp.start``      a read transfer begins [ip, port, name, blksize, windowsize]
-``tftp.done``       a transfer ended with the last ACK [ip, name, bytes, duration, ttfb,
+``tftp.done``       a transfer ended with the last ACK [ip, port, name, bytes, duration, ttfb,
                     retransmits]
-``tftp.fail``       a transfer ended without it [ip, name, reason, bytes, duration,
+``tftp.fail``       a transfer ended without it [ip, port, name, reason, bytes, duration,
                     retransmits]
 ``tftp.malformed``  a datagram dropped by the codec [reason]
 ``tftp.denied``     a request refused [ip, name, reason (not_found, access, write)]
-``cache.hit`` / ``cache.miss`` / ``cache.coalesced`` / ``cache.upstream`` [url, bytes]
+``cache.hit`` / ``cache.miss`` / ``cache.coalesced`` [url]; ``cache.upstream`` [url, bytes, status;
+                    on failure error and code]
 """
 
 from __future__ import annotations

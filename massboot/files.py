@@ -963,7 +963,7 @@ class FileStore:
             if dl.writing:
                 dl.fd.acquire()   # killed mid-write: a thread may still use the fd, never close it
         self._events.emit("cache.upstream", url=dl.url, bytes=dl.received, status=None,
-                          error=error.message)
+                          error=error.message, code=error.code)
         self._finish(dl)
 
     def _drop(self, entry: _Entry) -> None:

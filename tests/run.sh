@@ -4,7 +4,8 @@
 # Usage: tests/run.sh [pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEBIAN_PACKAGES="python3-venv iproute2 nftables isc-dhcp-client busybox udhcpc atftp tftp-hpa curl"
+DEBIAN_PACKAGES="python3-venv iproute2 nftables isc-dhcp-client busybox udhcpc atftp tftp-hpa curl
+    prometheus systemd"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

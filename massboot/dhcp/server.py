@@ -144,6 +144,11 @@ class DhcpServer:
                  self.server_ip, self.config.pool_start, self.config.pool_count)
 
     @property
+    def alive(self) -> bool:
+        """True while the read loop runs (for /healthz and the main loop)."""
+        return self._reader is not None and not self._reader.dead
+
+    @property
     def port(self) -> int:
         """The bound UDP port."""
         assert self.socket is not None
@@ -229,7 +234,8 @@ class DhcpServer:
         if packet.option(53) is not None and msgtype is None:
             self.events.emit("dhcp.malformed", reason="bad_message_type", source=source[0])
             return None
-        self.events.emit("dhcp.received", msgtype=mtname, mac=mac, relayed=packet.giaddr != "0.0.0.0")
+        self.events.emit("dhcp.received", msgtype=mtname, mac=mac, relayed=packet.giaddr != "0.0.0.0",
+                         pxe=packet.is_pxe, ipxe=packet.is_ipxe, uuid=packet.uuid, arch=packet.client_arch)
         client = self.clients.get(mac)
         if client is None:
             client = self.clients[mac] = Client(mac)
@@ -433,7 +439,8 @@ class DhcpServer:
         log.info("%s mac=%s ip=%s phase=%s arch=%s file=%s to=%s:%d", name, client.mac, yiaddr, phase,
                  arch if arch is not None else "-", boot.bootfile if boot else "-", dest[0], dest[1])
         self.events.emit("dhcp.reply", msgtype=name, mac=client.mac, ip=yiaddr, pxe=pxe, arch=arch,
-                         phase=phase, file=boot.bootfile if boot else None)
+                         phase=phase, file=boot.bootfile if boot else None, ipxe=packet.is_ipxe,
+                         uuid=client.uuid)
         return reply
 
     # ------------------------------------------------------------------ for the TFTP side

@@ -164,6 +164,11 @@ class TftpServer:
         log.info("tftp listening on %s:%d pool=%d", self._address, self.port, self._pool_size)
 
     @property
+    def alive(self) -> bool:
+        """True while the listener's read loop runs (for /healthz and the main loop)."""
+        return self._reader is not None and not self._reader.dead
+
+    @property
     def port(self) -> int:
         """The bound UDP port."""
         if self._socket is None:

@@ -132,7 +132,8 @@ def negotiate(
                 blksize = min(number, limit_blksize)
                 oack[name] = str(blksize)
         elif name == "tsize":  # RFC 2349: the client sends 0 in a read request
-            if parse_tsize(value) is not None and size is not None and not netascii:
+            # an empty file's tsize 0 is left out: curl (every version) rejects "tsize 0" in an OACK
+            if parse_tsize(value) is not None and size and not netascii:
                 oack[name] = str(size)
         elif name == "timeout":  # RFC 2349: echoed when accepted
             number = parse_timeout(value)
@@ -217,6 +218,7 @@ class ReadTransfer:
         self._srtt: float | None = None
         self._rttvar = 0.0
         self._timeouts = 0
+        self._progress_at = 0.0  # last time the client made progress (or the start)
         self._deadline = float("inf")
         self._oack_sent_at = 0.0
         self._oack_resent = False
@@ -284,6 +286,7 @@ class ReadTransfer:
         if self._started:
             raise RuntimeError("transfer already started")
         self._started = True
+        self._progress_at = self._clock()
         if self._oack is not None:
             now = self._clock()
             self._oack_sent_at = now
@@ -300,6 +303,7 @@ class ReadTransfer:
                 self._sample(self._clock() - self._oack_sent_at)
             self._state = _SENDING
             self._timeouts = 0
+            self._progress_at = self._clock()
             return self._fill()
         if self._state != _SENDING:
             return []
@@ -315,6 +319,7 @@ class ReadTransfer:
             self.bytes_acked += lengths[number % window] - 4
         self._base = acked + 1
         self._timeouts = 0
+        self._progress_at = self._clock()
         if acked == self._last:
             self._state = _DONE
             return []
@@ -338,8 +343,13 @@ class ReadTransfer:
         if not self._started or self.finished:
             return []
         self._timeouts += 1
-        if self._timeouts > self._retries:
-            self._fail(REASON_TIMEOUT, f"no ACK after {self._retries} retransmissions")
+        # Give up after `retries` resends without progress AND `timeout_max × retries` seconds of
+        # silence: on a fast LAN the adaptive timer is a few ms, and a client that pauses for a
+        # second (a busy disk, a loaded host) must not lose its transfer for it.
+        silent = self._clock() - self._progress_at
+        if self._timeouts > self._retries and silent >= self._timeout_max * self._retries:
+            self._fail(REASON_TIMEOUT, f"no ACK after {self._timeouts - 1} retransmissions "
+                                       f"and {silent:.1f}s")
             return [Error(ErrorCode.NOT_DEFINED, "Transfer timed out").encode()]
         self._rto = min(self._rto * 2, self._timeout_max)  # back off, RFC 6298 section 5.5
         if self._state == _WAIT_OACK:

@@ -422,4 +422,32 @@ class TestNegotiate:
     def test_tsize_needs_a_known_size_and_octet(self) -> None:
         assert negotiate({"tsize": "0"}, size=None).oack == {}
         assert negotiate({"tsize": "0"}, size=10, netascii=True).oack == {}
-        assert negotiate({"tsize": "0"}, size=0).oack == {"tsize": "0"}
+        assert negotiate({"tsize": "0"}, size=0).oack == {}     # curl rejects "tsize 0" in an OACK
+
+
+def test_a_short_pause_on_a_fast_lan_does_not_fail_the_transfer() -> None:
+    """The adaptive timer shrinks to a few ms on a LAN; giving up still needs `retries` resends
+    AND timeout_max × retries seconds of silence, so a client pausing ~1.3 s keeps its transfer."""
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 5000), timeout_min=0.01, timeout_max=2.0, retries=5, clock=clock)
+    transfer.start()
+    for _ in range(20):                        # fast ACKs: the timer converges to timeout_min
+        clock.advance(0.0005)
+        transfer.on_ack(1)
+    transfer = ReadTransfer(reader(b"x" * 50000), timeout_min=0.01, timeout_max=2.0, retries=5, clock=clock)
+    transfer.start()
+    clock.advance(0.0005)
+    transfer.on_ack(1)
+    silent = 0.0
+    while silent < 1.5:                        # the client goes quiet for 1.5 s
+        step = transfer.timeout
+        clock.advance(step)
+        silent += step
+        transfer.on_timeout()
+    assert not transfer.failed and transfer.retransmits >= 5
+    assert blocks(transfer.on_ack(2))          # it comes back: the transfer goes on
+    while not transfer.failed:                 # and silence for good ends it, after about 10 s
+        clock.advance(transfer.timeout)
+        transfer.on_timeout()
+        silent += transfer.timeout
+    assert transfer.reason == "timeout"

@@ -1,0 +1,490 @@
+"""Prometheus exporter, boot-progress tracker and status endpoints, in the server's own process.
+
+:class:`Metrics` subscribes to the :class:`~massboot.events.EventBus`. Each event costs a few
+integer additions in plain Python dicts and at most two Prometheus calls (the two TFTP
+histograms for ``tftp.done``, the boot-duration histogram when a boot completes): counters are
+kept as plain numbers and handed to Prometheus by a custom collector *at scrape time*, together
+with the values read from the servers then (leases, active transfers, busy workers, clients per
+boot phase). Label values are bounded: message types, reasons and verdicts outside known sets
+are counted as ``other``; a MAC, an IP address or a file name is never a label.
+
+Endpoints, served by a :class:`gevent.pywsgi.WSGIServer` on ``[metrics] address:port`` (no
+thread):
+
+``/metrics``   the Prometheus text format (``prometheus_client.make_wsgi_app``);
+``/clients``   JSON list, one record per known client (see :mod:`massboot.progress`);
+               ``?phase=stalled`` (or any phase) filters it;
+``/healthz``   ``200`` while every configured server's reader is alive, else ``503``; a JSON body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from urllib.parse import parse_qs
+
+from gevent.pywsgi import WSGIServer
+from prometheus_client import CollectorRegistry, Histogram, Info, ProcessCollector, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from massboot import __version__
+from massboot.config import MetricsConfig
+from massboot.events import Event, EventBus
+from massboot.progress import PHASES, ProgressTracker
+
+__all__ = ["Metrics", "malformed_reason", "TRANSFER_BUCKETS", "BOOT_BUCKETS"]
+
+log = logging.getLogger(__name__)
+
+#: TFTP transfer duration and time to first byte: 1 ms .. 10 min.
+TRANSFER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0, 120.0, 300.0, 600.0)
+#: First DISCOVER to the end of the last transfer: seconds to two hours.
+BOOT_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 300.0, 450.0, 600.0, 900.0, 1200.0,
+                1800.0, 2700.0, 3600.0, 7200.0)
+
+DHCP_TYPES = ("discover", "offer", "request", "decline", "ack", "nak", "release", "inform", "bootp")
+REPLY_TYPES = ("offer", "ack", "nak", "bootp")
+IGNORE_REASONS = ("in_flight", "idle_state", "bootp_not_allowed", "other_server", "not_our_address",
+                  "unhandled", "internal_error")
+ACL_TYPES = ("mac", "uuid", "http")
+ACL_VERDICTS = ("allowed", "denied", "error")
+TFTP_FAIL_REASONS = ("timeout", "client_error", "options_refused", "read_error", "internal_error",
+                     "shutdown", "aborted")
+TFTP_DENY_REASONS = ("not_found", "access", "write", "error")
+MALFORMED_REASONS = {
+    "dhcp": ("too_short", "truncated", "bad_op", "bad_hlen", "bad_overload", "bad_message_type",
+             "not_request"),
+    "tftp": ("too_short", "truncated", "too_long", "bad_opcode", "bad_request", "bad_option"),
+}
+OTHER = "other"
+
+_MALFORMED_PATTERNS: dict[str, tuple[tuple[re.Pattern[str], str], ...]] = {
+    "dhcp": (
+        (re.compile(r"truncat"), "truncated"),
+        (re.compile(r"^\d+[_ ]bytes|short"), "too_short"),
+        (re.compile(r"message[_ ]type"), "bad_message_type"),
+        (re.compile(r"not[_ ]request"), "not_request"),
+        (re.compile(r"hlen"), "bad_hlen"),
+        (re.compile(r"overload"), "bad_overload"),
+        (re.compile(r"bad[_ ]op"), "bad_op"),
+    ),
+    "tftp": (
+        (re.compile(r"shorter|short"), "too_short"),
+        (re.compile(r"truncat"), "truncated"),
+        (re.compile(r"larger"), "too_long"),
+        (re.compile(r"opcode"), "bad_opcode"),
+        (re.compile(r"option"), "bad_option"),
+        (re.compile(r"mode|filename|nul-terminated"), "bad_request"),
+    ),
+}
+
+
+def malformed_reason(protocol: str, text: str | None) -> str:
+    """Map a codec's free-text reason to one of the bounded ``reason`` label values.
+
+    Args:
+        protocol: ``dhcp`` or ``tftp``.
+        text: the ``reason`` field of a ``*.malformed`` event.
+
+    Returns:
+        A value of :data:`MALFORMED_REASONS` for that protocol, or ``other``.
+    """
+    if text:
+        lowered = text.lower()
+        for pattern, reason in _MALFORMED_PATTERNS.get(protocol, ()):
+            if pattern.search(lowered):
+                return reason
+    return OTHER
+
+
+def _bounded(value: Any, known: Iterable[str]) -> str:
+    return value if isinstance(value, str) and value in known else OTHER
+
+
+class _Counts:
+    """A labelled counter kept as plain numbers; exported by the collector at scrape time."""
+
+    __slots__ = ("name", "doc", "labels", "values")
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...] = (),
+                 initial: Iterable[tuple[str, ...]] = ()) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self.values: dict[tuple[str, ...], float] = {key: 0 for key in initial}
+        if not labels:
+            self.values[()] = 0
+
+    def inc(self, key: tuple[str, ...] = (), amount: float = 1) -> None:
+        values = self.values
+        values[key] = values.get(key, 0) + amount
+
+    def get(self, key: tuple[str, ...] = ()) -> float:
+        return self.values.get(key, 0)
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, value in self.values.items():
+            family.add_metric(key, value)
+        return family
+
+
+class _ScrapeCollector(Collector):
+    """Yields the event counters and the values read from the servers at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        for counts in m.counters:
+            yield counts.family()
+        for read in (m._collect_progress, m._collect_dhcp, m._collect_tftp, m._collect_cache):
+            try:
+                yield from read()
+            except Exception:  # a scrape must not fail because one server is half-built
+                log.exception("metrics: %s failed", read.__name__)
+
+
+class Metrics:
+    """The exporter: event counters, histograms, scrape-time gauges and the HTTP endpoints.
+
+    Args:
+        config: the ``[metrics]`` settings (address, port, stall_after).
+        events: the bus to subscribe to.
+        services: the :class:`massboot.cli.Services` object graph, read at scrape time
+            (``dhcp``, ``tftp``, ``files``, ``config``; any may be missing or None).
+        registry: where to register; a fresh :class:`CollectorRegistry` when None.
+        clock: wall-clock time source of the stall check.
+    """
+
+    def __init__(self, config: MetricsConfig, events: EventBus, *, services: Any = None,
+                 registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.services = services
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._server: WSGIServer | None = None
+        self._blksize: dict[tuple[Any, Any], int] = {}
+
+        def c(name: str, doc: str, labels: tuple[str, ...] = (),
+              initial: Iterable[tuple[str, ...]] = ()) -> _Counts:
+            counts = _Counts(name, doc, labels, initial)
+            self.counters.append(counts)
+            return counts
+
+        self.counters: list[_Counts] = []
+        self.dhcp_received = c("massboot_dhcp_packets_received", "DHCP/BOOTP requests decoded, by "
+                               "message type.", ("type",), [(t,) for t in DHCP_TYPES])
+        self.dhcp_replies = c("massboot_dhcp_replies_sent", "DHCP/BOOTP replies sent, by message type.",
+                              ("type",), [(t,) for t in REPLY_TYPES])
+        self.dhcp_ignored = c("massboot_dhcp_requests_ignored", "DHCP requests left unanswered on "
+                              "purpose, by reason.", ("reason",), [(r,) for r in IGNORE_REASONS])
+        self.pool_exhausted = c("massboot_dhcp_pool_exhausted", "Requests that found no free address "
+                                "in their pool, by scope.", ("scope",), [(s,) for s in self._scopes()])
+        self.acl = c("massboot_dhcp_acl_decisions", "ACL decisions, by ACL type and verdict (error: "
+                     "the HTTP ACL did not answer in time or failed).", ("acl", "verdict"),
+                     [(a, v) for a in ACL_TYPES for v in ACL_VERDICTS])
+        self.arch_fallbacks = c("massboot_dhcp_arch_fallbacks", "Clients whose architecture has no "
+                                "[bootfile] entry and got the default boot file.")
+        self.declined = c("massboot_dhcp_declined_addresses", "Addresses declined by a client (in use "
+                          "by another host) and set aside.")
+        self.notifications = c("massboot_notifications", "UDP notifications, by result (sent, "
+                               "failed).", ("result",), [("sent",), ("failed",)])
+        self.malformed = c("massboot_malformed_packets", "Datagrams dropped by a codec, by protocol "
+                           "and reason.", ("protocol", "reason"),
+                           [(p, r) for p, reasons in MALFORMED_REASONS.items() for r in (*reasons, OTHER)])
+        self.tftp_started = c("massboot_tftp_transfers_started", "TFTP read transfers started.")
+        self.tftp_completed = c("massboot_tftp_transfers_completed", "TFTP transfers that ended with "
+                                "the client's last ACK.")
+        self.tftp_failed = c("massboot_tftp_transfers_failed", "TFTP transfers that ended without it, "
+                             "by reason.", ("reason",), [(r,) for r in TFTP_FAIL_REASONS])
+        self.tftp_denied = c("massboot_tftp_requests_denied", "TFTP requests refused before any "
+                             "transfer, by reason.", ("reason",), [(r,) for r in TFTP_DENY_REASONS])
+        self.tftp_bytes = c("massboot_tftp_sent_bytes", "File bytes delivered to TFTP clients "
+                            "(acknowledged).")
+        self.tftp_blocks = c("massboot_tftp_data_blocks", "Distinct TFTP DATA blocks delivered "
+                             "(the denominator of the retransmit ratio).")
+        self.tftp_retransmits = c("massboot_tftp_retransmits", "TFTP datagrams sent again after a "
+                                  "timeout or a client's gap.")
+        self.cache_hits = c("massboot_cache_hits", "Remote files served from the cache.")
+        self.cache_misses = c("massboot_cache_misses", "Remote file opens (and boot-file size "
+                              "prefetches) that started an upstream download.")
+        self.cache_coalesced = c("massboot_cache_coalesced", "Remote file opens that joined a "
+                                 "download already in flight.")
+        self.cache_upstream = c("massboot_cache_upstream_bytes", "Bytes received from HTTP mirrors.")
+        self.cache_failures = c("massboot_cache_upstream_failures", "Upstream downloads that failed, by "
+                                "reason (not_found: the mirror has no such file; error: any other "
+                                "failure).", ("reason",), [("not_found",), ("error",)])
+
+        self.registry.register(_ScrapeCollector(self))   # first: counters lead the exposition
+        self.transfer_duration = Histogram(
+            "massboot_tftp_transfer_duration_seconds",
+            "Duration of completed TFTP transfers, from the read request to the last ACK.",
+            buckets=TRANSFER_BUCKETS, registry=self.registry)
+        self.ttfb = Histogram(
+            "massboot_tftp_time_to_first_byte_seconds",
+            "Time from a read request to the first DATA block of completed transfers.",
+            buckets=TRANSFER_BUCKETS, registry=self.registry)
+        self.boot_duration = Histogram(
+            "massboot_boot_duration_seconds",
+            "Per client and boot: time from the first DISCOVER to the end of the last completed "
+            "transfer, observed when the client reaches the done phase.",
+            buckets=BOOT_BUCKETS, registry=self.registry)
+        Info("massboot_build", "massboot version (value 1).", registry=self.registry).info(
+            {"version": __version__, "python": platform.python_version()})
+        try:
+            ProcessCollector(registry=self.registry)   # process_start_time_seconds, CPU, memory, fds
+        except ValueError:   # the registry already has one (the global default registry)
+            pass
+
+        self.progress = ProgressTracker(config.stall_after, clock=clock,
+                                        on_boot_complete=self.boot_duration.observe)
+        self._handlers: dict[str, Callable[[Event], None]] = {
+            "dhcp.received": self._dhcp_received,
+            "dhcp.reply": self._dhcp_reply,
+            "dhcp.ignored": self._dhcp_ignored,
+            "dhcp.malformed": self._malformed,
+            "dhcp.exhausted": self._dhcp_exhausted,
+            "dhcp.declined": lambda e: self.declined.inc(),
+            "dhcp.acl": self._dhcp_acl,
+            "dhcp.notify": self._dhcp_notify,
+            "dhcp.arch_fallback": lambda e: self.arch_fallbacks.inc(),
+            "tftp.start": self._tftp_start,
+            "tftp.done": self._tftp_done,
+            "tftp.fail": self._tftp_fail,
+            "tftp.denied": self._tftp_denied,
+            "tftp.malformed": self._malformed,
+            "cache.hit": lambda e: self.cache_hits.inc(),
+            "cache.miss": lambda e: self.cache_misses.inc(),
+            "cache.coalesced": lambda e: self.cache_coalesced.inc(),
+            "cache.upstream": self._cache_upstream,
+        }
+        self._wsgi_metrics = make_wsgi_app(self.registry)
+        events.subscribe(self.on_event)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Bind ``address:port`` (synchronously; port 0 picks one) and serve the endpoints."""
+        server = WSGIServer((self.config.address, self.config.port), self.wsgi_app, log=None,
+                            error_log=log)
+        server.start()
+        self._server = server
+        log.info("metrics on http://%s:%d/metrics", self.config.address, self.port)
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port."""
+        if self._server is None or self._server.socket is None:
+            raise RuntimeError("Metrics not started")
+        return self._server.socket.getsockname()[1]
+
+    def stop(self) -> None:
+        """Stop serving (open requests get a second to finish)."""
+        if self._server is not None:
+            self._server.stop(timeout=1)
+            self._server = None
+
+    # ------------------------------------------------------------------ events
+    def on_event(self, event: Event) -> None:
+        """The bus subscriber: boot progress first, then the counters."""
+        self.progress(event)
+        handler = self._handlers.get(event.kind)
+        if handler is not None:
+            handler(event)
+
+    def _dhcp_received(self, event: Event) -> None:
+        self.dhcp_received.inc((_bounded(event.get("msgtype"), DHCP_TYPES),))
+
+    def _dhcp_reply(self, event: Event) -> None:
+        self.dhcp_replies.inc((_bounded(event.get("msgtype"), REPLY_TYPES),))
+
+    def _dhcp_ignored(self, event: Event) -> None:
+        reason = event.get("reason")
+        if isinstance(reason, str) and reason.startswith("unhandled"):
+            reason = "unhandled"
+        self.dhcp_ignored.inc((_bounded(reason, IGNORE_REASONS),))
+
+    def _dhcp_exhausted(self, event: Event) -> None:
+        scope = event.get("scope") or "main"
+        self.pool_exhausted.inc((_bounded(scope, self._scopes()),))
+
+    def _dhcp_acl(self, event: Event) -> None:
+        self.acl.inc((_bounded(event.get("acl"), ACL_TYPES), _bounded(event.get("verdict"), ACL_VERDICTS)))
+
+    def _dhcp_notify(self, event: Event) -> None:
+        self.notifications.inc(("sent" if event.get("ok") else "failed",))
+
+    def _malformed(self, event: Event) -> None:
+        protocol = event.kind.partition(".")[0]
+        self.malformed.inc((protocol, malformed_reason(protocol, event.get("reason"))))
+
+    def _tftp_start(self, event: Event) -> None:
+        self.tftp_started.inc()
+        blksize = event.get("blksize")
+        if isinstance(blksize, int) and blksize > 0 and len(self._blksize) < 1_000_000:
+            self._blksize[(event.get("ip"), event.get("port"))] = blksize
+
+    def _tftp_end(self, event: Event) -> None:
+        nbytes = int(event.get("bytes") or 0)
+        self.tftp_bytes.inc(amount=nbytes)
+        self.tftp_retransmits.inc(amount=int(event.get("retransmits") or 0))
+        blocks = event.get("blocks")
+        if blocks is None:
+            blksize = self._blksize.pop((event.get("ip"), event.get("port")), 512)
+            # the last block is the short (possibly empty) one; a failed transfer never got there
+            blocks = nbytes // blksize + (1 if event.kind == "tftp.done" else 0)
+        self.tftp_blocks.inc(amount=int(blocks))
+
+    def _tftp_done(self, event: Event) -> None:
+        self.tftp_completed.inc()
+        self._tftp_end(event)
+        duration = event.get("duration")
+        if duration is not None:
+            self.transfer_duration.observe(duration)
+            ttfb = event.get("ttfb")
+            self.ttfb.observe(duration if ttfb is None else ttfb)
+
+    def _tftp_fail(self, event: Event) -> None:
+        self.tftp_failed.inc((_bounded(event.get("reason"), TFTP_FAIL_REASONS),))
+        self._tftp_end(event)
+
+    def _tftp_denied(self, event: Event) -> None:
+        self.tftp_denied.inc((_bounded(event.get("reason"), TFTP_DENY_REASONS),))
+
+    def _cache_upstream(self, event: Event) -> None:
+        self.cache_upstream.inc(amount=int(event.get("bytes") or 0))
+        error = event.get("error")
+        if error is not None:
+            code = event.get("code")   # the TFTP error code of the failure, 1 = file not found
+            not_found = code == 1 if code is not None else error == "File not found"
+            self.cache_failures.inc(("not_found" if not_found else "error",))
+
+    # ------------------------------------------------------------------ scrape time
+    def _scopes(self) -> tuple[str, ...]:
+        config = getattr(self.services, "config", None)
+        bootp = getattr(config, "bootp", None)
+        if bootp is None:
+            return ("main",)
+        return ("main", *(sub.name for sub in bootp.subnets))
+
+    def _collect_progress(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily("massboot_boot_clients", "Clients per boot phase (stalled: no "
+                                  "progress for [metrics] stall_after seconds).", labels=("phase",))
+        for phase, count in self.progress.counts().items():
+            gauge.add_metric((phase,), count)
+        yield gauge
+        yield GaugeMetricFamily("massboot_boot_stall_after_seconds", "The stall threshold in use.",
+                                value=self.config.stall_after)
+
+    def _collect_dhcp(self) -> Iterator[Metric]:
+        dhcp = getattr(self.services, "dhcp", None)
+        if dhcp is None:
+            return
+        in_use = GaugeMetricFamily("massboot_dhcp_leases_in_use", "Pool addresses bound to a client "
+                                   "(static reservations included), by scope.", labels=("scope",))
+        capacity = GaugeMetricFamily("massboot_dhcp_leases_capacity", "Pool addresses that can be "
+                                     "handed out (in use + free), by scope.", labels=("scope",))
+        for scope, (used, size) in dhcp.lease_counts().items():
+            in_use.add_metric((scope,), used)
+            capacity.add_metric((scope,), size)
+        yield in_use
+        yield capacity
+
+    def _workers(self) -> Iterator[tuple[str, int, int]]:
+        dhcp = getattr(self.services, "dhcp", None)
+        pool = getattr(dhcp, "pool", None)
+        if pool is not None:
+            yield "dhcp", pool.size - pool.free_count(), pool.size
+        tftp = getattr(self.services, "tftp", None)
+        if tftp is not None:
+            size = getattr(tftp, "pool_size", None)
+            if size is None:
+                config = getattr(self.services, "config", None)
+                size = config.tftp.pool_size if config is not None else 0
+            yield "tftp", tftp.active, size   # one pool slot per running transfer
+
+    def _collect_tftp(self) -> Iterator[Metric]:
+        tftp = getattr(self.services, "tftp", None)
+        if tftp is not None:
+            yield GaugeMetricFamily("massboot_tftp_active_transfers", "TFTP transfers in progress.",
+                                    value=tftp.active)
+        busy = GaugeMetricFamily("massboot_workers_busy", "Greenlets of a server's bounded pool in "
+                                 "use (dhcp: exchanges, tftp: transfers).", labels=("pool",))
+        capacity = GaugeMetricFamily("massboot_workers_capacity", "Size of a server's bounded pool.",
+                                     labels=("pool",))
+        for name, used, size in self._workers():
+            busy.add_metric((name,), used)
+            capacity.add_metric((name,), size)
+        yield busy
+        yield capacity
+
+    def _collect_cache(self) -> Iterator[Metric]:
+        files = getattr(self.services, "files", None)
+        if files is None or not getattr(files, "remote", False):
+            return
+        yield GaugeMetricFamily("massboot_cache_stored_bytes", "Bytes of complete files in the "
+                                "remote-file cache.", value=files.cached_bytes)
+        yield GaugeMetricFamily("massboot_cache_stored_files", "Complete files in the remote-file "
+                                "cache.", value=files.cached_files)
+
+    # ------------------------------------------------------------------ HTTP
+    def clients(self, phase: str | None = None) -> list[dict[str, Any]]:
+        """The ``/clients`` document: tracker records, completed from the DHCP side's knowledge."""
+        records = self.progress.clients()
+        known = getattr(getattr(self.services, "dhcp", None), "clients", None) or {}
+        for record in records:
+            client = known.get(record["mac"])
+            if client is not None:
+                if record["uuid"] is None:
+                    record["uuid"] = getattr(client, "uuid", None)
+                if record["arch"] is None:
+                    record["arch"] = getattr(client, "arch", None)
+        if phase:
+            records = [r for r in records if r["phase"] == phase]
+        return records
+
+    def health(self) -> tuple[bool, dict[str, str]]:
+        """``(healthy, {service: "up" | "down"})`` for the configured servers."""
+        status: dict[str, str] = {}
+        for name in ("dhcp", "tftp"):
+            server = getattr(self.services, name, None)
+            if server is None:
+                continue
+            status[name] = "up" if server.alive else "down"
+        return all(v == "up" for v in status.values()), status
+
+    def wsgi_app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """The WSGI application behind the HTTP server (usable on its own in tests)."""
+        path = environ.get("PATH_INFO") or "/"
+        if path == "/metrics":
+            return self._wsgi_metrics(environ, start_response)
+        if path == "/clients":
+            query = parse_qs(environ.get("QUERY_STRING", ""))
+            phase = query.get("phase", [None])[0]
+            if phase is not None and phase not in PHASES:
+                return _reply(start_response, "400 Bad Request", {"error": f"unknown phase {phase!r}",
+                                                                  "phases": list(PHASES)})
+            return _reply(start_response, "200 OK", self.clients(phase))
+        if path == "/healthz":
+            healthy, status = self.health()
+            body = {"status": "ok" if healthy else "failing", **status}
+            return _reply(start_response, "200 OK" if healthy else "503 Service Unavailable", body)
+        if path == "/":
+            text = b"massboot: /metrics /clients /healthz\n"
+            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"),
+                                      ("Content-Length", str(len(text)))])
+            return [text]
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found\n"]
+
+
+def _reply(start_response: Callable[..., Any], status: str, body: Any) -> list[bytes]:
+    data = (json.dumps(body, separators=(",", ":")) + "\n").encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
