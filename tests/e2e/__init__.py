@@ -1,0 +1,1 @@
+"""End-to-end tests: a real PXE boot of a QEMU virtual machine from massboot."""
