@@ -12,12 +12,12 @@ _HEX_RE = re.compile(r"^[0-9A-Fa-f]+$")
 
 def mac_str(mac: bytes) -> str:
     """``AA:BB:CC:DD:EE:FF``: pybootd's on-wire and notification form."""
-    return ":".join(f"{b:02X}" for b in mac[:6])
+    return bytes(mac[:6]).hex(":").upper()
 
 
 def mac_dash(mac: bytes) -> str:
     """``AA-BB-CC-DD-EE-FF``: the documented HTTP ACL query form."""
-    return "-".join(f"{b:02X}" for b in mac[:6])
+    return bytes(mac[:6]).hex("-").upper()
 
 
 def mac_int(mac: bytes) -> int:

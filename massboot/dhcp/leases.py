@@ -17,6 +17,7 @@ worker thread and the caller waits for it cooperatively.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 from abc import ABC, abstractmethod
@@ -123,7 +124,12 @@ class LeaseStore(ABC):
         """Release resources; pending writes are finished first."""
 
 
+_CANONICAL_MAC = re.compile(r"[0-9A-F]{2}(?::[0-9A-F]{2}){5}")
+
+
 def _norm_mac(mac: str) -> str:
+    if _CANONICAL_MAC.fullmatch(mac):      # the server's own form: the common case, kept cheap
+        return mac
     return mac_str(parse_mac(mac))
 
 

@@ -12,6 +12,7 @@ decides *what* to answer lives here so it can be tested with plain packets:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from dataclasses import dataclass
@@ -68,8 +69,12 @@ class Network:
     @property
     def broadcast(self) -> str:
         """The subnet-directed broadcast address of the server's subnet."""
-        net = ipaddress.IPv4Network(f"{self.server_ip}/{self.netmask}", strict=False)
-        return str(net.broadcast_address)
+        return _broadcast(self.server_ip, self.netmask)
+
+
+@functools.lru_cache(maxsize=64)
+def _broadcast(address: str, netmask: str) -> str:
+    return str(ipaddress.IPv4Network(f"{address}/{netmask}", strict=False).broadcast_address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +112,7 @@ def request_kind(packet: BootpPacket, unicast: bool = False) -> RequestKind:
     return RequestKind.UNKNOWN
 
 
-def select_bootfile(packet: BootpPacket, default: str, by_arch: dict[int, str],
+def select_bootfile(arch: int | None, ipxe: bool, default: str, by_arch: dict[int, str],
                     ipxe_bootfile: str | None) -> tuple[str, bool]:
     """Boot file for a client (contract C9).
 
@@ -115,13 +120,19 @@ def select_bootfile(packet: BootpPacket, default: str, by_arch: dict[int, str],
     chainload loop. Otherwise the architecture of option 93, else option 60, picks a
     ``[bootfile]`` entry; an architecture with no entry falls back to *default*.
 
+    Args:
+        arch: the client architecture (:attr:`BootpPacket.client_arch`), None when unknown.
+        ipxe: the client is iPXE (:attr:`BootpPacket.is_ipxe`).
+        default: ``[bootfile] default``.
+        by_arch: the other ``[bootfile]`` entries.
+        ipxe_bootfile: ``[bootpd] ipxe_boot_file``.
+
     Returns:
         ``(file, fell_back)``: fell_back is True when the client named an architecture that has
         no entry (the server logs and counts it).
     """
-    if ipxe_bootfile and packet.is_ipxe:
+    if ipxe_bootfile and ipxe:
         return ipxe_bootfile, False
-    arch = packet.client_arch
     if arch is None or arch == 0:      # no architecture, or x86 BIOS: the default is meant
         return by_arch.get(0, default) if arch == 0 else default, False
     if arch in by_arch:

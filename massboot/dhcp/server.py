@@ -59,6 +59,8 @@ class Client:
     hostname: str | None = None      # HTTP ACL "Client:" line (option 12)
     file: str | None = None          # HTTP ACL "File:" line (TFTP filters' {file})
     ifindex: int = 0                 # interface of the exchange in flight
+    ipxe: bool = False               # the request in flight comes from iPXE
+    req_arch: int | None = None      # the architecture the request in flight names
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,8 +236,9 @@ class DhcpServer:
         if packet.option(53) is not None and msgtype is None:
             self.events.emit("dhcp.malformed", reason="bad_message_type", source=source[0])
             return None
+        pxe, ipxe, uuid, arch = packet.is_pxe, packet.is_ipxe, packet.uuid, packet.client_arch
         self.events.emit("dhcp.received", msgtype=mtname, mac=mac, relayed=packet.giaddr != "0.0.0.0",
-                         pxe=packet.is_pxe, ipxe=packet.is_ipxe, uuid=packet.uuid, arch=packet.client_arch)
+                         pxe=pxe, ipxe=ipxe, uuid=uuid, arch=arch)
         client = self.clients.get(mac)
         if client is None:
             client = self.clients[mac] = Client(mac)
@@ -243,11 +246,12 @@ class DhcpServer:
             if lease is not None and lease.uuid:
                 client.uuid = lease.uuid
         client.ifindex = ifindex      # one exchange per MAC at a time: safe to keep here
-        pxe = packet.is_pxe
-        if packet.uuid:
-            client.uuid = packet.uuid
-        if packet.client_arch is not None:
-            client.arch = packet.client_arch
+        client.ipxe = ipxe
+        if uuid:
+            client.uuid = uuid
+        client.req_arch = arch
+        if arch is not None:
+            client.arch = arch
         phase = "pxe" if pxe else "os"
 
         if msgtype == MessageType.REQUEST and packet.server_id not in (None, self.server_ip):
@@ -312,7 +316,7 @@ class DhcpServer:
                                message=f"address {wanted} is not yours")
         lease = scope.store.commit(mac, current.ip, lease_time=scope.net.lease_time, uuid=client.uuid)
         if self.notifier is not None:
-            self.notifier.send("BOOT" if packet.uuid else "LEASE", packet.mac, lease.ip, client.uuid)
+            self.notifier.send("BOOT" if pxe else "LEASE", packet.mac, lease.ip, client.uuid)
         reply = self._reply(packet, source, client, scope, MessageType.ACK, lease.ip, phase, pxe)
         client.state = new_state
         return reply
@@ -404,12 +408,13 @@ class DhcpServer:
         return None
 
     def _boot_info(self, packet: BootpPacket, client: Client) -> BootInfo:
-        bootfile, fell_back = policy.select_bootfile(packet, self.config.default_bootfile,
-                                                     self.config.bootfiles, self.config.ipxe_boot_file)
+        config = self.config
+        bootfile, fell_back = policy.select_bootfile(client.req_arch, client.ipxe, config.default_bootfile,
+                                                     config.bootfiles, config.ipxe_boot_file)
         if fell_back:
             log.warning("mac=%s arch=%s has no [bootfile] entry: serving default %s",
-                        client.mac, packet.client_arch, bootfile)
-            self.events.emit("dhcp.arch_fallback", mac=client.mac, arch=packet.client_arch)
+                        client.mac, client.req_arch, bootfile)
+            self.events.emit("dhcp.arch_fallback", mac=client.mac, arch=client.req_arch)
         size = None
         if self._bootfile_size is not None and 13 in packet.requested_params and "://" not in bootfile:
             size = self._bootfile_size(bootfile, client.ip or "0.0.0.0")
@@ -435,11 +440,11 @@ class DhcpServer:
         if yiaddr != "0.0.0.0" and msgtype != MessageType.NAK:
             client.ip = yiaddr
             self._ip_to_mac[yiaddr] = client.mac
-        arch = packet.client_arch
+        arch = client.req_arch
         log.info("%s mac=%s ip=%s phase=%s arch=%s file=%s to=%s:%d", name, client.mac, yiaddr, phase,
                  arch if arch is not None else "-", boot.bootfile if boot else "-", dest[0], dest[1])
         self.events.emit("dhcp.reply", msgtype=name, mac=client.mac, ip=yiaddr, pxe=pxe, arch=arch,
-                         phase=phase, file=boot.bootfile if boot else None, ipxe=packet.is_ipxe,
+                         phase=phase, file=boot.bootfile if boot else None, ipxe=client.ipxe,
                          uuid=client.uuid)
         return reply
 
