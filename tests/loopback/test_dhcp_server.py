@@ -380,3 +380,36 @@ def test_option_13_from_the_file_layer(harness, tmp_path):
         assert offer.option(Opt.BOOTFILE_SIZE) is None
     finally:
         files.close()
+
+
+def test_burst_of_1000_discovers_is_absorbed(harness):
+    """1,000 DISCOVERs sent back to back, faster than the server answers: the receive buffer
+    holds the burst and every one gets its OFFER without a retransmission."""
+    from tests.conftest import require
+
+    h = harness(bootpd="pool_count = 1100")
+    actual = h.server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    require(actual >= 2 << 20, f"receive buffer is {actual} bytes: needs root or net.core.rmem_max >= 2M")
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", socket.SO_RCVBUF), 8 << 20)
+    sink.bind(("127.0.0.5", 0))
+    relay = RelayClient(("127.0.0.1", h.server.port), relay_ip="127.0.0.5")
+    relay.sock.close()
+    relay.sock = sink
+    try:
+        from massboot.dhcp.packet import encode
+
+        datagrams = [encode(relay.packet(bytes.fromhex(f"5254ff{i:06x}"), MessageType.DISCOVER,
+                                         pxe_options())) for i in range(1000)]
+        for data in datagrams:             # no yield in between: a real burst
+            sink.sendto(data, ("127.0.0.1", h.server.port))
+        offers = set()
+        while len(offers) < 1000:
+            reply = relay.recv(5)
+            if reply is None:
+                break
+            offers.add(reply.yiaddr)
+        assert len(offers) == 1000
+        assert not [e for e in h.recorder.of("dhcp.ignored") if e.get("reason") == "in_flight"]
+    finally:
+        sink.close()
