@@ -1,0 +1,525 @@
+"""A lean TFTP load generator: N concurrent read transfers from a few worker processes.
+
+Each worker process runs one ``epoll`` loop over its clients' sockets (one UDP socket, so one
+TID, per client) and no greenlets: per DATA block the cost is one ``recv_into``, one
+``struct.unpack_from`` and, when an ACK is due, one ``send``. Once the server's first answer
+has told a client the server's TID its socket is ``connect``-ed, so the kernel filters strangers
+and no address tuple is built per packet.
+
+Every client: RRQ (octet, ``blksize``, ``tsize 0``, optionally ``windowsize``), ACK 0 of the
+OACK, DATA received in order and acknowledged (every block in lock-step, the last block of
+each window with RFC 7440), the size checked against the expected size and the OACK's
+``tsize``, the sha256 checked on every ``verify_every``-th client. A client that hears nothing
+for ``timeout`` seconds resends its last packet (RRQ or ACK), ``retries`` times at most, then
+counts as failed; a worker also gives up on everything left at ``deadline``. With ``spin`` the
+loop busy-polls instead of sleeping, so that a single stream measured across two CPUs is not
+limited by the cost of waking the client for every datagram. A finished client
+keeps its socket until its worker ends and re-ACKs a retransmitted last block (dallying).
+
+Counted: failures (by reason), the client's own resends, and duplicate DATA received (the
+server's retransmissions as the client sees them).
+
+Used by ``bench/tftp_bench.py``; also runnable alone::
+
+    python bench/tftp_client.py --server 127.0.0.1:6969 --file 1M.bin --size 1048576 \\
+        --clients 500 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.synchronize
+import os
+import select
+import socket
+import statistics
+import struct
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+OP_RRQ, OP_DATA, OP_ACK, OP_ERROR, OP_OACK = 1, 3, 4, 5, 6
+_HEADER = struct.Struct("!HH")
+_RECV_BUF = 65536 + 4
+_TICK = 0.05  # seconds between timeout scans
+
+_WAIT, _RUN, _DONE, _FAILED = 0, 1, 2, 3
+
+
+@dataclass
+class LoadSpec:
+    """What every client of one run does."""
+
+    server: tuple[str, int]
+    filename: str
+    size: int
+    sha256: str
+    blksize: int = 1428
+    windowsize: int = 1  # 1: no windowsize option sent
+    tsize: bool = True
+    verify_every: int = 10  # sha256 on client 0, N, 2N...; 0: never
+    timeout: float = 1.0
+    retries: int = 5
+    deadline: float = 120.0  # seconds for the whole run
+    spin: bool = False  # busy-poll instead of sleeping in epoll (one pinned client on its own CPU)
+
+
+@dataclass
+class WorkerResult:
+    """What one worker measured; merged by :func:`merge`."""
+
+    durations: list[float] = field(default_factory=list)  # successful transfers, seconds
+    failures: dict[str, int] = field(default_factory=dict)
+    ok: int = 0
+    bytes_ok: int = 0
+    first_start: float = float("inf")
+    last_end: float = 0.0
+    client_resends: int = 0
+    dup_data: int = 0
+    sha_checked: int = 0
+    windowsize_agreed: list[int] = field(default_factory=list)
+    cpu: float = 0.0  # CPU-seconds of this worker during the run
+
+
+@dataclass
+class LoadResult:
+    """The merged figures of one run."""
+
+    clients: int
+    ok: int
+    failed: int
+    failures: dict[str, int]
+    bytes_ok: int
+    wall: float
+    mbps: float  # 10^6 bytes per second, successful bytes over first RRQ .. last block
+    p50: float
+    p95: float
+    client_resends: int
+    dup_data: int
+    sha_checked: int
+    windowsize: int  # the most common window the server agreed to
+    gen_cpu: float  # CPU-seconds of all workers
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return asdict(self)
+
+
+class _Client:
+    __slots__ = ("sock", "recv_into", "send", "state", "expect", "since", "nbytes", "hasher",
+                 "start", "end", "deadline", "tries", "last", "window", "rrq", "reason", "gap")
+
+    def __init__(self, sock: socket.socket, rrq: bytes, hashed: bool) -> None:
+        self.sock = sock
+        self.recv_into = sock.recv_into
+        self.send = sock.send
+        self.state = _WAIT
+        self.expect = 1  # next DATA block number (16 bits)
+        self.since = 0  # blocks received since the last ACK
+        self.nbytes = 0
+        self.hasher = hashlib.sha256() if hashed else None
+        self.start = 0.0
+        self.end = 0.0
+        self.deadline = 0.0
+        self.tries = 0
+        self.last = b""  # the last packet sent (resent on timeout)
+        self.window = 1
+        self.rrq = rrq
+        self.reason = ""
+        self.gap = False  # an out-of-order block was answered since the last in-order one
+
+
+def build_rrq(spec: LoadSpec) -> bytes:
+    """The read request every client sends."""
+    parts = [spec.filename.encode(), b"octet", b"blksize", str(spec.blksize).encode()]
+    if spec.tsize:
+        parts += [b"tsize", b"0"]
+    if spec.windowsize > 1:
+        parts += [b"windowsize", str(spec.windowsize).encode()]
+    return _HEADER.pack(OP_RRQ, 0)[:2] + b"\0".join(parts) + b"\0"
+
+
+def parse_options(payload: bytes) -> dict[str, str]:
+    """OACK body (``name\\0value\\0...``) to a dict, names lower-cased."""
+    fields = payload.split(b"\0")
+    out: dict[str, str] = {}
+    for i in range(0, len(fields) - 1, 2):
+        out[fields[i].decode("ascii", "replace").lower()] = fields[i + 1].decode("ascii", "replace")
+    return out
+
+
+def _error_text(view: memoryview, n: int) -> str:
+    """The message of an ERROR datagram held in ``view[:n]``."""
+    return bytes(view[4:n]).split(b"\0")[0].decode("ascii", "replace")
+
+
+def run_worker(spec: LoadSpec, count: int, first_index: int,
+               ready: multiprocessing.synchronize.Barrier | None, cpu: int | None = None) -> WorkerResult:
+    """Run *count* clients to completion in this process and return what was measured.
+
+    Args:
+        spec: what every client does.
+        count: clients in this worker.
+        first_index: global index of this worker's first client (picks the sha256 sample).
+        ready: barrier shared with the parent; passed once the sockets exist, before any RRQ.
+        cpu: pin this process to that CPU, or None.
+    """
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    buf = bytearray(_RECV_BUF)
+    view = memoryview(buf)
+    unpack = _HEADER.unpack_from
+    pack = _HEADER.pack
+    acks = [pack(OP_ACK, number) for number in range(65536)]  # no struct call per ACK
+    blksize = spec.blksize
+    rrq = build_rrq(spec)
+    poller = select.epoll()
+    clients: dict[int, _Client] = {}
+    for i in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((spec.server[0] if spec.server[0].startswith("127.") else "0.0.0.0", 0))
+        sock.setblocking(False)
+        index = first_index + i
+        hashed = spec.verify_every > 0 and index % spec.verify_every == 0
+        clients[sock.fileno()] = _Client(sock, rrq, hashed)
+        poller.register(sock.fileno(), select.EPOLLIN)
+    result = WorkerResult()
+    if ready is not None:
+        ready.wait()
+    times0 = os.times()
+    clock = time.monotonic
+    now = clock()
+    end_by = now + spec.deadline
+    for c in clients.values():
+        c.start = clock()
+        c.sock.sendto(rrq, spec.server)
+        c.last = rrq
+        c.deadline = c.start + spec.timeout
+    active = len(clients)
+    next_scan = now + _TICK
+    wait = 0 if spec.spin else _TICK
+
+    def finish(c: _Client, state: int, reason: str = "") -> None:
+        nonlocal active
+        c.state = state
+        c.end = clock()
+        c.reason = reason
+        active -= 1
+
+    while active:
+        events = poller.poll(wait)
+        now = clock()
+        for fd, _ev in events:
+            c = clients[fd]
+            state = c.state
+            if state == _WAIT:  # the server's first answer: learn its TID
+                try:
+                    n, peer = c.sock.recvfrom_into(buf)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as exc:  # ICMP port unreachable: no server
+                    finish(c, _FAILED, f"socket error {exc.errno}")
+                    continue
+                if n < 4:
+                    continue
+                op, blk = unpack(buf)
+                if op == OP_ERROR:
+                    finish(c, _FAILED, "error " + _error_text(view, n))
+                    continue
+                c.sock.connect(peer)
+                c.state = state = _RUN
+                if op == OP_OACK:
+                    opts = parse_options(bytes(view[2:n]))
+                    if int(opts.get("blksize", "512")) != blksize:
+                        finish(c, _FAILED, f"blksize {opts.get('blksize')}")
+                        continue
+                    if spec.tsize and "tsize" in opts and int(opts["tsize"]) != spec.size:
+                        finish(c, _FAILED, f"tsize {opts['tsize']}")
+                        continue
+                    c.window = int(opts.get("windowsize", "1"))
+                    result.windowsize_agreed.append(c.window)
+                    c.last = ack = pack(OP_ACK, 0)
+                    c.send(ack)
+                    c.deadline = now + spec.timeout
+                    c.tries = 0
+                    continue
+                if op != OP_DATA:
+                    finish(c, _FAILED, f"opcode {op}")
+                    continue
+                # DATA 1 without an OACK: the server ignored the options.
+                finish(c, _FAILED, "no OACK")
+                continue
+            recv_into = c.recv_into
+            # Lock-step: one datagram per event (the next cannot be there before our ACK, and
+            # epoll is level-triggered), so no EAGAIN round trip; windows: drain up to a window.
+            for _ in range(c.window):
+                try:
+                    n = recv_into(buf)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    if c.state == _RUN:
+                        finish(c, _FAILED, f"socket error {exc.errno}")
+                    break
+                if n < 4:
+                    continue
+                op, blk = unpack(buf)
+                if op == OP_DATA:
+                    if blk == c.expect and c.state == _RUN:
+                        size = n - 4
+                        c.nbytes += size
+                        if c.hasher is not None:
+                            c.hasher.update(view[4:n])
+                        c.expect = (blk + 1) & 0xFFFF
+                        c.gap = False
+                        if size < blksize:
+                            c.last = ack = acks[blk]
+                            c.send(ack)
+                            if c.nbytes != spec.size:
+                                finish(c, _FAILED, "size")
+                            elif c.hasher is not None and c.hasher.hexdigest() != spec.sha256:
+                                finish(c, _FAILED, "sha256")
+                            else:
+                                if c.hasher is not None:
+                                    result.sha_checked += 1
+                                finish(c, _DONE)
+                            break
+                        c.since += 1
+                        if c.since >= c.window:
+                            c.since = 0
+                            c.last = ack = acks[blk]
+                            c.send(ack)
+                            c.deadline = now + spec.timeout
+                            c.tries = 0
+                    elif c.state != _FAILED:
+                        result.dup_data += 1
+                        if (blk - c.expect) & 0xFFFF < 0x8000:
+                            # A gap (a block was lost): RFC 7440, ACK the last in-order block,
+                            # once per gap so that a window of strays is not a storm of ACKs.
+                            if c.state == _RUN and not c.gap:
+                                c.gap = True
+                                c.since = 0
+                                c.last = ack = pack(OP_ACK, (c.expect - 1) & 0xFFFF)
+                                c.send(ack)
+                        elif blk == _HEADER.unpack_from(c.last)[1]:
+                            # An old window resent because our ACK of it was lost: ACK it again.
+                            c.send(c.last)
+                elif op == OP_OACK:  # our ACK 0 was lost or late
+                    result.dup_data += 1
+                    if c.state == _RUN and c.expect == 1:
+                        c.send(pack(OP_ACK, 0))
+                elif op == OP_ERROR:
+                    if c.state == _RUN:
+                        finish(c, _FAILED, "error " + _error_text(view, n))
+                    break
+        if now >= next_scan:
+            next_scan = now + _TICK
+            if now >= end_by:
+                for c in clients.values():
+                    if c.state <= _RUN:
+                        finish(c, _FAILED, "deadline")
+                break
+            for c in clients.values():
+                if c.state <= _RUN and now >= c.deadline:
+                    c.tries += 1
+                    if c.tries > spec.retries:
+                        finish(c, _FAILED, "timeout")
+                        continue
+                    result.client_resends += 1
+                    c.deadline = now + spec.timeout
+                    try:
+                        if c.state == _WAIT:
+                            c.sock.sendto(c.rrq, spec.server)
+                        else:
+                            c.send(c.last)
+                    except OSError:
+                        pass
+    # Dally briefly so that a final ACK lost on the way gets resent by the server and answered.
+    linger_until = clock() + 0.02
+    while clock() < linger_until:
+        for fd, _ev in poller.poll(0.01):
+            c = clients[fd]
+            try:
+                while True:
+                    n = c.recv_into(buf)
+                    if n >= 4 and c.state == _DONE and c.last:
+                        c.send(c.last)
+            except OSError:
+                pass
+    times1 = os.times()
+    result.cpu = (times1.user - times0.user) + (times1.system - times0.system)
+    failures: Counter[str] = Counter()
+    for c in clients.values():
+        if c.state == _DONE:
+            result.ok += 1
+            result.bytes_ok += c.nbytes
+            result.durations.append(c.end - c.start)
+        else:
+            failures[c.reason or "unknown"] += 1
+        result.first_start = min(result.first_start, c.start)
+        result.last_end = max(result.last_end, c.end)
+        poller.unregister(c.sock.fileno())
+        c.sock.close()
+    poller.close()
+    result.failures = dict(failures)
+    return result
+
+
+def _worker_main(spec: LoadSpec, count: int, first_index: int, ready: multiprocessing.synchronize.Barrier,
+                 conn: multiprocessing.connection.Connection, cpu: int | None) -> None:
+    try:
+        conn.send(run_worker(spec, count, first_index, ready, cpu))
+    except BaseException as exc:  # reported to the parent, which decides
+        try:
+            ready.abort()
+        except Exception:
+            pass
+        conn.send(exc)
+    finally:
+        conn.close()
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) by linear interpolation; NaN for no values."""
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q * 100) - 1))]
+
+
+def merge(parts: list[WorkerResult], clients: int) -> LoadResult:
+    """Merge the workers' results into one set of figures."""
+    durations = [d for p in parts for d in p.durations]
+    failures: Counter[str] = Counter()
+    for p in parts:
+        failures.update(p.failures)
+    ok = sum(p.ok for p in parts)
+    bytes_ok = sum(p.bytes_ok for p in parts)
+    first = min(p.first_start for p in parts)
+    last = max(p.last_end for p in parts)
+    wall = max(last - first, 1e-9)
+    windows = Counter(w for p in parts for w in p.windowsize_agreed)
+    return LoadResult(
+        clients=clients,
+        ok=ok,
+        failed=clients - ok,
+        failures=dict(failures),
+        bytes_ok=bytes_ok,
+        wall=wall,
+        mbps=bytes_ok / wall / 1e6,
+        p50=quantile(durations, 0.50),
+        p95=quantile(durations, 0.95),
+        client_resends=sum(p.client_resends for p in parts),
+        dup_data=sum(p.dup_data for p in parts),
+        sha_checked=sum(p.sha_checked for p in parts),
+        windowsize=windows.most_common(1)[0][0] if windows else 0,
+        gen_cpu=sum(p.cpu for p in parts),
+    )
+
+
+def run_load(spec: LoadSpec, clients: int, workers: int, *, cpus: list[int] | None = None,
+             before_start: Any = None) -> LoadResult:
+    """Run *clients* transfers split over *workers* forked processes; return merged figures.
+
+    Args:
+        spec: what every client does.
+        clients: total number of clients.
+        workers: worker processes (at most *clients*).
+        cpus: pin worker i to ``cpus[i % len(cpus)]``; None: no pinning.
+        before_start: called in the parent once every worker has its sockets, just before the
+            first RRQ leaves (e.g. to read the server's CPU counters).
+    """
+    workers = max(1, min(workers, clients))
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Barrier(workers + 1)
+    procs = []
+    conns = []
+    index = 0
+    for w in range(workers):
+        count = clients // workers + (1 if w < clients % workers else 0)
+        parent_conn, child_conn = ctx.Pipe(duplex=False)
+        cpu = cpus[w % len(cpus)] if cpus else None
+        proc = ctx.Process(target=_worker_main, args=(spec, count, index, ready, child_conn, cpu),
+                           daemon=True)
+        proc.start()
+        child_conn.close()
+        procs.append(proc)
+        conns.append(parent_conn)
+        index += count
+    try:
+        try:
+            ready.wait(timeout=60)
+        except Exception as exc:
+            raise RuntimeError("load generator workers did not start") from exc
+        if before_start is not None:
+            before_start()
+        parts: list[WorkerResult] = []
+        for conn in conns:
+            if not conn.poll(spec.deadline + 30):
+                raise RuntimeError("a load generator worker did not report")
+            item = conn.recv()
+            if isinstance(item, BaseException):
+                raise RuntimeError(f"load generator worker failed: {item!r}") from item
+            parts.append(item)
+    finally:
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    return merge(parts, clients)
+
+
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper()
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def main() -> int:
+    """Run the generator alone against a server that is already running."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", default="127.0.0.1:69", help="HOST:PORT of the TFTP server")
+    parser.add_argument("--file", required=True, help="name to request")
+    parser.add_argument("--local", help="local copy of the file (size and sha256 taken from it)")
+    parser.add_argument("--size", help="expected size (with K/M/G), when --local is not given")
+    parser.add_argument("--sha256", default="", help="expected sha256, when --local is not given")
+    parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--blksize", type=int, default=1428)
+    parser.add_argument("--windowsize", type=int, default=1)
+    parser.add_argument("--verify-every", type=int, default=10)
+    parser.add_argument("--timeout", type=float, default=1.0)
+    parser.add_argument("--retries", type=int, default=5)
+    parser.add_argument("--deadline", type=float, default=120.0)
+    args = parser.parse_args()
+    host, _, port = args.server.rpartition(":")
+    if args.local:
+        with open(args.local, "rb") as f:
+            data = f.read()
+        size, sha = len(data), hashlib.sha256(data).hexdigest()
+    elif args.size:
+        size, sha = _size(args.size), args.sha256
+    else:
+        parser.error("give --local or --size")
+    spec = LoadSpec((host, int(port)), args.file, size, sha, blksize=args.blksize,
+                    windowsize=args.windowsize, verify_every=args.verify_every if sha else 0,
+                    timeout=args.timeout, retries=args.retries, deadline=args.deadline)
+    res = run_load(spec, args.clients, args.workers)
+    print(f"{res.ok}/{res.clients} ok, {res.mbps:.1f} MB/s, p50 {res.p50 * 1000:.1f} ms, "
+          f"p95 {res.p95 * 1000:.1f} ms, failures {res.failures}, client resends {res.client_resends}, "
+          f"dup DATA {res.dup_data}, sha256 checked {res.sha_checked}, window {res.windowsize}, "
+          f"generator CPU {res.gen_cpu:.2f} s")
+    return 0 if res.failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
