@@ -90,8 +90,9 @@ def main() -> int:
         for i in range(args.count):
             mac = (0x525400000000 + i).to_bytes(6, "big")
             xid = 0x10000 + i
+            discover = ((Opt.MESSAGE_TYPE, u8(MessageType.DISCOVER)), vendor, uuid)
             offer = exchange(BootpPacket(op=BOOTREQUEST, xid=xid, chaddr=mac, giaddr="127.0.0.2",
-                                         options=((Opt.MESSAGE_TYPE, u8(MessageType.DISCOVER)), vendor, uuid)))
+                                         options=discover))
             if offer is None:
                 lost += 1
                 continue

@@ -38,6 +38,7 @@ older than ``revalidate_after``. One cache directory belongs to one process.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -60,6 +61,7 @@ import requests
 import urllib3
 
 from massboot.events import EventBus
+from massboot.tftp.transfer import WouldBlock
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,9 @@ VARIABLES = frozenset({"filename", "ip", "mac", "uuid", "arch", "file"})
 _CACHE_NAME = re.compile(r"^([0-9a-f]{32})\.([0-9a-f]{12})\.(data|json|part|jtmp)$")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+# Whether preadv(RWF_NOWAIT) works here (Linux >= 4.14); cleared at the first refusal.
+_NOWAIT = [bool(_RWF_NOWAIT) and hasattr(os, "preadv")]
 
 _T = TypeVar("_T")
 
@@ -328,60 +333,129 @@ class _BufferedSource:
 
     The buffer keeps up to ``KEEP_BEHIND`` bytes before the latest read so retransmitted
     blocks come from memory, and at most one chunk ahead: memory stays O(chunk).
+
+    :meth:`read_nowait` is the event-loop path (the TFTP server calls it from a socket
+    callback): it answers from the buffer without a copy (a ``memoryview`` slice), refills the
+    buffer inline with ``preadv(RWF_NOWAIT)`` when the bytes are in the page cache, and raises
+    :class:`~massboot.tftp.transfer.WouldBlock` when they are not (or a download has not
+    brought them yet); :meth:`read` may then wait for them (the threadpool, the download).
+    A buffer is never changed once filled (a refill makes a new one), so slices handed out
+    stay valid.
     """
 
     def __init__(self, fd: _Fd, size: int | None) -> None:
         self.size = size
         self._fd: _Fd | None = fd
         self._start = 0
-        self._buf = b""
+        self._buf: bytes | bytearray = b""
+        self._view = memoryview(self._buf)
+        self._eof: int | None = None  # where a read found the end of the file
 
-    def _limit(self, end: int) -> int | None:
-        """Wait until bytes up to *end* can be read; return how far, or None for "all"."""
+    def _limit(self, end: int, wait: bool = True) -> int | None:
+        """Wait until bytes up to *end* can be read; return how far, or None for "all".
+
+        With *wait* false, raise WouldBlock instead of waiting.
+        """
         return None
 
-    def _pread(self, length: int, offset: int) -> bytes:
+    def _fill(self, buf: bytearray, at: int, offset: int, nowait: bool) -> int:
+        """Read into ``buf[at:]`` from file *offset*; the count of bytes read."""
         assert self._fd is not None
-        return _blocking(os.pread, self._fd.fd, length, offset)
+        fd = self._fd.fd
+        # no `with`: a threadpool read may still hold the view when this greenlet is killed;
+        # the views die with this frame, before the caller trims *buf*
+        part = memoryview(buf)[at:]
+        if nowait:
+            if not _NOWAIT[0]:
+                raise WouldBlock
+            try:
+                return os.preadv(fd, [part], offset, _RWF_NOWAIT)
+            except BlockingIOError:
+                raise WouldBlock from None
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                _NOWAIT[0] = False  # this kernel or file system cannot: threadpool only
+                raise WouldBlock from None
+        return _blocking(_preadv, fd, part, offset)
 
     def read(self, offset: int, length: int) -> bytes:
         """See :meth:`Source.read`."""
+        return bytes(self._read(offset, length, False))
+
+    def read_nowait(self, offset: int, length: int) -> bytes | memoryview:
+        """Like :meth:`read` without ever waiting: raise WouldBlock instead; may be a view."""
+        rel = offset - self._start
+        if rel >= 0 and rel + length <= len(self._view) and length > 0:
+            return self._view[rel:rel + length]
+        return self._read(offset, length, True)
+
+    def _read(self, offset: int, length: int, nowait: bool) -> bytes | memoryview:
         if self._fd is None:
             raise FileError(ERR_UNDEFINED, "Source closed")
         if length <= 0 or offset < 0:
             return b""
         end = offset + length
-        start, buf = self._start, self._buf
-        if start <= offset and end <= start + len(buf):
-            return buf[offset - start:end - start]
-        limit = self._limit(end)
+        start = self._start
+        buf_end = start + len(self._view)
+        if start <= offset and (end <= buf_end or buf_end == self._eof):
+            return self._view[offset - start:end - start]
+        limit = self._limit(end, not nowait)
         if self._fd is None:
             raise FileError(ERR_UNDEFINED, "Source closed")
-        start, buf = self._start, self._buf
-        buf_end = start + len(buf)
-        if buf and start <= offset <= buf_end:
+        start = self._start
+        buf_end = start + len(self._view)
+        if buf_end > start and start <= offset <= buf_end:
             want = max(CHUNK, end - buf_end)
             if limit is not None:
                 want = min(want, limit - buf_end)
-            more = self._pread(want, buf_end) if want > 0 else b""
+            if want <= 0:
+                return self._view[offset - start:end - start]
             keep = max(start, offset - KEEP_BEHIND)
-            buf = buf[keep - start:] + more
+            tail = buf_end - keep
+            new = bytearray(tail + want)
+            new[:tail] = self._view[keep - start:]
+            got = self._fill(new, tail, buf_end, nowait)
             start = keep
         else:
             want = max(CHUNK, length)
             if limit is not None:
                 want = min(want, limit - offset)
-            buf = self._pread(want, offset) if want > 0 else b""
+            if want <= 0:
+                return b""
+            new = bytearray(want)
+            tail = 0
+            got = self._fill(new, 0, offset, nowait)
             start = offset
-        self._start, self._buf = start, buf
-        return buf[offset - start:end - start]
+        if self._fd is None:  # closed while the threadpool read
+            raise FileError(ERR_UNDEFINED, "Source closed")
+        view = memoryview(new)
+        if got < want:  # trimmed by the view: a threadpool thread may still hold *new*
+            view = view[:tail + got]
+            if limit is None and (got == 0 or not nowait):  # a blocking read stops only there
+                self._eof = start + tail + got
+        self._start, self._buf, self._view = start, new, view
+        return self._view[offset - start:end - start]
 
     def close(self) -> None:
         """See :meth:`Source.close`."""
         fd, self._fd = self._fd, None
         self._buf = b""
+        self._view = memoryview(self._buf)
         if fd is not None:
             fd.release()
+
+
+def _preadv(fd: int, view: memoryview, offset: int) -> int:
+    """``preadv`` until *view* is full or the end of the file: a short read means the end."""
+    total = 0
+    size = len(view)
+    while total < size:
+        got = os.preadv(fd, [view[total:]], offset + total)
+        if got == 0:
+            break
+        total += got
+    return total
 
 
 class _LocalSource(_BufferedSource):
@@ -413,7 +487,7 @@ class _StreamSource(_BufferedSource):
         self._dl = dl
         self._stall = 2 * store.http_timeout + 1.0
 
-    def _limit(self, end: int) -> int | None:
+    def _limit(self, end: int, wait: bool = True) -> int | None:
         dl = self._dl
         while True:
             if dl.error is not None:
@@ -422,6 +496,8 @@ class _StreamSource(_BufferedSource):
                 return None
             if dl.received >= end:
                 return dl.received
+            if not wait:
+                raise WouldBlock
             # A safety net only: the download itself times out reads after http_timeout.
             if not dl.progress.wait(self._stall):
                 raise FileError(ERR_UNDEFINED, f"upstream {dl.url} failed: stalled")

@@ -27,8 +27,10 @@ outcome; per-packet detail only at DEBUG.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import logging
+import sys
 import time
 from collections.abc import Iterable
 from typing import Protocol
@@ -36,12 +38,12 @@ from typing import Protocol
 import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
+from gevent.hub import Waiter
 from gevent.pool import Pool
 
 from massboot.events import EventBus
 from massboot.files import FileError
 from massboot.tftp.packet import (
-    ACK_HEADER,
     BLKSIZE_MAX,
     BLKSIZE_MIN,
     Error,
@@ -51,7 +53,7 @@ from massboot.tftp.packet import (
     Request,
     decode,
 )
-from massboot.tftp.transfer import Datagram, ReadTransfer, negotiate
+from massboot.tftp.transfer import Datagram, ReadTransfer, WouldBlock, negotiate
 
 __all__ = ["FileStoreLike", "Source", "TftpServer"]
 
@@ -60,6 +62,7 @@ log = logging.getLogger(__name__)
 _LISTEN_BUFSIZE = 65536  # a request with many options can exceed 512 bytes
 _TRANSFER_BUFSIZE = 2048  # ACKs are 4 bytes; a long ERROR message may be cut, harmlessly
 _FATAL_ERRNOS = (errno.EBADF, errno.ENOTSOCK, errno.EINVAL)
+_DRAIN_MAX = 64  # datagrams read per callback: bounded work, the io watcher fires again
 _DENY_REASONS: dict[int, str] = {
     int(ErrorCode.FILE_NOT_FOUND): "not_found",
     int(ErrorCode.ACCESS_VIOLATION): "access",
@@ -264,11 +267,13 @@ class TftpServer:
     def _serve(self, request: Request, client: tuple[str, int], received: float) -> None:
         ip, port = client
         name = request.filename
-        sock: gsocket.socket | None = None
+        sock: _socket.socket | None = None
         source: Source | None = None
         transfer: ReadTransfer | None = None
         try:
-            sock = gsocket.socket(gsocket.AF_INET, gsocket.SOCK_DGRAM)
+            # the raw socket, non-blocking: the transfer is driven from libev callbacks
+            sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+            sock.setblocking(False)
             sock.bind((self._address, 0))
             try:
                 source = self._files.open(name, ip)
@@ -283,8 +288,9 @@ class TftpServer:
                 max_windowsize=self._max_windowsize,
                 netascii=netascii,
             )
+            reader = _Reader(source)
             transfer = ReadTransfer(
-                source.read,
+                reader.wait,
                 blksize=deal.blksize,
                 windowsize=deal.windowsize,
                 options=deal.oack,
@@ -300,7 +306,7 @@ class TftpServer:
                       ip, port, name, request.mode, request.options, deal.oack)
             self._events.emit("tftp.start", ip=ip, port=port, name=name,
                               blksize=deal.blksize, windowsize=deal.windowsize)
-            self._run(sock, client, transfer)
+            self._run(sock, client, transfer, reader)
         except gevent.GreenletExit:
             message = "Server shutting down"
             if transfer is not None:
@@ -327,54 +333,49 @@ class TftpServer:
             if sock is not None:
                 sock.close()
 
-    def _run(self, sock: gsocket.socket, client: tuple[str, int], transfer: ReadTransfer) -> None:
-        """Drive *transfer* until it finishes: the hot path, kept lean."""
-        clock = self._clock
-        buf = bytearray(_TRANSFER_BUFSIZE)
-        view = memoryview(buf)
-        unpack_ack = ACK_HEADER.unpack_from
-        _send_all(sock, transfer.start(), client)
-        while not transfer.finished:
-            remaining = transfer.deadline - clock()
-            if remaining <= 0:
-                _send_all(sock, transfer.on_timeout(), client)
-                continue
-            sock.settimeout(remaining)
-            try:
-                size, peer = sock.recvfrom_into(buf)
-            except TimeoutError:
-                continue
-            except OSError as exc:  # e.g. an ICMP error reported late; treat as a loss
-                log.debug("tftp recv error client=%s:%d: %s", *client, exc)
-                continue
-            if peer[0] != client[0] or peer[1] != client[1]:
-                self._stranger(sock, buf, size, peer)
-                continue
-            if size >= 4:
-                opcode, block = unpack_ack(buf)
-                if opcode == Opcode.ACK:
-                    out = transfer.on_ack(block)
-                    if out:
-                        _send_all(sock, out, client)
-                    continue
-            try:
-                packet = decode(bytes(view[:size]))
-            except PacketError as exc:
-                self._events.emit("tftp.malformed", reason=str(exc))
-                continue
-            if isinstance(packet, Error):
-                transfer.on_error(packet.code, packet.message)
-            else:
-                log.debug("tftp ignored %s from client=%s:%d", type(packet).__name__, *client)
+    def _run(self, sock: _socket.socket, client: tuple[str, int], transfer: ReadTransfer,
+             reader: _Reader) -> None:
+        """Drive *transfer* until it finishes.
 
-    def _stranger(self, sock: gsocket.socket, buf: bytearray, size: int, peer: tuple[str, int]) -> None:
+        The DATA/ACK exchange runs in libev callbacks (:class:`_Pump`) without a greenlet
+        switch per packet; this greenlet sleeps meanwhile and is woken when the transfer is
+        over, or when the next block cannot be read without waiting: it then reads it here,
+        where waiting is allowed (a threadpool read, a download still on its way).
+        """
+        pump = _Pump(self, sock, client, transfer)
+        try:
+            transfer.read = reader.wait
+            pump.send(transfer.start())
+            while not transfer.finished:
+                if transfer.stalled:
+                    transfer.read = reader.wait
+                    pump.send(transfer.resume())
+                    continue
+                transfer.read = reader.inline
+                pump.wait()
+        finally:
+            pump.close()
+
+    def _datagram(self, transfer: ReadTransfer, client: tuple[str, int], data: bytes) -> None:
+        """A datagram from the client that is not an ACK."""
+        try:
+            packet = decode(data)
+        except PacketError as exc:
+            self._events.emit("tftp.malformed", reason=str(exc))
+            return
+        if isinstance(packet, Error):
+            transfer.on_error(packet.code, packet.message)
+        else:
+            log.debug("tftp ignored %s from client=%s:%d", type(packet).__name__, *client)
+
+    def _stranger(self, sock: _socket.socket, buf: bytearray, size: int, peer: tuple[str, int]) -> None:
         """RFC 1350 section 4: answer a wrong TID with ERROR 5; never answer an ERROR."""
         if size >= 2 and buf[0] == 0 and buf[1] == Opcode.ERROR:
             return
         log.debug("tftp datagram from unknown TID %s:%d", peer[0], peer[1])
         _send(sock, Error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID").encode(), peer)
 
-    def _deny(self, sock: gsocket.socket, client: tuple[str, int], name: str, code: int,
+    def _deny(self, sock: _socket.socket, client: tuple[str, int], name: str, code: int,
               message: str) -> None:
         if not isinstance(code, int) or not 0 <= code <= 8:
             code = ErrorCode.NOT_DEFINED
@@ -424,7 +425,7 @@ def _set_rcvbuf(sock: gsocket.socket, size: int) -> None:
         log.warning("tftp: cannot set SO_RCVBUF to %d: %s", size, exc)
 
 
-def _send(sock: gsocket.socket | None, datagram: Datagram, address: tuple[str, int]) -> None:
+def _send(sock: gsocket.socket | _socket.socket | None, datagram: Datagram, address: tuple[str, int]) -> None:
     if sock is None:
         return
     try:
@@ -433,11 +434,192 @@ def _send(sock: gsocket.socket | None, datagram: Datagram, address: tuple[str, i
         log.debug("tftp send to %s:%d failed: %s", address[0], address[1], exc)
 
 
-def _send_all(sock: gsocket.socket, datagrams: Iterable[Datagram], address: tuple[str, int]) -> None:
-    """Send a batch; a failed send counts as a lost packet (the timer will resend it)."""
-    sendto = sock.sendto
-    try:
-        for datagram in datagrams:
-            sendto(datagram, address)
-    except OSError as exc:
-        log.debug("tftp send to %s:%d failed: %s", address[0], address[1], exc)
+class _Reader:
+    """The transfer's read functions: waiting in the greenlet, never waiting in a callback.
+
+    While :class:`_Pump` drives the transfer from the event loop, the transfer reads with the
+    source's ``read_nowait`` (:class:`WouldBlock` when the bytes are not at hand); a source
+    without one always raises WouldBlock there, so all its reads happen in the greenlet.
+    """
+
+    __slots__ = ("inline", "wait")
+
+    def __init__(self, source: Source) -> None:
+        self.wait = source.read
+        self.inline = getattr(source, "read_nowait", None) or _would_block
+
+
+def _would_block(offset: int, length: int) -> bytes:
+    raise WouldBlock
+
+
+class _Pump:
+    """Drives one transfer's DATA/ACK exchange from an io watcher and a timer (no greenlet).
+
+    The io callback drains every datagram queued on the transfer's socket (at most
+    ``_DRAIN_MAX`` per call), hands the ACKs to the transfer as one batch and sends what it
+    returns. The timer fires at the transfer's deadline; it drains the socket first (an ACK
+    already queued is not a timeout), then calls ``on_timeout`` only if the deadline still
+    passed, and re-arms itself for the next deadline. The transfer's greenlet is woken when the
+    transfer is over, stalls on a read, or a callback raised.
+    """
+
+    __slots__ = ("_buf", "_client", "_clock", "_io", "_loop", "_recv", "_send", "_server",
+                 "_sock", "_timer", "_transfer", "_waiter")
+
+    def __init__(self, server: TftpServer, sock: _socket.socket, client: tuple[str, int],
+                 transfer: ReadTransfer) -> None:
+        self._server = server
+        self._sock = sock
+        self._client = client
+        self._transfer = transfer
+        self._clock = server._clock
+        self._buf = bytearray(_TRANSFER_BUFSIZE)
+        self._recv = sock.recvfrom_into
+        self._send = sock.sendto
+        self._loop = gevent.get_hub().loop
+        self._io = self._loop.io(sock.fileno(), 1)
+        self._timer: object | None = None
+        self._waiter: Waiter | None = None
+
+    def send(self, datagrams: Iterable[Datagram]) -> None:
+        """Send a batch; a failed send counts as a lost packet (the timer will resend it)."""
+        send, client = self._send, self._client
+        try:
+            for datagram in datagrams:
+                send(datagram, client)
+        except OSError as exc:  # EAGAIN with a full send buffer included
+            log.debug("tftp send to %s:%d failed: %s", client[0], client[1], exc)
+
+    def wait(self) -> None:
+        """Run the exchange from callbacks until the greenlet is needed again."""
+        self._waiter = waiter = Waiter()
+        self._io.start(self._on_readable)
+        self._arm(self._transfer.deadline - self._clock())
+        try:
+            waiter.get()
+        finally:
+            self._waiter = None
+            self._io.stop()
+            self._disarm()
+
+    def close(self) -> None:
+        self._io.stop()
+        self._disarm()
+        self._io.close()
+
+    def _arm(self, delay: float) -> None:
+        timer = self._loop.timer(max(delay, 0.0))
+        self._timer = timer
+        timer.start(self._on_timer)
+
+    def _disarm(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.stop()  # type: ignore[attr-defined]
+            timer.close()  # type: ignore[attr-defined]
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._io.stop()
+            self._disarm()
+            waiter.switch(None)
+
+    def _crash(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._io.stop()
+            self._disarm()
+            waiter.throw(*sys.exc_info())
+
+    def _on_readable(self) -> None:
+        transfer = self._transfer
+        try:
+            # The common case first: one ACK that acknowledges all that was sent. Any other
+            # datagram queued behind it is older or a duplicate, so acting at once is what a
+            # full drain would do; anything else takes the full drain.
+            try:
+                size, peer = self._recv(self._buf)
+            except OSError:
+                size, peer = -1, None
+            buf = self._buf
+            if (size == 4 and peer == self._client and buf[1] == 4 and buf[0] == 0
+                    and transfer.sent_all(buf[2] << 8 | buf[3])):
+                out = transfer.on_ack(buf[2] << 8 | buf[3])
+                if out:
+                    self.send(out)
+                    if not transfer.stalled:
+                        return
+            else:
+                self._drain(size, peer)
+        except BaseException:
+            self._crash()
+            return
+        if transfer.finished or transfer.stalled:
+            self._wake()
+
+    def _drain(self, size: int = -1, peer: tuple[str, int] | None = None) -> None:
+        """Read what is queued (bounded); act on the ACKs as one batch.
+
+        *size* and *peer* describe a datagram already in the buffer (``size`` -1: none).
+        """
+        recv, buf, client, transfer = self._recv, self._buf, self._client, self._transfer
+        acks: list[int] | None = None
+        ack = -1
+        for _ in range(_DRAIN_MAX):
+            if size < 0:
+                try:
+                    size, peer = recv(buf)
+                except BlockingIOError:
+                    break
+                except InterruptedError:
+                    continue
+                except OSError as exc:  # e.g. an ICMP error reported late; treat as a loss
+                    log.debug("tftp recv error client=%s:%d: %s", *client, exc)
+                    continue
+            elif peer is None:
+                break
+            if peer != client:
+                self._server._stranger(self._sock, buf, size, peer)  # type: ignore[arg-type]
+                size = -1
+                continue
+            if size >= 4 and buf[1] == 4 and buf[0] == 0:  # ACK
+                block = buf[2] << 8 | buf[3]
+                size = -1
+                if ack < 0:
+                    ack = block
+                elif acks is None:
+                    acks = [ack, block]
+                else:
+                    acks.append(block)
+                continue
+            if ack >= 0:  # act on the ACKs that came before it, in order
+                self.send(transfer.on_acks(acks) if acks else transfer.on_ack(ack))
+                acks, ack = None, -1
+            self._server._datagram(transfer, client, bytes(buf[:size]))
+            size = -1
+        if ack >= 0:
+            self.send(transfer.on_acks(acks) if acks else transfer.on_ack(ack))
+
+    def _on_timer(self) -> None:
+        self._timer = None  # a one-shot timer: stopped by now
+        transfer = self._transfer
+        try:
+            now = self._clock()
+            if now < transfer.deadline:  # progress moved the deadline since the timer was set
+                self._arm(transfer.deadline - now)
+                return
+            self._drain()  # an ACK already queued is not a timeout
+            if not (transfer.finished or transfer.stalled):
+                now = self._clock()
+                if now >= transfer.deadline:
+                    self.send(transfer.on_timeout())
+                    now = self._clock()
+                if not (transfer.finished or transfer.stalled):
+                    self._arm(transfer.deadline - now)
+                    return
+        except BaseException:
+            self._crash()
+            return
+        self._wake()

@@ -41,6 +41,12 @@ Behaviour (RFC 1350, RFC 2347-2349, RFC 7440, RFC 6298):
 
 The DATA datagrams returned are ``memoryview`` slices of those slot buffers: send them before
 the next call, or copy them with ``bytes()``. OACK and ERROR datagrams are ``bytes``.
+
+A driver that must not wait (a callback on the event loop) can give a *read* function that
+raises :class:`WouldBlock` when the bytes are not available at once. The window then stops
+short of that block, :attr:`ReadTransfer.stalled` is true, and the driver calls
+:meth:`ReadTransfer.resume` once *read* can deliver (or feeds the next event, which resumes
+too). Nothing else changes: the same blocks go out in the same order.
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ from massboot.tftp.packet import (
     parse_windowsize,
 )
 
-__all__ = ["Datagram", "Negotiation", "ReadTransfer", "negotiate"]
+__all__ = ["Datagram", "Negotiation", "ReadTransfer", "WouldBlock", "negotiate"]
 
 Datagram = bytes | memoryview
 ReadFunc = Callable[[int, int], bytes]
@@ -82,6 +88,10 @@ REASON_OPTIONS_REFUSED = "options_refused"
 REASON_READ_ERROR = "read_error"
 
 _WAIT_OACK, _SENDING, _DONE, _FAILED = range(4)
+
+
+class WouldBlock(Exception):  # noqa: N818 - named after BlockingIOError's EWOULDBLOCK
+    """Raised by a *read* function when the bytes asked for are not available without waiting."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +197,8 @@ class ReadTransfer:
             raise ValueError(f"windowsize {windowsize} outside 1..65535")
         if timeout_max <= 0 or timeout_min <= 0:
             raise ValueError("timeouts must be positive")
-        self._read = read
+        self.read = read
+        """The read function; a driver may swap it (e.g. for a non-blocking one)."""
         self._blksize = blksize
         self._window = windowsize
         self._oack = OptionAck(dict(options)).encode() if options else None
@@ -200,9 +211,12 @@ class ReadTransfer:
 
         self._state = _WAIT_OACK if self._oack else _SENDING
         self._started = False
+        self.stalled = False
+        """True when *read* raised :class:`WouldBlock`: the window waits for :meth:`resume`."""
         # Window slots: block n lives in slot n % windowsize while unacknowledged.
         self._slots: list[bytearray | None] = [None] * windowsize
-        self._views: list[memoryview | None] = [None] * windowsize
+        self._views: list[memoryview | None] = [None] * windowsize  # whole slot buffer
+        self._datagrams: list[memoryview | None] = [None] * windowsize  # header + payload
         self._lengths = [0] * windowsize  # datagram length (4 + payload)
         self._sent_at = [0.0] * windowsize
         self._resent = [False] * windowsize
@@ -279,6 +293,11 @@ class ReadTransfer:
         """Clock time at which :meth:`on_timeout` is due (``inf`` when finished)."""
         return self._deadline if self._state < _DONE else float("inf")
 
+    @property
+    def read_offset(self) -> int:
+        """File offset of the next read (what a stalled *read* was asked for)."""
+        return self._offset
+
     # -- events --------------------------------------------------------------------------
 
     def start(self) -> list[Datagram]:
@@ -286,48 +305,90 @@ class ReadTransfer:
         if self._started:
             raise RuntimeError("transfer already started")
         self._started = True
-        self._progress_at = self._clock()
+        now = self._progress_at = self._clock()
         if self._oack is not None:
-            now = self._clock()
             self._oack_sent_at = now
             self._deadline = now + self._rto
             return [self._oack]
-        return self._fill()
+        return self._fill(now)
 
     def on_ack(self, block: int) -> list[Datagram]:
         """Handle ACK *block* (the 16-bit wire number); return what to send next."""
-        if self._state == _WAIT_OACK:
-            if block != 0:
+        if self._state != _SENDING:
+            if self._state != _WAIT_OACK or block != 0:
                 return []
+            now = self._clock()
             if not self._oack_resent:
-                self._sample(self._clock() - self._oack_sent_at)
+                self._sample(now - self._oack_sent_at)
             self._state = _SENDING
             self._timeouts = 0
-            self._progress_at = self._clock()
-            return self._fill()
-        if self._state != _SENDING:
-            return []
-        delta = (block - (self._base - 1)) % _BLOCK_MOD
-        acked = self._base - 1 + delta
+            self._progress_at = now
+            return self._fill(now)
+        base = self._base
+        delta = (block - base + 1) & 0xFFFF
+        acked = base - 1 + delta
         if delta == 0 or acked > self._high:
             return []  # duplicate, old, or for a block never sent: no resend
-        slot = acked % self._window
+        now = self._clock()
+        window = self._window
+        slot = acked % window
         if not self._resent[slot]:  # Karn's rule, RFC 6298 section 3
-            self._sample(self._clock() - self._sent_at[slot])
-        lengths, window = self._lengths, self._window
-        for number in range(self._base, acked + 1):
-            self.bytes_acked += lengths[number % window] - 4
+            srtt = self._srtt
+            if srtt is None:
+                self._sample(now - self._sent_at[slot])
+            else:  # _sample() inline: this runs for every ACK
+                rtt = now - self._sent_at[slot]
+                if rtt < 0.0:
+                    rtt = 0.0
+                err = srtt - rtt
+                rttvar = self._rttvar = 0.75 * self._rttvar + 0.25 * (err if err >= 0.0 else -err)
+                srtt = self._srtt = 0.875 * srtt + 0.125 * rtt
+                var = _K * rttvar
+                rto = srtt + (var if var > _GRANULARITY else _GRANULARITY)
+                self._rto = (self._timeout_min if rto < self._timeout_min else
+                             self._timeout_max if rto > self._timeout_max else rto)
         self._base = acked + 1
         self._timeouts = 0
-        self._progress_at = self._clock()
+        self._progress_at = now
         if acked == self._last:
+            # every block before the last one is full
+            self.bytes_acked += (delta - 1) * self._blksize + self._lengths[slot] - 4
             self._state = _DONE
             return []
+        self.bytes_acked += delta * self._blksize
         if acked < self._next - 1:
             # RFC 7440 section 4: an ACK inside the window means the client dropped the
             # blocks after it; go back and send the window from the block after it.
-            self._next = self._base
-        return self._fill()
+            self._next = acked + 1
+        return self._fill(now)
+
+    def on_acks(self, blocks: list[int]) -> list[Datagram]:
+        """Handle ACKs that arrived together (in this order); return what to send next.
+
+        The same as feeding them to :meth:`on_ack` one by one, except that only the ACK that
+        acknowledges the most is acted on: what an earlier one would have sent is not sent (a
+        go-back for a gap that a later ACK shows was filled), and ACKs for blocks that were not
+        yet sent when the batch arrived are ignored.
+        """
+        if self._state != _SENDING:
+            # before ACK 0 no DATA was out: the others of the batch acknowledge nothing
+            return self.on_ack(0) if 0 in blocks else []
+        base_minus_1 = self._base - 1
+        high = self._high
+        best = -1
+        best_acked = base_minus_1
+        for block in blocks:
+            acked = base_minus_1 + ((block - base_minus_1) & 0xFFFF)
+            if best_acked < acked <= high:
+                best, best_acked = block, acked
+        if best < 0:
+            return []
+        return self.on_ack(best)
+
+    def sent_all(self, block: int) -> bool:
+        """True when ACK *block* acknowledges every block sent so far (nothing is newer)."""
+        return self._state == _SENDING and (block - self._next + 1) & 0xFFFF == 0 \
+            and self._next > self._base
 
     def on_error(self, code: int, message: str = "") -> None:
         """The client sent ERROR: end the transfer quietly (no ERROR is sent back)."""
@@ -340,13 +401,14 @@ class ReadTransfer:
 
     def on_timeout(self) -> list[Datagram]:
         """The deadline passed without progress: retransmit, or give up after ``retries``."""
-        if not self._started or self.finished:
+        if not self._started or self._state >= _DONE:
             return []
         self._timeouts += 1
         # Give up after `retries` resends without progress AND `timeout_max × retries` seconds of
         # silence: on a fast LAN the adaptive timer is a few ms, and a client that pauses for a
         # second (a busy disk, a loaded host) must not lose its transfer for it.
-        silent = self._clock() - self._progress_at
+        now = self._clock()
+        silent = now - self._progress_at
         if self._timeouts > self._retries and silent >= self._timeout_max * self._retries:
             self._fail(REASON_TIMEOUT, f"no ACK after {self._timeouts - 1} retransmissions "
                                        f"and {silent:.1f}s")
@@ -355,12 +417,17 @@ class ReadTransfer:
         if self._state == _WAIT_OACK:
             self._oack_resent = True
             self.retransmits += 1
-            now = self._clock()
             self._oack_sent_at = now
             self._deadline = now + self._rto
             return [self._oack]  # type: ignore[list-item]
         self._next = self._base
-        return self._fill()
+        return self._fill(now)
+
+    def resume(self) -> list[Datagram]:
+        """After a :class:`WouldBlock` from *read*: go on filling the window; may stall again."""
+        if not self.stalled or self._state != _SENDING:
+            return []
+        return self._fill(self._clock())
 
     def abort(self, code: int = ErrorCode.NOT_DEFINED, message: str = "Internal error",
               reason: str = "internal_error") -> bytes:
@@ -373,6 +440,7 @@ class ReadTransfer:
 
     def _fail(self, reason: str, detail: str) -> None:
         self._state = _FAILED
+        self.stalled = False
         self.reason = reason
         self.detail = detail
 
@@ -388,16 +456,18 @@ class ReadTransfer:
         rto = self._srtt + max(_GRANULARITY, _K * self._rttvar)
         self._rto = max(self._timeout_min, min(rto, self._timeout_max))
 
-    def _fill(self) -> list[Datagram]:
+    def _fill(self, now: float) -> list[Datagram]:
         """Send blocks from ``_next`` to the end of the window; new ones are read."""
-        out: list[Datagram] = []
+        self.stalled = False
         window = self._window
         end = self._base + window - 1
-        if self._last is not None and self._last < end:
-            end = self._last
-        batch_start = self._next
-        while self._next <= end:
-            number = self._next
+        last = self._last
+        if last is not None and last < end:
+            end = last
+        number = self._next
+        out: list[Datagram] = []
+        datagrams, sent_at = self._datagrams, self._sent_at
+        while number <= end:
             slot = number % window
             if number <= self._high:
                 self._resent[slot] = True
@@ -405,26 +475,30 @@ class ReadTransfer:
             else:
                 try:
                     payload = self._read_netascii() if self._netascii else self._read_octet()
+                except WouldBlock:
+                    self.stalled = True
+                    break
                 except self._read_errors as exc:
                     code = getattr(exc, "code", ErrorCode.NOT_DEFINED)
                     message = str(getattr(exc, "message", exc))
                     if not isinstance(code, int) or not 0 <= code <= 8:
                         code = ErrorCode.NOT_DEFINED
+                    self._next = number
                     self._fail(REASON_READ_ERROR, message)
                     return [Error(code, message).encode()]
                 self._store(slot, number, payload)
                 if len(payload) < self._blksize:
-                    self._last = number
-                    end = number
-            out.append(self._views[slot][: self._lengths[slot]])  # type: ignore[index]
-            self._next = number + 1
-        now = self._clock()
-        sent_at = self._sent_at
-        for number in range(batch_start, self._next):
-            sent_at[number % window] = now
-        if self.first_data_at is None and out:
-            self.first_data_at = now
-        self._deadline = now + self._rto
+                    self._last = end = number
+            out.append(datagrams[slot])  # type: ignore[arg-type]
+            sent_at[slot] = now
+            number += 1
+        self._next = number
+        if out:
+            if self.first_data_at is None:
+                self.first_data_at = now
+            self._deadline = now + self._rto
+        elif not self.stalled:
+            self._deadline = now + self._rto
         return out
 
     def _store(self, slot: int, number: int, payload: bytes) -> None:
@@ -434,9 +508,11 @@ class ReadTransfer:
             self._slots[slot] = buf
             self._views[slot] = memoryview(buf)
         size = len(payload)
-        DATA_HEADER.pack_into(buf, 0, Opcode.DATA, number % _BLOCK_MOD)
+        DATA_HEADER.pack_into(buf, 0, Opcode.DATA, number & 0xFFFF)
         buf[4 : 4 + size] = payload
-        self._lengths[slot] = 4 + size
+        if self._lengths[slot] != 4 + size or self._datagrams[slot] is None:
+            self._lengths[slot] = 4 + size
+            self._datagrams[slot] = self._views[slot][: 4 + size]  # type: ignore[index]
         self._resent[slot] = False
         self._high = number
         self.bytes_sent += size
@@ -446,14 +522,17 @@ class ReadTransfer:
         want = self._blksize
         if self._eof:
             return b""
-        chunk = self._read(self._offset, want)
+        chunk = self.read(self._offset, want)
+        if len(chunk) == want:
+            self._offset += want
+            return chunk
         if not chunk:
             self._eof = True
             return b""
         if len(chunk) < want:
             parts = bytearray(chunk)
             while len(parts) < want:
-                more = self._read(self._offset + len(parts), want - len(parts))
+                more = self.read(self._offset + len(parts), want - len(parts))
                 if not more:
                     self._eof = True
                     break
@@ -469,7 +548,7 @@ class ReadTransfer:
         want = self._blksize
         pending = self._pending
         while len(pending) < want and not self._eof:
-            raw = self._read(self._offset, want)
+            raw = self.read(self._offset, want)
             if not raw:
                 self._eof = True
                 break

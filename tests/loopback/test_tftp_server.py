@@ -27,6 +27,7 @@ from massboot.tftp.packet import (
     decode,
 )
 from massboot.tftp.server import TftpServer
+from massboot.tftp.transfer import WouldBlock
 
 HOST = "127.0.0.1"
 WAIT = 5.0  # upper bound for anything the server should do "at once"
@@ -561,3 +562,64 @@ def test_netascii_mode(served, client_factory) -> None:
         if len(packet.payload) < 512:
             break
     assert bytes(received) == (b"a\r\nb\r\0\r\nc\r\0") * 300
+
+
+# -- the callback-driven path: sources that can read without waiting -------------------------
+
+
+class NowaitSource(MemSource):
+    """A source with ``read_nowait`` (as massboot.files' are) that would block now and then."""
+
+    def __init__(self, data: bytes, every: int) -> None:
+        super().__init__(data, True, None, False)
+        self.every = every
+        self.nowait_calls = 0
+        self.waited: list[int] = []
+        self.warm: set[int] = set()
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.waited.append(offset)
+        self.warm.add(offset)
+        return super().read(offset, length)
+
+    def read_nowait(self, offset: int, length: int) -> memoryview:
+        self.nowait_calls += 1
+        if offset not in self.warm and self.nowait_calls % self.every == 0:
+            raise WouldBlock
+        return memoryview(self.data)[offset : offset + length]
+
+
+@pytest.mark.parametrize("windowsize", [1, 8])
+def test_reads_that_would_block_go_through_the_greenlet(make_server, client_factory,
+                                                        windowsize: int) -> None:
+    server, store, recorder = make_server()
+    sources: list[NowaitSource] = []
+
+    def open_nowait(name: str, client_ip: str) -> NowaitSource:
+        source = NowaitSource(FILES[name], every=7)
+        sources.append(source)
+        return source
+
+    store.open = open_nowait  # type: ignore[method-assign]
+    client = client_factory(server.port)
+    data = client.download("f600k", windowsize=windowsize, blksize=1428)
+    assert sha(data) == sha(FILES["f600k"])
+    wait_for(lambda: len(recorder.of("tftp.done")) == 1)
+    (source,) = sources
+    assert source.nowait_calls > 300 and 20 < len(source.waited) < 200
+    assert recorder.of("tftp.done")[0].get("retransmits") == 0
+
+
+def test_local_files_through_the_file_store(client_factory, tmp_path) -> None:
+    from massboot.files import FileStore
+
+    content = pattern(3 * 128 * 1024 + 777)
+    (tmp_path / "kernel").write_bytes(content)
+    bus, recorder = EventBus(), EventRecorder()
+    bus.subscribe(recorder)
+    with TftpServer(HOST, 0, FileStore(str(tmp_path)), bus, timeout_min=0.01) as server:
+        for windowsize in (1, 16):
+            client = client_factory(server.port)
+            got = client.download("kernel", windowsize=windowsize, blksize=1428, tsize=0)
+            assert got == content
+        wait_for(lambda: len(recorder.of("tftp.done")) == 2)

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from massboot.tftp.packet import Data, Error, ErrorCode, OptionAck, decode
-from massboot.tftp.transfer import Datagram, ReadTransfer, negotiate
+from massboot.tftp.transfer import Datagram, ReadTransfer, WouldBlock, negotiate
 
 
 class Clock:
@@ -451,3 +451,99 @@ def test_a_short_pause_on_a_fast_lan_does_not_fail_the_transfer() -> None:
         transfer.on_timeout()
         silent += transfer.timeout
     assert transfer.reason == "timeout"
+
+
+# -- non-blocking reads (WouldBlock) and batches of ACKs ------------------------------------
+
+
+def stalling_reader(content: bytes, every: int):
+    """read() that raises WouldBlock on every *every*-th new offset until ``warm`` is set."""
+    state = {"warm": False, "stalls": 0, "seen": set()}
+
+    def read(offset: int, length: int) -> bytes:
+        if not state["warm"] and offset not in state["seen"] and len(state["seen"]) % every == every - 1:
+            state["seen"].add(-offset - 1)  # count it once
+            state["stalls"] += 1
+            raise WouldBlock
+        state["seen"].add(offset)
+        state["warm"] = False
+        return content[offset : offset + length]
+
+    read.state = state  # type: ignore[attr-defined]
+    return read
+
+
+@pytest.mark.parametrize("windowsize", [1, 4])
+def test_a_read_that_would_block_stalls_the_window_and_resume_goes_on(windowsize: int) -> None:
+    content = bytes(range(256)) * 40  # 10240 bytes: 20 blocks of 512 and an empty one
+    clock = Clock()
+    read = stalling_reader(content, every=3)
+    transfer = ReadTransfer(read, windowsize=windowsize, clock=clock)
+    received: dict[int, bytes] = {}
+    out = transfer.start()
+    rounds = 0
+    while not transfer.finished:
+        rounds += 1
+        assert rounds < 500
+        if transfer.stalled:
+            assert not out or len(out) < windowsize
+            read.state["warm"] = True  # type: ignore[attr-defined]
+            out = out + transfer.resume()
+            continue
+        assert out, "a transfer that is not stalled always has something in flight"
+        last = 0
+        for packet in packets(out):
+            assert isinstance(packet, Data)
+            received.setdefault(packet.block, packet.payload)
+            last = packet.block
+        clock.advance(0.001)
+        out = transfer.on_ack(last)
+    assert transfer.done and read.state["stalls"] >= 5  # type: ignore[attr-defined]
+    assert b"".join(received[n] for n in sorted(received)) == content
+    assert transfer.retransmits == 0 and transfer.bytes_acked == len(content)
+
+
+def test_a_stall_is_not_a_timeout_and_resume_is_idempotent() -> None:
+    clock = Clock()
+    calls = {"n": 0}
+
+    def read(offset: int, length: int) -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise WouldBlock
+        return b"x" * min(length, 1000 - offset)
+
+    transfer = ReadTransfer(read, clock=clock)
+    assert blocks(transfer.start()) == [1]
+    assert transfer.on_ack(1) == [] and transfer.stalled and not transfer.finished
+    assert transfer.read_offset == 512
+    assert blocks(transfer.resume()) == [2]
+    assert not transfer.stalled and transfer.resume() == []
+    assert transfer.on_ack(2) == [] and transfer.done
+
+
+def test_on_acks_acts_on_the_ack_that_acknowledges_the_most() -> None:
+    content = bytes(512 * 12)
+    clock = Clock()
+    transfer = ReadTransfer(reader(content), windowsize=4, clock=clock)
+    assert blocks(transfer.start()) == [1, 2, 3, 4]
+    clock.advance(0.001)
+    # ACK 2 (a gap) then ACK 4 (the whole window) arrive together: no go-back to 3
+    assert blocks(transfer.on_acks([2, 4])) == [5, 6, 7, 8]
+    assert transfer.retransmits == 0
+    # a duplicate and a stale ACK next to the real one change nothing
+    assert blocks(transfer.on_acks([4, 8, 3])) == [9, 10, 11, 12]
+    assert transfer.on_acks([8, 4]) == []
+    assert blocks(transfer.on_acks([12])) == [13]
+    assert transfer.on_acks([13, 13]) == [] and transfer.done
+    assert transfer.bytes_acked == len(content)
+
+
+def test_on_acks_before_the_oack_is_answered() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"y" * 2000), options={"blksize": "512"}, windowsize=2,
+                            clock=clock)
+    assert isinstance(packets(transfer.start())[0], OptionAck)
+    assert transfer.on_acks([5, 7]) == []
+    assert blocks(transfer.on_acks([0, 1, 0])) == [1, 2]  # ACK 1 came before DATA 1: ignored
+    assert blocks(transfer.on_acks([2])) == [3, 4]
