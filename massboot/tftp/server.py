@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 _LISTEN_BUFSIZE = 65536  # a request with many options can exceed 512 bytes
 _TRANSFER_BUFSIZE = 2048  # ACKs are 4 bytes; a long ERROR message may be cut, harmlessly
 _FATAL_ERRNOS = (errno.EBADF, errno.ENOTSOCK, errno.EINVAL)
+_PERIOD_SHARE = 0.8  # a transfer's repeating timer period as a share of its RTO (see _Pump)
 _DRAIN_MAX = 64  # datagrams read per callback: bounded work, the io watcher fires again
 _DENY_REASONS: dict[int, str] = {
     int(ErrorCode.FILE_NOT_FOUND): "not_found",
@@ -464,8 +465,8 @@ class _Pump:
     transfer is over, stalls on a read, or a callback raised.
     """
 
-    __slots__ = ("_buf", "_client", "_clock", "_io", "_loop", "_recv", "_send", "_server",
-                 "_sock", "_timer", "_transfer", "_waiter")
+    __slots__ = ("_buf", "_client", "_clock", "_io", "_loop", "_period", "_recv", "_send",
+                 "_server", "_sock", "_timer", "_transfer", "_waiter")
 
     def __init__(self, server: TftpServer, sock: _socket.socket, client: tuple[str, int],
                  transfer: ReadTransfer) -> None:
@@ -480,6 +481,7 @@ class _Pump:
         self._loop = gevent.get_hub().loop
         self._io = self._loop.io(sock.fileno(), 1)
         self._timer: object | None = None
+        self._period = 0.0
         self._waiter: Waiter | None = None
 
     def send(self, datagrams: Iterable[Datagram]) -> None:
@@ -509,7 +511,10 @@ class _Pump:
         self._io.close()
 
     def _arm(self, delay: float) -> None:
-        timer = self._loop.timer(max(delay, 0.0))
+        """A new timer: first after *delay*, then every RTO (see :meth:`_touch`)."""
+        self._disarm()
+        period = self._period = _PERIOD_SHARE * self._transfer.timeout
+        timer = self._loop.timer(max(delay, 0.0), period)
         self._timer = timer
         timer.start(self._on_timer)
 
@@ -538,18 +543,27 @@ class _Pump:
         try:
             # The common case first: one ACK that acknowledges all that was sent. Any other
             # datagram queued behind it is older or a duplicate, so acting at once is what a
-            # full drain would do; anything else takes the full drain.
+            # full drain would do (and no second recvfrom is spent to find the queue empty);
+            # anything else takes the full drain.
             try:
                 size, peer = self._recv(self._buf)
             except OSError:
                 size, peer = -1, None
             buf = self._buf
-            if (size == 4 and peer == self._client and buf[1] == 4 and buf[0] == 0
-                    and transfer.sent_all(buf[2] << 8 | buf[3])):
-                out = transfer.on_ack(buf[2] << 8 | buf[3])
-                if out:
-                    self.send(out)
+            if size == 4 and peer == self._client and buf[1] == 4 and buf[0] == 0:
+                out = transfer.on_ack_all(buf[2] << 8 | buf[3])
+                if out is None:
+                    self._drain(size, peer)
+                elif out:
+                    if len(out) == 1:
+                        try:
+                            self._send(out[0], self._client)
+                        except OSError as exc:  # a loss: the timer resends
+                            log.debug("tftp send to %s:%d failed: %s", *self._client, exc)
+                    else:
+                        self.send(out)
                     if not transfer.stalled:
+                        self._touch()
                         return
             else:
                 self._drain(size, peer)
@@ -558,6 +572,20 @@ class _Pump:
             return
         if transfer.finished or transfer.stalled:
             self._wake()
+
+    def _touch(self) -> None:
+        """Progress moved the deadline to now + RTO: restart the timer (no new watcher).
+
+        The timer repeats every ``_period``, a little less than the RTO when it was made;
+        ``again()`` restarts it from now. While the RTO stays at or above the period, the timer
+        fires early or not at all (an early firing re-arms for the rest in :meth:`_on_timer`),
+        never late; a new watcher is made only when the RTO fell below the period.
+        """
+        timer = self._timer
+        if timer is not None and self._transfer.timeout >= self._period:
+            timer.again(self._on_timer)  # type: ignore[attr-defined]
+        else:
+            self._arm(self._transfer.timeout)
 
     def _drain(self, size: int = -1, peer: tuple[str, int] | None = None) -> None:
         """Read what is queued (bounded); act on the ACKs as one batch.
@@ -603,7 +631,6 @@ class _Pump:
             self.send(transfer.on_acks(acks) if acks else transfer.on_ack(ack))
 
     def _on_timer(self) -> None:
-        self._timer = None  # a one-shot timer: stopped by now
         transfer = self._transfer
         try:
             now = self._clock()

@@ -80,6 +80,7 @@ _BETA = 1 / 4  # RFC 6298 section 2.3
 _GRANULARITY = 0.001  # G in RFC 6298: the clock is far finer, 1 ms keeps RTO above noise
 _INITIAL_RTO = 1.0  # RFC 6298 section 2.1 (capped by timeout_max)
 _BLOCK_MOD = 0x10000  # 16-bit block numbers, RFC 1350 section 5
+_pack_header = DATA_HEADER.pack_into
 
 # Reasons a transfer failed; short tokens suitable for metrics labels.
 REASON_TIMEOUT = "timeout"
@@ -389,6 +390,73 @@ class ReadTransfer:
         """True when ACK *block* acknowledges every block sent so far (nothing is newer)."""
         return self._state == _SENDING and (block - self._next + 1) & 0xFFFF == 0 \
             and self._next > self._base
+
+    def on_ack_all(self, block: int) -> list[Datagram] | None:
+        """The fast path of :meth:`on_ack` for an ACK that acknowledges all that was sent.
+
+        Returns ``None`` (and changes nothing) when ACK *block* is not that ACK, and the
+        caller falls back to :meth:`on_ack`; otherwise exactly what :meth:`on_ack` would have
+        returned. In lock-step (windowsize 1, octet) the next block is read and stored here,
+        without the general window loop: this runs once per block in a PXE storm.
+        """
+        if self._state != _SENDING:
+            return None
+        number = self._next
+        base = self._base
+        if (block - number + 1) & 0xFFFF or number <= base:
+            return None
+        acked = number - 1
+        now = self._clock()
+        window = self._window
+        slot = acked % window
+        if not self._resent[slot]:  # Karn's rule, RFC 6298 section 3
+            srtt = self._srtt
+            if srtt is None:
+                self._sample(now - self._sent_at[slot])
+            else:  # _sample() inline, as in on_ack()
+                rtt = now - self._sent_at[slot]
+                if rtt < 0.0:
+                    rtt = 0.0
+                err = srtt - rtt
+                rttvar = self._rttvar = 0.75 * self._rttvar + 0.25 * (err if err >= 0.0 else -err)
+                srtt = self._srtt = 0.875 * srtt + 0.125 * rtt
+                var = _K * rttvar
+                rto = srtt + (var if var > _GRANULARITY else _GRANULARITY)
+                self._rto = (self._timeout_min if rto < self._timeout_min else
+                             self._timeout_max if rto > self._timeout_max else rto)
+        self._base = number
+        self._timeouts = 0
+        self._progress_at = now
+        blksize = self._blksize
+        if acked == self._last:
+            self.bytes_acked += (acked - base) * blksize + self._lengths[slot] - 4
+            self._state = _DONE
+            return []
+        self.bytes_acked += (number - base) * blksize
+        if window != 1 or self._netascii or self._eof or number <= self._high:
+            return self._fill(now)
+        # lock-step: block `number` is new and goes in the only slot, as _fill() would do
+        try:
+            chunk = self.read(self._offset, blksize)
+        except WouldBlock:
+            self.stalled = True
+            return []
+        except self._read_errors:
+            return self._fill(now)  # reads again and reports the error the usual way
+        if len(chunk) != blksize:
+            return self._fill(now)  # a short read (the end, or a source giving less): rare
+        buf = self._slots[0]
+        _pack_header(buf, 0, Opcode.DATA, number & 0xFFFF)  # type: ignore[arg-type]
+        buf[4:] = chunk  # type: ignore[index]
+        self._resent[0] = False
+        self._high = number
+        self._offset += blksize
+        self.bytes_sent += blksize
+        self._sent_at[0] = now
+        self._next = number + 1
+        self.stalled = False
+        self._deadline = now + self._rto
+        return [self._datagrams[0]]  # type: ignore[list-item]
 
     def on_error(self, code: int, message: str = "") -> None:
         """The client sent ERROR: end the transfer quietly (no ERROR is sent back)."""

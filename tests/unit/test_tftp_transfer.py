@@ -547,3 +547,77 @@ def test_on_acks_before_the_oack_is_answered() -> None:
     assert transfer.on_acks([5, 7]) == []
     assert blocks(transfer.on_acks([0, 1, 0])) == [1, 2]  # ACK 1 came before DATA 1: ignored
     assert blocks(transfer.on_acks([2])) == [3, 4]
+
+
+def _state(transfer: ReadTransfer) -> tuple[object, ...]:
+    return (transfer.done, transfer.failed, transfer.stalled, transfer.timeout, transfer.srtt,
+            transfer.deadline, transfer.bytes_acked, transfer.bytes_sent, transfer.retransmits,
+            transfer.read_offset, transfer.first_data_at)
+
+
+@pytest.mark.parametrize(("windowsize", "netascii"), [(1, False), (1, True), (4, False)])
+def test_on_ack_all_matches_on_ack(windowsize: int, netascii: bool) -> None:
+    """The fast path gives the same datagrams and state as on_ack, stalls and losses included."""
+    content = hashlib.sha256(b"fast").digest() * 2100 + b"\n\rtail"  # 8406 blocks of 8 bytes
+    clocks = Clock(), Clock()
+    stall_at = {40, 41, 3000}  # read offsets that raise WouldBlock once
+    transfers = []
+    for clock in clocks:
+        plain = reader(content)
+        stalled: set[int] = set()
+
+        def read(offset: int, length: int, plain=plain, stalled=stalled) -> bytes:
+            if offset in stall_at and offset not in stalled:
+                stalled.add(offset)
+                raise WouldBlock
+            return plain(offset, length)
+
+        transfers.append(ReadTransfer(read, blksize=8, windowsize=windowsize, netascii=netascii,
+                                      options={"blksize": "8"}, clock=clock))
+    slow, fast = transfers
+    assert fast.on_ack_all(0) is None  # before the OACK is answered: not the fast path
+    outs = [slow.start(), fast.start()]
+    outs = [slow.on_ack(0), fast.on_ack(0)]
+    step = 0
+    while not slow.finished:
+        step += 1
+        assert [bytes(d) for d in outs[0]] == [bytes(d) for d in outs[1]]
+        assert _state(slow) == _state(fast)
+        if slow.stalled:
+            outs = [slow.resume(), fast.resume()]
+            continue
+        for clock in clocks:
+            clock.advance(0.001 + (step % 7) * 0.0003)
+        if step % 97 == 0:  # a lost window: both time out and resend
+            for clock in clocks:
+                clock.advance(5.0)
+            outs = [slow.on_timeout(), fast.on_timeout()]
+            continue
+        block = int.from_bytes(bytes(outs[0][-1][2:4]), "big")
+        if step % 53 == 0 and len(outs[0]) > 1:  # an ACK inside the window: not the fast path
+            inner = int.from_bytes(bytes(outs[0][0][2:4]), "big")
+            assert fast.on_ack_all(inner) is None
+            outs = [slow.on_ack(inner), fast.on_ack(inner)]
+            continue
+        assert fast.on_ack_all((block - 1) & 0xFFFF) is None  # an older ACK: nothing changes
+        assert _state(slow) == _state(fast)
+        fast_out = fast.on_ack_all(block)
+        assert fast_out is not None
+        outs = [slow.on_ack(block), fast_out]
+    assert fast.finished and slow.done and fast.done
+    assert _state(slow) == _state(fast)
+
+
+def test_on_ack_all_read_error_is_reported_like_on_ack() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 64, fail_at=20), blksize=8, clock=clock,
+                            read_errors=(ReadError,))
+    out = transfer.start()
+    while out and not transfer.finished:
+        block = int.from_bytes(bytes(out[-1][2:4]), "big")
+        result = transfer.on_ack_all(block)
+        assert result is not None
+        out = result
+    assert transfer.failed and transfer.reason == "read_error"
+    (packet,) = packets(out)
+    assert isinstance(packet, Error) and packet.message == "upstream went away"
