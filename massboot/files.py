@@ -74,6 +74,8 @@ KEEP_BEHIND = 32 << 10   # bytes a source keeps before its read point for retran
 # bytes a local source reads at a time: with hundreds of transfers at once this is most of the
 # server's memory (500 x (32 + 32) KiB), and one preadv per ~22 blocks of 1428 costs little
 LOCAL_CHUNK = 32 << 10
+SIZE_TTL = 5.0            # seconds a local file size answered for DHCP option 13 is reused
+SIZE_CACHE_MAX = 1024
 INDIRECT_MAX = 64 << 10  # bytes read from a ``[path]`` file to find its first line
 REVALIDATE_BACKOFF = 30.0  # seconds a stale copy is served without asking a mirror that failed
 
@@ -653,6 +655,7 @@ class FileStore:
             tempfile.gettempdir(), "massboot-cache")
         self._index: OrderedDict[str, _Entry] = OrderedDict()   # key → entry, LRU first
         self._inflight: dict[str, _Download] = {}                # url → download
+        self._sizes: dict[tuple[Any, ...], tuple[int | None, float]] = {}   # local sizes for option 13
         self._total = 0
         self._closed = False
         self.hits = 0
@@ -716,7 +719,18 @@ class FileStore:
         try:
             target = self._resolve(name, client_ip)
             if target.url is None:
-                return _blocking(_local_lookup, target.paths, target.confine, False)[1]
+                # every OFFER and ACK of a rack asks for the same boot file: one stat through the
+                # threadpool per SIZE_TTL seconds, not one per reply
+                key = (target.paths, target.confine)
+                now = time.monotonic()
+                known = self._sizes.get(key)
+                if known is not None and known[1] > now:
+                    return known[0]
+                size = _blocking(_local_lookup, target.paths, target.confine, False)[1]
+                if len(self._sizes) >= SIZE_CACHE_MAX:
+                    self._sizes.clear()
+                self._sizes[key] = (size, now + SIZE_TTL)
+                return size
         except FileError:
             return None
         url = target.url

@@ -431,6 +431,11 @@ class SqliteLeaseStore(_IndexedLeaseStore):
         self._worker = ThreadPool(1)
         self._db: sqlite3.Connection | None = None
         self._closed = False
+        # group commit: mutations queue here in decision order; one flusher greenlet writes
+        # everything queued in a single transaction, so a burst of ACKs costs one transaction
+        # per batch instead of one per lease
+        self._pending: list[tuple[Callable[..., None], tuple[Any, ...], Any]] = []
+        self._flusher: Any = None
         try:
             rows, declined = self._run(self._db_open)
             dropped = self._index.load(rows, declined)
@@ -488,11 +493,18 @@ class SqliteLeaseStore(_IndexedLeaseStore):
     def _db_decline(self, mac: str, ip: str, dropped: bool, at: float) -> None:
         assert self._db is not None
         db = self._db
+        db.execute("INSERT OR IGNORE INTO declined (ip, mac, at) VALUES (?, ?, ?)", (ip, mac, at))
+        if dropped:
+            db.execute("DELETE FROM leases WHERE mac = ? AND ip = ?", (mac, ip))
+
+    def _db_batch(self, items: list[tuple[Callable[..., None], tuple[Any, ...]]]) -> None:
+        """Run queued mutations, in order, in one transaction (worker thread)."""
+        assert self._db is not None
+        db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("INSERT OR IGNORE INTO declined (ip, mac, at) VALUES (?, ?, ?)", (ip, mac, at))
-            if dropped:
-                db.execute("DELETE FROM leases WHERE mac = ? AND ip = ?", (mac, ip))
+            for func, args in items:
+                func(*args)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -506,14 +518,45 @@ class SqliteLeaseStore(_IndexedLeaseStore):
     # -- hooks -----------------------------------------------------------------------------
 
     def _save_lease(self, lease: Lease) -> None:
-        self._run(self._db_upsert, lease)
+        self._write(self._db_upsert, lease)
 
     def _save_decline(self, mac: str, ip: str, dropped: bool) -> None:
-        self._run(self._db_decline, mac, ip, dropped, self._clock())
+        self._write(self._db_decline, mac, ip, dropped, self._clock())
+
+    def _write(self, func: Callable[..., None], *args: Any) -> None:
+        """Queue one mutation and wait (cooperatively) until its transaction is committed."""
+        from gevent import spawn
+        from gevent.event import AsyncResult
+
+        if self._closed:
+            raise LeaseStoreError("lease store is closed")
+        done = AsyncResult()
+        self._pending.append((func, args, done))
+        if self._flusher is None:
+            self._flusher = spawn(self._flush)
+        done.get()
+
+    def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    self._run(self._db_batch, [(func, args) for func, args, _ in batch])
+                except Exception as exc:   # LeaseStoreError, or the store closed under us
+                    for _, _, done in batch:
+                        done.set_exception(exc if isinstance(exc, LeaseStoreError)
+                                           else LeaseStoreError(str(exc)))
+                else:
+                    for _, _, done in batch:
+                        done.set(None)
+        finally:
+            self._flusher = None
 
     def close(self) -> None:
         if self._closed:
             return
+        if self._flusher is not None:
+            self._flusher.join(timeout=10)     # pending writes are finished first
         try:
             self._run(self._db_close)
         finally:

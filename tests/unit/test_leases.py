@@ -323,3 +323,34 @@ def test_sqlite_writes_do_not_block_the_hub(tmp_path) -> None:
     finally:
         ticker.kill()
         store.close()
+
+
+def test_concurrent_commits_share_transactions_and_all_are_durable(tmp_path) -> None:
+    """Group commit: 300 greenlets binding at once are written in a few transactions, each
+    caller returns only once its row is committed, and every lease is there after a reopen."""
+    pool = [f"10.1.{i // 250}.{i % 250 + 1}" for i in range(300)]
+    path = str(tmp_path / "leases.sqlite3")
+    store = SqliteLeaseStore(path, pool)
+    batches = []
+    real_batch = store._db_batch
+
+    def counting_batch(items):
+        batches.append(len(items))
+        return real_batch(items)
+
+    store._db_batch = counting_batch
+
+    def bind(n: int) -> str:
+        lease = store.allocate(mac(n))
+        return store.commit(mac(n), lease.ip, lease_time=60).ip
+
+    ips = [g.get() for g in [gevent.spawn(bind, n) for n in range(300)]]
+    store.close()
+    assert len(set(ips)) == 300
+    assert sum(batches) == 600 and len(batches) < 600       # offers and binds, batched
+    again = SqliteLeaseStore(path, pool)
+    try:
+        assert {again.get(mac(n)).ip for n in range(300)} == set(ips)
+        assert all(again.get(mac(n)).state == "bound" for n in range(300))
+    finally:
+        again.close()
