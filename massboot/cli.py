@@ -14,9 +14,12 @@ import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
 import gevent  # noqa: E402
+import gevent.event  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
 
 from massboot import __version__  # noqa: E402
 from massboot import config as cfg  # noqa: E402
+from massboot.files import ClientInfo  # noqa: E402
 
 log = logging.getLogger("massboot")
 
@@ -72,7 +75,7 @@ class Services:
     """The object graph: built once from the config, started, stopped."""
 
     def __init__(self, config: cfg.Config, *, run_dhcp: bool = True, run_tftp: bool = True,
-                 registry=None) -> None:
+                 registry: CollectorRegistry | None = None) -> None:
         from massboot.events import EventBus
 
         self.config = config
@@ -118,7 +121,7 @@ class Services:
                                http_timeout=t.http_timeout, client_lookup=self._client_info,
                                events=self.events)
 
-    def _client_info(self, ip: str):
+    def _client_info(self, ip: str) -> ClientInfo | None:
         """The DHCP side's knowledge of a client, for TFTP filters (None in -t mode)."""
         return self.dhcp.client_info(ip) if self.dhcp is not None else None
 
@@ -315,5 +318,3 @@ def run_until_signal(services: Services) -> int:
         return EXIT_ERROR
     return EXIT_OK
 
-
-import gevent.event  # noqa: E402  (after patching; used by run_until_signal)
