@@ -19,8 +19,11 @@ The simulator talks to the server as a DHCP relay agent (``giaddr``), so replies
 unicast and it needs no root. By default it writes a boot root and a massboot config into a
 temporary directory, starts ``python -m massboot`` as a subprocess on free loopback ports, runs
 the rack, stops the server and reports its CPU time and peak RSS. ``--server HOST`` targets a
-server that is already running (massboot, dnsmasq, pybootd...). Datagram loss (``--loss``) is
-injected here, in both directions, never in the server.
+server that is already running (massboot, dnsmasq, pybootd...). ``--remote-root`` serves the
+root over HTTP from the simulator (counting every GET and byte) and points massboot's
+``[tftpd] root`` and ``cache_dir`` at it; ``--netns`` (root) runs massboot and the rack in two
+network namespaces joined by a veth pair, with real broadcast DHCP (no ``giaddr``). Datagram
+loss (``--loss``) is injected here, in both directions, never in the server.
 
 Usage::
 
@@ -234,6 +237,8 @@ class Options:
     relay_port: int = 0
     relay_socket: str = "shared"
     server_log_level: str = "info"
+    remote_root: bool = False
+    netns: bool = False
     keep: bool = False
     workdir: str | None = None
     json_path: str | None = None
@@ -305,6 +310,7 @@ class Summary:
     files: dict[str, int]
     throughput: list[tuple[float, float]]
     results: list[ClientResult]
+    upstream: dict[str, Any] | None = None
 
     @property
     def all_booted(self) -> bool:
@@ -520,9 +526,8 @@ type = stderr
 level = {log_level}
 
 [bootpd]
-address = 127.0.0.1
-port = {dhcp_port}
-pool_start = 127.1.0.1
+{bootpd_address}port = {dhcp_port}
+pool_start = {pool_start}
 pool_count = {pool_count}
 lease_time = 3600
 lease_db = {lease_db}
@@ -534,28 +539,229 @@ default = {bios}
 00009 = {uefi}
 
 [tftpd]
-address = 127.0.0.1
-port = {tftp_port}
+{tftpd_address}port = {tftp_port}
 root = {root}
 """
+
+# ---------------------------------------------------------------------------------------------
+# --remote-root: the generated root served over HTTP, every request counted
+# ---------------------------------------------------------------------------------------------
+
+
+class UpstreamHttp:
+    """A small HTTP server on 127.0.0.1 serving ``root`` (GET and HEAD), counting what it sends.
+
+    It runs in the simulator's own hub (gevent.pywsgi): with massboot's shared cache it should
+    see one GET per distinct file, so it costs next to nothing. Counters: ``gets`` (GET
+    requests, any status), ``status`` (status → count), ``bytes`` (body bytes actually
+    written, partial bodies included), ``by_path`` (path → [GETs, bytes]).
+    """
+
+    def __init__(self, root: str) -> None:
+        from gevent.pywsgi import WSGIServer
+
+        self.root = os.path.realpath(root)
+        self.gets = 0
+        self.requests = 0
+        self.bytes = 0
+        self.status: Counter[int] = Counter()
+        self.by_path: dict[str, list[int]] = {}
+        self.ok_paths: set[str] = set()
+        self.server = WSGIServer(("127.0.0.1", 0), self._app, log=None, error_log=None)
+        self.server.start()
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        from urllib.parse import unquote
+
+        self.requests += 1
+        method = environ["REQUEST_METHOD"]
+        path = unquote(environ.get("PATH_INFO", "/")).lstrip("/")
+        if method not in ("GET", "HEAD"):
+            return self._reply(start_response, 405, b"")
+        if method == "GET":
+            self.gets += 1
+        counts = self.by_path.setdefault(path, [0, 0])
+        if method == "GET":
+            counts[0] += 1
+        full = os.path.realpath(os.path.join(self.root, path))
+        if not full.startswith(self.root + os.sep) or not os.path.isfile(full):
+            return self._reply(start_response, 404, b"not found\n")
+        size = os.path.getsize(full)
+        stat = os.stat(full)
+        etag = f'"{stat.st_ino:x}-{stat.st_size:x}-{stat.st_mtime_ns:x}"'
+        if environ.get("HTTP_IF_NONE_MATCH") == etag:
+            return self._reply(start_response, 304, b"", [("ETag", etag)])
+        self.status[200] += 1
+        if method == "GET":
+            self.ok_paths.add(path)
+        start_response("200 OK", [("Content-Length", str(size)), ("ETag", etag),
+                                  ("Content-Type", "application/octet-stream")])
+        if method == "HEAD":
+            return []
+        return self._body(full, counts)
+
+    def _reply(self, start_response: Callable[..., Any], code: int, body: bytes,
+               headers: list[tuple[str, str]] | None = None) -> list[bytes]:
+        self.status[code] += 1
+        reason = {304: "Not Modified", 404: "Not Found", 405: "Method Not Allowed"}[code]
+        start_response(f"{code} {reason}", [("Content-Length", str(len(body)))] + (headers or []))
+        return [body]
+
+    def _body(self, path: str, counts: list[int]) -> Any:
+        with open(path, "rb") as handle:
+            while True:
+                chunk = handle.read(1 << 16)
+                if not chunk:
+                    return
+                yield chunk
+                # counted once handed to the socket: an aborted download counts what went out
+                self.bytes += len(chunk)
+                counts[1] += len(chunk)
+
+    def figures(self, files: dict[str, int]) -> dict[str, Any]:
+        """The counters, with ``distinct_bytes`` (one copy of each file fetched with 200) and
+        ``copies`` (bytes over that)."""
+        fetched = sorted(self.ok_paths)
+        distinct = sum(files.get(p, 0) for p in fetched)
+        return {"url": self.url, "requests": self.requests, "gets": self.gets,
+                "gets_ok": self.status.get(200, 0), "not_found": self.status.get(404, 0),
+                "not_modified": self.status.get(304, 0), "bytes": self.bytes,
+                "distinct_files": fetched, "distinct_bytes": distinct,
+                "copies": self.bytes / distinct if distinct else 0.0,
+                "by_path": {p: list(v) for p, v in sorted(self.by_path.items())}}
+
+    def close(self) -> None:
+        self.server.stop(timeout=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# --netns: real broadcast DHCP across a veth pair between two network namespaces
+# ---------------------------------------------------------------------------------------------
+
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def _ip(*args: str, check: bool = True) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
+    if check and result.returncode != 0:
+        raise SetupError(f"ip {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+
+
+class Namespaces:
+    """Two namespaces, ``server`` and ``clients``, joined by a veth pair created inside them.
+
+    The server end is ``10.213.0.1/16``; the clients' end is unnumbered, as a booting machine's
+    is. The pool starts at ``10.213.128.1``, and the clients' namespace routes
+    ``10.213.128.0/17`` as local (an "AnyIP" route on ``lo``): every leased address can be bound
+    by a TFTP socket and is answered for in ARP without one ``ip addr add`` per client.
+    ``enter()`` moves this process's thread into the clients' namespace (sockets created
+    afterwards live there); ``close()`` comes back and deletes both namespaces (which removes
+    the veth pair). Processes started in them are stopped by their owners, by pid.
+    """
+
+    server_ip = "10.213.0.1"
+    pool_start = "10.213.128.1"
+    pool_net = "10.213.128.0/17"
+    client_route = "10.213.0.0/17"
+
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 100000}"
+        self.server = f"mbsim-srv-{tag}"
+        self.clients = f"mbsim-cli-{tag}"
+        self.server_if = f"mbs{tag}"
+        self.client_if = f"mbc{tag}"
+        self._home: int | None = None
+        self._created: list[str] = []
+
+    def create(self) -> None:
+        if os.geteuid() != 0:
+            raise SetupError("--netns needs root")
+        if shutil.which("ip") is None:
+            raise SetupError("--netns needs iproute2 (ip)")
+        rmem = "8388608"
+        with contextlib.suppress(OSError, ValueError):
+            with open("/proc/sys/net/core/rmem_max", encoding="ascii") as handle:
+                rmem = str(min(int(handle.read()), 8 << 20))
+        for ns in (self.server, self.clients):
+            _ip("netns", "add", ns)
+            self._created.append(ns)
+            for setting in ("net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
+                            "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
+                            f"net.core.rmem_max={rmem}"):
+                _ip("netns", "exec", ns, "sysctl", "-q", "-w", setting, check=False)
+            _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("link", "add", self.server_if, "netns", self.server, "type", "veth",
+            "peer", "name", self.client_if, "netns", self.clients)
+        _ip("-n", self.server, "addr", "add", f"{self.server_ip}/16", "dev", self.server_if)
+        for ns, ifname in ((self.server, self.server_if), (self.clients, self.client_if)):
+            _ip("netns", "exec", ns, "sysctl", "-q", "-w", f"net.ipv4.conf.{ifname}.rp_filter=0", check=False)
+            _ip("-n", ns, "link", "set", ifname, "up")
+        _ip("-n", self.clients, "route", "add", self.client_route, "dev", self.client_if)
+        _ip("-n", self.clients, "route", "add", "local", self.pool_net, "dev", "lo")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # wait for the carrier on both ends
+            out = subprocess.run(["ip", "-n", self.clients, "link", "show", self.client_if],
+                                 capture_output=True, text=True).stdout
+            if "LOWER_UP" in out:
+                break
+            time.sleep(0.05)
+
+    def enter(self) -> None:
+        """This thread into the clients' namespace (no greenlet may run in between)."""
+        self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{self.clients}", os.O_RDONLY)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+
+    def close(self) -> None:
+        if self._home is not None:
+            _setns(self._home)
+            os.close(self._home)
+            self._home = None
+        for ns in reversed(self._created):
+            _ip("netns", "del", ns, check=False)
+        self._created.clear()
 
 
 class ServerProcess:
     """massboot started as a subprocess on loopback, with its CPU time and peak RSS."""
 
-    def __init__(self, workdir: str, root: str, clients: int, log_level: str) -> None:
+    def __init__(self, workdir: str, root: str, clients: int, log_level: str,
+                 cache_dir: str | None = None, netns: Namespaces | None = None) -> None:
         self.workdir = workdir
-        self.dhcp_port = free_udp_port()
-        self.tftp_port = free_udp_port()
-        while self.tftp_port == self.dhcp_port:
+        self.netns = netns
+        if netns is not None:  # massboot alone in its namespace: the standard ports, any address
+            self.dhcp_port, self.tftp_port = 67, 69
+            address, pool_start = "", netns.pool_start
+        else:
+            self.dhcp_port = free_udp_port()
             self.tftp_port = free_udp_port()
+            while self.tftp_port == self.dhcp_port:
+                self.tftp_port = free_udp_port()
+            address, pool_start = "address = 127.0.0.1\n", "127.1.0.1"
         self.config_path = os.path.join(workdir, "massboot.ini")
         self.log_path = os.path.join(workdir, "massboot.log")
         with open(self.config_path, "w", encoding="utf-8") as handle:
             handle.write(MASSBOOT_CONFIG.format(
+                bootpd_address=address, tftpd_address=address, pool_start=pool_start,
                 log_level=log_level, dhcp_port=self.dhcp_port, tftp_port=self.tftp_port,
                 pool_count=max(clients + 16, 64), lease_db=os.path.join(workdir, "leases.sqlite3"),
                 ipxe=IPXE_SCRIPT, bios=BOOTFILE_BIOS, uefi=BOOTFILE_UEFI, root=root))
+            if cache_dir is not None:
+                handle.write(f"cache_dir = {cache_dir}\n")
         self.process: subprocess.Popen[bytes] | None = None
         self.cpu_at_ready = 0.0
         self.cpu_s: float | None = None
@@ -572,7 +778,10 @@ class ServerProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
         try:
-            self.process = subprocess.Popen([sys.executable, "-m", "massboot", "-c", self.config_path],
+            argv = [sys.executable, "-m", "massboot", "-c", self.config_path]
+            if self.netns is not None:  # `ip netns exec` execs massboot: the pid is massboot's
+                argv = ["ip", "netns", "exec", self.netns.server, *argv]
+            self.process = subprocess.Popen(argv,
                                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                             cwd=self.workdir, env=env)
         finally:
@@ -591,13 +800,15 @@ class ServerProcess:
         raise SetupError("massboot did not report readiness in time:\n" + self.log_tail())
 
     def _bound(self) -> bool:
-        """Both ports bound on 127.0.0.1 (readiness when the log level hides the INFO lines)."""
+        """Both ports bound in massboot's namespace (readiness when the log level hides the INFO
+        lines)."""
+        assert self.process is not None
         try:
-            with open("/proc/net/udp", encoding="ascii") as handle:
-                local = {line.split()[1] for line in handle.readlines()[1:]}
+            with open(f"/proc/{self.process.pid}/net/udp", encoding="ascii") as handle:
+                ports = {line.split()[1].rsplit(":", 1)[1] for line in handle.readlines()[1:]}
         except (OSError, IndexError):
             return False
-        return all(f"0100007F:{port:04X}" in local for port in (self.dhcp_port, self.tftp_port))
+        return all(f"{port:04X}" in ports for port in (self.dhcp_port, self.tftp_port))
 
     def log_text(self) -> str:
         try:
@@ -724,6 +935,25 @@ class SharedRelay:
         self.sock.close()
 
 
+class BroadcastPort(SharedRelay):
+    """``--netns``: the clients' DHCP port, ``0.0.0.0:68`` on the unnumbered veth end
+    (SO_BINDTODEVICE, SO_BROADCAST); requests go to ``255.255.255.255:67`` with the broadcast
+    flag, so the server answers at ``255.255.255.255:68``. One socket for the rack (only one can
+    own port 68 in a namespace); replies are routed by xid, as on the shared relay."""
+
+    def __init__(self, ifname: str) -> None:  # not super().__init__: that binds a relay address
+        self.server = ("255.255.255.255", 67)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+        _set_rcvbuf(self.sock, 8 << 20)
+        self.sock.bind(("0.0.0.0", 68))
+        self.routes = {}
+        self.strays = 0
+        self._reader = gevent.spawn(self._read)
+
+
 class _SharedMailbox(RelayMailbox):
     def __init__(self, relay: SharedRelay) -> None:
         self.relay = relay
@@ -839,7 +1069,8 @@ class LeanUdp:
 class Rack:
     """The shared state of a run: options, counters, the relay, the clients' results."""
 
-    def __init__(self, opts: Options, server_host: str, dhcp_port: int, tftp_port: int) -> None:
+    def __init__(self, opts: Options, server_host: str, dhcp_port: int, tftp_port: int,
+                 broadcast_if: str | None = None) -> None:
         self.opts = opts
         self.server_host = server_host
         self.dhcp_server = (server_host, dhcp_port)
@@ -857,7 +1088,10 @@ class Rack:
         self.dhcp_exchanges = 0
         self.t0 = time.monotonic()
         self.relay: SharedRelay | None = None
-        if opts.relay_socket == "shared" or opts.relay_port:
+        self.broadcast = broadcast_if is not None
+        if broadcast_if is not None:
+            self.relay = BroadcastPort(broadcast_if)
+        elif opts.relay_socket == "shared" or opts.relay_port:
             self.relay = SharedRelay(opts.relay_ip, opts.relay_port, self.dhcp_server)
 
     def now(self) -> float:
@@ -936,8 +1170,8 @@ class SimClient:
             self.tftp_host = ack.siaddr
         elif ack.option(Opt.TFTP_SERVER):
             self.tftp_host = (ack.option(Opt.TFTP_SERVER) or b"").decode("latin-1").strip("\0")
-        if ack.yiaddr.startswith("127.") and self.tftp_host.startswith("127."):
-            self.bind_ip = ack.yiaddr  # on loopback the client can really own its address
+        if self.rack.broadcast or (ack.yiaddr.startswith("127.") and self.tftp_host.startswith("127.")):
+            self.bind_ip = ack.yiaddr  # on loopback (or the AnyIP route of --netns) it owns its address
         bootfile = ack.file.decode("latin-1") or (ack.option(Opt.BOOTFILE) or b"").decode("latin-1")
         bootfile = bootfile.strip("\0")
         if not bootfile:
@@ -999,8 +1233,8 @@ class SimClient:
 
     def _packet(self, xid: int, msgtype: MessageType, options: list[tuple[int, bytes]],
                 **fields: object) -> BootpPacket:
-        relay = self.rack.opts.relay_ip
-        return BootpPacket(op=BOOTREQUEST, xid=xid, hops=1, flags=FLAG_BROADCAST, giaddr=relay,
+        relay, hops = ("0.0.0.0", 0) if self.rack.broadcast else (self.rack.opts.relay_ip, 1)
+        return BootpPacket(op=BOOTREQUEST, xid=xid, hops=hops, flags=FLAG_BROADCAST, giaddr=relay,
                            chaddr=self.mac, options=((Opt.MESSAGE_TYPE, u8(msgtype)), *options),
                            **fields)  # type: ignore[arg-type]
 
@@ -1277,26 +1511,54 @@ def run(opts: Options) -> Summary:
         raise SetupError("--loss must be in [0, 100)")
     if opts.timeout_scale <= 0:
         raise SetupError("--timeout-scale must be positive")
+    if opts.remote_root and opts.server is not None:
+        raise SetupError("--remote-root needs the massboot the simulator starts (no --server)")
+    if opts.netns and (opts.server is not None or opts.remote_root):
+        raise SetupError("--netns runs the massboot it starts from a local root (no --server, --remote-root)")
     _raise_fd_limit(opts.clients * 3 + 256)
     workdir = opts.workdir or tempfile.mkdtemp(prefix="massboot-sim-")
     os.makedirs(workdir, exist_ok=True)
     server: ServerProcess | None = None
+    upstream: UpstreamHttp | None = None
+    netns: Namespaces | None = None
     files: dict[str, int] = {}
     try:
+        if opts.netns:
+            netns = Namespaces()
+            netns.create()
         if opts.server is None:
             root = os.path.join(workdir, "root")
             files = make_root(root, opts.bootfile_size, opts.kernel_size, opts.initrd_size)
-            server = ServerProcess(workdir, root, opts.clients * max(1, opts.rounds), opts.server_log_level)
+            cache_dir = None
+            if opts.remote_root:
+                upstream = UpstreamHttp(root)
+                root, cache_dir = upstream.url, os.path.join(workdir, "cache")
+            server = ServerProcess(workdir, root, opts.clients * max(1, opts.rounds), opts.server_log_level,
+                                   cache_dir, netns)
             server.start()
             host, dhcp_port, tftp_port = "127.0.0.1", server.dhcp_port, server.tftp_port
             target = f"massboot (started, {host} dhcp:{dhcp_port} tftp:{tftp_port})"
+            if netns is not None:
+                host = netns.server_ip
+                target = (f"massboot (started in netns {netns.server}, {host}; broadcast DHCP from "
+                          f"netns {netns.clients}, {netns.client_if})")
+                netns.enter()
         else:
             host, dhcp_port, tftp_port = opts.server, opts.dhcp_port, opts.tftp_port
             target = f"{host} dhcp:{dhcp_port} tftp:{tftp_port}"
-        return _run_rack(opts, host, dhcp_port, tftp_port, target, server, files)
+        summary = _run_rack(opts, host, dhcp_port, tftp_port, target, server, files,
+                            netns.client_if if netns is not None else None)
+        if upstream is not None:
+            summary.target += f", root {upstream.url} (cache {cache_dir})"
+            summary.upstream = upstream.figures(files)
+        return summary
     finally:
         if server is not None:
             server.stop()
+        if upstream is not None:
+            upstream.close()
+        if netns is not None:
+            netns.close()
         if opts.workdir is None and not opts.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         elif opts.keep and opts.progress:
@@ -1311,10 +1573,11 @@ def _raise_fd_limit(wanted: int) -> None:
 
 
 def _run_rack(opts: Options, host: str, dhcp_port: int, tftp_port: int, target: str,
-              server: ServerProcess | None, files: dict[str, int]) -> Summary:
+              server: ServerProcess | None, files: dict[str, int],
+              broadcast_if: str | None = None) -> Summary:
     master = random.Random(opts.seed)
     profiles = allocate_profiles(opts.mix, opts.clients, master)
-    rack = Rack(opts, host, dhcp_port, tftp_port)
+    rack = Rack(opts, host, dhcp_port, tftp_port, broadcast_if)
     clients = [SimClient(rack, i, PROFILES[name], random.Random(master.getrandbits(64)))
                for i, name in enumerate(profiles)]
     starts = [master.uniform(0, opts.ramp) if opts.ramp > 0 else 0.0 for _ in clients]
@@ -1445,6 +1708,12 @@ def format_summary(s: Summary) -> str:
     lines.append(f"injected loss: {s.dropped_out} datagrams dropped outgoing, {s.dropped_in} incoming")
     if s.send_errors:
         lines.append(f"send errors (full socket buffers, counted as losses): {s.send_errors}")
+    if s.upstream is not None:
+        u = s.upstream
+        lines.append(f"upstream: {u['gets_ok']} GETs, {u['bytes'] / 1e6:,.1f} MB "
+                     f"(≈ {u['copies']:.2f} copies of each file; {len(u['distinct_files'])} distinct files, "
+                     f"{u['distinct_bytes'] / 1e6:,.1f} MB)"
+                     + (f"; {u['not_found']} GETs answered 404 (config probes)" if u["not_found"] else ""))
     if s.server_cpu_s is not None:
         per = f", {s.server_cpu_s / (s.bytes / 1e8):.2f} CPU-s per 100 MB" if s.bytes else ""
         lines.append(f"server: {s.server_cpu_s:.2f} CPU-seconds during the run{per}, "
@@ -1547,6 +1816,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one relay socket for the rack, or one per DHCP exchange (%(default)s)")
     parser.add_argument("--server-log-level", default=d.server_log_level,
                         help="[logger] level of the massboot started here (%(default)s)")
+    parser.add_argument("--remote-root", action="store_true",
+                        help="serve the root over HTTP from here; massboot reads it through its cache")
+    parser.add_argument("--netns", action="store_true",
+                        help="(root) massboot and the rack in two namespaces: broadcast DHCP over a veth")
     parser.add_argument("--make-root", metavar="DIR",
                         help="write the boot root (files of the given sizes) into DIR and exit")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (root, log)")
@@ -1565,8 +1838,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    initrd_size=args.initrd_size, server=args.server, dhcp_port=args.dhcp_port,
                    tftp_port=args.tftp_port, server_pid=args.server_pid, relay_ip=args.relay_ip,
                    relay_port=args.relay_port, relay_socket=args.relay_socket,
-                   server_log_level=args.server_log_level, keep=args.keep, json_path=args.json,
-                   plot_path=args.plot, progress=not args.quiet)
+                   server_log_level=args.server_log_level, remote_root=args.remote_root, netns=args.netns,
+                   keep=args.keep, json_path=args.json, plot_path=args.plot, progress=not args.quiet)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

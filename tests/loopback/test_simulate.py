@@ -139,3 +139,32 @@ def test_no_server_fails_every_client_with_the_reason():
     status = simulate.main(["--clients", "2", "--server", "127.0.0.1", "--dhcp-port", str(port),
                             "--timeout-scale", "0.01", "-q"])
     assert status == 1
+
+
+def test_remote_root_fetches_one_copy_of_each_file_upstream():
+    """--remote-root: massboot reads the generated root over HTTP through its shared cache, so the
+    simulator's upstream server sends each file it is asked for exactly once."""
+    opts = Options(clients=12, mix={"bios": 1, "uefi": 1, "ipxe": 1}, remote_root=True, seed=5,
+                   ramp=0.3, timeout_scale=0.5, duration=50, progress=False, **SMALL)
+    summary = simulate.run(opts)
+    failures = {r.mac: r.failure for r in summary.results if not r.ok}
+    assert summary.all_booted and summary.failed == 0, failures
+    assert "root http://127.0.0.1:" in summary.target
+    for r in summary.results:
+        assert r.bytes == simulate.expected_bytes(r.profile, summary.files), (r.profile, r.files)
+
+    up = summary.upstream
+    assert up is not None
+    served = set()  # every file some client read to the end
+    for r in summary.results:
+        served.update(name for name, size in r.files.items() if size == summary.files.get(name))
+    assert set(up["distinct_files"]) == served
+    assert served == {"pxelinux.0", "bootx64.efi", "boot.ipxe", "pxelinux.cfg/default", "vmlinuz",
+                      "initrd.img"}
+    assert up["gets_ok"] == len(served)
+    assert up["bytes"] == up["distinct_bytes"] == sum(summary.files[name] for name in served)
+    for name in served:
+        assert up["by_path"][name] == [1, summary.files[name]], name
+    # the probes for configs that do not exist went upstream too, and came back 404
+    assert up["not_found"] > 0 and up["gets"] == up["gets_ok"] + up["not_found"]
+    assert "upstream: 6 GETs" in simulate.format_summary(summary)

@@ -1,0 +1,61 @@
+"""bench/simulate.py --netns: the rack's DHCP is real broadcast across a veth pair.
+
+massboot runs in a "server" namespace, the simulated clients in a "clients" namespace whose veth
+end is unnumbered: DISCOVER/REQUEST leave 0.0.0.0:68 for 255.255.255.255:67 without giaddr and
+with the broadcast flag, massboot answers at 255.255.255.255:68, and each client then reads TFTP
+from the address it leased. The simulator creates and removes both namespaces itself.
+Root only; under ``CI=true`` it must run.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+
+import pytest
+
+from bench import simulate
+from bench.simulate import Options
+from tests.conftest import require_root, require_tool
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
+
+SMALL = {"bootfile_size": 8 << 10, "kernel_size": 96 << 10, "initrd_size": 300 << 10}
+
+
+def _namespaces() -> str:  # `ip netns list`
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+
+
+def test_netns_rack_boots_by_broadcast_and_cleans_up(tmp_path):
+    require_root()
+    require_tool("ip")
+    opts = Options(clients=24, mix={"bios": 1, "uefi": 1, "ipxe": 1, "plain": 1}, netns=True, seed=11,
+                   ramp=0.5, loss=3.0, timeout_scale=0.5, release=True, duration=90, progress=False,
+                   server_log_level="info", workdir=str(tmp_path / "run"), **SMALL)
+    summary = simulate.run(opts)
+    failures = {r.mac: r.failure for r in summary.results if not r.ok}
+    assert summary.all_booted and summary.failed == 0, failures
+    assert "netns" in summary.target
+    pool = ipaddress.ip_network(simulate.Namespaces.pool_net)
+    ips = [r.ip for r in summary.results]
+    assert len(set(ips)) == 24 and all(ipaddress.ip_address(ip) in pool for ip in ips)
+    total = 0
+    for r in summary.results:
+        assert r.os_ip == r.ip
+        want = simulate.expected_bytes(r.profile, summary.files)
+        assert r.bytes == want, (r.profile, r.files)
+        total += want
+    assert summary.bytes == total
+    assert summary.dropped_out > 0 and summary.dropped_in > 0
+
+    # massboot really answered by limited broadcast, and served TFTP to the leased addresses
+    log = (tmp_path / "run" / "massboot.log").read_text()
+    assert log.count("to=255.255.255.255:68") >= 4 * 24   # OFFER and ACK, PXE and OS phase
+    for ip in ips:
+        assert f"tftp done client={ip}:" in log, ip
+
+    # both namespaces (and with them the veth pair) are gone
+    ns = simulate.Namespaces()   # the names are derived from this process's pid
+    left = _namespaces().split()
+    assert ns.server not in left and ns.clients not in left, left
