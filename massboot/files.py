@@ -78,6 +78,11 @@ SIZE_TTL = 5.0            # seconds a local file size answered for DHCP option 1
 SIZE_CACHE_MAX = 1024
 INDIRECT_MAX = 64 << 10  # bytes read from a ``[path]`` file to find its first line
 REVALIDATE_BACKOFF = 30.0  # seconds a stale copy is served without asking a mirror that failed
+# seconds a 404 from the mirror is remembered: PXELINUX probes a dozen config names per client
+# (UUID, 01-<mac>, hex IP prefixes) that usually do not exist; a rack would ask the mirror for
+# each of them (1,640 GETs for 500 clients) instead of once per name and period
+NEGATIVE_TTL = 30.0
+MISSING_MAX = 4096
 
 VARIABLES = frozenset({"filename", "ip", "mac", "uuid", "arch", "file"})
 
@@ -656,6 +661,7 @@ class FileStore:
         self._index: OrderedDict[str, _Entry] = OrderedDict()   # key → entry, LRU first
         self._inflight: dict[str, _Download] = {}                # url → download
         self._sizes: dict[tuple[Any, ...], tuple[int | None, float]] = {}   # local sizes for option 13
+        self._missing: dict[str, float] = {}     # url → until when the mirror's 404 is believed
         self._total = 0
         self._closed = False
         self.hits = 0
@@ -734,7 +740,7 @@ class FileStore:
         except FileError:
             return None
         url = target.url
-        if self._closed:
+        if self._closed or self._missing.get(url, 0.0) > time.monotonic():
             return None
         dl = self._inflight.get(url)
         if dl is not None:
@@ -841,6 +847,12 @@ class FileStore:
     def _open_url(self, url: str) -> Source:
         if self._closed:
             raise FileError(ERR_UNDEFINED, f"upstream {url} failed: server stopping")
+        missing_until = self._missing.get(url)
+        if missing_until is not None:
+            if missing_until > time.monotonic():
+                self._count("hit", url, None)
+                raise FileError(ERR_NOT_FOUND, "File not found")
+            del self._missing[url]
         for _attempt in range(3):
             dl = self._inflight.get(url)
             started = dl is None
@@ -1042,6 +1054,10 @@ class FileStore:
         if dl.done:
             return
         dl.error = error
+        if error.code == ERR_NOT_FOUND:
+            if len(self._missing) >= MISSING_MAX:
+                self._missing.clear()
+            self._missing[dl.url] = time.monotonic() + min(self._revalidate_after, NEGATIVE_TTL)
         if dl.stale is not None:
             if error.code == ERR_NOT_FOUND:
                 self._drop(dl.stale)   # gone upstream: forget our copy

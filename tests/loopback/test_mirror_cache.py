@@ -421,3 +421,17 @@ def test_close_releases_waiting_readers(mirror, make_store):
         reader.get(timeout=10)
     with pytest.raises(FileError):
         store.open("slow", IP)
+
+
+def test_upstream_404_is_remembered_for_a_while(mirror, make_store):
+    """PXELINUX's config probes mostly miss: the mirror is asked once per name and period."""
+    store = make_store(mirror.root, revalidate_after=0.5)
+    for _ in range(20):
+        with pytest.raises(FileError) as err:
+            store.open("pxelinux.cfg/01-52-54-00-12-34-56", IP)
+        assert err.value.code == 1
+    assert len(mirror.gets("pxelinux.cfg/01-52-54-00-12-34-56")) == 1
+    assert store.size("pxelinux.cfg/01-52-54-00-12-34-56", IP) is None     # no prefetch either
+    mirror.files["pxelinux.cfg/01-52-54-00-12-34-56"] = b"default local\n"
+    time.sleep(0.6)                                    # the 404 is believed for revalidate_after
+    assert drain(store.open("pxelinux.cfg/01-52-54-00-12-34-56", IP)) == b"default local\n"
