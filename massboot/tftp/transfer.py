@@ -334,20 +334,7 @@ class ReadTransfer:
         window = self._window
         slot = acked % window
         if not self._resent[slot]:  # Karn's rule, RFC 6298 section 3
-            srtt = self._srtt
-            if srtt is None:
-                self._sample(now - self._sent_at[slot])
-            else:  # _sample() inline: this runs for every ACK
-                rtt = now - self._sent_at[slot]
-                if rtt < 0.0:
-                    rtt = 0.0
-                err = srtt - rtt
-                rttvar = self._rttvar = 0.75 * self._rttvar + 0.25 * (err if err >= 0.0 else -err)
-                srtt = self._srtt = 0.875 * srtt + 0.125 * rtt
-                var = _K * rttvar
-                rto = srtt + (var if var > _GRANULARITY else _GRANULARITY)
-                self._rto = (self._timeout_min if rto < self._timeout_min else
-                             self._timeout_max if rto > self._timeout_max else rto)
+            self._sample(now - self._sent_at[slot])
         self._base = acked + 1
         self._timeouts = 0
         self._progress_at = now
@@ -413,7 +400,7 @@ class ReadTransfer:
             srtt = self._srtt
             if srtt is None:
                 self._sample(now - self._sent_at[slot])
-            else:  # _sample() inline, as in on_ack()
+            else:  # _sample() inline: the lock-step fast path runs this for every ACK
                 rtt = now - self._sent_at[slot]
                 if rtt < 0.0:
                     rtt = 0.0
