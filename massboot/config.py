@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from massboot.ident import parse_mac, parse_mac_rule, parse_uuid_rule
@@ -467,7 +467,8 @@ def _bootp(r: _Reader, base_dir: str) -> BootpConfig:
     )
 
 
-def _rules(r: _Reader, section: str, check, what: str) -> tuple[tuple[str, bool], ...]:
+def _rules(r: _Reader, section: str, check: Callable[[str], object],
+           what: str) -> tuple[tuple[str, bool], ...]:
     rules = []
     for key, value in r.items(section):
         try:
