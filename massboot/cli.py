@@ -93,8 +93,7 @@ class Services:
                                   "with pool_start; use -t to run TFTP only")
         if run_dhcp:
             self._detect_network()
-        if run_tftp or run_dhcp:
-            self._build_files()
+        self._build_files()         # TFTP serves from it; DHCP asks it for option 13 sizes
         if run_dhcp:
             self._build_dhcp()
         if run_tftp:

@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import socket
 import struct
+import uuid as uuid_module
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -242,7 +243,7 @@ class DhcpServer:
         client = self.clients.get(mac)
         if client is None:
             client = self.clients[mac] = Client(mac)
-            lease = self._store_for(packet).get(mac)
+            lease = self._scope_for(packet).store.get(mac)
             if lease is not None and lease.uuid:
                 client.uuid = lease.uuid
         client.ifindex = ifindex      # one exchange per MAC at a time: safe to keep here
@@ -276,9 +277,7 @@ class DhcpServer:
         if msgtype == MessageType.DISCOVER or msgtype is None:
             lease = scope.store.allocate(mac)
             if lease is None:
-                self.events.emit("dhcp.exhausted", mac=mac, scope=scope.name)
-                log.warning("pool exhausted: no address for mac=%s scope=%s", mac, scope.name)
-                return None
+                return self._exhausted(mac, scope)
             if msgtype is None:   # plain BOOTP: no REQUEST will follow, bind now
                 scope.store.commit(mac, lease.ip, lease_time=scope.net.lease_time, uuid=client.uuid)
             reply = self._reply(packet, source, client, scope, msgtype and MessageType.OFFER, lease.ip,
@@ -300,14 +299,12 @@ class DhcpServer:
             wanted = None
         else:
             wanted = packet.requested_ip
-        if current is None or (wanted is not None and current.ip != wanted):
+        if current is None:
             # no binding yet (INIT-REBOOT after a database loss, or pybootd's ACK-anything
             # clients): allocate the sticky address; it must be the one the client wants
-            current = scope.store.allocate(mac) if current is None else current
+            current = scope.store.allocate(mac)
             if current is None:
-                self.events.emit("dhcp.exhausted", mac=mac, scope=scope.name)
-                log.warning("pool exhausted: no address for mac=%s scope=%s", mac, scope.name)
-                return None
+                return self._exhausted(mac, scope)
         if wanted is not None and current.ip != wanted:
             if kind == RequestKind.REBINDING and not self._ours(wanted, scope):
                 return self._ignore(mac, "not_our_address", phase)
@@ -358,9 +355,7 @@ class DhcpServer:
                 log.info("ignored mac=%s: access = uuid and no UUID known", client.mac)
                 self.events.emit("dhcp.acl", acl="uuid", verdict="denied", mac=client.mac)
                 return False
-            import uuid as _uuid
-
-            verdict = self.uuid_acl.check(_uuid.UUID(client.uuid).int)
+            verdict = self.uuid_acl.check(uuid_module.UUID(client.uuid).int)
             return self._local_verdict("uuid", client.mac, verdict)
         # access == "http": asked when the state changes, or always (spec §5.3)
         assert self.http_acl is not None and self.config.http is not None
@@ -388,9 +383,6 @@ class DhcpServer:
         self.events.emit("dhcp.acl", acl=acl, verdict="denied", mac=mac)
         return False
 
-    def _store_for(self, packet: BootpPacket) -> LeaseStore:
-        return self._scope_for(packet).store
-
     def _scope_for(self, packet: BootpPacket) -> Scope:
         if packet.giaddr != "0.0.0.0" and self.scopes:
             relay = ipaddress.IPv4Address(packet.giaddr)
@@ -401,6 +393,11 @@ class DhcpServer:
 
     def _ours(self, ip: str, scope: Scope) -> bool:
         return ipaddress.IPv4Address(ip) in scope.network
+
+    def _exhausted(self, mac: str, scope: Scope) -> None:
+        self.events.emit("dhcp.exhausted", mac=mac, scope=scope.name)
+        log.warning("pool exhausted: no address for mac=%s scope=%s", mac, scope.name)
+        return None
 
     def _ignore(self, mac: str, reason: str, phase: str) -> None:
         log.debug("ignored mac=%s phase=%s reason=%s", mac, phase, reason)
