@@ -188,6 +188,25 @@ def fetch_debs(cache: Path) -> dict[str, Path]:
     return debs
 
 
+def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> Path:
+    """Write one regular file of *tar* below *dest*, refusing names that would leave it.
+
+    Written by hand rather than with ``TarFile.extract(filter="data")``: that argument arrived in
+    Python 3.11.4, and Debian 12's own interpreter is 3.11.2.
+    """
+    parts = Path(member.name).parts
+    if Path(member.name).is_absolute() or ".." in parts:
+        raise RuntimeError(f"unsafe member name in package: {member.name!r}")
+    target = dest.joinpath(*[p for p in parts if p != "."])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source = tar.extractfile(member)
+    assert source is not None
+    with source, open(target, "wb") as sink:
+        shutil.copyfileobj(source, sink)
+    target.chmod(member.mode & 0o755)
+    return target
+
+
 def extract(deb: Path, dest: Path, wanted: Callable[[str], bool]) -> list[Path]:
     """Unpack the regular files of *deb* whose path (``./boot/...``) passes *wanted* into *dest*.
 
@@ -201,8 +220,7 @@ def extract(deb: Path, dest: Path, wanted: Callable[[str], bool]) -> list[Path]:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
             for member in tar:
                 if member.isfile() and wanted(member.name):
-                    tar.extract(member, dest, filter="data")
-                    out.append(dest / member.name)
+                    out.append(_write_member(tar, member, dest))
     except BaseException:
         kill(proc, signal.SIGKILL)
         raise
