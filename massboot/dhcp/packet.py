@@ -21,7 +21,7 @@ import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 from massboot.ident import uuid_from_option97
 
@@ -36,6 +36,7 @@ __all__ = [
     "MessageType",
     "Opt",
     "PacketError",
+    "Reason",
     "arch_from_vendor_class",
     "bytes_ip",
     "decode",
@@ -66,8 +67,35 @@ _HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s")
 assert _HEADER.size == HEADER_SIZE
 
 
+class Reason(StrEnum):
+    """Why a datagram was rejected: the ``reason`` label of ``massboot_malformed_packets``.
+
+    :func:`decode` gives one of the first six; the server adds the last two (a reply where a
+    request was expected, an option 53 it does not know). ``not_bytes`` has no label of its
+    own (it is counted as ``other``). See the README, Monitoring.
+    """
+
+    TOO_SHORT = "too_short"  # under the 236-byte fixed header, RFC 2131 §2
+    TRUNCATED = "truncated"  # an option or sub-option running past its field, RFC 2132 §2
+    BAD_OP = "bad_op"  # 'op' neither BOOTREQUEST nor BOOTREPLY, RFC 2131 §2
+    BAD_HLEN = "bad_hlen"  # 'hlen' above the 16 octets of 'chaddr', RFC 2131 §2
+    BAD_OVERLOAD = "bad_overload"  # option 52 not 1, 2 or 3, RFC 2132 §9.3
+    NOT_BYTES = "not_bytes"  # decode() given something else than bytes (a caller's bug)
+    BAD_MESSAGE_TYPE = "bad_message_type"  # option 53 outside RFC 2132 §9.6
+    NOT_REQUEST = "not_request"  # op = BOOTREPLY sent to the server
+
+
 class PacketError(ValueError):
-    """A datagram that is not a well-formed BOOTP/DHCP message (the only error of :func:`decode`)."""
+    """A datagram that is not a well-formed BOOTP/DHCP message (the only error of :func:`decode`).
+
+    Args:
+        message: what is wrong, for the debug log (``str(exc)``).
+        reason: the same, as a bounded :class:`Reason` (``exc.reason``).
+    """
+
+    def __init__(self, message: str, *, reason: Reason) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class MessageType(IntEnum):
@@ -233,10 +261,11 @@ def decode_suboptions(data: bytes) -> tuple[tuple[int, bytes], ...]:
         if code == _END:
             break
         if i + 1 >= n:
-            raise PacketError(f"sub-option {code} truncated: no length octet")
+            raise PacketError(f"sub-option {code} truncated: no length octet", reason=Reason.TRUNCATED)
         end = i + 2 + data[i + 1]
         if end > n:
-            raise PacketError(f"sub-option {code} truncated: length {data[i + 1]} past the end")
+            raise PacketError(f"sub-option {code} truncated: length {data[i + 1]} past the end",
+                              reason=Reason.TRUNCATED)
         items.append((code, bytes(data[i + 2 : end])))
         i = end
     return tuple(items)
@@ -443,10 +472,11 @@ def _parse_options(data: bytes, start: int, stop: int, found: dict[int, bytes], 
         if code == _END:
             return
         if i + 1 >= stop:
-            raise PacketError(f"option {code} in {where} truncated: no length octet")
+            raise PacketError(f"option {code} in {where} truncated: no length octet", reason=Reason.TRUNCATED)
         end = i + 2 + data[i + 1]
         if end > stop:
-            raise PacketError(f"option {code} in {where} truncated: length {data[i + 1]} past the end")
+            raise PacketError(f"option {code} in {where} truncated: length {data[i + 1]} past the end",
+                              reason=Reason.TRUNCATED)
         value = data[i + 2 : end]
         previous = found.get(code)
         found[code] = value if previous is None else previous + value
@@ -473,16 +503,17 @@ def decode(data: bytes) -> BootpPacket:
     """
     if not isinstance(data, bytes):
         if not isinstance(data, bytearray | memoryview):
-            raise PacketError(f"not a byte string: {type(data).__name__}")
+            raise PacketError(f"not a byte string: {type(data).__name__}", reason=Reason.NOT_BYTES)
         data = bytes(data)
     if len(data) < HEADER_SIZE:
-        raise PacketError(f"{len(data)} bytes: shorter than the {HEADER_SIZE}-byte BOOTP header")
+        raise PacketError(f"{len(data)} bytes: shorter than the {HEADER_SIZE}-byte BOOTP header",
+                          reason=Reason.TOO_SHORT)
     (op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr, sname,
      file) = _HEADER.unpack_from(data)
     if op != BOOTREQUEST and op != BOOTREPLY:
-        raise PacketError(f"bad op {op}")
+        raise PacketError(f"bad op {op}", reason=Reason.BAD_OP)
     if hlen > _MAX_HLEN:
-        raise PacketError(f"bad hlen {hlen}")
+        raise PacketError(f"bad hlen {hlen}", reason=Reason.BAD_HLEN)
 
     vendor = data[HEADER_SIZE : HEADER_SIZE + 4] == MAGIC_COOKIE
     options: tuple[tuple[int, bytes], ...] = ()
@@ -492,7 +523,7 @@ def decode(data: bytes) -> BootpPacket:
         overload = found.pop(Opt.OVERLOAD, None)
         if overload is not None:
             if len(overload) != 1 or not 1 <= overload[0] <= 3:
-                raise PacketError(f"bad overload option value {overload.hex()}")
+                raise PacketError(f"bad overload option value {overload.hex()}", reason=Reason.BAD_OVERLOAD)
             # RFC 2131 §4.1: the 'file' field is read before 'sname'.
             if overload[0] & 1:
                 _parse_options(file, 0, _FILE_SIZE, found, "file")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 __all__ = [
     "ACK_HEADER",
@@ -43,6 +43,7 @@ __all__ = [
     "OptionAck",
     "Packet",
     "PacketError",
+    "Reason",
     "Request",
     "decode",
     "parse_blksize",
@@ -93,8 +94,29 @@ _OPCODE = struct.Struct("!H")
 _MAX_NUMBER_DIGITS = 20  # longer "integers" are rejected before int() sees them
 
 
+class Reason(StrEnum):
+    """Why :func:`decode` rejected a datagram: the ``reason`` label of
+    ``massboot_malformed_packets`` (README, Monitoring)."""
+
+    TOO_SHORT = "too_short"  # no room for the 2-byte opcode, RFC 1350 section 5
+    TRUNCATED = "truncated"  # ACK, DATA or ERROR without its 2-byte number or code
+    TOO_LONG = "too_long"  # DATA beyond the largest blksize, RFC 2348
+    BAD_OPCODE = "bad_opcode"  # not one of RFC 1350's five nor OACK (RFC 2347)
+    BAD_REQUEST = "bad_request"  # RRQ/WRQ without filename or mode, strings not NUL-terminated
+    BAD_OPTION = "bad_option"  # an option name without a value, or an empty name (RFC 2347)
+
+
 class PacketError(ValueError):
-    """The datagram is not a valid TFTP packet; the only exception :func:`decode` raises."""
+    """The datagram is not a valid TFTP packet; the only exception :func:`decode` raises.
+
+    Args:
+        message: what is wrong, for the debug log (``str(exc)``).
+        reason: the same, as a bounded :class:`Reason` (``exc.reason``).
+    """
+
+    def __init__(self, message: str, *, reason: Reason) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,45 +209,45 @@ def decode(data: bytes) -> Packet:
         PacketError: for anything that is not a well-formed TFTP packet.
     """
     if len(data) < 2:
-        raise PacketError("shorter than an opcode")
+        raise PacketError("shorter than an opcode", reason=Reason.TOO_SHORT)
     opcode = (data[0] << 8) | data[1]
     if opcode in (Opcode.RRQ, Opcode.WRQ):
         return _decode_request(Opcode(opcode), data)
     if opcode == Opcode.ACK:
         if len(data) < 4:
-            raise PacketError("truncated ACK")
+            raise PacketError("truncated ACK", reason=Reason.TRUNCATED)
         return Ack((data[2] << 8) | data[3])
     if opcode == Opcode.DATA:
         if len(data) < 4:
-            raise PacketError("truncated DATA")
+            raise PacketError("truncated DATA", reason=Reason.TRUNCATED)
         if len(data) - 4 > BLKSIZE_MAX:
-            raise PacketError("DATA payload larger than 65464 bytes")
+            raise PacketError("DATA payload larger than 65464 bytes", reason=Reason.TOO_LONG)
         return Data((data[2] << 8) | data[3], bytes(data[4:]))
     if opcode == Opcode.ERROR:
         if len(data) < 4:
-            raise PacketError("truncated ERROR")
+            raise PacketError("truncated ERROR", reason=Reason.TRUNCATED)
         message = bytes(data[4:]).split(b"\0", 1)[0]
         return Error((data[2] << 8) | data[3], message.decode("latin-1"))
     if opcode == Opcode.OACK:
         strings = _split_strings(data, 2, "OACK")
         return OptionAck(_decode_options(strings))
-    raise PacketError(f"unknown opcode {opcode}")
+    raise PacketError(f"unknown opcode {opcode}", reason=Reason.BAD_OPCODE)
 
 
 def _decode_request(opcode: Opcode, data: bytes) -> Request:
     """RRQ/WRQ: filename NUL mode NUL [option NUL value NUL]... (RFC 1350, RFC 2347)."""
     strings = _split_strings(data, 2, opcode.name)
     if len(strings) < 2:
-        raise PacketError(f"{opcode.name} without a mode")
+        raise PacketError(f"{opcode.name} without a mode", reason=Reason.BAD_REQUEST)
     raw_name, raw_mode = strings[0], strings[1]
     if not raw_name:
-        raise PacketError(f"{opcode.name} with an empty filename")
+        raise PacketError(f"{opcode.name} with an empty filename", reason=Reason.BAD_REQUEST)
     if not raw_mode:
-        raise PacketError(f"{opcode.name} with an empty mode")
+        raise PacketError(f"{opcode.name} with an empty mode", reason=Reason.BAD_REQUEST)
     try:
         filename = raw_name.decode("utf-8", "surrogateescape")
     except UnicodeDecodeError as exc:  # surrogateescape never fails, but keep the contract
-        raise PacketError(f"undecodable filename: {exc}") from None
+        raise PacketError(f"undecodable filename: {exc}", reason=Reason.BAD_REQUEST) from None
     mode = raw_mode.decode("latin-1").lower()
     return Request(opcode, filename, mode, _decode_options(strings[2:]))
 
@@ -235,7 +257,7 @@ def _split_strings(data: bytes, start: int, what: str) -> list[bytes]:
     if len(data) <= start:
         return []
     if data[-1] != 0:
-        raise PacketError(f"{what} not NUL-terminated")
+        raise PacketError(f"{what} not NUL-terminated", reason=Reason.BAD_REQUEST)
     return bytes(data[start:-1]).split(b"\0")
 
 
@@ -247,12 +269,12 @@ def _decode_options(strings: list[bytes]) -> dict[str, str]:
     while count and not strings[count - 1] and (count % 2 or not strings[count - 2]):
         count -= 1
     if count % 2:
-        raise PacketError("option without a value")
+        raise PacketError("option without a value", reason=Reason.BAD_OPTION)
     options: dict[str, str] = {}
     for i in range(0, count, 2):
         name = strings[i].decode("latin-1").lower()
         if not name:
-            raise PacketError("empty option name")
+            raise PacketError("empty option name", reason=Reason.BAD_OPTION)
         options.setdefault(name, strings[i + 1].decode("latin-1"))
     return options
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import struct
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from massboot.dhcp.packet import (
     MessageType,
     Opt,
     PacketError,
+    Reason,
     arch_from_vendor_class,
     bytes_ip,
     decode,
@@ -433,16 +435,40 @@ MALFORMED = {
 }
 
 
-@pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
-def test_malformed(raw: bytes) -> None:
-    with pytest.raises(PacketError):
+MALFORMED_REASON = {
+    "empty": Reason.TOO_SHORT, "235 bytes": Reason.TOO_SHORT,
+    "op 0": Reason.BAD_OP, "op 3": Reason.BAD_OP, "op 255": Reason.BAD_OP,
+    "hlen 17": Reason.BAD_HLEN, "hlen 255": Reason.BAD_HLEN,
+    "overload value 0": Reason.BAD_OVERLOAD, "overload value 4": Reason.BAD_OVERLOAD,
+    "overload two bytes": Reason.BAD_OVERLOAD, "overload empty": Reason.BAD_OVERLOAD,
+    "overload repeated": Reason.BAD_OVERLOAD,
+}
+
+
+@pytest.mark.parametrize(("name", "raw"), MALFORMED.items(), ids=MALFORMED.keys())
+def test_malformed(name: str, raw: bytes) -> None:
+    with pytest.raises(PacketError) as caught:
         decode(raw)
+    assert caught.value.reason == MALFORMED_REASON.get(name, Reason.TRUNCATED)
+    assert caught.value.reason.value == _label_from_text(str(caught.value))
+
+
+# How the malformed-packet metric read the reason before PacketError carried one: the server's
+# _reason() text, then regular expressions. Kept here as the oracle that exc.reason agrees with.
+_OLD_PATTERNS = ((r"truncat", "truncated"), (r"^\d+[_ ]bytes|short", "too_short"),
+                 (r"hlen", "bad_hlen"), (r"overload", "bad_overload"), (r"bad[_ ]op", "bad_op"))
+
+
+def _label_from_text(message: str) -> str:
+    text = message.split(":")[0].strip().lower().replace(" ", "_")[:40]
+    return next((label for pattern, label in _OLD_PATTERNS if re.search(pattern, text)), "not_bytes")
 
 
 @pytest.mark.parametrize("value", ["a string", None, 300, [1, 2, 3]])
 def test_decode_rejects_non_bytes(value: object) -> None:
-    with pytest.raises(PacketError):
+    with pytest.raises(PacketError) as caught:
         decode(value)  # type: ignore[arg-type]
+    assert caught.value.reason == Reason.NOT_BYTES
 
 
 def test_decode_accepts_bytearray_and_memoryview() -> None:
@@ -483,8 +509,9 @@ def test_fuzz_only_packet_error() -> None:
         data = _mutate(rng, seeds[i % len(seeds)])
         try:
             packet = decode(data)
-        except PacketError:
+        except PacketError as exc:
             rejected += 1
+            assert isinstance(exc.reason, Reason) and exc.reason.value == _label_from_text(str(exc))
             continue
         decoded += 1
         # Whatever decodes re-encodes, and decodes to the same packet again.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -14,6 +15,7 @@ from massboot.tftp.packet import (
     Opcode,
     OptionAck,
     PacketError,
+    Reason,
     Request,
     decode,
     parse_blksize,
@@ -125,10 +127,34 @@ MALFORMED = [
 ]
 
 
+MALFORMED_REASON = {
+    "empty": Reason.TOO_SHORT, "one byte": Reason.TOO_SHORT,
+    "opcode 0": Reason.BAD_OPCODE, "opcode 7": Reason.BAD_OPCODE, "opcode 65535": Reason.BAD_OPCODE,
+    "option without value": Reason.BAD_OPTION, "empty option name": Reason.BAD_OPTION,
+    "OACK option without value": Reason.BAD_OPTION,
+    "truncated DATA": Reason.TRUNCATED, "truncated ACK": Reason.TRUNCATED,
+    "ACK without block": Reason.TRUNCATED, "truncated ERROR": Reason.TRUNCATED,
+    "DATA payload too large": Reason.TOO_LONG,
+}
+
+
 @pytest.mark.parametrize(("wire", "why"), MALFORMED, ids=[why for _, why in MALFORMED])
 def test_malformed(wire: bytes, why: str) -> None:
-    with pytest.raises(PacketError):
+    with pytest.raises(PacketError) as caught:
         decode(wire)
+    assert caught.value.reason == MALFORMED_REASON.get(why, Reason.BAD_REQUEST)
+    assert caught.value.reason == _label_from_text(str(caught.value))
+
+
+# How the malformed-packet metric read the reason before PacketError carried one: regular
+# expressions over the message. Kept here as the oracle that exc.reason agrees with.
+_OLD_PATTERNS = ((r"shorter|short", "too_short"), (r"truncat", "truncated"), (r"larger", "too_long"),
+                 (r"opcode", "bad_opcode"), (r"option", "bad_option"),
+                 (r"mode|filename|nul-terminated", "bad_request"))
+
+
+def _label_from_text(message: str) -> str:
+    return next((label for pattern, label in _OLD_PATTERNS if re.search(pattern, message.lower())), "other")
 
 
 def test_packet_error_is_a_value_error() -> None:
@@ -191,7 +217,8 @@ def test_fuzz_raises_only_packet_error() -> None:
         sample = _mutate(rng, rng.choice(seeds))
         try:
             packet = decode(sample)
-        except PacketError:
+        except PacketError as exc:
+            assert isinstance(exc.reason, Reason) and exc.reason == _label_from_text(str(exc))
             continue
         decoded += 1
         # Whatever decodes must encode again without raising.
