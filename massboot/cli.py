@@ -76,10 +76,13 @@ class Services:
 
     def __init__(self, config: cfg.Config, *, run_dhcp: bool = True, run_tftp: bool = True,
                  registry: CollectorRegistry | None = None) -> None:
+        from massboot.eventlog import DHCP_SERVER_KINDS, LOGGED_KINDS, EventLog
         from massboot.events import EventBus
 
         self.config = config
         self.events = EventBus()
+        # the outcome log; dhcp/server.py still writes its own lines until the merge of events
+        self.events.subscribe(EventLog(LOGGED_KINDS - DHCP_SERVER_KINDS))
         self.dhcp = None
         self.tftp = None
         self.files = None
@@ -99,9 +102,13 @@ class Services:
         if run_tftp:
             self._build_tftp()
         if config.metrics is not None:
-            from massboot.metrics import Metrics
+            from massboot.metrics import DhcpServerStatus, Metrics
 
-            self.metrics = Metrics(config.metrics, self.events, services=self, registry=registry)
+            subnets = config.bootp.subnets if config.bootp is not None else ()
+            self.metrics = Metrics(config.metrics, self.events, registry=registry,
+                                   dhcp=DhcpServerStatus(self.dhcp) if self.dhcp is not None else None,
+                                   tftp=self.tftp, cache=self.files,
+                                   scopes=("main", *(sub.name for sub in subnets)))
 
     def _detect_network(self) -> None:
         from massboot.netif import detect

@@ -1,33 +1,51 @@
 """One event bus: every DHCP/TFTP outcome is an event.
 
-Servers call :meth:`EventBus.emit` once per outcome; logging, metrics, the boot-progress
-tracker and notifications subscribe. Subscribers run synchronously in the emitting
-greenlet, so they must be quick and must not block; an exception in one subscriber is
-logged and never reaches the server.
+Servers call :meth:`EventBus.emit` once per outcome; logging (:mod:`massboot.eventlog`),
+metrics, the boot-progress tracker and notifications subscribe. Subscribers run synchronously
+in the emitting greenlet, so they must be quick and must not block; an exception in one
+subscriber is logged and never reaches the server.
 
-Event kinds (fields in brackets):
+Each kind is an :class:`EventKind` (a :class:`~enum.StrEnum`: ``EventKind.DHCP_REPLY ==
+"dhcp.reply"``, so a subscriber may compare with either) and declares its fields once, in
+:data:`FIELDS`: those every emitter passes, then in brackets those some emitters add.
 
-``dhcp.received``   a request decoded [msgtype (str: discover, request, ...), mac, relayed, pxe,
-                    ipxe, uuid, arch]
-``dhcp.reply``      a reply sent [msgtype (offer, ack, nak, bootp), mac, ip, pxe, arch, phase
-                    (pxe or os), file, ipxe, uuid]
-``dhcp.ignored``    a request not answered [mac, reason, phase]
-``dhcp.arch_fallback`` an architecture without a [bootfile] entry got the default [mac, arch]
-``dhcp.malformed``  a datagram dropped by the codec [reason]
-``dhcp.exhausted``  the pool had no address for a client [mac, scope]
-``dhcp.declined``   a client declined an address [mac, ip]
-``dhcp.released``   a client released its address [mac, ip]
-``dhcp.acl``        an ACL verdict [acl (mac, uuid, http), verdict (allowed, denied, error), mac]
-``dhcp.notify``     a notification datagram [ok (bool), target]
-``tftp.start``      a read transfer begins [ip, port, name, blksize, windowsize]
-``tftp.done``       a transfer ended with the last ACK [ip, port, name, bytes, duration, ttfb,
-                    retransmits]
-``tftp.fail``       a transfer ended without it [ip, port, name, reason, bytes, duration,
-                    retransmits]
-``tftp.malformed``  a datagram dropped by the codec [reason]
-``tftp.denied``     a request refused [ip, name, reason (not_found, access, write)]
-``cache.hit`` / ``cache.miss`` / ``cache.coalesced`` [url]; ``cache.upstream`` [url, bytes, status;
-                    on failure error and code]
+``dhcp.received``   a request decoded: msgtype (discover, request, ...), mac, relayed, pxe,
+                    ipxe, uuid, arch
+``dhcp.reply``      a reply sent: msgtype (offer, ack, nak, bootp), mac, ip, pxe, arch, phase
+                    (pxe or os), file, ipxe, uuid [to (ip, port); requested, bound (a NAK's)]
+``dhcp.ignored``    a request not answered: mac, reason [phase]
+``dhcp.arch_fallback`` an architecture without a [bootfile] entry got the default: mac, arch
+                    [file]
+``dhcp.malformed``  a datagram dropped: reason (:class:`massboot.dhcp.packet.Reason`)
+                    [source, detail]
+``dhcp.exhausted``  the pool had no address for a client: mac, scope
+``dhcp.declined``   a client declined an address: mac, ip
+``dhcp.released``   a client released its address: mac, ip
+``dhcp.acl``        an ACL verdict: acl (mac, uuid, http), verdict (allowed, denied, error), mac
+                    [detail]
+``dhcp.notify``     a notification datagram: ok (bool), target [notice (BOOT, LEASE,
+                    RELEASE), payload, error]
+``tftp.start``      a read transfer begins: ip, port, name, blksize, windowsize, mode, options,
+                    oack
+``tftp.done``       a transfer ended with the last ACK: ip, port, name, bytes, duration, ttfb,
+                    retransmits, blocks, blocks_sent, blksize, windowsize
+``tftp.fail``       a transfer ended without it: ip, port, name, reason, bytes, duration,
+                    retransmits, blocks, blocks_sent, detail
+``tftp.malformed``  a datagram dropped: reason (:class:`massboot.tftp.packet.Reason`), ip,
+                    port, detail [transfer (True: on a transfer's socket)]
+``tftp.denied``     a request refused: ip, port, name, reason (not_found, access, write,
+                    error), code, message
+``cache.hit`` / ``cache.coalesced``: url, bytes; ``cache.miss``: url, bytes [prefetch];
+``cache.upstream``: url, bytes, status [error, code]
+
+``blocks`` counts the distinct DATA blocks the client acknowledged, ``blocks_sent`` those put
+on the wire at least once (retransmissions are in ``retransmits``).
+
+:meth:`EventBus.emit` checks the field names against :data:`FIELDS` on every call and raises
+:class:`TypeError` for a missing or unknown one, as a call with a wrong keyword argument
+would. The check is two subset tests on precomputed frozensets, about 0.4 µs against the
+several microseconds the subscribers take for the same event (one event per DHCP message or
+TFTP transfer, never per block), so it stays on in production too.
 """
 
 from __future__ import annotations
@@ -36,16 +54,90 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+class EventKind(StrEnum):
+    """The kinds of event; the values are the names subscribers have always seen."""
+
+    DHCP_RECEIVED = "dhcp.received"
+    DHCP_REPLY = "dhcp.reply"
+    DHCP_IGNORED = "dhcp.ignored"
+    DHCP_ARCH_FALLBACK = "dhcp.arch_fallback"
+    DHCP_MALFORMED = "dhcp.malformed"
+    DHCP_EXHAUSTED = "dhcp.exhausted"
+    DHCP_DECLINED = "dhcp.declined"
+    DHCP_RELEASED = "dhcp.released"
+    DHCP_ACL = "dhcp.acl"
+    DHCP_NOTIFY = "dhcp.notify"
+    TFTP_START = "tftp.start"
+    TFTP_DONE = "tftp.done"
+    TFTP_FAIL = "tftp.fail"
+    TFTP_MALFORMED = "tftp.malformed"
+    TFTP_DENIED = "tftp.denied"
+    CACHE_HIT = "cache.hit"
+    CACHE_MISS = "cache.miss"
+    CACHE_COALESCED = "cache.coalesced"
+    CACHE_UPSTREAM = "cache.upstream"
+
+
+@dataclass(frozen=True, slots=True)
+class Fields:
+    """The field names of one kind: those always present and those that may be."""
+
+    required: frozenset[str]
+    optional: frozenset[str] = frozenset()
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        """Every name the kind may carry."""
+        return self.required | self.optional
+
+
+def _f(required: str, optional: str = "") -> Fields:
+    return Fields(frozenset(required.split()), frozenset(optional.split()))
+
+
+_TRANSFER = "ip port name bytes duration retransmits blocks blocks_sent"
+
+#: Each kind's fields, declared once (see the module docstring for their meaning).
+FIELDS: dict[EventKind, Fields] = {
+    EventKind.DHCP_RECEIVED: _f("msgtype mac relayed pxe ipxe uuid arch"),
+    EventKind.DHCP_REPLY: _f("msgtype mac ip pxe arch phase file ipxe uuid", "to requested bound"),
+    EventKind.DHCP_IGNORED: _f("mac reason", "phase"),
+    EventKind.DHCP_ARCH_FALLBACK: _f("mac arch", "file"),
+    EventKind.DHCP_MALFORMED: _f("reason", "source detail"),
+    EventKind.DHCP_EXHAUSTED: _f("mac scope"),
+    EventKind.DHCP_DECLINED: _f("mac ip"),
+    EventKind.DHCP_RELEASED: _f("mac ip"),
+    EventKind.DHCP_ACL: _f("acl verdict mac", "detail"),
+    EventKind.DHCP_NOTIFY: _f("ok target", "notice payload error"),
+    EventKind.TFTP_START: _f("ip port name blksize windowsize mode options oack"),
+    EventKind.TFTP_DONE: _f(f"{_TRANSFER} ttfb blksize windowsize"),
+    EventKind.TFTP_FAIL: _f(f"{_TRANSFER} reason detail"),
+    EventKind.TFTP_MALFORMED: _f("reason ip port detail", "transfer"),
+    EventKind.TFTP_DENIED: _f("ip port name reason code message"),
+    EventKind.CACHE_HIT: _f("url bytes"),
+    EventKind.CACHE_MISS: _f("url bytes", "prefetch"),
+    EventKind.CACHE_COALESCED: _f("url bytes"),
+    EventKind.CACHE_UPSTREAM: _f("url bytes status", "error code"),
+}
+assert FIELDS.keys() == set(EventKind)
+
+# kind (as str or EventKind: the two hash alike) -> (the EventKind, required, allowed)
+_SPECS: dict[str, tuple[EventKind, frozenset[str], frozenset[str]]] = {
+    kind: (kind, spec.required, spec.allowed) for kind, spec in FIELDS.items()
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
     """One outcome: a kind (``dhcp.reply``), a wall-clock time and its fields."""
 
-    kind: str
+    kind: EventKind
     time: float
     fields: dict[str, Any] = field(default_factory=dict)
 
@@ -68,8 +160,20 @@ class EventBus:
         """Call *subscriber* with every event emitted from now on."""
         self._subscribers.append(subscriber)
 
-    def emit(self, kind: str, **fields: Any) -> Event:
-        """Build an event and hand it to every subscriber; return it."""
+    def emit(self, kind: EventKind | str, **fields: Any) -> Event:
+        """Build an event and hand it to every subscriber; return it.
+
+        Raises:
+            ValueError: *kind* is not an :class:`EventKind` value.
+            TypeError: a field :data:`FIELDS` requires is missing, or one it does not know
+                is given.
+        """
+        spec = _SPECS.get(kind)
+        if spec is None:
+            raise ValueError(f"unknown event kind {kind!r}")
+        kind, required, allowed = spec
+        if not required <= fields.keys() <= allowed:
+            raise TypeError(_field_error(kind, fields))
         event = Event(kind, self._clock(), fields)
         for subscriber in self._subscribers:
             try:
@@ -77,6 +181,15 @@ class EventBus:
             except Exception:  # a broken consumer must never break a server
                 log.exception("event subscriber %r failed on %s", subscriber, kind)
         return event
+
+
+def _field_error(kind: EventKind, fields: dict[str, Any]) -> str:
+    spec = FIELDS[kind]
+    missing = sorted(spec.required - fields.keys())
+    unknown = sorted(fields.keys() - spec.allowed)
+    parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
+            ([f"unknown {', '.join(unknown)}"] if unknown else [])
+    return f"{kind} event: {'; '.join(parts)}"
 
 
 class EventRecorder:
@@ -88,6 +201,6 @@ class EventRecorder:
     def __call__(self, event: Event) -> None:
         self.events.append(event)
 
-    def of(self, kind: str) -> list[Event]:
+    def of(self, kind: EventKind | str) -> list[Event]:
         """Events of one kind, in order."""
         return [e for e in self.events if e.kind == kind]

@@ -1,4 +1,4 @@
-"""UDP notifications of boots and leases (contract C8, spec §6).
+"""UDP notifications of boots and leases (pybootd's notify hook; README, Notifications).
 
 One ASCII datagram per target, no newline: ``BOOT,<uuid>,<MAC>,<IP>`` on a PXE REQUEST,
 ``LEASE,[<uuid>,]<MAC>,<IP>`` on an OS REQUEST, ``RELEASE,[<uuid>,]<MAC>,<IP>`` on a RELEASE.
@@ -79,7 +79,8 @@ class Notifier:
 
     Args:
         targets: ``(host, port)`` pairs, e.g. from :func:`parse_targets`.
-        events: the bus that receives one ``dhcp.notify`` event (ok, target) per datagram.
+        events: the bus that receives one ``dhcp.notify`` event per datagram (and the log
+            line of each, from :mod:`massboot.eventlog`).
     """
 
     def __init__(self, targets: Sequence[tuple[str, int]], events: EventBus | None = None) -> None:
@@ -134,18 +135,16 @@ class Notifier:
         for host, port, family in self._targets:
             target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             ok = False
-            if self._closed:
-                log.debug("notify: closed, %s to %s dropped", kind, target)
-            else:
+            error: str | None = None
+            if not self._closed:
                 try:
                     self._send_one(payload, host, port, family)
                     ok = True
                 except (OSError, UnicodeError) as exc:
-                    log.warning("notify: %s to %s failed: %s", kind, target, exc)
-            if ok:
-                log.debug("notify: sent %r to %s", payload, target)
-            if self._events is not None:
-                self._events.emit("dhcp.notify", ok=ok, target=target)
+                    error = str(exc)
+            if self._events is not None:   # massboot.eventlog writes the line
+                self._events.emit("dhcp.notify", ok=ok, target=target, notice=kind, payload=payload,
+                                  error=error)
 
     def close(self) -> None:
         """Close the sockets; later sends are dropped."""

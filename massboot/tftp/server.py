@@ -21,8 +21,9 @@ is served as ``octet``, as pybootd did.
 
 Events (see :mod:`massboot.events`): ``tftp.start``, then ``tftp.done`` or ``tftp.fail``, with
 ``duration`` measured from the RRQ's arrival and ``ttfb`` from the RRQ's arrival to the moment
-DATA 1 was first sent (after the OACK round trip, when there is one). One INFO log line per
-outcome; per-packet detail only at DEBUG.
+DATA 1 was first sent (after the OACK round trip, when there is one). The one log line per
+outcome is written by :mod:`massboot.eventlog` from those events; per-packet detail only at
+DEBUG, here.
 """
 
 from __future__ import annotations
@@ -184,6 +185,10 @@ class TftpServer:
         """Transfers running (including those still opening their file)."""
         return len(self._transfers)
 
+    def workers(self) -> tuple[int, int]:
+        """``(busy, capacity)`` of the transfer pool: one slot per running transfer."""
+        return len(self._transfers), self._pool_size
+
     def serve_forever(self) -> None:
         """Start if needed and block until :meth:`stop`."""
         if self._socket is None:
@@ -242,8 +247,8 @@ class TftpServer:
         try:
             packet = decode(data)
         except PacketError as exc:
-            log.debug("tftp malformed request from %s:%d: %s", *address, exc)
-            self._events.emit("tftp.malformed", reason=str(exc))
+            self._events.emit("tftp.malformed", reason=exc.reason, ip=address[0], port=address[1],
+                              detail=str(exc))
             return
         if isinstance(packet, Request):
             if packet.opcode == Opcode.RRQ:
@@ -253,8 +258,8 @@ class TftpServer:
                 self._transfers[address] = None
                 pool.spawn(self._serve, packet, address, received)
                 return
-            log.info("tftp denied write client=%s:%d file=%s", *address, packet.filename)
-            self._events.emit("tftp.denied", ip=address[0], name=packet.filename, reason="write")
+            self._events.emit("tftp.denied", ip=address[0], port=address[1], name=packet.filename,
+                              reason="write", code=ErrorCode.ACCESS_VIOLATION, message="Access violation")
             _send(sock, Error(ErrorCode.ACCESS_VIOLATION, "Access violation").encode(), address)
             return
         if isinstance(packet, Error):
@@ -303,10 +308,9 @@ class TftpServer:
                 clock=self._clock,
             )
             self._transfers[client] = transfer
-            log.debug("tftp RRQ client=%s:%d file=%s mode=%s options=%s oack=%s",
-                      ip, port, name, request.mode, request.options, deal.oack)
-            self._events.emit("tftp.start", ip=ip, port=port, name=name,
-                              blksize=deal.blksize, windowsize=deal.windowsize)
+            self._events.emit("tftp.start", ip=ip, port=port, name=name, blksize=deal.blksize,
+                              windowsize=deal.windowsize, mode=request.mode, options=request.options,
+                              oack=deal.oack)
             self._run(sock, client, transfer, reader)
         except gevent.GreenletExit:
             message = "Server shutting down"
@@ -321,7 +325,8 @@ class TftpServer:
                 _send(sock, transfer.abort(), client)
             elif sock is not None:
                 _send(sock, Error(ErrorCode.NOT_DEFINED, "Internal error").encode(), client)
-                self._events.emit("tftp.denied", ip=ip, name=name, reason="error")
+                self._events.emit("tftp.denied", ip=ip, port=port, name=name, reason="error",
+                                  code=ErrorCode.NOT_DEFINED, message="Internal error")
         finally:
             self._transfers.pop(client, None)
             if transfer is not None:
@@ -362,7 +367,8 @@ class TftpServer:
         try:
             packet = decode(data)
         except PacketError as exc:
-            self._events.emit("tftp.malformed", reason=str(exc))
+            self._events.emit("tftp.malformed", reason=exc.reason, ip=client[0], port=client[1],
+                              detail=str(exc), transfer=True)
             return
         if isinstance(packet, Error):
             transfer.on_error(packet.code, packet.message)
@@ -381,32 +387,27 @@ class TftpServer:
         if not isinstance(code, int) or not 0 <= code <= 8:
             code = ErrorCode.NOT_DEFINED
         reason = _DENY_REASONS.get(code, "error")
-        log.info("tftp denied client=%s:%d file=%s code=%d reason=%s: %s",
-                 client[0], client[1], name, code, reason, message)
-        self._events.emit("tftp.denied", ip=client[0], name=name, reason=reason)
+        self._events.emit("tftp.denied", ip=client[0], port=client[1], name=name, reason=reason,
+                          code=code, message=message)
         _send(sock, Error(code, message).encode(), client)
 
     def _report(self, client: tuple[str, int], name: str, transfer: ReadTransfer,
                 received: float) -> None:
         duration = self._clock() - received
         ip, port = client
-        nbytes = transfer.bytes_acked
-        rate = nbytes / duration / 1e6 if duration > 0 else 0.0
         if transfer.done:
             first = transfer.first_data_at
             ttfb = first - received if first is not None else duration
-            log.info("tftp done client=%s:%d file=%s bytes=%d duration=%.3fs rate=%.2fMB/s "
-                     "retransmits=%d blksize=%d windowsize=%d", ip, port, name, nbytes, duration,
-                     rate, transfer.retransmits, transfer.blksize, transfer.windowsize)
-            self._events.emit("tftp.done", ip=ip, port=port, name=name, bytes=nbytes,
-                              duration=duration, ttfb=ttfb, retransmits=transfer.retransmits)
+            self._events.emit("tftp.done", ip=ip, port=port, name=name, bytes=transfer.bytes_acked,
+                              duration=duration, ttfb=ttfb, retransmits=transfer.retransmits,
+                              blocks=transfer.blocks_acked, blocks_sent=transfer.blocks_sent,
+                              blksize=transfer.blksize, windowsize=transfer.windowsize)
         else:
-            reason = transfer.reason or "aborted"
-            log.info("tftp failed client=%s:%d file=%s reason=%s bytes=%d duration=%.3fs "
-                     "rate=%.2fMB/s retransmits=%d: %s", ip, port, name, reason, nbytes, duration,
-                     rate, transfer.retransmits, transfer.detail)
-            self._events.emit("tftp.fail", ip=ip, port=port, name=name, reason=reason, bytes=nbytes,
-                              duration=duration, retransmits=transfer.retransmits)
+            self._events.emit("tftp.fail", ip=ip, port=port, name=name,
+                              reason=transfer.reason or "aborted", bytes=transfer.bytes_acked,
+                              duration=duration, retransmits=transfer.retransmits,
+                              blocks=transfer.blocks_acked, blocks_sent=transfer.blocks_sent,
+                              detail=transfer.detail)
 
 
 def _set_rcvbuf(sock: gsocket.socket, size: int) -> None:

@@ -295,6 +295,16 @@ class ReadTransfer:
         return self._deadline if self._state < _DONE else float("inf")
 
     @property
+    def blocks_acked(self) -> int:
+        """Distinct DATA blocks the client acknowledged (the last, short one included)."""
+        return self._base - 1
+
+    @property
+    def blocks_sent(self) -> int:
+        """Distinct DATA blocks put on the wire at least once (resends are in ``retransmits``)."""
+        return self._high
+
+    @property
     def read_offset(self) -> int:
         """File offset of the next read (what a stalled *read* was asked for)."""
         return self._offset

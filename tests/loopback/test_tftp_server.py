@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ import gevent
 import pytest
 import tftpy
 
+from massboot.eventlog import EventLog
 from massboot.events import EventBus, EventRecorder
 from massboot.files import FileError
 from massboot.tftp.packet import (
@@ -28,6 +30,7 @@ from massboot.tftp.packet import (
 )
 from massboot.tftp.server import TftpServer
 from massboot.tftp.transfer import WouldBlock
+from tests.loopback.test_eventlog import lines, one_line_per_event
 
 HOST = "127.0.0.1"
 WAIT = 5.0  # upper bound for anything the server should do "at once"
@@ -357,7 +360,10 @@ def test_wrq_is_refused_with_access_violation(served, client_factory) -> None:
     client.send_raw(Request(Opcode.WRQ, "upload.bin", "octet", {}).encode())
     reply, _ = client.recv()
     assert reply == Error(ErrorCode.ACCESS_VIOLATION, "Access violation")
-    assert recorder.of("tftp.denied")[0].fields == {"ip": HOST, "name": "upload.bin", "reason": "write"}
+    assert recorder.of("tftp.denied")[0].fields == {"ip": HOST, "port": client.sock.getsockname()[1],
+                                                    "name": "upload.bin",
+                                                    "reason": "write", "code": 2,
+                                                    "message": "Access violation"}
     assert store.opened == []
 
 
@@ -390,7 +396,8 @@ def test_missing_file_gets_error_1_at_once(served, client_factory) -> None:
     reply, _ = client.recv(timeout=WAIT)
     assert reply == Error(ErrorCode.FILE_NOT_FOUND, "File not found")
     (denied,) = recorder.of("tftp.denied")
-    assert denied.fields == {"ip": HOST, "name": "no/such/file", "reason": "not_found"}
+    assert denied.fields == {"ip": HOST, "port": client.sock.getsockname()[1], "name": "no/such/file",
+                             "reason": "not_found", "code": 1, "message": "File not found"}
     assert not recorder.of("tftp.start")
 
 
@@ -623,3 +630,72 @@ def test_local_files_through_the_file_store(client_factory, tmp_path) -> None:
             got = client.download("kernel", windowsize=windowsize, blksize=1428, tsize=0)
             assert got == content
         wait_for(lambda: len(recorder.of("tftp.done")) == 2)
+
+
+# -- the outcome log and the transfer events ----------------------------------------------------
+
+
+def test_tftp_one_line_per_event(make_server, client_factory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="massboot")
+    server, _, recorder = make_server()
+    server._events.subscribe(EventLog())
+    caplog.clear()     # the "listening" line
+    client = client_factory(server.port)
+
+    assert client.download("f513", blksize=1024, tsize=0) == FILES["f513"]          # start, done
+    wait_for(lambda: len(recorder.of("tftp.done")) == 1)
+    client.rrq("no/such/file")                                                     # denied
+    assert isinstance(client.recv()[0], Error)
+    client.send_raw(Request(Opcode.WRQ, "upload.bin", "octet", {}).encode())       # denied, write
+    assert isinstance(client.recv()[0], Error)
+    client.send_raw(b"\x00\x09junk")                                               # malformed
+    failing = client_factory(server.port)
+    failing.rrq("f1m")                                                             # start
+    assert isinstance(failing.recv_from_tid(), Data)
+    failing.send_raw(b"\x00\x07", failing.tid)                                     # malformed, in transfer
+    failing.send_raw(Error(0, "cancelled").encode(), failing.tid)                  # fail
+    wait_for(lambda: len(recorder.of("tftp.fail")) == 1 and len(recorder.of("tftp.malformed")) == 2)
+
+    records = lines(caplog, "massboot.tftp.server")
+    one_line_per_event(records, recorder, "tftp.")
+    assert [e.kind for e in recorder.events] == ["tftp.start", "tftp.done", "tftp.denied", "tftp.denied",
+                                                 "tftp.malformed", "tftp.start", "tftp.malformed",
+                                                 "tftp.fail"]
+    text = [r.getMessage() for r in records]
+    port, other = client.sock.getsockname()[1], failing.sock.getsockname()[1]
+    assert text[0] == (f"tftp RRQ client=127.0.0.1:{port} file=f513 mode=octet options={{'blksize': "
+                       "'1024', 'tsize': '0'} oack={'blksize': '1024', 'tsize': '513'}")
+    assert re.fullmatch(rf"tftp done client=127\.0\.0\.1:{port} file=f513 bytes=513 duration=\d+\.\d{{3}}s "
+                        r"rate=\d+\.\d\dMB/s retransmits=0 blksize=1024 windowsize=1", text[1])
+    assert text[2] == (f"tftp denied client=127.0.0.1:{port} file=no/such/file code=1 reason=not_found: "
+                       "File not found")
+    assert text[3] == f"tftp denied write client=127.0.0.1:{port} file=upload.bin"
+    assert text[4] == f"tftp malformed request from 127.0.0.1:{port}: unknown opcode 9"
+    assert text[6] == f"tftp malformed datagram client=127.0.0.1:{other}: unknown opcode 7"
+    assert re.fullmatch(rf"tftp failed client=127\.0\.0\.1:{other} file=f1m reason=client_error bytes=0 "
+                        r"duration=\d+\.\d{3}s rate=\d+\.\d\dMB/s retransmits=0: client error 0: cancelled",
+                        text[7])
+    assert [r.levelname for r in records] == ["DEBUG", "INFO", "INFO", "INFO", "DEBUG", "DEBUG", "DEBUG",
+                                              "INFO"]
+    assert {r.module for r in records} == {"server"}      # PXE[server], as before
+
+
+def test_tftp_events_carry_block_counts(make_server, client_factory) -> None:
+    server, _, recorder = make_server()
+    client = client_factory(server.port)
+    assert client.download("f512") == FILES["f512"]          # one full block and an empty one
+    wait_for(lambda: len(recorder.of("tftp.done")) == 1)
+    (done,) = recorder.of("tftp.done")
+    assert (done.get("blocks"), done.get("blocks_sent"), done.get("bytes")) == (2, 2, 512)
+    failing = client_factory(server.port)
+    failing.rrq("f1m", windowsize=4)
+    assert isinstance(failing.recv_from_tid(), OptionAck)
+    failing.ack(0)
+    for _ in range(4):
+        assert isinstance(failing.recv_from_tid(), Data)
+    failing.send_raw(Ack(2).encode(), failing.tid)            # two delivered, then gone
+    failing.send_raw(Error(0, "bye").encode(), failing.tid)
+    wait_for(lambda: len(recorder.of("tftp.fail")) == 1)
+    (fail,) = recorder.of("tftp.fail")
+    assert fail.get("blocks") == 2 and fail.get("bytes") == 1024
+    assert fail.get("blocks_sent") >= 4

@@ -1,0 +1,222 @@
+"""The outcome log: one line per DHCP/TFTP event, written by a subscriber of the bus.
+
+The servers do not log their outcomes themselves: they emit events (:mod:`massboot.events`)
+and :class:`EventLog` writes one line for each, in the ``key=value`` text operators know
+(README, Logging). Lines about a server's own workings (a traceback, a socket error, a
+duplicate request) stay in that server.
+
+Each line goes to the logger of the module the outcome comes from (``massboot.dhcp.server``,
+``massboot.tftp.server``, ``massboot.notify``) with that module's file as its origin, so
+per-logger levels and pybootd's ``PXE[%(module)s]`` format read as before. The record is
+built directly, without the caller lookup on the stack that ``log.info()`` does, and only
+when its level is enabled (a line below it costs a tuple and one ``isEnabledFor``).
+
+``cache.*`` events are not written here: the file store logs its downloads itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from massboot.events import Event, EventKind
+
+__all__ = ["EventLog"]
+
+DEBUG, INFO, WARNING = logging.DEBUG, logging.INFO, logging.WARNING
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+# what a format returns: (level, message, args), or None for no line
+Line = tuple[int, str, tuple[Any, ...]]
+
+
+class _Origin:
+    """A logger and the source file its lines are attributed to."""
+
+    __slots__ = ("logger", "path")
+
+    def __init__(self, name: str, *path: str) -> None:
+        self.logger = logging.getLogger(name)
+        self.path = os.path.join(_PACKAGE, *path)
+
+
+def _to(address: Any) -> str:
+    return f"{address[0]}:{address[1]}" if address else "-"
+
+
+def _dash(value: Any) -> Any:
+    return "-" if value is None else value
+
+
+def _rate(event: Event) -> float:
+    duration = event.fields["duration"]
+    return event.fields["bytes"] / duration / 1e6 if duration > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------- DHCP
+def _dhcp_received(e: Event) -> Line:
+    f = e.fields
+    return (DEBUG, "received %s mac=%s relayed=%s pxe=%s ipxe=%s uuid=%s arch=%s",
+            (f["msgtype"], f["mac"], f["relayed"], f["pxe"], f["ipxe"], _dash(f["uuid"]), _dash(f["arch"])))
+
+
+def _dhcp_reply(e: Event) -> Line:
+    f = e.fields
+    if f["msgtype"] == "nak" and "requested" in f:
+        return INFO, "nak mac=%s phase=%s requested=%s bound=%s", (f["mac"], f["phase"], f["requested"],
+                                                                   f.get("bound"))
+    return (INFO, "%s mac=%s ip=%s phase=%s arch=%s file=%s to=%s",
+            (f["msgtype"], f["mac"], f["ip"], f["phase"], _dash(f["arch"]), _dash(f["file"]),
+             _to(f.get("to"))))
+
+
+def _dhcp_ignored(e: Event) -> Line:
+    f = e.fields
+    return DEBUG, "ignored mac=%s phase=%s reason=%s", (f["mac"], _dash(f.get("phase")), f["reason"])
+
+
+def _dhcp_arch_fallback(e: Event) -> Line:
+    f = e.fields
+    return (WARNING, "mac=%s arch=%s has no [bootfile] entry: serving default %s",
+            (f["mac"], f["arch"], _dash(f.get("file"))))
+
+
+def _dhcp_malformed(e: Event) -> Line:
+    f = e.fields
+    return DEBUG, "dhcp malformed from %s: %s", (_dash(f.get("source")), f.get("detail") or f["reason"])
+
+
+def _dhcp_exhausted(e: Event) -> Line:
+    return WARNING, "pool exhausted: no address for mac=%s scope=%s", (e.fields["mac"], e.fields["scope"])
+
+
+def _dhcp_declined(e: Event) -> Line:
+    return (WARNING, "decline mac=%s ip=%s: address set aside (in use by another host?)",
+            (e.fields["mac"], e.fields["ip"]))
+
+
+def _dhcp_released(e: Event) -> Line:
+    return INFO, "release mac=%s ip=%s", (e.fields["mac"], e.fields["ip"])
+
+
+#: ``dhcp.acl`` detail of ``access = uuid`` for a client that sent no UUID
+NO_UUID = "no UUID known"
+
+
+def _dhcp_acl(e: Event) -> Line:
+    f = e.fields
+    acl, verdict, mac, detail = f["acl"], f["verdict"], f["mac"], f.get("detail")
+    if verdict == "allowed":
+        return DEBUG, "allowed mac=%s by %s acl", (mac, acl)
+    if acl == "http":
+        return INFO, "%s mac=%s by http acl: %s", ("denied" if verdict == "denied" else "ignored", mac,
+                                                    _dash(detail))
+    if detail == NO_UUID:
+        return INFO, "ignored mac=%s: access = uuid and no UUID known", (mac,)
+    return INFO, "denied mac=%s by %s acl: %s", (mac, acl, _dash(detail))
+
+
+def _dhcp_notify(e: Event) -> Line:
+    f = e.fields
+    if f["ok"]:
+        return DEBUG, "notify: sent %r to %s", (f.get("payload"), f["target"])
+    if f.get("error") is None:
+        return DEBUG, "notify: closed, %s to %s dropped", (f.get("notice"), f["target"])
+    return WARNING, "notify: %s to %s failed: %s", (f.get("notice"), f["target"], f["error"])
+
+
+# ---------------------------------------------------------------------------- TFTP
+def _tftp_start(e: Event) -> Line:
+    f = e.fields
+    return (DEBUG, "tftp RRQ client=%s:%d file=%s mode=%s options=%s oack=%s",
+            (f["ip"], f["port"], f["name"], f["mode"], f["options"], f["oack"]))
+
+
+def _tftp_done(e: Event) -> Line:
+    f = e.fields
+    return (INFO, "tftp done client=%s:%d file=%s bytes=%d duration=%.3fs rate=%.2fMB/s retransmits=%d "
+            "blksize=%d windowsize=%d",
+            (f["ip"], f["port"], f["name"], f["bytes"], f["duration"], _rate(e), f["retransmits"],
+             f["blksize"], f["windowsize"]))
+
+
+def _tftp_fail(e: Event) -> Line:
+    f = e.fields
+    return (INFO, "tftp failed client=%s:%d file=%s reason=%s bytes=%d duration=%.3fs rate=%.2fMB/s "
+            "retransmits=%d: %s",
+            (f["ip"], f["port"], f["name"], f["reason"], f["bytes"], f["duration"], _rate(e),
+             f["retransmits"], f["detail"]))
+
+
+def _tftp_malformed(e: Event) -> Line:
+    f = e.fields
+    if f.get("transfer"):
+        return DEBUG, "tftp malformed datagram client=%s:%d: %s", (f["ip"], f["port"], f["detail"])
+    return DEBUG, "tftp malformed request from %s:%d: %s", (f["ip"], f["port"], f["detail"])
+
+
+def _tftp_denied(e: Event) -> Line:
+    f = e.fields
+    if f["reason"] == "write":
+        return INFO, "tftp denied write client=%s:%d file=%s", (f["ip"], f["port"], f["name"])
+    return (INFO, "tftp denied client=%s:%d file=%s code=%d reason=%s: %s",
+            (f["ip"], f["port"], f["name"], f["code"], f["reason"], f["message"]))
+
+
+_DHCP = _Origin("massboot.dhcp.server", "dhcp", "server.py")
+_TFTP = _Origin("massboot.tftp.server", "tftp", "server.py")
+_NOTIFY = _Origin("massboot.notify", "notify.py")
+
+_FORMATS: dict[EventKind, tuple[_Origin, Callable[[Event], Line]]] = {
+    EventKind.DHCP_RECEIVED: (_DHCP, _dhcp_received),
+    EventKind.DHCP_REPLY: (_DHCP, _dhcp_reply),
+    EventKind.DHCP_IGNORED: (_DHCP, _dhcp_ignored),
+    EventKind.DHCP_ARCH_FALLBACK: (_DHCP, _dhcp_arch_fallback),
+    EventKind.DHCP_MALFORMED: (_DHCP, _dhcp_malformed),
+    EventKind.DHCP_EXHAUSTED: (_DHCP, _dhcp_exhausted),
+    EventKind.DHCP_DECLINED: (_DHCP, _dhcp_declined),
+    EventKind.DHCP_RELEASED: (_DHCP, _dhcp_released),
+    EventKind.DHCP_ACL: (_DHCP, _dhcp_acl),
+    EventKind.DHCP_NOTIFY: (_NOTIFY, _dhcp_notify),
+    EventKind.TFTP_START: (_TFTP, _tftp_start),
+    EventKind.TFTP_DONE: (_TFTP, _tftp_done),
+    EventKind.TFTP_FAIL: (_TFTP, _tftp_fail),
+    EventKind.TFTP_MALFORMED: (_TFTP, _tftp_malformed),
+    EventKind.TFTP_DENIED: (_TFTP, _tftp_denied),
+}
+
+#: the kinds that get a line
+LOGGED_KINDS = frozenset(_FORMATS)
+
+#: the kinds whose lines dhcp/server.py writes itself until it leaves them to this subscriber
+DHCP_SERVER_KINDS = frozenset(k for k in _FORMATS if k.startswith("dhcp.") and k != EventKind.DHCP_NOTIFY)
+
+
+class EventLog:
+    """The subscriber that writes the outcome log.
+
+    Args:
+        kinds: the kinds to write; None: every kind this module has a line for. An event of
+            another kind is ignored.
+    """
+
+    def __init__(self, kinds: Iterable[EventKind | str] | None = None) -> None:
+        wanted = LOGGED_KINDS if kinds is None else {EventKind(k) for k in kinds}
+        self._formats: dict[str, tuple[_Origin, Callable[[Event], Line]]] = {
+            kind: entry for kind, entry in _FORMATS.items() if kind in wanted
+        }
+
+    def __call__(self, event: Event) -> None:
+        """Write *event*'s line (the :class:`~massboot.events.EventBus` subscriber)."""
+        entry = self._formats.get(event.kind)
+        if entry is None:
+            return
+        origin, line = entry
+        logger = origin.logger
+        level, msg, args = line(event)
+        if logger.isEnabledFor(level):
+            logger.handle(logger.makeRecord(logger.name, level, origin.path, 0, msg, args, None,
+                                            extra={"event": event.kind}))

@@ -1,0 +1,134 @@
+"""Event kinds, their declared fields, and the outcome log's line for each kind."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from massboot.eventlog import DHCP_SERVER_KINDS, LOGGED_KINDS, NO_UUID, EventLog
+from massboot.events import FIELDS, Event, EventBus, EventKind, EventRecorder
+
+
+def test_kinds_are_their_strings() -> None:
+    assert EventKind.DHCP_REPLY == "dhcp.reply" and "tftp.done" == EventKind.TFTP_DONE
+    assert {"dhcp.reply": 1}[EventKind.DHCP_REPLY] == 1          # same hash: str-keyed tables work
+    assert set(FIELDS) == set(EventKind)
+    assert all(not (spec.required & spec.optional) for spec in FIELDS.values())
+
+
+def test_emit_takes_strings_and_kinds_and_delivers_the_kind() -> None:
+    bus, recorder = EventBus(clock=lambda: 12.5), EventRecorder()
+    bus.subscribe(recorder)
+    bus.emit("cache.hit", url="http://m/a", bytes=1)
+    bus.emit(EventKind.CACHE_MISS, url="http://m/b", bytes=None, prefetch=True)
+    first, second = recorder.events
+    assert first.kind is EventKind.CACHE_HIT and first.time == 12.5
+    assert second.kind is EventKind.CACHE_MISS and second.get("prefetch") is True
+    assert recorder.of("cache.miss") == [second] == recorder.of(EventKind.CACHE_MISS)
+
+
+def test_emit_checks_the_declared_fields() -> None:
+    bus, recorder = EventBus(), EventRecorder()
+    bus.subscribe(recorder)
+    with pytest.raises(TypeError, match="dhcp.released event: missing ip"):
+        bus.emit("dhcp.released", mac="52:54:00:00:00:01")
+    with pytest.raises(TypeError, match="unknown adress"):
+        bus.emit("dhcp.released", mac="52:54:00:00:00:01", ip="10.0.0.1", adress="x")
+    with pytest.raises(ValueError, match="unknown event kind"):
+        bus.emit("dhcp.rejected", mac="52:54:00:00:00:01")
+    assert recorder.events == []          # nothing half-checked reached a subscriber
+
+
+def test_a_failing_subscriber_does_not_reach_the_emitter(caplog: pytest.LogCaptureFixture) -> None:
+    bus, recorder = EventBus(), EventRecorder()
+
+    def broken(event: Event) -> None:
+        raise RuntimeError("boom")
+
+    bus.subscribe(broken)
+    bus.subscribe(recorder)
+    bus.emit("cache.hit", url="u", bytes=0)
+    assert len(recorder.events) == 1 and "failed on cache.hit" in caplog.text
+
+
+# ------------------------------------------------------------------ the outcome log, per kind
+MAC = "52:54:00:12:34:56"
+
+# (kind, fields, logger, level, the line dhcp/server.py, tftp/server.py or notify.py wrote)
+LINES = [
+    ("dhcp.reply", dict(msgtype="offer", mac=MAC, ip="10.0.0.5", pxe=True, arch=7, phase="pxe",
+                        file="shimx64.efi", ipxe=False, uuid=None, to=("10.0.0.255", 68)),
+     "massboot.dhcp.server", logging.INFO,
+     f"offer mac={MAC} ip=10.0.0.5 phase=pxe arch=7 file=shimx64.efi to=10.0.0.255:68"),
+    ("dhcp.reply", dict(msgtype="ack", mac=MAC, ip="0.0.0.0", pxe=False, arch=None, phase="os",
+                        file=None, ipxe=False, uuid=None, to=("10.0.0.5", 68)),
+     "massboot.dhcp.server", logging.INFO, f"ack mac={MAC} ip=0.0.0.0 phase=os arch=- file=- to=10.0.0.5:68"),
+    ("dhcp.reply", dict(msgtype="nak", mac=MAC, ip="0.0.0.0", pxe=False, arch=None, phase="os",
+                        file=None, ipxe=False, uuid=None, to=("10.0.0.5", 68), requested="10.0.0.9",
+                        bound="10.0.0.5"),
+     "massboot.dhcp.server", logging.INFO, f"nak mac={MAC} phase=os requested=10.0.0.9 bound=10.0.0.5"),
+    ("dhcp.ignored", dict(mac=MAC, reason="idle_state", phase="os"), "massboot.dhcp.server", logging.DEBUG,
+     f"ignored mac={MAC} phase=os reason=idle_state"),
+    ("dhcp.arch_fallback", dict(mac=MAC, arch=11, file="pxelinux.0"), "massboot.dhcp.server",
+     logging.WARNING, f"mac={MAC} arch=11 has no [bootfile] entry: serving default pxelinux.0"),
+    ("dhcp.malformed", dict(reason="too_short", source="10.0.0.7",
+                            detail="4 bytes: shorter than the 236-byte BOOTP header"),
+     "massboot.dhcp.server", logging.DEBUG,
+     "dhcp malformed from 10.0.0.7: 4 bytes: shorter than the 236-byte BOOTP header"),
+    ("dhcp.exhausted", dict(mac=MAC, scope="rack2"), "massboot.dhcp.server", logging.WARNING,
+     f"pool exhausted: no address for mac={MAC} scope=rack2"),
+    ("dhcp.declined", dict(mac=MAC, ip="10.0.0.5"), "massboot.dhcp.server", logging.WARNING,
+     f"decline mac={MAC} ip=10.0.0.5: address set aside (in use by another host?)"),
+    ("dhcp.released", dict(mac=MAC, ip="10.0.0.5"), "massboot.dhcp.server", logging.INFO,
+     f"release mac={MAC} ip=10.0.0.5"),
+    ("dhcp.acl", dict(acl="mac", verdict="denied", mac=MAC, detail="not listed"), "massboot.dhcp.server",
+     logging.INFO, f"denied mac={MAC} by mac acl: not listed"),
+    ("dhcp.acl", dict(acl="uuid", verdict="denied", mac=MAC, detail=NO_UUID), "massboot.dhcp.server",
+     logging.INFO, f"ignored mac={MAC}: access = uuid and no UUID known"),
+    ("dhcp.acl", dict(acl="http", verdict="denied", mac=MAC, detail="HTTP 403"), "massboot.dhcp.server",
+     logging.INFO, f"denied mac={MAC} by http acl: HTTP 403"),
+    ("dhcp.acl", dict(acl="http", verdict="error", mac=MAC, detail="timed out"), "massboot.dhcp.server",
+     logging.INFO, f"ignored mac={MAC} by http acl: timed out"),
+    ("dhcp.notify", dict(ok=True, target="10.0.0.1:9999", notice="BOOT", payload=b"BOOT,x", error=None),
+     "massboot.notify", logging.DEBUG, "notify: sent b'BOOT,x' to 10.0.0.1:9999"),
+    ("dhcp.notify", dict(ok=False, target="10.0.0.1:9999", notice="LEASE", payload=b"L", error="refused"),
+     "massboot.notify", logging.WARNING, "notify: LEASE to 10.0.0.1:9999 failed: refused"),
+    ("dhcp.notify", dict(ok=False, target="10.0.0.1:9999", notice="LEASE", payload=b"L", error=None),
+     "massboot.notify", logging.DEBUG, "notify: closed, LEASE to 10.0.0.1:9999 dropped"),
+    ("tftp.done", dict(ip="10.0.0.5", port=2070, name="pxelinux.0", bytes=2_000_000, duration=2.0,
+                       ttfb=0.01, retransmits=3, blocks=1362, blocks_sent=1362, blksize=1468, windowsize=1),
+     "massboot.tftp.server", logging.INFO,
+     "tftp done client=10.0.0.5:2070 file=pxelinux.0 bytes=2000000 duration=2.000s rate=1.00MB/s "
+     "retransmits=3 blksize=1468 windowsize=1"),
+    ("tftp.fail", dict(ip="10.0.0.5", port=2070, name="vmlinuz", reason="timeout", bytes=0, duration=0.0,
+                       retransmits=5, blocks=0, blocks_sent=1, detail="no ACK after 5 retransmissions"),
+     "massboot.tftp.server", logging.INFO,
+     "tftp failed client=10.0.0.5:2070 file=vmlinuz reason=timeout bytes=0 duration=0.000s rate=0.00MB/s "
+     "retransmits=5: no ACK after 5 retransmissions"),
+]
+
+
+@pytest.mark.parametrize(("kind", "fields", "logger", "level", "line"), LINES,
+                         ids=[f"{k}-{i}" for i, (k, *_) in enumerate(LINES)])
+def test_outcome_lines(kind: str, fields: dict, logger: str, level: int, line: str,
+                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="massboot")
+    bus = EventBus()
+    bus.subscribe(EventLog())
+    bus.emit(kind, **fields)
+    (record,) = caplog.records
+    assert (record.name, record.levelno, record.getMessage()) == (logger, level, line)
+    assert record.event == kind     # type: ignore[attr-defined]
+
+
+def test_one_line_per_logged_kind_and_levels_respected(caplog: pytest.LogCaptureFixture) -> None:
+    assert {EventKind(kind) for kind, *_ in LINES} | {"dhcp.received", "tftp.start", "tftp.malformed",
+                                                      "tftp.denied"} == LOGGED_KINDS
+    assert DHCP_SERVER_KINDS < LOGGED_KINDS and EventKind.DHCP_NOTIFY not in DHCP_SERVER_KINDS
+    caplog.set_level(logging.INFO, logger="massboot")
+    bus = EventBus()
+    bus.subscribe(EventLog(kinds=["dhcp.ignored", "tftp.done"]))
+    for kind, fields, *_ in LINES:
+        bus.emit(kind, **fields)
+    assert [r.getMessage()[:9] for r in caplog.records] == ["tftp done"]   # ignored is DEBUG; rest not chosen
