@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
+from massboot import codec
 from massboot.ident import uuid_from_option97
 
 __all__ = [
@@ -85,17 +86,11 @@ class Reason(StrEnum):
     NOT_REQUEST = "not_request"  # op = BOOTREPLY sent to the server
 
 
-class PacketError(ValueError):
-    """A datagram that is not a well-formed BOOTP/DHCP message (the only error of :func:`decode`).
+class PacketError(codec.PacketError):
+    """A datagram that is not a well-formed BOOTP/DHCP message (the only error of :func:`decode`);
+    ``exc.reason`` is a :class:`Reason`."""
 
-    Args:
-        message: what is wrong, for the debug log (``str(exc)``).
-        reason: the same, as a bounded :class:`Reason` (``exc.reason``).
-    """
-
-    def __init__(self, message: str, *, reason: Reason) -> None:
-        super().__init__(message)
-        self.reason = reason
+    reason: Reason
 
 
 class MessageType(IntEnum):

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
+from massboot import codec
+
 __all__ = [
     "ACK_HEADER",
     "DATA_HEADER",
@@ -106,17 +108,11 @@ class Reason(StrEnum):
     BAD_OPTION = "bad_option"  # an option name without a value, or an empty name (RFC 2347)
 
 
-class PacketError(ValueError):
-    """The datagram is not a valid TFTP packet; the only exception :func:`decode` raises.
+class PacketError(codec.PacketError):
+    """The datagram is not a valid TFTP packet; the only exception :func:`decode` raises;
+    ``exc.reason`` is a :class:`Reason`."""
 
-    Args:
-        message: what is wrong, for the debug log (``str(exc)``).
-        reason: the same, as a bounded :class:`Reason` (``exc.reason``).
-    """
-
-    def __init__(self, message: str, *, reason: Reason) -> None:
-        super().__init__(message)
-        self.reason = reason
+    reason: Reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,23 @@
+"""What the packet codecs share: the error they raise on a datagram they cannot decode."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["PacketError"]
+
+
+class PacketError(ValueError):
+    """A datagram that is not a well-formed packet of the codec's protocol.
+
+    Each codec subclasses it with its own bounded ``Reason`` (the ``reason`` label of
+    ``massboot_malformed_packets``, README, Monitoring).
+
+    Args:
+        message: what is wrong, for the debug log (``str(exc)``).
+        reason: the same, as a bounded value (``exc.reason``).
+    """
+
+    def __init__(self, message: str, *, reason: StrEnum) -> None:
+        super().__init__(message)
+        self.reason = reason
