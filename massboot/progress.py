@@ -60,7 +60,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from massboot.events import Event
+from massboot.events import Event, EventKind
 
 DISCOVERING = "discovering"
 OFFERED = "offered"
@@ -150,13 +150,13 @@ class ProgressTracker:
         self._clients: OrderedDict[str, ClientProgress] = OrderedDict()
         self._by_ip: dict[str, str] = {}
         self._handlers: dict[str, Callable[[Event], None]] = {
-            "dhcp.received": self._dhcp_received,
-            "dhcp.reply": self._dhcp_reply,
-            "dhcp.ignored": self._dhcp_refused,
-            "dhcp.acl": self._dhcp_acl,
-            "tftp.start": self._tftp_start,
-            "tftp.done": self._tftp_end,
-            "tftp.fail": self._tftp_end,
+            EventKind.DHCP_RECEIVED: self._dhcp_received,
+            EventKind.DHCP_REPLY: self._dhcp_reply,
+            EventKind.DHCP_IGNORED: self._dhcp_refused,
+            EventKind.DHCP_ACL: self._dhcp_acl,
+            EventKind.TFTP_START: self._tftp_start,
+            EventKind.TFTP_DONE: self._tftp_end,
+            EventKind.TFTP_FAIL: self._tftp_end,
         }
 
     # ------------------------------------------------------------------ queries
@@ -374,7 +374,7 @@ class ProgressTracker:
         record.last_file = name
         record.bytes += int(event.get("bytes") or 0)
         record.retransmits += int(event.get("retransmits") or 0)
-        if event.kind == "tftp.done":
+        if event.kind == EventKind.TFTP_DONE:
             record.files += 1
             record.last_transfer_end = t
             record.progress_at = max(record.progress_at, t)
