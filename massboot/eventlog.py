@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from massboot.events import Event, EventKind
+from massboot.events import ACL_NO_UUID, Event, EventKind
 
 __all__ = ["EventLog"]
 
@@ -102,10 +102,6 @@ def _dhcp_released(e: Event) -> Line:
     return INFO, "release mac=%s ip=%s", (e.fields["mac"], e.fields["ip"])
 
 
-#: ``dhcp.acl`` detail of ``access = uuid`` for a client that sent no UUID
-NO_UUID = "no UUID known"
-
-
 def _dhcp_acl(e: Event) -> Line:
     f = e.fields
     acl, verdict, mac, detail = f["acl"], f["verdict"], f["mac"], f.get("detail")
@@ -114,7 +110,7 @@ def _dhcp_acl(e: Event) -> Line:
     if acl == "http":
         return INFO, "%s mac=%s by http acl: %s", ("denied" if verdict == "denied" else "ignored", mac,
                                                     _dash(detail))
-    if detail == NO_UUID:
+    if detail == ACL_NO_UUID:
         return INFO, "ignored mac=%s: access = uuid and no UUID known", (mac,)
     return INFO, "denied mac=%s by %s acl: %s", (mac, acl, _dash(detail))
 

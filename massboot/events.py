@@ -20,7 +20,7 @@ Each kind is an :class:`EventKind` (a :class:`~enum.StrEnum`: ``EventKind.DHCP_R
                     [source, detail]
 ``dhcp.exhausted``  the pool had no address for a client: mac, scope
 ``dhcp.declined``   a client declined an address: mac, ip
-``dhcp.released``   a client released its address: mac, ip
+``dhcp.released``   a client released its address: mac, ip [uuid]
 ``dhcp.acl``        an ACL verdict: acl (mac, uuid, http), verdict (allowed, denied, error), mac
                     [detail]
 ``dhcp.notify``     a notification datagram: ok (bool), target [notice (BOOT, LEASE,
@@ -103,6 +103,9 @@ def _f(required: str, optional: str = "") -> Fields:
     return Fields(frozenset(required.split()), frozenset(optional.split()))
 
 
+#: the ``detail`` of a ``dhcp.acl`` denial under ``access = uuid`` when the client sent no UUID
+ACL_NO_UUID = "no UUID known"
+
 _TRANSFER = "ip port name bytes duration retransmits blocks blocks_sent"
 
 #: Each kind's fields, declared once (see the module docstring for their meaning).
@@ -114,7 +117,7 @@ FIELDS: dict[EventKind, Fields] = {
     EventKind.DHCP_MALFORMED: _f("reason", "source detail"),
     EventKind.DHCP_EXHAUSTED: _f("mac scope"),
     EventKind.DHCP_DECLINED: _f("mac ip"),
-    EventKind.DHCP_RELEASED: _f("mac ip"),
+    EventKind.DHCP_RELEASED: _f("mac ip", "uuid"),
     EventKind.DHCP_ACL: _f("acl verdict mac", "detail"),
     EventKind.DHCP_NOTIFY: _f("ok target", "notice payload error"),
     EventKind.TFTP_START: _f("ip port name blksize windowsize mode options oack"),

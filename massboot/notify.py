@@ -12,7 +12,7 @@ import logging
 import socket
 from collections.abc import Sequence
 
-from massboot.events import EventBus
+from massboot.events import Event, EventBus, EventKind
 from massboot.ident import mac_str
 
 log = logging.getLogger(__name__)
@@ -20,12 +20,12 @@ log = logging.getLogger(__name__)
 KINDS = ("BOOT", "LEASE", "RELEASE")
 
 
-def format_notification(kind: str, mac: bytes, ip: str, uuid: str | None) -> bytes:
+def format_notification(kind: str, mac: bytes | str, ip: str, uuid: str | None) -> bytes:
     """Build one notification payload.
 
     Args:
         kind: ``BOOT``, ``LEASE`` or ``RELEASE`` (any case).
-        mac: the client hardware address (first 6 bytes used).
+        mac: the client hardware address (first 6 bytes used), or its ``AA:BB:...`` form.
         ip: the client's address.
         uuid: the client UUID (lower case), omitted from the payload when None.
 
@@ -41,7 +41,7 @@ def format_notification(kind: str, mac: bytes, ip: str, uuid: str | None) -> byt
     fields = [name]
     if uuid:
         fields.append(uuid.lower())
-    fields += [mac_str(mac), ip]
+    fields += [mac.upper() if isinstance(mac, str) else mac_str(mac), ip]
     return ",".join(fields).encode("ascii")
 
 
@@ -118,7 +118,21 @@ class Notifier:
             family, _, _, _, address = info[0]
         self._socket(family).sendto(payload, address)
 
-    def send(self, kind: str, mac: bytes, ip: str, uuid: str | None) -> None:
+    def __call__(self, event: Event) -> None:
+        """The bus subscriber: what the DHCP events call for.
+
+        ``BOOT`` (PXE phase) or ``LEASE`` (OS phase) on an ACK that binds an address (an
+        INFORM's ACK binds none), ``RELEASE`` on a release; see the README, Notifications.
+        """
+        kind = event.kind
+        if kind == EventKind.DHCP_REPLY:
+            f = event.fields
+            if f["msgtype"] == "ack" and f["ip"] != "0.0.0.0":
+                self.send("BOOT" if f["pxe"] else "LEASE", f["mac"], f["ip"], f["uuid"])
+        elif kind == EventKind.DHCP_RELEASED:
+            self.send("RELEASE", event.fields["mac"], event.fields["ip"], event.get("uuid"))
+
+    def send(self, kind: str, mac: bytes | str, ip: str, uuid: str | None) -> None:
         """Send one datagram to each target; never raises.
 
         Args:

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from massboot.eventlog import DHCP_SERVER_KINDS, LOGGED_KINDS, NO_UUID, EventLog
-from massboot.events import FIELDS, Event, EventBus, EventKind, EventRecorder
+from massboot.eventlog import DHCP_SERVER_KINDS, LOGGED_KINDS, EventLog
+from massboot.events import ACL_NO_UUID, FIELDS, Event, EventBus, EventKind, EventRecorder
 
 
 def test_kinds_are_their_strings() -> None:
@@ -84,7 +84,7 @@ LINES = [
      f"release mac={MAC} ip=10.0.0.5"),
     ("dhcp.acl", dict(acl="mac", verdict="denied", mac=MAC, detail="not listed"), "massboot.dhcp.server",
      logging.INFO, f"denied mac={MAC} by mac acl: not listed"),
-    ("dhcp.acl", dict(acl="uuid", verdict="denied", mac=MAC, detail=NO_UUID), "massboot.dhcp.server",
+    ("dhcp.acl", dict(acl="uuid", verdict="denied", mac=MAC, detail=ACL_NO_UUID), "massboot.dhcp.server",
      logging.INFO, f"ignored mac={MAC}: access = uuid and no UUID known"),
     ("dhcp.acl", dict(acl="http", verdict="denied", mac=MAC, detail="HTTP 403"), "massboot.dhcp.server",
      logging.INFO, f"denied mac={MAC} by http acl: HTTP 403"),

@@ -163,3 +163,28 @@ def test_bad_targets_never_raise(listeners, monkeypatch) -> None:
     assert oks["255.255.255.255:9"] is False
     assert oks[f"{good[0]}:{good[1]}"] is True
     notifier.send("LEASE", MAC, "10.0.0.7", None)  # after close: dropped, no exception
+
+
+def test_subscribed_to_the_dhcp_events(listeners) -> None:
+    """As a subscriber: BOOT/LEASE on an ACK that binds an address, RELEASE on a release."""
+    bus = EventBus()
+    notifier = Notifier([listeners[0].getsockname()], events=bus)
+    bus.subscribe(notifier)
+    mac = "00:aa:55:12:34:56"
+
+    def reply(msgtype: str, ip: str, pxe: bool) -> None:
+        bus.emit("dhcp.reply", msgtype=msgtype, mac=mac, ip=ip, pxe=pxe, arch=0, phase="pxe" if pxe else "os",
+                 file="pxelinux.0", ipxe=False, uuid=UUID if pxe else None)
+
+    try:
+        reply("offer", "10.0.0.7", True)              # nothing
+        reply("ack", "10.0.0.7", True)
+        reply("ack", "0.0.0.0", False)                # the ACK of an INFORM: nothing
+        reply("nak", "0.0.0.0", True)                 # nothing
+        reply("ack", "10.0.0.7", False)
+        bus.emit("dhcp.released", mac=mac, ip="10.0.0.7", uuid=UUID)
+        got = [listeners[0].recvfrom(2048)[0] for _ in range(3)]
+    finally:
+        notifier.close()
+    assert got == [f"BOOT,{UUID},00:AA:55:12:34:56,10.0.0.7".encode(), b"LEASE,00:AA:55:12:34:56,10.0.0.7",
+                   f"RELEASE,{UUID},00:AA:55:12:34:56,10.0.0.7".encode()]
