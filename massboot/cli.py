@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 
 from massboot import __version__  # noqa: E402
 from massboot import config as cfg  # noqa: E402
-from massboot.files import ClientInfo  # noqa: E402
+from massboot.sources import ClientInfo  # noqa: E402
 
 log = logging.getLogger("massboot")
 

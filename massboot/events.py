@@ -27,7 +27,7 @@ Event kinds (fields in brackets):
 ``tftp.malformed``  a datagram dropped by the codec [reason]
 ``tftp.denied``     a request refused [ip, name, reason (not_found, access, write)]
 ``cache.hit`` / ``cache.miss`` / ``cache.coalesced`` [url]; ``cache.upstream`` [url, bytes, status;
-                    on failure error and code]
+                    on failure error and reason (not_found, access, upstream)]
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ Local files are opened, stat-ed and read in gevent's threadpool, a chunk at a ti
 disk never stalls the hub. Remote files go through one cache shared by every client: the first
 request for a URL starts the only upstream download and later requests read the same partial
 file as it fills. A download that fails or is cut short is never kept; everyone reading it gets
-:class:`FileError` with code 0. Complete files are kept on disk (surviving a restart), bounded
+:class:`FileError` (``UPSTREAM``). Complete files are kept on disk (surviving a restart), bounded
 in total size with least-recently-used eviction, and revalidated with a conditional GET once
 older than ``revalidate_after``. One cache directory belongs to one process.
 """
@@ -53,7 +53,7 @@ import uuid as _uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import gevent
 import gevent.event
@@ -61,13 +61,11 @@ import requests
 import urllib3
 
 from massboot.events import EventBus
-from massboot.tftp.transfer import WouldBlock
+from massboot.sources import ClientInfo, ClientLookup, FileError, FileReason, Source, WouldBlock
+
+__all__ = ["CHUNK", "ClientInfo", "FileError", "FileReason", "FileStore", "Source"]
 
 log = logging.getLogger(__name__)
-
-ERR_UNDEFINED = 0        # TFTP error 0 "Not defined": here, an upstream failure - RFC 1350.
-ERR_NOT_FOUND = 1        # TFTP error 1 "File not found" - RFC 1350.
-ERR_ACCESS = 2           # TFTP error 2 "Access violation" - RFC 1350.
 
 CHUNK = 128 << 10        # bytes read from disk (or asked of the upstream socket) at a time
 KEEP_BEHIND = 32 << 10   # bytes a source keeps before its read point for retransmitted blocks
@@ -94,57 +92,6 @@ _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _NOWAIT = [bool(_RWF_NOWAIT) and hasattr(os, "preadv")]
 
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True, slots=True)
-class ClientInfo:
-    """What the DHCP side knows of a client, looked up by its IP address."""
-
-    ip: str
-    mac: str | None = None      # "AA:BB:CC:DD:EE:FF"
-    uuid: str | None = None
-    arch: int | None = None
-    file: str | None = None     # the HTTP ACL reply's "File:" line
-
-
-ClientLookup = Callable[[str], ClientInfo | None]
-
-
-class FileError(Exception):
-    """A name that cannot be served, with the TFTP error code to answer.
-
-    Attributes:
-        code: 1 not found, 2 access violation, 0 anything else (an upstream failure).
-        message: the text for the TFTP ERROR packet.
-    """
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class Source(Protocol):
-    """An open file, read by offset.
-
-    ``size`` is the total size when it is known before reading (TFTP ``tsize``), else None.
-    """
-
-    size: int | None
-
-    def read(self, offset: int, length: int) -> bytes:
-        """Return ``length`` bytes at ``offset``, fewer only at the end of the file (b"" past it).
-
-        May wait cooperatively while a remote download fills.
-
-        Raises:
-            FileError: the download behind the source failed or was cut short.
-        """
-        ...
-
-    def close(self) -> None:
-        """Release the file; idempotent."""
-        ...
 
 
 def _capture(func: Callable[..., _T], args: tuple[Any, ...]) -> tuple[bool, Any]:
@@ -264,7 +211,7 @@ def _local_lookup(paths: tuple[str, ...], confine: str | None, open_it: bool) ->
         if confine is not None:
             path = os.path.realpath(path)
             if not _inside(path, confine):
-                raise FileError(ERR_ACCESS, "Access violation")
+                raise FileError(FileReason.ACCESS, "Access violation")
         try:
             if open_it:
                 fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
@@ -279,16 +226,16 @@ def _local_lookup(paths: tuple[str, ...], confine: str | None, open_it: bool) ->
         except (FileNotFoundError, NotADirectoryError):
             continue
         except PermissionError:
-            raise FileError(ERR_ACCESS, "Access violation") from None
+            raise FileError(FileReason.ACCESS, "Access violation") from None
         except OSError as exc:
-            raise FileError(ERR_NOT_FOUND, f"Cannot open file: {exc.strerror}") from None
+            raise FileError(FileReason.NOT_FOUND, f"Cannot open file: {exc.strerror}") from None
         if stat.S_ISREG(st.st_mode):
             return fd, st.st_size
         if fd is not None:
             os.close(fd)
         not_file = True
     # A directory (or device, fifo...) is answered like a missing file: error 1.
-    raise FileError(ERR_NOT_FOUND, "Not a regular file" if not_file else "File not found")
+    raise FileError(FileReason.NOT_FOUND, "Not a regular file" if not_file else "File not found")
 
 
 def _first_line(paths: tuple[str, ...]) -> str | None:
@@ -402,7 +349,7 @@ class _BufferedSource:
 
     def _read(self, offset: int, length: int, nowait: bool) -> bytes | memoryview:
         if self._fd is None:
-            raise FileError(ERR_UNDEFINED, "Source closed")
+            raise FileError(FileReason.CLOSED, "Source closed")
         if length <= 0 or offset < 0:
             return b""
         end = offset + length
@@ -412,7 +359,7 @@ class _BufferedSource:
             return self._view[offset - start:end - start]
         limit = self._limit(end, not nowait)
         if self._fd is None:
-            raise FileError(ERR_UNDEFINED, "Source closed")
+            raise FileError(FileReason.CLOSED, "Source closed")
         start = self._start
         buf_end = start + len(self._view)
         if buf_end > start and start <= offset <= buf_end:
@@ -438,7 +385,7 @@ class _BufferedSource:
             got = self._fill(new, 0, offset, nowait)
             start = offset
         if self._fd is None:  # closed while the threadpool read
-            raise FileError(ERR_UNDEFINED, "Source closed")
+            raise FileError(FileReason.CLOSED, "Source closed")
         view = memoryview(new)
         if got < want:  # trimmed by the view: a threadpool thread may still hold *new*
             view = view[:tail + got]
@@ -501,7 +448,7 @@ class _StreamSource(_BufferedSource):
         dl = self._dl
         while True:
             if dl.error is not None:
-                raise FileError(dl.error.code, dl.error.message)
+                raise FileError(dl.error.reason, dl.error.message)
             if dl.complete:
                 return None
             if dl.received >= end:
@@ -510,7 +457,7 @@ class _StreamSource(_BufferedSource):
                 raise WouldBlock
             # A safety net only: the download itself times out reads after http_timeout.
             if not dl.progress.wait(self._stall):
-                raise FileError(ERR_UNDEFINED, f"upstream {dl.url} failed: stalled")
+                raise FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed: stalled")
 
     def close(self) -> None:
         store, self._store = self._store, None
@@ -604,10 +551,10 @@ def _reason(exc: BaseException) -> str:
 
 def _status_error(url: str, status: int) -> FileError:
     if status in (404, 410):
-        return FileError(ERR_NOT_FOUND, "File not found")
+        return FileError(FileReason.NOT_FOUND, "File not found")
     if status in (401, 403):
-        return FileError(ERR_ACCESS, "Access violation")
-    return FileError(ERR_UNDEFINED, f"upstream {url} failed: HTTP {status}")
+        return FileError(FileReason.ACCESS, "Access violation")
+    return FileError(FileReason.UPSTREAM, f"upstream {url} failed: HTTP {status}")
 
 
 class FileStore:
@@ -704,7 +651,8 @@ class FileStore:
             A source to read by offset; close it when done.
 
         Raises:
-            FileError: code 2 for a refused name, 1 for a missing file, 0 for a mirror failure.
+            FileError: ``ACCESS`` for a refused name, ``NOT_FOUND`` for a missing file, ``UPSTREAM``
+                for a mirror failure.
         """
         target = self._resolve(name, client_ip)
         if target.url is not None:
@@ -793,14 +741,14 @@ class FileStore:
 
     def _resolve(self, name: str, client_ip: str) -> _Target:
         if not name:
-            raise FileError(ERR_NOT_FOUND, "File not found")
+            raise FileError(FileReason.NOT_FOUND, "File not found")
         reason = _traversal(name)
         if reason is None and self._remote:
             decoded = urllib.parse.unquote(name)
             if decoded != name:
                 reason = _traversal(decoded)
         if reason is not None:
-            raise FileError(ERR_ACCESS, f"Access violation: {reason}")
+            raise FileError(FileReason.ACCESS, f"Access violation: {reason}")
         for flt in self._filters:
             if flt.matches(name):
                 break
@@ -812,11 +760,11 @@ class FileStore:
         if flt.indirect:
             line = _blocking(_first_line, self._admin_paths(target))
             if line is None:
-                raise FileError(ERR_NOT_FOUND, "File not found")
+                raise FileError(FileReason.NOT_FOUND, "File not found")
             target = line
         log.debug("filter %s: %r -> %r", flt.pattern, name, target)
         if not target:
-            raise FileError(ERR_NOT_FOUND, "File not found")
+            raise FileError(FileReason.NOT_FOUND, "File not found")
         if target.startswith(("http://", "https://")):
             return _Target(url=target)
         if os.path.isabs(target):
@@ -846,12 +794,12 @@ class FileStore:
 
     def _open_url(self, url: str) -> Source:
         if self._closed:
-            raise FileError(ERR_UNDEFINED, f"upstream {url} failed: server stopping")
+            raise FileError(FileReason.UPSTREAM, f"upstream {url} failed: server stopping")
         missing_until = self._missing.get(url)
         if missing_until is not None:
             if missing_until > time.monotonic():
                 self._count("hit", url, None)
-                raise FileError(ERR_NOT_FOUND, "File not found")
+                raise FileError(FileReason.NOT_FOUND, "File not found")
             del self._missing[url]
         for _attempt in range(3):
             dl = self._inflight.get(url)
@@ -869,7 +817,7 @@ class FileStore:
                 if dl.stale is not None and (source := self._serve_stale(dl.stale, "no answer")):
                     return source
                 self._count(kind, url, None)
-                raise FileError(ERR_UNDEFINED,
+                raise FileError(FileReason.UPSTREAM,
                                 f"upstream {url} failed: no answer within {self.http_timeout:g} s")
             if dl.not_modified and dl.stale is not None:
                 if (source := self._serve_cached(dl.stale)) is not None:
@@ -877,11 +825,11 @@ class FileStore:
                 continue
             error = dl.error
             if error is not None:
-                if error.code == ERR_UNDEFINED and dl.stale is not None and (
+                if error.reason is FileReason.UPSTREAM and dl.stale is not None and (
                         source := self._serve_stale(dl.stale, error.message)):
                     return source
                 self._count(kind, url, None)
-                raise FileError(error.code, error.message)
+                raise FileError(error.reason, error.message)
             if dl.fd is not None and dl.fd.acquire():
                 dl.readers += 1
                 if dl.stored is not None:
@@ -890,7 +838,7 @@ class FileStore:
                 return _StreamSource(self, dl, dl.fd)
             if dl.stored is not None and (source := self._serve_cached(dl.stored)) is not None:
                 return source
-        raise FileError(ERR_UNDEFINED, f"upstream {url} failed: cache kept changing")
+        raise FileError(FileReason.UPSTREAM, f"upstream {url} failed: cache kept changing")
 
     def _serve_stale(self, entry: _Entry, why: str) -> Source | None:
         log.warning("serving cached %s: revalidation failed (%s)", entry.url, why)
@@ -928,7 +876,7 @@ class FileStore:
         except FileError as exc:
             self._fail(dl, exc)
         except BaseException as exc:  # GreenletExit included: a reader must never hang
-            self._fail(dl, FileError(ERR_UNDEFINED, f"upstream {dl.url} failed: {_reason(exc)}"),
+            self._fail(dl, FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed: {_reason(exc)}"),
                        detail=f"{type(exc).__name__}: {exc}")
             if not isinstance(exc, Exception):
                 raise
@@ -938,7 +886,7 @@ class FileStore:
                          time.monotonic() - started)
         finally:
             if not dl.done:
-                self._fail(dl, FileError(ERR_UNDEFINED, f"upstream {dl.url} failed"))
+                self._fail(dl, FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed"))
 
     def _fetch(self, dl: _Download) -> None:
         headers = {"Accept-Encoding": "identity"}
@@ -985,7 +933,7 @@ class FileStore:
                 self.upstream_bytes += len(chunk)
                 dl.notify()
             if length is not None and dl.received != length:
-                raise FileError(ERR_UNDEFINED, f"upstream {dl.url} failed: cut short at "
+                raise FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed: cut short at "
                                                f"{dl.received} of {length} bytes")
         finally:
             resp.close()
@@ -1054,16 +1002,16 @@ class FileStore:
         if dl.done:
             return
         dl.error = error
-        if error.code == ERR_NOT_FOUND:
+        if error.reason is FileReason.NOT_FOUND:
             if len(self._missing) >= MISSING_MAX:
                 self._missing.clear()
             self._missing[dl.url] = time.monotonic() + min(self._revalidate_after, NEGATIVE_TTL)
         if dl.stale is not None:
-            if error.code == ERR_NOT_FOUND:
+            if error.reason is FileReason.NOT_FOUND:
                 self._drop(dl.stale)   # gone upstream: forget our copy
             else:
                 dl.stale.fresh_until = time.time() + min(self._revalidate_after, REVALIDATE_BACKOFF)
-        if error.code == ERR_NOT_FOUND:
+        if error.reason is FileReason.NOT_FOUND:
             log.info("upstream %s: not found", dl.url)
         else:
             log.warning("%s%s", error.message, f" ({detail})" if detail else "")
@@ -1072,7 +1020,7 @@ class FileStore:
             if dl.writing:
                 dl.fd.acquire()   # killed mid-write: a thread may still use the fd, never close it
         self._events.emit("cache.upstream", url=dl.url, bytes=dl.received, status=None,
-                          error=error.message, code=error.code)
+                          error=error.message, reason=error.reason.value)
         self._finish(dl)
 
     def _drop(self, entry: _Entry) -> None:

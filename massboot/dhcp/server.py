@@ -39,9 +39,9 @@ from massboot.dhcp.packet import (
 )
 from massboot.dhcp.policy import BootInfo, Network, RequestKind, State
 from massboot.events import EventBus
-from massboot.files import ClientInfo
 from massboot.ident import mac_int, mac_str
 from massboot.notify import Notifier
+from massboot.sources import ClientInfo
 
 log = logging.getLogger(__name__)
 
