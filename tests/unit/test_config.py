@@ -29,8 +29,11 @@ def test_pybootd_18_sample_loads_with_pybootd_meaning():
     assert b.default_bootfile == "pxelinux.0"
     assert b.bootfiles == {0: "pxelinux.0", 2: "shim.efi", 6: "shim.efi", 7: "shimx64.efi",
                            8: "shimx64.efi", 9: "shimx64.efi"}
-    assert ("1c-69-7a/24", True) in b.mac_rules and ("00-aa-55-12-34-56", True) in b.mac_rules
-    assert b.buggy_clients == (("1c-69-7a/24", True),)
+    assert [(rule.key, rule.allowed) for rule in b.mac_rules] == [("00-aa-55-12-34-56", True),
+                                                                  ("1c-69-7a/24", True)]
+    assert b.mac_rules[1] == cfg.AclRule("1c-69-7a/24", 0x1C697A000000, 0xFFFFFF000000, True, 48)
+    assert b.buggy_clients == (b.mac_rules[1],)
+    assert [rule.exact for rule in b.uuid_rules] == [True, True] and b.uuid_rules[0].bits == 128
     assert b.http is not None and b.http.location == "127.0.0.1:13400" and b.http.timeout == 5
     assert c.tftp.root == os.path.normpath(str(DATA / "images"))   # relative to the config file (C7)
     assert c.tftp.filters == (("egg.info", "[{filename}]"),)
@@ -51,7 +54,7 @@ def test_documented_generation_same_meaning(caplog):
     b = c.bootp
     assert b.default_bootfile == "pxelinux.0" and b.bootfiles == {}
     assert b.dns == ("10.130.0.2",) and b.access == "mac"
-    assert b.mac_rules == (("00-1e-4f-c4-95-ee", True),)
+    assert b.mac_rules == (cfg.AclRule.mac("00-1e-4f-c4-95-ee", True),)
     assert c.remote_root
     # boot_file is given twice: a warning, the last value wins (C2)
     assert any("boot_file is given more than once" in w for w in c.warnings)
@@ -176,3 +179,55 @@ def test_deploy_samples_load_without_warnings(name):
     c = cfg.load(str(path))
     assert c.bootp is not None and not c.warnings
     assert list(cfg.describe(c))
+
+
+@pytest.mark.parametrize("target, reason", [
+    ("{nope}.cfg", "unknown variable {nope} (known: {arch}, {file}, {filename}, {ip}, {mac}, {uuid})"),
+    ("[cfg/{macaddr}]", "unknown variable {macaddr}"),
+    ("{}", "unknown variable {}"),
+    ("{mac!r}", "{mac} takes no format spec or conversion"),
+    ("{mac:>20}", "{mac} takes no format spec or conversion"),
+    ("cfg/{mac", "expected '}'"),
+])
+def test_filter_targets_checked_at_load(target, reason):
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.loads(BASE + f"[filters]\npxelinux.cfg/* = {target}\n")
+    e = err.value
+    assert (e.section, e.option, e.value) == ("filters", "pxelinux.cfg/*", target)
+    assert reason in str(e) and str(e).startswith(f"[filters] pxelinux.cfg/* = {target!r}: ")
+
+
+def test_filter_targets_with_known_variables():
+    text = (BASE + "[filters]\na = {filename}\nb = [{file}]\nc = x/{mac}-{ip}-{uuid}-{arch}.cfg\n"
+            "d = {{literal}}\n")
+    assert [p for p, _ in cfg.loads(text).tftp.filters] == ["a", "b", "c", "d"]
+
+
+def test_check_local_root(tmp_path):
+    cfg.check_local_root(cfg.loads(BASE + f"[tftpd]\nroot = {tmp_path}\n"))
+    cfg.check_local_root(cfg.loads(BASE + "[tftpd]\nroot = http://mirror.example/netboot\n"))
+    missing = tmp_path / "nope"
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.check_local_root(cfg.loads(BASE + f"[tftpd]\nroot = {missing}\n"))
+    assert (err.value.section, err.value.option, err.value.value) == ("tftpd", "root", str(missing))
+
+
+@pytest.mark.parametrize("table", list(cfg.TABLES.values()) + [cfg.SUBNET], ids=lambda t: t.name)
+def test_table_defaults_parse(table):
+    for option in table.options:
+        if option.default is not None and not option.ignored:
+            option.parse(table.name, option.name, option.default)   # a default is a valid value
+        assert not (option.missing and option.default is not None), option.name
+        assert option.doc and option.name == option.name.lower()
+
+
+def test_dataclass_defaults_are_the_tables():
+    """Built with no arguments, the dataclasses hold what an empty section loads as."""
+    empty = cfg.loads(BASE + "[metrics]\n[http]\nlocation = h\n[bootpd]\naccess = http\n", path="/x/y.ini")
+    assert empty.metrics == cfg.MetricsConfig()
+    assert empty.logger == cfg.LoggerConfig()
+    assert empty.bootp.http == cfg.HttpAclConfig("h")
+    assert empty.tftp == cfg.TftpConfig(root="/x")
+    bootp = cfg.BootpConfig("10.0.0.10", access="http", lease_db="/x/massboot-leases.sqlite3",
+                            default_bootfile="pxelinux.0", http=cfg.HttpAclConfig("h"))
+    assert empty.bootp == bootp
