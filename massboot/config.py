@@ -381,8 +381,8 @@ TFTPD = Section("tftpd", (
            default_doc="the server address"),
     Option("port", Int(0, 65535), "69", "TFTP port"),
     Option("root", parse_root, ".",
-           "a local directory, or an ``http://``/``https://`` URL prefix (remote root, through the "
-           "shared cache)", default_doc="the config directory"),
+           "a local directory (it must exist, unless ``-p``), or an ``http://``/``https://`` URL "
+           "prefix (remote root, through the shared cache)", default_doc="the config directory"),
     Option("blocksize", Int(8, 65464), None,
            "the largest block size agreed; unset: what the client asks, up to 65464 (RFC 2348); "
            "without a ``blksize`` option blocks are 512 bytes (RFC 1350)",

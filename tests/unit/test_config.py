@@ -231,3 +231,25 @@ def test_dataclass_defaults_are_the_tables():
     bootp = cfg.BootpConfig("10.0.0.10", access="http", lease_db="/x/massboot-leases.sqlite3",
                             default_bootfile="pxelinux.0", http=cfg.HttpAclConfig("h"))
     assert empty.bootp == bootp
+
+
+def test_readme_option_tables_are_the_code_tables():
+    """README.rst's option tables are rendered from the code's tables (same options, defaults, docs).
+
+    Generated rather than compared field by field: the doc line lives once, in massboot/config.py,
+    and tests/tools/readme_options.py rewrites the README's tables from it.
+    """
+    from tests.tools import readme_options
+
+    text = readme_options.README.read_text(encoding="utf-8")
+    found = readme_options.tables(text)
+    assert sorted(found) == ["bootpd", "http", "logger", "metrics", "subnet:NAME", "tftpd"]
+    lines = text.splitlines()
+    for name, (start, end) in found.items():
+        table = readme_options.section_table(name)
+        assert lines[start:end] == readme_options.render(table), (
+            f"README.rst's [{name}] table is not massboot/config.py's: "
+            "run python tests/tools/readme_options.py")
+        rows = [line.split()[:2] for line in lines[start + 3:end - 1] if not line.startswith(" ")]
+        assert [row[0] for row in rows] == table.names()
+    assert ["pool_count", "``10``"] in [line.split()[:2] for line in readme_options.render(cfg.BOOTPD)]
