@@ -1,4 +1,4 @@
-"""Config loading: both pybootd generations, defaults, aliases, errors (contract C1-C3, C7, C9)."""
+"""Config loading: both pybootd generations, defaults, aliases, errors (README, Configuration)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_pybootd_18_sample_loads_with_pybootd_meaning():
     assert b.buggy_clients == (b.mac_rules[1],)
     assert [rule.exact for rule in b.uuid_rules] == [True, True] and b.uuid_rules[0].bits == 128
     assert b.http is not None and b.http.location == "127.0.0.1:13400" and b.http.timeout == 5
-    assert c.tftp.root == os.path.normpath(str(DATA / "images"))   # relative to the config file (C7)
+    assert c.tftp.root == os.path.normpath(str(DATA / "images"))   # relative to the config file
     assert c.tftp.filters == (("egg.info", "[{filename}]"),)
     assert c.tftp.blocksize is None and c.tftp.timeout == 2.0 and c.tftp.port == 69
     assert c.logger.type == "stderr" and c.logger.level == logging.INFO
@@ -56,7 +56,7 @@ def test_documented_generation_same_meaning(caplog):
     assert b.dns == ("10.130.0.2",) and b.access == "mac"
     assert b.mac_rules == (cfg.AclRule.mac("00-1e-4f-c4-95-ee", True),)
     assert c.remote_root
-    # boot_file is given twice: a warning, the last value wins (C2)
+    # boot_file is given twice: a warning, the last value wins
     assert any("boot_file is given more than once" in w for w in c.warnings)
     d = load("pybootd-documented-debian.ini")
     assert d.bootp.allow_simple_dhcp and d.bootp.dns == ("8.8.8.8",)
@@ -149,7 +149,7 @@ def test_parsing_semantics():
             "servername = pxe%(x)s\n[bootfile]\ndefault = a\n00007 = b.efi\n9 = c.efi\n")
     c = cfg.loads(text)
     assert c.bootp.pool_count == 4 and c.bootp.servername == "pxe%(x)s"   # no interpolation
-    assert c.bootp.bootfiles == {7: "b.efi", 9: "c.efi"}                    # 00007 and 7 alike (C9)
+    assert c.bootp.bootfiles == {7: "b.efi", 9: "c.efi"}                    # 00007 and 7 alike
 
 
 def test_subnets_and_additions():
