@@ -267,20 +267,21 @@ class Section:
         return None if option.default is None else option.parse(self.name, name, option.default)
 
     def read(self, reader: _Reader, section: str | None = None) -> dict[str, Any]:
-        """Every option's value: parsed from the file, else from its default (None when unset).
+        """Every used option's value: parsed from the file, else from its default (None when unset).
 
-        An empty value counts as unset, as pybootd's ``get(..) or default`` did.
+        An empty value counts as unset, as pybootd's ``get(..) or default`` did. Ignored options
+        are left out.
         """
         section = section or self.name
         values: dict[str, Any] = {}
         for option in self.options:
+            if option.ignored:
+                continue
             text = reader.get(section, option.name) or option.default
             if text is None:
                 if option.missing:
                     raise ConfigError(section, option.name, None, f"missing: {option.missing}")
                 values[option.name] = None
-            elif option.ignored:
-                values[option.name] = text
             else:
                 values[option.name] = option.parse(section, option.name, text)
         return values
@@ -702,8 +703,6 @@ def _logger(reader: _Reader, base_dir: str) -> LoggerConfig:
 def _bootp(r: _Reader, base_dir: str) -> BootpConfig:
     s = "bootpd"
     v = BOOTPD.read(r)
-    for name in ("server_name", "set_gateway", "timeout"):
-        del v[name]
     pool_start, pool_count, access = v["pool_start"], v["pool_count"], v["access"]
     if int(ipaddress.IPv4Address(pool_start)) + pool_count > 1 << 32:
         raise ConfigError(s, "pool_count", str(pool_count), "the pool runs past 255.255.255.255")
