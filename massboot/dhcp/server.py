@@ -110,9 +110,9 @@ class DhcpServer:
             if subnet_stores is None or sub.name not in subnet_stores:
                 raise ValueError(f"no lease store for subnet {sub.name}")
             self.scopes.append(self._scope(sub, subnet_stores[sub.name], dns))
-        self.mac_acl = RuleTable.from_mac_items(config.mac_rules) if config.access == "mac" else None
-        self.uuid_acl = RuleTable.from_uuid_items(config.uuid_rules) if config.access == "uuid" else None
-        self.buggy = RuleTable.from_mac_items(config.buggy_clients) if config.buggy_clients else None
+        self.mac_acl = RuleTable(config.mac_rules) if config.access == "mac" else None
+        self.uuid_acl = RuleTable(config.uuid_rules) if config.access == "uuid" else None
+        self.buggy = RuleTable(config.buggy_clients) if config.buggy_clients else None
         self.sname = f"{config.servername}.{config.domain}"
         self.clients: dict[str, Client] = {}
         self._ip_to_mac: dict[str, str] = {}
