@@ -785,24 +785,34 @@ def _tftp(r: _Reader, base_dir: str) -> TftpConfig:
     return TftpConfig(**v, filters=_filters(r))
 
 
+def filter_target_error(target: str) -> str | None:
+    """Why a ``[filters]`` target cannot be used (an unknown ``{variable}``...), or None.
+
+    The target may be ``[path]`` (read the file at path); both forms take the variables of
+    README's ``[filters]`` section and nothing else.
+    """
+    indirect = len(target) > 2 and target.startswith("[") and target.endswith("]")
+    template = target[1:-1] if indirect else target
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"{exc} (write {{{{ and }}}} for braces)"
+    for _text, name, spec, conversion in fields:
+        if name is not None and name not in FILTER_VARIABLES:
+            known = ", ".join(f"{{{known}}}" for known in sorted(FILTER_VARIABLES))
+            return f"unknown variable {{{name}}} (known: {known})"
+        if spec or conversion:
+            return f"{{{name}}} takes no format spec or conversion"
+    return None
+
+
 def _filters(r: _Reader) -> tuple[tuple[str, str], ...]:
     """``[filters]`` as (pattern, target); a ``{variable}`` massboot does not fill is an error."""
-    known = ", ".join(f"{{{name}}}" for name in sorted(FILTER_VARIABLES))
     items = r.items("filters")
     for pattern, target in items:
-        indirect = len(target) > 2 and target.startswith("[") and target.endswith("]")
-        template = target[1:-1] if indirect else target
-        try:
-            fields = list(string.Formatter().parse(template))
-        except ValueError as exc:
-            raise ConfigError("filters", pattern, target, f"{exc} (write {{{{ and }}}} for braces)") from None
-        for _text, name, spec, conversion in fields:
-            if name is not None and name not in FILTER_VARIABLES:
-                raise ConfigError("filters", pattern, target,
-                                  f"unknown variable {{{name}}} (known: {known})")
-            if spec or conversion:
-                raise ConfigError("filters", pattern, target,
-                                  f"{{{name}}} takes no format spec or conversion")
+        error = filter_target_error(target)
+        if error is not None:
+            raise ConfigError("filters", pattern, target, error)
     return tuple(items)
 
 

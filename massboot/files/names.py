@@ -30,18 +30,16 @@ from __future__ import annotations
 import logging
 import os
 import re
-import string
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from massboot.config import filter_target_error
 from massboot.sources import ClientLookup, FileError, FileReason
 
-__all__ = ["VARIABLES", "Filter", "Resolver", "Target", "traversal"]
+__all__ = ["Filter", "Resolver", "Target", "traversal"]
 
 log = logging.getLogger(__name__)
-
-VARIABLES = frozenset({"filename", "ip", "mac", "uuid", "arch", "file"})
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -70,24 +68,6 @@ def _compile_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.DOTALL)
 
 
-def _check_template(pattern: str, template: str) -> None:
-    """Raise ValueError unless every ``{var}`` in a filter target is one we substitute."""
-    try:
-        fields = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ValueError(f"[filters] {pattern} = {template}: {exc}") from None
-    for _literal, name, spec, conversion in fields:
-        if name is None:
-            continue
-        if name not in VARIABLES:
-            known = ", ".join(f"{{{v}}}" for v in sorted(VARIABLES))
-            raise ValueError(f"[filters] {pattern} = {template}: unknown variable {{{name}}} "
-                             f"(known: {known})")
-        if spec or conversion:
-            raise ValueError(f"[filters] {pattern} = {template}: {{{name}}} takes no format "
-                             "spec or conversion")
-
-
 @dataclass(frozen=True, slots=True)
 class Filter:
     """One ``[filters]`` line, compiled."""
@@ -101,9 +81,11 @@ class Filter:
     def parse(cls, pattern: str, target: str) -> Filter:
         """Compile ``pattern = target``; raise ValueError for an unknown ``{variable}``."""
         target = target.strip()
+        error = filter_target_error(target)
+        if error is not None:
+            raise ValueError(f"[filters] {pattern} = {target}: {error}")
         indirect = len(target) > 2 and target.startswith("[") and target.endswith("]")
         template = target[1:-1].strip() if indirect else target
-        _check_template(pattern, template)
         return cls(pattern, _compile_pattern(pattern), template, indirect)
 
     def matches(self, name: str) -> bool:
