@@ -337,7 +337,7 @@ class Exchange:
                 return False
             return self._local_verdict("uuid", settings.uuid_acl.check(uuid_module.UUID(client.uuid).int))
         # access = http: asked when the state changes, or on every request with always_check
-        if not settings.http_always_check and self._new_state in (client.state, State.IDLE):
+        if not settings.http_always_check and self._new_state == client.state:
             return True
         return None
 
@@ -378,10 +378,10 @@ class Exchange:
 
     def _request(self, client: Client) -> Outcome:
         req, scope = self.request, self.scope
+        # the address the client asks for: ciaddr when it has one, else option 50 (SELECTING,
+        # INIT-REBOOT); neither (pybootd's ACK-anything clients): whatever it holds
         if req.kind in (RequestKind.RENEWING, RequestKind.REBINDING):
             wanted: str | None = req.packet.ciaddr
-        elif req.kind == RequestKind.UNKNOWN:
-            wanted = None
         else:
             wanted = req.packet.requested_ip
         # no binding yet (INIT-REBOOT after a database loss, or pybootd's ACK-anything clients):
