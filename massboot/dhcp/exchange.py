@@ -274,8 +274,8 @@ class Exchange:
         """Decide what can be decided without the HTTP ACL."""
         req, settings = self.request, self.settings
         if req.bad_type:
-            return self._done(no_reply="malformed", event=EventRecord(
-                "dhcp.malformed", {"reason": "bad_message_type", "source": req.source[0]}))
+            self._emit("dhcp.malformed", reason="bad_message_type", source=req.source[0])
+            return self._done(no_reply="malformed")
         self._emit("dhcp.received", msgtype=req.name, mac=req.mac, relayed=req.relayed, pxe=req.pxe,
                    ipxe=req.ipxe, uuid=req.uuid, arch=req.arch)
         client = self.client
@@ -482,7 +482,5 @@ class Exchange:
         events, self._events = tuple(self._events), []
         return events
 
-    def _done(self, *, event: EventRecord | None = None, **fields: Any) -> Outcome:
-        if event is not None:
-            self._events.append(event)
+    def _done(self, **fields: Any) -> Outcome:
         return Outcome(events=self._take(), **fields)

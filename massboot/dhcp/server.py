@@ -161,7 +161,7 @@ class DhcpServer:
             self.socket = None
 
     def _bind_to_device(self, sock: socket.socket) -> None:
-        # pybootd §2.4: buggy clients ignore subnet broadcasts, so replies go to
+        # [buggy_clients] (README): these clients ignore subnet broadcasts, so replies go to
         # 255.255.255.255, which only leaves by the right interface when bound to it.
         from massboot.netif import find_network, local_networks
 
