@@ -286,6 +286,20 @@ def test_sqlite_persists_across_reopen(tmp_path) -> None:
         again.close()
 
 
+def test_sqlite_bind_and_its_kept_offer_are_durable(tmp_path) -> None:
+    path = str(tmp_path / "l.db")
+    store = SqliteLeaseStore(path, POOL)
+    bound = store.bind(MAC_A, None, lease_time=600, uuid="11111111-2222-3333-4444-555555555555").lease
+    offered = store.bind(MAC_B, "10.0.0.99", lease_time=600).lease       # wrong address: offer kept
+    store.close()
+    again = SqliteLeaseStore(path, POOL)
+    try:
+        assert again.get(MAC_A) == bound and again.get(MAC_A).state == BOUND
+        assert again.get(MAC_B) == offered and offered.state == OFFERED
+    finally:
+        again.close()
+
+
 def test_sqlite_pool_change_keeps_outside_bindings(tmp_path, caplog) -> None:
     path = str(tmp_path / "l.db")
     store = SqliteLeaseStore(path, POOL)
