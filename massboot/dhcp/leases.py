@@ -84,7 +84,7 @@ class LeaseStoreError(RuntimeError):
 
 
 class LeaseStore(ABC):
-    """The lease interface the DHCP policy uses."""
+    """The lease interface the DHCP exchange uses."""
 
     @abstractmethod
     def get(self, mac: str) -> Lease | None:
