@@ -303,7 +303,7 @@ class Exchange:
             return self._ignore("bootp_not_allowed")
         allowed = self._local_acl(client)
         if allowed is None:
-            return AclQuery(req.packet.mac, client.uuid, client.ip, req.pxe, self._take())
+            return AclQuery(req.packet.mac, client.uuid, client.ip, req.pxe, self.take_events())
         return self._answer(allowed)
 
     def on_acl(self, result: AclResult) -> Outcome:
@@ -478,9 +478,10 @@ class Exchange:
     def _emit(self, kind: str, **fields: Any) -> None:
         self._events.append(EventRecord(kind, fields))
 
-    def _take(self) -> tuple[EventRecord, ...]:
+    def take_events(self) -> tuple[EventRecord, ...]:
+        """The events recorded and not yet returned (those before a failure, say)."""
         events, self._events = tuple(self._events), []
         return events
 
     def _done(self, **fields: Any) -> Outcome:
-        return Outcome(events=self._take(), **fields)
+        return Outcome(events=self.take_events(), **fields)

@@ -239,14 +239,18 @@ class DhcpServer:
         request = classify(packet, source)
         exchange = Exchange(self.settings, request, self.clients.get(request.mac),
                             select_scope(packet, self.main, self.scopes))
-        step = exchange.start()
-        if exchange.client is not None:
-            self.clients.setdefault(request.mac, exchange.client)
-        if isinstance(step, AclQuery):
-            self._emit(step.events)
-            assert self.http_acl is not None
-            result = self.http_acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
-            step = exchange.on_acl(result)
+        try:
+            step = exchange.start()
+            if exchange.client is not None:
+                self.clients.setdefault(request.mac, exchange.client)
+            if isinstance(step, AclQuery):
+                self._emit(step.events)
+                assert self.http_acl is not None
+                result = self.http_acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
+                step = exchange.on_acl(result)
+        except Exception:
+            self._emit(exchange.take_events())    # what happened before the failure
+            raise
         return self._carry_out(step, request.mac, ifindex)
 
     def _carry_out(self, outcome: Outcome, mac: str, ifindex: int) -> BootpPacket | None:
