@@ -1,4 +1,4 @@
-"""UDP notifications of boots and leases (contract C8, spec §6).
+"""UDP notifications of boots and leases (README, "Notifications").
 
 One ASCII datagram per target, no newline: ``BOOT,<uuid>,<MAC>,<IP>`` on a PXE REQUEST,
 ``LEASE,[<uuid>,]<MAC>,<IP>`` on an OS REQUEST, ``RELEASE,[<uuid>,]<MAC>,<IP>`` on a RELEASE.

@@ -1,4 +1,4 @@
-"""Lease stores: stickiness, static leases, exhaustion, decline, persistence (contract C10)."""
+"""Lease stores: stickiness, static leases, exhaustion, decline, persistence (README, "DHCP and PXE behaviour")."""
 
 from __future__ import annotations
 
