@@ -1,4 +1,7 @@
-"""Lease stores: stickiness, static leases, exhaustion, decline, persistence (README, "DHCP and PXE behaviour")."""
+"""Lease stores: stickiness, static leases, exhaustion, decline, persistence.
+
+README, "DHCP and PXE behaviour".
+"""
 
 from __future__ import annotations
 
