@@ -3,7 +3,8 @@ script, kernel and initrd, the booted OS's DHCP (see bench/README.md, "simulate.
 
 DHCP follows RFC 2131 as a relay agent would forward it (``giaddr``, hops 1) or, with
 ``--netns``, by broadcast; PXE options as in RFC 4578 and the PXE 2.1 specification. TFTP
-reads run on gevent: one :class:`~bench.sim.transport.LeanUdp` socket per transfer, loss injected in
+reads go through the shared sans-IO client (``bench/tftpcore.py``); this module is its driver
+on gevent: one :class:`~bench.sim.transport.LeanUdp` socket per transfer, loss injected in
 both directions.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import random
 import re
-import struct
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field, replace
@@ -32,8 +32,8 @@ from massboot.dhcp.packet import (
     u8,
     u16,
 )
-from massboot.tftp import packet as tftp
 
+from ..tftpcore import DONE, ReadClient, unknown_tid_error
 from .profiles import OS_DHCP_WAITS, OS_PARAMS, Profile, Stage
 from .transport import LeanUdp, RelayMailbox
 
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ClientFailure", "ClientResult", "SimClient", "parse_boot_config", "pxelinux_probes"]
 
-_TFTP_HEADER = struct.Struct("!HH")
-_OP_DATA, _OP_ACK, _OP_ERROR, _OP_OACK = 3, 4, 5, 6
 _KEEP_LIMIT = 1 << 20  # config files and scripts are read into memory, up to this size
 
 
@@ -358,32 +356,24 @@ class SimClient:
             ``missing_ok`` (ERROR 1).
 
         Raises:
-            ClientFailure: ``tftp_timeout``, ``tftp_error_N``, ``tftp_size``.
+            ClientFailure: ``tftp_timeout``, ``tftp_error_N``, ``tftp_size``, ``tftp_bad_oack``.
         """
         rack = self.rack
         result = self.result
         loss = rack.loss
         rng = self.rng
         scale = rack.scale
-        waits = stage.waits
         clock = time.monotonic
-        unpack = _TFTP_HEADER.unpack_from
-        pack = _TFTP_HEADER.pack
+        core = ReadClient(name, options, waits=[wait * scale for wait in stage.waits],
+                          keep=_KEEP_LIMIT if keep else 0)
+        on_packet = core.on_packet
         sock = LeanUdp((self.bind_ip, 0))
         try:
             server = (self.tftp_host, rack.tftp_port)
-            rrq = tftp.Request(tftp.Opcode.RRQ, name, "octet", dict(options)).encode()
             rack.transfers += 1
             peer: tuple[str, int] | None = None
-            blksize, window, tsize = tftp.BLKSIZE_DEFAULT, 1, None
-            expected = 1  # next block wanted (unbounded; compared modulo 2**16)
-            since_ack = 0
-            gap_acked = False
-            received = 0
-            content = bytearray() if keep else None
             buf = bytearray(65536 + 4)
             view = memoryview(buf)
-            attempt = 0
 
             def send(data: bytes, to: tuple[str, int]) -> None:
                 if loss and rng.random() < loss:
@@ -394,20 +384,13 @@ class SimClient:
                 except OSError:  # a full socket buffer (EAGAIN) is a loss; the timer resends
                     rack.send_errors += 1
 
-            send(rrq, server)
-            deadline = clock() + waits[0] * scale
-            while True:
-                remaining = deadline - clock()
+            send(core.start(clock()), server)
+            while core.state < DONE:
+                remaining = core.deadline - clock()
                 if remaining <= 0:
-                    attempt += 1
-                    if attempt >= len(waits):
-                        raise ClientFailure("tftp_timeout", f"{name} at block {expected}")
-                    result.tftp_resends += 1
-                    if peer is None:
-                        send(rrq, server)
-                    else:
-                        send(pack(_OP_ACK, (expected - 1) & 0xFFFF), peer)
-                    deadline = clock() + waits[attempt] * scale
+                    again = core.on_timeout(clock())
+                    if again is not None:
+                        send(again, server if peer is None else peer)
                     continue
                 try:
                     got = sock.recvfrom_into(buf, remaining)
@@ -424,65 +407,25 @@ class SimClient:
                 if peer is None:
                     peer = addr
                 elif addr != peer:
-                    send(tftp.Error(tftp.ErrorCode.UNKNOWN_TID, "Unknown transfer ID").encode(), addr)
+                    send(unknown_tid_error(), addr)
                     continue
-                opcode, block = unpack(buf)
-                if opcode == _OP_DATA:
-                    if block == expected & 0xFFFF:
-                        payload = size - 4
-                        received += payload
-                        rack.bytes += payload
-                        if content is not None and len(content) < _KEEP_LIMIT:
-                            content += view[4:size]
-                        expected += 1
-                        since_ack += 1
-                        gap_acked = False
-                        attempt = 0
-                        deadline = clock() + waits[0] * scale
-                        if payload < blksize:
-                            send(pack(_OP_ACK, block), peer)
-                            break
-                        if since_ack >= window:
-                            send(pack(_OP_ACK, block), peer)
-                            since_ack = 0
-                        continue
-                    result.tftp_duplicates += 1
-                    ahead = (block - expected) & 0xFFFF < 0x8000
-                    if block == (expected - 1) & 0xFFFF or (ahead and window > 1 and not gap_acked):
-                        # Our ACK was lost (the server resent its last block), or a window
-                        # arrived with a gap (RFC 7440: acknowledge the last block in order).
-                        send(pack(_OP_ACK, (expected - 1) & 0xFFFF), peer)
-                        since_ack = 0
-                        gap_acked = ahead
-                elif opcode == _OP_OACK:
-                    if expected != 1:
-                        continue
-                    try:
-                        oack = tftp.decode(bytes(view[:size]))
-                    except tftp.PacketError as exc:
-                        raise ClientFailure("tftp_bad_oack", str(exc)) from None
-                    assert isinstance(oack, tftp.OptionAck)
-                    blksize = int(oack.options.get("blksize", blksize))
-                    window = int(oack.options.get("windowsize", window))
-                    if "tsize" in oack.options:
-                        tsize = int(oack.options["tsize"])
-                    send(pack(_OP_ACK, 0), peer)
-                    attempt = 0
-                    deadline = clock() + waits[0] * scale
-                elif opcode == _OP_ERROR:
-                    try:
-                        error = tftp.decode(bytes(view[:size]))
-                    except tftp.PacketError:
-                        error = tftp.Error(block, "")
-                    assert isinstance(error, tftp.Error)
-                    if error.code == tftp.ErrorCode.FILE_NOT_FOUND and missing_ok:
-                        return None
-                    raise ClientFailure(f"tftp_error_{error.code}", f"{name}: {error.message}")
-            if tsize is not None and tsize != received:
-                raise ClientFailure("tftp_size", f"{name}: tsize {tsize}, received {received}")
-            result.bytes += received
-            result.files[name] = received
-            return received, bytes(content) if content is not None else b""
+                before = core.received
+                reply = on_packet(view, size, clock())
+                rack.bytes += core.received - before
+                if reply is not None:
+                    send(reply, peer)
         finally:
             sock.close()
-
+            result.tftp_resends += core.resends
+            result.tftp_duplicates += core.duplicates
+        if core.failed:
+            if core.reason == "error":
+                if core.error_code == 1 and missing_ok:  # RFC 1350: File not found
+                    return None
+                raise ClientFailure(f"tftp_error_{core.error_code}", f"{name}: {core.error_message}")
+            if core.reason == "timeout":
+                raise ClientFailure("tftp_timeout", f"{name} {core.detail}")
+            raise ClientFailure(f"tftp_{core.reason}", f"{name}: {core.detail}")
+        result.bytes += core.received
+        result.files[name] = core.received
+        return core.received, core.content
