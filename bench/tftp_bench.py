@@ -63,11 +63,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+if not __package__:  # run as a file: bench/ is on sys.path, not its parent (see bench/_as_file.py)
+    import _as_file  # noqa: F401
 
-from tftp_client import LoadResult, LoadSpec, run_load  # noqa: E402
+from bench.tftp_client import LoadResult, LoadSpec, run_load  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # servers run from here
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CLONE_NEWNET = 0x40000000
