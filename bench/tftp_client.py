@@ -46,7 +46,7 @@ from typing import Any
 if not __package__:  # run as a file: bench/ is on sys.path, not its parent (see bench/_as_file.py)
     import _as_file  # noqa: F401
 
-from bench.tftpcore import DONE, ReadClient
+from bench.tftpcore import DONE, FAILED, ReadClient
 
 _RECV_BUF = 65536 + 4
 _TICK = 0.05  # seconds between timeout scans
@@ -211,7 +211,7 @@ def run_worker(spec: LoadSpec, count: int, first_index: int,
                     finish(c, f"socket error {exc.errno}")
                     continue
                 reply = core.on_packet(view, n, now)
-                if core.failed:
+                if core.state == FAILED:
                     finish(c, failure(core))
                 elif core.answered:
                     c.sock.connect(peer)
@@ -235,7 +235,7 @@ def run_worker(spec: LoadSpec, count: int, first_index: int,
                 if reply is not None:
                     c.send(reply)
                 if core.state >= DONE and not c.ended:
-                    finish(c, "" if core.done else failure(core))
+                    finish(c, "" if core.state == DONE else failure(core))
                     break
         if now >= next_scan:
             next_scan = now + _TICK
@@ -267,7 +267,7 @@ def run_worker(spec: LoadSpec, count: int, first_index: int,
                 while True:
                     n = c.recv_into(buf)
                     reply = c.core.on_packet(view, n, clock())
-                    if reply is not None and c.core.done:
+                    if reply is not None and c.core.state == DONE:
                         c.send(reply)
             except OSError:
                 pass
@@ -278,7 +278,7 @@ def run_worker(spec: LoadSpec, count: int, first_index: int,
         core = c.core
         result.client_resends += core.resends
         result.dup_data += core.duplicates + core.oack_repeats
-        if core.done and c.reason == "":
+        if core.state == DONE and c.reason == "":
             result.ok += 1
             result.bytes_ok += core.received
             result.durations.append(c.end - c.start)

@@ -94,6 +94,7 @@ class ReadClient:
         oack_repeats: OACKs received after the first.
         reason, detail: why the transfer failed (None and ``""`` otherwise).
         error_code, error_message: the server's ERROR, when it sent one.
+        expected: the next block wanted, unwrapped (1 before any DATA).
     """
 
     def __init__(self, filename: str, options: Mapping[str, str] | None = None, *,
@@ -124,7 +125,7 @@ class ReadClient:
         self.detail = ""
         self.error_code: int | None = None
         self.error_message = ""
-        self._expected = 1  # next block wanted, unwrapped
+        self.expected = 1  # next block wanted, unwrapped
         self._since_ack = 0  # in-order blocks since the last ACK
         self._gap_acked = False  # a gap was acknowledged since the last block in order
         self._attempt = 0
@@ -137,29 +138,14 @@ class ReadClient:
         return self.state != WAITING
 
     @property
-    def finished(self) -> bool:
-        """True once the transfer is over, either way."""
-        return self.state >= DONE
-
-    @property
-    def done(self) -> bool:
-        """True once the last block arrived and every check passed."""
-        return self.state == DONE
-
-    @property
-    def failed(self) -> bool:
-        """True once the transfer ended without the whole file."""
-        return self.state == FAILED
-
-    @property
-    def expected(self) -> int:
-        """The next block wanted, unwrapped (1 before any DATA)."""
-        return self._expected
-
-    @property
     def content(self) -> bytes:
         """The first ``keep`` bytes (at least) of what was received."""
         return bytes(self._content) if self._content is not None else b""
+
+    @property
+    def finished(self) -> bool:
+        """True once the transfer is over, either way (``state`` says which: DONE or FAILED)."""
+        return self.state >= DONE
 
     # -- events --------------------------------------------------------------------------
 
@@ -174,13 +160,13 @@ class ReadClient:
             return None
         self._attempt += 1
         if self._attempt >= len(self._waits):
-            self._fail("timeout", f"at block {self._expected}")
+            self._fail("timeout", f"at block {self.expected}")
             return None
         self.resends += 1
         self.deadline = now + self._waits[self._attempt]
         if self.state == WAITING:
             return self.rrq
-        return ACKS[(self._expected - 1) & 0xFFFF]
+        return ACKS[(self.expected - 1) & 0xFFFF]
 
     def on_packet(self, data: Buffer, n: int, now: float) -> bytes | None:
         """A datagram of ``n`` bytes in ``data`` from the server's TID; returns what to send.
@@ -195,11 +181,11 @@ class ReadClient:
         if state != RUNNING:
             if state == WAITING:
                 return self._first(opcode, block, data, n, now)
-            if state == DONE and opcode == OP_DATA and block == (self._expected - 1) & 0xFFFF:
+            if state == DONE and opcode == OP_DATA and block == (self.expected - 1) & 0xFFFF:
                 return ACKS[block]  # our last ACK was lost: dally
             return None
         if opcode == OP_DATA:
-            expected = self._expected
+            expected = self.expected
             if block == expected & 0xFFFF:
                 payload = n - 4
                 self.received += payload
@@ -207,7 +193,7 @@ class ReadClient:
                     self._hasher.update(data[4:n])
                 if self._content is not None and len(self._content) < self._keep:
                     self._content += data[4:n]
-                self._expected = expected + 1
+                self.expected = expected + 1
                 self._gap_acked = False
                 self._attempt = 0
                 self.deadline = now + self._wait0
@@ -230,7 +216,7 @@ class ReadClient:
                 return ACKS[(expected - 1) & 0xFFFF]
             return None
         if opcode == OP_OACK:
-            if self._expected != 1:
+            if self.expected != 1:
                 return None
             self.oack_repeats += 1  # our ACK 0 was lost or late
             self._attempt = 0

@@ -33,7 +33,7 @@ from massboot.dhcp.packet import (
     u16,
 )
 
-from ..tftpcore import DONE, ReadClient, unknown_tid_error
+from ..tftpcore import DONE, FAILED, ReadClient, unknown_tid_error
 from .profiles import OS_DHCP_WAITS, OS_PARAMS, Profile, Stage
 from .transport import LeanUdp, RelayMailbox
 
@@ -418,7 +418,7 @@ class SimClient:
             sock.close()
             result.tftp_resends += core.resends
             result.tftp_duplicates += core.duplicates
-        if core.failed:
+        if core.state == FAILED:
             if core.reason == "error":
                 if core.error_code == 1 and missing_ok:  # RFC 1350: File not found
                     return None

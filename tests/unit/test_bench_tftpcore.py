@@ -57,7 +57,7 @@ def test_oack_is_answered_with_ack_0_and_sets_the_options():
     assert ack_of(feed(client, data(2, b"b" * 800))) == 2
     assert feed(client, OptionAck({"blksize": "800"}).encode()) is None  # too late: ignored
     assert ack_of(feed(client, data(3, b"c" * 400))) == 3
-    assert client.done and client.received == 2000 and client.deadline == float("inf")
+    assert client.state == DONE and client.received == 2000 and client.deadline == float("inf")
 
 
 def test_no_options_rfc1350_lock_step_and_size_checked_against_tsize():
@@ -65,13 +65,13 @@ def test_no_options_rfc1350_lock_step_and_size_checked_against_tsize():
     client.start(0.0)
     assert ack_of(feed(client, data(1, b"x" * 512))) == 1
     assert ack_of(feed(client, data(2, b"y" * 10))) == 2
-    assert client.done and client.content == b"x" * 512 + b"y" * 10
+    assert client.state == DONE and client.content == b"x" * 512 + b"y" * 10
 
     short = ReadClient("f", {"tsize": "0"}, waits=WAITS)
     short.start(0.0)
     feed(short, OptionAck({"tsize": "1000"}).encode())
     assert ack_of(feed(short, data(1, b"z" * 100))) == 1  # the last ACK still goes out
-    assert short.failed and short.reason == "size" and short.detail == "tsize 1000, received 100"
+    assert short.state == FAILED and short.reason == "size" and short.detail == "tsize 1000, received 100"
 
 
 def test_rollover_past_65535_with_a_window():
@@ -87,7 +87,7 @@ def test_rollover_past_65535_with_a_window():
         reply = feed(client, data(number, content[(number - 1) * blksize:number * blksize]))
         if reply is not None:
             acks.append(ack_of(reply))
-    assert client.done, (client.reason, client.detail)
+    assert client.state == DONE, (client.reason, client.detail)
     assert client.received == len(content) and client.duplicates == 0
     assert acks[-1] == total_blocks & 0xFFFF
     wrap = acks.index(65532)  # windows of 4: 65532, then 65536 which is 0 on the wire, then 4
@@ -117,7 +117,7 @@ def test_gap_in_a_window_acks_the_last_block_in_order_once():
     for number in (2, 3, 4):
         assert feed(client, data(number, b"x" * 512)) is None
     assert ack_of(feed(client, data(5, b"e" * 512))) == 5
-    assert ack_of(feed(client, data(6, b""))) == 6 and client.done
+    assert ack_of(feed(client, data(6, b""))) == 6 and client.state == DONE
     assert client.received == 5 * 512
 
 
@@ -132,7 +132,7 @@ def test_error_ends_the_transfer():
     client = ReadClient("missing", {"tsize": "0"}, waits=WAITS)
     client.start(0.0)
     assert feed(client, Error(ErrorCode.FILE_NOT_FOUND, "File not found").encode()) is None
-    assert client.failed and client.reason == "error"
+    assert client.state == FAILED and client.reason == "error"
     assert (client.error_code, client.error_message) == (1, "File not found")
     assert client.on_timeout(100.0) is None and client.resends == 0
 
@@ -140,7 +140,7 @@ def test_error_ends_the_transfer():
     midway.start(0.0)
     feed(midway, data(1, b"a" * 512))
     feed(midway, Error(ErrorCode.NOT_DEFINED, "Transfer timed out").encode())
-    assert midway.failed and midway.error_code == 0 and midway.received == 512
+    assert midway.state == FAILED and midway.error_code == 0 and midway.received == 512
 
 
 def test_timeouts_resend_the_rrq_then_the_last_ack_and_give_up():
@@ -152,7 +152,7 @@ def test_timeouts_resend_the_rrq_then_the_last_ack_and_give_up():
     assert client.on_timeout(4.5) == ACKS[1] and client.deadline == 6.5
     assert client.on_timeout(6.5) == ACKS[1] and client.deadline == 10.5
     assert client.on_timeout(10.5) is None
-    assert client.failed and client.reason == "timeout" and client.detail == "at block 2"
+    assert client.state == FAILED and client.reason == "timeout" and client.detail == "at block 2"
     assert client.resends == 3
 
 
@@ -252,7 +252,7 @@ def test_against_massboots_own_transfer_engine(windowsize, loss_seed):
                 again = client.on_timeout(now[0])
                 if again is not None and again != client.rrq:
                     to_client += [bytes(d) for d in server.on_ack(decode(again).block)]  # type: ignore[union-attr]
-    assert client.done, (client.reason, client.detail)
+    assert client.state == DONE, (client.reason, client.detail)
     assert client.received == len(content) and client.windowsize == windowsize
     if loss_seed is None:
         assert client.duplicates == 0 and client.resends == 0 and server.retransmits == 0
