@@ -17,7 +17,7 @@ Behaviour (RFC 1350, RFC 2347-2349, RFC 7440):
 * The RRQ carries the options given, in their order (RFC 2347). An OACK is answered with
   ACK 0 (again, when the server repeats it because our ACK 0 was lost); ``blksize``,
   ``windowsize`` and ``tsize`` are taken from it. A server that ignores the options answers
-  DATA 1 straight away, which is accepted (RFC 2347 section "Negotiation"), unless
+  DATA 1 straight away, which is accepted (RFC 2347, "Negotiation Protocol"), unless
   ``require_oack``.
 * DATA blocks are numbered modulo 2**16 on the wire: after 65535 comes 0 (as massboot,
   tftp-hpa, atftp and dnsmasq send it). Blocks are counted here without wrapping.
