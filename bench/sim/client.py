@@ -69,7 +69,6 @@ class ClientResult:
     dora_times: list[float] = field(default_factory=list)
 
 
-
 class ClientFailure(Exception):
     """A client gave up: ``reason`` says why (``dhcp_timeout``, ``tftp_timeout``...)."""
 
@@ -77,7 +76,6 @@ class ClientFailure(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
-
 
 
 def pxelinux_probes(uuid: str, mac: str, ip: str) -> list[str]:
@@ -134,7 +132,6 @@ def parse_boot_config(text: str, ipxe: bool) -> tuple[str | None, str | None]:
                     initrd = word[len("initrd="):].split(",")[0]
                     break
     return kernel, initrd
-
 
 
 class SimClient:

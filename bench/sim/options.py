@@ -47,7 +47,6 @@ class Options:
     progress: bool = True
 
 
-
 class SetupError(Exception):
     """The run could not start (bad options, the server did not come up)."""
 

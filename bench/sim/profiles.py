@@ -14,6 +14,7 @@ from dataclasses import dataclass
 __all__ = ["IPXE_DHCP_WAITS", "OS_DHCP_WAITS", "OS_PARAMS", "PROFILES", "PXELINUX_WAITS", "PXE_DHCP_WAITS",
            "Profile", "Stage", "allocate_profiles", "parse_mix"]
 
+
 @dataclass(frozen=True)
 class Stage:
     """How one piece of boot software reads files by TFTP.
@@ -113,7 +114,6 @@ PROFILES: dict[str, Profile] = {
     "plain": Profile("plain", 0, "PXEClient:Arch:00000:UNDI:002001", bytes([1, 2, 1]), _BIOS_PARAMS, 1260,
                      PXE_DHCP_WAITS, _RFC1350, _RFC1350),
 }
-
 
 
 def parse_mix(text: str) -> dict[str, float]:

@@ -61,14 +61,15 @@ class Rack:
         return time.monotonic() - self.t0
 
     def mailbox(self) -> RelayMailbox:
+        """A client's way to the DHCP server: on the shared relay, or a socket of its own."""
         if self.relay is not None:
             return self.relay.mailbox()
         return SocketMailbox(self.opts.relay_ip, self.dhcp_server)
 
     def close(self) -> None:
+        """Close the shared relay socket, if any."""
         if self.relay is not None:
             self.relay.close()
-
 
 
 def _progress_line(rack: Rack, total: int, last_bytes: int, interval: float) -> str:

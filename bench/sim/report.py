@@ -70,7 +70,6 @@ class Summary:
         return self.clients > 0 and self.booted == self.clients
 
 
-
 def percentiles(values: Sequence[float]) -> dict[str, float]:
     """p50, p95 (nearest rank) and max of ``values``; empty when there are none."""
     if not values:

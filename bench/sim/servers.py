@@ -109,6 +109,7 @@ default = {bios}
 root = {root}
 """
 
+
 class UpstreamHttp:
     """A small HTTP server on 127.0.0.1 serving ``root`` (GET and HEAD), counting what it sends.
 
@@ -195,7 +196,6 @@ class UpstreamHttp:
 
     def close(self) -> None:
         self.server.stop(timeout=1)
-
 
 
 class ServerProcess:
@@ -328,7 +328,6 @@ def proc_peak_rss_mb(pid: int) -> float | None:
     except (OSError, ValueError):
         return None
     return None
-
 
 
 class ExternalServer:
