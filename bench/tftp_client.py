@@ -401,7 +401,8 @@ def run_load(spec: LoadSpec, clients: int, workers: int, *, cpus: list[int] | No
     return merge(parts, clients)
 
 
-def _size(text: str) -> int:
+def parse_size(text: str) -> int:
+    """``1M`` -> 1048576 (K, M, G are powers of 1024)."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     text = text.strip().upper()
     if text and text[-1] in units:
@@ -432,7 +433,7 @@ def main() -> int:
             data = f.read()
         size, sha = len(data), hashlib.sha256(data).hexdigest()
     elif args.size:
-        size, sha = _size(args.size), args.sha256
+        size, sha = parse_size(args.size), args.sha256
     else:
         parser.error("give --local or --size")
     spec = LoadSpec((host, int(port)), args.file, size, sha, blksize=args.blksize,
