@@ -19,10 +19,9 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-
 from massboot.dhcp.packet import BOOTREQUEST, BootpPacket, MessageType, Opt, decode, encode, ip_bytes, u8  # noqa: E402,I001
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # massboot runs from here
 
 CONFIG = """
 [logger]
@@ -57,7 +56,7 @@ def main() -> int:
                                   lease_db=args.lease_db if args.lease_db == ":memory:" else
                                   os.path.join(tmp, "leases.sqlite3")))
         server = subprocess.Popen([sys.executable, "-m", "massboot", "-p", "-c", path],
-                                  cwd=os.path.dirname(HERE), stderr=subprocess.PIPE, text=True)
+                                  cwd=REPO, stderr=subprocess.PIPE, text=True)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("127.0.0.2", 0))
         sock.settimeout(1.0)

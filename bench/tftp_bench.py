@@ -63,11 +63,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+if not __package__:  # run as a file: bench/ is on sys.path, not its parent (see bench/_as_file.py)
+    import _as_file  # noqa: F401
 
-from tftp_client import LoadResult, LoadSpec, run_load  # noqa: E402
+from bench.tftp_client import LoadResult, LoadSpec, parse_size, run_load  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # servers run from here
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CLONE_NEWNET = 0x40000000
@@ -106,15 +107,6 @@ import logging, sys, tftpy
 logging.getLogger("tftpy").setLevel(logging.ERROR)
 tftpy.TftpServer(sys.argv[1]).listen(sys.argv[2], int(sys.argv[3]))
 """
-
-
-def parse_size(text: str) -> int:
-    """``1M`` -> 1048576 (K, M, G are powers of 1024)."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper()
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
 
 
 def size_label(size: int) -> str:

@@ -1,8 +1,9 @@
 """A lean TFTP load generator: N concurrent read transfers from a few worker processes.
 
 Each worker process runs one ``epoll`` loop over its clients' sockets (one UDP socket, so one
-TID, per client) and no greenlets: per DATA block the cost is one ``recv_into``, one
-``struct.unpack_from`` and, when an ACK is due, one ``send``. Once the server's first answer
+TID, per client) and no greenlets: per DATA block the cost is one ``recv_into``, one call of
+the shared sans-IO client (``bench/tftpcore.py``, which holds the protocol) and, when an ACK
+is due, one ``send``. Once the server's first answer
 has told a client the server's TID its socket is ``connect``-ed, so the kernel filters strangers
 and no address tuple is built per packet.
 
@@ -10,11 +11,11 @@ Every client: RRQ (octet, ``blksize``, ``tsize 0``, optionally ``windowsize``), 
 OACK, DATA received in order and acknowledged (every block in lock-step, the last block of
 each window with RFC 7440), the size checked against the expected size and the OACK's
 ``tsize``, the sha256 checked on every ``verify_every``-th client. A client that hears nothing
-for ``timeout`` seconds resends its last packet (RRQ or ACK), ``retries`` times at most, then
-counts as failed; a worker also gives up on everything left at ``deadline``. With ``spin`` the
-loop busy-polls instead of sleeping, so that a single stream measured across two CPUs is not
-limited by the cost of waking the client for every datagram. A finished client
-keeps its socket until its worker ends and re-ACKs a retransmitted last block (dallying).
+new for ``timeout`` seconds resends its RRQ or the ACK of its last block in order, ``retries``
+times at most, then counts as failed; a worker also gives up on everything left at
+``deadline``. With ``spin`` the loop busy-polls instead of sleeping, so that a single stream
+measured across two CPUs is not limited by the cost of waking the client for every datagram.
+A finished client keeps its socket until its worker ends and re-ACKs a retransmitted last block (dallying).
 
 Counted: failures (by reason), the client's own resends, and duplicate DATA received (the
 server's retransmissions as the client sees them).
@@ -36,19 +37,19 @@ import os
 import select
 import socket
 import statistics
-import struct
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-OP_RRQ, OP_DATA, OP_ACK, OP_ERROR, OP_OACK = 1, 3, 4, 5, 6
-_HEADER = struct.Struct("!HH")
+if not __package__:  # run as a file: bench/ is on sys.path, not its parent (see bench/_as_file.py)
+    import _as_file  # noqa: F401
+
+from bench.tftpcore import DONE, FAILED, ReadClient
+
 _RECV_BUF = 65536 + 4
 _TICK = 0.05  # seconds between timeout scans
-
-_WAIT, _RUN, _DONE, _FAILED = 0, 1, 2, 3
 
 
 @dataclass
@@ -111,51 +112,38 @@ class LoadResult:
 
 
 class _Client:
-    __slots__ = ("sock", "recv_into", "send", "state", "expect", "since", "nbytes", "hasher",
-                 "start", "end", "deadline", "tries", "last", "window", "rrq", "reason", "gap")
+    __slots__ = ("sock", "recv_into", "send", "core", "hashed", "ended", "start", "end", "reason")
 
-    def __init__(self, sock: socket.socket, rrq: bytes, hashed: bool) -> None:
+    def __init__(self, sock: socket.socket, core: ReadClient, hashed: bool) -> None:
         self.sock = sock
         self.recv_into = sock.recv_into
         self.send = sock.send
-        self.state = _WAIT
-        self.expect = 1  # next DATA block number (16 bits)
-        self.since = 0  # blocks received since the last ACK
-        self.nbytes = 0
-        self.hasher = hashlib.sha256() if hashed else None
+        self.core = core
+        self.hashed = hashed
+        self.ended = False  # counted as finished by this worker (the core may still dally)
         self.start = 0.0
         self.end = 0.0
-        self.deadline = 0.0
-        self.tries = 0
-        self.last = b""  # the last packet sent (resent on timeout)
-        self.window = 1
-        self.rrq = rrq
         self.reason = ""
-        self.gap = False  # an out-of-order block was answered since the last in-order one
 
 
-def build_rrq(spec: LoadSpec) -> bytes:
-    """The read request every client sends."""
-    parts = [spec.filename.encode(), b"octet", b"blksize", str(spec.blksize).encode()]
+def request_options(spec: LoadSpec) -> dict[str, str]:
+    """The RRQ options every client sends, in order."""
+    options = {"blksize": str(spec.blksize)}
     if spec.tsize:
-        parts += [b"tsize", b"0"]
+        options["tsize"] = "0"
     if spec.windowsize > 1:
-        parts += [b"windowsize", str(spec.windowsize).encode()]
-    return _HEADER.pack(OP_RRQ, 0)[:2] + b"\0".join(parts) + b"\0"
+        options["windowsize"] = str(spec.windowsize)
+    return options
 
 
-def parse_options(payload: bytes) -> dict[str, str]:
-    """OACK body (``name\\0value\\0...``) to a dict, names lower-cased."""
-    fields = payload.split(b"\0")
-    out: dict[str, str] = {}
-    for i in range(0, len(fields) - 1, 2):
-        out[fields[i].decode("ascii", "replace").lower()] = fields[i + 1].decode("ascii", "replace")
-    return out
-
-
-def _error_text(view: memoryview, n: int) -> str:
-    """The message of an ERROR datagram held in ``view[:n]``."""
-    return bytes(view[4:n]).split(b"\0")[0].decode("ascii", "replace")
+def failure(core: ReadClient) -> str:
+    """The failure of a transfer as this generator counts it (``timeout``, ``error <message>``...)."""
+    reason = core.reason or "unknown"
+    if reason == "error":
+        return "error " + core.error_message
+    if reason in ("blksize", "tsize", "opcode"):
+        return f"{reason} {core.detail}"
+    return {"no_oack": "no OACK", "bad_oack": "bad OACK"}.get(reason, reason)
 
 
 def run_worker(spec: LoadSpec, count: int, first_index: int,
@@ -173,11 +161,8 @@ def run_worker(spec: LoadSpec, count: int, first_index: int,
         os.sched_setaffinity(0, {cpu})
     buf = bytearray(_RECV_BUF)
     view = memoryview(buf)
-    unpack = _HEADER.unpack_from
-    pack = _HEADER.pack
-    acks = [pack(OP_ACK, number) for number in range(65536)]  # no struct call per ACK
-    blksize = spec.blksize
-    rrq = build_rrq(spec)
+    options = request_options(spec)
+    waits = (spec.timeout,) * (spec.retries + 1)  # the first wait, then one per resend
     poller = select.epoll()
     clients: dict[int, _Client] = {}
     for i in range(count):
@@ -186,7 +171,9 @@ def run_worker(spec: LoadSpec, count: int, first_index: int,
         sock.setblocking(False)
         index = first_index + i
         hashed = spec.verify_every > 0 and index % spec.verify_every == 0
-        clients[sock.fileno()] = _Client(sock, rrq, hashed)
+        core = ReadClient(spec.filename, options, waits=waits, size=spec.size,
+                          sha256=spec.sha256 if hashed else None, require_oack=True)
+        clients[sock.fileno()] = _Client(sock, core, hashed)
         poller.register(sock.fileno(), select.EPOLLIN)
     result = WorkerResult()
     if ready is not None:
@@ -197,16 +184,14 @@ def run_worker(spec: LoadSpec, count: int, first_index: int,
     end_by = now + spec.deadline
     for c in clients.values():
         c.start = clock()
-        c.sock.sendto(rrq, spec.server)
-        c.last = rrq
-        c.deadline = c.start + spec.timeout
+        c.sock.sendto(c.core.start(c.start), spec.server)
     active = len(clients)
     next_scan = now + _TICK
     wait = 0 if spec.spin else _TICK
 
-    def finish(c: _Client, state: int, reason: str = "") -> None:
+    def finish(c: _Client, reason: str = "") -> None:
         nonlocal active
-        c.state = state
+        c.ended = True
         c.end = clock()
         c.reason = reason
         active -= 1
@@ -216,127 +201,61 @@ def run_worker(spec: LoadSpec, count: int, first_index: int,
         now = clock()
         for fd, _ev in events:
             c = clients[fd]
-            state = c.state
-            if state == _WAIT:  # the server's first answer: learn its TID
+            core = c.core
+            if not core.answered:  # the server's first answer: learn its TID
                 try:
                     n, peer = c.sock.recvfrom_into(buf)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:  # ICMP port unreachable: no server
-                    finish(c, _FAILED, f"socket error {exc.errno}")
+                    finish(c, f"socket error {exc.errno}")
                     continue
-                if n < 4:
-                    continue
-                op, blk = unpack(buf)
-                if op == OP_ERROR:
-                    finish(c, _FAILED, "error " + _error_text(view, n))
-                    continue
-                c.sock.connect(peer)
-                c.state = state = _RUN
-                if op == OP_OACK:
-                    opts = parse_options(bytes(view[2:n]))
-                    if int(opts.get("blksize", "512")) != blksize:
-                        finish(c, _FAILED, f"blksize {opts.get('blksize')}")
-                        continue
-                    if spec.tsize and "tsize" in opts and int(opts["tsize"]) != spec.size:
-                        finish(c, _FAILED, f"tsize {opts['tsize']}")
-                        continue
-                    c.window = int(opts.get("windowsize", "1"))
-                    result.windowsize_agreed.append(c.window)
-                    c.last = ack = pack(OP_ACK, 0)
-                    c.send(ack)
-                    c.deadline = now + spec.timeout
-                    c.tries = 0
-                    continue
-                if op != OP_DATA:
-                    finish(c, _FAILED, f"opcode {op}")
-                    continue
-                # DATA 1 without an OACK: the server ignored the options.
-                finish(c, _FAILED, "no OACK")
+                reply = core.on_packet(view, n, now)
+                if core.state == FAILED:
+                    finish(c, failure(core))
+                elif core.answered:
+                    c.sock.connect(peer)
+                    result.windowsize_agreed.append(core.windowsize)
+                    if reply is not None:
+                        c.send(reply)
                 continue
             recv_into = c.recv_into
             # Lock-step: one datagram per event (the next cannot be there before our ACK, and
             # epoll is level-triggered), so no EAGAIN round trip; windows: drain up to a window.
-            for _ in range(c.window):
+            for _ in range(core.windowsize):
                 try:
                     n = recv_into(buf)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
-                    if c.state == _RUN:
-                        finish(c, _FAILED, f"socket error {exc.errno}")
+                    if not c.ended:
+                        finish(c, f"socket error {exc.errno}")
                     break
-                if n < 4:
-                    continue
-                op, blk = unpack(buf)
-                if op == OP_DATA:
-                    if blk == c.expect and c.state == _RUN:
-                        size = n - 4
-                        c.nbytes += size
-                        if c.hasher is not None:
-                            c.hasher.update(view[4:n])
-                        c.expect = (blk + 1) & 0xFFFF
-                        c.gap = False
-                        if size < blksize:
-                            c.last = ack = acks[blk]
-                            c.send(ack)
-                            if c.nbytes != spec.size:
-                                finish(c, _FAILED, "size")
-                            elif c.hasher is not None and c.hasher.hexdigest() != spec.sha256:
-                                finish(c, _FAILED, "sha256")
-                            else:
-                                if c.hasher is not None:
-                                    result.sha_checked += 1
-                                finish(c, _DONE)
-                            break
-                        c.since += 1
-                        if c.since >= c.window:
-                            c.since = 0
-                            c.last = ack = acks[blk]
-                            c.send(ack)
-                            c.deadline = now + spec.timeout
-                            c.tries = 0
-                    elif c.state != _FAILED:
-                        result.dup_data += 1
-                        if (blk - c.expect) & 0xFFFF < 0x8000:
-                            # A gap (a block was lost): RFC 7440, ACK the last in-order block,
-                            # once per gap so that a window of strays is not a storm of ACKs.
-                            if c.state == _RUN and not c.gap:
-                                c.gap = True
-                                c.since = 0
-                                c.last = ack = pack(OP_ACK, (c.expect - 1) & 0xFFFF)
-                                c.send(ack)
-                        elif blk == _HEADER.unpack_from(c.last)[1]:
-                            # An old window resent because our ACK of it was lost: ACK it again.
-                            c.send(c.last)
-                elif op == OP_OACK:  # our ACK 0 was lost or late
-                    result.dup_data += 1
-                    if c.state == _RUN and c.expect == 1:
-                        c.send(pack(OP_ACK, 0))
-                elif op == OP_ERROR:
-                    if c.state == _RUN:
-                        finish(c, _FAILED, "error " + _error_text(view, n))
+                reply = core.on_packet(view, n, now)
+                if reply is not None:
+                    c.send(reply)
+                if core.state >= DONE and not c.ended:
+                    finish(c, "" if core.state == DONE else failure(core))
                     break
         if now >= next_scan:
             next_scan = now + _TICK
             if now >= end_by:
                 for c in clients.values():
-                    if c.state <= _RUN:
-                        finish(c, _FAILED, "deadline")
+                    if not c.ended:
+                        finish(c, "deadline")
                 break
             for c in clients.values():
-                if c.state <= _RUN and now >= c.deadline:
-                    c.tries += 1
-                    if c.tries > spec.retries:
-                        finish(c, _FAILED, "timeout")
+                core = c.core
+                if not c.ended and now >= core.deadline:
+                    again = core.on_timeout(now)
+                    if again is None:
+                        finish(c, failure(core))
                         continue
-                    result.client_resends += 1
-                    c.deadline = now + spec.timeout
                     try:
-                        if c.state == _WAIT:
-                            c.sock.sendto(c.rrq, spec.server)
+                        if core.answered:
+                            c.send(again)
                         else:
-                            c.send(c.last)
+                            c.sock.sendto(again, spec.server)
                     except OSError:
                         pass
     # Dally briefly so that a final ACK lost on the way gets resent by the server and answered.
@@ -347,18 +266,24 @@ def run_worker(spec: LoadSpec, count: int, first_index: int,
             try:
                 while True:
                     n = c.recv_into(buf)
-                    if n >= 4 and c.state == _DONE and c.last:
-                        c.send(c.last)
+                    reply = c.core.on_packet(view, n, clock())
+                    if reply is not None and c.core.state == DONE:
+                        c.send(reply)
             except OSError:
                 pass
     times1 = os.times()
     result.cpu = (times1.user - times0.user) + (times1.system - times0.system)
     failures: Counter[str] = Counter()
     for c in clients.values():
-        if c.state == _DONE:
+        core = c.core
+        result.client_resends += core.resends
+        result.dup_data += core.duplicates + core.oack_repeats
+        if core.state == DONE and c.reason == "":
             result.ok += 1
-            result.bytes_ok += c.nbytes
+            result.bytes_ok += core.received
             result.durations.append(c.end - c.start)
+            if c.hashed:
+                result.sha_checked += 1
         else:
             failures[c.reason or "unknown"] += 1
         result.first_start = min(result.first_start, c.start)
@@ -476,7 +401,8 @@ def run_load(spec: LoadSpec, clients: int, workers: int, *, cpus: list[int] | No
     return merge(parts, clients)
 
 
-def _size(text: str) -> int:
+def parse_size(text: str) -> int:
+    """``1M`` -> 1048576 (K, M, G are powers of 1024)."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     text = text.strip().upper()
     if text and text[-1] in units:
@@ -507,7 +433,7 @@ def main() -> int:
             data = f.read()
         size, sha = len(data), hashlib.sha256(data).hexdigest()
     elif args.size:
-        size, sha = _size(args.size), args.sha256
+        size, sha = parse_size(args.size), args.sha256
     else:
         parser.error("give --local or --size")
     spec = LoadSpec((host, int(port)), args.file, size, sha, blksize=args.blksize,

@@ -1,15 +1,16 @@
-"""Access control: local MAC/UUID rule tables and the remote HTTP ACL (contract C5, spec §5).
+"""Access control: local MAC/UUID rule tables and the remote HTTP ACL (README, Configuration).
 
 :class:`RuleTable` is pure: pybootd's ``[mac]``/``[uuid]`` matching (an exact key first, then the
-first masked entry in ini order). :class:`HttpAcl` asks a web server and turns its answer into an
-:class:`AclResult`; under gevent's monkey patching the request is cooperative, so a slow ACL
-server delays only the client being checked, and a hard deadline bounds the whole call.
+first masked entry in ini order) over the :class:`massboot.config.AclRule` entries parsed at
+load. :class:`HttpAcl` asks a web server and turns its answer into an :class:`AclResult`; under
+gevent's monkey patching the request is cooperative, so a slow ACL server delays only the client
+being checked, and a hard deadline bounds the whole call.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlencode
@@ -18,7 +19,8 @@ import gevent
 import requests
 from requests.adapters import HTTPAdapter
 
-from massboot.ident import MAC_BITS, UUID_BITS, mac_dash, mac_str, parse_mac_rule, parse_uuid_rule
+from massboot.config import AclRule
+from massboot.ident import mac_dash, mac_str
 
 log = logging.getLogger(__name__)
 
@@ -55,47 +57,34 @@ class AclResult:
 
 
 class RuleTable:
-    """pybootd's ``[mac]`` / ``[uuid]`` access table.
+    """pybootd's ``[mac]`` / ``[uuid]`` access table (also ``[buggy_clients]``).
 
     Args:
-        rules: ``(value, mask, allowed)`` in ini order. An identical ``(value, mask)`` given
-            twice keeps its first position and takes the last value (a dict, as in pybootd).
-        bits: the identifier width (48 for MACs, 128 for UUIDs); a rule whose mask covers
-            all of it is an exact key.
+        rules: the section's entries, parsed at config load, in ini order. An identical
+            ``(value, mask)`` given twice keeps its first position and takes the last value (a
+            dict, as in pybootd).
+
+    Raises:
+        ValueError: rules of different widths (MAC and UUID) in one table.
     """
 
-    def __init__(self, rules: Sequence[tuple[int, int, bool]], *, bits: int = MAC_BITS) -> None:
-        self._full = (1 << bits) - 1
+    def __init__(self, rules: Iterable[AclRule]) -> None:
         table: dict[tuple[int, int], bool] = {}
-        for value, mask, allowed in rules:
-            mask &= self._full
-            table[(value & mask, mask)] = bool(allowed)
+        widths = set()
+        for rule in rules:
+            widths.add(rule.bits)
+            table[(rule.value & rule.mask, rule.mask)] = bool(rule.allowed)
+        if len(widths) > 1:
+            raise ValueError("a rule table holds MAC rules or UUID rules, not both")
+        self._full = (1 << widths.pop()) - 1 if widths else 0
         self._rules = table
         self._exact = {value: allowed for (value, mask), allowed in table.items() if mask == self._full}
-
-    @classmethod
-    def from_mac_items(cls, items: Sequence[tuple[str, bool]]) -> RuleTable:
-        """Build a table from ``[mac]`` items such as ``("1C-69-7A/24", True)``.
-
-        Raises:
-            ValueError: a key that :func:`massboot.ident.parse_mac_rule` rejects.
-        """
-        return cls([(*parse_mac_rule(key), allowed) for key, allowed in items], bits=MAC_BITS)
-
-    @classmethod
-    def from_uuid_items(cls, items: Sequence[tuple[str, bool]]) -> RuleTable:
-        """Build a table from ``[uuid]`` items (``UUID[/UUIDMASK]``).
-
-        Raises:
-            ValueError: a key that :func:`massboot.ident.parse_uuid_rule` rejects.
-        """
-        return cls([(*parse_uuid_rule(key), allowed) for key, allowed in items], bits=UUID_BITS)
 
     def __len__(self) -> int:
         return len(self._rules)
 
     def check(self, value: int) -> bool | None:
-        """Look *value* up.
+        """Look *value* up: an exact key wins, else the first matching entry in ini order.
 
         Returns:
             True (allowed), False (listed but disabled) or None (not listed).

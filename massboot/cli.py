@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 
 from massboot import __version__  # noqa: E402
 from massboot import config as cfg  # noqa: E402
-from massboot.files import ClientInfo  # noqa: E402
+from massboot.sources import ClientInfo  # noqa: E402
 
 log = logging.getLogger("massboot")
 
@@ -245,11 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format=LOG_FORMAT)
     try:
         config = cfg.load(args.config)
+        if not args.pxe:
+            cfg.check_local_root(config)   # TFTP runs: a missing local root is a config error
     except cfg.ConfigError as exc:
         print(f"\nError: {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
-        return check_config(config, run_dhcp=not args.tftp, run_tftp=not args.pxe)
+        return check_config(config, run_dhcp=not args.tftp)
     setup_logging(config.logger, args.debug)
     log.info("massboot-%s", __version__)
     if args.http:
@@ -268,8 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_until_signal(services)
 
 
-def check_config(config: cfg.Config, *, run_dhcp: bool, run_tftp: bool) -> int:
-    """``--check-config``: validate everything that can be validated without binding."""
+def check_config(config: cfg.Config, *, run_dhcp: bool) -> int:
+    """``--check-config``: validate everything that can be validated without binding.
+
+    The config is loaded and the TFTP root checked by :func:`main` first, as for a normal start.
+    """
     from massboot.netif import NetworkDetectError, detect
 
     for line in cfg.describe(config):
@@ -282,9 +287,6 @@ def check_config(config: cfg.Config, *, run_dhcp: bool, run_tftp: bool) -> int:
             return EXIT_CONFIG
         print(f"network: {network.ifname} {network.address}/{network.prefixlen}, "
               f"server address {network.address}")
-    if run_tftp and not config.remote_root and not os.path.isdir(config.tftp.root):
-        print(f"error: [tftpd] root = {config.tftp.root!r}: not a directory", file=sys.stderr)
-        return EXIT_CONFIG
     try:
         from massboot.files import FileStore
 

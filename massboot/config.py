@@ -1,10 +1,16 @@
 """Configuration: a pybootd ini file → validated, frozen dataclasses.
 
-Both pybootd generations load unchanged (contract C1): the documented one (``[bootp]``,
+Both pybootd generations load unchanged (README, Configuration): the documented one (``[bootp]``,
 ``[tftp]``, ``boot_file``) and the 1.8 code one (``[bootpd]``, ``[tftpd]``, ``[bootfile]``,
 ``[static_dhcp]``, ``[buggy_clients]``). Everything is validated once, here, at startup: request
 handling never reads the ini again. A bad value raises :class:`ConfigError` naming the section,
-the option and the value; duplicates and unknown names are warnings (contract C2).
+the option and the value; duplicates and unknown names are warnings.
+
+Each section with fixed option names has one table (:class:`Section`) of :class:`Option` rows:
+name, parser (with its limits), default (as ini text, parsed like a value from the file) and the
+line that documents it. The table drives loading, the unknown-name warnings, the defaults of the
+dataclasses below, ``--check-config``'s summary where it shows a default, and README.rst's option
+tables (tests/unit/test_config.py checks that they are the table's rendering).
 """
 
 from __future__ import annotations
@@ -15,18 +21,24 @@ import ipaddress
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+import string
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from massboot.ident import parse_mac, parse_mac_rule, parse_uuid_rule
+from massboot.ident import MAC_BITS, UUID_BITS, parse_mac, parse_mac_rule, parse_uuid_rule
 
 log = logging.getLogger(__name__)
 
 TRUE_WORDS = frozenset("on true enable enabled yes high ok 1".split())
 FALSE_WORDS = frozenset("off false disable disabled no low ko 0".split())
 
-#: Sections of the documented generation and their 1.8 equivalents (contract C1).
+#: Sections of the documented generation and their 1.8 equivalents (README, Configuration).
 SECTION_ALIASES = {"bootp": "bootpd", "tftp": "tftpd"}
+#: Sections whose keys are data (architectures, MACs, UUIDs, filter patterns), not option names.
+FREE_SECTIONS = frozenset({"bootfile", "mac", "uuid", "static_dhcp", "buggy_clients", "filters"})
+#: What ``{name}`` a ``[filters]`` target may use (README, ``[filters]``).
+FILTER_VARIABLES = ("filename", "mac", "ip", "uuid", "arch", "file")
 
 
 class ConfigError(Exception):
@@ -39,11 +51,426 @@ class ConfigError(Exception):
         super().__init__(f"{where}{what}: {reason}")
 
 
+# --------------------------------------------------------------------------- value parsers
+# A parser takes (section, option, text) and returns the typed value, or raises ConfigError
+# naming all three. Those with limits are small frozen objects carrying them.
+Parser = Callable[[str, str, str], Any]
+
+
+def parse_bool(section: str, option: str, value: str) -> bool:
+    """pybootd's word lists; anything else is an error (pybootd silently read it as false)."""
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ConfigError(section, option, value,
+                      "not a boolean (use one of: " + ", ".join(sorted(TRUE_WORDS | FALSE_WORDS)) + ")")
+
+
+def _range_reason(lo: float | None, hi: float | None) -> str:
+    if lo is not None and hi is not None:
+        return f"must be between {lo:g} and {hi:g}"
+    return f"must be at least {lo:g}" if lo is not None else f"must be at most {hi:g}"
+
+
+def parse_int(section: str, option: str, value: str, lo: int | None = None, hi: int | None = None) -> int:
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise ConfigError(section, option, value, "not an integer") from None
+    if (lo is not None and number < lo) or (hi is not None and number > hi):
+        raise ConfigError(section, option, value, _range_reason(lo, hi))
+    return number
+
+
+def parse_float(section: str, option: str, value: str, lo: float = 0.0, hi: float | None = None) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise ConfigError(section, option, value, "not a number") from None
+    if not number >= lo or (hi is not None and number > hi):   # NaN fails the first test
+        raise ConfigError(section, option, value, _range_reason(lo, hi))
+    return number
+
+
+@dataclass(frozen=True, slots=True)
+class Int:
+    """An integer within ``lo .. hi``."""
+
+    lo: int
+    hi: int
+
+    def __call__(self, section: str, option: str, value: str) -> int:
+        return parse_int(section, option, value, self.lo, self.hi)
+
+
+@dataclass(frozen=True, slots=True)
+class Float:
+    """A number within ``lo .. hi`` (no upper bound when *hi* is None)."""
+
+    lo: float = 0.0
+    hi: float | None = None
+
+    def __call__(self, section: str, option: str, value: str) -> float:
+        return parse_float(section, option, value, self.lo, self.hi)
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One word of *words* (any case) → its value."""
+
+    words: Mapping[str, Any]
+
+    def __call__(self, section: str, option: str, value: str) -> Any:
+        word = value.strip().lower()
+        if word not in self.words:
+            raise ConfigError(section, option, value, "expected one of " + ", ".join(self.words))
+        return self.words[word]
+
+
+def parse_text(section: str, option: str, value: str) -> str:
+    """Any text (already stripped by the reader)."""
+    return value
+
+
+def parse_ip(section: str, option: str, value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value.strip()))
+    except ValueError:
+        raise ConfigError(section, option, value, "not an IPv4 address") from None
+
+
+def parse_netmask(section: str, option: str, value: str) -> str:
+    mask = parse_ip(section, option, value)
+    try:
+        ipaddress.IPv4Network(f"0.0.0.0/{mask}")
+    except ValueError:
+        raise ConfigError(section, option, mask, "not a contiguous netmask") from None
+    return mask
+
+
+def parse_network(section: str, option: str, value: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(value, strict=False)
+    except ValueError:
+        raise ConfigError(section, option, value, "not an IPv4 network") from None
+
+
+def parse_size(section: str, option: str, value: str) -> int:
+    """A size in bytes with an optional K/M/G suffix (powers of 1024); plain numbers are MiB."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)[iI]?[bB]?\s*", value)
+    if not m:
+        raise ConfigError(section, option, value, "not a size (e.g. 2048, 512M, 4G)")
+    scale = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+def parse_hostport(section: str, option: str, entry: str) -> tuple[str, int]:
+    host, sep, port = entry.strip().rpartition(":")
+    if not sep or not host:
+        raise ConfigError(section, option, entry, "expected host:port")
+    return host, parse_int(section, option, port, 1, 65535)
+
+
+def parse_notify(section: str, option: str, value: str) -> tuple[tuple[str, int], ...]:
+    """``host:port;host:port`` (pybootd's ``notify``)."""
+    return tuple(parse_hostport(section, option, e) for e in value.split(";") if e.strip())
+
+
+def parse_dns(section: str, option: str, value: str) -> tuple[tuple[str, ...], bool]:
+    """``a.b.c.d;e.f.g.h`` → (servers, False); ``auto`` → ((), True)."""
+    if value.strip().lower() == "auto":
+        return (), True
+    return tuple(parse_ip(section, option, part) for part in value.split(";") if part.strip()), False
+
+
+def parse_root(section: str, option: str, value: str) -> str:
+    """A local path, or an ``http://`` / ``https://`` URL prefix."""
+    if "://" in value and not is_url(value):
+        raise ConfigError(section, option, value,
+                          "only local paths and http:// or https:// URLs are supported")
+    return value
+
+
+def parse_location(section: str, option: str, value: str) -> str:
+    if "://" in value:
+        raise ConfigError(section, option, value, "host[:port] only, without a scheme")
+    return value
+
+
+def is_url(root: str) -> bool:
+    """True for a remote TFTP root (README, ``[tftpd]`` root)."""
+    return root.startswith(("http://", "https://"))
+
+
+def arch_key(section: str, key: str) -> int:
+    """``[bootfile]`` keys are RFC 4578 architecture numbers: ``00007`` and ``7`` alike."""
+    if not key.strip().isdigit():
+        raise ConfigError(section, key, None, "architecture keys are RFC 4578 numbers such as 00007")
+    return int(key)
+
+
+# --------------------------------------------------------------------------- option tables
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One option of a section: its name, how it is read, its default and its documentation.
+
+    Attributes:
+        name: the option name (lower case, as ConfigParser gives it).
+        parse: ``(section, option, text) -> value``, with the limits built in.
+        default: the default as ini text, parsed like a value read from the file; None: unset.
+        doc: what it means (the "meaning" column of README.rst's table).
+        default_doc: the "default" column when the default is not a literal value
+            (``the server address``, ``(none)``...).
+        missing: for a required option, why it is needed (the error when it is absent).
+        ignored: accepted and never used (pybootd's samples carry it, pybootd never read it).
+    """
+
+    name: str
+    parse: Parser
+    default: str | None
+    doc: str
+    default_doc: str | None = None
+    missing: str | None = None
+    ignored: bool = False
+
+    @property
+    def shown_default(self) -> str:
+        """The default as README.rst shows it (reStructuredText)."""
+        if self.missing:
+            return "(required)"
+        if self.default_doc is not None:
+            return self.default_doc
+        return f"``{self.default}``" if self.default is not None else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """The option table of one section."""
+
+    name: str
+    options: tuple[Option, ...]
+
+    def __getitem__(self, name: str) -> Option:
+        for option in self.options:
+            if option.name == name:
+                return option
+        raise KeyError(name)
+
+    def names(self) -> list[str]:
+        return [option.name for option in self.options]
+
+    def default(self, name: str) -> Any:
+        """The typed default of option *name* (what an empty section loads as)."""
+        option = self[name]
+        return None if option.default is None else option.parse(self.name, name, option.default)
+
+    def read(self, reader: _Reader, section: str | None = None) -> dict[str, Any]:
+        """Every used option's value: parsed from the file, else from its default (None when unset).
+
+        An empty value counts as unset, as pybootd's ``get(..) or default`` did. Ignored options
+        are left out.
+        """
+        section = section or self.name
+        values: dict[str, Any] = {}
+        for option in self.options:
+            if option.ignored:
+                continue
+            text = reader.get(section, option.name) or option.default
+            if text is None:
+                if option.missing:
+                    raise ConfigError(section, option.name, None, f"missing: {option.missing}")
+                values[option.name] = None
+            else:
+                values[option.name] = option.parse(section, option.name, text)
+        return values
+
+
+LOG_LEVELS = {"debug": logging.DEBUG, "all": logging.DEBUG, "info": logging.INFO,
+              "warning": logging.WARNING, "warn": logging.WARNING, "error": logging.ERROR,
+              "critical": logging.CRITICAL}
+LOG_TYPES = {"stderr": "stderr", "stdout": "stdout", "file": "file", "syslog": "syslog",
+             "unix": "syslog", "none": "none"}
+ACCESS_MODES = {"none": None, "mac": "mac", "uuid": "uuid", "http": "http"}
+_NEVER_READ = "in pybootd's samples, never read by pybootd"
+
+LOGGER = Section("logger", (
+    Option("type", Choice(LOG_TYPES), "stderr",
+           "``stderr`` (with the time), ``stdout``, ``file``, ``syslog`` (or ``unix``: ``/dev/log``), "
+           "``none``"),
+    Option("level", Choice(LOG_LEVELS), "info",
+           "``debug`` (or ``all``), ``info``, ``warning``, ``error``, ``critical``"),
+    Option("file", parse_text, None, "the log file, for ``type = file``"),
+))
+
+BOOTPD = Section("bootpd", (
+    Option("pool_start", parse_ip, None,
+           "first address of the pool; also picks the network and the server address (below)",
+           missing="the first address of the pool is required"),
+    Option("pool_count", Int(0, 1 << 20), "10",
+           "addresses in the pool; ``0``: only ``[static_dhcp]`` clients"),
+    Option("address", parse_ip, "0.0.0.0",
+           "address the DHCP socket binds to (a unicast address receives only relayed, unicast requests)"),
+    Option("port", Int(0, 65535), "67", "DHCP port"),
+    Option("access", Choice(ACCESS_MODES), None,
+           "``none``, ``mac``, ``uuid`` or ``http``: see ``[mac]``, ``[uuid]`` and ``[http]`` below",
+           default_doc="(none)"),
+    Option("allow_simple_dhcp", parse_bool, "off",
+           "serve clients that did not start with a PXE request, and plain BOOTP clients"),
+    Option("lease_time", Int(1, 0xFFFFFFFF), "86400",
+           "lease time in seconds (option 51; T1/T2 at 1/2 and 7/8, RFC 2131 §4.4.5)"),
+    Option("dns", parse_dns, None,
+           "``a.b.c.d;e.f.g.h`` or ``auto`` (``/etc/resolv.conf``, else the server): one option 6 of "
+           "4×N bytes", default_doc="(not sent)"),
+    Option("gateway", parse_ip, None, "router (option 3)", default_doc="the server address"),
+    Option("netmask", parse_netmask, None, "subnet mask (option 1) and broadcast address",
+           default_doc="the detected mask"),
+    Option("servername", parse_text, "unknown", "with ``domain``: the BOOTP ``sname`` field"),
+    Option("domain", parse_text, "localdomain", "see ``servername``"),
+    Option("notify", parse_notify, None, "``host:port;host:port``: UDP notifications (below)",
+           default_doc="(none)"),
+    Option("boot_file", parse_text, None, "documented generation: the same as ``[bootfile] default``"),
+    Option("ipxe_boot_file", parse_text, None,
+           "*massboot*: what an iPXE client (user class ``iPXE``) gets instead, a file name or a URL; "
+           "breaks the iPXE→iPXE chainload loop", default_doc="(none)"),
+    Option("lease_db", parse_text, "massboot-leases.sqlite3",
+           "*massboot*: the lease database (SQLite, WAL), by default ``massboot-leases.sqlite3`` in the "
+           "config file's directory; ``:memory:`` keeps leases in memory only",
+           default_doc="beside the config"),
+    Option("pool_size", Int(1, 100000), "256", "*massboot*: DHCP exchanges handled at once"),
+    Option("rcvbuf", parse_size, "4M",
+           "*massboot*: socket receive buffer, sized for a burst of a thousand DISCOVERs (as root it may "
+           "exceed ``net.core.rmem_max``)"),
+    Option("server_name", parse_text, None,
+           f"{_NEVER_READ} (it reads ``servername``): accepted and ignored", ignored=True),
+    Option("set_gateway", parse_text, None,
+           f"{_NEVER_READ} (the router is ``gateway``, else the server): accepted and ignored",
+           ignored=True),
+    Option("timeout", parse_text, None,
+           "in pybootd's documentation, never read by pybootd here (the HTTP ACL timeout is "
+           "``[http] timeout``): accepted and ignored", ignored=True),
+))
+
+HTTP = Section("http", (
+    Option("location", parse_location, None, "``host[:port]`` of the ACL web server, no scheme",
+           missing="host[:port] of the HTTP ACL server"),
+    Option("pxe", parse_text, "boot", "path asked for PXE-phase requests"),
+    Option("dhcp", parse_text, "linux", "path asked for OS-phase requests"),
+    Option("timeout", Float(0.1, 600), "5", "seconds for the whole request (connect and body)"),
+    Option("always_check", parse_bool, "off", "ask on every request instead of on phase changes only"),
+    Option("mac_format", Choice({"dash": "dash", "colon": "colon"}), "dash",
+           "*massboot*: ``dash`` sends the documented query ``?mac=AA-BB-CC-DD-EE-FF&uuid=...``; "
+           "``colon`` sends pybootd 1.8's on-wire form ``?mac=AA%3ABB%3A...&uuid=...&ip=...``"),
+))
+
+#: ``[subnet:NAME]`` sections (massboot): clients behind a DHCP relay (RFC 2131 §4.1, giaddr).
+SUBNET = Section("subnet:NAME", (
+    Option("network", parse_network, None, "the relay's subnet, e.g. ``10.2.0.0/24``",
+           missing="the relay's subnet, e.g. 10.2.0.0/24"),
+    Option("pool_start", parse_ip, None, "first address of this subnet's pool",
+           missing="the first address of this subnet's pool"),
+    Option("pool_count", Int(0, 1 << 20), "10", "addresses in it"),
+    Option("gateway", parse_ip, None, "router (option 3) for this subnet", default_doc="(none)"),
+    Option("dns", parse_dns, None, "DNS servers for this subnet", default_doc="``[bootpd] dns``"),
+    Option("lease_time", Int(1, 0xFFFFFFFF), None, "lease time for this subnet",
+           default_doc="``[bootpd]``'s"),
+))
+
+TFTPD = Section("tftpd", (
+    Option("address", parse_ip, None, "TFTP bind address (``0.0.0.0`` with ``-t`` when unset)",
+           default_doc="the server address"),
+    Option("port", Int(0, 65535), "69", "TFTP port"),
+    Option("root", parse_root, ".",
+           "a local directory (it must exist, unless ``-p``), or an ``http://``/``https://`` URL "
+           "prefix (remote root, through the shared cache)", default_doc="the config directory"),
+    Option("blocksize", Int(8, 65464), None,
+           "the largest block size agreed; unset: what the client asks, up to 65464 (RFC 2348); "
+           "without a ``blksize`` option blocks are 512 bytes (RFC 1350)",
+           default_doc="(client's choice)"),
+    Option("timeout", Float(0.01, 255), "2.0", "the longest wait before a resend, in seconds"),
+    Option("timeout_min", Float(0.001, 255), "0.02",
+           "*massboot*: the shortest; the wait adapts to the round trip measured on each transfer"),
+    Option("retries", Int(1, 100), "5", "*massboot*: resends without progress before giving up"),
+    Option("windowsize", Int(1, 65535), "64", "*massboot*: the largest RFC 7440 window agreed"),
+    Option("pool_size", Int(1, 100000), "1000",
+           "*massboot*: transfers served at once; more wait in the kernel queue"),
+    Option("rcvbuf", parse_size, "4M", "*massboot*: receive buffer of the TFTP listener"),
+    Option("cache_dir", parse_text, None, "*massboot*: where remote files are cached",
+           default_doc="a temp directory"),
+    Option("cache_size", parse_size, "2048",
+           "*massboot*: cache bound, in MiB or with a suffix (``512M``, ``4G``...); least recently "
+           "used files go first"),
+    Option("cache_revalidate", Float(0), "300",
+           "*massboot*: seconds after which a cached file is revalidated with the mirror (ETag / "
+           "Last-Modified)"),
+    Option("http_timeout", Float(0.1, 600), "10", "*massboot*: seconds before a silent mirror is an error"),
+))
+
+#: pybootd's ``-H`` file server: its options are accepted (no warning) and not used yet.
+HTTPD = Section("httpd", tuple(
+    Option(name, parse_text, None, "pybootd's ``-H`` file server: accepted, not served yet")
+    for name in ("address", "port", "root", "check_ip")))
+
+METRICS = Section("metrics", (
+    Option("address", parse_ip, "127.0.0.1", "address of the HTTP endpoint"),
+    Option("port", Int(0, 65535), "9469", "its port"),
+    Option("stall_after", Float(1), "300", "seconds without progress before a client counts as stalled"),
+))
+
+#: Every section with fixed option names, by (canonical) name; ``[subnet:NAME]`` uses SUBNET.
+TABLES: dict[str, Section] = {s.name: s for s in (LOGGER, BOOTPD, TFTPD, HTTP, HTTPD, METRICS)}
+
+
+def table_for(section: str) -> Section | None:
+    """The option table of *section* (a canonical name), None for free and unknown sections."""
+    return SUBNET if section.startswith("subnet:") else TABLES.get(section)
+
+
+# --------------------------------------------------------------------------- parsed rules
+@dataclass(frozen=True, slots=True)
+class AclRule:
+    """One ``[mac]``, ``[uuid]`` or ``[buggy_clients]`` entry, parsed once at load.
+
+    An identifier ``x`` (a MAC as a 48-bit integer, a UUID as a 128-bit one) matches when
+    ``x & mask == value``. A mask covering all ``bits`` makes the rule an exact key.
+
+    Attributes:
+        key: the key as written (ConfigParser lower-cases it).
+        value: the identifier bits that must match (already masked).
+        mask: which bits are compared.
+        allowed: the entry's boolean.
+        bits: 48 for MACs, 128 for UUIDs.
+    """
+
+    key: str
+    value: int
+    mask: int
+    allowed: bool
+    bits: int
+
+    @classmethod
+    def mac(cls, key: str, allowed: bool) -> AclRule:
+        """A ``[mac]``/``[buggy_clients]`` entry (``AA-BB-CC-DD-EE-FF``, ``AA-BB-CC/24``).
+
+        Raises ValueError for a key :func:`massboot.ident.parse_mac_rule` rejects."""
+        return cls(key, *parse_mac_rule(key), allowed, MAC_BITS)
+
+    @classmethod
+    def uuid(cls, key: str, allowed: bool) -> AclRule:
+        """A ``[uuid]`` entry (``UUID`` or ``UUID/UUIDMASK``): ValueError when it is not one."""
+        return cls(key, *parse_uuid_rule(key), allowed, UUID_BITS)
+
+    @property
+    def exact(self) -> bool:
+        return self.mask == (1 << self.bits) - 1
+
+
 # --------------------------------------------------------------------------- typed config
 @dataclass(frozen=True, slots=True)
 class LoggerConfig:
-    type: str = "stderr"          # stderr | stdout | file | syslog | none
-    level: int = logging.INFO
+    type: str = LOGGER.default("type")      # stderr | stdout | file | syslog | none
+    level: int = LOGGER.default("level")
     file: str | None = None
 
 
@@ -63,70 +490,70 @@ class SubnetConfig:
 @dataclass(frozen=True, slots=True)
 class HttpAclConfig:
     location: str
-    pxe: str
-    dhcp: str
-    timeout: float = 5.0
-    always_check: bool = False
-    mac_format: str = "dash"      # dash (documented) | colon (pybootd 1.8 on the wire)
+    pxe: str = HTTP.default("pxe")
+    dhcp: str = HTTP.default("dhcp")
+    timeout: float = HTTP.default("timeout")
+    always_check: bool = HTTP.default("always_check")
+    mac_format: str = HTTP.default("mac_format")   # dash (documented) | colon (pybootd 1.8 on the wire)
 
 
 @dataclass(frozen=True, slots=True)
 class BootpConfig:
     pool_start: str
-    pool_count: int = 10
-    address: str = "0.0.0.0"
-    port: int = 67
+    pool_count: int = BOOTPD.default("pool_count")
+    address: str = BOOTPD.default("address")
+    port: int = BOOTPD.default("port")
     access: str | None = None
-    allow_simple_dhcp: bool = False
-    lease_time: int = 86400
+    allow_simple_dhcp: bool = BOOTPD.default("allow_simple_dhcp")
+    lease_time: int = BOOTPD.default("lease_time")
     dns: tuple[str, ...] = ()
     dns_auto: bool = False
     gateway: str | None = None
     netmask: str | None = None
-    servername: str = "unknown"
-    domain: str = "localdomain"
+    servername: str = BOOTPD.default("servername")
+    domain: str = BOOTPD.default("domain")
     notify: tuple[tuple[str, int], ...] = ()
     # massboot additions
     ipxe_boot_file: str | None = None
-    lease_db: str = "massboot-leases.sqlite3"
-    pool_size: int = 256
-    rcvbuf: int = 4 << 20
+    lease_db: str = BOOTPD.default("lease_db")
+    pool_size: int = BOOTPD.default("pool_size")
+    rcvbuf: int = BOOTPD.default("rcvbuf")
     # [bootfile]: architecture (RFC 4578 number) → boot file, plus the default
     default_bootfile: str = ""
     bootfiles: dict[int, str] = field(default_factory=dict)
-    # ACLs and client tables
-    mac_rules: tuple[tuple[str, bool], ...] = ()
-    uuid_rules: tuple[tuple[str, bool], ...] = ()
+    # ACLs and client tables, parsed
+    mac_rules: tuple[AclRule, ...] = ()
+    uuid_rules: tuple[AclRule, ...] = ()
     http: HttpAclConfig | None = None
     static: dict[str, str] = field(default_factory=dict)       # "AA:BB:..." → ip
-    buggy_clients: tuple[tuple[str, bool], ...] = ()
+    buggy_clients: tuple[AclRule, ...] = ()
     subnets: tuple[SubnetConfig, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class TftpConfig:
     address: str | None = None    # None: the BOOTP-detected server address
-    port: int = 69
-    blocksize: int | None = None  # the largest block size agreed (C11); None: up to 65464
-    timeout: float = 2.0          # the longest wait before a resend
-    timeout_min: float = 0.02     # the shortest (the wait adapts to the measured round trip)
-    retries: int = 5
-    windowsize: int = 64          # the largest RFC 7440 window agreed
-    root: str = "."               # absolute local path or http(s):// URL
-    pool_size: int = 1000
-    rcvbuf: int = 4 << 20
+    port: int = TFTPD.default("port")
+    blocksize: int | None = None  # the largest block size agreed; None: up to 65464 (RFC 2348)
+    timeout: float = TFTPD.default("timeout")            # the longest wait before a resend
+    timeout_min: float = TFTPD.default("timeout_min")    # the shortest (adapts to the round trip)
+    retries: int = TFTPD.default("retries")
+    windowsize: int = TFTPD.default("windowsize")        # the largest RFC 7440 window agreed
+    root: str = TFTPD.default("root")                    # absolute local path or http(s):// URL
+    pool_size: int = TFTPD.default("pool_size")
+    rcvbuf: int = TFTPD.default("rcvbuf")
     cache_dir: str | None = None
-    cache_size: int = 2048 << 20  # bytes
-    cache_revalidate: float = 300.0
-    http_timeout: float = 10.0
-    filters: tuple[tuple[str, str], ...] = ()
+    cache_size: int = TFTPD.default("cache_size")        # bytes
+    cache_revalidate: float = TFTPD.default("cache_revalidate")
+    http_timeout: float = TFTPD.default("http_timeout")
+    filters: tuple[tuple[str, str], ...] = ()            # (pattern, target), checked at load
 
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
-    address: str = "127.0.0.1"
-    port: int = 9469
-    stall_after: float = 300.0
+    address: str = METRICS.default("address")
+    port: int = METRICS.default("port")
+    stall_after: float = METRICS.default("stall_after")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,92 +568,7 @@ class Config:
 
     @property
     def remote_root(self) -> bool:
-        return self.tftp.root.startswith(("http://", "https://"))
-
-
-# --------------------------------------------------------------------------- known names
-KNOWN: dict[str, set[str]] = {
-    "logger": {"type", "level", "file"},
-    "bootpd": {"pool_start", "pool_count", "address", "port", "access", "allow_simple_dhcp",
-               "lease_time", "dns", "gateway", "netmask", "servername", "domain", "notify",
-               "timeout", "set_gateway", "server_name", "boot_file",
-               "ipxe_boot_file", "lease_db", "pool_size", "rcvbuf"},
-    "tftpd": {"address", "port", "blocksize", "timeout", "root", "timeout_min", "retries",
-              "windowsize", "pool_size", "rcvbuf", "cache_dir", "cache_size", "cache_revalidate",
-              "http_timeout"},
-    "http": {"location", "pxe", "dhcp", "timeout", "always_check", "mac_format"},
-    "httpd": {"address", "port", "root", "check_ip"},
-    "metrics": {"address", "port", "stall_after"},
-}
-FREE_SECTIONS = {"bootfile", "mac", "uuid", "static_dhcp", "buggy_clients", "filters"}
-#: Options pybootd's samples carry but pybootd never reads; accepted with a note.
-DEAD_OPTIONS = {
-    ("bootpd", "set_gateway"): "pybootd never read it; the router is `gateway` or the server",
-    ("bootpd", "server_name"): "pybootd never read it (it reads `servername`)",
-    ("bootpd", "timeout"): "pybootd never read it here; the HTTP ACL timeout is [http] timeout",
-}
-
-
-# --------------------------------------------------------------------------- value parsers
-def parse_bool(section: str, option: str, value: str) -> bool:
-    """Contract C3: pybootd's word lists; anything else is an error (pybootd read it as false)."""
-    word = value.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise ConfigError(section, option, value,
-                      "not a boolean (use one of: " + ", ".join(sorted(TRUE_WORDS | FALSE_WORDS)) + ")")
-
-
-def parse_int(section: str, option: str, value: str, lo: int | None = None, hi: int | None = None) -> int:
-    try:
-        number = int(value.strip())
-    except ValueError:
-        raise ConfigError(section, option, value, "not an integer") from None
-    if (lo is not None and number < lo) or (hi is not None and number > hi):
-        raise ConfigError(section, option, value, f"must be between {lo} and {hi}")
-    return number
-
-
-def parse_float(section: str, option: str, value: str, lo: float = 0.0, hi: float | None = None) -> float:
-    try:
-        number = float(value.strip())
-    except ValueError:
-        raise ConfigError(section, option, value, "not a number") from None
-    if number < lo or (hi is not None and number > hi):
-        raise ConfigError(section, option, value, f"must be between {lo} and {hi}")
-    return number
-
-
-def parse_ip(section: str, option: str, value: str) -> str:
-    try:
-        return str(ipaddress.IPv4Address(value.strip()))
-    except ValueError:
-        raise ConfigError(section, option, value, "not an IPv4 address") from None
-
-
-def parse_size(section: str, option: str, value: str) -> int:
-    """A size in bytes with an optional K/M/G suffix (powers of 1024); plain numbers are MiB."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)[iI]?[bB]?\s*", value)
-    if not m:
-        raise ConfigError(section, option, value, "not a size (e.g. 2048, 512M, 4G)")
-    scale = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
-    return int(float(m.group(1)) * scale)
-
-
-def parse_hostport(section: str, option: str, entry: str) -> tuple[str, int]:
-    host, sep, port = entry.strip().rpartition(":")
-    if not sep or not host:
-        raise ConfigError(section, option, entry, "expected host:port")
-    return host, parse_int(section, option, port, 1, 65535)
-
-
-def arch_key(section: str, key: str) -> int:
-    """``[bootfile]`` keys: ``00007`` and ``7`` alike (contract C9)."""
-    if not key.strip().isdigit():
-        raise ConfigError(section, key, None, "architecture keys are RFC 4578 numbers such as 00007")
-    return int(key)
+        return is_url(self.tftp.root)
 
 
 # --------------------------------------------------------------------------- reading
@@ -306,7 +648,7 @@ def load(path: str) -> Config:
 
 
 def loads(text: str, path: str = "<string>") -> Config:
-    """Validate ini *text*; relative paths are relative to ``dirname(path)`` (contract C7)."""
+    """Validate ini *text*; relative paths are relative to ``dirname(path)`` (README, Configuration)."""
     warnings: list[str] = []
     parser = configparser.ConfigParser(interpolation=None, strict=False, default_section="\x00none")
     try:
@@ -324,94 +666,56 @@ def loads(text: str, path: str = "<string>") -> Config:
     logger = _logger(reader, base_dir)
     bootp = _bootp(reader, base_dir) if reader.has("bootpd") else None
     tftp = _tftp(reader, base_dir)
-    metrics = _metrics(reader) if reader.has("metrics") else None
+    metrics = MetricsConfig(**METRICS.read(reader)) if reader.has("metrics") else None
     return Config(path=path, base_dir=base_dir, logger=logger, bootp=bootp, tftp=tftp,
                   metrics=metrics, warnings=tuple(warnings))
 
 
 def _check_names(reader: _Reader) -> None:
-    all_sections = set(KNOWN) | FREE_SECTIONS | set(SECTION_ALIASES)
+    all_sections = set(TABLES) | FREE_SECTIONS | set(SECTION_ALIASES)
     for section in reader.values:
-        if section.startswith("subnet:"):
+        table = table_for(section)
+        if table is None:
+            if section not in FREE_SECTIONS:
+                hint = difflib.get_close_matches(section, sorted(all_sections), 1)
+                reader.warn(f"unknown section [{section}] is ignored"
+                            + (f" (did you mean [{hint[0]}]?)" if hint else ""))
             continue
-        if section not in KNOWN and section not in FREE_SECTIONS:
-            hint = difflib.get_close_matches(section, sorted(all_sections), 1)
-            reader.warn(f"unknown section [{section}] is ignored"
-                        + (f" (did you mean [{hint[0]}]?)" if hint else ""))
-            continue
+        known = table.names()
         for option in reader.order.get(section, []):
-            if section in KNOWN and option not in KNOWN[section]:
-                hint = difflib.get_close_matches(option, sorted(KNOWN[section]), 1)
+            if option not in known:
+                hint = difflib.get_close_matches(option, sorted(known), 1)
                 reader.warn(f"unknown option [{section}] {option} is ignored"
                             + (f" (did you mean {hint[0]}?)" if hint else ""))
-            elif (section, option) in DEAD_OPTIONS:
-                log.info("config: [%s] %s: %s", section, option, DEAD_OPTIONS[(section, option)])
-
-
-LOG_LEVELS = {"debug": logging.DEBUG, "all": logging.DEBUG, "info": logging.INFO,
-              "warning": logging.WARNING, "warn": logging.WARNING, "error": logging.ERROR,
-              "critical": logging.CRITICAL}
-LOG_TYPES = {"stderr": "stderr", "stdout": "stdout", "file": "file", "syslog": "syslog",
-             "unix": "syslog", "none": "none"}
+            elif table[option].ignored:
+                log.info("config: [%s] %s: %s", section, option, table[option].doc.replace("``", ""))
 
 
 def _logger(reader: _Reader, base_dir: str) -> LoggerConfig:
-    kind = (reader.get("logger", "type") or "stderr").lower()
-    if kind not in LOG_TYPES:
-        raise ConfigError("logger", "type", kind, "expected one of " + ", ".join(LOG_TYPES))
-    level_text = (reader.get("logger", "level") or "info").lower()
-    if level_text not in LOG_LEVELS:
-        raise ConfigError("logger", "level", level_text, "expected one of " + ", ".join(LOG_LEVELS))
-    file = reader.get("logger", "file")
-    if LOG_TYPES[kind] == "file":
-        if not file:
+    v = LOGGER.read(reader)
+    if v["type"] == "file":
+        if not v["file"]:
             raise ConfigError("logger", "file", None, "type = file needs a file path")
-        file = os.path.join(base_dir, file)
-    return LoggerConfig(type=LOG_TYPES[kind], level=LOG_LEVELS[level_text], file=file)
-
-
-def _dns(section: str, value: str | None) -> tuple[tuple[str, ...], bool]:
-    if not value:
-        return (), False
-    if value.strip().lower() == "auto":
-        return (), True
-    return tuple(parse_ip(section, "dns", part) for part in value.split(";") if part.strip()), False
+        v["file"] = os.path.join(base_dir, v["file"])
+    return LoggerConfig(**v)
 
 
 def _bootp(r: _Reader, base_dir: str) -> BootpConfig:
     s = "bootpd"
-    get = r.get
-    pool_start_text = get(s, "pool_start")
-    if not pool_start_text:
-        raise ConfigError(s, "pool_start", None, "missing: the first address of the pool is required")
-    pool_start = parse_ip(s, "pool_start", pool_start_text)
-    pool_count = parse_int(s, "pool_count", get(s, "pool_count") or "10", 0, 1 << 20)
+    v = BOOTPD.read(r)
+    pool_start, pool_count, access = v["pool_start"], v["pool_count"], v["access"]
     if int(ipaddress.IPv4Address(pool_start)) + pool_count > 1 << 32:
         raise ConfigError(s, "pool_count", str(pool_count), "the pool runs past 255.255.255.255")
-    access = get(s, "access")
-    if access is not None:
-        access = access.strip().lower() or None
-    if access == "none":
-        access = None
-    if access not in (None, "mac", "uuid", "http"):
-        raise ConfigError(s, "access", access, "invalid access mode (none, mac, uuid or http)")
     if access and not r.has(access):
         raise ConfigError(s, "access", access, f"missing access section '[{access}]'")
-    dns, dns_auto = _dns(s, get(s, "dns"))
-    gateway = get(s, "gateway")
-    netmask = get(s, "netmask")
-    if netmask:
-        netmask = parse_ip(s, "netmask", netmask)
-        try:
-            ipaddress.IPv4Network(f"0.0.0.0/{netmask}")
-        except ValueError:
-            raise ConfigError(s, "netmask", netmask, "not a contiguous netmask") from None
-    notify_text = get(s, "notify") or ""
-    notify = tuple(parse_hostport(s, "notify", e) for e in notify_text.split(";") if e.strip())
+    v["dns"], v["dns_auto"] = v["dns"] or ((), False)
+    v["notify"] = v["notify"] or ()
+    if v["lease_db"] != ":memory:":
+        v["lease_db"] = os.path.join(base_dir, v["lease_db"])
 
-    # [bootfile] (1.8) and [bootp] boot_file (documented generation) are the same setting (C1)
+    # [bootfile] (1.8) and [bootp] boot_file (documented generation) are the same setting
     bootfiles: dict[int, str] = {}
-    default = get(s, "boot_file")
+    default = v.pop("boot_file")
     for key, value in r.items("bootfile"):
         if key == "default":
             if default is not None and default != value:
@@ -423,10 +727,6 @@ def _bootp(r: _Reader, base_dir: str) -> BootpConfig:
     if not default:
         raise ConfigError("bootfile", "default", None,
                           "missing: set [bootfile] default (or [bootp] boot_file) to the boot file name")
-
-    lease_db = get(s, "lease_db") or "massboot-leases.sqlite3"
-    if lease_db != ":memory:":
-        lease_db = os.path.join(base_dir, lease_db)
 
     static: dict[str, str] = {}
     for key, value in r.items("static_dhcp"):
@@ -441,140 +741,89 @@ def _bootp(r: _Reader, base_dir: str) -> BootpConfig:
         raise ConfigError("static_dhcp", None, clash[0], "the same address is given to two MACs")
 
     return BootpConfig(
-        pool_start=pool_start, pool_count=pool_count,
-        address=parse_ip(s, "address", get(s, "address") or "0.0.0.0"),
-        port=parse_int(s, "port", get(s, "port") or "67", 0, 65535),
-        access=access,
-        allow_simple_dhcp=parse_bool(s, "allow_simple_dhcp", get(s, "allow_simple_dhcp") or "false"),
-        lease_time=parse_int(s, "lease_time", get(s, "lease_time") or "86400", 1, 0xFFFFFFFF),
-        dns=dns, dns_auto=dns_auto,
-        gateway=parse_ip(s, "gateway", gateway) if gateway else None,
-        netmask=netmask,
-        servername=get(s, "servername") or "unknown",
-        domain=get(s, "domain") or "localdomain",
-        notify=notify,
-        ipxe_boot_file=get(s, "ipxe_boot_file") or None,
-        lease_db=lease_db,
-        pool_size=parse_int(s, "pool_size", get(s, "pool_size") or "256", 1, 100000),
-        rcvbuf=parse_size(s, "rcvbuf", get(s, "rcvbuf") or "4M"),
-        default_bootfile=default, bootfiles=bootfiles,
-        mac_rules=_rules(r, "mac", parse_mac_rule, "MAC"),
-        uuid_rules=_rules(r, "uuid", parse_uuid_rule, "UUID"),
-        http=_http(r) if r.has("http") else None,
+        **v, default_bootfile=default, bootfiles=bootfiles,
+        mac_rules=_rules(r, "mac", AclRule.mac, "MAC"),
+        uuid_rules=_rules(r, "uuid", AclRule.uuid, "UUID"),
+        http=HttpAclConfig(**HTTP.read(r)) if r.has("http") else None,
         static=static,
-        buggy_clients=_rules(r, "buggy_clients", parse_mac_rule, "MAC"),
-        subnets=_subnets(r),
+        buggy_clients=_rules(r, "buggy_clients", AclRule.mac, "MAC"),
+        subnets=tuple(_subnet(r, section) for section in r.values if section.startswith("subnet:")),
     )
 
 
-def _rules(r: _Reader, section: str, check: Callable[[str], object],
-           what: str) -> tuple[tuple[str, bool], ...]:
+def _rules(r: _Reader, section: str, make: Callable[[str, bool], AclRule], what: str) -> tuple[AclRule, ...]:
     rules = []
     for key, value in r.items(section):
+        allowed = parse_bool(section, key, value)
         try:
-            check(key)
+            rules.append(make(key, allowed))
         except ValueError as exc:
             raise ConfigError(section, key, value, f"not a {what} rule: {exc}") from None
-        rules.append((key, parse_bool(section, key, value)))
     return tuple(rules)
 
 
-def _http(r: _Reader) -> HttpAclConfig:
-    s = "http"
-    location = r.get(s, "location")
-    if not location:
-        raise ConfigError(s, "location", None, "missing: host[:port] of the HTTP ACL server")
-    if "://" in location:
-        raise ConfigError(s, "location", location, "host[:port] only, without a scheme")
-    mac_format = (r.get(s, "mac_format") or "dash").lower()
-    if mac_format not in ("dash", "colon"):
-        raise ConfigError(s, "mac_format", mac_format, "expected dash or colon")
-    return HttpAclConfig(
-        location=location,
-        pxe=r.get(s, "pxe") or "boot",
-        dhcp=r.get(s, "dhcp") or "linux",
-        timeout=parse_float(s, "timeout", r.get(s, "timeout") or "5", 0.1, 600),
-        always_check=parse_bool(s, "always_check", r.get(s, "always_check") or "false"),
-        mac_format=mac_format,
-    )
-
-
-def _subnets(r: _Reader) -> tuple[SubnetConfig, ...]:
-    subnets = []
-    for section in r.values:
-        if not section.startswith("subnet:"):
-            continue
-        known = {"network", "pool_start", "pool_count", "gateway", "dns", "lease_time"}
-        for option in r.order[section]:
-            if option not in known:
-                hint = difflib.get_close_matches(option, sorted(known), 1)
-                r.warn(f"unknown option [{section}] {option} is ignored"
-                       + (f" (did you mean {hint[0]}?)" if hint else ""))
-        net_text = r.get(section, "network")
-        if not net_text:
-            raise ConfigError(section, "network", None, "missing: the relay's subnet, e.g. 10.2.0.0/24")
-        try:
-            network = ipaddress.IPv4Network(net_text, strict=False)
-        except ValueError:
-            raise ConfigError(section, "network", net_text, "not an IPv4 network") from None
-        start_text = r.get(section, "pool_start")
-        if not start_text:
-            raise ConfigError(section, "pool_start", None, "missing: the first address of this subnet's pool")
-        pool_start = parse_ip(section, "pool_start", start_text)
-        count = parse_int(section, "pool_count", r.get(section, "pool_count") or "10", 0, 1 << 20)
-        if ipaddress.IPv4Address(pool_start) not in network or (
-                count and ipaddress.IPv4Address(pool_start) + (count - 1) not in network):
-            raise ConfigError(section, "pool_start", pool_start, f"the pool does not fit in {network}")
-        gateway = r.get(section, "gateway")
-        dns, _ = _dns(section, r.get(section, "dns"))
-        lease = r.get(section, "lease_time")
-        subnets.append(SubnetConfig(
-            name=section.split(":", 1)[1], network=network, pool_start=pool_start, pool_count=count,
-            gateway=parse_ip(section, "gateway", gateway) if gateway else None, dns=dns,
-            lease_time=parse_int(section, "lease_time", lease, 1, 0xFFFFFFFF) if lease else None))
-    return tuple(subnets)
+def _subnet(r: _Reader, section: str) -> SubnetConfig:
+    v = SUBNET.read(r, section)
+    network, pool_start, count = v["network"], v["pool_start"], v["pool_count"]
+    first = ipaddress.IPv4Address(pool_start)
+    if first not in network or (count and first + (count - 1) not in network):
+        raise ConfigError(section, "pool_start", pool_start, f"the pool does not fit in {network}")
+    dns, _auto = v["dns"] or ((), False)
+    return SubnetConfig(name=section.split(":", 1)[1], network=network, pool_start=pool_start,
+                        pool_count=count, gateway=v["gateway"], dns=dns, lease_time=v["lease_time"])
 
 
 def _tftp(r: _Reader, base_dir: str) -> TftpConfig:
     s = "tftpd"
-    get = r.get
-    root = get(s, "root") or "."
-    if not root.startswith(("http://", "https://")):
-        if "://" in root:
-            raise ConfigError(s, "root", root, "only local paths and http:// or https:// URLs are supported")
-        root = os.path.normpath(os.path.join(base_dir, root))
-    blocksize = get(s, "blocksize")
-    address = get(s, "address")
-    cache_dir = get(s, "cache_dir")
-    t_max = parse_float(s, "timeout", get(s, "timeout") or "2.0", 0.01, 255)
-    t_min = parse_float(s, "timeout_min", get(s, "timeout_min") or "0.02", 0.001, 255)
-    if t_min > t_max:
-        raise ConfigError(s, "timeout_min", str(t_min), f"larger than timeout = {t_max}")
-    return TftpConfig(
-        address=parse_ip(s, "address", address) if address else None,
-        port=parse_int(s, "port", get(s, "port") or "69", 0, 65535),
-        blocksize=parse_int(s, "blocksize", blocksize, 8, 65464) if blocksize else None,
-        timeout=t_max, timeout_min=t_min,
-        retries=parse_int(s, "retries", get(s, "retries") or "5", 1, 100),
-        windowsize=parse_int(s, "windowsize", get(s, "windowsize") or "64", 1, 65535),
-        root=root,
-        pool_size=parse_int(s, "pool_size", get(s, "pool_size") or "1000", 1, 100000),
-        rcvbuf=parse_size(s, "rcvbuf", get(s, "rcvbuf") or "4M"),
-        cache_dir=os.path.join(base_dir, cache_dir) if cache_dir else None,
-        cache_size=parse_size(s, "cache_size", get(s, "cache_size") or "2048"),
-        cache_revalidate=parse_float(s, "cache_revalidate", get(s, "cache_revalidate") or "300"),
-        http_timeout=parse_float(s, "http_timeout", get(s, "http_timeout") or "10", 0.1, 600),
-        filters=tuple(r.items("filters")),
-    )
+    v = TFTPD.read(r)
+    if not is_url(v["root"]):
+        v["root"] = os.path.normpath(os.path.join(base_dir, v["root"]))
+    if v["cache_dir"]:
+        v["cache_dir"] = os.path.join(base_dir, v["cache_dir"])
+    if v["timeout_min"] > v["timeout"]:
+        raise ConfigError(s, "timeout_min", str(v["timeout_min"]), f"larger than timeout = {v['timeout']}")
+    return TftpConfig(**v, filters=_filters(r))
 
 
-def _metrics(r: _Reader) -> MetricsConfig:
-    s = "metrics"
-    return MetricsConfig(
-        address=parse_ip(s, "address", r.get(s, "address") or "127.0.0.1"),
-        port=parse_int(s, "port", r.get(s, "port") or "9469", 0, 65535),
-        stall_after=parse_float(s, "stall_after", r.get(s, "stall_after") or "300", 1),
-    )
+def filter_target_error(target: str) -> str | None:
+    """Why a ``[filters]`` target cannot be used (an unknown ``{variable}``...), or None.
+
+    The target may be ``[path]`` (read the file at path); both forms take the variables of
+    README's ``[filters]`` section and nothing else.
+    """
+    indirect = len(target) > 2 and target.startswith("[") and target.endswith("]")
+    template = target[1:-1] if indirect else target
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"{exc} (write {{{{ and }}}} for braces)"
+    for _text, name, spec, conversion in fields:
+        if name is not None and name not in FILTER_VARIABLES:
+            known = ", ".join(f"{{{known}}}" for known in sorted(FILTER_VARIABLES))
+            return f"unknown variable {{{name}}} (known: {known})"
+        if spec or conversion:
+            return f"{{{name}}} takes no format spec or conversion"
+    return None
+
+
+def _filters(r: _Reader) -> tuple[tuple[str, str], ...]:
+    """``[filters]`` as (pattern, target); a ``{variable}`` massboot does not fill is an error."""
+    items = r.items("filters")
+    for pattern, target in items:
+        error = filter_target_error(target)
+        if error is not None:
+            raise ConfigError("filters", pattern, target, error)
+    return tuple(items)
+
+
+def check_local_root(config: Config) -> None:
+    """Fail when the TFTP root is local and not a directory (checked when TFTP is to run).
+
+    Raises:
+        ConfigError: names ``[tftpd] root`` and the path.
+    """
+    if not config.remote_root and not os.path.isdir(config.tftp.root):
+        raise ConfigError("tftpd", "root", config.tftp.root, "not a directory")
 
 
 def pool_addresses(start: str, count: int) -> list[str]:
@@ -583,8 +832,17 @@ def pool_addresses(start: str, count: int) -> list[str]:
     return [str(ipaddress.IPv4Address(first + i)) for i in range(count)]
 
 
+def _unset(table: Section, name: str) -> str:
+    """How ``describe`` shows an option left unset: its table's default column, in brackets."""
+    text = table[name].shown_default.replace("``", "")
+    return text if text.startswith("(") else f"({text})"
+
+
 def describe(config: Config) -> Iterable[str]:
-    """Human summary of what would be served (for ``--check-config``)."""
+    """Human summary of what would be served (for ``--check-config``).
+
+    An option left unset is shown as its table documents it (``the server address``...).
+    """
     yield f"config: {config.path}"
     b = config.bootp
     if b is None:
@@ -595,6 +853,8 @@ def describe(config: Config) -> Iterable[str]:
         yield f"bootp: listen {b.address}:{b.port}, pool {pool}, lease {b.lease_time}s"
         simple = "on" if b.allow_simple_dhcp else "off"
         yield f"bootp: access {b.access or 'none'}, allow_simple_dhcp {simple}"
+        dns = "auto" if b.dns_auto else ";".join(b.dns) or _unset(BOOTPD, "dns")
+        yield f"bootp: router {b.gateway or _unset(BOOTPD, 'gateway')}, dns {dns}"
         yield f"bootp: boot file default {b.default_bootfile!r}" + "".join(
             f", arch {k} {v!r}" for k, v in sorted(b.bootfiles.items()))
         if b.ipxe_boot_file:
@@ -608,10 +868,13 @@ def describe(config: Config) -> Iterable[str]:
             yield "bootp: notify " + ", ".join(f"{h}:{p}" for h, p in b.notify)
         yield f"bootp: lease database {b.lease_db}"
     t = config.tftp
-    yield (f"tftp: listen {t.address or '(bootp server address)'}:{t.port}, root {t.root}, "
-           f"blocksize {'client choice up to 65464' if t.blocksize is None else f'up to {t.blocksize}'}")
+    largest = TFTPD["blocksize"].parse
+    assert isinstance(largest, Int)
+    blocksize = f"up to {t.blocksize}" if t.blocksize else f"{_unset(TFTPD, 'blocksize')} up to {largest.hi}"
+    yield (f"tftp: listen {t.address or _unset(TFTPD, 'address')}:{t.port}, root {t.root}, "
+           f"blocksize {blocksize}")
     if config.remote_root:
-        yield f"tftp: remote cache {t.cache_dir or '(temp dir)'}, max {t.cache_size >> 20} MiB"
+        yield f"tftp: remote cache {t.cache_dir or _unset(TFTPD, 'cache_dir')}, max {t.cache_size >> 20} MiB"
     for pattern, target in t.filters:
         yield f"tftp: filter {pattern} -> {target}"
     if config.metrics:

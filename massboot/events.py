@@ -36,7 +36,8 @@ Each kind is an :class:`EventKind` (a :class:`~enum.StrEnum`: ``EventKind.DHCP_R
 ``tftp.denied``     a request refused: ip, port, name, reason (not_found, access, write,
                     error), code, message
 ``cache.hit`` / ``cache.coalesced``: url, bytes; ``cache.miss``: url, bytes [prefetch];
-``cache.upstream``: url, bytes, status [error, code]
+``cache.upstream``: url, bytes, status [error, reason (a
+:class:`massboot.sources.FileReason` value: not_found, access, upstream)]
 
 ``blocks`` counts the distinct DATA blocks the client acknowledged, ``blocks_sent`` those put
 on the wire at least once (retransmissions are in ``retransmits``).
@@ -128,7 +129,7 @@ FIELDS: dict[EventKind, Fields] = {
     EventKind.CACHE_HIT: _f("url bytes"),
     EventKind.CACHE_MISS: _f("url bytes", "prefetch"),
     EventKind.CACHE_COALESCED: _f("url bytes"),
-    EventKind.CACHE_UPSTREAM: _f("url bytes status", "error code"),
+    EventKind.CACHE_UPSTREAM: _f("url bytes status", "error reason"),
 }
 assert FIELDS.keys() == set(EventKind)
 

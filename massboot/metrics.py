@@ -453,8 +453,8 @@ class Metrics:
         self.cache_upstream.inc(amount=int(event.get("bytes") or 0))
         error = event.get("error")
         if error is not None:
-            code = event.get("code")   # the TFTP error code of the failure, 1 = file not found
-            not_found = code == 1 if code is not None else error == "File not found"
+            reason = event.get("reason")   # the FileReason value of the failure
+            not_found = reason == "not_found" if reason is not None else error == "File not found"
             self.cache_failures.inc(("not_found" if not_found else "error",))
 
     # ------------------------------------------------------------------ scrape time

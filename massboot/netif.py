@@ -1,4 +1,4 @@
-"""Local IPv4 networks, for finding the server's address and subnet (contract C4, spec §3).
+"""Local IPv4 networks, for finding the server's address and subnet (README, "Server address").
 
 :func:`local_networks` lists every IPv4 address of every interface, secondary addresses
 included, with an rtnetlink ``RTM_GETADDR`` dump (stdlib only). Where netlink is unavailable

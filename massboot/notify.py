@@ -1,4 +1,4 @@
-"""UDP notifications of boots and leases (pybootd's notify hook; README, Notifications).
+"""UDP notifications of boots and leases (pybootd's notify hook; README, "Notifications").
 
 One ASCII datagram per target, no newline: ``BOOT,<uuid>,<MAC>,<IP>`` on a PXE REQUEST,
 ``LEASE,[<uuid>,]<MAC>,<IP>`` on an OS REQUEST, ``RELEASE,[<uuid>,]<MAC>,<IP>`` on a RELEASE.

@@ -1,4 +1,4 @@
-"""Lease store: sticky MAC → IP bindings over an ordered pool (contract C10).
+"""Lease store: sticky MAC → IP bindings over an ordered pool (README, "DHCP and PXE behaviour").
 
 An address, once bound to a MAC (offered or acknowledged), stays that MAC's for ever: it is
 never handed to another MAC, even after a RELEASE or an expiry. A DHCPDECLINE sets the address
@@ -11,7 +11,11 @@ Because addresses are never freed at run time, everything before the cursor is t
 allocation is O(1) amortised. :class:`SqliteLeaseStore` then writes the change to SQLite on one
 worker thread and the caller waits for it cooperatively.
 
-``LeaseStore`` is deliberately small: a store shared by several servers can implement it later.
+``LeaseStore`` is deliberately small, and each operation that decides is atomic on its own
+(:meth:`~LeaseStore.allocate`, :meth:`~LeaseStore.bind`, :meth:`~LeaseStore.release`,
+:meth:`~LeaseStore.decline`): the caller never reads a lease and then writes a decision based on
+it, so a store that yields on every call (a database shared by several servers) can implement
+it later with one transaction per operation.
 """
 
 from __future__ import annotations
@@ -57,6 +61,20 @@ class Lease:
     updated: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """The result of :meth:`LeaseStore.bind`.
+
+    Attributes:
+        lease: the MAC's lease after the call; None when it had none and the pool is exhausted.
+        bound: True when *lease* is now bound; False when the MAC holds another address than
+            the one asked for (*lease* is then that binding, unchanged) or has none.
+    """
+
+    lease: Lease | None
+    bound: bool
+
+
 class LeaseConflict(ValueError):
     """A commit that would give a MAC an address it may not have."""
 
@@ -66,7 +84,7 @@ class LeaseStoreError(RuntimeError):
 
 
 class LeaseStore(ABC):
-    """The lease interface the DHCP policy uses."""
+    """The lease interface the DHCP exchange uses."""
 
     @abstractmethod
     def get(self, mac: str) -> Lease | None:
@@ -99,12 +117,31 @@ class LeaseStore(ABC):
         """
 
     @abstractmethod
-    def release(self, mac: str) -> Lease | None:
-        """Mark the MAC's lease released (the binding is kept); None if it has none."""
+    def bind(self, mac: str, ip: str | None, *, lease_time: int, uuid: str | None = None) -> Binding:
+        """Atomically bind the MAC's address for a DHCPREQUEST or a plain BOOTP request.
+
+        The MAC's address is its binding, or a new one picked as :meth:`allocate` does (a
+        new offer is kept even when nothing gets bound). When *ip* is given and is not that
+        address, nothing is bound. Otherwise the binding is marked bound until
+        ``now + lease_time`` and the call returns only once that is durable (an ACKed lease is
+        never lost: commit before the ACK leaves).
+        """
 
     @abstractmethod
-    def decline(self, mac: str, ip: str) -> None:
-        """Set *ip* aside for ever and drop the MAC's binding to it."""
+    def release(self, mac: str, ip: str | None = None) -> Lease | None:
+        """Mark the MAC's lease released (the binding is kept).
+
+        With *ip*, only when the MAC holds that address. Returns the released lease, or None
+        when nothing was released.
+        """
+
+    @abstractmethod
+    def decline(self, mac: str, ip: str | None = None) -> str | None:
+        """Set *ip* (None: the MAC's address) aside for ever and drop the MAC's binding to it.
+
+        An address bound to another MAC is left alone (logged). Returns the address the
+        decline named: *ip*, else the MAC's address, else None.
+        """
 
     @abstractmethod
     def counts(self) -> tuple[int, int]:
@@ -241,9 +278,17 @@ class _Index:
         self.owner[ip] = mac
         return lease
 
-    def release(self, mac: str, now: float) -> Lease | None:
+    def bind(self, mac: str, ip: str | None, lease_time: int, uuid: str | None,
+             now: float) -> tuple[Lease | None, bool, bool]:
+        """Return (lease, bound, offer changed)."""
+        lease, changed = self.allocate(mac, now)
+        if lease is None or (ip is not None and lease.ip != ip):
+            return lease, False, changed
+        return self.commit(mac, lease.ip, lease_time, uuid, now), True, changed
+
+    def release(self, mac: str, ip: str | None, now: float) -> Lease | None:
         current = self.by_mac.get(mac)
-        if current is None:
+        if current is None or (ip is not None and current.ip != ip):
             return None
         lease = replace(current, state=RELEASED, expires=min(current.expires, now), updated=now)
         self.by_mac[mac] = lease
@@ -329,24 +374,42 @@ class _IndexedLeaseStore(LeaseStore):
         log.debug("lease bound mac=%s ip=%s expires=%.0f", mac, ip, lease.expires)
         return lease
 
-    def release(self, mac: str) -> Lease | None:
+    def bind(self, mac: str, ip: str | None, *, lease_time: int, uuid: str | None = None) -> Binding:
         mac = _norm_mac(mac)
-        lease = self._index.release(mac, self._clock())
+        lease, bound, changed = self._index.bind(mac, ip, lease_time, uuid, self._clock())
+        if bound or changed:
+            self._counts_cache = None
+            assert lease is not None
+            self._save_lease(lease)       # the bound row supersedes the offer: one write
+            log.debug("lease %s mac=%s ip=%s", "bound" if bound else "offered", mac, lease.ip)
+        elif lease is None:
+            log.warning("lease pool exhausted mac=%s", mac)
+        return Binding(lease, bound)
+
+    def release(self, mac: str, ip: str | None = None) -> Lease | None:
+        mac = _norm_mac(mac)
+        lease = self._index.release(mac, ip, self._clock())
         if lease is not None:
             self._save_lease(lease)
             log.debug("lease released mac=%s ip=%s", mac, lease.ip)
         return lease
 
-    def decline(self, mac: str, ip: str) -> None:
+    def decline(self, mac: str, ip: str | None = None) -> str | None:
         mac = _norm_mac(mac)
+        if ip is None:
+            current = self._index.by_mac.get(mac)
+            if current is None:
+                return None
+            ip = current.ip
         added, dropped = self._index.decline(mac, ip)
         if not added and not dropped:
             if ip not in self._index.declined:
                 log.warning("decline ignored mac=%s ip=%s: bound to %s", mac, ip, self._index.owner.get(ip))
-            return
+            return ip
         self._counts_cache = None
         self._save_decline(mac, ip, dropped)
         log.info("address declined mac=%s ip=%s: set aside", mac, ip)
+        return ip
 
     def counts(self) -> tuple[int, int]:
         # Computed at most once per change: scrapes are frequent, changes cheap to flag.

@@ -1,12 +1,10 @@
-"""DHCP/PXE decisions, pure: no sockets, no clocks, no stores.
+"""Pure DHCP/PXE helpers of the exchange (:mod:`massboot.dhcp.exchange`): no state, no store.
 
-The server (:mod:`massboot.dhcp.server`) does the I/O and keeps the state; everything that
-decides *what* to answer lives here so it can be tested with plain packets:
-
-* :func:`next_state` — pybootd's per-MAC PXE→OS state machine (spec §4.3);
+* :func:`next_state` — pybootd's per-MAC PXE→OS state machine (README, "DHCP and PXE
+  behaviour");
 * :func:`request_kind` — which RFC 2131 §4.3.2 state a DHCPREQUEST comes from;
-* :func:`select_bootfile` — boot file by architecture, iPXE second stage (contract C9);
-* :func:`build_reply` — the reply packet and its options (spec §4.6, fixed);
+* :func:`select_bootfile` — boot file by architecture, iPXE second stage (README, "[bootfile]");
+* :func:`build_reply` — the reply packet and its options (RFC 2131 §4.3.1, RFC 2132);
 * :func:`destination` — where the reply goes (RFC 2131 §4.1).
 """
 
@@ -15,6 +13,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -39,7 +38,7 @@ PXE_USE_BOOTFILE = 0x08
 
 
 class State(IntEnum):
-    """pybootd's per-MAC state (spec §4.3)."""
+    """pybootd's per-MAC state (README, "DHCP and PXE behaviour")."""
 
     IDLE = 0
     PXE = 1
@@ -88,7 +87,7 @@ class BootInfo:
 
 
 def next_state(state: State, pxe: bool, msgtype: MessageType | None) -> State:
-    """pybootd's transition (spec §4.3): IDLE→PXE on a PXE DISCOVER, PXE→DHCP on an OS
+    """pybootd's transition: IDLE→PXE on a PXE DISCOVER, PXE→DHCP on an OS
     REQUEST, DHCP→PXE on any PXE request (the machine rebooted)."""
     if pxe:
         if state == State.IDLE and msgtype == MessageType.DISCOVER:
@@ -112,9 +111,9 @@ def request_kind(packet: BootpPacket, unicast: bool = False) -> RequestKind:
     return RequestKind.UNKNOWN
 
 
-def select_bootfile(arch: int | None, ipxe: bool, default: str, by_arch: dict[int, str],
+def select_bootfile(arch: int | None, ipxe: bool, default: str, by_arch: Mapping[int, str],
                     ipxe_bootfile: str | None) -> tuple[str, bool]:
-    """Boot file for a client (contract C9).
+    """Boot file for a client (README, "[bootfile]").
 
     An iPXE client (user class ``iPXE``) gets *ipxe_bootfile* when configured, which breaks the
     chainload loop. Otherwise the architecture of option 93, else option 60, picks a

@@ -13,8 +13,9 @@ write requests and duplicate read requests cost no pool slot:
   with ``rcvbuf``) and clients retransmit, which is the back-pressure we want under a storm.
 
 A transfer binds its own socket to ``(address, 0)`` (its TID, RFC 1350 section 4), opens the
-file through the injected store (a :class:`massboot.files.FileError` becomes an ERROR with its
-code at once, ``tftp.denied``), negotiates options (RFC 2347-2349, RFC 7440) and drives a
+file through the injected store (a :class:`massboot.sources.FileError` becomes an ERROR at
+once, ``tftp.denied``: its reason maps to a TFTP error code in one table, ``_FILE_ERRORS``),
+negotiates options (RFC 2347-2349, RFC 7440) and drives a
 :class:`~massboot.tftp.transfer.ReadTransfer`. A datagram from any other (ip, port) on that
 socket gets ERROR 5 and the transfer goes on. Mode ``netascii`` is converted; any other mode
 is served as ``octet``, as pybootd did.
@@ -43,7 +44,7 @@ from gevent.hub import Waiter
 from gevent.pool import Pool
 
 from massboot.events import EventBus
-from massboot.files import FileError
+from massboot.sources import FileError, FileReason, Source, WouldBlock
 from massboot.tftp.packet import (
     BLKSIZE_MAX,
     BLKSIZE_MIN,
@@ -54,9 +55,9 @@ from massboot.tftp.packet import (
     Request,
     decode,
 )
-from massboot.tftp.transfer import Datagram, ReadTransfer, WouldBlock, negotiate
+from massboot.tftp.transfer import Datagram, ReadTransfer, negotiate
 
-__all__ = ["FileStoreLike", "Source", "TftpServer"]
+__all__ = ["FileStoreLike", "TftpServer"]
 
 log = logging.getLogger(__name__)
 
@@ -65,31 +66,32 @@ _TRANSFER_BUFSIZE = 2048  # ACKs are 4 bytes; a long ERROR message may be cut, h
 _FATAL_ERRNOS = (errno.EBADF, errno.ENOTSOCK, errno.EINVAL)
 _PERIOD_SHARE = 0.8  # a transfer's repeating timer period as a share of its RTO (see _Pump)
 _DRAIN_MAX = 64  # datagrams read per callback: bounded work, the io watcher fires again
-_DENY_REASONS: dict[int, str] = {
-    int(ErrorCode.FILE_NOT_FOUND): "not_found",
-    int(ErrorCode.ACCESS_VIOLATION): "access",
+
+# The one place a file store's refusal becomes a TFTP error (RFC 1350 section 5) and a
+# ``tftp.denied`` reason.
+_FILE_ERRORS: dict[FileReason, tuple[ErrorCode, str]] = {
+    FileReason.NOT_FOUND: (ErrorCode.FILE_NOT_FOUND, "not_found"),
+    FileReason.ACCESS: (ErrorCode.ACCESS_VIOLATION, "access"),
+    FileReason.UPSTREAM: (ErrorCode.NOT_DEFINED, "error"),
+    FileReason.CLOSED: (ErrorCode.NOT_DEFINED, "error"),
 }
 
 
-class Source(Protocol):
-    """An open file as the store hands it out (see :mod:`massboot.files`)."""
+def _file_error(exc: BaseException) -> tuple[ErrorCode, str]:
+    """The TFTP error code and ``tftp.denied`` reason for a :class:`FileError`."""
+    return _FILE_ERRORS.get(getattr(exc, "reason", None), (ErrorCode.NOT_DEFINED, "error"))
 
-    size: int | None
 
-    def read(self, offset: int, length: int) -> bytes:
-        """Up to *length* bytes at *offset*; ``b""`` at the end; may wait; may raise FileError."""
-        ...
-
-    def close(self) -> None:
-        """Release the file."""
-        ...
+def _error_code(exc: BaseException) -> int:
+    """The TFTP error code that answers a :class:`FileError` (0 for anything unknown)."""
+    return _file_error(exc)[0]
 
 
 class FileStoreLike(Protocol):
-    """Name to :class:`Source` (see :class:`massboot.files.FileStore`)."""
+    """Name to :class:`~massboot.sources.Source` (see :class:`massboot.files.FileStore`)."""
 
     def open(self, name: str, client_ip: str) -> Source:
-        """Open *name* for *client_ip*; raise FileError (1 not found, 2 access violation)."""
+        """Open *name* for *client_ip*; raise FileError when it cannot be served."""
         ...
 
 
@@ -284,7 +286,7 @@ class TftpServer:
             try:
                 source = self._files.open(name, ip)
             except FileError as exc:
-                self._deny(sock, client, name, exc.code, exc.message)
+                self._deny(sock, client, name, exc)
                 return
             netascii = request.mode == "netascii"
             deal = negotiate(
@@ -305,6 +307,7 @@ class TftpServer:
                 timeout_max=float(deal.timeout) if deal.timeout else self._timeout_max,
                 retries=self._retries,
                 read_errors=(FileError,),
+                error_code=_error_code,
                 clock=self._clock,
             )
             self._transfers[client] = transfer
@@ -382,14 +385,11 @@ class TftpServer:
         log.debug("tftp datagram from unknown TID %s:%d", peer[0], peer[1])
         _send(sock, Error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID").encode(), peer)
 
-    def _deny(self, sock: _socket.socket, client: tuple[str, int], name: str, code: int,
-              message: str) -> None:
-        if not isinstance(code, int) or not 0 <= code <= 8:
-            code = ErrorCode.NOT_DEFINED
-        reason = _DENY_REASONS.get(code, "error")
+    def _deny(self, sock: _socket.socket, client: tuple[str, int], name: str, exc: FileError) -> None:
+        code, reason = _file_error(exc)
         self._events.emit("tftp.denied", ip=client[0], port=client[1], name=name, reason=reason,
-                          code=code, message=message)
-        _send(sock, Error(code, message).encode(), client)
+                          code=code, message=exc.message)
+        _send(sock, Error(code, exc.message).encode(), client)
 
     def _report(self, client: tuple[str, int], name: str, transfer: ReadTransfer,
                 received: float) -> None:

@@ -43,8 +43,8 @@ The DATA datagrams returned are ``memoryview`` slices of those slot buffers: sen
 the next call, or copy them with ``bytes()``. OACK and ERROR datagrams are ``bytes``.
 
 A driver that must not wait (a callback on the event loop) can give a *read* function that
-raises :class:`WouldBlock` when the bytes are not available at once. The window then stops
-short of that block, :attr:`ReadTransfer.stalled` is true, and the driver calls
+raises :class:`~massboot.sources.WouldBlock` when the bytes are not available at once. The
+window then stops short of that block, :attr:`ReadTransfer.stalled` is true, and the driver calls
 :meth:`ReadTransfer.resume` once *read* can deliver (or feeds the next event, which resumes
 too). Nothing else changes: the same blocks go out in the same order.
 """
@@ -55,6 +55,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from massboot.sources import WouldBlock
 from massboot.tftp.packet import (
     BLKSIZE_DEFAULT,
     BLKSIZE_MAX,
@@ -69,7 +70,7 @@ from massboot.tftp.packet import (
     parse_windowsize,
 )
 
-__all__ = ["Datagram", "Negotiation", "ReadTransfer", "WouldBlock", "negotiate"]
+__all__ = ["Datagram", "Negotiation", "ReadTransfer", "negotiate"]
 
 Datagram = bytes | memoryview
 ReadFunc = Callable[[int, int], bytes]
@@ -89,10 +90,6 @@ REASON_OPTIONS_REFUSED = "options_refused"
 REASON_READ_ERROR = "read_error"
 
 _WAIT_OACK, _SENDING, _DONE, _FAILED = range(4)
-
-
-class WouldBlock(Exception):  # noqa: N818 - named after BlockingIOError's EWOULDBLOCK
-    """Raised by a *read* function when the bytes asked for are not available without waiting."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +162,8 @@ class ReadTransfer:
     Args:
         read: ``read(offset, length) -> bytes``, up to *length* bytes at *offset*, ``b""`` at
             the end of the file; may wait cooperatively; exceptions listed in *read_errors*
-            end the transfer with an ERROR carrying their ``code`` and ``message``.
+            end the transfer with an ERROR carrying their ``code`` (or *error_code*'s answer)
+            and ``message``.
         blksize: negotiated block size (8..65464).
         windowsize: negotiated window size (1..65535).
         options: the OACK to send first; empty or ``None`` for none.
@@ -175,6 +173,7 @@ class ReadTransfer:
             accepted ``timeout`` option belongs here).
         retries: consecutive timeouts without progress tolerated before giving up.
         read_errors: exception types from *read* that are the file's fault, not a bug.
+        error_code: the TFTP error code for one of those; None reads its ``code`` attribute.
         clock: monotonic clock in seconds (injectable for tests).
     """
 
@@ -190,6 +189,7 @@ class ReadTransfer:
         timeout_max: float = 2.0,
         retries: int = 5,
         read_errors: tuple[type[BaseException], ...] = (),
+        error_code: Callable[[BaseException], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 8 <= blksize <= BLKSIZE_MAX:
@@ -208,6 +208,7 @@ class ReadTransfer:
         self._timeout_min = min(float(timeout_min), self._timeout_max)
         self._retries = retries
         self._read_errors = read_errors
+        self._error_code = error_code
         self._clock = clock
 
         self._state = _WAIT_OACK if self._oack else _SENDING
@@ -544,7 +545,10 @@ class ReadTransfer:
                     self.stalled = True
                     break
                 except self._read_errors as exc:
-                    code = getattr(exc, "code", ErrorCode.NOT_DEFINED)
+                    if self._error_code is not None:
+                        code = self._error_code(exc)
+                    else:
+                        code = getattr(exc, "code", ErrorCode.NOT_DEFINED)
                     message = str(getattr(exc, "message", exc))
                     if not isinstance(code, int) or not 0 <= code <= 8:
                         code = ErrorCode.NOT_DEFINED

@@ -413,3 +413,19 @@ def test_burst_of_1000_discovers_is_absorbed(harness):
         assert not [e for e in h.recorder.of("dhcp.ignored") if e.get("reason") == "in_flight"]
     finally:
         sink.close()
+
+
+def test_lease_store_failure_gets_no_ack_and_is_reported(harness):
+    from massboot.dhcp.leases import LeaseStoreError
+
+    h = harness()
+
+    def failing_bind(*args, **kwargs):
+        raise LeaseStoreError("disk full")
+
+    h.store.bind = failing_bind
+    offer, ack = h.client.dora(MAC1, pxe_options(), timeout=0.5)
+    assert offer is not None and ack is None                  # never ACK a lease that is not stored
+    _wait(lambda: h.recorder.of("dhcp.ignored"))
+    assert [e.get("msgtype") for e in h.recorder.of("dhcp.received")] == ["discover", "request"]
+    assert [e.get("reason") for e in h.recorder.of("dhcp.ignored")] == ["internal_error"]

@@ -1,4 +1,4 @@
-"""The remote HTTP ACL against a real HTTP server on 127.0.0.1 (contract C5, spec §5.3)."""
+"""The remote HTTP ACL against a real HTTP server on 127.0.0.1 (README, "[http]: the remote ACL")."""
 
 from __future__ import annotations
 

@@ -481,7 +481,7 @@ def test_labels_stay_bounded() -> None:
     bus.emit("cache.upstream", url="http://m/y", bytes=10, status=200)
     bus.emit("cache.upstream", url="http://m/z", bytes=3, status=None, error="upstream failed: HTTP 500")
     bus.emit("cache.upstream", url="http://m/w", bytes=0, status=None, error="File not found")
-    bus.emit("cache.upstream", url="http://m/v", bytes=0, status=None, error="gone", code=1)
+    bus.emit("cache.upstream", url="http://m/v", bytes=0, status=None, error="gone", reason="not_found")
     v = registry.get_sample_value
     assert v("massboot_dhcp_packets_received_total", {"type": "other"}) == 1
     assert v("massboot_dhcp_requests_ignored_total", {"reason": "unhandled"}) == 1

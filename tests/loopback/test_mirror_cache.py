@@ -16,7 +16,7 @@ import requests
 from gevent.server import StreamServer
 
 from massboot.events import EventBus, EventRecorder
-from massboot.files import FileError, FileStore
+from massboot.files import FileError, FileReason, FileStore
 
 IP = "127.0.0.5"
 
@@ -202,12 +202,12 @@ def test_cut_mid_download_fails_every_reader_and_keeps_nothing(mirror, make_stor
     def reader(src) -> int:
         with pytest.raises(FileError) as err:
             drain(src, block=1468)
-        return err.value.code
+        return err.value.reason
 
     greenlets = [gevent.spawn(reader, s) for s in sources]
     mirror.gate.set()
     gevent.joinall(greenlets, timeout=30, raise_error=True)
-    assert [g.value for g in greenlets] == [0] * 5
+    assert [g.value for g in greenlets] == [FileReason.UPSTREAM] * 5
     assert len(mirror.gets("vmlinuz")) == 1
     assert store.cached_files == 0
     wait_until(lambda: cache_files(store, tmp_path) == [])
@@ -227,7 +227,7 @@ def test_open_after_cut_before_anyone_reads(mirror, make_store):
     src = store.open("f", IP)
     with pytest.raises(FileError) as err:
         src.read(200_000, 512)
-    assert err.value.code == 0
+    assert err.value.reason is FileReason.UPSTREAM
     src.close()
 
 
@@ -235,7 +235,7 @@ def test_404_is_not_found(mirror, make_store):
     store = make_store(mirror.root)
     with pytest.raises(FileError) as err:
         store.open("missing.efi", IP)
-    assert err.value.code == 1
+    assert err.value.reason is FileReason.NOT_FOUND
     assert len(mirror.gets("missing.efi")) == 1
     assert store.size("missing.efi", IP) is None
 
@@ -315,7 +315,7 @@ def test_upstream_404_on_revalidation_forgets_the_copy(mirror, make_store):
     del mirror.files["gone"]
     with pytest.raises(FileError) as err:
         store.open("gone", IP)
-    assert err.value.code == 1
+    assert err.value.reason is FileReason.NOT_FOUND
     assert store.cached_files == 0
 
 
@@ -376,7 +376,7 @@ def test_dead_mirror_fails_within_the_timeout(make_store):
             started = time.monotonic()
             with pytest.raises(FileError) as err:
                 store.open("pxelinux.0", IP)
-            assert err.value.code == 0
+            assert err.value.reason is FileReason.UPSTREAM
             assert time.monotonic() - started < 5        # about http_timeout, never a hang
         assert store.size("pxelinux.0", IP) is None
     finally:
@@ -391,7 +391,7 @@ def test_refused_connection_fails_fast(make_store):
     store = make_store(f"http://127.0.0.1:{port}/x", http_timeout=5)
     with pytest.raises(FileError) as err:
         store.open("a", IP)
-    assert err.value.code == 0
+    assert err.value.reason is FileReason.UPSTREAM
 
 
 def test_size_prefetch_never_waits(mirror, make_store):
@@ -429,7 +429,7 @@ def test_upstream_404_is_remembered_for_a_while(mirror, make_store):
     for _ in range(20):
         with pytest.raises(FileError) as err:
             store.open("pxelinux.cfg/01-52-54-00-12-34-56", IP)
-        assert err.value.code == 1
+        assert err.value.reason is FileReason.NOT_FOUND
     assert len(mirror.gets("pxelinux.cfg/01-52-54-00-12-34-56")) == 1
     assert store.size("pxelinux.cfg/01-52-54-00-12-34-56", IP) is None     # no prefetch either
     mirror.files["pxelinux.cfg/01-52-54-00-12-34-56"] = b"default local\n"

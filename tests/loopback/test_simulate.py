@@ -11,8 +11,10 @@ import random
 
 import pytest
 
-from bench import simulate
-from bench.simulate import Options
+from bench.sim import client, profiles, report, servers
+from bench.sim.cli import main
+from bench.sim.options import PHASES, Options, parse_size
+from bench.sim.rack import run
 
 SMALL = {"bootfile_size": 8 << 10, "kernel_size": 96 << 10, "initrd_size": 300 << 10}
 
@@ -23,28 +25,28 @@ SMALL = {"bootfile_size": 8 << 10, "kernel_size": 96 << 10, "initrd_size": 300 <
 
 
 def test_parse_size_and_mix():
-    assert simulate.parse_size("40K") == 40 * 1024
-    assert simulate.parse_size("16M") == 16 << 20
-    assert simulate.parse_size("1234") == 1234
-    assert simulate.parse_mix("bios=60,uefi=30,ipxe=10") == {"bios": 60, "uefi": 30, "ipxe": 10}
-    assert simulate.parse_mix("plain") == {"plain": 1}
+    assert parse_size("40K") == 40 * 1024
+    assert parse_size("16M") == 16 << 20
+    assert parse_size("1234") == 1234
+    assert profiles.parse_mix("bios=60,uefi=30,ipxe=10") == {"bios": 60, "uefi": 30, "ipxe": 10}
+    assert profiles.parse_mix("plain") == {"plain": 1}
     with pytest.raises(ValueError):
-        simulate.parse_mix("bios=60,arm=3")
+        profiles.parse_mix("bios=60,arm=3")
     with pytest.raises(ValueError):
-        simulate.parse_size("lots")
+        parse_size("lots")
 
 
 def test_allocate_profiles_is_exact_and_covers_the_mix():
     rng = random.Random(3)
-    names = simulate.allocate_profiles({"bios": 60, "uefi": 30, "ipxe": 10}, 500, rng)
+    names = profiles.allocate_profiles({"bios": 60, "uefi": 30, "ipxe": 10}, 500, rng)
     assert len(names) == 500
     assert names.count("bios") == 300 and names.count("uefi") == 150 and names.count("ipxe") == 50
-    small = simulate.allocate_profiles({"bios": 98, "uefi": 1, "ipxe": 1}, 5, rng)
+    small = profiles.allocate_profiles({"bios": 98, "uefi": 1, "ipxe": 1}, 5, rng)
     assert len(small) == 5 and {"bios", "uefi", "ipxe"} <= set(small)
 
 
 def test_pxelinux_probe_order():
-    probes = simulate.pxelinux_probes("b8945908-d6a6-41a9-611d-74a6ab80b83d", "88:99:aa:bb:cc:dd",
+    probes = client.pxelinux_probes("b8945908-d6a6-41a9-611d-74a6ab80b83d", "88:99:aa:bb:cc:dd",
                                       "192.168.2.91")
     assert probes == ["pxelinux.cfg/" + n for n in (
         "b8945908-d6a6-41a9-611d-74a6ab80b83d", "01-88-99-aa-bb-cc-dd", "C0A8025B", "C0A8025",
@@ -52,10 +54,10 @@ def test_pxelinux_probe_order():
 
 
 def test_parse_boot_config():
-    assert simulate.parse_boot_config(simulate.PXELINUX_DEFAULT, ipxe=False) == ("vmlinuz", "initrd.img")
-    assert simulate.parse_boot_config("LABEL x\n  LINUX k\n  INITRD i1,i2\n", ipxe=False) == ("k", "i1")
+    assert client.parse_boot_config(servers.PXELINUX_DEFAULT, ipxe=False) == ("vmlinuz", "initrd.img")
+    assert client.parse_boot_config("LABEL x\n  LINUX k\n  INITRD i1,i2\n", ipxe=False) == ("k", "i1")
     script = "#!ipxe\nkernel tftp://10.0.0.1/boot/k quiet\ninitrd --name r boot/r.img\nboot\n"
-    assert simulate.parse_boot_config(script, ipxe=True) == ("boot/k", "boot/r.img")
+    assert client.parse_boot_config(script, ipxe=True) == ("boot/k", "boot/r.img")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,7 +69,7 @@ def test_mixed_rack_with_loss_boots_and_adds_up():
     """20 clients, five of each profile, 5 % loss each way: all boot and the figures add up."""
     opts = Options(clients=20, mix={"bios": 1, "uefi": 1, "ipxe": 1, "plain": 1}, loss=5.0, seed=7,
                    ramp=0.5, timeout_scale=0.5, release=True, duration=50, progress=False, **SMALL)
-    summary = simulate.run(opts)
+    summary = run(opts)
     failures = {r.mac: r.failure for r in summary.results if not r.ok}
     assert summary.all_booted and summary.failed == 0, failures
     assert summary.profiles == {"bios": 5, "uefi": 5, "ipxe": 5, "plain": 5}
@@ -76,10 +78,10 @@ def test_mixed_rack_with_loss_boots_and_adds_up():
     assert files["vmlinuz"] == SMALL["kernel_size"] and files["initrd.img"] == SMALL["initrd_size"]
     total = 0
     for r in summary.results:
-        want = simulate.expected_bytes(r.profile, files)
+        want = servers.expected_bytes(r.profile, files)
         assert r.bytes == want, (r.profile, r.files)
         total += want
-        times = [r.marks[p] for p in simulate.PHASES]
+        times = [r.marks[p] for p in PHASES]
         assert times == sorted(times), r.marks
         assert r.ip is not None and r.ip.startswith("127.1.")
         assert r.os_ip == r.ip  # the OS phase gets the PXE phase's (sticky) address
@@ -107,7 +109,7 @@ def test_mixed_rack_with_loss_boots_and_adds_up():
 def test_dhcp_only_rounds_with_a_socket_per_client():
     opts = Options(clients=12, mix={"bios": 1, "ipxe": 1}, dhcp_only=True, rounds=3,
                    relay_socket="per-client", timeout_scale=0.1, duration=30, progress=False, **SMALL)
-    summary = simulate.run(opts)
+    summary = run(opts)
     assert summary.all_booted, summary.failures
     assert summary.mode == "dhcp-only"
     assert summary.dhcp_exchanges == 36 and summary.bytes == 0 and summary.tftp_transfers == 0
@@ -117,26 +119,26 @@ def test_dhcp_only_rounds_with_a_socket_per_client():
 
 def test_main_writes_json_and_exits_zero(tmp_path, capsys):
     out = tmp_path / "summary.json"
-    status = simulate.main(["--clients", "3", "--mix", "uefi", "--bootfile-size", "4K", "--kernel-size",
+    status = main(["--clients", "3", "--mix", "uefi", "--bootfile-size", "4K", "--kernel-size",
                             "20K", "--initrd-size", "50K", "--json", str(out), "-q"])
     assert status == 0
     printed = capsys.readouterr().out
     assert "clients booted: 3/3" in printed and "time to fully booted" in printed
     data = json.loads(out.read_text())
     assert data["all_booted"] and data["booted"] == 3 and len(data["results"]) == 3
-    assert data["bytes"] == 3 * (4096 + len(simulate.PXELINUX_DEFAULT) + 20 * 1024 + 50 * 1024)
+    assert data["bytes"] == 3 * (4096 + len(servers.PXELINUX_DEFAULT) + 20 * 1024 + 50 * 1024)
 
 
 def test_no_server_fails_every_client_with_the_reason():
     """Nothing listens: every client gives up after the PXE schedule; exit status 1."""
-    port = simulate.free_udp_port()
+    port = servers.free_udp_port()
     opts = Options(clients=3, mix={"bios": 1}, server="127.0.0.1", dhcp_port=port, tftp_port=port,
                    timeout_scale=0.01, duration=20, progress=False)
-    summary = simulate.run(opts)
+    summary = run(opts)
     assert summary.booted == 0 and summary.failed == 3
     assert summary.failures == {"dhcp_timeout after power_on": 3}
-    assert summary.dhcp_resends == 3 * (len(simulate.PXE_DHCP_WAITS) - 1)
-    status = simulate.main(["--clients", "2", "--server", "127.0.0.1", "--dhcp-port", str(port),
+    assert summary.dhcp_resends == 3 * (len(profiles.PXE_DHCP_WAITS) - 1)
+    status = main(["--clients", "2", "--server", "127.0.0.1", "--dhcp-port", str(port),
                             "--timeout-scale", "0.01", "-q"])
     assert status == 1
 
@@ -146,12 +148,12 @@ def test_remote_root_fetches_one_copy_of_each_file_upstream():
     simulator's upstream server sends each file it is asked for exactly once."""
     opts = Options(clients=12, mix={"bios": 1, "uefi": 1, "ipxe": 1}, remote_root=True, seed=5,
                    ramp=0.3, timeout_scale=0.5, duration=50, progress=False, **SMALL)
-    summary = simulate.run(opts)
+    summary = run(opts)
     failures = {r.mac: r.failure for r in summary.results if not r.ok}
     assert summary.all_booted and summary.failed == 0, failures
     assert "root http://127.0.0.1:" in summary.target
     for r in summary.results:
-        assert r.bytes == simulate.expected_bytes(r.profile, summary.files), (r.profile, r.files)
+        assert r.bytes == servers.expected_bytes(r.profile, summary.files), (r.profile, r.files)
 
     up = summary.upstream
     assert up is not None
@@ -167,4 +169,4 @@ def test_remote_root_fetches_one_copy_of_each_file_upstream():
         assert up["by_path"][name] == [1, summary.files[name]], name
     # the probes for configs that do not exist went upstream too, and came back 404
     assert up["not_found"] > 0 and up["gets"] == up["gets_ok"] + up["not_found"]
-    assert "upstream: 6 GETs" in simulate.format_summary(summary)
+    assert "upstream: 6 GETs" in report.format_summary(summary)

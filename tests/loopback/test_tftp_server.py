@@ -16,7 +16,7 @@ import tftpy
 
 from massboot.eventlog import EventLog
 from massboot.events import EventBus, EventRecorder
-from massboot.files import FileError
+from massboot.sources import FileError, FileReason
 from massboot.tftp.packet import (
     Ack,
     Data,
@@ -69,7 +69,7 @@ class MemSource:
         if self.crash:
             raise RuntimeError("a bug in the store")
         if self.fail_at is not None and offset + length > self.fail_at:
-            raise FileError(0, "upstream download failed")
+            raise FileError(FileReason.UPSTREAM, "upstream download failed")
         return self.data[offset : offset + length]
 
     def close(self) -> None:
@@ -90,11 +90,11 @@ class MemStore:
     def open(self, name: str, client_ip: str) -> MemSource:
         self.opened.append((name, client_ip))
         if name.startswith("deny"):
-            raise FileError(2, "Access violation")
+            raise FileError(FileReason.ACCESS, "Access violation")
         if name == "broken":
             raise RuntimeError("a bug while opening")
         if name not in self.files:
-            raise FileError(1, "File not found")
+            raise FileError(FileReason.NOT_FOUND, "File not found")
         source = MemSource(self.files[name], self.size_known, self.fail_at, self.crash_on_read)
         self.sources.append(source)
         return source

@@ -14,8 +14,10 @@ import subprocess
 
 import pytest
 
-from bench import simulate
-from bench.simulate import Options
+from bench.sim.netns import Namespaces
+from bench.sim.options import Options
+from bench.sim.rack import run
+from bench.sim.servers import expected_bytes
 from tests.conftest import require_root, require_tool
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
@@ -33,17 +35,17 @@ def test_netns_rack_boots_by_broadcast_and_cleans_up(tmp_path):
     opts = Options(clients=24, mix={"bios": 1, "uefi": 1, "ipxe": 1, "plain": 1}, netns=True, seed=11,
                    ramp=0.5, loss=3.0, timeout_scale=0.5, release=True, duration=90, progress=False,
                    server_log_level="info", workdir=str(tmp_path / "run"), **SMALL)
-    summary = simulate.run(opts)
+    summary = run(opts)
     failures = {r.mac: r.failure for r in summary.results if not r.ok}
     assert summary.all_booted and summary.failed == 0, failures
     assert "netns" in summary.target
-    pool = ipaddress.ip_network(simulate.Namespaces.pool_net)
+    pool = ipaddress.ip_network(Namespaces.pool_net)
     ips = [r.ip for r in summary.results]
     assert len(set(ips)) == 24 and all(ipaddress.ip_address(ip) in pool for ip in ips)
     total = 0
     for r in summary.results:
         assert r.os_ip == r.ip
-        want = simulate.expected_bytes(r.profile, summary.files)
+        want = expected_bytes(r.profile, summary.files)
         assert r.bytes == want, (r.profile, r.files)
         total += want
     assert summary.bytes == total
@@ -56,6 +58,6 @@ def test_netns_rack_boots_by_broadcast_and_cleans_up(tmp_path):
         assert f"tftp done client={ip}:" in log, ip
 
     # both namespaces (and with them the veth pair) are gone
-    ns = simulate.Namespaces()   # the names are derived from this process's pid
+    ns = Namespaces()   # the names are derived from this process's pid
     left = _namespaces().split()
     assert ns.server not in left and ns.clients not in left, left

@@ -7,7 +7,16 @@ import uuid
 import pytest
 
 from massboot.acl import AclResult, HttpAcl, RuleTable, Verdict, parse_acl_body
-from massboot.ident import mac_int, parse_mac
+from massboot.config import AclRule
+from massboot.ident import MAC_BITS, mac_int, parse_mac
+
+
+def macs(items: list[tuple[str, bool]]) -> RuleTable:
+    return RuleTable([AclRule.mac(key, allowed) for key, allowed in items])
+
+
+def uuids(items: list[tuple[str, bool]]) -> RuleTable:
+    return RuleTable([AclRule.uuid(key, allowed) for key, allowed in items])
 
 
 def m(text: str) -> int:
@@ -19,20 +28,20 @@ def u(text: str) -> int:
 
 
 def test_oui_mask_24_wildcard_bits() -> None:
-    table = RuleTable.from_mac_items([("1C-69-7A/24", True)])
+    table = macs([("1C-69-7A/24", True)])
     assert table.check(m("1C:69:7A:00:00:01")) is True
     assert table.check(m("1C:69:7A:FF:FF:FF")) is True
     assert table.check(m("1C:69:7B:00:00:01")) is None
 
 
 def test_mask_16_keeps_top_32_bits() -> None:
-    table = RuleTable.from_mac_items([("AA-BB-CC-DD/16", True)])
+    table = macs([("AA-BB-CC-DD/16", True)])
     assert table.check(m("AA:BB:CC:DD:12:34")) is True
     assert table.check(m("AA:BB:CC:DE:12:34")) is None
 
 
 def test_mask_4_is_last_nibble() -> None:
-    table = RuleTable.from_mac_items([("00-11-22-33-44-50/4", True)])
+    table = macs([("00-11-22-33-44-50/4", True)])
     assert table.check(m("00:11:22:33:44:50")) is True
     assert table.check(m("00:11:22:33:44:5F")) is True
     assert table.check(m("00:11:22:33:44:60")) is None
@@ -40,21 +49,21 @@ def test_mask_4_is_last_nibble() -> None:
 
 
 def test_exact_key_wins_over_an_earlier_mask() -> None:
-    table = RuleTable.from_mac_items([("1C-69-7A/24", True), ("1C-69-7A-01-02-03", False)])
+    table = macs([("1C-69-7A/24", True), ("1C-69-7A-01-02-03", False)])
     assert table.check(m("1C:69:7A:01:02:03")) is False
     assert table.check(m("1C:69:7A:01:02:04")) is True
 
 
 def test_first_match_in_ini_order() -> None:
-    table = RuleTable.from_mac_items([("AA-BB-CC-DD/16", False), ("AA-BB-CC/24", True)])
+    table = macs([("AA-BB-CC-DD/16", False), ("AA-BB-CC/24", True)])
     assert table.check(m("AA:BB:CC:DD:00:01")) is False
     assert table.check(m("AA:BB:CC:00:00:01")) is True
-    reverse = RuleTable.from_mac_items([("AA-BB-CC/24", True), ("AA-BB-CC-DD/16", False)])
+    reverse = macs([("AA-BB-CC/24", True), ("AA-BB-CC-DD/16", False)])
     assert reverse.check(m("AA:BB:CC:DD:00:01")) is True
 
 
 def test_disabled_entry_and_not_listed() -> None:
-    table = RuleTable.from_mac_items([("00-1E-4F-C4-95-EE", False), ("00-1E-4F-C4-95-EF", True)])
+    table = macs([("00-1E-4F-C4-95-EE", False), ("00-1E-4F-C4-95-EF", True)])
     assert table.check(m("00:1E:4F:C4:95:EE")) is False
     assert table.check(m("00:1E:4F:C4:95:EF")) is True
     assert table.check(m("00:1E:4F:C4:95:F0")) is None
@@ -62,25 +71,29 @@ def test_disabled_entry_and_not_listed() -> None:
 
 
 def test_duplicate_key_keeps_position_last_value_wins() -> None:
-    table = RuleTable.from_mac_items([("AA-BB/32", True), ("AA-BB-CC/24", True), ("AA-BB/32", False)])
+    table = macs([("AA-BB/32", True), ("AA-BB-CC/24", True), ("AA-BB/32", False)])
     assert len(table) == 2
     assert table.check(m("AA:BB:CC:00:00:01")) is False
 
 
-def test_raw_rule_tuples() -> None:
-    table = RuleTable([(0xAABBCC000000, 0xFFFFFF000000, True)])
-    assert table.check(0xAABBCC123456) is True
+def test_rule_objects() -> None:
+    rule = AclRule("aa-bb-cc/24", 0xAABBCC000000, 0xFFFFFF000000, True, MAC_BITS)
+    assert AclRule.mac("aa-bb-cc/24", True) == rule
+    assert not rule.exact and AclRule.mac("AA-BB-CC-DD-EE-FF", False).exact
+    assert RuleTable([rule]).check(0xAABBCC123456) is True
+    with pytest.raises(ValueError, match="not both"):
+        RuleTable([rule, AclRule.uuid("12345678-abcd-ef00-1111-abcdefabcdef", True)])
 
 
 def test_invalid_mac_key() -> None:
     with pytest.raises(ValueError):
-        RuleTable.from_mac_items([("ZZ-11", True)])
+        AclRule.mac("ZZ-11", True)
     with pytest.raises(ValueError):
-        RuleTable.from_mac_items([("AA-BB/49", True)])
+        AclRule.mac("AA-BB/49", True)
 
 
 def test_uuid_exact_and_masked() -> None:
-    table = RuleTable.from_uuid_items(
+    table = uuids(
         [
             ("12345678-abcd-ef00-1111-000000000000/ffffffff-ffff-ffff-ffff-000000000000", True),
             ("12345678-ABCD-EF00-1111-ABCDEFABCDEF", False),
@@ -95,7 +108,7 @@ def test_uuid_exact_and_masked() -> None:
 
 def test_uuid_full_mask_is_exact_key() -> None:
     full = "ffffffff-ffff-ffff-ffff-ffffffffffff"
-    table = RuleTable.from_uuid_items(
+    table = uuids(
         [("12345678-abcd-ef00-1111-000000000000/ffffffff-ffff-ffff-ffff-000000000000", True),
          (f"12345678-abcd-ef00-1111-abcdefabcdef/{full}", False)]
     )

@@ -1,4 +1,4 @@
-"""Config loading: both pybootd generations, defaults, aliases, errors (contract C1-C3, C7, C9)."""
+"""Config loading: both pybootd generations, defaults, aliases, errors (README, Configuration)."""
 
 from __future__ import annotations
 
@@ -29,10 +29,13 @@ def test_pybootd_18_sample_loads_with_pybootd_meaning():
     assert b.default_bootfile == "pxelinux.0"
     assert b.bootfiles == {0: "pxelinux.0", 2: "shim.efi", 6: "shim.efi", 7: "shimx64.efi",
                            8: "shimx64.efi", 9: "shimx64.efi"}
-    assert ("1c-69-7a/24", True) in b.mac_rules and ("00-aa-55-12-34-56", True) in b.mac_rules
-    assert b.buggy_clients == (("1c-69-7a/24", True),)
+    assert [(rule.key, rule.allowed) for rule in b.mac_rules] == [("00-aa-55-12-34-56", True),
+                                                                  ("1c-69-7a/24", True)]
+    assert b.mac_rules[1] == cfg.AclRule("1c-69-7a/24", 0x1C697A000000, 0xFFFFFF000000, True, 48)
+    assert b.buggy_clients == (b.mac_rules[1],)
+    assert [rule.exact for rule in b.uuid_rules] == [True, True] and b.uuid_rules[0].bits == 128
     assert b.http is not None and b.http.location == "127.0.0.1:13400" and b.http.timeout == 5
-    assert c.tftp.root == os.path.normpath(str(DATA / "images"))   # relative to the config file (C7)
+    assert c.tftp.root == os.path.normpath(str(DATA / "images"))   # relative to the config file
     assert c.tftp.filters == (("egg.info", "[{filename}]"),)
     assert c.tftp.blocksize is None and c.tftp.timeout == 2.0 and c.tftp.port == 69
     assert c.logger.type == "stderr" and c.logger.level == logging.INFO
@@ -51,9 +54,9 @@ def test_documented_generation_same_meaning(caplog):
     b = c.bootp
     assert b.default_bootfile == "pxelinux.0" and b.bootfiles == {}
     assert b.dns == ("10.130.0.2",) and b.access == "mac"
-    assert b.mac_rules == (("00-1e-4f-c4-95-ee", True),)
+    assert b.mac_rules == (cfg.AclRule.mac("00-1e-4f-c4-95-ee", True),)
     assert c.remote_root
-    # boot_file is given twice: a warning, the last value wins (C2)
+    # boot_file is given twice: a warning, the last value wins
     assert any("boot_file is given more than once" in w for w in c.warnings)
     d = load("pybootd-documented-debian.ini")
     assert d.bootp.allow_simple_dhcp and d.bootp.dns == ("8.8.8.8",)
@@ -146,7 +149,7 @@ def test_parsing_semantics():
             "servername = pxe%(x)s\n[bootfile]\ndefault = a\n00007 = b.efi\n9 = c.efi\n")
     c = cfg.loads(text)
     assert c.bootp.pool_count == 4 and c.bootp.servername == "pxe%(x)s"   # no interpolation
-    assert c.bootp.bootfiles == {7: "b.efi", 9: "c.efi"}                    # 00007 and 7 alike (C9)
+    assert c.bootp.bootfiles == {7: "b.efi", 9: "c.efi"}                    # 00007 and 7 alike
 
 
 def test_subnets_and_additions():
@@ -176,3 +179,77 @@ def test_deploy_samples_load_without_warnings(name):
     c = cfg.load(str(path))
     assert c.bootp is not None and not c.warnings
     assert list(cfg.describe(c))
+
+
+@pytest.mark.parametrize("target, reason", [
+    ("{nope}.cfg", "unknown variable {nope} (known: {arch}, {file}, {filename}, {ip}, {mac}, {uuid})"),
+    ("[cfg/{macaddr}]", "unknown variable {macaddr}"),
+    ("{}", "unknown variable {}"),
+    ("{mac!r}", "{mac} takes no format spec or conversion"),
+    ("{mac:>20}", "{mac} takes no format spec or conversion"),
+    ("cfg/{mac", "expected '}'"),
+])
+def test_filter_targets_checked_at_load(target, reason):
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.loads(BASE + f"[filters]\npxelinux.cfg/* = {target}\n")
+    e = err.value
+    assert (e.section, e.option, e.value) == ("filters", "pxelinux.cfg/*", target)
+    assert reason in str(e) and str(e).startswith(f"[filters] pxelinux.cfg/* = {target!r}: ")
+
+
+def test_filter_targets_with_known_variables():
+    text = (BASE + "[filters]\na = {filename}\nb = [{file}]\nc = x/{mac}-{ip}-{uuid}-{arch}.cfg\n"
+            "d = {{literal}}\n")
+    assert [p for p, _ in cfg.loads(text).tftp.filters] == ["a", "b", "c", "d"]
+
+
+def test_check_local_root(tmp_path):
+    cfg.check_local_root(cfg.loads(BASE + f"[tftpd]\nroot = {tmp_path}\n"))
+    cfg.check_local_root(cfg.loads(BASE + "[tftpd]\nroot = http://mirror.example/netboot\n"))
+    missing = tmp_path / "nope"
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.check_local_root(cfg.loads(BASE + f"[tftpd]\nroot = {missing}\n"))
+    assert (err.value.section, err.value.option, err.value.value) == ("tftpd", "root", str(missing))
+
+
+@pytest.mark.parametrize("table", list(cfg.TABLES.values()) + [cfg.SUBNET], ids=lambda t: t.name)
+def test_table_defaults_parse(table):
+    for option in table.options:
+        if option.default is not None and not option.ignored:
+            option.parse(table.name, option.name, option.default)   # a default is a valid value
+        assert not (option.missing and option.default is not None), option.name
+        assert option.doc and option.name == option.name.lower()
+
+
+def test_dataclass_defaults_are_the_tables():
+    """Built with no arguments, the dataclasses hold what an empty section loads as."""
+    empty = cfg.loads(BASE + "[metrics]\n[http]\nlocation = h\n[bootpd]\naccess = http\n", path="/x/y.ini")
+    assert empty.metrics == cfg.MetricsConfig()
+    assert empty.logger == cfg.LoggerConfig()
+    assert empty.bootp.http == cfg.HttpAclConfig("h")
+    assert empty.tftp == cfg.TftpConfig(root="/x")
+    bootp = cfg.BootpConfig("10.0.0.10", access="http", lease_db="/x/massboot-leases.sqlite3",
+                            default_bootfile="pxelinux.0", http=cfg.HttpAclConfig("h"))
+    assert empty.bootp == bootp
+
+
+def test_readme_option_tables_are_the_code_tables():
+    """README.rst's option tables are rendered from the code's tables (same options, defaults, docs).
+
+    Generated rather than compared field by field: the doc line lives once, in massboot/config.py,
+    and tests/tools/readme_options.py rewrites the README's tables from it.
+    """
+    from tests.tools import readme_options
+
+    text = readme_options.README.read_text(encoding="utf-8")
+    found = readme_options.tables(text)
+    assert sorted(found) == ["bootpd", "http", "logger", "metrics", "subnet:NAME", "tftpd"]
+    lines = text.splitlines()
+    for name, (start, end) in found.items():
+        table = readme_options.section_table(name)
+        assert lines[start:end] == readme_options.render(table), (
+            f"README.rst's [{name}] table is not massboot/config.py's: "
+            "run python tests/tools/readme_options.py")
+        rows = [line.split()[:2] for line in lines[start + 3:end - 1] if not line.startswith(" ")]
+        assert [row[0] for row in rows] == table.names()
+    assert ["pool_count", "``10``"] in [line.split()[:2] for line in readme_options.render(cfg.BOOTPD)]

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from massboot.files import CHUNK, ClientInfo, FileError, FileStore
+from massboot.files import CHUNK, ClientInfo, FileError, FileReason, FileStore
 
 REMOTE = "http://127.0.0.1:9/boot"   # never contacted: every name below is refused first
 
@@ -54,7 +54,7 @@ def test_client_traversal_refused(tree, name):
     store = FileStore("root", base_dir=str(base))
     with pytest.raises(FileError) as err:
         store.open(name, "127.0.0.5")
-    assert err.value.code == 2
+    assert err.value.reason is FileReason.ACCESS
     assert store.size(name, "127.0.0.5") is None
 
 
@@ -65,7 +65,7 @@ def test_percent_encoded_traversal_refused_on_remote_root(name, tmp_path):
     assert store.remote
     with pytest.raises(FileError) as err:
         store.open(name, "127.0.0.5")
-    assert err.value.code == 2
+    assert err.value.reason is FileReason.ACCESS
 
 
 def test_symlink_leaving_root_refused(tree, tmp_path):
@@ -76,7 +76,7 @@ def test_symlink_leaving_root_refused(tree, tmp_path):
     for name in ("out-file", "out-dir/secret"):
         with pytest.raises(FileError) as err:
             store.open(name, "127.0.0.5")
-        assert err.value.code == 2, name
+        assert err.value.reason is FileReason.ACCESS, name
     # Out and back in: the real path is inside the root, so it is served.
     assert read_all(store, "out-dir/base/root/pxelinux.0") == b"pxe"
 
@@ -97,7 +97,7 @@ def test_root_itself_a_symlink(tree, tmp_path):
     assert read_all(store, "boot/vmlinuz") == b"kernel"
     with pytest.raises(FileError) as err:
         store.open("../secret", "127.0.0.5")
-    assert err.value.code == 2
+    assert err.value.reason is FileReason.ACCESS
 
 
 def test_plain_names_served(tree):
@@ -116,15 +116,15 @@ def test_missing_and_directory_are_not_found(tree):
     for name in ("nope", "boot/nope", "pxelinux.0/x", "adir", "boot", "."):
         with pytest.raises(FileError) as err:
             store.open(name, "127.0.0.5")
-        assert err.value.code == 1, name
+        assert err.value.reason is FileReason.NOT_FOUND, name
     with pytest.raises(FileError) as err:
         store.open("", "127.0.0.5")
-    assert err.value.code == 1
+    assert err.value.reason is FileReason.NOT_FOUND
 
 
-def test_file_error_carries_code_and_message():
-    err = FileError(2, "Access violation")
-    assert (err.code, err.message, str(err)) == (2, "Access violation", "Access violation")
+def test_file_error_carries_reason_and_message():
+    err = FileError(FileReason.ACCESS, "Access violation")
+    assert (err.reason, err.message, str(err)) == (FileReason.ACCESS, "Access violation", "Access violation")
 
 
 # ----------------------------------------------------------------------- filters
@@ -143,7 +143,7 @@ def test_wildcards(tree):
     for name in ("ab", "abcd", "xpxelinux.cfg/default", "PXELINUX.CFG/default"):
         with pytest.raises(FileError) as err:
             store.open(name, "127.0.0.5")
-        assert err.value.code == 1, name
+        assert err.value.reason is FileReason.NOT_FOUND, name
 
 
 def test_pattern_characters_are_literal(tree):
@@ -257,7 +257,7 @@ def test_indirection_missing_or_empty_file(tree):
     for name in ("a", "b"):
         with pytest.raises(FileError) as err:
             store.open(name, "127.0.0.5")
-        assert err.value.code == 1
+        assert err.value.reason is FileReason.NOT_FOUND
 
 
 def test_absolute_and_relative_targets(tree, tmp_path):
@@ -278,7 +278,7 @@ def test_absolute_and_relative_targets(tree, tmp_path):
     assert read_all(store, "up") == b"secret"
     with pytest.raises(FileError) as err:
         store.open("none", "127.0.0.5")
-    assert err.value.code == 1
+    assert err.value.reason is FileReason.NOT_FOUND
 
 
 def test_filename_variable_cannot_smuggle_traversal(tree):
@@ -288,7 +288,7 @@ def test_filename_variable_cannot_smuggle_traversal(tree):
     for name in ("pxelinux.cfg/../../../secret", "/etc/passwd", "../secret"):
         with pytest.raises(FileError) as err:
             store.open(name, "127.0.0.5")
-        assert err.value.code == 2, name
+        assert err.value.reason is FileReason.ACCESS, name
 
 
 def test_remote_root_absolute_target_is_local(tree, tmp_path):

@@ -1,4 +1,7 @@
-"""Lease stores: stickiness, static leases, exhaustion, decline, persistence (contract C10)."""
+"""Lease stores: stickiness, static leases, exhaustion, decline, persistence.
+
+README, "DHCP and PXE behaviour".
+"""
 
 from __future__ import annotations
 
@@ -205,6 +208,60 @@ def test_concurrent_greenlets_never_share_an_address(make_store) -> None:
     assert len(owners) == 200
 
 
+def test_bind_allocates_and_binds_atomically(make_store) -> None:
+    store = make_store(pool=POOL[:2])
+    first = store.bind(MAC_A, None, lease_time=60, uuid="11111111-2222-3333-4444-555555555555")
+    assert first.bound and first.lease.ip == "10.0.0.10" and first.lease.state == BOUND
+    assert first.lease.uuid == "11111111-2222-3333-4444-555555555555"
+    again = store.bind(MAC_A, "10.0.0.10", lease_time=60)
+    assert again.bound and again.lease.uuid == first.lease.uuid        # kept when not given
+    # the MAC holds another address than the one asked for: nothing changes
+    wrong = store.bind(MAC_A, "10.0.0.11", lease_time=60)
+    assert not wrong.bound and wrong.lease == again.lease
+    assert store.by_ip("10.0.0.11") is None
+    # no binding yet and the wrong address asked for: the new offer is kept, nothing bound
+    other = store.bind(MAC_B, "10.0.0.99", lease_time=60)
+    assert not other.bound and other.lease.ip == "10.0.0.11" and other.lease.state == OFFERED
+    assert store.get(MAC_B) == other.lease
+    exhausted = store.bind(MAC_C, None, lease_time=60)
+    assert exhausted.lease is None and not exhausted.bound
+
+
+def test_concurrent_binds_never_share_an_address(make_store) -> None:
+    pool = [f"10.3.0.{i}" for i in range(1, 51)]
+    store = make_store(pool=pool)
+
+    def client(n: int) -> str | None:
+        gevent.sleep(0)
+        result = store.bind(mac(n), None, lease_time=60)
+        return result.lease.ip if result.bound else None
+
+    jobs = [gevent.spawn(client, n) for n in range(60)]
+    gevent.joinall(jobs, raise_error=True)
+    ips = [job.value for job in jobs if job.value is not None]
+    assert len(ips) == len(set(ips)) == 50
+
+
+def test_release_only_the_address_named(make_store) -> None:
+    store = make_store()
+    ip = store.bind(MAC_A, None, lease_time=60).lease.ip
+    assert store.release(MAC_A, "10.0.0.19") is None
+    assert store.get(MAC_A).state == BOUND
+    released = store.release(MAC_A, ip)
+    assert released.state == RELEASED and store.get(MAC_A) == released
+
+
+def test_decline_without_address_names_the_macs_own(make_store) -> None:
+    store = make_store()
+    assert store.decline(MAC_A) is None
+    ip = store.allocate(MAC_A).ip
+    assert store.decline(MAC_A) == ip
+    assert store.get(MAC_A) is None and store.allocate(MAC_A).ip != ip
+    b = store.allocate(MAC_B)
+    assert store.decline(MAC_C, b.ip) == b.ip               # another MAC's address: left alone
+    assert store.get(MAC_B) == b
+
+
 # -- persistence -------------------------------------------------------------------------
 
 
@@ -228,6 +285,20 @@ def test_sqlite_persists_across_reopen(tmp_path) -> None:
         assert again.allocate(MAC_C).ip == "10.0.0.13"  # .12 stays declined
         assert again.allocate(STATIC_MAC).ip == "10.0.0.19"
         assert again.counts() == (4, 9)
+    finally:
+        again.close()
+
+
+def test_sqlite_bind_and_its_kept_offer_are_durable(tmp_path) -> None:
+    path = str(tmp_path / "l.db")
+    store = SqliteLeaseStore(path, POOL)
+    bound = store.bind(MAC_A, None, lease_time=600, uuid="11111111-2222-3333-4444-555555555555").lease
+    offered = store.bind(MAC_B, "10.0.0.99", lease_time=600).lease       # wrong address: offer kept
+    store.close()
+    again = SqliteLeaseStore(path, POOL)
+    try:
+        assert again.get(MAC_A) == bound and again.get(MAC_A).state == BOUND
+        assert again.get(MAC_B) == offered and offered.state == OFFERED
     finally:
         again.close()
 

@@ -1,4 +1,4 @@
-"""Local IPv4 networks and server network detection (contract C4, spec §3)."""
+"""Local IPv4 networks and server network detection (README, "Server address")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""UDP notifications: exact payloads, targets, delivery on loopback (contract C8)."""
+"""UDP notifications: exact payloads, targets, delivery on loopback (README, "Notifications")."""
 
 from __future__ import annotations
 

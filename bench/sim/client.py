@@ -1,0 +1,428 @@
+"""One simulated machine: PXE DHCP, the boot file, the PXELINUX config probes or the iPXE
+script, kernel and initrd, the booted OS's DHCP (see bench/README.md, "simulate.py").
+
+DHCP follows RFC 2131 as a relay agent would forward it (``giaddr``, hops 1) or, with
+``--netns``, by broadcast; PXE options as in RFC 4578 and the PXE 2.1 specification. TFTP
+reads go through the shared sans-IO client (``bench/tftpcore.py``); this module is its driver
+on gevent: one :class:`~bench.sim.transport.LeanUdp` socket per transfer, loss injected in
+both directions.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import gevent
+
+from massboot.dhcp.packet import (
+    BOOTREQUEST,
+    FLAG_BROADCAST,
+    BootpPacket,
+    MessageType,
+    Opt,
+    PacketError,
+    decode,
+    encode,
+    ip_bytes,
+    u8,
+    u16,
+)
+
+from ..tftpcore import DONE, FAILED, ReadClient, unknown_tid_error
+from .profiles import OS_DHCP_WAITS, OS_PARAMS, Profile, Stage
+from .transport import LeanUdp, RelayMailbox
+
+if TYPE_CHECKING:
+    from .rack import Rack
+
+__all__ = ["ClientFailure", "ClientResult", "SimClient", "parse_boot_config", "pxelinux_probes"]
+
+_KEEP_LIMIT = 1 << 20  # config files and scripts are read into memory, up to this size
+
+
+@dataclass
+class ClientResult:
+    """What one client did."""
+
+    index: int
+    mac: str
+    uuid: str
+    profile: str
+    ip: str | None = None
+    os_ip: str | None = None
+    marks: dict[str, float] = field(default_factory=dict)
+    ok: bool = False
+    failure: str | None = None
+    bytes: int = 0
+    files: dict[str, int] = field(default_factory=dict)
+    probes: int = 0
+    dhcp_exchanges: int = 0
+    dhcp_resends: int = 0
+    dhcp_lost: int = 0
+    tftp_resends: int = 0
+    tftp_duplicates: int = 0
+    dora_times: list[float] = field(default_factory=list)
+
+
+class ClientFailure(Exception):
+    """A client gave up: ``reason`` says why (``dhcp_timeout``, ``tftp_timeout``...)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def pxelinux_probes(uuid: str, mac: str, ip: str) -> list[str]:
+    """PXELINUX's config search order: UUID, ``01-<mac>``, hex IP shortened to 1 digit, default."""
+    hexip = "".join(f"{int(octet):02X}" for octet in ip.split("."))
+    names = [uuid, "01-" + mac.replace(":", "-").lower()]
+    names += [hexip[:n] for n in range(len(hexip), 0, -1)]
+    names.append("default")
+    return ["pxelinux.cfg/" + n for n in names]
+
+
+def _strip_tftp_url(name: str) -> str:
+    match = re.match(r"tftp://[^/]*/(.*)", name)
+    return match.group(1) if match else name
+
+
+def _arguments(words: list[str]) -> list[str]:
+    """Positional arguments of a config line: iPXE's ``--name X``/``-n X`` style flags dropped."""
+    args: list[str] = []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in ("--name", "-n", "--timeout", "-t"):
+            skip = True
+        elif not word.startswith("-"):
+            args.append(word)
+    return args
+
+
+def parse_boot_config(text: str, ipxe: bool) -> tuple[str | None, str | None]:
+    """The kernel and initrd named by a PXELINUX config or an iPXE script (first label)."""
+    kernel: str | None = None
+    initrd: str | None = None
+    for raw in text.splitlines():
+        words = raw.split()
+        if not words or words[0].startswith("#"):
+            continue
+        keyword = words[0].lower()
+        args = _arguments(words[1:])
+        if ipxe:
+            if keyword in ("kernel", "chain", "imgexec") and args and kernel is None:
+                kernel = _strip_tftp_url(args[0])
+            elif keyword in ("initrd", "module", "imgfetch") and args and initrd is None:
+                initrd = _strip_tftp_url(args[0])
+            continue
+        if keyword in ("kernel", "linux") and args and kernel is None:
+            kernel = args[0]
+        elif keyword == "initrd" and args and initrd is None:
+            initrd = args[0].split(",")[0]
+        elif keyword == "append" and initrd is None:
+            for word in args:
+                if word.startswith("initrd="):
+                    initrd = word[len("initrd="):].split(",")[0]
+                    break
+    return kernel, initrd
+
+
+class SimClient:
+    """One simulated machine: see the module docstring for what it does."""
+
+    def __init__(self, rack: Rack, index: int, profile: Profile, rng: random.Random) -> None:
+        self.rack = rack
+        self.profile = profile
+        self.rng = rng
+        mac = bytes([0x02, 0x4D, 0x42]) + (index + 1).to_bytes(3, "big")
+        self.mac = mac
+        self.uuid = uuidlib.uuid5(uuidlib.NAMESPACE_OID, f"massboot-sim-{mac.hex()}")
+        self.result = ClientResult(index=index, mac=":".join(f"{b:02x}" for b in mac),
+                                   uuid=str(self.uuid), profile=profile.name)
+        self.firmware_options = profile.firmware.options(rng)
+        self.loader_options = (self.firmware_options if profile.loader is profile.firmware
+                               else profile.loader.options(rng))
+        self.power_on = 0.0
+        self.phase = "power_on"
+        self.server_id: bytes | None = None
+        self.tftp_host = rack.server_host
+        self.bind_ip = "0.0.0.0"
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def mark(self, phase: str) -> None:
+        self.result.marks[phase] = self.rack.now()
+        self.rack.phase_counts[phase] += 1
+        self.phase = phase
+
+    def run(self) -> None:
+        """Boot; on failure record the reason and the last phase reached."""
+        try:
+            self.power_on = time.monotonic()
+            self.mark("power_on")
+            if self.rack.opts.dhcp_only:
+                self._dhcp_only()
+            else:
+                self._boot()
+            self.result.ok = True
+        except ClientFailure as exc:
+            self._fail(exc.reason, exc.detail)
+        except gevent.GreenletExit:
+            self._fail("duration", "still running when --duration ran out")
+            raise
+        except Exception as exc:  # a bug in the simulator: say so, do not hide it as a boot failure
+            self._fail("simulator_error", repr(exc))
+
+    def _fail(self, reason: str, detail: str) -> None:
+        self.result.ok = False
+        self.result.failure = f"{reason} after {self.phase}" + (f" ({detail})" if detail else "")
+        self.rack.failed += 1
+
+    # -- the boot ------------------------------------------------------------------------
+
+    def _boot(self) -> None:
+        profile = self.profile
+        ack = self._dora(pxe=True)
+        self.result.ip = ack.yiaddr
+        self.mark("address")
+        if ack.siaddr != "0.0.0.0":
+            self.tftp_host = ack.siaddr
+        elif ack.option(Opt.TFTP_SERVER):
+            self.tftp_host = (ack.option(Opt.TFTP_SERVER) or b"").decode("latin-1").strip("\0")
+        if self.rack.broadcast or (ack.yiaddr.startswith("127.") and self.tftp_host.startswith("127.")):
+            self.bind_ip = ack.yiaddr  # on loopback (or the AnyIP route of --netns) it owns its address
+        bootfile = ack.file.decode("latin-1") or (ack.option(Opt.BOOTFILE) or b"").decode("latin-1")
+        bootfile = bootfile.strip("\0")
+        if not bootfile:
+            raise ClientFailure("no_bootfile", "the ACK names no boot file")
+        stage = profile.firmware
+        got = self._fetch(bootfile, stage, self.firmware_options, keep=profile.ipxe)
+        assert got is not None
+        self.mark("bootfile")
+        if profile.ipxe:
+            config = got[1]
+        else:
+            stage = profile.loader
+            config = None
+            for name in pxelinux_probes(str(self.uuid), self.result.mac, ack.yiaddr):
+                self.result.probes += 1
+                got = self._fetch(name, stage, self.loader_options, keep=True, missing_ok=True)
+                if got is not None:
+                    config = got[1]
+                    break
+            if config is None:
+                raise ClientFailure("no_config", "no pxelinux.cfg file found")
+        self.mark("config")
+        kernel, initrd = parse_boot_config(config.decode("latin-1"), profile.ipxe)
+        if kernel is None:
+            raise ClientFailure("no_kernel", "the config names no kernel")
+        self._fetch(kernel, stage, self.loader_options)
+        self.mark("kernel")
+        if initrd is not None:
+            self._fetch(initrd, stage, self.loader_options)
+        self.mark("initrd")
+        os_ack = self._dora(pxe=False)
+        self.result.os_ip = os_ack.yiaddr
+        if self.rack.opts.release:
+            self._release(os_ack)
+        self.mark("booted")
+
+    def _dhcp_only(self) -> None:
+        for round_ in range(max(1, self.rack.opts.rounds)):
+            ack = self._dora(pxe=True)
+            if round_ == 0:
+                self.result.ip = ack.yiaddr
+                self.mark("address")
+        self.mark("booted")
+
+    # -- DHCP ----------------------------------------------------------------------------
+
+    def _options(self, pxe: bool) -> list[tuple[int, bytes]]:
+        profile = self.profile
+        if not pxe:
+            return [(Opt.MAX_SIZE, u16(576)), (Opt.CLIENT_ID, b"\x01" + self.mac),
+                    (Opt.VENDOR_CLASS, b"Linux ipconfig"), (Opt.PARAM_REQUEST, OS_PARAMS)]
+        options = [(Opt.MAX_SIZE, u16(profile.max_size)), (Opt.PARAM_REQUEST, profile.params),
+                   (Opt.CLIENT_UUID, b"\0" + self.uuid.bytes), (Opt.CLIENT_NDI, profile.ndi),
+                   (Opt.CLIENT_ARCH, u16(profile.arch)),
+                   (Opt.VENDOR_CLASS, profile.vendor_class.encode("ascii"))]
+        if profile.ipxe:
+            options.append((Opt.USER_CLASS, b"iPXE"))
+        return options
+
+    def _packet(self, xid: int, msgtype: MessageType, options: list[tuple[int, bytes]],
+                **fields: object) -> BootpPacket:
+        relay, hops = ("0.0.0.0", 0) if self.rack.broadcast else (self.rack.opts.relay_ip, 1)
+        return BootpPacket(op=BOOTREQUEST, xid=xid, hops=hops, flags=FLAG_BROADCAST, giaddr=relay,
+                           chaddr=self.mac, options=((Opt.MESSAGE_TYPE, u8(msgtype)), *options),
+                           **fields)  # type: ignore[arg-type]
+
+    def _dora(self, pxe: bool) -> BootpPacket:
+        """DISCOVER → OFFER, REQUEST → ACK, retransmitting on the firmware's schedule."""
+        waits = (self.profile.dhcp_waits if pxe else OS_DHCP_WAITS)
+        started = time.monotonic()
+        box = self.rack.mailbox()
+        try:
+            xid = self.rng.getrandbits(32)
+            box.watch(xid)
+            options = self._options(pxe)
+            resends_before = self.result.dhcp_resends
+            offer = self._transact(box, self._packet(xid, MessageType.DISCOVER, options),
+                                   (MessageType.OFFER,), waits)
+            if offer.yiaddr == "0.0.0.0":
+                raise ClientFailure("bad_offer", "OFFER without an address")
+            server_id = offer.option(Opt.SERVER_ID) or ip_bytes(self.rack.server_host)
+            request = self._packet(xid, MessageType.REQUEST, options + [
+                (Opt.SERVER_ID, server_id), (Opt.REQUESTED_IP, ip_bytes(offer.yiaddr))])
+            ack = self._transact(box, request, (MessageType.ACK, MessageType.NAK), waits)
+            if ack.message_type == MessageType.NAK:
+                raise ClientFailure("dhcp_nak", (ack.option(Opt.MESSAGE) or b"").decode("latin-1"))
+            if ack.yiaddr != offer.yiaddr:
+                raise ClientFailure("dhcp_mismatch", f"offered {offer.yiaddr}, acked {ack.yiaddr}")
+            self.server_id = server_id
+            self.rack.dhcp_exchanges += 1
+            self.result.dhcp_exchanges += 1
+            self.result.dora_times.append(time.monotonic() - started)
+            if self.result.dhcp_resends > resends_before:
+                self.result.dhcp_lost += 1
+            return ack
+        finally:
+            box.close()
+
+    def _transact(self, box: RelayMailbox, request: BootpPacket, wanted: tuple[MessageType, ...],
+                  waits: tuple[float, ...]) -> BootpPacket:
+        rack = self.rack
+        for attempt, wait in enumerate(waits):
+            if attempt:
+                self.result.dhcp_resends += 1
+            secs = min(int(time.monotonic() - self.power_on), 0xFFFF)
+            self._send_dhcp(box, encode(replace(request, secs=secs)))
+            deadline = time.monotonic() + wait * rack.scale
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                data = box.recv(remaining)
+                if data is None:
+                    break
+                if rack.loss and self.rng.random() < rack.loss:
+                    rack.dropped_in += 1
+                    continue
+                try:
+                    reply = decode(data)
+                except PacketError:
+                    continue
+                if reply.xid == request.xid and reply.chaddr[:6] == self.mac and reply.message_type in wanted:
+                    return reply
+        name = MessageType(request.message_type or 0).name if request.message_type else "request"
+        raise ClientFailure("dhcp_timeout", f"no answer to {name} after {len(waits)} tries")
+
+    def _send_dhcp(self, box: RelayMailbox, data: bytes) -> None:
+        rack = self.rack
+        if rack.loss and self.rng.random() < rack.loss:
+            rack.dropped_out += 1
+            return
+        box.send(data)
+
+    def _release(self, ack: BootpPacket) -> None:
+        box = self.rack.mailbox()
+        try:
+            options = [(Opt.SERVER_ID, self.server_id or ip_bytes(self.rack.server_host)),
+                       (Opt.CLIENT_ID, b"\x01" + self.mac)]
+            packet = replace(self._packet(self.rng.getrandbits(32), MessageType.RELEASE, options),
+                             ciaddr=ack.yiaddr, flags=0)
+            self._send_dhcp(box, encode(packet))
+        finally:
+            box.close()
+
+    # -- TFTP ----------------------------------------------------------------------------
+
+    def _fetch(self, name: str, stage: Stage, options: dict[str, str], *, keep: bool = False,
+               missing_ok: bool = False) -> tuple[int, bytes] | None:
+        """Read one file (RFC 1350 with RFC 2347-2349 and 7440 options).
+
+        Returns:
+            ``(size, content)`` (content only when ``keep``), or None for a missing file when
+            ``missing_ok`` (ERROR 1).
+
+        Raises:
+            ClientFailure: ``tftp_timeout``, ``tftp_error_N``, ``tftp_size``, ``tftp_bad_oack``.
+        """
+        rack = self.rack
+        result = self.result
+        loss = rack.loss
+        rng = self.rng
+        scale = rack.scale
+        clock = time.monotonic
+        core = ReadClient(name, options, waits=[wait * scale for wait in stage.waits],
+                          keep=_KEEP_LIMIT if keep else 0)
+        on_packet = core.on_packet
+        sock = LeanUdp((self.bind_ip, 0))
+        try:
+            server = (self.tftp_host, rack.tftp_port)
+            rack.transfers += 1
+            peer: tuple[str, int] | None = None
+            buf = bytearray(65536 + 4)
+            view = memoryview(buf)
+
+            def send(data: bytes, to: tuple[str, int]) -> None:
+                if loss and rng.random() < loss:
+                    rack.dropped_out += 1
+                    return
+                try:
+                    sock.sendto(data, to)
+                except OSError:  # a full socket buffer (EAGAIN) is a loss; the timer resends
+                    rack.send_errors += 1
+
+            send(core.start(clock()), server)
+            while core.state < DONE:
+                remaining = core.deadline - clock()
+                if remaining <= 0:
+                    again = core.on_timeout(clock())
+                    if again is not None:
+                        send(again, server if peer is None else peer)
+                    continue
+                try:
+                    got = sock.recvfrom_into(buf, remaining)
+                except OSError:  # e.g. ICMP port unreachable reported late: like a loss
+                    continue
+                if got is None:
+                    continue
+                size, addr = got
+                if loss and rng.random() < loss:
+                    rack.dropped_in += 1
+                    continue
+                if size < 4:
+                    continue
+                if peer is None:
+                    peer = addr
+                elif addr != peer:
+                    send(unknown_tid_error(), addr)
+                    continue
+                before = core.received
+                reply = on_packet(view, size, clock())
+                rack.bytes += core.received - before
+                if reply is not None:
+                    send(reply, peer)
+        finally:
+            sock.close()
+            result.tftp_resends += core.resends
+            result.tftp_duplicates += core.duplicates
+        if core.state == FAILED:
+            if core.reason == "error":
+                if core.error_code == 1 and missing_ok:  # RFC 1350: File not found
+                    return None
+                raise ClientFailure(f"tftp_error_{core.error_code}", f"{name}: {core.error_message}")
+            if core.reason == "timeout":
+                raise ClientFailure("tftp_timeout", f"{name} {core.detail}")
+            raise ClientFailure(f"tftp_{core.reason}", f"{name}: {core.detail}")
+        result.bytes += core.received
+        result.files[name] = core.received
+        return core.received, core.content

@@ -1,0 +1,487 @@
+"""Sans-IO DHCP/PXE exchange: one decoded request in, what to do out.
+
+:class:`Exchange` owns no socket, as :class:`massboot.tftp.transfer.ReadTransfer` does not. The
+server classifies the request, picks its scope, hands over what it knows of the client and
+carries out the answer::
+
+    request = classify(packet, source)
+    scope = select_scope(packet, main, scopes)
+    exchange = Exchange(settings, request, clients.get(request.mac), scope)
+    step = exchange.start()
+    if isinstance(step, AclQuery):                  # access = http: the server asks (may wait)
+        emit(step.events)
+        step = exchange.on_acl(http_acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe))
+    clients[request.mac] = exchange.client
+    notify(step.notify); send(step.reply, step.destination); emit(step.events)
+
+The lease operations go to the scope's :class:`LeaseStore`, each atomic on its own (the store
+decides, this module never reads a lease to write a decision back), and an ACK is only built
+once the store has made its binding durable. Events come back as data, in the order they
+happened.
+
+Behaviour (README, "DHCP and PXE behaviour"):
+
+* DISCOVER → OFFER; REQUEST → ACK or NAK by the state it comes from (RFC 2131 §4.3.2:
+  SELECTING, INIT-REBOOT, RENEWING, REBINDING); a REQUEST naming another server (option 54) is
+  left alone; a REBINDING client asking for an address outside the scope is left alone too.
+  INFORM → ACK without address or lease time (RFC 2131 §4.3.5). RELEASE keeps the binding,
+  DECLINE sets the address aside (RFC 2131 §4.3.3, §4.3.4). No option 53: plain BOOTP (RFC 951),
+  answered and bound at once when ``allow_simple_dhcp`` is on.
+* pybootd's PXE→OS state machine (:func:`~massboot.dhcp.policy.next_state`): a MAC must start
+  with a PXE DISCOVER unless ``allow_simple_dhcp`` is on.
+* ACLs: static clients are always served; ``access = mac`` / ``uuid`` are decided here;
+  ``access = http`` is asked when the client's state changes (or always with
+  ``always_check``), and a denial puts the client back to the idle state.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import uuid as uuid_module
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from massboot.acl import AclResult, RuleTable, Verdict
+from massboot.config import BootpConfig
+from massboot.dhcp import policy
+from massboot.dhcp.leases import Lease, LeaseStore
+from massboot.dhcp.packet import BootpPacket, MessageType, Opt
+from massboot.dhcp.policy import BootInfo, Network, RequestKind, State
+from massboot.ident import mac_int, mac_str
+
+# the exchange's log lines keep the logger name they have always had
+log = logging.getLogger("massboot.dhcp.server")
+
+MSG_NAMES = {t: t.name.lower() for t in MessageType}
+LIMITED_BROADCAST = "255.255.255.255"
+NO_ADDRESS = "0.0.0.0"
+
+
+@dataclass(slots=True)
+class Client:
+    """What the server remembers of one MAC between exchanges (one record per MAC)."""
+
+    mac: str
+    state: State = State.IDLE
+    uuid: str | None = None
+    arch: int | None = None
+    ip: str | None = None
+    hostname: str | None = None      # HTTP ACL "Client:" line (option 12)
+    file: str | None = None          # HTTP ACL "File:" line (TFTP filters' {file})
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """One served subnet: its lease store and what replies say about it."""
+
+    name: str
+    store: LeaseStore
+    net: Network
+    network: ipaddress.IPv4Network
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The ``[bootpd]`` settings an exchange needs, checked once at startup."""
+
+    server_ip: str
+    sname: str
+    server_port: int = 67
+    allow_simple_dhcp: bool = False
+    access: str | None = None                  # None, "mac", "uuid" or "http"
+    static: frozenset[str] = frozenset()       # MACs with a [static_dhcp] address: no ACL
+    mac_acl: RuleTable | None = None
+    uuid_acl: RuleTable | None = None
+    http_always_check: bool = False
+    buggy: RuleTable | None = None             # [buggy_clients]: replies to 255.255.255.255
+    default_bootfile: str = ""
+    bootfiles: Mapping[int, str] = field(default_factory=dict)
+    ipxe_bootfile: str | None = None
+    #: ``name, client_ip → size or None``, never blocking (option 13)
+    bootfile_size: Callable[[str, str], int | None] | None = None
+
+    @classmethod
+    def from_config(cls, config: BootpConfig, server_ip: str, *,
+                    bootfile_size: Callable[[str, str], int | None] | None = None) -> Settings:
+        """Build the settings from the validated ``[bootpd]`` section."""
+        return cls(
+            server_ip=server_ip, sname=f"{config.servername}.{config.domain}", server_port=config.port,
+            allow_simple_dhcp=config.allow_simple_dhcp, access=config.access,
+            static=frozenset(config.static),
+            mac_acl=RuleTable(config.mac_rules) if config.access == "mac" else None,
+            uuid_acl=RuleTable(config.uuid_rules) if config.access == "uuid" else None,
+            http_always_check=config.http is not None and config.http.always_check,
+            buggy=RuleTable(config.buggy_clients) if config.buggy_clients else None,
+            default_bootfile=config.default_bootfile, bootfiles=config.bootfiles,
+            ipxe_bootfile=config.ipxe_boot_file, bootfile_size=bootfile_size)
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """Who sent a request and what it asks: every later decision reads this, not the packet.
+
+    Attributes:
+        packet: the decoded request.
+        source: its source address and port.
+        mac: ``AA:BB:CC:DD:EE:FF``.
+        msgtype: option 53; None for plain BOOTP or an unknown value (see *bad_type*).
+        bad_type: option 53 is present but names no known message type.
+        pxe: a PXE firmware request (option 97, or option 60 ``PXEClient``): the PXE phase;
+            otherwise the installed OS's DHCP client (the OS phase).
+        ipxe: iPXE (user class ``iPXE`` or option 175).
+        uuid: the machine UUID of option 97.
+        arch: the client architecture (option 93, else option 60).
+        relayed: came through a relay agent (``giaddr`` set).
+        kind: for a DHCPREQUEST, the client state it comes from (RFC 2131 §4.3.2).
+    """
+
+    packet: BootpPacket
+    source: tuple[str, int]
+    mac: str
+    msgtype: MessageType | None
+    bad_type: bool
+    pxe: bool
+    ipxe: bool
+    uuid: str | None
+    arch: int | None
+    relayed: bool
+    kind: RequestKind | None
+
+    @property
+    def name(self) -> str:
+        """The message type as events and logs name it (``bootp`` without option 53)."""
+        return MSG_NAMES[self.msgtype] if self.msgtype is not None else "bootp"
+
+    @property
+    def phase(self) -> str:
+        """``pxe`` or ``os``."""
+        return "pxe" if self.pxe else "os"
+
+
+def classify(packet: BootpPacket, source: tuple[str, int]) -> Classification:
+    """Classify one decoded request (the only place that looks at the packet to do so)."""
+    msgtype = packet.message_type
+    kind = None
+    if msgtype == MessageType.REQUEST:
+        kind = policy.request_kind(packet, unicast=source[0] == packet.ciaddr)
+    return Classification(
+        packet=packet, source=source, mac=mac_str(packet.mac), msgtype=msgtype,
+        bad_type=msgtype is None and packet.option(Opt.MESSAGE_TYPE) is not None,
+        pxe=packet.is_pxe, ipxe=packet.is_ipxe, uuid=packet.uuid, arch=packet.client_arch,
+        relayed=packet.giaddr != NO_ADDRESS, kind=kind)
+
+
+def select_scope(packet: BootpPacket, main: Scope, scopes: Sequence[Scope]) -> Scope:
+    """The ``[subnet:NAME]`` scope whose network holds the relay address, else the main one."""
+    if packet.giaddr != NO_ADDRESS and scopes:
+        relay = ipaddress.IPv4Address(packet.giaddr)
+        for scope in scopes:
+            if relay in scope.network:
+                return scope
+    return main
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """An event to emit on the bus: its kind and fields."""
+
+    kind: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a reply goes (RFC 2131 §4.1)."""
+
+    address: str
+    port: int
+
+    @property
+    def limited_broadcast(self) -> bool:
+        """To 255.255.255.255: the server sends it out of the request's interface."""
+        return self.address == LIMITED_BROADCAST
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A pybootd UDP notification to send (README, "Notifications")."""
+
+    kind: str                # BOOT, LEASE or RELEASE
+    mac: bytes
+    ip: str
+    uuid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AclQuery:
+    """The exchange needs the HTTP ACL's verdict: ask it, then call :meth:`Exchange.on_acl`."""
+
+    mac: bytes
+    uuid: str | None
+    ip: str | None
+    pxe: bool
+    events: tuple[EventRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to do once an exchange is decided.
+
+    Attributes:
+        events: to emit, in order, once the reply (if any) is sent.
+        reply: the reply to send, or None.
+        destination: where to send *reply*.
+        no_reply: why there is no reply: a ``dhcp.ignored`` reason, or ``malformed``,
+            ``denied``, ``exhausted``, ``released``, ``declined``.
+        notify: a notification to send before the reply.
+        assigned: the address the reply gives the client, if any.
+        lease: what the lease store returned (offered, bound or released lease).
+    """
+
+    events: tuple[EventRecord, ...] = ()
+    reply: BootpPacket | None = None
+    destination: Destination | None = None
+    no_reply: str | None = None
+    notify: Notification | None = None
+    assigned: str | None = None
+    lease: Lease | None = None
+
+
+class Exchange:
+    """One request's exchange; see the module docstring.
+
+    Args:
+        settings: the server's settings.
+        request: the classified request.
+        client: what is known of the MAC, None when never seen (a record is then made, its
+            UUID taken from a stored lease); available afterwards as :attr:`client`.
+        scope: the scope the request belongs to (:func:`select_scope`).
+    """
+
+    def __init__(self, settings: Settings, request: Classification, client: Client | None,
+                 scope: Scope) -> None:
+        self.settings = settings
+        self.request = request
+        self.scope = scope
+        self.client = client
+        self._events: list[EventRecord] = []
+        self._new_state = State.IDLE
+
+    # ------------------------------------------------------------------ steps
+    def start(self) -> Outcome | AclQuery:
+        """Decide what can be decided without the HTTP ACL."""
+        req, settings = self.request, self.settings
+        if req.bad_type:
+            self._emit("dhcp.malformed", reason="bad_message_type", source=req.source[0])
+            return self._done(no_reply="malformed")
+        self._emit("dhcp.received", msgtype=req.name, mac=req.mac, relayed=req.relayed, pxe=req.pxe,
+                   ipxe=req.ipxe, uuid=req.uuid, arch=req.arch)
+        client = self.client
+        if client is None:
+            client = self.client = Client(req.mac)
+            lease = self.scope.store.get(req.mac)
+            if lease is not None and lease.uuid:
+                client.uuid = lease.uuid
+        if req.uuid:
+            client.uuid = req.uuid
+        if req.arch is not None:
+            client.arch = req.arch
+        msgtype = req.msgtype
+        if msgtype == MessageType.REQUEST and req.packet.server_id not in (None, settings.server_ip):
+            client.state = policy.next_state(client.state, req.pxe, msgtype)
+            return self._ignore("other_server")
+        if msgtype == MessageType.RELEASE:
+            return self._release()
+        if msgtype == MessageType.DECLINE:
+            return self._decline()
+        self._new_state = policy.next_state(client.state, req.pxe, msgtype)
+        if self._new_state == State.IDLE and not settings.allow_simple_dhcp:
+            return self._ignore("idle_state")
+        if msgtype is None and not settings.allow_simple_dhcp:
+            return self._ignore("bootp_not_allowed")
+        allowed = self._local_acl(client)
+        if allowed is None:
+            return AclQuery(req.packet.mac, client.uuid, client.ip, req.pxe, self.take_events())
+        return self._answer(allowed)
+
+    def on_acl(self, result: AclResult) -> Outcome:
+        """Go on with the HTTP ACL's verdict."""
+        client = self._known()
+        self._emit("dhcp.acl", acl="http", verdict=result.verdict.value, mac=client.mac)
+        if result.verdict != Verdict.ALLOWED:
+            log.info("%s mac=%s by http acl: %s", "denied" if result.verdict == Verdict.DENIED else
+                     "ignored", client.mac, result.reason)
+            return self._answer(False)
+        if result.client_name:
+            client.hostname = result.client_name
+        if result.file:
+            client.file = result.file
+        return self._answer(True)
+
+    # ------------------------------------------------------------------ decisions
+    def _local_acl(self, client: Client) -> bool | None:
+        """True or False when decided here, None when the HTTP ACL must be asked."""
+        settings = self.settings
+        if settings.access is None or client.mac in settings.static:
+            return True
+        if settings.access == "mac":
+            assert settings.mac_acl is not None
+            return self._local_verdict("mac", settings.mac_acl.check(mac_int(self.request.packet.mac)))
+        if settings.access == "uuid":
+            assert settings.uuid_acl is not None
+            if client.uuid is None:
+                log.info("ignored mac=%s: access = uuid and no UUID known", client.mac)
+                self._emit("dhcp.acl", acl="uuid", verdict="denied", mac=client.mac)
+                return False
+            return self._local_verdict("uuid", settings.uuid_acl.check(uuid_module.UUID(client.uuid).int))
+        # access = http: asked when the state changes, or on every request with always_check
+        if not settings.http_always_check and self._new_state == client.state:
+            return True
+        return None
+
+    def _local_verdict(self, acl: str, verdict: bool | None) -> bool:
+        mac = self.request.mac
+        if verdict:
+            self._emit("dhcp.acl", acl=acl, verdict="allowed", mac=mac)
+            return True
+        log.info("denied mac=%s by %s acl: %s", mac, acl, "disabled" if verdict is False else "not listed")
+        self._emit("dhcp.acl", acl=acl, verdict="denied", mac=mac)
+        return False
+
+    def _answer(self, allowed: bool) -> Outcome:
+        client, msgtype = self._known(), self.request.msgtype
+        if not allowed:
+            client.state = State.IDLE
+            return self._done(no_reply="denied")
+        if msgtype == MessageType.INFORM:
+            return self._reply(MessageType.ACK, NO_ADDRESS)
+        if msgtype == MessageType.DISCOVER or msgtype is None:
+            return self._offer(client, msgtype)
+        if msgtype == MessageType.REQUEST:
+            return self._request(client)
+        return self._ignore(f"unhandled_{self.request.name}")
+
+    def _offer(self, client: Client, msgtype: MessageType | None) -> Outcome:
+        scope = self.scope
+        if msgtype is None:     # plain BOOTP: no REQUEST will follow, bind now
+            lease = scope.store.bind(client.mac, None, lease_time=scope.net.lease_time,
+                                     uuid=client.uuid).lease
+        else:
+            lease = scope.store.allocate(client.mac)
+        if lease is None:
+            return self._exhausted()
+        outcome = self._reply(msgtype and MessageType.OFFER, lease.ip, lease=lease)
+        client.state = self._new_state
+        return outcome
+
+    def _request(self, client: Client) -> Outcome:
+        req, scope = self.request, self.scope
+        # the address the client asks for: ciaddr when it has one, else option 50 (SELECTING,
+        # INIT-REBOOT); neither (pybootd's ACK-anything clients): whatever it holds
+        if req.kind in (RequestKind.RENEWING, RequestKind.REBINDING):
+            wanted: str | None = req.packet.ciaddr
+        else:
+            wanted = req.packet.requested_ip
+        # no binding yet (INIT-REBOOT after a database loss, or pybootd's ACK-anything clients):
+        # the store allocates the sticky address, which must be the one the client wants
+        binding = scope.store.bind(client.mac, wanted, lease_time=scope.net.lease_time, uuid=client.uuid)
+        if binding.lease is None:
+            return self._exhausted()
+        if not binding.bound:
+            if req.kind == RequestKind.REBINDING and wanted is not None and \
+                    ipaddress.IPv4Address(wanted) not in scope.network:
+                return self._ignore("not_our_address")
+            log.info("nak mac=%s phase=%s requested=%s bound=%s", client.mac, req.phase, wanted,
+                     binding.lease.ip)
+            return self._reply(MessageType.NAK, NO_ADDRESS, message=f"address {wanted} is not yours")
+        lease = binding.lease
+        notify = Notification("BOOT" if req.pxe else "LEASE", req.packet.mac, lease.ip, client.uuid)
+        outcome = self._reply(MessageType.ACK, lease.ip, lease=lease, notify=notify)
+        client.state = self._new_state
+        return outcome
+
+    def _release(self) -> Outcome:
+        req = self.request
+        ciaddr = req.packet.ciaddr
+        released = self.scope.store.release(req.mac, None if ciaddr == NO_ADDRESS else ciaddr)
+        ip = ciaddr if ciaddr != NO_ADDRESS else (released.ip if released else None)
+        if ip is None:
+            return self._done(no_reply="released")
+        log.info("release mac=%s ip=%s", req.mac, ip)
+        self._emit("dhcp.released", mac=req.mac, ip=ip)
+        return self._done(no_reply="released", lease=released,
+                          notify=Notification("RELEASE", req.packet.mac, ip, self._known().uuid))
+
+    def _decline(self) -> Outcome:
+        mac = self.request.mac
+        ip = self.scope.store.decline(mac, self.request.packet.requested_ip)
+        if ip is not None:
+            log.warning("decline mac=%s ip=%s: address set aside (in use by another host?)", mac, ip)
+            self._emit("dhcp.declined", mac=mac, ip=ip)
+        return self._done(no_reply="declined")
+
+    # ------------------------------------------------------------------ replies
+    def _boot_info(self) -> BootInfo:
+        req, settings, client = self.request, self.settings, self._known()
+        bootfile, fell_back = policy.select_bootfile(req.arch, req.ipxe, settings.default_bootfile,
+                                                     settings.bootfiles, settings.ipxe_bootfile)
+        if fell_back:
+            log.warning("mac=%s arch=%s has no [bootfile] entry: serving default %s",
+                        req.mac, req.arch, bootfile)
+            self._emit("dhcp.arch_fallback", mac=req.mac, arch=req.arch)
+        size = None
+        if settings.bootfile_size is not None and Opt.BOOTFILE_SIZE in req.packet.requested_params \
+                and "://" not in bootfile:
+            size = settings.bootfile_size(bootfile, client.ip or NO_ADDRESS)
+        return BootInfo(settings.server_ip, settings.sname, bootfile, size)
+
+    def _reply(self, msgtype: MessageType | None, yiaddr: str, *, message: str | None = None,
+               lease: Lease | None = None, notify: Notification | None = None) -> Outcome:
+        req, settings, client, net = self.request, self.settings, self._known(), self.scope.net
+        boot = self._boot_info() if msgtype != MessageType.NAK else None
+        reply = policy.build_reply(req.packet, msgtype, yiaddr=yiaddr, net=net, boot=boot, pxe=req.pxe,
+                                   hostname=None if req.pxe else client.hostname, message=message)
+        buggy = settings.buggy is not None and bool(settings.buggy.check(mac_int(req.packet.mac)))
+        dest = Destination(*policy.destination(req.packet, reply, req.source,
+                                               server_port=settings.server_port,
+                                               subnet_broadcast=net.broadcast, force_broadcast=buggy))
+        assigned = yiaddr if yiaddr != NO_ADDRESS and msgtype != MessageType.NAK else None
+        if assigned is not None:
+            client.ip = assigned
+        name = MSG_NAMES[msgtype] if msgtype is not None else "bootp"
+        file = boot.bootfile if boot else None
+        log.info("%s mac=%s ip=%s phase=%s arch=%s file=%s to=%s:%d", name, client.mac, yiaddr, req.phase,
+                 req.arch if req.arch is not None else "-", file or "-", dest.address, dest.port)
+        self._emit("dhcp.reply", msgtype=name, mac=client.mac, ip=yiaddr, pxe=req.pxe, arch=req.arch,
+                   phase=req.phase, file=file, ipxe=req.ipxe, uuid=client.uuid)
+        return self._done(reply=reply, destination=dest, assigned=assigned, lease=lease, notify=notify)
+
+    def _exhausted(self) -> Outcome:
+        mac, scope = self.request.mac, self.scope.name
+        self._emit("dhcp.exhausted", mac=mac, scope=scope)
+        log.warning("pool exhausted: no address for mac=%s scope=%s", mac, scope)
+        return self._done(no_reply="exhausted")
+
+    def _ignore(self, reason: str) -> Outcome:
+        mac, phase = self.request.mac, self.request.phase
+        log.debug("ignored mac=%s phase=%s reason=%s", mac, phase, reason)
+        self._emit("dhcp.ignored", mac=mac, reason=reason, phase=phase)
+        return self._done(no_reply=reason)
+
+    # ------------------------------------------------------------------ plumbing
+    def _known(self) -> Client:
+        assert self.client is not None, "start() first"
+        return self.client
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        self._events.append(EventRecord(kind, fields))
+
+    def take_events(self) -> tuple[EventRecord, ...]:
+        """The events recorded and not yet returned (those before a failure, say)."""
+        events, self._events = tuple(self._events), []
+        return events
+
+    def _done(self, **fields: Any) -> Outcome:
+        return Outcome(events=self.take_events(), **fields)

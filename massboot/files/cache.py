@@ -1,0 +1,248 @@
+"""The mirror cache's directory: complete files, their metadata, LRU eviction.
+
+Each complete file is ``<key>.<token>.data`` with its metadata in ``<key>.<token>.json``; a
+download in progress is ``<key>.<token>.part``. The key is a hash of the URL, the token tells
+two generations of one URL apart. The index is rebuilt from the directory at startup, so
+complete files survive a restart; what a crash left behind is removed. One cache directory
+belongs to one process.
+
+:class:`CacheDir` owns the reader counts of its entries: an entry being read is never evicted,
+and every reader that :meth:`CacheDir.open` or :meth:`CacheDir.pin` counted gives it back with
+:meth:`CacheDir.release`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections import OrderedDict
+from typing import Any
+
+import gevent
+
+from massboot.files.local import blocking, open_cloexec
+
+__all__ = ["CacheDir", "Entry", "cache_key"]
+
+log = logging.getLogger(__name__)
+
+_CACHE_NAME = re.compile(r"^([0-9a-f]{32})\.([0-9a-f]{12})\.(data|json|part|jtmp)$")
+
+
+def cache_key(url: str) -> str:
+    """The file name stem of a URL in the cache directory."""
+    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _write_json(path: str, tmp: str, meta: dict[str, Any]) -> None:
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(meta, f)
+    os.replace(tmp, path)
+
+
+def _unlink_quietly(*paths: str) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _discard(*paths: str) -> None:
+    """Remove files in the background (an unlink of a big file can take a while)."""
+    gevent.spawn(blocking, _unlink_quietly, *paths)
+
+
+class Entry:
+    """A complete file in the cache directory."""
+
+    __slots__ = ("key", "token", "url", "size", "etag", "last_modified", "fetched", "fresh_until",
+                 "readers")
+
+    def __init__(self, key: str, token: str, url: str, size: int, etag: str | None,
+                 last_modified: str | None, fetched: float, fresh_until: float) -> None:
+        self.key = key
+        self.token = token
+        self.url = url
+        self.size = size
+        self.etag = etag
+        self.last_modified = last_modified
+        self.fetched = fetched
+        self.fresh_until = fresh_until
+        self.readers = 0    # changed by CacheDir only
+
+    def meta(self) -> dict[str, Any]:
+        """What the ``.json`` file holds."""
+        return {"url": self.url, "size": self.size, "etag": self.etag,
+                "last_modified": self.last_modified, "fetched": self.fetched}
+
+
+class CacheDir:
+    """The index of a cache directory, least recently used first.
+
+    Args:
+        path: the directory (created by :meth:`load`).
+        max_bytes: the most kept on disk; entries being read are never evicted.
+        revalidate_after: seconds an entry is fresh after it was fetched or revalidated.
+    """
+
+    def __init__(self, path: str, max_bytes: int, revalidate_after: float) -> None:
+        self.dir = path
+        self._max_bytes = max_bytes
+        self._revalidate_after = revalidate_after
+        self._index: OrderedDict[str, Entry] = OrderedDict()   # key → entry, LRU first
+        self.total = 0
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def path(self, key: str, token: str, kind: str) -> str:
+        """The path of one file of an entry or a download: kind is data, json, part or jtmp."""
+        return os.path.join(self.dir, f"{key}.{token}.{kind}")
+
+    def get(self, url: str) -> Entry | None:
+        """The entry of *url*, fresh or not."""
+        return self._index.get(cache_key(url))
+
+    def open(self, entry: Entry) -> int | None:
+        """Open *entry*'s data and count a reader (give it back with :meth:`release`).
+
+        Returns None when the entry is no longer indexed or its file is unreadable (then it
+        is dropped).
+        """
+        if self._index.get(entry.key) is not entry:
+            return None
+        self._index.move_to_end(entry.key)
+        entry.readers += 1
+        try:
+            return blocking(open_cloexec, self.path(entry.key, entry.token, "data"))
+        except OSError as exc:
+            entry.readers -= 1
+            log.warning("cached copy of %s unreadable, fetching again: %s", entry.url, exc)
+            self.drop(entry)
+            return None
+
+    def pin(self, entry: Entry, readers: int = 1) -> None:
+        """Count *readers* more readers of *entry*."""
+        entry.readers += readers
+
+    def release(self, entry: Entry) -> None:
+        """A reader of *entry* is done; evict what no longer fits."""
+        entry.readers -= 1
+        self.evict()
+
+    def create_part(self, key: str, token: str) -> int:
+        """Create the ``.part`` file of a download; its descriptor, read-write."""
+        return blocking(open_cloexec, self.path(key, token, "part"),
+                        os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def discard_part(self, key: str, token: str) -> None:
+        """Remove a failed download's ``.part`` file (in the background)."""
+        _discard(self.path(key, token, "part"))
+
+    def add(self, key: str, token: str, url: str, size: int, etag: str | None,
+            last_modified: str | None) -> Entry | None:
+        """File a complete ``.part`` into the index, with no reader yet; None on failure.
+
+        A failure leaves nothing behind: the download's readers are served from their
+        descriptors anyway.
+        """
+        now = time.time()
+        entry = Entry(key, token, url, size, etag, last_modified, now, now + self._revalidate_after)
+        try:
+            blocking(os.rename, self.path(key, token, "part"), self.path(key, token, "data"))
+            blocking(_write_json, self.path(key, token, "json"), self.path(key, token, "jtmp"),
+                     entry.meta())
+        except OSError as exc:
+            log.warning("download of %s not cached: %s", url, exc)
+            _discard(self.path(key, token, "part"), self.path(key, token, "data"),
+                     self.path(key, token, "jtmp"))
+            return None
+        old = self._index.get(key)
+        if old is not None:
+            self.drop(old)
+        self._index[key] = entry
+        self.total += entry.size
+        return entry
+
+    def revalidated(self, entry: Entry, etag: str | None, last_modified: str | None) -> None:
+        """The mirror answered 304: *entry* is fresh again (see :meth:`save`)."""
+        entry.etag = etag or entry.etag
+        entry.last_modified = last_modified or entry.last_modified
+        entry.fetched = time.time()
+        entry.fresh_until = entry.fetched + self._revalidate_after
+
+    def save(self, entry: Entry) -> None:
+        """Rewrite an indexed entry's metadata file (best effort)."""
+        if self._index.get(entry.key) is entry:
+            try:
+                blocking(_write_json, self.path(entry.key, entry.token, "json"),
+                         self.path(entry.key, entry.token, "jtmp"), entry.meta())
+            except OSError as exc:
+                log.warning("cache metadata for %s not written: %s", entry.url, exc)
+
+    def postpone(self, entry: Entry, seconds: float) -> None:
+        """Serve *entry* as fresh for *seconds* more (at most ``revalidate_after``)."""
+        entry.fresh_until = time.time() + min(self._revalidate_after, seconds)
+
+    def drop(self, entry: Entry) -> None:
+        """Forget an entry and remove its files (open readers keep their descriptors)."""
+        if self._index.get(entry.key) is not entry:
+            return
+        del self._index[entry.key]
+        self.total -= entry.size
+        _discard(self.path(entry.key, entry.token, "data"), self.path(entry.key, entry.token, "json"))
+
+    def evict(self, extra: int = 0) -> None:
+        """Evict least-recently-used entries not being read until *extra* more bytes fit."""
+        if self.total + extra <= self._max_bytes:
+            return
+        for entry in list(self._index.values()):
+            if self.total + extra <= self._max_bytes:
+                break
+            if entry.readers > 0:
+                continue
+            log.debug("evict url=%s bytes=%d", entry.url, entry.size)
+            self.drop(entry)
+
+    def load(self) -> None:
+        """Re-index the directory (at startup) and remove what a crash left behind. Blocking."""
+        os.makedirs(self.dir, exist_ok=True)
+        found: dict[str, Entry] = {}
+        keep: set[str] = set()
+        names = os.listdir(self.dir)
+        present = set(names)
+        for name in names:
+            m = _CACHE_NAME.match(name)
+            if not m or m.group(3) != "json":
+                continue
+            key, token = m.group(1), m.group(2)
+            data = f"{key}.{token}.data"
+            try:
+                with open(os.path.join(self.dir, name), encoding="utf-8") as f:
+                    meta = json.load(f)
+                url, size, fetched = str(meta["url"]), int(meta["size"]), float(meta["fetched"])
+                if cache_key(url) != key or data not in present:
+                    continue
+                if os.stat(os.path.join(self.dir, data)).st_size != size:
+                    continue
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            entry = Entry(key, token, url, size, meta.get("etag"), meta.get("last_modified"),
+                          fetched, fetched + self._revalidate_after)
+            if key not in found or found[key].fetched < fetched:
+                found[key] = entry
+        for entry in sorted(found.values(), key=lambda e: e.fetched):
+            self._index[entry.key] = entry
+            self.total += entry.size
+            keep.update({f"{entry.key}.{entry.token}.data", f"{entry.key}.{entry.token}.json"})
+        for name in names:
+            if _CACHE_NAME.match(name) and name not in keep:
+                _unlink_quietly(os.path.join(self.dir, name))
+        if self._index:
+            log.info("cache %s: %d files, %d bytes", self.dir, len(self._index), self.total)
+        self.evict()

@@ -1,0 +1,336 @@
+"""Local files: lookup and confinement, reads that never stall the gevent hub.
+
+Opening, ``stat`` and reading a local file happen in gevent's threadpool, so a slow disk never
+stalls the hub. Reads from the event loop itself (the TFTP server's socket callbacks) try
+``preadv(RWF_NOWAIT)`` first: it answers from the page cache without blocking, or refuses.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import gevent
+
+from massboot.sources import FileError, FileReason, WouldBlock
+
+__all__ = ["KEEP_BEHIND", "LOCAL_CHUNK", "BufferedSource", "Fd", "LocalFiles", "blocking"]
+
+log = logging.getLogger(__name__)
+
+KEEP_BEHIND = 32 << 10   # bytes a source keeps before its read point for retransmitted blocks
+# bytes a local source reads at a time: with hundreds of transfers at once this is most of the
+# server's memory (500 x (32 + 32) KiB), and one preadv per ~22 blocks of 1428 costs little
+LOCAL_CHUNK = 32 << 10
+SIZE_TTL = 5.0            # seconds a local file size answered for DHCP option 13 is reused
+SIZE_CACHE_MAX = 1024
+INDIRECT_MAX = 64 << 10  # bytes read from a ``[path]`` file to find its first line
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+
+_T = TypeVar("_T")
+
+
+def _capture(func: Callable[..., _T], args: tuple[Any, ...]) -> tuple[bool, Any]:
+    try:
+        return True, func(*args)
+    except Exception as exc:  # handed back to the caller, not to the hub's error printer
+        return False, exc
+
+
+def blocking(func: Callable[..., _T], *args: Any) -> _T:
+    """Run a blocking call in gevent's threadpool so the hub keeps serving; re-raise here."""
+    ok, value = gevent.get_hub().threadpool.apply(_capture, (func, args))
+    if not ok:
+        raise value
+    return value
+
+
+def open_cloexec(path: str, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """``os.open`` with ``O_CLOEXEC``. Blocking."""
+    return os.open(path, flags | _O_CLOEXEC, mode)
+
+
+def _inside(path: str, root: str) -> bool:
+    try:
+        return os.path.commonpath([path, root]) == root
+    except ValueError:
+        return False
+
+
+def _lookup(paths: tuple[str, ...], confine: str | None, open_it: bool) -> tuple[int | None, int]:
+    """Find the first regular file among *paths*; return ``(fd or None, size)``. Blocking.
+
+    With *confine*, a path whose real path leaves that directory is refused (ACCESS): a
+    symlink may point anywhere inside the root but never out of it.
+    """
+    not_file = False
+    for path in paths:
+        if confine is not None:
+            path = os.path.realpath(path)
+            if not _inside(path, confine):
+                raise FileError(FileReason.ACCESS, "Access violation")
+        try:
+            if open_it:
+                fd = open_cloexec(path)
+                try:
+                    st = os.fstat(fd)
+                except OSError:
+                    os.close(fd)
+                    raise
+            else:
+                fd = None
+                st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except PermissionError:
+            raise FileError(FileReason.ACCESS, "Access violation") from None
+        except OSError as exc:
+            raise FileError(FileReason.NOT_FOUND, f"Cannot open file: {exc.strerror}") from None
+        if stat.S_ISREG(st.st_mode):
+            return fd, st.st_size
+        if fd is not None:
+            os.close(fd)
+        not_file = True
+    # A directory (or device, fifo...) is answered like a missing file.
+    raise FileError(FileReason.NOT_FOUND, "Not a regular file" if not_file else "File not found")
+
+
+def _first_line(paths: tuple[str, ...]) -> str | None:
+    """First non-empty stripped line of the first existing file among *paths*. Blocking."""
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(INDIRECT_MAX)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            continue
+        except OSError as exc:
+            log.warning("filter file %s unreadable: %s", path, exc)
+            return None
+        for line in head.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                return line.strip()
+        log.warning("filter file %s has no non-empty line", path)
+        return None
+    log.warning("filter file not found: %s", " or ".join(paths))
+    return None
+
+
+def _preadv(fd: int, view: memoryview, offset: int) -> int:
+    """``preadv`` until *view* is full or the end of the file: a short read means the end."""
+    total = 0
+    size = len(view)
+    while total < size:
+        got = os.preadv(fd, [view[total:]], offset + total)
+        if got == 0:
+            break
+        total += got
+    return total
+
+
+class Fd:
+    """A file descriptor shared by a download and its readers; closed with the last user."""
+
+    __slots__ = ("fd", "refs")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.refs = 1
+
+    def acquire(self) -> bool:
+        """Take one more reference; False once the descriptor is closed."""
+        if self.refs <= 0:
+            return False
+        self.refs += 1
+        return True
+
+    def release(self) -> None:
+        """Drop one reference; the last one closes the descriptor."""
+        self.refs -= 1
+        if self.refs == 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+
+
+class LocalFiles:
+    """Local lookups and reads for one file store.
+
+    Attributes:
+        nowait: whether ``preadv(RWF_NOWAIT)`` works here (Linux >= 4.14); cleared at the
+            first refusal by the kernel or the file system, after which reads from the event
+            loop always raise WouldBlock and go through the threadpool.
+    """
+
+    def __init__(self) -> None:
+        self.nowait = bool(_RWF_NOWAIT) and hasattr(os, "preadv")
+        self._sizes: dict[tuple[Any, ...], tuple[int, float]] = {}   # sizes for option 13
+
+    def open(self, paths: tuple[str, ...], confine: str | None) -> BufferedSource:
+        """Open the first regular file among *paths*; raise FileError."""
+        fd, size = blocking(_lookup, paths, confine, True)
+        assert fd is not None
+        return BufferedSource(self, Fd(fd), size)
+
+    def size(self, paths: tuple[str, ...], confine: str | None) -> int:
+        """The size of the file :meth:`open` would open; raise FileError.
+
+        Every OFFER and ACK of a rack asks for the same boot file: one ``stat`` through the
+        threadpool per ``SIZE_TTL`` seconds, not one per reply.
+        """
+        key = (paths, confine)
+        now = time.monotonic()
+        known = self._sizes.get(key)
+        if known is not None and known[1] > now:
+            return known[0]
+        size = blocking(_lookup, paths, confine, False)[1]
+        if len(self._sizes) >= SIZE_CACHE_MAX:
+            self._sizes.clear()
+        self._sizes[key] = (size, now + SIZE_TTL)
+        return size
+
+    def first_line(self, paths: tuple[str, ...]) -> str | None:
+        """The first non-empty line of the first existing file among *paths* (a ``[path]`` filter)."""
+        return blocking(_first_line, paths)
+
+    def read_into(self, fd: int, part: memoryview, offset: int, nowait: bool) -> int:
+        """Read into *part* from file *offset*; the count of bytes read.
+
+        With *nowait*, only what the page cache holds: raise WouldBlock otherwise.
+        """
+        if nowait:
+            if not self.nowait:
+                raise WouldBlock
+            try:
+                return os.preadv(fd, [part], offset, _RWF_NOWAIT)
+            except BlockingIOError:
+                raise WouldBlock from None
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                self.nowait = False  # this kernel or file system cannot: threadpool only
+                raise WouldBlock from None
+        return blocking(_preadv, fd, part, offset)
+
+
+class BufferedSource:
+    """Reads a file descriptor a chunk at a time into a small buffer; reads slice it.
+
+    The buffer keeps up to ``KEEP_BEHIND`` bytes before the latest read so retransmitted
+    blocks come from memory, and at most one chunk ahead: memory stays O(chunk).
+
+    :meth:`read_nowait` is the event-loop path (the TFTP server calls it from a socket
+    callback): it answers from the buffer without a copy (a ``memoryview`` slice), refills the
+    buffer inline with ``preadv(RWF_NOWAIT)`` when the bytes are in the page cache, and raises
+    :class:`~massboot.sources.WouldBlock` when they are not (or a download has not brought them
+    yet); :meth:`read` may then wait for them (the threadpool, the download). A buffer is never
+    changed once filled (a refill makes a new one), so slices handed out stay valid.
+
+    Args:
+        files: whose :meth:`LocalFiles.read_into` fills the buffer.
+        fd: the descriptor, released at :meth:`close`.
+        size: the file's size when known.
+        on_close: called once at :meth:`close`, after the descriptor is released.
+    """
+
+    def __init__(self, files: LocalFiles, fd: Fd, size: int | None,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self.size = size
+        self._files = files
+        self._fd: Fd | None = fd
+        self._on_close = on_close
+        self._start = 0
+        self._buf: bytes | bytearray = b""
+        self._view = memoryview(self._buf)
+        self._eof: int | None = None  # where a read found the end of the file
+
+    def _limit(self, end: int, wait: bool = True) -> int | None:
+        """Wait until bytes up to *end* can be read; return how far, or None for "all".
+
+        With *wait* false, raise WouldBlock instead of waiting.
+        """
+        return None
+
+    def _fill(self, buf: bytearray, at: int, offset: int, nowait: bool) -> int:
+        """Read into ``buf[at:]`` from file *offset*; the count of bytes read."""
+        assert self._fd is not None
+        # no `with`: a threadpool read may still hold the view when this greenlet is killed;
+        # the views die with this frame, before the caller trims *buf*
+        part = memoryview(buf)[at:]
+        return self._files.read_into(self._fd.fd, part, offset, nowait)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """See :meth:`massboot.sources.Source.read`."""
+        return bytes(self._read(offset, length, False))
+
+    def read_nowait(self, offset: int, length: int) -> bytes | memoryview:
+        """Like :meth:`read` without ever waiting: raise WouldBlock instead; may be a view."""
+        rel = offset - self._start
+        if rel >= 0 and rel + length <= len(self._view) and length > 0:
+            return self._view[rel:rel + length]
+        return self._read(offset, length, True)
+
+    def _read(self, offset: int, length: int, nowait: bool) -> bytes | memoryview:
+        if self._fd is None:
+            raise FileError(FileReason.CLOSED, "Source closed")
+        if length <= 0 or offset < 0:
+            return b""
+        end = offset + length
+        start = self._start
+        buf_end = start + len(self._view)
+        if start <= offset and (end <= buf_end or buf_end == self._eof):
+            return self._view[offset - start:end - start]
+        limit = self._limit(end, not nowait)
+        if self._fd is None:
+            raise FileError(FileReason.CLOSED, "Source closed")
+        start = self._start
+        buf_end = start + len(self._view)
+        if buf_end > start and start <= offset <= buf_end:
+            want = max(LOCAL_CHUNK, end - buf_end)
+            if limit is not None:
+                want = min(want, limit - buf_end)
+            if want <= 0:
+                return self._view[offset - start:end - start]
+            keep = max(start, offset - KEEP_BEHIND)
+            tail = buf_end - keep
+            new = bytearray(tail + want)
+            new[:tail] = self._view[keep - start:]
+            got = self._fill(new, tail, buf_end, nowait)
+            start = keep
+        else:
+            want = max(LOCAL_CHUNK, length)
+            if limit is not None:
+                want = min(want, limit - offset)
+            if want <= 0:
+                return b""
+            new = bytearray(want)
+            tail = 0
+            got = self._fill(new, 0, offset, nowait)
+            start = offset
+        if self._fd is None:  # closed while the threadpool read
+            raise FileError(FileReason.CLOSED, "Source closed")
+        view = memoryview(new)
+        if got < want:  # trimmed by the view: a threadpool thread may still hold *new*
+            view = view[:tail + got]
+            if limit is None and (got == 0 or not nowait):  # a blocking read stops only there
+                self._eof = start + tail + got
+        self._start, self._buf, self._view = start, new, view
+        return self._view[offset - start:end - start]
+
+    def close(self) -> None:
+        """See :meth:`massboot.sources.Source.close`."""
+        fd, self._fd = self._fd, None
+        on_close, self._on_close = self._on_close, None
+        self._buf = b""
+        self._view = memoryview(self._buf)
+        if fd is not None:
+            fd.release()
+        if on_close is not None:
+            on_close()

@@ -1,0 +1,409 @@
+"""Remote files through one single-flight cache shared by every client.
+
+The first request for a URL starts the only upstream download and later requests read the
+same partial file as it fills (:class:`StreamSource`). A download that fails or is cut short is
+never kept; everyone reading it gets :class:`~massboot.sources.FileError` (``UPSTREAM``).
+Complete files go into the :class:`~massboot.files.cache.CacheDir`, bounded in total size with
+least-recently-used eviction, and are revalidated with a conditional GET (RFC 9110 section
+13.1, ``If-None-Match`` / ``If-Modified-Since``) once older than ``revalidate_after``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+import uuid as _uuid
+from collections.abc import Callable
+
+import gevent
+import gevent.event
+import requests
+import urllib3
+
+from massboot.events import EventBus
+from massboot.files.cache import CacheDir, Entry, cache_key
+from massboot.files.local import BufferedSource, Fd, LocalFiles, blocking
+from massboot.sources import FileError, FileReason, Source, WouldBlock
+
+__all__ = ["CHUNK", "Mirror"]
+
+log = logging.getLogger(__name__)
+
+CHUNK = 128 << 10        # bytes asked of the upstream socket at a time
+REVALIDATE_BACKOFF = 30.0  # seconds a stale copy is served without asking a mirror that failed
+# seconds a 404 from the mirror is remembered: PXELINUX probes a dozen config names per client
+# (UUID, 01-<mac>, hex IP prefixes) that usually do not exist; a rack would ask the mirror for
+# each of them (1,640 GETs for 500 clients) instead of once per name and period
+NEGATIVE_TTL = 30.0
+MISSING_MAX = 4096
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+class _Download:
+    """One upstream GET in flight, shared by every reader of its URL."""
+
+    __slots__ = ("url", "key", "token", "stale", "headers", "progress", "size", "etag",
+                 "last_modified", "received", "complete", "done", "not_modified", "error", "fd",
+                 "readers", "stored", "writing", "greenlet")
+
+    def __init__(self, url: str, stale: Entry | None) -> None:
+        self.url = url
+        self.key = cache_key(url)
+        self.token = _uuid.uuid4().hex[:12]
+        self.stale = stale                      # the cached copy being revalidated, if any
+        self.headers = gevent.event.Event()     # set once the outcome of the headers is known
+        self.progress = gevent.event.Event()    # replaced (after being set) on every change
+        self.size: int | None = None
+        self.etag: str | None = None
+        self.last_modified: str | None = None
+        self.received = 0
+        self.complete = False                   # every byte is in the file
+        self.done = False                       # finished one way or the other
+        self.not_modified = False               # 304: serve ``stale``
+        self.error: FileError | None = None
+        self.fd: Fd | None = None
+        self.readers = 0                        # stream sources open on it (Mirror's count)
+        self.stored: Entry | None = None
+        self.writing = False
+        self.greenlet: gevent.Greenlet | None = None
+
+    def notify(self) -> None:
+        event, self.progress = self.progress, gevent.event.Event()
+        event.set()
+
+
+class StreamSource(BufferedSource):
+    """A file still downloading: reads wait for the bytes they need to arrive."""
+
+    def __init__(self, files: LocalFiles, dl: _Download, fd: Fd, stall: float,
+                 on_close: Callable[[], None]) -> None:
+        super().__init__(files, fd, dl.size, on_close)
+        self._dl = dl
+        self._stall = stall
+
+    def _limit(self, end: int, wait: bool = True) -> int | None:
+        dl = self._dl
+        while True:
+            if dl.error is not None:
+                raise FileError(dl.error.reason, dl.error.message)
+            if dl.complete:
+                return None
+            if dl.received >= end:
+                return dl.received
+            if not wait:
+                raise WouldBlock
+            # A safety net only: the download itself times out reads after http_timeout.
+            if not dl.progress.wait(self._stall):
+                raise FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed: stalled")
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason for an error message to the client; the log gets the full exception."""
+    if isinstance(exc, gevent.GreenletExit):
+        return "cancelled"
+    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
+        return "timed out"
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError)):
+        return "connection broken"
+    if isinstance(exc, requests.ConnectionError):
+        return "cannot connect"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or type(exc).__name__}"
+    return type(exc).__name__
+
+
+def _status_error(url: str, status: int) -> FileError:
+    if status in (404, 410):
+        return FileError(FileReason.NOT_FOUND, "File not found")
+    if status in (401, 403):
+        return FileError(FileReason.ACCESS, "Access violation")
+    return FileError(FileReason.UPSTREAM, f"upstream {url} failed: HTTP {status}")
+
+
+class Mirror:
+    """Single-flight downloads of URLs into a cache directory, and sources to read them.
+
+    Args:
+        cache: the cache directory's index.
+        files: reads the downloaded files (see :class:`~massboot.files.local.LocalFiles`).
+        session: the ``requests.Session`` for upstream GETs.
+        http_timeout: seconds for the upstream connect, the response headers and each body read.
+        revalidate_after: seconds a cached file is served without asking the mirror.
+        events: the event bus for ``cache.*`` events.
+
+    Attributes:
+        hits: opens served from a cached copy (fresh, revalidated, or stale with the mirror down).
+        misses: opens (and :meth:`size` prefetches) that started an upstream download.
+        coalesced: opens that joined a download already in flight.
+        upstream_bytes: body bytes received from mirrors.
+    """
+
+    def __init__(self, cache: CacheDir, files: LocalFiles, session: requests.Session, *,
+                 http_timeout: float, revalidate_after: float, events: EventBus) -> None:
+        self.cache = cache
+        self._files = files
+        self._session = session
+        self.http_timeout = http_timeout
+        self._revalidate_after = revalidate_after
+        self._events = events
+        self._inflight: dict[str, _Download] = {}    # url → download
+        self._missing: dict[str, float] = {}         # url → until when the mirror's 404 is believed
+        self._closed = False
+        self.hits = 0
+        self.misses = 0
+        self.coalesced = 0
+        self.upstream_bytes = 0
+
+    def open(self, url: str) -> Source:
+        """A source for *url*: cached, joining a download in flight, or starting one.
+
+        Raises:
+            FileError: NOT_FOUND or ACCESS from the mirror's answer, UPSTREAM for a failure.
+        """
+        if self._closed:
+            raise FileError(FileReason.UPSTREAM, f"upstream {url} failed: server stopping")
+        missing_until = self._missing.get(url)
+        if missing_until is not None:
+            if missing_until > time.monotonic():
+                self._count("hit", url, None)
+                raise FileError(FileReason.NOT_FOUND, "File not found")
+            del self._missing[url]
+        for _attempt in range(3):
+            dl = self._inflight.get(url)
+            started = dl is None
+            if dl is None:
+                entry = self.cache.get(url)
+                if entry is not None and entry.fresh_until > time.time():
+                    source = self._serve_cached(entry)
+                    if source is not None:
+                        return source
+                    continue
+                dl = self._start(url, entry)
+            kind = "miss" if started else "coalesced"
+            if not dl.headers.wait(self.http_timeout):
+                if dl.stale is not None and (source := self._serve_stale(dl.stale, "no answer")):
+                    return source
+                self._count(kind, url, None)
+                raise FileError(FileReason.UPSTREAM,
+                                f"upstream {url} failed: no answer within {self.http_timeout:g} s")
+            if dl.not_modified and dl.stale is not None:
+                if (source := self._serve_cached(dl.stale)) is not None:
+                    return source
+                continue
+            error = dl.error
+            if error is not None:
+                if error.reason is FileReason.UPSTREAM and dl.stale is not None and (
+                        source := self._serve_stale(dl.stale, error.message)):
+                    return source
+                self._count(kind, url, None)
+                raise FileError(error.reason, error.message)
+            if dl.fd is not None and dl.fd.acquire():
+                dl.readers += 1
+                if dl.stored is not None:
+                    self.cache.pin(dl.stored)
+                self._count(kind, url, dl.size)
+                return StreamSource(self._files, dl, dl.fd, 2 * self.http_timeout + 1.0,
+                                    functools.partial(self._release_stream, dl))
+            if dl.stored is not None and (source := self._serve_cached(dl.stored)) is not None:
+                return source
+        raise FileError(FileReason.UPSTREAM, f"upstream {url} failed: cache kept changing")
+
+    def size(self, url: str) -> int | None:
+        """The size of *url* if known without waiting; else None, and a prefetch starts."""
+        if self._closed or self._missing.get(url, 0.0) > time.monotonic():
+            return None
+        dl = self._inflight.get(url)
+        if dl is not None:
+            return dl.stale.size if dl.not_modified and dl.stale is not None else dl.size
+        entry = self.cache.get(url)
+        if entry is not None:
+            if entry.fresh_until <= time.time():
+                self._start(url, entry)
+            return entry.size
+        self._start(url, None)
+        self.misses += 1
+        self._events.emit("cache.miss", url=url, bytes=None, prefetch=True)
+        return None
+
+    def close(self) -> None:
+        """Stop the downloads in flight; their readers get FileError."""
+        self._closed = True
+        greenlets = [dl.greenlet for dl in self._inflight.values() if dl.greenlet is not None]
+        gevent.killall(greenlets, block=True, timeout=5)
+
+    # ------------------------------------------------------------------ readers
+
+    def _count(self, kind: str, url: str, size: int | None) -> None:
+        if kind == "hit":
+            self.hits += 1
+        elif kind == "miss":
+            self.misses += 1
+        else:
+            self.coalesced += 1
+        self._events.emit(f"cache.{kind}", url=url, bytes=size)
+
+    def _serve_stale(self, entry: Entry, why: str) -> Source | None:
+        log.warning("serving cached %s: revalidation failed (%s)", entry.url, why)
+        return self._serve_cached(entry)
+
+    def _serve_cached(self, entry: Entry) -> Source | None:
+        fd = self.cache.open(entry)
+        if fd is None:
+            return None
+        self._count("hit", entry.url, entry.size)
+        return BufferedSource(self._files, Fd(fd), entry.size,
+                              functools.partial(self.cache.release, entry))
+
+    def _release_stream(self, dl: _Download) -> None:
+        """A :class:`StreamSource` of *dl* is closed."""
+        dl.readers -= 1
+        if dl.stored is not None:
+            self.cache.release(dl.stored)
+
+    # ------------------------------------------------------------------ downloads
+
+    def _start(self, url: str, stale: Entry | None) -> _Download:
+        dl = _Download(url, stale)
+        self._inflight[url] = dl
+        dl.greenlet = gevent.spawn(self._run, dl)
+        return dl
+
+    def _run(self, dl: _Download) -> None:
+        """The download greenlet: every way out resolves the download for its readers."""
+        started = time.monotonic()
+        try:
+            self._fetch(dl)
+        except FileError as exc:
+            self._fail(dl, exc)
+        except BaseException as exc:  # GreenletExit included: a reader must never hang
+            self._fail(dl, FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed: {_reason(exc)}"),
+                       detail=f"{type(exc).__name__}: {exc}")
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if dl.complete:
+                log.info("cached url=%s bytes=%d duration=%.3f", dl.url, dl.received,
+                         time.monotonic() - started)
+        finally:
+            if not dl.done:
+                self._fail(dl, FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed"))
+
+    def _fetch(self, dl: _Download) -> None:
+        headers = {"Accept-Encoding": "identity"}
+        if dl.stale is not None:
+            if dl.stale.etag:
+                headers["If-None-Match"] = dl.stale.etag
+            if dl.stale.last_modified:
+                headers["If-Modified-Since"] = dl.stale.last_modified
+        timeout = self.http_timeout
+        resp = self._session.get(dl.url, headers=headers, stream=True, timeout=(timeout, timeout))
+        try:
+            status = resp.status_code
+            if status == 304 and dl.stale is not None:
+                self._not_modified(dl, resp)
+                return
+            if status != 200:
+                raise _status_error(dl.url, status)
+            encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+            try:
+                length = None if encoded else int(resp.headers["Content-Length"])
+                if length is not None and length < 0:
+                    length = None
+            except (KeyError, ValueError):
+                length = None
+            dl.size = length
+            dl.etag = resp.headers.get("ETag")
+            dl.last_modified = resp.headers.get("Last-Modified")
+            if length:
+                self.cache.evict(extra=length)
+            fd = self.cache.create_part(dl.key, dl.token)
+            dl.fd = Fd(fd)
+            dl.headers.set()
+            raw = resp.raw
+            read = getattr(raw, "read1", None) or raw.read
+            while True:
+                chunk = read(CHUNK, decode_content=True)
+                if not chunk:
+                    break
+                dl.writing = True
+                blocking(_pwrite_all, fd, chunk, dl.received)
+                dl.writing = False
+                dl.received += len(chunk)
+                self.upstream_bytes += len(chunk)
+                dl.notify()
+            if length is not None and dl.received != length:
+                raise FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed: cut short at "
+                                                     f"{dl.received} of {length} bytes")
+        finally:
+            resp.close()
+        # Every byte is in the file: readers may finish while it is filed into the cache.
+        if dl.size is None:
+            dl.size = dl.received
+        dl.complete = True
+        dl.notify()
+        self._store(dl)
+
+    def _not_modified(self, dl: _Download, resp: requests.Response) -> None:
+        entry = dl.stale
+        assert entry is not None
+        self.cache.revalidated(entry, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
+        dl.not_modified = True
+        self._finish(dl)
+        self._events.emit("cache.upstream", url=dl.url, bytes=0, status=304)
+        log.debug("revalidated url=%s (304)", dl.url)
+        self.cache.save(entry)
+
+    def _store(self, dl: _Download) -> None:
+        """File a complete download into the cache (best effort: its readers are served anyway)."""
+        entry = self.cache.add(dl.key, dl.token, dl.url, dl.received, dl.etag, dl.last_modified)
+        if entry is not None:
+            self.cache.pin(entry, dl.readers)   # the stream readers now read a cached file
+        dl.stored = entry
+        self._events.emit("cache.upstream", url=dl.url, bytes=dl.received, status=200)
+        self._finish(dl)
+        if entry is not None:
+            self.cache.evict()
+
+    def _finish(self, dl: _Download) -> None:
+        dl.done = True
+        if self._inflight.get(dl.url) is dl:
+            del self._inflight[dl.url]
+        dl.headers.set()
+        dl.notify()
+        if dl.fd is not None:
+            dl.fd.release()
+
+    def _fail(self, dl: _Download, error: FileError, detail: str = "") -> None:
+        if dl.done:
+            return
+        dl.error = error
+        not_found = error.reason is FileReason.NOT_FOUND
+        if not_found:
+            if len(self._missing) >= MISSING_MAX:
+                self._missing.clear()
+            self._missing[dl.url] = time.monotonic() + min(self._revalidate_after, NEGATIVE_TTL)
+        if dl.stale is not None:
+            if not_found:
+                self.cache.drop(dl.stale)   # gone upstream: forget our copy
+            else:
+                self.cache.postpone(dl.stale, REVALIDATE_BACKOFF)
+        if not_found:
+            log.info("upstream %s: not found", dl.url)
+        else:
+            log.warning("%s%s", error.message, f" ({detail})" if detail else "")
+        if dl.fd is not None:
+            self.cache.discard_part(dl.key, dl.token)
+            if dl.writing:
+                dl.fd.acquire()   # killed mid-write: a thread may still use the fd, never close it
+        self._events.emit("cache.upstream", url=dl.url, bytes=dl.received, status=None,
+                          error=error.message, reason=error.reason.value)
+        self._finish(dl)

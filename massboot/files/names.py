@@ -1,0 +1,196 @@
+"""Client names → targets: confinement, ``[filters]`` patterns and templates.
+
+How a name becomes a target (README, "Configuration", ``[filters]``):
+
+1. The client's name is checked first: a ``..`` component (``/`` or ``\\`` separated), an
+   absolute name (leading ``/`` or ``\\``, or a drive letter), or a NUL is refused (ACCESS).
+   With a remote root a percent-encoded form (``%2e%2e``, ``%2f``...) is decoded once and
+   checked again. Because this happens before filtering, ``{filename}`` in a filter target can
+   never smuggle a traversal in.
+2. ``[filters]`` patterns are tried in ini order against the whole name; the first match wins.
+   ``*`` is any run of characters including ``/``, ``?`` exactly one character, everything else
+   literal. Matching is case-sensitive; note that the ini parser lower-cases the patterns, so
+   a pattern never matches upper-case letters (as in pybootd). One leading ``./`` in the
+   requested name is tolerated, as pybootd did.
+3. A match replaces the whole name by its target after substituting ``{filename}`` (the name as
+   requested), ``{ip}`` (the client's address) and ``{mac}``, ``{uuid}``, ``{arch}``, ``{file}``
+   from the :data:`~massboot.sources.ClientLookup` (empty when unknown). A target written
+   ``[path]`` names a local file whose first non-empty line is the name to serve. Filter
+   targets are written by the administrator and are trusted: an absolute target is a local
+   file, an ``http(s)://`` target is fetched through the cache, a relative one is looked up
+   under the root first and then, for local roots, under ``base_dir``.
+4. Without a match, the name is joined to the root. For a local root the target carries the
+   real root it must stay inside; :mod:`massboot.files.local` enforces it on the real path.
+
+Nothing here reads files but the ``[path]`` indirection, through the injected *first_line*.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from massboot.config import filter_target_error
+from massboot.sources import ClientLookup, FileError, FileReason
+
+__all__ = ["Filter", "Resolver", "Target", "traversal"]
+
+log = logging.getLogger(__name__)
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def traversal(name: str) -> str | None:
+    """Why a client-supplied name may not be served, or None."""
+    if "\0" in name:
+        return "NUL in name"
+    if name.startswith(("/", "\\")) or _DRIVE.match(name):
+        return "absolute name"
+    if ".." in re.split(r"[/\\]", name):
+        return "'..' in name"
+    return None
+
+
+def _compile_pattern(pattern: str) -> re.Pattern[str]:
+    """``*`` → any characters (``/`` included), ``?`` → one character, the rest literal."""
+    out = []
+    for ch in pattern:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out), re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """One ``[filters]`` line, compiled."""
+
+    pattern: str
+    regex: re.Pattern[str]
+    template: str           # the target, or the path inside ``[...]`` when indirect
+    indirect: bool
+
+    @classmethod
+    def parse(cls, pattern: str, target: str) -> Filter:
+        """Compile ``pattern = target``; raise ValueError for an unknown ``{variable}``."""
+        target = target.strip()
+        error = filter_target_error(target)
+        if error is not None:
+            raise ValueError(f"[filters] {pattern} = {target}: {error}")
+        indirect = len(target) > 2 and target.startswith("[") and target.endswith("]")
+        template = target[1:-1].strip() if indirect else target
+        return cls(pattern, _compile_pattern(pattern), template, indirect)
+
+    def matches(self, name: str) -> bool:
+        """Whether the whole *name* (or it without one leading ``./``) matches."""
+        if self.regex.fullmatch(name):
+            return True
+        return name.startswith("./") and self.regex.fullmatch(name[2:]) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a name leads: local candidate paths (the first existing wins) or a URL."""
+
+    paths: tuple[str, ...] = ()
+    confine: str | None = None  # the real root a client-supplied path must stay inside
+    url: str | None = None
+
+
+class Resolver:
+    """Resolve client names to :class:`Target` objects under one root, local or remote.
+
+    Args:
+        root: a local directory (relative to ``base_dir``) or an ``http://``/``https://`` prefix.
+        filters: ``[filters]`` entries ``(pattern, target)`` in ini order.
+        base_dir: the config file's directory; relative paths start there.
+        client_lookup: the DHCP side's knowledge of a client, for filter variables.
+        first_line: reads a ``[path]`` filter file (the first existing of the paths given);
+            None when there is none or it has no non-empty line.
+
+    Raises:
+        ValueError: a filter target uses an unknown ``{variable}``.
+    """
+
+    def __init__(self, root: str, filters: Sequence[tuple[str, str]], *, base_dir: str,
+                 client_lookup: ClientLookup | None,
+                 first_line: Callable[[tuple[str, ...]], str | None]) -> None:
+        self._filters = tuple(Filter.parse(p, t) for p, t in filters)
+        self._base_dir = os.path.abspath(base_dir)
+        self.remote = root.startswith(("http://", "https://"))
+        if self.remote:
+            self.root = root.rstrip("/")
+            self._real_root = ""
+        else:
+            self.root = os.path.join(self._base_dir, root)
+            self._real_root = os.path.realpath(self.root)
+        self._lookup = client_lookup
+        self._first_line = first_line
+
+    def resolve(self, name: str, client_ip: str) -> Target:
+        """The target of *name* for the client at *client_ip*; raise FileError."""
+        if not name:
+            raise FileError(FileReason.NOT_FOUND, "File not found")
+        reason = traversal(name)
+        if reason is None and self.remote:
+            decoded = urllib.parse.unquote(name)
+            if decoded != name:
+                reason = traversal(decoded)
+        if reason is not None:
+            raise FileError(FileReason.ACCESS, f"Access violation: {reason}")
+        for flt in self._filters:
+            if flt.matches(name):
+                break
+        else:
+            if self.remote:
+                return Target(url=self._url(name))
+            return Target(paths=(os.path.join(self.root, name),), confine=self._real_root)
+        target = flt.template.format_map(self._values(name, client_ip)).strip()
+        if flt.indirect:
+            line = self._first_line(self._admin_paths(target))
+            if line is None:
+                raise FileError(FileReason.NOT_FOUND, "File not found")
+            target = line
+        log.debug("filter %s: %r -> %r", flt.pattern, name, target)
+        if not target:
+            raise FileError(FileReason.NOT_FOUND, "File not found")
+        if target.startswith(("http://", "https://")):
+            return Target(url=target)
+        if os.path.isabs(target):
+            return Target(paths=(target,))
+        if self.remote:
+            return Target(url=self._url(target))
+        return Target(paths=self._admin_paths(target))
+
+    def _values(self, name: str, client_ip: str) -> dict[str, str]:
+        info = None
+        if self._lookup is not None:
+            try:
+                info = self._lookup(client_ip)
+            except Exception:  # the lookup is the DHCP side's; a bug there must not kill a transfer
+                log.exception("client lookup failed for %s", client_ip)
+        values = {"filename": name, "ip": client_ip, "mac": "", "uuid": "", "arch": "", "file": ""}
+        if info is not None:
+            values["mac"] = info.mac or ""
+            values["uuid"] = info.uuid or ""
+            values["arch"] = "" if info.arch is None else str(info.arch)
+            values["file"] = info.file or ""
+        return values
+
+    def _url(self, name: str) -> str:
+        return self.root + "/" + urllib.parse.quote(name, safe="/")
+
+    def _admin_paths(self, path: str) -> tuple[str, ...]:
+        """Where a trusted relative path may be: under a local root, then under base_dir."""
+        if os.path.isabs(path):
+            return (path,)
+        if self.remote:
+            return (os.path.join(self._base_dir, path),)
+        return (os.path.join(self.root, path), os.path.join(self._base_dir, path))
