@@ -102,12 +102,11 @@ class Services:
         if run_tftp:
             self._build_tftp()
         if config.metrics is not None:
-            from massboot.metrics import DhcpServerStatus, Metrics
+            from massboot.metrics import Metrics
 
             subnets = config.bootp.subnets if config.bootp is not None else ()
             self.metrics = Metrics(config.metrics, self.events, registry=registry,
-                                   dhcp=DhcpServerStatus(self.dhcp) if self.dhcp is not None else None,
-                                   tftp=self.tftp, cache=self.files,
+                                   dhcp=self.dhcp, tftp=self.tftp, cache=self.files,
                                    scopes=("main", *(sub.name for sub in subnets)))
 
     def _detect_network(self) -> None:

@@ -44,8 +44,8 @@ from massboot.events import Event, EventBus, EventKind
 from massboot.progress import PHASES, ProgressTracker
 from massboot.tftp import packet as tftp_packet
 
-__all__ = ["BOOT_BUCKETS", "CacheStatus", "DhcpServerStatus", "DhcpStatus", "Metrics", "ServerStatus",
-           "TRANSFER_BUCKETS", "TftpStatus", "malformed_reason"]
+__all__ = ["BOOT_BUCKETS", "CacheStatus", "DhcpStatus", "Metrics", "ServerStatus", "TRANSFER_BUCKETS",
+           "TftpStatus", "malformed_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -162,44 +162,6 @@ class CacheStatus(Protocol):
     def cached_files(self) -> int:
         """Complete files in the cache."""
         ...
-
-
-class _DhcpServerLike(Protocol):
-    pool: Any                    # gevent.pool.Pool: size, free_count()
-    clients: dict[str, Any]      # mac → record with uuid and arch
-
-    @property
-    def alive(self) -> bool: ...
-
-    def lease_counts(self) -> dict[str, tuple[int, int]]: ...
-
-
-class DhcpServerStatus:
-    """:class:`DhcpStatus` of a :class:`massboot.dhcp.server.DhcpServer`.
-
-    The two methods that server lacks (``workers``, ``client_identity``) are read here from its
-    public ``pool`` and ``clients``; once the server has them, pass the server itself.
-    """
-
-    __slots__ = ("_server",)
-
-    def __init__(self, server: _DhcpServerLike) -> None:
-        self._server = server
-
-    @property
-    def alive(self) -> bool:
-        return self._server.alive
-
-    def workers(self) -> tuple[int, int]:
-        pool = self._server.pool
-        return pool.size - pool.free_count(), pool.size
-
-    def lease_counts(self) -> dict[str, tuple[int, int]]:
-        return self._server.lease_counts()
-
-    def client_identity(self, mac: str) -> tuple[str | None, int | None]:
-        client = self._server.clients.get(mac)
-        return (None, None) if client is None else (client.uuid, client.arch)
 
 
 def _bounded(value: Any, known: Iterable[str]) -> str:

@@ -297,9 +297,20 @@ class DhcpServer:
             return ClientInfo(ip=ip, mac=mac)
         return ClientInfo(ip=ip, mac=mac, uuid=client.uuid, arch=client.arch, file=client.file)
 
+    # ------------------------------------------------------------------ status (metrics.DhcpStatus)
     def lease_counts(self) -> dict[str, tuple[int, int]]:
         """``scope → (bound, size)`` of every pool, for metrics."""
         return {scope.name: scope.store.counts() for scope in [self.main, *self.scopes]}
+
+    def workers(self) -> tuple[int, int]:
+        """``(busy, capacity)`` of the exchange pool, for metrics."""
+        pool = self.pool
+        return pool.size - pool.free_count(), pool.size
+
+    def client_identity(self, mac: str) -> tuple[str | None, int | None]:
+        """``(uuid, architecture)`` last seen from *mac* (``AA:BB:…``); ``(None, None)`` if unknown."""
+        client = self.clients.get(mac)
+        return (None, None) if client is None else (client.uuid, client.arch)
 
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
