@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
@@ -75,18 +74,6 @@ MALFORMED_REASONS: dict[str, tuple[str, ...]] = {
 }
 OTHER = "other"
 
-# Until dhcp/server.py passes ``exc.reason``, its ``dhcp.malformed`` events carry the text of
-# its ``_reason()`` (``"option_53_in_options_truncated"``); these patterns read that text the
-# way this module always did. Delete them, and the branch in malformed_reason(), once it does.
-_DHCP_TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"truncat"), "truncated"),
-    (re.compile(r"^\d+[_ ]bytes|short"), "too_short"),
-    (re.compile(r"message[_ ]type"), "bad_message_type"),
-    (re.compile(r"not[_ ]request"), "not_request"),
-    (re.compile(r"hlen"), "bad_hlen"),
-    (re.compile(r"overload"), "bad_overload"),
-    (re.compile(r"bad[_ ]op"), "bad_op"),
-)
 _MALFORMED_LABELS = {protocol: {r: r for r in reasons} for protocol, reasons in MALFORMED_REASONS.items()}
 
 
@@ -100,15 +87,9 @@ def malformed_reason(protocol: str, reason: object) -> str:
     Returns:
         A value of :data:`MALFORMED_REASONS` for that protocol, or ``other``.
     """
-    label = _MALFORMED_LABELS.get(protocol, {}).get(reason) if isinstance(reason, str) else None
-    if label is not None:
-        return label
-    if protocol == "dhcp" and isinstance(reason, str):   # dhcp/server.py's _reason() text, see above
-        lowered = reason.lower()
-        for pattern, label in _DHCP_TEXT_PATTERNS:
-            if pattern.search(lowered):
-                return label
-    return OTHER
+    if not isinstance(reason, str):
+        return OTHER
+    return _MALFORMED_LABELS.get(protocol, {}).get(reason, OTHER)
 
 
 class ServerStatus(Protocol):

@@ -47,7 +47,7 @@ from massboot.acl import AclResult, RuleTable, Verdict
 from massboot.config import BootpConfig
 from massboot.dhcp import policy
 from massboot.dhcp.leases import Lease, LeaseStore
-from massboot.dhcp.packet import BootpPacket, MessageType, Opt
+from massboot.dhcp.packet import BootpPacket, MessageType, Opt, Reason
 from massboot.dhcp.policy import BootInfo, Network, RequestKind, State
 from massboot.ident import mac_int, mac_str
 
@@ -274,7 +274,9 @@ class Exchange:
         """Decide what can be decided without the HTTP ACL."""
         req, settings = self.request, self.settings
         if req.bad_type:
-            self._emit("dhcp.malformed", reason="bad_message_type", source=req.source[0])
+            value = int.from_bytes(req.packet.option(Opt.MESSAGE_TYPE) or b"", "big")
+            self._emit("dhcp.malformed", reason=Reason.BAD_MESSAGE_TYPE, source=req.source[0],
+                       detail=f"message type {value} unknown (RFC 2132 §9.6)")
             return self._done(no_reply="malformed")
         self._emit("dhcp.received", msgtype=req.name, mac=req.mac, relayed=req.relayed, pxe=req.pxe,
                    ipxe=req.ipxe, uuid=req.uuid, arch=req.arch)

@@ -1,12 +1,13 @@
 """The BOOTP/DHCP/PXE server: one UDP socket, a greenlet per exchange from a bounded pool.
 
-The read loop decodes each datagram (a :class:`PacketError` is counted and dropped), drops a
-retransmission from a client whose exchange is still in flight, and hands the rest to a
-greenlet drawn from a :class:`gevent.pool.Pool`. When the pool is full the loop waits for a
-free slot and stops reading; the kernel's receive buffer (``rcvbuf``, sized for a burst of a
-thousand DISCOVERs) absorbs the burst, and clients retransmit as they always do. A receive
-error that passes (an ICMP error, a lack of buffers) is counted and logged once per burst; one
-that persists ends the read loop with that exception, so that the process exits.
+The read loop decodes each datagram (a :class:`PacketError` is dropped: a ``dhcp.malformed``
+event with the codec's reason), drops a retransmission from a client whose exchange is still in
+flight, and hands the rest to a greenlet drawn from a :class:`gevent.pool.Pool`. When the pool
+is full the loop waits for a free slot and stops reading; the kernel's receive buffer
+(``rcvbuf``, sized for a burst of a thousand DISCOVERs) absorbs the burst, and clients
+retransmit as they always do. A receive error that passes (an ICMP error, a lack of buffers) is
+counted and logged once per burst; one that persists ends the read loop with that exception, so
+that the process exits.
 
 Inside an exchange greenlet the decisions are :class:`massboot.dhcp.exchange.Exchange`'s (no
 I/O); this module asks the HTTP ACL when the exchange needs its verdict (waiting in this
@@ -41,7 +42,7 @@ from massboot.dhcp.exchange import (
     select_scope,
 )
 from massboot.dhcp.leases import LeaseStore
-from massboot.dhcp.packet import BOOTREQUEST, BootpPacket, PacketError, decode, encode
+from massboot.dhcp.packet import BOOTREQUEST, BootpPacket, PacketError, Reason, decode, encode
 from massboot.dhcp.policy import Network
 from massboot.events import EventBus
 from massboot.ident import mac_str
@@ -192,11 +193,11 @@ class DhcpServer:
             try:
                 packet = decode(data)
             except PacketError as exc:
-                self.events.emit("dhcp.malformed", reason=_reason(exc), source=source[0])
-                log.debug("dhcp malformed from %s: %s", source[0], exc)
+                self.events.emit("dhcp.malformed", reason=exc.reason, source=source[0], detail=str(exc))
                 continue
-            if packet.op != BOOTREQUEST:
-                self.events.emit("dhcp.malformed", reason="not_request", source=source[0])
+            if packet.op != BOOTREQUEST:     # a BOOTREPLY sent to the server port (RFC 2131 §2)
+                self.events.emit("dhcp.malformed", reason=Reason.NOT_REQUEST, source=source[0],
+                                 detail=f"op {packet.op}: a reply, not a request")
                 continue
             key = bytes(packet.mac)
             if key in self._in_flight:
@@ -323,11 +324,6 @@ def _ifindex(ancillary: list[tuple[int, int, bytes]]) -> int:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _PKTINFO.size:
             return _PKTINFO.unpack_from(data)[0]
     return 0
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc).split(":")[0].strip().lower().replace(" ", "_")
-    return text[:40] or "malformed"
 
 
 def set_rcvbuf(sock: socket.socket, size: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 
@@ -11,7 +12,7 @@ import pytest
 from massboot import config as cfg
 from massboot.acl import HttpAcl
 from massboot.dhcp.leases import MemoryLeaseStore, SqliteLeaseStore
-from massboot.dhcp.packet import MessageType, Opt, bytes_ip, ip_bytes
+from massboot.dhcp.packet import BOOTREPLY, MessageType, Opt, bytes_ip, encode, ip_bytes
 from massboot.dhcp.server import DhcpServer, main_pool, subnet_pool
 from massboot.events import EventBus, EventRecorder
 from massboot.notify import Notifier
@@ -246,10 +247,15 @@ def test_relay_agent_option_echoed_and_subnet_settings(harness):
 
 def test_malformed_is_counted_and_server_goes_on(harness):
     h = harness()
-    for junk in (b"", b"\x01" * 100, b"\x07" + b"\0" * 300):
+    reply = dataclasses.replace(h.client.packet(MAC2, MessageType.OFFER), op=BOOTREPLY)   # well formed
+    for junk in (b"", b"\x01" * 100, b"\x07" + b"\0" * 300, encode(reply)):
         h.client.sock.sendto(junk, ("127.0.0.1", h.server.port))
     assert h.client.dora(MAC1, pxe_options())[1] is not None
-    assert len(h.recorder.of("dhcp.malformed")) >= 2
+    malformed = [(e.get("reason"), e.get("source")) for e in h.recorder.of("dhcp.malformed")]
+    reasons = ("too_short", "too_short", "bad_op", "not_request")     # the codec's exc.reason, then ours
+    assert malformed == [(reason, "127.0.0.2") for reason in reasons]
+    detail = h.recorder.of("dhcp.malformed")[1].get("detail")
+    assert detail == "100 bytes: shorter than the 236-byte BOOTP header"
 
 
 def test_notifications(harness):
