@@ -163,7 +163,9 @@ class Services:
         dns = bootp.dns
         if bootp.dns_auto:
             dns = resolv_conf_nameservers() or (self.server_ip,)
-        notifier = Notifier(bootp.notify, self.events) if bootp.notify else None
+        if bootp.notify:
+            # BOOT, LEASE and RELEASE follow the DHCP events (README, "Notifications")
+            self.events.subscribe(Notifier(bootp.notify, self.events))
         http_acl = None
         if bootp.access == "http":
             assert bootp.http is not None
@@ -171,7 +173,7 @@ class Services:
                                timeout=bootp.http.timeout, mac_format=bootp.http.mac_format)
         files = self.files
         self.dhcp = DhcpServer(bootp, self.server_ip, self.netmask, main_store, self.events,
-                               subnet_stores=subnet_stores, notifier=notifier, http_acl=http_acl, dns=dns,
+                               subnet_stores=subnet_stores, http_acl=http_acl, dns=dns,
                                bootfile_size=files.size if files is not None else None)
 
     def _build_tftp(self) -> None:

@@ -3,6 +3,11 @@
 One ASCII datagram per target, no newline: ``BOOT,<uuid>,<MAC>,<IP>`` on a PXE REQUEST,
 ``LEASE,[<uuid>,]<MAC>,<IP>`` on an OS REQUEST, ``RELEASE,[<uuid>,]<MAC>,<IP>`` on a RELEASE.
 Targets are written ``host:port;host:port`` (``[bootpd] notify``).
+
+The DHCP server does not call the :class:`Notifier`: it subscribes to the event bus and
+:func:`notice_for` reads the events that call for a datagram. A PXE REQUEST's ACK and an OS
+REQUEST's ACK are the ``dhcp.reply`` events of an ``ack`` that gives an address (an INFORM's
+ACK gives none, a plain BOOTP reply is a ``bootp``); a RELEASE is a ``dhcp.released``.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from massboot.events import Event, EventBus, EventKind
 from massboot.ident import mac_str
@@ -18,6 +24,8 @@ from massboot.ident import mac_str
 log = logging.getLogger(__name__)
 
 KINDS = ("BOOT", "LEASE", "RELEASE")
+#: the ``yiaddr`` of an ACK that gives no address (an INFORM's, RFC 2131 §4.3.5)
+NO_ADDRESS = "0.0.0.0"
 
 
 def format_notification(kind: str, mac: bytes | str, ip: str, uuid: str | None) -> bytes:
@@ -43,6 +51,26 @@ def format_notification(kind: str, mac: bytes | str, ip: str, uuid: str | None) 
         fields.append(uuid.lower())
     fields += [mac.upper() if isinstance(mac, str) else mac_str(mac), ip]
     return ",".join(fields).encode("ascii")
+
+
+def notice_for(kind: str, fields: Mapping[str, Any]) -> tuple[str, str, str, str | None] | None:
+    """The notification a DHCP event calls for (README, "Notifications").
+
+    Args:
+        kind: the event's kind.
+        fields: its fields.
+
+    Returns:
+        ``(notice, mac, ip, uuid)`` for :meth:`Notifier.send`: ``BOOT`` (PXE phase) or ``LEASE``
+        (OS phase) on an ACK that binds an address, ``RELEASE`` on a release; None for any
+        other event.
+    """
+    if kind == EventKind.DHCP_REPLY:
+        if fields["msgtype"] == "ack" and fields["ip"] != NO_ADDRESS:
+            return "BOOT" if fields["pxe"] else "LEASE", fields["mac"], fields["ip"], fields["uuid"]
+    elif kind == EventKind.DHCP_RELEASED:
+        return "RELEASE", fields["mac"], fields["ip"], fields.get("uuid")
+    return None
 
 
 def parse_targets(text: str) -> list[tuple[str, int]]:
@@ -119,18 +147,14 @@ class Notifier:
         self._socket(family).sendto(payload, address)
 
     def __call__(self, event: Event) -> None:
-        """The bus subscriber: what the DHCP events call for.
+        """The bus subscriber: send what the event calls for (:func:`notice_for`), if anything.
 
-        ``BOOT`` (PXE phase) or ``LEASE`` (OS phase) on an ACK that binds an address (an
-        INFORM's ACK binds none), ``RELEASE`` on a release; see the README, Notifications.
+        It runs in the exchange's greenlet, after the reply has gone; a host name target is
+        resolved there (cooperatively), as it was when the server sent the notification itself.
         """
-        kind = event.kind
-        if kind == EventKind.DHCP_REPLY:
-            f = event.fields
-            if f["msgtype"] == "ack" and f["ip"] != "0.0.0.0":
-                self.send("BOOT" if f["pxe"] else "LEASE", f["mac"], f["ip"], f["uuid"])
-        elif kind == EventKind.DHCP_RELEASED:
-            self.send("RELEASE", event.fields["mac"], event.fields["ip"], event.get("uuid"))
+        notice = notice_for(event.kind, event.fields)
+        if notice is not None:
+            self.send(*notice)
 
     def send(self, kind: str, mac: bytes | str, ip: str, uuid: str | None) -> None:
         """Send one datagram to each target; never raises.

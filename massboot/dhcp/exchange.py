@@ -12,7 +12,7 @@ carries out the answer::
         emit(step.events)
         step = exchange.on_acl(http_acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe))
     clients[request.mac] = exchange.client
-    notify(step.notify); send(step.reply, step.destination); emit(step.events)
+    send(step.reply, step.destination); emit(step.events)
 
 The lease operations go to the scope's :class:`LeaseStore`, each atomic on its own (the store
 decides, this module never reads a lease to write a decision back), and an ACK is only built
@@ -205,16 +205,6 @@ class Destination:
 
 
 @dataclass(frozen=True, slots=True)
-class Notification:
-    """A pybootd UDP notification to send (README, "Notifications")."""
-
-    kind: str                # BOOT, LEASE or RELEASE
-    mac: bytes
-    ip: str
-    uuid: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class AclQuery:
     """The exchange needs the HTTP ACL's verdict: ask it, then call :meth:`Exchange.on_acl`."""
 
@@ -235,7 +225,6 @@ class Outcome:
         destination: where to send *reply*.
         no_reply: why there is no reply: a ``dhcp.ignored`` reason, or ``malformed``,
             ``denied``, ``exhausted``, ``released``, ``declined``.
-        notify: a notification to send before the reply.
         assigned: the address the reply gives the client, if any.
         lease: what the lease store returned (offered, bound or released lease).
     """
@@ -244,7 +233,6 @@ class Outcome:
     reply: BootpPacket | None = None
     destination: Destination | None = None
     no_reply: str | None = None
-    notify: Notification | None = None
     assigned: str | None = None
     lease: Lease | None = None
 
@@ -399,8 +387,8 @@ class Exchange:
                      binding.lease.ip)
             return self._reply(MessageType.NAK, NO_ADDRESS, message=f"address {wanted} is not yours")
         lease = binding.lease
-        notify = Notification("BOOT" if req.pxe else "LEASE", req.packet.mac, lease.ip, client.uuid)
-        outcome = self._reply(MessageType.ACK, lease.ip, lease=lease, notify=notify)
+        # this ACK binds lease.ip: the Notifier sends BOOT or LEASE on its dhcp.reply
+        outcome = self._reply(MessageType.ACK, lease.ip, lease=lease)
         client.state = self._new_state
         return outcome
 
@@ -412,9 +400,8 @@ class Exchange:
         if ip is None:
             return self._done(no_reply="released")
         log.info("release mac=%s ip=%s", req.mac, ip)
-        self._emit("dhcp.released", mac=req.mac, ip=ip)
-        return self._done(no_reply="released", lease=released,
-                          notify=Notification("RELEASE", req.packet.mac, ip, self._known().uuid))
+        self._emit("dhcp.released", mac=req.mac, ip=ip, uuid=self._known().uuid)   # RELEASE notification
+        return self._done(no_reply="released", lease=released)
 
     def _decline(self) -> Outcome:
         mac = self.request.mac
@@ -440,7 +427,7 @@ class Exchange:
         return BootInfo(settings.server_ip, settings.sname, bootfile, size)
 
     def _reply(self, msgtype: MessageType | None, yiaddr: str, *, message: str | None = None,
-               lease: Lease | None = None, notify: Notification | None = None) -> Outcome:
+               lease: Lease | None = None) -> Outcome:
         req, settings, client, net = self.request, self.settings, self._known(), self.scope.net
         boot = self._boot_info() if msgtype != MessageType.NAK else None
         reply = policy.build_reply(req.packet, msgtype, yiaddr=yiaddr, net=net, boot=boot, pxe=req.pxe,
@@ -458,7 +445,7 @@ class Exchange:
                  req.arch if req.arch is not None else "-", file or "-", dest.address, dest.port)
         self._emit("dhcp.reply", msgtype=name, mac=client.mac, ip=yiaddr, pxe=req.pxe, arch=req.arch,
                    phase=req.phase, file=file, ipxe=req.ipxe, uuid=client.uuid)
-        return self._done(reply=reply, destination=dest, assigned=assigned, lease=lease, notify=notify)
+        return self._done(reply=reply, destination=dest, assigned=assigned, lease=lease)
 
     def _exhausted(self) -> Outcome:
         mac, scope = self.request.mac, self.scope.name

@@ -11,8 +11,8 @@ that the process exits.
 
 Inside an exchange greenlet the decisions are :class:`massboot.dhcp.exchange.Exchange`'s (no
 I/O); this module asks the HTTP ACL when the exchange needs its verdict (waiting in this
-greenlet only, bounded by the ACL's timeout), then notifies, sends the reply and emits the
-events. The exchange's lease operations are made durable by the store before it returns an ACK.
+greenlet only, bounded by the ACL's timeout), then sends the reply and emits the events. The
+exchange's lease operations are made durable by the store before it returns an ACK.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from massboot.dhcp.packet import BOOTREQUEST, BootpPacket, PacketError, Reason, 
 from massboot.dhcp.policy import Network
 from massboot.events import EventBus
 from massboot.ident import mac_str
-from massboot.notify import Notifier
 from massboot.sources import ClientInfo
 
 log = logging.getLogger(__name__)
@@ -75,19 +74,17 @@ class DhcpServer:
         events: the event bus every outcome goes to.
         subnet_stores: a lease store per ``[subnet:NAME]`` section, by name.
         bootfile_size: ``name, client_ip → size or None``, never blocking (option 13).
-        notifier: sends pybootd's UDP notifications, if configured.
         http_acl: the remote ACL when ``access = http``.
     """
 
     def __init__(self, config: BootpConfig, server_ip: str, netmask: str, store: LeaseStore,
                  events: EventBus, *, subnet_stores: dict[str, LeaseStore] | None = None,
                  bootfile_size: Callable[[str, str], int | None] | None = None,
-                 notifier: Notifier | None = None, http_acl: HttpAcl | None = None,
+                 http_acl: HttpAcl | None = None,
                  dns: tuple[str, ...] | None = None) -> None:
         self.config = config
         self.server_ip = server_ip
         self.events = events
-        self.notifier = notifier
         self.http_acl = http_acl
         self.settings = Settings.from_config(config, server_ip, bootfile_size=bootfile_size)
         netmask = config.netmask or netmask
@@ -255,9 +252,6 @@ class DhcpServer:
         return self._carry_out(step, request.mac, ifindex)
 
     def _carry_out(self, outcome: Outcome, mac: str, ifindex: int) -> BootpPacket | None:
-        if outcome.notify is not None and self.notifier is not None:
-            n = outcome.notify
-            self.notifier.send(n.kind, n.mac, n.ip, n.uuid)
         if outcome.reply is not None:
             assert outcome.destination is not None
             self._send(encode(outcome.reply), outcome.destination, ifindex)

@@ -263,8 +263,9 @@ def test_notifications(harness):
     listener.bind(("127.0.0.1", 0))
     listener.settimeout(2)
     port = listener.getsockname()[1]
-    events = EventBus()
-    h = harness(notifier=Notifier([("127.0.0.1", port)], events))
+    h = harness()
+    notifier = Notifier([("127.0.0.1", port)], h.events)
+    h.events.subscribe(notifier)                                    # as cli.py does
     _, ack = h.client.dora(MAC1, pxe_options())
     assert listener.recv(512) == b"BOOT,12345678-abcd-ef00-1111-abcdefabcdef,52:54:00:12:34:56," + \
         ack.yiaddr.encode()
@@ -274,6 +275,12 @@ def test_notifications(harness):
     h.client.send(h.client.packet(MAC1, MessageType.RELEASE, ciaddr=ack.yiaddr))
     assert listener.recv(512) == b"RELEASE,12345678-abcd-ef00-1111-abcdefabcdef,52:54:00:12:34:56," + \
         ack.yiaddr.encode()
+    h.client.exchange(h.client.packet(MAC1, MessageType.INFORM, ciaddr=ack.yiaddr))  # an ACK, no address
+    listener.settimeout(0.3)
+    with pytest.raises(TimeoutError):                               # nothing for OFFERs or the INFORM
+        listener.recv(512)
+    assert [e.get("notice") for e in h.recorder.of("dhcp.notify")] == ["BOOT", "LEASE", "RELEASE"]
+    notifier.close()
     listener.close()
 
 

@@ -20,6 +20,7 @@ from massboot.dhcp.exchange import AclQuery, Exchange, Outcome, Scope, Settings,
 from massboot.dhcp.leases import BOUND, OFFERED, RELEASED, MemoryLeaseStore
 from massboot.dhcp.packet import BOOTREQUEST, FLAG_BROADCAST, BootpPacket, MessageType, Opt, ip_bytes, u8
 from massboot.dhcp.policy import Network, RequestKind, State
+from massboot.notify import notice_for
 
 SERVER = "10.0.0.1"
 MAC = bytes.fromhex("525400123456")
@@ -87,6 +88,11 @@ class Run:
     def event(self, kind: str) -> dict:
         (fields,) = [f for k, f in self.events if k == kind]
         return fields
+
+    @property
+    def notices(self) -> list[tuple[str, str, str, str | None]]:
+        # what the Notifier, subscribed to the bus, sends for these events (README, "Notifications")
+        return [n for k, f in self.events if (n := notice_for(k, f)) is not None]
 
     @property
     def dest(self) -> tuple[str, int] | None:
@@ -295,6 +301,7 @@ def test_offer_and_ack_carry_the_lease_and_boot_options() -> None:
     assert run.event("dhcp.reply") == {"msgtype": "ack", "mac": MAC_S, "ip": "10.0.0.100", "pxe": True,
                                        "arch": 7, "phase": "pxe", "file": "shimx64.efi", "ipxe": False,
                                        "uuid": UUID}
+    assert run.notices == [("BOOT", MAC_S, "10.0.0.100", UUID)]
     assert run.event("dhcp.received") == {"msgtype": "request", "mac": MAC_S, "relayed": False, "pxe": True,
                                           "ipxe": False, "uuid": UUID, "arch": 7}
 
@@ -305,14 +312,15 @@ def test_nak_inform_release_decline_details() -> None:
     nak = w(pkt(Q, want="10.0.0.102"))
     assert [code for code, _ in nak.reply.options] == [Opt.MESSAGE_TYPE, Opt.SERVER_ID, Opt.MESSAGE]
     assert nak.reply.option(Opt.MESSAGE) == b"address 10.0.0.102 is not yours" and nak.reply.file == b""
-    assert nak.outcome.notify is None and w.client().ip == "10.0.0.100"
-    inform = w(os_pkt(INF, ciaddr="10.0.0.100"), ("10.0.0.100", 68)).reply
+    assert nak.notices == [] and w.client().ip == "10.0.0.100"
+    inform_run = w(os_pkt(INF, ciaddr="10.0.0.100"), ("10.0.0.100", 68))
+    inform = inform_run.reply
+    assert inform_run.notices == [] and "requested" not in inform_run.event("dhcp.reply")
     assert inform.option(Opt.LEASE_TIME) is None and inform.option(Opt.SUBNET_MASK) is not None
     assert inform.ciaddr == "10.0.0.100" and inform.option(Opt.VENDOR_SPECIFIC) is None
     release = w(pkt(R, ciaddr="10.0.0.100"))
-    assert release.event("dhcp.released") == {"mac": MAC_S, "ip": "10.0.0.100"}
-    n = release.outcome.notify
-    assert (n.kind, n.mac, n.ip, n.uuid) == ("RELEASE", MAC, "10.0.0.100", UUID)
+    assert release.event("dhcp.released") == {"mac": MAC_S, "ip": "10.0.0.100", "uuid": UUID}
+    assert release.notices == [("RELEASE", MAC_S, "10.0.0.100", UUID)]
     assert w(pkt(D)).reply.yiaddr == "10.0.0.100"               # sticky after a release
     decline = w(pkt(L, want="10.0.0.100"))
     assert decline.event("dhcp.declined") == {"mac": MAC_S, "ip": "10.0.0.100"}
@@ -366,9 +374,9 @@ def test_pxe_then_os_phase_state_machine() -> None:
         assert w.client().state == state
         event = run.event("dhcp.reply")
         assert event["phase"] == phase and event["pxe"] == (phase == "pxe")
-        assert (run.outcome.notify.kind if run.outcome.notify else None) == notify
+        assert [n[0] for n in run.notices] == ([notify] if notify else [])
         if notify:
-            assert run.outcome.notify.uuid == UUID                    # cached from the PXE phase
+            assert run.notices[0][3] == UUID                          # cached from the PXE phase
         if phase == "os":
             assert run.reply.option(Opt.VENDOR_SPECIFIC) is None and run.reply.option(Opt.BOOTFILE) is None
             assert run.reply.option(Opt.CLIENT_UUID) is None
@@ -386,7 +394,7 @@ def test_uuid_remembered_from_the_lease_store() -> None:
     w = world(allow_simple_dhcp=True)
     w.main.store.bind(MAC_S, None, lease_time=60, uuid=UUID)
     run = w(os_pkt(Q))
-    assert run.event("dhcp.reply")["uuid"] == UUID and run.outcome.notify.uuid == UUID
+    assert run.event("dhcp.reply")["uuid"] == UUID and run.notices == [("LEASE", MAC_S, "10.0.0.100", UUID)]
 
 
 # ---------------------------------------------------------------- static clients and ACLs
