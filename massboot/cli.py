@@ -76,13 +76,12 @@ class Services:
 
     def __init__(self, config: cfg.Config, *, run_dhcp: bool = True, run_tftp: bool = True,
                  registry: CollectorRegistry | None = None) -> None:
-        from massboot.eventlog import DHCP_SERVER_KINDS, LOGGED_KINDS, EventLog
+        from massboot.eventlog import EventLog
         from massboot.events import EventBus
 
         self.config = config
         self.events = EventBus()
-        # the outcome log; dhcp/server.py still writes its own lines until the merge of events
-        self.events.subscribe(EventLog(LOGGED_KINDS - DHCP_SERVER_KINDS))
+        self.events.subscribe(EventLog())      # the outcome log: one line per event (README, "[logger]")
         self.dhcp = None
         self.tftp = None
         self.files = None

@@ -2,13 +2,14 @@
 
 The servers do not log their outcomes themselves: they emit events (:mod:`massboot.events`)
 and :class:`EventLog` writes one line for each, in the ``key=value`` text operators know
-(README, Logging). Lines about a server's own workings (a traceback, a socket error, a
+(README, "[logger]"). Lines about a server's own workings (a traceback, a socket error, a
 duplicate request) stay in that server.
 
-Each line goes to the logger of the module the outcome comes from (``massboot.dhcp.server``,
-``massboot.tftp.server``, ``massboot.notify``) with that module's file as its origin, so
-per-logger levels and pybootd's ``PXE[%(module)s]`` format read as before. The record is
-built directly, without the caller lookup on the stack that ``log.info()`` does, and only
+Each line goes to the logger of the server the outcome comes from (``massboot.dhcp.server``,
+``massboot.tftp.server``, ``massboot.notify``) with that server's file as its origin, so
+per-logger levels and pybootd's ``PXE[%(module)s]`` format read as before: ``PXE[server]`` also
+for what :mod:`massboot.dhcp.exchange` decides, since the server emits its events. The record
+is built directly, without the caller lookup on the stack that ``log.info()`` does, and only
 when its level is enabled (a line below it costs a tuple and one ``isEnabledFor``).
 
 ``cache.*`` events are not written here: the file store logs its downloads itself.
@@ -186,9 +187,6 @@ _FORMATS: dict[EventKind, tuple[_Origin, Callable[[Event], Line]]] = {
 
 #: the kinds that get a line
 LOGGED_KINDS = frozenset(_FORMATS)
-
-#: the kinds whose lines dhcp/server.py writes itself until it leaves them to this subscriber
-DHCP_SERVER_KINDS = frozenset(k for k in _FORMATS if k.startswith("dhcp.") and k != EventKind.DHCP_NOTIFY)
 
 
 class EventLog:

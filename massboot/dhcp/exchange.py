@@ -17,7 +17,10 @@ carries out the answer::
 The lease operations go to the scope's :class:`LeaseStore`, each atomic on its own (the store
 decides, this module never reads a lease to write a decision back), and an ACK is only built
 once the store has made its binding durable. Events come back as data, in the order they
-happened.
+happened, and are this module's only output besides the reply: it writes no log line (the
+outcome log is :mod:`massboot.eventlog`'s, one line per event; README, "[logger]") and sends
+no notification (the :class:`~massboot.notify.Notifier` reads ``dhcp.reply`` and
+``dhcp.released``; README, "Notifications"), so each event carries what its line needs.
 
 Behaviour (README, "DHCP and PXE behaviour"):
 
@@ -37,7 +40,6 @@ Behaviour (README, "DHCP and PXE behaviour"):
 from __future__ import annotations
 
 import ipaddress
-import logging
 import uuid as uuid_module
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,10 +51,8 @@ from massboot.dhcp import policy
 from massboot.dhcp.leases import Lease, LeaseStore
 from massboot.dhcp.packet import BootpPacket, MessageType, Opt, Reason
 from massboot.dhcp.policy import BootInfo, Network, RequestKind, State
+from massboot.events import ACL_NO_UUID
 from massboot.ident import mac_int, mac_str
-
-# the exchange's log lines keep the logger name they have always had
-log = logging.getLogger("massboot.dhcp.server")
 
 MSG_NAMES = {t: t.name.lower() for t in MessageType}
 LIMITED_BROADCAST = "255.255.255.255"
@@ -299,11 +299,11 @@ class Exchange:
     def on_acl(self, result: AclResult) -> Outcome:
         """Go on with the HTTP ACL's verdict."""
         client = self._known()
-        self._emit("dhcp.acl", acl="http", verdict=result.verdict.value, mac=client.mac)
-        if result.verdict != Verdict.ALLOWED:
-            log.info("%s mac=%s by http acl: %s", "denied" if result.verdict == Verdict.DENIED else
-                     "ignored", client.mac, result.reason)
+        if result.verdict != Verdict.ALLOWED:     # the refusal's reason goes in the log line
+            self._emit("dhcp.acl", acl="http", verdict=result.verdict.value, mac=client.mac,
+                       detail=result.reason)
             return self._answer(False)
+        self._emit("dhcp.acl", acl="http", verdict=result.verdict.value, mac=client.mac)
         if result.client_name:
             client.hostname = result.client_name
         if result.file:
@@ -322,8 +322,7 @@ class Exchange:
         if settings.access == "uuid":
             assert settings.uuid_acl is not None
             if client.uuid is None:
-                log.info("ignored mac=%s: access = uuid and no UUID known", client.mac)
-                self._emit("dhcp.acl", acl="uuid", verdict="denied", mac=client.mac)
+                self._emit("dhcp.acl", acl="uuid", verdict="denied", mac=client.mac, detail=ACL_NO_UUID)
                 return False
             return self._local_verdict("uuid", settings.uuid_acl.check(uuid_module.UUID(client.uuid).int))
         # access = http: asked when the state changes, or on every request with always_check
@@ -336,8 +335,8 @@ class Exchange:
         if verdict:
             self._emit("dhcp.acl", acl=acl, verdict="allowed", mac=mac)
             return True
-        log.info("denied mac=%s by %s acl: %s", mac, acl, "disabled" if verdict is False else "not listed")
-        self._emit("dhcp.acl", acl=acl, verdict="denied", mac=mac)
+        self._emit("dhcp.acl", acl=acl, verdict="denied", mac=mac,
+                   detail="disabled" if verdict is False else "not listed")
         return False
 
     def _answer(self, allowed: bool) -> Outcome:
@@ -383,9 +382,8 @@ class Exchange:
             if req.kind == RequestKind.REBINDING and wanted is not None and \
                     ipaddress.IPv4Address(wanted) not in scope.network:
                 return self._ignore("not_our_address")
-            log.info("nak mac=%s phase=%s requested=%s bound=%s", client.mac, req.phase, wanted,
-                     binding.lease.ip)
-            return self._reply(MessageType.NAK, NO_ADDRESS, message=f"address {wanted} is not yours")
+            return self._reply(MessageType.NAK, NO_ADDRESS, message=f"address {wanted} is not yours",
+                               nak=(wanted, binding.lease.ip))
         lease = binding.lease
         # this ACK binds lease.ip: the Notifier sends BOOT or LEASE on its dhcp.reply
         outcome = self._reply(MessageType.ACK, lease.ip, lease=lease)
@@ -399,7 +397,6 @@ class Exchange:
         ip = ciaddr if ciaddr != NO_ADDRESS else (released.ip if released else None)
         if ip is None:
             return self._done(no_reply="released")
-        log.info("release mac=%s ip=%s", req.mac, ip)
         self._emit("dhcp.released", mac=req.mac, ip=ip, uuid=self._known().uuid)   # RELEASE notification
         return self._done(no_reply="released", lease=released)
 
@@ -407,7 +404,6 @@ class Exchange:
         mac = self.request.mac
         ip = self.scope.store.decline(mac, self.request.packet.requested_ip)
         if ip is not None:
-            log.warning("decline mac=%s ip=%s: address set aside (in use by another host?)", mac, ip)
             self._emit("dhcp.declined", mac=mac, ip=ip)
         return self._done(no_reply="declined")
 
@@ -417,9 +413,7 @@ class Exchange:
         bootfile, fell_back = policy.select_bootfile(req.arch, req.ipxe, settings.default_bootfile,
                                                      settings.bootfiles, settings.ipxe_bootfile)
         if fell_back:
-            log.warning("mac=%s arch=%s has no [bootfile] entry: serving default %s",
-                        req.mac, req.arch, bootfile)
-            self._emit("dhcp.arch_fallback", mac=req.mac, arch=req.arch)
+            self._emit("dhcp.arch_fallback", mac=req.mac, arch=req.arch, file=bootfile)
         size = None
         if settings.bootfile_size is not None and Opt.BOOTFILE_SIZE in req.packet.requested_params \
                 and "://" not in bootfile:
@@ -427,7 +421,8 @@ class Exchange:
         return BootInfo(settings.server_ip, settings.sname, bootfile, size)
 
     def _reply(self, msgtype: MessageType | None, yiaddr: str, *, message: str | None = None,
-               lease: Lease | None = None) -> Outcome:
+               lease: Lease | None = None, nak: tuple[str | None, str] | None = None) -> Outcome:
+        """Build and address a reply; *nak*: the addresses a NAK refuses, ``(requested, bound)``."""
         req, settings, client, net = self.request, self.settings, self._known(), self.scope.net
         boot = self._boot_info() if msgtype != MessageType.NAK else None
         reply = policy.build_reply(req.packet, msgtype, yiaddr=yiaddr, net=net, boot=boot, pxe=req.pxe,
@@ -441,21 +436,19 @@ class Exchange:
             client.ip = assigned
         name = MSG_NAMES[msgtype] if msgtype is not None else "bootp"
         file = boot.bootfile if boot else None
-        log.info("%s mac=%s ip=%s phase=%s arch=%s file=%s to=%s:%d", name, client.mac, yiaddr, req.phase,
-                 req.arch if req.arch is not None else "-", file or "-", dest.address, dest.port)
+        refused = {} if nak is None else {"requested": nak[0], "bound": nak[1]}
         self._emit("dhcp.reply", msgtype=name, mac=client.mac, ip=yiaddr, pxe=req.pxe, arch=req.arch,
-                   phase=req.phase, file=file, ipxe=req.ipxe, uuid=client.uuid)
+                   phase=req.phase, file=file, ipxe=req.ipxe, uuid=client.uuid,
+                   to=(dest.address, dest.port), **refused)
         return self._done(reply=reply, destination=dest, assigned=assigned, lease=lease)
 
     def _exhausted(self) -> Outcome:
         mac, scope = self.request.mac, self.scope.name
         self._emit("dhcp.exhausted", mac=mac, scope=scope)
-        log.warning("pool exhausted: no address for mac=%s scope=%s", mac, scope)
         return self._done(no_reply="exhausted")
 
     def _ignore(self, reason: str) -> Outcome:
         mac, phase = self.request.mac, self.request.phase
-        log.debug("ignored mac=%s phase=%s reason=%s", mac, phase, reason)
         self._emit("dhcp.ignored", mac=mac, reason=reason, phase=phase)
         return self._done(no_reply=reason)
 

@@ -13,6 +13,11 @@ Inside an exchange greenlet the decisions are :class:`massboot.dhcp.exchange.Exc
 I/O); this module asks the HTTP ACL when the exchange needs its verdict (waiting in this
 greenlet only, bounded by the ACL's timeout), then sends the reply and emits the events. The
 exchange's lease operations are made durable by the store before it returns an ACK.
+
+Outcomes are events only: the outcome log (:mod:`massboot.eventlog`, README "[logger]"), the
+metrics and the notifications (:class:`massboot.notify.Notifier`, README "Notifications") are
+subscribers of the bus. The lines this module writes itself are about its own workings: the
+socket, receive errors, an exchange that failed with a traceback.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from massboot.dhcp.exchange import AclQuery, Exchange, Outcome, Scope, Settings,
 from massboot.dhcp.leases import BOUND, OFFERED, RELEASED, MemoryLeaseStore
 from massboot.dhcp.packet import BOOTREQUEST, FLAG_BROADCAST, BootpPacket, MessageType, Opt, ip_bytes, u8
 from massboot.dhcp.policy import Network, RequestKind, State
+from massboot.events import ACL_NO_UUID
 from massboot.notify import notice_for
 
 SERVER = "10.0.0.1"
@@ -300,7 +301,7 @@ def test_offer_and_ack_carry_the_lease_and_boot_options() -> None:
     assert (w.client().arch, w.client().uuid, w.client().ip) == (7, UUID, "10.0.0.100")   # for TFTP
     assert run.event("dhcp.reply") == {"msgtype": "ack", "mac": MAC_S, "ip": "10.0.0.100", "pxe": True,
                                        "arch": 7, "phase": "pxe", "file": "shimx64.efi", "ipxe": False,
-                                       "uuid": UUID}
+                                       "uuid": UUID, "to": SUBNET_BCAST}
     assert run.notices == [("BOOT", MAC_S, "10.0.0.100", UUID)]
     assert run.event("dhcp.received") == {"msgtype": "request", "mac": MAC_S, "relayed": False, "pxe": True,
                                           "ipxe": False, "uuid": UUID, "arch": 7}
@@ -313,6 +314,8 @@ def test_nak_inform_release_decline_details() -> None:
     assert [code for code, _ in nak.reply.options] == [Opt.MESSAGE_TYPE, Opt.SERVER_ID, Opt.MESSAGE]
     assert nak.reply.option(Opt.MESSAGE) == b"address 10.0.0.102 is not yours" and nak.reply.file == b""
     assert nak.notices == [] and w.client().ip == "10.0.0.100"
+    assert {k: nak.event("dhcp.reply")[k] for k in ("msgtype", "ip", "requested", "bound", "to")} == \
+        {"msgtype": "nak", "ip": "0.0.0.0", "requested": "10.0.0.102", "bound": "10.0.0.100", "to": LIMITED}
     inform_run = w(os_pkt(INF, ciaddr="10.0.0.100"), ("10.0.0.100", 68))
     inform = inform_run.reply
     assert inform_run.notices == [] and "requested" not in inform_run.event("dhcp.reply")
@@ -408,23 +411,24 @@ def test_static_client_gets_its_address_whatever_the_acl() -> None:
 
 
 ACL_TABLE = [
-    # access, table, mac, uuid, allowed, acl event verdict
-    ("mac", [("52-54-00-12/16", True)], MAC, UUID, True, "allowed"),
-    ("mac", [("52-54-00-12/16", True), ("52-54-00-12-34-56", False)], MAC, UUID, False, "denied"),
-    ("mac", [("00-11-22-33-44-55", True)], MAC, UUID, False, "denied"),
-    ("uuid", [(UUID, True)], MAC, UUID, True, "allowed"),
-    ("uuid", [(UUID, True)], MAC, "00000000-0000-0000-0000-000000000001", False, "denied"),
-    ("uuid", [(UUID, True)], MAC, None, False, "denied"),
+    # access, table, mac, uuid, allowed, acl event verdict, its detail (for the log line)
+    ("mac", [("52-54-00-12/16", True)], MAC, UUID, True, "allowed", None),
+    ("mac", [("52-54-00-12/16", True), ("52-54-00-12-34-56", False)], MAC, UUID, False, "denied", "disabled"),
+    ("mac", [("00-11-22-33-44-55", True)], MAC, UUID, False, "denied", "not listed"),
+    ("uuid", [(UUID, True)], MAC, UUID, True, "allowed", None),
+    ("uuid", [(UUID, True)], MAC, "00000000-0000-0000-0000-000000000001", False, "denied", "not listed"),
+    ("uuid", [(UUID, True)], MAC, None, False, "denied", ACL_NO_UUID),
 ]
 
 
-@pytest.mark.parametrize("access, table, mac, uuid, allowed, verdict", ACL_TABLE)
-def test_local_acls(access, table, mac, uuid, allowed, verdict) -> None:
+@pytest.mark.parametrize("access, table, mac, uuid, allowed, verdict, detail", ACL_TABLE)
+def test_local_acls(access, table, mac, uuid, allowed, verdict, detail) -> None:
     make = AclRule.mac if access == "mac" else AclRule.uuid
     rules = RuleTable([make(key, ok) for key, ok in table])
     w = world(access=access, **{f"{access}_acl": rules})
     run = w(pkt(D, mac=mac, uuid=uuid))
-    assert run.event("dhcp.acl") == {"acl": access, "verdict": verdict, "mac": MAC_S}
+    expected = {"acl": access, "verdict": verdict, "mac": MAC_S}
+    assert run.event("dhcp.acl") == (expected if detail is None else {**expected, "detail": detail})
     assert (run.reply is not None) == allowed
     if not allowed:
         assert run.outcome.no_reply == "denied" and run.kinds == ["dhcp.received", "dhcp.acl"]
@@ -452,7 +456,9 @@ def test_http_acl_refusal_resets_the_client(verdict) -> None:
     w = world(access="http", acl_answer=AclResult(verdict, reason="status 403"))
     run = w(pkt(D))
     assert run.reply is None and run.outcome.no_reply == "denied"
-    assert run.kinds == ["dhcp.received", "dhcp.acl"] and run.event("dhcp.acl")["verdict"] == verdict.value
+    assert run.kinds == ["dhcp.received", "dhcp.acl"]
+    assert run.event("dhcp.acl") == {"acl": "http", "verdict": verdict.value, "mac": MAC_S,
+                                     "detail": "status 403"}
     assert w.client().state == State.IDLE and w.main.store.get(MAC_S) is None
 
 
@@ -543,7 +549,7 @@ def test_boot_file_by_arch_and_ipxe(arch, ipxe, ipxe_file, file, fallback) -> No
     assert run.event("dhcp.reply")["file"] == file and run.event("dhcp.reply")["ipxe"] is ipxe
     assert ("dhcp.arch_fallback" in run.kinds) == fallback
     if fallback:
-        assert run.event("dhcp.arch_fallback") == {"mac": MAC_S, "arch": arch}
+        assert run.event("dhcp.arch_fallback") == {"mac": MAC_S, "arch": arch, "file": file}
         assert run.kinds.index("dhcp.arch_fallback") < run.kinds.index("dhcp.reply")
 
 
