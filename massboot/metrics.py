@@ -278,6 +278,15 @@ class Metrics:
         log.info("metrics on http://%s:%d/metrics", self.config.address, self.port)
 
     @property
+    def alive(self) -> bool:
+        """True while the HTTP server accepts connections.
+
+        gevent closes a server whose ``accept`` fails with a fatal error (EBADF, EINVAL,
+        ENOTSOCK); once started, False before :meth:`stop` means the endpoint died.
+        """
+        return self._server is not None and self._server.started
+
+    @property
     def port(self) -> int:
         """The bound TCP port."""
         if self._server is None or self._server.socket is None:

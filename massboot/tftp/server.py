@@ -145,6 +145,7 @@ class TftpServer:
         self._socket: gsocket.socket | None = None
         self._pool: Pool | None = None
         self._reader: gevent.Greenlet | None = None
+        self._error: str | None = None
         self._stopped = Event()
         self._transfers: dict[tuple[str, int], ReadTransfer | None] = {}
 
@@ -163,14 +164,26 @@ class TftpServer:
             raise
         self._socket = sock
         self._pool = Pool(self._pool_size)
+        self._error = None
         self._stopped.clear()
         self._reader = gevent.spawn(self._read_loop, sock, self._pool)
         log.info("tftp listening on %s:%d pool=%d", self._address, self.port, self._pool_size)
 
     @property
     def alive(self) -> bool:
-        """True while the listener's read loop runs (for /healthz and the main loop)."""
+        """True while the listener's read loop runs (for /healthz and the main loop).
+
+        Once started, False before :meth:`stop` means the service died (see :attr:`error`).
+        """
         return self._reader is not None and not self._reader.dead
+
+    @property
+    def error(self) -> str | None:
+        """Why the listener stopped on its own (a fatal socket error), else None."""
+        if self._error is None and self._reader is not None and self._reader.dead:
+            exc = self._reader.exception
+            return f"{type(exc).__name__}: {exc}" if exc is not None else "listener ended"
+        return self._error
 
     @property
     def port(self) -> int:
@@ -227,6 +240,7 @@ class TftpServer:
                 data, address = sock.recvfrom(_LISTEN_BUFSIZE)
             except OSError as exc:
                 if exc.errno in _FATAL_ERRNOS or sock.fileno() < 0:
+                    self._error = f"receive failed: {exc}"
                     log.error("tftp listener stopped: %s", exc)
                     return
                 log.warning("tftp listener: %s", exc)
