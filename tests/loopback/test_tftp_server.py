@@ -135,6 +135,17 @@ def wait_for(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
         gevent.sleep(0.002)
 
 
+def udp_receive_queue(port: int) -> int:
+    """Bytes queued in the kernel for the IPv4 UDP socket bound to *port* (/proc/net/udp)."""
+    with open("/proc/net/udp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port:
+                return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"no UDP socket on port {port}")
+
+
 class Client:
     """A scripted TFTP client on a plain UDP socket."""
 
@@ -170,6 +181,14 @@ class Client:
     def ack(self, block: int) -> None:
         assert self.tid is not None
         self.send_raw(Ack(block % 65536).encode(), self.tid)
+
+    def probe_listener(self) -> None:
+        """A WRQ answered by the listener: the listener handles datagrams in order, so every
+        request sent before it has been read and dispatched (and any transfer it started has
+        run up to its first send) once the answer is here."""
+        self.send_raw(Request(Opcode.WRQ, "probe", "octet", {}).encode())
+        reply, peer = self.recv()
+        assert peer == self.server and reply == Error(ErrorCode.ACCESS_VIOLATION, "Access violation")
 
     def nothing_pending(self) -> bool:
         self.sock.setblocking(False)
@@ -343,6 +362,7 @@ def test_duplicate_rrq_starts_one_transfer(served, client_factory) -> None:
     assert client.recv_from_tid() == Data(2, FILES["f513"][512:])
     client.ack(2)
     wait_for(lambda: len(recorder.of("tftp.done")) == 1)
+    client.probe_listener()  # the two duplicates were read before this: no outcome is pending
     assert len(recorder.of("tftp.start")) == 1
     assert store.opened == [("f513", HOST)]
     assert client.nothing_pending()
@@ -525,10 +545,13 @@ def test_full_pool_holds_requests_in_the_kernel_queue(make_server, client_factor
     first.rrq("f1m")
     assert isinstance(first.recv_from_tid(), Data)
     second.rrq("f513")
-    first.ack(1)
-    assert isinstance(first.recv_from_tid(), Data)  # yields plenty to the server meanwhile
+    for block in (1, 2):
+        first.ack(block)
+        assert isinstance(first.recv_from_tid(), Data)  # yields plenty to the server meanwhile
     assert len(recorder.of("tftp.start")) == 1 and server.active == 1
     assert second.nothing_pending()
+    # not merely late: the RRQ is still in the listener's kernel queue, unread
+    assert udp_receive_queue(server.port) > 0
     first.send_raw(Error(0, "enough").encode(), first.tid)
     packet = second.recv_from_tid()
     assert packet == Data(1, FILES["f513"][:512])
@@ -592,7 +615,10 @@ class NowaitSource(MemSource):
 @pytest.mark.parametrize("windowsize", [1, 8])
 def test_reads_that_would_block_go_through_the_greenlet(make_server, client_factory,
                                                         windowsize: int) -> None:
-    server, store, recorder = make_server()
+    # A read that would block must be done by the transfer's greenlet at once, never wait for a
+    # resend timer. A 1 s floor on the resend timeout keeps a busy machine's scheduling delays
+    # from causing resends, so any resend below means the stalled transfer waited for its timer.
+    server, store, recorder = make_server(timeout_min=1.0, timeout_max=1.0)
     sources: list[NowaitSource] = []
 
     def open_nowait(name: str, client_ip: str) -> NowaitSource:
