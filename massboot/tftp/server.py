@@ -576,7 +576,7 @@ class _Pump:
                             log.debug("tftp send to %s:%d failed: %s", *self._client, exc)
                     else:
                         self.send(out)
-                    if not transfer.stalled:
+                    if not (transfer.stalled or transfer.finished):  # finished: a read error's ERROR
                         self._touch()
                         return
             else:

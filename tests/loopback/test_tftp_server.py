@@ -188,6 +188,8 @@ class Client:
         run up to its first send) once the answer is here."""
         self.send_raw(Request(Opcode.WRQ, "probe", "octet", {}).encode())
         reply, peer = self.recv()
+        while peer == self.tid:  # a late resend of the known transfer's last DATA: not new
+            reply, peer = self.recv()
         assert peer == self.server and reply == Error(ErrorCode.ACCESS_VIOLATION, "Access violation")
 
     def nothing_pending(self) -> bool:
@@ -338,10 +340,14 @@ def test_stranger_gets_error_5_and_the_transfer_goes_on(served, client_factory) 
     reply, peer = stranger.recv()
     assert reply == Error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID") and peer == client.tid
     client.ack(1)
+    expected = 2
     while True:
         packet = client.recv_from_tid()
         assert isinstance(packet, Data)
+        if packet.block != expected:  # a resend of what the stranger's exchange delayed
+            continue
         received += packet.payload
+        expected += 1
         client.ack(packet.block)
         if len(packet.payload) < 1024:
             break
@@ -577,10 +583,14 @@ def test_netascii_mode(served, client_factory) -> None:
     client = client_factory(server.port)
     client.rrq("text", "netascii")
     received = bytearray()
+    expected = 1
     while True:
         packet = client.recv_from_tid()
         assert isinstance(packet, Data)
+        if packet.block != expected:  # a resend (10 ms timeouts on a busy machine): seen already
+            continue
         received += packet.payload
+        expected += 1
         client.ack(packet.block)
         if len(packet.payload) < 512:
             break
@@ -634,6 +644,35 @@ def test_reads_that_would_block_go_through_the_greenlet(make_server, client_fact
     (source,) = sources
     assert source.nowait_calls > 300 and 20 < len(source.waited) < 200
     assert recorder.of("tftp.done")[0].get("retransmits") == 0
+
+
+class FailingNowaitSource(NowaitSource):
+    """Reads without waiting until *fail_at*, then fails there (a mirror cut mid-file)."""
+
+    def __init__(self, data: bytes, fail_at: int) -> None:
+        super().__init__(data, every=1 << 30)
+        self.fail_at = fail_at
+
+    def read_nowait(self, offset: int, length: int) -> memoryview:
+        if offset + length > self.fail_at:
+            raise FileError(0, "upstream download failed")
+        return super().read_nowait(offset, length)
+
+
+def test_read_error_in_the_event_loop_path_ends_the_transfer(make_server, client_factory) -> None:
+    """A read error met by the ACK callback sends ERROR and ends the transfer at once: the
+    greenlet is woken, the outcome reported and the pool slot freed (no resend timer needed)."""
+    server, store, recorder = make_server(timeout_min=5.0, timeout_max=5.0)
+    store.open = lambda name, ip: FailingNowaitSource(FILES[name], 10 * 512)  # type: ignore[method-assign]
+    client = client_factory(server.port)
+    client.rrq("f1m")
+    for block in range(1, 11):
+        assert client.recv_from_tid() == Data(block, FILES["f1m"][(block - 1) * 512:block * 512])
+        client.ack(block)
+    assert client.recv_from_tid() == Error(0, "upstream download failed")
+    wait_for(lambda: len(recorder.of("tftp.fail")) == 1)     # within WAIT, well before a resend
+    assert recorder.of("tftp.fail")[0].get("reason") == "read_error"
+    assert server.active == 0
 
 
 def test_local_files_through_the_file_store(client_factory, tmp_path) -> None:
