@@ -581,6 +581,17 @@ class _Download:
         event.set()
 
 
+def _open_sized(path: str, size: int) -> int:
+    """Open a cached copy for reading; OSError unless it still has the size it was cached with
+    (a copy truncated or replaced behind massboot's back is fetched again, never served)."""
+    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    found = os.fstat(fd).st_size
+    if found != size:
+        os.close(fd)
+        raise OSError(errno.EIO, f"{found} bytes, cached with {size}")
+    return fd
+
+
 def _write_json(path: str, tmp: str, meta: dict[str, Any]) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(meta, f)
@@ -902,7 +913,7 @@ class FileStore:
         self._index.move_to_end(entry.key)
         entry.readers += 1
         try:
-            fd = _blocking(os.open, self._path(entry.key, entry.token, "data"), os.O_RDONLY | _O_CLOEXEC)
+            fd = _blocking(_open_sized, self._path(entry.key, entry.token, "data"), entry.size)
         except OSError as exc:
             entry.readers -= 1
             log.warning("cached copy of %s unreadable, fetching again: %s", entry.url, exc)
@@ -956,9 +967,17 @@ class FileStore:
                 return
             if status != 200:
                 raise _status_error(dl.url, status)
-            encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+            encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                # Asked for identity, got a content coding (RFC 9110 section 8.4): either the file
+                # compressed in transit, or a compressed file labelled with its coding (Apache's
+                # "AddEncoding x-gzip .gz"). Which file is meant cannot be told, and a close-
+                # delimited encoded body cut short would decode without error: refuse, never
+                # guess (README, [tftpd] root).
+                raise FileError(ERR_UNDEFINED, f"upstream {dl.url} failed: the mirror sent "
+                                               f"Content-Encoding {encoding}, asked for identity")
             try:
-                length = None if encoded else int(resp.headers["Content-Length"])
+                length = int(resp.headers["Content-Length"])
                 if length is not None and length < 0:
                     length = None
             except (KeyError, ValueError):
@@ -975,11 +994,15 @@ class FileStore:
             raw = resp.raw
             read = getattr(raw, "read1", None) or raw.read
             while True:
-                chunk = read(CHUNK, decode_content=True)
+                chunk = read(CHUNK, decode_content=False)
                 if not chunk:
                     break
                 dl.writing = True
-                _blocking(_pwrite_all, fd, chunk, dl.received)
+                try:
+                    _blocking(_pwrite_all, fd, chunk, dl.received)
+                except OSError:     # the write failed (ENOSPC...): no thread holds the fd now
+                    dl.writing = False
+                    raise
                 dl.writing = False
                 dl.received += len(chunk)
                 self.upstream_bytes += len(chunk)
