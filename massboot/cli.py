@@ -255,11 +255,12 @@ def bind_error(service: str, transport: str, address: str, port: int, exc: OSErr
     """The operator's message for a listener that cannot be bound: what, where, and why."""
     where = f"{service}: cannot listen on {transport} {address}:{port}"
     reason = exc.strerror or str(exc)
+    if exc.errno == errno.EACCES and port < 1024:
+        return (f"{where}: {reason}: ports below 1024 need root or the CAP_NET_BIND_SERVICE "
+                "capability (deploy/massboot.service runs massboot as a dedicated user with it)")
     if exc.errno in (errno.EACCES, errno.EPERM):
-        hint = ("ports below 1024 need root or the CAP_NET_BIND_SERVICE capability "
-                "(deploy/massboot.service runs massboot as a dedicated user with it)"
-                if port < 1024 else "not allowed for this user")
-        return f"{where}: {reason}: {hint}"
+        return (f"{where}: {reason}: not allowed for this user (run as root, or see the "
+                "capabilities in deploy/massboot.service)")
     if exc.errno == errno.EADDRINUSE:
         ss = "ss -lnup" if transport == "UDP" else "ss -lntp"
         return (f"{where}: {reason}: {_PORT_HOLDERS.get(service, 'another process')} holds "

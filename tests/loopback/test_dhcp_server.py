@@ -16,6 +16,7 @@ from massboot.dhcp.server import DhcpServer, main_pool, subnet_pool
 from massboot.events import EventBus, EventRecorder
 from massboot.notify import Notifier
 from tests.loopback.dhcpclient import RelayClient, pxe_options
+from tests.loopback.test_tftp_server import nothing_pending
 
 MAC1 = bytes.fromhex("525400123456")
 MAC2 = bytes.fromhex("525400abcdef")
@@ -346,7 +347,7 @@ def test_retransmitted_discover_in_flight_is_dropped(harness):
         assert first is not None and first.message_type == MessageType.OFFER
         assert any(e.get("reason") == "in_flight" for e in h.recorder.of("dhcp.ignored"))
         _wait(lambda: h.server.pool.free_count() == h.server.pool.size)   # every exchange is over
-        assert nothing_pending(h.client)                  # exactly one OFFER
+        assert nothing_pending(h.client.sock, 2.0)                  # exactly one OFFER
     finally:
         acl.close()
 
@@ -361,18 +362,6 @@ def test_client_info_for_tftp_side(harness):
     assert bytes_ip(ip_bytes(ack.yiaddr)) == ack.yiaddr
 
 
-def nothing_pending(client: RelayClient) -> bool:
-    """No datagram waits on *client*'s socket (a non-blocking read)."""
-    client.sock.setblocking(False)
-    try:
-        client.sock.recvfrom(65535)
-    except BlockingIOError:
-        return True
-    finally:
-        client.sock.settimeout(2.0)
-    return False
-
-
 def assert_unanswered(h: Harness, packet, kind: str, **fields) -> None:
     """*packet* gets no reply, proven by outcomes rather than a quiet moment on the clock: the
     server's decision shows as a new *kind* event with *fields*, then every exchange is over
@@ -384,7 +373,7 @@ def assert_unanswered(h: Harness, packet, kind: str, **fields) -> None:
     h.client.send(packet)
     _wait(lambda: decided() > before)
     _wait(lambda: h.server.pool.free_count() == h.server.pool.size)
-    assert nothing_pending(h.client)
+    assert nothing_pending(h.client.sock, 2.0)
 
 
 def _wait(predicate, timeout: float = 2.0) -> None:

@@ -135,6 +135,18 @@ def wait_for(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
         gevent.sleep(0.002)
 
 
+def nothing_pending(sock: socket.socket, timeout: float) -> bool:
+    """No datagram waits on *sock* (a non-blocking read); *timeout* is set again afterwards."""
+    sock.setblocking(False)
+    try:
+        sock.recvfrom(65536)
+    except BlockingIOError:
+        return True
+    finally:
+        sock.settimeout(timeout)
+    return False
+
+
 def udp_receive_queue(port: int) -> int:
     """Bytes queued in the kernel for the IPv4 UDP socket bound to *port* (/proc/net/udp)."""
     with open("/proc/net/udp") as table:
@@ -193,14 +205,7 @@ class Client:
         assert peer == self.server and reply == Error(ErrorCode.ACCESS_VIOLATION, "Access violation")
 
     def nothing_pending(self) -> bool:
-        self.sock.setblocking(False)
-        try:
-            self.sock.recvfrom(65536)
-        except BlockingIOError:
-            return True
-        finally:
-            self.sock.settimeout(WAIT)
-        return False
+        return nothing_pending(self.sock, WAIT)
 
     def download(self, name: str, *, windowsize: int = 1, **options: object) -> bytes:
         """Lock-step (or RFC 7440 windowed) download; returns the content."""
