@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 _LISTEN_BUFSIZE = 65536  # a request with many options can exceed 512 bytes
 _TRANSFER_BUFSIZE = 2048  # ACKs are 4 bytes; a long ERROR message may be cut, harmlessly
 _FATAL_ERRNOS = (errno.EBADF, errno.ENOTSOCK, errno.EINVAL)
+_ERRORS_MAX = 100  # receive errors in a row that make any error fatal (the service is dead)
 _PERIOD_SHARE = 0.8  # a transfer's repeating timer period as a share of its RTO (see _Pump)
 _DRAIN_MAX = 64  # datagrams read per callback: bounded work, the io watcher fires again
 _DENY_REASONS: dict[int, str] = {
@@ -233,18 +234,23 @@ class TftpServer:
     # -- listener ------------------------------------------------------------------------
 
     def _read_loop(self, sock: gsocket.socket, pool: Pool) -> None:
+        errors = 0  # receive errors in a row
         while True:
             if pool.full():
                 pool.wait_available()  # back-pressure: leave requests in the kernel queue
             try:
                 data, address = sock.recvfrom(_LISTEN_BUFSIZE)
             except OSError as exc:
-                if exc.errno in _FATAL_ERRNOS or sock.fileno() < 0:
-                    self._error = f"receive failed: {exc}"
-                    log.error("tftp listener stopped: %s", exc)
+                errors += 1
+                if exc.errno in _FATAL_ERRNOS or sock.fileno() < 0 or errors >= _ERRORS_MAX:
+                    self._error = f"receive failed: {exc}" + (
+                        f" ({errors} times in a row)" if errors > 1 else "")
+                    log.error("tftp listener stopped: %s", self._error)
                     return
                 log.warning("tftp listener: %s", exc)
+                gevent.sleep(0)  # an error that comes back at once must not starve the hub
                 continue
+            errors = 0
             try:
                 self._dispatch(sock, pool, data, address)
             except Exception:

@@ -8,6 +8,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import gevent
 import pytest
@@ -580,6 +581,35 @@ def test_stop_aborts_running_transfers(make_server, client_factory) -> None:
     (fail,) = recorder.of("tftp.fail")
     assert fail.get("reason") == "shutdown"
     assert server.active == 0
+
+
+def test_persistent_receive_error_ends_the_listener(make_server, client_factory, monkeypatch) -> None:
+    """A receive error that keeps coming back is a dead listener (the CLI exits 1, README
+    Command line), not an endless loop of warnings."""
+    import errno
+
+    import gevent.socket as gsocket
+
+    import massboot.tftp.server as tftp_server
+
+    class FailingSocket(gsocket.socket):
+        failing = False
+
+        def recvfrom(self, *args):  # type: ignore[no-untyped-def, override]
+            if FailingSocket.failing:
+                raise OSError(errno.ENOBUFS, "No buffer space available")
+            data, address = super().recvfrom(*args)
+            if data == b"FAIL":
+                FailingSocket.failing = True
+            return data, address
+
+    monkeypatch.setattr(tftp_server, "gsocket", SimpleNamespace(**{
+        **{name: getattr(gsocket, name) for name in dir(gsocket) if name.isupper()},
+        "socket": FailingSocket}))
+    server, _, _ = make_server()
+    client_factory(server.port).send_raw(b"FAIL")
+    wait_for(lambda: not server.alive)
+    assert server.error == "receive failed: [Errno 105] No buffer space available (100 times in a row)"
 
 
 def test_netascii_mode(served, client_factory) -> None:
