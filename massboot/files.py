@@ -977,8 +977,8 @@ class FileStore:
                 raise FileError(ERR_UNDEFINED, f"upstream {dl.url} failed: the mirror sent "
                                                f"Content-Encoding {encoding}, asked for identity")
             try:
-                length = int(resp.headers["Content-Length"])
-                if length is not None and length < 0:
+                length: int | None = int(resp.headers["Content-Length"])
+                if length < 0:
                     length = None
             except (KeyError, ValueError):
                 length = None
