@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -134,17 +133,10 @@ def test_serves_then_stops_cleanly_on_sigterm(tmp_path):
     dhcp, tftp = free_port(), free_port()
     (tmp_path / "hello.txt").write_bytes(b"hello\n")
     path = write(tmp_path, GOOD.format(dhcp=dhcp, tftp=tftp) + "[logger]\nlevel = info\n")
-    proc = subprocess.Popen([sys.executable, "-m", "massboot", "-c", path], cwd=REPO, env=ENV,
-                            stderr=subprocess.PIPE, text=True)
+    mb = Running("-c", path)
     try:
-        seen = []
-        deadline = time.monotonic() + 20
-        while not any("tftp listening" in line for line in seen) and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            seen.append(line)
-        assert any("dhcp listening on 127.0.0.1" in line for line in seen), seen
+        mb.wait_for("tftp listening")
+        assert "dhcp listening on 127.0.0.1" in mb.log
         # a real transfer through the command: RRQ + DATA 1 + ACK
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(5)
@@ -152,14 +144,11 @@ def test_serves_then_stops_cleanly_on_sigterm(tmp_path):
             data, server = s.recvfrom(600)
             assert data == b"\x00\x03\x00\x01hello\n"
             s.sendto(b"\x00\x04\x00\x01", server)
-        proc.send_signal(signal.SIGTERM)
-        rest = proc.communicate(timeout=15)[1]
-        assert proc.returncode == 0
-        assert "stopped" in rest
+        mb.proc.send_signal(signal.SIGTERM)
+        assert mb.exit_code() == 0, mb.log
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        mb.close()
+    assert mb.lines[-1].rstrip().endswith("INFO: stopped"), mb.log
 
 
 @pytest.mark.parametrize("service", ["dhcp", "tftp", "metrics"])
@@ -182,20 +171,19 @@ def test_port_in_use_names_the_service_and_what_may_hold_it(tmp_path, service):
     assert holder in result.stderr and f"`{ss} 'sport = :{port}'` shows which process" in result.stderr
 
 
-def test_privileged_port_without_root_says_what_is_needed():
-    """As an unprivileged user, port 69 fails with the service, the port and the remedy."""
+def test_privileged_port_without_root_says_what_is_needed(tmp_path):
+    """As user nobody, port 69 fails with the service, the port and the remedy."""
     require_root()      # to switch to another user
     require_tool("setpriv")
     with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
         require(int(f.read()) > 69, "net.ipv4.ip_unprivileged_port_start lets anyone bind port 69")
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chmod(tmp, 0o755)                # pytest's tmp_path is private to root
-        path = Path(tmp) / "massboot.ini"
-        path.write_text("[tftpd]\naddress = 127.0.0.1\nport = 69\nroot = .\n")
-        path.chmod(0o644)
-        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                                 sys.executable, "-m", "massboot", "-t", "-c", str(path)],
-                                cwd=REPO, env=ENV, text=True, capture_output=True, timeout=30)
+    path = write(tmp_path, "[tftpd]\naddress = 127.0.0.1\nport = 69\nroot = .\n")
+    # nobody, keeping only CAP_DAC_READ_SEARCH: it reads this checkout and config wherever they
+    # are (pytest's tmp_path is private to root), and may not bind below 1024
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             "--inh-caps=-all,+dac_read_search", "--ambient-caps=+dac_read_search",
+                             sys.executable, "-m", "massboot", "-t", "-c", path],
+                            cwd=REPO, env=ENV, text=True, capture_output=True, timeout=30)
     assert result.returncode == 1, result.stderr
     assert ("Error: tftp: cannot listen on UDP 127.0.0.1:69: Permission denied: ports below 1024 "
             "need root or the CAP_NET_BIND_SERVICE capability (deploy/massboot.service") in result.stderr
