@@ -40,7 +40,7 @@ class _ClosingSocket(gsocket.socket):
         return data, address
 
 
-class _ShutdownServer(massboot.metrics.WSGIServer):
+class _ShutdownServer(massboot.metrics._HttpServer):
     """The metrics server whose listening socket is shut down at the first connection."""
 
     def do_read(self):  # type: ignore[no-untyped-def]
@@ -55,7 +55,7 @@ def inject(fault: str) -> None:
         patched.socket = _ClosingSocket  # type: ignore[attr-defined]
         massboot.tftp.server.gsocket = patched  # type: ignore[attr-defined]
     elif fault == "metrics":
-        massboot.metrics.WSGIServer = _ShutdownServer  # type: ignore[misc]
+        massboot.metrics._HttpServer = _ShutdownServer  # type: ignore[misc]
     else:
         raise SystemExit(f"unknown fault {fault!r}: tftp or metrics")
 
