@@ -13,7 +13,7 @@ import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Protocol  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
@@ -72,6 +72,16 @@ def setup_logging(logger: cfg.LoggerConfig, debug: bool) -> None:
     handler.setFormatter(logging.Formatter(fmt, datefmt))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logger.level)
+
+
+class Listener(Protocol):
+    """What the main loop watches of a service (the same state ``/healthz`` reports)."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def error(self) -> str | None: ...
 
 
 class Services:
@@ -198,9 +208,9 @@ class Services:
             except OSError as exc:
                 raise StartupError(bind_error(name, transport, address, port, exc)) from exc
 
-    def _listeners(self) -> list[tuple[str, Any, str, str, int]]:
+    def _listeners(self) -> list[tuple[str, Listener, str, str, int]]:
         """``(service, server, transport, address, port)`` of each configured listener."""
-        out: list[tuple[str, Any, str, str, int]] = []
+        out: list[tuple[str, Listener, str, str, int]] = []
         if self.dhcp is not None and self.config.bootp is not None:
             out.append(("dhcp", self.dhcp, "UDP", self.config.bootp.address, self.config.bootp.port))
         if self.tftp is not None:
@@ -219,7 +229,7 @@ class Services:
         out = []
         for name, service, *_ in self._listeners():
             if not service.alive:
-                out.append((name, getattr(service, "error", None) or "its listener stopped"))
+                out.append((name, service.error or "its listener stopped"))
         return out
 
     @property
