@@ -6,12 +6,14 @@ monkey.patch_all()   # first statement of the entry point, before anything impor
 
 
 import argparse  # noqa: E402
+import errno  # noqa: E402
 import logging  # noqa: E402
 import logging.handlers  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
+from typing import Protocol  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
@@ -28,6 +30,7 @@ EXIT_ERROR = 1
 EXIT_CONFIG = 2
 LOG_FORMAT = "PXE[%(module)s] %(levelname)s: %(message)s"
 DEFAULT_CONFIG = "pybootd/etc/pybootd.ini"
+WATCH_PERIOD = 0.5  # seconds between checks that every service's listener still runs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +72,16 @@ def setup_logging(logger: cfg.LoggerConfig, debug: bool) -> None:
     handler.setFormatter(logging.Formatter(fmt, datefmt))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logger.level)
+
+
+class Listener(Protocol):
+    """What the main loop watches of a service (the same state ``/healthz`` reports)."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def error(self) -> str | None: ...
 
 
 class Services:
@@ -186,17 +199,45 @@ class Services:
                                rcvbuf=t.rcvbuf)
 
     def start(self) -> None:
-        """Bind every socket; raises OSError when a port cannot be bound."""
+        """Bind every socket.
+
+        Raises:
+            StartupError: a port cannot be bound; the message names the service, the address
+                and what to do about it.
+        """
         # local file reads and lease writes go through the hub's thread pool: let it follow the
         # number of transfers that can run at once, within reason
         hub = gevent.get_hub()
         hub.threadpool.maxsize = max(hub.threadpool.maxsize, 32)
-        if self.dhcp is not None:
-            self.dhcp.start()
+        for name, service, transport, address, port in self._listeners():
+            try:
+                service.start()
+            except OSError as exc:
+                raise StartupError(bind_error(name, transport, address, port, exc)) from exc
+
+    def _listeners(self) -> list[tuple[str, Listener, str, str, int]]:
+        """``(service, server, transport, address, port)`` of each configured listener."""
+        out: list[tuple[str, Listener, str, str, int]] = []
+        if self.dhcp is not None and self.config.bootp is not None:
+            out.append(("dhcp", self.dhcp, "UDP", self.config.bootp.address, self.config.bootp.port))
         if self.tftp is not None:
-            self.tftp.start()
-        if self.metrics is not None:
-            self.metrics.start()
+            out.append(("tftp", self.tftp, "UDP", self.tftp_address, self.config.tftp.port))
+        if self.metrics is not None and self.config.metrics is not None:
+            out.append(("metrics", self.metrics, "TCP", self.config.metrics.address,
+                        self.config.metrics.port))
+        return out
+
+    def dead(self) -> list[tuple[str, str]]:
+        """``(service, cause)`` for each started service whose listener has stopped.
+
+        Called only while massboot is not stopping, so a listener that ended, whether it
+        raised or returned, is a dead service (README, Command line: exit code 1).
+        """
+        out = []
+        for name, service, *_ in self._listeners():
+            if not service.alive:
+                out.append((name, service.error or "its listener stopped"))
+        return out
 
     @property
     def tftp_address(self) -> str:
@@ -213,6 +254,37 @@ class Services:
             self.files.close()
         for store in self.stores:
             store.close()
+
+
+class StartupError(Exception):
+    """A service could not start; the message is for the operator, as is."""
+
+
+# what else usually holds each service's port, for "address already in use"
+_PORT_HOLDERS = {
+    "dhcp": "another DHCP server (dnsmasq, isc-dhcp-server, kea-dhcp4) or another massboot",
+    "tftp": "another TFTP server (tftpd-hpa, atftpd, dnsmasq with enable-tftp) or another massboot",
+    "metrics": "another exporter or another massboot",
+}
+
+
+def bind_error(service: str, transport: str, address: str, port: int, exc: OSError) -> str:
+    """The operator's message for a listener that cannot be bound: what, where, and why."""
+    where = f"{service}: cannot listen on {transport} {address}:{port}"
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EACCES and port < 1024:
+        return (f"{where}: {reason}: ports below 1024 need root or the CAP_NET_BIND_SERVICE "
+                "capability (deploy/massboot.service runs massboot as a dedicated user with it)")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"{where}: {reason}: not allowed for this user (run as root, or see the "
+                "capabilities in deploy/massboot.service)")
+    if exc.errno == errno.EADDRINUSE:
+        ss = "ss -lnup" if transport == "UDP" else "ss -lntp"
+        return (f"{where}: {reason}: {_PORT_HOLDERS.get(service, 'another process')} holds "
+                f"{transport} port {port}; `{ss} 'sport = :{port}'` shows which process")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: {reason}: {address} is not an address of this host"
+    return f"{where}: {reason}"
 
 
 def resolv_conf_nameservers(path: str = "/etc/resolv.conf") -> tuple[str, ...]:
@@ -299,30 +371,35 @@ def check_config(config: cfg.Config, *, run_dhcp: bool) -> int:
     return EXIT_OK
 
 
-def run_until_signal(services: Services) -> int:
-    """Serve until SIGTERM/SIGINT (graceful), a second signal forces the exit."""
+def run_until_signal(services: Services, watch_period: float = WATCH_PERIOD) -> int:
+    """Serve until SIGTERM/SIGINT or a service dies; return the exit code (README, Command line).
+
+    The first signal stops gracefully (exit 0); a second one exits at once with 1. A service
+    whose listener stops while no signal asked for it is dead: the others are stopped and the
+    exit code is 1. Services are checked every *watch_period* seconds through their ``alive``
+    property, the same one /healthz reports.
+    """
     stop = gevent.event.Event()
     signals = {"count": 0}
 
     def on_signal(signum: int) -> None:
         signals["count"] += 1
         if signals["count"] > 1:
-            log.warning("second signal: exiting now")
+            log.warning("second signal %d: exiting now, transfers still running are cut", signum)
             os._exit(EXIT_ERROR)
         log.info("signal %d: stopping", signum)
         stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, on_signal, signum)
-    watched = [s._reader for s in (services.dhcp, services.tftp) if s is not None and s._reader is not None]
-    for greenlet in watched:
-        greenlet.link(lambda g: stop.set())
-    stop.wait()
-    dead = [g for g in watched if g.dead and g.exception is not None]
+    dead: list[tuple[str, str]] = []
+    while not stop.wait(watch_period):
+        dead = services.dead()
+        if dead:
+            break
+    for name, cause in dead:
+        log.error("%s service died: %s; stopping", name, cause)
     services.stop()
     log.info("stopped")
-    if dead:
-        log.error("a service terminated: %s", dead[0].exception)
-        return EXIT_ERROR
-    return EXIT_OK
+    return EXIT_ERROR if dead else EXIT_OK
 

@@ -318,11 +318,25 @@ class Metrics:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Bind ``address:port`` (synchronously; port 0 picks one) and serve the endpoints."""
-        server = WSGIServer((self.config.address, self.config.port), self.wsgi_app, log=None,
-                            error_log=log)
+        server = _HttpServer((self.config.address, self.config.port), self.wsgi_app, log=None,
+                             error_log=log)
         server.start()
         self._server = server
         log.info("metrics on http://%s:%d/metrics", self.config.address, self.port)
+
+    @property
+    def alive(self) -> bool:
+        """True while the HTTP server accepts connections.
+
+        gevent closes a server whose ``accept`` fails with a fatal error (EBADF, EINVAL,
+        ENOTSOCK); once started, False before :meth:`stop` means the endpoint died.
+        """
+        return self._server is not None and self._server.started
+
+    @property
+    def error(self) -> str | None:
+        """Why the HTTP server closed on its own (a fatal ``accept`` error), else None."""
+        return self._server.error if self._server is not None else None
 
     @property
     def port(self) -> int:
@@ -502,6 +516,18 @@ class Metrics:
             return [text]
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [b"not found\n"]
+
+
+class _HttpServer(WSGIServer):
+    """gevent's WSGI server, remembering the fatal ``accept`` error that closed it."""
+
+    error: str | None = None
+
+    def is_fatal_error(self, ex: BaseException) -> bool:
+        fatal = bool(super().is_fatal_error(ex))
+        if fatal:
+            self.error = f"accept failed: {ex}"
+        return fatal
 
 
 def _reply(start_response: Callable[..., Any], status: str, body: Any) -> list[bytes]:

@@ -141,6 +141,13 @@ class DhcpServer:
         return self._reader is not None and not self._reader.dead
 
     @property
+    def error(self) -> str | None:
+        """Why the read loop stopped on its own (a persistent receive error), else None."""
+        if self._reader is None or not self._reader.dead or self._reader.exception is None:
+            return None
+        return f"receive failed: {self._reader.exception}"
+
+    @property
     def port(self) -> int:
         """The bound UDP port."""
         assert self.socket is not None

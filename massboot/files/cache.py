@@ -13,6 +13,7 @@ and every reader that :meth:`CacheDir.open` or :meth:`CacheDir.pin` counted give
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -29,6 +30,18 @@ from massboot.files.local import blocking, open_cloexec
 __all__ = ["CacheDir", "Entry", "cache_key"]
 
 log = logging.getLogger(__name__)
+
+
+def _open_sized(path: str, size: int) -> int:
+    """Open a cached copy for reading; OSError unless it still has the size it was cached with
+    (a copy truncated or replaced behind massboot's back is fetched again, never served)."""
+    fd = open_cloexec(path)
+    found = os.fstat(fd).st_size
+    if found != size:
+        os.close(fd)
+        raise OSError(errno.EIO, f"{found} bytes, cached with {size}")
+    return fd
+
 
 _CACHE_NAME = re.compile(r"^([0-9a-f]{32})\.([0-9a-f]{12})\.(data|json|part|jtmp)$")
 
@@ -119,7 +132,7 @@ class CacheDir:
         self._index.move_to_end(entry.key)
         entry.readers += 1
         try:
-            return blocking(open_cloexec, self.path(entry.key, entry.token, "data"))
+            return blocking(_open_sized, self.path(entry.key, entry.token, "data"), entry.size)
         except OSError as exc:
             entry.readers -= 1
             log.warning("cached copy of %s unreadable, fetching again: %s", entry.url, exc)

@@ -313,10 +313,18 @@ class Mirror:
                 return
             if status != 200:
                 raise _status_error(dl.url, status)
-            encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+            encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                # Asked for identity, got a content coding (RFC 9110 section 8.4): either the file
+                # compressed in transit, or a compressed file labelled with its coding (Apache's
+                # "AddEncoding x-gzip .gz"). Which file is meant cannot be told, and a close-
+                # delimited encoded body cut short would decode without error: refuse, never
+                # guess (README, [tftpd] root).
+                raise FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed: the mirror sent "
+                                                     f"Content-Encoding {encoding}, asked for identity")
             try:
-                length = None if encoded else int(resp.headers["Content-Length"])
-                if length is not None and length < 0:
+                length: int | None = int(resp.headers["Content-Length"])
+                if length < 0:
                     length = None
             except (KeyError, ValueError):
                 length = None
@@ -331,11 +339,15 @@ class Mirror:
             raw = resp.raw
             read = getattr(raw, "read1", None) or raw.read
             while True:
-                chunk = read(CHUNK, decode_content=True)
+                chunk = read(CHUNK, decode_content=False)
                 if not chunk:
                     break
                 dl.writing = True
-                blocking(_pwrite_all, fd, chunk, dl.received)
+                try:
+                    blocking(_pwrite_all, fd, chunk, dl.received)
+                except OSError:     # the write failed (ENOSPC...): no thread holds the fd now
+                    dl.writing = False
+                    raise
                 dl.writing = False
                 dl.received += len(chunk)
                 self.upstream_bytes += len(chunk)

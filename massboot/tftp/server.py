@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 _LISTEN_BUFSIZE = 65536  # a request with many options can exceed 512 bytes
 _TRANSFER_BUFSIZE = 2048  # ACKs are 4 bytes; a long ERROR message may be cut, harmlessly
 _FATAL_ERRNOS = (errno.EBADF, errno.ENOTSOCK, errno.EINVAL)
+_ERRORS_MAX = 100  # receive errors in a row that make any error fatal (the service is dead)
 _PERIOD_SHARE = 0.8  # a transfer's repeating timer period as a share of its RTO (see _Pump)
 _DRAIN_MAX = 64  # datagrams read per callback: bounded work, the io watcher fires again
 
@@ -148,6 +149,7 @@ class TftpServer:
         self._socket: gsocket.socket | None = None
         self._pool: Pool | None = None
         self._reader: gevent.Greenlet | None = None
+        self._error: str | None = None
         self._stopped = Event()
         self._transfers: dict[tuple[str, int], ReadTransfer | None] = {}
 
@@ -166,14 +168,26 @@ class TftpServer:
             raise
         self._socket = sock
         self._pool = Pool(self._pool_size)
+        self._error = None
         self._stopped.clear()
         self._reader = gevent.spawn(self._read_loop, sock, self._pool)
         log.info("tftp listening on %s:%d pool=%d", self._address, self.port, self._pool_size)
 
     @property
     def alive(self) -> bool:
-        """True while the listener's read loop runs (for /healthz and the main loop)."""
+        """True while the listener's read loop runs (for /healthz and the main loop).
+
+        Once started, False before :meth:`stop` means the service died (see :attr:`error`).
+        """
         return self._reader is not None and not self._reader.dead
+
+    @property
+    def error(self) -> str | None:
+        """Why the listener stopped on its own (a fatal socket error), else None."""
+        if self._error is None and self._reader is not None and self._reader.dead:
+            exc = self._reader.exception
+            return f"{type(exc).__name__}: {exc}" if exc is not None else "listener ended"
+        return self._error
 
     @property
     def port(self) -> int:
@@ -227,17 +241,23 @@ class TftpServer:
     # -- listener ------------------------------------------------------------------------
 
     def _read_loop(self, sock: gsocket.socket, pool: Pool) -> None:
+        errors = 0  # receive errors in a row
         while True:
             if pool.full():
                 pool.wait_available()  # back-pressure: leave requests in the kernel queue
             try:
                 data, address = sock.recvfrom(_LISTEN_BUFSIZE)
             except OSError as exc:
-                if exc.errno in _FATAL_ERRNOS or sock.fileno() < 0:
-                    log.error("tftp listener stopped: %s", exc)
+                errors += 1
+                if exc.errno in _FATAL_ERRNOS or sock.fileno() < 0 or errors >= _ERRORS_MAX:
+                    self._error = f"receive failed: {exc}" + (
+                        f" ({errors} times in a row)" if errors > 1 else "")
+                    log.error("tftp listener stopped: %s", self._error)
                     return
                 log.warning("tftp listener: %s", exc)
+                gevent.sleep(0)  # an error that comes back at once must not starve the hub
                 continue
+            errors = 0
             try:
                 self._dispatch(sock, pool, data, address)
             except Exception:
@@ -563,7 +583,7 @@ class _Pump:
                             log.debug("tftp send to %s:%d failed: %s", *self._client, exc)
                     else:
                         self.send(out)
-                    if not transfer.stalled:
+                    if not (transfer.stalled or transfer.finished):  # finished: a read error's ERROR
                         self._touch()
                         return
             else:

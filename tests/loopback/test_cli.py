@@ -7,10 +7,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pytest
+
 import massboot
+from tests.conftest import require, require_root, require_tool
+from tests.faults import FAULT
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
@@ -21,10 +26,48 @@ def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=timeout)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Running:
+    """A massboot subprocess whose stderr is collected line by line as it comes."""
+
+    def __init__(self, *argv: str, prefix: tuple[str, ...] = ("-m", "massboot")) -> None:
+        self.proc = subprocess.Popen([sys.executable, *prefix, *argv], cwd=REPO, env=ENV,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:  # type: ignore[union-attr]
+            self.lines.append(line)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 20) -> None:
+        """Wait until a stderr line contains *text* (fail if massboot exits or time runs out)."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            assert self.proc.poll() is None or self._reader.is_alive(), \
+                f"massboot exited {self.proc.returncode} before {text!r}:\n{self.log}"
+            assert time.monotonic() < deadline, f"no {text!r} after {timeout} s:\n{self.log}"
+            time.sleep(0.02)
+
+    def exit_code(self, timeout: float = 20) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -90,17 +133,10 @@ def test_serves_then_stops_cleanly_on_sigterm(tmp_path):
     dhcp, tftp = free_port(), free_port()
     (tmp_path / "hello.txt").write_bytes(b"hello\n")
     path = write(tmp_path, GOOD.format(dhcp=dhcp, tftp=tftp) + "[logger]\nlevel = info\n")
-    proc = subprocess.Popen([sys.executable, "-m", "massboot", "-c", path], cwd=REPO, env=ENV,
-                            stderr=subprocess.PIPE, text=True)
+    mb = Running("-c", path)
     try:
-        seen = []
-        deadline = time.monotonic() + 20
-        while not any("tftp listening" in line for line in seen) and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            seen.append(line)
-        assert any("dhcp listening on 127.0.0.1" in line for line in seen), seen
+        mb.wait_for("tftp listening")
+        assert "dhcp listening on 127.0.0.1" in mb.log
         # a real transfer through the command: RRQ + DATA 1 + ACK
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(5)
@@ -108,19 +144,105 @@ def test_serves_then_stops_cleanly_on_sigterm(tmp_path):
             data, server = s.recvfrom(600)
             assert data == b"\x00\x03\x00\x01hello\n"
             s.sendto(b"\x00\x04\x00\x01", server)
-        proc.send_signal(signal.SIGTERM)
-        rest = proc.communicate(timeout=15)[1]
-        assert proc.returncode == 0
-        assert "stopped" in rest
+        mb.proc.send_signal(signal.SIGTERM)
+        assert mb.exit_code() == 0, mb.log
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        mb.close()
+    assert mb.lines[-1].rstrip().endswith("INFO: stopped"), mb.log
 
 
-def test_unbindable_port_is_an_error(tmp_path):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+@pytest.mark.parametrize("service", ["dhcp", "tftp", "metrics"])
+def test_port_in_use_names_the_service_and_what_may_hold_it(tmp_path, service):
+    kind = socket.SOCK_STREAM if service == "metrics" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as busy:
         busy.bind(("127.0.0.1", 0))
         port = busy.getsockname()[1]
-        result = run("-c", write(tmp_path, GOOD.format(dhcp=free_port(), tftp=port)))
-    assert result.returncode == 1 and "Address already in use" in result.stderr
+        ports = {"dhcp": free_port(), "tftp": free_port(), "metrics": free_port(socket.SOCK_STREAM)}
+        ports[service] = port
+        text = GOOD.format(dhcp=ports["dhcp"], tftp=ports["tftp"]) + (
+            f"[metrics]\naddress = 127.0.0.1\nport = {ports['metrics']}\n")
+        result = run("-c", write(tmp_path, text))
+    assert result.returncode == 1, result.stderr
+    transport, ss = ("TCP", "ss -lntp") if service == "metrics" else ("UDP", "ss -lnup")
+    assert f"Error: {service}: cannot listen on {transport} 127.0.0.1:{port}: Address already in use: " \
+        in result.stderr
+    holder = {"dhcp": "another DHCP server (dnsmasq", "tftp": "another TFTP server (tftpd-hpa",
+              "metrics": "another exporter"}[service]
+    assert holder in result.stderr and f"`{ss} 'sport = :{port}'` shows which process" in result.stderr
+
+
+def test_privileged_port_without_root_says_what_is_needed(tmp_path):
+    """As user nobody, port 69 fails with the service, the port and the remedy."""
+    require_root()      # to switch to another user
+    require_tool("setpriv")
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+        require(int(f.read()) > 69, "net.ipv4.ip_unprivileged_port_start lets anyone bind port 69")
+    path = write(tmp_path, "[tftpd]\naddress = 127.0.0.1\nport = 69\nroot = .\n")
+    # nobody, keeping only CAP_DAC_READ_SEARCH: it reads this checkout and config wherever they
+    # are (pytest's tmp_path is private to root), and may not bind below 1024
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             "--inh-caps=-all,+dac_read_search", "--ambient-caps=+dac_read_search",
+                             sys.executable, "-m", "massboot", "-t", "-c", path],
+                            cwd=REPO, env=ENV, text=True, capture_output=True, timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert ("Error: tftp: cannot listen on UDP 127.0.0.1:69: Permission denied: ports below 1024 "
+            "need root or the CAP_NET_BIND_SERVICE capability (deploy/massboot.service") in result.stderr
+
+
+def test_tftp_listener_dying_exits_1(tmp_path):
+    """A fatal socket error in the TFTP listener: the others stop and massboot exits 1."""
+    dhcp, tftp = free_port(), free_port()
+    path = write(tmp_path, GOOD.format(dhcp=dhcp, tftp=tftp) + "[logger]\nlevel = info\n")
+    mb = Running("tftp", "-c", path, prefix=("-m", "tests.faults"))
+    try:
+        mb.wait_for("tftp listening")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(FAULT, ("127.0.0.1", tftp))
+        assert mb.exit_code() == 1, mb.log
+    finally:
+        mb.close()
+    assert "tftp service died: receive failed: [Errno 9] Bad file descriptor; stopping" in mb.log
+    assert mb.lines[-1].rstrip().endswith("INFO: stopped"), mb.log   # the DHCP side was stopped
+
+
+def test_metrics_listener_dying_exits_1(tmp_path):
+    dhcp, tftp, metrics = free_port(), free_port(), free_port(socket.SOCK_STREAM)
+    path = write(tmp_path, GOOD.format(dhcp=dhcp, tftp=tftp)
+                 + f"[metrics]\naddress = 127.0.0.1\nport = {metrics}\n[logger]\nlevel = info\n")
+    mb = Running("metrics", "-c", path, prefix=("-m", "tests.faults"))
+    try:
+        mb.wait_for("metrics on http://127.0.0.1")
+        try:
+            socket.create_connection(("127.0.0.1", metrics), timeout=5).close()
+        except OSError:
+            pass                            # reset by the failing listener: expected
+        assert mb.exit_code() == 1, mb.log
+    finally:
+        mb.close()
+    assert "metrics service died: accept failed: [Errno 22] Invalid argument; stopping" in mb.log
+
+
+def test_second_signal_exits_at_once(tmp_path):
+    """A transfer keeps the graceful stop busy; a second SIGTERM exits at once with 1."""
+    dhcp, tftp = free_port(), free_port()
+    (tmp_path / "two-blocks").write_bytes(b"x" * 700)
+    # the client never ACKs; with a 30 s resend timeout the transfer outlives the 5 s grace
+    path = write(tmp_path, GOOD.format(dhcp=dhcp, tftp=tftp).replace(
+        "root = .", "root = .\ntimeout = 30\ntimeout_min = 30") + "[logger]\nlevel = info\n")
+    mb = Running("-c", path)
+    try:
+        mb.wait_for("tftp listening")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(10)
+            s.sendto(b"\x00\x01two-blocks\x00octet\x00", ("127.0.0.1", tftp))
+            data, _ = s.recvfrom(600)
+            assert data[:4] == b"\x00\x03\x00\x01"            # the transfer runs
+            mb.proc.send_signal(signal.SIGTERM)
+            mb.wait_for("signal 15: stopping")
+            mb.proc.send_signal(signal.SIGTERM)
+            assert mb.exit_code() == 1, mb.log
+    finally:
+        mb.close()
+    assert "second signal 15: exiting now" in mb.log
+    # without the second signal the graceful stop would have ended the transfer and logged this
+    assert not any(line.rstrip().endswith("INFO: stopped") for line in mb.lines), mb.log

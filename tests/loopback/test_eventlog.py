@@ -15,20 +15,8 @@ from massboot.dhcp.packet import MessageType, Opt, ip_bytes
 from massboot.eventlog import EventLog
 from massboot.events import EventRecorder
 from tests.loopback.dhcpclient import pxe_options
+from tests.loopback.outcomelog import lines, one_line_per_event
 from tests.loopback.test_dhcp_server import MAC1, MAC2, Harness, _wait
-
-
-def lines(caplog: pytest.LogCaptureFixture, logger: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == logger]
-
-
-def one_line_per_event(records: list[logging.LogRecord], recorder: EventRecorder,
-                       prefix: str) -> None:
-    """Every record of the server's logger is an outcome line, in the order of the events."""
-    stray = [r.getMessage() for r in records if not hasattr(r, "event")]
-    assert not stray, f"lines not written from an event: {stray}"
-    kinds = [e.kind for e in recorder.events if e.kind.startswith(prefix)]
-    assert [r.event for r in records] == kinds   # type: ignore[attr-defined]
 
 
 def _dhcp_session(caplog: pytest.LogCaptureFixture) -> tuple[list[logging.LogRecord], EventRecorder]:

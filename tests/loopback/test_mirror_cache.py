@@ -1,5 +1,6 @@
 """The remote-root cache against a real HTTP mirror on 127.0.0.1: single flight, failures,
-revalidation, eviction, a dead mirror, prefetch."""
+revalidation, eviction, a dead mirror, prefetch; a misbehaving mirror (tests/mirror.py) and a
+failing cache disk, seen by a TFTP client."""
 
 from __future__ import annotations
 
@@ -7,89 +8,26 @@ import hashlib
 import os
 import random
 import socket
+import subprocess
 import time
 
 import gevent
 import gevent.event
 import pytest
 import requests
-from gevent.server import StreamServer
+from prometheus_client import CollectorRegistry
 
+from massboot.config import MetricsConfig
 from massboot.events import EventBus, EventRecorder
 from massboot.files import FileError, FileReason, FileStore
+from massboot.metrics import Metrics
+from massboot.tftp.packet import Data, Error, OptionAck
+from massboot.tftp.server import TftpServer
+from tests.conftest import require, require_root
+from tests.loopback.test_tftp_server import Client
+from tests.mirror import Mirror
 
 IP = "127.0.0.5"
-
-
-class Mirror:
-    """A tiny HTTP/1.1 server (one request per connection) with knobs for misbehaving.
-
-    Attributes:
-        files: path → body.
-        requests: (path, lower-cased headers) of every request seen.
-        hold_headers: when set to an unset Event, the answer waits for it before any byte.
-        hold_at / gate: after sending ``hold_at`` body bytes, wait for ``gate``.
-        cut_at: close the connection after this many body bytes (Content-Length says more).
-    """
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.requests: list[tuple[str, dict[str, str]]] = []
-        self.hold_headers: gevent.event.Event | None = None
-        self.hold_at: int | None = None
-        self.gate = gevent.event.Event()
-        self.cut_at: int | None = None
-        self.server = StreamServer(("127.0.0.1", 0), self._handle)
-        self.server.start()
-        self.root = f"http://127.0.0.1:{self.server.server_port}/netboot"
-
-    def gets(self, name: str) -> list[dict[str, str]]:
-        return [h for p, h in self.requests if p == "/netboot/" + name]
-
-    @staticmethod
-    def etag(body: bytes) -> str:
-        return '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
-
-    def _handle(self, sock: socket.socket, _addr) -> None:
-        f = sock.makefile("rb")
-        line = f.readline().decode("latin-1")
-        if not line:
-            return
-        path = line.split()[1]
-        headers = {}
-        while (h := f.readline().decode("latin-1").strip()):
-            k, _, v = h.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        self.requests.append((path, headers))
-        if self.hold_headers is not None:
-            self.hold_headers.wait()
-        body = self.files.get(path.removeprefix("/netboot/"))
-        if body is None:
-            sock.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            return
-        etag = self.etag(body)
-        if headers.get("if-none-match") == etag:
-            sock.sendall(f"HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n".encode())
-            return
-        sock.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nETag: {etag}\r\n"
-                     "Last-Modified: Mon, 01 Jan 2024 00:00:00 GMT\r\nConnection: close\r\n\r\n".encode())
-        sent = 0
-        step = 64 << 10
-        while sent < len(body):
-            if self.hold_at is not None and sent >= self.hold_at:
-                self.gate.wait()
-            if self.cut_at is not None and sent >= self.cut_at:
-                return                      # StreamServer closes the connection: cut short
-            piece = body[sent:sent + step]
-            try:
-                sock.sendall(piece)
-            except OSError:                 # the client went away
-                return
-            sent += len(piece)
-
-    def stop(self) -> None:
-        self.gate.set()
-        self.server.stop(timeout=1)
 
 
 @pytest.fixture
@@ -435,3 +373,309 @@ def test_upstream_404_is_remembered_for_a_while(mirror, make_store):
     mirror.files["pxelinux.cfg/01-52-54-00-12-34-56"] = b"default local\n"
     time.sleep(0.6)                                    # the 404 is believed for revalidate_after
     assert drain(store.open("pxelinux.cfg/01-52-54-00-12-34-56", IP)) == b"default local\n"
+
+
+# ----------------------------------------------------------------------- a misbehaving mirror
+#
+# Each test fetches through massboot's TFTP server and checks what the client got (the sha256 of
+# the file, or the TFTP error) and the reason the events and metrics give.
+
+
+class Served:
+    """massboot's TFTP side on a mirror root: the file store, the TFTP server, the metrics."""
+
+    def __init__(self, root: str, cache_dir: str, http_timeout: float) -> None:
+        self.bus = EventBus()
+        self.events = EventRecorder()
+        self.bus.subscribe(self.events)
+        self.store = FileStore(root, cache_dir=cache_dir, http_timeout=http_timeout, events=self.bus,
+                               session=requests.Session())
+        self.tftp = TftpServer("127.0.0.1", 0, self.store, self.bus, timeout_min=0.5, timeout_max=2.0)
+        self.tftp.start()
+        self.metrics = Metrics(MetricsConfig(port=0), self.bus, registry=CollectorRegistry(),
+                               tftp=self.tftp, cache=self.store)
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    def get(self, name: str) -> tuple[bytes, Error | None, int | None]:
+        """A lock-step TFTP download (blksize 1428, tsize asked): (bytes, ERROR or None, tsize)."""
+        client = Client(self.tftp.port)
+        try:
+            client.rrq(name, blksize=1428, tsize=0)
+            packet = client.recv_from_tid()
+            tsize = None
+            if isinstance(packet, OptionAck):
+                tsize = int(packet.options["tsize"]) if "tsize" in packet.options else None
+                client.ack(0)
+                packet = client.recv_from_tid()
+            received = bytearray()
+            expected = 1
+            while True:
+                if isinstance(packet, Error):
+                    return bytes(received), packet, tsize
+                assert isinstance(packet, Data), packet
+                if packet.block == expected % 65536:
+                    received += packet.payload
+                    expected += 1
+                    client.ack(packet.block)
+                    if len(packet.payload) < 1428:
+                        return bytes(received), None, tsize
+                packet = client.recv_from_tid()
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        self.tftp.stop(timeout=0)
+        self.store.close()
+
+
+@pytest.fixture
+def serve(tmp_path):
+    made = []
+
+    def make(root: str, cache_dir: str | None = None, http_timeout: float = 5.0) -> Served:
+        served = Served(root, cache_dir or str(tmp_path / "cache"), http_timeout)
+        made.append(served)
+        return served
+
+    yield make
+    for served in made:
+        served.close()
+
+
+BODY = random.Random(16).randbytes(700_000)
+
+
+def release_when_started(mirror: Mirror, served: Served) -> None:
+    """Hold the body after 64 KiB until the transfer has started: a failure further on then
+    happens mid-transfer (ERROR after DATA, ``tftp.fail``), never before the file is open."""
+    mirror.hold_at = 64 << 10
+
+    def release() -> None:
+        wait_until(lambda: served.events.of("tftp.start"))
+        mirror.hold_at = None
+        mirror.gate.set()
+
+    gevent.spawn(release)
+
+
+@pytest.mark.parametrize("framing", ["chunked", "close"])
+def test_chunked_or_close_delimited_body_is_served_and_cached(mirror, serve, framing):
+    """Transfer-Encoding: chunked, or no length at all (the body ends at the close): both are
+    whole files (RFC 9112 section 6.3); the size is unknown until the end, so no tsize at first."""
+    mirror.files["vmlinuz"] = BODY
+    mirror.framing = framing
+    served = serve(mirror.root)
+    data, error, tsize = served.get("vmlinuz")
+    assert error is None and sha(data) == sha(BODY) and tsize is None
+    wait_until(lambda: served.store.cached_files == 1)
+    data, error, tsize = served.get("vmlinuz")                  # from the cache: size known now
+    assert error is None and sha(data) == sha(BODY) and tsize == len(BODY)
+    assert len(mirror.gets("vmlinuz")) == 1
+    assert served.value("massboot_cache_hits_total") == 1 and served.value("massboot_cache_misses_total") == 1
+    wait_until(lambda: served.value("massboot_tftp_transfers_completed_total") == 2)   # the last ACK
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_gzip_content_encoding_is_refused(mirror, serve, framing):
+    """massboot asks for identity; a mirror that gzips anyway is refused, never guessed at: the
+    gzip could be the file compressed in transit or a .gz file labelled with its encoding."""
+    mirror.files["initrd.img"] = BODY
+    mirror.gzip = True
+    mirror.framing = framing
+    served = serve(mirror.root)
+    data, error, _ = served.get("initrd.img")
+    assert data == b"" and error is not None and error.code == 0
+    assert "the mirror sent Content-Encoding gzip, asked for identity" in error.message
+    assert mirror.gets("initrd.img")[0]["accept-encoding"] == "identity"
+    assert [e.get("reason") for e in served.events.of("tftp.denied")] == ["error"]
+    assert served.value("massboot_cache_upstream_failures_total", reason="error") == 1
+    assert served.value("massboot_tftp_requests_denied_total", reason="error") == 1
+    assert served.store.cached_files == 0
+    mirror.gzip = False                                           # the mirror is fixed
+    data, error, _ = served.get("initrd.img")
+    assert error is None and sha(data) == sha(BODY)
+
+
+@pytest.mark.parametrize(("status", "code", "text", "reason"), [
+    (403, 2, "Access violation", "access"),
+    (503, 0, "failed: HTTP 503", "error"),
+])
+def test_error_status_becomes_a_tftp_error(mirror, serve, status, code, text, reason):
+    mirror.files["pxelinux.0"] = BODY
+    mirror.status["pxelinux.0"] = status
+    served = serve(mirror.root)
+    data, error, _ = served.get("pxelinux.0")
+    assert data == b"" and error is not None and error.code == code and text in error.message
+    assert [e.get("reason") for e in served.events.of("tftp.denied")] == [reason]
+    assert served.value("massboot_cache_upstream_failures_total", reason="error") == 1
+    assert served.value("massboot_tftp_requests_denied_total", reason=reason) == 1
+    assert served.store.cached_files == 0
+    del mirror.status["pxelinux.0"]                              # an error is not remembered
+    data, error, _ = served.get("pxelinux.0")
+    assert error is None and sha(data) == sha(BODY)
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_body_cut_short_fails_the_transfer_and_is_not_cached(mirror, serve, tmp_path, framing):
+    """Content-Length says more, or the last chunk never comes: the client gets ERROR 0 after
+    the bytes that did come, and nothing is kept."""
+    mirror.files["vmlinuz"] = BODY
+    mirror.framing = framing
+    mirror.cut_at = 300_000
+    served = serve(mirror.root)
+    release_when_started(mirror, served)
+    data, error, _ = served.get("vmlinuz")
+    assert error is not None and error.code == 0 and "connection broken" in error.message
+    assert len(data) < 300_000 and BODY.startswith(data)
+    wait_until(lambda: served.events.of("tftp.fail"))             # reported after the ERROR is sent
+    assert [e.get("reason") for e in served.events.of("tftp.fail")] == ["read_error"]
+    assert served.value("massboot_tftp_transfers_failed_total", reason="read_error") == 1
+    assert served.value("massboot_cache_upstream_failures_total", reason="error") == 1
+    wait_until(lambda: cache_files(served.store, tmp_path) == [])
+    mirror.cut_at = None
+    data, error, _ = served.get("vmlinuz")
+    assert error is None and sha(data) == sha(BODY) and len(mirror.gets("vmlinuz")) == 2
+
+
+def test_stall_mid_body_fails_within_http_timeout(mirror, serve, tmp_path):
+    """The mirror stops sending mid-body and keeps the connection open: an error after about
+    http_timeout, never a hang, never a cached copy."""
+    mirror.files["initrd.img"] = BODY
+    mirror.hold_at = 300_000                   # the gate stays closed until the mirror is "fixed"
+    served = serve(mirror.root, http_timeout=1.0)
+    started = time.monotonic()
+    data, error, tsize = served.get("initrd.img")
+    elapsed = time.monotonic() - started
+    assert error is not None and error.code == 0 and "timed out" in error.message
+    assert tsize == len(BODY) and len(data) <= 300_000 and BODY.startswith(data)
+    assert elapsed < 8, f"{elapsed:.1f} s for a 1 s http_timeout"  # about 1 s; a hang would be 5+
+    wait_until(lambda: served.events.of("tftp.fail"))             # reported after the ERROR is sent
+    assert [e.get("reason") for e in served.events.of("tftp.fail")] == ["read_error"]
+    assert served.value("massboot_cache_upstream_failures_total", reason="error") == 1
+    assert served.store.cached_files == 0
+    wait_until(lambda: cache_files(served.store, tmp_path) == [])
+    mirror.hold_at = None
+    data, error, _ = served.get("initrd.img")
+    assert error is None and sha(data) == sha(BODY)
+
+
+def test_slow_but_steady_drip_succeeds(mirror, serve):
+    """16 KiB every 0.1 s: the whole body takes longer than http_timeout, no gap does."""
+    mirror.files["initrd.img"] = BODY[:400_000]
+    mirror.drip = (16 << 10, 0.1)
+    served = serve(mirror.root, http_timeout=1.0)
+    started = time.monotonic()
+    data, error, _ = served.get("initrd.img")
+    assert error is None and sha(data) == sha(BODY[:400_000])
+    assert time.monotonic() - started > 1.0          # longer than http_timeout in all
+    wait_until(lambda: served.store.cached_files == 1)
+    assert served.value("massboot_cache_upstream_failures_total", reason="error") == 0
+
+
+# ----------------------------------------------------------------------- a failing cache disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs for the cache directory (root only: mount)."""
+    require_root()
+    path = tmp_path / "small"
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    require(mounted.returncode == 0, f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def open_in(directory) -> list[str]:
+    """This process's open file descriptors that point into *directory*."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(directory)):
+            found.append(target)
+    return found
+
+
+def test_cache_disk_full_fails_cleanly_and_recovers(mirror, serve, small_disk):
+    mirror.files["big"] = BODY                    # 700 KB into 256 KiB: ENOSPC mid-download
+    mirror.files["small"] = BODY[:100_000]
+    served = serve(mirror.root, cache_dir=str(small_disk / "cache"))
+    release_when_started(mirror, served)
+    data, error, _ = served.get("big")
+    assert error is not None and error.code == 0 and "No space left on device" in error.message
+    assert BODY.startswith(data)
+    wait_until(lambda: served.events.of("tftp.fail"))             # reported after the ERROR is sent
+    assert [e.get("reason") for e in served.events.of("tftp.fail")] == ["read_error"]
+    assert served.value("massboot_cache_upstream_failures_total", reason="error") == 1
+    wait_until(lambda: os.listdir(small_disk / "cache") == [])   # the partial file is removed
+    assert open_in(small_disk) == []                               # and its descriptor closed
+    data, error, _ = served.get("small")                           # what fits is still served
+    assert error is None and sha(data) == sha(BODY[:100_000])
+    wait_until(lambda: served.store.cached_files == 1)
+
+
+def test_read_only_cache_dir_is_a_clear_error(mirror, serve, small_disk):
+    mirror.files["vmlinuz"] = BODY
+    (small_disk / "cache").mkdir()
+    remount = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True, text=True)
+    require(remount.returncode == 0, f"cannot remount read-only: {remount.stderr.strip()}")
+    served = serve(mirror.root, cache_dir=str(small_disk / "cache"))
+    data, error, _ = served.get("vmlinuz")
+    assert data == b"" and error is not None and error.code == 0
+    assert "Read-only file system" in error.message
+    assert [e.get("reason") for e in served.events.of("tftp.denied")] == ["error"]
+    assert served.value("massboot_cache_upstream_failures_total", reason="error") == 1
+    assert served.store.cached_files == 0
+
+
+# ----------------------------------------------------------------------- a corrupt cached copy
+
+
+def cached_path(tmp_path, kind: str):
+    (name,) = [n for n in os.listdir(tmp_path / "cache") if n.endswith("." + kind)]
+    return tmp_path / "cache" / name
+
+
+@pytest.mark.parametrize("damage", ["truncate data", "delete data"])
+def test_damaged_copy_while_running_is_fetched_again(mirror, serve, tmp_path, damage):
+    mirror.files["vmlinuz"] = BODY
+    served = serve(mirror.root)
+    assert sha(served.get("vmlinuz")[0]) == sha(BODY)
+    wait_until(lambda: served.store.cached_files == 1)
+    data_file = cached_path(tmp_path, "data")
+    if damage == "truncate data":
+        os.truncate(data_file, 123_456)
+    else:
+        data_file.unlink()
+    data, error, tsize = served.get("vmlinuz")
+    assert error is None and sha(data) == sha(BODY) and tsize == len(BODY)   # never the short copy
+    assert len(mirror.gets("vmlinuz")) == 2
+    assert served.value("massboot_cache_misses_total") == 2
+    wait_until(lambda: served.store.cached_files == 1 and served.store.cached_bytes == len(BODY))
+
+
+@pytest.mark.parametrize("damage", ["truncate data", "bad json", "empty json"])
+def test_damaged_copy_at_restart_is_fetched_again(mirror, serve, tmp_path, damage):
+    mirror.files["vmlinuz"] = BODY
+    first = serve(mirror.root)
+    assert sha(first.get("vmlinuz")[0]) == sha(BODY)
+    wait_until(lambda: first.store.cached_files == 1)
+    first.close()
+    if damage == "truncate data":
+        os.truncate(cached_path(tmp_path, "data"), 1000)
+    else:
+        cached_path(tmp_path, "json").write_text("{not json" if damage == "bad json" else "")
+    restarted = serve(mirror.root)
+    assert restarted.store.cached_files == 0                          # the damaged copy is dropped
+    data, error, _ = restarted.get("vmlinuz")
+    assert error is None and sha(data) == sha(BODY)
+    assert len(mirror.gets("vmlinuz")) == 2 and restarted.value("massboot_cache_misses_total") == 1

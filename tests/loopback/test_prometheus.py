@@ -7,10 +7,16 @@ then evaluates through ``/api/v1/query`` every PromQL expression of
 ``deploy/grafana-dashboard.json`` and of the alert rules (as loaded by Prometheus, read back
 from ``/api/v1/rules``). Each must succeed and return at least one sample. Alert expressions
 are ``value > threshold``: the value alone must return data; the full expression must be
-valid, and must fire for the conditions this rack creates (stalled clients, a full pool,
-pool exhaustion, a failing ACL server). Grafana's variables are replaced by what Grafana
-would send: ``$__rate_interval`` → ``1m``, ``$__range`` → ``10m``, ``$instance`` → ``.+``
-(the "All" value).
+valid. Grafana's variables are replaced by what Grafana would send: ``$__rate_interval`` →
+``1m``, ``$__range`` → ``10m``, ``$instance`` → ``.+`` (the "All" value).
+
+The alerts' state is Prometheus' own, read from ``/api/v1/alerts``: for the conditions this
+rack creates (stalled clients, a full pool, pool exhaustion, a failing ACL server) the
+matching alerts must become active from Prometheus' rule evaluation. An alert without
+``for:`` must be ``firing``; one with ``for: 1m`` or more is ``pending`` during this test
+(it fires only after its condition held that long, which the test does not wait for), so
+what is checked for it is that the condition holds in the rule evaluation and the ``for``
+clock started. ``MassbootDown`` must not be active at all.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +66,15 @@ def dashboard_expressions() -> list[tuple[str, str]]:
         for target in panel.get("targets", []):
             found.append((panel["title"], target["expr"]))
     return found
+
+
+def rfc3339(stamp: str) -> float:
+    """Prometheus' ``activeAt`` (nanoseconds, ``Z``) as a Unix time."""
+    match = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", stamp)
+    assert match is not None, stamp
+    base, fraction, zone = match.groups()
+    when = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
+    return when.timestamp() + float("0." + (fraction or "0"))
 
 
 def grafana_to_promql(expr: str) -> str:
@@ -241,16 +258,33 @@ def test_prometheus_evaluates_every_dashboard_and_alert_expression(prometheus_ra
     rules = {rule["name"]: rule["query"] for group in groups for rule in group["rules"]}
     shipped = set(re.findall(r"(?m)^\s*- alert:\s*(\w+)", (DEPLOY / "alerts.yml").read_text()))
     assert set(rules) == shipped and len(shipped) >= 6
-    firing = set()
     for name, query in rules.items():
         match = THRESHOLD.fullmatch(query.strip())
         assert match is not None, f"{name}: not 'value <op> threshold': {query}"
         evaluate(f"alert {name} (value)", match.group("value"))
-        if evaluate(f"alert {name}", query, need_data=False):
-            firing.add(name)
+        evaluate(f"alert {name}", query, need_data=False)
     assert not failures, "\n".join(failures)
-    assert firing >= FIRING, f"expected to fire: {sorted(FIRING - firing)}"
-    assert "MassbootDown" not in firing
+
+    # the alerts' real state, from Prometheus' rule evaluation
+    holds = {rule["name"]: rule.get("duration", 0) for group in groups for rule in group["rules"]}
+
+    def states() -> dict[str, tuple[str, float]]:
+        """alert name → (state, seconds since it became active), one label set each."""
+        alerts = requests.get(prom.url + "/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+        now = time.time()
+        return {a["labels"]["alertname"]: (a["state"], now - rfc3339(a["activeAt"])) for a in alerts}
+
+    wait_for(lambda: FIRING <= set(states()), timeout=30, what=f"alerts {sorted(FIRING)} active")
+    active = states()
+    for name in FIRING:
+        state, age = active[name]
+        if holds[name] == 0:
+            assert state == "firing", f"{name} (no for:) is {state}"
+        elif age < holds[name]:      # its for: has not elapsed: Prometheus must hold it back
+            assert state == "pending", f"{name} (for: {holds[name]} s) is {state} after {age:.0f} s"
+        elif age > holds[name] + 5:  # long enough for a few 1 s rule evaluations
+            assert state == "firing", f"{name} (for: {holds[name]} s) is {state} after {age:.0f} s"
+    assert "MassbootDown" not in active
 
     # the numbers Prometheus holds are the exporter's
     assert prom.scalar("massboot_tftp_transfers_completed_total") == rack.value(

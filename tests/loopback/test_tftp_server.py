@@ -9,6 +9,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import gevent
 import pytest
@@ -30,7 +31,7 @@ from massboot.tftp.packet import (
 )
 from massboot.tftp.server import TftpServer
 from massboot.tftp.transfer import WouldBlock
-from tests.loopback.test_eventlog import lines, one_line_per_event
+from tests.loopback.outcomelog import lines, one_line_per_event
 
 HOST = "127.0.0.1"
 WAIT = 5.0  # upper bound for anything the server should do "at once"
@@ -138,6 +139,29 @@ def wait_for(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
         gevent.sleep(0.002)
 
 
+def nothing_pending(sock: socket.socket, timeout: float) -> bool:
+    """No datagram waits on *sock* (a non-blocking read); *timeout* is set again afterwards."""
+    sock.setblocking(False)
+    try:
+        sock.recvfrom(65536)
+    except BlockingIOError:
+        return True
+    finally:
+        sock.settimeout(timeout)
+    return False
+
+
+def udp_receive_queue(port: int) -> int:
+    """Bytes queued in the kernel for the IPv4 UDP socket bound to *port* (/proc/net/udp)."""
+    with open("/proc/net/udp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port:
+                return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"no UDP socket on port {port}")
+
+
 class Client:
     """A scripted TFTP client on a plain UDP socket."""
 
@@ -174,15 +198,18 @@ class Client:
         assert self.tid is not None
         self.send_raw(Ack(block % 65536).encode(), self.tid)
 
+    def probe_listener(self) -> None:
+        """A WRQ answered by the listener: the listener handles datagrams in order, so every
+        request sent before it has been read and dispatched (and any transfer it started has
+        run up to its first send) once the answer is here."""
+        self.send_raw(Request(Opcode.WRQ, "probe", "octet", {}).encode())
+        reply, peer = self.recv()
+        while peer == self.tid:  # a late resend of the known transfer's last DATA: not new
+            reply, peer = self.recv()
+        assert peer == self.server and reply == Error(ErrorCode.ACCESS_VIOLATION, "Access violation")
+
     def nothing_pending(self) -> bool:
-        self.sock.setblocking(False)
-        try:
-            self.sock.recvfrom(65536)
-        except BlockingIOError:
-            return True
-        finally:
-            self.sock.settimeout(WAIT)
-        return False
+        return nothing_pending(self.sock, WAIT)
 
     def download(self, name: str, *, windowsize: int = 1, **options: object) -> bytes:
         """Lock-step (or RFC 7440 windowed) download; returns the content."""
@@ -322,10 +349,14 @@ def test_stranger_gets_error_5_and_the_transfer_goes_on(served, client_factory) 
     reply, peer = stranger.recv()
     assert reply == Error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID") and peer == client.tid
     client.ack(1)
+    expected = 2
     while True:
         packet = client.recv_from_tid()
         assert isinstance(packet, Data)
+        if packet.block != expected:  # a resend of what the stranger's exchange delayed
+            continue
         received += packet.payload
+        expected += 1
         client.ack(packet.block)
         if len(packet.payload) < 1024:
             break
@@ -346,6 +377,7 @@ def test_duplicate_rrq_starts_one_transfer(served, client_factory) -> None:
     assert client.recv_from_tid() == Data(2, FILES["f513"][512:])
     client.ack(2)
     wait_for(lambda: len(recorder.of("tftp.done")) == 1)
+    client.probe_listener()  # the two duplicates were read before this: no outcome is pending
     assert len(recorder.of("tftp.start")) == 1
     assert store.opened == [("f513", HOST)]
     assert client.nothing_pending()
@@ -532,10 +564,13 @@ def test_full_pool_holds_requests_in_the_kernel_queue(make_server, client_factor
     first.rrq("f1m")
     assert isinstance(first.recv_from_tid(), Data)
     second.rrq("f513")
-    first.ack(1)
-    assert isinstance(first.recv_from_tid(), Data)  # yields plenty to the server meanwhile
+    for block in (1, 2):
+        first.ack(block)
+        assert isinstance(first.recv_from_tid(), Data)  # yields plenty to the server meanwhile
     assert len(recorder.of("tftp.start")) == 1 and server.active == 1
     assert second.nothing_pending()
+    # not merely late: the RRQ is still in the listener's kernel queue, unread
+    assert udp_receive_queue(server.port) > 0
     first.send_raw(Error(0, "enough").encode(), first.tid)
     packet = second.recv_from_tid()
     assert packet == Data(1, FILES["f513"][:512])
@@ -555,16 +590,49 @@ def test_stop_aborts_running_transfers(make_server, client_factory) -> None:
     assert server.active == 0
 
 
+def test_persistent_receive_error_ends_the_listener(make_server, client_factory, monkeypatch) -> None:
+    """A receive error that keeps coming back is a dead listener (the CLI exits 1, README
+    Command line), not an endless loop of warnings."""
+    import errno
+
+    import gevent.socket as gsocket
+
+    import massboot.tftp.server as tftp_server
+
+    class FailingSocket(gsocket.socket):
+        failing = False
+
+        def recvfrom(self, *args):  # type: ignore[no-untyped-def, override]
+            if FailingSocket.failing:
+                raise OSError(errno.ENOBUFS, "No buffer space available")
+            data, address = super().recvfrom(*args)
+            if data == b"FAIL":
+                FailingSocket.failing = True
+            return data, address
+
+    monkeypatch.setattr(tftp_server, "gsocket", SimpleNamespace(**{
+        **{name: getattr(gsocket, name) for name in dir(gsocket) if name.isupper()},
+        "socket": FailingSocket}))
+    server, _, _ = make_server()
+    client_factory(server.port).send_raw(b"FAIL")
+    wait_for(lambda: not server.alive)
+    assert server.error == "receive failed: [Errno 105] No buffer space available (100 times in a row)"
+
+
 def test_netascii_mode(served, client_factory) -> None:
     server, store, _ = served
     store.files = dict(FILES, text=b"a\nb\r\nc\r" * 300)
     client = client_factory(server.port)
     client.rrq("text", "netascii")
     received = bytearray()
+    expected = 1
     while True:
         packet = client.recv_from_tid()
         assert isinstance(packet, Data)
+        if packet.block != expected:  # a resend (10 ms timeouts on a busy machine): seen already
+            continue
         received += packet.payload
+        expected += 1
         client.ack(packet.block)
         if len(packet.payload) < 512:
             break
@@ -599,7 +667,10 @@ class NowaitSource(MemSource):
 @pytest.mark.parametrize("windowsize", [1, 8])
 def test_reads_that_would_block_go_through_the_greenlet(make_server, client_factory,
                                                         windowsize: int) -> None:
-    server, store, recorder = make_server()
+    # A read that would block must be done by the transfer's greenlet at once, never wait for a
+    # resend timer. A 1 s floor on the resend timeout keeps a busy machine's scheduling delays
+    # from causing resends, so any resend below means the stalled transfer waited for its timer.
+    server, store, recorder = make_server(timeout_min=1.0, timeout_max=1.0)
     sources: list[NowaitSource] = []
 
     def open_nowait(name: str, client_ip: str) -> NowaitSource:
@@ -615,6 +686,35 @@ def test_reads_that_would_block_go_through_the_greenlet(make_server, client_fact
     (source,) = sources
     assert source.nowait_calls > 300 and 20 < len(source.waited) < 200
     assert recorder.of("tftp.done")[0].get("retransmits") == 0
+
+
+class FailingNowaitSource(NowaitSource):
+    """Reads without waiting until *fail_at*, then fails there (a mirror cut mid-file)."""
+
+    def __init__(self, data: bytes, fail_at: int) -> None:
+        super().__init__(data, every=1 << 30)
+        self.fail_at = fail_at
+
+    def read_nowait(self, offset: int, length: int) -> memoryview:
+        if offset + length > self.fail_at:
+            raise FileError(0, "upstream download failed")
+        return super().read_nowait(offset, length)
+
+
+def test_read_error_in_the_event_loop_path_ends_the_transfer(make_server, client_factory) -> None:
+    """A read error met by the ACK callback sends ERROR and ends the transfer at once: the
+    greenlet is woken, the outcome reported and the pool slot freed (no resend timer needed)."""
+    server, store, recorder = make_server(timeout_min=5.0, timeout_max=5.0)
+    store.open = lambda name, ip: FailingNowaitSource(FILES[name], 10 * 512)  # type: ignore[method-assign]
+    client = client_factory(server.port)
+    client.rrq("f1m")
+    for block in range(1, 11):
+        assert client.recv_from_tid() == Data(block, FILES["f1m"][(block - 1) * 512:block * 512])
+        client.ack(block)
+    assert client.recv_from_tid() == Error(0, "upstream download failed")
+    wait_for(lambda: len(recorder.of("tftp.fail")) == 1)     # within WAIT, well before a resend
+    assert recorder.of("tftp.fail")[0].get("reason") == "read_error"
+    assert server.active == 0
 
 
 def test_local_files_through_the_file_store(client_factory, tmp_path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 
 from massboot import netif
 from massboot.netif import LocalNetwork, NetworkDetectError, detect, find_network
+from tests.conftest import require, require_root, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,8 +42,7 @@ def test_loopback_is_listed() -> None:
 
 
 def test_netlink_matches_ip_command() -> None:
-    if shutil.which("ip") is None:
-        pytest.skip("ip is not installed")
+    require_tool("ip")
     done = subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True, check=True)
     expected = [
         (link["ifname"], info["local"], info["prefixlen"])
@@ -147,11 +146,11 @@ def test_detect_on_this_host() -> None:
 
 @pytest.fixture
 def netns():
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 for a network namespace")
+    require_root()
+    require_tool("ip")
     name = f"mbnetif{os.getpid()}"
-    if subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode != 0:
-        pytest.skip("cannot create a network namespace here")
+    added = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    require(added.returncode == 0, f"cannot create a network namespace here: {added.stderr.strip()}")
     try:
         yield name
     finally:
