@@ -362,8 +362,8 @@ class _IndexedLeaseStore(LeaseStore):
             assert lease is not None
             self._save_lease(lease)
             log.debug("lease offered mac=%s ip=%s static=%s", mac, lease.ip, lease.static)
-        elif lease is None:
-            log.warning("lease pool exhausted mac=%s", mac)
+        elif lease is None:   # the exchange's dhcp.exhausted is the WARNING line (eventlog)
+            log.debug("lease pool exhausted mac=%s", mac)
         return lease
 
     def commit(self, mac: str, ip: str, *, lease_time: int, uuid: str | None = None) -> Lease:
@@ -382,8 +382,8 @@ class _IndexedLeaseStore(LeaseStore):
             assert lease is not None
             self._save_lease(lease)       # the bound row supersedes the offer: one write
             log.debug("lease %s mac=%s ip=%s", "bound" if bound else "offered", mac, lease.ip)
-        elif lease is None:
-            log.warning("lease pool exhausted mac=%s", mac)
+        elif lease is None:   # the exchange's dhcp.exhausted is the WARNING line (eventlog)
+            log.debug("lease pool exhausted mac=%s", mac)
         return Binding(lease, bound)
 
     def release(self, mac: str, ip: str | None = None) -> Lease | None:
@@ -408,7 +408,7 @@ class _IndexedLeaseStore(LeaseStore):
             return ip
         self._counts_cache = None
         self._save_decline(mac, ip, dropped)
-        log.info("address declined mac=%s ip=%s: set aside", mac, ip)
+        log.debug("address declined mac=%s ip=%s: set aside", mac, ip)   # dhcp.declined: the WARNING
         return ip
 
     def counts(self) -> tuple[int, int]:
