@@ -430,7 +430,7 @@ METRICS = Section("metrics", (
 MASSBOOT = Section("massboot", (
     Option("state_dir", parse_text, None,
            "the state directory: the lease database, the remote-file cache and the admin socket "
-           "(``admin.sock``, README \"Operator commands\") live here; relative to the config "
+           "(``admin.sock``, see \"Operator commands\") live here; relative to the config "
            "directory; ``--state-dir`` overrides it", default_doc="the config directory"),
     Option("user", parse_text, None,
            "started as root, run as this user (and its group) once the ports are bound and the "
