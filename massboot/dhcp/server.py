@@ -264,6 +264,7 @@ class DhcpServer:
             ifindex: the interface it arrived on (0: unknown), for limited broadcasts.
         """
         request = classify(packet, source)
+        http_acl = self.http_acl      # the settings and the ACL of one reload (apply) together
         exchange = Exchange(self.settings, request, self.clients.get(request.mac),
                             select_scope(packet, self.main, self.scopes))
         try:
@@ -272,8 +273,8 @@ class DhcpServer:
                 self.clients.setdefault(request.mac, exchange.client)
             if isinstance(step, AclQuery):
                 self._emit(step.events)
-                assert self.http_acl is not None
-                result = self.http_acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
+                assert http_acl is not None
+                result = http_acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
                 step = exchange.on_acl(result)
         except Exception:
             self._emit(exchange.take_events())    # what happened before the failure
