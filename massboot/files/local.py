@@ -64,14 +64,18 @@ def _inside(path: str, root: str) -> bool:
         return False
 
 
-def _lookup(paths: tuple[str, ...], confine: str | None, open_it: bool) -> tuple[int | None, int]:
+Confine = str | tuple[str, ...] | None
+
+
+def _lookup(paths: tuple[str, ...], confine: Confine, open_it: bool) -> tuple[int | None, int]:
     """Find the first regular file among *paths*; return ``(fd or None, size)``. Blocking.
 
-    With *confine*, a path whose real path leaves that directory is refused (ACCESS): a
-    symlink may point anywhere inside the root but never out of it.
+    With *confine* (one directory, or one per path), a path whose real path leaves that
+    directory is refused (ACCESS): a symlink may point anywhere inside the root but never out.
     """
     not_file = False
-    for path in paths:
+    confines = confine if isinstance(confine, tuple) else (confine,) * len(paths)
+    for path, confine in zip(paths, confines, strict=True):
         if confine is not None:
             path = os.path.realpath(path)
             if not _inside(path, confine):
@@ -173,13 +177,13 @@ class LocalFiles:
         self.nowait = bool(_RWF_NOWAIT) and hasattr(os, "preadv")
         self._sizes: dict[tuple[Any, ...], tuple[int, float]] = {}   # sizes for option 13
 
-    def open(self, paths: tuple[str, ...], confine: str | None) -> BufferedSource:
+    def open(self, paths: tuple[str, ...], confine: Confine) -> BufferedSource:
         """Open the first regular file among *paths*; raise FileError."""
         fd, size = blocking(_lookup, paths, confine, True)
         assert fd is not None
         return BufferedSource(self, Fd(fd), size)
 
-    def size(self, paths: tuple[str, ...], confine: str | None) -> int:
+    def size(self, paths: tuple[str, ...], confine: Confine) -> int:
         """The size of the file :meth:`open` would open; raise FileError.
 
         Every OFFER and ACK of a rack asks for the same boot file: one ``stat`` through the
