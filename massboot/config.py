@@ -396,11 +396,17 @@ TFTPD = Section("tftpd", (
     Option("pool_size", Int(1, 100000), "1000",
            "*massboot*: transfers served at once; more wait in the kernel queue"),
     Option("rcvbuf", parse_size, "4M", "*massboot*: receive buffer of the TFTP listener"),
-    Option("cache_dir", parse_text, None, "*massboot*: where remote files are cached",
-           default_doc="a temp directory"),
+    Option("cache_dir", parse_text, None,
+           "*massboot*: where remote files are cached; created ``0700``, it must belong to "
+           "massboot's user and not be writable by group or others (else exit code 2)",
+           default_doc="``massboot-cache`` in the config directory"),
     Option("cache_size", parse_size, "2048",
-           "*massboot*: cache bound, in MiB or with a suffix (``512M``, ``4G``...); least recently "
-           "used files go first"),
+           "*massboot*: cache bound, in MiB or with a suffix (``512M``, ``4G``...), counting files "
+           "being read and downloads in flight; least recently used files go first, and a "
+           "download that cannot fit waits up to ``http_timeout`` then is refused"),
+    Option("max_downloads", Int(1, 1000), "8",
+           "*massboot*: upstream downloads at once; a request needing one more waits up to "
+           "``http_timeout`` then is refused (error 0)"),
     Option("cache_revalidate", Float(0), "300",
            "*massboot*: seconds after which a cached file is revalidated with the mirror (ETag / "
            "Last-Modified)"),
@@ -544,6 +550,7 @@ class TftpConfig:
     rcvbuf: int = TFTPD.default("rcvbuf")
     cache_dir: str | None = None
     cache_size: int = TFTPD.default("cache_size")        # bytes
+    max_downloads: int = TFTPD.default("max_downloads")
     cache_revalidate: float = TFTPD.default("cache_revalidate")
     http_timeout: float = TFTPD.default("http_timeout")
     filters: tuple[tuple[str, str], ...] = ()            # (pattern, target), checked at load
@@ -778,11 +785,17 @@ def _tftp(r: _Reader, base_dir: str) -> TftpConfig:
     v = TFTPD.read(r)
     if not is_url(v["root"]):
         v["root"] = os.path.normpath(os.path.join(base_dir, v["root"]))
+    # unset: the file store uses default_cache_dir(base_dir), private to massboot
     if v["cache_dir"]:
         v["cache_dir"] = os.path.join(base_dir, v["cache_dir"])
     if v["timeout_min"] > v["timeout"]:
         raise ConfigError(s, "timeout_min", str(v["timeout_min"]), f"larger than timeout = {v['timeout']}")
     return TftpConfig(**v, filters=_filters(r))
+
+
+def default_cache_dir(base: str) -> str:
+    """``[tftpd] cache_dir`` when unset: ``massboot-cache`` under *base* (the config directory)."""
+    return os.path.join(base, "massboot-cache")
 
 
 def filter_target_error(target: str) -> str | None:

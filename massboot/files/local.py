@@ -139,13 +139,19 @@ def _preadv(fd: int, view: memoryview, offset: int) -> int:
 
 
 class Fd:
-    """A file descriptor shared by a download and its readers; closed with the last user."""
+    """A file descriptor shared by a download and its readers; closed with the last user.
 
-    __slots__ = ("fd", "refs")
+    Attributes:
+        on_close: called once after the descriptor is closed (the cache gives back the bytes of
+            an unlinked file then: they are freed on disk only at the last close).
+    """
+
+    __slots__ = ("fd", "refs", "on_close")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.refs = 1
+        self.on_close: Callable[[], None] | None = None
 
     def acquire(self) -> bool:
         """Take one more reference; False once the descriptor is closed."""
@@ -162,6 +168,9 @@ class Fd:
                 os.close(self.fd)
             except OSError:
                 pass
+            on_close, self.on_close = self.on_close, None
+            if on_close is not None:
+                on_close()
 
 
 class LocalFiles:

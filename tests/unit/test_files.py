@@ -507,3 +507,20 @@ def test_resolved_urls_are_normalised_and_quoted(tree, tmp_path):
     with pytest.raises(FileError) as err:
         remote.resolve(".//./", "127.0.0.5")
     assert err.value.reason is FileReason.NOT_FOUND
+
+
+def test_negative_entries_expire_by_age_and_are_never_wiped():
+    """Before: the table of known-missing names was cleared whenever it reached 4,096 names."""
+    from massboot.files.cache import Missing
+
+    now = [0.0]
+    missing = Missing(ttl=30.0, limit=3, clock=lambda: now[0])
+    for i in range(3):
+        missing.add(f"u{i}")
+        now[0] += 1.0
+    missing.add("u3")                       # over the limit: only the oldest goes
+    assert "u0" not in missing and all(f"u{i}" in missing for i in (1, 2, 3)) and len(missing) == 3
+    now[0] = 31.5                           # u1 (added at 1.0) is 30.5 s old: expired by age
+    assert "u1" not in missing and "u2" in missing and "u3" in missing
+    missing.add("u4")                       # expired ones are dropped as new ones come
+    assert len(missing) <= 3 and "u3" in missing
