@@ -194,8 +194,9 @@ def parse_root(section: str, option: str, value: str) -> str:
 
 
 def parse_location(section: str, option: str, value: str) -> str:
-    if "://" in value:
-        raise ConfigError(section, option, value, "host[:port] only, without a scheme")
+    """``host[:port]`` (plain HTTP, pybootd's form) or ``http(s)://host[:port]``."""
+    if "://" in value and not value.strip().startswith(("http://", "https://")):
+        raise ConfigError(section, option, value, "host[:port], or http:// or https://host[:port]")
     return value
 
 
@@ -353,7 +354,8 @@ BOOTPD = Section("bootpd", (
 ))
 
 HTTP = Section("http", (
-    Option("location", parse_location, None, "``host[:port]`` of the ACL web server, no scheme",
+    Option("location", parse_location, None, "``host[:port]`` of the ACL web server (plain HTTP), or "
+           "``https://host[:port]`` (TLS, verified with the CA bundle of requests)",
            missing="host[:port] of the HTTP ACL server"),
     Option("pxe", parse_text, "boot", "path asked for PXE-phase requests"),
     Option("dhcp", parse_text, "linux", "path asked for OS-phase requests"),

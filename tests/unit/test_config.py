@@ -253,3 +253,16 @@ def test_readme_option_tables_are_the_code_tables():
         rows = [line.split()[:2] for line in lines[start + 3:end - 1] if not line.startswith(" ")]
         assert [row[0] for row in rows] == table.names()
     assert ["pool_count", "``10``"] in [line.split()[:2] for line in readme_options.render(cfg.BOOTPD)]
+
+
+@pytest.mark.parametrize(("location", "ok"), [("h:8080", True), ("https://acl.example:8443", True),
+                                              ("http://h", True), ("ftp://h", False)])
+def test_http_location_scheme(location, ok):
+    """``[http] location``: host[:port] (plain HTTP, as pybootd), or an explicit http(s)://."""
+    text = BASE + f"[http]\nlocation = {location}\n[bootpd]\naccess = http\n"
+    if ok:
+        assert cfg.loads(text, path="/x/y.ini").bootp.http.location == location
+    else:
+        with pytest.raises(cfg.ConfigError) as err:
+            cfg.loads(text, path="/x/y.ini")
+        assert err.value.option == "location"
