@@ -889,7 +889,8 @@ def describe(config: Config) -> Iterable[str]:
     yield (f"tftp: listen {t.address or _unset(TFTPD, 'address')}:{t.port}, root {t.root}, "
            f"blocksize {blocksize}")
     if config.remote_root:
-        yield f"tftp: remote cache {t.cache_dir or _unset(TFTPD, 'cache_dir')}, max {t.cache_size >> 20} MiB"
+        yield (f"tftp: remote cache {t.cache_dir or default_cache_dir(config.base_dir)}, "
+               f"max {t.cache_size >> 20} MiB, {t.max_downloads} downloads at once")
     for pattern, target in t.filters:
         yield f"tftp: filter {pattern} -> {target}"
     if config.metrics:

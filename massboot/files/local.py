@@ -115,14 +115,14 @@ def _first_line(paths: tuple[str, ...]) -> str | None:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             continue
         except OSError as exc:
-            log.warning("filter file %s unreadable: %s", path, exc)
+            log.warning("filter file %r unreadable: %s", path[-128:], exc)
             return None
         for line in head.decode("utf-8", "replace").splitlines():
             if line.strip():
                 return line.strip()
-        log.warning("filter file %s has no non-empty line", path)
+        log.warning("filter file %r has no non-empty line", path[-128:])
         return None
-    log.warning("filter file not found: %s", " or ".join(paths))
+    log.warning("filter file not found: %s", " or ".join(repr(p[-128:]) for p in paths))
     return None
 
 

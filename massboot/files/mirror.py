@@ -326,7 +326,7 @@ class Mirror:
         self._events.emit(f"cache.{kind}", url=url, bytes=size)
 
     def _serve_stale(self, entry: Entry, why: str) -> Source | None:
-        log.warning("serving cached %s: revalidation failed (%s)", entry.url, why)
+        log.warning("serving cached %s: revalidation failed (%s)", shown(entry.url), why)
         return self._serve_cached(entry)
 
     def _serve_cached(self, entry: Entry) -> Source | None:
@@ -492,11 +492,12 @@ class Mirror:
     def _store(self, dl: _Download) -> None:
         """File a complete download into the cache (best effort: its readers are served anyway)."""
         entry = self.cache.add(dl.key, dl.token, dl.url, dl.received, dl.etag, dl.last_modified)
+        reserved, dl.reserved = dl.reserved, 0
         if entry is not None:
             self.cache.pin(entry, dl.readers)   # the stream readers now read a cached file
-            # the bytes are the entry's now (counted in the cache's total)
-            reserved, dl.reserved = dl.reserved, 0
-            self.cache.unreserve(reserved)
+            self.cache.unreserve(reserved)      # the bytes are the entry's now (its total)
+        elif dl.fd is not None:                 # not filed, removed: freed at the last close
+            dl.fd.on_close = functools.partial(self.cache.unreserve, reserved)
         dl.stored = entry
         self._events.emit("cache.upstream", url=dl.url, bytes=dl.received, status=200)
         self._finish(dl)
