@@ -295,13 +295,15 @@ class Mirror:
         if dl is not None:
             return dl.stale.size if dl.not_modified and dl.stale is not None else dl.size
         entry = self.cache.get(url)
-        free = self.active < self.max_downloads      # a prefetch never waits for a slot
+        # a prefetch never waits, for a slot or for space
+        full = "downloads" if self.active >= self.max_downloads else (
+            "space" if self.cache.room() <= 0 else None)
         if entry is not None:
-            if entry.fresh_until <= time.time() and free:
+            if entry.fresh_until <= time.time() and full is None:
                 self._start(url, entry)
             return entry.size
-        if not free:
-            self._refuse("downloads", url)
+        if full is not None:
+            self._refuse(full, url)
             return None
         self._start(url, None)
         self.misses += 1

@@ -895,3 +895,23 @@ def test_client_error_text_has_no_url(mirror, serve, caplog, trouble):
     for event in served.events.of("tftp.denied"):
         assert port not in event.get("message")
     assert any(mirror.root in r.getMessage() for r in caplog.records)    # the log keeps it
+
+
+def test_downloads_beyond_max_downloads_wait_then_are_refused(mirror, make_store):
+    """Two slots, two slow but steady downloads: a third request waits http_timeout for a slot
+    then is refused; a size() prefetch never waits; once the slots free, requests proceed."""
+    for name in ("a", "b", "c"):
+        mirror.files[name] = name.encode() * 100_000
+    mirror.drip = (1000, 0.05)                       # 5 s each, never silent for 0.5 s
+    store = make_store(mirror.root, max_downloads=2, http_timeout=0.5)
+    assert store.size("a", IP) is None and store.size("b", IP) is None     # two prefetches
+    assert store.downloads_active == 2
+    assert store.size("c", IP) is None and store.refused["downloads"] == 1   # not started
+    waiter = gevent.spawn(store.open, "c", IP)
+    wait_until(lambda: waiter.dead)
+    assert isinstance(waiter.exception, FileError) and "too many downloads" in waiter.exception.message
+    assert store.refused["downloads"] == 2 and mirror.gets("c") == []
+    mirror.drip = None
+    wait_until(lambda: store.downloads_active == 0)
+    assert drain(store.open("c", IP)) == b"c" * 100_000
+    assert mirror.peak <= 2
