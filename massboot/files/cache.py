@@ -110,12 +110,12 @@ class Missing:
         return len(self._until)
 
     def __contains__(self, url: object) -> bool:
-        until = self._until.get(url)  # type: ignore[call-overload]
-        if until is None:
+        """Whether *url* is known missing now (an expired entry is forgotten here)."""
+        if not isinstance(url, str) or url not in self._until:
             return False
-        if until > self._clock():
+        if self._until[url] > self._clock():
             return True
-        del self._until[url]  # type: ignore[arg-type]
+        del self._until[url]
         return False
 
     def add(self, url: str) -> None:

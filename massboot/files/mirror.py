@@ -208,6 +208,8 @@ class Mirror:
         attempts = 0
         while attempts < 3:
             attempts += 1
+            if self._closed:        # closed while this request waited for a slot or space
+                raise FileError(FileReason.UPSTREAM, "upstream failed: server stopping")
             dl = self._inflight.get(url)
             started = dl is None
             if dl is None:
