@@ -130,14 +130,15 @@ def parse_acl_body(body: bytes) -> tuple[str | None, str | None]:
 class HttpAcl:
     """The remote ACL of ``access = http`` (``[http]`` section).
 
-    Sends ``GET http://<location>/<path>?mac=...[&uuid=...]``. With ``mac_format="dash"``
+    Sends ``GET http://<location>/<path>?mac=...[&uuid=...]`` (``https://`` when *location*
+    says so); redirects are not followed (a 3xx denies). With ``mac_format="dash"``
     (the documented form) the MAC is ``AA-BB-CC-DD-EE-FF``; with ``"colon"`` the query is
     exactly pybootd 1.8's: ``mac=AA%3ABB%3A...``, then ``uuid``, then ``ip`` for an OS-phase
     request whose address is known. A 2xx answer allows, any other status denies; no complete
     answer within *timeout* seconds, or a connection error, is an :attr:`Verdict.ERROR`.
 
     Args:
-        location: ``host[:port]`` (no scheme).
+        location: ``host[:port]`` (plain HTTP), or ``http://`` / ``https://host[:port]``.
         pxe_path: the path for requests in the PXE phase.
         dhcp_path: the path for OS-phase requests.
         timeout: the hard deadline in seconds for the whole call (connect, headers, body).
@@ -165,7 +166,10 @@ class HttpAcl:
             raise ValueError(f"mac_format must be one of {', '.join(MAC_FORMATS)}, not {mac_format!r}")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
-        self._base = f"http://{location.strip().rstrip('/')}"
+        location = location.strip().rstrip("/")
+        # host[:port] keeps pybootd's meaning, plain HTTP; https:// is asked over TLS, verified
+        # against the session's trust (requests' CA bundle, or session.verify)
+        self._base = location if location.startswith(("http://", "https://")) else f"http://{location}"
         self._pxe_path = self._slash(pxe_path)
         self._dhcp_path = self._slash(dhcp_path)
         self._timeout = float(timeout)
@@ -175,6 +179,7 @@ class HttpAcl:
             session.trust_env = False
             adapter = HTTPAdapter(pool_connections=1, pool_maxsize=POOL_MAXSIZE)
             session.mount("http://", adapter)
+            session.mount("https://", adapter)
         self._session = session
 
     @staticmethod
@@ -224,8 +229,10 @@ class HttpAcl:
         deadline = gevent.Timeout(timeout)
         try:
             with deadline:
+                # a redirect is not followed: it is the status it is, 3xx, so a denial (README,
+                # "[http]"); following it would let the answer come from another server
                 with self._session.get(url, timeout=(timeout, timeout), stream=True,
-                                       allow_redirects=True) as response:
+                                       allow_redirects=False) as response:
                     status = response.status_code
                     if not 200 <= status < 300:
                         return AclResult(Verdict.DENIED, reason=f"status {status}")

@@ -165,7 +165,8 @@ class Services:
         t = self.config.tftp
         self.files = FileStore(t.root, t.filters, base_dir=self.config.base_dir, cache_dir=t.cache_dir,
                                cache_max_bytes=t.cache_size, revalidate_after=t.cache_revalidate,
-                               http_timeout=t.http_timeout, client_lookup=self._client_info,
+                               http_timeout=t.http_timeout, max_downloads=t.max_downloads,
+                               client_lookup=self._client_info,
                                events=self.events)
 
     def _client_info(self, ip: str) -> ClientInfo | None:
@@ -623,6 +624,9 @@ def check_config(config: cfg.Config, *, run_dhcp: bool) -> int:
                   cache_dir=config.tftp.cache_dir).close()
     except ValueError as exc:
         print(f"error: [filters]: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except cfg.ConfigError as exc:   # a cache directory that is not private
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     print("config OK")
     return EXIT_OK

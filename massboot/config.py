@@ -196,8 +196,9 @@ def parse_root(section: str, option: str, value: str) -> str:
 
 
 def parse_location(section: str, option: str, value: str) -> str:
-    if "://" in value:
-        raise ConfigError(section, option, value, "host[:port] only, without a scheme")
+    """``host[:port]`` (plain HTTP, pybootd's form) or ``http(s)://host[:port]``."""
+    if "://" in value and not value.strip().startswith(("http://", "https://")):
+        raise ConfigError(section, option, value, "host[:port], or http:// or https://host[:port]")
     return value
 
 
@@ -355,7 +356,8 @@ BOOTPD = Section("bootpd", (
 ))
 
 HTTP = Section("http", (
-    Option("location", parse_location, None, "``host[:port]`` of the ACL web server, no scheme",
+    Option("location", parse_location, None, "``host[:port]`` of the ACL web server (plain HTTP), or "
+           "``https://host[:port]`` (TLS, verified with the CA bundle of requests)",
            missing="host[:port] of the HTTP ACL server"),
     Option("pxe", parse_text, "boot", "path asked for PXE-phase requests"),
     Option("dhcp", parse_text, "linux", "path asked for OS-phase requests"),
@@ -398,11 +400,17 @@ TFTPD = Section("tftpd", (
     Option("pool_size", Int(1, 100000), "1000",
            "*massboot*: transfers served at once; more wait in the kernel queue"),
     Option("rcvbuf", parse_size, "4M", "*massboot*: receive buffer of the TFTP listener"),
-    Option("cache_dir", parse_text, None, "*massboot*: where remote files are cached (created ``0700``)",
+    Option("cache_dir", parse_text, None,
+           "*massboot*: where remote files are cached; created ``0700``, it must belong to "
+           "massboot's user and not be writable by group or others (else exit code 2)",
            default_doc="``<state_dir>/cache``"),
     Option("cache_size", parse_size, "2048",
-           "*massboot*: cache bound, in MiB or with a suffix (``512M``, ``4G``...); least recently "
-           "used files go first"),
+           "*massboot*: cache bound, in MiB or with a suffix (``512M``, ``4G``...), counting files "
+           "being read and downloads in flight; least recently used files go first, and a "
+           "download that cannot fit waits up to ``http_timeout`` then is refused"),
+    Option("max_downloads", Int(1, 1000), "8",
+           "*massboot*: upstream downloads at once; a request needing one more waits up to "
+           "``http_timeout`` then is refused (error 0)"),
     Option("cache_revalidate", Float(0), "300",
            "*massboot*: seconds after which a cached file is revalidated with the mirror (ETag / "
            "Last-Modified)"),
@@ -564,6 +572,7 @@ class TftpConfig:
     rcvbuf: int = TFTPD.default("rcvbuf")
     cache_dir: str | None = None
     cache_size: int = TFTPD.default("cache_size")        # bytes
+    max_downloads: int = TFTPD.default("max_downloads")
     cache_revalidate: float = TFTPD.default("cache_revalidate")
     http_timeout: float = TFTPD.default("http_timeout")
     filters: tuple[tuple[str, str], ...] = ()            # (pattern, target), checked at load
@@ -848,10 +857,16 @@ def _tftp(r: _Reader, base_dir: str, state_dir: str) -> TftpConfig:
     v = TFTPD.read(r)
     if not is_url(v["root"]):
         v["root"] = os.path.normpath(os.path.join(base_dir, v["root"]))
-    v["cache_dir"] = os.path.join(state_dir, v["cache_dir"] or "cache")
+    cache = v["cache_dir"]
+    v["cache_dir"] = os.path.join(state_dir, cache) if cache else default_cache_dir(state_dir)
     if v["timeout_min"] > v["timeout"]:
         raise ConfigError(s, "timeout_min", str(v["timeout_min"]), f"larger than timeout = {v['timeout']}")
     return TftpConfig(**v, filters=_filters(r))
+
+
+def default_cache_dir(state_dir: str) -> str:
+    """``[tftpd] cache_dir`` when unset: ``cache`` in the state directory, private to massboot."""
+    return os.path.join(state_dir, "cache")
 
 
 def filter_target_error(target: str) -> str | None:
@@ -946,7 +961,8 @@ def describe(config: Config) -> Iterable[str]:
     yield (f"tftp: listen {t.address or _unset(TFTPD, 'address')}:{t.port}, root {t.root}, "
            f"blocksize {blocksize}")
     if config.remote_root:
-        yield f"tftp: remote cache {t.cache_dir or _unset(TFTPD, 'cache_dir')}, max {t.cache_size >> 20} MiB"
+        yield (f"tftp: remote cache {t.cache_dir or default_cache_dir(config.base_dir)}, "
+               f"max {t.cache_size >> 20} MiB, {t.max_downloads} downloads at once")
     for pattern, target in t.filters:
         yield f"tftp: filter {pattern} -> {target}"
     if config.metrics:

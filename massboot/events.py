@@ -37,7 +37,9 @@ Each kind is an :class:`EventKind` (a :class:`~enum.StrEnum`: ``EventKind.DHCP_R
                     error), code, message
 ``cache.hit`` / ``cache.coalesced``: url, bytes; ``cache.miss``: url, bytes [prefetch];
 ``cache.upstream``: url, bytes, status [error, reason (a
-:class:`massboot.sources.FileReason` value: not_found, access, upstream)]
+:class:`massboot.sources.FileReason` value: not_found, access, upstream)];
+``cache.refused``: url, reason (downloads: ``max_downloads`` in flight; space: ``cache_size``
+full of files in use or in flight)
 
 ``blocks`` counts the distinct DATA blocks the client acknowledged, ``blocks_sent`` those put
 on the wire at least once (retransmissions are in ``retransmits``).
@@ -85,6 +87,7 @@ class EventKind(StrEnum):
     CACHE_MISS = "cache.miss"
     CACHE_COALESCED = "cache.coalesced"
     CACHE_UPSTREAM = "cache.upstream"
+    CACHE_REFUSED = "cache.refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,7 @@ FIELDS: dict[EventKind, Fields] = {
     EventKind.CACHE_MISS: _f("url bytes", "prefetch"),
     EventKind.CACHE_COALESCED: _f("url bytes"),
     EventKind.CACHE_UPSTREAM: _f("url bytes status", "error reason"),
+    EventKind.CACHE_REFUSED: _f("url reason"),
 }
 assert FIELDS.keys() == set(EventKind)
 

@@ -71,6 +71,7 @@ ACL_VERDICTS = ("allowed", "denied", "error")
 TFTP_FAIL_REASONS = ("timeout", "client_error", "options_refused", "read_error", "internal_error",
                      "shutdown", "aborted")
 TFTP_DENY_REASONS = ("not_found", "access", "write", "error")
+CACHE_REFUSE_REASONS = ("downloads", "space")
 _DR, _TR = dhcp_packet.Reason, tftp_packet.Reason
 #: the ``reason`` label values of ``massboot_malformed_packets``: the codecs' reasons (a DHCP
 #: ``not_bytes`` is a caller's bug, counted as ``other``)
@@ -149,6 +150,16 @@ class CacheStatus(Protocol):
     @property
     def cached_files(self) -> int:
         """Complete files in the cache."""
+        ...
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes counted against the cache bound (complete, orphaned, in flight)."""
+        ...
+
+    @property
+    def downloads_active(self) -> int:
+        """Upstream downloads in flight."""
         ...
 
 
@@ -277,6 +288,10 @@ class Metrics:
         self.cache_failures = c("massboot_cache_upstream_failures", "Upstream downloads that failed, by "
                                 "reason (not_found: the mirror has no such file; error: any other "
                                 "failure).", ("reason",), [("not_found",), ("error",)])
+        self.cache_refused = c("massboot_cache_refused", "Remote file requests (and prefetches) "
+                               "refused by a cache bound, by reason (downloads: max_downloads in "
+                               "flight; space: cache_size full of files in use or in flight).",
+                               ("reason",), [(r,) for r in CACHE_REFUSE_REASONS])
 
         self.registry.register(_ScrapeCollector(self))   # first: counters lead the exposition
         self.transfer_duration = Histogram(
@@ -320,6 +335,8 @@ class Metrics:
             EventKind.CACHE_MISS: lambda e: self.cache_misses.inc(),
             EventKind.CACHE_COALESCED: lambda e: self.cache_coalesced.inc(),
             EventKind.CACHE_UPSTREAM: self._cache_upstream,
+            EventKind.CACHE_REFUSED: lambda e: self.cache_refused.inc(
+                (_bounded(e.get("reason"), CACHE_REFUSE_REASONS),)),
         }
         self._wsgi_metrics = make_wsgi_app(self.registry)
         events.subscribe(self.on_event)
@@ -476,6 +493,11 @@ class Metrics:
                                 "remote-file cache.", value=files.cached_bytes)
         yield GaugeMetricFamily("massboot_cache_stored_files", "Complete files in the remote-file "
                                 "cache.", value=files.cached_files)
+        yield GaugeMetricFamily("massboot_cache_used_bytes", "Bytes counted against cache_size: "
+                                "complete files, files still being read after eviction, downloads "
+                                "in flight.", value=files.used_bytes)
+        yield GaugeMetricFamily("massboot_cache_downloads_active", "Upstream downloads in flight "
+                                "(at most max_downloads).", value=files.downloads_active)
 
     # ------------------------------------------------------------------ HTTP
     def clients(self, phase: str | None = None) -> list[dict[str, Any]]:

@@ -538,6 +538,8 @@ class FakeCache:
     remote = True
     cached_bytes = 1234
     cached_files = 2
+    used_bytes = 2345
+    downloads_active = 1
 
 
 def test_status_interfaces() -> None:
@@ -559,6 +561,7 @@ def test_status_interfaces() -> None:
     assert v("massboot_dhcp_leases_in_use", {"scope": "rack2"}) == 0
     assert v("massboot_dhcp_leases_capacity", {"scope": "main"}) == 20
     assert v("massboot_cache_stored_bytes") == 1234 and v("massboot_cache_stored_files") == 2
+    assert v("massboot_cache_used_bytes") == 2345 and v("massboot_cache_downloads_active") == 1
     bus.emit("dhcp.exhausted", mac=MAC_A, scope="rack2")
     bus.emit("dhcp.exhausted", mac=MAC_A, scope="rack9")          # not configured: bounded to other
     assert v("massboot_dhcp_pool_exhausted_total", {"scope": "rack2"}) == 1

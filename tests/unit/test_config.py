@@ -290,3 +290,16 @@ def test_domain_is_explicit_only_when_given():
     assert not cfg.loads(BASE).bootp.domain_explicit
     c = cfg.loads(BASE + "[bootpd]\ndomain = rack.example\n")
     assert c.bootp.domain_explicit and c.bootp.domain == "rack.example"
+
+
+@pytest.mark.parametrize(("location", "ok"), [("h:8080", True), ("https://acl.example:8443", True),
+                                              ("http://h", True), ("ftp://h", False)])
+def test_http_location_scheme(location, ok):
+    """``[http] location``: host[:port] (plain HTTP, as pybootd), or an explicit http(s)://."""
+    text = BASE + f"[http]\nlocation = {location}\n[bootpd]\naccess = http\n"
+    if ok:
+        assert cfg.loads(text, path="/x/y.ini").bootp.http.location == location
+    else:
+        with pytest.raises(cfg.ConfigError) as err:
+            cfg.loads(text, path="/x/y.ini")
+        assert err.value.option == "location"
