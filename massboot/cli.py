@@ -151,12 +151,16 @@ class Services:
         bootp = self.config.bootp
         assert bootp is not None and self.server_ip and self.netmask
 
+        # the lease lifecycle (README, "Lease lifecycle")
+        lifecycle = {"offer_hold": bootp.offer_hold, "reclaim": bootp.reclaim,
+                     "decline_probation": bootp.decline_probation}
+
         def store(path: str, pool: list[str]):
             if path == ":memory:":
-                s = MemoryLeaseStore(pool, bootp.static)
+                s = MemoryLeaseStore(pool, bootp.static, **lifecycle)
             else:
                 os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-                s = SqliteLeaseStore(path, pool, bootp.static)
+                s = SqliteLeaseStore(path, pool, bootp.static, **lifecycle)
             self.stores.append(s)
             return s
 

@@ -31,6 +31,7 @@ from massboot import __version__
 from massboot import config as cfg
 from massboot.cli import Services
 from massboot.config import MetricsConfig
+from massboot.dhcp.leases import LeaseStats
 from massboot.dhcp.packet import MessageType, Opt
 from massboot.dhcp.packet import Reason as DhcpReason
 from massboot.events import EventBus
@@ -530,6 +531,9 @@ class FakeDhcp:
     def lease_counts(self) -> dict[str, tuple[int, int]]:
         return {"main": (3, 20), "rack2": (0, 5)}
 
+    def lease_stats(self) -> dict[str, LeaseStats]:
+        return {"main": LeaseStats(offers_expired=4, reclaimed=2, probation_ended=1), "rack2": LeaseStats()}
+
     def client_identity(self, mac: str) -> tuple[str | None, int | None]:
         return (UUID, 7) if mac == MAC_A else (None, None)
 
@@ -558,6 +562,10 @@ def test_status_interfaces() -> None:
         == (2, 10)
     assert v("massboot_dhcp_leases_in_use", {"scope": "rack2"}) == 0
     assert v("massboot_dhcp_leases_capacity", {"scope": "main"}) == 20
+    assert v("massboot_dhcp_offers_expired_total", {"scope": "main"}) == 4
+    assert v("massboot_dhcp_leases_reclaimed_total", {"scope": "main"}) == 2
+    assert v("massboot_dhcp_probations_ended_total", {"scope": "main"}) == 1
+    assert v("massboot_dhcp_leases_reclaimed_total", {"scope": "rack2"}) == 0
     assert v("massboot_cache_stored_bytes") == 1234 and v("massboot_cache_stored_files") == 2
     bus.emit("dhcp.exhausted", mac=MAC_A, scope="rack2")
     bus.emit("dhcp.exhausted", mac=MAC_A, scope="rack9")          # not configured: bounded to other
