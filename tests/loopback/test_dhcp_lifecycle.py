@@ -14,24 +14,14 @@ import pytest
 from massboot.dhcp.packet import MessageType, Opt, ip_bytes
 from massboot.dhcp.probe import IcmpProber
 from tests.conftest import require
+from tests.loopback import test_dhcp_server
 from tests.loopback.dhcpclient import pxe_options
-from tests.loopback.test_dhcp_server import MAC1, Harness, _wait
+from tests.loopback.test_dhcp_server import MAC1, _wait
 
 SMALL_POOL = "pool_count = 10\noffer_hold = 1\nallow_simple_dhcp = on\n"
 
 
-@pytest.fixture
-def harness():
-    made: list[Harness] = []
-
-    def make(**kwargs) -> Harness:
-        h = Harness(**kwargs)
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        h.close()
+harness = test_dhcp_server.harness        # the fixture: a server on 127.0.0.1 and a relay client
 
 
 def random_mac() -> bytes:

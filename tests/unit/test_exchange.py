@@ -16,16 +16,7 @@ import pytest
 from massboot.acl import AclResult, RuleTable, Verdict
 from massboot.config import AclRule
 from massboot.dhcp import packet as codec
-from massboot.dhcp.exchange import (
-    AclQuery,
-    Exchange,
-    Outcome,
-    ProbeQuery,
-    Scope,
-    Settings,
-    classify,
-    select_scope,
-)
+from massboot.dhcp.exchange import AclQuery, Exchange, Outcome, Scope, Settings, classify, select_scope
 from massboot.dhcp.leases import BOUND, OFFERED, RELEASED, MemoryLeaseStore
 from massboot.dhcp.packet import BOOTREQUEST, FLAG_BROADCAST, BootpPacket, MessageType, Opt, ip_bytes, u8
 from massboot.dhcp.policy import Network, RequestKind, State
@@ -122,7 +113,7 @@ class World:
     queries: list[AclQuery] = field(default_factory=list)
     store_options: dict = field(default_factory=dict)    # offer_hold, reclaim, clock...
     probe_answers: list = field(default_factory=list)    # what the scripted pings answer (then False)
-    probes: list[ProbeQuery] = field(default_factory=list)
+    probes: list = field(default_factory=list)           # the ProbeQuery steps asked
 
     def __post_init__(self) -> None:
         self.main = Scope("main", MemoryLeaseStore(self.pool, self.reservations, **self.store_options),

@@ -6,6 +6,7 @@ README, "DHCP and PXE behaviour".
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -680,55 +681,37 @@ def test_operator_changes_are_durable(tmp_path) -> None:
         again.close()
 
 
-#: the schema of massboot's lease database before the lifecycle (version 0, no user_version)
-SCHEMA_V0 = """
-CREATE TABLE IF NOT EXISTS leases (
-    mac TEXT PRIMARY KEY,
-    ip TEXT NOT NULL,
-    static INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL,
-    uuid TEXT,
-    expires REAL NOT NULL DEFAULT 0,
-    updated REAL NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS declined (
-    ip TEXT PRIMARY KEY,
-    mac TEXT,
-    at REAL NOT NULL DEFAULT 0
-);
-"""
+#: made by massboot's lease store before the lease lifecycle (schema version 0, commit 81ddacd),
+#: run from that checkout at T0 (``clock=``): a week-old offer of a flood, an address its
+#: holder declined 25 hours before, a spoofed DECLINE of a free address 1000 s before and one of
+#: an address outside every pool, MAC_A bound for an hour, MAC_C's offer of 10 s, the static MAC
+V0_DATABASE = ROOT / "tests" / "data" / "leases-v0.sqlite3"
 
 
 def test_schema_migration_from_version_0(tmp_path) -> None:
     path = str(tmp_path / "v0.sqlite3")
+    shutil.copyfile(V0_DATABASE, path)
     db = sqlite3.connect(path)
-    db.executescript(SCHEMA_V0)
-    rows = [(MAC_A, "10.0.0.10", 0, "bound", "11111111-2222-3333-4444-555555555555", T0 + 3600, T0),
-            (MAC_B, "10.0.0.11", 0, "offered", None, 0, T0 - 7 * 86400),      # a flood's offer
-            (MAC_C, "10.0.0.12", 0, "offered", None, 0, T0 - 10),             # within the hold
-            (STATIC_MAC, "10.0.0.50", 1, "offered", None, 0, T0 - 99)]
-    db.executemany("INSERT INTO leases VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-    db.executemany("INSERT INTO declined VALUES (?, ?, ?)", [
-        ("10.0.0.13", MAC_B, T0 - 1000),               # probation runs until T0 + 85400
-        ("10.0.0.14", MAC_B, T0 - 90000),              # over
-        ("172.16.0.9", "66:66:66:66:66:66", T0 - 5)])  # outside every pool (a spoofed DECLINE)
-    db.commit()
+    assert db.execute("PRAGMA user_version").fetchone() == (0,)
+    assert len(db.execute("SELECT * FROM declined").fetchall()) == 3
     db.close()
     clock = Clock()
     store = SqliteLeaseStore(path, POOL, {STATIC_MAC: "10.0.0.50"}, clock=clock)
     try:
-        assert store.get(MAC_A).state == BOUND and store.get(MAC_A).uuid.startswith("11111111")
-        assert store.get(MAC_B) is None
+        bound = store.get(MAC_A)
+        assert (bound.ip, bound.state, bound.expires) == ("10.0.0.13", BOUND, T0 + 3600)
+        assert bound.uuid == "11111111-2222-3333-4444-555555555555" and not bound.reserved
+        assert store.get("02:00:00:00:00:01") is None             # the flood's offer: forgotten
         assert store.get(MAC_C).state == OFFERED and store.get(MAC_C).expires == T0 + 50
         assert store.get(STATIC_MAC).state == STATIC and store.get(STATIC_MAC).expires is None
-        assert store.counts() == (2, 9)                # .13 on probation
-        assert [store.allocate(mac(n)).ip for n in range(3)] == ["10.0.0.11", "10.0.0.14", "10.0.0.15"]
-        assert store.needs_probe("10.0.0.14")          # back from probation
+        assert store.counts() == (2, 9)                            # .12 still on probation
+        assert [store.allocate(mac(n)).ip for n in range(3)] == ["10.0.0.10", "10.0.0.11", "10.0.0.15"]
+        assert store.needs_probe("10.0.0.11") and not store.needs_probe("10.0.0.10")
     finally:
         store.close()
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone() == (1,)
-    assert db.execute("SELECT ip, until FROM declined").fetchall() == [("10.0.0.13", T0 - 1000 + 86400)]
+    assert db.execute("SELECT ip, until FROM declined").fetchall() == [("10.0.0.12", T0 - 1000 + 86400)]
     db.execute("PRAGMA user_version = 2")
     db.commit()
     db.close()
