@@ -884,6 +884,9 @@ def describe(config: Config) -> Iterable[str]:
         if b.notify:
             yield "bootp: notify " + ", ".join(f"{h}:{p}" for h, p in b.notify)
         yield f"bootp: lease database {b.lease_db}"
+        probe = f"probe on ({b.probe_timeout:g}s)" if b.probe else "probe off"
+        yield (f"bootp: offers held {b.offer_hold:g}s, reclaim {b.reclaim}, "
+               f"decline probation {b.decline_probation:g}s, {probe}")
     t = config.tftp
     largest = TFTPD["blocksize"].parse
     assert isinstance(largest, Int)
