@@ -38,6 +38,7 @@ every call (a database shared by several servers) can implement it with one tran
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import logging
 import re
 import sqlite3
@@ -252,7 +253,8 @@ class LeaseStore(ABC):
 
         Raises:
             LeaseConflict: *ip* is another MAC's active binding (offered or bound and not
-                expired) or reservation, or a static address; or *mac* is static.
+                expired) or reservation, a static or excluded address, or not an IPv4
+                address; or *mac* is static.
         """
 
     @abstractmethod
@@ -391,9 +393,11 @@ class _Index:
                 heapq.heappush(self.aside_heap, (until, ip))
         for lease in rows:
             static_ip = self.static.get(lease.mac)
-            if lease.state == OFFERED and not lease.pinned and lease.expires is not None \
-                    and lease.expires <= now:
-                change.delete(lease.mac)             # an offer past its hold: forgotten
+            if lease.state == OFFERED and static_ip is None and not lease.reserved and \
+                    (lease.expires is None or lease.expires <= now):
+                # an offer past its hold is forgotten; so is the never-bound offer of a MAC
+                # that is no longer static
+                change.delete(lease.mac)
                 continue
             if static_ip is not None and lease.ip != static_ip:
                 log.info("lease mac=%s ip=%s replaced by static ip=%s", lease.mac, lease.ip, static_ip)
@@ -624,6 +628,8 @@ class _Index:
         return self._drop(mac, change)
 
     def reserve(self, mac: str, ip: str, now: float, change: _Change) -> Lease:
+        if ip in self.exclude:
+            raise LeaseConflict(f"{ip} is never handed out")
         if mac in self.static:
             raise LeaseConflict(f"{mac} has the static address {self.static[mac]}")
         if ip in self.static_owner:
@@ -785,6 +791,10 @@ class _IndexedLeaseStore(LeaseStore):
 
     def reserve(self, mac: str, ip: str) -> Lease:
         mac = _norm_mac(mac)
+        try:
+            ip = str(ipaddress.IPv4Address(ip))
+        except ValueError:
+            raise LeaseConflict(f"{ip!r} is not an IPv4 address") from None
         lease = self._decide(self._index.reserve, mac, ip)
         log.info("lease reserved mac=%s ip=%s", mac, ip)
         return _view(lease, self._clock())

@@ -644,6 +644,8 @@ def test_operator_reserve_free_unreserve(make_store) -> None:
         store.reserve(MAC_C, "10.0.0.50")              # a static address
     with pytest.raises(LeaseConflict):
         store.reserve(STATIC_MAC, "10.0.0.12")         # a static MAC
+    with pytest.raises(LeaseConflict):
+        store.reserve(MAC_C, "10.0.0")
     reserved = store.reserve(MAC_C, "10.0.0.13")
     assert reserved.state == RESERVED and reserved.expires is None and reserved.reserved
     assert store.allocate(MAC_C) == reserved
@@ -663,6 +665,20 @@ def test_operator_reserve_free_unreserve(make_store) -> None:
     store.bind(STATIC_MAC, None, lease_time=100)
     assert store.free(STATIC_MAC).state == STATIC
     assert store.allocate(STATIC_MAC).ip == "10.0.0.50"
+
+
+def test_a_static_mac_removed_from_the_config_keeps_no_offer(tmp_path) -> None:
+    path = str(tmp_path / "l.db")
+    store = SqliteLeaseStore(path, POOL, {STATIC_MAC: "10.0.0.50", MAC_A: "10.0.0.51"})
+    store.allocate(STATIC_MAC)                         # never bound: an offer without expiry
+    store.bind(MAC_A, None, lease_time=60)
+    store.close()
+    again = SqliteLeaseStore(path, POOL)
+    try:
+        assert again.get(STATIC_MAC) is None
+        assert again.get(MAC_A).state == BOUND and not again.get(MAC_A).static
+    finally:
+        again.close()
 
 
 def test_operator_changes_are_durable(tmp_path) -> None:
