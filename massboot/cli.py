@@ -155,12 +155,12 @@ class Services:
         lifecycle = {"offer_hold": bootp.offer_hold, "reclaim": bootp.reclaim,
                      "decline_probation": bootp.decline_probation}
 
-        def store(path: str, pool: list[str]):
+        def store(path: str, pool: list[str], exclude: list[str] = []):  # noqa: B006 (read only)
             if path == ":memory:":
-                s = MemoryLeaseStore(pool, bootp.static, **lifecycle)
+                s = MemoryLeaseStore(pool, bootp.static, exclude, **lifecycle)
             else:
                 os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-                s = SqliteLeaseStore(path, pool, bootp.static, **lifecycle)
+                s = SqliteLeaseStore(path, pool, bootp.static, exclude, **lifecycle)
             self.stores.append(s)
             return s
 
@@ -168,7 +168,8 @@ class Services:
         if skipped:
             log.warning("pool addresses %s are not handed out (server, network or broadcast address)",
                         ", ".join(skipped))
-        main_store = store(bootp.lease_db, pool)
+        # never handed out, nor reserved by the operator
+        main_store = store(bootp.lease_db, pool, [*skipped, self.server_ip])
         subnet_stores = {}
         for sub in bootp.subnets:
             path = bootp.lease_db
