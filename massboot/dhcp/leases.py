@@ -638,7 +638,8 @@ class _Index:
         if holder is not None and holder != mac:
             other = self.by_mac.get(holder)
             if other is not None and (other.pinned or _active(other, now)):
-                raise LeaseConflict(f"{ip} is {_view(other, now).state} to {holder}")
+                state = _view(other, now).state
+                raise LeaseConflict(f"{ip} is bound to {holder} ({state}; release it first)")
             self._drop(holder, change)
         current = self.by_mac.get(mac)
         if current is not None and current.ip != ip:
