@@ -254,8 +254,9 @@ class Outcome:
         events: to emit, in order, once the reply (if any) is sent.
         reply: the reply to send, or None.
         destination: where to send *reply*.
-        no_reply: why there is no reply: a ``dhcp.ignored`` reason (``decline_refused``...),
-            or ``malformed``, ``denied``, ``exhausted``, ``released``, ``declined``.
+        no_reply: why there is no reply: a ``dhcp.ignored`` reason (``decline_refused``,
+            ``address_in_use``...), or ``malformed``, ``denied``, ``exhausted``, ``released``,
+            ``declined``.
         assigned: the address the reply gives the client, if any.
         lease: what the lease store returned (offered, bound or released lease).
     """

@@ -594,3 +594,20 @@ def test_status_interfaces() -> None:
 ])
 def test_malformed_reasons(protocol: str, text: object, reason: str) -> None:
     assert malformed_reason(protocol, text) == reason
+
+
+def test_lease_lifecycle_counters() -> None:
+    """README, "Lease lifecycle": probes by result, refused DECLINEs as an ignored reason."""
+    registry = CollectorRegistry()
+    bus = EventBus()
+    Metrics(MetricsConfig(port=0), bus, registry=registry)
+    v = registry.get_sample_value
+    assert v("massboot_dhcp_probes_total", {"result": "in_use"}) == 0
+    bus.emit("dhcp.probe", mac=MAC_A, ip="10.0.0.5", result="in_use", scope="main")
+    bus.emit("dhcp.probe", mac=MAC_A, ip="10.0.0.6", result="free", scope="main")
+    bus.emit("dhcp.ignored", mac=MAC_A, reason="decline_refused", phase="os", detail="other_mac")
+    bus.emit("dhcp.ignored", mac=MAC_A, reason="address_in_use", phase="pxe")
+    assert v("massboot_dhcp_probes_total", {"result": "in_use"}) == 1
+    assert v("massboot_dhcp_probes_total", {"result": "free"}) == 1
+    assert v("massboot_dhcp_requests_ignored_total", {"reason": "decline_refused"}) == 1
+    assert v("massboot_dhcp_requests_ignored_total", {"reason": "address_in_use"}) == 1
