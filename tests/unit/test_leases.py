@@ -733,3 +733,21 @@ def test_schema_migration_from_version_0(tmp_path) -> None:
     db.close()
     with pytest.raises(LeaseStoreError, match="schema version 2 is newer"):
         SqliteLeaseStore(path, POOL, clock=clock)
+
+
+def test_a_reclaim_and_a_decline_are_durable(tmp_path) -> None:
+    clock, path = Clock(), str(tmp_path / "l.db")
+    store = SqliteLeaseStore(path, POOL[:2], clock=clock, decline_probation=100)
+    a, b = _fill(store, clock, [10, 1000])
+    clock.advance(20)
+    assert store.bind(MAC_A, None, lease_time=1000).lease.ip == a   # mac(0)'s expired binding reclaimed
+    assert store.decline(mac(1), b).accepted
+    store.close()
+    again = SqliteLeaseStore(path, POOL[:2], clock=clock, decline_probation=100)
+    try:
+        assert again.get(mac(0)) is None and again.get(MAC_A).ip == a
+        assert again.get(mac(1)) is None and again.counts() == (1, 1)      # b on probation
+        clock.advance(101)
+        assert again.allocate(MAC_B).ip == b and again.needs_probe(b)
+    finally:
+        again.close()
