@@ -345,6 +345,18 @@ BOOTPD = Section("bootpd", (
     Option("rcvbuf", parse_size, "4M",
            "*massboot*: socket receive buffer, sized for a burst of a thousand DISCOVERs (as root it may "
            "exceed ``net.core.rmem_max``)"),
+    Option("offer_hold", Float(1, 3600), "60",
+           "*massboot*: seconds an OFFER holds its address without a REQUEST; then the address is "
+           "free again (README, Lease lifecycle)"),
+    Option("reclaim", Choice({"expired": "expired", "never": "never"}), "expired",
+           "*massboot*: when the pool is full, ``expired`` gives a new client the address of the "
+           "binding that expired longest ago; ``never`` keeps pybootd's never-reassign pool"),
+    Option("decline_probation", Float(0, 10 * 365 * 86400), "86400",
+           "*massboot*: seconds an address declined by its holder (RFC 2131 §4.3.3) is set aside"),
+    Option("probe", parse_bool, "on",
+           "*massboot*: ping (ICMP echo) a reclaimed or returned address before offering it; one "
+           "that answers is set aside for 10 minutes"),
+    Option("probe_timeout", Float(0.01, 10), "0.5", "*massboot*: seconds to wait for the echo reply"),
     Option("server_name", parse_text, None,
            f"{_NEVER_READ} (it reads ``servername``): accepted and ignored", ignored=True),
     Option("set_gateway", parse_text, None,
@@ -546,6 +558,11 @@ class BootpConfig:
     lease_db: str = BOOTPD.default("lease_db")
     pool_size: int = BOOTPD.default("pool_size")
     rcvbuf: int = BOOTPD.default("rcvbuf")
+    offer_hold: float = BOOTPD.default("offer_hold")
+    reclaim: str = BOOTPD.default("reclaim")                 # expired | never
+    decline_probation: float = BOOTPD.default("decline_probation")
+    probe: bool = BOOTPD.default("probe")
+    probe_timeout: float = BOOTPD.default("probe_timeout")
     # [bootfile]: architecture (RFC 4578 number) → boot file, plus the default
     default_bootfile: str = ""
     bootfiles: dict[int, str] = field(default_factory=dict)
@@ -954,6 +971,9 @@ def describe(config: Config) -> Iterable[str]:
         if b.notify:
             yield "bootp: notify " + ", ".join(f"{h}:{p}" for h, p in b.notify)
         yield f"bootp: lease database {b.lease_db}"
+        probe = f"probe on ({b.probe_timeout:g}s)" if b.probe else "probe off"
+        yield (f"bootp: offers held {b.offer_hold:g}s, reclaim {b.reclaim}, "
+               f"decline probation {b.decline_probation:g}s, {probe}")
     t = config.tftp
     largest = TFTPD["blocksize"].parse
     assert isinstance(largest, Int)

@@ -46,6 +46,7 @@ from prometheus_client.registry import Collector
 from massboot import __version__
 from massboot.config import MetricsConfig
 from massboot.dhcp import packet as dhcp_packet
+from massboot.dhcp.leases import LeaseStats
 from massboot.events import Event, EventBus, EventKind
 from massboot.progress import PHASES, ProgressTracker
 from massboot.tftp import packet as tftp_packet
@@ -65,7 +66,8 @@ BOOT_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 300.0, 450.0, 600.0, 9
 DHCP_TYPES = ("discover", "offer", "request", "decline", "ack", "nak", "release", "inform", "bootp")
 REPLY_TYPES = ("offer", "ack", "nak", "bootp")
 IGNORE_REASONS = ("in_flight", "idle_state", "bootp_not_allowed", "other_server", "not_our_address",
-                  "unhandled", "internal_error")
+                  "unhandled", "internal_error", "decline_refused", "address_in_use")
+PROBE_RESULTS = ("in_use", "free", "unavailable")
 ACL_TYPES = ("mac", "uuid", "http")
 ACL_VERDICTS = ("allowed", "denied", "error")
 TFTP_FAIL_REASONS = ("timeout", "client_error", "options_refused", "read_error", "internal_error",
@@ -117,7 +119,11 @@ class DhcpStatus(ServerStatus, Protocol):
     """The DHCP server's status: its pools and what it knows of a client."""
 
     def lease_counts(self) -> dict[str, tuple[int, int]]:
-        """``scope → (bound, size)`` of every address pool."""
+        """``scope → (in use, capacity)`` of every address pool."""
+        ...
+
+    def lease_stats(self) -> dict[str, LeaseStats]:
+        """``scope → lifecycle counters`` (offers expired, leases reclaimed, probations ended)."""
         ...
 
     def client_identity(self, mac: str) -> tuple[str | None, int | None]:
@@ -257,8 +263,10 @@ class Metrics:
                      [(a, v) for a in ACL_TYPES for v in ACL_VERDICTS])
         self.arch_fallbacks = c("massboot_dhcp_arch_fallbacks", "Clients whose architecture has no "
                                 "[bootfile] entry and got the default boot file.")
-        self.declined = c("massboot_dhcp_declined_addresses", "Addresses declined by a client (in use "
-                          "by another host) and set aside.")
+        self.declined = c("massboot_dhcp_declined_addresses", "Addresses declined by the client holding "
+                          "them (in use by another host) and set aside for the probation.")
+        self.probes = c("massboot_dhcp_probes", "ICMP probes of an address before it is offered again, "
+                        "by result (in_use: it answered).", ("result",), [(r,) for r in PROBE_RESULTS])
         self.notifications = c("massboot_notifications", "UDP notifications, by result (sent, "
                                "failed).", ("result",), [("sent",), ("failed",)])
         self.malformed = c("massboot_malformed_packets", "Datagrams dropped by a codec, by protocol "
@@ -323,6 +331,7 @@ class Metrics:
             EventKind.DHCP_MALFORMED: self._malformed,
             EventKind.DHCP_EXHAUSTED: self._dhcp_exhausted,
             EventKind.DHCP_DECLINED: lambda e: self.declined.inc(),
+            EventKind.DHCP_PROBE: lambda e: self.probes.inc((_bounded(e.get("result"), PROBE_RESULTS),)),
             EventKind.DHCP_ACL: self._dhcp_acl,
             EventKind.DHCP_NOTIFY: self._dhcp_notify,
             EventKind.DHCP_ARCH_FALLBACK: lambda e: self.arch_fallbacks.inc(),
@@ -455,15 +464,33 @@ class Metrics:
         dhcp = self._dhcp
         if dhcp is None:
             return
-        in_use = GaugeMetricFamily("massboot_dhcp_leases_in_use", "Pool addresses bound to a client "
-                                   "(static reservations included), by scope.", labels=("scope",))
+        in_use = GaugeMetricFamily("massboot_dhcp_leases_in_use", "Pool addresses with an active "
+                                   "binding (offer within its hold, lease not expired, static or "
+                                   "reserved), by scope.", labels=("scope",))
         capacity = GaugeMetricFamily("massboot_dhcp_leases_capacity", "Pool addresses that can be "
-                                     "handed out (in use + free), by scope.", labels=("scope",))
+                                     "handed out (in use + free or reclaimable), by scope.",
+                                     labels=("scope",))
         for scope, (used, size) in dhcp.lease_counts().items():
             in_use.add_metric((scope,), used)
             capacity.add_metric((scope,), size)
         yield in_use
         yield capacity
+        # the lease lifecycle's counters are the stores' (README, "Lease lifecycle")
+        families = [
+            (CounterMetricFamily("massboot_dhcp_offers_expired", "Offers forgotten: no REQUEST came "
+                                 "within offer_hold, by scope.", labels=("scope",)), "offers_expired"),
+            (CounterMetricFamily("massboot_dhcp_leases_reclaimed", "Expired bindings whose address "
+                                 "went to another client (the pool was full), by scope.",
+                                 labels=("scope",)), "reclaimed"),
+            (CounterMetricFamily("massboot_dhcp_probations_ended", "Declined (or found in use) "
+                                 "addresses back in the pool, by scope.", labels=("scope",)),
+             "probation_ended"),
+        ]
+        for scope, stats in dhcp.lease_stats().items():
+            for family, name in families:
+                family.add_metric((scope,), getattr(stats, name))
+        for family, _ in families:
+            yield family
 
     def _workers(self) -> Iterator[tuple[str, int, int]]:
         for name, server in (("dhcp", self._dhcp), ("tftp", self._tftp)):

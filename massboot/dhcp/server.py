@@ -11,7 +11,9 @@ that the process exits.
 
 Inside an exchange greenlet the decisions are :class:`massboot.dhcp.exchange.Exchange`'s (no
 I/O); this module asks the HTTP ACL when the exchange needs its verdict (waiting in this
-greenlet only, bounded by the ACL's timeout), then sends the reply and emits the events. The
+greenlet only, bounded by the ACL's timeout) and pings an address the exchange wants probed
+before offering it (bounded by ``probe_timeout``; README, "Lease lifecycle"), then sends the
+reply and emits the events. The
 exchange's lease operations are made durable by the store before it returns an ACK.
 
 Outcomes are events only: the outcome log (:mod:`massboot.eventlog`, README "[logger]"), the
@@ -41,12 +43,13 @@ from massboot.dhcp.exchange import (
     EventRecord,
     Exchange,
     Outcome,
+    ProbeQuery,
     Scope,
     Settings,
     classify,
     select_scope,
 )
-from massboot.dhcp.leases import LeaseStore
+from massboot.dhcp.leases import LeaseStats, LeaseStore
 from massboot.dhcp.packet import BOOTREQUEST, BootpPacket, PacketError, Reason, decode, encode
 from massboot.dhcp.policy import Network
 from massboot.events import EventBus
@@ -80,18 +83,26 @@ class DhcpServer:
         subnet_stores: a lease store per ``[subnet:NAME]`` section, by name.
         bootfile_size: ``name, client_ip → size or None``, never blocking (option 13).
         http_acl: the remote ACL when ``access = http``.
+        prober: ``ip, timeout → True (answered), False or None (could not probe)``, used when
+            ``probe = on``; an :class:`~massboot.dhcp.probe.IcmpProber` when None.
     """
 
     def __init__(self, config: BootpConfig, server_ip: str, netmask: str, store: LeaseStore,
                  events: EventBus, *, subnet_stores: dict[str, LeaseStore] | None = None,
                  bootfile_size: Callable[[str, str], int | None] | None = None,
                  http_acl: HttpAcl | None = None,
-                 dns: tuple[str, ...] | None = None) -> None:
+                 dns: tuple[str, ...] | None = None,
+                 prober: Callable[[str, float], bool | None] | None = None) -> None:
         self.config = config
         self.server_ip = server_ip
         self.events = events
         self.http_acl = http_acl
         self.settings = Settings.from_config(config, server_ip, bootfile_size=bootfile_size)
+        if prober is None:      # opens its socket at the first probe: probe may be turned on by a reload
+            from massboot.dhcp.probe import IcmpProber
+
+            prober = IcmpProber()
+        self.prober = prober
         netmask = config.netmask or netmask
         dns = config.dns if dns is None else dns
         main_net = ipaddress.IPv4Network(f"{server_ip}/{netmask}", strict=False)
@@ -271,15 +282,28 @@ class DhcpServer:
             step = exchange.start()
             if exchange.client is not None:
                 self.clients.setdefault(request.mac, exchange.client)
-            if isinstance(step, AclQuery):
+            while not isinstance(step, Outcome):
                 self._emit(step.events)
-                assert http_acl is not None
-                result = http_acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
-                step = exchange.on_acl(result)
+                if isinstance(step, AclQuery):
+                    assert http_acl is not None
+                    result = http_acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
+                    step = exchange.on_acl(result)
+                else:
+                    step = exchange.on_probe(self._probe(step))
         except Exception:
             self._emit(exchange.take_events())    # what happened before the failure
             raise
         return self._carry_out(step, request.mac, ifindex)
+
+    def _probe(self, query: ProbeQuery) -> bool | None:
+        """Ping *query.ip* in this greenlet, at most its timeout (None: could not probe)."""
+        if self.prober is None:
+            return None
+        try:
+            return self.prober(query.ip, query.timeout)
+        except OSError as exc:
+            log.warning("probe of %s failed: %s", query.ip, exc)
+            return None
 
     def _carry_out(self, outcome: Outcome, mac: str, ifindex: int) -> BootpPacket | None:
         if outcome.reply is not None:
@@ -326,6 +350,10 @@ class DhcpServer:
     def lease_counts(self) -> dict[str, tuple[int, int]]:
         """``scope → (bound, size)`` of every pool, for metrics."""
         return {scope.name: scope.store.counts() for scope in [self.main, *self.scopes]}
+
+    def lease_stats(self) -> dict[str, LeaseStats]:
+        """``scope → lifecycle counters`` of every pool, for metrics."""
+        return {scope.name: scope.store.stats() for scope in [self.main, *self.scopes]}
 
     def workers(self) -> tuple[int, int]:
         """``(busy, capacity)`` of the exchange pool, for metrics."""
