@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import pytest
 
-from massboot.tftp.packet import Data, OptionAck, decode
+from massboot.tftp.packet import Data, Error, OptionAck, decode
 from massboot.tftp.transfer import Datagram, ReadTransfer, WouldBlock, negotiate
 
 
@@ -282,3 +282,179 @@ def test_netascii_reads_only_what_a_block_needs() -> None:
     assert read.calls == [(0, 8)]                    # type: ignore[attr-defined]
     transfer.on_ack(1)
     assert read.calls == [(0, 8), (8, 8)]            # type: ignore[attr-defined]
+
+
+# -- construction and defaults ------------------------------------------------------------
+
+
+def test_constructor_bounds_and_messages() -> None:
+    read = reader(b"")
+    assert ReadTransfer(read, blksize=65464).blksize == 65464          # RFC 2348's largest
+    assert ReadTransfer(read, windowsize=65535).windowsize == 65535    # RFC 7440's largest
+    with pytest.raises(ValueError, match=r"^blksize 65465 outside 8\.\.65464$"):
+        ReadTransfer(read, blksize=65465)
+    with pytest.raises(ValueError, match=r"^windowsize 65536 outside 1\.\.65535$"):
+        ReadTransfer(read, windowsize=65536)
+    for lo, hi in ((0.02, 0.0), (0.0, 2.0), (1.0, -1.0), (-1.0, 1.0)):
+        with pytest.raises(ValueError, match=r"^timeouts must be positive$"):
+            ReadTransfer(read, timeout_min=lo, timeout_max=hi)
+
+
+def test_a_new_transfer_has_no_state_yet() -> None:
+    transfer = ReadTransfer(reader(b"abc"))
+    assert transfer.stalled is False
+    assert transfer.reason is None and transfer.detail == ""
+    assert transfer.deadline == float("inf")
+    assert transfer.on_timeout() == []                 # nothing to resend before start()
+    transfer.start()
+    with pytest.raises(RuntimeError, match=r"^transfer already started$"):
+        transfer.start()
+
+
+def test_default_timer_and_retries() -> None:
+    # timeout_max 2 s and 5 retries by default: back-off 1, 2, 2, ... and the 6th timeout
+    # after 10 s of silence gives up
+    clock = Clock()
+    transfer = ReadTransfer(reader(bytes(5000)), clock=clock)
+    transfer.start()
+    seen = []
+    while not transfer.failed:
+        clock.advance(transfer.timeout)
+        out = transfer.on_timeout()
+        seen.append(transfer.timeout)
+    assert seen[:3] == [2.0, 2.0, 2.0]
+    assert transfer.retransmits == 5
+    assert transfer.detail == "no ACK after 5 retransmissions and 11.0s"
+    assert decode(bytes(out[0])) == Error(0, "Transfer timed out")
+
+
+# -- timer details ------------------------------------------------------------------------
+
+
+def test_deadlines_follow_the_rto() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(bytes(5000)), clock=clock)
+    transfer.start()
+    assert transfer.deadline == clock.now + 1.0
+    with_oack = ReadTransfer(reader(bytes(5000)), options={"blksize": "512"}, clock=clock)
+    with_oack.start()
+    assert with_oack.deadline == clock.now + 1.0
+    clock.advance(1.0)
+    with_oack.on_timeout()                               # OACK resent, back-off to 2 s
+    assert with_oack.deadline == clock.now + 2.0
+    with_oack.on_timeout()
+    assert with_oack.retransmits == 2
+
+
+def test_giving_up_needs_exactly_the_silence() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(bytes(5000)), retries=2, timeout_min=0.25, timeout_max=0.5,
+                            clock=clock)
+    transfer.start()
+    for _ in range(3):
+        clock.advance(0.25)
+        assert blocks(transfer.on_timeout()) == [1]
+    clock.advance(0.25)                                  # 4 > 2 timeouts and 1.0 s >= 2 × 0.5 s
+    transfer.on_timeout()
+    assert transfer.failed and transfer.detail == "no ACK after 3 retransmissions and 1.0s"
+
+
+def test_ack_zero_resets_the_retry_count_and_progress() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(bytes(5000)), options={"blksize": "512"}, retries=2,
+                            timeout_min=0.5, timeout_max=0.5, clock=clock)
+    transfer.start()
+    for _ in range(2):
+        clock.advance(0.5)
+        transfer.on_timeout()
+    assert blocks(transfer.on_ack(0)) == [1]
+    for _ in range(2):
+        clock.advance(0.5)
+        assert blocks(transfer.on_timeout()) == [1]
+    assert not transfer.failed
+
+
+def test_timeout_after_the_end_sends_nothing() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"short"), clock=clock)
+    transfer.start()
+    transfer.on_ack(1)
+    assert transfer.done
+    clock.advance(5.0)
+    assert transfer.on_timeout() == []
+    assert transfer.retransmits == 0
+
+
+# -- windows ------------------------------------------------------------------------------
+
+
+def test_ack_of_the_second_to_last_block_goes_back_one() -> None:
+    transfer = ReadTransfer(reader(bytes(512 * 10)), windowsize=4, clock=Clock())
+    assert blocks(transfer.start()) == [1, 2, 3, 4]
+    assert blocks(transfer.on_ack(3)) == [4, 5, 6, 7]   # block 4 was lost: RFC 7440 §4
+
+
+def test_a_resend_never_goes_past_the_last_block() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(bytes(768)), windowsize=4, clock=clock)
+    assert blocks(transfer.start()) == [1, 2]
+    clock.advance(transfer.timeout)
+    assert blocks(transfer.on_timeout()) == [1, 2]
+    assert blocks(transfer.on_ack(1)) == [2]             # inside the window: 2 again, never 3
+    assert transfer.on_ack(2) == [] and transfer.done
+
+
+def test_a_source_returning_too_much_is_cut_to_the_block() -> None:
+    content = bytes(range(200)) * 5
+
+    def read(offset: int, length: int) -> bytes:
+        return content[offset : offset + length + 100]  # ignores length
+
+    transfer = ReadTransfer(read, blksize=256, clock=Clock())
+    got = bytearray()
+    out = transfer.start()
+    while out:
+        (datagram,) = out
+        packet = decode(bytes(datagram))
+        assert isinstance(packet, Data) and len(packet.payload) <= 256
+        got += packet.payload
+        out = transfer.on_ack(packet.block)
+    assert bytes(got) == content
+
+
+# -- read errors --------------------------------------------------------------------------
+
+
+class Coded(Exception):
+    """A read error with a TFTP code and a message that differs from str()."""
+
+    def __init__(self, code: object, message: str) -> None:
+        super().__init__(f"str of {message}")
+        self.code = code
+        self.message = message
+
+
+class Plain(Exception):
+    """A read error with neither ``code`` nor ``message``."""
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (Coded(1, "File not found"), Error(1, "File not found")),
+        (Coded(8, "eight"), Error(8, "eight")),
+        (Coded(9, "nine"), Error(0, "nine")),
+        (Coded(99, "ninety-nine"), Error(0, "ninety-nine")),
+        (Coded("bogus", "not a number"), Error(0, "not a number")),
+        (Plain("no attributes"), Error(0, "no attributes")),
+    ],
+)
+def test_read_error_code_and_message(exc: Exception, expected: Error) -> None:
+    def read(offset: int, length: int) -> bytes:
+        raise exc
+
+    transfer = ReadTransfer(read, read_errors=(Coded, Plain), clock=Clock())
+    (out,) = transfer.start()
+    assert decode(bytes(out)) == expected
+    assert transfer.failed and transfer.reason == "read_error"
+    assert transfer.detail == expected.message
