@@ -458,3 +458,47 @@ def test_read_error_code_and_message(exc: Exception, expected: Error) -> None:
     assert decode(bytes(out)) == expected
     assert transfer.failed and transfer.reason == "read_error"
     assert transfer.detail == expected.message
+
+
+def test_sent_all_is_true_only_for_the_ack_of_everything_in_flight() -> None:
+    clock = Clock()
+    waiting = ReadTransfer(reader(bytes(5000)), options={"blksize": "512"}, clock=clock)
+    assert not waiting.sent_all(0)                       # not started
+    waiting.start()
+    assert not waiting.sent_all(0)                       # the OACK is out, not DATA
+    transfer = ReadTransfer(reader(bytes(512 * 6)), windowsize=4, clock=clock)
+    assert blocks(transfer.start()) == [1, 2, 3, 4]
+    assert transfer.sent_all(4)
+    assert not transfer.sent_all(3) and not transfer.sent_all(5) and not transfer.sent_all(0)
+    assert blocks(transfer.on_ack(4)) == [5, 6, 7]       # 7 is the empty last block
+    assert transfer.sent_all(7) and not transfer.sent_all(4) and not transfer.sent_all(8)
+    transfer.on_ack(7)
+    assert transfer.done and not transfer.sent_all(7)
+
+
+def test_sent_all_is_false_while_a_stall_left_nothing_in_flight() -> None:
+    calls = {"n": 0}
+
+    def read(offset: int, length: int) -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise WouldBlock
+        return bytes(min(length, 2048 - offset))
+
+    transfer = ReadTransfer(read, clock=Clock())
+    transfer.start()
+    assert transfer.sent_all(1)
+    assert transfer.on_ack(1) == [] and transfer.stalled
+    assert not transfer.sent_all(1) and not transfer.sent_all(2)
+
+
+def test_sent_all_across_the_rollover() -> None:
+    transfer = ReadTransfer(reader(bytes(8 * 65540)), blksize=8, clock=Clock())
+    out = transfer.start()
+    for _ in range(65536):
+        (datagram,) = out
+        block = int.from_bytes(bytes(datagram[2:4]), "big")
+        out = transfer.on_ack(block)
+    (datagram,) = out                                    # block 65537 goes out as 1
+    assert int.from_bytes(bytes(datagram[2:4]), "big") == 1
+    assert transfer.sent_all(1) and not transfer.sent_all(0) and not transfer.sent_all(2)
