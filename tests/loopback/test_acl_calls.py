@@ -39,29 +39,26 @@ NODE_CFG = b"DEFAULT node7\nLABEL node7\n  KERNEL vmlinuz-node7\n" * 7
 OTHER_CFG = b"DEFAULT other\n"
 
 CONFIG = """
-[logger]
-type = none
-
 [bootpd]
-address = 127.0.0.1
-port = 0
 pool_start = 127.0.0.110
 pool_count = 4
-lease_db = :memory:
+address = 127.0.0.1
+port = 0
 access = http
+lease_db = :memory:
 
 [http]
 location = 127.0.0.1:{acl_port}
-timeout = 2
 always_check = {always_check}
+timeout = 2
 
 [bootfile]
 default = pxelinux.0
 
 [tftpd]
+root = {root}
 address = 127.0.0.1
 port = 0
-root = {root}
 timeout = 0.3
 
 [filters]
@@ -70,6 +67,9 @@ pxelinux.cfg/* = {{file}}
 [metrics]
 address = 127.0.0.1
 port = 0
+
+[logger]
+type = none
 """
 
 

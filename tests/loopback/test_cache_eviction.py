@@ -16,11 +16,11 @@ from pathlib import Path
 import gevent
 import pytest
 import tftpy
-from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry
 
 from massboot import config as cfg
 from massboot.cli import Services
+from tests.loopback.test_metrics import Mirror as MetricsMirror
 
 HOST = "127.0.0.1"
 SIZE = 100_000
@@ -32,12 +32,12 @@ CONFIG = """
 type = none
 
 [tftpd]
+cache_size = 250K
+cache_dir = {cache}
+root = {mirror}
 address = 127.0.0.1
 port = 0
-root = {mirror}
 timeout = 0.3
-cache_dir = {cache}
-cache_size = 250K
 
 [metrics]
 address = 127.0.0.1
@@ -45,27 +45,16 @@ port = 0
 """
 
 
-class Mirror:
-    """The HTTP mirror behind ``[tftpd] root``; counts the GETs per file."""
+class Mirror(MetricsMirror):
+    """The HTTP mirror behind ``[tftpd] root``, counting the GETs per file."""
 
     def __init__(self) -> None:
         self.gets: Counter[str] = Counter()
-        self.server = WSGIServer((HOST, 0), self._app, log=None)
-        self.server.start()
-        self.root = f"http://{HOST}:{self.server.server_port}/netboot"
+        super().__init__(FILES)
 
     def _app(self, environ: dict, start_response: Callable) -> list[bytes]:
-        name = environ["PATH_INFO"].removeprefix("/netboot/")
-        self.gets[name] += 1
-        body = FILES.get(name)
-        if body is None:
-            start_response("404 Not Found", [("Content-Length", "0")])
-            return [b""]
-        start_response("200 OK", [("Content-Length", str(len(body)))])
-        return [body]
-
-    def close(self) -> None:
-        self.server.stop(timeout=1)
+        self.gets[environ["PATH_INFO"].removeprefix("/netboot/")] += 1
+        return super()._app(environ, start_response)
 
 
 class Cache:

@@ -22,45 +22,21 @@ from __future__ import annotations
 import pytest
 
 from massboot.tftp.packet import Data, Error, OptionAck, decode
-from massboot.tftp.transfer import Datagram, ReadTransfer, WouldBlock, negotiate
+from massboot.tftp.transfer import ReadTransfer, WouldBlock, negotiate
+from tests.unit.test_tftp_transfer import Clock, blocks, reader
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class ReadError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def reader(content: bytes):
-    calls: list[tuple[int, int]] = []
+def stall_once(size: int, at_call: int = 2):
+    """read() over *size* zero bytes that raises WouldBlock on its *at_call*-th call only."""
+    calls = {"n": 0}
 
     def read(offset: int, length: int) -> bytes:
-        calls.append((offset, length))
-        return content[offset : offset + length]
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            raise WouldBlock
+        return bytes(min(length, size - offset))
 
-    read.calls = calls  # type: ignore[attr-defined]
     return read
-
-
-def blocks(datagrams: list[Datagram]) -> list[int]:
-    out = []
-    for datagram in datagrams:
-        packet = decode(bytes(datagram))
-        assert isinstance(packet, Data)
-        out.append(packet.block)
-    return out
 
 
 class Rfc6298:
@@ -187,15 +163,7 @@ def test_fast_path_refuses_an_ack_for_a_block_not_sent_yet() -> None:
 
 
 def test_fast_path_refuses_a_duplicate_while_stalled() -> None:
-    calls = {"n": 0}
-
-    def read(offset: int, length: int) -> bytes:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise WouldBlock
-        return b"x" * min(length, 4096 - offset)
-
-    transfer = ReadTransfer(read, clock=Clock())
+    transfer = ReadTransfer(stall_once(4096), clock=Clock())
     assert blocks(transfer.start()) == [1]
     assert transfer.on_ack_all(1) == [] and transfer.stalled
     assert transfer.on_ack_all(1) is None           # nothing sent since: a duplicate
@@ -477,15 +445,7 @@ def test_sent_all_is_true_only_for_the_ack_of_everything_in_flight() -> None:
 
 
 def test_sent_all_is_false_while_a_stall_left_nothing_in_flight() -> None:
-    calls = {"n": 0}
-
-    def read(offset: int, length: int) -> bytes:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise WouldBlock
-        return bytes(min(length, 2048 - offset))
-
-    transfer = ReadTransfer(read, clock=Clock())
+    transfer = ReadTransfer(stall_once(2048), clock=Clock())
     transfer.start()
     assert transfer.sent_all(1)
     assert transfer.on_ack(1) == [] and transfer.stalled
