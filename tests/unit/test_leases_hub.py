@@ -70,7 +70,7 @@ def test_commit_waits_for_a_busy_database_without_blocking_the_hub(store, tmp_pa
     during = [t for t in ticks if start <= t <= done]
     assert len(during) >= HOLD / TICK / 3
     gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
-    assert max(gaps) < 0.2, f"the hub stalled for {max(gaps):.3f} s"
+    assert max(gaps) < HOLD - 0.1, f"the hub stalled for {max(gaps):.3f} s"
     # the row is durable: a new connection reads it
     check = sqlite3.connect(str(tmp_path / "leases.db"))
     try:
