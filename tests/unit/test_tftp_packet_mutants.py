@@ -1,6 +1,17 @@
 """TFTP codec edges found by mutation testing (tests/mutation.sh): exact bounds, byte order of
 the 16-bit fields, the reasons :class:`PacketError` gives (they end up in the log), and what
-the encoders refuse. RFC 1350 section 5, RFC 2347, RFC 2348."""
+the encoders refuse. RFC 1350 section 5, RFC 2347, RFC 2348.
+
+Equivalent mutants accepted (no observable difference, see README "Mutation testing"):
+
+* codec names in another case: ``"UTF-8"``, ``"LATIN-1"`` (Python's codec lookup ignores
+  case), 10 mutants in ``Request.encode``, ``Error.encode``, ``decode``, ``_decode_request``,
+  ``_decode_options`` and ``_encode_options``;
+* ``decode`` of an ERROR: ``split(b"\\0")`` and ``split(b"\\0", 2)`` for ``split(b"\\0", 1)``
+  (only the first piece is kept);
+* ``_decode_request``: the message of the ``UnicodeDecodeError`` branch (unreachable:
+  ``surrogateescape`` never fails).
+"""
 
 from __future__ import annotations
 

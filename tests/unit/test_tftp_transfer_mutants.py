@@ -4,17 +4,30 @@ failure details, and reads that stay block-sized. Sans-IO, a hand-driven clock.
 
 Equivalent mutants accepted (no observable difference, see README "Mutation testing"):
 
+* ``__init__``: initial values that are always overwritten before being read (``_lengths``,
+  ``_sent_at``, ``_resent``, ``_rttvar``, ``_progress_at``, ``_oack_sent_at``) or replaced by a
+  value that is just as falsy (``None`` for ``False``: ``_started``, ``_eof``,
+  ``_oack_resent``); ``float("INF")``.
+* ``on_ack``: ``acked <= next - 1`` and ``acked < next + 1`` for ``acked < next - 1`` (the
+  extra case sets ``_next`` to the value it already has).
 * ``on_ack_all``: ``srtt = None`` (falls back to ``_sample()``, the same arithmetic);
   ``rtt <= 0.0`` for ``rtt < 0.0``, ``err > 0.0`` for ``err >= 0.0``, ``var >= G`` for
   ``var > G``, ``rto <= min`` / ``rto >= max`` (the two branches agree at equality);
   ``_resent[0] = None`` (falsy like False); ``_fill(None)`` on a read error (the error path
-  never reads the clock); ``window != 2`` (a window of 1 then takes ``_fill()``, same output);
-  ``number < self._high`` and ``eof and number <= high`` (with a window of 1 every block sent
-  is acknowledged when this runs, so ``number == high + 1``).
+  never reads the clock); ``number < self._high`` and ``eof and number <= high`` (with a
+  window of 1 every block sent is acknowledged when this runs, so ``number == high + 1``).
 * ``on_acks``: ``best = -2``, ``base - 2`` for ``base - 1`` and ``best_acked <= acked`` (a
   duplicate then wins the batch only when nothing newer is in it, and ``on_ack`` ignores it).
-* ``_read_netascii``: ``_eof = None/False`` at the end (the loop breaks on ``b""`` anyway and
-  the short block that follows ends the transfer).
+* ``on_timeout``: ``_oack_sent_at = None`` on an OACK resend (after a resend no RTT sample is
+  taken from the OACK, Karn's rule).
+* ``_fill``: ``last <= end`` (then ``end = last`` changes nothing); ``getattr(exc, "code",
+  None)``, ``1 <= code`` and ``0 < code`` (code 0 and a missing code both end up 0);
+  ``_next = None`` once failed (never read again); the deadline of a fill that sends nothing
+  without stalling (unreachable: a fill always sends or stalls before the end).
+* ``_store``: rebuilding the datagram view when it could be reused (same bytes).
+* ``_read_octet`` and ``_read_netascii``: ``_eof`` left unset, ``b"XXXX"`` once at the end
+  (after the end no read is made: the short block that follows ends the transfer);
+  ``<=``/``>=`` for ``<``/``>`` where equality returned earlier.
 """
 
 from __future__ import annotations
@@ -77,6 +90,21 @@ def test_rto_follows_rfc_6298_on_both_ack_paths(fast: bool) -> None:
         expected = ref.sample(rtt)
         assert transfer.srtt == pytest.approx(ref.srtt, rel=1e-9)
         assert transfer.timeout == pytest.approx(expected, rel=1e-9), f"after ACK {number} (rtt {rtt})"
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["on_ack", "on_ack_all"])
+def test_rto_never_adds_less_than_the_granularity(fast: bool) -> None:
+    # steady 0.4 ms round trips: K × RTTVAR falls under G (1 ms), RTO = SRTT + G (RFC 6298 §2)
+    clock = Clock()
+    transfer = ReadTransfer(reader(bytes(8 * 16)), blksize=8, timeout_min=0.0001, clock=clock)
+    ref = Rfc6298(0.0001, 2.0)
+    transfer.start()
+    for number in range(1, 6):
+        clock.advance(0.0004)
+        out = transfer.on_ack_all(number) if fast else transfer.on_ack(number)
+        assert out is not None
+        assert transfer.timeout == pytest.approx(ref.sample(0.0004), rel=1e-9)
+    assert transfer.timeout == pytest.approx(0.0014, rel=1e-6)
 
 
 @pytest.mark.parametrize("fast", [False, True], ids=["on_ack", "on_ack_all"])
@@ -348,9 +376,11 @@ def test_timeout_after_the_end_sends_nothing() -> None:
     transfer.start()
     transfer.on_ack(1)
     assert transfer.done
+    rto = transfer.timeout
     clock.advance(5.0)
     assert transfer.on_timeout() == []
     assert transfer.retransmits == 0
+    assert transfer.timeout == rto                       # no back-off after the end either
 
 
 # -- windows ------------------------------------------------------------------------------
