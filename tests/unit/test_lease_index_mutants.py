@@ -6,8 +6,7 @@ conflicts and their reasons, DECLINE (RFC 2131 §4.3.3) and what each decision l
 Equivalent mutants accepted (no observable difference, see README "Mutation testing"):
 
 * ``allocate``: ``state=OFFERED`` left out (it is the default of :class:`Lease`).
-* ``decline``: ``dropped = None`` (falsy like False) and ``dropped = True`` for a free address
-  (the store then deletes a row ``(mac, ip)`` that does not exist).
+* ``decline``: ``dropped = None`` (falsy like False).
 """
 
 from __future__ import annotations
