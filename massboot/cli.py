@@ -181,8 +181,7 @@ class Services:
         http_acl = None
         if bootp.access == "http":
             assert bootp.http is not None
-            http_acl = HttpAcl(bootp.http.location, bootp.http.pxe, bootp.http.dhcp,
-                               timeout=bootp.http.timeout, mac_format=bootp.http.mac_format)
+            http_acl = HttpAcl.from_config(bootp.http)
         files = self.files
         self.dhcp = DhcpServer(bootp, self.server_ip, self.netmask, main_store, self.events,
                                subnet_stores=subnet_stores, http_acl=http_acl, dns=dns,

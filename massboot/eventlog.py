@@ -76,6 +76,9 @@ def _dhcp_reply(e: Event) -> Line:
 
 def _dhcp_ignored(e: Event) -> Line:
     f = e.fields
+    if "detail" in f:
+        return (DEBUG, "ignored mac=%s phase=%s reason=%s: %s",
+                (f["mac"], _dash(f.get("phase")), f["reason"], f["detail"]))
     return DEBUG, "ignored mac=%s phase=%s reason=%s", (f["mac"], _dash(f.get("phase")), f["reason"])
 
 

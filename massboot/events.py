@@ -13,7 +13,8 @@ Each kind is an :class:`EventKind` (a :class:`~enum.StrEnum`: ``EventKind.DHCP_R
                     ipxe, uuid, arch
 ``dhcp.reply``      a reply sent: msgtype (offer, ack, nak, bootp), mac, ip, pxe, arch, phase
                     (pxe or os), file, ipxe, uuid [to (ip, port); requested, bound (a NAK's)]
-``dhcp.ignored``    a request not answered: mac, reason [phase]
+``dhcp.ignored``    a request not answered: mac, reason [phase, detail (the relay or hop count
+                    of ``relay_not_allowed`` and ``too_many_hops``)]
 ``dhcp.arch_fallback`` an architecture without a [bootfile] entry got the default: mac, arch
                     [file]
 ``dhcp.malformed``  a datagram dropped: reason (:class:`massboot.dhcp.packet.Reason`)
@@ -113,7 +114,7 @@ _TRANSFER = "ip port name bytes duration retransmits blocks blocks_sent"
 FIELDS: dict[EventKind, Fields] = {
     EventKind.DHCP_RECEIVED: _f("msgtype mac relayed pxe ipxe uuid arch"),
     EventKind.DHCP_REPLY: _f("msgtype mac ip pxe arch phase file ipxe uuid", "to requested bound"),
-    EventKind.DHCP_IGNORED: _f("mac reason", "phase"),
+    EventKind.DHCP_IGNORED: _f("mac reason", "phase detail"),
     EventKind.DHCP_ARCH_FALLBACK: _f("mac arch", "file"),
     EventKind.DHCP_MALFORMED: _f("reason", "source detail"),
     EventKind.DHCP_EXHAUSTED: _f("mac scope"),

@@ -58,7 +58,8 @@ BOOT_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 300.0, 450.0, 600.0, 9
 DHCP_TYPES = ("discover", "offer", "request", "decline", "ack", "nak", "release", "inform", "bootp")
 REPLY_TYPES = ("offer", "ack", "nak", "bootp")
 IGNORE_REASONS = ("in_flight", "idle_state", "bootp_not_allowed", "other_server", "not_our_address",
-                  "unhandled", "internal_error")
+                  "unhandled", "internal_error", "pool_full", "acl_busy", "relay_not_allowed",
+                  "too_many_hops")
 ACL_TYPES = ("mac", "uuid", "http")
 ACL_VERDICTS = ("allowed", "denied", "error")
 TFTP_FAIL_REASONS = ("timeout", "client_error", "options_refused", "read_error", "internal_error",
@@ -115,6 +116,9 @@ class DhcpStatus(ServerStatus, Protocol):
     def client_identity(self, mac: str) -> tuple[str | None, int | None]:
         """``(uuid, architecture)`` last seen from *mac*; ``(None, None)`` if unknown."""
         ...
+
+    # optional (read with getattr): acl_workers() -> (calls in flight, max_calls) | None, and
+    # guard_counts() -> {clients, clients_evicted, acl_calls, acl_cache_hits, acl_refused}
 
 
 class TftpStatus(ServerStatus, Protocol):
@@ -437,11 +441,29 @@ class Metrics:
             capacity.add_metric((scope,), size)
         yield in_use
         yield capacity
+        guard = getattr(dhcp, "guard_counts", None)
+        if guard is None:
+            return
+        counts = guard()
+        yield GaugeMetricFamily("massboot_dhcp_clients", "Client records the DHCP server keeps "
+                                "(at most [bootpd] max_clients).", value=counts["clients"])
+        yield CounterMetricFamily("massboot_dhcp_clients_evicted", "Client records dropped, least "
+                                  "recently seen first, to stay within max_clients.",
+                                  value=counts["clients_evicted"])
+        yield CounterMetricFamily("massboot_dhcp_acl_calls", "Calls made to the HTTP ACL server.",
+                                  value=counts["acl_calls"])
+        yield CounterMetricFamily("massboot_dhcp_acl_cache_hits", "HTTP ACL questions answered "
+                                  "from the verdict cache ([http] cache_ttl).",
+                                  value=counts["acl_cache_hits"])
 
     def _workers(self) -> Iterator[tuple[str, int, int]]:
         for name, server in (("dhcp", self._dhcp), ("tftp", self._tftp)):
             if server is not None:
                 yield (name, *server.workers())
+        acl = getattr(self._dhcp, "acl_workers", None)
+        calls = acl() if acl is not None else None
+        if calls is not None:
+            yield ("dhcp_acl", *calls)
 
     def _collect_tftp(self) -> Iterator[Metric]:
         tftp = self._tftp
@@ -449,7 +471,8 @@ class Metrics:
             yield GaugeMetricFamily("massboot_tftp_active_transfers", "TFTP transfers in progress.",
                                     value=tftp.active)
         busy = GaugeMetricFamily("massboot_workers_busy", "Greenlets of a server's bounded pool in "
-                                 "use (dhcp: exchanges, tftp: transfers).", labels=("pool",))
+                                 "use (dhcp: exchanges, dhcp_acl: HTTP ACL calls, tftp: transfers).",
+                                 labels=("pool",))
         capacity = GaugeMetricFamily("massboot_workers_capacity", "Size of a server's bounded pool.",
                                      labels=("pool",))
         for name, used, size in self._workers():
