@@ -117,7 +117,6 @@ class DhcpServer:
                 raise ValueError(f"no lease store for subnet {sub.name}")
             self.scopes.append(self._scope(sub, subnet_stores[sub.name], dns))
         self.clients = ClientTable(config.max_clients)
-        self._relays = config.relays
         self._ip_to_mac: dict[str, str] = {}
         self._in_flight: set[bytes] = set()
         self.pool = Pool(config.pool_size)
@@ -258,7 +257,7 @@ class DhcpServer:
             self.events.emit("dhcp.ignored", mac=mac_str(packet.mac), reason="too_many_hops",
                              detail=f"hops {packet.hops} > {self.config.max_hops}")
             return False
-        relays = self._relays
+        relays = self.config.relays
         if relays is not None and packet.giaddr != NO_ADDRESS:
             # the datagram's source is the relay as the network delivered it; giaddr, any
             # sender's to write, is the relay's address on the clients' side (RFC 1542 §4.1.1)

@@ -18,6 +18,7 @@ import gevent
 import gevent.event
 import pytest
 from gevent.pywsgi import WSGIServer
+from prometheus_client import generate_latest
 
 from massboot import config as cfg
 from massboot.acl import HttpAcl
@@ -144,6 +145,11 @@ def test_flood_of_strangers_does_not_starve_static_and_allowed_clients(harness, 
         assert all(acl.calls[mac] == 1 for mac in held_macs)   # the denials came from the cache
         assert h.server.http_acl.cache_hits == 6
         assert len(h.server.clients) == 2
+        text = generate_latest(metrics.registry).decode()
+        for line in ('massboot_dhcp_acl_cache_hits_total 6.0', 'massboot_dhcp_acl_calls_total 8.0',
+                     'massboot_dhcp_clients 2.0', 'massboot_workers_capacity{pool="dhcp_acl"} 8.0',
+                     f'massboot_dhcp_requests_ignored_total{{reason="acl_busy"}} {2 * (len(FLOOD) - 6)}.0'):
+            assert line in text.splitlines(), line
     finally:
         flood.close()
 
