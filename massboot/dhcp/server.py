@@ -126,10 +126,28 @@ class DhcpServer:
         self._running = False
         self.receive_errors = 0        # transient receive errors since start (for metrics)
 
-    def _scope(self, sub: SubnetConfig, store: LeaseStore, dns: tuple[str, ...]) -> Scope:
+    def apply(self, config: BootpConfig, *, subnet_stores: dict[str, LeaseStore],
+              http_acl: HttpAcl | None, dns: tuple[str, ...]) -> None:
+        """Take new settings (SIGHUP, README "Reload"): ACLs, static entries, boot files, subnets.
+
+        Leases and exchanges in flight are kept: an exchange runs on the settings it started
+        with. The socket, the main pool and its store stay (the caller says what needs a restart).
+        """
+        settings = Settings.from_config(config, self.server_ip, bootfile_size=self.settings.bootfile_size)
+        net = self.main.net
+        main = Scope("main", self.main.store,
+                     Network(self.server_ip, config.netmask or net.netmask,
+                             config.gateway or self.server_ip, dns, config.lease_time), self.main.network)
+        scopes = [self._scope(sub, subnet_stores[sub.name], dns, config) for sub in config.subnets]
+        self.config, self.settings, self.http_acl, self.main, self.scopes = (
+            config, settings, http_acl, main, scopes)
+        self.clients.max_clients = config.max_clients      # a smaller bound applies at the next record
+
+    def _scope(self, sub: SubnetConfig, store: LeaseStore, dns: tuple[str, ...],
+               config: BootpConfig | None = None) -> Scope:
         return Scope(sub.name, store,
                      Network(self.server_ip, str(sub.network.netmask), sub.gateway, sub.dns or dns,
-                             sub.lease_time or self.config.lease_time), sub.network)
+                             sub.lease_time or (config or self.config).lease_time), sub.network)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -294,11 +312,10 @@ class DhcpServer:
 
     def _serve(self, packet: BootpPacket, source: tuple[str, int], ifindex: int, key: bytes) -> bool:
         """Answer, or hand the exchange to the ACL's pool; True when handed (it ends there)."""
-        exchange = self._open(packet, source)
+        exchange, acl = self._open(packet, source)
         step = self._step(exchange, exchange.start)
         if isinstance(step, AclQuery):
             self._emit(step.events)
-            acl = self.http_acl
             assert acl is not None
             result = acl.cached(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
             if result is None:
@@ -342,19 +359,21 @@ class DhcpServer:
             source: its source address and port.
             ifindex: the interface it arrived on (0: unknown), for limited broadcasts.
         """
-        exchange = self._open(packet, source)
+        exchange, acl = self._open(packet, source)
         step = self._step(exchange, exchange.start)
         if isinstance(step, AclQuery):
             self._emit(step.events)
-            assert self.http_acl is not None
-            result = self.http_acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
+            assert acl is not None
+            result = acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
             step = self._step(exchange, exchange.on_acl, result)
         return self._carry_out(exchange, step, ifindex)
 
-    def _open(self, packet: BootpPacket, source: tuple[str, int]) -> Exchange:
+    def _open(self, packet: BootpPacket, source: tuple[str, int]) -> tuple[Exchange, HttpAcl | None]:
+        """The exchange of *packet*, and the HTTP ACL of the same settings (a reload, ``apply``,
+        swaps both: an exchange runs on those it started with)."""
         request = classify(packet, source)
-        return Exchange(self.settings, request, self.clients.get(request.mac),
-                        select_scope(packet, self.main, self.scopes))
+        return (Exchange(self.settings, request, self.clients.get(request.mac),
+                         select_scope(packet, self.main, self.scopes)), self.http_acl)
 
     def _step(self, exchange: Exchange, step: Callable[..., Any], *args: Any) -> Outcome | AclQuery:
         """Run one step of *exchange*; on an exception, emit what happened before it, then raise."""
