@@ -312,10 +312,8 @@ class DhcpServer:
 
     def _serve(self, packet: BootpPacket, source: tuple[str, int], ifindex: int, key: bytes) -> bool:
         """Answer, or hand the exchange to the ACL's pool; True when handed (it ends there)."""
-        exchange, acl = self._open(packet, source)
-        step = self._step(exchange, exchange.start)
+        exchange, step, acl = self._begin(packet, source)
         if isinstance(step, AclQuery):
-            self._emit(step.events)
             assert acl is not None
             result = acl.cached(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
             if result is None:
@@ -359,21 +357,25 @@ class DhcpServer:
             source: its source address and port.
             ifindex: the interface it arrived on (0: unknown), for limited broadcasts.
         """
-        exchange, acl = self._open(packet, source)
-        step = self._step(exchange, exchange.start)
+        exchange, step, acl = self._begin(packet, source)
         if isinstance(step, AclQuery):
-            self._emit(step.events)
             assert acl is not None
             result = acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
             step = self._step(exchange, exchange.on_acl, result)
         return self._carry_out(exchange, step, ifindex)
 
-    def _open(self, packet: BootpPacket, source: tuple[str, int]) -> tuple[Exchange, HttpAcl | None]:
-        """The exchange of *packet*, and the HTTP ACL of the same settings (a reload, ``apply``,
-        swaps both: an exchange runs on those it started with)."""
-        request = classify(packet, source)
-        return (Exchange(self.settings, request, self.clients.get(request.mac),
-                         select_scope(packet, self.main, self.scopes)), self.http_acl)
+    def _begin(self, packet: BootpPacket, source: tuple[str, int]
+               ) -> tuple[Exchange, Outcome | AclQuery, HttpAcl | None]:
+        """Start the exchange of *packet*: it, its first step (the query's events emitted), and
+        the HTTP ACL of the same settings (a reload, ``apply``, swaps both: an exchange runs on
+        those it started with)."""
+        request, acl = classify(packet, source), self.http_acl
+        exchange = Exchange(self.settings, request, self.clients.get(request.mac),
+                            select_scope(packet, self.main, self.scopes))
+        step = self._step(exchange, exchange.start)
+        if isinstance(step, AclQuery):
+            self._emit(step.events)
+        return exchange, step, acl
 
     def _step(self, exchange: Exchange, step: Callable[..., Any], *args: Any) -> Outcome | AclQuery:
         """Run one step of *exchange*; on an exception, emit what happened before it, then raise."""
