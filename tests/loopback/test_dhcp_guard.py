@@ -236,6 +236,25 @@ def test_relay_allow_list_and_hop_count(harness):
         stranger.close()
 
 
+def test_reload_applies_relays_hops_and_max_clients(harness):
+    h = harness()
+    assert h.client.dora(STATIC, pxe_options())[1] is not None
+    new = cfg.loads(base.BASE.format(bootpd="relays = 127.0.2.0/24\nmax_hops = 0\nmax_clients = 1",
+                                     extra="")).bootp
+    h.server.apply(new, subnet_stores={}, http_acl=None, dns=())
+    assert_unanswered(h, h.client.packet(ALLOWED, MessageType.DISCOVER, pxe_options()),
+                      "dhcp.ignored", reason="relay_not_allowed")
+    rack = RelayClient(("127.0.0.1", h.server.port), relay_ip="127.0.2.9")
+    try:
+        assert rack.dora(ALLOWED, pxe_options())[1] is not None
+        assert list(h.server.clients.get(m) is not None for m in ("52:54:00:AB:00:01", "52:54:00:AB:00:02")) \
+            == [False, True]                                  # max_clients = 1: the older one went
+        reply = rack.exchange(rack.packet(ALLOWED, MessageType.DISCOVER, pxe_options(), hops=1), 0.5)
+        assert reply is None and _ignored(h, "too_many_hops") == 1
+    finally:
+        rack.close()
+
+
 def test_unusable_hardware_addresses_are_malformed_without_traceback(harness, caplog):
     h = harness()
     metrics = Metrics(cfg.MetricsConfig(), h.events, dhcp=h.server)
