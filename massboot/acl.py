@@ -144,14 +144,15 @@ def parse_acl_body(body: bytes) -> tuple[str | None, str | None]:
 class HttpAcl:
     """The remote ACL of ``access = http`` (``[http]`` section).
 
-    Sends ``GET http://<location>/<path>?mac=...[&uuid=...]``. With ``mac_format="dash"``
+    Sends ``GET http://<location>/<path>?mac=...[&uuid=...]`` (``https://`` when *location*
+    says so); redirects are not followed (a 3xx denies). With ``mac_format="dash"``
     (the documented form) the MAC is ``AA-BB-CC-DD-EE-FF``; with ``"colon"`` the query is
     exactly pybootd 1.8's: ``mac=AA%3ABB%3A...``, then ``uuid``, then ``ip`` for an OS-phase
     request whose address is known. A 2xx answer allows, any other status denies; no complete
     answer within *timeout* seconds, or a connection error, is an :attr:`Verdict.ERROR`.
 
     Args:
-        location: ``host[:port]`` (no scheme).
+        location: ``host[:port]`` (plain HTTP), or ``http://`` / ``https://host[:port]``.
         pxe_path: the path for requests in the PXE phase.
         dhcp_path: the path for OS-phase requests.
         timeout: the hard deadline in seconds for the whole call (connect, headers, body).
@@ -193,7 +194,10 @@ class HttpAcl:
             raise ValueError(f"max_calls must be at least 1, not {max_calls!r}")
         if cache_ttl < 0:
             raise ValueError(f"cache_ttl must not be negative, not {cache_ttl!r}")
-        self._base = f"http://{location.strip().rstrip('/')}"
+        location = location.strip().rstrip("/")
+        # host[:port] keeps pybootd's meaning, plain HTTP; https:// is asked over TLS, verified
+        # against the session's trust (requests' CA bundle, or session.verify)
+        self._base = location if location.startswith(("http://", "https://")) else f"http://{location}"
         self._pxe_path = self._slash(pxe_path)
         self._dhcp_path = self._slash(dhcp_path)
         self._timeout = float(timeout)
@@ -204,6 +208,7 @@ class HttpAcl:
             # one keep-alive connection per concurrent call: a burst reuses them
             adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max_calls)
             session.mount("http://", adapter)
+            session.mount("https://", adapter)
         self._session = session
         self.pool = Pool(max_calls)
         #: the calls strangers may hold at once: a quarter of max_calls is kept for known clients
@@ -333,8 +338,10 @@ class HttpAcl:
         deadline = gevent.Timeout(timeout)
         try:
             with deadline:
+                # a redirect is not followed: it is the status it is, 3xx, so a denial (README,
+                # "[http]"); following it would let the answer come from another server
                 with self._session.get(url, timeout=(timeout, timeout), stream=True,
-                                       allow_redirects=True) as response:
+                                       allow_redirects=False) as response:
                     status = response.status_code
                     if not 200 <= status < 300:
                         return AclResult(Verdict.DENIED, reason=f"status {status}")

@@ -22,6 +22,14 @@ clients, clients of ``access = mac``/``uuid``, and known clients whose phase doe
 never wait behind ACL calls, however many strangers are being asked about. The exchange's lease
 operations are made durable by the store before it returns an ACK.
 
+Nor does anything in the exchange pool wait on an ICMP probe (README, "Lease lifecycle"): an
+exchange that must ping an address before offering it (a :class:`ProbeQuery`) is handed, in
+the same way, to the probe pool (``pool_size`` greenlets, each with its own ICMP socket), where
+the probes (each at most ``probe_timeout``, at most ``MAX_PROBES`` of them) and the rest of
+the exchange run. When that pool is full the request is dropped and counted (``probe_busy``).
+An exchange handed to the ACL's pool that then needs a probe is handed on to the probe pool,
+freeing its ACL call. :meth:`DhcpServer.handle` runs both steps in the caller's greenlet.
+
 Per-client records (:class:`~massboot.dhcp.clients.ClientTable`) are made only for a request
 that passed its checks, at most ``max_clients``, the least recently seen evicted first.
 
@@ -54,13 +62,14 @@ from massboot.dhcp.exchange import (
     EventRecord,
     Exchange,
     Outcome,
+    ProbeQuery,
     Scope,
     Settings,
     classify,
     hardware_problem,
     select_scope,
 )
-from massboot.dhcp.leases import LeaseStore
+from massboot.dhcp.leases import LeaseStats, LeaseStore
 from massboot.dhcp.packet import BOOTREQUEST, BootpPacket, PacketError, Reason, decode, encode
 from massboot.dhcp.policy import Network
 from massboot.events import EventBus
@@ -94,18 +103,26 @@ class DhcpServer:
         subnet_stores: a lease store per ``[subnet:NAME]`` section, by name.
         bootfile_size: ``name, client_ip → size or None``, never blocking (option 13).
         http_acl: the remote ACL when ``access = http``.
+        prober: ``ip, timeout → True (answered), False or None (could not probe)``, used when
+            ``probe = on``; an :class:`~massboot.dhcp.probe.IcmpProber` when None.
     """
 
     def __init__(self, config: BootpConfig, server_ip: str, netmask: str, store: LeaseStore,
                  events: EventBus, *, subnet_stores: dict[str, LeaseStore] | None = None,
                  bootfile_size: Callable[[str, str], int | None] | None = None,
                  http_acl: HttpAcl | None = None,
-                 dns: tuple[str, ...] | None = None) -> None:
+                 dns: tuple[str, ...] | None = None,
+                 prober: Callable[[str, float], bool | None] | None = None) -> None:
         self.config = config
         self.server_ip = server_ip
         self.events = events
         self.http_acl = http_acl
         self.settings = Settings.from_config(config, server_ip, bootfile_size=bootfile_size)
+        if prober is None:      # opens its socket at the first probe: probe may be turned on by a reload
+            from massboot.dhcp.probe import IcmpProber
+
+            prober = IcmpProber()
+        self.prober = prober
         netmask = config.netmask or netmask
         dns = config.dns if dns is None else dns
         main_net = ipaddress.IPv4Network(f"{server_ip}/{netmask}", strict=False)
@@ -120,6 +137,8 @@ class DhcpServer:
         self._ip_to_mac: dict[str, str] = {}
         self._in_flight: set[bytes] = set()
         self.pool = Pool(config.pool_size)
+        #: exchanges waiting on ICMP probes, out of the exchange pool (one ICMP socket each)
+        self.probe_pool = Pool(config.pool_size)
         self._active = 0               # exchanges in the pool that have not ended yet
         self.socket: socket.socket | None = None
         self._reader: gevent.Greenlet | None = None
@@ -198,7 +217,8 @@ class DhcpServer:
         if self._reader is not None:
             self._reader.kill(block=True, timeout=1)
         pools = [self.pool] + ([self.http_acl.pool] if self.http_acl is not None else [])
-        for pool in pools:          # the exchanges waiting on the ACL finish in its pool
+        pools.append(self.probe_pool)     # last: an exchange may go on to it from the others
+        for pool in pools:          # the exchanges waiting on the ACL or a probe finish there
             pool.join(timeout=timeout)
         for pool in pools:
             pool.kill(block=True, timeout=1)
@@ -299,7 +319,8 @@ class DhcpServer:
             log.warning("dhcp receive failed (%s); retrying", exc)
 
     def _run(self, packet: BootpPacket, source: tuple[str, int, int], key: bytes) -> None:
-        """One exchange in the exchange pool; handed to the ACL's pool when it must ask."""
+        """One exchange in the exchange pool; handed to the ACL's pool when it must ask, to
+        the probe pool when it must ping."""
         handed_off = False
         try:
             handed_off = self._serve(packet, source[:2], source[2], key)
@@ -311,7 +332,8 @@ class DhcpServer:
                 self._in_flight.discard(key)
 
     def _serve(self, packet: BootpPacket, source: tuple[str, int], ifindex: int, key: bytes) -> bool:
-        """Answer, or hand the exchange to the ACL's pool; True when handed (it ends there)."""
+        """Answer, or hand the exchange to the ACL's or the probe pool; True when handed (it
+        ends there)."""
         exchange, step, acl = self._begin(packet, source)
         if isinstance(step, AclQuery):
             assert acl is not None
@@ -328,13 +350,38 @@ class DhcpServer:
                                  phase=exchange.request.phase)
                 return False
             step = self._step(exchange, exchange.on_acl, result)
-        self._carry_out(exchange, step, ifindex)
-        return False
+        return self._go_on(exchange, step, ifindex, key)
+
+    def _go_on(self, exchange: Exchange, step: Outcome | ProbeQuery, ifindex: int, key: bytes) -> bool:
+        """Carry out *step*, or hand a probe to the probe pool; True when handed (it ends there)."""
+        if not isinstance(step, ProbeQuery):
+            self._carry_out(exchange, step, ifindex)
+            return False
+        if self.probe_pool.free_count() < 1:
+            # pool_size probes in flight: never queued, the client retries (README, "Lease lifecycle")
+            self._emit(step.events)
+            self.events.emit("dhcp.ignored", mac=exchange.request.mac, reason="probe_busy",
+                             phase=exchange.request.phase)
+            return False
+        self.probe_pool.spawn(self._after_probe, exchange, step, ifindex, key)   # a free slot: no wait
+        return True
 
     def _after_acl(self, exchange: Exchange, result: AclResult, ifindex: int, key: bytes) -> None:
         """The rest of an exchange, in the ACL pool's greenlet that asked."""
+        handed_off = False
         try:
-            self._carry_out(exchange, self._step(exchange, exchange.on_acl, result), ifindex)
+            step = self._step(exchange, exchange.on_acl, result)
+            handed_off = self._go_on(exchange, step, ifindex, key)
+        except Exception:
+            self._failed(exchange.request.packet.mac)
+        finally:
+            if not handed_off:
+                self._in_flight.discard(key)
+
+    def _after_probe(self, exchange: Exchange, step: ProbeQuery, ifindex: int, key: bytes) -> None:
+        """The probes and the rest of an exchange, in a greenlet of the probe pool."""
+        try:
+            self._carry_out(exchange, self._probes_here(exchange, step), ifindex)
         except Exception:
             self._failed(exchange.request.packet.mac)
         finally:
@@ -349,8 +396,9 @@ class DhcpServer:
         """Answer one decoded request in the caller's greenlet; return the reply sent, if any.
 
         The read loop does not call this: it screens relays and hops, and never lets an
-        exchange wait on the HTTP ACL in its pool. Here a verdict the ACL has not cached is
-        asked in this greenlet (bounded by the ACL's timeout, not by ``max_calls``).
+        exchange wait on the HTTP ACL or a probe in its pool. Here a verdict the ACL has not
+        cached is asked in this greenlet (bounded by the ACL's timeout, not by ``max_calls``),
+        and so are the probes (each bounded by ``probe_timeout``).
 
         Args:
             packet: the decoded request.
@@ -362,10 +410,10 @@ class DhcpServer:
             assert acl is not None
             result = acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
             step = self._step(exchange, exchange.on_acl, result)
-        return self._carry_out(exchange, step, ifindex)
+        return self._carry_out(exchange, self._probes_here(exchange, step), ifindex)
 
     def _begin(self, packet: BootpPacket, source: tuple[str, int]
-               ) -> tuple[Exchange, Outcome | AclQuery, HttpAcl | None]:
+               ) -> tuple[Exchange, Outcome | AclQuery | ProbeQuery, HttpAcl | None]:
         """Start the exchange of *packet*: it, its first step (the query's events emitted), and
         the HTTP ACL of the same settings (a reload, ``apply``, swaps both: an exchange runs on
         those it started with)."""
@@ -377,13 +425,32 @@ class DhcpServer:
             self._emit(step.events)
         return exchange, step, acl
 
-    def _step(self, exchange: Exchange, step: Callable[..., Any], *args: Any) -> Outcome | AclQuery:
+    def _step(self, exchange: Exchange, step: Callable[..., Any], *args: Any
+              ) -> Outcome | AclQuery | ProbeQuery:
         """Run one step of *exchange*; on an exception, emit what happened before it, then raise."""
         try:
             return step(*args)
         except Exception:
             self._emit(exchange.take_events())
             raise
+
+    def _probes_here(self, exchange: Exchange, step: Outcome | ProbeQuery) -> Outcome:
+        """Probe in this greenlet until *exchange* is decided (each probe bounded by its
+        timeout, at most ``MAX_PROBES`` of them)."""
+        while isinstance(step, ProbeQuery):
+            self._emit(step.events)
+            step = self._step(exchange, exchange.on_probe, self._probe(step))
+        return step
+
+    def _probe(self, query: ProbeQuery) -> bool | None:
+        """Ping *query.ip* in this greenlet, at most its timeout (None: could not probe)."""
+        if self.prober is None:
+            return None
+        try:
+            return self.prober(query.ip, query.timeout)
+        except OSError as exc:
+            log.warning("probe of %s failed: %s", query.ip, exc)
+            return None
 
     def _carry_out(self, exchange: Exchange, outcome: Outcome, ifindex: int) -> BootpPacket | None:
         client = exchange.client
@@ -435,9 +502,18 @@ class DhcpServer:
         """``scope → (bound, size)`` of every pool, for metrics."""
         return {scope.name: scope.store.counts() for scope in [self.main, *self.scopes]}
 
+    def lease_stats(self) -> dict[str, LeaseStats]:
+        """``scope → lifecycle counters`` of every pool, for metrics."""
+        return {scope.name: scope.store.stats() for scope in [self.main, *self.scopes]}
+
     def workers(self) -> tuple[int, int]:
         """``(busy, capacity)`` of the exchange pool, for metrics."""
         pool = self.pool
+        return pool.size - pool.free_count(), pool.size
+
+    def probe_workers(self) -> tuple[int, int]:
+        """``(exchanges probing, capacity)`` of the probe pool, for metrics."""
+        pool = self.probe_pool
         return pool.size - pool.free_count(), pool.size
 
     def acl_workers(self) -> tuple[int, int] | None:

@@ -6,6 +6,21 @@ never kept; everyone reading it gets :class:`~massboot.sources.FileError` (``UPS
 Complete files go into the :class:`~massboot.files.cache.CacheDir`, bounded in total size with
 least-recently-used eviction, and are revalidated with a conditional GET (RFC 9110 section
 13.1, ``If-None-Match`` / ``If-Modified-Since``) once older than ``revalidate_after``.
+
+Bounds (README, "A mirror as root"): at most ``max_downloads`` upstream downloads run at once;
+a request for a file that needs one more waits up to ``http_timeout`` for a slot, then is
+refused (``cache.refused``, reason ``downloads``); a boot-file size prefetch never waits. Every
+download reserves its bytes in the cache first (``Content-Length``, or chunk by chunk without
+one); what cannot fit, after evicting unread files and waiting up to ``http_timeout`` for
+readers to finish, is refused (reason ``space``). A download whose clients have all gone is
+finished for the cache: it still holds its slot and its reservation, so it is bounded like any
+other, and the next client finds the file.
+
+The body is stored exactly as the mirror sent it, as ``curl`` without ``--compressed`` would:
+massboot asks for ``Accept-Encoding: identity`` and never decodes a ``Content-Encoding`` (RFC
+9110 section 8.4): a ``.gz`` file that a mirror labels ``Content-Encoding: gzip`` (Apache's
+``AddEncoding``) is served byte for byte. Messages for clients never carry the mirror's URL;
+the log lines do.
 """
 
 from __future__ import annotations
@@ -19,12 +34,15 @@ from collections.abc import Callable
 
 import gevent
 import gevent.event
+import gevent.lock
 import requests
 import urllib3
 
+from massboot.config import ConfigError
 from massboot.events import EventBus
-from massboot.files.cache import CacheDir, Entry, cache_key
+from massboot.files.cache import CacheDir, Entry, Missing, cache_key
 from massboot.files.local import BufferedSource, Fd, LocalFiles, blocking
+from massboot.files.names import shown
 from massboot.sources import FileError, FileReason, Source, WouldBlock
 
 __all__ = ["CHUNK", "Mirror"]
@@ -37,7 +55,8 @@ REVALIDATE_BACKOFF = 30.0  # seconds a stale copy is served without asking a mir
 # (UUID, 01-<mac>, hex IP prefixes) that usually do not exist; a rack would ask the mirror for
 # each of them (1,640 GETs for 500 clients) instead of once per name and period
 NEGATIVE_TTL = 30.0
-MISSING_MAX = 4096
+MISSING_MAX = 4096        # names remembered as missing; the oldest go first (never a wipe)
+MAX_DOWNLOADS = 8         # default upstream downloads at once ([tftpd] max_downloads)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -53,7 +72,7 @@ class _Download:
 
     __slots__ = ("url", "key", "token", "stale", "headers", "progress", "size", "etag",
                  "last_modified", "received", "complete", "done", "not_modified", "error", "fd",
-                 "readers", "stored", "writing", "greenlet")
+                 "readers", "stored", "writing", "greenlet", "reserved", "reserving")
 
     def __init__(self, url: str, stale: Entry | None) -> None:
         self.url = url
@@ -75,6 +94,8 @@ class _Download:
         self.stored: Entry | None = None
         self.writing = False
         self.greenlet: gevent.Greenlet | None = None
+        self.reserved = 0                       # bytes counted in the cache's bound
+        self.reserving = False                  # waiting for cache space
 
     def notify(self) -> None:
         event, self.progress = self.progress, gevent.event.Event()
@@ -103,7 +124,7 @@ class StreamSource(BufferedSource):
                 raise WouldBlock
             # A safety net only: the download itself times out reads after http_timeout.
             if not dl.progress.wait(self._stall):
-                raise FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed: stalled")
+                raise FileError(FileReason.UPSTREAM, "upstream failed: stalled")
 
 
 def _reason(exc: BaseException) -> str:
@@ -121,12 +142,12 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _status_error(url: str, status: int) -> FileError:
+def _status_error(status: int) -> FileError:
     if status in (404, 410):
         return FileError(FileReason.NOT_FOUND, "File not found")
     if status in (401, 403):
         return FileError(FileReason.ACCESS, "Access violation")
-    return FileError(FileReason.UPSTREAM, f"upstream {url} failed: HTTP {status}")
+    return FileError(FileReason.UPSTREAM, f"upstream failed: HTTP {status}")
 
 
 class Mirror:
@@ -139,16 +160,21 @@ class Mirror:
         http_timeout: seconds for the upstream connect, the response headers and each body read.
         revalidate_after: seconds a cached file is served without asking the mirror.
         events: the event bus for ``cache.*`` events.
+        max_downloads: upstream downloads at once.
+        clock: monotonic seconds (the negative entries' age).
 
     Attributes:
         hits: opens served from a cached copy (fresh, revalidated, or stale with the mirror down).
         misses: opens (and :meth:`size` prefetches) that started an upstream download.
         coalesced: opens that joined a download already in flight.
         upstream_bytes: body bytes received from mirrors.
+        refused: requests refused by a bound, by reason (``downloads``, ``space``).
     """
 
     def __init__(self, cache: CacheDir, files: LocalFiles, session: requests.Session, *,
-                 http_timeout: float, revalidate_after: float, events: EventBus) -> None:
+                 http_timeout: float, revalidate_after: float, events: EventBus,
+                 max_downloads: int = MAX_DOWNLOADS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cache = cache
         self._files = files
         self._session = session
@@ -156,12 +182,17 @@ class Mirror:
         self._revalidate_after = revalidate_after
         self._events = events
         self._inflight: dict[str, _Download] = {}    # url → download
-        self._missing: dict[str, float] = {}         # url → until when the mirror's 404 is believed
+        self._missing = Missing(min(revalidate_after, NEGATIVE_TTL), MISSING_MAX, clock)
         self._closed = False
+        self.max_downloads = max_downloads
+        self.active = 0                              # downloads holding a slot
+        self._slot = gevent.event.Event()            # set (and replaced) when a slot frees
+        self._loading = gevent.lock.Semaphore()
         self.hits = 0
         self.misses = 0
         self.coalesced = 0
         self.upstream_bytes = 0
+        self.refused: dict[str, int] = {"downloads": 0, "space": 0}
 
     def open(self, url: str) -> Source:
         """A source for *url*: cached, joining a download in flight, or starting one.
@@ -170,14 +201,15 @@ class Mirror:
             FileError: NOT_FOUND or ACCESS from the mirror's answer, UPSTREAM for a failure.
         """
         if self._closed:
-            raise FileError(FileReason.UPSTREAM, f"upstream {url} failed: server stopping")
-        missing_until = self._missing.get(url)
-        if missing_until is not None:
-            if missing_until > time.monotonic():
-                self._count("hit", url, None)
-                raise FileError(FileReason.NOT_FOUND, "File not found")
-            del self._missing[url]
-        for _attempt in range(3):
+            raise FileError(FileReason.UPSTREAM, "upstream failed: server stopping")
+        if url in self._missing:
+            self._count("hit", url, None)
+            raise FileError(FileReason.NOT_FOUND, "File not found")
+        attempts = 0
+        while attempts < 3:
+            attempts += 1
+            if self._closed:        # closed while this request waited for a slot or space
+                raise FileError(FileReason.UPSTREAM, "upstream failed: server stopping")
             dl = self._inflight.get(url)
             started = dl is None
             if dl is None:
@@ -187,14 +219,26 @@ class Mirror:
                     if source is not None:
                         return source
                     continue
+                if self.active >= self.max_downloads:
+                    self._wait_slot(url)
+                    attempts -= 1      # the file may have come meanwhile: look again
+                    continue
+                if self.cache.room() <= 0:
+                    # full of files in use and downloads: no GET the body of which would be
+                    # refused anyway
+                    self._wait_room(url)
+                    attempts -= 1
+                    continue
                 dl = self._start(url, entry)
             kind = "miss" if started else "coalesced"
-            if not dl.headers.wait(self.http_timeout):
+            # a download waiting for cache space (up to http_timeout more) has its answer
+            if not dl.headers.wait(self.http_timeout) and not (
+                    dl.reserving and dl.headers.wait(self.http_timeout)):
                 if dl.stale is not None and (source := self._serve_stale(dl.stale, "no answer")):
                     return source
                 self._count(kind, url, None)
                 raise FileError(FileReason.UPSTREAM,
-                                f"upstream {url} failed: no answer within {self.http_timeout:g} s")
+                                f"upstream failed: no answer within {self.http_timeout:g} s")
             if dl.not_modified and dl.stale is not None:
                 if (source := self._serve_cached(dl.stale)) is not None:
                     return source
@@ -215,20 +259,54 @@ class Mirror:
                                     functools.partial(self._release_stream, dl))
             if dl.stored is not None and (source := self._serve_cached(dl.stored)) is not None:
                 return source
-        raise FileError(FileReason.UPSTREAM, f"upstream {url} failed: cache kept changing")
+        raise FileError(FileReason.UPSTREAM, "upstream failed: cache kept changing")
+
+    def _wait_slot(self, url: str) -> None:
+        """Wait up to ``http_timeout`` for a download slot; raise FileError (refused) after."""
+        deadline = time.monotonic() + self.http_timeout
+        while self.active >= self.max_downloads and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._slot.wait(left):
+                if self.active < self.max_downloads:
+                    return
+                self._refuse("downloads", url)
+                raise FileError(FileReason.UPSTREAM, "upstream failed: too many downloads, retry")
+
+    def _wait_room(self, url: str) -> None:
+        """Wait up to ``http_timeout`` for cache space; raise FileError (refused) after."""
+        deadline = time.monotonic() + self.http_timeout
+        while self.cache.room() <= 0 and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.cache.space.wait(left):
+                if self.cache.room() > 0:
+                    return
+                self._refuse("space", url)
+                raise FileError(FileReason.UPSTREAM, "upstream failed: cache full, retry")
+
+    def _refuse(self, reason: str, url: str) -> None:
+        self.refused[reason] += 1
+        log.warning("cache refused url=%s: %s", shown(url), "max_downloads downloads in flight"
+                    if reason == "downloads" else "cache_size full (files in use or in flight)")
+        self._events.emit("cache.refused", url=url, reason=reason)
 
     def size(self, url: str) -> int | None:
         """The size of *url* if known without waiting; else None, and a prefetch starts."""
-        if self._closed or self._missing.get(url, 0.0) > time.monotonic():
+        if self._closed or url in self._missing:
             return None
         dl = self._inflight.get(url)
         if dl is not None:
             return dl.stale.size if dl.not_modified and dl.stale is not None else dl.size
         entry = self.cache.get(url)
+        # a prefetch never waits, for a slot or for space
+        full = "downloads" if self.active >= self.max_downloads else (
+            "space" if self.cache.room() <= 0 else None)
         if entry is not None:
-            if entry.fresh_until <= time.time():
+            if entry.fresh_until <= time.time() and full is None:
                 self._start(url, entry)
             return entry.size
+        if full is not None:
+            self._refuse(full, url)
+            return None
         self._start(url, None)
         self.misses += 1
         self._events.emit("cache.miss", url=url, bytes=None, prefetch=True)
@@ -252,7 +330,7 @@ class Mirror:
         self._events.emit(f"cache.{kind}", url=url, bytes=size)
 
     def _serve_stale(self, entry: Entry, why: str) -> Source | None:
-        log.warning("serving cached %s: revalidation failed (%s)", entry.url, why)
+        log.warning("serving cached %s: revalidation failed (%s)", shown(entry.url), why)
         return self._serve_cached(entry)
 
     def _serve_cached(self, entry: Entry) -> Source | None:
@@ -274,8 +352,49 @@ class Mirror:
     def _start(self, url: str, stale: Entry | None) -> _Download:
         dl = _Download(url, stale)
         self._inflight[url] = dl
+        self.active += 1
         dl.greenlet = gevent.spawn(self._run, dl)
         return dl
+
+    def _end(self, dl: _Download) -> None:
+        """The download greenlet ends: its slot is free."""
+        self.active -= 1
+        event, self._slot = self._slot, gevent.event.Event()
+        event.set()
+
+    def _reserve(self, dl: _Download, size: int) -> None:
+        """Count *size* more bytes of *dl* against ``cache_size``, waiting up to
+        ``http_timeout`` for readers to give some back; raise FileError (refused) after."""
+        cache = self.cache
+        if dl.reserved + size > cache.max_bytes:
+            self._refuse("space", dl.url)
+            raise FileError(FileReason.UPSTREAM, "upstream failed: larger than the cache")
+        deadline = time.monotonic() + self.http_timeout
+        dl.reserving = True
+        try:
+            while not cache.reserve(size):
+                left = deadline - time.monotonic()
+                if left <= 0 or not cache.space.wait(left):
+                    if cache.reserve(size):
+                        break
+                    self._refuse("space", dl.url)
+                    raise FileError(FileReason.UPSTREAM, "upstream failed: cache full, retry")
+        finally:
+            dl.reserving = False
+        dl.reserved += size
+
+    def _ensure_dir(self) -> None:
+        """Check and index the cache directory once (a local root whose filters lead to URLs
+        only at run time, through a ``[path]`` file)."""
+        if self.cache.loaded:
+            return
+        with self._loading:
+            if not self.cache.loaded:
+                try:
+                    blocking(self.cache.load)
+                except ConfigError as exc:
+                    log.error("cache directory unusable: %s", exc)
+                    raise FileError(FileReason.UPSTREAM, "upstream failed: cache unusable") from None
 
     def _run(self, dl: _Download) -> None:
         """The download greenlet: every way out resolves the download for its readers."""
@@ -285,17 +404,18 @@ class Mirror:
         except FileError as exc:
             self._fail(dl, exc)
         except BaseException as exc:  # GreenletExit included: a reader must never hang
-            self._fail(dl, FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed: {_reason(exc)}"),
+            self._fail(dl, FileError(FileReason.UPSTREAM, f"upstream failed: {_reason(exc)}"),
                        detail=f"{type(exc).__name__}: {exc}")
             if not isinstance(exc, Exception):
                 raise
         else:
             if dl.complete:
-                log.info("cached url=%s bytes=%d duration=%.3f", dl.url, dl.received,
+                log.info("cached url=%s bytes=%d duration=%.3f", shown(dl.url), dl.received,
                          time.monotonic() - started)
         finally:
             if not dl.done:
-                self._fail(dl, FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed"))
+                self._fail(dl, FileError(FileReason.UPSTREAM, "upstream failed"))
+            self._end(dl)
 
     def _fetch(self, dl: _Download) -> None:
         headers = {"Accept-Encoding": "identity"}
@@ -305,6 +425,9 @@ class Mirror:
             if dl.stale.last_modified:
                 headers["If-Modified-Since"] = dl.stale.last_modified
         timeout = self.http_timeout
+        self._ensure_dir()
+        # A mirror's redirect (deb.debian.org → a CDN) is followed, requests' default for GET;
+        # the URL asked stays the cache key.
         resp = self._session.get(dl.url, headers=headers, stream=True, timeout=(timeout, timeout))
         try:
             status = resp.status_code
@@ -312,16 +435,10 @@ class Mirror:
                 self._not_modified(dl, resp)
                 return
             if status != 200:
-                raise _status_error(dl.url, status)
-            encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                # Asked for identity, got a content coding (RFC 9110 section 8.4): either the file
-                # compressed in transit, or a compressed file labelled with its coding (Apache's
-                # "AddEncoding x-gzip .gz"). Which file is meant cannot be told, and a close-
-                # delimited encoded body cut short would decode without error: refuse, never
-                # guess (README, [tftpd] root).
-                raise FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed: the mirror sent "
-                                                     f"Content-Encoding {encoding}, asked for identity")
+                raise _status_error(status)
+            # A Content-Encoding (RFC 9110 section 8.4) is kept as sent, never decoded: the bytes
+            # stored are the bytes the mirror sent, as a download tool stores them (a .gz file
+            # labelled "Content-Encoding: gzip" by Apache's AddEncoding is the .gz file).
             try:
                 length: int | None = int(resp.headers["Content-Length"])
                 if length < 0:
@@ -332,7 +449,7 @@ class Mirror:
             dl.etag = resp.headers.get("ETag")
             dl.last_modified = resp.headers.get("Last-Modified")
             if length:
-                self.cache.evict(extra=length)
+                self._reserve(dl, length)
             fd = self.cache.create_part(dl.key, dl.token)
             dl.fd = Fd(fd)
             dl.headers.set()
@@ -342,6 +459,8 @@ class Mirror:
                 chunk = read(CHUNK, decode_content=False)
                 if not chunk:
                     break
+                if dl.received + len(chunk) > dl.reserved:     # no Content-Length: as it comes
+                    self._reserve(dl, dl.received + len(chunk) - dl.reserved)
                 dl.writing = True
                 try:
                     blocking(_pwrite_all, fd, chunk, dl.received)
@@ -353,7 +472,7 @@ class Mirror:
                 self.upstream_bytes += len(chunk)
                 dl.notify()
             if length is not None and dl.received != length:
-                raise FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed: cut short at "
+                raise FileError(FileReason.UPSTREAM, f"upstream failed: cut short at "
                                                      f"{dl.received} of {length} bytes")
         finally:
             resp.close()
@@ -371,14 +490,18 @@ class Mirror:
         dl.not_modified = True
         self._finish(dl)
         self._events.emit("cache.upstream", url=dl.url, bytes=0, status=304)
-        log.debug("revalidated url=%s (304)", dl.url)
+        log.debug("revalidated url=%s (304)", shown(dl.url))
         self.cache.save(entry)
 
     def _store(self, dl: _Download) -> None:
         """File a complete download into the cache (best effort: its readers are served anyway)."""
         entry = self.cache.add(dl.key, dl.token, dl.url, dl.received, dl.etag, dl.last_modified)
+        reserved, dl.reserved = dl.reserved, 0
         if entry is not None:
             self.cache.pin(entry, dl.readers)   # the stream readers now read a cached file
+            self.cache.unreserve(reserved)      # the bytes are the entry's now (its total)
+        elif dl.fd is not None:                 # not filed, removed: freed at the last close
+            dl.fd.on_close = functools.partial(self.cache.unreserve, reserved)
         dl.stored = entry
         self._events.emit("cache.upstream", url=dl.url, bytes=dl.received, status=200)
         self._finish(dl)
@@ -400,22 +523,26 @@ class Mirror:
         dl.error = error
         not_found = error.reason is FileReason.NOT_FOUND
         if not_found:
-            if len(self._missing) >= MISSING_MAX:
-                self._missing.clear()
-            self._missing[dl.url] = time.monotonic() + min(self._revalidate_after, NEGATIVE_TTL)
+            self._missing.add(dl.url)
         if dl.stale is not None:
             if not_found:
                 self.cache.drop(dl.stale)   # gone upstream: forget our copy
             else:
                 self.cache.postpone(dl.stale, REVALIDATE_BACKOFF)
         if not_found:
-            log.info("upstream %s: not found", dl.url)
+            log.info("upstream %s: not found", shown(dl.url))
         else:
-            log.warning("%s%s", error.message, f" ({detail})" if detail else "")
+            log.warning("upstream %s: %s%s", shown(dl.url), error.message,
+                        f" ({detail})" if detail else "")
+        reserved, dl.reserved = dl.reserved, 0
         if dl.fd is not None:
             self.cache.discard_part(dl.key, dl.token)
             if dl.writing:
                 dl.fd.acquire()   # killed mid-write: a thread may still use the fd, never close it
+            # the unlinked part keeps its blocks until its last reader closes it
+            dl.fd.on_close = functools.partial(self.cache.unreserve, reserved)
+        elif reserved:
+            self.cache.unreserve(reserved)
         self._events.emit("cache.upstream", url=dl.url, bytes=dl.received, status=None,
                           error=error.message, reason=error.reason.value)
         self._finish(dl)

@@ -44,8 +44,10 @@ class Harness:
         self.recorder = EventRecorder()
         self.events.subscribe(self.recorder)
         pool, _ = main_pool(self.config, "127.0.0.1", "255.0.0.0")
-        self.store = SqliteLeaseStore(db, pool, self.config.static) if db else MemoryLeaseStore(
-            pool, self.config.static)
+        c = self.config
+        lifecycle = dict(offer_hold=c.offer_hold, reclaim=c.reclaim, decline_probation=c.decline_probation)
+        self.store = SqliteLeaseStore(db, pool, c.static, **lifecycle) if db else MemoryLeaseStore(
+            pool, c.static, **lifecycle)
         subnet_stores = {s.name: MemoryLeaseStore(subnet_pool(s, {})) for s in self.config.subnets}
         self.server = DhcpServer(self.config, "127.0.0.1", "255.0.0.0", self.store, self.events,
                                  subnet_stores=subnet_stores, **kwargs)
