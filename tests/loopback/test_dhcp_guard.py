@@ -176,6 +176,85 @@ def test_full_exchange_pool_drops_and_counts(harness):
     assert h.client.dora(ALLOWED, pxe_options())[1] is not None
 
 
+class HeldProber:
+    """A prober that holds every probe until :attr:`release` is set (at most its timeout), then
+    finds the address silent."""
+
+    def __init__(self) -> None:
+        self.release = gevent.event.Event()
+        self.pending = 0
+        self.asked: list[str] = []
+
+    def __call__(self, ip: str, timeout: float) -> bool:
+        self.asked.append(ip)
+        self.pending += 1
+        try:
+            self.release.wait(timeout)
+        finally:
+            self.pending -= 1
+        return False
+
+
+def test_probes_wait_out_of_the_exchange_pool_bounded_and_counted(harness):
+    """Exchanges that must probe a reclaimed address leave the exchange pool for the probe pool
+    (``pool_size`` greenlets): while every probe is held, a known client's renewal is answered
+    and nothing counts as ``pool_full``; the probes beyond the probe pool are dropped and
+    counted (``probe_busy``), never queued; the client's retry is offered the held address."""
+    prober = HeldProber()
+    h = harness(bootpd="pool_size = 2\npool_count = 4\nlease_time = 1\nprobe_timeout = 10",
+                prober=prober)
+    metrics = Metrics(cfg.MetricsConfig(), h.events, dhcp=h.server)
+    owners = [bytes.fromhex(f"5254000004{n:02x}") for n in range(4)]
+    acks = [h.client.dora(mac, pxe_options())[1] for mac in owners]
+    assert all(ack is not None for ack in acks) and not prober.asked      # fresh: not probed
+    _wait(lambda: h.store.counts() == (0, 4), timeout=10)                  # every lease expired
+    newcomers = FLOOD[:3]
+    _discovers(h.client, newcomers)                # each reclaims an expired address: probed
+    _wait(lambda: prober.pending == 2 and _ignored(h, "probe_busy") == 1)
+    assert h.server.probe_workers() == (2, 2) and h.server.workers()[0] == 0
+    # the exchange pool is free: the last owner renews the address it still holds
+    last = h.store.get("52:54:00:00:04:03")
+    assert last is not None
+    renew = h.client.exchange(h.client.packet(owners[3], MessageType.REQUEST, ciaddr=last.ip))
+    assert renew is not None and renew.message_type == MessageType.ACK and renew.yiaddr == last.ip
+    assert _ignored(h, "pool_full") == 0 and prober.pending == 2
+    text = generate_latest(metrics.registry).decode()
+    for line in ('massboot_workers_busy{pool="dhcp_probe"} 2.0',
+                 'massboot_workers_capacity{pool="dhcp_probe"} 2.0',
+                 'massboot_dhcp_requests_ignored_total{reason="probe_busy"} 1.0'):
+        assert line in text.splitlines(), line
+    prober.release.set()                                                   # silent: offered
+    offers = [h.client.recv(2) for _ in range(2)]
+    assert all(o is not None and o.message_type == MessageType.OFFER for o in offers)
+    _wait(lambda: h.server.probe_workers() == (0, 2))
+    dropped = next(e.get("mac") for e in h.recorder.of("dhcp.ignored") if e.get("reason") == "probe_busy")
+    retry = h.client.exchange(h.client.packet(bytes.fromhex(dropped.replace(":", "")),
+                                              MessageType.DISCOVER, pxe_options()))
+    assert retry is not None and retry.message_type == MessageType.OFFER
+    # the dropped request never reached the prober; its retry probes the address held for it
+    assert len(prober.asked) == 3 and retry.yiaddr == prober.asked[2]
+
+
+def test_an_exchange_asked_about_moves_on_to_the_probe_pool(harness, held):
+    """access = http: the ACL's call ends, its slot is free, and the probe runs in the probe pool."""
+    prober = HeldProber()
+    newcomer = FLOOD[0]
+    acl = held({ALLOWED, newcomer})
+    bootpd, extra, kw = _http("pool_count = 1\nlease_time = 1\nprobe_timeout = 10", acl.location,
+                              max_calls=4)
+    h = harness(bootpd=bootpd, extra=extra, prober=prober, **kw)
+    assert h.client.dora(ALLOWED, pxe_options())[1] is not None
+    _wait(lambda: h.store.counts() == (0, 1), timeout=10)
+    _discovers(h.client, [newcomer])
+    _wait(lambda: prober.pending == 1)
+    _wait(lambda: h.server.acl_workers() == (0, 4))               # the call's slot is free
+    assert h.server.workers()[0] == 0 and h.server.probe_workers()[0] == 1
+    prober.release.set()
+    offer = h.client.recv(2)
+    assert offer is not None and offer.message_type == MessageType.OFFER and offer.yiaddr == "127.0.0.100"
+    assert acl.calls[newcomer.hex("-").upper()] == 1
+
+
 def test_verdict_cache_counts_calls(harness, held):
     """Exact call counts: a retransmitting denied MAC, a flood of the same MACs, and a real
     client's boot flow (pybootd's "asked on phase change" rule) with and without the cache."""
