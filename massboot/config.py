@@ -347,19 +347,11 @@ BOOTPD = Section("bootpd", (
            "``[massboot] state_dir``; created ``0600``; ``:memory:`` keeps leases in memory only",
            default_doc="in ``state_dir``"),
     Option("pool_size", Int(1, 100000), "256", "*massboot*: DHCP exchanges handled at once; when all "
-           "are busy a request is dropped and counted (``pool_full``), the client retries"),
+           "are busy a request is dropped and counted (``pool_full``), the client retries; as many "
+           "exchanges may wait on ICMP probes, in a pool of their own (full: ``probe_busy``)"),
     Option("rcvbuf", parse_size, "4M",
            "*massboot*: socket receive buffer, sized for a burst of a thousand DISCOVERs (as root it may "
            "exceed ``net.core.rmem_max``)"),
-    Option("relays", parse_networks, None,
-           "*massboot*: ``10.0.0.0/8;192.168.5.1``: the addresses relayed requests (``giaddr`` set) "
-           "may come from; others are dropped and counted (``relay_not_allowed``)",
-           default_doc="(any)"),
-    Option("max_hops", Int(0, 16), "4", "*massboot*: requests with more BOOTP ``hops`` are dropped and "
-           "counted (``too_many_hops``; RFC 1542 §4.1.1: 4 by default, 16 at most)"),
-    Option("max_clients", Int(1, 10_000_000), "100000",
-           "*massboot*: client records kept (PXE/OS state, UUID, architecture), made only for a "
-           "request that passed the ACLs; the least recently seen goes first"),
     Option("offer_hold", Float(1, 3600), "60",
            "*massboot*: seconds an OFFER holds its address without a REQUEST; then the address is "
            "free again (README, Lease lifecycle)"),
@@ -372,6 +364,15 @@ BOOTPD = Section("bootpd", (
            "*massboot*: ping (ICMP echo) a reclaimed or returned address before offering it; one "
            "that answers is set aside for 10 minutes"),
     Option("probe_timeout", Float(0.01, 10), "0.5", "*massboot*: seconds to wait for the echo reply"),
+    Option("relays", parse_networks, None,
+           "*massboot*: ``10.0.0.0/8;192.168.5.1``: the addresses relayed requests (``giaddr`` set) "
+           "may come from; others are dropped and counted (``relay_not_allowed``)",
+           default_doc="(any)"),
+    Option("max_hops", Int(0, 16), "4", "*massboot*: requests with more BOOTP ``hops`` are dropped and "
+           "counted (``too_many_hops``; RFC 1542 §4.1.1: 4 by default, 16 at most)"),
+    Option("max_clients", Int(1, 10_000_000), "100000",
+           "*massboot*: client records kept (PXE/OS state, UUID, architecture), made only for a "
+           "request that passed the ACLs; the least recently seen goes first"),
     Option("server_name", parse_text, None,
            f"{_NEVER_READ} (it reads ``servername``): accepted and ignored", ignored=True),
     Option("set_gateway", parse_text, None,
