@@ -433,8 +433,7 @@ def http_acl_for(bootp: cfg.BootpConfig) -> Any:
     if bootp.access != "http":
         return None
     assert bootp.http is not None
-    return HttpAcl(bootp.http.location, bootp.http.pxe, bootp.http.dhcp,
-                   timeout=bootp.http.timeout, mac_format=bootp.http.mac_format)
+    return HttpAcl.from_config(bootp.http)
 
 
 def admin_server(path: str, dhcp: Any) -> Any:

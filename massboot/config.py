@@ -159,6 +159,11 @@ def parse_network(section: str, option: str, value: str) -> ipaddress.IPv4Networ
         raise ConfigError(section, option, value, "not an IPv4 network") from None
 
 
+def parse_networks(section: str, option: str, value: str) -> tuple[ipaddress.IPv4Network, ...]:
+    """``10.0.0.0/8;192.168.5.1``: networks and single addresses, ``;``-separated."""
+    return tuple(parse_network(section, option, part.strip()) for part in value.split(";") if part.strip())
+
+
 def parse_size(section: str, option: str, value: str) -> int:
     """A size in bytes with an optional K/M/G suffix (powers of 1024); plain numbers are MiB."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)[iI]?[bB]?\s*", value)
@@ -341,7 +346,9 @@ BOOTPD = Section("bootpd", (
            "*massboot*: the lease database (SQLite, WAL); a relative path is relative to "
            "``[massboot] state_dir``; created ``0600``; ``:memory:`` keeps leases in memory only",
            default_doc="in ``state_dir``"),
-    Option("pool_size", Int(1, 100000), "256", "*massboot*: DHCP exchanges handled at once"),
+    Option("pool_size", Int(1, 100000), "256", "*massboot*: DHCP exchanges handled at once; when all "
+           "are busy a request is dropped and counted (``pool_full``), the client retries; as many "
+           "exchanges may wait on ICMP probes, in a pool of their own (full: ``probe_busy``)"),
     Option("rcvbuf", parse_size, "4M",
            "*massboot*: socket receive buffer, sized for a burst of a thousand DISCOVERs (as root it may "
            "exceed ``net.core.rmem_max``)"),
@@ -357,6 +364,15 @@ BOOTPD = Section("bootpd", (
            "*massboot*: ping (ICMP echo) a reclaimed or returned address before offering it; one "
            "that answers is set aside for 10 minutes"),
     Option("probe_timeout", Float(0.01, 10), "0.5", "*massboot*: seconds to wait for the echo reply"),
+    Option("relays", parse_networks, None,
+           "*massboot*: ``10.0.0.0/8;192.168.5.1``: the addresses relayed requests (``giaddr`` set) "
+           "may come from; others are dropped and counted (``relay_not_allowed``)",
+           default_doc="(any)"),
+    Option("max_hops", Int(0, 16), "4", "*massboot*: requests with more BOOTP ``hops`` are dropped and "
+           "counted (``too_many_hops``; RFC 1542 §4.1.1: 4 by default, 16 at most)"),
+    Option("max_clients", Int(1, 10_000_000), "100000",
+           "*massboot*: client records kept (PXE/OS state, UUID, architecture), made only for a "
+           "request that passed the ACLs; the least recently seen goes first"),
     Option("server_name", parse_text, None,
            f"{_NEVER_READ} (it reads ``servername``): accepted and ignored", ignored=True),
     Option("set_gateway", parse_text, None,
@@ -375,6 +391,12 @@ HTTP = Section("http", (
     Option("dhcp", parse_text, "linux", "path asked for OS-phase requests"),
     Option("timeout", Float(0.1, 600), "5", "seconds for the whole request (connect and body)"),
     Option("always_check", parse_bool, "off", "ask on every request instead of on phase changes only"),
+    Option("max_calls", Int(1, 10000), "32",
+           "*massboot*: calls to the ACL server at once, in their own pool; a request that needs one "
+           "more is dropped and counted (``acl_busy``), the client retries"),
+    Option("cache_ttl", Float(0, 3600), "30",
+           "*massboot*: seconds an allowed or denied verdict answers the same question again "
+           "(``0``: ask every time); errors are not kept"),
     Option("mac_format", Choice({"dash": "dash", "colon": "colon"}), "dash",
            "*massboot*: ``dash`` sends the documented query ``?mac=AA-BB-CC-DD-EE-FF&uuid=...``; "
            "``colon`` sends pybootd 1.8's on-wire form ``?mac=AA%3ABB%3A...&uuid=...&ip=...``"),
@@ -534,6 +556,8 @@ class HttpAclConfig:
     timeout: float = HTTP.default("timeout")
     always_check: bool = HTTP.default("always_check")
     mac_format: str = HTTP.default("mac_format")   # dash (documented) | colon (pybootd 1.8 on the wire)
+    max_calls: int = HTTP.default("max_calls")
+    cache_ttl: float = HTTP.default("cache_ttl")
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,6 +582,9 @@ class BootpConfig:
     lease_db: str = BOOTPD.default("lease_db")
     pool_size: int = BOOTPD.default("pool_size")
     rcvbuf: int = BOOTPD.default("rcvbuf")
+    max_clients: int = BOOTPD.default("max_clients")
+    relays: tuple[ipaddress.IPv4Network, ...] | None = None    # None: any relay
+    max_hops: int = BOOTPD.default("max_hops")
     offer_hold: float = BOOTPD.default("offer_hold")
     reclaim: str = BOOTPD.default("reclaim")                 # expired | never
     decline_probation: float = BOOTPD.default("decline_probation")
@@ -968,6 +995,8 @@ def describe(config: Config) -> Iterable[str]:
         for sub in b.subnets:
             yield (f"bootp: relay subnet {sub.name} {sub.network}, "
                    f"pool from {sub.pool_start} ({sub.pool_count})")
+        if b.relays is not None:
+            yield "bootp: relayed requests only from " + ", ".join(str(n) for n in b.relays)
         if b.notify:
             yield "bootp: notify " + ", ".join(f"{h}:{p}" for h, p in b.notify)
         yield f"bootp: lease database {b.lease_db}"

@@ -13,7 +13,8 @@ Each kind is an :class:`EventKind` (a :class:`~enum.StrEnum`: ``EventKind.DHCP_R
                     ipxe, uuid, arch
 ``dhcp.reply``      a reply sent: msgtype (offer, ack, nak, bootp), mac, ip, pxe, arch, phase
                     (pxe or os), file, ipxe, uuid [to (ip, port); requested, bound (a NAK's)]
-``dhcp.ignored``    a request not answered: mac, reason [phase, detail (a refused DECLINE's:
+``dhcp.ignored``    a request not answered: mac, reason [phase, detail (the relay or hop count
+                    of ``relay_not_allowed`` and ``too_many_hops``; a refused DECLINE's:
                     other_server, other_mac, outside_pool, not_held)]
 ``dhcp.arch_fallback`` an architecture without a [bootfile] entry got the default: mac, arch
                     [file]

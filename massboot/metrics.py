@@ -66,7 +66,8 @@ BOOT_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 300.0, 450.0, 600.0, 9
 DHCP_TYPES = ("discover", "offer", "request", "decline", "ack", "nak", "release", "inform", "bootp")
 REPLY_TYPES = ("offer", "ack", "nak", "bootp")
 IGNORE_REASONS = ("in_flight", "idle_state", "bootp_not_allowed", "other_server", "not_our_address",
-                  "unhandled", "internal_error", "decline_refused", "address_in_use")
+                  "unhandled", "internal_error", "pool_full", "acl_busy", "relay_not_allowed",
+                  "too_many_hops", "decline_refused", "address_in_use", "probe_busy")
 PROBE_RESULTS = ("in_use", "free", "unavailable")
 ACL_TYPES = ("mac", "uuid", "http")
 ACL_VERDICTS = ("allowed", "denied", "error")
@@ -129,6 +130,10 @@ class DhcpStatus(ServerStatus, Protocol):
     def client_identity(self, mac: str) -> tuple[str | None, int | None]:
         """``(uuid, architecture)`` last seen from *mac*; ``(None, None)`` if unknown."""
         ...
+
+    # optional (read with getattr): acl_workers() -> (calls in flight, max_calls) | None,
+    # probe_workers() -> (exchanges probing, capacity), and
+    # guard_counts() -> {clients, clients_evicted, acl_calls, acl_cache_hits, acl_refused}
 
 
 class TftpStatus(ServerStatus, Protocol):
@@ -491,11 +496,32 @@ class Metrics:
                 family.add_metric((scope,), getattr(stats, name))
         for family, _ in families:
             yield family
+        guard = getattr(dhcp, "guard_counts", None)
+        if guard is None:
+            return
+        counts = guard()
+        yield GaugeMetricFamily("massboot_dhcp_clients", "Client records the DHCP server keeps "
+                                "(at most [bootpd] max_clients).", value=counts["clients"])
+        yield CounterMetricFamily("massboot_dhcp_clients_evicted", "Client records dropped, least "
+                                  "recently seen first, to stay within max_clients.",
+                                  value=counts["clients_evicted"])
+        yield CounterMetricFamily("massboot_dhcp_acl_calls", "Calls made to the HTTP ACL server.",
+                                  value=counts["acl_calls"])
+        yield CounterMetricFamily("massboot_dhcp_acl_cache_hits", "HTTP ACL questions answered "
+                                  "from the verdict cache ([http] cache_ttl).",
+                                  value=counts["acl_cache_hits"])
 
     def _workers(self) -> Iterator[tuple[str, int, int]]:
         for name, server in (("dhcp", self._dhcp), ("tftp", self._tftp)):
             if server is not None:
                 yield (name, *server.workers())
+        acl = getattr(self._dhcp, "acl_workers", None)
+        calls = acl() if acl is not None else None
+        if calls is not None:
+            yield ("dhcp_acl", *calls)
+        probes = getattr(self._dhcp, "probe_workers", None)
+        if probes is not None:
+            yield ("dhcp_probe", *probes())
 
     def _collect_tftp(self) -> Iterator[Metric]:
         tftp = self._tftp
@@ -503,7 +529,9 @@ class Metrics:
             yield GaugeMetricFamily("massboot_tftp_active_transfers", "TFTP transfers in progress.",
                                     value=tftp.active)
         busy = GaugeMetricFamily("massboot_workers_busy", "Greenlets of a server's bounded pool in "
-                                 "use (dhcp: exchanges, tftp: transfers).", labels=("pool",))
+                                 "use (dhcp: exchanges, dhcp_acl: HTTP ACL calls, dhcp_probe: exchanges "
+                                 "waiting on ICMP probes, tftp: transfers).",
+                                 labels=("pool",))
         capacity = GaugeMetricFamily("massboot_workers_capacity", "Size of a server's bounded pool.",
                                      labels=("pool",))
         for name, used, size in self._workers():

@@ -65,6 +65,10 @@ from massboot.events import ACL_NO_UUID
 from massboot.ident import mac_int, mac_str
 
 MSG_NAMES = {t: t.name.lower() for t in MessageType}
+#: the hardware address length massboot identifies a client by: a 6-octet MAC (RFC 2131 §2
+#: ``chaddr``; Ethernet, ``htype`` 1, is always 6 octets, RFC 1700 "ARP Hardware Type")
+MAC_LEN = 6
+HTYPE_ETHERNET = 1
 LIMITED_BROADCAST = "255.255.255.255"
 NO_ADDRESS = "0.0.0.0"
 
@@ -151,6 +155,10 @@ class Classification:
         arch: the client architecture (option 93, else option 60).
         relayed: came through a relay agent (``giaddr`` set).
         kind: for a DHCPREQUEST, the client state it comes from (RFC 2131 §4.3.2).
+        bad_hlen: why the hardware address cannot identify a client (``hlen`` below 6, or
+            not 6 for Ethernet), else None. The codec accepts any ``hlen`` up to 16 (RFC 2131
+            §2: other hardware types are valid BOOTP); massboot keys clients, leases and ACLs
+            by a 6-octet MAC, so such a request is malformed *for us*.
     """
 
     packet: BootpPacket
@@ -164,6 +172,7 @@ class Classification:
     arch: int | None
     relayed: bool
     kind: RequestKind | None
+    bad_hlen: str | None = None
 
     @property
     def name(self) -> str:
@@ -186,7 +195,16 @@ def classify(packet: BootpPacket, source: tuple[str, int]) -> Classification:
         packet=packet, source=source, mac=mac_str(packet.mac), msgtype=msgtype,
         bad_type=msgtype is None and packet.option(Opt.MESSAGE_TYPE) is not None,
         pxe=packet.is_pxe, ipxe=packet.is_ipxe, uuid=packet.uuid, arch=packet.client_arch,
-        relayed=packet.giaddr != NO_ADDRESS, kind=kind)
+        relayed=packet.giaddr != NO_ADDRESS, kind=kind, bad_hlen=hardware_problem(packet))
+
+
+def hardware_problem(packet: BootpPacket) -> str | None:
+    """Why *packet*'s ``chaddr`` cannot identify a client (see :class:`Classification`), or None."""
+    if packet.hlen < MAC_LEN:
+        return f"hlen {packet.hlen} (htype {packet.htype}): shorter than a 6-octet MAC"
+    if packet.htype == HTYPE_ETHERNET and packet.hlen != MAC_LEN:
+        return f"hlen {packet.hlen}: an Ethernet (htype 1) address is 6 octets"
+    return None
 
 
 def select_scope(packet: BootpPacket, main: Scope, scopes: Sequence[Scope]) -> Scope:
@@ -288,6 +306,8 @@ class Exchange:
         self.client = client
         self._events: list[EventRecord] = []
         self._new_state = State.IDLE
+        #: the request passed the PXE rule and the ACLs: the server keeps the client's record
+        self.admitted = False
         self._probing: Lease | None = None     # the offer a ProbeQuery waits for
         self._probes = 0
 
@@ -295,6 +315,9 @@ class Exchange:
     def start(self) -> Outcome | AclQuery | ProbeQuery:
         """Decide what can be decided without the HTTP ACL."""
         req, settings = self.request, self.settings
+        if req.bad_hlen is not None:      # before anything reads the MAC (the lease store would raise)
+            self._emit("dhcp.malformed", reason=Reason.BAD_HLEN, source=req.source[0], detail=req.bad_hlen)
+            return self._done(no_reply="malformed")
         if req.bad_type:
             value = int.from_bytes(req.packet.option(Opt.MESSAGE_TYPE) or b"", "big")
             self._emit("dhcp.malformed", reason=Reason.BAD_MESSAGE_TYPE, source=req.source[0],
@@ -391,6 +414,7 @@ class Exchange:
         if not allowed:
             client.state = State.IDLE
             return self._done(no_reply="denied")
+        self.admitted = True
         if msgtype == MessageType.INFORM:
             return self._reply(MessageType.ACK, NO_ADDRESS)
         if msgtype == MessageType.DISCOVER or msgtype is None:

@@ -1,9 +1,9 @@
 """ICMP echo probes: is an address in use before it is offered again? (RFC 2131 §4.4.1).
 
 The DHCP exchange asks for a probe with a :class:`~massboot.dhcp.exchange.ProbeQuery`; the
-server calls an :class:`IcmpProber` in the exchange's greenlet, which waits at most the probe
-timeout (README, "Lease lifecycle"). Under gevent the socket is cooperative, so a probe blocks
-nobody else.
+server calls an :class:`IcmpProber` in a greenlet of its probe pool, where the exchange was
+handed (never in the exchange pool), which waits at most the probe timeout (README, "Lease
+lifecycle"). Under gevent the socket is cooperative, so a probe blocks nobody else.
 
 The prober uses an unprivileged ICMP datagram socket (``socket(AF_INET, SOCK_DGRAM,
 IPPROTO_ICMP)``, allowed to the groups in ``net.ipv4.ping_group_range``), else a raw socket

@@ -242,6 +242,59 @@ def test_environment_proxy_is_not_used(acl_server, refused_location, monkeypatch
     assert result.verdict is Verdict.ALLOWED
 
 
+# -- the verdict cache and the call bound (issue #10) ------------------------------------
+
+
+def test_verdicts_cached_denials_included_errors_not(acl_server, refused_location) -> None:
+    now = [0.0]
+    checker = acl(acl_server, "boot", "deny", cache_ttl=30, clock=lambda: now[0])
+    for _ in range(3):
+        assert checker.check(MAC, uuid=UUID, ip=None, pxe=True).client_name == "Tester-001"
+        assert checker.check(MAC, uuid=UUID, ip=None, pxe=False).verdict is Verdict.DENIED
+    assert len(acl_server.lines) == 2 and checker.calls == 2 and checker.cache_hits == 4
+    checker.check(MAC, uuid=None, ip=None, pxe=True)               # another question: asked
+    assert len(acl_server.lines) == 3
+    now[0] = 29.9
+    checker.check(MAC, uuid=UUID, ip=None, pxe=True)
+    assert len(acl_server.lines) == 3
+    now[0] = 30.0                                                  # expired: asked again
+    checker.check(MAC, uuid=UUID, ip=None, pxe=True)
+    assert len(acl_server.lines) == 4
+    dead = HttpAcl(refused_location, "boot", "linux", timeout=1)
+    for _ in range(2):
+        assert dead.check(MAC, uuid=None, ip=None, pxe=True).verdict is Verdict.ERROR
+    assert dead.calls == 2 and dead.cache_hits == 0
+
+
+def test_cache_ttl_zero_and_entries_bound(acl_server) -> None:
+    nocache = acl(acl_server, cache_ttl=0)
+    nocache.check(MAC, uuid=None, ip=None, pxe=True)
+    nocache.check(MAC, uuid=None, ip=None, pxe=True)
+    assert nocache.calls == 2
+    small = acl(acl_server, cache_entries=2)
+    macs = [bytes([2, 0, 0, 0, 0, i]) for i in range(3)]
+    for mac in macs:
+        small.check(mac, uuid=None, ip=None, pxe=True)
+    assert small.cached(macs[0], uuid=None, ip=None, pxe=True) is None        # least recently used
+    assert small.cached(macs[2], uuid=None, ip=None, pxe=True) is not None
+
+
+def test_submit_is_bounded_and_keeps_a_quarter_for_known_clients(acl_server) -> None:
+    checker = acl(acl_server, "slow", max_calls=4)
+    assert checker.stranger_calls == 3
+    results = []
+    for i in range(3):
+        assert checker.submit(bytes([2, 0, 0, 0, 0, i]), uuid=None, ip=None, pxe=True, then=results.append)
+    gevent.sleep(0.1)
+    assert not checker.submit(bytes([2, 0, 0, 0, 0, 9]), uuid=None, ip=None, pxe=True, then=results.append)
+    assert checker.submit(MAC, uuid=None, ip=None, pxe=True, then=results.append, known=True)
+    assert not checker.submit(MAC, uuid=UUID, ip=None, pxe=True, then=results.append, known=True)
+    assert checker.busy() == (4, 4) and checker.refused == 2
+    acl_server.gate.set()
+    checker.pool.join(timeout=5)
+    assert [r.verdict for r in results] == [Verdict.ALLOWED] * 4 and checker.busy() == (0, 4)
+
+
 # -- https (issue #11) ---------------------------------------------------------------------
 
 

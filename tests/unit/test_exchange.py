@@ -599,6 +599,19 @@ def test_classify(packet, source, expected) -> None:
     assert {name: getattr(request, name) for name in expected} == expected
 
 
+@pytest.mark.parametrize("hlen, htype, chaddr", [(0, 1, b""), (3, 1, b"\1\2\3"), (16, 1, bytes(16)),
+                                                  (0, 32, b""), (5, 6, bytes(5))])
+def test_unusable_hardware_address_is_malformed_before_any_lookup(hlen, htype, chaddr) -> None:
+    """``hlen`` below 6 (or not 6 for Ethernet): the codec accepts it (RFC 2131 §2), massboot
+    cannot key a client by it; the lease store is never asked (it would raise on the MAC)."""
+    w = world(access="mac")
+    run = w(pkt(mac=chaddr, hlen=hlen, htype=htype))
+    assert run.outcome.no_reply == "malformed" and not w.clients
+    assert run.event("dhcp.malformed")["reason"] == "bad_hlen"
+    assert run.kinds == ["dhcp.malformed"]
+    assert classify(pkt(hlen=6, htype=6), BCAST).bad_hlen is None       # IEEE 802: 6 octets, fine
+
+
 # ---------------------------------------------------------------- lease lifecycle: DECLINE, probes
 
 class Clock:
