@@ -4,7 +4,9 @@
 The server is asked when a client changes phase only (first PXE DISCOVER, first OS REQUEST, PXE
 again after a reboot), or on every request with ``always_check = on``. The ACL server here
 counts the requests it gets per MAC; its ``Client:`` line must reach the OS as option 12 and its
-``File:`` line must reach the TFTP side as ``{file}`` in ``[filters]``.
+``File:`` line must reach the TFTP side as ``{file}`` in ``[filters]``. The verdict cache is
+off here (``cache_ttl = 0``) so the rule itself is counted; tests/loopback/test_dhcp_guard.py
+counts the calls the cache saves.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ lease_db = :memory:
 [http]
 location = 127.0.0.1:{acl_port}
 always_check = {always_check}
+; the verdict cache would answer repeated questions itself: these tests count pybootd's rule
+cache_ttl = 0
 timeout = 2
 
 [bootfile]
