@@ -1,8 +1,9 @@
 """Remote files through one single-flight cache shared by every client.
 
 The first request for a URL starts the only upstream download and later requests read the
-same partial file as it fills (:class:`StreamSource`). A download that fails or is cut short is
-never kept; everyone reading it gets :class:`~massboot.sources.FileError` (``UPSTREAM``).
+same partial file as it fills (:class:`~massboot.files.download.StreamSource`). A download
+that fails or is cut short is never kept; everyone reading it gets
+:class:`~massboot.sources.FileError` (``UPSTREAM``).
 Complete files go into the :class:`~massboot.files.cache.CacheDir`, bounded in total size with
 least-recently-used eviction, and are revalidated with a conditional GET (RFC 9110 section
 13.1, ``If-None-Match`` / ``If-Modified-Since``) once older than ``revalidate_after``.
@@ -16,40 +17,35 @@ readers to finish, is refused (reason ``space``). A download whose clients have 
 finished for the cache: it still holds its slot and its reservation, so it is bounded like any
 other, and the next client finds the file.
 
-The body is stored exactly as the mirror sent it, as ``curl`` without ``--compressed`` would:
-massboot asks for ``Accept-Encoding: identity`` and never decodes a ``Content-Encoding`` (RFC
-9110 section 8.4): a ``.gz`` file that a mirror labels ``Content-Encoding: gzip`` (Apache's
-``AddEncoding``) is served byte for byte. Messages for clients never carry the mirror's URL;
-the log lines do.
+One download (the GET, the ``.part`` file, how the body is stored) is a
+:class:`~massboot.files.download.Download`; this module decides which URL downloads, and what
+becomes of the file. Messages for clients never carry the mirror's URL; the log lines do.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
-import uuid as _uuid
 from collections.abc import Callable
 
 import gevent
 import gevent.event
 import gevent.lock
 import requests
-import urllib3
 
 from massboot.config import ConfigError
 from massboot.events import EventBus
-from massboot.files.cache import CacheDir, Entry, Missing, cache_key
+from massboot.files.cache import CacheDir, Entry, Missing
+from massboot.files.download import Download, StreamSource, upstream_error
 from massboot.files.local import BufferedSource, Fd, LocalFiles, blocking
 from massboot.files.names import shown
-from massboot.sources import FileError, FileReason, Source, WouldBlock
+from massboot.sources import FileError, FileReason, Source
 
-__all__ = ["CHUNK", "Mirror"]
+__all__ = ["MAX_DOWNLOADS", "Mirror"]
 
 log = logging.getLogger(__name__)
 
-CHUNK = 128 << 10        # bytes asked of the upstream socket at a time
 REVALIDATE_BACKOFF = 30.0  # seconds a stale copy is served without asking a mirror that failed
 # seconds a 404 from the mirror is remembered: PXELINUX probes a dozen config names per client
 # (UUID, 01-<mac>, hex IP prefixes) that usually do not exist; a rack would ask the mirror for
@@ -57,97 +53,6 @@ REVALIDATE_BACKOFF = 30.0  # seconds a stale copy is served without asking a mir
 NEGATIVE_TTL = 30.0
 MISSING_MAX = 4096        # names remembered as missing; the oldest go first (never a wipe)
 MAX_DOWNLOADS = 8         # default upstream downloads at once ([tftpd] max_downloads)
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
-
-
-class _Download:
-    """One upstream GET in flight, shared by every reader of its URL."""
-
-    __slots__ = ("url", "key", "token", "stale", "headers", "progress", "size", "etag",
-                 "last_modified", "received", "complete", "done", "not_modified", "error", "fd",
-                 "readers", "stored", "writing", "greenlet", "reserved", "reserving")
-
-    def __init__(self, url: str, stale: Entry | None) -> None:
-        self.url = url
-        self.key = cache_key(url)
-        self.token = _uuid.uuid4().hex[:12]
-        self.stale = stale                      # the cached copy being revalidated, if any
-        self.headers = gevent.event.Event()     # set once the outcome of the headers is known
-        self.progress = gevent.event.Event()    # replaced (after being set) on every change
-        self.size: int | None = None
-        self.etag: str | None = None
-        self.last_modified: str | None = None
-        self.received = 0
-        self.complete = False                   # every byte is in the file
-        self.done = False                       # finished one way or the other
-        self.not_modified = False               # 304: serve ``stale``
-        self.error: FileError | None = None
-        self.fd: Fd | None = None
-        self.readers = 0                        # stream sources open on it (Mirror's count)
-        self.stored: Entry | None = None
-        self.writing = False
-        self.greenlet: gevent.Greenlet | None = None
-        self.reserved = 0                       # bytes counted in the cache's bound
-        self.reserving = False                  # waiting for cache space
-
-    def notify(self) -> None:
-        event, self.progress = self.progress, gevent.event.Event()
-        event.set()
-
-
-class StreamSource(BufferedSource):
-    """A file still downloading: reads wait for the bytes they need to arrive."""
-
-    def __init__(self, files: LocalFiles, dl: _Download, fd: Fd, stall: float,
-                 on_close: Callable[[], None]) -> None:
-        super().__init__(files, fd, dl.size, on_close)
-        self._dl = dl
-        self._stall = stall
-
-    def _limit(self, end: int, wait: bool = True) -> int | None:
-        dl = self._dl
-        while True:
-            if dl.error is not None:
-                raise FileError(dl.error.reason, dl.error.message)
-            if dl.complete:
-                return None
-            if dl.received >= end:
-                return dl.received
-            if not wait:
-                raise WouldBlock
-            # A safety net only: the download itself times out reads after http_timeout.
-            if not dl.progress.wait(self._stall):
-                raise FileError(FileReason.UPSTREAM, "upstream failed: stalled")
-
-
-def _reason(exc: BaseException) -> str:
-    """A short reason for an error message to the client; the log gets the full exception."""
-    if isinstance(exc, gevent.GreenletExit):
-        return "cancelled"
-    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
-        return "timed out"
-    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError)):
-        return "connection broken"
-    if isinstance(exc, requests.ConnectionError):
-        return "cannot connect"
-    if isinstance(exc, OSError):
-        return f"{exc.strerror or type(exc).__name__}"
-    return type(exc).__name__
-
-
-def _status_error(status: int) -> FileError:
-    if status in (404, 410):
-        return FileError(FileReason.NOT_FOUND, "File not found")
-    if status in (401, 403):
-        return FileError(FileReason.ACCESS, "Access violation")
-    return FileError(FileReason.UPSTREAM, f"upstream failed: HTTP {status}")
 
 
 class Mirror:
@@ -181,7 +86,7 @@ class Mirror:
         self.http_timeout = http_timeout
         self._revalidate_after = revalidate_after
         self._events = events
-        self._inflight: dict[str, _Download] = {}    # url → download
+        self._inflight: dict[str, Download] = {}    # url → download
         self._missing = Missing(min(revalidate_after, NEGATIVE_TTL), MISSING_MAX, clock)
         self._closed = False
         self.max_downloads = max_downloads
@@ -341,7 +246,7 @@ class Mirror:
         return BufferedSource(self._files, Fd(fd), entry.size,
                               functools.partial(self.cache.release, entry))
 
-    def _release_stream(self, dl: _Download) -> None:
+    def _release_stream(self, dl: Download) -> None:
         """A :class:`StreamSource` of *dl* is closed."""
         dl.readers -= 1
         if dl.stored is not None:
@@ -349,20 +254,20 @@ class Mirror:
 
     # ------------------------------------------------------------------ downloads
 
-    def _start(self, url: str, stale: Entry | None) -> _Download:
-        dl = _Download(url, stale)
+    def _start(self, url: str, stale: Entry | None) -> Download:
+        dl = Download(url, stale)
         self._inflight[url] = dl
         self.active += 1
         dl.greenlet = gevent.spawn(self._run, dl)
         return dl
 
-    def _end(self, dl: _Download) -> None:
+    def _end(self, dl: Download) -> None:
         """The download greenlet ends: its slot is free."""
         self.active -= 1
         event, self._slot = self._slot, gevent.event.Event()
         event.set()
 
-    def _reserve(self, dl: _Download, size: int) -> None:
+    def _reserve(self, dl: Download, size: int) -> None:
         """Count *size* more bytes of *dl* against ``cache_size``, waiting up to
         ``http_timeout`` for readers to give some back; raise FileError (refused) after."""
         cache = self.cache
@@ -396,16 +301,20 @@ class Mirror:
                     log.error("cache directory unusable: %s", exc)
                     raise FileError(FileReason.UPSTREAM, "upstream failed: cache unusable") from None
 
-    def _run(self, dl: _Download) -> None:
+    def _run(self, dl: Download) -> None:
         """The download greenlet: every way out resolves the download for its readers."""
         started = time.monotonic()
         try:
-            self._fetch(dl)
+            self._ensure_dir()
+            if dl.fetch(self._session, self.http_timeout, self.cache,
+                        functools.partial(self._reserve, dl), self._received):
+                self._store(dl)
+            else:
+                self._not_modified(dl)
         except FileError as exc:
             self._fail(dl, exc)
         except BaseException as exc:  # GreenletExit included: a reader must never hang
-            self._fail(dl, FileError(FileReason.UPSTREAM, f"upstream failed: {_reason(exc)}"),
-                       detail=f"{type(exc).__name__}: {exc}")
+            self._fail(dl, upstream_error(exc), detail=f"{type(exc).__name__}: {exc}")
             if not isinstance(exc, Exception):
                 raise
         else:
@@ -417,83 +326,20 @@ class Mirror:
                 self._fail(dl, FileError(FileReason.UPSTREAM, "upstream failed"))
             self._end(dl)
 
-    def _fetch(self, dl: _Download) -> None:
-        headers = {"Accept-Encoding": "identity"}
-        if dl.stale is not None:
-            if dl.stale.etag:
-                headers["If-None-Match"] = dl.stale.etag
-            if dl.stale.last_modified:
-                headers["If-Modified-Since"] = dl.stale.last_modified
-        timeout = self.http_timeout
-        self._ensure_dir()
-        # A mirror's redirect (deb.debian.org → a CDN) is followed, requests' default for GET;
-        # the URL asked stays the cache key.
-        resp = self._session.get(dl.url, headers=headers, stream=True, timeout=(timeout, timeout))
-        try:
-            status = resp.status_code
-            if status == 304 and dl.stale is not None:
-                self._not_modified(dl, resp)
-                return
-            if status != 200:
-                raise _status_error(status)
-            # A Content-Encoding (RFC 9110 section 8.4) is kept as sent, never decoded: the bytes
-            # stored are the bytes the mirror sent, as a download tool stores them (a .gz file
-            # labelled "Content-Encoding: gzip" by Apache's AddEncoding is the .gz file).
-            try:
-                length: int | None = int(resp.headers["Content-Length"])
-                if length < 0:
-                    length = None
-            except (KeyError, ValueError):
-                length = None
-            dl.size = length
-            dl.etag = resp.headers.get("ETag")
-            dl.last_modified = resp.headers.get("Last-Modified")
-            if length:
-                self._reserve(dl, length)
-            fd = self.cache.create_part(dl.key, dl.token)
-            dl.fd = Fd(fd)
-            dl.headers.set()
-            raw = resp.raw
-            read = getattr(raw, "read1", None) or raw.read
-            while True:
-                chunk = read(CHUNK, decode_content=False)
-                if not chunk:
-                    break
-                if dl.received + len(chunk) > dl.reserved:     # no Content-Length: as it comes
-                    self._reserve(dl, dl.received + len(chunk) - dl.reserved)
-                dl.writing = True
-                try:
-                    blocking(_pwrite_all, fd, chunk, dl.received)
-                except OSError:     # the write failed (ENOSPC...): no thread holds the fd now
-                    dl.writing = False
-                    raise
-                dl.writing = False
-                dl.received += len(chunk)
-                self.upstream_bytes += len(chunk)
-                dl.notify()
-            if length is not None and dl.received != length:
-                raise FileError(FileReason.UPSTREAM, f"upstream failed: cut short at "
-                                                     f"{dl.received} of {length} bytes")
-        finally:
-            resp.close()
-        # Every byte is in the file: readers may finish while it is filed into the cache.
-        if dl.size is None:
-            dl.size = dl.received
-        dl.complete = True
-        dl.notify()
-        self._store(dl)
+    def _received(self, size: int) -> None:
+        self.upstream_bytes += size
 
-    def _not_modified(self, dl: _Download, resp: requests.Response) -> None:
+    def _not_modified(self, dl: Download) -> None:
         entry = dl.stale
         assert entry is not None
-        self.cache.revalidated(entry, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
+        self.cache.revalidated(entry, dl.etag, dl.last_modified)
         dl.not_modified = True
         self._finish(dl)
         self._events.emit("cache.upstream", url=dl.url, bytes=0, status=304)
         log.debug("revalidated url=%s (304)", shown(dl.url))
         self.cache.save(entry)
 
-    def _store(self, dl: _Download) -> None:
+    def _store(self, dl: Download) -> None:
         """File a complete download into the cache (best effort: its readers are served anyway)."""
         entry = self.cache.add(dl.key, dl.token, dl.url, dl.received, dl.etag, dl.last_modified)
         reserved, dl.reserved = dl.reserved, 0
@@ -508,16 +354,12 @@ class Mirror:
         if entry is not None:
             self.cache.evict()
 
-    def _finish(self, dl: _Download) -> None:
-        dl.done = True
+    def _finish(self, dl: Download) -> None:
         if self._inflight.get(dl.url) is dl:
             del self._inflight[dl.url]
-        dl.headers.set()
-        dl.notify()
-        if dl.fd is not None:
-            dl.fd.release()
+        dl.finish()
 
-    def _fail(self, dl: _Download, error: FileError, detail: str = "") -> None:
+    def _fail(self, dl: Download, error: FileError, detail: str = "") -> None:
         if dl.done:
             return
         dl.error = error
