@@ -13,7 +13,7 @@ import logging.handlers  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Iterable, Mapping, Sequence  # noqa: E402
+from collections.abc import Callable, Iterable, Mapping, Sequence  # noqa: E402
 from typing import Any, Protocol  # noqa: E402
 
 import gevent  # noqa: E402
@@ -544,6 +544,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.check_config:
         return check_config(config, run_dhcp=not args.tftp)
+    # a SIGHUP while starting (logrotate does not know we are) is kept for once we serve,
+    # instead of killing the process (README, "Reload")
+    early_hup: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, frame: early_hup.append(signum))
     setup_logging(config.logger, args.debug)
     log.info("massboot-%s", __version__)
     if args.http:
@@ -565,7 +569,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.exception("startup failed")
         print(f"\nError: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    return run_until_signal(services, reload=lambda: services.reload(args.state_dir, args.debug))
+    return run_until_signal(services, reload=lambda: services.reload(args.state_dir, args.debug),
+                            reload_now=bool(early_hup))
 
 
 def leases_command(args: argparse.Namespace) -> int:
@@ -647,10 +652,11 @@ def check_config(config: cfg.Config, *, run_dhcp: bool) -> int:
 
 
 def run_until_signal(services: Services, watch_period: float = WATCH_PERIOD,
-                     reload: Any = None) -> int:
+                     reload: Callable[[], Any] | None = None, reload_now: bool = False) -> int:
     """Serve until SIGTERM/SIGINT or a service dies; return the exit code (README, Command line).
 
-    SIGHUP calls *reload* (README, "Reload"), in its own greenlet.
+    SIGHUP calls *reload* (README, "Reload"), in its own greenlet; *reload_now*: one came
+    while starting, so reload at once.
 
     The first signal stops gracefully (exit 0); a second one exits at once with 1. A service
     whose listener stops while no signal asked for it is dead: the others are stopped and the
@@ -672,6 +678,9 @@ def run_until_signal(services: Services, watch_period: float = WATCH_PERIOD,
         gevent.signal_handler(signum, on_signal, signum)
     if reload is not None:
         gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(reload))
+        if reload_now:
+            log.info("reload: SIGHUP received while starting, reloading now")
+            gevent.spawn(reload)
     dead: list[tuple[str, str]] = []
     while not stop.wait(watch_period):
         dead = services.dead()

@@ -264,6 +264,22 @@ def test_listener_change_on_reload_says_restart(tmp_path):
         mb.close()
 
 
+def test_sighup_while_starting_is_a_reload_not_a_kill(tmp_path):
+    """logrotate may send SIGHUP while massboot starts: it is kept and applied once it serves."""
+    (tmp_path / "files").mkdir()
+    path = ini(tmp_path, free_port(), free_port())
+    mb = Running("-c", path)
+    try:
+        mb.wait_for("massboot-")           # its first line: the services are not started yet
+        mb.proc.send_signal(signal.SIGHUP)
+        mb.wait_for("applied")
+        assert mb.proc.poll() is None, mb.log
+        mb.proc.send_signal(signal.SIGTERM)
+        assert mb.exit_code() == 0, mb.log
+    finally:
+        mb.close()
+
+
 def proc_ids(pid: int) -> tuple[list[int], list[int]]:
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
     return [int(x) for x in fields["Uid"].split()], [int(x) for x in fields["Gid"].split()]
