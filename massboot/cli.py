@@ -196,7 +196,9 @@ class Services:
         self.tftp = TftpServer(address, t.port, self.files, self.events, pool_size=t.pool_size,
                                max_blksize=t.blocksize, max_windowsize=t.windowsize,
                                timeout_min=t.timeout_min, timeout_max=t.timeout, retries=t.retries,
-                               rcvbuf=t.rcvbuf)
+                               rcvbuf=t.rcvbuf, first_timeout=t.first_timeout,
+                               first_retries=t.first_retries, max_per_client=t.max_per_client,
+                               transfer_memory=t.transfer_memory, memory_budget=t.memory_budget)
 
     def start(self) -> None:
         """Bind every socket.

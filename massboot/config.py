@@ -388,13 +388,29 @@ TFTPD = Section("tftpd", (
            "the largest block size agreed; unset: what the client asks, up to 65464 (RFC 2348); "
            "without a ``blksize`` option blocks are 512 bytes (RFC 1350)",
            default_doc="(client's choice)"),
-    Option("timeout", Float(0.01, 255), "2.0", "the longest wait before a resend, in seconds"),
+    Option("timeout", Float(0.01, 255), "2.0",
+           "the longest wait before a resend, in seconds; a client's RFC 2349 ``timeout`` may "
+           "shorten it, a longer one is not agreed"),
     Option("timeout_min", Float(0.001, 255), "0.02",
            "*massboot*: the shortest; the wait adapts to the round trip measured on each transfer"),
     Option("retries", Int(1, 100), "5", "*massboot*: resends without progress before giving up"),
     Option("windowsize", Int(1, 65535), "64", "*massboot*: the largest RFC 7440 window agreed"),
+    Option("first_timeout", Float(0.1, 255), "1.0",
+           "*massboot*: the wait before resending the first answer (OACK or DATA 1), doubled per "
+           "resend: until the client's first ACK its address is unproven (maybe forged)"),
+    Option("first_retries", Int(0, 100), "2",
+           "*massboot*: resends of the first answer; then the transfer is dropped without an ERROR"),
+    Option("max_per_client", Int(1, 100000), "8",
+           "*massboot*: transfers one IP address may run at once; more get ERROR 0"),
+    Option("transfer_memory", parse_size, "1M",
+           "*massboot*: the most one transfer's window may buffer (``windowsize`` × (``blksize`` "
+           "+ 4)); a larger ask is answered with a smaller window, then block size"),
+    Option("memory_budget", parse_size, "256M",
+           "*massboot*: the most all transfers' windows may buffer; a request finding it spent "
+           "is dropped (the client retries)"),
     Option("pool_size", Int(1, 100000), "1000",
-           "*massboot*: transfers served at once; more wait in the kernel queue"),
+           "*massboot*: transfers served at once; while all run, new requests are dropped (the "
+           "clients retry)"),
     Option("rcvbuf", parse_size, "4M", "*massboot*: receive buffer of the TFTP listener"),
     Option("cache_dir", parse_text, None, "*massboot*: where remote files are cached",
            default_doc="a temp directory"),
@@ -539,6 +555,11 @@ class TftpConfig:
     timeout_min: float = TFTPD.default("timeout_min")    # the shortest (adapts to the round trip)
     retries: int = TFTPD.default("retries")
     windowsize: int = TFTPD.default("windowsize")        # the largest RFC 7440 window agreed
+    first_timeout: float = TFTPD.default("first_timeout")  # before the first ACK (unproven peer)
+    first_retries: int = TFTPD.default("first_retries")
+    max_per_client: int = TFTPD.default("max_per_client")
+    transfer_memory: int = TFTPD.default("transfer_memory")  # bytes, one window
+    memory_budget: int = TFTPD.default("memory_budget")      # bytes, all windows
     root: str = TFTPD.default("root")                    # absolute local path or http(s):// URL
     pool_size: int = TFTPD.default("pool_size")
     rcvbuf: int = TFTPD.default("rcvbuf")
@@ -782,6 +803,9 @@ def _tftp(r: _Reader, base_dir: str) -> TftpConfig:
         v["cache_dir"] = os.path.join(base_dir, v["cache_dir"])
     if v["timeout_min"] > v["timeout"]:
         raise ConfigError(s, "timeout_min", str(v["timeout_min"]), f"larger than timeout = {v['timeout']}")
+    for option in ("transfer_memory", "memory_budget"):   # one 512-byte block and its header
+        if v[option] < 516:
+            raise ConfigError(s, option, str(v[option]), "must be at least 516 bytes (one 512-byte block)")
     return TftpConfig(**v, filters=_filters(r))
 
 

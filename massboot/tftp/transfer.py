@@ -283,6 +283,7 @@ class ReadTransfer:
         self._oack_sent_at = 0.0
         self._oack_resent = False
         self._first_wait = first_timeout or 0.0  # the pre-ACK timer, doubled per resend
+        self._first_resends = 0
         self._buffered = 0
 
         self.bytes_sent = 0
@@ -551,6 +552,16 @@ class ReadTransfer:
         self._next = self._base
         return self._fill(now)
 
+    def on_request_again(self) -> list[Datagram]:
+        """The client sent its request again before any ACK: it lost our first answer (a PXE
+        ROM retransmits its RRQ), so resend it now. The resend counts against
+        ``first_retries`` like the timer's, so a flood of forged duplicates gets no more than
+        one request does. Nothing once the client has ACKed, or without ``first_retries``."""
+        if (self._first_retries is None or not self._started or self._state >= _DONE
+                or self.proven or self._first_resends >= self._first_retries):
+            return []
+        return self._resend_first(self._clock())
+
     def resume(self) -> list[Datagram]:
         """After a :class:`WouldBlock` from *read*: go on filling the window; may stall again."""
         if not self.stalled or self._state != _SENDING:
@@ -571,12 +582,15 @@ class ReadTransfer:
         at most ``first_retries`` times, then end quietly. Bounds a forged RRQ to
         ``1 + first_retries`` datagrams of the first answer (README ``[tftpd]``)."""
         now = self._clock()
-        if self._timeouts > self._first_retries:  # type: ignore[operator]
-            self._fail(REASON_TIMEOUT, f"no ACK to the first answer after {self._timeouts - 1} "
+        if self._first_resends >= self._first_retries:  # type: ignore[operator]
+            self._fail(REASON_TIMEOUT, f"no ACK to the first answer after {self._first_resends} "
                                        f"resends and {now - self._progress_at:.1f}s")
             return []
-        wait = self._first_wait or self._rto
-        wait = self._first_wait = wait * 2  # back off, RFC 6298 section 5.5
+        return self._resend_first(now)
+
+    def _resend_first(self, now: float) -> list[Datagram]:
+        self._first_resends += 1
+        wait = self._first_wait = (self._first_wait or self._rto) * 2  # RFC 6298 section 5.5
         if self._state == _WAIT_OACK:
             self.retransmits += 1
             self._oack_resent = True

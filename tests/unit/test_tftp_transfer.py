@@ -736,3 +736,24 @@ def test_a_client_ack_within_the_first_timer_is_a_plain_transfer() -> None:
     transfer = ReadTransfer(reader(b"q" * 2000), first_timeout=1.0, first_retries=2, clock=clock)
     assert run_lockstep(transfer, clock) == b"q" * 2000
     assert transfer.done and transfer.retransmits == 0
+
+
+def test_a_repeated_request_resends_the_first_answer_within_the_same_budget() -> None:
+    """A client that lost our OACK repeats its RRQ: it gets the OACK again at once, but a flood
+    of repeats (forged or not) gets no more resends than first_retries."""
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 1000), options={"tsize": "1000"}, first_timeout=1.0,
+                            first_retries=2, clock=clock)
+    first = transfer.start()
+    clock.advance(0.3)
+    again = [transfer.on_request_again() for _ in range(10)]
+    assert [len(d) for d in again] == [1, 1] + [0] * 8
+    assert [bytes(d[0]) for d in again[:2]] == [bytes(first[0])] * 2
+    assert transfer.retransmits == 2
+    clock.now = transfer.deadline                   # the budget is spent: the timer ends it
+    assert transfer.on_timeout() == [] and transfer.failed
+    proven = ReadTransfer(reader(b"x" * 1000), options={"tsize": "1000"}, first_timeout=1.0,
+                          first_retries=2, clock=clock)
+    proven.start()
+    proven.on_ack(0)
+    assert proven.on_request_again() == []          # once ACKed, a late duplicate RRQ is ignored
