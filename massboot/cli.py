@@ -7,13 +7,14 @@ monkey.patch_all()   # first statement of the entry point, before anything impor
 
 import argparse  # noqa: E402
 import errno  # noqa: E402
+import ipaddress  # noqa: E402
 import logging  # noqa: E402
 import logging.handlers  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
-from typing import Protocol  # noqa: E402
+from typing import Any, Protocol  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
@@ -46,15 +47,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", "--debug", action="store_true", help="debug logging and tracebacks")
     parser.add_argument("--check-config", action="store_true",
                         help="load and validate the config, print what would be served, exit 0 or 2")
+    parser.add_argument("--state-dir", metavar="DIR",
+                        help="where the lease database, the cache and the admin socket live "
+                             "(overrides [massboot] state_dir)")
+    parser.add_argument("--user", metavar="NAME",
+                        help="started as root: run as this user once the ports are bound "
+                             "(overrides [massboot] user)")
     parser.add_argument("--version", action="version", version=f"massboot {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    leases = commands.add_parser(
+        "leases", help="list or change the leases of the running server, or of its database when "
+                       "it is not running (README, Operator commands)")
+    ops = leases.add_subparsers(dest="leases_command", metavar="OPERATION", required=True)
+    ops.add_parser("list", help="every binding, with its state and times")
+    for name, text in (("show", "one MAC's binding"),
+                       ("release", "free a MAC's address: another MAC may get it"),
+                       ("unreserve", "drop a reservation not bound yet")):
+        ops.add_parser(name, help=text).add_argument("mac", help="AA:BB:CC:DD:EE:FF or AA-BB-...")
+    reserve = ops.add_parser("reserve", help="give an address to a MAC: its next request gets it")
+    reserve.add_argument("mac", help="AA:BB:CC:DD:EE:FF or AA-BB-...")
+    reserve.add_argument("ip", help="an address of a served network, not a [static_dhcp] one")
+    export = ops.add_parser("export", help="every binding, as a backup")
+    export.add_argument("--format", choices=("csv", "json"), default="csv", help="default: csv")
     return parser
 
 
 def setup_logging(logger: cfg.LoggerConfig, debug: bool) -> None:
-    """Logging per ``[logger]`` (pybootd's types, levels and format)."""
+    """Logging per ``[logger]`` (pybootd's types, levels and format).
+
+    Called again on SIGHUP: a ``type = file`` log is closed and opened again by its name, so
+    that a log rotated by renaming goes on in a new file (README, "Reload").
+    """
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
+        handler.close()
     handler: logging.Handler
     fmt = LOG_FORMAT
     datefmt = None
@@ -99,7 +126,10 @@ class Services:
         self.tftp = None
         self.files = None
         self.metrics = None
+        self.admin = None
         self.stores: list = []
+        self.store_paths: list[str] = []     # the lease database files, for modes and ownership
+        self.subnet_stores: dict = {}
         self.server_ip: str | None = None
         self.netmask: str | None = None
         if run_dhcp and config.bootp is None:
@@ -142,51 +172,48 @@ class Services:
         """The DHCP side's knowledge of a client, for TFTP filters (None in -t mode)."""
         return self.dhcp.client_info(ip) if self.dhcp is not None else None
 
+    def _store(self, path: str, pool: list[str], static: dict[str, str]):
+        store, paths = open_lease_store(path, pool, static)
+        self.stores.append(store)
+        self.store_paths.extend(paths)
+        return store
+
+    def _open_subnet_stores(self, bootp: cfg.BootpConfig) -> None:
+        """A store per ``[subnet:NAME]`` not open yet (at startup, and for one a reload adds)."""
+        from massboot.dhcp.server import subnet_pool
+
+        for sub in bootp.subnets:
+            if sub.name not in self.subnet_stores:
+                self.subnet_stores[sub.name] = self._store(subnet_db(bootp.lease_db, sub.name),
+                                                           subnet_pool(sub, bootp.static), bootp.static)
+
+    def _dns(self, bootp: cfg.BootpConfig) -> tuple[str, ...]:
+        if bootp.dns_auto:
+            assert self.server_ip is not None
+            return resolv_conf_nameservers() or (self.server_ip,)
+        return bootp.dns
+
     def _build_dhcp(self) -> None:
-        from massboot.acl import HttpAcl
-        from massboot.dhcp.leases import MemoryLeaseStore, SqliteLeaseStore
-        from massboot.dhcp.server import DhcpServer, main_pool, subnet_pool
+        from massboot.dhcp.server import DhcpServer, main_pool
         from massboot.notify import Notifier
 
         bootp = self.config.bootp
         assert bootp is not None and self.server_ip and self.netmask
-
-        def store(path: str, pool: list[str]):
-            if path == ":memory:":
-                s = MemoryLeaseStore(pool, bootp.static)
-            else:
-                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-                s = SqliteLeaseStore(path, pool, bootp.static)
-            self.stores.append(s)
-            return s
-
         pool, skipped = main_pool(bootp, self.server_ip, self.netmask)
         if skipped:
             log.warning("pool addresses %s are not handed out (server, network or broadcast address)",
                         ", ".join(skipped))
-        main_store = store(bootp.lease_db, pool)
-        subnet_stores = {}
-        for sub in bootp.subnets:
-            path = bootp.lease_db
-            if path != ":memory:":
-                stem, ext = os.path.splitext(path)
-                path = f"{stem}.{sub.name}{ext}"
-            subnet_stores[sub.name] = store(path, subnet_pool(sub, bootp.static))
-        dns = bootp.dns
-        if bootp.dns_auto:
-            dns = resolv_conf_nameservers() or (self.server_ip,)
+        main_store = self._store(bootp.lease_db, pool, bootp.static)
+        self._open_subnet_stores(bootp)
         if bootp.notify:
             # BOOT, LEASE and RELEASE follow the DHCP events (README, "Notifications")
             self.events.subscribe(Notifier(bootp.notify, self.events))
-        http_acl = None
-        if bootp.access == "http":
-            assert bootp.http is not None
-            http_acl = HttpAcl(bootp.http.location, bootp.http.pxe, bootp.http.dhcp,
-                               timeout=bootp.http.timeout, mac_format=bootp.http.mac_format)
         files = self.files
         self.dhcp = DhcpServer(bootp, self.server_ip, self.netmask, main_store, self.events,
-                               subnet_stores=subnet_stores, http_acl=http_acl, dns=dns,
+                               subnet_stores=dict(self.subnet_stores), http_acl=http_acl_for(bootp),
+                               dns=self._dns(bootp),
                                bootfile_size=files.size if files is not None else None)
+        self.admin = admin_server(self.config.admin_socket, self.dhcp)
 
     def _build_tftp(self) -> None:
         from massboot.tftp.server import TftpServer
@@ -216,6 +243,11 @@ class Services:
                 service.start()
             except OSError as exc:
                 raise StartupError(bind_error(name, transport, address, port, exc)) from exc
+        if self.admin is not None:
+            try:
+                self.admin.start()
+            except OSError as exc:
+                raise StartupError(f"admin: cannot listen on {self.admin.path}: {exc}") from exc
 
     def _listeners(self) -> list[tuple[str, Listener, str, str, int]]:
         """``(service, server, transport, address, port)`` of each configured listener."""
@@ -246,6 +278,8 @@ class Services:
         return self.config.tftp.address or self.server_ip or "0.0.0.0"
 
     def stop(self, grace: float = 5.0) -> None:
+        if self.admin is not None:
+            self.admin.stop()
         if self.dhcp is not None:
             self.dhcp.stop(grace)
         if self.tftp is not None:
@@ -256,6 +290,176 @@ class Services:
             self.files.close()
         for store in self.stores:
             store.close()
+
+
+    # ------------------------------------------------------------------ SIGHUP (README, "Reload")
+    def reload(self, state_dir: str | None = None, debug: bool = False) -> bool:
+        """Read the config again and apply what can change while running; True when applied.
+
+        A config that does not load is logged (section, option, value) and the running one is
+        kept. Leases, exchanges and transfers in flight are kept. What needs a restart
+        (listeners, pools, the database, the state directory, the user...) is logged as such.
+        """
+        old = self.config
+        try:
+            new = cfg.load(old.path, state_dir=state_dir)
+            if self.tftp is not None:
+                cfg.check_local_root(new)
+            if (new.bootp is None) != (old.bootp is None) and self.dhcp is not None:
+                raise cfg.ConfigError("bootpd", None, None, "the section cannot be removed by a reload")
+        except (cfg.ConfigError, OSError) as exc:
+            log.error("reload: %s: %s; the running configuration is kept", old.path, exc)
+            return False
+        setup_logging(new.logger, debug)     # reopens a log file (rotation)
+        for what in restart_needed(old, new):
+            log.warning("reload: %s changed: takes effect at the next restart", what)
+        try:
+            if self.files is not None and new.tftp.filters != old.tftp.filters:
+                self.files.set_filters(new.tftp.filters)
+        except ValueError as exc:
+            log.error("reload: %s: [filters]: %s; the running configuration is kept", old.path, exc)
+            return False
+        if self.tftp is not None:
+            t = new.tftp
+            self.tftp.tune(max_blksize=t.blocksize, max_windowsize=t.windowsize,
+                           timeout_min=t.timeout_min, timeout_max=t.timeout, retries=t.retries)
+        if self.dhcp is not None and new.bootp is not None and old.bootp is not None:
+            bootp = new.bootp
+            self._open_subnet_stores(bootp)
+            http_acl = self.dhcp.http_acl if bootp.http == old.bootp.http else http_acl_for(bootp)
+            self.dhcp.apply(bootp, subnet_stores=self.subnet_stores, http_acl=http_acl,
+                            dns=self._dns(bootp))
+        self.config = new
+        log.info("reload: %s applied", new.path)
+        return True
+
+    # ------------------------------------------------------------------ files and privileges
+    def private_paths(self) -> list[str]:
+        """Files and directories massboot writes, made private (0600/0700) and handed to ``user``."""
+        paths = [path for path in self.store_paths if os.path.exists(path)]
+        cache = self.config.tftp.cache_dir
+        if cache:
+            os.makedirs(cache, mode=0o700, exist_ok=True)
+            os.chmod(cache, 0o700)
+            paths.append(cache)
+            for top, dirs, files in os.walk(cache):
+                paths.extend(os.path.join(top, name) for name in dirs + files)
+        if self.admin is not None:
+            paths.append(self.admin.path)
+        if self.config.logger.type == "file" and self.config.logger.file:
+            paths.append(self.config.logger.file)
+        if self.config.state_dir != self.config.base_dir:   # its own directory, not the config's
+            paths.append(self.config.state_dir)
+        return paths
+
+
+def restart_needed(old: cfg.Config, new: cfg.Config) -> list[str]:
+    """What a reload cannot apply: the settings that changed and take a restart."""
+    out = []
+    pairs = [("[massboot] state_dir", old.state_dir, new.state_dir),
+             ("[massboot] user", old.massboot and old.massboot.user, new.massboot and new.massboot.user),
+             ("[tftpd] address/port", (old.tftp.address, old.tftp.port), (new.tftp.address, new.tftp.port)),
+             ("[tftpd] root", old.tftp.root, new.tftp.root),
+             ("[tftpd] cache_dir/cache_size",
+              (old.tftp.cache_dir, old.tftp.cache_size), (new.tftp.cache_dir, new.tftp.cache_size)),
+             ("[tftpd] pool_size", old.tftp.pool_size, new.tftp.pool_size),
+             ("[metrics]", old.metrics, new.metrics)]
+    if old.bootp is not None and new.bootp is not None:
+        o, n = old.bootp, new.bootp
+        pairs += [("[bootpd] address/port", (o.address, o.port), (n.address, n.port)),
+                  ("[bootpd] pool_start/pool_count/netmask", (o.pool_start, o.pool_count, o.netmask),
+                   (n.pool_start, n.pool_count, n.netmask)),
+                  ("[bootpd] lease_db", o.lease_db, n.lease_db),
+                  ("[bootpd] pool_size/rcvbuf", (o.pool_size, o.rcvbuf), (n.pool_size, n.rcvbuf)),
+                  ("[bootpd] notify", o.notify, n.notify),
+                  ("[buggy_clients]", bool(o.buggy_clients), bool(n.buggy_clients)),
+                  ("[static_dhcp] (the stores' reserved addresses; the ACL exemption is applied now)",
+                   o.static, n.static)]
+        old_subnets = {s.name: (s.pool_start, s.pool_count) for s in o.subnets}
+        for sub in n.subnets:
+            if sub.name in old_subnets and old_subnets[sub.name] != (sub.pool_start, sub.pool_count):
+                out.append(f"[subnet:{sub.name}] pool_start/pool_count")
+    out.extend(name for name, a, b in pairs if a != b)
+    return out
+
+
+def open_lease_store(path: str, pool: list[str], static: dict[str, str]) -> tuple[Any, list[str]]:
+    """A lease store at *path* (``:memory:``: in memory); returns it and its files.
+
+    The database is created ``0600`` and an existing one is made so (README, Privileges): it
+    holds every client's MAC and address.
+    """
+    from massboot.dhcp.leases import MemoryLeaseStore, SqliteLeaseStore
+
+    if path == ":memory:":
+        return MemoryLeaseStore(pool, static), []
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    old = os.umask(0o077)
+    try:
+        store = SqliteLeaseStore(path, pool, static)
+    finally:
+        os.umask(old)
+    files = [path, f"{path}-wal", f"{path}-shm"]
+    for name in files:
+        if os.path.exists(name):
+            os.chmod(name, 0o600)
+    return store, files
+
+
+def subnet_db(lease_db: str, name: str) -> str:
+    """The lease database of ``[subnet:NAME]``: ``leases.NAME.sqlite3`` beside the main one."""
+    if lease_db == ":memory:":
+        return lease_db
+    stem, ext = os.path.splitext(lease_db)
+    return f"{stem}.{name}{ext}"
+
+
+def http_acl_for(bootp: cfg.BootpConfig) -> Any:
+    """The HTTP ACL client of ``access = http``, else None."""
+    from massboot.acl import HttpAcl
+
+    if bootp.access != "http":
+        return None
+    assert bootp.http is not None
+    return HttpAcl(bootp.http.location, bootp.http.pxe, bootp.http.dhcp,
+                   timeout=bootp.http.timeout, mac_format=bootp.http.mac_format)
+
+
+def admin_server(path: str, dhcp: Any) -> Any:
+    """The admin socket over the DHCP server's current scopes (README, "Operator commands")."""
+    from massboot.admin import AdminScope, AdminServer, LeaseAdmin
+
+    def scopes() -> list[AdminScope]:
+        return [AdminScope(s.name, s.store, s.network) for s in (dhcp.main, *dhcp.scopes)]
+
+    return AdminServer(path, LeaseAdmin(scopes, lambda: dhcp.config.static))
+
+
+def drop_privileges(user: str, paths: Sequence[str]) -> None:
+    """Run as *user* from now on: hand it *paths*, then setgroups, setgid, setuid (README, Privileges).
+
+    Raises:
+        StartupError: no such user, or not started as root.
+    """
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise StartupError(f"user {user!r}: no such user ([massboot] user or --user)") from None
+    if os.geteuid() != 0:
+        if os.geteuid() == entry.pw_uid:
+            return
+        raise StartupError(f"user {user!r}: switching user needs massboot to be started as root")
+    for path in paths:
+        try:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        except FileNotFoundError:
+            continue
+    os.initgroups(user, entry.pw_gid)       # setgroups: the user's own groups only
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    log.info("running as user %s (uid %d, gid %d)", user, entry.pw_uid, entry.pw_gid)
 
 
 class StartupError(Exception):
@@ -317,8 +521,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.path.isfile(args.config):
         parser.error(f"Invalid configuration file: {args.config}")
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format=LOG_FORMAT)
+    os.umask(os.umask(0o077) | 0o077)   # what massboot creates is private (README, Privileges)
+    if args.command == "leases":
+        return leases_command(args)
     try:
-        config = cfg.load(args.config)
+        config = cfg.load(args.config, state_dir=args.state_dir)
         if not args.pxe:
             cfg.check_local_root(config)   # TFTP runs: a missing local root is a config error
     except cfg.ConfigError as exc:
@@ -330,9 +537,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("massboot-%s", __version__)
     if args.http:
         log.warning("-H: the HTTP file server is not provided yet; ignored")
+    user = args.user or (config.massboot.user if config.massboot is not None else None)
     try:
+        os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
         services = Services(config, run_dhcp=not args.tftp, run_tftp=not args.pxe)
         services.start()
+        if user:   # after binding and after opening every file it writes (README, Privileges)
+            drop_privileges(user, services.private_paths())
+        else:
+            services.private_paths()
     except cfg.ConfigError as exc:
         print(f"\nError: {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -341,7 +554,51 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.exception("startup failed")
         print(f"\nError: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    return run_until_signal(services)
+    return run_until_signal(services, reload=lambda: services.reload(args.state_dir, args.debug))
+
+
+def leases_command(args: argparse.Namespace) -> int:
+    """``massboot [-c FILE] leases ...`` (README, "Operator commands")."""
+    from massboot import admin
+
+    try:
+        config = cfg.load(args.config, state_dir=args.state_dir)
+        if config.bootp is None:
+            raise cfg.ConfigError("bootpd", None, None, "missing section: no DHCP server, no leases")
+    except cfg.ConfigError as exc:
+        print(f"\nError: {args.config}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    bootp = config.bootp
+
+    def offline() -> tuple[admin.LeaseAdmin, Any]:
+        from massboot.dhcp.server import main_pool, subnet_pool
+        from massboot.netif import detect
+
+        if bootp.lease_db == ":memory:":
+            raise SystemExit("error: lease_db = :memory:: the leases live only in the running server")
+        network = detect(bootp.pool_start, bootp.address)
+        pool, _ = main_pool(bootp, network.address, network.netmask)
+        main_store, _ = open_lease_store(bootp.lease_db, pool, bootp.static)
+        stores = [admin.AdminScope("main", main_store, ipaddress.IPv4Network(
+            f"{network.address}/{bootp.netmask or network.netmask}", strict=False))]
+        for sub in bootp.subnets:
+            store, _ = open_lease_store(subnet_db(bootp.lease_db, sub.name),
+                                        subnet_pool(sub, bootp.static), bootp.static)
+            stores.append(admin.AdminScope(sub.name, store, sub.network))
+
+        def close() -> None:
+            for scope in stores:
+                scope.store.close()   # type: ignore[attr-defined]
+
+        return admin.LeaseAdmin(lambda: stores, lambda: bootp.static), close
+
+    try:
+        return admin.run(args, config.admin_socket, offline, sys.stdout.write, sys.stderr.write)
+    except Exception as exc:   # network detection, the database
+        if args.debug:
+            log.exception("leases %s failed", args.leases_command)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def check_config(config: cfg.Config, *, run_dhcp: bool) -> int:
@@ -373,8 +630,11 @@ def check_config(config: cfg.Config, *, run_dhcp: bool) -> int:
     return EXIT_OK
 
 
-def run_until_signal(services: Services, watch_period: float = WATCH_PERIOD) -> int:
+def run_until_signal(services: Services, watch_period: float = WATCH_PERIOD,
+                     reload: Any = None) -> int:
     """Serve until SIGTERM/SIGINT or a service dies; return the exit code (README, Command line).
+
+    SIGHUP calls *reload* (README, "Reload"), in its own greenlet.
 
     The first signal stops gracefully (exit 0); a second one exits at once with 1. A service
     whose listener stops while no signal asked for it is dead: the others are stopped and the
@@ -394,6 +654,8 @@ def run_until_signal(services: Services, watch_period: float = WATCH_PERIOD) -> 
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, on_signal, signum)
+    if reload is not None:
+        gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(reload))
     dead: list[tuple[str, str]] = []
     while not stop.wait(watch_period):
         dead = services.dead()

@@ -37,6 +37,8 @@ FALSE_WORDS = frozenset("off false disable disabled no low ko 0".split())
 SECTION_ALIASES = {"bootp": "bootpd", "tftp": "tftpd"}
 #: Sections whose keys are data (architectures, MACs, UUIDs, filter patterns), not option names.
 FREE_SECTIONS = frozenset({"bootfile", "mac", "uuid", "static_dhcp", "buggy_clients", "filters"})
+#: The admin socket's name in the state directory (README, "Operator commands").
+ADMIN_SOCKET = "admin.sock"
 #: What ``{name}`` a ``[filters]`` target may use (README, ``[filters]``).
 FILTER_VARIABLES = ("filename", "mac", "ip", "uuid", "arch", "file")
 
@@ -335,9 +337,9 @@ BOOTPD = Section("bootpd", (
            "*massboot*: what an iPXE client (user class ``iPXE``) gets instead, a file name or a URL; "
            "breaks the iPXE→iPXE chainload loop", default_doc="(none)"),
     Option("lease_db", parse_text, "massboot-leases.sqlite3",
-           "*massboot*: the lease database (SQLite, WAL), by default ``massboot-leases.sqlite3`` in the "
-           "config file's directory; ``:memory:`` keeps leases in memory only",
-           default_doc="beside the config"),
+           "*massboot*: the lease database (SQLite, WAL); a relative path is relative to "
+           "``[massboot] state_dir``; created ``0600``; ``:memory:`` keeps leases in memory only",
+           default_doc="in ``state_dir``"),
     Option("pool_size", Int(1, 100000), "256", "*massboot*: DHCP exchanges handled at once"),
     Option("rcvbuf", parse_size, "4M",
            "*massboot*: socket receive buffer, sized for a burst of a thousand DISCOVERs (as root it may "
@@ -347,9 +349,9 @@ BOOTPD = Section("bootpd", (
     Option("set_gateway", parse_text, None,
            f"{_NEVER_READ} (the router is ``gateway``, else the server): accepted and ignored",
            ignored=True),
-    Option("timeout", parse_text, None,
-           "in pybootd's documentation, never read by pybootd here (the HTTP ACL timeout is "
-           "``[http] timeout``): accepted and ignored", ignored=True),
+    Option("timeout", Float(0.1, 600), None,
+           "documented generation: the HTTP ACL timeout, used when ``[http] timeout`` is absent (both "
+           "with different values: an error)", default_doc="(none)"),
 ))
 
 HTTP = Section("http", (
@@ -412,8 +414,8 @@ TFTPD = Section("tftpd", (
            "*massboot*: transfers served at once; while all run, new requests are dropped (the "
            "clients retry)"),
     Option("rcvbuf", parse_size, "4M", "*massboot*: receive buffer of the TFTP listener"),
-    Option("cache_dir", parse_text, None, "*massboot*: where remote files are cached",
-           default_doc="a temp directory"),
+    Option("cache_dir", parse_text, None, "*massboot*: where remote files are cached (created ``0700``)",
+           default_doc="``<state_dir>/cache``"),
     Option("cache_size", parse_size, "2048",
            "*massboot*: cache bound, in MiB or with a suffix (``512M``, ``4G``...); least recently "
            "used files go first"),
@@ -432,10 +434,27 @@ METRICS = Section("metrics", (
     Option("address", parse_ip, "127.0.0.1", "address of the HTTP endpoint"),
     Option("port", Int(0, 65535), "9469", "its port"),
     Option("stall_after", Float(1), "300", "seconds without progress before a client counts as stalled"),
+    Option("clients_page", Int(1, 1000000), "1000",
+           "``/clients`` records per page when the request gives no ``limit`` (the largest ``limit``)"),
+    Option("max_connections", Int(1, 10000), "32",
+           "HTTP connections served at once; one more is answered ``503`` and closed (counted)"),
+    Option("idle_timeout", Float(0.1, 3600), "30",
+           "seconds a connection may stay silent before it is closed"),
+))
+
+#: ``[massboot]`` (massboot only): where it keeps its state, and whom it runs as.
+MASSBOOT = Section("massboot", (
+    Option("state_dir", parse_text, None,
+           "the state directory: the lease database, the remote-file cache and the admin socket "
+           "(``admin.sock``, see \"Operator commands\") live here; relative to the config "
+           "directory; ``--state-dir`` overrides it", default_doc="the config directory"),
+    Option("user", parse_text, None,
+           "started as root, run as this user (and its group) once the ports are bound and the "
+           "files opened; ``--user`` overrides it", default_doc="(stay as started)"),
 ))
 
 #: Every section with fixed option names, by (canonical) name; ``[subnet:NAME]`` uses SUBNET.
-TABLES: dict[str, Section] = {s.name: s for s in (LOGGER, BOOTPD, TFTPD, HTTP, HTTPD, METRICS)}
+TABLES: dict[str, Section] = {s.name: s for s in (MASSBOOT, LOGGER, BOOTPD, TFTPD, HTTP, HTTPD, METRICS)}
 
 
 def table_for(section: str) -> Section | None:
@@ -528,6 +547,7 @@ class BootpConfig:
     netmask: str | None = None
     servername: str = BOOTPD.default("servername")
     domain: str = BOOTPD.default("domain")
+    domain_explicit: bool = False     # ``domain`` given in the file: sent as option 15 when asked
     notify: tuple[tuple[str, int], ...] = ()
     # massboot additions
     ipxe_boot_file: str | None = None
@@ -575,6 +595,17 @@ class MetricsConfig:
     address: str = METRICS.default("address")
     port: int = METRICS.default("port")
     stall_after: float = METRICS.default("stall_after")
+    clients_page: int = METRICS.default("clients_page")
+    max_connections: int = METRICS.default("max_connections")
+    idle_timeout: float = METRICS.default("idle_timeout")
+
+
+@dataclass(frozen=True, slots=True)
+class MassbootConfig:
+    """``[massboot]``: the state directory (absolute) and the user to run as."""
+
+    state_dir: str
+    user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -586,6 +617,17 @@ class Config:
     tftp: TftpConfig
     metrics: MetricsConfig | None
     warnings: tuple[str, ...] = ()
+    massboot: MassbootConfig | None = None   # None only for a Config built by hand: see state_dir
+
+    @property
+    def state_dir(self) -> str:
+        """Where the lease database, the cache and the admin socket live (README, ``[massboot]``)."""
+        return self.massboot.state_dir if self.massboot is not None else self.base_dir
+
+    @property
+    def admin_socket(self) -> str:
+        """The admin socket's path (README, "Operator commands")."""
+        return os.path.join(self.state_dir, ADMIN_SOCKET)
 
     @property
     def remote_root(self) -> bool:
@@ -656,8 +698,8 @@ class _Reader:
         log.warning("config: %s", message)
 
 
-def load(path: str) -> Config:
-    """Read and validate *path*.
+def load(path: str, *, state_dir: str | None = None) -> Config:
+    """Read and validate *path*; *state_dir* (``--state-dir``) overrides ``[massboot] state_dir``.
 
     Raises:
         ConfigError: a bad or missing value (names section, option and value).
@@ -665,11 +707,15 @@ def load(path: str) -> Config:
     """
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
-    return loads(text, path=os.path.abspath(path))
+    return loads(text, path=os.path.abspath(path), state_dir=state_dir)
 
 
-def loads(text: str, path: str = "<string>") -> Config:
-    """Validate ini *text*; relative paths are relative to ``dirname(path)`` (README, Configuration)."""
+def loads(text: str, path: str = "<string>", *, state_dir: str | None = None) -> Config:
+    """Validate ini *text*; relative paths are relative to ``dirname(path)`` (README, Configuration).
+
+    The lease database and the cache directory, when relative or unset, go to the state
+    directory: *state_dir*, else ``[massboot] state_dir``, else the config directory.
+    """
     warnings: list[str] = []
     parser = configparser.ConfigParser(interpolation=None, strict=False, default_section="\x00none")
     try:
@@ -684,12 +730,15 @@ def loads(text: str, path: str = "<string>") -> Config:
     base_dir = os.path.dirname(path) if path != "<string>" else os.getcwd()
     base_dir = os.path.abspath(base_dir or ".")
 
+    main = MASSBOOT.read(reader)
+    main["state_dir"] = os.path.abspath(os.path.join(base_dir, state_dir or main["state_dir"] or "."))
+    massboot = MassbootConfig(**main)
     logger = _logger(reader, base_dir)
-    bootp = _bootp(reader, base_dir) if reader.has("bootpd") else None
-    tftp = _tftp(reader, base_dir)
+    bootp = _bootp(reader, massboot.state_dir) if reader.has("bootpd") else None
+    tftp = _tftp(reader, base_dir, massboot.state_dir)
     metrics = MetricsConfig(**METRICS.read(reader)) if reader.has("metrics") else None
     return Config(path=path, base_dir=base_dir, logger=logger, bootp=bootp, tftp=tftp,
-                  metrics=metrics, warnings=tuple(warnings))
+                  metrics=metrics, warnings=tuple(warnings), massboot=massboot)
 
 
 def _check_names(reader: _Reader) -> None:
@@ -721,9 +770,11 @@ def _logger(reader: _Reader, base_dir: str) -> LoggerConfig:
     return LoggerConfig(**v)
 
 
-def _bootp(r: _Reader, base_dir: str) -> BootpConfig:
+def _bootp(r: _Reader, state_dir: str) -> BootpConfig:
     s = "bootpd"
     v = BOOTPD.read(r)
+    v["domain_explicit"] = bool(r.get(s, "domain"))
+    http = _http_acl(r, v.pop("timeout"))
     pool_start, pool_count, access = v["pool_start"], v["pool_count"], v["access"]
     if int(ipaddress.IPv4Address(pool_start)) + pool_count > 1 << 32:
         raise ConfigError(s, "pool_count", str(pool_count), "the pool runs past 255.255.255.255")
@@ -732,7 +783,7 @@ def _bootp(r: _Reader, base_dir: str) -> BootpConfig:
     v["dns"], v["dns_auto"] = v["dns"] or ((), False)
     v["notify"] = v["notify"] or ()
     if v["lease_db"] != ":memory:":
-        v["lease_db"] = os.path.join(base_dir, v["lease_db"])
+        v["lease_db"] = os.path.join(state_dir, v["lease_db"])
 
     # [bootfile] (1.8) and [bootp] boot_file (documented generation) are the same setting
     bootfiles: dict[int, str] = {}
@@ -765,11 +816,30 @@ def _bootp(r: _Reader, base_dir: str) -> BootpConfig:
         **v, default_bootfile=default, bootfiles=bootfiles,
         mac_rules=_rules(r, "mac", AclRule.mac, "MAC"),
         uuid_rules=_rules(r, "uuid", AclRule.uuid, "UUID"),
-        http=HttpAclConfig(**HTTP.read(r)) if r.has("http") else None,
+        http=http,
         static=static,
         buggy_clients=_rules(r, "buggy_clients", AclRule.mac, "MAC"),
         subnets=tuple(_subnet(r, section) for section in r.values if section.startswith("subnet:")),
     )
+
+
+def _http_acl(r: _Reader, alias: float | None) -> HttpAclConfig | None:
+    """``[http]``, its timeout from ``[bootp] timeout`` (pybootd's documentation) when absent.
+
+    Both given with different values is an error naming both, as for the section aliases.
+    """
+    if not r.has("http"):
+        return None
+    v = HTTP.read(r)
+    if alias is not None:
+        if r.get("http", "timeout") and v["timeout"] != alias:
+            origin = r.values["bootpd"]["timeout"][1]
+            raise ConfigError("http", "timeout", r.get("http", "timeout"),
+                              f"given twice with different values: [{origin}] timeout = "
+                              f"{r.get('bootpd', 'timeout')!r} and [http] timeout = "
+                              f"{r.get('http', 'timeout')!r}")
+        v["timeout"] = alias
+    return HttpAclConfig(**v)
 
 
 def _rules(r: _Reader, section: str, make: Callable[[str, bool], AclRule], what: str) -> tuple[AclRule, ...]:
@@ -794,13 +864,12 @@ def _subnet(r: _Reader, section: str) -> SubnetConfig:
                         pool_count=count, gateway=v["gateway"], dns=dns, lease_time=v["lease_time"])
 
 
-def _tftp(r: _Reader, base_dir: str) -> TftpConfig:
+def _tftp(r: _Reader, base_dir: str, state_dir: str) -> TftpConfig:
     s = "tftpd"
     v = TFTPD.read(r)
     if not is_url(v["root"]):
         v["root"] = os.path.normpath(os.path.join(base_dir, v["root"]))
-    if v["cache_dir"]:
-        v["cache_dir"] = os.path.join(base_dir, v["cache_dir"])
+    v["cache_dir"] = os.path.join(state_dir, v["cache_dir"] or "cache")
     if v["timeout_min"] > v["timeout"]:
         raise ConfigError(s, "timeout_min", str(v["timeout_min"]), f"larger than timeout = {v['timeout']}")
     for option in ("transfer_memory", "memory_budget"):   # one 512-byte block and its header
@@ -868,6 +937,9 @@ def describe(config: Config) -> Iterable[str]:
     An option left unset is shown as its table documents it (``the server address``...).
     """
     yield f"config: {config.path}"
+    user = config.massboot.user if config.massboot is not None else None
+    yield f"state: {config.state_dir} (admin socket {config.admin_socket})" + (
+        f", runs as user {user}" if user else "")
     b = config.bootp
     if b is None:
         yield "bootp: not configured (no [bootpd]/[bootp] section)"

@@ -16,8 +16,12 @@ Endpoints, served by a :class:`gevent.pywsgi.WSGIServer` on ``[metrics] address:
 thread):
 
 ``/metrics``   the Prometheus text format (``prometheus_client.make_wsgi_app``);
-``/clients``   JSON list, one record per known client (see :mod:`massboot.progress`);
-               ``?phase=stalled`` (or any phase) filters it;
+``/clients``   JSON list, one record per known client (see :mod:`massboot.progress`), by MAC,
+               one page at a time (README, "Monitoring"): ``?limit=N`` (default and largest:
+               ``[metrics] clients_page``), ``?after=MAC`` the cursor; the ``Link`` header
+               (RFC 8288, ``rel="next"``) and ``X-Next-Cursor`` give the next page's;
+               ``?phase=stalled`` (or any phase) filters it. Built and sent in slices, yielding
+               to the hub between them, so a large page never stalls the transfers;
 ``/healthz``   ``200`` while every configured server's reader is alive, else ``503``; a JSON body.
 """
 
@@ -27,10 +31,13 @@ import json
 import logging
 import platform
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
+import gevent
+from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, Histogram, Info, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -273,6 +280,8 @@ class Metrics:
         self.cache_coalesced = c("massboot_cache_coalesced", "Remote file opens that joined a "
                                  "download already in flight.")
         self.cache_upstream = c("massboot_cache_upstream_bytes", "Bytes received from HTTP mirrors.")
+        self.http_refused = c("massboot_metrics_connections_refused", "Connections to the metrics "
+                              "endpoint answered 503 and closed: [metrics] max_connections were open.")
         self.cache_failures = c("massboot_cache_upstream_failures", "Upstream downloads that failed, by "
                                 "reason (not_found: the mirror has no such file; error: any other "
                                 "failure).", ("reason",), [("not_found",), ("error",)])
@@ -328,7 +337,8 @@ class Metrics:
     def start(self) -> None:
         """Bind ``address:port`` (synchronously; port 0 picks one) and serve the endpoints."""
         server = _HttpServer((self.config.address, self.config.port), self.wsgi_app, log=None,
-                             error_log=log)
+                             error_log=log, spawn=Pool(self.config.max_connections + 1))
+        server.limit(self.config.max_connections, self.config.idle_timeout, self.http_refused)
         server.start()
         self._server = server
         log.info("metrics on http://%s:%d/metrics", self.config.address, self.port)
@@ -503,6 +513,46 @@ class Metrics:
             records = [r for r in records if r["phase"] == phase]
         return records
 
+    def _clients_page(self, start_response: Callable[..., Any], phase: str | None, after: str | None,
+                      limit: int) -> Iterable[bytes]:
+        """One ``/clients`` page, by MAC after the cursor *after*: built and sent in slices.
+
+        The records are read slice by slice, yielding to the hub between slices, so that 50,000
+        clients never hold the transfers up; the body goes out chunked as it is built.
+        """
+        macs = self.progress.macs_after(after)
+        found: list[dict[str, Any]] = []
+        scanned = 0
+        now = self.progress.clock()
+        while len(found) < limit and scanned < len(macs):
+            for mac in macs[scanned:scanned + PAGE_SLICE]:
+                scanned += 1
+                rec = self.progress.record(mac, now)
+                if rec is not None and (phase is None or rec["phase"] == phase):
+                    self._complete(rec)
+                    found.append(rec)
+                    if len(found) == limit:
+                        break
+            if len(found) < limit and scanned < len(macs):
+                gevent.sleep(0)
+        headers = [("Content-Type", "application/json")]
+        if scanned < len(macs) and found:
+            cursor = found[-1]["mac"]
+            query = {"after": cursor, "limit": limit, **({"phase": phase} if phase else {})}
+            headers += [("Link", f'</clients?{urllib.parse.urlencode(query)}>; rel="next"'),
+                        ("X-Next-Cursor", cursor)]
+        start_response("200 OK", headers)
+        return _slices(found)
+
+    def _complete(self, record: dict[str, Any]) -> None:
+        dhcp = self._dhcp
+        if dhcp is not None and (record["uuid"] is None or record["arch"] is None):
+            uuid, arch = dhcp.client_identity(record["mac"])
+            if record["uuid"] is None:
+                record["uuid"] = uuid
+            if record["arch"] is None:
+                record["arch"] = arch
+
     def health(self) -> tuple[bool, dict[str, str]]:
         """``(healthy, {service: "up" | "down"})`` for the configured servers."""
         status: dict[str, str] = {}
@@ -523,7 +573,15 @@ class Metrics:
             if phase is not None and phase not in PHASES:
                 return _reply(start_response, "400 Bad Request", {"error": f"unknown phase {phase!r}",
                                                                   "phases": list(PHASES)})
-            return _reply(start_response, "200 OK", self.clients(phase))
+            page = self.config.clients_page
+            try:
+                limit = int(query.get("limit", [page])[0])
+            except ValueError:
+                limit = 0
+            if not 1 <= limit <= page:
+                return _reply(start_response, "400 Bad Request",
+                              {"error": f"limit must be between 1 and {page} ([metrics] clients_page)"})
+            return self._clients_page(start_response, phase, query.get("after", [None])[0], limit)
         if path == "/healthz":
             healthy, status = self.health()
             body = {"status": "ok" if healthy else "failing", **status}
@@ -537,10 +595,54 @@ class Metrics:
         return [b"not found\n"]
 
 
+#: ``/clients`` records built or encoded between two yields to the hub
+PAGE_SLICE = 500
+
+
+def _slices(records: list[dict[str, Any]]) -> Iterator[bytes]:
+    """A JSON list, encoded *PAGE_SLICE* records at a time, yielding to the hub between slices."""
+    yield b"["
+    for start in range(0, len(records), PAGE_SLICE):
+        chunk = ",".join(json.dumps(r, separators=(",", ":")) for r in records[start:start + PAGE_SLICE])
+        yield (("," if start else "") + chunk).encode()
+        gevent.sleep(0)
+    yield b"]\n"
+
+
 class _HttpServer(WSGIServer):
-    """gevent's WSGI server, remembering the fatal ``accept`` error that closed it."""
+    """gevent's WSGI server, remembering the fatal ``accept`` error that closed it.
+
+    With :meth:`limit`: at most *max_connections* served at once (one more gets ``503`` and is
+    closed, counted), and a connection silent for *idle_timeout* seconds is closed.
+    """
 
     error: str | None = None
+    _max_connections: int | None = None
+    _idle_timeout: float | None = None
+    _refused: _Counts | None = None
+    _open = 0
+
+    def limit(self, max_connections: int, idle_timeout: float, refused: _Counts) -> None:
+        self._max_connections, self._idle_timeout, self._refused = max_connections, idle_timeout, refused
+
+    def handle(self, sock: Any, address: Any) -> None:
+        if self._max_connections is not None and self._open >= self._max_connections:
+            if self._refused is not None:
+                self._refused.inc()
+            try:
+                sock.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                             b"Connection: close\r\n\r\n")
+            except OSError:
+                pass
+            sock.close()
+            return
+        self._open += 1
+        try:
+            if self._idle_timeout is not None:
+                sock.settimeout(self._idle_timeout)
+            super().handle(sock, address)
+        finally:
+            self._open -= 1
 
     def is_fatal_error(self, ex: BaseException) -> bool:
         fatal = bool(super().is_fatal_error(ex))

@@ -194,6 +194,22 @@ class ProgressTracker:
         records = sorted(self._clients.values(), key=lambda r: (r.first_seen, r.mac))
         return [r.as_dict(now, self.stall_after) for r in records]
 
+    def macs_after(self, after: str | None) -> list[str]:
+        """The MACs known now, in order, after *after* (the ``/clients`` cursor; None: all)."""
+        macs = sorted(self._clients)
+        if after is not None:
+            import bisect
+
+            macs = macs[bisect.bisect_right(macs, after):]
+        return macs
+
+    def record(self, mac: str, now: float | None = None) -> dict[str, Any] | None:
+        """One client's record (as in :meth:`clients`), None when it is no longer known."""
+        record = self._clients.get(mac)
+        if record is None:
+            return None
+        return record.as_dict(self.clock() if now is None else now, self.stall_after)
+
     # ------------------------------------------------------------------ the subscriber
     def __call__(self, event: Event) -> None:
         """Feed one event (the :class:`~massboot.events.EventBus` subscriber)."""

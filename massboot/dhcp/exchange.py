@@ -99,6 +99,8 @@ class Settings:
     default_bootfile: str = ""
     bootfiles: Mapping[int, str] = field(default_factory=dict)
     ipxe_bootfile: str | None = None
+    #: option 15 (RFC 2132 §3.17): ``[bootpd] domain`` when the file sets it, else None
+    domain_name: str | None = None
     #: ``name, client_ip → size or None``, never blocking (option 13)
     bootfile_size: Callable[[str, str], int | None] | None = None
 
@@ -115,7 +117,8 @@ class Settings:
             http_always_check=config.http is not None and config.http.always_check,
             buggy=RuleTable(config.buggy_clients) if config.buggy_clients else None,
             default_bootfile=config.default_bootfile, bootfiles=config.bootfiles,
-            ipxe_bootfile=config.ipxe_boot_file, bootfile_size=bootfile_size)
+            ipxe_bootfile=config.ipxe_boot_file, bootfile_size=bootfile_size,
+            domain_name=config.domain if config.domain_explicit else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,7 +429,8 @@ class Exchange:
         req, settings, client, net = self.request, self.settings, self._known(), self.scope.net
         boot = self._boot_info() if msgtype != MessageType.NAK else None
         reply = policy.build_reply(req.packet, msgtype, yiaddr=yiaddr, net=net, boot=boot, pxe=req.pxe,
-                                   hostname=None if req.pxe else client.hostname, message=message)
+                                   hostname=None if req.pxe else client.hostname, message=message,
+                                   domain=settings.domain_name)
         buggy = settings.buggy is not None and bool(settings.buggy.check(mac_int(req.packet.mac)))
         dest = Destination(*policy.destination(req.packet, reply, req.source,
                                                server_port=settings.server_port,

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 OFFERED = "offered"
 BOUND = "bound"
 RELEASED = "released"
+RESERVED = "reserved"     # an operator's reservation (``massboot leases reserve``), not yet bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +326,43 @@ class _Index:
             return None
         return self.by_mac.get(mac)
 
+    # -- operator commands (README, "Operator commands"): minimal, until the lease branch's -----
+
+    def free(self, mac: str) -> Lease | None:
+        """Drop the MAC's binding; its pool address can be handed to another MAC."""
+        lease = self.by_mac.pop(mac, None)
+        if lease is None:
+            return None
+        if self.owner.get(lease.ip) == mac and self.static_owner.get(lease.ip) != mac:
+            del self.owner[lease.ip]
+            if lease.ip in self.pool_set:       # allocation scans from the cursor: rewind it
+                self.cursor = min(self.cursor, self.pool.index(lease.ip))
+        return lease
+
+    def reserve(self, mac: str, ip: str, now: float) -> tuple[Lease, Lease | None]:
+        """Give *ip* to *mac* (state ``reserved``); return (reservation, binding it replaced)."""
+        static_ip = self.static.get(mac)
+        if static_ip is not None:
+            raise LeaseConflict(f"{mac} has the [static_dhcp] address {static_ip}: a [static_dhcp] "
+                                "entry wins over a reservation (edit the config instead)")
+        static_mac = self.static_owner.get(ip)
+        if static_mac is not None:
+            raise LeaseConflict(f"{ip} is the [static_dhcp] address of {static_mac}: a [static_dhcp] "
+                                "entry wins over a reservation")
+        holder = self.owner.get(ip)
+        if holder is not None and holder != mac:
+            raise LeaseConflict(f"{ip} is bound to {holder} (release it first)")
+        if ip in self.declined or ip in self.exclude:
+            raise LeaseConflict(f"{ip} is set aside (declined or excluded)")
+        current = self.by_mac.get(mac)
+        if current is not None and current.ip == ip:
+            return current, None
+        replaced = self.free(mac) if current is not None else None
+        lease = Lease(mac, ip, state=RESERVED, updated=now)
+        self.by_mac[mac] = lease
+        self.owner[ip] = mac
+        return lease, replaced
+
 
 class _IndexedLeaseStore(LeaseStore):
     """The decisions of both stores; subclasses persist through the two ``_save_*`` hooks."""
@@ -346,6 +384,9 @@ class _IndexedLeaseStore(LeaseStore):
         pass
 
     def _save_decline(self, mac: str, ip: str, dropped: bool) -> None:
+        pass
+
+    def _save_free(self, mac: str) -> None:
         pass
 
     def get(self, mac: str) -> Lease | None:
@@ -419,6 +460,40 @@ class _IndexedLeaseStore(LeaseStore):
 
     def leases(self) -> list[Lease]:
         return list(self._index.by_mac.values())
+
+    # operator commands (README, "Operator commands"); the lease branch brings the full versions
+    def free(self, mac: str) -> Lease | None:
+        """Drop the MAC's binding for good; its address goes back to the pool. Returns it, or None."""
+        mac = _norm_mac(mac)
+        lease = self._index.free(mac)
+        if lease is not None:
+            self._counts_cache = None
+            self._save_free(mac)
+            log.info("lease freed mac=%s ip=%s", mac, lease.ip)
+        return lease
+
+    def reserve(self, mac: str, ip: str) -> Lease:
+        """Bind *ip* to *mac* now (state ``reserved``): its next request gets it.
+
+        Raises:
+            LeaseConflict: the MAC or the address has a ``[static_dhcp]`` entry (it wins), the
+                address is held by another MAC, or it is set aside.
+        """
+        mac = _norm_mac(mac)
+        lease, replaced = self._index.reserve(mac, ip, self._clock())
+        self._counts_cache = None
+        if replaced is not None:
+            self._save_free(mac)
+        self._save_lease(lease)
+        log.info("lease reserved mac=%s ip=%s", mac, ip)
+        return lease
+
+    def unreserve(self, mac: str) -> bool:
+        """Drop the MAC's reservation if it has not been bound yet; True when one was dropped."""
+        lease = self.get(mac)
+        if lease is None or lease.state != RESERVED:
+            return False
+        return self.free(mac) is not None
 
     def close(self) -> None:
         pass
@@ -585,6 +660,9 @@ class SqliteLeaseStore(_IndexedLeaseStore):
 
     def _save_decline(self, mac: str, ip: str, dropped: bool) -> None:
         self._write(self._db_decline, mac, ip, dropped, self._clock())
+
+    def _save_free(self, mac: str) -> None:
+        self._write(self._db_delete, mac)
 
     def _write(self, func: Callable[..., None], *args: Any) -> None:
         """Queue one mutation and wait (cooperatively) until its transaction is committed."""

@@ -163,11 +163,12 @@ def _pxe_options(packet: BootpPacket, boot: BootInfo) -> list[tuple[int, bytes]]
 
 def build_reply(request: BootpPacket, msgtype: MessageType | None, *, yiaddr: str, net: Network,
                 boot: BootInfo | None, pxe: bool, hostname: str | None = None,
-                message: str | None = None) -> BootpPacket:
+                message: str | None = None, domain: str | None = None) -> BootpPacket:
     """The reply to *request* (RFC 2131 §4.3.1 table 3, RFC 2132 options).
 
     *msgtype* None builds a plain BOOTP reply (RFC 951/1497: no option 53, no lease time).
-    A NAK carries only 53, 54 and an optional message (56).
+    A NAK carries only 53, 54 and an optional message (56). *domain* is sent as option 15 when
+    the client asks for it in option 55 (README, ``[bootpd]`` domain).
     """
     options: list[tuple[int, bytes]] = []
     if msgtype is not None:
@@ -186,6 +187,8 @@ def build_reply(request: BootpPacket, msgtype: MessageType | None, *, yiaddr: st
         options.append((Opt.DNS, ips_bytes(net.dns)))   # one option, 4×N bytes (RFC 2132 §3.8)
     if hostname:
         options.append((Opt.HOSTNAME, hostname.encode("utf-8")[:255]))
+    if domain and Opt.DOMAIN_NAME in request.requested_params:
+        options.append((Opt.DOMAIN_NAME, domain.encode("utf-8")[:255]))   # RFC 2132 §3.17
     if msgtype in (MessageType.OFFER, MessageType.ACK) and msgtype is not None and yiaddr != "0.0.0.0":
         options.append((Opt.LEASE_TIME, u32(net.lease_time)))
         options.append((Opt.RENEWAL_T1, u32(net.lease_time // 2)))

@@ -111,10 +111,27 @@ class DhcpServer:
         self._running = False
         self.receive_errors = 0        # transient receive errors since start (for metrics)
 
-    def _scope(self, sub: SubnetConfig, store: LeaseStore, dns: tuple[str, ...]) -> Scope:
+    def apply(self, config: BootpConfig, *, subnet_stores: dict[str, LeaseStore],
+              http_acl: HttpAcl | None, dns: tuple[str, ...]) -> None:
+        """Take new settings (SIGHUP, README "Reload"): ACLs, static entries, boot files, subnets.
+
+        Leases and exchanges in flight are kept: an exchange runs on the settings it started
+        with. The socket, the main pool and its store stay (the caller says what needs a restart).
+        """
+        settings = Settings.from_config(config, self.server_ip, bootfile_size=self.settings.bootfile_size)
+        net = self.main.net
+        main = Scope("main", self.main.store,
+                     Network(self.server_ip, config.netmask or net.netmask,
+                             config.gateway or self.server_ip, dns, config.lease_time), self.main.network)
+        scopes = [self._scope(sub, subnet_stores[sub.name], dns, config) for sub in config.subnets]
+        self.config, self.settings, self.http_acl, self.main, self.scopes = (
+            config, settings, http_acl, main, scopes)
+
+    def _scope(self, sub: SubnetConfig, store: LeaseStore, dns: tuple[str, ...],
+               config: BootpConfig | None = None) -> Scope:
         return Scope(sub.name, store,
                      Network(self.server_ip, str(sub.network.netmask), sub.gateway, sub.dns or dns,
-                             sub.lease_time or self.config.lease_time), sub.network)
+                             sub.lease_time or (config or self.config).lease_time), sub.network)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -247,6 +264,7 @@ class DhcpServer:
             ifindex: the interface it arrived on (0: unknown), for limited broadcasts.
         """
         request = classify(packet, source)
+        http_acl = self.http_acl      # the settings and the ACL of one reload (apply) together
         exchange = Exchange(self.settings, request, self.clients.get(request.mac),
                             select_scope(packet, self.main, self.scopes))
         try:
@@ -255,8 +273,8 @@ class DhcpServer:
                 self.clients.setdefault(request.mac, exchange.client)
             if isinstance(step, AclQuery):
                 self._emit(step.events)
-                assert self.http_acl is not None
-                result = self.http_acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
+                assert http_acl is not None
+                result = http_acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
                 step = exchange.on_acl(result)
         except Exception:
             self._emit(exchange.take_events())    # what happened before the failure

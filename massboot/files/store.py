@@ -48,6 +48,7 @@ class FileStore:
                  client_lookup: ClientLookup | None = None, events: EventBus | None = None,
                  session: requests.Session | None = None) -> None:
         self._local = LocalFiles()
+        self._base_dir, self._client_lookup = base_dir, client_lookup
         self._names = Resolver(root, filters, base_dir=base_dir, client_lookup=client_lookup,
                                first_line=self._local.first_line)
         self._own_session = session is None
@@ -91,6 +92,15 @@ class FileStore:
     misses = _counter("misses", "Opens (and size() prefetches) that started an upstream download.")
     coalesced = _counter("coalesced", "Opens that joined a download already in flight.")
     upstream_bytes = _counter("upstream_bytes", "Body bytes received from mirrors.")
+
+    def set_filters(self, filters: Sequence[tuple[str, str]]) -> None:
+        """Resolve the next requests with new ``[filters]`` (SIGHUP; open sources are unaffected).
+
+        Raises:
+            ValueError: a filter target uses an unknown ``{variable}`` (the old filters stay).
+        """
+        self._names = Resolver(self._names.root, filters, base_dir=self._base_dir,
+                               client_lookup=self._client_lookup, first_line=self._local.first_line)
 
     def open(self, name: str, client_ip: str) -> Source:
         """Open the file a client asked for.

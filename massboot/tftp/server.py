@@ -193,6 +193,12 @@ class TftpServer:
         self._transfers: dict[tuple[str, int], ReadTransfer | None] = {}
         self._pumps: dict[tuple[str, int], _Pump] = {}
 
+    def tune(self, *, max_blksize: int | None, max_windowsize: int, timeout_min: float,
+             timeout_max: float, retries: int) -> None:
+        """New limits for the next transfers (SIGHUP); running transfers keep theirs."""
+        self._max_blksize, self._max_windowsize = max_blksize, max_windowsize
+        self._timeout_min, self._timeout_max, self._retries = timeout_min, timeout_max, retries
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:

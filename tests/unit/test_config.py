@@ -227,7 +227,8 @@ def test_dataclass_defaults_are_the_tables():
     assert empty.metrics == cfg.MetricsConfig()
     assert empty.logger == cfg.LoggerConfig()
     assert empty.bootp.http == cfg.HttpAclConfig("h")
-    assert empty.tftp == cfg.TftpConfig(root="/x")
+    assert empty.tftp == cfg.TftpConfig(root="/x", cache_dir="/x/cache")   # in the state directory
+    assert empty.massboot == cfg.MassbootConfig("/x") and empty.state_dir == "/x"
     bootp = cfg.BootpConfig("10.0.0.10", access="http", lease_db="/x/massboot-leases.sqlite3",
                             default_bootfile="pxelinux.0", http=cfg.HttpAclConfig("h"))
     assert empty.bootp == bootp
@@ -243,7 +244,7 @@ def test_readme_option_tables_are_the_code_tables():
 
     text = readme_options.README.read_text(encoding="utf-8")
     found = readme_options.tables(text)
-    assert sorted(found) == ["bootpd", "http", "logger", "metrics", "subnet:NAME", "tftpd"]
+    assert sorted(found) == ["bootpd", "http", "logger", "massboot", "metrics", "subnet:NAME", "tftpd"]
     lines = text.splitlines()
     for name, (start, end) in found.items():
         table = readme_options.section_table(name)
@@ -253,3 +254,39 @@ def test_readme_option_tables_are_the_code_tables():
         rows = [line.split()[:2] for line in lines[start + 3:end - 1] if not line.startswith(" ")]
         assert [row[0] for row in rows] == table.names()
     assert ["pool_count", "``10``"] in [line.split()[:2] for line in readme_options.render(cfg.BOOTPD)]
+
+
+HTTP_ACL = BASE + "[bootpd]\naccess = http\n[http]\nlocation = acl:8080\n"
+
+
+def test_bootp_timeout_is_the_documented_http_acl_timeout():
+    """pybootd's published docs put the HTTP ACL timeout in [bootp]: honoured when [http] has none."""
+    assert cfg.loads(HTTP_ACL + "[bootp]\ntimeout = 7\n").bootp.http.timeout == 7
+    assert cfg.loads(HTTP_ACL + "timeout = 3\n").bootp.http.timeout == 3      # [http] timeout
+    assert cfg.loads(HTTP_ACL + "timeout = 3\n[bootp]\ntimeout = 3\n").bootp.http.timeout == 3
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.loads(HTTP_ACL + "timeout = 3\n[bootp]\ntimeout = 7\n")
+    assert str(info.value) == ("[http] timeout = '3': given twice with different values: "
+                               "[bootp] timeout = '7' and [http] timeout = '3'")
+    with pytest.raises(cfg.ConfigError, match=r"\[bootpd\] timeout = 'soon': not a number"):
+        cfg.loads(HTTP_ACL + "[bootp]\ntimeout = soon\n")
+
+
+def test_state_dir_holds_the_lease_db_and_the_cache():
+    c = cfg.loads(BASE, path="/etc/mb/x.ini")
+    assert c.state_dir == "/etc/mb" and c.bootp.lease_db == "/etc/mb/massboot-leases.sqlite3"
+    assert c.tftp.cache_dir == "/etc/mb/cache" and c.admin_socket == "/etc/mb/admin.sock"
+    c = cfg.loads(BASE + "[massboot]\nstate_dir = /var/lib/massboot\nuser = massboot\n", path="/etc/mb/x.ini")
+    assert c.bootp.lease_db == "/var/lib/massboot/massboot-leases.sqlite3"
+    assert c.tftp.cache_dir == "/var/lib/massboot/cache" and c.massboot.user == "massboot"
+    c = cfg.loads(BASE + "[massboot]\nstate_dir = state\n[bootpd]\nlease_db = /db/l.sqlite3\n",
+                  path="/etc/mb/x.ini", state_dir="/run/override")
+    assert c.state_dir == "/run/override" and c.bootp.lease_db == "/db/l.sqlite3"
+    relative = cfg.loads(BASE + "[massboot]\nstate_dir = state\n", path="/etc/mb/x.ini")
+    assert relative.state_dir == "/etc/mb/state"
+
+
+def test_domain_is_explicit_only_when_given():
+    assert not cfg.loads(BASE).bootp.domain_explicit
+    c = cfg.loads(BASE + "[bootpd]\ndomain = rack.example\n")
+    assert c.bootp.domain_explicit and c.bootp.domain == "rack.example"

@@ -130,3 +130,18 @@ def test_destination(fields, source, msgtype, force, expected):
     reply = build_reply(req, msgtype, yiaddr="10.0.0.100", net=NET, boot=None, pxe=False)
     assert destination(req, reply, source, server_port=67, subnet_broadcast=NET.broadcast,
                        force_broadcast=force) == expected
+
+
+def test_domain_name_only_when_set_and_asked():
+    """Option 15 (RFC 2132 §3.17) when the config sets ``domain`` and option 55 asks for it."""
+    asks = request(options=[(Opt.PARAM_REQUEST, bytes([1, 3, 15]))])
+    silent = request(options=[(Opt.PARAM_REQUEST, bytes([1, 3]))])
+    reply = build_reply(asks, MessageType.OFFER, yiaddr="10.0.0.100", net=NET, boot=BOOT, pxe=False,
+                        domain="rack.example")
+    assert decode(encode(reply)).option(Opt.DOMAIN_NAME) == b"rack.example"
+    assert build_reply(silent, MessageType.OFFER, yiaddr="10.0.0.100", net=NET, boot=BOOT, pxe=False,
+                       domain="rack.example").option(Opt.DOMAIN_NAME) is None
+    assert build_reply(asks, MessageType.OFFER, yiaddr="10.0.0.100", net=NET, boot=BOOT,
+                       pxe=False).option(Opt.DOMAIN_NAME) is None
+    assert build_reply(asks, MessageType.NAK, yiaddr="0.0.0.0", net=NET, boot=None, pxe=False,
+                       domain="rack.example").option(Opt.DOMAIN_NAME) is None
