@@ -194,10 +194,24 @@ class TftpServer:
         self._pumps: dict[tuple[str, int], _Pump] = {}
 
     def tune(self, *, max_blksize: int | None, max_windowsize: int, timeout_min: float,
-             timeout_max: float, retries: int) -> None:
-        """New limits for the next transfers (SIGHUP); running transfers keep theirs."""
+             timeout_max: float, retries: int, first_timeout: float | None = None,
+             first_retries: int | None = None, max_per_client: int | None = None,
+             transfer_memory: int | None = None, memory_budget: int | None = None) -> None:
+        """New limits for the next transfers (SIGHUP); running transfers keep theirs (and
+        their reservations: a smaller ``memory_budget`` only refuses new windows). The
+        bounds left ``None`` are kept."""
         self._max_blksize, self._max_windowsize = max_blksize, max_windowsize
         self._timeout_min, self._timeout_max, self._retries = timeout_min, timeout_max, retries
+        if first_timeout is not None:
+            self._first_timeout = first_timeout
+        if first_retries is not None:
+            self._first_retries = first_retries
+        if max_per_client is not None:
+            self._max_per_client = max_per_client
+        if transfer_memory is not None:
+            self._transfer_memory = transfer_memory
+        if memory_budget is not None:
+            self._memory_budget = memory_budget
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -1016,3 +1016,16 @@ def test_client_text_in_log_lines_is_quoted_and_cut(make_server, client_factory,
     assert text[0].startswith(f"tftp denied client=127.0.0.1:{client.sock.getsockname()[1]} file="
                               + repr(forged) + " code=1")
     assert len(text[1]) < 300 and "...(60000 chars)" in text[1]
+
+
+def test_reload_tunes_the_bounds_for_the_next_requests(make_server, client_factory) -> None:
+    """SIGHUP (README, Reload): the new per-address cap and memory bounds apply to new RRQs."""
+    server, _, recorder = make_server(first_timeout=30.0)
+    server.tune(max_blksize=None, max_windowsize=64, timeout_min=0.01, timeout_max=0.5, retries=5,
+                max_per_client=1, transfer_memory=4 * 1472, memory_budget=1 << 20)
+    first, second = client_factory(server.port), client_factory(server.port)
+    first.rrq("f1m", blksize=1468, windowsize=64)
+    assert first.recv_from_tid() == OptionAck({"blksize": "1468", "windowsize": "4"})
+    second.rrq("f1m")
+    assert second.recv()[0] == Error(ErrorCode.NOT_DEFINED, "Too many transfers from this address")
+    assert [e.get("reason") for e in recorder.of("tftp.denied")] == ["busy"]
