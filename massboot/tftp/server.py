@@ -442,7 +442,7 @@ class TftpServer:
                 _send(sock, Error(ErrorCode.NOT_DEFINED, message).encode(), client)
             raise
         except Exception:
-            log.exception("tftp transfer failed client=%s:%d file=%s", ip, port, name)
+            log.exception("tftp transfer failed client=%s:%d file=%r", ip, port, name[:128])
             if transfer is not None:
                 _send(sock, transfer.abort(), client)
             elif sock is not None:
@@ -461,7 +461,7 @@ class TftpServer:
                 try:
                     source.close()
                 except Exception:
-                    log.exception("tftp: closing %s failed", name)
+                    log.exception("tftp: closing %r failed", name[:128])
             if sock is not None:
                 sock.close()
 
