@@ -390,16 +390,21 @@ TFTPD = Section("tftpd", (
            "the largest block size agreed; unset: what the client asks, up to 65464 (RFC 2348); "
            "without a ``blksize`` option blocks are 512 bytes (RFC 1350)",
            default_doc="(client's choice)"),
-    Option("timeout", Float(0.01, 255), "2.0",
-           "the longest wait before a resend, in seconds; a client's RFC 2349 ``timeout`` may "
+    Option("timeout", Float(0.01, 255), "6.0",
+           "the longest wait before a resend, in seconds (the wait adapts to the round trip and "
+           "doubles while nothing comes back): longer than the clients' own timers, so that a "
+           "client whose ACK was lost gets to resend it; a client's RFC 2349 ``timeout`` may "
            "shorten it, a longer one is not agreed"),
     Option("timeout_min", Float(0.001, 255), "0.02",
            "*massboot*: the shortest; the wait adapts to the round trip measured on each transfer"),
-    Option("retries", Int(1, 100), "5", "*massboot*: resends without progress before giving up"),
+    Option("retries", Int(1, 100), "5",
+           "*massboot*: resends without progress before giving up (and at least ``timeout`` × "
+           "``retries`` seconds without one)"),
     Option("windowsize", Int(1, 65535), "64", "*massboot*: the largest RFC 7440 window agreed"),
-    Option("first_timeout", Float(0.1, 255), "1.0",
-           "*massboot*: the wait before resending the first answer (OACK or DATA 1), doubled per "
-           "resend: until the client's first ACK its address is unproven (maybe forged)"),
+    Option("first_timeout", Float(0.1, 255), "6.0",
+           "*massboot*: the wait before resending an OACK not answered yet: until the client's "
+           "first ACK its address is unproven (maybe forged); longer than the clients' own timers "
+           "(atftp: 5 s), as a second OACK aborts atftp. A DATA 1 is resent after at most 1 s"),
     Option("first_retries", Int(0, 100), "2",
            "*massboot*: resends of the first answer; then the transfer is dropped without an ERROR"),
     Option("max_per_client", Int(1, 100000), "8",

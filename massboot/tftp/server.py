@@ -19,9 +19,11 @@ write requests and duplicate read requests cost no pool slot:
 Bounds on what one request can hold (issue #11; README ``[tftpd]``):
 
 * time: until its first ACK a transfer's peer is unproven (the RRQ's source may be forged); it
-  gets ``first_retries`` resends of its first answer on a doubling ``first_timeout`` timer and
-  is then dropped without an ERROR. A forged RRQ thus makes the server send at most
-  ``1 + first_retries`` datagrams, each the OACK (a few dozen bytes) or DATA 1, to the victim.
+  gets ``first_retries`` resends of its first answer, ``first_timeout`` apart (longer than the
+  clients' own timers: a second OACK aborts atftp), and is then dropped without an ERROR; a
+  repeated RRQ gets the first answer at once, within the same budget. A forged RRQ thus makes
+  the server send at most ``1 + first_retries`` datagrams, each the OACK (a few dozen bytes) or
+  DATA 1, to the victim.
   A client's RFC 2349 ``timeout`` can only shorten our timer (:func:`negotiate`);
 * memory: a transfer's window (``windowsize × (blksize + 4)``) is negotiated down to
   ``transfer_memory`` and to what is left of ``memory_budget`` for all transfers; an RRQ that
@@ -128,8 +130,8 @@ class TftpServer:
         timeout_max: upper bound of it, unless the client's ``timeout`` option sets another.
         retries: consecutive timeouts without progress before a transfer is abandoned.
         rcvbuf: ``SO_RCVBUF`` of the listener, best effort.
-        first_timeout: the resend timer before a transfer's first ACK, seconds (doubled per
-            resend); see the module docstring.
+        first_timeout: the resend timer before a transfer's first ACK, seconds; see the
+            module docstring.
         first_retries: resends before the first ACK.
         max_per_client: transfers one IP address may run at once.
         transfer_memory: the most bytes one transfer's window may buffer.
@@ -147,10 +149,10 @@ class TftpServer:
         max_blksize: int | None = None,
         max_windowsize: int = 64,
         timeout_min: float = 0.02,
-        timeout_max: float = 2.0,
+        timeout_max: float = 6.0,
         retries: int = 5,
         rcvbuf: int = 4 * 1024 * 1024,
-        first_timeout: float = 1.0,
+        first_timeout: float = 6.0,
         first_retries: int = 2,
         max_per_client: int = 8,
         transfer_memory: int = 1 << 20,

@@ -203,10 +203,15 @@ class ReadTransfer:
             accepted ``timeout`` option belongs here).
         retries: consecutive timeouts without progress tolerated before giving up.
         first_timeout: the retransmission timer before the client's first ACK (ACK 0 of the
-            OACK, or ACK 1), doubled on each resend; ``None``: the ordinary timer. Until that
+            OACK, or ACK 1), the same for each resend; ``None``: the ordinary timer. Until that
             ACK the peer is unproven (the RRQ's source address may be forged) and the round
-            trip unknown: a conservative timer keeps a resent OACK rare (atftp aborts on a
-            second OACK) and bounds what a forged RRQ makes us send (README ``[tftpd]``).
+            trip unknown. A client resends its own ACK 0 on its timer (atftp: 5 s) and aborts
+            on a second OACK (atftp), so an OACK resent before the client's own timer fires,
+            after its ACK 0 was lost, kills the transfer: a timer longer than the clients'
+            keeps a resent OACK rare. A DATA 1 (no OACK) is resent no later than the ordinary
+            first timer: a duplicate DATA is harmless (RFC 1350). A client that lost the first
+            answer repeats its request, which :meth:`on_request_again` answers at once
+            (README ``[tftpd]``).
         first_retries: resends before the client's first ACK; one more timer after the last,
             the transfer ends without an ERROR (nothing to tell an unproven peer). ``None``:
             the ordinary rule (*retries*).
@@ -282,7 +287,9 @@ class ReadTransfer:
         self._deadline = float("inf")
         self._oack_sent_at = 0.0
         self._oack_resent = False
-        self._first_wait = first_timeout or 0.0  # the pre-ACK timer, doubled per resend
+        self._first_wait = first_timeout or 0.0  # the pre-ACK timer
+        if self._first_wait and self._oack is None:  # only a second OACK hurts a client
+            self._first_wait = min(self._first_wait, self._rto)
         self._first_resends = 0
         self._buffered = 0
 
@@ -578,7 +585,7 @@ class ReadTransfer:
     # -- internals -----------------------------------------------------------------------
 
     def _unproven_timeout(self) -> list[Datagram]:
-        """No ACK yet: resend the OACK (or the first window) on the doubling pre-ACK timer,
+        """No ACK yet: resend the OACK (or the first window) on the pre-ACK timer,
         at most ``first_retries`` times, then end quietly. Bounds a forged RRQ to
         ``1 + first_retries`` datagrams of the first answer (README ``[tftpd]``)."""
         now = self._clock()
@@ -590,7 +597,9 @@ class ReadTransfer:
 
     def _resend_first(self, now: float) -> list[Datagram]:
         self._first_resends += 1
-        wait = self._first_wait = (self._first_wait or self._rto) * 2  # RFC 6298 section 5.5
+        # not doubled (RFC 6298 section 5.5 backs off from 1 s): the timer is already long
+        # and there are few resends; the client's own retransmissions are expected first
+        wait = self._first_wait or self._rto
         if self._state == _WAIT_OACK:
             self.retransmits += 1
             self._oack_resent = True

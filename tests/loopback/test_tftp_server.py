@@ -789,7 +789,7 @@ def test_tftp_events_carry_block_counts(make_server, client_factory) -> None:
 
 # -- issue #11: what forged, silent and greedy clients can make the server hold ----------------
 
-#: A pre-ACK schedule fast enough for a test: resends after 50 and 100 ms, free after 350 ms.
+#: A pre-ACK schedule fast enough for a test: resends after 50 and 100 ms, free after 150 ms.
 FAST_FIRST = {"first_timeout": 0.05, "first_retries": 2}
 
 
