@@ -397,14 +397,12 @@ TFTPD = Section("tftpd", (
            "shorten it, a longer one is not agreed"),
     Option("timeout_min", Float(0.001, 255), "0.02",
            "*massboot*: the shortest; the wait adapts to the round trip measured on each transfer"),
-    Option("retries", Int(1, 100), "5",
-           "*massboot*: resends without progress before giving up (and at least ``timeout`` × "
-           "``retries`` seconds without one)"),
+    Option("retries", Int(1, 100), "5", "*massboot*: resends without progress before giving up"),
     Option("windowsize", Int(1, 65535), "64", "*massboot*: the largest RFC 7440 window agreed"),
-    Option("first_timeout", Float(0.1, 255), "6.0",
-           "*massboot*: the wait before resending an OACK not answered yet: until the client's "
-           "first ACK its address is unproven (maybe forged); longer than the clients' own timers "
-           "(atftp: 5 s), as a second OACK aborts atftp. A DATA 1 is resent after at most 1 s"),
+    Option("first_timeout", Float(0.1, 255), "6.0", "*massboot*: the wait before resending an "
+           "OACK not answered yet, longer than the clients' own timers (a second OACK aborts "
+           "atftp, whose timer is 5 s); a DATA 1 is resent after at most 1 s. Until its first ACK "
+           "a client's address is unproven (maybe forged)"),
     Option("first_retries", Int(0, 100), "2",
            "*massboot*: resends of the first answer; then the transfer is dropped without an ERROR"),
     Option("max_per_client", Int(1, 100000), "8",
