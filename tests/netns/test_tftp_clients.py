@@ -506,7 +506,11 @@ def test_atftp_windowsize_through_heavy_loss(tftp: TftpEnv, tmp_path: Path) -> N
                 "-l", str(out), SERVER_IP]
         for _attempt in range(ATFTP_LOSS_ATTEMPTS):
             out.unlink(missing_ok=True)
-            result = run_client(tftp, argv, timeout=230)   # atftp gives up within 30 s of silence
+            try:
+                result = run_client(tftp, argv, timeout=230)
+            except TimeoutError:   # still crawling: a failed attempt, not a failed test
+                outcomes.append("did not finish in 230 s")
+                continue
             if result.returncode == 0 and out.exists() and sha256_file(out) == tftp.digests[ATFTP_LOSS_FILE]:
                 outcomes.append("ok")
                 break
