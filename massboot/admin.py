@@ -50,9 +50,7 @@ OPS = ("list", "show", "release", "reserve", "unreserve", "export")
 class AdminStore(Protocol):
     """What the operator commands need of a lease store.
 
-    ``free``, ``reserve`` and ``unreserve`` are the lease branch's additions to
-    :class:`massboot.dhcp.leases.LeaseStore`; until they land, :mod:`massboot.dhcp.leases` has
-    minimal versions of them on its two stores.
+    :class:`massboot.dhcp.leases.LeaseStore` has them all, each atomic inside the store.
     """
 
     def leases(self) -> list[Lease]: ...

@@ -13,7 +13,7 @@ import logging.handlers  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Iterable, Mapping, Sequence  # noqa: E402
 from typing import Any, Protocol  # noqa: E402
 
 import gevent  # noqa: E402
@@ -165,15 +165,18 @@ class Services:
         t = self.config.tftp
         self.files = FileStore(t.root, t.filters, base_dir=self.config.base_dir, cache_dir=t.cache_dir,
                                cache_max_bytes=t.cache_size, revalidate_after=t.cache_revalidate,
-                               http_timeout=t.http_timeout, client_lookup=self._client_info,
+                               http_timeout=t.http_timeout, max_downloads=t.max_downloads,
+                               client_lookup=self._client_info,
                                events=self.events)
 
     def _client_info(self, ip: str) -> ClientInfo | None:
         """The DHCP side's knowledge of a client, for TFTP filters (None in -t mode)."""
         return self.dhcp.client_info(ip) if self.dhcp is not None else None
 
-    def _store(self, path: str, pool: list[str], static: dict[str, str]):
-        store, paths = open_lease_store(path, pool, static)
+    def _store(self, path: str, pool: list[str], static: dict[str, str], exclude: Iterable[str] = ()):
+        assert self.config.bootp is not None
+        store, paths = open_lease_store(path, pool, static, exclude=exclude,
+                                        lifecycle=lifecycle_options(self.config.bootp))
         self.stores.append(store)
         self.store_paths.extend(paths)
         return store
@@ -203,7 +206,8 @@ class Services:
         if skipped:
             log.warning("pool addresses %s are not handed out (server, network or broadcast address)",
                         ", ".join(skipped))
-        main_store = self._store(bootp.lease_db, pool, bootp.static)
+        # never handed out, nor reserved by the operator
+        main_store = self._store(bootp.lease_db, pool, bootp.static, [*skipped, self.server_ip])
         self._open_subnet_stores(bootp)
         if bootp.notify:
             # BOOT, LEASE and RELEASE follow the DHCP events (README, "Notifications")
@@ -375,6 +379,8 @@ def restart_needed(old: cfg.Config, new: cfg.Config) -> list[str]:
                   ("[bootpd] lease_db", o.lease_db, n.lease_db),
                   ("[bootpd] pool_size/rcvbuf", (o.pool_size, o.rcvbuf), (n.pool_size, n.rcvbuf)),
                   ("[bootpd] notify", o.notify, n.notify),
+                  ("[bootpd] offer_hold/reclaim/decline_probation", lifecycle_options(o),
+                   lifecycle_options(n)),
                   ("[buggy_clients]", bool(o.buggy_clients), bool(n.buggy_clients)),
                   ("[static_dhcp] (the stores' reserved addresses; the ACL exemption is applied now)",
                    o.static, n.static)]
@@ -386,20 +392,28 @@ def restart_needed(old: cfg.Config, new: cfg.Config) -> list[str]:
     return out
 
 
-def open_lease_store(path: str, pool: list[str], static: dict[str, str]) -> tuple[Any, list[str]]:
+def lifecycle_options(bootp: cfg.BootpConfig) -> dict[str, Any]:
+    """The lease stores' lifecycle settings (README, "Lease lifecycle")."""
+    return {"offer_hold": bootp.offer_hold, "reclaim": bootp.reclaim,
+            "decline_probation": bootp.decline_probation}
+
+
+def open_lease_store(path: str, pool: list[str], static: dict[str, str], *, exclude: Iterable[str] = (),
+                     lifecycle: Mapping[str, Any] | None = None) -> tuple[Any, list[str]]:
     """A lease store at *path* (``:memory:``: in memory); returns it and its files.
 
     The database is created ``0600`` and an existing one is made so (README, Privileges): it
-    holds every client's MAC and address.
+    holds every client's MAC and address. *lifecycle*: :func:`lifecycle_options`.
     """
     from massboot.dhcp.leases import MemoryLeaseStore, SqliteLeaseStore
 
+    options = dict(lifecycle or {})
     if path == ":memory:":
-        return MemoryLeaseStore(pool, static), []
+        return MemoryLeaseStore(pool, static, exclude, **options), []
     os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
     old = os.umask(0o077)
     try:
-        store = SqliteLeaseStore(path, pool, static)
+        store = SqliteLeaseStore(path, pool, static, exclude, **options)
     finally:
         os.umask(old)
     files = [path, f"{path}-wal", f"{path}-shm"]
@@ -424,8 +438,7 @@ def http_acl_for(bootp: cfg.BootpConfig) -> Any:
     if bootp.access != "http":
         return None
     assert bootp.http is not None
-    return HttpAcl(bootp.http.location, bootp.http.pxe, bootp.http.dhcp,
-                   timeout=bootp.http.timeout, mac_format=bootp.http.mac_format)
+    return HttpAcl.from_config(bootp.http)
 
 
 def admin_server(path: str, dhcp: Any) -> Any:
@@ -581,12 +594,14 @@ def leases_command(args: argparse.Namespace) -> int:
             raise SystemExit("error: lease_db = :memory:: the leases live only in the running server")
         network = detect(bootp.pool_start, bootp.address)
         pool, _ = main_pool(bootp, network.address, network.netmask)
-        main_store, _ = open_lease_store(bootp.lease_db, pool, bootp.static)
+        main_store, _ = open_lease_store(bootp.lease_db, pool, bootp.static,
+                                         lifecycle=lifecycle_options(bootp))
         stores = [admin.AdminScope("main", main_store, ipaddress.IPv4Network(
             f"{network.address}/{bootp.netmask or network.netmask}", strict=False))]
         for sub in bootp.subnets:
             store, _ = open_lease_store(subnet_db(bootp.lease_db, sub.name),
-                                        subnet_pool(sub, bootp.static), bootp.static)
+                                        subnet_pool(sub, bootp.static), bootp.static,
+                                        lifecycle=lifecycle_options(bootp))
             stores.append(admin.AdminScope(sub.name, store, sub.network))
 
         def close() -> None:
@@ -628,6 +643,9 @@ def check_config(config: cfg.Config, *, run_dhcp: bool) -> int:
                   cache_dir=config.tftp.cache_dir).close()
     except ValueError as exc:
         print(f"error: [filters]: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except cfg.ConfigError as exc:   # a cache directory that is not private
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     print("config OK")
     return EXIT_OK

@@ -159,6 +159,11 @@ def parse_network(section: str, option: str, value: str) -> ipaddress.IPv4Networ
         raise ConfigError(section, option, value, "not an IPv4 network") from None
 
 
+def parse_networks(section: str, option: str, value: str) -> tuple[ipaddress.IPv4Network, ...]:
+    """``10.0.0.0/8;192.168.5.1``: networks and single addresses, ``;``-separated."""
+    return tuple(parse_network(section, option, part.strip()) for part in value.split(";") if part.strip())
+
+
 def parse_size(section: str, option: str, value: str) -> int:
     """A size in bytes with an optional K/M/G suffix (powers of 1024); plain numbers are MiB."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)[iI]?[bB]?\s*", value)
@@ -196,8 +201,9 @@ def parse_root(section: str, option: str, value: str) -> str:
 
 
 def parse_location(section: str, option: str, value: str) -> str:
-    if "://" in value:
-        raise ConfigError(section, option, value, "host[:port] only, without a scheme")
+    """``host[:port]`` (plain HTTP, pybootd's form) or ``http(s)://host[:port]``."""
+    if "://" in value and not value.strip().startswith(("http://", "https://")):
+        raise ConfigError(section, option, value, "host[:port], or http:// or https://host[:port]")
     return value
 
 
@@ -340,10 +346,33 @@ BOOTPD = Section("bootpd", (
            "*massboot*: the lease database (SQLite, WAL); a relative path is relative to "
            "``[massboot] state_dir``; created ``0600``; ``:memory:`` keeps leases in memory only",
            default_doc="in ``state_dir``"),
-    Option("pool_size", Int(1, 100000), "256", "*massboot*: DHCP exchanges handled at once"),
+    Option("pool_size", Int(1, 100000), "256", "*massboot*: DHCP exchanges handled at once; when all "
+           "are busy a request is dropped and counted (``pool_full``), the client retries; as many "
+           "exchanges may wait on ICMP probes, in a pool of their own (full: ``probe_busy``)"),
     Option("rcvbuf", parse_size, "4M",
            "*massboot*: socket receive buffer, sized for a burst of a thousand DISCOVERs (as root it may "
            "exceed ``net.core.rmem_max``)"),
+    Option("offer_hold", Float(1, 3600), "60",
+           "*massboot*: seconds an OFFER holds its address without a REQUEST; then the address is "
+           "free again (README, Lease lifecycle)"),
+    Option("reclaim", Choice({"expired": "expired", "never": "never"}), "expired",
+           "*massboot*: when the pool is full, ``expired`` gives a new client the address of the "
+           "binding that expired longest ago; ``never`` keeps pybootd's never-reassign pool"),
+    Option("decline_probation", Float(0, 10 * 365 * 86400), "86400",
+           "*massboot*: seconds an address declined by its holder (RFC 2131 §4.3.3) is set aside"),
+    Option("probe", parse_bool, "on",
+           "*massboot*: ping (ICMP echo) a reclaimed or returned address before offering it; one "
+           "that answers is set aside for 10 minutes"),
+    Option("probe_timeout", Float(0.01, 10), "0.5", "*massboot*: seconds to wait for the echo reply"),
+    Option("relays", parse_networks, None,
+           "*massboot*: ``10.0.0.0/8;192.168.5.1``: the addresses relayed requests (``giaddr`` set) "
+           "may come from; others are dropped and counted (``relay_not_allowed``)",
+           default_doc="(any)"),
+    Option("max_hops", Int(0, 16), "4", "*massboot*: requests with more BOOTP ``hops`` are dropped and "
+           "counted (``too_many_hops``; RFC 1542 §4.1.1: 4 by default, 16 at most)"),
+    Option("max_clients", Int(1, 10_000_000), "100000",
+           "*massboot*: client records kept (PXE/OS state, UUID, architecture), made only for a "
+           "request that passed the ACLs; the least recently seen goes first"),
     Option("server_name", parse_text, None,
            f"{_NEVER_READ} (it reads ``servername``): accepted and ignored", ignored=True),
     Option("set_gateway", parse_text, None,
@@ -355,12 +384,19 @@ BOOTPD = Section("bootpd", (
 ))
 
 HTTP = Section("http", (
-    Option("location", parse_location, None, "``host[:port]`` of the ACL web server, no scheme",
+    Option("location", parse_location, None, "``host[:port]`` of the ACL web server (plain HTTP), or "
+           "``https://host[:port]`` (TLS, verified with the CA bundle of requests)",
            missing="host[:port] of the HTTP ACL server"),
     Option("pxe", parse_text, "boot", "path asked for PXE-phase requests"),
     Option("dhcp", parse_text, "linux", "path asked for OS-phase requests"),
     Option("timeout", Float(0.1, 600), "5", "seconds for the whole request (connect and body)"),
     Option("always_check", parse_bool, "off", "ask on every request instead of on phase changes only"),
+    Option("max_calls", Int(1, 10000), "32",
+           "*massboot*: calls to the ACL server at once, in their own pool; a request that needs one "
+           "more is dropped and counted (``acl_busy``), the client retries"),
+    Option("cache_ttl", Float(0, 3600), "30",
+           "*massboot*: seconds an allowed or denied verdict answers the same question again "
+           "(``0``: ask every time); errors are not kept"),
     Option("mac_format", Choice({"dash": "dash", "colon": "colon"}), "dash",
            "*massboot*: ``dash`` sends the documented query ``?mac=AA-BB-CC-DD-EE-FF&uuid=...``; "
            "``colon`` sends pybootd 1.8's on-wire form ``?mac=AA%3ABB%3A...&uuid=...&ip=...``"),
@@ -417,11 +453,17 @@ TFTPD = Section("tftpd", (
            "*massboot*: transfers served at once; while all run, new requests are dropped (the "
            "clients retry)"),
     Option("rcvbuf", parse_size, "4M", "*massboot*: receive buffer of the TFTP listener"),
-    Option("cache_dir", parse_text, None, "*massboot*: where remote files are cached (created ``0700``)",
+    Option("cache_dir", parse_text, None,
+           "*massboot*: where remote files are cached; created ``0700``, it must belong to "
+           "massboot's user and not be writable by group or others (else exit code 2)",
            default_doc="``<state_dir>/cache``"),
     Option("cache_size", parse_size, "2048",
-           "*massboot*: cache bound, in MiB or with a suffix (``512M``, ``4G``...); least recently "
-           "used files go first"),
+           "*massboot*: cache bound, in MiB or with a suffix (``512M``, ``4G``...), counting files "
+           "being read and downloads in flight; least recently used files go first, and a "
+           "download that cannot fit waits up to ``http_timeout`` then is refused"),
+    Option("max_downloads", Int(1, 1000), "8",
+           "*massboot*: upstream downloads at once; a request needing one more waits up to "
+           "``http_timeout`` then is refused (error 0)"),
     Option("cache_revalidate", Float(0), "300",
            "*massboot*: seconds after which a cached file is revalidated with the mirror (ETag / "
            "Last-Modified)"),
@@ -533,6 +575,8 @@ class HttpAclConfig:
     timeout: float = HTTP.default("timeout")
     always_check: bool = HTTP.default("always_check")
     mac_format: str = HTTP.default("mac_format")   # dash (documented) | colon (pybootd 1.8 on the wire)
+    max_calls: int = HTTP.default("max_calls")
+    cache_ttl: float = HTTP.default("cache_ttl")
 
 
 @dataclass(frozen=True, slots=True)
@@ -557,6 +601,14 @@ class BootpConfig:
     lease_db: str = BOOTPD.default("lease_db")
     pool_size: int = BOOTPD.default("pool_size")
     rcvbuf: int = BOOTPD.default("rcvbuf")
+    max_clients: int = BOOTPD.default("max_clients")
+    relays: tuple[ipaddress.IPv4Network, ...] | None = None    # None: any relay
+    max_hops: int = BOOTPD.default("max_hops")
+    offer_hold: float = BOOTPD.default("offer_hold")
+    reclaim: str = BOOTPD.default("reclaim")                 # expired | never
+    decline_probation: float = BOOTPD.default("decline_probation")
+    probe: bool = BOOTPD.default("probe")
+    probe_timeout: float = BOOTPD.default("probe_timeout")
     # [bootfile]: architecture (RFC 4578 number) → boot file, plus the default
     default_bootfile: str = ""
     bootfiles: dict[int, str] = field(default_factory=dict)
@@ -588,6 +640,7 @@ class TftpConfig:
     rcvbuf: int = TFTPD.default("rcvbuf")
     cache_dir: str | None = None
     cache_size: int = TFTPD.default("cache_size")        # bytes
+    max_downloads: int = TFTPD.default("max_downloads")
     cache_revalidate: float = TFTPD.default("cache_revalidate")
     http_timeout: float = TFTPD.default("http_timeout")
     filters: tuple[tuple[str, str], ...] = ()            # (pattern, target), checked at load
@@ -872,13 +925,19 @@ def _tftp(r: _Reader, base_dir: str, state_dir: str) -> TftpConfig:
     v = TFTPD.read(r)
     if not is_url(v["root"]):
         v["root"] = os.path.normpath(os.path.join(base_dir, v["root"]))
-    v["cache_dir"] = os.path.join(state_dir, v["cache_dir"] or "cache")
+    cache = v["cache_dir"]
+    v["cache_dir"] = os.path.join(state_dir, cache) if cache else default_cache_dir(state_dir)
     if v["timeout_min"] > v["timeout"]:
         raise ConfigError(s, "timeout_min", str(v["timeout_min"]), f"larger than timeout = {v['timeout']}")
     for option in ("transfer_memory", "memory_budget"):   # one 512-byte block and its header
         if v[option] < 516:
             raise ConfigError(s, option, str(v[option]), "must be at least 516 bytes (one 512-byte block)")
     return TftpConfig(**v, filters=_filters(r))
+
+
+def default_cache_dir(state_dir: str) -> str:
+    """``[tftpd] cache_dir`` when unset: ``cache`` in the state directory, private to massboot."""
+    return os.path.join(state_dir, "cache")
 
 
 def filter_target_error(target: str) -> str | None:
@@ -963,9 +1022,14 @@ def describe(config: Config) -> Iterable[str]:
         for sub in b.subnets:
             yield (f"bootp: relay subnet {sub.name} {sub.network}, "
                    f"pool from {sub.pool_start} ({sub.pool_count})")
+        if b.relays is not None:
+            yield "bootp: relayed requests only from " + ", ".join(str(n) for n in b.relays)
         if b.notify:
             yield "bootp: notify " + ", ".join(f"{h}:{p}" for h, p in b.notify)
         yield f"bootp: lease database {b.lease_db}"
+        probe = f"probe on ({b.probe_timeout:g}s)" if b.probe else "probe off"
+        yield (f"bootp: offers held {b.offer_hold:g}s, reclaim {b.reclaim}, "
+               f"decline probation {b.decline_probation:g}s, {probe}")
     t = config.tftp
     largest = TFTPD["blocksize"].parse
     assert isinstance(largest, Int)
@@ -973,7 +1037,8 @@ def describe(config: Config) -> Iterable[str]:
     yield (f"tftp: listen {t.address or _unset(TFTPD, 'address')}:{t.port}, root {t.root}, "
            f"blocksize {blocksize}")
     if config.remote_root:
-        yield f"tftp: remote cache {t.cache_dir or _unset(TFTPD, 'cache_dir')}, max {t.cache_size >> 20} MiB"
+        yield (f"tftp: remote cache {t.cache_dir or default_cache_dir(config.base_dir)}, "
+               f"max {t.cache_size >> 20} MiB, {t.max_downloads} downloads at once")
     for pattern, target in t.filters:
         yield f"tftp: filter {pattern} -> {target}"
     if config.metrics:

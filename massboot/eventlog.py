@@ -113,6 +113,11 @@ def _dhcp_reply(e: Event) -> Line:
 
 def _dhcp_ignored(e: Event) -> Line:
     f = e.fields
+    if f["reason"] == "decline_refused":     # a spoofed or stale DECLINE (counted: metrics)
+        return DEBUG, "decline refused mac=%s: %s", (f["mac"], _dash(f.get("detail")))
+    if "detail" in f:
+        return (DEBUG, "ignored mac=%s phase=%s reason=%s: %s",
+                (f["mac"], _dash(f.get("phase")), f["reason"], f["detail"]))
     return DEBUG, "ignored mac=%s phase=%s reason=%s", (f["mac"], _dash(f.get("phase")), f["reason"])
 
 
@@ -132,8 +137,16 @@ def _dhcp_exhausted(e: Event) -> Line:
 
 
 def _dhcp_declined(e: Event) -> Line:
-    return (WARNING, "decline mac=%s ip=%s: address set aside (in use by another host?)",
+    return (WARNING, "decline mac=%s ip=%s: address set aside for the probation (in use by another host?)",
             (e.fields["mac"], e.fields["ip"]))
+
+
+def _dhcp_probe(e: Event) -> Line:
+    f = e.fields
+    if f["result"] == "in_use":
+        return (WARNING, "probe ip=%s answered: in use by another host, not offered to mac=%s scope=%s",
+                (f["ip"], f["mac"], f["scope"]))
+    return DEBUG, "probe ip=%s for mac=%s: %s", (f["ip"], f["mac"], f["result"])
 
 
 def _dhcp_released(e: Event) -> Line:
@@ -229,6 +242,7 @@ _FORMATS: dict[EventKind, tuple[_Origin, Callable[[Event], Line]]] = {
     EventKind.DHCP_MALFORMED: (_DHCP, _dhcp_malformed),
     EventKind.DHCP_EXHAUSTED: (_DHCP, _dhcp_exhausted),
     EventKind.DHCP_DECLINED: (_DHCP, _dhcp_declined),
+    EventKind.DHCP_PROBE: (_DHCP, _dhcp_probe),
     EventKind.DHCP_RELEASED: (_DHCP, _dhcp_released),
     EventKind.DHCP_ACL: (_DHCP, _dhcp_acl),
     EventKind.DHCP_NOTIFY: (_NOTIFY, _dhcp_notify),

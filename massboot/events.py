@@ -13,13 +13,17 @@ Each kind is an :class:`EventKind` (a :class:`~enum.StrEnum`: ``EventKind.DHCP_R
                     ipxe, uuid, arch
 ``dhcp.reply``      a reply sent: msgtype (offer, ack, nak, bootp), mac, ip, pxe, arch, phase
                     (pxe or os), file, ipxe, uuid [to (ip, port); requested, bound (a NAK's)]
-``dhcp.ignored``    a request not answered: mac, reason [phase]
+``dhcp.ignored``    a request not answered: mac, reason [phase, detail (the relay or hop count
+                    of ``relay_not_allowed`` and ``too_many_hops``; a refused DECLINE's:
+                    other_server, other_mac, outside_pool, not_held)]
 ``dhcp.arch_fallback`` an architecture without a [bootfile] entry got the default: mac, arch
                     [file]
 ``dhcp.malformed``  a datagram dropped: reason (:class:`massboot.dhcp.packet.Reason`)
                     [source, detail]
 ``dhcp.exhausted``  the pool had no address for a client: mac, scope
-``dhcp.declined``   a client declined an address: mac, ip
+``dhcp.declined``   a client declined the address it holds (set aside for the probation): mac, ip
+``dhcp.probe``      an address probed before it is offered: mac, ip, result (in_use, free,
+                    unavailable), scope
 ``dhcp.released``   a client released its address: mac, ip [uuid]
 ``dhcp.acl``        an ACL verdict: acl (mac, uuid, http), verdict (allowed, denied, error), mac
                     [detail]
@@ -40,7 +44,9 @@ Each kind is an :class:`EventKind` (a :class:`~enum.StrEnum`: ``EventKind.DHCP_R
                     is spent)
 ``cache.hit`` / ``cache.coalesced``: url, bytes; ``cache.miss``: url, bytes [prefetch];
 ``cache.upstream``: url, bytes, status [error, reason (a
-:class:`massboot.sources.FileReason` value: not_found, access, upstream)]
+:class:`massboot.sources.FileReason` value: not_found, access, upstream)];
+``cache.refused``: url, reason (downloads: ``max_downloads`` in flight; space: ``cache_size``
+full of files in use or in flight)
 
 ``blocks`` counts the distinct DATA blocks the client acknowledged, ``blocks_sent`` those put
 on the wire at least once (retransmissions are in ``retransmits``).
@@ -76,6 +82,7 @@ class EventKind(StrEnum):
     DHCP_MALFORMED = "dhcp.malformed"
     DHCP_EXHAUSTED = "dhcp.exhausted"
     DHCP_DECLINED = "dhcp.declined"
+    DHCP_PROBE = "dhcp.probe"
     DHCP_RELEASED = "dhcp.released"
     DHCP_ACL = "dhcp.acl"
     DHCP_NOTIFY = "dhcp.notify"
@@ -89,6 +96,7 @@ class EventKind(StrEnum):
     CACHE_MISS = "cache.miss"
     CACHE_COALESCED = "cache.coalesced"
     CACHE_UPSTREAM = "cache.upstream"
+    CACHE_REFUSED = "cache.refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +125,12 @@ _TRANSFER = "ip port name bytes duration retransmits blocks blocks_sent"
 FIELDS: dict[EventKind, Fields] = {
     EventKind.DHCP_RECEIVED: _f("msgtype mac relayed pxe ipxe uuid arch"),
     EventKind.DHCP_REPLY: _f("msgtype mac ip pxe arch phase file ipxe uuid", "to requested bound"),
-    EventKind.DHCP_IGNORED: _f("mac reason", "phase"),
+    EventKind.DHCP_IGNORED: _f("mac reason", "phase detail"),
     EventKind.DHCP_ARCH_FALLBACK: _f("mac arch", "file"),
     EventKind.DHCP_MALFORMED: _f("reason", "source detail"),
     EventKind.DHCP_EXHAUSTED: _f("mac scope"),
     EventKind.DHCP_DECLINED: _f("mac ip"),
+    EventKind.DHCP_PROBE: _f("mac ip result scope"),
     EventKind.DHCP_RELEASED: _f("mac ip", "uuid"),
     EventKind.DHCP_ACL: _f("acl verdict mac", "detail"),
     EventKind.DHCP_NOTIFY: _f("ok target", "notice payload error"),
@@ -135,6 +144,7 @@ FIELDS: dict[EventKind, Fields] = {
     EventKind.CACHE_MISS: _f("url bytes", "prefetch"),
     EventKind.CACHE_COALESCED: _f("url bytes"),
     EventKind.CACHE_UPSTREAM: _f("url bytes status", "error reason"),
+    EventKind.CACHE_REFUSED: _f("url reason"),
 }
 assert FIELDS.keys() == set(EventKind)
 

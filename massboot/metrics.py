@@ -46,6 +46,7 @@ from prometheus_client.registry import Collector
 from massboot import __version__
 from massboot.config import MetricsConfig
 from massboot.dhcp import packet as dhcp_packet
+from massboot.dhcp.leases import LeaseStats
 from massboot.events import Event, EventBus, EventKind
 from massboot.progress import PHASES, ProgressTracker
 from massboot.tftp import packet as tftp_packet
@@ -65,13 +66,16 @@ BOOT_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 300.0, 450.0, 600.0, 9
 DHCP_TYPES = ("discover", "offer", "request", "decline", "ack", "nak", "release", "inform", "bootp")
 REPLY_TYPES = ("offer", "ack", "nak", "bootp")
 IGNORE_REASONS = ("in_flight", "idle_state", "bootp_not_allowed", "other_server", "not_our_address",
-                  "unhandled", "internal_error")
+                  "unhandled", "internal_error", "pool_full", "acl_busy", "relay_not_allowed",
+                  "too_many_hops", "decline_refused", "address_in_use", "probe_busy")
+PROBE_RESULTS = ("in_use", "free", "unavailable")
 ACL_TYPES = ("mac", "uuid", "http")
 ACL_VERDICTS = ("allowed", "denied", "error")
 TFTP_FAIL_REASONS = ("timeout", "client_error", "options_refused", "read_error", "internal_error",
                      "shutdown", "aborted")
 TFTP_DENY_REASONS = ("not_found", "access", "write", "error", "busy")
 TFTP_DROP_REASONS = ("pool_full", "memory")
+CACHE_REFUSE_REASONS = ("downloads", "space")
 _DR, _TR = dhcp_packet.Reason, tftp_packet.Reason
 #: the ``reason`` label values of ``massboot_malformed_packets``: the codecs' reasons (a DHCP
 #: ``not_bytes`` is a caller's bug, counted as ``other``)
@@ -117,12 +121,20 @@ class DhcpStatus(ServerStatus, Protocol):
     """The DHCP server's status: its pools and what it knows of a client."""
 
     def lease_counts(self) -> dict[str, tuple[int, int]]:
-        """``scope → (bound, size)`` of every address pool."""
+        """``scope → (in use, capacity)`` of every address pool."""
+        ...
+
+    def lease_stats(self) -> dict[str, LeaseStats]:
+        """``scope → lifecycle counters`` (offers expired, leases reclaimed, probations ended)."""
         ...
 
     def client_identity(self, mac: str) -> tuple[str | None, int | None]:
         """``(uuid, architecture)`` last seen from *mac*; ``(None, None)`` if unknown."""
         ...
+
+    # optional (read with getattr): acl_workers() -> (calls in flight, max_calls) | None,
+    # probe_workers() -> (exchanges probing, capacity), and
+    # guard_counts() -> {clients, clients_evicted, acl_calls, acl_cache_hits, acl_refused}
 
 
 class TftpStatus(ServerStatus, Protocol):
@@ -154,6 +166,16 @@ class CacheStatus(Protocol):
     @property
     def cached_files(self) -> int:
         """Complete files in the cache."""
+        ...
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes counted against the cache bound (complete, orphaned, in flight)."""
+        ...
+
+    @property
+    def downloads_active(self) -> int:
+        """Upstream downloads in flight."""
         ...
 
 
@@ -251,8 +273,10 @@ class Metrics:
                      [(a, v) for a in ACL_TYPES for v in ACL_VERDICTS])
         self.arch_fallbacks = c("massboot_dhcp_arch_fallbacks", "Clients whose architecture has no "
                                 "[bootfile] entry and got the default boot file.")
-        self.declined = c("massboot_dhcp_declined_addresses", "Addresses declined by a client (in use "
-                          "by another host) and set aside.")
+        self.declined = c("massboot_dhcp_declined_addresses", "Addresses declined by the client holding "
+                          "them (in use by another host) and set aside for the probation.")
+        self.probes = c("massboot_dhcp_probes", "ICMP probes of an address before it is offered again, "
+                        "by result (in_use: it answered).", ("result",), [(r,) for r in PROBE_RESULTS])
         self.notifications = c("massboot_notifications", "UDP notifications, by result (sent, "
                                "failed).", ("result",), [("sent",), ("failed",)])
         self.malformed = c("massboot_malformed_packets", "Datagrams dropped by a codec, by protocol "
@@ -285,6 +309,10 @@ class Metrics:
         self.cache_failures = c("massboot_cache_upstream_failures", "Upstream downloads that failed, by "
                                 "reason (not_found: the mirror has no such file; error: any other "
                                 "failure).", ("reason",), [("not_found",), ("error",)])
+        self.cache_refused = c("massboot_cache_refused", "Remote file requests (and prefetches) "
+                               "refused by a cache bound, by reason (downloads: max_downloads in "
+                               "flight; space: cache_size full of files in use or in flight).",
+                               ("reason",), [(r,) for r in CACHE_REFUSE_REASONS])
 
         self.registry.register(_ScrapeCollector(self))   # first: counters lead the exposition
         self.transfer_duration = Histogram(
@@ -316,6 +344,7 @@ class Metrics:
             EventKind.DHCP_MALFORMED: self._malformed,
             EventKind.DHCP_EXHAUSTED: self._dhcp_exhausted,
             EventKind.DHCP_DECLINED: lambda e: self.declined.inc(),
+            EventKind.DHCP_PROBE: lambda e: self.probes.inc((_bounded(e.get("result"), PROBE_RESULTS),)),
             EventKind.DHCP_ACL: self._dhcp_acl,
             EventKind.DHCP_NOTIFY: self._dhcp_notify,
             EventKind.DHCP_ARCH_FALLBACK: lambda e: self.arch_fallbacks.inc(),
@@ -329,6 +358,8 @@ class Metrics:
             EventKind.CACHE_MISS: lambda e: self.cache_misses.inc(),
             EventKind.CACHE_COALESCED: lambda e: self.cache_coalesced.inc(),
             EventKind.CACHE_UPSTREAM: self._cache_upstream,
+            EventKind.CACHE_REFUSED: lambda e: self.cache_refused.inc(
+                (_bounded(e.get("reason"), CACHE_REFUSE_REASONS),)),
         }
         self._wsgi_metrics = make_wsgi_app(self.registry)
         events.subscribe(self.on_event)
@@ -450,20 +481,59 @@ class Metrics:
         dhcp = self._dhcp
         if dhcp is None:
             return
-        in_use = GaugeMetricFamily("massboot_dhcp_leases_in_use", "Pool addresses bound to a client "
-                                   "(static reservations included), by scope.", labels=("scope",))
+        in_use = GaugeMetricFamily("massboot_dhcp_leases_in_use", "Pool addresses with an active "
+                                   "binding (offer within its hold, lease not expired, static or "
+                                   "reserved), by scope.", labels=("scope",))
         capacity = GaugeMetricFamily("massboot_dhcp_leases_capacity", "Pool addresses that can be "
-                                     "handed out (in use + free), by scope.", labels=("scope",))
+                                     "handed out (in use + free or reclaimable), by scope.",
+                                     labels=("scope",))
         for scope, (used, size) in dhcp.lease_counts().items():
             in_use.add_metric((scope,), used)
             capacity.add_metric((scope,), size)
         yield in_use
         yield capacity
+        # the lease lifecycle's counters are the stores' (README, "Lease lifecycle")
+        families = [
+            (CounterMetricFamily("massboot_dhcp_offers_expired", "Offers forgotten: no REQUEST came "
+                                 "within offer_hold, by scope.", labels=("scope",)), "offers_expired"),
+            (CounterMetricFamily("massboot_dhcp_leases_reclaimed", "Expired bindings whose address "
+                                 "went to another client (the pool was full), by scope.",
+                                 labels=("scope",)), "reclaimed"),
+            (CounterMetricFamily("massboot_dhcp_probations_ended", "Declined (or found in use) "
+                                 "addresses back in the pool, by scope.", labels=("scope",)),
+             "probation_ended"),
+        ]
+        for scope, stats in dhcp.lease_stats().items():
+            for family, name in families:
+                family.add_metric((scope,), getattr(stats, name))
+        for family, _ in families:
+            yield family
+        guard = getattr(dhcp, "guard_counts", None)
+        if guard is None:
+            return
+        counts = guard()
+        yield GaugeMetricFamily("massboot_dhcp_clients", "Client records the DHCP server keeps "
+                                "(at most [bootpd] max_clients).", value=counts["clients"])
+        yield CounterMetricFamily("massboot_dhcp_clients_evicted", "Client records dropped, least "
+                                  "recently seen first, to stay within max_clients.",
+                                  value=counts["clients_evicted"])
+        yield CounterMetricFamily("massboot_dhcp_acl_calls", "Calls made to the HTTP ACL server.",
+                                  value=counts["acl_calls"])
+        yield CounterMetricFamily("massboot_dhcp_acl_cache_hits", "HTTP ACL questions answered "
+                                  "from the verdict cache ([http] cache_ttl).",
+                                  value=counts["acl_cache_hits"])
 
     def _workers(self) -> Iterator[tuple[str, int, int]]:
         for name, server in (("dhcp", self._dhcp), ("tftp", self._tftp)):
             if server is not None:
                 yield (name, *server.workers())
+        acl = getattr(self._dhcp, "acl_workers", None)
+        calls = acl() if acl is not None else None
+        if calls is not None:
+            yield ("dhcp_acl", *calls)
+        probes = getattr(self._dhcp, "probe_workers", None)
+        if probes is not None:
+            yield ("dhcp_probe", *probes())
 
     def _collect_tftp(self) -> Iterator[Metric]:
         tftp = self._tftp
@@ -478,7 +548,9 @@ class Metrics:
                 yield GaugeMetricFamily("massboot_tftp_buffer_budget_bytes", "[tftpd] memory_budget: "
                                         "the most all TFTP transfer windows may buffer.", value=budget)
         busy = GaugeMetricFamily("massboot_workers_busy", "Greenlets of a server's bounded pool in "
-                                 "use (dhcp: exchanges, tftp: transfers).", labels=("pool",))
+                                 "use (dhcp: exchanges, dhcp_acl: HTTP ACL calls, dhcp_probe: exchanges "
+                                 "waiting on ICMP probes, tftp: transfers).",
+                                 labels=("pool",))
         capacity = GaugeMetricFamily("massboot_workers_capacity", "Size of a server's bounded pool.",
                                      labels=("pool",))
         for name, used, size in self._workers():
@@ -495,6 +567,11 @@ class Metrics:
                                 "remote-file cache.", value=files.cached_bytes)
         yield GaugeMetricFamily("massboot_cache_stored_files", "Complete files in the remote-file "
                                 "cache.", value=files.cached_files)
+        yield GaugeMetricFamily("massboot_cache_used_bytes", "Bytes counted against cache_size: "
+                                "complete files, files still being read after eviction, downloads "
+                                "in flight.", value=files.used_bytes)
+        yield GaugeMetricFamily("massboot_cache_downloads_active", "Upstream downloads in flight "
+                                "(at most max_downloads).", value=files.downloads_active)
 
     # ------------------------------------------------------------------ HTTP
     def clients(self, phase: str | None = None) -> list[dict[str, Any]]:

@@ -8,7 +8,9 @@ never blocks. Phases, in boot order, and the event that puts a client in each:
     A DHCP request from a MAC we have no record of (``dhcp.received``; a PXE ROM starts with a
     DISCOVER). A client that is then turned away on purpose (ACL ``denied``, a non-PXE client
     while ``allow_simple_dhcp`` is off, a REQUEST for another server) is forgotten: it is not
-    booting from us. A client that is left waiting (pool exhausted, HTTP ACL error) stays here.
+    booting from us. So is a new MAC whose first request found the HTTP ACL's calls all busy
+    (``acl_busy``): a flood of spoofed MACs leaves no record, and a real client is tracked again
+    from its retry. A client that is left waiting (pool exhausted, HTTP ACL error) stays here.
 ``offered``
     An OFFER sent in the PXE phase (``dhcp.reply`` msgtype ``offer``, phase ``pxe``).
 ``bound``
@@ -78,7 +80,7 @@ _BEFORE_LOADER = frozenset((DISCOVERING, OFFERED, BOUND))
 _AFTER_OS = frozenset((OS, DONE))
 _IN_TRANSFERS = frozenset((LOADER, KERNEL))
 #: ``dhcp.ignored`` reasons that mean "this client is not booting from us".
-_NOT_OURS = frozenset(("idle_state", "bootp_not_allowed", "other_server"))
+_NOT_OURS = frozenset(("idle_state", "bootp_not_allowed", "other_server", "acl_busy"))
 _NO_ADDRESS = (None, "", "0.0.0.0")
 
 

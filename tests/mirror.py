@@ -10,6 +10,8 @@ revalidation. Knobs, all off by default, apply to every 200 answer while set:
                    connection closes, RFC 9112 section 6.3)
 ``gzip``           send the file gzip-compressed with ``Content-Encoding: gzip`` whatever the
                    client's Accept-Encoding said (the file is the decoded body, RFC 9110 8.4)
+``encoding``       label the file, sent as it is, with this ``Content-Encoding`` (Apache's
+                   ``AddEncoding x-gzip .gz`` on an ``initrd.gz``)
 ``hold_headers``   an unset Event: nothing is sent until it is set
 ``hold_at``        after this many body bytes, wait for ``gate`` (a stall in the middle of a
                    body while the connection stays open)
@@ -42,6 +44,8 @@ class Mirror:
         files: path under ``/netboot/`` → file content.
         requests: (path, lower-cased headers) of every request seen.
         root: the URL of ``/netboot`` (a massboot ``[tftpd] root``).
+        sent: body bytes sent, in all.
+        active, peak: requests being answered now, and the most at once.
     """
 
     def __init__(self, host: str = "127.0.0.1") -> None:
@@ -50,6 +54,10 @@ class Mirror:
         self.status: dict[str, int] = {}
         self.framing = "length"
         self.gzip = False
+        self.encoding: str | None = None
+        self.sent = 0
+        self.active = 0
+        self.peak = 0
         self.hold_headers: gevent.event.Event | None = None
         self.hold_at: int | None = None
         self.gate = gevent.event.Event()
@@ -76,6 +84,14 @@ class Mirror:
     # -- one request ------------------------------------------------------------------------
 
     def _handle(self, sock: socket.socket, _addr: object) -> None:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            self._answer(sock)
+        finally:
+            self.active -= 1
+
+    def _answer(self, sock: socket.socket) -> None:
         f = sock.makefile("rb")
         line = f.readline().decode("latin-1")
         if not line:
@@ -104,8 +120,8 @@ class Mirror:
         wire = _gzip.compress(body, mtime=0) if self.gzip else body
         head = ["HTTP/1.1 200 OK", f"ETag: {etag}", "Last-Modified: Mon, 01 Jan 2024 00:00:00 GMT",
                 "Connection: close"]
-        if self.gzip:
-            head.append("Content-Encoding: gzip")
+        if self.gzip or self.encoding:
+            head.append(f"Content-Encoding: {self.encoding or 'gzip'}")
         if self.framing == "length":
             head.append(f"Content-Length: {len(wire)}")
         elif self.framing == "chunked":
@@ -129,6 +145,7 @@ class Mirror:
                         end = limit         # stop exactly there
                 piece = wire[sent:end]
                 sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                self.sent += len(piece)
                 sent = end
                 if self.drip:
                     gevent.sleep(self.drip[1])

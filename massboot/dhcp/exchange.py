@@ -8,9 +8,12 @@ carries out the answer::
     scope = select_scope(packet, main, scopes)
     exchange = Exchange(settings, request, clients.get(request.mac), scope)
     step = exchange.start()
-    if isinstance(step, AclQuery):                  # access = http: the server asks (may wait)
+    while not isinstance(step, Outcome):
         emit(step.events)
-        step = exchange.on_acl(http_acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe))
+        if isinstance(step, AclQuery):              # access = http: the server asks (may wait)
+            step = exchange.on_acl(http_acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe))
+        else:                                       # ProbeQuery: ICMP echo, bounded by its timeout
+            step = exchange.on_probe(prober(step.ip, step.timeout))
     clients[request.mac] = exchange.client
     send(step.reply, step.destination); emit(step.events)
 
@@ -27,9 +30,16 @@ Behaviour (README, "DHCP and PXE behaviour"):
 * DISCOVER → OFFER; REQUEST → ACK or NAK by the state it comes from (RFC 2131 §4.3.2:
   SELECTING, INIT-REBOOT, RENEWING, REBINDING); a REQUEST naming another server (option 54) is
   left alone; a REBINDING client asking for an address outside the scope is left alone too.
-  INFORM → ACK without address or lease time (RFC 2131 §4.3.5). RELEASE keeps the binding,
-  DECLINE sets the address aside (RFC 2131 §4.3.3, §4.3.4). No option 53: plain BOOTP (RFC 951),
-  answered and bound at once when ``allow_simple_dhcp`` is on.
+  INFORM → ACK without address or lease time (RFC 2131 §4.3.5). RELEASE keeps the binding
+  (RFC 2131 §4.3.4). A DECLINE counts only from the client holding the address, for this
+  server (option 54, when present, must be ours) and a pool address: the store sets it aside
+  for ``decline_probation`` (RFC 2131 §4.3.3); any other DECLINE is ignored and changes nothing
+  (``dhcp.ignored``, reason ``decline_refused``). No option 53: plain BOOTP (RFC 951), answered
+  and bound at once when ``allow_simple_dhcp`` is on.
+* Lease lifecycle (README, "Lease lifecycle"): an address the store flags (another MAC had it
+  bound, or it is back from probation) is probed before it is offered: the exchange returns a
+  :class:`ProbeQuery`, the server pings, :meth:`Exchange.on_probe` goes on; an address that
+  answers is set aside and another one is tried (RFC 2131 §4.4.1: the server SHOULD probe).
 * pybootd's PXE→OS state machine (:func:`~massboot.dhcp.policy.next_state`): a MAC must start
   with a PXE DISCOVER unless ``allow_simple_dhcp`` is on.
 * ACLs: static clients are always served; ``access = mac`` / ``uuid`` are decided here;
@@ -55,6 +65,10 @@ from massboot.events import ACL_NO_UUID
 from massboot.ident import mac_int, mac_str
 
 MSG_NAMES = {t: t.name.lower() for t in MessageType}
+#: the hardware address length massboot identifies a client by: a 6-octet MAC (RFC 2131 §2
+#: ``chaddr``; Ethernet, ``htype`` 1, is always 6 octets, RFC 1700 "ARP Hardware Type")
+MAC_LEN = 6
+HTYPE_ETHERNET = 1
 LIMITED_BROADCAST = "255.255.255.255"
 NO_ADDRESS = "0.0.0.0"
 
@@ -103,6 +117,8 @@ class Settings:
     domain_name: str | None = None
     #: ``name, client_ip → size or None``, never blocking (option 13)
     bootfile_size: Callable[[str, str], int | None] | None = None
+    probe: bool = False                        # ICMP-probe a reused address before offering it
+    probe_timeout: float = 0.5
 
     @classmethod
     def from_config(cls, config: BootpConfig, server_ip: str, *,
@@ -118,7 +134,8 @@ class Settings:
             buggy=RuleTable(config.buggy_clients) if config.buggy_clients else None,
             default_bootfile=config.default_bootfile, bootfiles=config.bootfiles,
             ipxe_bootfile=config.ipxe_boot_file, bootfile_size=bootfile_size,
-            domain_name=config.domain if config.domain_explicit else None)
+            domain_name=config.domain if config.domain_explicit else None,
+            probe=config.probe, probe_timeout=config.probe_timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +155,10 @@ class Classification:
         arch: the client architecture (option 93, else option 60).
         relayed: came through a relay agent (``giaddr`` set).
         kind: for a DHCPREQUEST, the client state it comes from (RFC 2131 §4.3.2).
+        bad_hlen: why the hardware address cannot identify a client (``hlen`` below 6, or
+            not 6 for Ethernet), else None. The codec accepts any ``hlen`` up to 16 (RFC 2131
+            §2: other hardware types are valid BOOTP); massboot keys clients, leases and ACLs
+            by a 6-octet MAC, so such a request is malformed *for us*.
     """
 
     packet: BootpPacket
@@ -151,6 +172,7 @@ class Classification:
     arch: int | None
     relayed: bool
     kind: RequestKind | None
+    bad_hlen: str | None = None
 
     @property
     def name(self) -> str:
@@ -173,7 +195,16 @@ def classify(packet: BootpPacket, source: tuple[str, int]) -> Classification:
         packet=packet, source=source, mac=mac_str(packet.mac), msgtype=msgtype,
         bad_type=msgtype is None and packet.option(Opt.MESSAGE_TYPE) is not None,
         pxe=packet.is_pxe, ipxe=packet.is_ipxe, uuid=packet.uuid, arch=packet.client_arch,
-        relayed=packet.giaddr != NO_ADDRESS, kind=kind)
+        relayed=packet.giaddr != NO_ADDRESS, kind=kind, bad_hlen=hardware_problem(packet))
+
+
+def hardware_problem(packet: BootpPacket) -> str | None:
+    """Why *packet*'s ``chaddr`` cannot identify a client (see :class:`Classification`), or None."""
+    if packet.hlen < MAC_LEN:
+        return f"hlen {packet.hlen} (htype {packet.htype}): shorter than a 6-octet MAC"
+    if packet.htype == HTYPE_ETHERNET and packet.hlen != MAC_LEN:
+        return f"hlen {packet.hlen}: an Ethernet (htype 1) address is 6 octets"
+    return None
 
 
 def select_scope(packet: BootpPacket, main: Scope, scopes: Sequence[Scope]) -> Scope:
@@ -219,6 +250,21 @@ class AclQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeQuery:
+    """The exchange is about to offer *ip*, which must be probed first: send an ICMP echo,
+    wait up to *timeout* seconds, then call :meth:`Exchange.on_probe` with the answer."""
+
+    ip: str
+    mac: str
+    timeout: float
+    events: tuple[EventRecord, ...] = ()
+
+
+#: addresses probed (and found in use) in one exchange before it gives up without a reply
+MAX_PROBES = 3
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What to do once an exchange is decided.
 
@@ -226,8 +272,9 @@ class Outcome:
         events: to emit, in order, once the reply (if any) is sent.
         reply: the reply to send, or None.
         destination: where to send *reply*.
-        no_reply: why there is no reply: a ``dhcp.ignored`` reason, or ``malformed``,
-            ``denied``, ``exhausted``, ``released``, ``declined``.
+        no_reply: why there is no reply: a ``dhcp.ignored`` reason (``decline_refused``,
+            ``address_in_use``...), or ``malformed``, ``denied``, ``exhausted``, ``released``,
+            ``declined``.
         assigned: the address the reply gives the client, if any.
         lease: what the lease store returned (offered, bound or released lease).
     """
@@ -259,11 +306,18 @@ class Exchange:
         self.client = client
         self._events: list[EventRecord] = []
         self._new_state = State.IDLE
+        #: the request passed the PXE rule and the ACLs: the server keeps the client's record
+        self.admitted = False
+        self._probing: Lease | None = None     # the offer a ProbeQuery waits for
+        self._probes = 0
 
     # ------------------------------------------------------------------ steps
-    def start(self) -> Outcome | AclQuery:
+    def start(self) -> Outcome | AclQuery | ProbeQuery:
         """Decide what can be decided without the HTTP ACL."""
         req, settings = self.request, self.settings
+        if req.bad_hlen is not None:      # before anything reads the MAC (the lease store would raise)
+            self._emit("dhcp.malformed", reason=Reason.BAD_HLEN, source=req.source[0], detail=req.bad_hlen)
+            return self._done(no_reply="malformed")
         if req.bad_type:
             value = int.from_bytes(req.packet.option(Opt.MESSAGE_TYPE) or b"", "big")
             self._emit("dhcp.malformed", reason=Reason.BAD_MESSAGE_TYPE, source=req.source[0],
@@ -299,7 +353,7 @@ class Exchange:
             return AclQuery(req.packet.mac, client.uuid, client.ip, req.pxe, self.take_events())
         return self._answer(allowed)
 
-    def on_acl(self, result: AclResult) -> Outcome:
+    def on_acl(self, result: AclResult) -> Outcome | ProbeQuery:
         """Go on with the HTTP ACL's verdict."""
         client = self._known()
         if result.verdict != Verdict.ALLOWED:     # the refusal's reason goes in the log line
@@ -312,6 +366,19 @@ class Exchange:
         if result.file:
             client.file = result.file
         return self._answer(True)
+
+    def on_probe(self, answered: bool | None) -> Outcome | ProbeQuery:
+        """Go on with the probe's result: True (an echo reply came: the address is in use),
+        False (silence) or None (no probe could be sent)."""
+        lease, client = self._probing, self._known()
+        assert lease is not None, "no probe asked"
+        self._probing = None
+        result = "in_use" if answered else "free" if answered is False else "unavailable"
+        self._emit("dhcp.probe", mac=client.mac, ip=lease.ip, result=result, scope=self.scope.name)
+        self.scope.store.probed(client.mac, lease.ip, bool(answered))
+        if answered and self._probes >= MAX_PROBES:
+            return self._ignore("address_in_use")
+        return self._offer(client, self.request.msgtype, probed=None if answered else lease.ip)
 
     # ------------------------------------------------------------------ decisions
     def _local_acl(self, client: Client) -> bool | None:
@@ -342,11 +409,12 @@ class Exchange:
                    detail="disabled" if verdict is False else "not listed")
         return False
 
-    def _answer(self, allowed: bool) -> Outcome:
+    def _answer(self, allowed: bool) -> Outcome | ProbeQuery:
         client, msgtype = self._known(), self.request.msgtype
         if not allowed:
             client.state = State.IDLE
             return self._done(no_reply="denied")
+        self.admitted = True
         if msgtype == MessageType.INFORM:
             return self._reply(MessageType.ACK, NO_ADDRESS)
         if msgtype == MessageType.DISCOVER or msgtype is None:
@@ -355,15 +423,23 @@ class Exchange:
             return self._request(client)
         return self._ignore(f"unhandled_{self.request.name}")
 
-    def _offer(self, client: Client, msgtype: MessageType | None) -> Outcome:
-        scope = self.scope
-        if msgtype is None:     # plain BOOTP: no REQUEST will follow, bind now
-            lease = scope.store.bind(client.mac, None, lease_time=scope.net.lease_time,
-                                     uuid=client.uuid).lease
-        else:
-            lease = scope.store.allocate(client.mac)
+    def _offer(self, client: Client, msgtype: MessageType | None,
+               probed: str | None = None) -> Outcome | ProbeQuery:
+        scope, settings = self.scope, self.settings
+        lease = scope.store.allocate(client.mac)
         if lease is None:
             return self._exhausted()
+        if settings.probe and lease.ip != probed and not lease.pinned and \
+                scope.store.needs_probe(lease.ip):
+            # RFC 2131 §4.4.1: probe a reused address before offering it (README, "Lease lifecycle")
+            self._probing = lease
+            self._probes += 1
+            return ProbeQuery(lease.ip, client.mac, settings.probe_timeout, self.take_events())
+        if msgtype is None:     # plain BOOTP: no REQUEST will follow, bind now
+            lease = scope.store.bind(client.mac, lease.ip, lease_time=scope.net.lease_time,
+                                     uuid=client.uuid).lease
+            if lease is None:
+                return self._exhausted()
         outcome = self._reply(msgtype and MessageType.OFFER, lease.ip, lease=lease)
         client.state = self._new_state
         return outcome
@@ -404,10 +480,17 @@ class Exchange:
         return self._done(no_reply="released", lease=released)
 
     def _decline(self) -> Outcome:
-        mac = self.request.mac
-        ip = self.scope.store.decline(mac, self.request.packet.requested_ip)
-        if ip is not None:
-            self._emit("dhcp.declined", mac=mac, ip=ip)
+        # RFC 2131 §4.3.3: the client that holds the address declines it, to the server that
+        # gave it (option 54); anything else is refused and changes nothing (README, "Lease
+        # lifecycle"), so spoofed DECLINEs cannot empty the pool
+        req = self.request
+        server_id = req.packet.server_id
+        if server_id is not None and server_id != self.settings.server_ip:
+            return self._ignore("decline_refused", detail="other_server")
+        result = self.scope.store.decline(req.mac, req.packet.requested_ip)
+        if result.refused is not None:
+            return self._ignore("decline_refused", detail=result.refused)
+        self._emit("dhcp.declined", mac=req.mac, ip=result.ip)
         return self._done(no_reply="declined")
 
     # ------------------------------------------------------------------ replies
@@ -451,9 +534,10 @@ class Exchange:
         self._emit("dhcp.exhausted", mac=mac, scope=scope)
         return self._done(no_reply="exhausted")
 
-    def _ignore(self, reason: str) -> Outcome:
+    def _ignore(self, reason: str, detail: str | None = None) -> Outcome:
         mac, phase = self.request.mac, self.request.phase
-        self._emit("dhcp.ignored", mac=mac, reason=reason, phase=phase)
+        extra = {} if detail is None else {"detail": detail}
+        self._emit("dhcp.ignored", mac=mac, reason=reason, phase=phase, **extra)
         return self._done(no_reply=reason)
 
     # ------------------------------------------------------------------ plumbing

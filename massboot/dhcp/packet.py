@@ -79,7 +79,7 @@ class Reason(StrEnum):
     TOO_SHORT = "too_short"  # under the 236-byte fixed header, RFC 2131 §2
     TRUNCATED = "truncated"  # an option or sub-option running past its field, RFC 2132 §2
     BAD_OP = "bad_op"  # 'op' neither BOOTREQUEST nor BOOTREPLY, RFC 2131 §2
-    BAD_HLEN = "bad_hlen"  # 'hlen' above the 16 octets of 'chaddr', RFC 2131 §2
+    BAD_HLEN = "bad_hlen"  # 'hlen' above the 16 octets of 'chaddr' (RFC 2131 §2); below 6: exchange.classify
     BAD_OVERLOAD = "bad_overload"  # option 52 not 1, 2 or 3, RFC 2132 §9.3
     NOT_BYTES = "not_bytes"  # decode() given something else than bytes (a caller's bug)
     BAD_MESSAGE_TYPE = "bad_message_type"  # option 53 outside RFC 2132 §9.6

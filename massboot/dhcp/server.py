@@ -1,18 +1,37 @@
 """The BOOTP/DHCP/PXE server: one UDP socket, a greenlet per exchange from a bounded pool.
 
 The read loop decodes each datagram (a :class:`PacketError` is dropped: a ``dhcp.malformed``
-event with the codec's reason), drops a retransmission from a client whose exchange is still in
-flight, and hands the rest to a greenlet drawn from a :class:`gevent.pool.Pool`. When the pool
-is full the loop waits for a free slot and stops reading; the kernel's receive buffer
-(``rcvbuf``, sized for a burst of a thousand DISCOVERs) absorbs the burst, and clients
-retransmit as they always do. A receive error that passes (an ICMP error, a lack of buffers) is
-counted and logged once per burst; one that persists ends the read loop with that exception, so
-that the process exits.
+event with the codec's reason), drops what it must not serve (a relayed request from a relay
+outside ``relays``, more ``hops`` than ``max_hops``: RFC 1542 §4.1.1) and a retransmission
+from a client whose exchange is still in flight, and hands the rest to a greenlet drawn from
+a :class:`gevent.pool.Pool` of ``pool_size``. The loop never waits for a slot (design "Bounded
+everything, and fair"): when the pool is full it yields once, so that the exchanges already
+spawned run (one that waits on nothing ends in that turn), and if the pool is still full the
+datagram is dropped and counted (``pool_full``); the client retransmits as it always does. A
+burst is absorbed by the kernel's receive buffer (``rcvbuf``) while the loop reads. A receive
+error that passes (an ICMP error, a lack of buffers) is counted and logged once per burst; one
+that persists ends the read loop with that exception, so that the process exits.
 
 Inside an exchange greenlet the decisions are :class:`massboot.dhcp.exchange.Exchange`'s (no
-I/O); this module asks the HTTP ACL when the exchange needs its verdict (waiting in this
-greenlet only, bounded by the ACL's timeout), then sends the reply and emits the events. The
-exchange's lease operations are made durable by the store before it returns an ACK.
+I/O). Nothing in the exchange pool waits on the HTTP ACL (README, "[http]: the remote ACL"):
+a verdict the ACL has cached answers at once; otherwise the exchange is handed to the ACL's own
+pool of ``[http] max_calls`` greenlets (:meth:`massboot.acl.HttpAcl.submit`), where the call
+and the rest of the exchange run, and the exchange slot is free again. When ``max_calls`` calls
+are in flight the request is dropped and counted (``acl_busy``), never queued. So static
+clients, clients of ``access = mac``/``uuid``, and known clients whose phase does not change
+never wait behind ACL calls, however many strangers are being asked about. The exchange's lease
+operations are made durable by the store before it returns an ACK.
+
+Nor does anything in the exchange pool wait on an ICMP probe (README, "Lease lifecycle"): an
+exchange that must ping an address before offering it (a :class:`ProbeQuery`) is handed, in
+the same way, to the probe pool (``pool_size`` greenlets, each with its own ICMP socket), where
+the probes (each at most ``probe_timeout``, at most ``MAX_PROBES`` of them) and the rest of
+the exchange run. When that pool is full the request is dropped and counted (``probe_busy``).
+An exchange handed to the ACL's pool that then needs a probe is handed on to the probe pool,
+freeing its ACL call. :meth:`DhcpServer.handle` runs both steps in the caller's greenlet.
+
+Per-client records (:class:`~massboot.dhcp.clients.ClientTable`) are made only for a request
+that passed its checks, at most ``max_clients``, the least recently seen evicted first.
 
 Outcomes are events only: the outcome log (:mod:`massboot.eventlog`, README "[logger]"), the
 metrics and the notifications (:class:`massboot.notify.Notifier`, README "Notifications") are
@@ -28,25 +47,29 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import gevent
 from gevent.pool import Pool
 
-from massboot.acl import HttpAcl
+from massboot.acl import AclResult, HttpAcl
 from massboot.config import BootpConfig, SubnetConfig, pool_addresses
+from massboot.dhcp.clients import ClientTable
 from massboot.dhcp.exchange import (
+    NO_ADDRESS,
     AclQuery,
-    Client,
     Destination,
     EventRecord,
     Exchange,
     Outcome,
+    ProbeQuery,
     Scope,
     Settings,
     classify,
+    hardware_problem,
     select_scope,
 )
-from massboot.dhcp.leases import LeaseStore
+from massboot.dhcp.leases import LeaseStats, LeaseStore
 from massboot.dhcp.packet import BOOTREQUEST, BootpPacket, PacketError, Reason, decode, encode
 from massboot.dhcp.policy import Network
 from massboot.events import EventBus
@@ -80,18 +103,26 @@ class DhcpServer:
         subnet_stores: a lease store per ``[subnet:NAME]`` section, by name.
         bootfile_size: ``name, client_ip → size or None``, never blocking (option 13).
         http_acl: the remote ACL when ``access = http``.
+        prober: ``ip, timeout → True (answered), False or None (could not probe)``, used when
+            ``probe = on``; an :class:`~massboot.dhcp.probe.IcmpProber` when None.
     """
 
     def __init__(self, config: BootpConfig, server_ip: str, netmask: str, store: LeaseStore,
                  events: EventBus, *, subnet_stores: dict[str, LeaseStore] | None = None,
                  bootfile_size: Callable[[str, str], int | None] | None = None,
                  http_acl: HttpAcl | None = None,
-                 dns: tuple[str, ...] | None = None) -> None:
+                 dns: tuple[str, ...] | None = None,
+                 prober: Callable[[str, float], bool | None] | None = None) -> None:
         self.config = config
         self.server_ip = server_ip
         self.events = events
         self.http_acl = http_acl
         self.settings = Settings.from_config(config, server_ip, bootfile_size=bootfile_size)
+        if prober is None:      # opens its socket at the first probe: probe may be turned on by a reload
+            from massboot.dhcp.probe import IcmpProber
+
+            prober = IcmpProber()
+        self.prober = prober
         netmask = config.netmask or netmask
         dns = config.dns if dns is None else dns
         main_net = ipaddress.IPv4Network(f"{server_ip}/{netmask}", strict=False)
@@ -102,10 +133,13 @@ class DhcpServer:
             if subnet_stores is None or sub.name not in subnet_stores:
                 raise ValueError(f"no lease store for subnet {sub.name}")
             self.scopes.append(self._scope(sub, subnet_stores[sub.name], dns))
-        self.clients: dict[str, Client] = {}
+        self.clients = ClientTable(config.max_clients)
         self._ip_to_mac: dict[str, str] = {}
         self._in_flight: set[bytes] = set()
         self.pool = Pool(config.pool_size)
+        #: exchanges waiting on ICMP probes, out of the exchange pool (one ICMP socket each)
+        self.probe_pool = Pool(config.pool_size)
+        self._active = 0               # exchanges in the pool that have not ended yet
         self.socket: socket.socket | None = None
         self._reader: gevent.Greenlet | None = None
         self._running = False
@@ -126,6 +160,7 @@ class DhcpServer:
         scopes = [self._scope(sub, subnet_stores[sub.name], dns, config) for sub in config.subnets]
         self.config, self.settings, self.http_acl, self.main, self.scopes = (
             config, settings, http_acl, main, scopes)
+        self.clients.max_clients = config.max_clients      # a smaller bound applies at the next record
 
     def _scope(self, sub: SubnetConfig, store: LeaseStore, dns: tuple[str, ...],
                config: BootpConfig | None = None) -> Scope:
@@ -181,8 +216,12 @@ class DhcpServer:
         self._running = False
         if self._reader is not None:
             self._reader.kill(block=True, timeout=1)
-        self.pool.join(timeout=timeout)
-        self.pool.kill(block=True, timeout=1)
+        pools = [self.pool] + ([self.http_acl.pool] if self.http_acl is not None else [])
+        pools.append(self.probe_pool)     # last: an exchange may go on to it from the others
+        for pool in pools:          # the exchanges waiting on the ACL or a probe finish there
+            pool.join(timeout=timeout)
+        for pool in pools:
+            pool.kill(block=True, timeout=1)
         if self.socket is not None:
             self.socket.close()
             self.socket = None
@@ -225,13 +264,47 @@ class DhcpServer:
                 self.events.emit("dhcp.malformed", reason=Reason.NOT_REQUEST, source=source[0],
                                  detail=f"op {packet.op}: a reply, not a request")
                 continue
+            if not self._screen(packet, source[0]):
+                continue
             key = bytes(packet.mac)
             if key in self._in_flight:
                 self.events.emit("dhcp.ignored", mac=mac_str(packet.mac), reason="in_flight")
                 continue
+            if self._active >= self.pool.size:
+                gevent.sleep(0)         # the exchanges spawned so far run; most end in this turn
+                if self._active >= self.pool.size:   # never wait on an exchange: drop, count
+                    self.events.emit("dhcp.ignored", mac=mac_str(packet.mac), reason="pool_full")
+                    continue
             self._in_flight.add(key)
             ifindex = _ifindex(ancillary)
-            self.pool.spawn(self._exchange, packet, (source[0], source[1], ifindex), key)  # waits if full
+            self._active += 1
+            # the slot is free: the pool may still count an ended exchange until its link
+            # callback runs in the hub's next turn, the only wait spawn() can have here
+            self.pool.spawn(self._run, packet, (source[0], source[1], ifindex), key)
+
+    def _screen(self, packet: BootpPacket, source: str) -> bool:
+        """False (dropped, counted) for a hardware address that cannot identify a client
+        (:func:`~massboot.dhcp.exchange.hardware_problem`), a request from a relay outside
+        ``relays`` or with more ``hops`` than ``max_hops`` (RFC 1542 §4.1.1: relays discard
+        above a configurable maximum, 4 by default, 16 at most)."""
+        problem = hardware_problem(packet)
+        if problem is not None:       # before the in-flight set, keyed by the hardware address
+            self.events.emit("dhcp.malformed", reason=Reason.BAD_HLEN, source=source, detail=problem)
+            return False
+        if packet.hops > self.config.max_hops:
+            self.events.emit("dhcp.ignored", mac=mac_str(packet.mac), reason="too_many_hops",
+                             detail=f"hops {packet.hops} > {self.config.max_hops}")
+            return False
+        relays = self.config.relays
+        if relays is not None and packet.giaddr != NO_ADDRESS:
+            # the datagram's source is the relay as the network delivered it; giaddr, any
+            # sender's to write, is the relay's address on the clients' side (RFC 1542 §4.1.1)
+            address = ipaddress.IPv4Address(source)
+            if not any(address in network for network in relays):
+                self.events.emit("dhcp.ignored", mac=mac_str(packet.mac), reason="relay_not_allowed",
+                                 detail=f"relay {source} (giaddr {packet.giaddr})")
+                return False
+        return True
 
     def _receive_failed(self, exc: OSError, failures: int) -> None:
         """Count a receive error; raise it when it is not transient or keeps coming."""
@@ -245,48 +318,150 @@ class DhcpServer:
         if failures == 1:             # once per burst
             log.warning("dhcp receive failed (%s); retrying", exc)
 
-    def _exchange(self, packet: BootpPacket, source: tuple[str, int, int], key: bytes) -> None:
+    def _run(self, packet: BootpPacket, source: tuple[str, int, int], key: bytes) -> None:
+        """One exchange in the exchange pool; handed to the ACL's pool when it must ask, to
+        the probe pool when it must ping."""
+        handed_off = False
         try:
-            self.handle(packet, source[:2], ifindex=source[2])
+            handed_off = self._serve(packet, source[:2], source[2], key)
         except Exception:
-            log.exception("dhcp exchange with %s failed", mac_str(packet.mac))
-            self.events.emit("dhcp.ignored", mac=mac_str(packet.mac), reason="internal_error")
+            self._failed(packet.mac)
+        finally:
+            self._active -= 1
+            if not handed_off:
+                self._in_flight.discard(key)
+
+    def _serve(self, packet: BootpPacket, source: tuple[str, int], ifindex: int, key: bytes) -> bool:
+        """Answer, or hand the exchange to the ACL's or the probe pool; True when handed (it
+        ends there)."""
+        exchange, step, acl = self._begin(packet, source)
+        if isinstance(step, AclQuery):
+            assert acl is not None
+            result = acl.cached(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
+            if result is None:
+                def then(answer: AclResult) -> None:
+                    self._after_acl(exchange, answer, ifindex, key)
+
+                known = exchange.request.mac in self.clients
+                if acl.submit(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe, then=then, known=known):
+                    return True
+                # max_calls calls in flight: never queued (README, "[http]: the remote ACL")
+                self.events.emit("dhcp.ignored", mac=exchange.request.mac, reason="acl_busy",
+                                 phase=exchange.request.phase)
+                return False
+            step = self._step(exchange, exchange.on_acl, result)
+        return self._go_on(exchange, step, ifindex, key)
+
+    def _go_on(self, exchange: Exchange, step: Outcome | ProbeQuery, ifindex: int, key: bytes) -> bool:
+        """Carry out *step*, or hand a probe to the probe pool; True when handed (it ends there)."""
+        if not isinstance(step, ProbeQuery):
+            self._carry_out(exchange, step, ifindex)
+            return False
+        if self.probe_pool.free_count() < 1:
+            # pool_size probes in flight: never queued, the client retries (README, "Lease lifecycle")
+            self._emit(step.events)
+            self.events.emit("dhcp.ignored", mac=exchange.request.mac, reason="probe_busy",
+                             phase=exchange.request.phase)
+            return False
+        self.probe_pool.spawn(self._after_probe, exchange, step, ifindex, key)   # a free slot: no wait
+        return True
+
+    def _after_acl(self, exchange: Exchange, result: AclResult, ifindex: int, key: bytes) -> None:
+        """The rest of an exchange, in the ACL pool's greenlet that asked."""
+        handed_off = False
+        try:
+            step = self._step(exchange, exchange.on_acl, result)
+            handed_off = self._go_on(exchange, step, ifindex, key)
+        except Exception:
+            self._failed(exchange.request.packet.mac)
+        finally:
+            if not handed_off:
+                self._in_flight.discard(key)
+
+    def _after_probe(self, exchange: Exchange, step: ProbeQuery, ifindex: int, key: bytes) -> None:
+        """The probes and the rest of an exchange, in a greenlet of the probe pool."""
+        try:
+            self._carry_out(exchange, self._probes_here(exchange, step), ifindex)
+        except Exception:
+            self._failed(exchange.request.packet.mac)
         finally:
             self._in_flight.discard(key)
 
+    def _failed(self, mac: bytes) -> None:
+        log.exception("dhcp exchange with %s failed", mac_str(mac))
+        self.events.emit("dhcp.ignored", mac=mac_str(mac), reason="internal_error")
+
     # ------------------------------------------------------------------ one exchange
     def handle(self, packet: BootpPacket, source: tuple[str, int], ifindex: int = 0) -> BootpPacket | None:
-        """Answer one decoded request; return the reply sent, if any.
+        """Answer one decoded request in the caller's greenlet; return the reply sent, if any.
+
+        The read loop does not call this: it screens relays and hops, and never lets an
+        exchange wait on the HTTP ACL or a probe in its pool. Here a verdict the ACL has not
+        cached is asked in this greenlet (bounded by the ACL's timeout, not by ``max_calls``),
+        and so are the probes (each bounded by ``probe_timeout``).
 
         Args:
             packet: the decoded request.
             source: its source address and port.
             ifindex: the interface it arrived on (0: unknown), for limited broadcasts.
         """
-        request = classify(packet, source)
-        http_acl = self.http_acl      # the settings and the ACL of one reload (apply) together
+        exchange, step, acl = self._begin(packet, source)
+        if isinstance(step, AclQuery):
+            assert acl is not None
+            result = acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
+            step = self._step(exchange, exchange.on_acl, result)
+        return self._carry_out(exchange, self._probes_here(exchange, step), ifindex)
+
+    def _begin(self, packet: BootpPacket, source: tuple[str, int]
+               ) -> tuple[Exchange, Outcome | AclQuery | ProbeQuery, HttpAcl | None]:
+        """Start the exchange of *packet*: it, its first step (the query's events emitted), and
+        the HTTP ACL of the same settings (a reload, ``apply``, swaps both: an exchange runs on
+        those it started with)."""
+        request, acl = classify(packet, source), self.http_acl
         exchange = Exchange(self.settings, request, self.clients.get(request.mac),
                             select_scope(packet, self.main, self.scopes))
-        try:
-            step = exchange.start()
-            if exchange.client is not None:
-                self.clients.setdefault(request.mac, exchange.client)
-            if isinstance(step, AclQuery):
-                self._emit(step.events)
-                assert http_acl is not None
-                result = http_acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
-                step = exchange.on_acl(result)
-        except Exception:
-            self._emit(exchange.take_events())    # what happened before the failure
-            raise
-        return self._carry_out(step, request.mac, ifindex)
+        step = self._step(exchange, exchange.start)
+        if isinstance(step, AclQuery):
+            self._emit(step.events)
+        return exchange, step, acl
 
-    def _carry_out(self, outcome: Outcome, mac: str, ifindex: int) -> BootpPacket | None:
+    def _step(self, exchange: Exchange, step: Callable[..., Any], *args: Any
+              ) -> Outcome | AclQuery | ProbeQuery:
+        """Run one step of *exchange*; on an exception, emit what happened before it, then raise."""
+        try:
+            return step(*args)
+        except Exception:
+            self._emit(exchange.take_events())
+            raise
+
+    def _probes_here(self, exchange: Exchange, step: Outcome | ProbeQuery) -> Outcome:
+        """Probe in this greenlet until *exchange* is decided (each probe bounded by its
+        timeout, at most ``MAX_PROBES`` of them)."""
+        while isinstance(step, ProbeQuery):
+            self._emit(step.events)
+            step = self._step(exchange, exchange.on_probe, self._probe(step))
+        return step
+
+    def _probe(self, query: ProbeQuery) -> bool | None:
+        """Ping *query.ip* in this greenlet, at most its timeout (None: could not probe)."""
+        if self.prober is None:
+            return None
+        try:
+            return self.prober(query.ip, query.timeout)
+        except OSError as exc:
+            log.warning("probe of %s failed: %s", query.ip, exc)
+            return None
+
+    def _carry_out(self, exchange: Exchange, outcome: Outcome, ifindex: int) -> BootpPacket | None:
+        client = exchange.client
+        # a record only for a request that passed its checks, or a client we know already
+        if client is not None and (exchange.admitted or client.mac in self.clients):
+            self.clients.seen(client)
         if outcome.reply is not None:
             assert outcome.destination is not None
             self._send(encode(outcome.reply), outcome.destination, ifindex)
             if outcome.assigned is not None:
-                self._ip_to_mac[outcome.assigned] = mac
+                self._ip_to_mac[outcome.assigned] = exchange.request.mac
         self._emit(outcome.events)
         return outcome.reply
 
@@ -327,10 +502,31 @@ class DhcpServer:
         """``scope → (bound, size)`` of every pool, for metrics."""
         return {scope.name: scope.store.counts() for scope in [self.main, *self.scopes]}
 
+    def lease_stats(self) -> dict[str, LeaseStats]:
+        """``scope → lifecycle counters`` of every pool, for metrics."""
+        return {scope.name: scope.store.stats() for scope in [self.main, *self.scopes]}
+
     def workers(self) -> tuple[int, int]:
         """``(busy, capacity)`` of the exchange pool, for metrics."""
         pool = self.pool
         return pool.size - pool.free_count(), pool.size
+
+    def probe_workers(self) -> tuple[int, int]:
+        """``(exchanges probing, capacity)`` of the probe pool, for metrics."""
+        pool = self.probe_pool
+        return pool.size - pool.free_count(), pool.size
+
+    def acl_workers(self) -> tuple[int, int] | None:
+        """``(calls in flight, max_calls)`` of the HTTP ACL; None without one."""
+        return None if self.http_acl is None else self.http_acl.busy()
+
+    def guard_counts(self) -> dict[str, int]:
+        """Counters of the bounds, for metrics: client records kept and evicted, ACL calls
+        made, verdicts answered from the cache, calls refused (``max_calls`` in flight)."""
+        acl = self.http_acl
+        return {"clients": len(self.clients), "clients_evicted": self.clients.evicted,
+                "acl_calls": acl.calls if acl else 0, "acl_cache_hits": acl.cache_hits if acl else 0,
+                "acl_refused": acl.refused if acl else 0}
 
     def client_identity(self, mac: str) -> tuple[str | None, int | None]:
         """``(uuid, architecture)`` last seen from *mac* (``AA:BB:…``); ``(None, None)`` if unknown."""

@@ -6,6 +6,16 @@ two generations of one URL apart. The index is rebuilt from the directory at sta
 complete files survive a restart; what a crash left behind is removed. One cache directory
 belongs to one process.
 
+The directory is trusted only when it is private (README, "A mirror as root"): :meth:`CacheDir.load`
+creates it ``0700`` and refuses one that belongs to another user or that group or others may
+write (anyone who can write there can plant a ``.json``/``.data`` pair that is served as the
+mirror's file). Metadata fetched "in the future" is clamped: stale now, revalidated first.
+
+The bound ``cache_size`` covers everything on disk: complete files, files dropped from the index
+that readers still hold open (their blocks are freed at the last close), and downloads in flight
+(their ``Content-Length``, or what they received so far). A download :meth:`CacheDir.reserve`\ s
+its bytes first; what cannot fit after evicting unread files is refused.
+
 :class:`CacheDir` owns the reader counts of its entries: an entry being read is never evicted,
 and every reader that :meth:`CacheDir.open` or :meth:`CacheDir.pin` counted gives it back with
 :meth:`CacheDir.release`.
@@ -21,13 +31,17 @@ import os
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import gevent
+import gevent.event
 
+from massboot.config import ConfigError, default_cache_dir
 from massboot.files.local import blocking, open_cloexec
+from massboot.files.names import shown
 
-__all__ = ["CacheDir", "Entry", "cache_key"]
+__all__ = ["CacheDir", "Entry", "Missing", "cache_key", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +66,68 @@ def cache_key(url: str) -> str:
 
 
 def _write_json(path: str, tmp: str, meta: dict[str, Any]) -> None:
-    with open(tmp, "w", encoding="utf-8") as f:
+    with os.fdopen(open_cloexec(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
+                   encoding="utf-8") as f:
         json.dump(meta, f)
     os.replace(tmp, path)
+
+
+def check_private(path: str) -> None:
+    """Create *path* ``0700`` if needed; raise ConfigError unless it belongs to this process's
+    user and neither group nor others may write it. Blocking."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError("tftpd", "cache_dir", path, f"cannot create it: {exc.strerror}") from None
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise ConfigError("tftpd", "cache_dir", path,
+                          f"owned by uid {st.st_uid}, not by massboot's user (uid {uid}): another "
+                          f"user could plant files that would be served; chown it to uid {uid} "
+                          "and chmod 0700, or choose another directory")
+    if st.st_mode & 0o022:
+        raise ConfigError("tftpd", "cache_dir", path,
+                          f"writable by group or others (mode {st.st_mode & 0o777:04o}): they "
+                          "could plant files that would be served; chmod 0700 it")
+
+
+class Missing:
+    """The names the mirror answered 404/410 for: a bounded LRU whose entries expire by age.
+
+    PXELINUX probes a dozen config names per client that usually do not exist; each is asked of
+    the mirror once per *ttl* seconds. Beyond *limit* names the oldest are forgotten first (all
+    have the same *ttl*, so the oldest is the next to expire anyway); the table is never wiped.
+    """
+
+    def __init__(self, ttl: float, limit: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._clock = clock
+        self._until: OrderedDict[str, float] = OrderedDict()   # oldest first
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def __contains__(self, url: object) -> bool:
+        """Whether *url* is known missing now (an expired entry is forgotten here)."""
+        if not isinstance(url, str) or url not in self._until:
+            return False
+        if self._until[url] > self._clock():
+            return True
+        del self._until[url]
+        return False
+
+    def add(self, url: str) -> None:
+        """Remember that *url* is missing for ``ttl`` seconds from now."""
+        now = self._clock()
+        self._until.pop(url, None)
+        self._until[url] = now + self.ttl
+        while self._until:
+            oldest, until = next(iter(self._until.items()))
+            if until > now and len(self._until) <= self.limit:
+                break
+            del self._until[oldest]
 
 
 def _unlink_quietly(*paths: str) -> None:
@@ -74,7 +147,7 @@ class Entry:
     """A complete file in the cache directory."""
 
     __slots__ = ("key", "token", "url", "size", "etag", "last_modified", "fetched", "fresh_until",
-                 "readers")
+                 "readers", "dropped")
 
     def __init__(self, key: str, token: str, url: str, size: int, etag: str | None,
                  last_modified: str | None, fetched: float, fresh_until: float) -> None:
@@ -87,6 +160,7 @@ class Entry:
         self.fetched = fetched
         self.fresh_until = fresh_until
         self.readers = 0    # changed by CacheDir only
+        self.dropped = False    # out of the index; its bytes count as orphaned until no reader
 
     def meta(self) -> dict[str, Any]:
         """What the ``.json`` file holds."""
@@ -99,19 +173,60 @@ class CacheDir:
 
     Args:
         path: the directory (created by :meth:`load`).
-        max_bytes: the most kept on disk; entries being read are never evicted.
+        max_bytes: the most kept on disk, downloads in flight and files being read included;
+            entries being read are never evicted.
         revalidate_after: seconds an entry is fresh after it was fetched or revalidated.
+
+    Attributes:
+        total: bytes of the indexed (complete) files.
+        reserved: bytes reserved by downloads in flight.
+        orphaned: bytes of files dropped from the index that readers still hold open.
+        loaded: :meth:`load` succeeded.
+        space: set (and replaced) whenever bytes are given back.
     """
 
     def __init__(self, path: str, max_bytes: int, revalidate_after: float) -> None:
         self.dir = path
-        self._max_bytes = max_bytes
+        self.max_bytes = max_bytes
         self._revalidate_after = revalidate_after
         self._index: OrderedDict[str, Entry] = OrderedDict()   # key → entry, LRU first
         self.total = 0
+        self.reserved = 0
+        self.orphaned = 0
+        self.loaded = False
+        self.space = gevent.event.Event()
 
     def __len__(self) -> int:
         return len(self._index)
+
+    @property
+    def used(self) -> int:
+        """Bytes counted against ``max_bytes``: complete, orphaned and reserved."""
+        return self.total + self.orphaned + self.reserved
+
+    def _freed(self) -> None:
+        event, self.space = self.space, gevent.event.Event()
+        event.set()
+
+    def reserve(self, size: int) -> bool:
+        """Count *size* bytes of a download in flight, evicting unread files to make room;
+        False (nothing reserved) when they cannot fit."""
+        if self.used + size > self.max_bytes:
+            self.evict(extra=size)
+            if self.used + size > self.max_bytes:
+                return False
+        self.reserved += size
+        return True
+
+    def room(self) -> int:
+        """Bytes a download could reserve now, after evicting every file not being read."""
+        unread = sum(e.size for e in self._index.values() if e.readers == 0)
+        return self.max_bytes - self.used + unread
+
+    def unreserve(self, size: int) -> None:
+        """Give back bytes :meth:`reserve` counted."""
+        self.reserved -= size
+        self._freed()
 
     def path(self, key: str, token: str, kind: str) -> str:
         """The path of one file of an entry or a download: kind is data, json, part or jtmp."""
@@ -135,7 +250,7 @@ class CacheDir:
             return blocking(_open_sized, self.path(entry.key, entry.token, "data"), entry.size)
         except OSError as exc:
             entry.readers -= 1
-            log.warning("cached copy of %s unreadable, fetching again: %s", entry.url, exc)
+            log.warning("cached copy of %s unreadable, fetching again: %s", shown(entry.url), exc)
             self.drop(entry)
             return None
 
@@ -146,12 +261,16 @@ class CacheDir:
     def release(self, entry: Entry) -> None:
         """A reader of *entry* is done; evict what no longer fits."""
         entry.readers -= 1
+        if entry.readers == 0 and entry.dropped:
+            entry.dropped = False
+            self.orphaned -= entry.size     # its last descriptor is closed: the blocks are free
         self.evict()
+        self._freed()
 
     def create_part(self, key: str, token: str) -> int:
         """Create the ``.part`` file of a download; its descriptor, read-write."""
         return blocking(open_cloexec, self.path(key, token, "part"),
-                        os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                        os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
 
     def discard_part(self, key: str, token: str) -> None:
         """Remove a failed download's ``.part`` file (in the background)."""
@@ -171,7 +290,7 @@ class CacheDir:
             blocking(_write_json, self.path(key, token, "json"), self.path(key, token, "jtmp"),
                      entry.meta())
         except OSError as exc:
-            log.warning("download of %s not cached: %s", url, exc)
+            log.warning("download of %s not cached: %s", shown(url), exc)
             _discard(self.path(key, token, "part"), self.path(key, token, "data"),
                      self.path(key, token, "jtmp"))
             return None
@@ -196,7 +315,7 @@ class CacheDir:
                 blocking(_write_json, self.path(entry.key, entry.token, "json"),
                          self.path(entry.key, entry.token, "jtmp"), entry.meta())
             except OSError as exc:
-                log.warning("cache metadata for %s not written: %s", entry.url, exc)
+                log.warning("cache metadata for %s not written: %s", shown(entry.url), exc)
 
     def postpone(self, entry: Entry, seconds: float) -> None:
         """Serve *entry* as fresh for *seconds* more (at most ``revalidate_after``)."""
@@ -208,23 +327,35 @@ class CacheDir:
             return
         del self._index[entry.key]
         self.total -= entry.size
+        if entry.readers > 0:
+            entry.dropped = True
+            self.orphaned += entry.size
+        else:
+            self._freed()
         _discard(self.path(entry.key, entry.token, "data"), self.path(entry.key, entry.token, "json"))
 
     def evict(self, extra: int = 0) -> None:
         """Evict least-recently-used entries not being read until *extra* more bytes fit."""
-        if self.total + extra <= self._max_bytes:
+        if self.used + extra <= self.max_bytes:
             return
         for entry in list(self._index.values()):
-            if self.total + extra <= self._max_bytes:
+            if self.used + extra <= self.max_bytes:
                 break
             if entry.readers > 0:
                 continue
-            log.debug("evict url=%s bytes=%d", entry.url, entry.size)
+            log.debug("evict url=%s bytes=%d", shown(entry.url), entry.size)
             self.drop(entry)
 
     def load(self) -> None:
-        """Re-index the directory (at startup) and remove what a crash left behind. Blocking."""
-        os.makedirs(self.dir, exist_ok=True)
+        """Check the directory is private (creating it ``0700``), re-index it and remove what a
+        crash left behind. Blocking.
+
+        Raises:
+            ConfigError: the directory cannot be created, belongs to another user, or group or
+                others may write it (``[tftpd] cache_dir``: exit code 2 at startup).
+        """
+        check_private(self.dir)
+        now = time.time()
         found: dict[str, Entry] = {}
         keep: set[str] = set()
         names = os.listdir(self.dir)
@@ -245,8 +376,11 @@ class CacheDir:
                     continue
             except (OSError, ValueError, KeyError, TypeError):
                 continue
+            fresh_until = fetched + self._revalidate_after
+            if fetched > now:       # from the future (a wrong clock, a planted file): stale now
+                fetched = fresh_until = now
             entry = Entry(key, token, url, size, meta.get("etag"), meta.get("last_modified"),
-                          fetched, fetched + self._revalidate_after)
+                          fetched, fresh_until)
             if key not in found or found[key].fetched < fetched:
                 found[key] = entry
         for entry in sorted(found.values(), key=lambda e: e.fetched):
@@ -258,4 +392,5 @@ class CacheDir:
                 _unlink_quietly(os.path.join(self.dir, name))
         if self._index:
             log.info("cache %s: %d files, %d bytes", self.dir, len(self._index), self.total)
+        self.loaded = True
         self.evict()

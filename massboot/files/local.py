@@ -64,14 +64,18 @@ def _inside(path: str, root: str) -> bool:
         return False
 
 
-def _lookup(paths: tuple[str, ...], confine: str | None, open_it: bool) -> tuple[int | None, int]:
+Confine = str | tuple[str, ...] | None
+
+
+def _lookup(paths: tuple[str, ...], confine: Confine, open_it: bool) -> tuple[int | None, int]:
     """Find the first regular file among *paths*; return ``(fd or None, size)``. Blocking.
 
-    With *confine*, a path whose real path leaves that directory is refused (ACCESS): a
-    symlink may point anywhere inside the root but never out of it.
+    With *confine* (one directory, or one per path), a path whose real path leaves that
+    directory is refused (ACCESS): a symlink may point anywhere inside the root but never out.
     """
     not_file = False
-    for path in paths:
+    confines = confine if isinstance(confine, tuple) else (confine,) * len(paths)
+    for path, confine in zip(paths, confines, strict=True):
         if confine is not None:
             path = os.path.realpath(path)
             if not _inside(path, confine):
@@ -111,14 +115,14 @@ def _first_line(paths: tuple[str, ...]) -> str | None:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             continue
         except OSError as exc:
-            log.warning("filter file %s unreadable: %s", path, exc)
+            log.warning("filter file %r unreadable: %s", path[-128:], exc)
             return None
         for line in head.decode("utf-8", "replace").splitlines():
             if line.strip():
                 return line.strip()
-        log.warning("filter file %s has no non-empty line", path)
+        log.warning("filter file %r has no non-empty line", path[-128:])
         return None
-    log.warning("filter file not found: %s", " or ".join(paths))
+    log.warning("filter file not found: %s", " or ".join(repr(p[-128:]) for p in paths))
     return None
 
 
@@ -135,13 +139,19 @@ def _preadv(fd: int, view: memoryview, offset: int) -> int:
 
 
 class Fd:
-    """A file descriptor shared by a download and its readers; closed with the last user."""
+    """A file descriptor shared by a download and its readers; closed with the last user.
 
-    __slots__ = ("fd", "refs")
+    Attributes:
+        on_close: called once after the descriptor is closed (the cache gives back the bytes of
+            an unlinked file then: they are freed on disk only at the last close).
+    """
+
+    __slots__ = ("fd", "refs", "on_close")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.refs = 1
+        self.on_close: Callable[[], None] | None = None
 
     def acquire(self) -> bool:
         """Take one more reference; False once the descriptor is closed."""
@@ -158,6 +168,9 @@ class Fd:
                 os.close(self.fd)
             except OSError:
                 pass
+            on_close, self.on_close = self.on_close, None
+            if on_close is not None:
+                on_close()
 
 
 class LocalFiles:
@@ -173,13 +186,13 @@ class LocalFiles:
         self.nowait = bool(_RWF_NOWAIT) and hasattr(os, "preadv")
         self._sizes: dict[tuple[Any, ...], tuple[int, float]] = {}   # sizes for option 13
 
-    def open(self, paths: tuple[str, ...], confine: str | None) -> BufferedSource:
+    def open(self, paths: tuple[str, ...], confine: Confine) -> BufferedSource:
         """Open the first regular file among *paths*; raise FileError."""
         fd, size = blocking(_lookup, paths, confine, True)
         assert fd is not None
         return BufferedSource(self, Fd(fd), size)
 
-    def size(self, paths: tuple[str, ...], confine: str | None) -> int:
+    def size(self, paths: tuple[str, ...], confine: Confine) -> int:
         """The size of the file :meth:`open` would open; raise FileError.
 
         Every OFFER and ACK of a rack asks for the same boot file: one ``stat`` through the

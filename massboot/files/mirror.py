@@ -1,132 +1,58 @@
 """Remote files through one single-flight cache shared by every client.
 
 The first request for a URL starts the only upstream download and later requests read the
-same partial file as it fills (:class:`StreamSource`). A download that fails or is cut short is
-never kept; everyone reading it gets :class:`~massboot.sources.FileError` (``UPSTREAM``).
+same partial file as it fills (:class:`~massboot.files.download.StreamSource`). A download
+that fails or is cut short is never kept; everyone reading it gets
+:class:`~massboot.sources.FileError` (``UPSTREAM``).
 Complete files go into the :class:`~massboot.files.cache.CacheDir`, bounded in total size with
 least-recently-used eviction, and are revalidated with a conditional GET (RFC 9110 section
 13.1, ``If-None-Match`` / ``If-Modified-Since``) once older than ``revalidate_after``.
+
+Bounds (README, "A mirror as root"): at most ``max_downloads`` upstream downloads run at once;
+a request for a file that needs one more waits up to ``http_timeout`` for a slot, then is
+refused (``cache.refused``, reason ``downloads``); a boot-file size prefetch never waits. Every
+download reserves its bytes in the cache first (``Content-Length``, or chunk by chunk without
+one); what cannot fit, after evicting unread files and waiting up to ``http_timeout`` for
+readers to finish, is refused (reason ``space``). A download whose clients have all gone is
+finished for the cache: it still holds its slot and its reservation, so it is bounded like any
+other, and the next client finds the file.
+
+One download (the GET, the ``.part`` file, how the body is stored) is a
+:class:`~massboot.files.download.Download`; this module decides which URL downloads, and what
+becomes of the file. Messages for clients never carry the mirror's URL; the log lines do.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
-import uuid as _uuid
 from collections.abc import Callable
 
 import gevent
 import gevent.event
+import gevent.lock
 import requests
-import urllib3
 
+from massboot.config import ConfigError
 from massboot.events import EventBus
-from massboot.files.cache import CacheDir, Entry, cache_key
+from massboot.files.cache import CacheDir, Entry, Missing
+from massboot.files.download import Download, StreamSource, upstream_error
 from massboot.files.local import BufferedSource, Fd, LocalFiles, blocking
-from massboot.sources import FileError, FileReason, Source, WouldBlock
+from massboot.files.names import shown
+from massboot.sources import FileError, FileReason, Source
 
-__all__ = ["CHUNK", "Mirror"]
+__all__ = ["MAX_DOWNLOADS", "Mirror"]
 
 log = logging.getLogger(__name__)
 
-CHUNK = 128 << 10        # bytes asked of the upstream socket at a time
 REVALIDATE_BACKOFF = 30.0  # seconds a stale copy is served without asking a mirror that failed
 # seconds a 404 from the mirror is remembered: PXELINUX probes a dozen config names per client
 # (UUID, 01-<mac>, hex IP prefixes) that usually do not exist; a rack would ask the mirror for
 # each of them (1,640 GETs for 500 clients) instead of once per name and period
 NEGATIVE_TTL = 30.0
-MISSING_MAX = 4096
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
-
-
-class _Download:
-    """One upstream GET in flight, shared by every reader of its URL."""
-
-    __slots__ = ("url", "key", "token", "stale", "headers", "progress", "size", "etag",
-                 "last_modified", "received", "complete", "done", "not_modified", "error", "fd",
-                 "readers", "stored", "writing", "greenlet")
-
-    def __init__(self, url: str, stale: Entry | None) -> None:
-        self.url = url
-        self.key = cache_key(url)
-        self.token = _uuid.uuid4().hex[:12]
-        self.stale = stale                      # the cached copy being revalidated, if any
-        self.headers = gevent.event.Event()     # set once the outcome of the headers is known
-        self.progress = gevent.event.Event()    # replaced (after being set) on every change
-        self.size: int | None = None
-        self.etag: str | None = None
-        self.last_modified: str | None = None
-        self.received = 0
-        self.complete = False                   # every byte is in the file
-        self.done = False                       # finished one way or the other
-        self.not_modified = False               # 304: serve ``stale``
-        self.error: FileError | None = None
-        self.fd: Fd | None = None
-        self.readers = 0                        # stream sources open on it (Mirror's count)
-        self.stored: Entry | None = None
-        self.writing = False
-        self.greenlet: gevent.Greenlet | None = None
-
-    def notify(self) -> None:
-        event, self.progress = self.progress, gevent.event.Event()
-        event.set()
-
-
-class StreamSource(BufferedSource):
-    """A file still downloading: reads wait for the bytes they need to arrive."""
-
-    def __init__(self, files: LocalFiles, dl: _Download, fd: Fd, stall: float,
-                 on_close: Callable[[], None]) -> None:
-        super().__init__(files, fd, dl.size, on_close)
-        self._dl = dl
-        self._stall = stall
-
-    def _limit(self, end: int, wait: bool = True) -> int | None:
-        dl = self._dl
-        while True:
-            if dl.error is not None:
-                raise FileError(dl.error.reason, dl.error.message)
-            if dl.complete:
-                return None
-            if dl.received >= end:
-                return dl.received
-            if not wait:
-                raise WouldBlock
-            # A safety net only: the download itself times out reads after http_timeout.
-            if not dl.progress.wait(self._stall):
-                raise FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed: stalled")
-
-
-def _reason(exc: BaseException) -> str:
-    """A short reason for an error message to the client; the log gets the full exception."""
-    if isinstance(exc, gevent.GreenletExit):
-        return "cancelled"
-    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
-        return "timed out"
-    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError)):
-        return "connection broken"
-    if isinstance(exc, requests.ConnectionError):
-        return "cannot connect"
-    if isinstance(exc, OSError):
-        return f"{exc.strerror or type(exc).__name__}"
-    return type(exc).__name__
-
-
-def _status_error(url: str, status: int) -> FileError:
-    if status in (404, 410):
-        return FileError(FileReason.NOT_FOUND, "File not found")
-    if status in (401, 403):
-        return FileError(FileReason.ACCESS, "Access violation")
-    return FileError(FileReason.UPSTREAM, f"upstream {url} failed: HTTP {status}")
+MISSING_MAX = 4096        # names remembered as missing; the oldest go first (never a wipe)
+MAX_DOWNLOADS = 8         # default upstream downloads at once ([tftpd] max_downloads)
 
 
 class Mirror:
@@ -139,29 +65,39 @@ class Mirror:
         http_timeout: seconds for the upstream connect, the response headers and each body read.
         revalidate_after: seconds a cached file is served without asking the mirror.
         events: the event bus for ``cache.*`` events.
+        max_downloads: upstream downloads at once.
+        clock: monotonic seconds (the negative entries' age).
 
     Attributes:
         hits: opens served from a cached copy (fresh, revalidated, or stale with the mirror down).
         misses: opens (and :meth:`size` prefetches) that started an upstream download.
         coalesced: opens that joined a download already in flight.
         upstream_bytes: body bytes received from mirrors.
+        refused: requests refused by a bound, by reason (``downloads``, ``space``).
     """
 
     def __init__(self, cache: CacheDir, files: LocalFiles, session: requests.Session, *,
-                 http_timeout: float, revalidate_after: float, events: EventBus) -> None:
+                 http_timeout: float, revalidate_after: float, events: EventBus,
+                 max_downloads: int = MAX_DOWNLOADS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cache = cache
         self._files = files
         self._session = session
         self.http_timeout = http_timeout
         self._revalidate_after = revalidate_after
         self._events = events
-        self._inflight: dict[str, _Download] = {}    # url → download
-        self._missing: dict[str, float] = {}         # url → until when the mirror's 404 is believed
+        self._inflight: dict[str, Download] = {}    # url → download
+        self._missing = Missing(min(revalidate_after, NEGATIVE_TTL), MISSING_MAX, clock)
         self._closed = False
+        self.max_downloads = max_downloads
+        self.active = 0                              # downloads holding a slot
+        self._slot = gevent.event.Event()            # set (and replaced) when a slot frees
+        self._loading = gevent.lock.Semaphore()
         self.hits = 0
         self.misses = 0
         self.coalesced = 0
         self.upstream_bytes = 0
+        self.refused: dict[str, int] = {"downloads": 0, "space": 0}
 
     def open(self, url: str) -> Source:
         """A source for *url*: cached, joining a download in flight, or starting one.
@@ -170,14 +106,15 @@ class Mirror:
             FileError: NOT_FOUND or ACCESS from the mirror's answer, UPSTREAM for a failure.
         """
         if self._closed:
-            raise FileError(FileReason.UPSTREAM, f"upstream {url} failed: server stopping")
-        missing_until = self._missing.get(url)
-        if missing_until is not None:
-            if missing_until > time.monotonic():
-                self._count("hit", url, None)
-                raise FileError(FileReason.NOT_FOUND, "File not found")
-            del self._missing[url]
-        for _attempt in range(3):
+            raise FileError(FileReason.UPSTREAM, "upstream failed: server stopping")
+        if url in self._missing:
+            self._count("hit", url, None)
+            raise FileError(FileReason.NOT_FOUND, "File not found")
+        attempts = 0
+        while attempts < 3:
+            attempts += 1
+            if self._closed:        # closed while this request waited for a slot or space
+                raise FileError(FileReason.UPSTREAM, "upstream failed: server stopping")
             dl = self._inflight.get(url)
             started = dl is None
             if dl is None:
@@ -187,14 +124,26 @@ class Mirror:
                     if source is not None:
                         return source
                     continue
+                if self.active >= self.max_downloads:
+                    self._wait_slot(url)
+                    attempts -= 1      # the file may have come meanwhile: look again
+                    continue
+                if self.cache.room() <= 0:
+                    # full of files in use and downloads: no GET the body of which would be
+                    # refused anyway
+                    self._wait_room(url)
+                    attempts -= 1
+                    continue
                 dl = self._start(url, entry)
             kind = "miss" if started else "coalesced"
-            if not dl.headers.wait(self.http_timeout):
+            # a download waiting for cache space (up to http_timeout more) has its answer
+            if not dl.headers.wait(self.http_timeout) and not (
+                    dl.reserving and dl.headers.wait(self.http_timeout)):
                 if dl.stale is not None and (source := self._serve_stale(dl.stale, "no answer")):
                     return source
                 self._count(kind, url, None)
                 raise FileError(FileReason.UPSTREAM,
-                                f"upstream {url} failed: no answer within {self.http_timeout:g} s")
+                                f"upstream failed: no answer within {self.http_timeout:g} s")
             if dl.not_modified and dl.stale is not None:
                 if (source := self._serve_cached(dl.stale)) is not None:
                     return source
@@ -215,20 +164,54 @@ class Mirror:
                                     functools.partial(self._release_stream, dl))
             if dl.stored is not None and (source := self._serve_cached(dl.stored)) is not None:
                 return source
-        raise FileError(FileReason.UPSTREAM, f"upstream {url} failed: cache kept changing")
+        raise FileError(FileReason.UPSTREAM, "upstream failed: cache kept changing")
+
+    def _wait_slot(self, url: str) -> None:
+        """Wait up to ``http_timeout`` for a download slot; raise FileError (refused) after."""
+        deadline = time.monotonic() + self.http_timeout
+        while self.active >= self.max_downloads and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._slot.wait(left):
+                if self.active < self.max_downloads:
+                    return
+                self._refuse("downloads", url)
+                raise FileError(FileReason.UPSTREAM, "upstream failed: too many downloads, retry")
+
+    def _wait_room(self, url: str) -> None:
+        """Wait up to ``http_timeout`` for cache space; raise FileError (refused) after."""
+        deadline = time.monotonic() + self.http_timeout
+        while self.cache.room() <= 0 and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.cache.space.wait(left):
+                if self.cache.room() > 0:
+                    return
+                self._refuse("space", url)
+                raise FileError(FileReason.UPSTREAM, "upstream failed: cache full, retry")
+
+    def _refuse(self, reason: str, url: str) -> None:
+        self.refused[reason] += 1
+        log.warning("cache refused url=%s: %s", shown(url), "max_downloads downloads in flight"
+                    if reason == "downloads" else "cache_size full (files in use or in flight)")
+        self._events.emit("cache.refused", url=url, reason=reason)
 
     def size(self, url: str) -> int | None:
         """The size of *url* if known without waiting; else None, and a prefetch starts."""
-        if self._closed or self._missing.get(url, 0.0) > time.monotonic():
+        if self._closed or url in self._missing:
             return None
         dl = self._inflight.get(url)
         if dl is not None:
             return dl.stale.size if dl.not_modified and dl.stale is not None else dl.size
         entry = self.cache.get(url)
+        # a prefetch never waits, for a slot or for space
+        full = "downloads" if self.active >= self.max_downloads else (
+            "space" if self.cache.room() <= 0 else None)
         if entry is not None:
-            if entry.fresh_until <= time.time():
+            if entry.fresh_until <= time.time() and full is None:
                 self._start(url, entry)
             return entry.size
+        if full is not None:
+            self._refuse(full, url)
+            return None
         self._start(url, None)
         self.misses += 1
         self._events.emit("cache.miss", url=url, bytes=None, prefetch=True)
@@ -252,7 +235,7 @@ class Mirror:
         self._events.emit(f"cache.{kind}", url=url, bytes=size)
 
     def _serve_stale(self, entry: Entry, why: str) -> Source | None:
-        log.warning("serving cached %s: revalidation failed (%s)", entry.url, why)
+        log.warning("serving cached %s: revalidation failed (%s)", shown(entry.url), why)
         return self._serve_cached(entry)
 
     def _serve_cached(self, entry: Entry) -> Source | None:
@@ -263,7 +246,7 @@ class Mirror:
         return BufferedSource(self._files, Fd(fd), entry.size,
                               functools.partial(self.cache.release, entry))
 
-    def _release_stream(self, dl: _Download) -> None:
+    def _release_stream(self, dl: Download) -> None:
         """A :class:`StreamSource` of *dl* is closed."""
         dl.readers -= 1
         if dl.stored is not None:
@@ -271,151 +254,137 @@ class Mirror:
 
     # ------------------------------------------------------------------ downloads
 
-    def _start(self, url: str, stale: Entry | None) -> _Download:
-        dl = _Download(url, stale)
+    def _start(self, url: str, stale: Entry | None) -> Download:
+        dl = Download(url, stale)
         self._inflight[url] = dl
+        self.active += 1
         dl.greenlet = gevent.spawn(self._run, dl)
         return dl
 
-    def _run(self, dl: _Download) -> None:
+    def _end(self, dl: Download) -> None:
+        """The download greenlet ends: its slot is free."""
+        self.active -= 1
+        event, self._slot = self._slot, gevent.event.Event()
+        event.set()
+
+    def _reserve(self, dl: Download, size: int) -> None:
+        """Count *size* more bytes of *dl* against ``cache_size``, waiting up to
+        ``http_timeout`` for readers to give some back; raise FileError (refused) after."""
+        cache = self.cache
+        if dl.reserved + size > cache.max_bytes:
+            self._refuse("space", dl.url)
+            raise FileError(FileReason.UPSTREAM, "upstream failed: larger than the cache")
+        deadline = time.monotonic() + self.http_timeout
+        dl.reserving = True
+        try:
+            while not cache.reserve(size):
+                left = deadline - time.monotonic()
+                if left <= 0 or not cache.space.wait(left):
+                    if cache.reserve(size):
+                        break
+                    self._refuse("space", dl.url)
+                    raise FileError(FileReason.UPSTREAM, "upstream failed: cache full, retry")
+        finally:
+            dl.reserving = False
+        dl.reserved += size
+
+    def _ensure_dir(self) -> None:
+        """Check and index the cache directory once (a local root whose filters lead to URLs
+        only at run time, through a ``[path]`` file)."""
+        if self.cache.loaded:
+            return
+        with self._loading:
+            if not self.cache.loaded:
+                try:
+                    blocking(self.cache.load)
+                except ConfigError as exc:
+                    log.error("cache directory unusable: %s", exc)
+                    raise FileError(FileReason.UPSTREAM, "upstream failed: cache unusable") from None
+
+    def _run(self, dl: Download) -> None:
         """The download greenlet: every way out resolves the download for its readers."""
         started = time.monotonic()
         try:
-            self._fetch(dl)
+            self._ensure_dir()
+            if dl.fetch(self._session, self.http_timeout, self.cache,
+                        functools.partial(self._reserve, dl), self._received):
+                self._store(dl)
+            else:
+                self._not_modified(dl)
         except FileError as exc:
             self._fail(dl, exc)
         except BaseException as exc:  # GreenletExit included: a reader must never hang
-            self._fail(dl, FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed: {_reason(exc)}"),
-                       detail=f"{type(exc).__name__}: {exc}")
+            self._fail(dl, upstream_error(exc), detail=f"{type(exc).__name__}: {exc}")
             if not isinstance(exc, Exception):
                 raise
         else:
             if dl.complete:
-                log.info("cached url=%s bytes=%d duration=%.3f", dl.url, dl.received,
+                log.info("cached url=%s bytes=%d duration=%.3f", shown(dl.url), dl.received,
                          time.monotonic() - started)
         finally:
             if not dl.done:
-                self._fail(dl, FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed"))
+                self._fail(dl, FileError(FileReason.UPSTREAM, "upstream failed"))
+            self._end(dl)
 
-    def _fetch(self, dl: _Download) -> None:
-        headers = {"Accept-Encoding": "identity"}
-        if dl.stale is not None:
-            if dl.stale.etag:
-                headers["If-None-Match"] = dl.stale.etag
-            if dl.stale.last_modified:
-                headers["If-Modified-Since"] = dl.stale.last_modified
-        timeout = self.http_timeout
-        resp = self._session.get(dl.url, headers=headers, stream=True, timeout=(timeout, timeout))
-        try:
-            status = resp.status_code
-            if status == 304 and dl.stale is not None:
-                self._not_modified(dl, resp)
-                return
-            if status != 200:
-                raise _status_error(dl.url, status)
-            encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                # Asked for identity, got a content coding (RFC 9110 section 8.4): either the file
-                # compressed in transit, or a compressed file labelled with its coding (Apache's
-                # "AddEncoding x-gzip .gz"). Which file is meant cannot be told, and a close-
-                # delimited encoded body cut short would decode without error: refuse, never
-                # guess (README, [tftpd] root).
-                raise FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed: the mirror sent "
-                                                     f"Content-Encoding {encoding}, asked for identity")
-            try:
-                length: int | None = int(resp.headers["Content-Length"])
-                if length < 0:
-                    length = None
-            except (KeyError, ValueError):
-                length = None
-            dl.size = length
-            dl.etag = resp.headers.get("ETag")
-            dl.last_modified = resp.headers.get("Last-Modified")
-            if length:
-                self.cache.evict(extra=length)
-            fd = self.cache.create_part(dl.key, dl.token)
-            dl.fd = Fd(fd)
-            dl.headers.set()
-            raw = resp.raw
-            read = getattr(raw, "read1", None) or raw.read
-            while True:
-                chunk = read(CHUNK, decode_content=False)
-                if not chunk:
-                    break
-                dl.writing = True
-                try:
-                    blocking(_pwrite_all, fd, chunk, dl.received)
-                except OSError:     # the write failed (ENOSPC...): no thread holds the fd now
-                    dl.writing = False
-                    raise
-                dl.writing = False
-                dl.received += len(chunk)
-                self.upstream_bytes += len(chunk)
-                dl.notify()
-            if length is not None and dl.received != length:
-                raise FileError(FileReason.UPSTREAM, f"upstream {dl.url} failed: cut short at "
-                                                     f"{dl.received} of {length} bytes")
-        finally:
-            resp.close()
-        # Every byte is in the file: readers may finish while it is filed into the cache.
-        if dl.size is None:
-            dl.size = dl.received
-        dl.complete = True
-        dl.notify()
-        self._store(dl)
+    def _received(self, size: int) -> None:
+        self.upstream_bytes += size
 
-    def _not_modified(self, dl: _Download, resp: requests.Response) -> None:
+    def _not_modified(self, dl: Download) -> None:
         entry = dl.stale
         assert entry is not None
-        self.cache.revalidated(entry, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
+        self.cache.revalidated(entry, dl.etag, dl.last_modified)
         dl.not_modified = True
         self._finish(dl)
         self._events.emit("cache.upstream", url=dl.url, bytes=0, status=304)
-        log.debug("revalidated url=%s (304)", dl.url)
+        log.debug("revalidated url=%s (304)", shown(dl.url))
         self.cache.save(entry)
 
-    def _store(self, dl: _Download) -> None:
+    def _store(self, dl: Download) -> None:
         """File a complete download into the cache (best effort: its readers are served anyway)."""
         entry = self.cache.add(dl.key, dl.token, dl.url, dl.received, dl.etag, dl.last_modified)
+        reserved, dl.reserved = dl.reserved, 0
         if entry is not None:
             self.cache.pin(entry, dl.readers)   # the stream readers now read a cached file
+            self.cache.unreserve(reserved)      # the bytes are the entry's now (its total)
+        elif dl.fd is not None:                 # not filed, removed: freed at the last close
+            dl.fd.on_close = functools.partial(self.cache.unreserve, reserved)
         dl.stored = entry
         self._events.emit("cache.upstream", url=dl.url, bytes=dl.received, status=200)
         self._finish(dl)
         if entry is not None:
             self.cache.evict()
 
-    def _finish(self, dl: _Download) -> None:
-        dl.done = True
+    def _finish(self, dl: Download) -> None:
         if self._inflight.get(dl.url) is dl:
             del self._inflight[dl.url]
-        dl.headers.set()
-        dl.notify()
-        if dl.fd is not None:
-            dl.fd.release()
+        dl.finish()
 
-    def _fail(self, dl: _Download, error: FileError, detail: str = "") -> None:
+    def _fail(self, dl: Download, error: FileError, detail: str = "") -> None:
         if dl.done:
             return
         dl.error = error
         not_found = error.reason is FileReason.NOT_FOUND
         if not_found:
-            if len(self._missing) >= MISSING_MAX:
-                self._missing.clear()
-            self._missing[dl.url] = time.monotonic() + min(self._revalidate_after, NEGATIVE_TTL)
+            self._missing.add(dl.url)
         if dl.stale is not None:
             if not_found:
                 self.cache.drop(dl.stale)   # gone upstream: forget our copy
             else:
                 self.cache.postpone(dl.stale, REVALIDATE_BACKOFF)
         if not_found:
-            log.info("upstream %s: not found", dl.url)
+            log.info("upstream %s: not found", shown(dl.url))
         else:
-            log.warning("%s%s", error.message, f" ({detail})" if detail else "")
+            log.warning("upstream %s: %s%s", shown(dl.url), error.message,
+                        f" ({detail})" if detail else "")
+        reserved, dl.reserved = dl.reserved, 0
         if dl.fd is not None:
             self.cache.discard_part(dl.key, dl.token)
             if dl.writing:
                 dl.fd.acquire()   # killed mid-write: a thread may still use the fd, never close it
+            # the unlinked part keeps its blocks until its last reader closes it
+            dl.fd.on_close = functools.partial(self.cache.unreserve, reserved)
+        elif reserved:
+            self.cache.unreserve(reserved)
         self._events.emit("cache.upstream", url=dl.url, bytes=dl.received, status=None,
                           error=error.message, reason=error.reason.value)
         self._finish(dl)

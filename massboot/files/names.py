@@ -6,7 +6,8 @@ How a name becomes a target (README, "Configuration", ``[filters]``):
    absolute name (leading ``/`` or ``\\``, or a drive letter), or a NUL is refused (ACCESS).
    With a remote root a percent-encoded form (``%2e%2e``, ``%2f``...) is decoded once and
    checked again. Because this happens before filtering, ``{filename}`` in a filter target can
-   never smuggle a traversal in.
+   never smuggle a traversal in. With a remote root the name is then normalised: ``.`` and
+   empty segments are dropped (``x``, ``./x``, ``.//x`` are one file, one URL, one cache entry).
 2. ``[filters]`` patterns are tried in ini order against the whole name; the first match wins.
    ``*`` is any run of characters including ``/``, ``?`` exactly one character, everything else
    literal. Matching is case-sensitive; note that the ini parser lower-cases the patterns, so
@@ -19,6 +20,13 @@ How a name becomes a target (README, "Configuration", ``[filters]``):
    targets are written by the administrator and are trusted: an absolute target is a local
    file, an ``http(s)://`` target is fetched through the cache, a relative one is looked up
    under the root first and then, for local roots, under ``base_dir``.
+   The *values* are not trusted (a client sends ``{filename}``, an ACL answer ``{file}``): each
+   one used is checked after percent-decoding (no NUL, no absolute path, no ``..`` segment, no
+   ``?`` or ``#`` where a URL is built) and percent-quoted into URLs. A target that uses a
+   variable stays inside its fixed directory prefix, the template's text up to the last ``/``
+   before the first variable (``/srv/cfg/{mac}.cfg`` stays in ``/srv/cfg/``; a bare ``{file}``
+   stays inside the root, never ``base_dir``), checked on the result and, for local files, on
+   the real path. A refusal is ACCESS (TFTP error 2) (README, ``[filters]``).
 4. Without a match, the name is joined to the root. For a local root the target carries the
    real root it must stay inside; :mod:`massboot.files.local` enforces it on the real path.
 
@@ -30,6 +38,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import string
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +46,7 @@ from dataclasses import dataclass
 from massboot.config import filter_target_error
 from massboot.sources import ClientLookup, FileError, FileReason
 
-__all__ = ["Filter", "Resolver", "Target", "traversal"]
+__all__ = ["Filter", "Resolver", "Target", "normalise", "shown", "traversal"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,35 @@ def traversal(name: str) -> str | None:
     if ".." in re.split(r"[/\\]", name):
         return "'..' in name"
     return None
+
+
+def shown(name: str, limit: int = 128) -> str:
+    """A client-sent name (or a URL built from one) for a log line: quoted, at most *limit*
+    characters of it (a log line must not carry raw control bytes or a 64 KiB name)."""
+    if len(name) > limit:
+        return repr(name[:limit]) + f"...({len(name)} chars)"
+    return repr(name)
+
+
+def normalise(path: str) -> str:
+    """Drop ``.`` and empty segments of a ``/``-separated path (``./a//b`` → ``a/b``)."""
+    return "/".join(p for p in path.split("/") if p not in ("", "."))
+
+
+def _quote(value: str) -> str:
+    """Percent-quote *value* for a URL path (RFC 3986 section 2.1), ``/`` kept; undecodable
+    bytes (surrogate-escaped by the TFTP codec) are quoted as the bytes they were."""
+    return urllib.parse.quote(value.encode("utf-8", "surrogateescape"), safe="/")
+
+
+def _url_trouble(value: str) -> str | None:
+    """Why *value* may not go into a URL: a traversal once percent-decoded, or ``?``/``#``
+    (a query or a fragment, RFC 3986 section 3) as sent or decoded."""
+    decoded = urllib.parse.unquote(value, errors="surrogateescape")
+    for text in (value, decoded):
+        if "?" in text or "#" in text:
+            return "'?' or '#' in a value"
+    return traversal(decoded)
 
 
 def _compile_pattern(pattern: str) -> re.Pattern[str]:
@@ -76,6 +114,8 @@ class Filter:
     regex: re.Pattern[str]
     template: str           # the target, or the path inside ``[...]`` when indirect
     indirect: bool
+    fields: tuple[str, ...] = ()    # the variables the template uses
+    prefix: str = ""        # its fixed text up to the last "/" before the first variable
 
     @classmethod
     def parse(cls, pattern: str, target: str) -> Filter:
@@ -86,7 +126,15 @@ class Filter:
             raise ValueError(f"[filters] {pattern} = {target}: {error}")
         indirect = len(target) > 2 and target.startswith("[") and target.endswith("]")
         template = target[1:-1].strip() if indirect else target
-        return cls(pattern, _compile_pattern(pattern), template, indirect)
+        parsed = list(string.Formatter().parse(template))
+        fields = tuple(name for _text, name, _spec, _conv in parsed if name is not None)
+        prefix = ""
+        for text, name, _spec, _conv in parsed:
+            prefix += text
+            if name is not None:
+                break
+        prefix = prefix[:prefix.rfind("/") + 1]
+        return cls(pattern, _compile_pattern(pattern), template, indirect, fields, prefix)
 
     def matches(self, name: str) -> bool:
         """Whether the whole *name* (or it without one leading ``./``) matches."""
@@ -100,7 +148,8 @@ class Target:
     """Where a name leads: local candidate paths (the first existing wins) or a URL."""
 
     paths: tuple[str, ...] = ()
-    confine: str | None = None  # the real root a client-supplied path must stay inside
+    # the real directory a client-supplied path must stay inside, or one per path
+    confine: str | tuple[str, ...] | None = None
     url: str | None = None
 
 
@@ -140,11 +189,15 @@ class Resolver:
             raise FileError(FileReason.NOT_FOUND, "File not found")
         reason = traversal(name)
         if reason is None and self.remote:
-            decoded = urllib.parse.unquote(name)
+            decoded = urllib.parse.unquote(name, errors="surrogateescape")
             if decoded != name:
                 reason = traversal(decoded)
         if reason is not None:
             raise FileError(FileReason.ACCESS, f"Access violation: {reason}")
+        if self.remote:
+            name = normalise(name)   # one spelling, one URL, one cache entry
+            if not name:
+                raise FileError(FileReason.NOT_FOUND, "File not found")
         for flt in self._filters:
             if flt.matches(name):
                 break
@@ -152,22 +205,82 @@ class Resolver:
             if self.remote:
                 return Target(url=self._url(name))
             return Target(paths=(os.path.join(self.root, name),), confine=self._real_root)
-        target = flt.template.format_map(self._values(name, client_ip)).strip()
+        target = self._expand(flt, name, client_ip)
         if flt.indirect:
-            line = self._first_line(self._admin_paths(target))
+            paths = self._admin_paths(target)
+            if flt.fields and not flt.prefix and not self.remote:
+                paths = paths[:1]    # a bare client-chosen path: under the root only
+            line = self._first_line(paths)
             if line is None:
                 raise FileError(FileReason.NOT_FOUND, "File not found")
             target = line
-        log.debug("filter %s: %r -> %r", flt.pattern, name, target)
+        log.debug("filter %s: %s -> %s", flt.pattern, shown(name), shown(target))
         if not target:
             raise FileError(FileReason.NOT_FOUND, "File not found")
         if target.startswith(("http://", "https://")):
             return Target(url=target)
         if os.path.isabs(target):
+            if flt.fields and not flt.indirect:
+                return Target(paths=(target,), confine=os.path.realpath(flt.prefix))
             return Target(paths=(target,))
         if self.remote:
             return Target(url=self._url(target))
+        if flt.fields and not flt.indirect:
+            # a client-chosen path stays inside the template's fixed directory, on the real
+            # path too; a bare one ("{file}") under the root only, never in base_dir (where the
+            # config and the lease database live)
+            bases = (self.root, self._base_dir) if flt.prefix else (self.root,)
+            paths = tuple(os.path.join(b, target) for b in bases)
+            confine = tuple(os.path.realpath(os.path.join(b, flt.prefix)) for b in bases)
+            return Target(paths=paths, confine=confine)
         return Target(paths=self._admin_paths(target))
+
+    def _expand(self, flt: Filter, name: str, client_ip: str) -> str:
+        """Substitute the variables of *flt*'s template, each checked; raise FileError (ACCESS).
+
+        A template without variables is the administrator's text as written (``{{`` → ``{``).
+        """
+        if not flt.fields:
+            return flt.template.format_map({}).strip()
+        values = self._values(name, client_ip)
+        url = flt.template.startswith(("http://", "https://")) or (
+            self.remote and not flt.indirect and not flt.template.startswith("/"))
+        quoted = flt.template.startswith(("http://", "https://"))
+        for field in set(flt.fields):
+            value = values[field]
+            why = traversal(value) if value else None
+            if why is None and url and value:
+                why = _url_trouble(value)
+            if why is not None:
+                self._refuse(flt, field, value, client_ip, why)
+            if quoted:
+                values[field] = _quote(value)
+        target = flt.template.format_map(values).strip()
+        # The result as a whole: values side by side ("{arch}{file}") must not make a traversal
+        # either, and it must not leave the fixed prefix (RFC 3986 section 3.3 segments).
+        prefix = flt.prefix
+        if not target.startswith(prefix):     # strip() ate a prefix of blanks: refuse, never guess
+            self._refuse(flt, "", target, client_ip, "leaves the target's directory")
+        tail = target[len(prefix):]
+        query = ""
+        if quoted:
+            cut = min((i for i in (tail.find("?"), tail.find("#")) if i >= 0), default=len(tail))
+            tail, query = tail[:cut], tail[cut:]     # the administrator's own query, if any
+        why = traversal(urllib.parse.unquote(tail, errors="surrogateescape") if url else tail)
+        if why is None and not prefix and tail.startswith(("http://", "https://")):
+            why = "a value made a URL"
+        if why is not None:
+            self._refuse(flt, "", target, client_ip, why)
+        tail = normalise(tail)
+        if not tail:
+            raise FileError(FileReason.NOT_FOUND, "File not found")
+        return prefix + tail + query
+
+    @staticmethod
+    def _refuse(flt: Filter, field: str, value: str, client_ip: str, why: str) -> None:
+        what = f"{{{field}}} = " if field else "result "
+        log.info("filter %s: refused %s%s for %s: %s", flt.pattern, what, shown(value), client_ip, why)
+        raise FileError(FileReason.ACCESS, f"Access violation: {why}")
 
     def _values(self, name: str, client_ip: str) -> dict[str, str]:
         info = None
@@ -185,7 +298,11 @@ class Resolver:
         return values
 
     def _url(self, name: str) -> str:
-        return self.root + "/" + urllib.parse.quote(name, safe="/")
+        """The URL of *name* under a remote root: normalised, then quoted (RFC 3986 2.1)."""
+        name = normalise(name)
+        if not name:
+            raise FileError(FileReason.NOT_FOUND, "File not found")
+        return self.root + "/" + _quote(name)
 
     def _admin_paths(self, path: str) -> tuple[str, ...]:
         """Where a trusted relative path may be: under a local root, then under base_dir."""

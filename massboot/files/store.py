@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 
 import requests
 
 from massboot.events import EventBus
-from massboot.files.cache import CacheDir
+from massboot.files.cache import CacheDir, default_cache_dir
 from massboot.files.local import LocalFiles
-from massboot.files.mirror import Mirror
+from massboot.files.mirror import MAX_DOWNLOADS, Mirror
 from massboot.files.names import Resolver
 from massboot.sources import ClientLookup, FileError, Source
 
@@ -30,8 +28,11 @@ class FileStore:
         root: a local directory (relative to ``base_dir``) or an ``http://``/``https://`` prefix.
         filters: ``[filters]`` entries ``(pattern, target)`` in ini order.
         base_dir: the config file's directory; relative paths start there.
-        cache_dir: where remote files are kept; None → ``massboot-cache`` in the temp dir.
-        cache_max_bytes: the most the cache keeps on disk (files being read are never evicted).
+        cache_dir: where remote files are kept; None → :func:`~massboot.files.cache.default_cache_dir`
+            of ``base_dir``. Created ``0700``; it must be private (see ``CacheDir.load``).
+        cache_max_bytes: the most the cache keeps on disk, files being read and downloads in
+            flight included (files being read are never evicted).
+        max_downloads: upstream downloads at once.
         revalidate_after: seconds a cached file is served without asking the mirror.
         http_timeout: seconds for the upstream connect, the response headers and each body read.
         client_lookup: the DHCP side's knowledge of a client, for filter variables.
@@ -40,11 +41,14 @@ class FileStore:
 
     Raises:
         ValueError: a filter target uses an unknown ``{variable}``.
+        ConfigError: the cache directory cannot be created or is not private
+            (``[tftpd] cache_dir``), when the root or a filter target is a URL.
     """
 
     def __init__(self, root: str, filters: Sequence[tuple[str, str]] = (), *, base_dir: str = ".",
                  cache_dir: str | None = None, cache_max_bytes: int = 2 << 30,
                  revalidate_after: float = 300.0, http_timeout: float = 10.0,
+                 max_downloads: int = MAX_DOWNLOADS,
                  client_lookup: ClientLookup | None = None, events: EventBus | None = None,
                  session: requests.Session | None = None) -> None:
         self._local = LocalFiles()
@@ -53,13 +57,16 @@ class FileStore:
                                first_line=self._local.first_line)
         self._own_session = session is None
         self._session = session if session is not None else requests.Session()
-        cache = CacheDir(cache_dir if cache_dir is not None else os.path.join(
-            tempfile.gettempdir(), "massboot-cache"), cache_max_bytes, revalidate_after)
+        cache = CacheDir(cache_dir if cache_dir is not None else default_cache_dir(base_dir),
+                         cache_max_bytes, revalidate_after)
         # a local root uses the cache too, for the http(s):// targets of its filters
         self._mirror = Mirror(cache, self._local, self._session, http_timeout=http_timeout,
-                              revalidate_after=revalidate_after,
+                              revalidate_after=revalidate_after, max_downloads=max_downloads,
                               events=events if events is not None else EventBus())
-        if self._names.remote:
+        # checked at startup when URLs are known to be fetched; a [path] filter file that names
+        # a URL only at run time makes the first download check it (Mirror._ensure_dir)
+        if self._names.remote or any(t.strip().startswith(("http://", "https://"))
+                                     for _p, t in filters):
             cache.load()
 
     @property
@@ -86,6 +93,22 @@ class FileStore:
     def cached_files(self) -> int:
         """Number of complete files held in the cache."""
         return len(self._mirror.cache)
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes counted against ``cache_max_bytes``: complete, still read after eviction, and
+        reserved by downloads in flight."""
+        return self._mirror.cache.used
+
+    @property
+    def downloads_active(self) -> int:
+        """Upstream downloads in flight."""
+        return self._mirror.active
+
+    @property
+    def refused(self) -> dict[str, int]:
+        """Requests refused by a cache bound, by reason (``downloads``, ``space``)."""
+        return dict(self._mirror.refused)
 
     hits = _counter("hits", "Opens served from a cached copy (fresh, revalidated, or stale "
                            "with the mirror down).")

@@ -67,3 +67,27 @@ def test_remote_root_is_not_checked_locally(tmp_path):
     path.write_text(INI.format(root="http://127.0.0.1:9/netboot"))
     result = run(path, "-t", "--check-config")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("mode", [("-t",), ("--check-config",)])
+def test_cache_dir_others_may_write_exits_2(tmp_path, mode):
+    """A cache directory another user could plant files in (issue #11): refused at startup,
+    naming the option, the path and the fix."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.chmod(cache, 0o777)
+    path = tmp_path / "massboot.ini"
+    path.write_text(INI.format(root="http://127.0.0.1:9/netboot") + f"cache_dir = {cache}\n")
+    result = run(path, *mode)
+    assert result.returncode == 2, result.stderr
+    assert f"[tftpd] cache_dir = '{cache}': writable by group or others (mode 0777)" in result.stderr
+    assert "chmod 0700" in result.stderr
+
+
+def test_default_cache_dir_is_private_in_the_state_dir(tmp_path):
+    path = tmp_path / "massboot.ini"
+    path.write_text(INI.format(root="http://127.0.0.1:9/netboot"))
+    result = run(path, "-t", "--check-config")
+    assert result.returncode == 0, result.stderr
+    assert f"tftp: remote cache {tmp_path / 'cache'}, max 2048 MiB, 8 downloads" in result.stdout
+    assert os.stat(tmp_path / "cache").st_mode & 0o777 == 0o700

@@ -64,7 +64,8 @@ def test_dhcp_lines_read_as_the_readme_shows_them(caplog: pytest.LogCaptureFixtu
         ("INFO", f"ack mac={mac1} ip=0.0.0.0 phase=os arch=- file=pxelinux.0 to=127.0.0.2:"),   # INFORM
         ("INFO", f"nak mac={mac1} phase=os requested=127.0.0.110 bound=127.0.0.100"),
         ("INFO", f"release mac={mac1} ip=127.0.0.100"),
-        ("WARNING", f"decline mac={mac2} ip=127.0.0.101: address set aside (in use by another host?)"),
+        ("WARNING", f"decline mac={mac2} ip=127.0.0.101: address set aside for the probation "
+                    "(in use by another host?)"),
         ("DEBUG", "dhcp malformed from 127.0.0.2: 100 bytes: shorter than the 236-byte BOOTP header"),
     ]
     for level, line in expected:

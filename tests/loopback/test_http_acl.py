@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -12,8 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import gevent
 import gevent.event
 import pytest
+import requests
 
 from massboot.acl import HttpAcl, Verdict
+from tests.conftest import require
 
 MAC = bytes.fromhex("00aa55123456")
 UUID = "12345678-abcd-ef00-1111-abcdefabcdef"
@@ -171,10 +176,13 @@ def test_empty_2xx_allows(acl_server) -> None:
     assert (result.client_name, result.file) == (None, None)
 
 
-def test_redirect_is_followed(acl_server) -> None:
+def test_redirect_is_not_followed(acl_server) -> None:
+    """A 302 is the status it is, a denial: following it would let another server (or another
+    path) answer for this one. Before issue #11 it was followed and allowed the client."""
     result = acl(acl_server, pxe_path="redirect").check(MAC, uuid=None, ip=None, pxe=True)
-    assert result.verdict is Verdict.ALLOWED
-    assert result.client_name == "Tester-001"
+    assert result.verdict is Verdict.DENIED and result.reason == "status 302"
+    assert result.client_name is None
+    assert len(acl_server.lines) == 1                     # /boot was never asked
 
 
 @pytest.mark.parametrize(("path", "status"), [("deny", 401), ("fail", 500), ("missing", 404)])
@@ -232,3 +240,104 @@ def test_environment_proxy_is_not_used(acl_server, refused_location, monkeypatch
     monkeypatch.delenv("NO_PROXY", raising=False)
     result = acl(acl_server).check(MAC, uuid=None, ip=None, pxe=True)
     assert result.verdict is Verdict.ALLOWED
+
+
+# -- the verdict cache and the call bound (issue #10) ------------------------------------
+
+
+def test_verdicts_cached_denials_included_errors_not(acl_server, refused_location) -> None:
+    now = [0.0]
+    checker = acl(acl_server, "boot", "deny", cache_ttl=30, clock=lambda: now[0])
+    for _ in range(3):
+        assert checker.check(MAC, uuid=UUID, ip=None, pxe=True).client_name == "Tester-001"
+        assert checker.check(MAC, uuid=UUID, ip=None, pxe=False).verdict is Verdict.DENIED
+    assert len(acl_server.lines) == 2 and checker.calls == 2 and checker.cache_hits == 4
+    checker.check(MAC, uuid=None, ip=None, pxe=True)               # another question: asked
+    assert len(acl_server.lines) == 3
+    now[0] = 29.9
+    checker.check(MAC, uuid=UUID, ip=None, pxe=True)
+    assert len(acl_server.lines) == 3
+    now[0] = 30.0                                                  # expired: asked again
+    checker.check(MAC, uuid=UUID, ip=None, pxe=True)
+    assert len(acl_server.lines) == 4
+    dead = HttpAcl(refused_location, "boot", "linux", timeout=1)
+    for _ in range(2):
+        assert dead.check(MAC, uuid=None, ip=None, pxe=True).verdict is Verdict.ERROR
+    assert dead.calls == 2 and dead.cache_hits == 0
+
+
+def test_cache_ttl_zero_and_entries_bound(acl_server) -> None:
+    nocache = acl(acl_server, cache_ttl=0)
+    nocache.check(MAC, uuid=None, ip=None, pxe=True)
+    nocache.check(MAC, uuid=None, ip=None, pxe=True)
+    assert nocache.calls == 2
+    small = acl(acl_server, cache_entries=2)
+    macs = [bytes([2, 0, 0, 0, 0, i]) for i in range(3)]
+    for mac in macs:
+        small.check(mac, uuid=None, ip=None, pxe=True)
+    assert small.cached(macs[0], uuid=None, ip=None, pxe=True) is None        # least recently used
+    assert small.cached(macs[2], uuid=None, ip=None, pxe=True) is not None
+
+
+def test_submit_is_bounded_and_keeps_a_quarter_for_known_clients(acl_server) -> None:
+    checker = acl(acl_server, "slow", max_calls=4)
+    assert checker.stranger_calls == 3
+    results = []
+    for i in range(3):
+        assert checker.submit(bytes([2, 0, 0, 0, 0, i]), uuid=None, ip=None, pxe=True, then=results.append)
+    gevent.sleep(0.1)
+    assert not checker.submit(bytes([2, 0, 0, 0, 0, 9]), uuid=None, ip=None, pxe=True, then=results.append)
+    assert checker.submit(MAC, uuid=None, ip=None, pxe=True, then=results.append, known=True)
+    assert not checker.submit(MAC, uuid=UUID, ip=None, pxe=True, then=results.append, known=True)
+    assert checker.busy() == (4, 4) and checker.refused == 2
+    acl_server.gate.set()
+    checker.pool.join(timeout=5)
+    assert [r.verdict for r in results] == [Verdict.ALLOWED] * 4 and checker.busy() == (0, 4)
+
+
+# -- https (issue #11) ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_acl_server(tmp_path) -> Iterator[tuple[AclServer, str]]:
+    """The same ACL server over TLS, with a self-signed certificate for 127.0.0.1 made here."""
+    require(shutil.which("openssl") is not None, "openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server = _Server(("127.0.0.1", 0), _Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    host, port = server.server_address[:2]
+    server.record = AclServer(f"https://{host}:{port}")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server.record, str(cert)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_https_location_is_asked_over_tls(tls_acl_server) -> None:
+    """``location = https://host:port``: TLS, and the certificate is verified. Unknown to the
+    CA bundle, a self-signed one is an error (the client is ignored, never allowed); trusted
+    through the session (``verify``), the answer is read."""
+    server, cert = tls_acl_server
+    untrusted = acl(server).check(MAC, uuid=None, ip=None, pxe=True)
+    assert untrusted.verdict is Verdict.ERROR and "SSLError" in untrusted.reason
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = cert
+    result = acl(server, session=session).check(MAC, uuid=None, ip=None, pxe=True)
+    assert result.verdict is Verdict.ALLOWED and result.client_name == "Tester-001"
+    assert server.last_line() == "GET /boot?mac=00-AA-55-12-34-56 HTTP/1.1\r\n"
+    assert acl(server).url(MAC, uuid=None, ip=None, pxe=True).startswith(server.location + "/boot?")
+
+
+def test_plain_location_keeps_meaning_http(acl_server) -> None:
+    assert acl(acl_server).url(MAC, uuid=None, ip=None, pxe=True).startswith(
+        f"http://{acl_server.location}/boot?")

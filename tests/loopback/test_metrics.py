@@ -31,6 +31,7 @@ from massboot import __version__
 from massboot import config as cfg
 from massboot.cli import Services
 from massboot.config import MetricsConfig
+from massboot.dhcp.leases import LeaseStats
 from massboot.dhcp.packet import MessageType, Opt
 from massboot.dhcp.packet import Reason as DhcpReason
 from massboot.events import EventBus
@@ -530,6 +531,9 @@ class FakeDhcp:
     def lease_counts(self) -> dict[str, tuple[int, int]]:
         return {"main": (3, 20), "rack2": (0, 5)}
 
+    def lease_stats(self) -> dict[str, LeaseStats]:
+        return {"main": LeaseStats(offers_expired=4, reclaimed=2, probation_ended=1), "rack2": LeaseStats()}
+
     def client_identity(self, mac: str) -> tuple[str | None, int | None]:
         return (UUID, 7) if mac == MAC_A else (None, None)
 
@@ -538,6 +542,8 @@ class FakeCache:
     remote = True
     cached_bytes = 1234
     cached_files = 2
+    used_bytes = 2345
+    downloads_active = 1
 
 
 def test_status_interfaces() -> None:
@@ -558,7 +564,12 @@ def test_status_interfaces() -> None:
         == (2, 10)
     assert v("massboot_dhcp_leases_in_use", {"scope": "rack2"}) == 0
     assert v("massboot_dhcp_leases_capacity", {"scope": "main"}) == 20
+    assert v("massboot_dhcp_offers_expired_total", {"scope": "main"}) == 4
+    assert v("massboot_dhcp_leases_reclaimed_total", {"scope": "main"}) == 2
+    assert v("massboot_dhcp_probations_ended_total", {"scope": "main"}) == 1
+    assert v("massboot_dhcp_leases_reclaimed_total", {"scope": "rack2"}) == 0
     assert v("massboot_cache_stored_bytes") == 1234 and v("massboot_cache_stored_files") == 2
+    assert v("massboot_cache_used_bytes") == 2345 and v("massboot_cache_downloads_active") == 1
     bus.emit("dhcp.exhausted", mac=MAC_A, scope="rack2")
     bus.emit("dhcp.exhausted", mac=MAC_A, scope="rack9")          # not configured: bounded to other
     assert v("massboot_dhcp_pool_exhausted_total", {"scope": "rack2"}) == 1
@@ -586,3 +597,20 @@ def test_status_interfaces() -> None:
 ])
 def test_malformed_reasons(protocol: str, text: object, reason: str) -> None:
     assert malformed_reason(protocol, text) == reason
+
+
+def test_lease_lifecycle_counters() -> None:
+    """README, "Lease lifecycle": probes by result, refused DECLINEs as an ignored reason."""
+    registry = CollectorRegistry()
+    bus = EventBus()
+    Metrics(MetricsConfig(port=0), bus, registry=registry)
+    v = registry.get_sample_value
+    assert v("massboot_dhcp_probes_total", {"result": "in_use"}) == 0
+    bus.emit("dhcp.probe", mac=MAC_A, ip="10.0.0.5", result="in_use", scope="main")
+    bus.emit("dhcp.probe", mac=MAC_A, ip="10.0.0.6", result="free", scope="main")
+    bus.emit("dhcp.ignored", mac=MAC_A, reason="decline_refused", phase="os", detail="other_mac")
+    bus.emit("dhcp.ignored", mac=MAC_A, reason="address_in_use", phase="pxe")
+    assert v("massboot_dhcp_probes_total", {"result": "in_use"}) == 1
+    assert v("massboot_dhcp_probes_total", {"result": "free"}) == 1
+    assert v("massboot_dhcp_requests_ignored_total", {"reason": "decline_refused"}) == 1
+    assert v("massboot_dhcp_requests_ignored_total", {"reason": "address_in_use"}) == 1

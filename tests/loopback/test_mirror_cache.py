@@ -4,10 +4,14 @@ failing cache disk, seen by a TFTP client."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import os
+import pwd
 import random
 import socket
+import stat
 import subprocess
 import time
 
@@ -17,9 +21,9 @@ import pytest
 import requests
 from prometheus_client import CollectorRegistry
 
-from massboot.config import MetricsConfig
+from massboot.config import ConfigError, MetricsConfig
 from massboot.events import EventBus, EventRecorder
-from massboot.files import FileError, FileReason, FileStore
+from massboot.files import ClientInfo, FileError, FileReason, FileStore
 from massboot.metrics import Metrics
 from massboot.tftp.packet import Data, Error, OptionAck
 from massboot.tftp.server import TftpServer
@@ -279,25 +283,40 @@ def test_lru_eviction(mirror, make_store):
 
 
 def test_file_being_read_is_never_evicted(mirror, make_store):
+    """a (being read) and b do not fit together: b waits for a's reader, then is refused after
+    http_timeout; once a's reader is done, b evicts it. Before issue #11, b was downloaded and
+    kept beside a, 200 KB in a cache bounded at 150 KB."""
     for name in "ab":
         mirror.files[name] = random.Random(name).randbytes(100_000)
-    store = make_store(mirror.root, cache_max_bytes=150_000)
+    store = make_store(mirror.root, cache_max_bytes=150_000, http_timeout=0.5)
     assert drain(store.open("a", IP)) == mirror.files["a"]
     wait_until(lambda: store.cached_files == 1)
     held = store.open("a", IP)                                  # pins a
     assert held.read(0, 1000) == mirror.files["a"][:1000]
-    assert drain(store.open("b", IP)) == mirror.files["b"]
-    wait_until(lambda: store.misses == 2 and store.cached_files == 1)
-    assert drain(held) == mirror.files["a"]                      # still whole
-    assert drain(store.open("a", IP)) == mirror.files["a"]
-    assert len(mirror.gets("a")) == 1 and len(mirror.gets("b")) == 1
+    with pytest.raises(FileError) as err:
+        store.open("b", IP)
+    assert err.value.reason is FileReason.UPSTREAM and "cache full" in err.value.message
+    assert store.refused == {"downloads": 0, "space": 1} and store.used_bytes == 100_000
+    waiting = gevent.spawn(lambda: drain(store.open("b", IP)))
+    wait_until(lambda: len(mirror.gets("b")) == 2)              # b's download waits for space
+    assert drain(held) == mirror.files["a"]                      # still whole; closing frees a
+    assert waiting.get(timeout=10) == mirror.files["b"]
+    wait_until(lambda: store.cached_files == 1 and store.cached_bytes == 100_000)
+    assert store.used_bytes == 100_000
+    assert len(mirror.gets("a")) == 1
 
 
-def test_file_larger_than_the_cache_is_served(mirror, make_store):
+def test_file_larger_than_the_cache_is_refused(mirror, make_store):
+    """A file that can never fit in cache_size is refused at its headers (counted), no longer
+    streamed past the bound."""
     mirror.files["huge"] = random.Random(5).randbytes(300_000)
     store = make_store(mirror.root, cache_max_bytes=100_000)
-    assert drain(store.open("huge", IP)) == mirror.files["huge"]
-    wait_until(lambda: store.cached_files == 0)
+    with pytest.raises(FileError) as err:
+        store.open("huge", IP)
+    assert err.value.message == "upstream failed: larger than the cache"
+    assert store.refused["space"] == 1 and store.upstream_bytes == 0
+    wait_until(lambda: store.downloads_active == 0)
+    assert store.used_bytes == 0 and store.cached_files == 0
 
 
 # ----------------------------------------------------------------------- dead mirror, prefetch
@@ -384,13 +403,15 @@ def test_upstream_404_is_remembered_for_a_while(mirror, make_store):
 class Served:
     """massboot's TFTP side on a mirror root: the file store, the TFTP server, the metrics."""
 
-    def __init__(self, root: str, cache_dir: str, http_timeout: float) -> None:
+    def __init__(self, root: str, cache_dir: str, http_timeout: float, **kw) -> None:
         self.bus = EventBus()
         self.events = EventRecorder()
         self.bus.subscribe(self.events)
         self.store = FileStore(root, cache_dir=cache_dir, http_timeout=http_timeout, events=self.bus,
-                               session=requests.Session())
-        self.tftp = TftpServer("127.0.0.1", 0, self.store, self.bus, timeout_min=0.5, timeout_max=2.0)
+                               session=requests.Session(), **kw)
+        # every test client sends from 127.0.0.1: no per-address cap ([tftpd] max_per_client)
+        self.tftp = TftpServer("127.0.0.1", 0, self.store, self.bus, timeout_min=0.5, timeout_max=2.0,
+                               max_per_client=1000)
         self.tftp.start()
         self.metrics = Metrics(MetricsConfig(port=0), self.bus, registry=CollectorRegistry(),
                                tftp=self.tftp, cache=self.store)
@@ -434,8 +455,8 @@ class Served:
 def serve(tmp_path):
     made = []
 
-    def make(root: str, cache_dir: str | None = None, http_timeout: float = 5.0) -> Served:
-        served = Served(root, cache_dir or str(tmp_path / "cache"), http_timeout)
+    def make(root: str, cache_dir: str | None = None, http_timeout: float = 5.0, **kw) -> Served:
+        served = Served(root, cache_dir or str(tmp_path / "cache"), http_timeout, **kw)
         made.append(served)
         return served
 
@@ -478,24 +499,33 @@ def test_chunked_or_close_delimited_body_is_served_and_cached(mirror, serve, fra
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked", "close"])
-def test_gzip_content_encoding_is_refused(mirror, serve, framing):
-    """massboot asks for identity; a mirror that gzips anyway is refused, never guessed at: the
-    gzip could be the file compressed in transit or a .gz file labelled with its encoding."""
+def test_content_encoding_is_stored_as_sent(mirror, serve, framing):
+    """massboot asks for identity; a mirror that gzips anyway is stored and served exactly as
+    sent, as curl would store it (before: refused with error 0)."""
     mirror.files["initrd.img"] = BODY
     mirror.gzip = True
     mirror.framing = framing
     served = serve(mirror.root)
+    wire = gzip.compress(BODY, mtime=0)
     data, error, _ = served.get("initrd.img")
-    assert data == b"" and error is not None and error.code == 0
-    assert "the mirror sent Content-Encoding gzip, asked for identity" in error.message
+    assert error is None and sha(data) == sha(wire)
     assert mirror.gets("initrd.img")[0]["accept-encoding"] == "identity"
-    assert [e.get("reason") for e in served.events.of("tftp.denied")] == ["error"]
-    assert served.value("massboot_cache_upstream_failures_total", reason="error") == 1
-    assert served.value("massboot_tftp_requests_denied_total", reason="error") == 1
-    assert served.store.cached_files == 0
-    mirror.gzip = False                                           # the mirror is fixed
-    data, error, _ = served.get("initrd.img")
-    assert error is None and sha(data) == sha(BODY)
+    wait_until(lambda: served.store.cached_files == 1 and served.store.cached_bytes == len(wire))
+    data, error, tsize = served.get("initrd.img")              # from the cache: the same bytes
+    assert error is None and sha(data) == sha(wire) and tsize == len(wire)
+
+
+def test_gz_file_labelled_gzip_is_served_byte_exact(mirror, serve):
+    """Apache's ``AddEncoding x-gzip .gz``: an initrd.gz sent as is, labelled
+    ``Content-Encoding: gzip``. The TFTP client gets the .gz file, byte for byte."""
+    initrd_gz = gzip.compress(BODY, mtime=0)
+    mirror.files["initrd.gz"] = initrd_gz
+    mirror.encoding = "gzip"
+    served = serve(mirror.root)
+    data, error, tsize = served.get("initrd.gz")
+    assert error is None and hashlib.sha256(data).hexdigest() == hashlib.sha256(initrd_gz).hexdigest()
+    assert tsize == len(initrd_gz)
+    assert served.value("massboot_cache_upstream_failures_total", reason="error") == 0
 
 
 @pytest.mark.parametrize(("status", "code", "text", "reason"), [
@@ -679,3 +709,211 @@ def test_damaged_copy_at_restart_is_fetched_again(mirror, serve, tmp_path, damag
     data, error, _ = restarted.get("vmlinuz")
     assert error is None and sha(data) == sha(BODY)
     assert len(mirror.gets("vmlinuz")) == 2 and restarted.value("massboot_cache_misses_total") == 1
+
+
+# ----------------------------------------------------------------------- issue #11: the attacks
+
+
+def dir_bytes(path) -> int:
+    """Bytes of file contents in a cache directory: complete files and downloads (the metadata
+    files, a few hundred bytes each, are not counted by cache_size)."""
+    total = 0
+    for entry in os.scandir(path):
+        if entry.name.endswith((".data", ".part")):
+            try:
+                total += entry.stat().st_size
+            except OSError:       # removed meanwhile
+                pass
+    return total
+
+
+@pytest.mark.parametrize("names", [("x", "./x", "././x", ".//x", "x/", "./x//")])
+def test_one_download_whatever_the_spelling(mirror, serve, names):
+    """Before: each spelling was its own cache key, one full download and one copy each."""
+    mirror.files["x"] = BODY
+    served = serve(mirror.root)
+    for name in names:
+        data, error, _ = served.get(name)
+        assert error is None and sha(data) == sha(BODY), name
+        wait_until(lambda: served.store.downloads_active == 0)
+    assert len(mirror.gets("x")) == 1 and len(mirror.requests) == 1
+    assert served.store.cached_files == 1 and served.store.upstream_bytes == len(BODY)
+
+
+def test_unacknowledged_requests_stay_within_the_bounds(mirror, serve, tmp_path):
+    """20 RRQs (one datagram each, never acknowledged) for distinct 2 MiB files, a 16 MiB
+    cache. Before issue #11: 40 MiB pulled from the mirror and 40 MiB on disk. Now: disk use
+    (sampled at every event and every 5 ms) never over cache_size, at most max_downloads
+    downloads at once, upstream bytes within cache_size; the rest is refused, counted."""
+    size, count, bound, max_downloads = 2 << 20, 20, 16 << 20, 8
+    for i in range(count):
+        mirror.files[f"big{i}"] = random.Random(i).randbytes(size)
+    served = serve(mirror.root, http_timeout=1.0, cache_max_bytes=bound, max_downloads=max_downloads)
+    cache = tmp_path / "cache"
+    peak = {"disk": 0, "used": 0, "downloads": 0}
+
+    def sample(_event=None) -> None:
+        peak["disk"] = max(peak["disk"], dir_bytes(cache))
+        peak["used"] = max(peak["used"], served.store.used_bytes)
+        peak["downloads"] = max(peak["downloads"], served.store.downloads_active)
+
+    served.bus.subscribe(sample)
+    sampler = gevent.spawn(lambda: [(sample(), gevent.sleep(0.005)) for _ in iter(int, 1)])
+    clients = [Client(served.tftp.port) for _ in range(count)]
+    try:
+        for i, client in enumerate(clients):
+            client.rrq(f"big{i}")                   # and never a word more
+        answered = lambda: len(served.events.of("tftp.start")) + len(served.events.of("tftp.denied"))  # noqa: E731
+        wait_until(lambda: answered() == count, timeout=60)
+        wait_until(lambda: served.store.downloads_active == 0, timeout=60)
+    finally:
+        sampler.kill()
+        for client in clients:
+            client.close()
+    sample()
+    refused = served.store.refused
+    print(f"\nupstream bytes {served.store.upstream_bytes} (mirror sent {mirror.sent}), "
+          f"peak disk {peak['disk']}, peak used {peak['used']}, peak downloads "
+          f"{peak['downloads']} (mirror saw {mirror.peak}), refused {refused}")
+    assert peak["disk"] <= bound and peak["used"] <= bound
+    assert peak["downloads"] <= max_downloads and mirror.peak <= max_downloads
+    assert served.store.upstream_bytes <= bound and mirror.sent <= bound
+    assert len(served.events.of("tftp.denied")) == refused["space"] + refused["downloads"] > 0
+    assert served.value("massboot_cache_refused_total", reason="space") == refused["space"]
+    assert served.value("massboot_cache_refused_total", reason="downloads") == refused["downloads"]
+
+
+def test_future_metadata_is_revalidated(mirror, serve, tmp_path):
+    """A ``fetched`` time in the future used to make a copy fresh for ever: now it is stale at
+    once, and the mirror is asked before it is served."""
+    mirror.files["vmlinuz"] = BODY
+    first = serve(mirror.root)
+    assert sha(first.get("vmlinuz")[0]) == sha(BODY)
+    wait_until(lambda: first.store.cached_files == 1)
+    first.close()
+    meta_file = cached_path(tmp_path, "json")
+    meta = json.loads(meta_file.read_text())
+    meta["fetched"] = time.time() + 10 * 365 * 86400
+    meta_file.write_text(json.dumps(meta))
+    new = BODY[::-1]
+    mirror.files["vmlinuz"] = new
+    restarted = serve(mirror.root)
+    data, error, _ = restarted.get("vmlinuz")
+    assert error is None and sha(data) == sha(new)
+    assert len(mirror.gets("vmlinuz")) == 2 and "if-none-match" in mirror.gets("vmlinuz")[1]
+
+
+def test_group_writable_cache_dir_is_refused(mirror, tmp_path):
+    cache = tmp_path / "shared"
+    cache.mkdir()
+    os.chmod(cache, 0o777)
+    with pytest.raises(ConfigError) as err:
+        FileStore(mirror.root, cache_dir=str(cache))
+    assert (err.value.section, err.value.option, err.value.value) == ("tftpd", "cache_dir", str(cache))
+    assert "chmod 0700" in str(err.value)
+
+
+def test_cache_dir_of_another_user_is_refused(mirror, tmp_path):
+    require_root()
+    cache = tmp_path / "planted"
+    cache.mkdir(mode=0o700)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(cache, nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(ConfigError) as err:
+        FileStore(mirror.root, cache_dir=str(cache))
+    assert "owned by uid" in str(err.value) and "chown" in str(err.value)
+    assert mirror.requests == []
+
+
+def test_new_cache_dir_is_private_and_default_is_in_the_base_dir(mirror, tmp_path):
+    store = FileStore(mirror.root, base_dir=str(tmp_path))
+    try:
+        assert stat.S_IMODE(os.stat(tmp_path / "cache").st_mode) == 0o700
+    finally:
+        store.close()
+
+
+def test_local_root_with_url_filter_creates_its_cache(mirror, tmp_path):
+    """Before: the cache directory was created for remote roots only, so a URL filter target
+    of a local root failed (UPSTREAM) when cache_dir did not exist."""
+    mirror.files["images/pxelinux.0"] = b"remote pxe"
+    root = tmp_path / "root"
+    root.mkdir()
+    store = FileStore(str(root), [("pxelinux.0", mirror.root + "/images/{filename}")],
+                      cache_dir=str(tmp_path / "new" / "cache"))
+    try:
+        assert drain(store.open("pxelinux.0", IP)) == b"remote pxe"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("name", ["%2e%2e/%2e%2e/etc/passwd", "x?x=1", "a%3Fb=1", "x#y"])
+def test_client_values_never_reach_the_mirror(mirror, serve, tmp_path, name):
+    root = tmp_path / "root"
+    root.mkdir()
+    served = serve(str(root), filters=[("*", mirror.root + "/{filename}")])
+    data, error, _ = served.get(name)
+    assert data == b"" and error is not None and error.code == 2
+    assert mirror.requests == []
+    assert served.value("massboot_tftp_requests_denied_total", reason="access") == 1
+
+
+def test_acl_file_value_is_refused(serve, tmp_path):
+    """deploy/http-acl.ini's ``next.cfg = {file}`` and an ACL answer ``File: /etc/passwd``:
+    before, /etc/passwd was served."""
+    root = tmp_path / "root"
+    root.mkdir()
+    served = serve(str(root), filters=[("next.cfg", "{file}")],
+                   client_lookup=lambda ip: ClientInfo(ip, file="/etc/passwd"))
+    data, error, _ = served.get("next.cfg")
+    assert data == b"" and error is not None and error.code == 2
+
+
+def test_non_utf8_name_is_one_error_without_traceback(mirror, serve, caplog):
+    """Before: a traceback per request (the name could not be quoted into a URL)."""
+    mirror.files["%FF%FE.bin"] = b"latin"      # the mirror's name for those bytes
+    served = serve(mirror.root)
+    data, error, _ = served.get("\udcff\udcfe.bin")
+    assert error is None and data == b"latin"
+    data, error, _ = served.get("\udcff.missing")
+    assert error is not None and error.code == 1
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+@pytest.mark.parametrize("trouble", ["status", "stall", "cut"])
+def test_client_error_text_has_no_url(mirror, serve, caplog, trouble):
+    mirror.files["vmlinuz"] = BODY
+    if trouble == "status":
+        mirror.status["vmlinuz"] = 503
+    elif trouble == "stall":
+        mirror.hold_at = 100_000
+    else:
+        mirror.cut_at = 100_000
+    served = serve(mirror.root, http_timeout=0.5)
+    _, error, _ = served.get("vmlinuz")
+    assert error is not None and error.message.startswith("upstream failed")
+    port = str(mirror.server.server_port)
+    assert "http" not in error.message and port not in error.message
+    for event in served.events.of("tftp.denied"):
+        assert port not in event.get("message")
+    assert any(mirror.root in r.getMessage() for r in caplog.records)    # the log keeps it
+
+
+def test_downloads_beyond_max_downloads_wait_then_are_refused(mirror, make_store):
+    """Two slots, two slow but steady downloads: a third request waits http_timeout for a slot
+    then is refused; a size() prefetch never waits; once the slots free, requests proceed."""
+    for name in ("a", "b", "c"):
+        mirror.files[name] = name.encode() * 100_000
+    mirror.drip = (1000, 0.05)                       # 5 s each, never silent for 0.5 s
+    store = make_store(mirror.root, max_downloads=2, http_timeout=0.5)
+    assert store.size("a", IP) is None and store.size("b", IP) is None     # two prefetches
+    assert store.downloads_active == 2
+    assert store.size("c", IP) is None and store.refused["downloads"] == 1   # not started
+    waiter = gevent.spawn(store.open, "c", IP)
+    wait_until(lambda: waiter.dead)
+    assert isinstance(waiter.exception, FileError) and "too many downloads" in waiter.exception.message
+    assert store.refused["downloads"] == 2 and mirror.gets("c") == []
+    mirror.drip = None
+    wait_until(lambda: store.downloads_active == 0)
+    assert drain(store.open("c", IP)) == b"c" * 100_000
+    assert mirror.peak <= 2

@@ -169,6 +169,24 @@ def test_describe_mentions_what_is_served():
     assert "192.168.25.100 .. 192.168.25.104" in text and "arch 7 'shimx64.efi'" in text
 
 
+def test_lease_lifecycle_options():
+    """README, "Lease lifecycle": defaults, values, and errors naming section, option and value."""
+    base = "[bootpd]\npool_start = 10.0.0.10\n{}\n[bootfile]\ndefault = a\n"
+    b = cfg.loads(base.format("")).bootp
+    assert (b.offer_hold, b.reclaim, b.decline_probation, b.probe, b.probe_timeout) == \
+        (60.0, "expired", 86400.0, True, 0.5)
+    b = cfg.loads(base.format("offer_hold = 5\nreclaim = NEVER\ndecline_probation = 0\nprobe = off\n"
+                              "probe_timeout = 0.2")).bootp
+    assert (b.offer_hold, b.reclaim, b.decline_probation, b.probe, b.probe_timeout) == \
+        (5.0, "never", 0.0, False, 0.2)
+    assert "offers held 5s, reclaim never, decline probation 0s, probe off" in "\n".join(
+        cfg.describe(cfg.loads(base.format("offer_hold = 5\nreclaim = never\ndecline_probation = 0\n"
+                                           "probe = off"))))
+    for bad in ("reclaim = sometimes", "offer_hold = 0", "probe = maybe", "probe_timeout = 60"):
+        with pytest.raises(cfg.ConfigError, match=r"\[bootpd\] " + bad.split()[0]):
+            cfg.loads(base.format(bad))
+
+
 def test_pool_addresses():
     assert cfg.pool_addresses("10.0.0.254", 3) == ["10.0.0.254", "10.0.0.255", "10.0.1.0"]
 
@@ -290,3 +308,16 @@ def test_domain_is_explicit_only_when_given():
     assert not cfg.loads(BASE).bootp.domain_explicit
     c = cfg.loads(BASE + "[bootpd]\ndomain = rack.example\n")
     assert c.bootp.domain_explicit and c.bootp.domain == "rack.example"
+
+
+@pytest.mark.parametrize(("location", "ok"), [("h:8080", True), ("https://acl.example:8443", True),
+                                              ("http://h", True), ("ftp://h", False)])
+def test_http_location_scheme(location, ok):
+    """``[http] location``: host[:port] (plain HTTP, as pybootd), or an explicit http(s)://."""
+    text = BASE + f"[http]\nlocation = {location}\n[bootpd]\naccess = http\n"
+    if ok:
+        assert cfg.loads(text, path="/x/y.ini").bootp.http.location == location
+    else:
+        with pytest.raises(cfg.ConfigError) as err:
+            cfg.loads(text, path="/x/y.ini")
+        assert err.value.option == "location"

@@ -111,9 +111,12 @@ class World:
     acl_answer: AclResult = field(default_factory=lambda: AclResult(Verdict.ALLOWED))
     clients: dict = field(default_factory=dict)          # MAC → Client, as the server keeps them
     queries: list[AclQuery] = field(default_factory=list)
+    store_options: dict = field(default_factory=dict)    # offer_hold, reclaim, clock...
+    probe_answers: list = field(default_factory=list)    # what the scripted pings answer (then False)
+    probes: list = field(default_factory=list)           # the ProbeQuery steps asked
 
     def __post_init__(self) -> None:
-        self.main = Scope("main", MemoryLeaseStore(self.pool, self.reservations),
+        self.main = Scope("main", MemoryLeaseStore(self.pool, self.reservations, **self.store_options),
                           Network(SERVER, "255.255.255.0", "10.0.0.254", ("10.0.0.53", "10.0.0.54"), 3600),
                           ipaddress.IPv4Network("10.0.0.0/24"))
         self.rack = Scope("rack2", MemoryLeaseStore(RACK_POOL),
@@ -128,11 +131,15 @@ class World:
         if exchange.client is not None:
             self.clients.setdefault(request.mac, exchange.client)
         query, events = None, []
-        if isinstance(step, AclQuery):
-            query = step
-            self.queries.append(step)
+        while not isinstance(step, Outcome):       # as the server does
             events += [(e.kind, e.fields) for e in step.events]
-            step = exchange.on_acl(self.acl_answer)
+            if isinstance(step, AclQuery):
+                query = step
+                self.queries.append(step)
+                step = exchange.on_acl(self.acl_answer)
+            else:
+                self.probes.append(step)
+                step = exchange.on_probe(self.probe_answers.pop(0) if self.probe_answers else False)
         events += [(e.kind, e.fields) for e in step.events]
         return Run(step, events, query)
 
@@ -146,7 +153,8 @@ class World:
 
 
 def world(**settings) -> World:
-    extra = {k: settings.pop(k) for k in ("pool", "reservations", "acl_answer") if k in settings}
+    extra = {k: settings.pop(k) for k in ("pool", "reservations", "acl_answer", "store_options")
+             if k in settings}
     base = dict(server_ip=SERVER, sname="boot.example", server_port=67, default_bootfile="pxelinux.0",
                 bootfiles={7: "shimx64.efi", 9: "shimx64.efi"})
     base.update(settings)
@@ -231,8 +239,8 @@ FLOWS = [
          lease=("", "")),
     Flow("decline-drops-binding", BOUND_100, pkt(L, want="10.0.0.100"), no_reply="declined",
          events=("dhcp.received", "dhcp.declined"), lease=("", "")),
-    Flow("decline-of-another-address", BOUND_100, pkt(L, want="10.0.0.103"), no_reply="declined",
-         events=("dhcp.received", "dhcp.declined"), lease=("10.0.0.100", BOUND)),
+    Flow("decline-of-an-address-not-held-refused", BOUND_100, pkt(L, want="10.0.0.103"),
+         no_reply="decline_refused", events=("dhcp.received", "dhcp.ignored"), lease=("10.0.0.100", BOUND)),
     Flow("decline-without-option-50", (DISC,), pkt(L), no_reply="declined",
          events=("dhcp.received", "dhcp.declined"), lease=("", "")),
     Flow("bootp-answered-and-bound", (), os_pkt(None), settings=SIMPLE, reply="bootp", yiaddr="10.0.0.100",
@@ -325,6 +333,9 @@ def test_nak_inform_release_decline_details() -> None:
     assert release.event("dhcp.released") == {"mac": MAC_S, "ip": "10.0.0.100", "uuid": UUID}
     assert release.notices == [("RELEASE", MAC_S, "10.0.0.100", UUID)]
     assert w(pkt(D)).reply.yiaddr == "10.0.0.100"               # sticky after a release
+    refused = w(pkt(L, want="10.0.0.100"))                       # released: no longer its to decline
+    assert refused.event("dhcp.ignored")["detail"] == "not_held"
+    assert w(pkt(Q, sid=SERVER, want="10.0.0.100")).reply.message_type == A
     decline = w(pkt(L, want="10.0.0.100"))
     assert decline.event("dhcp.declined") == {"mac": MAC_S, "ip": "10.0.0.100"}
     assert w(pkt(D)).reply.yiaddr == "10.0.0.101"               # another address
@@ -586,3 +597,134 @@ def test_classify(packet, source, expected) -> None:
     request = classify(packet, source)
     assert request.mac == MAC_S and request.packet is packet and request.source == source
     assert {name: getattr(request, name) for name in expected} == expected
+
+
+@pytest.mark.parametrize("hlen, htype, chaddr", [(0, 1, b""), (3, 1, b"\1\2\3"), (16, 1, bytes(16)),
+                                                  (0, 32, b""), (5, 6, bytes(5))])
+def test_unusable_hardware_address_is_malformed_before_any_lookup(hlen, htype, chaddr) -> None:
+    """``hlen`` below 6 (or not 6 for Ethernet): the codec accepts it (RFC 2131 §2), massboot
+    cannot key a client by it; the lease store is never asked (it would raise on the MAC)."""
+    w = world(access="mac")
+    run = w(pkt(mac=chaddr, hlen=hlen, htype=htype))
+    assert run.outcome.no_reply == "malformed" and not w.clients
+    assert run.event("dhcp.malformed")["reason"] == "bad_hlen"
+    assert run.kinds == ["dhcp.malformed"]
+    assert classify(pkt(hlen=6, htype=6), BCAST).bad_hlen is None       # IEEE 802: 6 octets, fine
+
+
+# ---------------------------------------------------------------- lease lifecycle: DECLINE, probes
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+THIRD = bytes.fromhex("5254000000cc")
+
+
+@pytest.mark.parametrize("sender, sid, want, detail", [
+    (MAC, SERVER, "10.0.0.100", None),               # the holder, to us: accepted
+    (MAC, None, "10.0.0.100", None),                 # option 54 is optional (RFC 2131 Table 5)
+    (MAC, None, None, None),                         # no option 50: the address it holds
+    (MAC, "10.0.0.9", "10.0.0.100", "other_server"),  # for another server's offer
+    (OTHER, SERVER, "10.0.0.100", "other_mac"),      # spoofed: another MAC's address
+    (MAC, SERVER, "192.168.9.9", "outside_pool"),
+    (MAC, SERVER, "10.0.0.103", "not_held"),         # a free address
+    (OTHER, SERVER, None, "not_held"),               # offered nothing
+], ids=["holder", "holder-without-54", "holder-without-50", "other-server", "other-mac", "outside-pool",
+        "free-address", "not-offered"])
+def test_decline_accepted_only_from_the_holder(sender, sid, want, detail) -> None:
+    """RFC 2131 §4.3.3; before, any DECLINE set any free address aside for good."""
+    w = world()
+    w.dora()
+    before = (w.main.store.counts(), w.main.store.leases())
+    run = w(pkt(L, mac=sender, sid=sid, want=want))
+    assert run.reply is None
+    if detail is None:
+        assert run.kinds == ["dhcp.received", "dhcp.declined"] and run.outcome.no_reply == "declined"
+        assert w.main.store.counts() == (0, 3) and w.main.store.get(MAC_S) is None
+        return
+    assert run.kinds == ["dhcp.received", "dhcp.ignored"] and run.outcome.no_reply == "decline_refused"
+    assert run.event("dhcp.ignored")["detail"] == detail
+    assert (w.main.store.counts(), w.main.store.leases()) == before
+    assert w(pkt(D, mac=THIRD)).reply.yiaddr == "10.0.0.101"
+
+
+def _expired_pool(probe: bool = True, **store_options) -> tuple[World, Clock]:
+    """A full pool whose leases (3600 s) have all expired; OTHER's (.100) expired first."""
+    clock = Clock()
+    w = world(pool=POOL[:2], probe=probe, probe_timeout=0.2, store_options=dict(clock=clock, **store_options))
+    w.dora(mac=OTHER)
+    clock.t += 10
+    w.dora()
+    clock.t += 4000
+    return w, clock
+
+
+def test_a_reclaimed_address_is_probed_before_it_is_offered() -> None:
+    w, _ = _expired_pool()
+    run = w(pkt(D, mac=THIRD))
+    assert [(p.ip, p.mac, p.timeout) for p in w.probes] == [("10.0.0.100", "52:54:00:00:00:CC", 0.2)]
+    assert run.reply.yiaddr == "10.0.0.100"                      # silent: offered
+    assert run.kinds == ["dhcp.received", "dhcp.probe", "dhcp.reply"]
+    assert run.event("dhcp.probe") == {"mac": "52:54:00:00:00:CC", "ip": "10.0.0.100", "result": "free",
+                                       "scope": "main"}
+    assert w(pkt(D, mac=THIRD)).reply.yiaddr == "10.0.0.100" and len(w.probes) == 1   # probed once
+    assert w.main.store.get("52:54:00:00:00:AA") is None          # OTHER lost it: the pool was full
+
+
+def test_an_address_that_answers_is_set_aside_and_the_next_one_tried() -> None:
+    w, _ = _expired_pool()
+    w.probe_answers = [True, False]
+    run = w(pkt(D, mac=THIRD))
+    assert [p.ip for p in w.probes] == ["10.0.0.100", "10.0.0.101"]
+    assert [e["result"] for k, e in run.events if k == "dhcp.probe"] == ["in_use", "free"]
+    assert run.reply.yiaddr == "10.0.0.101"
+    assert w.main.store.counts() == (1, 1)                        # .101 set aside for a while
+
+
+def test_every_address_answering_ends_without_a_reply() -> None:
+    w, _ = _expired_pool()
+    w.probe_answers = [True, True]
+    run = w(pkt(D, mac=THIRD))
+    assert run.reply is None and run.outcome.no_reply == "exhausted"
+    clock = Clock()
+    w = world(pool=POOL, probe=True, store_options=dict(clock=clock))
+    for n in range(4):
+        w.dora(mac=bytes.fromhex(f"5254000001{n:02x}"))
+    clock.t += 4000
+    w.probe_answers = [True] * 4
+    run = w(pkt(D, mac=THIRD))
+    assert run.reply is None and run.outcome.no_reply == "address_in_use" and len(w.probes) == 3
+
+
+def test_probe_off_and_probe_unavailable_offer_at_once() -> None:
+    w, _ = _expired_pool(probe=False)
+    assert w(pkt(D, mac=THIRD)).reply.yiaddr == "10.0.0.100" and w.probes == []
+    w, _ = _expired_pool()
+    w.probe_answers = [None]                                      # no ICMP socket: not probed
+    run = w(pkt(D, mac=THIRD))
+    assert run.reply.yiaddr == "10.0.0.100" and run.event("dhcp.probe")["result"] == "unavailable"
+
+
+def test_plain_bootp_is_probed_then_bound() -> None:
+    clock = Clock()
+    w = world(pool=POOL[:1], probe=True, allow_simple_dhcp=True, store_options=dict(clock=clock))
+    w(os_pkt(None, mac=OTHER))
+    clock.t += 4000
+    run = w(os_pkt(None, mac=THIRD))
+    assert len(w.probes) == 1 and run.reply.yiaddr == "10.0.0.100" and run.outcome.lease.state == BOUND
+
+
+def test_reclaim_never_and_offer_hold_in_the_exchange() -> None:
+    w, clock = _expired_pool(reclaim="never", offer_hold=30)
+    assert w(pkt(D, mac=THIRD)).outcome.no_reply == "exhausted" and w.probes == []
+    w = world(pool=POOL[:1], store_options=dict(clock=clock, offer_hold=30))
+    assert w(pkt(D)).reply.yiaddr == "10.0.0.100"
+    assert w(pkt(D, mac=OTHER)).outcome.no_reply == "exhausted"
+    clock.t += 31                                                 # MAC never REQUESTed
+    assert w(pkt(D, mac=OTHER)).reply.yiaddr == "10.0.0.100"
+    assert w(pkt(Q, sid=SERVER, want="10.0.0.100")).outcome.no_reply == "exhausted"   # too late

@@ -408,3 +408,119 @@ def test_remote_property_and_url_root(tmp_path):
     store = FileStore("https://mirror.invalid/netboot/", cache_dir=str(tmp_path / "cache"))
     assert store.remote
     assert store.root == "https://mirror.invalid/netboot"
+
+
+# ----------------------------------------------------------------------- substituted values (issue #11)
+
+
+def acl_file(value: str):
+    return lambda ip: ClientInfo(ip, mac="52:54:00:12:34:56", file=value)
+
+
+@pytest.mark.parametrize("value", ["/etc/passwd", "../secret", "sub/../../secret", "a\0b", "C:\\x"])
+def test_acl_file_value_is_confined_to_the_root(tree, value):
+    """deploy/http-acl.ini's ``next.cfg = {file}``: before, ``File: /etc/passwd`` served
+    /etc/passwd (an absolute target is a local file); now every value is checked."""
+    base, root = tree
+    store = FileStore("root", [("next.cfg", "{file}")], base_dir=str(base), client_lookup=acl_file(value))
+    with pytest.raises(FileError) as err:
+        store.open("next.cfg", "127.0.0.5")
+    assert err.value.reason is FileReason.ACCESS
+    assert store.size("next.cfg", "127.0.0.5") is None
+
+
+def test_bare_value_never_reaches_base_dir(tree):
+    """A bare ``{file}`` stays inside the root: the config directory holds the ini and the
+    lease database, and an ACL answer naming them must not serve them."""
+    base, root = tree
+    write(base / "massboot.ini", "[bootpd]\n")
+    store = FileStore("root", [("next.cfg", "{file}")], base_dir=str(base),
+                      client_lookup=acl_file("massboot.ini"))
+    with pytest.raises(FileError) as err:
+        store.open("next.cfg", "127.0.0.5")
+    assert err.value.reason is FileReason.NOT_FOUND
+    good = FileStore("root", [("next.cfg", "{file}")], base_dir=str(base),
+                     client_lookup=acl_file("boot/vmlinuz"))
+    assert read_all(good, "next.cfg") == b"kernel"
+
+
+def test_value_stays_in_the_fixed_directory_on_the_real_path(tree, tmp_path):
+    base, root = tree
+    cfg = tmp_path / "cfg"
+    write(cfg / "52:54:00:12:34:56.cfg", "per mac")
+    os.symlink(tmp_path / "secret", cfg / "escape.cfg")
+    store = FileStore("root", [("pxe.cfg", str(cfg) + "/{mac}.cfg"), ("other.cfg", str(cfg) + "/{file}")],
+                      base_dir=str(base), client_lookup=acl_file("escape.cfg"))
+    assert read_all(store, "pxe.cfg") == b"per mac"
+    with pytest.raises(FileError) as err:              # a symlink out of /srv/cfg/
+        store.open("other.cfg", "127.0.0.5")
+    assert err.value.reason is FileReason.ACCESS
+
+
+def test_values_side_by_side_cannot_make_a_traversal(tree):
+    base, root = tree
+    store = FileStore("root", [("x", "cfg/{arch}.{file}")], base_dir=str(base),
+                      client_lookup=lambda ip: ClientInfo(ip, file="./../../secret"))
+    with pytest.raises(FileError) as err:
+        store.open("x", "127.0.0.5")
+    assert err.value.reason is FileReason.ACCESS
+    store = FileStore("root", [("y", "{uuid}.{file}")], base_dir=str(base),
+                      client_lookup=lambda ip: ClientInfo(ip, uuid="", file="/../secret"))
+    with pytest.raises(FileError):
+        store.open("y", "127.0.0.5")
+
+
+def test_value_cannot_make_a_url(tree):
+    base, root = tree
+    store = FileStore("root", [("next.cfg", "{file}")], base_dir=str(base),
+                      client_lookup=acl_file("http://evil.invalid/x"))
+    with pytest.raises(FileError) as err:
+        store.open("next.cfg", "127.0.0.5")
+    assert err.value.reason is FileReason.ACCESS
+
+
+@pytest.mark.parametrize("name", ["%2e%2e/%2e%2e/etc/passwd", "x?x=1", "x#frag", "a%3fb", "%2E%2E%2fsecret"])
+def test_filename_into_a_url_target_is_checked_after_decoding(tree, tmp_path, name):
+    """A local root, a URL filter target: the client's name reaches the mirror neither as
+    ``../`` nor as a query string (refused before any request: the URL below is never asked)."""
+    base, root = tree
+    store = FileStore("root", [("*", REMOTE + "/{filename}")], base_dir=str(base),
+                      cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(FileError) as err:
+        store.open(name, "127.0.0.5")
+    assert err.value.reason is FileReason.ACCESS
+
+
+def test_resolved_urls_are_normalised_and_quoted(tree, tmp_path):
+    from massboot.files.names import Resolver
+
+    def resolver(root, filters=()):
+        return Resolver(root, filters, base_dir=str(tree[0]), client_lookup=acl_file("a b/c"),
+                        first_line=lambda paths: None)
+
+    remote = resolver(REMOTE, [("cfg/*", "pxe/{filename}"), ("next", REMOTE + "/x/{file}?v=1")])
+    for name in ("x", "./x", "././x", ".//x", "x/", "./x//"):
+        assert remote.resolve(name, "127.0.0.5").url == REMOTE + "/x", name
+    assert remote.resolve("cfg//./a", "127.0.0.5").url == REMOTE + "/pxe/cfg/a"
+    assert remote.resolve("next", "127.0.0.5").url == REMOTE + "/x/a%20b/c?v=1"
+    assert remote.resolve("\udcff\udcfe.bin", "127.0.0.5").url == REMOTE + "/%FF%FE.bin"
+    with pytest.raises(FileError) as err:
+        remote.resolve(".//./", "127.0.0.5")
+    assert err.value.reason is FileReason.NOT_FOUND
+
+
+def test_negative_entries_expire_by_age_and_are_never_wiped():
+    """Before: the table of known-missing names was cleared whenever it reached 4,096 names."""
+    from massboot.files.cache import Missing
+
+    now = [0.0]
+    missing = Missing(ttl=30.0, limit=3, clock=lambda: now[0])
+    for i in range(3):
+        missing.add(f"u{i}")
+        now[0] += 1.0
+    missing.add("u3")                       # over the limit: only the oldest goes
+    assert "u0" not in missing and all(f"u{i}" in missing for i in (1, 2, 3)) and len(missing) == 3
+    now[0] = 31.5                           # u1 (added at 1.0) is 30.5 s old: expired by age
+    assert "u1" not in missing and "u2" in missing and "u3" in missing
+    missing.add("u4")                       # expired ones are dropped as new ones come
+    assert len(missing) <= 3 and "u3" in missing

@@ -6,7 +6,9 @@ README, "DHCP and PXE behaviour".
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -17,10 +19,16 @@ import pytest
 
 from massboot.dhcp.leases import (
     BOUND,
+    EXPIRED,
     OFFERED,
+    PROBE_IN_USE_HOLD,
     RELEASED,
+    RESERVED,
+    STATIC,
+    Decline,
     LeaseConflict,
     LeaseStore,
+    LeaseStoreError,
     MemoryLeaseStore,
     SqliteLeaseStore,
 )
@@ -41,11 +49,11 @@ def mac(n: int) -> str:
 def make_store(request, tmp_path):
     stores: list[LeaseStore] = []
 
-    def factory(pool=POOL, static={}, exclude=(), name="leases.db") -> LeaseStore:  # noqa: B006
+    def factory(pool=POOL, static={}, exclude=(), name="leases.db", **options) -> LeaseStore:  # noqa: B006
         if request.param == "memory":
-            store: LeaseStore = MemoryLeaseStore(pool, static, exclude)
+            store: LeaseStore = MemoryLeaseStore(pool, static, exclude, **options)
         else:
-            store = SqliteLeaseStore(str(tmp_path / name), pool, static, exclude)
+            store = SqliteLeaseStore(str(tmp_path / name), pool, static, exclude, **options)
         stores.append(store)
         return store
 
@@ -253,12 +261,13 @@ def test_release_only_the_address_named(make_store) -> None:
 
 def test_decline_without_address_names_the_macs_own(make_store) -> None:
     store = make_store()
-    assert store.decline(MAC_A) is None
+    assert store.decline(MAC_A) == Decline(None, "not_held")
     ip = store.allocate(MAC_A).ip
-    assert store.decline(MAC_A) == ip
+    declined = store.decline(MAC_A)
+    assert declined.accepted and declined.ip == ip
     assert store.get(MAC_A) is None and store.allocate(MAC_A).ip != ip
     b = store.allocate(MAC_B)
-    assert store.decline(MAC_C, b.ip) == b.ip               # another MAC's address: left alone
+    assert store.decline(MAC_C, b.ip) == Decline(b.ip, "other_mac")     # another MAC's: left alone
     assert store.get(MAC_B) == b
 
 
@@ -423,5 +432,322 @@ def test_concurrent_commits_share_transactions_and_all_are_durable(tmp_path) -> 
     try:
         assert {again.get(mac(n)).ip for n in range(300)} == set(ips)
         assert all(again.get(mac(n)).state == "bound" for n in range(300))
+    finally:
+        again.close()
+
+
+# -- the lease lifecycle (README, "Lease lifecycle"), on an injected clock -----------------
+
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = T0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def test_an_offer_not_requested_within_the_hold_is_forgotten(make_store) -> None:
+    """The attack: ten DISCOVERs from random MACs take a ten-address pool, for the hold only."""
+    clock = Clock()
+    store = make_store(offer_hold=60, clock=clock)
+    assert [store.allocate(mac(i)).ip for i in range(10)] == POOL
+    assert store.allocate(MAC_A) is None and store.counts() == (10, 10)
+    first = store.get(mac(0))
+    assert first.state == OFFERED and first.expires == T0 + 60
+    clock.advance(59)
+    assert store.allocate(MAC_A) is None
+    clock.advance(2)
+    assert store.counts() == (0, 10)                   # expired offers count as free at once
+    assert store.get(mac(0)) is None and store.leases() == []
+    assert store.allocate(MAC_A).ip == "10.0.0.10"     # the first free address again
+    assert store.stats().offers_expired == 10
+    assert store.by_ip("10.0.0.11") is None
+    assert not store.needs_probe("10.0.0.10")          # an offer never bound: no probe needed
+
+
+def test_an_offer_survives_a_restart_within_its_hold_only(tmp_path) -> None:
+    clock, path = Clock(), str(tmp_path / "l.db")
+    store = SqliteLeaseStore(path, POOL, offer_hold=60, clock=clock)
+    store.allocate(MAC_A)
+    bound = store.bind(MAC_B, None, lease_time=30).lease
+    store.close()
+    clock.advance(30)
+    again = SqliteLeaseStore(path, POOL, offer_hold=60, clock=clock)
+    assert again.get(MAC_A).ip == "10.0.0.10"
+    again.close()
+    clock.advance(31)
+    third = SqliteLeaseStore(path, POOL, offer_hold=60, clock=clock)
+    try:
+        assert third.get(MAC_A) is None                 # not persisted as a binding for ever
+        assert third.get(MAC_B).state == EXPIRED and third.get(MAC_B).ip == bound.ip   # sticky
+        assert third.allocate(MAC_C).ip == "10.0.0.10"
+    finally:
+        third.close()
+    db = sqlite3.connect(path)
+    assert [m for (m,) in db.execute("SELECT mac FROM leases ORDER BY mac")] == [MAC_B, MAC_C]
+    db.close()
+
+
+def _fill(store, clock, lease_times) -> list[str]:
+    ips = []
+    for n, lease_time in enumerate(lease_times):
+        ips.append(store.bind(mac(n), None, lease_time=lease_time).lease.ip)
+    return ips
+
+
+def test_expired_bindings_stay_sticky_while_the_pool_has_room(make_store) -> None:
+    clock = Clock()
+    store = make_store(pool=POOL[:3], clock=clock)
+    a, b = _fill(store, clock, [100, 100])
+    clock.advance(1000)
+    assert store.get(mac(0)).state == EXPIRED and store.counts() == (0, 3)
+    assert store.allocate(MAC_C).ip == "10.0.0.12"     # the free address, nobody reclaimed
+    assert store.allocate(mac(0)).ip == a              # the expired binding is still its own
+    assert store.bind(mac(1), b, lease_time=100).bound  # and renews
+    assert store.stats().reclaimed == 0
+
+
+def test_reclaim_takes_the_longest_expired_binding_only_when_the_pool_is_full(make_store) -> None:
+    clock = Clock()
+    store = make_store(pool=POOL[:3], clock=clock)
+    a, b, c = _fill(store, clock, [100, 50, 1000])
+    clock.advance(10)
+    assert store.allocate(MAC_A) is None               # full, nothing expired
+    clock.advance(100)                                 # a expired 10 s ago, b 60 s ago
+    assert store.counts() == (1, 3)
+    got = store.allocate(MAC_A)
+    assert got.ip == b and got.state == OFFERED and store.get(mac(1)) is None
+    assert store.needs_probe(b)                        # it was another MAC's: probe first
+    assert store.allocate(MAC_B).ip == a
+    assert store.allocate(MAC_C) is None               # c's lease runs: never taken
+    assert store.get(mac(2)).state == BOUND and store.stats().reclaimed == 2
+    assert store.allocate(mac(0)) is None              # a's old MAC lost its address, the pool is full
+    clock.advance(61)                                  # A's and B's offers were never requested
+    assert store.allocate(mac(0)).ip == a              # whose address is free again: no reclaim
+    assert not store.needs_probe(POOL[2])
+
+
+def test_reclaim_never_keeps_pybootds_strict_pool(make_store) -> None:
+    clock = Clock()
+    store = make_store(pool=POOL[:2], reclaim="never", clock=clock)
+    _fill(store, clock, [10, 10])
+    clock.advance(1000)
+    assert store.allocate(MAC_A) is None
+    assert store.counts() == (2, 2)
+    assert store.stats().reclaimed == 0
+
+
+def test_an_expired_lease_offered_to_its_own_mac_is_not_reclaimed_meanwhile(make_store) -> None:
+    clock = Clock()
+    store = make_store(pool=POOL[:1], offer_hold=60, clock=clock)
+    (a,) = _fill(store, clock, [10])
+    clock.advance(100)
+    assert store.allocate(mac(0)).ip == a              # its MAC is back (DISCOVER)
+    assert store.allocate(MAC_A) is None               # not taken while it may REQUEST
+    clock.advance(61)
+    assert store.allocate(MAC_A).ip == a
+
+
+def test_static_and_reserved_bindings_are_never_reclaimed(make_store) -> None:
+    clock = Clock()
+    store = make_store(pool=POOL[:3], static={STATIC_MAC: "10.0.0.10"}, clock=clock)
+    assert store.bind(STATIC_MAC, None, lease_time=10).lease.state == STATIC
+    store.reserve(MAC_A, "10.0.0.11")
+    store.bind(MAC_A, "10.0.0.11", lease_time=10)
+    assert store.bind(MAC_B, None, lease_time=10).lease.ip == "10.0.0.12"
+    clock.advance(100)
+    assert store.allocate(MAC_C).ip == "10.0.0.12"     # only the ordinary binding is reclaimed
+    assert store.allocate(mac(9)) is None
+    assert store.get(STATIC_MAC).state == STATIC and store.get(MAC_A).state == RESERVED
+
+
+def test_decline_from_the_holder_sets_the_address_aside_for_the_probation(make_store) -> None:
+    clock = Clock()
+    store = make_store(pool=POOL[:3], decline_probation=100, clock=clock)
+    ip = store.bind(MAC_A, None, lease_time=1000).lease.ip
+    declined = store.decline(MAC_A, ip)
+    assert declined == Decline(ip, None, T0 + 100)
+    assert store.get(MAC_A) is None and store.counts() == (0, 2)
+    assert [store.bind(m, None, lease_time=1000).lease.ip for m in (MAC_A, MAC_B)] == \
+        ["10.0.0.11", "10.0.0.12"]
+    assert store.allocate(MAC_C) is None
+    clock.advance(101)                                 # the probation is over
+    assert store.counts() == (2, 3)
+    assert store.allocate(MAC_C).ip == ip and store.needs_probe(ip)
+    store.probed(MAC_C, ip, False)
+    assert not store.needs_probe(ip) and store.stats().probation_ended == 1
+
+
+@pytest.mark.parametrize("case, refused", [
+    ("other_mac", "other_mac"),
+    ("outside_pool", "outside_pool"),
+    ("free_address", "not_held"),
+    ("never_offered", "not_held"),
+    ("expired", "not_held"),
+    ("released", "not_held"),
+])
+def test_decline_refused_changes_nothing(make_store, case, refused) -> None:
+    """RFC 2131 §4.3.3: only the client that holds the address may decline it."""
+    clock = Clock()
+    store = make_store(pool=POOL[:3], clock=clock)
+    held = store.bind(MAC_A, None, lease_time=100).lease.ip
+    sender, ip = {
+        "other_mac": (MAC_B, held),                    # a spoofed DECLINE for another's address
+        "outside_pool": (MAC_A, "192.168.7.7"),
+        "free_address": (MAC_A, "10.0.0.12"),
+        "never_offered": (MAC_B, None),
+        "expired": (MAC_A, held),
+        "released": (MAC_A, held),
+    }[case]
+    if case == "expired":
+        clock.advance(200)
+    if case == "released":
+        store.release(MAC_A)
+    before = (store.counts(), store.leases())
+    result = store.decline(sender, ip)
+    assert result.refused == refused and not result.accepted
+    assert (store.counts(), store.leases()) == before
+    assert store.allocate(MAC_C).ip == "10.0.0.11"     # every other address still free
+    assert store.allocate(mac(7)).ip == "10.0.0.12"
+
+
+def test_a_probe_that_is_answered_sets_the_address_aside(make_store) -> None:
+    clock = Clock()
+    store = make_store(pool=POOL[:2], clock=clock)
+    a, _ = _fill(store, clock, [10, 1000])
+    clock.advance(100)
+    offer = store.allocate(MAC_A)
+    assert offer.ip == a and store.needs_probe(a)
+    store.probed(MAC_A, a, True)                       # the old host still answers
+    assert store.get(MAC_A) is None and store.counts() == (1, 1)
+    assert store.allocate(MAC_A) is None
+    clock.advance(PROBE_IN_USE_HOLD + 1)
+    assert store.allocate(MAC_A).ip == a and store.needs_probe(a)
+
+
+def test_operator_reserve_free_unreserve(make_store) -> None:
+    clock = Clock()
+    store = make_store(pool=POOL[:4], static={STATIC_MAC: "10.0.0.50"}, clock=clock)
+    a = store.bind(MAC_A, None, lease_time=100).lease.ip
+    store.allocate(MAC_B)
+    with pytest.raises(LeaseConflict):
+        store.reserve(MAC_C, a)                        # MAC_A's active binding
+    with pytest.raises(LeaseConflict):
+        store.reserve(MAC_C, "10.0.0.11")              # MAC_B's offer
+    with pytest.raises(LeaseConflict):
+        store.reserve(MAC_C, "10.0.0.50")              # a static address
+    with pytest.raises(LeaseConflict):
+        store.reserve(STATIC_MAC, "10.0.0.12")         # a static MAC
+    with pytest.raises(LeaseConflict):
+        store.reserve(MAC_C, "10.0.0")
+    reserved = store.reserve(MAC_C, "10.0.0.13")
+    assert reserved.state == RESERVED and reserved.expires is None and reserved.reserved
+    assert store.allocate(MAC_C) == reserved
+    clock.advance(200)                                 # MAC_A's lease expired: reservable
+    taken = store.reserve(mac(5), a)
+    assert taken.ip == a and store.get(MAC_A) is None
+    states = {lease.mac: lease.state for lease in store.leases()}
+    assert states == {MAC_B: OFFERED, MAC_C: RESERVED, mac(5): RESERVED} or \
+        states == {MAC_C: RESERVED, mac(5): RESERVED}     # MAC_B's offer may be past its hold
+    assert store.unreserve(MAC_C) and not store.unreserve(MAC_C)
+    assert store.get(MAC_C) is None                     # never bound: the address is free again
+    store.bind(mac(5), a, lease_time=100)
+    assert store.unreserve(mac(5)) and store.get(mac(5)).state == BOUND
+    freed = store.free(mac(5))
+    assert freed.ip == a and store.get(mac(5)) is None and store.free(mac(5)) is None
+    assert store.needs_probe(a)                         # it was bound: probe before reuse
+    store.bind(STATIC_MAC, None, lease_time=100)
+    assert store.free(STATIC_MAC).state == STATIC
+    assert store.allocate(STATIC_MAC).ip == "10.0.0.50"
+
+
+def test_a_static_mac_removed_from_the_config_keeps_no_offer(tmp_path) -> None:
+    path = str(tmp_path / "l.db")
+    store = SqliteLeaseStore(path, POOL, {STATIC_MAC: "10.0.0.50", MAC_A: "10.0.0.51"})
+    store.allocate(STATIC_MAC)                         # never bound: an offer without expiry
+    store.bind(MAC_A, None, lease_time=60)
+    store.close()
+    again = SqliteLeaseStore(path, POOL)
+    try:
+        assert again.get(STATIC_MAC) is None
+        assert again.get(MAC_A).state == BOUND and not again.get(MAC_A).static
+    finally:
+        again.close()
+
+
+def test_operator_changes_are_durable(tmp_path) -> None:
+    clock, path = Clock(), str(tmp_path / "l.db")
+    store = SqliteLeaseStore(path, POOL, clock=clock)
+    store.reserve(MAC_A, "10.0.0.15")
+    store.bind(MAC_B, None, lease_time=100)
+    store.free(MAC_B)
+    store.close()
+    clock.advance(3600)
+    again = SqliteLeaseStore(path, POOL, clock=clock)
+    try:
+        assert again.get(MAC_A).state == RESERVED and again.get(MAC_B) is None
+        assert again.allocate(MAC_C).ip == "10.0.0.10"
+    finally:
+        again.close()
+
+
+#: made by massboot's lease store before the lease lifecycle (schema version 0, commit 81ddacd),
+#: run from that checkout at T0 (``clock=``): a week-old offer of a flood, an address its
+#: holder declined 25 hours before, a spoofed DECLINE of a free address 1000 s before and one of
+#: an address outside every pool, MAC_A bound for an hour, MAC_C's offer of 10 s, the static MAC
+V0_DATABASE = ROOT / "tests" / "data" / "leases-v0.sqlite3"
+
+
+def test_schema_migration_from_version_0(tmp_path) -> None:
+    path = str(tmp_path / "v0.sqlite3")
+    shutil.copyfile(V0_DATABASE, path)
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone() == (0,)
+    assert len(db.execute("SELECT * FROM declined").fetchall()) == 3
+    db.close()
+    clock = Clock()
+    store = SqliteLeaseStore(path, POOL, {STATIC_MAC: "10.0.0.50"}, clock=clock)
+    try:
+        bound = store.get(MAC_A)
+        assert (bound.ip, bound.state, bound.expires) == ("10.0.0.13", BOUND, T0 + 3600)
+        assert bound.uuid == "11111111-2222-3333-4444-555555555555" and not bound.reserved
+        assert store.get("02:00:00:00:00:01") is None             # the flood's offer: forgotten
+        assert store.get(MAC_C).state == OFFERED and store.get(MAC_C).expires == T0 + 50
+        assert store.get(STATIC_MAC).state == STATIC and store.get(STATIC_MAC).expires is None
+        assert store.counts() == (2, 9)                            # .12 still on probation
+        assert [store.allocate(mac(n)).ip for n in range(3)] == ["10.0.0.10", "10.0.0.11", "10.0.0.15"]
+        assert store.needs_probe("10.0.0.11") and not store.needs_probe("10.0.0.10")
+    finally:
+        store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone() == (1,)
+    assert db.execute("SELECT ip, until FROM declined").fetchall() == [("10.0.0.12", T0 - 1000 + 86400)]
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    with pytest.raises(LeaseStoreError, match="schema version 2 is newer"):
+        SqliteLeaseStore(path, POOL, clock=clock)
+
+
+def test_a_reclaim_and_a_decline_are_durable(tmp_path) -> None:
+    clock, path = Clock(), str(tmp_path / "l.db")
+    store = SqliteLeaseStore(path, POOL[:2], clock=clock, decline_probation=100)
+    a, b = _fill(store, clock, [10, 1000])
+    clock.advance(20)
+    assert store.bind(MAC_A, None, lease_time=1000).lease.ip == a   # mac(0)'s expired binding reclaimed
+    assert store.decline(mac(1), b).accepted
+    store.close()
+    again = SqliteLeaseStore(path, POOL[:2], clock=clock, decline_probation=100)
+    try:
+        assert again.get(mac(0)) is None and again.get(MAC_A).ip == a
+        assert again.get(mac(1)) is None and again.counts() == (1, 1)      # b on probation
+        clock.advance(101)
+        assert again.allocate(MAC_B).ip == b and again.needs_probe(b)
     finally:
         again.close()

@@ -279,6 +279,9 @@ def test_clients_turned_away_are_forgotten() -> None:
     f.received("request")
     f.emit("dhcp.ignored", mac=MAC, reason="other_server", phase="pxe")   # it chose another server
     assert f.phase() is None
+    f.received("discover", MAC2)                     # a stranger while the HTTP ACL is all busy
+    f.emit("dhcp.ignored", mac=MAC2, reason="acl_busy", phase="pxe")
+    assert f.phase(MAC2) is None
     assert len(f.tracker) == 0
 
 
