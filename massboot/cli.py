@@ -226,7 +226,8 @@ class Services:
         address = t.address or self.server_ip or "0.0.0.0"
         self.tftp = TftpServer(address, t.port, self.files, self.events, pool_size=t.pool_size,
                                max_blksize=t.blocksize, max_windowsize=t.windowsize,
-                               timeout_min=t.timeout_min, timeout_max=t.timeout, retries=t.retries,
+                               timeout_min=t.timeout_min, timeout_max=t.timeout,
+                               backoff_max=t.backoff_max, retries=t.retries,
                                rcvbuf=t.rcvbuf, first_timeout=t.first_timeout,
                                first_retries=t.first_retries, max_per_client=t.max_per_client,
                                transfer_memory=t.transfer_memory, memory_budget=t.memory_budget)
@@ -326,7 +327,8 @@ class Services:
         if self.tftp is not None:
             t = new.tftp
             self.tftp.tune(max_blksize=t.blocksize, max_windowsize=t.windowsize,
-                           timeout_min=t.timeout_min, timeout_max=t.timeout, retries=t.retries,
+                           timeout_min=t.timeout_min, timeout_max=t.timeout,
+                           backoff_max=t.backoff_max, retries=t.retries,
                            first_timeout=t.first_timeout, first_retries=t.first_retries,
                            max_per_client=t.max_per_client, transfer_memory=t.transfer_memory,
                            memory_budget=t.memory_budget)

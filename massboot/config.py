@@ -426,11 +426,14 @@ TFTPD = Section("tftpd", (
            "the largest block size agreed; unset: what the client asks, up to 65464 (RFC 2348); "
            "without a ``blksize`` option blocks are 512 bytes (RFC 1350)",
            default_doc="(client's choice)"),
-    Option("timeout", Float(0.01, 255), "6.0",
-           "the longest wait before a resend, in seconds (the wait adapts to the round trip and "
-           "doubles while nothing comes back): longer than the clients' own timers, so that a "
-           "client whose ACK was lost gets to resend it; a client's RFC 2349 ``timeout`` may "
-           "shorten it, a longer one is not agreed"),
+    Option("timeout", Float(0.01, 255), "2.0",
+           "the longest wait before a resend while the round trip is known, in seconds (the "
+           "wait adapts to the round trip); after losses it doubles up to ``backoff_max``; a "
+           "client's RFC 2349 ``timeout`` up to ``backoff_max`` is used as it is"),
+    Option("backoff_max", Float(0.01, 255), "6.0",
+           "*massboot*: the longest wait a resend backs off to while nothing comes back (at "
+           "least ``timeout``): longer than the clients' own timers (atftp: 5 s), so that a "
+           "client whose ACK was lost gets to resend it"),
     Option("timeout_min", Float(0.001, 255), "0.02",
            "*massboot*: the shortest; the wait adapts to the round trip measured on each transfer"),
     Option("retries", Int(1, 100), "5", "*massboot*: resends without progress before giving up"),
@@ -627,6 +630,7 @@ class TftpConfig:
     port: int = TFTPD.default("port")
     blocksize: int | None = None  # the largest block size agreed; None: up to 65464 (RFC 2348)
     timeout: float = TFTPD.default("timeout")            # the longest wait before a resend
+    backoff_max: float = TFTPD.default("backoff_max")    # the longest after losses (back-off)
     timeout_min: float = TFTPD.default("timeout_min")    # the shortest (adapts to the round trip)
     retries: int = TFTPD.default("retries")
     windowsize: int = TFTPD.default("windowsize")        # the largest RFC 7440 window agreed

@@ -128,6 +128,8 @@ class TftpServer:
         max_windowsize: the largest ``windowsize`` agreed to (RFC 7440).
         timeout_min: lower bound of the adaptive retransmission timeout, seconds.
         timeout_max: upper bound of it, unless the client's ``timeout`` option sets another.
+        backoff_max: upper bound of it as it doubles while nothing comes back (at least
+            *timeout_max*); a client's accepted ``timeout`` option is used as it is instead.
         retries: consecutive timeouts without progress before a transfer is abandoned.
         rcvbuf: ``SO_RCVBUF`` of the listener, best effort.
         first_timeout: the resend timer before a transfer's first ACK, seconds; see the
@@ -149,7 +151,8 @@ class TftpServer:
         max_blksize: int | None = None,
         max_windowsize: int = 64,
         timeout_min: float = 0.02,
-        timeout_max: float = 6.0,
+        timeout_max: float = 2.0,
+        backoff_max: float = 6.0,
         retries: int = 5,
         rcvbuf: int = 4 * 1024 * 1024,
         first_timeout: float = 6.0,
@@ -177,6 +180,7 @@ class TftpServer:
         self._max_windowsize = max_windowsize
         self._timeout_min = timeout_min
         self._timeout_max = timeout_max
+        self._backoff_max = backoff_max
         self._retries = retries
         self._rcvbuf = rcvbuf
         self._first_timeout = first_timeout
@@ -196,7 +200,8 @@ class TftpServer:
         self._pumps: dict[tuple[str, int], _Pump] = {}
 
     def tune(self, *, max_blksize: int | None, max_windowsize: int, timeout_min: float,
-             timeout_max: float, retries: int, first_timeout: float | None = None,
+             timeout_max: float, retries: int, backoff_max: float | None = None,
+             first_timeout: float | None = None,
              first_retries: int | None = None, max_per_client: int | None = None,
              transfer_memory: int | None = None, memory_budget: int | None = None) -> None:
         """New limits for the next transfers (SIGHUP); running transfers keep theirs (and
@@ -204,6 +209,8 @@ class TftpServer:
         bounds left ``None`` are kept."""
         self._max_blksize, self._max_windowsize = max_blksize, max_windowsize
         self._timeout_min, self._timeout_max, self._retries = timeout_min, timeout_max, retries
+        if backoff_max is not None:
+            self._backoff_max = backoff_max
         if first_timeout is not None:
             self._first_timeout = first_timeout
         if first_retries is not None:
@@ -408,7 +415,7 @@ class TftpServer:
                 max_blksize=self._max_blksize,
                 max_windowsize=self._max_windowsize,
                 netascii=netascii,
-                max_timeout=self._timeout_max,
+                max_timeout=max(self._timeout_max, self._backoff_max),
                 memory=min(self._transfer_memory, available),
             )
             reserved = deal.memory
@@ -424,6 +431,7 @@ class TftpServer:
                 netascii=netascii,
                 timeout_min=self._timeout_min,
                 timeout_max=float(deal.timeout) if deal.timeout else self._timeout_max,
+                backoff_max=float(deal.timeout) if deal.timeout else self._backoff_max,
                 retries=self._retries,
                 first_timeout=self._first_timeout,
                 first_retries=self._first_retries,

@@ -199,8 +199,12 @@ class ReadTransfer:
         options: the OACK to send first; empty or ``None`` for none.
         netascii: convert LF -> CR LF and CR -> CR NUL.
         timeout_min: lower bound of the retransmission timeout, seconds.
-        timeout_max: upper bound of the retransmission timeout, seconds (a client's
-            accepted ``timeout`` option belongs here).
+        timeout_max: upper bound of the retransmission timeout computed from the round trip,
+            seconds (a client's accepted ``timeout`` option belongs here).
+        backoff_max: upper bound of the timeout as it doubles on consecutive expiries (RFC 6298
+            section 5.5); at least *timeout_max*, which it is when ``None``. Longer than a
+            client's own retry timer (atftp: 5 s), it lets a client whose ACK was lost resend
+            it before the next window comes again.
         retries: consecutive timeouts without progress tolerated before giving up.
         first_timeout: the retransmission timer before the client's first ACK (ACK 0 of the
             OACK, or ACK 1), the same for each resend; ``None``: the ordinary timer. Until that
@@ -230,6 +234,7 @@ class ReadTransfer:
         netascii: bool = False,
         timeout_min: float = 0.02,
         timeout_max: float = 2.0,
+        backoff_max: float | None = None,
         retries: int = 5,
         first_timeout: float | None = None,
         first_retries: int | None = None,
@@ -251,6 +256,7 @@ class ReadTransfer:
         self._netascii = netascii
         self._timeout_max = float(timeout_max)
         self._timeout_min = min(float(timeout_min), self._timeout_max)
+        self._backoff_max = max(self._timeout_max, float(backoff_max or 0.0))
         self._retries = retries
         if first_timeout is not None and first_timeout <= 0:
             raise ValueError("first_timeout must be positive")
@@ -549,7 +555,7 @@ class ReadTransfer:
             self._fail(REASON_TIMEOUT, f"no ACK after {self._timeouts - 1} retransmissions "
                                        f"and {silent:.1f}s")
             return [Error(ErrorCode.NOT_DEFINED, "Transfer timed out").encode()]
-        self._rto = min(self._rto * 2, self._timeout_max)  # back off, RFC 6298 section 5.5
+        self._rto = min(self._rto * 2, self._backoff_max)  # back off, RFC 6298 section 5.5
         if self._state == _WAIT_OACK:
             self._oack_resent = True
             self.retransmits += 1

@@ -132,6 +132,38 @@ def test_lost_data_is_resent_after_the_timeout() -> None:
     assert transfer.done
 
 
+def test_back_off_grows_past_timeout_max_up_to_backoff_max() -> None:
+    """``timeout`` (pybootd's 2 s) bounds the round-trip timer; consecutive losses double it up
+    to ``backoff_max`` (README, [tftpd]: loss and the clients' own timers)."""
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 2000), timeout_max=2.0, backoff_max=6.0, retries=10,
+                            clock=clock)
+    transfer.start()
+    waits = []
+    for _ in range(4):
+        clock.advance(transfer.timeout)
+        assert blocks(transfer.on_timeout()) == [1]
+        waits.append(transfer.timeout)
+    assert waits == pytest.approx([2.0, 4.0, 6.0, 6.0])
+    # the ACK of a resent block gives no sample (Karn); the next block's ACK does, and brings
+    # the timer back within timeout_max
+    clock.advance(0.01)
+    assert blocks(transfer.on_ack(1)) == [2]
+    clock.advance(0.01)
+    transfer.on_ack(2)
+    assert transfer.timeout <= 2.0
+
+
+def test_backoff_max_below_timeout_max_is_timeout_max() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 2000), timeout_max=2.0, backoff_max=0.5, clock=clock)
+    transfer.start()
+    for expected in (2.0, 2.0):
+        clock.advance(transfer.timeout)
+        transfer.on_timeout()
+        assert transfer.timeout == pytest.approx(expected)
+
+
 def test_lost_ack_resends_and_the_late_duplicate_is_ignored() -> None:
     clock = Clock()
     content = b"a" * 512 + b"b" * 512 + b"c"
