@@ -226,8 +226,11 @@ class Services:
         address = t.address or self.server_ip or "0.0.0.0"
         self.tftp = TftpServer(address, t.port, self.files, self.events, pool_size=t.pool_size,
                                max_blksize=t.blocksize, max_windowsize=t.windowsize,
-                               timeout_min=t.timeout_min, timeout_max=t.timeout, retries=t.retries,
-                               rcvbuf=t.rcvbuf)
+                               timeout_min=t.timeout_min, timeout_max=t.timeout,
+                               backoff_max=t.backoff_max, retries=t.retries,
+                               rcvbuf=t.rcvbuf, first_timeout=t.first_timeout,
+                               first_retries=t.first_retries, max_per_client=t.max_per_client,
+                               transfer_memory=t.transfer_memory, memory_budget=t.memory_budget)
 
     def start(self) -> None:
         """Bind every socket.
@@ -324,7 +327,11 @@ class Services:
         if self.tftp is not None:
             t = new.tftp
             self.tftp.tune(max_blksize=t.blocksize, max_windowsize=t.windowsize,
-                           timeout_min=t.timeout_min, timeout_max=t.timeout, retries=t.retries)
+                           timeout_min=t.timeout_min, timeout_max=t.timeout,
+                           backoff_max=t.backoff_max, retries=t.retries,
+                           first_timeout=t.first_timeout, first_retries=t.first_retries,
+                           max_per_client=t.max_per_client, transfer_memory=t.transfer_memory,
+                           memory_budget=t.memory_budget)
         if self.dhcp is not None and new.bootp is not None and old.bootp is not None:
             bootp = new.bootp
             self._open_subnet_stores(bootp)

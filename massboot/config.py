@@ -426,13 +426,35 @@ TFTPD = Section("tftpd", (
            "the largest block size agreed; unset: what the client asks, up to 65464 (RFC 2348); "
            "without a ``blksize`` option blocks are 512 bytes (RFC 1350)",
            default_doc="(client's choice)"),
-    Option("timeout", Float(0.01, 255), "2.0", "the longest wait before a resend, in seconds"),
+    Option("timeout", Float(0.01, 255), "2.0",
+           "the longest wait before a resend while the round trip is known, in seconds (the "
+           "wait adapts to the round trip); after losses it doubles up to ``backoff_max``; a "
+           "client's RFC 2349 ``timeout`` up to ``backoff_max`` is used as it is"),
+    Option("backoff_max", Float(0.01, 255), "6.0",
+           "*massboot*: the longest wait a resend backs off to while nothing comes back (at "
+           "least ``timeout``): longer than the clients' own timers (atftp: 5 s), so that a "
+           "client whose ACK was lost gets to resend it"),
     Option("timeout_min", Float(0.001, 255), "0.02",
            "*massboot*: the shortest; the wait adapts to the round trip measured on each transfer"),
     Option("retries", Int(1, 100), "5", "*massboot*: resends without progress before giving up"),
     Option("windowsize", Int(1, 65535), "64", "*massboot*: the largest RFC 7440 window agreed"),
+    Option("first_timeout", Float(0.1, 255), "6.0", "*massboot*: the wait before resending an "
+           "OACK not answered yet, longer than the clients' own timers (a second OACK aborts "
+           "atftp, whose timer is 5 s); a DATA 1 is resent after at most 1 s. Until its first ACK "
+           "a client's address is unproven (maybe forged)"),
+    Option("first_retries", Int(0, 100), "2",
+           "*massboot*: resends of the first answer; then the transfer is dropped without an ERROR"),
+    Option("max_per_client", Int(1, 100000), "8",
+           "*massboot*: transfers one IP address may run at once; more get ERROR 0"),
+    Option("transfer_memory", parse_size, "1M",
+           "*massboot*: the most one transfer's window may buffer (``windowsize`` × (``blksize`` "
+           "+ 4)); a larger ask is answered with a smaller window, then block size"),
+    Option("memory_budget", parse_size, "256M",
+           "*massboot*: the most all transfers' windows may buffer; a request finding it spent "
+           "is dropped (the client retries)"),
     Option("pool_size", Int(1, 100000), "1000",
-           "*massboot*: transfers served at once; more wait in the kernel queue"),
+           "*massboot*: transfers served at once; while all run, new requests are dropped (the "
+           "clients retry)"),
     Option("rcvbuf", parse_size, "4M", "*massboot*: receive buffer of the TFTP listener"),
     Option("cache_dir", parse_text, None,
            "*massboot*: where remote files are cached; created ``0700``, it must belong to "
@@ -608,9 +630,15 @@ class TftpConfig:
     port: int = TFTPD.default("port")
     blocksize: int | None = None  # the largest block size agreed; None: up to 65464 (RFC 2348)
     timeout: float = TFTPD.default("timeout")            # the longest wait before a resend
+    backoff_max: float = TFTPD.default("backoff_max")    # the longest after losses (back-off)
     timeout_min: float = TFTPD.default("timeout_min")    # the shortest (adapts to the round trip)
     retries: int = TFTPD.default("retries")
     windowsize: int = TFTPD.default("windowsize")        # the largest RFC 7440 window agreed
+    first_timeout: float = TFTPD.default("first_timeout")  # before the first ACK (unproven peer)
+    first_retries: int = TFTPD.default("first_retries")
+    max_per_client: int = TFTPD.default("max_per_client")
+    transfer_memory: int = TFTPD.default("transfer_memory")  # bytes, one window
+    memory_budget: int = TFTPD.default("memory_budget")      # bytes, all windows
     root: str = TFTPD.default("root")                    # absolute local path or http(s):// URL
     pool_size: int = TFTPD.default("pool_size")
     rcvbuf: int = TFTPD.default("rcvbuf")
@@ -905,6 +933,9 @@ def _tftp(r: _Reader, base_dir: str, state_dir: str) -> TftpConfig:
     v["cache_dir"] = os.path.join(state_dir, cache) if cache else default_cache_dir(state_dir)
     if v["timeout_min"] > v["timeout"]:
         raise ConfigError(s, "timeout_min", str(v["timeout_min"]), f"larger than timeout = {v['timeout']}")
+    for option in ("transfer_memory", "memory_budget"):   # one 512-byte block and its header
+        if v[option] < 516:
+            raise ConfigError(s, option, str(v[option]), "must be at least 516 bytes (one 512-byte block)")
     return TftpConfig(**v, filters=_filters(r))
 
 

@@ -13,18 +13,25 @@ is built directly, without the caller lookup on the stack that ``log.info()`` do
 when its level is enabled (a line below it costs a tuple and one ``isEnabledFor``).
 
 ``cache.*`` events are not written here: the file store logs its downloads itself.
+
+Text a TFTP client chose (a file name, option names and values, an ERROR message) goes through
+:func:`client_text`: a plain name reads as before (``file=pxelinux.0``); anything else (a
+space, a quote, a newline or other control character, non-ASCII) is quoted like Python's
+``repr`` so one event stays one line that cannot be forged, and text longer than
+:data:`TEXT_MAX` characters is cut, with its length noted.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from massboot.events import ACL_NO_UUID, Event, EventKind
 
-__all__ = ["EventLog"]
+__all__ = ["EventLog", "TEXT_MAX", "client_text"]
 
 DEBUG, INFO, WARNING = logging.DEBUG, logging.INFO, logging.WARNING
 
@@ -42,6 +49,36 @@ class _Origin:
     def __init__(self, name: str, *path: str) -> None:
         self.logger = logging.getLogger(name)
         self.path = os.path.join(_PACKAGE, *path)
+
+
+#: the most characters of one client-sent text a line carries
+TEXT_MAX = 128
+_PLAIN = re.compile(r"[!#-&(-\[\]-~]+")   # printable ASCII without space, quotes, backslash
+
+
+def client_text(value: Any, limit: int = TEXT_MAX) -> str:
+    """*value* (text a client sent) fit for one log line: as it is when plain, else quoted
+    like ``repr``; cut after *limit* characters (``'aaa'...(60000 chars)``)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit and _PLAIN.fullmatch(text):
+        return text
+    if len(text) > limit:
+        return f"{text[:limit]!r}...({len(text)} chars)"
+    return repr(text)
+
+
+def _quoted(value: Any, limit: int = 32) -> str:
+    text = str(value)
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}...({len(text)} chars)"
+
+
+def _options(options: Any) -> str:
+    """A client's options (or the OACK answering them) as ``{name: value, ...}``, quoted."""
+    if not isinstance(options, dict):
+        return client_text(options)
+    items = list(options.items())
+    shown = ", ".join(f"{_quoted(k)}: {_quoted(v)}" for k, v in items[:16])
+    return "{" + shown + (f", ...({len(items)} options)" if len(items) > 16 else "") + "}"
 
 
 def _to(address: Any) -> str:
@@ -142,23 +179,32 @@ def _dhcp_notify(e: Event) -> Line:
 def _tftp_start(e: Event) -> Line:
     f = e.fields
     return (DEBUG, "tftp RRQ client=%s:%d file=%s mode=%s options=%s oack=%s",
-            (f["ip"], f["port"], f["name"], f["mode"], f["options"], f["oack"]))
+            (f["ip"], f["port"], client_text(f["name"]), client_text(f["mode"], 32), _options(f["options"]),
+             _options(f["oack"])))
 
 
 def _tftp_done(e: Event) -> Line:
     f = e.fields
     return (INFO, "tftp done client=%s:%d file=%s bytes=%d duration=%.3fs rate=%.2fMB/s retransmits=%d "
             "blksize=%d windowsize=%d",
-            (f["ip"], f["port"], f["name"], f["bytes"], f["duration"], _rate(e), f["retransmits"],
-             f["blksize"], f["windowsize"]))
+            (f["ip"], f["port"], client_text(f["name"]), f["bytes"], f["duration"], _rate(e),
+             f["retransmits"], f["blksize"], f["windowsize"]))
 
 
 def _tftp_fail(e: Event) -> Line:
     f = e.fields
     return (INFO, "tftp failed client=%s:%d file=%s reason=%s bytes=%d duration=%.3fs rate=%.2fMB/s "
             "retransmits=%d: %s",
-            (f["ip"], f["port"], f["name"], f["reason"], f["bytes"], f["duration"], _rate(e),
-             f["retransmits"], f["detail"]))
+            (f["ip"], f["port"], client_text(f["name"]), f["reason"], f["bytes"], f["duration"], _rate(e),
+             f["retransmits"], _detail(f["detail"])))
+
+
+def _detail(detail: Any) -> str:
+    """A failure's detail, which may carry a client's ERROR message: one line, bounded."""
+    text = str(detail)
+    if len(text) <= 2 * TEXT_MAX and text.isprintable():
+        return text
+    return client_text(text, 2 * TEXT_MAX)
 
 
 def _tftp_malformed(e: Event) -> Line:
@@ -170,10 +216,18 @@ def _tftp_malformed(e: Event) -> Line:
 
 def _tftp_denied(e: Event) -> Line:
     f = e.fields
+    name = client_text(f["name"])
     if f["reason"] == "write":
-        return INFO, "tftp denied write client=%s:%d file=%s", (f["ip"], f["port"], f["name"])
-    return (INFO, "tftp denied client=%s:%d file=%s code=%d reason=%s: %s",
-            (f["ip"], f["port"], f["name"], f["code"], f["reason"], f["message"]))
+        return INFO, "tftp denied write client=%s:%d file=%s", (f["ip"], f["port"], name)
+    level = DEBUG if f["reason"] == "busy" else INFO   # busy: one address must not flood the log
+    return (level, "tftp denied client=%s:%d file=%s code=%d reason=%s: %s",
+            (f["ip"], f["port"], name, f["code"], f["reason"], _detail(f["message"])))
+
+
+def _tftp_dropped(e: Event) -> Line:
+    f = e.fields   # DEBUG: a flood of them is what the counter is for
+    return (DEBUG, "tftp dropped RRQ client=%s:%d file=%s reason=%s",
+            (f["ip"], f["port"], client_text(f["name"]), f["reason"]))
 
 
 _DHCP = _Origin("massboot.dhcp.server", "dhcp", "server.py")
@@ -197,6 +251,7 @@ _FORMATS: dict[EventKind, tuple[_Origin, Callable[[Event], Line]]] = {
     EventKind.TFTP_FAIL: (_TFTP, _tftp_fail),
     EventKind.TFTP_MALFORMED: (_TFTP, _tftp_malformed),
     EventKind.TFTP_DENIED: (_TFTP, _tftp_denied),
+    EventKind.TFTP_DROPPED: (_TFTP, _tftp_dropped),
 }
 
 #: the kinds that get a line

@@ -38,7 +38,10 @@ Each kind is an :class:`EventKind` (a :class:`~enum.StrEnum`: ``EventKind.DHCP_R
 ``tftp.malformed``  a datagram dropped: reason (:class:`massboot.tftp.packet.Reason`), ip,
                     port, detail [transfer (True: on a transfer's socket)]
 ``tftp.denied``     a request refused: ip, port, name, reason (not_found, access, write,
-                    error), code, message
+                    error, busy: the address runs ``max_per_client`` transfers), code, message
+``tftp.dropped``    a read request left unanswered, the client will retry: ip, port, name,
+                    reason (pool_full: every transfer slot is taken; memory: ``memory_budget``
+                    is spent)
 ``cache.hit`` / ``cache.coalesced``: url, bytes; ``cache.miss``: url, bytes [prefetch];
 ``cache.upstream``: url, bytes, status [error, reason (a
 :class:`massboot.sources.FileReason` value: not_found, access, upstream)];
@@ -88,6 +91,7 @@ class EventKind(StrEnum):
     TFTP_FAIL = "tftp.fail"
     TFTP_MALFORMED = "tftp.malformed"
     TFTP_DENIED = "tftp.denied"
+    TFTP_DROPPED = "tftp.dropped"
     CACHE_HIT = "cache.hit"
     CACHE_MISS = "cache.miss"
     CACHE_COALESCED = "cache.coalesced"
@@ -135,6 +139,7 @@ FIELDS: dict[EventKind, Fields] = {
     EventKind.TFTP_FAIL: _f(f"{_TRANSFER} reason detail"),
     EventKind.TFTP_MALFORMED: _f("reason ip port detail", "transfer"),
     EventKind.TFTP_DENIED: _f("ip port name reason code message"),
+    EventKind.TFTP_DROPPED: _f("ip port name reason"),
     EventKind.CACHE_HIT: _f("url bytes"),
     EventKind.CACHE_MISS: _f("url bytes", "prefetch"),
     EventKind.CACHE_COALESCED: _f("url bytes"),

@@ -73,7 +73,8 @@ ACL_TYPES = ("mac", "uuid", "http")
 ACL_VERDICTS = ("allowed", "denied", "error")
 TFTP_FAIL_REASONS = ("timeout", "client_error", "options_refused", "read_error", "internal_error",
                      "shutdown", "aborted")
-TFTP_DENY_REASONS = ("not_found", "access", "write", "error")
+TFTP_DENY_REASONS = ("not_found", "access", "write", "error", "busy")
+TFTP_DROP_REASONS = ("pool_full", "memory")
 CACHE_REFUSE_REASONS = ("downloads", "space")
 _DR, _TR = dhcp_packet.Reason, tftp_packet.Reason
 #: the ``reason`` label values of ``massboot_malformed_packets``: the codecs' reasons (a DHCP
@@ -142,6 +143,10 @@ class TftpStatus(ServerStatus, Protocol):
     @property
     def active(self) -> int:
         """Transfers in progress."""
+        ...
+
+    def memory(self) -> tuple[int, int]:
+        """``(reserved, budget)``: window bytes promised to running transfers, and the budget."""
         ...
 
 
@@ -284,6 +289,9 @@ class Metrics:
                              "by reason.", ("reason",), [(r,) for r in TFTP_FAIL_REASONS])
         self.tftp_denied = c("massboot_tftp_requests_denied", "TFTP requests refused before any "
                              "transfer, by reason.", ("reason",), [(r,) for r in TFTP_DENY_REASONS])
+        self.tftp_dropped = c("massboot_tftp_requests_dropped", "TFTP read requests left unanswered "
+                              "(the client retries), by reason.", ("reason",),
+                              [(r,) for r in TFTP_DROP_REASONS])
         self.tftp_bytes = c("massboot_tftp_sent_bytes", "File bytes delivered to TFTP clients "
                             "(acknowledged).")
         self.tftp_blocks = c("massboot_tftp_data_blocks", "Distinct TFTP DATA blocks delivered "
@@ -344,6 +352,7 @@ class Metrics:
             EventKind.TFTP_DONE: self._tftp_done,
             EventKind.TFTP_FAIL: self._tftp_fail,
             EventKind.TFTP_DENIED: self._tftp_denied,
+            EventKind.TFTP_DROPPED: self._tftp_dropped,
             EventKind.TFTP_MALFORMED: self._malformed,
             EventKind.CACHE_HIT: lambda e: self.cache_hits.inc(),
             EventKind.CACHE_MISS: lambda e: self.cache_misses.inc(),
@@ -447,6 +456,9 @@ class Metrics:
     def _tftp_denied(self, event: Event) -> None:
         self.tftp_denied.inc((_bounded(event.get("reason"), TFTP_DENY_REASONS),))
 
+    def _tftp_dropped(self, event: Event) -> None:
+        self.tftp_dropped.inc((_bounded(event.get("reason"), TFTP_DROP_REASONS),))
+
     def _cache_upstream(self, event: Event) -> None:
         self.cache_upstream.inc(amount=int(event.get("bytes") or 0))
         error = event.get("error")
@@ -528,6 +540,13 @@ class Metrics:
         if tftp is not None:
             yield GaugeMetricFamily("massboot_tftp_active_transfers", "TFTP transfers in progress.",
                                     value=tftp.active)
+            memory = getattr(tftp, "memory", None)   # a test double may have no budget
+            if memory is not None:
+                reserved, budget = memory()
+                yield GaugeMetricFamily("massboot_tftp_buffer_reserved_bytes", "Window bytes "
+                                        "promised to running TFTP transfers.", value=reserved)
+                yield GaugeMetricFamily("massboot_tftp_buffer_budget_bytes", "[tftpd] memory_budget: "
+                                        "the most all TFTP transfer windows may buffer.", value=budget)
         busy = GaugeMetricFamily("massboot_workers_busy", "Greenlets of a server's bounded pool in "
                                  "use (dhcp: exchanges, dhcp_acl: HTTP ACL calls, dhcp_probe: exchanges "
                                  "waiting on ICMP probes, tftp: transfers).",

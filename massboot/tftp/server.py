@@ -8,9 +8,26 @@ write requests and duplicate read requests cost no pool slot:
 * a first packet that is neither RRQ nor WRQ gets ERROR 4 (an ERROR is never answered);
 * an RRQ from an (ip, port) whose transfer is still running is a retransmission and starts
   nothing;
+* an RRQ from an address that already runs ``max_per_client`` transfers gets ERROR 0
+  (``tftp.denied``, busy);
 * any other RRQ runs in a greenlet from a bounded :class:`gevent.pool.Pool`. While the pool is
-  full the listener does not read at all: requests wait in the kernel's receive buffer (sized
-  with ``rcvbuf``) and clients retransmit, which is the back-pressure we want under a storm.
+  full, new RRQs are dropped unanswered and counted (``tftp.dropped``, pool_full): PXE ROMs
+  abort on an ERROR but retransmit a lost RRQ. The listener never stops reading, so
+  duplicates, junk and write requests are still handled and the kernel queue never fills with
+  stale requests (README ``[tftpd]``).
+
+Bounds on what one request can hold (issue #11; README ``[tftpd]``):
+
+* time: until its first ACK a transfer's peer is unproven (the RRQ's source may be forged); it
+  gets ``first_retries`` resends of its first answer, ``first_timeout`` apart (longer than the
+  clients' own timers: a second OACK aborts atftp), and is then dropped without an ERROR; a
+  repeated RRQ gets the first answer at once, within the same budget. A forged RRQ thus makes
+  the server send at most ``1 + first_retries`` datagrams, each the OACK (a few dozen bytes) or
+  DATA 1, to the victim.
+  A client's RFC 2349 ``timeout`` can only shorten our timer (:func:`negotiate`);
+* memory: a transfer's window (``windowsize × (blksize + 4)``) is negotiated down to
+  ``transfer_memory`` and to what is left of ``memory_budget`` for all transfers; an RRQ that
+  finds the budget spent is dropped (``tftp.dropped``, memory) and its client retries.
 
 A transfer binds its own socket to ``(address, 0)`` (its TID, RFC 1350 section 4), opens the
 file through the injected store (a :class:`massboot.sources.FileError` becomes an ERROR at
@@ -46,6 +63,7 @@ from gevent.pool import Pool
 from massboot.events import EventBus
 from massboot.sources import FileError, FileReason, Source, WouldBlock
 from massboot.tftp.packet import (
+    BLKSIZE_DEFAULT,
     BLKSIZE_MAX,
     BLKSIZE_MIN,
     Error,
@@ -55,7 +73,7 @@ from massboot.tftp.packet import (
     Request,
     decode,
 )
-from massboot.tftp.transfer import Datagram, ReadTransfer, negotiate
+from massboot.tftp.transfer import Datagram, ReadTransfer, negotiate, window_memory
 
 __all__ = ["FileStoreLike", "TftpServer"]
 
@@ -67,6 +85,7 @@ _FATAL_ERRNOS = (errno.EBADF, errno.ENOTSOCK, errno.EINVAL)
 _ERRORS_MAX = 100  # receive errors in a row that make any error fatal (the service is dead)
 _PERIOD_SHARE = 0.8  # a transfer's repeating timer period as a share of its RTO (see _Pump)
 _DRAIN_MAX = 64  # datagrams read per callback: bounded work, the io watcher fires again
+_MEMORY_MIN = window_memory(BLKSIZE_DEFAULT, 1)  # the smallest window: one 512-byte block
 
 # The one place a file store's refusal becomes a TFTP error (RFC 1350 section 5) and a
 # ``tftp.denied`` reason.
@@ -109,8 +128,16 @@ class TftpServer:
         max_windowsize: the largest ``windowsize`` agreed to (RFC 7440).
         timeout_min: lower bound of the adaptive retransmission timeout, seconds.
         timeout_max: upper bound of it, unless the client's ``timeout`` option sets another.
+        backoff_max: upper bound of it as it doubles while nothing comes back (at least
+            *timeout_max*); a client's accepted ``timeout`` option is used as it is instead.
         retries: consecutive timeouts without progress before a transfer is abandoned.
         rcvbuf: ``SO_RCVBUF`` of the listener, best effort.
+        first_timeout: the resend timer before a transfer's first ACK, seconds; see the
+            module docstring.
+        first_retries: resends before the first ACK.
+        max_per_client: transfers one IP address may run at once.
+        transfer_memory: the most bytes one transfer's window may buffer.
+        memory_budget: the most bytes all transfers' windows may buffer together.
     """
 
     def __init__(
@@ -125,8 +152,14 @@ class TftpServer:
         max_windowsize: int = 64,
         timeout_min: float = 0.02,
         timeout_max: float = 2.0,
+        backoff_max: float = 6.0,
         retries: int = 5,
         rcvbuf: int = 4 * 1024 * 1024,
+        first_timeout: float = 6.0,
+        first_retries: int = 2,
+        max_per_client: int = 8,
+        transfer_memory: int = 1 << 20,
+        memory_budget: int = 256 << 20,
     ) -> None:
         if max_blksize is not None and not BLKSIZE_MIN <= max_blksize <= BLKSIZE_MAX:
             raise ValueError(f"max_blksize {max_blksize} outside {BLKSIZE_MIN}..{BLKSIZE_MAX}")
@@ -134,6 +167,10 @@ class TftpServer:
             raise ValueError(f"max_windowsize {max_windowsize} outside 1..65535")
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
+        if max_per_client < 1:
+            raise ValueError("max_per_client must be at least 1")
+        if min(transfer_memory, memory_budget) < _MEMORY_MIN:
+            raise ValueError(f"transfer_memory and memory_budget must be at least {_MEMORY_MIN}")
         self._address = address
         self._requested_port = port
         self._files = files
@@ -143,8 +180,16 @@ class TftpServer:
         self._max_windowsize = max_windowsize
         self._timeout_min = timeout_min
         self._timeout_max = timeout_max
+        self._backoff_max = backoff_max
         self._retries = retries
         self._rcvbuf = rcvbuf
+        self._first_timeout = first_timeout
+        self._first_retries = first_retries
+        self._max_per_client = max_per_client
+        self._transfer_memory = transfer_memory
+        self._memory_budget = memory_budget
+        self._reserved = 0  # window bytes promised to running transfers (<= memory_budget)
+        self._per_ip: dict[str, int] = {}
         self._clock = time.monotonic
         self._socket: gsocket.socket | None = None
         self._pool: Pool | None = None
@@ -152,12 +197,30 @@ class TftpServer:
         self._error: str | None = None
         self._stopped = Event()
         self._transfers: dict[tuple[str, int], ReadTransfer | None] = {}
+        self._pumps: dict[tuple[str, int], _Pump] = {}
 
     def tune(self, *, max_blksize: int | None, max_windowsize: int, timeout_min: float,
-             timeout_max: float, retries: int) -> None:
-        """New limits for the next transfers (SIGHUP); running transfers keep theirs."""
+             timeout_max: float, retries: int, backoff_max: float | None = None,
+             first_timeout: float | None = None,
+             first_retries: int | None = None, max_per_client: int | None = None,
+             transfer_memory: int | None = None, memory_budget: int | None = None) -> None:
+        """New limits for the next transfers (SIGHUP); running transfers keep theirs (and
+        their reservations: a smaller ``memory_budget`` only refuses new windows). The
+        bounds left ``None`` are kept."""
         self._max_blksize, self._max_windowsize = max_blksize, max_windowsize
         self._timeout_min, self._timeout_max, self._retries = timeout_min, timeout_max, retries
+        if backoff_max is not None:
+            self._backoff_max = backoff_max
+        if first_timeout is not None:
+            self._first_timeout = first_timeout
+        if first_retries is not None:
+            self._first_retries = first_retries
+        if max_per_client is not None:
+            self._max_per_client = max_per_client
+        if transfer_memory is not None:
+            self._transfer_memory = transfer_memory
+        if memory_budget is not None:
+            self._memory_budget = memory_budget
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -211,6 +274,16 @@ class TftpServer:
         """``(busy, capacity)`` of the transfer pool: one slot per running transfer."""
         return len(self._transfers), self._pool_size
 
+    def memory(self) -> tuple[int, int]:
+        """``(reserved, budget)``: window bytes promised to running transfers, and
+        ``memory_budget``."""
+        return self._reserved, self._memory_budget
+
+    def buffered_bytes(self) -> int:
+        """Bytes of window buffers the running transfers have allocated (at most
+        :meth:`memory`'s reserved)."""
+        return sum(t.buffered for t in self._transfers.values() if t is not None)
+
     def serve_forever(self) -> None:
         """Start if needed and block until :meth:`stop`."""
         if self._socket is None:
@@ -249,8 +322,6 @@ class TftpServer:
     def _read_loop(self, sock: gsocket.socket, pool: Pool) -> None:
         errors = 0  # receive errors in a row
         while True:
-            if pool.full():
-                pool.wait_available()  # back-pressure: leave requests in the kernel queue
             try:
                 data, address = sock.recvfrom(_LISTEN_BUFSIZE)
             except OSError as exc:
@@ -281,9 +352,26 @@ class TftpServer:
         if isinstance(packet, Request):
             if packet.opcode == Opcode.RRQ:
                 if address in self._transfers:
-                    log.debug("tftp duplicate RRQ from %s:%d for %s", *address, packet.filename)
+                    # a repeat: the client lost our first answer (or it is late, or forged);
+                    # the transfer resends it within its first_retries budget
+                    pump = self._pumps.get(address)
+                    if pump is not None:
+                        pump.request_again()
+                    log.debug("tftp duplicate RRQ from %s:%d for %r", *address, packet.filename[:128])
+                    return
+                ip = address[0]
+                if self._per_ip.get(ip, 0) >= self._max_per_client:
+                    message = "Too many transfers from this address"
+                    self._events.emit("tftp.denied", ip=ip, port=address[1], name=packet.filename,
+                                      reason="busy", code=ErrorCode.NOT_DEFINED, message=message)
+                    _send(sock, Error(ErrorCode.NOT_DEFINED, message).encode(), address)
+                    return
+                if pool.full():  # dropped, not refused: a PXE ROM retries a lost RRQ
+                    self._events.emit("tftp.dropped", ip=ip, port=address[1], name=packet.filename,
+                                      reason="pool_full")
                     return
                 self._transfers[address] = None
+                self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
                 pool.spawn(self._serve, packet, address, received)
                 return
             self._events.emit("tftp.denied", ip=address[0], port=address[1], name=packet.filename,
@@ -304,6 +392,7 @@ class TftpServer:
         sock: _socket.socket | None = None
         source: Source | None = None
         transfer: ReadTransfer | None = None
+        reserved = 0
         try:
             # the raw socket, non-blocking: the transfer is driven from libev callbacks
             sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
@@ -315,13 +404,24 @@ class TftpServer:
                 self._deny(sock, client, name, exc)
                 return
             netascii = request.mode == "netascii"
+            available = self._memory_budget - self._reserved
+            if available < _MEMORY_MIN:  # dropped, not refused: the client retries its RRQ
+                self._events.emit("tftp.dropped", ip=ip, port=port, name=name, reason="memory")
+                return
+            size = getattr(source, "size", None)
             deal = negotiate(
                 request.options,
-                size=getattr(source, "size", None),
+                size=size,
                 max_blksize=self._max_blksize,
                 max_windowsize=self._max_windowsize,
                 netascii=netascii,
+                max_timeout=max(self._timeout_max, self._backoff_max),
+                memory=min(self._transfer_memory, available),
             )
+            reserved = deal.memory
+            if size is not None and not netascii:  # slots are allocated on use: a small file
+                reserved = window_memory(deal.blksize, min(deal.windowsize, size // deal.blksize + 1))
+            self._reserved += reserved
             reader = _Reader(source)
             transfer = ReadTransfer(
                 reader.wait,
@@ -331,7 +431,10 @@ class TftpServer:
                 netascii=netascii,
                 timeout_min=self._timeout_min,
                 timeout_max=float(deal.timeout) if deal.timeout else self._timeout_max,
+                backoff_max=float(deal.timeout) if deal.timeout else self._backoff_max,
                 retries=self._retries,
+                first_timeout=self._first_timeout,
+                first_retries=self._first_retries,
                 read_errors=(FileError,),
                 error_code=_error_code,
                 clock=self._clock,
@@ -349,7 +452,7 @@ class TftpServer:
                 _send(sock, Error(ErrorCode.NOT_DEFINED, message).encode(), client)
             raise
         except Exception:
-            log.exception("tftp transfer failed client=%s:%d file=%s", ip, port, name)
+            log.exception("tftp transfer failed client=%s:%d file=%r", ip, port, name[:128])
             if transfer is not None:
                 _send(sock, transfer.abort(), client)
             elif sock is not None:
@@ -358,13 +461,17 @@ class TftpServer:
                                   code=ErrorCode.NOT_DEFINED, message="Internal error")
         finally:
             self._transfers.pop(client, None)
+            self._reserved -= reserved
+            left = self._per_ip.pop(ip, 1) - 1
+            if left > 0:
+                self._per_ip[ip] = left
             if transfer is not None:
                 self._report(client, name, transfer, received)
             if source is not None:
                 try:
                     source.close()
                 except Exception:
-                    log.exception("tftp: closing %s failed", name)
+                    log.exception("tftp: closing %r failed", name[:128])
             if sock is not None:
                 sock.close()
 
@@ -378,6 +485,7 @@ class TftpServer:
         where waiting is allowed (a threadpool read, a download still on its way).
         """
         pump = _Pump(self, sock, client, transfer)
+        self._pumps[client] = pump
         try:
             transfer.read = reader.wait
             pump.send(transfer.start())
@@ -389,6 +497,7 @@ class TftpServer:
                 transfer.read = reader.inline
                 pump.wait()
         finally:
+            self._pumps.pop(client, None)
             pump.close()
 
     def _datagram(self, transfer: ReadTransfer, client: tuple[str, int], data: bytes) -> None:
@@ -519,6 +628,14 @@ class _Pump:
                 send(datagram, client)
         except OSError as exc:  # EAGAIN with a full send buffer included
             log.debug("tftp send to %s:%d failed: %s", client[0], client[1], exc)
+
+    def request_again(self) -> None:
+        """The client repeated its request (the listener saw it): resend the first answer if
+        the transfer has not been ACKed yet (:meth:`ReadTransfer.on_request_again`)."""
+        try:
+            self.send(self._transfer.on_request_again())
+        except BaseException:
+            self._crash()
 
     def wait(self) -> None:
         """Run the exchange from callbacks until the greenlet is needed again."""

@@ -59,6 +59,7 @@ from massboot.sources import WouldBlock
 from massboot.tftp.packet import (
     BLKSIZE_DEFAULT,
     BLKSIZE_MAX,
+    BLKSIZE_MIN,
     DATA_HEADER,
     Error,
     ErrorCode,
@@ -70,7 +71,7 @@ from massboot.tftp.packet import (
     parse_windowsize,
 )
 
-__all__ = ["Datagram", "Negotiation", "ReadTransfer", "negotiate"]
+__all__ = ["Datagram", "Negotiation", "ReadTransfer", "negotiate", "window_memory"]
 
 Datagram = bytes | memoryview
 ReadFunc = Callable[[int, int], bytes]
@@ -109,6 +110,17 @@ class Negotiation:
     timeout: int | None = None
     oack: dict[str, str] = field(default_factory=dict, hash=False)
 
+    @property
+    def memory(self) -> int:
+        """The most bytes the window buffers: ``windowsize × (blksize + 4)``."""
+        return window_memory(self.blksize, self.windowsize)
+
+
+def window_memory(blksize: int, windowsize: int) -> int:
+    """Bytes a transfer's window slots take at most: one DATA datagram (4-byte header, RFC
+    1350 section 5, and a block) per slot."""
+    return windowsize * (blksize + DATA_HEADER.size)
+
 
 def negotiate(
     requested: Mapping[str, str],
@@ -117,6 +129,8 @@ def negotiate(
     max_blksize: int | None = None,
     max_windowsize: int = 64,
     netascii: bool = False,
+    max_timeout: float | None = None,
+    memory: int | None = None,
 ) -> Negotiation:
     """Decide which of a read request's options to accept (RFC 2347).
 
@@ -126,6 +140,15 @@ def negotiate(
         max_blksize: the largest block size agreed to (``None``: 65464, RFC 2348).
         max_windowsize: the largest window agreed to (RFC 7440).
         netascii: netascii mode; the converted size is unknown, so ``tsize`` is not answered.
+        max_timeout: the longest ``timeout`` agreed to (RFC 2349), our own longest wait: a
+            client may shorten the retransmission timer, never lengthen it. A larger value is
+            left out of the OACK (RFC 2349 allows only an echo of the client's value, not a
+            smaller one) and our own timer is kept. ``None``: any valid value.
+        memory: the most bytes the window may buffer, ``windowsize × (blksize + 4)`` (README
+            ``[tftpd]`` ``transfer_memory``): the window, then the block size, are answered
+            smaller to fit (RFC 7440 section 4 and RFC 2348 both let the OACK answer less than
+            asked). ``None``: no bound. A bound below one 512-byte block is the caller's to
+            refuse: a client without a ``blksize`` option gets 512-byte blocks regardless.
 
     Returns:
         The values to use and the OACK contents. Invalid and unknown options are ignored.
@@ -145,7 +168,7 @@ def negotiate(
                 oack[name] = str(size)
         elif name == "timeout":  # RFC 2349: echoed when accepted
             number = parse_timeout(value)
-            if number is not None:
+            if number is not None and (max_timeout is None or number <= max_timeout):
                 timeout = number
                 oack[name] = str(number)
         elif name == "windowsize":  # RFC 7440
@@ -153,6 +176,13 @@ def negotiate(
             if number is not None:
                 windowsize = max(1, min(number, max_windowsize))
                 oack[name] = str(windowsize)
+    if memory is not None and window_memory(blksize, windowsize) > memory:
+        if "blksize" in oack and window_memory(blksize, 1) > memory:
+            blksize = max(BLKSIZE_MIN, min(blksize, memory - DATA_HEADER.size))
+            oack["blksize"] = str(blksize)
+        windowsize = max(1, min(windowsize, memory // window_memory(blksize, 1)))
+        if "windowsize" in oack:
+            oack["windowsize"] = str(windowsize)
     return Negotiation(blksize, windowsize, timeout, oack)
 
 
@@ -169,9 +199,26 @@ class ReadTransfer:
         options: the OACK to send first; empty or ``None`` for none.
         netascii: convert LF -> CR LF and CR -> CR NUL.
         timeout_min: lower bound of the retransmission timeout, seconds.
-        timeout_max: upper bound of the retransmission timeout, seconds (a client's
-            accepted ``timeout`` option belongs here).
+        timeout_max: upper bound of the retransmission timeout computed from the round trip,
+            seconds (a client's accepted ``timeout`` option belongs here).
+        backoff_max: upper bound of the timeout as it doubles on consecutive expiries (RFC 6298
+            section 5.5); at least *timeout_max*, which it is when ``None``. Longer than a
+            client's own retry timer (atftp: 5 s), it lets a client whose ACK was lost resend
+            it before the next window comes again.
         retries: consecutive timeouts without progress tolerated before giving up.
+        first_timeout: the retransmission timer before the client's first ACK (ACK 0 of the
+            OACK, or ACK 1), the same for each resend; ``None``: the ordinary timer. Until that
+            ACK the peer is unproven (the RRQ's source address may be forged) and the round
+            trip unknown. A client resends its own ACK 0 on its timer (atftp: 5 s) and aborts
+            on a second OACK (atftp), so an OACK resent before the client's own timer fires,
+            after its ACK 0 was lost, kills the transfer: a timer longer than the clients'
+            keeps a resent OACK rare. A DATA 1 (no OACK) is resent no later than the ordinary
+            first timer: a duplicate DATA is harmless (RFC 1350). A client that lost the first
+            answer repeats its request, which :meth:`on_request_again` answers at once
+            (README ``[tftpd]``).
+        first_retries: resends before the client's first ACK; one more timer after the last,
+            the transfer ends without an ERROR (nothing to tell an unproven peer). ``None``:
+            the ordinary rule (*retries*).
         read_errors: exception types from *read* that are the file's fault, not a bug.
         error_code: the TFTP error code for one of those; None reads its ``code`` attribute.
         clock: monotonic clock in seconds (injectable for tests).
@@ -187,7 +234,10 @@ class ReadTransfer:
         netascii: bool = False,
         timeout_min: float = 0.02,
         timeout_max: float = 2.0,
+        backoff_max: float | None = None,
         retries: int = 5,
+        first_timeout: float | None = None,
+        first_retries: int | None = None,
         read_errors: tuple[type[BaseException], ...] = (),
         error_code: Callable[[BaseException], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -206,7 +256,12 @@ class ReadTransfer:
         self._netascii = netascii
         self._timeout_max = float(timeout_max)
         self._timeout_min = min(float(timeout_min), self._timeout_max)
+        self._backoff_max = max(self._timeout_max, float(backoff_max or 0.0))
         self._retries = retries
+        if first_timeout is not None and first_timeout <= 0:
+            raise ValueError("first_timeout must be positive")
+        self._first_timeout = first_timeout
+        self._first_retries = first_retries
         self._read_errors = read_errors
         self._error_code = error_code
         self._clock = clock
@@ -238,6 +293,11 @@ class ReadTransfer:
         self._deadline = float("inf")
         self._oack_sent_at = 0.0
         self._oack_resent = False
+        self._first_wait = first_timeout or 0.0  # the pre-ACK timer
+        if self._first_wait and self._oack is None:  # only a second OACK hurts a client
+            self._first_wait = min(self._first_wait, self._rto)
+        self._first_resends = 0
+        self._buffered = 0
 
         self.bytes_sent = 0
         """Payload bytes of distinct blocks sent (retransmissions not counted)."""
@@ -306,6 +366,17 @@ class ReadTransfer:
         return self._high
 
     @property
+    def proven(self) -> bool:
+        """True once the client acknowledged something (ACK 0 of the OACK, or a DATA block):
+        it receives at the address the request came from."""
+        return self._state != _WAIT_OACK if self._oack is not None else self._base > 1
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of window slot buffers allocated (they are allocated on first use)."""
+        return self._buffered
+
+    @property
     def read_offset(self) -> int:
         """File offset of the next read (what a stalled *read* was asked for)."""
         return self._offset
@@ -320,9 +391,12 @@ class ReadTransfer:
         now = self._progress_at = self._clock()
         if self._oack is not None:
             self._oack_sent_at = now
-            self._deadline = now + self._rto
+            self._deadline = now + (self._first_wait or self._rto)
             return [self._oack]
-        return self._fill(now)
+        out = self._fill(now)
+        if self._first_wait and out:
+            self._deadline = now + self._first_wait
+        return out
 
     def on_ack(self, block: int) -> list[Datagram]:
         """Handle ACK *block* (the 16-bit wire number); return what to send next."""
@@ -470,6 +544,8 @@ class ReadTransfer:
         if not self._started or self._state >= _DONE:
             return []
         self._timeouts += 1
+        if self._first_retries is not None and not self.proven:
+            return self._unproven_timeout()
         # Give up after `retries` resends without progress AND `timeout_max × retries` seconds of
         # silence: on a fast LAN the adaptive timer is a few ms, and a client that pauses for a
         # second (a busy disk, a loaded host) must not lose its transfer for it.
@@ -479,7 +555,7 @@ class ReadTransfer:
             self._fail(REASON_TIMEOUT, f"no ACK after {self._timeouts - 1} retransmissions "
                                        f"and {silent:.1f}s")
             return [Error(ErrorCode.NOT_DEFINED, "Transfer timed out").encode()]
-        self._rto = min(self._rto * 2, self._timeout_max)  # back off, RFC 6298 section 5.5
+        self._rto = min(self._rto * 2, self._backoff_max)  # back off, RFC 6298 section 5.5
         if self._state == _WAIT_OACK:
             self._oack_resent = True
             self.retransmits += 1
@@ -488,6 +564,16 @@ class ReadTransfer:
             return [self._oack]  # type: ignore[list-item]
         self._next = self._base
         return self._fill(now)
+
+    def on_request_again(self) -> list[Datagram]:
+        """The client sent its request again before any ACK: it lost our first answer (a PXE
+        ROM retransmits its RRQ), so resend it now. The resend counts against
+        ``first_retries`` like the timer's, so a flood of forged duplicates gets no more than
+        one request does. Nothing once the client has ACKed, or without ``first_retries``."""
+        if (self._first_retries is None or not self._started or self._state >= _DONE
+                or self.proven or self._first_resends >= self._first_retries):
+            return []
+        return self._resend_first(self._clock())
 
     def resume(self) -> list[Datagram]:
         """After a :class:`WouldBlock` from *read*: go on filling the window; may stall again."""
@@ -503,6 +589,33 @@ class ReadTransfer:
         return Error(code, message).encode()
 
     # -- internals -----------------------------------------------------------------------
+
+    def _unproven_timeout(self) -> list[Datagram]:
+        """No ACK yet: resend the OACK (or the first window) on the pre-ACK timer,
+        at most ``first_retries`` times, then end quietly. Bounds a forged RRQ to
+        ``1 + first_retries`` datagrams of the first answer (README ``[tftpd]``)."""
+        now = self._clock()
+        if self._first_resends >= self._first_retries:  # type: ignore[operator]
+            self._fail(REASON_TIMEOUT, f"no ACK to the first answer after {self._first_resends} "
+                                       f"resends and {now - self._progress_at:.1f}s")
+            return []
+        return self._resend_first(now)
+
+    def _resend_first(self, now: float) -> list[Datagram]:
+        self._first_resends += 1
+        # not doubled (RFC 6298 section 5.5 backs off from 1 s): the timer is already long
+        # and there are few resends; the client's own retransmissions are expected first
+        wait = self._first_wait or self._rto
+        if self._state == _WAIT_OACK:
+            self.retransmits += 1
+            self._oack_resent = True
+            self._oack_sent_at = now
+            out: list[Datagram] = [self._oack]  # type: ignore[list-item]
+        else:
+            self._next = self._base
+            out = self._fill(now)
+        self._deadline = now + wait
+        return out
 
     def _fail(self, reason: str, detail: str) -> None:
         self._state = _FAILED
@@ -574,6 +687,7 @@ class ReadTransfer:
         buf = self._slots[slot]
         if buf is None:  # allocated on first use: a small file needs few slots
             buf = bytearray(4 + self._blksize)
+            self._buffered += len(buf)
             self._slots[slot] = buf
             self._views[slot] = memoryview(buf)
         size = len(payload)

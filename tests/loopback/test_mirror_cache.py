@@ -409,7 +409,9 @@ class Served:
         self.bus.subscribe(self.events)
         self.store = FileStore(root, cache_dir=cache_dir, http_timeout=http_timeout, events=self.bus,
                                session=requests.Session(), **kw)
-        self.tftp = TftpServer("127.0.0.1", 0, self.store, self.bus, timeout_min=0.5, timeout_max=2.0)
+        # every test client sends from 127.0.0.1: no per-address cap ([tftpd] max_per_client)
+        self.tftp = TftpServer("127.0.0.1", 0, self.store, self.bus, timeout_min=0.5, timeout_max=2.0,
+                               max_per_client=1000)
         self.tftp.start()
         self.metrics = Metrics(MetricsConfig(port=0), self.bus, registry=CollectorRegistry(),
                                tftp=self.tftp, cache=self.store)

@@ -295,8 +295,8 @@ def test_tftpy_missing_file(served) -> None:
 # -- scripted client -------------------------------------------------------------------------
 
 
-def test_oack_negotiation_values(served, client_factory) -> None:
-    server, _, recorder = served
+def test_oack_negotiation_values(make_server, client_factory) -> None:
+    server, _, recorder = make_server(timeout_max=3.0)   # a client's timeout 3 is no longer
     client = client_factory(server.port)
     client.rrq("dir/kernel", blksize=1468, tsize=0, timeout=3, windowsize=4, multicast="", foo="bar")
     oack = client.recv_from_tid()
@@ -446,17 +446,23 @@ def test_client_stops_acking_server_gives_up(make_server, client_factory) -> Non
     server, store, recorder = make_server(timeout_min=0.01, timeout_max=0.05, retries=3)
     client = client_factory(server.port)
     client.rrq("f1m")
+    assert client.recv_from_tid() == Data(1, FILES["f1m"][:512])
+    client.ack(1)                                            # proven: the ordinary timer from here
     packets = []
     while True:
         packet = client.recv_from_tid()
         packets.append(packet)
         if isinstance(packet, Error):
             break
-    assert packets[:4] == [Data(1, FILES["f1m"][:512])] * 4  # the first send plus 3 retries
-    assert packets[4] == Error(ErrorCode.NOT_DEFINED, "Transfer timed out")
+    # the first send plus at least 3 retries (more when the adaptive timer, fast on loopback,
+    # runs them before timeout_max × retries of silence)
+    *resent, last = packets
+    assert len(resent) >= 4 and resent == [Data(2, FILES["f1m"][512:1024])] * len(resent)
+    assert last == Error(ErrorCode.NOT_DEFINED, "Transfer timed out")
     wait_for(lambda: len(recorder.of("tftp.fail")) == 1)
     (fail,) = recorder.of("tftp.fail")
-    assert fail.get("reason") == "timeout" and fail.get("retransmits") == 3 and fail.get("bytes") == 0
+    assert fail.get("reason") == "timeout" and fail.get("retransmits") == len(resent) - 1
+    assert fail.get("bytes") == 512
     assert store.sources[0].closed
     wait_for(lambda: server.active == 0)
 
@@ -555,26 +561,6 @@ def test_unexpected_exceptions_answer_error_0_and_the_server_goes_on(
     store.crash_on_read = False
     third = client_factory(server.port)
     assert third.download("f513") == FILES["f513"]
-
-
-def test_full_pool_holds_requests_in_the_kernel_queue(make_server, client_factory) -> None:
-    server, _, recorder = make_server(pool_size=1)
-    first = client_factory(server.port)
-    second = client_factory(server.port)
-    first.rrq("f1m")
-    assert isinstance(first.recv_from_tid(), Data)
-    second.rrq("f513")
-    for block in (1, 2):
-        first.ack(block)
-        assert isinstance(first.recv_from_tid(), Data)  # yields plenty to the server meanwhile
-    assert len(recorder.of("tftp.start")) == 1 and server.active == 1
-    assert second.nothing_pending()
-    # not merely late: the RRQ is still in the listener's kernel queue, unread
-    assert udp_receive_queue(server.port) > 0
-    first.send_raw(Error(0, "enough").encode(), first.tid)
-    packet = second.recv_from_tid()
-    assert packet == Data(1, FILES["f513"][:512])
-    assert len(recorder.of("tftp.start")) == 2
 
 
 def test_stop_aborts_running_transfers(make_server, client_factory) -> None:
@@ -799,3 +785,247 @@ def test_tftp_events_carry_block_counts(make_server, client_factory) -> None:
     (fail,) = recorder.of("tftp.fail")
     assert fail.get("blocks") == 2 and fail.get("bytes") == 1024
     assert fail.get("blocks_sent") >= 4
+
+
+# -- issue #11: what forged, silent and greedy clients can make the server hold ----------------
+
+#: A pre-ACK schedule fast enough for a test: resends after 50 and 100 ms, free after 150 ms.
+FAST_FIRST = {"first_timeout": 0.05, "first_retries": 2}
+
+
+def received_until_quiet(client: Client, quiet: float) -> list[bytes]:
+    """Every datagram *client* receives until none came for *quiet* seconds."""
+    out = []
+    client.sock.settimeout(quiet)
+    while True:
+        try:
+            data, _ = client.sock.recvfrom(65536)
+        except TimeoutError:
+            return out
+        out.append(data)
+
+
+def test_silent_rrq_with_timeout_255_frees_its_slot_after_the_pre_ack_schedule(
+        make_server, client_factory) -> None:
+    """Before: a client's ``timeout 255`` replaced our longest wait and a never-ACKed RRQ held
+    its slot timeout × retries = 1,275 s. Now the option is not agreed (left out of the OACK)
+    and the unproven transfer gets first_retries resends, then its slot is freed, silently."""
+    server, _, recorder = make_server(timeout_max=0.5, **FAST_FIRST)
+    silent = client_factory(server.port)
+    silent.rrq("f1m", timeout=255, tsize=0, blksize=1468)
+    wait_for(lambda: len(recorder.of("tftp.fail")) == 1)
+    (fail,) = recorder.of("tftp.fail")
+    assert fail.get("reason") == "timeout" and fail.get("retransmits") == 2
+    assert server.active == 0 and server.memory()[0] == 0
+    got = [decode(d) for d in received_until_quiet(silent, 0.2)]
+    assert got == [OptionAck({"tsize": str(len(FILES["f1m"])), "blksize": "1468"})] * 3  # no ERROR
+    (start,) = recorder.of("tftp.start")
+    assert "timeout" not in start.get("oack")
+
+
+def test_a_repeated_rrq_gets_the_lost_first_answer_at_once(make_server, client_factory) -> None:
+    """A PXE ROM that lost our OACK repeats its RRQ: the OACK comes again without waiting for
+    our (conservative) timer, from the transfer's own port."""
+    server, _, recorder = make_server(first_timeout=30.0, first_retries=2)
+    client = client_factory(server.port)
+    client.rrq("f513", tsize=0)
+    first = client.recv_from_tid()
+    client.rrq("f513", tsize=0)                     # as if the OACK had been lost
+    assert client.recv_from_tid() == first == OptionAck({"tsize": "513"})
+    client.ack(0)
+    assert client.recv_from_tid() == Data(1, FILES["f513"][:512])
+    client.ack(1)
+    assert client.recv_from_tid() == Data(2, FILES["f513"][512:])
+    client.ack(2)
+    wait_for(lambda: len(recorder.of("tftp.done")) == 1)
+    assert len(recorder.of("tftp.start")) == 1
+
+
+def test_amplification_of_a_forged_rrq_is_bounded(make_server, client_factory) -> None:
+    """Before: a forged 19-byte RRQ made the server send 7 datagrams, 3,119 bytes (×164), to the
+    victim. Now: at most 1 + first_retries datagrams of the first answer, whatever the
+    forger repeats: with options 3 OACKs (×3 or less), without 3 × DATA 1 (516 bytes)."""
+    server, _, recorder = make_server(**FAST_FIRST)
+    with_options = Request(Opcode.RRQ, "f1m", "octet", {"blksize": "65464", "windowsize": "64",
+                                                       "tsize": "0", "timeout": "255"}).encode()
+    plain = Request(Opcode.RRQ, "f1m", "octet", {}).encode()
+    for rrq, bound in ((with_options, 3.0), (plain, 3 * 516 / len(plain))):
+        victim = client_factory(server.port)
+        ended = len(recorder.of("tftp.fail")) + 1
+        for _ in range(10):                         # the forger repeats the request
+            victim.send_raw(rrq)
+        wait_for(lambda ended=ended: len(recorder.of("tftp.fail")) == ended)
+        datagrams = received_until_quiet(victim, 0.2)
+        sent = sum(len(d) for d in datagrams)
+        print(f"forged RRQ of {len(rrq)} bytes (x10): {len(datagrams)} datagrams, {sent} bytes, "
+              f"x{sent / len(rrq):.1f} of one RRQ")
+        assert len(datagrams) <= 1 + FAST_FIRST["first_retries"]
+        assert sent <= bound * len(rrq)
+
+
+def test_a_full_pool_drops_new_requests_counts_them_and_keeps_reading(make_server, client_factory) -> None:
+    """Before: with the pool full the listener stopped reading (a real client waited 10.5 s
+    behind 5 silent ones with pool_size = 5). Now new RRQs are dropped and counted, the listener
+    answers everything else, and the real client, retrying, is served once a slot frees."""
+    from prometheus_client import CollectorRegistry
+
+    from massboot.config import MetricsConfig
+    from massboot.metrics import Metrics
+
+    server, _, recorder = make_server(pool_size=5, max_per_client=100, **FAST_FIRST)
+    registry = CollectorRegistry()
+    Metrics(MetricsConfig(port=0), server._events, tftp=server, registry=registry)
+    silent = [client_factory(server.port) for _ in range(5)]
+    for client in silent:
+        client.rrq("f1m", timeout=255, blksize=1468)
+    wait_for(lambda: server.active == 5)
+    real = client_factory(server.port)
+    real.rrq("f513")
+    wait_for(lambda: len(recorder.of("tftp.dropped")) == 1)
+    assert recorder.of("tftp.dropped")[0].get("reason") == "pool_full"
+    assert registry.get_sample_value("massboot_tftp_requests_dropped_total", {"reason": "pool_full"}) == 1
+    real.probe_listener()                           # the listener still reads and answers
+    silent[0].rrq("f1m", timeout=255, blksize=1468)  # a duplicate is still seen as one
+    assert len(recorder.of("tftp.start")) == 5
+    # the real client retries its RRQ (as PXE ROMs do) until a slot is free and it is served
+    deadline = time.monotonic() + WAIT
+    while True:
+        real.rrq("f513")
+        try:
+            packet, peer = real.recv(timeout=0.05)
+        except TimeoutError:
+            assert time.monotonic() < deadline, "never served"
+            continue
+        if peer != real.server:
+            break
+    real.tid = peer
+    assert packet == Data(1, FILES["f513"][:512])
+    real.ack(1)
+    assert real.recv_from_tid() == Data(2, FILES["f513"][512:])
+    real.ack(2)
+    wait_for(lambda: len(recorder.of("tftp.done")) == 1)
+    assert registry.get_sample_value("massboot_tftp_requests_dropped_total", {"reason": "pool_full"}) >= 1
+
+
+def test_transfers_per_source_address_are_capped(make_server, client_factory) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from massboot.config import MetricsConfig
+    from massboot.metrics import Metrics
+
+    server, _, recorder = make_server(max_per_client=2, first_timeout=30.0)
+    registry = CollectorRegistry()
+    Metrics(MetricsConfig(port=0), server._events, tftp=server, registry=registry)
+    first, second, third = (client_factory(server.port) for _ in range(3))
+    first.rrq("f1m")
+    second.rrq("f1m")
+    assert isinstance(first.recv_from_tid(), Data) and isinstance(second.recv_from_tid(), Data)
+    third.rrq("f513")
+    reply, peer = third.recv()
+    assert peer == third.server
+    assert reply == Error(ErrorCode.NOT_DEFINED, "Too many transfers from this address")
+    (denied,) = recorder.of("tftp.denied")
+    assert denied.get("reason") == "busy"
+    assert registry.get_sample_value("massboot_tftp_requests_denied_total", {"reason": "busy"}) == 1
+    first.send_raw(Error(0, "done").encode(), first.tid)  # a slot of this address frees
+    wait_for(lambda: server.active == 1)
+    third.tid = None
+    assert third.download("f513") == FILES["f513"]
+    other = Client(server.port)                     # another address is not affected
+    other.sock.close()
+    other.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.sock.bind(("127.0.0.2", 0))
+    other.sock.settimeout(WAIT)
+    try:
+        assert other.download("f513") == FILES["f513"]
+    finally:
+        other.close()
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_memory_is_bounded_under_a_thousand_silent_large_window_clients(make_server) -> None:
+    """Before: blksize 65464 × windowsize 64, silent after ACK 0, held 4.4 MiB per client (4.3
+    GiB for 1,000). Now windows are negotiated down to transfer_memory and to what is left of
+    memory_budget; past the budget, RRQs are dropped (counted) and the clients may retry."""
+    budget = 16 << 20
+    server, _, recorder = make_server(max_per_client=2000, transfer_memory=1 << 20, memory_budget=budget,
+                                      first_timeout=30.0, timeout_max=30.0, retries=2)
+    rss_before = _rss()
+    clients = []
+    for i in range(1000):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((f"127.0.{1 + i // 250}.{1 + i % 250}", 0))   # 1,000 source addresses
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        clients.append(sock)
+    rrq = Request(Opcode.RRQ, "f1m", "octet", {"blksize": "65464", "windowsize": "64"}).encode()
+    try:
+        for sock in clients:
+            sock.sendto(rrq, (HOST, server.port))
+        wait_for(lambda: len(recorder.of("tftp.start")) + len(recorder.of("tftp.dropped")) == 1000,
+                 timeout=60)
+        windows = []
+        for sock in clients:
+            sock.setblocking(False)
+            try:
+                data, peer = sock.recvfrom(65536)
+            except BlockingIOError:
+                continue
+            oack = decode(data)
+            assert isinstance(oack, OptionAck)
+            windows.append(int(oack.options["windowsize"]) * (int(oack.options["blksize"]) + 4))
+            sock.sendto(Ack(0).encode(), peer)      # proven, then silent: the window stays buffered
+        wait_for(lambda: server.buffered_bytes() >= server.memory()[0] * 0.9, timeout=60)
+        reserved, total = server.memory()
+        buffered = server.buffered_bytes()
+        rss_growth = _rss() - rss_before
+        dropped = recorder.of("tftp.dropped")
+        print(f"1000 silent clients: {len(windows)} transfers, buffered {buffered >> 10} KiB, "
+              f"reserved {reserved >> 10} KiB of {total >> 10} KiB, {len(dropped)} dropped, "
+              f"RSS +{rss_growth >> 20} MiB")
+        assert max(windows) <= 1 << 20 and sum(windows) <= budget
+        assert buffered <= reserved <= budget
+        assert dropped and {e.get("reason") for e in dropped} == {"memory"}
+        assert rss_growth < budget + (64 << 20)     # sockets and greenlets included
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+def test_client_text_in_log_lines_is_quoted_and_cut(make_server, client_factory,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Before: a newline in a requested name forged a log line; a 60 KB name made a 60 KB line."""
+    caplog.set_level(logging.DEBUG, logger="massboot")
+    server, _, recorder = make_server()
+    server._events.subscribe(EventLog())
+    caplog.clear()
+    client = client_factory(server.port)
+    forged = "pxelinux.0\n2026-01-01 PXE[server] INFO: tftp done client=10.0.0.9:1 file=x"
+    for name in (forged, "a" * 60_000):
+        client.rrq(name)
+        assert client.recv()[0] == Error(ErrorCode.FILE_NOT_FOUND, "File not found")
+    wait_for(lambda: len(recorder.of("tftp.denied")) == 2)
+    text = [r.getMessage() for r in lines(caplog, "massboot.tftp.server")]
+    assert len(text) == 2 and all("\n" not in line for line in text)
+    assert text[0].startswith(f"tftp denied client=127.0.0.1:{client.sock.getsockname()[1]} file="
+                              + repr(forged) + " code=1")
+    assert len(text[1]) < 300 and "...(60000 chars)" in text[1]
+
+
+def test_reload_tunes_the_bounds_for_the_next_requests(make_server, client_factory) -> None:
+    """SIGHUP (README, Reload): the new per-address cap and memory bounds apply to new RRQs."""
+    server, _, recorder = make_server(first_timeout=30.0)
+    server.tune(max_blksize=None, max_windowsize=64, timeout_min=0.01, timeout_max=0.5, retries=5,
+                max_per_client=1, transfer_memory=4 * 1472, memory_budget=1 << 20)
+    first, second = client_factory(server.port), client_factory(server.port)
+    first.rrq("f1m", blksize=1468, windowsize=64)
+    assert first.recv_from_tid() == OptionAck({"blksize": "1468", "windowsize": "4"})
+    second.rrq("f1m")
+    assert second.recv()[0] == Error(ErrorCode.NOT_DEFINED, "Too many transfers from this address")
+    assert [e.get("reason") for e in recorder.of("tftp.denied")] == ["busy"]

@@ -37,7 +37,8 @@ def test_pybootd_18_sample_loads_with_pybootd_meaning():
     assert b.http is not None and b.http.location == "127.0.0.1:13400" and b.http.timeout == 5
     assert c.tftp.root == os.path.normpath(str(DATA / "images"))   # relative to the config file
     assert c.tftp.filters == (("egg.info", "[{filename}]"),)
-    assert c.tftp.blocksize is None and c.tftp.timeout == 2.0 and c.tftp.port == 69
+    assert c.tftp.blocksize is None and c.tftp.timeout == 2.0 and c.tftp.port == 69   # pybootd's default
+    assert c.tftp.backoff_max == 6.0                                  # README, [tftpd]: loss
     assert c.logger.type == "stderr" and c.logger.level == logging.INFO
 
 

@@ -131,7 +131,7 @@ def test_outcome_lines(kind: str, fields: dict, logger: str, level: int, line: s
 
 def test_one_line_per_logged_kind_and_levels_respected(caplog: pytest.LogCaptureFixture) -> None:
     assert {EventKind(kind) for kind, *_ in LINES} | {"dhcp.received", "tftp.start", "tftp.malformed",
-                                                      "tftp.denied"} == LOGGED_KINDS
+                                                      "tftp.denied", "tftp.dropped"} == LOGGED_KINDS
     caplog.set_level(logging.INFO, logger="massboot")
     bus = EventBus()
     bus.subscribe(EventLog(kinds=["dhcp.ignored", "tftp.done"]))

@@ -132,6 +132,38 @@ def test_lost_data_is_resent_after_the_timeout() -> None:
     assert transfer.done
 
 
+def test_back_off_grows_past_timeout_max_up_to_backoff_max() -> None:
+    """``timeout`` (pybootd's 2 s) bounds the round-trip timer; consecutive losses double it up
+    to ``backoff_max`` (README, [tftpd]: loss and the clients' own timers)."""
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 2000), timeout_max=2.0, backoff_max=6.0, retries=10,
+                            clock=clock)
+    transfer.start()
+    waits = []
+    for _ in range(4):
+        clock.advance(transfer.timeout)
+        assert blocks(transfer.on_timeout()) == [1]
+        waits.append(transfer.timeout)
+    assert waits == pytest.approx([2.0, 4.0, 6.0, 6.0])
+    # the ACK of a resent block gives no sample (Karn); the next block's ACK does, and brings
+    # the timer back within timeout_max
+    clock.advance(0.01)
+    assert blocks(transfer.on_ack(1)) == [2]
+    clock.advance(0.01)
+    transfer.on_ack(2)
+    assert transfer.timeout <= 2.0
+
+
+def test_backoff_max_below_timeout_max_is_timeout_max() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 2000), timeout_max=2.0, backoff_max=0.5, clock=clock)
+    transfer.start()
+    for expected in (2.0, 2.0):
+        clock.advance(transfer.timeout)
+        transfer.on_timeout()
+        assert transfer.timeout == pytest.approx(expected)
+
+
 def test_lost_ack_resends_and_the_late_duplicate_is_ignored() -> None:
     clock = Clock()
     content = b"a" * 512 + b"b" * 512 + b"c"
@@ -621,3 +653,139 @@ def test_on_ack_all_read_error_is_reported_like_on_ack() -> None:
     assert transfer.failed and transfer.reason == "read_error"
     (packet,) = packets(out)
     assert isinstance(packet, Error) and packet.message == "upstream went away"
+
+
+# -- issue #11: what a client (or a forged source address) may make the server do -------------
+
+
+def test_timeout_option_can_only_shorten_the_wait() -> None:
+    """RFC 2349 timeout: a value above our longest wait is left out of the OACK (the RFC allows
+    only an echo) and our timer is kept; a value within it is echoed and used."""
+    deal = negotiate({"timeout": "255", "blksize": "1468"}, size=None, max_timeout=2.0)
+    assert deal.timeout is None and deal.oack == {"blksize": "1468"}
+    deal = negotiate({"timeout": "3"}, size=None, max_timeout=2.0)
+    assert deal.timeout is None and deal.oack == {}
+    deal = negotiate({"timeout": "2"}, size=None, max_timeout=2.0)
+    assert deal.timeout == 2 and deal.oack == {"timeout": "2"}
+    deal = negotiate({"timeout": "1"}, size=None, max_timeout=2.5)
+    assert deal.timeout == 1 and deal.oack == {"timeout": "1"}
+
+
+@pytest.mark.parametrize(("asked", "memory", "agreed"), [
+    # (blksize, windowsize) asked, the per-transfer bound, (blksize, windowsize) agreed
+    ((65464, 64), 1 << 20, (65464, 16)),        # the window shrinks first
+    ((1468, 8), 1 << 20, (1468, 8)),            # a PXE ROM's ask fits as it is
+    ((1468, 64), 16 * 1472, (1468, 16)),
+    ((65464, 1), 8192, (8188, 1)),              # one block larger than the bound: blksize shrinks
+    ((65464, 64), 8192, (8188, 1)),
+    ((None, 64), 4096, (512, 7)),               # no blksize option: 512-byte blocks (RFC 1350)
+    ((8, 65535), 1200, (8, 100)),
+])
+def test_window_and_blksize_are_negotiated_down_to_the_memory_bound(
+        asked: tuple[int | None, int], memory: int, agreed: tuple[int, int]) -> None:
+    requested = {"windowsize": str(asked[1])}
+    if asked[0] is not None:
+        requested = {"blksize": str(asked[0]), **requested}
+    deal = negotiate(requested, size=None, max_windowsize=65535, memory=memory)
+    assert (deal.blksize, deal.windowsize) == agreed
+    assert deal.memory == agreed[1] * (agreed[0] + 4) <= memory
+    assert deal.oack["windowsize"] == str(agreed[1])
+    if asked[0] is not None:
+        assert deal.oack["blksize"] == str(agreed[0])
+    else:
+        assert "blksize" not in deal.oack
+
+
+def test_buffered_bytes_stay_within_the_negotiated_memory() -> None:
+    clock = Clock()
+    deal = negotiate({"blksize": "65464", "windowsize": "64"}, size=None, memory=1 << 20)
+    transfer = ReadTransfer(reader(b"z" * (8 << 20)), blksize=deal.blksize, windowsize=deal.windowsize,
+                            options=deal.oack, clock=clock)
+    transfer.start()
+    assert transfer.buffered == 0                   # nothing buffered before ACK 0
+    assert len(transfer.on_ack(0)) == 16            # the client goes silent after ACK 0
+    assert transfer.buffered == deal.memory <= 1 << 20
+
+
+def test_unproven_oack_is_resent_few_times_on_a_conservative_timer_then_dropped_quietly() -> None:
+    """Before ACK 0 the peer is unproven: first_retries resends, first_timeout apart,
+    then the transfer ends without an ERROR, whatever timeout the client asked for."""
+    clock = Clock()
+    deal = negotiate({"timeout": "255", "tsize": "0"}, size=1000, max_timeout=2.0)
+    transfer = ReadTransfer(reader(b"x" * 1000), options=deal.oack, timeout_max=2.0, retries=5,
+                            first_timeout=1.0, first_retries=2, clock=clock)
+    sent = [transfer.start()]
+    start = clock.now
+    times = []
+    while not transfer.finished:
+        clock.now = transfer.deadline
+        out = transfer.on_timeout()
+        times.append(clock.now - start)
+        if out:
+            sent.append(out)
+    assert times == [1.0, 2.0, 3.0]                 # resends at 1 s and 2 s, given up at 3 s
+    assert [packets(d) for d in sent] == [[OptionAck({"tsize": "1000"})]] * 3
+    assert transfer.failed and transfer.reason == "timeout" and transfer.retransmits == 2
+
+
+def test_unproven_first_data_is_resent_few_times_then_dropped_quietly() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 1000), timeout_min=0.01, timeout_max=2.0, retries=5,
+                            first_timeout=6.0, first_retries=2, clock=clock)
+    sent = [transfer.start()]
+    assert transfer.deadline == clock.now + 1.0     # no OACK: the ordinary first timer (1 s)
+    while not transfer.finished:
+        clock.now = transfer.deadline
+        out = transfer.on_timeout()
+        if out:
+            sent.append(out)
+    assert [blocks(d) for d in sent] == [[1], [1], [1]]
+    assert transfer.failed and transfer.retransmits == 2
+
+
+def test_after_the_first_ack_the_ordinary_timer_and_retries_apply() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 5000), options={"tsize": "5000"}, timeout_min=0.01,
+                            timeout_max=0.05, retries=3, first_timeout=1.0, first_retries=2, clock=clock)
+    transfer.start()
+    clock.now = transfer.deadline                   # one OACK resend, then ACK 0 arrives
+    assert len(transfer.on_timeout()) == 1
+    clock.advance(0.001)
+    assert blocks(transfer.on_ack(0)) == [1]
+    assert transfer.proven
+    assert transfer.deadline - clock.now <= 0.05    # the ordinary (bounded) timer, not 2 s
+    resends = 0
+    while not transfer.finished:
+        clock.now = transfer.deadline
+        out = transfer.on_timeout()
+        resends += 1
+    assert packets(out) == [Error(ErrorCode.NOT_DEFINED, "Transfer timed out")]   # proven: told
+    assert resends >= 4
+
+
+def test_a_client_ack_within_the_first_timer_is_a_plain_transfer() -> None:
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"q" * 2000), first_timeout=1.0, first_retries=2, clock=clock)
+    assert run_lockstep(transfer, clock) == b"q" * 2000
+    assert transfer.done and transfer.retransmits == 0
+
+
+def test_a_repeated_request_resends_the_first_answer_within_the_same_budget() -> None:
+    """A client that lost our OACK repeats its RRQ: it gets the OACK again at once, but a flood
+    of repeats (forged or not) gets no more resends than first_retries."""
+    clock = Clock()
+    transfer = ReadTransfer(reader(b"x" * 1000), options={"tsize": "1000"}, first_timeout=1.0,
+                            first_retries=2, clock=clock)
+    first = transfer.start()
+    clock.advance(0.3)
+    again = [transfer.on_request_again() for _ in range(10)]
+    assert [len(d) for d in again] == [1, 1] + [0] * 8
+    assert [bytes(d[0]) for d in again[:2]] == [bytes(first[0])] * 2
+    assert transfer.retransmits == 2
+    clock.now = transfer.deadline                   # the budget is spent: the timer ends it
+    assert transfer.on_timeout() == [] and transfer.failed
+    proven = ReadTransfer(reader(b"x" * 1000), options={"tsize": "1000"}, first_timeout=1.0,
+                          first_retries=2, clock=clock)
+    proven.start()
+    proven.on_ack(0)
+    assert proven.on_request_again() == []          # once ACKed, a late duplicate RRQ is ignored
