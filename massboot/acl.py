@@ -181,6 +181,7 @@ class HttpAcl:
         timeout: float = 5.0,
         mac_format: str = "dash",
         session: requests.Session | None = None,
+        ca_file: str | None = None,
         max_calls: int = MAX_CALLS,
         cache_ttl: float = CACHE_TTL,
         cache_entries: int = CACHE_ENTRIES,
@@ -209,6 +210,8 @@ class HttpAcl:
             adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max_calls)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
+            if ca_file:   # [http] ca_file: the CAs an https:// ACL server is verified with
+                session.verify = ca_file
         self._session = session
         self.pool = Pool(max_calls)
         #: the calls strangers may hold at once: a quarter of max_calls is kept for known clients
@@ -226,7 +229,7 @@ class HttpAcl:
         """The ACL of a validated ``[http]`` section."""
         return cls(config.location, config.pxe, config.dhcp, timeout=config.timeout,
                    mac_format=config.mac_format, max_calls=config.max_calls,
-                   cache_ttl=config.cache_ttl)
+                   cache_ttl=config.cache_ttl, ca_file=config.ca_file)
 
     @staticmethod
     def _slash(path: str) -> str:

@@ -397,6 +397,10 @@ HTTP = Section("http", (
     Option("cache_ttl", Float(0, 3600), "30",
            "*massboot*: seconds an allowed or denied verdict answers the same question again "
            "(``0``: ask every time); errors are not kept"),
+    Option("ca_file", parse_text, None,
+           "*massboot*: PEM file of the CA certificates an ``https://`` ACL server is verified "
+           "with (relative to the config directory); unset: the CA bundle of requests",
+           default_doc="(requests' bundle)"),
     Option("mac_format", Choice({"dash": "dash", "colon": "colon"}), "dash",
            "*massboot*: ``dash`` sends the documented query ``?mac=AA-BB-CC-DD-EE-FF&uuid=...``; "
            "``colon`` sends pybootd 1.8's on-wire form ``?mac=AA%3ABB%3A...&uuid=...&ip=...``"),
@@ -580,6 +584,7 @@ class HttpAclConfig:
     mac_format: str = HTTP.default("mac_format")   # dash (documented) | colon (pybootd 1.8 on the wire)
     max_calls: int = HTTP.default("max_calls")
     cache_ttl: float = HTTP.default("cache_ttl")
+    ca_file: str | None = None                     # an https:// server's CA certificates (PEM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -794,7 +799,7 @@ def loads(text: str, path: str = "<string>", *, state_dir: str | None = None) ->
     main["state_dir"] = os.path.abspath(os.path.join(base_dir, state_dir or main["state_dir"] or "."))
     massboot = MassbootConfig(**main)
     logger = _logger(reader, base_dir)
-    bootp = _bootp(reader, massboot.state_dir) if reader.has("bootpd") else None
+    bootp = _bootp(reader, base_dir, massboot.state_dir) if reader.has("bootpd") else None
     tftp = _tftp(reader, base_dir, massboot.state_dir)
     metrics = MetricsConfig(**METRICS.read(reader)) if reader.has("metrics") else None
     return Config(path=path, base_dir=base_dir, logger=logger, bootp=bootp, tftp=tftp,
@@ -830,11 +835,11 @@ def _logger(reader: _Reader, base_dir: str) -> LoggerConfig:
     return LoggerConfig(**v)
 
 
-def _bootp(r: _Reader, state_dir: str) -> BootpConfig:
+def _bootp(r: _Reader, base_dir: str, state_dir: str) -> BootpConfig:
     s = "bootpd"
     v = BOOTPD.read(r)
     v["domain_explicit"] = bool(r.get(s, "domain"))
-    http = _http_acl(r, v.pop("timeout"))
+    http = _http_acl(r, v.pop("timeout"), base_dir)
     pool_start, pool_count, access = v["pool_start"], v["pool_count"], v["access"]
     if int(ipaddress.IPv4Address(pool_start)) + pool_count > 1 << 32:
         raise ConfigError(s, "pool_count", str(pool_count), "the pool runs past 255.255.255.255")
@@ -883,7 +888,7 @@ def _bootp(r: _Reader, state_dir: str) -> BootpConfig:
     )
 
 
-def _http_acl(r: _Reader, alias: float | None) -> HttpAclConfig | None:
+def _http_acl(r: _Reader, alias: float | None, base_dir: str) -> HttpAclConfig | None:
     """``[http]``, its timeout from ``[bootp] timeout`` (pybootd's documentation) when absent.
 
     Both given with different values is an error naming both, as for the section aliases.
@@ -899,6 +904,10 @@ def _http_acl(r: _Reader, alias: float | None) -> HttpAclConfig | None:
                               f"{r.get('bootpd', 'timeout')!r} and [http] timeout = "
                               f"{r.get('http', 'timeout')!r}")
         v["timeout"] = alias
+    if v["ca_file"]:
+        v["ca_file"] = os.path.join(base_dir, v["ca_file"])
+        if not os.path.isfile(v["ca_file"]):
+            raise ConfigError("http", "ca_file", r.get("http", "ca_file"), "not a file")
     return HttpAclConfig(**v)
 
 

@@ -11,12 +11,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import gevent
 import gevent.event
 import pytest
 import requests
 
+from massboot import config as cfg
 from massboot.acl import HttpAcl, Verdict
 from tests.conftest import require
 
@@ -336,6 +338,23 @@ def test_https_location_is_asked_over_tls(tls_acl_server) -> None:
     assert result.verdict is Verdict.ALLOWED and result.client_name == "Tester-001"
     assert server.last_line() == "GET /boot?mac=00-AA-55-12-34-56 HTTP/1.1\r\n"
     assert acl(server).url(MAC, uuid=None, ip=None, pxe=True).startswith(server.location + "/boot?")
+
+
+def test_https_ca_file_from_the_config(tls_acl_server, tmp_path) -> None:
+    """``[http] ca_file`` names the CA an ``https://`` ACL server is verified with."""
+    server, cert = tls_acl_server
+    ini = tmp_path / "acl.ini"
+    ini.write_text("[bootpd]\npool_start = 10.0.0.100\naccess = http\n[bootfile]\ndefault = a\n"
+                   f"[http]\nlocation = {server.location}\nca_file = {Path(cert).name}\n")
+    assert Path(cert).parent == tmp_path          # the fixture wrote it here: a relative name
+    config = cfg.load(str(ini)).bootp.http
+    assert config.ca_file == str(tmp_path / Path(cert).name)
+    result = HttpAcl.from_config(config).check(MAC, uuid=None, ip=None, pxe=True)
+    assert result.verdict is Verdict.ALLOWED and result.client_name == "Tester-001"
+    (tmp_path / "missing.ini").write_text(ini.read_text().replace(Path(cert).name, "nope.pem"))
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(str(tmp_path / "missing.ini"))
+    assert str(err.value).startswith("[http] ca_file = 'nope.pem': not a file")
 
 
 def test_plain_location_keeps_meaning_http(acl_server) -> None:
