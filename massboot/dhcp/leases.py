@@ -30,7 +30,8 @@ the caller waits for it cooperatively.
 
 ``LeaseStore`` keeps each operation that decides atomic on its own (:meth:`~LeaseStore.allocate`,
 :meth:`~LeaseStore.bind`, :meth:`~LeaseStore.release`, :meth:`~LeaseStore.decline`, and the
-operator's :meth:`~LeaseStore.free`, :meth:`~LeaseStore.reserve`, :meth:`~LeaseStore.unreserve`):
+operator's :meth:`~LeaseStore.free`, :meth:`~LeaseStore.reserve`, :meth:`~LeaseStore.unreserve`,
+and a reload's :meth:`~LeaseStore.set_static`):
 the caller never reads a lease and then writes a decision based on it, so a store that yields on
 every call (a database shared by several servers) can implement it with one transaction each.
 """
@@ -443,7 +444,12 @@ class _Index:
                 change.delete(lease.mac)
                 continue
             if lease.ip not in self.position and static_ip is None and not lease.reserved:
-                log.info("lease mac=%s ip=%s is outside the pool; kept for that MAC", lease.mac, lease.ip)
+                if lease.static:        # as set_static does for a removed entry
+                    self.stale.add(lease.mac)
+                    log.info("lease mac=%s ip=%s is no longer static; outside the pool, it is released "
+                             "at the next request", lease.mac, lease.ip)
+                else:
+                    log.info("lease mac=%s ip=%s is outside the pool; kept for that MAC", lease.mac, lease.ip)
             lease = replace(lease, static=static_ip is not None)
             self._put(lease)
         self._rebuild_free()
@@ -728,9 +734,10 @@ class _Index:
             else:                                   # an ordinary binding from now on
                 lease = replace(lease, static=False, updated=now)
                 self._put(lease)
-                change.upsert(lease)
-                if ip not in self.position and not lease.reserved:
-                    self.stale.add(mac)             # outside the pool: released at its next request
+                if ip in self.position or lease.reserved:
+                    change.upsert(lease)
+                else:   # outside the pool: released at its next request (its row stays static,
+                    self.stale.add(mac)             # so a restart before that releases it too)
                     log.info("lease mac=%s ip=%s is no longer static; outside the pool, it is "
                              "released at the next request", mac, ip)
         self.static = table

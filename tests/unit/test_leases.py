@@ -835,6 +835,24 @@ def test_set_static_removed_entry_outside_the_pool_is_released_at_the_next_reque
     assert store.by_ip("10.0.0.50") is None
 
 
+def test_a_removed_static_entry_outside_the_pool_is_released_after_a_restart_too(tmp_path) -> None:
+    path = str(tmp_path / "l.db")
+    store = SqliteLeaseStore(path, POOL, {STATIC_MAC: "10.0.0.50", MAC_A: "10.0.0.51"})
+    store.bind(STATIC_MAC, None, lease_time=600)
+    store.bind(MAC_A, None, lease_time=600)
+    store.set_static({MAC_A: "10.0.0.51"})
+    store.close()
+    # STATIC_MAC's entry went by a reload, MAC_A's while massboot was stopped
+    again = SqliteLeaseStore(path, POOL)
+    try:
+        for mac, ip in ((STATIC_MAC, "10.0.0.50"), (MAC_A, "10.0.0.51")):
+            assert again.get(mac).ip == ip and again.get(mac).state == BOUND
+            renew = again.bind(mac, ip, lease_time=600)
+            assert not renew.bound and renew.lease.ip in POOL
+    finally:
+        again.close()
+
+
 def test_set_static_removed_entry_in_the_pool_becomes_an_ordinary_binding(make_store) -> None:
     clock = Clock()
     store = make_store(pool=POOL[:2], clock=clock)
