@@ -690,6 +690,7 @@ class _Index:
             change.returned.add(ip)
             change.set_aside.pop(ip, None)
         self.suspect.discard(ip)              # the operator says so
+        self.stale.discard(mac)               # and the MAC's binding is right again
         if current is None:
             lease = Lease(mac, ip, state=OFFERED, updated=now, reserved=True)
         elif current.state == OFFERED:

@@ -835,6 +835,15 @@ def test_set_static_removed_entry_outside_the_pool_is_released_at_the_next_reque
     assert store.by_ip("10.0.0.50") is None
 
 
+def test_a_reservation_after_set_static_removed_the_entry_stays(make_store) -> None:
+    store = make_store(static={STATIC_MAC: "10.0.0.50"})
+    store.bind(STATIC_MAC, None, lease_time=600)
+    store.set_static({})
+    store.reserve(STATIC_MAC, "10.0.0.50")                 # the operator keeps it for that MAC
+    assert store.bind(STATIC_MAC, "10.0.0.50", lease_time=600).bound
+    assert store.get(STATIC_MAC).state == RESERVED
+
+
 def test_a_removed_static_entry_outside_the_pool_is_released_after_a_restart_too(tmp_path) -> None:
     path = str(tmp_path / "l.db")
     store = SqliteLeaseStore(path, POOL, {STATIC_MAC: "10.0.0.50", MAC_A: "10.0.0.51"})
