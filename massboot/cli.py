@@ -383,9 +383,7 @@ def restart_needed(old: cfg.Config, new: cfg.Config) -> list[str]:
                   ("[bootpd] notify", o.notify, n.notify),
                   ("[bootpd] offer_hold/reclaim/decline_probation", lifecycle_options(o),
                    lifecycle_options(n)),
-                  ("[buggy_clients]", bool(o.buggy_clients), bool(n.buggy_clients)),
-                  ("[static_dhcp] (the stores' reserved addresses; the ACL exemption is applied now)",
-                   o.static, n.static)]
+                  ("[buggy_clients]", bool(o.buggy_clients), bool(n.buggy_clients))]
         old_subnets = {s.name: (s.pool_start, s.pool_count) for s in o.subnets}
         for sub in n.subnets:
             if sub.name in old_subnets and old_subnets[sub.name] != (sub.pool_start, sub.pool_count):

@@ -30,7 +30,8 @@ the caller waits for it cooperatively.
 
 ``LeaseStore`` keeps each operation that decides atomic on its own (:meth:`~LeaseStore.allocate`,
 :meth:`~LeaseStore.bind`, :meth:`~LeaseStore.release`, :meth:`~LeaseStore.decline`, and the
-operator's :meth:`~LeaseStore.free`, :meth:`~LeaseStore.reserve`, :meth:`~LeaseStore.unreserve`):
+operator's :meth:`~LeaseStore.free`, :meth:`~LeaseStore.reserve`, :meth:`~LeaseStore.unreserve`,
+and a reload's :meth:`~LeaseStore.set_static`):
 the caller never reads a lease and then writes a decision based on it, so a store that yields on
 every call (a database shared by several servers) can implement it with one transaction each.
 """
@@ -263,6 +264,23 @@ class LeaseStore(ABC):
         MAC had no reservation."""
 
     @abstractmethod
+    def set_static(self, static: Mapping[str, str]) -> list[tuple[str, str, str]]:
+        """Adopt a new ``[static_dhcp]`` MAC → IP table (a reload), atomically; no lease is lost.
+
+        A new entry applies at the MAC's next request (its other binding or reservation yields
+        then). An entry whose address is another MAC's active binding wins: that binding is
+        dropped, with a warning, so the other MAC's next request is NAKed or gets another
+        address. A removed entry's bound address becomes an ordinary binding (sticky while the
+        pool has room) or, outside the pool, is released at the MAC's next request.
+
+        Returns:
+            ``(ip, static MAC, other MAC)`` of each such taken-over active binding.
+
+        Raises:
+            ValueError: an address is given to two MACs (nothing changed).
+        """
+
+    @abstractmethod
     def counts(self) -> tuple[int, int]:
         """``(in use, capacity)`` over the pool.
 
@@ -338,6 +356,24 @@ class _Change:
         return bool(self.upserts or self.deletes or self.set_aside or self.returned)
 
 
+def _static_table(static: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``(MAC → IP, IP → MAC)`` of ``[static_dhcp]``.
+
+    Raises:
+        ValueError: an address is given to two MACs.
+    """
+    table: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for mac, ip in static.items():
+        mac = _norm_mac(mac)
+        other = owner.get(ip)
+        if other is not None and other != mac:
+            raise ValueError(f"static address {ip} given to both {other} and {mac}")
+        table[mac] = ip
+        owner[ip] = mac
+    return table, owner
+
+
 class _Index:
     """The in-memory state shared by both stores. Never yields; every method is atomic.
 
@@ -355,15 +391,9 @@ class _Index:
         self.offer_hold = offer_hold
         self.reclaim = reclaim
         self.probation = decline_probation
-        self.static: dict[str, str] = {}
-        for mac, ip in static.items():
-            self.static[_norm_mac(mac)] = ip
-        self.static_owner: dict[str, str] = {}
-        for mac, ip in self.static.items():
-            other = self.static_owner.get(ip)
-            if other is not None:
-                raise ValueError(f"static address {ip} given to both {other} and {mac}")
-            self.static_owner[ip] = mac
+        self.static, self.static_owner = _static_table(static)
+        #: MACs whose binding a reload of [static_dhcp] made wrong: dropped at their next request
+        self.stale: set[str] = set()
         self.aside: dict[str, float] = {}              # ip → end of its probation
         self.by_mac: dict[str, Lease] = {}
         self.owner: dict[str, str] = dict(self.static_owner)  # ip -> mac, reservations included
@@ -414,7 +444,12 @@ class _Index:
                 change.delete(lease.mac)
                 continue
             if lease.ip not in self.position and static_ip is None and not lease.reserved:
-                log.info("lease mac=%s ip=%s is outside the pool; kept for that MAC", lease.mac, lease.ip)
+                if lease.static:        # as set_static does for a removed entry
+                    self.stale.add(lease.mac)
+                    log.info("lease mac=%s ip=%s is no longer static; outside the pool, it is released "
+                             "at the next request", lease.mac, lease.ip)
+                else:
+                    log.info("lease mac=%s ip=%s is outside the pool; kept for that MAC", lease.mac, lease.ip)
             lease = replace(lease, static=static_ip is not None)
             self._put(lease)
         self._rebuild_free()
@@ -529,6 +564,11 @@ class _Index:
     # -- decisions (no yield anywhere below) -----------------------------------------------
 
     def allocate(self, mac: str, now: float, change: _Change) -> Lease | None:
+        if self.stale and mac in self.stale:
+            self.stale.discard(mac)
+            dropped = self._drop(mac, change)
+            if dropped is not None:
+                log.info("lease mac=%s ip=%s dropped: [static_dhcp] changed", mac, dropped.ip)
         lease = self.by_mac.get(mac)
         if lease is not None:
             if not _active(lease, now):
@@ -650,6 +690,7 @@ class _Index:
             change.returned.add(ip)
             change.set_aside.pop(ip, None)
         self.suspect.discard(ip)              # the operator says so
+        self.stale.discard(mac)               # and the MAC's binding is right again
         if current is None:
             lease = Lease(mac, ip, state=OFFERED, updated=now, reserved=True)
         elif current.state == OFFERED:
@@ -671,6 +712,64 @@ class _Index:
         self._put(lease)
         change.upsert(lease)
         return True
+
+    def set_static(self, static: Mapping[str, str], now: float,
+                   change: _Change) -> list[tuple[str, str, str]]:
+        """Adopt a new ``[static_dhcp]`` (a reload); return ``(ip, static MAC, other MAC)`` of each
+        static address that was another MAC's active binding (that binding is dropped)."""
+        table, owners = _static_table(static)       # raises before anything changes
+        old = self.static
+        for mac, ip in old.items():                 # entries removed or moved
+            if table.get(mac) == ip:
+                continue
+            del self.static_owner[ip]
+            lease = self.by_mac.get(mac)
+            if lease is None or lease.ip != ip:
+                if self.owner.get(ip) == mac:
+                    del self.owner[ip]
+                    position = self.position.get(ip)
+                    if position is not None:
+                        heapq.heappush(self.free_heap, position)
+            elif lease.state == OFFERED:            # never bound: nothing to keep
+                self._drop(mac, change)
+            else:                                   # an ordinary binding from now on
+                lease = replace(lease, static=False, updated=now)
+                self._put(lease)
+                if ip in self.position or lease.reserved:
+                    change.upsert(lease)
+                else:   # outside the pool: released at its next request (its row stays static,
+                    self.stale.add(mac)             # so a restart before that releases it too)
+                    log.info("lease mac=%s ip=%s is no longer static; outside the pool, it is "
+                             "released at the next request", mac, ip)
+        self.static = table
+        conflicts: list[tuple[str, str, str]] = []
+        for mac, ip in table.items():               # entries added or moved
+            if old.get(mac) == ip:
+                continue
+            self.static_owner[ip] = mac
+            holder = self.owner.get(ip)
+            if holder is not None and holder != mac:
+                other = self.by_mac.get(holder)
+                if other is not None and other.ip == ip:
+                    if _active(other, now):
+                        log.warning("static address %s of %s is the active binding of %s: %s gets "
+                                    "a NAK or another address at its next request", ip, mac, holder, holder)
+                        conflicts.append((ip, mac, holder))
+                    self._drop(holder, change)
+                    self.stale.discard(holder)
+            self.owner[ip] = mac
+            lease = self.by_mac.get(mac)
+            if lease is None:
+                self.stale.discard(mac)
+            elif lease.ip == ip:                    # its binding is its static address now
+                self.stale.discard(mac)
+                expires = None if lease.state == OFFERED else lease.expires
+                lease = replace(lease, static=True, reserved=False, expires=expires, updated=now)
+                self._put(lease)
+                change.upsert(lease)
+            else:                                   # a lease or reservation elsewhere yields
+                self.stale.add(mac)
+        return conflicts
 
     def counts(self, now: float) -> tuple[int, int]:
         used = free = 0
@@ -802,6 +901,9 @@ class _IndexedLeaseStore(LeaseStore):
 
     def unreserve(self, mac: str) -> bool:
         return bool(self._decide(self._index.unreserve, _norm_mac(mac)))
+
+    def set_static(self, static: Mapping[str, str]) -> list[tuple[str, str, str]]:
+        return self._decide(self._index.set_static, static)
 
     def counts(self) -> tuple[int, int]:
         # computed at most once a second and once per change: scrapes are frequent

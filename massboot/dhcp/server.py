@@ -69,7 +69,7 @@ from massboot.dhcp.exchange import (
     hardware_problem,
     select_scope,
 )
-from massboot.dhcp.leases import LeaseStats, LeaseStore
+from massboot.dhcp.leases import LeaseStats, LeaseStore, LeaseStoreError
 from massboot.dhcp.packet import BOOTREQUEST, BootpPacket, PacketError, Reason, decode, encode
 from massboot.dhcp.policy import Network
 from massboot.events import EventBus
@@ -151,7 +151,15 @@ class DhcpServer:
 
         Leases and exchanges in flight are kept: an exchange runs on the settings it started
         with. The socket, the main pool and its store stay (the caller says what needs a restart).
+        Every store takes the new ``[static_dhcp]`` table (:meth:`LeaseStore.set_static`): an
+        entry applies at its MAC's next request.
         """
+        if config.static != self.config.static:
+            for store in dict.fromkeys([self.main.store, *subnet_stores.values()]):
+                try:
+                    store.set_static(config.static)
+                except LeaseStoreError as exc:    # logged by the store; memory is up to date
+                    log.error("reload: [static_dhcp]: %s", exc)
         settings = Settings.from_config(config, self.server_ip, bootfile_size=self.settings.bootfile_size)
         net = self.main.net
         main = Scope("main", self.main.store,

@@ -264,6 +264,60 @@ def test_listener_change_on_reload_says_restart(tmp_path):
         mb.close()
 
 
+def test_sighup_applies_static_dhcp_entries_without_dropping_leases(tmp_path):
+    """README, "Reload": a new [static_dhcp] entry applies at its MAC's next request; one that
+    takes another MAC's active lease is logged, and that MAC's RENEW is NAKed."""
+    (tmp_path / "files").mkdir()
+    dhcp, tftp = free_port(), free_port()
+    path = ini(tmp_path, dhcp, tftp)
+    mb = Running("-c", path)
+    relay = RelayClient(("127.0.0.1", dhcp))
+
+    def renew(mac: bytes, ip: str):
+        return relay.exchange(relay.packet(mac, MessageType.REQUEST, ciaddr=ip))
+
+    try:
+        mb.wait_for("tftp listening")
+        _, ack_a = relay.dora(MAC_A, pxe_options())
+        _, ack_b = relay.dora(MAC_B, pxe_options())
+        _, ack_c = relay.dora(MAC_C, pxe_options())
+        assert (ack_a.yiaddr, ack_b.yiaddr, ack_c.yiaddr) == ("127.0.0.100", "127.0.0.101", "127.0.0.102")
+        # MAC A becomes static at another address; STATIC's address moves onto MAC B's lease
+        text = Path(path).read_text()
+        entries = "52-54-00-00-0A-09 = 127.0.0.101\n52-54-00-00-0A-01 = 127.0.0.105"
+        Path(path).write_text(text.replace("52-54-00-00-0A-09 = 127.0.0.120", entries))
+        mb.proc.send_signal(signal.SIGHUP)
+        mb.wait_for("applied")
+        assert f"static address 127.0.0.101 of {colon(STATIC)} is the active binding of {colon(MAC_B)}" \
+            in mb.log
+        assert "[static_dhcp]" not in mb.log and "next restart" not in mb.log
+
+        # MAC A: its RENEW of the dynamic address is NAKed, its next DISCOVER gets the static one
+        nak = renew(MAC_A, "127.0.0.100")
+        assert nak is not None and nak.option(Opt.MESSAGE_TYPE)[0] == MessageType.NAK
+        offer, ack = relay.dora(MAC_A, pxe_options())
+        assert offer.yiaddr == ack.yiaddr == "127.0.0.105"
+        assert ack.option(Opt.MESSAGE_TYPE)[0] == MessageType.ACK
+        # MAC B: its RENEW of the now-static address is NAKed; it gets another address
+        nak = renew(MAC_B, "127.0.0.101")
+        assert nak is not None and nak.option(Opt.MESSAGE_TYPE)[0] == MessageType.NAK
+        offer, ack = relay.dora(MAC_B, pxe_options())
+        assert ack.option(Opt.MESSAGE_TYPE)[0] == MessageType.ACK
+        assert ack.yiaddr not in ("127.0.0.101", "127.0.0.102", "127.0.0.105", "127.0.0.120")
+        _, ack = relay.dora(STATIC, pxe_options())
+        assert ack.yiaddr == "127.0.0.101"
+        # an untouched lease renews as before
+        ack = renew(MAC_C, "127.0.0.102")
+        assert ack.option(Opt.MESSAGE_TYPE)[0] == MessageType.ACK and ack.yiaddr == "127.0.0.102"
+        listed = leases(path, "show", colon(MAC_A))
+        assert "ip: 127.0.0.105" in listed.stdout and "state: static" in listed.stdout, listed.stdout
+        mb.proc.send_signal(signal.SIGTERM)
+        assert mb.exit_code() == 0, mb.log
+    finally:
+        relay.close()
+        mb.close()
+
+
 def test_sighup_while_starting_is_a_reload_not_a_kill(tmp_path):
     """logrotate may send SIGHUP while massboot starts: it is kept and applied once it serves."""
     (tmp_path / "files").mkdir()

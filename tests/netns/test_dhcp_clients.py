@@ -70,6 +70,7 @@ allow_simple_dhcp = yes
 [bootfile]
 default = pxelinux.0
 """
+RELOAD_DNS = "10.77.0.53"
 CLIENT_TIMEOUT = 20       # seconds a client may take to get a lease (they answer in about 1-3 s)
 DHCLIENT_CONF = """\
 timeout 15;
@@ -168,14 +169,15 @@ def parse_dhclient_leases(text: str) -> list[dict[str, str]]:
     return leases
 
 
-def run_dhclient(net: NetnsPair, work: Path, name: str) -> DhclientLease:
-    """One dhclient DORA in the client namespace with a fresh lease file; dhclient is then
-    killed by pid (no RELEASE is sent, as when a machine goes on to boot)."""
+def run_dhclient(net: NetnsPair, work: Path, name: str, leases_of: str | None = None) -> DhclientLease:
+    """One dhclient DORA in the client namespace with a fresh lease file (or, with *leases_of*,
+    the lease file of that earlier run: an INIT-REBOOT REQUEST of its address); dhclient is
+    then killed by pid (no RELEASE is sent, as when a machine goes on to boot)."""
     require_tool("dhclient")
     work.mkdir(parents=True, exist_ok=True)
     conf = work / f"{name}.conf"
     conf.write_text(DHCLIENT_CONF)
-    leases, out = work / f"{name}.leases", work / f"{name}.env"
+    leases, out = work / f"{leases_of or name}.leases", work / f"{name}.env"
     hook = _hook(work / f"{name}.sh", out)
     argv = ["dhclient", "-4", "-1", "-d", "-v", "-sf", str(hook), "-cf", str(conf), "-lf", str(leases),
             "-pf", str(work / f"{name}.pid"), net.client_if]
@@ -381,6 +383,69 @@ def test_udhcpc_lease_sticky_across_restart(net: NetnsPair, server: Massboot, tm
     restart(server, signal.SIGTERM)
     again = run_udhcpc(net, tmp_path / "udhcpc", "run2")
     assert again["ip"] == first["ip"]
+
+
+def reload_with_new_dns(server: Massboot) -> None:
+    """A compatible config change (a DNS server) applied by SIGHUP, by pid."""
+    server.config.write_text(server.config.read_text().replace(
+        "allow_simple_dhcp = yes\n", f"allow_simple_dhcp = yes\ndns = {RELOAD_DNS}\n"))
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "applied" in server.log_text(), 20, "the reload")
+    assert "next restart" not in server.log_text()
+
+
+def test_dhclient_keeps_its_address_across_a_reload(net: NetnsPair, server: Massboot, tmp_path: Path) -> None:
+    take_first_address(net)
+    first = run_dhclient(net, tmp_path / "dhclient", "run1")
+    assert first.ip == SECOND and first.options.get("domain-name-servers") != RELOAD_DNS
+    reload_with_new_dns(server)
+    # dhclient -1 again on its lease file: an INIT-REBOOT REQUEST of the address it holds
+    again = run_dhclient(net, tmp_path / "dhclient", "run2", leases_of="run1")
+    assert again.hook_env.get("reason") == "REBOOT", again.hook_env
+    assert again.ip == first.ip
+    assert again.hook_env["new_domain_name_servers"] == RELOAD_DNS        # the new config answered
+    assert [r["event"] for r in reply_lines(server.log_text(), net.client_mac)] == ["offer", "ack", "ack"]
+
+
+RENEW_HOOK = """\
+#!/bin/sh
+# configures the address (a RENEW is unicast from it) and records each event
+case "$1" in
+  bound) ip addr add "$ip/${{mask:-24}}" dev "$interface"; echo "bound $ip $dns" >> "{out}" ;;
+  renew) echo "renew $ip $dns" >> "{out}" ;;
+esac
+exit 0
+"""
+
+
+def test_udhcpc_renews_its_address_across_a_reload(net: NetnsPair, server: Massboot, tmp_path: Path) -> None:
+    require_tool("busybox")
+    take_first_address(net)
+    work = tmp_path / "udhcpc"
+    work.mkdir()
+    out, hook = work / "events", work / "hook.sh"
+    hook.write_text(RENEW_HOOK.format(out=out))
+    hook.chmod(0o755)
+    argv = ["busybox", "udhcpc", "-i", net.client_if, "-f", "-t", "10", "-T", "1", "-s", str(hook)]
+    with open(work / "udhcpc.log", "wb") as log:
+        proc = net.popen(net.client, argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def events() -> list[list[str]]:
+        assert proc.poll() is None, (work / "udhcpc.log").read_text(errors="replace")
+        return [line.split() for line in out.read_text().splitlines()] if out.exists() else []
+
+    try:
+        wait_until(events, CLIENT_TIMEOUT, "udhcpc to bind")
+        assert events()[0][:2] == ["bound", SECOND]
+        reload_with_new_dns(server)
+        proc.send_signal(signal.SIGUSR1)                       # udhcpc: renew now
+        wait_until(lambda: len(events()) > 1, CLIENT_TIMEOUT, "udhcpc to renew")
+        assert events()[1] == ["renew", SECOND, RELOAD_DNS], events()
+    finally:
+        kill(proc)
+    replies = [r["event"] for r in reply_lines(server.log_text(), net.client_mac)]
+    assert replies == ["offer", "ack", "ack"], server.log_text()
 
 
 def test_check_config_sees_the_veth(net: NetnsPair, tmp_path: Path) -> None:

@@ -751,3 +751,154 @@ def test_a_reclaim_and_a_decline_are_durable(tmp_path) -> None:
         assert again.allocate(MAC_B).ip == b and again.needs_probe(b)
     finally:
         again.close()
+
+
+# -- [static_dhcp] on reload (LeaseStore.set_static) ---------------------------------------------
+
+def test_set_static_moves_a_dynamic_lease_at_its_next_request(make_store) -> None:
+    clock = Clock()
+    store = make_store(pool=POOL[:5], clock=clock)
+    dynamic = store.bind(MAC_A, None, lease_time=600).lease
+    assert dynamic.ip == POOL[0] and store.set_static({MAC_A: POOL[3]}) == []
+    assert store.get(MAC_A).ip == POOL[0]                  # nothing moves before the next request
+    clock.advance(10)
+    # a RENEW of the old address is refused; the MAC's address is its static one now
+    binding = store.bind(MAC_A, POOL[0], lease_time=600)
+    assert not binding.bound and binding.lease.ip == POOL[3] and binding.lease.state == STATIC
+    assert store.bind(MAC_A, POOL[3], lease_time=600).bound
+    assert store.by_ip(POOL[3]).mac == MAC_A
+    assert store.bind(MAC_B, None, lease_time=600).lease.ip == POOL[0]   # its old address is free
+    assert store.bind(MAC_C, None, lease_time=600).lease.ip == POOL[1]   # the static one is not offered
+    assert store.bind(mac(1), None, lease_time=600).lease.ip == POOL[2]
+    assert store.bind(mac(2), None, lease_time=600).lease.ip == POOL[4]
+    assert store.allocate(mac(3)) is None
+
+
+def test_set_static_on_another_macs_active_lease_warns_and_that_mac_moves(make_store, caplog) -> None:
+    clock = Clock()
+    store = make_store(static={STATIC_MAC: "10.0.0.50"}, clock=clock)
+    other = store.bind(MAC_B, None, lease_time=600).lease
+    caplog.set_level("WARNING", logger="massboot.dhcp.leases")
+    # the static address moves onto MAC_B's active lease
+    assert store.set_static({STATIC_MAC: other.ip}) == [(other.ip, STATIC_MAC, MAC_B)]
+    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warning) == 1 and other.ip in warning[0] and STATIC_MAC in warning[0] and MAC_B in warning[0]
+    clock.advance(300)
+    renew = store.bind(MAC_B, other.ip, lease_time=600)    # RENEWING: not ACKed
+    assert not renew.bound and renew.lease.ip != other.ip
+    assert store.bind(MAC_B, renew.lease.ip, lease_time=600).bound
+    assert store.bind(STATIC_MAC, None, lease_time=600).lease.ip == other.ip
+    with pytest.raises(LeaseConflict):
+        store.commit(MAC_B, other.ip, lease_time=600)
+
+
+def test_set_static_takes_an_expired_binding_silently(make_store, caplog) -> None:
+    clock = Clock()
+    store = make_store(clock=clock)
+    old = store.bind(MAC_B, None, lease_time=60).lease
+    clock.advance(120)
+    caplog.set_level("WARNING", logger="massboot.dhcp.leases")
+    assert store.set_static({STATIC_MAC: old.ip}) == []
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert store.get(MAC_B) is None and store.allocate(MAC_B).ip != old.ip
+
+
+def test_set_static_a_reservation_of_the_same_mac_yields(make_store) -> None:
+    store = make_store()
+    store.reserve(MAC_A, POOL[5])
+    store.set_static({MAC_A: POOL[7]})
+    lease = store.allocate(MAC_A)
+    assert lease.ip == POOL[7] and lease.state == STATIC and not lease.reserved
+    assert store.by_ip(POOL[5]) is None
+
+
+def test_set_static_on_the_macs_own_address_pins_it(make_store) -> None:
+    clock = Clock()
+    store = make_store(clock=clock)
+    lease = store.bind(MAC_A, None, lease_time=60).lease
+    store.set_static({MAC_A: lease.ip})
+    assert store.get(MAC_A).state == STATIC
+    clock.advance(10_000)                                  # pinned: never expires, never reclaimed
+    assert store.get(MAC_A).state == STATIC and store.bind(MAC_A, lease.ip, lease_time=60).bound
+
+
+def test_set_static_removed_entry_outside_the_pool_is_released_at_the_next_request(make_store) -> None:
+    clock = Clock()
+    store = make_store(static={STATIC_MAC: "10.0.0.50"}, clock=clock)
+    assert store.bind(STATIC_MAC, None, lease_time=600).lease.ip == "10.0.0.50"
+    store.set_static({})
+    lease = store.get(STATIC_MAC)
+    assert lease.ip == "10.0.0.50" and lease.state == BOUND and not lease.static
+    clock.advance(10)
+    renew = store.bind(STATIC_MAC, "10.0.0.50", lease_time=600)
+    assert not renew.bound and renew.lease.ip == POOL[0]
+    assert store.by_ip("10.0.0.50") is None
+
+
+def test_a_reservation_after_set_static_removed_the_entry_stays(make_store) -> None:
+    store = make_store(static={STATIC_MAC: "10.0.0.50"})
+    store.bind(STATIC_MAC, None, lease_time=600)
+    store.set_static({})
+    store.reserve(STATIC_MAC, "10.0.0.50")                 # the operator keeps it for that MAC
+    assert store.bind(STATIC_MAC, "10.0.0.50", lease_time=600).bound
+    assert store.get(STATIC_MAC).state == RESERVED
+
+
+def test_a_removed_static_entry_outside_the_pool_is_released_after_a_restart_too(tmp_path) -> None:
+    path = str(tmp_path / "l.db")
+    store = SqliteLeaseStore(path, POOL, {STATIC_MAC: "10.0.0.50", MAC_A: "10.0.0.51"})
+    store.bind(STATIC_MAC, None, lease_time=600)
+    store.bind(MAC_A, None, lease_time=600)
+    store.set_static({MAC_A: "10.0.0.51"})
+    store.close()
+    # STATIC_MAC's entry went by a reload, MAC_A's while massboot was stopped
+    again = SqliteLeaseStore(path, POOL)
+    try:
+        for mac, ip in ((STATIC_MAC, "10.0.0.50"), (MAC_A, "10.0.0.51")):
+            assert again.get(mac).ip == ip and again.get(mac).state == BOUND
+            renew = again.bind(mac, ip, lease_time=600)
+            assert not renew.bound and renew.lease.ip in POOL
+    finally:
+        again.close()
+
+
+def test_set_static_removed_entry_in_the_pool_becomes_an_ordinary_binding(make_store) -> None:
+    clock = Clock()
+    store = make_store(pool=POOL[:2], clock=clock)
+    store.set_static({STATIC_MAC: POOL[1]})
+    assert store.bind(STATIC_MAC, None, lease_time=60).lease.ip == POOL[1]
+    assert store.allocate(MAC_B).ip == POOL[0]
+    store.set_static({STATIC_MAC: POOL[1], MAC_B: POOL[0]})
+    assert store.get(MAC_B).state == STATIC            # its offer, pinned, never bound
+    clock.advance(120)
+    store.set_static({})
+    assert store.get(MAC_B) is None                    # a never-bound static offer is dropped
+    assert store.get(STATIC_MAC).state == EXPIRED and store.bind(STATIC_MAC, POOL[1], lease_time=60).bound
+    assert store.get(STATIC_MAC).state == BOUND
+    clock.advance(120)                                    # expired: sticky while the pool has room...
+    assert store.get(STATIC_MAC).state == EXPIRED
+    assert store.bind(MAC_A, None, lease_time=60).lease.ip == POOL[0]
+    assert store.bind(MAC_C, None, lease_time=60).lease.ip == POOL[1]   # ...then reclaimed
+    assert store.get(STATIC_MAC) is None
+
+
+def test_set_static_refuses_a_duplicate_address_and_changes_nothing(make_store) -> None:
+    store = make_store(static={STATIC_MAC: "10.0.0.50"})
+    with pytest.raises(ValueError):
+        store.set_static({MAC_A: "10.0.0.60", MAC_B: "10.0.0.60"})
+    assert store.allocate(STATIC_MAC).ip == "10.0.0.50" and store.allocate(MAC_A).ip == POOL[0]
+
+
+def test_set_static_is_durable(tmp_path) -> None:
+    path = str(tmp_path / "l.db")
+    store = SqliteLeaseStore(path, POOL)
+    lease = store.bind(MAC_A, None, lease_time=600).lease
+    store.set_static({MAC_A: lease.ip})
+    store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT static FROM leases WHERE mac = ?", (MAC_A,)).fetchone() == (1,)
+    again = SqliteLeaseStore(path, POOL, {MAC_A: lease.ip})
+    try:
+        assert again.get(MAC_A).state == STATIC
+    finally:
+        again.close()
