@@ -16,7 +16,7 @@ import os
 import pytest
 
 from massboot.files import ClientInfo, FileError, FileReason, FileStore
-from massboot.files.names import Filter, Resolver, shown
+from massboot.files.names import Filter, Resolver, Target, shown
 
 IP = "127.0.0.5"
 
@@ -190,3 +190,43 @@ def test_an_indirect_list_under_a_remote_root_is_read_from_base_dir(tmp_path) ->
     res = resolver(tmp_path, REMOTE, filters=[("x", "[lists/x.txt]")], lines=lines)
     assert res.resolve("x", IP).url == REMOTE + "/pxelinux.0"
     assert lines == [(os.path.join(str(tmp_path), "lists/x.txt"),)]
+
+
+def test_names_that_name_nothing_are_not_found(tmp_path) -> None:
+    for res, name in [(resolver(tmp_path), ""), (resolver(tmp_path, REMOTE), ".//./"),
+                      (resolver(tmp_path, filters=[("x", "")]), "x")]:
+        err = refused(res, name)
+        assert (err.reason, err.message) == (FileReason.NOT_FOUND, "File not found"), name
+    empty_list = Resolver("root", [("x", "[list.txt]")], base_dir=str(tmp_path), client_lookup=None,
+                          first_line=lambda paths: None)
+    err = refused(empty_list, "x")
+    assert (err.reason, err.message) == (FileReason.NOT_FOUND, "File not found")
+
+
+def test_percent_encoding_is_a_traversal_only_under_a_remote_root(tmp_path) -> None:
+    local = resolver(tmp_path).resolve("%2e%2e/x", IP)
+    assert local.paths == (os.path.join(str(tmp_path), "root", "%2e%2e/x"),)
+    assert refused(resolver(tmp_path, REMOTE), "%2e%2e/x").reason is FileReason.ACCESS
+    assert resolver(tmp_path, REMOTE).resolve("%ff", IP).url == REMOTE + "/%25ff"
+    assert resolver(tmp_path, "http://h/BOX/").resolve("a", IP).url == "http://h/BOX/a"
+
+
+def test_a_filter_match_is_logged_at_debug(tmp_path, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    resolver(tmp_path, filters=[("x*", "[list.txt]")]).resolve("x1", IP)
+    assert [r.getMessage() for r in caplog.records if r.name == LOGGER] == ["filter x*: 'x1' -> 'pxelinux.0'"]
+
+
+def test_where_each_kind_of_target_leads(tmp_path) -> None:
+    root, base = os.path.join(str(tmp_path), "root"), str(tmp_path)
+    lines: list = []
+    res = resolver(tmp_path, filters=[
+        ("u", "https://h/fixed"), ("a", "/srv/fixed"), ("t", "cfg/{filename}"), ("b", "[{file}]")],
+        info=ClientInfo(IP, file="list.txt"), lines=lines)
+    assert res.resolve("u", IP) == Target(url="https://h/fixed")
+    assert res.resolve("a", IP) == Target(paths=("/srv/fixed",))
+    assert res.resolve("t", IP) == Target(
+        paths=(os.path.join(root, "cfg/t"), os.path.join(base, "cfg/t")),
+        confine=(os.path.realpath(os.path.join(root, "cfg")), os.path.realpath(os.path.join(base, "cfg"))))
+    res.resolve("b", IP)                                 # a bare client-chosen list: under the root only
+    assert lines == [(os.path.join(root, "list.txt"),)]
