@@ -1,11 +1,13 @@
-"""Name resolution and confinement through :class:`FileStore`, pinned down by mutation testing
-(tests/mutation.sh on the name functions): the reason a refused name gives (it is the TFTP
-ERROR message the client sees, RFC 1350 code 2), ``*`` in ``[filters]`` patterns, and the
-check of filter targets at startup (README ``[filters]``).
+"""Name resolution and confinement, pinned down by mutation testing (tests/mutation.sh
+``massboot/files/names.py``): through :class:`FileStore`, the reason a refused name gives (it
+is the TFTP ERROR message the client sees, RFC 1350 code 2), ``*`` in ``[filters]`` patterns
+and the check of filter targets at startup; through :class:`Resolver` alone, where each kind of
+target leads, what is decoded, quoted and refused where a URL is built, the fixed prefix a
+client value stays inside, and the log lines of refusals (README ``[filters]``).
 
-Equivalent mutant accepted (see README "Mutation testing"): ``_inside`` answering True when
-``os.path.commonpath`` raises ValueError (only for a mix of absolute and relative paths, and
-both are always absolute there).
+Equivalent mutants accepted (no observable difference, see README "Mutation testing"):
+
+EQUIVALENTS
 """
 
 from __future__ import annotations
@@ -230,3 +232,13 @@ def test_where_each_kind_of_target_leads(tmp_path) -> None:
         confine=(os.path.realpath(os.path.join(root, "cfg")), os.path.realpath(os.path.join(base, "cfg"))))
     res.resolve("b", IP)                                 # a bare client-chosen list: under the root only
     assert lines == [(os.path.join(root, "list.txt"),)]
+
+
+def test_the_fixed_prefix_is_all_the_text_before_the_first_variable(tmp_path) -> None:
+    root = os.path.join(str(tmp_path), "root")
+    info = ClientInfo(IP, mac="AA")
+    res = resolver(tmp_path, filters=[("b*", "cfg}}/{filename}"), ("m*", "cfg/{mac}/{filename}")], info=info)
+    assert Filter.parse("m*", "cfg/{mac}/{filename}").prefix == "cfg/"
+    assert Filter.parse("b*", "cfg}}/{filename}").prefix == "cfg}/"
+    assert res.resolve("b1", IP).paths[0] == os.path.join(root, "cfg}/b1")
+    assert res.resolve("m1", IP).paths[0] == os.path.join(root, "cfg/AA/m1")
