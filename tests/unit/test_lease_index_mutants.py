@@ -6,7 +6,20 @@ what each decision logs (README "Lease lifecycle").
 
 Equivalent mutants accepted (no observable difference, see README "Mutation testing"):
 
-EQUIVALENTS
+* ``allocate``, ``reserve``: ``state=OFFERED`` left out (it is the default of :class:`Lease`).
+* ``__init__``: ``free_heap = None`` (``_rebuild_free`` sets it at once).
+* ``_rebuild_free``: ``_usable(None)`` (the free heap is lazily valid: ``_take_free`` checks
+  each address it pops).
+* ``_put``: the compaction threshold of the expiry heap (``>=``, ``2 /``, ``3 *``, ``- 64``,
+  ``+ 65``): when stale entries are dropped shows in memory only; what is kept is tested.
+* ``_drop``: ``held.pop(None, None)`` (a dropped MAC binds again only through ``commit``,
+  which ends its hold too).
+* ``_set_aside``: ``change.returned.discard(None)`` (an address returned and set aside again in
+  one decision: the store deletes the returned row before it writes the set-aside one).
+* ``sweep``, ``reserve``: ``change.set_aside.pop(None, None)`` (nothing is set aside earlier
+  in the same decision: the sweep runs first, and ``reserve`` sets nothing aside).
+* ``_take_expired``: ``held.get(mac, 1.0)`` (the clock is epoch seconds, never below 1).
+* ``by_ip``: ``self.get(mac, now)`` also for no owner (``get(None)`` is None).
 """
 
 from __future__ import annotations
@@ -85,6 +98,9 @@ def test_reload_drops_what_the_config_now_forbids_and_keeps_the_rest(tmp_path, c
     pool = [ip for ip in POOL if ip != "10.0.0.13"]      # D's address left the pool
     store = SqliteLeaseStore(path, pool, static, clock=clock)
     try:
+        db = sqlite3.connect(path)                       # the rows it dropped are deleted at once
+        assert not {A, B, C, J} & {m for (m,) in db.execute("SELECT mac FROM leases")}
+        db.close()
         assert store.get(A) is None                      # replaced by its static address
         assert store.get(B) is None and store.by_ip("10.0.0.11") is None   # now static for F
         assert store.get(C) is None                      # its address was declined
@@ -235,6 +251,12 @@ def test_decline_of_another_macs_address_changes_nothing_and_says_why_at_debug(c
     assert records(caplog) == [(logging.DEBUG, f"decline mac={B} ip={a.ip}: other_mac")]
     assert store.get(A) == a and store.by_ip(a.ip) == a
     assert store.counts() == (1, 10)
+
+
+def test_decline_outside_the_pool_names_the_address() -> None:
+    store = MemoryLeaseStore(POOL)
+    store.allocate(A)
+    assert store.decline(A, "192.168.7.7") == Decline("192.168.7.7", "outside_pool")
 
 
 def test_decline_of_a_free_address_changes_nothing(caplog) -> None:
@@ -540,7 +562,7 @@ def test_reserve_keeps_the_macs_own_binding_and_moves_it_otherwise() -> None:
     a = store.get(A)
     assert (a.state, a.reserved, a.updated, a.expires) == (EXPIRED, False, T0 + 600, T0 + 100)
     moved = store.reserve(B, "10.0.0.15")                # another address: the old one is let go
-    assert moved.ip == "10.0.0.15" and store.by_ip(offered.ip) is None
+    assert (moved.ip, moved.updated) == ("10.0.0.15", T0 + 600) and store.by_ip(offered.ip) is None
     assert store.allocate(D).ip == offered.ip
 
 
