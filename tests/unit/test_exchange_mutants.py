@@ -10,7 +10,8 @@ Equivalent mutants accepted (no observable difference, see README "Mutation test
 * ``on_probe``: ``probed=None if answered and False else lease.ip`` (an address that answered
   is set aside and the MAC's offer dropped, so the next allocation never returns it).
 * ``__init__``: ``self._new_state = None`` (every path that reads it sets it first).
-* ``start``: ``option(53) or b"XXXX"`` (a bad type means option 53 is present).
+* ``start``: ``option(53) or b"XXXX"`` (a bad type means option 53 is present), and
+  ``int.from_bytes`` without ``"big"`` (the default byte order since Python 3.11; one byte).
 * ``_offer``: a plain BOOTP ``bind(mac, None)`` for ``bind(mac, lease.ip)`` (the store binds
   the MAC's address, which is the one it just allocated).
 * ``_boot_info``: ``size = ""`` for ``size = None`` (option 13 is sent for a size only).
