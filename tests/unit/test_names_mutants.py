@@ -7,7 +7,19 @@ client value stays inside, and the log lines of refusals (README ``[filters]``).
 
 Equivalent mutants accepted (no observable difference, see README "Mutation testing"):
 
-EQUIVALENTS
+* ``_quote``: ``safe="/"`` left out (the default), ``"UTF-8"`` for ``"utf-8"``, and
+  ``safe="XX/XX"`` (``X`` is unreserved, never quoted anyway).
+* ``_url_trouble``, ``resolve``, ``_expand``: ``unquote`` with ``errors=None`` or without
+  ``errors`` (its default, ``"replace"``, changes only undecodable bytes, which decode to no
+  NUL, ``/``, ``\\`` or ``.`` either way: the traversal checks answer alike).
+* ``Resolver.__init__``: ``_real_root`` of a remote root ``None`` or ``"XXXX"`` (never read for
+  a remote root).
+* ``_expand``: ``format_map(None)`` for a template without variables (nothing is looked up);
+  ``traversal(value) if value or True`` (``traversal("")`` is None); a refusal of the result
+  with ``field=None`` (falsy like ``""``: the log line says ``result`` either way).
+* ``_expand``: the 13 mutants of the ``leaves the target's directory`` refusal (its arguments,
+  its text). The branch is defensive and cannot be reached: a target is stripped when parsed
+  and its prefix ends with ``/``, so the expanded result always starts with its prefix.
 """
 
 from __future__ import annotations
