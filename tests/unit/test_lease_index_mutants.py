@@ -29,32 +29,12 @@ import sqlite3
 
 import pytest
 
-from massboot.dhcp.leases import (
-    BOUND,
-    EXPIRED,
-    OFFERED,
-    PROBE_IN_USE_HOLD,
-    RELEASED,
-    RESERVED,
-    STATIC,
-    Decline,
-    LeaseConflict,
-    MemoryLeaseStore,
-    SqliteLeaseStore,
-)
+from massboot.dhcp.leases import PROBE_IN_USE_HOLD, Decline, LeaseConflict, MemoryLeaseStore, SqliteLeaseStore
+from tests.unit.test_leases import BOUND, EXPIRED, OFFERED, RELEASED, RESERVED, STATIC, T0, Clock
 
 POOL = [f"10.0.0.{i}" for i in range(10, 20)]
 A, B, C, D, E, F, G, H, J = (f"02:00:00:00:00:0{n}" for n in "ABCDEF012")
 LOGGER = "massboot.dhcp.leases"
-T0 = 1000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def messages(caplog: pytest.LogCaptureFixture, level: int = logging.INFO) -> list[str]:
@@ -80,7 +60,7 @@ def test_reload_drops_what_the_config_now_forbids_and_keeps_the_rest(tmp_path, c
         store.commit(m, ip, lease_time=3600)
     store.reserve(H, "10.0.0.16")                        # reserved, never bound: no expiry
     store.allocate(J)                                    # an offer, held 60 s
-    clock.now = T0 + 40
+    clock.t = T0 + 40
     store.allocate(mac(9))                               # an offer held until the restart
     store.close()
     db = sqlite3.connect(path)
@@ -92,7 +72,7 @@ def test_reload_drops_what_the_config_now_forbids_and_keeps_the_rest(tmp_path, c
     db.commit()
     db.close()
 
-    clock.now = T0 + 100                                 # I's offer is past its hold
+    clock.t = T0 + 100                                 # I's offer is past its hold
     caplog.set_level(logging.INFO, logger=LOGGER)
     static = {A: "10.0.0.30", F: "10.0.0.11", G: "10.0.0.15"}
     pool = [ip for ip in POOL if ip != "10.0.0.13"]      # D's address left the pool
@@ -162,16 +142,16 @@ def test_leases_carry_the_clock_of_their_last_change() -> None:
     static = store.allocate(F)
     assert (offered.state, offered.updated, offered.expires) == (OFFERED, T0, T0 + 60)
     assert (static.state, static.updated, static.expires) == (STATIC, T0, None)
-    clock.now = T0 + 100
+    clock.t = T0 + 100
     bound = store.commit(A, offered.ip, lease_time=600)
     assert (bound.state, bound.updated, bound.expires) == (BOUND, T0 + 100, T0 + 700)
-    clock.now = T0 + 200
+    clock.t = T0 + 200
     released = store.release(A)
     assert (released.state, released.updated, released.expires) == (RELEASED, T0 + 200, T0 + 200)
-    clock.now = T0 + 300
+    clock.t = T0 + 300
     again = store.release(A)                             # expires never moves forward
     assert (again.updated, again.expires) == (T0 + 300, T0 + 200)
-    clock.now = T0 + 400
+    clock.t = T0 + 400
     assert store.get(A) == again                         # released stays released, not expired
 
 
@@ -213,7 +193,7 @@ def test_a_declined_address_cannot_be_committed_until_its_probation_ends() -> No
     assert store.decline(A, "10.0.0.10").accepted
     with pytest.raises(LeaseConflict, match=r"^10\.0\.0\.10 is set aside$"):
         store.commit(B, "10.0.0.10", lease_time=60)
-    clock.now = T0 + 100                                 # exactly the end of the probation
+    clock.t = T0 + 100                                 # exactly the end of the probation
     assert store.commit(B, "10.0.0.10", lease_time=60).state == BOUND
     assert store.stats().probation_ended == 1 and not store.needs_probe("10.0.0.10")
 
@@ -273,7 +253,7 @@ def test_decline_of_its_own_address_sets_it_aside_durably_for_the_probation(tmp_
     store = SqliteLeaseStore(path, POOL, clock=clock, decline_probation=500)
     a = store.allocate(A)
     store.commit(A, a.ip, lease_time=60)
-    clock.now = T0 + 10
+    clock.t = T0 + 10
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     assert store.decline(A, a.ip) == Decline(a.ip, None, T0 + 510)
     assert records(caplog) == [(logging.DEBUG, f"decline mac={A} ip={a.ip}: set aside")]
@@ -285,13 +265,13 @@ def test_decline_of_its_own_address_sets_it_aside_durably_for_the_probation(tmp_
     assert db.execute("SELECT mac FROM leases").fetchall() == []
     db.close()
     caplog.clear()
-    clock.now = T0 + 509
+    clock.t = T0 + 509
     store = SqliteLeaseStore(path, POOL, clock=clock, decline_probation=500)
     try:
         assert not [m for m in messages(caplog) if "dropped" in m]
         assert store.get(A) is None and store.counts() == (0, 9)
         assert store.allocate(A).ip == "10.0.0.11"
-        clock.now = T0 + 510
+        clock.t = T0 + 510
         assert store.counts() == (1, 10)
         assert store.allocate(B).ip == a.ip and store.needs_probe(a.ip)
         assert store.stats().probation_ended == 1
@@ -306,10 +286,10 @@ def test_decline_of_an_expired_binding_is_not_held_at_the_boundary() -> None:
     clock = Clock()
     store = MemoryLeaseStore(POOL, clock=clock)
     store.bind(A, None, lease_time=100)
-    clock.now = T0 + 99
+    clock.t = T0 + 99
     assert store.decline(A).accepted
     store.bind(B, None, lease_time=100)                  # .11, from T0 + 99
-    clock.now = T0 + 199
+    clock.t = T0 + 199
     assert store.decline(B) == Decline("10.0.0.11", "not_held")
     assert store.get(B).state == EXPIRED
 
@@ -318,7 +298,7 @@ def test_decline_of_an_offer_at_the_end_of_its_hold_is_not_held() -> None:
     clock = Clock()
     store = MemoryLeaseStore(POOL, clock=clock, offer_hold=30)
     store.allocate(A)
-    clock.now = T0 + 30
+    clock.t = T0 + 30
     assert store.decline(A, "10.0.0.10") == Decline("10.0.0.10", "not_held")
     assert store.counts() == (0, 10)
 
@@ -335,7 +315,7 @@ def test_a_bound_row_without_expiry_loads_and_releases_at_once(tmp_path) -> None
     store = SqliteLeaseStore(path, POOL, clock=clock)
     try:
         assert store.get(B).expires is None
-        clock.now = T0 + 5
+        clock.t = T0 + 5
         released = store.release(B)
         assert (released.state, released.expires) == (RELEASED, T0 + 5)
     finally:
@@ -358,9 +338,9 @@ def test_an_offer_is_forgotten_exactly_at_the_end_of_its_hold() -> None:
     clock = Clock()
     store = MemoryLeaseStore(POOL[:1], clock=clock, offer_hold=60)
     store.allocate(A)
-    clock.now = T0 + 59.5
+    clock.t = T0 + 59.5
     assert store.allocate(B) is None
-    clock.now = T0 + 60
+    clock.t = T0 + 60
     assert store.allocate(B).ip == "10.0.0.10" and store.stats().offers_expired == 1
 
 
@@ -368,7 +348,7 @@ def test_a_lease_bound_as_long_as_the_offer_was_held_is_not_forgotten_as_an_offe
     clock = Clock()
     store = MemoryLeaseStore(POOL[:2], clock=clock, offer_hold=60)
     store.bind(A, None, lease_time=60)                   # its offer and its lease end together
-    clock.now = T0 + 60
+    clock.t = T0 + 60
     store.allocate(B)
     assert store.get(A).state == EXPIRED and store.stats().offers_expired == 0
 
@@ -379,7 +359,7 @@ def test_every_probation_that_ends_is_counted() -> None:
     for m in (A, B):
         store.allocate(m)
         assert store.decline(m).accepted
-    clock.now = T0 + 100
+    clock.t = T0 + 100
     store.allocate(C)
     assert store.stats().probation_ended == 2
 
@@ -392,7 +372,7 @@ def test_an_address_whose_probation_is_over_counts_as_free_even_before_a_sweep()
     assert store.decline(B).accepted                     # .11 on probation
     store.free(A)                                        # .10 free again
     assert store.counts() == (0, 2)
-    clock.now = T0 + 100                                 # no decision since: nothing swept yet
+    clock.t = T0 + 100                                 # no decision since: nothing swept yet
     assert store.counts() == (0, 3)
 
 
@@ -400,12 +380,12 @@ def test_reclaim_at_the_exact_expiry_and_its_log_line(caplog) -> None:
     clock = Clock()
     store = MemoryLeaseStore(POOL[:1], clock=clock)
     store.bind(A, None, lease_time=100)
-    clock.now = T0 + 100
+    clock.t = T0 + 100
     caplog.set_level(logging.INFO, logger=LOGGER)
     assert store.allocate(B).ip == "10.0.0.10"
-    clock.now = T0 + 160.4
+    clock.t = T0 + 160.4
     store.bind(B, None, lease_time=1)
-    clock.now = T0 + 221.6
+    clock.t = T0 + 221.6
     assert store.allocate(C).ip == "10.0.0.10"
     assert messages(caplog) == [f"lease reclaimed ip=10.0.0.10 from mac={A} (expired 0 s ago)",
                                 f"lease reclaimed ip=10.0.0.10 from mac={B} (expired 60 s ago)"]
@@ -419,7 +399,7 @@ def test_a_released_binding_is_reclaimed_first_when_it_ended_first() -> None:
     store.release(B)
     for _ in range(100):                                 # C's renewals: the expiry heap is compacted
         store.bind(C, None, lease_time=1000)
-    clock.now = T0 + 20
+    clock.t = T0 + 20
     assert [store.allocate(m).ip for m in (D, E)] == ["10.0.0.11", "10.0.0.10"]
     assert store.allocate(F) is None and store.stats().reclaimed == 2
 
@@ -435,14 +415,14 @@ def test_reclaim_skips_stale_entries_outside_the_pool_and_held_addresses(tmp_pat
         store.bind(B, None, lease_time=10)               # .11
         store.bind(C, None, lease_time=20)               # .12
         store.bind(A, None, lease_time=30)
-        clock.now = T0 + 40                              # all expired; .9 first of all
+        clock.t = T0 + 40                              # all expired; .9 first of all
         assert store.allocate(B).ip == "10.0.0.11"       # B is back: its address held 30 s
         # not .9 (outside the pool), not .11 (held for B)
         assert store.bind(D, None, lease_time=1000).lease.ip == "10.0.0.12"
         assert store.bind(E, None, lease_time=1000).lease.ip == "10.0.0.10"
-        clock.now = T0 + 69.5
+        clock.t = T0 + 69.5
         assert store.allocate(F) is None                 # B's hold still runs
-        clock.now = T0 + 70
+        clock.t = T0 + 70
         assert store.allocate(F).ip == "10.0.0.11"       # over, exactly now
         assert store.get(G).ip == "10.0.0.9"             # never reclaimed
     finally:
@@ -457,7 +437,7 @@ def test_a_reclaimed_address_now_excluded_is_not_handed_out(tmp_path) -> None:
     store.close()
     store = SqliteLeaseStore(path, POOL[:2], exclude=["10.0.0.10"], clock=clock)
     try:
-        clock.now = T0 + 20
+        clock.t = T0 + 20
         assert store.allocate(C) is None
         assert store.get(A) is None
     finally:
@@ -469,12 +449,12 @@ def test_a_drop_or_a_commit_ends_the_hold_of_a_mac_back_for_its_expired_lease() 
         clock = Clock()
         store = MemoryLeaseStore(POOL[:1], clock=clock, offer_hold=60)
         store.bind(A, None, lease_time=10)
-        clock.now = T0 + 20
+        clock.t = T0 + 20
         assert store.allocate(A).ip == "10.0.0.10"       # held for A until T0 + 80
         if end == "free":
             store.free(A)
         store.bind(A, None, lease_time=10)
-        clock.now = T0 + 40
+        clock.t = T0 + 40
         assert store.allocate(B).ip == "10.0.0.10", end
 
 
@@ -483,7 +463,7 @@ def test_a_commit_or_a_silent_probe_clears_the_suspicion() -> None:
     store = MemoryLeaseStore(POOL[:2], clock=clock)
     store.bind(A, None, lease_time=10)
     store.bind(B, None, lease_time=10)
-    clock.now = T0 + 20
+    clock.t = T0 + 20
     assert store.allocate(C).ip == "10.0.0.10" and store.needs_probe("10.0.0.10")
     store.commit(C, "10.0.0.10", lease_time=10)
     assert not store.needs_probe("10.0.0.10")
@@ -508,10 +488,10 @@ def test_a_probe_answered_drops_only_the_macs_offer_of_that_address(tmp_path) ->
         assert store.counts() == (2, 3)
         store.free(A)
         assert store.allocate(C).ip == a.ip
-        clock.now = T0 + 7
+        clock.t = T0 + 7
         store.probed(D, "10.0.0.13", True)               # nobody's: set aside
         assert store.allocate(D) is None
-        clock.now = T0 + PROBE_IN_USE_HOLD
+        clock.t = T0 + PROBE_IN_USE_HOLD
         assert store.allocate(D).ip == "10.0.0.12"
     finally:
         store.close()
@@ -549,15 +529,15 @@ def test_reserve_keeps_the_macs_own_binding_and_moves_it_otherwise() -> None:
     store = MemoryLeaseStore(POOL, clock=clock)
     bound = store.bind(A, None, lease_time=100).lease    # .10
     offered = store.allocate(B)                          # .11, held until T0 + 60
-    clock.now = T0 + 5
+    clock.t = T0 + 5
     a = store.reserve(A, bound.ip)
     assert (a.ip, a.state, a.expires, a.updated) == (bound.ip, RESERVED, T0 + 100, T0 + 5)
     b = store.reserve(B, offered.ip)
     assert (b.ip, b.state, b.expires, b.updated, b.reserved) == (offered.ip, RESERVED, None, T0 + 5, True)
-    clock.now = T0 + 500                                 # past B's hold and A's lease: both stay
+    clock.t = T0 + 500                                 # past B's hold and A's lease: both stay
     assert store.get(B) == b and store.by_ip(offered.ip) == b
     assert store.allocate(C).ip == "10.0.0.12"
-    clock.now = T0 + 600
+    clock.t = T0 + 600
     assert store.unreserve(A)
     a = store.get(A)
     assert (a.state, a.reserved, a.updated, a.expires) == (EXPIRED, False, T0 + 600, T0 + 100)
