@@ -10,8 +10,8 @@ Equivalent mutants accepted (no observable difference, see README "Mutation test
 * ``__init__``: ``free_heap = None`` (``_rebuild_free`` sets it at once).
 * ``_rebuild_free``: ``_usable(None)`` (the free heap is lazily valid: ``_take_free`` checks
   each address it pops).
-* ``_put``: the compaction threshold of the expiry heap (``>=``, ``2 /``, ``3 *``, ``- 64``,
-  ``+ 65``): when stale entries are dropped shows in memory only; what is kept is tested.
+* ``_put``: the compaction threshold of the expiry heap (``2 /``, ``3 *``, ``- 64``, ``+ 65``):
+  when stale entries are dropped shows in memory only; what is kept is tested.
 * ``_drop``: ``held.pop(None, None)`` (a dropped MAC binds again only through ``commit``,
   which ends its hold too).
 * ``_set_aside``: ``change.returned.discard(None)`` (an address returned and set aside again in
