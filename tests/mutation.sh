@@ -63,14 +63,23 @@ for spec in "$@"; do
     fi
     work="$SCRATCH/work.$(echo "$module" | tr / _)"
     mkdir -p "$work"
-    # the package, the tests and the pytest settings; mutmut copies them into work/mutants/
-    cp -r "$ROOT/massboot" "$ROOT/tests" "$ROOT/deploy" "$ROOT/pyproject.toml" "$work/"
+    # the package, the tests and the pytest settings, and what the tests read besides (the
+    # README's tables, deploy/'s configs, bench/'s TFTP client); mutmut copies them into
+    # work/mutants/
+    cp -r "$ROOT/massboot" "$ROOT/tests" "$ROOT/pyproject.toml" "$work/"
+    also=""
+    for extra in README.rst deploy bench; do
+        if [ -e "$ROOT/$extra" ]; then
+            cp -r "$ROOT/$extra" "$work/"
+            also="$also${also:+, }\"$extra\""
+        fi
+    done
     find "$work" -name __pycache__ -prune -exec rm -rf {} +
     cat >>"$work/pyproject.toml" <<TOML
 
 [tool.mutmut]
 source_paths = ["massboot"]
-also_copy = ["deploy"]
+also_copy = [$also]
 only_mutate = ["$module"]
 pytest_add_cli_args_test_selection = ["$TESTS"]
 # pytest-timeout ends a mutant that loops for ever (a hang is a kill); the fork server keeps
