@@ -26,17 +26,10 @@ TESTS=${TESTS:-tests/unit}
 
 if [ $# -eq 0 ]; then
     # the pure cores: codecs, the transfer state machine, the lease index, the ACL rule table,
-    # name resolution and confinement, the sans-IO DHCP exchange (once they exist)
+    # name resolution and confinement, the sans-IO DHCP exchange
     set -- massboot/tftp/packet.py massboot/tftp/transfer.py massboot/dhcp/packet.py \
-        massboot/dhcp/leases.py:_Index massboot/acl.py:RuleTable
-    for module in massboot/files/names.py massboot/dhcp/exchange.py; do
-        if [ -f "$ROOT/$module" ]; then
-            set -- "$@" "$module"
-        fi
-    done
-    if [ -f "$ROOT/massboot/files.py" ]; then
-        set -- "$@" massboot/files.py:_traversal,_inside,_compile_pattern,_check_template
-    fi
+        massboot/dhcp/leases.py:_Index massboot/acl.py:RuleTable massboot/files/names.py \
+        massboot/dhcp/exchange.py
 fi
 
 "$PYTHON" -c "import mutmut" 2>/dev/null || {
