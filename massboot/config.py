@@ -347,8 +347,9 @@ BOOTPD = Section("bootpd", (
            "``[massboot] state_dir``; created ``0600``; ``:memory:`` keeps leases in memory only",
            default_doc="in ``state_dir``"),
     Option("pool_size", Int(1, 100000), "256", "*massboot*: DHCP exchanges handled at once; when all "
-           "are busy a request is dropped and counted (``pool_full``), the client retries; as many "
-           "exchanges may wait on ICMP probes, in a pool of their own (full: ``probe_busy``)"),
+           "are busy the read loop waits for one up to 0.5 s (a burst waits in ``rcvbuf``), then "
+           "drops and counts (``pool_full``); as many exchanges may wait on ICMP probes, in a "
+           "pool of their own (full: ``probe_busy``)"),
     Option("rcvbuf", parse_size, "4M",
            "*massboot*: socket receive buffer, sized for a burst of a thousand DISCOVERs (as root it may "
            "exceed ``net.core.rmem_max``)"),

@@ -46,10 +46,12 @@ import ipaddress
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
 import gevent
+import gevent.event
 from gevent.pool import Pool
 
 from massboot.acl import AclResult, HttpAcl
@@ -89,6 +91,8 @@ TRANSIENT_ERRNOS = frozenset({
 MAX_CONSECUTIVE_ERRORS = 100
 #: after a few errors in a row the loop sleeps this long between reads instead of only yielding
 ERROR_BACKOFF = 0.01
+#: the longest the read loop waits for an exchange slot before it drops and counts (pool_full)
+POOL_WAIT = 0.5
 
 
 class DhcpServer:
@@ -140,6 +144,8 @@ class DhcpServer:
         #: exchanges waiting on ICMP probes, out of the exchange pool (one ICMP socket each)
         self.probe_pool = Pool(config.pool_size)
         self._active = 0               # exchanges in the pool that have not ended yet
+        self._slot_freed = gevent.event.Event()
+        self._stuck = False            # the last wait for a slot timed out, none freed since
         self.socket: socket.socket | None = None
         self._reader: gevent.Greenlet | None = None
         self._running = False
@@ -278,17 +284,35 @@ class DhcpServer:
             if key in self._in_flight:
                 self.events.emit("dhcp.ignored", mac=mac_str(packet.mac), reason="in_flight")
                 continue
-            if self._active >= self.pool.size:
-                gevent.sleep(0)         # the exchanges spawned so far run; most end in this turn
-                if self._active >= self.pool.size:   # never wait on an exchange: drop, count
-                    self.events.emit("dhcp.ignored", mac=mac_str(packet.mac), reason="pool_full")
-                    continue
+            if self._active >= self.pool.size and not self._wait_for_slot():
+                self.events.emit("dhcp.ignored", mac=mac_str(packet.mac), reason="pool_full")
+                continue
             self._in_flight.add(key)
             ifindex = _ifindex(ancillary)
             self._active += 1
             # the slot is free: the pool may still count an ended exchange until its link
             # callback runs in the hub's next turn, the only wait spawn() can have here
             self.pool.spawn(self._run, packet, (source[0], source[1], ifindex), key)
+
+    def _wait_for_slot(self) -> bool:
+        """Wait, at most ``POOL_WAIT`` seconds, for an exchange slot; False when none freed.
+
+        No exchange waits on the HTTP ACL or a probe in this pool, so a full pool is a burst
+        being worked through (lease commits): the loop waits a moment and the burst waits in the
+        receive buffer, as a rack powering on needs. A pool that frees nothing in that time is
+        stuck (a lease store that does not answer): the requests are dropped and counted, and
+        the loop waits again only once a slot has freed (README, "DHCP and PXE behaviour").
+        """
+        if self._stuck:
+            return False
+        deadline = time.monotonic() + POOL_WAIT
+        while self._active >= self.pool.size:
+            self._slot_freed.clear()
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._slot_freed.wait(left):
+                self._stuck = self._active >= self.pool.size
+                return not self._stuck
+        return True
 
     def _screen(self, packet: BootpPacket, source: str) -> bool:
         """False (dropped, counted) for a hardware address that cannot identify a client
@@ -336,6 +360,8 @@ class DhcpServer:
             self._failed(packet.mac)
         finally:
             self._active -= 1
+            self._stuck = False
+            self._slot_freed.set()
             if not handed_off:
                 self._in_flight.discard(key)
 

@@ -176,6 +176,26 @@ def test_full_exchange_pool_drops_and_counts(harness):
     assert h.client.dora(ALLOWED, pxe_options())[1] is not None
 
 
+def test_a_burst_larger_than_the_pool_waits_its_turn(harness):
+    """A rack powering on: 16 DISCOVERs at once into 2 slots whose exchanges each take a
+    moment (a lease commit). The loop waits for slots and the burst waits in the receive
+    buffer: every client gets its OFFER at the first try, nothing is dropped."""
+    h = harness(bootpd="pool_size = 2")          # the pool has 20 addresses
+    allocate = h.store.allocate
+
+    def slow_allocate(*args, **kwargs):
+        gevent.sleep(0.005)
+        return allocate(*args, **kwargs)
+
+    h.store.allocate = slow_allocate
+    macs = FLOOD[:16]
+    _discovers(h.client, macs)
+    offers = [h.client.recv(5) for _ in macs]
+    assert all(o is not None and o.message_type == MessageType.OFFER for o in offers)
+    assert sorted(bytes(o.mac) for o in offers) == sorted(macs)
+    assert _ignored(h, "pool_full") == 0
+
+
 class HeldProber:
     """A prober that holds every probe until :attr:`release` is set (at most its timeout), then
     finds the address silent."""
