@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from massboot.events import ACL_NO_UUID, Event, EventKind
+from massboot.sources import TEXT_MAX, client_text
 
 __all__ = ["EventLog", "TEXT_MAX", "client_text"]
 
@@ -49,22 +49,6 @@ class _Origin:
     def __init__(self, name: str, *path: str) -> None:
         self.logger = logging.getLogger(name)
         self.path = os.path.join(_PACKAGE, *path)
-
-
-#: the most characters of one client-sent text a line carries
-TEXT_MAX = 128
-_PLAIN = re.compile(r"[!#-&(-\[\]-~]+")   # printable ASCII without space, quotes, backslash
-
-
-def client_text(value: Any, limit: int = TEXT_MAX) -> str:
-    """*value* (text a client sent) fit for one log line: as it is when plain, else quoted
-    like ``repr``; cut after *limit* characters (``'aaa'...(60000 chars)``)."""
-    text = value if isinstance(value, str) else str(value)
-    if len(text) <= limit and _PLAIN.fullmatch(text):
-        return text
-    if len(text) > limit:
-        return f"{text[:limit]!r}...({len(text)} chars)"
-    return repr(text)
 
 
 def _quoted(value: Any, limit: int = 32) -> str:

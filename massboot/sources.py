@@ -9,11 +9,13 @@ they meet here.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["ClientInfo", "ClientLookup", "FileError", "FileReason", "Source", "WouldBlock"]
+__all__ = ["TEXT_MAX", "ClientInfo", "ClientLookup", "FileError", "FileReason", "Source", "WouldBlock",
+           "client_text"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +82,20 @@ class Source(Protocol):
     def close(self) -> None:
         """Release the file; idempotent."""
         ...
+
+
+#: the most characters of one client-sent text a line carries
+TEXT_MAX = 128
+_PLAIN = re.compile(r"[!#-&(-\[\]-~]+")   # printable ASCII without space, quotes, backslash
+
+
+def client_text(value: Any, limit: int = TEXT_MAX) -> str:
+    """*value* (text a client sent, or a URL built from it) fit for one log line: as it is
+    when plain, else quoted like ``repr``; cut after *limit* characters
+    (``'aaa'...(60000 chars)``)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit and _PLAIN.fullmatch(text):
+        return text
+    if len(text) > limit:
+        return f"{text[:limit]!r}...({len(text)} chars)"
+    return repr(text)

@@ -39,7 +39,7 @@ import gevent.event
 
 from massboot.config import ConfigError, default_cache_dir
 from massboot.files.local import blocking, open_cloexec
-from massboot.files.names import shown
+from massboot.sources import client_text
 
 __all__ = ["CacheDir", "Entry", "Missing", "cache_key", "default_cache_dir"]
 
@@ -250,7 +250,7 @@ class CacheDir:
             return blocking(_open_sized, self.path(entry.key, entry.token, "data"), entry.size)
         except OSError as exc:
             entry.readers -= 1
-            log.warning("cached copy of %s unreadable, fetching again: %s", shown(entry.url), exc)
+            log.warning("cached copy of %s unreadable, fetching again: %s", client_text(entry.url), exc)
             self.drop(entry)
             return None
 
@@ -290,7 +290,7 @@ class CacheDir:
             blocking(_write_json, self.path(key, token, "json"), self.path(key, token, "jtmp"),
                      entry.meta())
         except OSError as exc:
-            log.warning("download of %s not cached: %s", shown(url), exc)
+            log.warning("download of %s not cached: %s", client_text(url), exc)
             _discard(self.path(key, token, "part"), self.path(key, token, "data"),
                      self.path(key, token, "jtmp"))
             return None
@@ -315,7 +315,7 @@ class CacheDir:
                 blocking(_write_json, self.path(entry.key, entry.token, "json"),
                          self.path(entry.key, entry.token, "jtmp"), entry.meta())
             except OSError as exc:
-                log.warning("cache metadata for %s not written: %s", shown(entry.url), exc)
+                log.warning("cache metadata for %s not written: %s", client_text(entry.url), exc)
 
     def postpone(self, entry: Entry, seconds: float) -> None:
         """Serve *entry* as fresh for *seconds* more (at most ``revalidate_after``)."""
@@ -343,7 +343,7 @@ class CacheDir:
                 break
             if entry.readers > 0:
                 continue
-            log.debug("evict url=%s bytes=%d", shown(entry.url), entry.size)
+            log.debug("evict url=%s bytes=%d", client_text(entry.url), entry.size)
             self.drop(entry)
 
     def load(self) -> None:

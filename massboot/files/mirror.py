@@ -39,8 +39,7 @@ from massboot.events import EventBus
 from massboot.files.cache import CacheDir, Entry, Missing
 from massboot.files.download import Download, StreamSource, upstream_error
 from massboot.files.local import BufferedSource, Fd, LocalFiles, blocking
-from massboot.files.names import shown
-from massboot.sources import FileError, FileReason, Source
+from massboot.sources import FileError, FileReason, Source, client_text
 
 __all__ = ["MAX_DOWNLOADS", "Mirror"]
 
@@ -190,7 +189,7 @@ class Mirror:
 
     def _refuse(self, reason: str, url: str) -> None:
         self.refused[reason] += 1
-        log.warning("cache refused url=%s: %s", shown(url), "max_downloads downloads in flight"
+        log.warning("cache refused url=%s: %s", client_text(url), "max_downloads downloads in flight"
                     if reason == "downloads" else "cache_size full (files in use or in flight)")
         self._events.emit("cache.refused", url=url, reason=reason)
 
@@ -235,7 +234,7 @@ class Mirror:
         self._events.emit(f"cache.{kind}", url=url, bytes=size)
 
     def _serve_stale(self, entry: Entry, why: str) -> Source | None:
-        log.warning("serving cached %s: revalidation failed (%s)", shown(entry.url), why)
+        log.warning("serving cached %s: revalidation failed (%s)", client_text(entry.url), why)
         return self._serve_cached(entry)
 
     def _serve_cached(self, entry: Entry) -> Source | None:
@@ -319,7 +318,7 @@ class Mirror:
                 raise
         else:
             if dl.complete:
-                log.info("cached url=%s bytes=%d duration=%.3f", shown(dl.url), dl.received,
+                log.info("cached url=%s bytes=%d duration=%.3f", client_text(dl.url), dl.received,
                          time.monotonic() - started)
         finally:
             if not dl.done:
@@ -336,7 +335,7 @@ class Mirror:
         dl.not_modified = True
         self._finish(dl)
         self._events.emit("cache.upstream", url=dl.url, bytes=0, status=304)
-        log.debug("revalidated url=%s (304)", shown(dl.url))
+        log.debug("revalidated url=%s (304)", client_text(dl.url))
         self.cache.save(entry)
 
     def _store(self, dl: Download) -> None:
@@ -372,9 +371,9 @@ class Mirror:
             else:
                 self.cache.postpone(dl.stale, REVALIDATE_BACKOFF)
         if not_found:
-            log.info("upstream %s: not found", shown(dl.url))
+            log.info("upstream %s: not found", client_text(dl.url))
         else:
-            log.warning("upstream %s: %s%s", shown(dl.url), error.message,
+            log.warning("upstream %s: %s%s", client_text(dl.url), error.message,
                         f" ({detail})" if detail else "")
         reserved, dl.reserved = dl.reserved, 0
         if dl.fd is not None:

@@ -44,9 +44,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from massboot.config import filter_target_error
-from massboot.sources import ClientLookup, FileError, FileReason
+from massboot.sources import ClientLookup, FileError, FileReason, client_text
 
-__all__ = ["Filter", "Resolver", "Target", "normalise", "shown", "traversal"]
+__all__ = ["Filter", "Resolver", "Target", "normalise", "traversal"]
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,6 @@ def traversal(name: str) -> str | None:
     if ".." in re.split(r"[/\\]", name):
         return "'..' in name"
     return None
-
-
-def shown(name: str, limit: int = 128) -> str:
-    """A client-sent name (or a URL built from one) for a log line: quoted, at most *limit*
-    characters of it (a log line must not carry raw control bytes or a 64 KiB name)."""
-    if len(name) > limit:
-        return repr(name[:limit]) + f"...({len(name)} chars)"
-    return repr(name)
 
 
 def normalise(path: str) -> str:
@@ -214,7 +206,7 @@ class Resolver:
             if line is None:
                 raise FileError(FileReason.NOT_FOUND, "File not found")
             target = line
-        log.debug("filter %s: %s -> %s", flt.pattern, shown(name), shown(target))
+        log.debug("filter %s: %s -> %s", flt.pattern, client_text(name), client_text(target))
         if not target:
             raise FileError(FileReason.NOT_FOUND, "File not found")
         if target.startswith(("http://", "https://")):
@@ -279,7 +271,7 @@ class Resolver:
     @staticmethod
     def _refuse(flt: Filter, field: str, value: str, client_ip: str, why: str) -> None:
         what = f"{{{field}}} = " if field else "result "
-        log.info("filter %s: refused %s%s for %s: %s", flt.pattern, what, shown(value), client_ip, why)
+        log.info("filter %s: refused %s%s for %s: %s", flt.pattern, what, client_text(value), client_ip, why)
         raise FileError(FileReason.ACCESS, f"Access violation: {why}")
 
     def _values(self, name: str, client_ip: str) -> dict[str, str]:

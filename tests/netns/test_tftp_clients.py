@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from massboot.eventlog import client_text
+from massboot.sources import client_text
 from massboot.tftp.packet import Data, Error, ErrorCode, Opcode, OptionAck, Packet, Request, decode
 from tests.conftest import require, require_root, require_tool
 from tests.netns.netns import Massboot, NetnsPair, namespace_pair, wait_until

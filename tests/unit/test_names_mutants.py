@@ -30,7 +30,8 @@ import os
 import pytest
 
 from massboot.files import ClientInfo, FileError, FileReason, FileStore
-from massboot.files.names import Filter, Resolver, Target, shown
+from massboot.files.names import Filter, Resolver, Target
+from massboot.sources import client_text
 
 IP = "127.0.0.5"
 
@@ -99,10 +100,11 @@ def refused(res: Resolver, name: str) -> FileError:
     return err.value
 
 
-def test_shown_quotes_a_name_and_cuts_it_after_128_characters() -> None:
-    assert shown("a" * 128) == repr("a" * 128)
-    assert shown("b" * 129) == repr("b" * 128) + "...(129 chars)"
-    assert shown("x\ny", limit=2) == "'x\\n'...(3 chars)"
+def test_client_text_quotes_what_is_not_plain_and_cuts_after_128_characters() -> None:
+    assert client_text("a" * 128) == "a" * 128                        # plain: as it is
+    assert client_text("b" * 129) == repr("b" * 128) + "...(129 chars)"
+    assert client_text("x\ny", limit=2) == "'x\\n'...(3 chars)"
+    assert client_text("a b") == "'a b'" and client_text("http://h/x") == "http://h/x"
 
 
 @pytest.mark.parametrize(("target", "indirect", "template"), [
@@ -172,9 +174,9 @@ def test_refusals_name_the_value_or_the_result_in_the_log(tmp_path, caplog) -> N
     url = resolver(tmp_path, filters=[("u*", "{file}")], info=ClientInfo(IP, file="https://evil/x"))
     assert refused(url, "u1").message == "Access violation: a value made a URL"
     assert [r.getMessage() for r in caplog.records if r.name == LOGGER] == [
-        f"filter v*: refused {{file}} = '../x' for {IP}: '..' in name",
-        f"filter s*: refused result 'cfg/..' for {IP}: '..' in name",
-        f"filter u*: refused result 'https://evil/x' for {IP}: a value made a URL",
+        f"filter v*: refused {{file}} = ../x for {IP}: '..' in name",
+        f"filter s*: refused result cfg/.. for {IP}: '..' in name",
+        f"filter u*: refused result https://evil/x for {IP}: a value made a URL",
     ]
 
 
@@ -228,7 +230,7 @@ def test_percent_encoding_is_a_traversal_only_under_a_remote_root(tmp_path) -> N
 def test_a_filter_match_is_logged_at_debug(tmp_path, caplog) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     resolver(tmp_path, filters=[("x*", "[list.txt]")]).resolve("x1", IP)
-    assert [r.getMessage() for r in caplog.records if r.name == LOGGER] == ["filter x*: 'x1' -> 'pxelinux.0'"]
+    assert [r.getMessage() for r in caplog.records if r.name == LOGGER] == ["filter x*: x1 -> pxelinux.0"]
 
 
 def test_where_each_kind_of_target_leads(tmp_path) -> None:
