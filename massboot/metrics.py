@@ -132,9 +132,18 @@ class DhcpStatus(ServerStatus, Protocol):
         """``(uuid, architecture)`` last seen from *mac*; ``(None, None)`` if unknown."""
         ...
 
-    # optional (read with getattr): acl_workers() -> (calls in flight, max_calls) | None,
-    # probe_workers() -> (exchanges probing, capacity), and
-    # guard_counts() -> {clients, clients_evicted, acl_calls, acl_cache_hits, acl_refused}
+    def acl_workers(self) -> tuple[int, int] | None:
+        """``(calls in flight, max_calls)`` of the HTTP ACL's pool; None without an HTTP ACL."""
+        ...
+
+    def probe_workers(self) -> tuple[int, int]:
+        """``(exchanges probing, capacity)`` of the probe pool."""
+        ...
+
+    def guard_counts(self) -> dict[str, int]:
+        """``clients``, ``clients_evicted``, ``acl_calls``, ``acl_cache_hits``, ``acl_refused``,
+        ``receive_errors``: the counters of the DHCP server's bounds."""
+        ...
 
 
 class TftpStatus(ServerStatus, Protocol):
@@ -508,10 +517,7 @@ class Metrics:
                 family.add_metric((scope,), getattr(stats, name))
         for family, _ in families:
             yield family
-        guard = getattr(dhcp, "guard_counts", None)
-        if guard is None:
-            return
-        counts = guard()
+        counts = dhcp.guard_counts()
         yield GaugeMetricFamily("massboot_dhcp_clients", "Client records the DHCP server keeps "
                                 "(at most [bootpd] max_clients).", value=counts["clients"])
         yield CounterMetricFamily("massboot_dhcp_clients_evicted", "Client records dropped, least "
@@ -522,31 +528,30 @@ class Metrics:
         yield CounterMetricFamily("massboot_dhcp_acl_cache_hits", "HTTP ACL questions answered "
                                   "from the verdict cache ([http] cache_ttl).",
                                   value=counts["acl_cache_hits"])
+        yield CounterMetricFamily("massboot_dhcp_receive_errors", "Receive errors on the DHCP socket "
+                                  "that passed (ICMP errors, lack of buffers); a persistent one stops "
+                                  "the service.", value=counts["receive_errors"])
 
     def _workers(self) -> Iterator[tuple[str, int, int]]:
         for name, server in (("dhcp", self._dhcp), ("tftp", self._tftp)):
             if server is not None:
                 yield (name, *server.workers())
-        acl = getattr(self._dhcp, "acl_workers", None)
-        calls = acl() if acl is not None else None
-        if calls is not None:
-            yield ("dhcp_acl", *calls)
-        probes = getattr(self._dhcp, "probe_workers", None)
-        if probes is not None:
-            yield ("dhcp_probe", *probes())
+        if self._dhcp is not None:
+            calls = self._dhcp.acl_workers()
+            if calls is not None:
+                yield ("dhcp_acl", *calls)
+            yield ("dhcp_probe", *self._dhcp.probe_workers())
 
     def _collect_tftp(self) -> Iterator[Metric]:
         tftp = self._tftp
         if tftp is not None:
             yield GaugeMetricFamily("massboot_tftp_active_transfers", "TFTP transfers in progress.",
                                     value=tftp.active)
-            memory = getattr(tftp, "memory", None)   # a test double may have no budget
-            if memory is not None:
-                reserved, budget = memory()
-                yield GaugeMetricFamily("massboot_tftp_buffer_reserved_bytes", "Window bytes "
-                                        "promised to running TFTP transfers.", value=reserved)
-                yield GaugeMetricFamily("massboot_tftp_buffer_budget_bytes", "[tftpd] memory_budget: "
-                                        "the most all TFTP transfer windows may buffer.", value=budget)
+            reserved, budget = tftp.memory()
+            yield GaugeMetricFamily("massboot_tftp_buffer_reserved_bytes", "Window bytes "
+                                    "promised to running TFTP transfers.", value=reserved)
+            yield GaugeMetricFamily("massboot_tftp_buffer_budget_bytes", "[tftpd] memory_budget: "
+                                    "the most all TFTP transfer windows may buffer.", value=budget)
         busy = GaugeMetricFamily("massboot_workers_busy", "Greenlets of a server's bounded pool in "
                                  "use (dhcp: exchanges, dhcp_acl: HTTP ACL calls, dhcp_probe: exchanges "
                                  "waiting on ICMP probes, tftp: transfers).",

@@ -556,11 +556,12 @@ class DhcpServer:
 
     def guard_counts(self) -> dict[str, int]:
         """Counters of the bounds, for metrics: client records kept and evicted, ACL calls
-        made, verdicts answered from the cache, calls refused (``max_calls`` in flight)."""
+        made, verdicts answered from the cache, calls refused (``max_calls`` in flight),
+        receive errors that passed."""
         acl = self.http_acl
         return {"clients": len(self.clients), "clients_evicted": self.clients.evicted,
                 "acl_calls": acl.calls if acl else 0, "acl_cache_hits": acl.cache_hits if acl else 0,
-                "acl_refused": acl.refused if acl else 0}
+                "acl_refused": acl.refused if acl else 0, "receive_errors": self.receive_errors}
 
     def client_identity(self, mac: str) -> tuple[str | None, int | None]:
         """``(uuid, architecture)`` last seen from *mac* (``AA:BB:…``); ``(None, None)`` if unknown."""

@@ -537,6 +537,16 @@ class FakeDhcp:
     def client_identity(self, mac: str) -> tuple[str | None, int | None]:
         return (UUID, 7) if mac == MAC_A else (None, None)
 
+    def acl_workers(self) -> tuple[int, int] | None:
+        return 1, 32
+
+    def probe_workers(self) -> tuple[int, int]:
+        return 0, 10
+
+    def guard_counts(self) -> dict[str, int]:
+        return {"clients": 5, "clients_evicted": 0, "acl_calls": 9, "acl_cache_hits": 4,
+                "acl_refused": 0, "receive_errors": 3}
+
 
 class FakeCache:
     remote = True
@@ -568,6 +578,9 @@ def test_status_interfaces() -> None:
     assert v("massboot_dhcp_leases_reclaimed_total", {"scope": "main"}) == 2
     assert v("massboot_dhcp_probations_ended_total", {"scope": "main"}) == 1
     assert v("massboot_dhcp_leases_reclaimed_total", {"scope": "rack2"}) == 0
+    assert v("massboot_dhcp_receive_errors_total") == 3 and v("massboot_dhcp_acl_calls_total") == 9
+    assert v("massboot_workers_busy", {"pool": "dhcp_acl"}) == 1
+    assert v("massboot_workers_capacity", {"pool": "dhcp_probe"}) == 10
     assert v("massboot_cache_stored_bytes") == 1234 and v("massboot_cache_stored_files") == 2
     assert v("massboot_cache_used_bytes") == 2345 and v("massboot_cache_downloads_active") == 1
     bus.emit("dhcp.exhausted", mac=MAC_A, scope="rack2")
