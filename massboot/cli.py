@@ -152,11 +152,9 @@ class Services:
                                    scopes=("main", *(sub.name for sub in subnets)))
 
     def _detect_network(self) -> None:
-        from massboot.netif import detect
-
         bootp = self.config.bootp
         assert bootp is not None
-        network = detect(bootp.pool_start, bootp.address)
+        network = server_network(self.config)
         self.server_ip, self.netmask = network.address, network.netmask
 
     def _build_files(self) -> None:
@@ -202,6 +200,15 @@ class Services:
 
         bootp = self.config.bootp
         assert bootp is not None and self.server_ip and self.netmask
+        if bootp.notify:
+            # BOOT, LEASE and RELEASE follow the DHCP events (README, "Notifications")
+            self.events.subscribe(Notifier(bootp.notify, self.events))
+        files = self.files
+        size = files.size if files is not None else None
+        if bootp.mode == "proxy":     # no pool, no lease store (README, "proxyDHCP")
+            self.dhcp = DhcpServer(bootp, self.server_ip, self.netmask, None, self.events,
+                                   http_acl=http_acl_for(bootp), dns=(), bootfile_size=size)
+            return
         pool, skipped = main_pool(bootp, self.server_ip, self.netmask)
         if skipped:
             log.warning("pool addresses %s are not handed out (server, network or broadcast address)",
@@ -209,14 +216,9 @@ class Services:
         # never handed out, nor reserved by the operator
         main_store = self._store(bootp.lease_db, pool, bootp.static, [*skipped, self.server_ip])
         self._open_subnet_stores(bootp)
-        if bootp.notify:
-            # BOOT, LEASE and RELEASE follow the DHCP events (README, "Notifications")
-            self.events.subscribe(Notifier(bootp.notify, self.events))
-        files = self.files
         self.dhcp = DhcpServer(bootp, self.server_ip, self.netmask, main_store, self.events,
                                subnet_stores=dict(self.subnet_stores), http_acl=http_acl_for(bootp),
-                               dns=self._dns(bootp),
-                               bootfile_size=files.size if files is not None else None)
+                               dns=self._dns(bootp), bootfile_size=size)
         self.admin = admin_server(self.config.admin_socket, self.dhcp)
 
     def _build_tftp(self) -> None:
@@ -247,6 +249,8 @@ class Services:
             try:
                 service.start()
             except OSError as exc:
+                # proxy mode's second DHCP socket names its own port (the PXE boot server's)
+                port = getattr(exc, "bootserver_port", port)
                 raise StartupError(bind_error(name, transport, address, port, exc)) from exc
         if self.admin is not None:
             try:
@@ -362,6 +366,25 @@ class Services:
         return paths
 
 
+def server_network(config: cfg.Config) -> Any:
+    """The local network the DHCP server serves (README, "Server address"; "proxyDHCP").
+
+    Full mode: the one holding ``pool_start`` (else ``[bootpd] address``). Proxy mode:
+    ``[tftpd] address``, else ``[bootpd] address``, else the one non-loopback network.
+
+    Raises:
+        NetworkDetectError: saying what to set.
+    """
+    from massboot.netif import detect, detect_proxy
+
+    bootp = config.bootp
+    assert bootp is not None
+    if bootp.mode == "proxy":
+        return detect_proxy(config.tftp.address, bootp.address)
+    assert bootp.pool_start is not None
+    return detect(bootp.pool_start, bootp.address)
+
+
 def restart_needed(old: cfg.Config, new: cfg.Config) -> list[str]:
     """What a reload cannot apply: the settings that changed and take a restart."""
     out = []
@@ -375,7 +398,9 @@ def restart_needed(old: cfg.Config, new: cfg.Config) -> list[str]:
              ("[metrics]", old.metrics, new.metrics)]
     if old.bootp is not None and new.bootp is not None:
         o, n = old.bootp, new.bootp
-        pairs += [("[bootpd] address/port", (o.address, o.port), (n.address, n.port)),
+        pairs += [("[bootpd] mode", o.mode, n.mode),
+                  ("[bootpd] address/port/bootserver_port", (o.address, o.port, o.bootserver_port),
+                   (n.address, n.port, n.bootserver_port)),
                   ("[bootpd] pool_start/pool_count/netmask", (o.pool_start, o.pool_count, o.netmask),
                    (n.pool_start, n.pool_count, n.netmask)),
                   ("[bootpd] lease_db", o.lease_db, n.lease_db),
@@ -445,8 +470,8 @@ def admin_server(path: str, dhcp: Any) -> Any:
     """The admin socket over the DHCP server's current scopes (README, "Operator commands")."""
     from massboot.admin import AdminScope, AdminServer, LeaseAdmin
 
-    def scopes() -> list[AdminScope]:
-        return [AdminScope(s.name, s.store, s.network) for s in (dhcp.main, *dhcp.scopes)]
+    def scopes() -> list[AdminScope]:      # none in proxy mode: no leases
+        return [AdminScope(s.name, s.store, s.network) for s in dhcp._all_scopes()]
 
     return AdminServer(path, LeaseAdmin(scopes, lambda: dhcp.config.static))
 
@@ -586,6 +611,9 @@ def leases_command(args: argparse.Namespace) -> int:
         config = cfg.load(args.config, state_dir=args.state_dir)
         if config.bootp is None:
             raise cfg.ConfigError("bootpd", None, None, "missing section: no DHCP server, no leases")
+        if config.bootp.mode == "proxy":
+            raise cfg.ConfigError("bootpd", "mode", "proxy", "proxy mode keeps no leases (the site "
+                                  "DHCP server owns the addresses)")
     except cfg.ConfigError as exc:
         print(f"\nError: {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -597,6 +625,7 @@ def leases_command(args: argparse.Namespace) -> int:
 
         if bootp.lease_db == ":memory:":
             raise SystemExit("error: lease_db = :memory:: the leases live only in the running server")
+        assert bootp.pool_start is not None
         network = detect(bootp.pool_start, bootp.address)
         pool, _ = main_pool(bootp, network.address, network.netmask)
         main_store, _ = open_lease_store(bootp.lease_db, pool, bootp.static,
@@ -629,13 +658,13 @@ def check_config(config: cfg.Config, *, run_dhcp: bool) -> int:
 
     The config is loaded and the TFTP root checked by :func:`main` first, as for a normal start.
     """
-    from massboot.netif import NetworkDetectError, detect
+    from massboot.netif import NetworkDetectError
 
     for line in cfg.describe(config):
         print(line)
     if run_dhcp and config.bootp is not None:
         try:
-            network = detect(config.bootp.pool_start, config.bootp.address)
+            network = server_network(config)
         except NetworkDetectError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_CONFIG

@@ -312,15 +312,31 @@ LOGGER = Section("logger", (
     Option("file", parse_text, None, "the log file, for ``type = file``"),
 ))
 
+#: ``[bootpd] mode`` (README, "proxyDHCP"): ``full`` hands out addresses, ``proxy`` only boot information
+MODES = {"full": "full", "proxy": "proxy"}
+#: the options and sections that hand out addresses: an error in proxy mode, where the site DHCP
+#: server owns the addresses (README, "proxyDHCP")
+ADDRESS_OPTIONS = ("pool_start", "pool_count", "lease_time", "gateway", "dns", "netmask", "lease_db",
+                   "offer_hold", "reclaim", "decline_probation", "probe", "probe_timeout",
+                   "allow_simple_dhcp")
+ADDRESS_SECTIONS = ("static_dhcp",)
+
 BOOTPD = Section("bootpd", (
+    Option("mode", Choice(MODES), "full",
+           "*massboot*: ``full`` hands out addresses and boot information; ``proxy`` is a "
+           "proxyDHCP server beside the site's DHCP server: boot information only, to PXE clients "
+           "(README, proxyDHCP)"),
     Option("pool_start", parse_ip, None,
-           "first address of the pool; also picks the network and the server address (below)",
-           missing="the first address of the pool is required"),
+           "first address of the pool; also picks the network and the server address (below); "
+           "not in proxy mode", default_doc="(required)"),
     Option("pool_count", Int(0, 1 << 20), "10",
            "addresses in the pool; ``0``: only ``[static_dhcp]`` clients"),
     Option("address", parse_ip, "0.0.0.0",
            "address the DHCP socket binds to (a unicast address receives only relayed, unicast requests)"),
     Option("port", Int(0, 65535), "67", "DHCP port"),
+    Option("bootserver_port", Int(0, 65535), "4011",
+           "*massboot*: proxy mode's PXE boot server port, where ROMs send their REQUEST after the "
+           "proxy OFFER (PXE 2.1 §2.2.1: 4011)"),
     Option("access", Choice(ACCESS_MODES), None,
            "``none``, ``mac``, ``uuid`` or ``http``: see ``[mac]``, ``[uuid]`` and ``[http]`` below",
            default_doc="(none)"),
@@ -590,7 +606,9 @@ class HttpAclConfig:
 
 @dataclass(frozen=True, slots=True)
 class BootpConfig:
-    pool_start: str
+    pool_start: str | None          # None only in proxy mode
+    mode: str = BOOTPD.default("mode")
+    bootserver_port: int = BOOTPD.default("bootserver_port")
     pool_count: int = BOOTPD.default("pool_count")
     address: str = BOOTPD.default("address")
     port: int = BOOTPD.default("port")
@@ -842,7 +860,12 @@ def _bootp(r: _Reader, base_dir: str, state_dir: str) -> BootpConfig:
     v["domain_explicit"] = bool(r.get(s, "domain"))
     http = _http_acl(r, v.pop("timeout"), base_dir)
     pool_start, pool_count, access = v["pool_start"], v["pool_count"], v["access"]
-    if int(ipaddress.IPv4Address(pool_start)) + pool_count > 1 << 32:
+    if v["mode"] == "proxy":
+        _check_proxy(r)
+    elif pool_start is None:
+        raise ConfigError(s, "pool_start", None, "missing: the first address of the pool is required "
+                          "(or mode = proxy beside another DHCP server)")
+    elif int(ipaddress.IPv4Address(pool_start)) + pool_count > 1 << 32:
         raise ConfigError(s, "pool_count", str(pool_count), "the pool runs past 255.255.255.255")
     if access and not r.has(access):
         raise ConfigError(s, "access", access, f"missing access section '[{access}]'")
@@ -887,6 +910,18 @@ def _bootp(r: _Reader, base_dir: str, state_dir: str) -> BootpConfig:
         buggy_clients=_rules(r, "buggy_clients", AclRule.mac, "MAC"),
         subnets=tuple(_subnet(r, section) for section in r.values if section.startswith("subnet:")),
     )
+
+
+def _check_proxy(r: _Reader) -> None:
+    """Proxy mode hands out no address: an option or section that would is an error naming them
+    all (README, "proxyDHCP")."""
+    present = [name for name in ADDRESS_OPTIONS if r.get("bootpd", name)]
+    present += [f"[{name}]" for name in ADDRESS_SECTIONS if r.items(name)]
+    present += [f"[{name}]" for name in r.values if name.startswith("subnet:")]
+    if present:
+        raise ConfigError("bootpd", "mode", "proxy",
+                          "proxy mode hands out no addresses (the site DHCP server does): remove "
+                          + ", ".join(present))
 
 
 def _http_acl(r: _Reader, alias: float | None, base_dir: str) -> HttpAclConfig | None:
@@ -1019,9 +1054,15 @@ def describe(config: Config) -> Iterable[str]:
     b = config.bootp
     if b is None:
         yield "bootp: not configured (no [bootpd]/[bootp] section)"
+    elif b.mode == "proxy":
+        yield (f"bootp: mode proxy (proxyDHCP: boot information only, no addresses), listen "
+               f"{b.address}:{b.port} and PXE boot server port {b.bootserver_port}")
+        yield f"bootp: access {b.access or 'none'}, PXE clients only"
     else:
+        assert b.pool_start is not None
         last = pool_addresses(b.pool_start, b.pool_count)[-1] if b.pool_count else None
         pool = f"{b.pool_start} .. {last} ({b.pool_count} addresses)" if last else "none (pool_count = 0)"
+        yield "bootp: mode full"
         yield f"bootp: listen {b.address}:{b.port}, pool {pool}, lease {b.lease_time}s"
         simple = "on" if b.allow_simple_dhcp else "off"
         yield f"bootp: access {b.access or 'none'}, allow_simple_dhcp {simple}"
@@ -1040,10 +1081,11 @@ def describe(config: Config) -> Iterable[str]:
             yield "bootp: relayed requests only from " + ", ".join(str(n) for n in b.relays)
         if b.notify:
             yield "bootp: notify " + ", ".join(f"{h}:{p}" for h, p in b.notify)
-        yield f"bootp: lease database {b.lease_db}"
-        probe = f"probe on ({b.probe_timeout:g}s)" if b.probe else "probe off"
-        yield (f"bootp: offers held {b.offer_hold:g}s, reclaim {b.reclaim}, "
-               f"decline probation {b.decline_probation:g}s, {probe}")
+        if b.mode == "full":
+            yield f"bootp: lease database {b.lease_db}"
+            probe = f"probe on ({b.probe_timeout:g}s)" if b.probe else "probe off"
+            yield (f"bootp: offers held {b.offer_hold:g}s, reclaim {b.reclaim}, "
+                   f"decline probation {b.decline_probation:g}s, {probe}")
     t = config.tftp
     largest = TFTPD["blocksize"].parse
     assert isinstance(largest, Int)

@@ -90,6 +90,10 @@ def _dhcp_reply(e: Event) -> Line:
     if f["msgtype"] == "nak" and "requested" in f:
         return INFO, "nak mac=%s phase=%s requested=%s bound=%s", (f["mac"], f["phase"], f["requested"],
                                                                    f.get("bound"))
+    if f.get("proxy"):      # README, "proxyDHCP": ip is the address the client reported
+        return (INFO, "proxy %s mac=%s ip=%s phase=%s arch=%s file=%s to=%s",
+                (f["msgtype"], f["mac"], f["ip"], f["phase"], _dash(f["arch"]), _dash(f["file"]),
+                 _to(f.get("to"))))
     return (INFO, "%s mac=%s ip=%s phase=%s arch=%s file=%s to=%s",
             (f["msgtype"], f["mac"], f["ip"], f["phase"], _dash(f["arch"]), _dash(f["file"]),
              _to(f.get("to"))))

@@ -12,7 +12,8 @@ Each kind is an :class:`EventKind` (a :class:`~enum.StrEnum`: ``EventKind.DHCP_R
 ``dhcp.received``   a request decoded: msgtype (discover, request, ...), mac, relayed, pxe,
                     ipxe, uuid, arch
 ``dhcp.reply``      a reply sent: msgtype (offer, ack, nak, bootp), mac, ip, pxe, arch, phase
-                    (pxe or os), file, ipxe, uuid [to (ip, port); requested, bound (a NAK's)]
+                    (pxe or os), file, ipxe, uuid [to (ip, port); requested, bound (a NAK's);
+                    proxy (True: a proxyDHCP reply, ip is the address the client reported)]
 ``dhcp.ignored``    a request not answered: mac, reason [phase, detail (the relay or hop count
                     of ``relay_not_allowed`` and ``too_many_hops``; a refused DECLINE's:
                     other_server, other_mac, outside_pool, not_held)]
@@ -124,7 +125,7 @@ _TRANSFER = "ip port name bytes duration retransmits blocks blocks_sent"
 #: Each kind's fields, declared once (see the module docstring for their meaning).
 FIELDS: dict[EventKind, Fields] = {
     EventKind.DHCP_RECEIVED: _f("msgtype mac relayed pxe ipxe uuid arch"),
-    EventKind.DHCP_REPLY: _f("msgtype mac ip pxe arch phase file ipxe uuid", "to requested bound"),
+    EventKind.DHCP_REPLY: _f("msgtype mac ip pxe arch phase file ipxe uuid", "to requested bound proxy"),
     EventKind.DHCP_IGNORED: _f("mac reason", "phase detail"),
     EventKind.DHCP_ARCH_FALLBACK: _f("mac arch", "file"),
     EventKind.DHCP_MALFORMED: _f("reason", "source detail"),

@@ -67,7 +67,8 @@ DHCP_TYPES = ("discover", "offer", "request", "decline", "ack", "nak", "release"
 REPLY_TYPES = ("offer", "ack", "nak", "bootp")
 IGNORE_REASONS = ("in_flight", "idle_state", "bootp_not_allowed", "other_server", "not_our_address",
                   "unhandled", "internal_error", "pool_full", "acl_busy", "relay_not_allowed",
-                  "too_many_hops", "decline_refused", "address_in_use", "probe_busy")
+                  "too_many_hops", "decline_refused", "address_in_use", "probe_busy",
+                  "not_boot_client", "site_server", "proxy_unhandled")
 PROBE_RESULTS = ("in_use", "free", "unavailable")
 ACL_TYPES = ("mac", "uuid", "http")
 ACL_VERDICTS = ("allowed", "denied", "error")
@@ -273,6 +274,9 @@ class Metrics:
                                "message type.", ("type",), [(t,) for t in DHCP_TYPES])
         self.dhcp_replies = c("massboot_dhcp_replies_sent", "DHCP/BOOTP replies sent, by message type.",
                               ("type",), [(t,) for t in REPLY_TYPES])
+        self.proxy_replies = c("massboot_dhcp_proxy_replies_sent", "Of the replies sent, the proxyDHCP "
+                               "ones ([bootpd] mode = proxy), by message type.", ("type",),
+                               [("offer",), ("ack",)])
         self.dhcp_ignored = c("massboot_dhcp_requests_ignored", "DHCP requests left unanswered on "
                               "purpose, by reason.", ("reason",), [(r,) for r in IGNORE_REASONS])
         self.pool_exhausted = c("massboot_dhcp_pool_exhausted", "Requests that found no free address "
@@ -423,6 +427,8 @@ class Metrics:
 
     def _dhcp_reply(self, event: Event) -> None:
         self.dhcp_replies.inc((_bounded(event.get("msgtype"), REPLY_TYPES),))
+        if event.get("proxy"):
+            self.proxy_replies.inc((_bounded(event.get("msgtype"), ("offer", "ack")),))
 
     def _dhcp_ignored(self, event: Event) -> None:
         reason = event.get("reason")

@@ -287,3 +287,42 @@ def detect(
         f"{' or '.join(tried)}. Local IPv4 networks: {_describe(networks)}. "
         "Set [bootpd] pool_start to an address inside one of them."
     )
+
+
+def detect_proxy(tftp_address: str | None, address: str = "0.0.0.0",
+                 networks: Sequence[LocalNetwork] | None = None) -> LocalNetwork:
+    """The server's network in proxy mode, where there is no pool to pick it (README, "proxyDHCP").
+
+    ``[tftpd] address`` when set (it must be a local address: it goes in ``siaddr`` and option
+    54), else ``[bootpd] address`` when it is a unicast address, else the one local IPv4 network
+    that is not loopback.
+
+    Raises:
+        NetworkDetectError: the configured address is not local, or there is no non-loopback
+            network, or several: the message lists them and says to set ``[tftpd] address``.
+    """
+    if networks is None:
+        networks = local_networks()
+    for label, ip in (("[tftpd] address", tftp_address), ("[bootpd] address", address)):
+        if not ip or ip == "0.0.0.0":
+            continue
+        found = next((n for n in networks if n.address == ip and n.prefixlen > 0), None)
+        if found is None:
+            raise NetworkDetectError(
+                f"Unable to detect network configuration: {label} {ip} is not an address of this "
+                f"host. Local IPv4 networks: {_describe(networks)}.")
+        log.info("proxy mode: using ifname:%s, net:%s/%d, server:%s (from %s)",
+                 found.ifname, found.network, found.prefixlen, found.address, label)
+        return found
+    candidates = [n for n in networks if n.prefixlen > 0 and not ipaddress.IPv4Address(n.address).is_loopback]
+    if len(candidates) == 1:
+        found = candidates[0]
+        log.info("proxy mode: using ifname:%s, net:%s/%d, server:%s (the only non-loopback network)",
+                 found.ifname, found.network, found.prefixlen, found.address)
+        return found
+    what = "no IPv4 network but loopback" if not candidates else \
+        f"{len(candidates)} IPv4 networks ({_describe(candidates)})"
+    raise NetworkDetectError(
+        f"Unable to detect network configuration: proxy mode has no pool to pick the server "
+        f"address and this host has {what}. Set [tftpd] address to the address the PXE clients "
+        "reach this server at.")

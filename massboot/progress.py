@@ -40,6 +40,12 @@ never blocks. Phases, in boot order, and the event that puts a client in each:
     phase it is stuck in. A client whose installed system never asks massboot for an address
     (static addressing, another DHCP server) stays in ``kernel`` and counts as stalled.
 
+In proxy mode (README, "proxyDHCP") the OS phase is the site server's and is not seen: a
+client booted by proxy replies (``proxy`` in the events) is ``done`` when its transfers after
+the boot file have ended with none in progress, and back in ``kernel`` when another starts; its
+boot duration is not reported (no end is known for sure). Its address is the one it reported
+in its boot-server REQUEST.
+
 A new boot begins when a PXE-phase DHCP reply reaches a client in ``os`` or ``done`` (the
 machine rebooted into its ROM), or one in ``loader``/``kernel`` when the event says the
 request did not come from iPXE (``ipxe`` false: the ROM started over). A PXE request from iPXE
@@ -80,7 +86,7 @@ _BEFORE_LOADER = frozenset((DISCOVERING, OFFERED, BOUND))
 _AFTER_OS = frozenset((OS, DONE))
 _IN_TRANSFERS = frozenset((LOADER, KERNEL))
 #: ``dhcp.ignored`` reasons that mean "this client is not booting from us".
-_NOT_OURS = frozenset(("idle_state", "bootp_not_allowed", "other_server", "acl_busy"))
+_NOT_OURS = frozenset(("idle_state", "bootp_not_allowed", "other_server", "acl_busy", "not_boot_client"))
 _NO_ADDRESS = (None, "", "0.0.0.0")
 
 
@@ -110,6 +116,7 @@ class ClientProgress:
     completed: bool = False            # boot duration reported for this boot
     boots: int = 1
     replied: bool = False              # any reply sent to it in this boot
+    proxy: bool = False                # booted by proxyDHCP replies: its OS phase is not seen
 
     def stalled(self, now: float, stall_after: float) -> bool:
         """True when this client has made no progress for *stall_after* seconds at *now*."""
@@ -320,6 +327,8 @@ class ProgressTracker:
         if event.get("uuid"):
             record.uuid = event.get("uuid")
         pxe = event.get("phase", "pxe" if event.get("pxe") else "os") == "pxe"
+        if event.get("proxy"):
+            record.proxy = True
         if pxe:
             if self._restarts(record, event):
                 started = record.discover_at if msgtype == "offer" and record.discover_at else t
@@ -380,7 +389,7 @@ class ProgressTracker:
         if record.phase == LOADER and name != record.loader_file:
             self._enter(record, KERNEL, t)
         elif record.phase == DONE:
-            self._enter(record, OS, t)
+            self._enter(record, KERNEL if record.proxy else OS, t)
 
     def _tftp_end(self, event: Event) -> None:
         record = self._tftp_record(event)
@@ -401,5 +410,8 @@ class ProgressTracker:
                 self._enter(record, LOADER, t)
             elif record.phase == LOADER and name != record.loader_file:
                 self._enter(record, KERNEL, t)
+            if record.proxy and record.phase == KERNEL and record.transfers == 0:
+                # proxy mode sees no OS phase: done is the end of the last file (README, "proxyDHCP")
+                self._enter(record, DONE, t)
         if record.phase == OS:
             self._finish_if_done(record, t)

@@ -45,6 +45,13 @@ Behaviour (README, "DHCP and PXE behaviour"):
 * ACLs: static clients are always served; ``access = mac`` / ``uuid`` are decided here;
   ``access = http`` is asked when the client's state changes (or always with
   ``always_check``), and a denial puts the client back to the idle state.
+* Proxy mode (``[bootpd] mode = proxy``, README "proxyDHCP"; PXE 2.1 §2.2): no scope, no
+  lease store, never an address. A boot client's (:attr:`Classification.boot_client`) DISCOVER
+  on port 67 gets a proxy OFFER; its REQUEST (or INFORM) on the PXE boot server port, or on 67
+  naming this server in option 54, gets a proxy ACK; everything else is left alone and counted
+  (``not_boot_client``, ``site_server``, ``proxy_unhandled``). The ACLs, the boot file by
+  architecture and the iPXE second stage work as in full mode; the address a client reports
+  (``ciaddr``) is what the events, the notifications and TFTP's ``{ip}`` know it by.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ from massboot.acl import AclResult, RuleTable, Verdict
 from massboot.config import BootpConfig
 from massboot.dhcp import policy
 from massboot.dhcp.leases import Lease, LeaseStore
-from massboot.dhcp.packet import BootpPacket, MessageType, Opt, Reason
+from massboot.dhcp.packet import BootpPacket, MessageType, Opt, PacketError, Reason, decode_suboptions
 from massboot.dhcp.policy import BootInfo, Network, RequestKind, State
 from massboot.events import ACL_NO_UUID
 from massboot.ident import mac_int, mac_str
@@ -119,6 +126,7 @@ class Settings:
     bootfile_size: Callable[[str, str], int | None] | None = None
     probe: bool = False                        # ICMP-probe a reused address before offering it
     probe_timeout: float = 0.5
+    proxy: bool = False                        # [bootpd] mode = proxy (README, "proxyDHCP")
 
     @classmethod
     def from_config(cls, config: BootpConfig, server_ip: str, *,
@@ -135,7 +143,7 @@ class Settings:
             default_bootfile=config.default_bootfile, bootfiles=config.bootfiles,
             ipxe_bootfile=config.ipxe_boot_file, bootfile_size=bootfile_size,
             domain_name=config.domain if config.domain_explicit else None,
-            probe=config.probe, probe_timeout=config.probe_timeout)
+            probe=config.probe, probe_timeout=config.probe_timeout, proxy=config.mode == "proxy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +167,9 @@ class Classification:
             not 6 for Ethernet), else None. The codec accepts any ``hlen`` up to 16 (RFC 2131
             §2: other hardware types are valid BOOTP); massboot keys clients, leases and ACLs
             by a 6-octet MAC, so such a request is malformed *for us*.
+        bootserver: it came in on the PXE boot server port (4011: proxy mode, PXE 2.1 §2.2.1).
+        boot_item: the PXE boot item it asks for (option 43, sub-option 71: type and layer,
+            PXE 2.1 §2.4.5), else None.
     """
 
     packet: BootpPacket
@@ -173,6 +184,16 @@ class Classification:
     relayed: bool
     kind: RequestKind | None
     bad_hlen: str | None = None
+    bootserver: bool = False
+    boot_item: bytes | None = None
+
+    @property
+    def boot_client(self) -> bool:
+        """Boot firmware asking (not an installed OS): the only requests proxy mode answers.
+
+        Every "is this a boot firmware request" decision reads this one property.
+        """
+        return self.pxe
 
     @property
     def name(self) -> str:
@@ -185,8 +206,11 @@ class Classification:
         return "pxe" if self.pxe else "os"
 
 
-def classify(packet: BootpPacket, source: tuple[str, int]) -> Classification:
-    """Classify one decoded request (the only place that looks at the packet to do so)."""
+def classify(packet: BootpPacket, source: tuple[str, int], *, bootserver: bool = False) -> Classification:
+    """Classify one decoded request (the only place that looks at the packet to do so).
+
+    *bootserver*: it came in on the PXE boot server port (proxy mode's second socket).
+    """
     msgtype = packet.message_type
     kind = None
     if msgtype == MessageType.REQUEST:
@@ -195,7 +219,20 @@ def classify(packet: BootpPacket, source: tuple[str, int]) -> Classification:
         packet=packet, source=source, mac=mac_str(packet.mac), msgtype=msgtype,
         bad_type=msgtype is None and packet.option(Opt.MESSAGE_TYPE) is not None,
         pxe=packet.is_pxe, ipxe=packet.is_ipxe, uuid=packet.uuid, arch=packet.client_arch,
-        relayed=packet.giaddr != NO_ADDRESS, kind=kind, bad_hlen=hardware_problem(packet))
+        relayed=packet.giaddr != NO_ADDRESS, kind=kind, bad_hlen=hardware_problem(packet),
+        bootserver=bootserver, boot_item=_boot_item(packet))
+
+
+def _boot_item(packet: BootpPacket) -> bytes | None:
+    """Option 43's PXE_BOOT_ITEM (sub-option 71, 4 octets: type, layer; PXE 2.1 §2.4.5), if any."""
+    vendor = packet.option(Opt.VENDOR_SPECIFIC)
+    if vendor is None:
+        return None
+    try:
+        items = decode_suboptions(vendor)
+    except PacketError:      # not PXE's encapsulation: another vendor's option 43
+        return None
+    return next((value for code, value in items if code == policy.PXE_BOOT_ITEM and len(value) == 4), None)
 
 
 def hardware_problem(packet: BootpPacket) -> str | None:
@@ -231,6 +268,8 @@ class Destination:
 
     address: str
     port: int
+    #: sent from the PXE boot server port's socket (a reply to a request that came in there)
+    bootserver: bool = False
 
     @property
     def limited_broadcast(self) -> bool:
@@ -277,6 +316,8 @@ class Outcome:
             ``declined``.
         assigned: the address the reply gives the client, if any.
         lease: what the lease store returned (offered, bound or released lease).
+        reported: proxy mode: the address the client says it holds (``ciaddr`` of its
+            boot-server REQUEST), given by the site server; TFTP knows the client by it.
     """
 
     events: tuple[EventRecord, ...] = ()
@@ -285,6 +326,7 @@ class Outcome:
     no_reply: str | None = None
     assigned: str | None = None
     lease: Lease | None = None
+    reported: str | None = None
 
 
 class Exchange:
@@ -295,11 +337,12 @@ class Exchange:
         request: the classified request.
         client: what is known of the MAC, None when never seen (a record is then made, its
             UUID taken from a stored lease); available afterwards as :attr:`client`.
-        scope: the scope the request belongs to (:func:`select_scope`).
+        scope: the scope the request belongs to (:func:`select_scope`); None in proxy mode,
+            which has no lease store.
     """
 
     def __init__(self, settings: Settings, request: Classification, client: Client | None,
-                 scope: Scope) -> None:
+                 scope: Scope | None) -> None:
         self.settings = settings
         self.request = request
         self.scope = scope
@@ -328,7 +371,7 @@ class Exchange:
         client = self.client
         if client is None:
             client = self.client = Client(req.mac)
-            lease = self.scope.store.get(req.mac)
+            lease = self.scope.store.get(req.mac) if self.scope is not None else None
             if lease is not None and lease.uuid:
                 client.uuid = lease.uuid
         if req.uuid:
@@ -336,6 +379,8 @@ class Exchange:
         if req.arch is not None:
             client.arch = req.arch
         msgtype = req.msgtype
+        if settings.proxy:
+            return self._proxy_start(client)
         if msgtype == MessageType.REQUEST and req.packet.server_id not in (None, settings.server_ip):
             client.state = policy.next_state(client.state, req.pxe, msgtype)
             return self._ignore("other_server")
@@ -374,8 +419,8 @@ class Exchange:
         assert lease is not None, "no probe asked"
         self._probing = None
         result = "in_use" if answered else "free" if answered is False else "unavailable"
-        self._emit("dhcp.probe", mac=client.mac, ip=lease.ip, result=result, scope=self.scope.name)
-        self.scope.store.probed(client.mac, lease.ip, bool(answered))
+        self._emit("dhcp.probe", mac=client.mac, ip=lease.ip, result=result, scope=self._full().name)
+        self._full().store.probed(client.mac, lease.ip, bool(answered))
         if answered and self._probes >= MAX_PROBES:
             return self._ignore("address_in_use")
         return self._offer(client, self.request.msgtype, probed=None if answered else lease.ip)
@@ -415,6 +460,8 @@ class Exchange:
             client.state = State.IDLE
             return self._done(no_reply="denied")
         self.admitted = True
+        if self.settings.proxy:
+            return self._proxy_reply(client)
         if msgtype == MessageType.INFORM:
             return self._reply(MessageType.ACK, NO_ADDRESS)
         if msgtype == MessageType.DISCOVER or msgtype is None:
@@ -425,7 +472,7 @@ class Exchange:
 
     def _offer(self, client: Client, msgtype: MessageType | None,
                probed: str | None = None) -> Outcome | ProbeQuery:
-        scope, settings = self.scope, self.settings
+        scope, settings = self._full(), self.settings
         lease = scope.store.allocate(client.mac)
         if lease is None:
             return self._exhausted()
@@ -445,7 +492,7 @@ class Exchange:
         return outcome
 
     def _request(self, client: Client) -> Outcome:
-        req, scope = self.request, self.scope
+        req, scope = self.request, self._full()
         # the address the client asks for: ciaddr when it has one, else option 50 (SELECTING,
         # INIT-REBOOT); neither (pybootd's ACK-anything clients): whatever it holds
         if req.kind in (RequestKind.RENEWING, RequestKind.REBINDING):
@@ -472,7 +519,7 @@ class Exchange:
     def _release(self) -> Outcome:
         req = self.request
         ciaddr = req.packet.ciaddr
-        released = self.scope.store.release(req.mac, None if ciaddr == NO_ADDRESS else ciaddr)
+        released = self._full().store.release(req.mac, None if ciaddr == NO_ADDRESS else ciaddr)
         ip = ciaddr if ciaddr != NO_ADDRESS else (released.ip if released else None)
         if ip is None:
             return self._done(no_reply="released")
@@ -487,11 +534,63 @@ class Exchange:
         server_id = req.packet.server_id
         if server_id is not None and server_id != self.settings.server_ip:
             return self._ignore("decline_refused", detail="other_server")
-        result = self.scope.store.decline(req.mac, req.packet.requested_ip)
+        result = self._full().store.decline(req.mac, req.packet.requested_ip)
         if result.refused is not None:
             return self._ignore("decline_refused", detail=result.refused)
         self._emit("dhcp.declined", mac=req.mac, ip=result.ip)
         return self._done(no_reply="declined")
+
+    # ------------------------------------------------------------------ proxy mode
+    def _proxy_start(self, client: Client) -> Outcome | AclQuery:
+        """Proxy mode: which requests get an answer (see the module docstring)."""
+        req, msgtype = self.request, self.request.msgtype
+        if not req.boot_client:      # an installed OS's DHCP client: the site server's
+            return self._ignore("not_boot_client")
+        if msgtype == MessageType.DISCOVER and not req.bootserver:
+            pass                     # the proxy OFFER (PXE 2.1 §2.2, step 2)
+        elif msgtype in (MessageType.REQUEST, MessageType.INFORM) and req.bootserver:
+            pass                     # the boot server REQUEST (PXE 2.1 §2.2, step 6)
+        elif msgtype == MessageType.REQUEST and req.packet.server_id == self.settings.server_ip:
+            pass                     # ROMs that ask the proxy on port 67
+        elif msgtype == MessageType.REQUEST and req.packet.server_id is not None:
+            return self._ignore("site_server")       # the REQUEST for the site server's offer
+        else:
+            return self._ignore("proxy_unhandled", detail=f"{req.name} on port "
+                                f"{'4011' if req.bootserver else '67'}")
+        # every answered request is the PXE phase; a DISCOVER begins a boot, so the HTTP ACL is
+        # asked at each boot's DISCOVER (its cache absorbs retransmissions) and at a boot-server
+        # REQUEST from a client without a record, not again within a boot (README, "proxyDHCP")
+        if msgtype == MessageType.DISCOVER:
+            client.state = State.IDLE
+        self._new_state = State.PXE
+        allowed = self._local_acl(client)
+        if allowed is None:
+            reported = self._reported()
+            return AclQuery(req.packet.mac, client.uuid, reported or client.ip, True, self.take_events())
+        return self._answer(allowed)
+
+    def _reported(self) -> str | None:
+        """The address the client says it holds (``ciaddr``), None when it says none."""
+        ciaddr = self.request.packet.ciaddr
+        return None if ciaddr == NO_ADDRESS else ciaddr
+
+    def _proxy_reply(self, client: Client) -> Outcome:
+        req, settings = self.request, self.settings
+        msgtype = MessageType.OFFER if req.msgtype == MessageType.DISCOVER else MessageType.ACK
+        reported = self._reported()
+        if reported is not None:
+            client.ip = reported
+        boot = self._boot_info()
+        item = req.boot_item if req.bootserver else None
+        reply = policy.build_proxy_reply(req.packet, msgtype, server_ip=settings.server_ip, boot=boot,
+                                         boot_item=item)
+        address, port = policy.proxy_destination(req.packet, req.source, server_port=settings.server_port)
+        dest = Destination(address, port, bootserver=req.bootserver)
+        self._emit("dhcp.reply", msgtype=MSG_NAMES[msgtype], mac=client.mac, ip=reported or NO_ADDRESS,
+                   pxe=True, arch=req.arch, phase="pxe", file=boot.bootfile, ipxe=req.ipxe,
+                   uuid=client.uuid, to=(dest.address, dest.port), proxy=True)
+        client.state = self._new_state
+        return self._done(reply=reply, destination=dest, reported=reported)
 
     # ------------------------------------------------------------------ replies
     def _boot_info(self) -> BootInfo:
@@ -509,7 +608,7 @@ class Exchange:
     def _reply(self, msgtype: MessageType | None, yiaddr: str, *, message: str | None = None,
                lease: Lease | None = None, nak: tuple[str | None, str] | None = None) -> Outcome:
         """Build and address a reply; *nak*: the addresses a NAK refuses, ``(requested, bound)``."""
-        req, settings, client, net = self.request, self.settings, self._known(), self.scope.net
+        req, settings, client, net = self.request, self.settings, self._known(), self._full().net
         boot = self._boot_info() if msgtype != MessageType.NAK else None
         reply = policy.build_reply(req.packet, msgtype, yiaddr=yiaddr, net=net, boot=boot, pxe=req.pxe,
                                    hostname=None if req.pxe else client.hostname, message=message,
@@ -530,7 +629,7 @@ class Exchange:
         return self._done(reply=reply, destination=dest, assigned=assigned, lease=lease)
 
     def _exhausted(self) -> Outcome:
-        mac, scope = self.request.mac, self.scope.name
+        mac, scope = self.request.mac, self._full().name
         self._emit("dhcp.exhausted", mac=mac, scope=scope)
         return self._done(no_reply="exhausted")
 
@@ -541,6 +640,10 @@ class Exchange:
         return self._done(no_reply=reason)
 
     # ------------------------------------------------------------------ plumbing
+    def _full(self) -> Scope:
+        assert self.scope is not None, "full mode only: proxy mode has no scope"
+        return self.scope
+
     def _known(self) -> Client:
         assert self.client is not None, "start() first"
         return self.client

@@ -5,7 +5,9 @@
 * :func:`request_kind` — which RFC 2131 §4.3.2 state a DHCPREQUEST comes from;
 * :func:`select_bootfile` — boot file by architecture, iPXE second stage (README, "[bootfile]");
 * :func:`build_reply` — the reply packet and its options (RFC 2131 §4.3.1, RFC 2132);
-* :func:`destination` — where the reply goes (RFC 2131 §4.1).
+* :func:`destination` — where the reply goes (RFC 2131 §4.1);
+* :func:`build_proxy_reply`, :func:`proxy_destination` — proxy mode's OFFER and boot-server ACK
+  and where they go (PXE 2.1 §2.2, §2.5; README, "proxyDHCP").
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from massboot.dhcp.packet import (
 #: sent a 10 s menu prompt ("Stupid PXE"), which only delays a mass boot.
 PXE_DISCOVERY_CONTROL = 6
 PXE_USE_BOOTFILE = 0x08
+#: option 43 sub-option 71 (PXE_BOOT_ITEM, PXE 2.1 §2.4.5): the boot server type and layer a
+#: client asks the boot server for; the boot server's ACK carries it back
+PXE_BOOT_ITEM = 71
 
 
 class State(IntEnum):
@@ -233,3 +238,65 @@ def destination(request: BootpPacket, reply: BootpPacket, source: tuple[str, int
     # is no ARP entry for it), whatever its broadcast flag says: broadcast on the server's
     # subnet, as pybootd does.
     return subnet_broadcast, src_port
+
+
+def build_proxy_reply(request: BootpPacket, msgtype: MessageType, *, server_ip: str, boot: BootInfo,
+                      boot_item: bytes | None = None) -> BootpPacket:
+    """A proxyDHCP reply (PXE 2.1 §2.2, §2.5; README, "proxyDHCP"): boot information, no address.
+
+    To a DISCOVER on port 67 an OFFER, to a REQUEST (port 4011, or 67 naming this server) an
+    ACK. ``yiaddr`` is 0.0.0.0 and the reply carries no lease time, mask, router or DNS: those
+    are the site DHCP server's. Option 54 is this server (ROMs send their boot-server REQUEST
+    to it), option 60 ``PXEClient`` (``HTTPClient`` to such a client: what iPXE and EDK2 look
+    for to tell a proxy offer), option 97 echoed, option 43 with discovery control 8 (use the
+    boot file of this reply, no boot-server discovery or menu: what dnsmasq sends when it has
+    no menu and Tinkerbell smee always sends), or, to a boot-server REQUEST that named a boot
+    item (sub-option 71), that item echoed as the PXE boot server's ACK does. ``siaddr``,
+    ``sname`` and ``file`` name the boot file, as options 66/67/13 do when asked.
+    """
+    vendor = (request.vendor_class or "").startswith("HTTPClient")
+    options: list[tuple[int, bytes]] = [
+        (Opt.MESSAGE_TYPE, u8(msgtype)),
+        (Opt.SERVER_ID, ip_bytes(server_ip)),
+        (Opt.VENDOR_CLASS, b"HTTPClient" if vendor else b"PXEClient"),
+    ]
+    if boot_item is not None:
+        options.append((Opt.VENDOR_SPECIFIC, encode_suboptions([(PXE_BOOT_ITEM, boot_item)])))
+    else:
+        options.append((Opt.VENDOR_SPECIFIC,
+                        encode_suboptions([(PXE_DISCOVERY_CONTROL, u8(PXE_USE_BOOTFILE))])))
+    uuid_opt = request.option(Opt.CLIENT_UUID)
+    if uuid_opt is not None:
+        options.append((Opt.CLIENT_UUID, uuid_opt))
+    params = set(request.requested_params)
+    if Opt.TFTP_SERVER in params:
+        options.append((Opt.TFTP_SERVER, boot.server_ip.encode("ascii")))
+    if Opt.BOOTFILE in params:
+        options.append((Opt.BOOTFILE, boot.bootfile.encode("utf-8")[:255]))
+    if Opt.BOOTFILE_SIZE in params and boot.bootfile_size:
+        blocks = min(math.ceil(boot.bootfile_size / 512), 0xFFFF)
+        options.append((Opt.BOOTFILE_SIZE, blocks.to_bytes(2, "big")))
+    return BootpPacket(
+        op=BOOTREPLY, xid=request.xid, htype=request.htype, hlen=request.hlen, hops=0, secs=0,
+        flags=request.flags, ciaddr=request.ciaddr, yiaddr="0.0.0.0", siaddr=boot.server_ip,
+        giaddr=request.giaddr, chaddr=request.chaddr, sname=boot.sname.encode("utf-8")[:63],
+        file=boot.bootfile.encode("utf-8")[:127], options=tuple(options) + _relay_echo(request),
+        vendor=True)
+
+
+def proxy_destination(request: BootpPacket, source: tuple[str, int], *, server_port: int) -> tuple[str, int]:
+    """Where a proxyDHCP reply goes.
+
+    * relayed (giaddr set): to the relay, as :func:`destination` (RFC 2131 §4.1);
+    * from an address (a REQUEST on port 4011 comes from the address the site server gave):
+      back to that address and port (PXE 2.1 §2.2.1; dnsmasq answers its port-4011 requests so);
+    * from 0.0.0.0 (a DISCOVER): 255.255.255.255 on the request's source port, out of the
+      interface it came in on: the client has no address yet, and the proxy cannot know the one
+      the site server is offering it.
+    """
+    src_ip, src_port = source
+    if request.giaddr != "0.0.0.0":
+        return request.giaddr, src_port if src_ip == request.giaddr else server_port
+    if src_ip != "0.0.0.0":
+        return src_ip, src_port
+    return "255.255.255.255", src_port

@@ -33,6 +33,13 @@ freeing its ACL call. :meth:`DhcpServer.handle` runs both steps in the caller's 
 Per-client records (:class:`~massboot.dhcp.clients.ClientTable`) are made only for a request
 that passed its checks, at most ``max_clients``, the least recently seen evicted first.
 
+In proxy mode (``[bootpd] mode = proxy``, README "proxyDHCP") there is no lease store and a
+second socket listens on the PXE boot server port (``bootserver_port``, 4011), read by a loop of
+its own into the same pool; a reply to a request that came in there leaves from that socket
+(PXE 2.1 §2.2.1), back to the client's source address and port. What a proxy exchange decides
+is :class:`~massboot.dhcp.exchange.Exchange`'s, as in full mode. The addresses clients report
+(``ciaddr``) are kept for TFTP's ``{ip}``, at most ``max_clients`` of them.
+
 Outcomes are events only: the outcome log (:mod:`massboot.eventlog`, README "[logger]"), the
 metrics and the notifications (:class:`massboot.notify.Notifier`, README "Notifications") are
 subscribers of the bus. The lines this module writes itself are about its own workings: the
@@ -102,7 +109,7 @@ class DhcpServer:
         config: the validated ``[bootpd]`` settings.
         server_ip: this server's address on the served subnet (siaddr, option 54).
         netmask: that subnet's mask (``[bootpd] netmask`` wins when set).
-        store: lease store of the main subnet.
+        store: lease store of the main subnet; None in proxy mode (and only there).
         events: the event bus every outcome goes to.
         subnet_stores: a lease store per ``[subnet:NAME]`` section, by name.
         bootfile_size: ``name, client_ip → size or None``, never blocking (option 13).
@@ -111,7 +118,7 @@ class DhcpServer:
             ``probe = on``; an :class:`~massboot.dhcp.probe.IcmpProber` when None.
     """
 
-    def __init__(self, config: BootpConfig, server_ip: str, netmask: str, store: LeaseStore,
+    def __init__(self, config: BootpConfig, server_ip: str, netmask: str, store: LeaseStore | None,
                  events: EventBus, *, subnet_stores: dict[str, LeaseStore] | None = None,
                  bootfile_size: Callable[[str, str], int | None] | None = None,
                  http_acl: HttpAcl | None = None,
@@ -130,8 +137,12 @@ class DhcpServer:
         netmask = config.netmask or netmask
         dns = config.dns if dns is None else dns
         main_net = ipaddress.IPv4Network(f"{server_ip}/{netmask}", strict=False)
-        self.main = Scope("main", store, Network(server_ip, netmask, config.gateway or server_ip,
-                                                 dns, config.lease_time), main_net)
+        self.proxy = config.mode == "proxy"
+        if (store is None) != self.proxy:
+            raise ValueError("a lease store is needed in full mode, and only there")
+        self.main: Scope | None = None if store is None else Scope(
+            "main", store, Network(server_ip, netmask, config.gateway or server_ip, dns, config.lease_time),
+            main_net)
         self.scopes: list[Scope] = []
         for sub in config.subnets:
             if subnet_stores is None or sub.name not in subnet_stores:
@@ -148,6 +159,9 @@ class DhcpServer:
         self._stuck = False            # the last wait for a slot timed out, none freed since
         self.socket: socket.socket | None = None
         self._reader: gevent.Greenlet | None = None
+        #: proxy mode: the PXE boot server port's socket and its read loop
+        self.bootserver_socket: socket.socket | None = None
+        self._bootserver_reader: gevent.Greenlet | None = None
         self._running = False
         self.receive_errors = 0        # transient receive errors since start (for metrics)
 
@@ -160,13 +174,17 @@ class DhcpServer:
         Every store takes the new ``[static_dhcp]`` table (:meth:`LeaseStore.set_static`): an
         entry applies at its MAC's next request.
         """
+        settings = Settings.from_config(config, self.server_ip, bootfile_size=self.settings.bootfile_size)
+        if self.main is None:          # proxy mode: no store, no scope (a mode change takes a restart)
+            self.config, self.settings, self.http_acl = config, settings, http_acl
+            self.clients.max_clients = config.max_clients
+            return
         if config.static != self.config.static:
             for store in dict.fromkeys([self.main.store, *subnet_stores.values()]):
                 try:
                     store.set_static(config.static)
                 except LeaseStoreError as exc:    # logged by the store; memory is up to date
                     log.error("reload: [static_dhcp]: %s", exc)
-        settings = Settings.from_config(config, self.server_ip, bootfile_size=self.settings.bootfile_size)
         net = self.main.net
         main = Scope("main", self.main.store,
                      Network(self.server_ip, config.netmask or net.netmask,
@@ -196,22 +214,62 @@ class DhcpServer:
             self._bind_to_device(sock)
         sock.bind((self.config.address, self.config.port))
         self.socket = sock
+        if self.proxy:
+            try:
+                self.bootserver_socket = self._bootserver_bind()
+            except OSError:
+                sock.close()
+                self.socket = None
+                raise
         self._running = True
-        self._reader = gevent.spawn(self._read_loop)
-        log.info("dhcp listening on %s:%d server=%s pool=%s+%d", self.config.address, self.port,
-                 self.server_ip, self.config.pool_start, self.config.pool_count)
+        self._reader = gevent.spawn(self._read_loop, sock, False)
+        if self.bootserver_socket is not None:
+            self._bootserver_reader = gevent.spawn(self._read_loop, self.bootserver_socket, True)
+            log.info("dhcp listening on %s:%d and %s:%d (PXE boot server) server=%s mode=proxy",
+                     self.config.address, self.port, self.config.address, self.bootserver_port,
+                     self.server_ip)
+        else:
+            log.info("dhcp listening on %s:%d server=%s pool=%s+%d", self.config.address, self.port,
+                     self.server_ip, self.config.pool_start, self.config.pool_count)
+
+    def _bootserver_bind(self) -> socket.socket:
+        """Proxy mode's second socket, on the PXE boot server port (PXE 2.1 §2.2.1)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            set_rcvbuf(sock, self.config.rcvbuf)
+            if self.settings.buggy is not None:
+                self._bind_to_device(sock)
+            sock.bind((self.config.address, self.config.bootserver_port))
+        except OSError as exc:
+            sock.close()
+            exc.bootserver_port = self.config.bootserver_port    # type: ignore[attr-defined]
+            raise
+        return sock
+
+    def _readers(self) -> list[gevent.Greenlet | None]:
+        return [self._reader] + ([self._bootserver_reader] if self.proxy else [])
 
     @property
     def alive(self) -> bool:
-        """True while the read loop runs (for /healthz and the main loop)."""
-        return self._reader is not None and not self._reader.dead
+        """True while the read loops run (for /healthz and the main loop)."""
+        return all(reader is not None and not reader.dead for reader in self._readers())
 
     @property
     def error(self) -> str | None:
-        """Why the read loop stopped on its own (a persistent receive error), else None."""
-        if self._reader is None or not self._reader.dead or self._reader.exception is None:
-            return None
-        return f"receive failed: {self._reader.exception}"
+        """Why a read loop stopped on its own (a persistent receive error), else None."""
+        for reader in self._readers():
+            if reader is not None and reader.dead and reader.exception is not None:
+                return f"receive failed: {reader.exception}"
+        return None
+
+    @property
+    def bootserver_port(self) -> int:
+        """Proxy mode: the bound PXE boot server port."""
+        assert self.bootserver_socket is not None
+        return self.bootserver_socket.getsockname()[1]
 
     @property
     def port(self) -> int:
@@ -228,8 +286,9 @@ class DhcpServer:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop reading, let running exchanges finish up to *timeout*, then kill them."""
         self._running = False
-        if self._reader is not None:
-            self._reader.kill(block=True, timeout=1)
+        for reader in self._readers():
+            if reader is not None:
+                reader.kill(block=True, timeout=1)
         pools = [self.pool] + ([self.http_acl.pool] if self.http_acl is not None else [])
         pools.append(self.probe_pool)     # last: an exchange may go on to it from the others
         for pool in pools:          # the exchanges waiting on the ACL or a probe finish there
@@ -239,6 +298,9 @@ class DhcpServer:
         if self.socket is not None:
             self.socket.close()
             self.socket = None
+        if self.bootserver_socket is not None:
+            self.bootserver_socket.close()
+            self.bootserver_socket = None
 
     def _bind_to_device(self, sock: socket.socket) -> None:
         # [buggy_clients] (README): these clients ignore subnet broadcasts, so replies go to
@@ -251,8 +313,10 @@ class DhcpServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, network.ifname.encode())
 
     # ------------------------------------------------------------------ read loop
-    def _read_loop(self) -> None:
-        sock = self.socket
+    def _read_loop(self, sock: socket.socket | None = None, bootserver: bool = False) -> None:
+        """Read *sock* (default: the DHCP port's; the PXE boot server port's when *bootserver*)
+        until stopped."""
+        sock = sock or self.socket
         assert sock is not None
         failures = 0                      # receive errors in a row
         while self._running:
@@ -292,7 +356,7 @@ class DhcpServer:
             self._active += 1
             # the slot is free: the pool may still count an ended exchange until its link
             # callback runs in the hub's next turn, the only wait spawn() can have here
-            self.pool.spawn(self._run, packet, (source[0], source[1], ifindex), key)
+            self.pool.spawn(self._run, packet, (source[0], source[1], ifindex, bootserver), key)
 
     def _wait_for_slot(self) -> bool:
         """Wait, at most ``POOL_WAIT`` seconds, for an exchange slot; False when none freed.
@@ -350,12 +414,13 @@ class DhcpServer:
         if failures == 1:             # once per burst
             log.warning("dhcp receive failed (%s); retrying", exc)
 
-    def _run(self, packet: BootpPacket, source: tuple[str, int, int], key: bytes) -> None:
+    def _run(self, packet: BootpPacket, source: tuple[str, int, int, bool], key: bytes) -> None:
         """One exchange in the exchange pool; handed to the ACL's pool when it must ask, to
-        the probe pool when it must ping."""
+        the probe pool when it must ping. *source*: address, port, interface index, and
+        whether it came in on the PXE boot server port."""
         handed_off = False
         try:
-            handed_off = self._serve(packet, source[:2], source[2], key)
+            handed_off = self._serve(packet, source[:2], source[2], key, source[3])
         except Exception:
             self._failed(packet.mac)
         finally:
@@ -365,10 +430,11 @@ class DhcpServer:
             if not handed_off:
                 self._in_flight.discard(key)
 
-    def _serve(self, packet: BootpPacket, source: tuple[str, int], ifindex: int, key: bytes) -> bool:
+    def _serve(self, packet: BootpPacket, source: tuple[str, int], ifindex: int, key: bytes,
+               bootserver: bool = False) -> bool:
         """Answer, or hand the exchange to the ACL's or the probe pool; True when handed (it
         ends there)."""
-        exchange, step, acl = self._begin(packet, source)
+        exchange, step, acl = self._begin(packet, source, bootserver)
         if isinstance(step, AclQuery):
             assert acl is not None
             result = acl.cached(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
@@ -426,7 +492,8 @@ class DhcpServer:
         self.events.emit("dhcp.ignored", mac=mac_str(mac), reason="internal_error")
 
     # ------------------------------------------------------------------ one exchange
-    def handle(self, packet: BootpPacket, source: tuple[str, int], ifindex: int = 0) -> BootpPacket | None:
+    def handle(self, packet: BootpPacket, source: tuple[str, int], ifindex: int = 0,
+               bootserver: bool = False) -> BootpPacket | None:
         """Answer one decoded request in the caller's greenlet; return the reply sent, if any.
 
         The read loop does not call this: it screens relays and hops, and never lets an
@@ -438,22 +505,23 @@ class DhcpServer:
             packet: the decoded request.
             source: its source address and port.
             ifindex: the interface it arrived on (0: unknown), for limited broadcasts.
+            bootserver: it came in on the PXE boot server port (proxy mode).
         """
-        exchange, step, acl = self._begin(packet, source)
+        exchange, step, acl = self._begin(packet, source, bootserver)
         if isinstance(step, AclQuery):
             assert acl is not None
             result = acl.check(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
             step = self._step(exchange, exchange.on_acl, result)
         return self._carry_out(exchange, self._probes_here(exchange, step), ifindex)
 
-    def _begin(self, packet: BootpPacket, source: tuple[str, int]
+    def _begin(self, packet: BootpPacket, source: tuple[str, int], bootserver: bool = False
                ) -> tuple[Exchange, Outcome | AclQuery | ProbeQuery, HttpAcl | None]:
         """Start the exchange of *packet*: it, its first step (the query's events emitted), and
         the HTTP ACL of the same settings (a reload, ``apply``, swaps both: an exchange runs on
         those it started with)."""
-        request, acl = classify(packet, source), self.http_acl
-        exchange = Exchange(self.settings, request, self.clients.get(request.mac),
-                            select_scope(packet, self.main, self.scopes))
+        request, acl = classify(packet, source, bootserver=bootserver), self.http_acl
+        scope = None if self.main is None else select_scope(packet, self.main, self.scopes)
+        exchange = Exchange(self.settings, request, self.clients.get(request.mac), scope)
         step = self._step(exchange, exchange.start)
         if isinstance(step, AclQuery):
             self._emit(step.events)
@@ -496,19 +564,24 @@ class DhcpServer:
             self._send(encode(outcome.reply), outcome.destination, ifindex)
             if outcome.assigned is not None:
                 self._ip_to_mac[outcome.assigned] = exchange.request.mac
+            if outcome.reported is not None:      # proxy mode: bounded, the client chose it
+                self._ip_to_mac.pop(outcome.reported, None)
+                self._ip_to_mac[outcome.reported] = exchange.request.mac
+                while len(self._ip_to_mac) > self.config.max_clients:
+                    del self._ip_to_mac[next(iter(self._ip_to_mac))]
         self._emit(outcome.events)
         return outcome.reply
 
     def _send(self, data: bytes, dest: Destination, ifindex: int) -> None:
-        assert self.socket is not None
+        sock = self.bootserver_socket if dest.bootserver else self.socket
+        assert sock is not None
         if dest.limited_broadcast and ifindex and self.settings.buggy is None:
             # out of the request's interface, with no route needed (RFC 2131 §4.1); with
             # [buggy_clients] the socket is bound to the interface already
             pktinfo = _PKTINFO.pack(ifindex, b"\0" * 4, b"\0" * 4)
-            self.socket.sendmsg([data], [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)], 0,
-                               (dest.address, dest.port))
+            sock.sendmsg([data], [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)], 0, (dest.address, dest.port))
         else:
-            self.socket.sendto(data, (dest.address, dest.port))
+            sock.sendto(data, (dest.address, dest.port))
 
     def _emit(self, events: tuple[EventRecord, ...]) -> None:
         for event in events:
@@ -519,7 +592,7 @@ class DhcpServer:
         """What the DHCP side knows of the client holding *ip* (TFTP filters' variables)."""
         mac = self._ip_to_mac.get(ip)
         if mac is None:
-            for scope in [self.main, *self.scopes]:
+            for scope in self._all_scopes():
                 lease = scope.store.by_ip(ip)
                 if lease is not None:
                     mac = lease.mac
@@ -534,11 +607,15 @@ class DhcpServer:
     # ------------------------------------------------------------------ status (metrics.DhcpStatus)
     def lease_counts(self) -> dict[str, tuple[int, int]]:
         """``scope → (bound, size)`` of every pool, for metrics."""
-        return {scope.name: scope.store.counts() for scope in [self.main, *self.scopes]}
+        return {scope.name: scope.store.counts() for scope in self._all_scopes()}
 
     def lease_stats(self) -> dict[str, LeaseStats]:
         """``scope → lifecycle counters`` of every pool, for metrics."""
-        return {scope.name: scope.store.stats() for scope in [self.main, *self.scopes]}
+        return {scope.name: scope.store.stats() for scope in self._all_scopes()}
+
+    def _all_scopes(self) -> list[Scope]:
+        """The main scope and the relay subnets' (none in proxy mode)."""
+        return [] if self.main is None else [self.main, *self.scopes]
 
     def workers(self) -> tuple[int, int]:
         """``(busy, capacity)`` of the exchange pool, for metrics."""

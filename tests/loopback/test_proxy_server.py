@@ -1,0 +1,197 @@
+"""Proxy mode (README, "proxyDHCP") on loopback: massboot built by ``Services`` from an ini.
+
+A relay client (giaddr) plays the ROM's DISCOVER on the DHCP port; a plain socket bound to
+127.0.0.5 plays the ROM's boot-server REQUEST to the PXE boot server port from the address the
+"site server" gave it, then fetches files by TFTP from that address. Checked: the replies on the
+wire (no address, the boot file, option 54/60/43), the socket each reply leaves from, TFTP's
+``{ip}``/``{mac}`` filters, the notification, the boot progress and the metrics, and that an
+OS client is never answered. A real ROM's DISCOVER (golden/ipxe_discover.hex) is replayed too.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import requests
+import tftpy
+from prometheus_client import CollectorRegistry
+
+from massboot import config as cfg
+from massboot.cli import Services
+from massboot.dhcp.packet import BOOTREQUEST, BootpPacket, MessageType, Opt, decode, encode, u8
+from tests.loopback.dhcpclient import RelayClient, pxe_options
+
+HOST = "127.0.0.1"
+CLIENT_IP = "127.0.0.5"             # what the site server gave the ROM
+MAC = bytes.fromhex("525400a1b2c3")
+MAC_S = "52:54:00:A1:B2:C3"
+GOLDEN = Path(__file__).parents[1] / "unit" / "golden"
+CONFIG = """
+[bootpd]
+mode = proxy
+address = 127.0.0.1
+port = 0
+bootserver_port = 0
+notify = 127.0.0.1:{notify_port}
+[bootfile]
+default = pxelinux.0
+00007 = shimx64.efi
+[tftpd]
+address = 127.0.0.1
+port = 0
+root = {root}
+[filters]
+boot.cfg = cfg-{{ip}}-{{mac}}
+[metrics]
+address = 127.0.0.1
+port = 0
+"""
+
+
+def wait_for(condition, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class ProxyLab:
+    def __init__(self, tmp_path: Path) -> None:
+        root = tmp_path / "tftp"
+        root.mkdir()
+        (root / "pxelinux.0").write_bytes(b"loader" * 100)
+        (root / f"cfg-{CLIENT_IP}-{MAC_S}").write_bytes(b"per-client config")
+        (root / "vmlinuz").write_bytes(b"k" * 3000)
+        self.notify = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.notify.bind((HOST, 0))
+        self.notify.settimeout(5)
+        text = CONFIG.format(notify_port=self.notify.getsockname()[1], root=root)
+        self.config = cfg.loads(text, path=f"{tmp_path}/massboot.ini")
+        self.registry = CollectorRegistry()
+        self.services = Services(self.config, registry=self.registry)
+        self.services.start()
+        dhcp = self.services.dhcp
+        assert dhcp is not None and self.services.tftp is not None and self.services.metrics is not None
+        self.dhcp = dhcp
+        self.relay = RelayClient((HOST, dhcp.port))
+        self.rom = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.rom.bind((CLIENT_IP, 0))
+        self.rom.settimeout(2)
+        self.url = f"http://{HOST}:{self.services.metrics.port}"
+
+    def close(self) -> None:
+        self.relay.close()
+        self.rom.close()
+        self.notify.close()
+        self.services.stop(grace=1)
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+    def bootserver_request(self, options: list, xid: int = 0x4011) -> tuple[BootpPacket | None, tuple]:
+        request = BootpPacket(op=BOOTREQUEST, xid=xid, chaddr=MAC, ciaddr=CLIENT_IP, options=tuple(
+            [(Opt.MESSAGE_TYPE, u8(MessageType.REQUEST)), *options]))
+        self.rom.sendto(encode(request), (HOST, self.dhcp.bootserver_port))
+        try:
+            data, peer = self.rom.recvfrom(65535)
+        except TimeoutError:
+            return None, ()
+        return decode(data), peer
+
+    def tftp_get(self, name: str) -> bytes:
+        out = io.BytesIO()
+        client = tftpy.TftpClient(HOST, self.services.tftp.port, localip=CLIENT_IP)  # type: ignore[union-attr]
+        client.download(name, out, timeout=2, retries=3)
+        return out.getvalue()
+
+    def phase(self) -> str:
+        response = requests.get(self.url + "/clients", timeout=5)
+        response.raise_for_status()
+        (record,) = [c for c in response.json() if c["mac"] == MAC_S]
+        return record["phase"]
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[ProxyLab]:
+    made = ProxyLab(tmp_path)
+    yield made
+    made.close()
+
+
+def test_proxy_boot_end_to_end(lab: ProxyLab) -> None:
+    options = pxe_options(arch=0)
+    offer = lab.relay.exchange(lab.relay.packet(MAC, MessageType.DISCOVER, options))
+    assert offer is not None and offer.message_type == MessageType.OFFER
+    assert offer.yiaddr == "0.0.0.0" and offer.server_id == HOST and offer.siaddr == HOST
+    assert offer.vendor_class == "PXEClient" and offer.file == b"pxelinux.0"
+    assert offer.option(Opt.LEASE_TIME) is None and offer.option(Opt.SUBNET_MASK) is None
+    assert lab.phase() == "offered"
+
+    # the REQUEST for the site server's offer: left alone, counted
+    site = lab.relay.packet(MAC, MessageType.REQUEST, options + [(Opt.SERVER_ID, bytes([127, 0, 0, 9]))])
+    lab.relay.send(site)
+    wait_for(lambda: lab.value("massboot_dhcp_requests_ignored_total", reason="site_server") == 1,
+             what="site_server counted")
+
+    # the boot-server REQUEST on the PXE boot server port, from the address the site gave
+    ack, peer = lab.bootserver_request(options)
+    assert ack is not None and ack.message_type == MessageType.ACK and ack.xid == 0x4011
+    assert peer == (HOST, lab.dhcp.bootserver_port), "the ACK must leave from the boot server port"
+    assert ack.yiaddr == "0.0.0.0" and ack.ciaddr == CLIENT_IP and ack.file == b"pxelinux.0"
+    boot = f"BOOT,12345678-abcd-ef00-1111-abcdefabcdef,{MAC_S},{CLIENT_IP}"
+    assert lab.notify.recvfrom(512)[0] == boot.encode()
+    assert lab.phase() == "bound"
+
+    # TFTP knows the client by the address it reported: {ip} and {mac} filters, progress
+    assert lab.tftp_get("pxelinux.0") == b"loader" * 100
+    assert lab.phase() == "loader"
+    assert lab.tftp_get("boot.cfg") == b"per-client config"
+    wait_for(lambda: lab.phase() == "done", what="done after the last file")
+    assert lab.tftp_get("vmlinuz") == b"k" * 3000
+    wait_for(lambda: lab.phase() == "done", what="done again after the last file")
+
+    assert lab.value("massboot_dhcp_proxy_replies_sent_total", type="offer") == 1
+    assert lab.value("massboot_dhcp_proxy_replies_sent_total", type="ack") == 1
+    assert lab.value("massboot_dhcp_leases_in_use", scope="main") is None      # no lease store
+
+
+def test_os_clients_are_never_answered(lab: ProxyLab) -> None:
+    os_options = [(Opt.PARAM_REQUEST, bytes([1, 3, 6])), (Opt.VENDOR_CLASS, b"udhcp 1.35.0")]
+    for n, msgtype in enumerate((MessageType.DISCOVER, MessageType.REQUEST, MessageType.INFORM)):
+        lab.relay.send(lab.relay.packet(bytes([2, 0, 0, 0, 0, n]), msgtype, os_options))
+    wait_for(lambda: lab.value("massboot_dhcp_requests_ignored_total", reason="not_boot_client") == 3,
+             what="three not_boot_client")
+    ack, _ = lab.bootserver_request(os_options)
+    assert ack is None
+    assert lab.value("massboot_dhcp_requests_ignored_total", reason="not_boot_client") == 4
+    assert lab.relay.recv(0.2) is None
+    assert lab.value("massboot_dhcp_replies_sent_total", type="offer") == 0
+
+
+def test_golden_ipxe_rom_discover_relayed(lab: ProxyLab) -> None:
+    """QEMU's iPXE ROM DISCOVER as captured, relayed: a proxy OFFER with the iPXE ROM's boot file."""
+    rom = decode(bytes.fromhex((GOLDEN / "ipxe_discover.hex").read_text().strip()))
+    lab.relay.send(replace(rom, giaddr=lab.relay.relay_ip))
+    offer = lab.relay.recv(2)
+    assert offer is not None and offer.xid == rom.xid and offer.message_type == MessageType.OFFER
+    assert offer.yiaddr == "0.0.0.0" and offer.vendor_class == "PXEClient" and offer.file == b"pxelinux.0"
+    assert offer.option(Opt.CLIENT_UUID) == rom.option(Opt.CLIENT_UUID)
+
+
+def test_check_config_shows_proxy_mode(tmp_path: Path, capsys) -> None:
+    from massboot.cli import check_config
+
+    (tmp_path / "tftp").mkdir()
+    text = CONFIG.format(notify_port=9, root=tmp_path / "tftp")
+    config = cfg.loads(text, path=f"{tmp_path}/massboot.ini")
+    assert check_config(config, run_dhcp=True) == 0
+    out = capsys.readouterr().out
+    assert "bootp: mode proxy" in out and "PXE boot server port 0" in out
+    assert "server address 127.0.0.1" in out
