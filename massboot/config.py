@@ -334,6 +334,11 @@ BOOTPD = Section("bootpd", (
     Option("address", parse_ip, "0.0.0.0",
            "address the DHCP socket binds to (a unicast address receives only relayed, unicast requests)"),
     Option("port", Int(0, 65535), "67", "DHCP port"),
+    Option("proxy_offer", Choice({"redirect": "redirect", "bootfile": "bootfile"}), "redirect",
+           "*massboot*: proxy mode's OFFER: ``redirect`` names no boot file, so the ROM asks the "
+           "PXE boot server port from the address it got and massboot learns that address "
+           "(dnsmasq's way for UEFI); ``bootfile`` puts the boot file in the OFFER (smee's way), "
+           "for ROMs that never ask on 4011"),
     Option("bootserver_port", Int(0, 65535), "4011",
            "*massboot*: proxy mode's PXE boot server port, where ROMs send their REQUEST after the "
            "proxy OFFER (PXE 2.1 §2.2.1: 4011)"),
@@ -608,6 +613,7 @@ class HttpAclConfig:
 class BootpConfig:
     pool_start: str | None          # None only in proxy mode
     mode: str = BOOTPD.default("mode")
+    proxy_offer: str = BOOTPD.default("proxy_offer")
     bootserver_port: int = BOOTPD.default("bootserver_port")
     pool_count: int = BOOTPD.default("pool_count")
     address: str = BOOTPD.default("address")

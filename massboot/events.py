@@ -16,7 +16,8 @@ Each kind is an :class:`EventKind` (a :class:`~enum.StrEnum`: ``EventKind.DHCP_R
                     proxy (True: a proxyDHCP reply, ip is the address the client reported)]
 ``dhcp.ignored``    a request not answered: mac, reason [phase, detail (the relay or hop count
                     of ``relay_not_allowed`` and ``too_many_hops``; a refused DECLINE's:
-                    other_server, other_mac, outside_pool, not_held)]
+                    other_server, other_mac, outside_pool, not_held; ip: the address a
+                    proxy-mode client asks the site server for, ``site_server``)]
 ``dhcp.arch_fallback`` an architecture without a [bootfile] entry got the default: mac, arch
                     [file]
 ``dhcp.malformed``  a datagram dropped: reason (:class:`massboot.dhcp.packet.Reason`)
@@ -126,7 +127,7 @@ _TRANSFER = "ip port name bytes duration retransmits blocks blocks_sent"
 FIELDS: dict[EventKind, Fields] = {
     EventKind.DHCP_RECEIVED: _f("msgtype mac relayed pxe ipxe uuid arch"),
     EventKind.DHCP_REPLY: _f("msgtype mac ip pxe arch phase file ipxe uuid", "to requested bound proxy"),
-    EventKind.DHCP_IGNORED: _f("mac reason", "phase detail"),
+    EventKind.DHCP_IGNORED: _f("mac reason", "phase detail ip"),
     EventKind.DHCP_ARCH_FALLBACK: _f("mac arch", "file"),
     EventKind.DHCP_MALFORMED: _f("reason", "source detail"),
     EventKind.DHCP_EXHAUSTED: _f("mac scope"),

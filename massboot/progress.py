@@ -355,6 +355,12 @@ class ProgressTracker:
 
     def _dhcp_refused(self, event: Event) -> None:
         reason = event.get("reason")
+        if reason == "site_server" and event.get("ip"):
+            # proxy mode: the address the client takes from the site server (README, "proxyDHCP")
+            record = self._clients.get(event.get("mac"))
+            if record is not None:
+                self._set_ip(record, event.get("ip"))
+            return
         if reason not in _NOT_OURS:
             return
         record = self._clients.get(event.get("mac"))

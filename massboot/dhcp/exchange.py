@@ -127,6 +127,7 @@ class Settings:
     probe: bool = False                        # ICMP-probe a reused address before offering it
     probe_timeout: float = 0.5
     proxy: bool = False                        # [bootpd] mode = proxy (README, "proxyDHCP")
+    proxy_redirect: bool = True                # proxy_offer = redirect: no boot file in the OFFER
 
     @classmethod
     def from_config(cls, config: BootpConfig, server_ip: str, *,
@@ -143,7 +144,8 @@ class Settings:
             default_bootfile=config.default_bootfile, bootfiles=config.bootfiles,
             ipxe_bootfile=config.ipxe_boot_file, bootfile_size=bootfile_size,
             domain_name=config.domain if config.domain_explicit else None,
-            probe=config.probe, probe_timeout=config.probe_timeout, proxy=config.mode == "proxy")
+            probe=config.probe, probe_timeout=config.probe_timeout, proxy=config.mode == "proxy",
+            proxy_redirect=config.proxy_offer == "redirect")
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,7 +555,14 @@ class Exchange:
         elif msgtype == MessageType.REQUEST and req.packet.server_id == self.settings.server_ip:
             pass                     # ROMs that ask the proxy on port 67
         elif msgtype == MessageType.REQUEST and req.packet.server_id is not None:
-            return self._ignore("site_server")       # the REQUEST for the site server's offer
+            # the REQUEST for the site server's offer: option 50 is the address the client is
+            # taking, kept for a client this boot's proxy OFFER went to (README, "proxyDHCP")
+            wanted = req.packet.requested_ip
+            if wanted is None or client.state != State.PXE:
+                return self._ignore("site_server")
+            client.ip = wanted
+            self._emit("dhcp.ignored", mac=client.mac, reason="site_server", phase="pxe", ip=wanted)
+            return self._done(no_reply="site_server", reported=wanted)
         else:
             return self._ignore("proxy_unhandled", detail=f"{req.name} on port "
                                 f"{'4011' if req.bootserver else '67'}")
@@ -582,12 +591,15 @@ class Exchange:
             client.ip = reported
         boot = self._boot_info()
         item = req.boot_item if req.bootserver else None
+        # proxy_offer = redirect: the OFFER names no boot file, the ROM asks on 4011 with its address
+        redirect = settings.proxy_redirect and msgtype == MessageType.OFFER
         reply = policy.build_proxy_reply(req.packet, msgtype, server_ip=settings.server_ip, boot=boot,
-                                         boot_item=item)
+                                         boot_item=item, redirect=redirect)
         address, port = policy.proxy_destination(req.packet, req.source, server_port=settings.server_port)
         dest = Destination(address, port, bootserver=req.bootserver)
         self._emit("dhcp.reply", msgtype=MSG_NAMES[msgtype], mac=client.mac, ip=reported or NO_ADDRESS,
-                   pxe=True, arch=req.arch, phase="pxe", file=boot.bootfile, ipxe=req.ipxe,
+                   pxe=True, arch=req.arch, phase="pxe", file=None if redirect else boot.bootfile,
+                   ipxe=req.ipxe,
                    uuid=client.uuid, to=(dest.address, dest.port), proxy=True)
         client.state = self._new_state
         return self._done(reply=reply, destination=dest, reported=reported)

@@ -241,7 +241,7 @@ def destination(request: BootpPacket, reply: BootpPacket, source: tuple[str, int
 
 
 def build_proxy_reply(request: BootpPacket, msgtype: MessageType, *, server_ip: str, boot: BootInfo,
-                      boot_item: bytes | None = None) -> BootpPacket:
+                      boot_item: bytes | None = None, redirect: bool = False) -> BootpPacket:
     """A proxyDHCP reply (PXE 2.1 §2.2, §2.5; README, "proxyDHCP"): boot information, no address.
 
     To a DISCOVER on port 67 an OFFER, to a REQUEST (port 4011, or 67 naming this server) an
@@ -253,6 +253,11 @@ def build_proxy_reply(request: BootpPacket, msgtype: MessageType, *, server_ip: 
     no menu and Tinkerbell smee always sends), or, to a boot-server REQUEST that named a boot
     item (sub-option 71), that item echoed as the PXE boot server's ACK does. ``siaddr``,
     ``sname`` and ``file`` name the boot file, as options 66/67/13 do when asked.
+
+    *redirect* (an OFFER with ``proxy_offer = redirect``): no boot file, no option 43, 66, 67
+    or 13, as dnsmasq's proxy OFFER to UEFI clients: a ROM then sends its REQUEST to option 54's
+    port 4011 from the address the site server gave it (PXE 2.1 §2.2; iPXE does so whenever a
+    proxy offer names no boot file and no menu), and gets the boot file in the ACK.
     """
     vendor = (request.vendor_class or "").startswith("HTTPClient")
     options: list[tuple[int, bytes]] = [
@@ -260,12 +265,19 @@ def build_proxy_reply(request: BootpPacket, msgtype: MessageType, *, server_ip: 
         (Opt.SERVER_ID, ip_bytes(server_ip)),
         (Opt.VENDOR_CLASS, b"HTTPClient" if vendor else b"PXEClient"),
     ]
+    uuid_opt = request.option(Opt.CLIENT_UUID)
+    if redirect:
+        if uuid_opt is not None:
+            options.append((Opt.CLIENT_UUID, uuid_opt))
+        return BootpPacket(
+            op=BOOTREPLY, xid=request.xid, htype=request.htype, hlen=request.hlen, flags=request.flags,
+            ciaddr=request.ciaddr, siaddr=boot.server_ip, giaddr=request.giaddr, chaddr=request.chaddr,
+            options=tuple(options) + _relay_echo(request), vendor=True)
     if boot_item is not None:
         options.append((Opt.VENDOR_SPECIFIC, encode_suboptions([(PXE_BOOT_ITEM, boot_item)])))
     else:
         options.append((Opt.VENDOR_SPECIFIC,
                         encode_suboptions([(PXE_DISCOVERY_CONTROL, u8(PXE_USE_BOOTFILE))])))
-    uuid_opt = request.option(Opt.CLIENT_UUID)
     if uuid_opt is not None:
         options.append((Opt.CLIENT_UUID, uuid_opt))
     params = set(request.requested_params)

@@ -564,11 +564,11 @@ class DhcpServer:
             self._send(encode(outcome.reply), outcome.destination, ifindex)
             if outcome.assigned is not None:
                 self._ip_to_mac[outcome.assigned] = exchange.request.mac
-            if outcome.reported is not None:      # proxy mode: bounded, the client chose it
-                self._ip_to_mac.pop(outcome.reported, None)
-                self._ip_to_mac[outcome.reported] = exchange.request.mac
-                while len(self._ip_to_mac) > self.config.max_clients:
-                    del self._ip_to_mac[next(iter(self._ip_to_mac))]
+        if outcome.reported is not None:          # proxy mode: bounded, the client chose it
+            self._ip_to_mac.pop(outcome.reported, None)
+            self._ip_to_mac[outcome.reported] = exchange.request.mac
+            while len(self._ip_to_mac) > self.config.max_clients:
+                del self._ip_to_mac[next(iter(self._ip_to_mac))]
         self._emit(outcome.events)
         return outcome.reply
 

@@ -130,7 +130,7 @@ def test_proxy_boot_end_to_end(lab: ProxyLab) -> None:
     offer = lab.relay.exchange(lab.relay.packet(MAC, MessageType.DISCOVER, options))
     assert offer is not None and offer.message_type == MessageType.OFFER
     assert offer.yiaddr == "0.0.0.0" and offer.server_id == HOST and offer.siaddr == HOST
-    assert offer.vendor_class == "PXEClient" and offer.file == b"pxelinux.0"
+    assert offer.vendor_class == "PXEClient" and offer.file == b""      # proxy_offer = redirect
     assert offer.option(Opt.LEASE_TIME) is None and offer.option(Opt.SUBNET_MASK) is None
     assert lab.phase() == "offered"
 
@@ -176,12 +176,12 @@ def test_os_clients_are_never_answered(lab: ProxyLab) -> None:
 
 
 def test_golden_ipxe_rom_discover_relayed(lab: ProxyLab) -> None:
-    """QEMU's iPXE ROM DISCOVER as captured, relayed: a proxy OFFER with the iPXE ROM's boot file."""
+    """QEMU's iPXE ROM DISCOVER as captured, relayed: a proxy OFFER that sends it to port 4011."""
     rom = decode(bytes.fromhex((GOLDEN / "ipxe_discover.hex").read_text().strip()))
     lab.relay.send(replace(rom, giaddr=lab.relay.relay_ip))
     offer = lab.relay.recv(2)
     assert offer is not None and offer.xid == rom.xid and offer.message_type == MessageType.OFFER
-    assert offer.yiaddr == "0.0.0.0" and offer.vendor_class == "PXEClient" and offer.file == b"pxelinux.0"
+    assert offer.yiaddr == "0.0.0.0" and offer.vendor_class == "PXEClient" and offer.file == b""
     assert offer.option(Opt.CLIENT_UUID) == rom.option(Opt.CLIENT_UUID)
 
 
@@ -195,3 +195,15 @@ def test_check_config_shows_proxy_mode(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "bootp: mode proxy" in out and "PXE boot server port 0" in out
     assert "server address 127.0.0.1" in out
+
+
+@pytest.mark.parametrize("name", ["ipxe_proxy_request", "ovmf_proxy_request"])
+def test_real_rom_bootserver_request(lab: ProxyLab, name: str) -> None:
+    """A real ROM's REQUEST to port 4011 (golden/README.txt), sent from the address it reports."""
+    rom = decode(bytes.fromhex((GOLDEN / f"{name}.hex").read_text().strip()))
+    lab.rom.sendto(encode(replace(rom, ciaddr=CLIENT_IP)), (HOST, lab.dhcp.bootserver_port))
+    data, peer = lab.rom.recvfrom(65535)
+    ack = decode(data)
+    assert peer == (HOST, lab.dhcp.bootserver_port)
+    assert ack.xid == rom.xid and ack.message_type == MessageType.ACK and ack.ciaddr == CLIENT_IP
+    assert ack.yiaddr == "0.0.0.0" and ack.file == (b"shimx64.efi" if rom.client_arch == 7 else b"pxelinux.0")

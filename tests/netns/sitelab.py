@@ -2,8 +2,8 @@
 
 Three network namespaces the lab creates and removes:
 
-* ``lab``: a bridge (``10.79.0.1/24``, massboot's address) and, when asked, a tap for QEMU;
-  massboot runs here.
+* ``lab``: a bridge (``10.79.0.1/24``, massboot's address) and, when asked, taps for QEMU
+  (:data:`TAPS`); massboot and QEMU run here.
 * ``site``: the site DHCP server, Debian's ``dnsmasq`` started privately (``--conf-file`` of
   its own, no DNS (``--port=0``), a lease file and a log in the test's directory, bound to its
   veth), handing out ``10.79.0.100``-``150`` with no PXE option at all: no ``dhcp-boot``, no
@@ -30,7 +30,7 @@ from pathlib import Path
 from tests.netns.netns import REPO, inside, kill, wait_until
 
 BRIDGE = "mbpbr0"
-TAP = "mbptap0"
+TAPS = ("mbptap0", "mbptap1")        # QEMU's NICs, on the bridge
 SERVER_IP = "10.79.0.1"
 SITE_IP = "10.79.0.2"
 SITE_RANGE = ("10.79.0.100", "10.79.0.150")
@@ -47,13 +47,13 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 class SiteLab:
     """The three namespaces; see the module docstring."""
 
-    def __init__(self, work: Path, client_mac: str = "02:00:00:79:00:01", tap: bool = False) -> None:
+    def __init__(self, work: Path, client_mac: str = "02:00:00:79:00:01", taps: int = 0) -> None:
         n = f"{os.getpid()}-{next(_counter)}"
         self.work = work
         self.lab, self.site, self.client = f"mb-plab-{n}", f"mb-psite-{n}", f"mb-pcli-{n}"
         self.client_if = "pc0"
         self.client_mac = client_mac
-        self.tap = tap
+        self.taps = TAPS[:taps]
         self.procs: list[subprocess.Popen] = []
         self.massboot_log = work / "massboot.log"
         self.dnsmasq_log = work / "dnsmasq.log"
@@ -86,9 +86,9 @@ class SiteLab:
         _ip("link", "add", self.client_if, "netns", self.client, "address", self.client_mac, "type", "veth",
             "peer", "name", "lpc0", "netns", self.lab)
         ports = ["lps0", "lpc0"]
-        if self.tap:
-            _ip("-n", self.lab, "tuntap", "add", "dev", TAP, "mode", "tap")
-            ports.append(TAP)
+        for tap in self.taps:
+            _ip("-n", self.lab, "tuntap", "add", "dev", tap, "mode", "tap")
+            ports.append(tap)
         for port in ports:
             _ip("-n", self.lab, "link", "set", port, "master", BRIDGE)
             _ip("-n", self.lab, "link", "set", port, "up")

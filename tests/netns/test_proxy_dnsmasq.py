@@ -140,7 +140,8 @@ def test_pxe_client_gets_address_from_site_and_boot_file_from_massboot(lab: Site
         assert site.vendor_class is None and site.option(Opt.VENDOR_SPECIFIC) is None and not site.file
         # massboot: the boot information, no address
         assert proxy.message_type == MessageType.OFFER and proxy.yiaddr == "0.0.0.0"
-        assert proxy.vendor_class == "PXEClient" and proxy.file == b"pxelinux.0" and proxy.siaddr == SERVER_IP
+        # proxy_offer = redirect (the default): no boot file yet, the ROM must ask on port 4011
+        assert proxy.vendor_class == "PXEClient" and proxy.file == b"" and proxy.siaddr == SERVER_IP
         assert proxy.option(Opt.LEASE_TIME) is None and proxy.option(Opt.SUBNET_MASK) is None
 
         # the ROM takes the site's address (REQUEST to the site server), as PXE 2.1 §2.2 step 4

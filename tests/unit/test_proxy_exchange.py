@@ -96,15 +96,25 @@ class Case:
     file: str | None = None
     no_reply: str | None = None
     ip: str = "0.0.0.0"                  # the dhcp.reply event's ip: what the client reported
+    settings: tuple[tuple[str, object], ...] = ()
+
+
+BOOTFILE = (("proxy_redirect", False),)     # proxy_offer = bootfile
 
 
 CASES = [
-    Case("bios-discover-offer", pkt(D, arch=0), reply=MessageType.OFFER, dest=("255.255.255.255", 68),
-         file="pxelinux.0"),
-    Case("uefi-discover-offer-by-arch", pkt(D, arch=7), reply=MessageType.OFFER,
-         dest=("255.255.255.255", 68), file="shimx64.efi"),
+    Case("bios-discover-redirect-offer", pkt(D, arch=0), reply=MessageType.OFFER,
+         dest=("255.255.255.255", 68)),
+    Case("uefi-discover-redirect-offer", pkt(D, arch=7), reply=MessageType.OFFER,
+         dest=("255.255.255.255", 68)),
+    Case("bios-discover-bootfile-offer", pkt(D, arch=0), reply=MessageType.OFFER,
+         dest=("255.255.255.255", 68), file="pxelinux.0", settings=BOOTFILE),
+    Case("uefi-discover-bootfile-offer-by-arch", pkt(D, arch=7), reply=MessageType.OFFER,
+         dest=("255.255.255.255", 68), file="shimx64.efi", settings=BOOTFILE),
     Case("ipxe-second-stage", pkt(D, arch=0, ipxe=True), reply=MessageType.OFFER,
-         dest=("255.255.255.255", 68), file="http://10.0.0.1/boot.ipxe"),
+         dest=("255.255.255.255", 68), file="http://10.0.0.1/boot.ipxe", settings=BOOTFILE),
+    Case("ipxe-second-stage-ack", pkt(Q, arch=0, ipxe=True, ciaddr=CLIENT_IP), BOOTSERVER, True,
+         reply=MessageType.ACK, dest=BOOTSERVER, file="http://10.0.0.1/boot.ipxe", ip=CLIENT_IP),
     Case("bootserver-request-ack", pkt(Q, ciaddr=CLIENT_IP), BOOTSERVER, True, reply=MessageType.ACK,
          dest=BOOTSERVER, file="pxelinux.0", ip=CLIENT_IP),
     Case("bootserver-inform-ack", pkt(INF, ciaddr=CLIENT_IP), BOOTSERVER, True, reply=MessageType.ACK,
@@ -116,7 +126,9 @@ CASES = [
     Case("port67-request-naming-us", pkt(Q, sid=SERVER), reply=MessageType.ACK,
          dest=("255.255.255.255", 68), file="pxelinux.0"),
     Case("relayed-discover", pkt(D, giaddr="10.9.0.1"), ("10.9.0.1", 67), reply=MessageType.OFFER,
-         dest=("10.9.0.1", 67), file="pxelinux.0"),
+         dest=("10.9.0.1", 67)),
+    Case("relayed-bootserver-request", pkt(Q, giaddr="10.9.0.1", ciaddr="10.9.0.77"), ("10.9.0.1", 67),
+         True, reply=MessageType.ACK, dest=("10.9.0.1", 67), file="pxelinux.0", ip="10.9.0.77"),
     Case("request-for-site-server", pkt(Q, sid=SITE, want=CLIENT_IP), no_reply="site_server"),
     Case("port67-request-without-server-id", pkt(Q, want=CLIENT_IP), no_reply="proxy_unhandled"),
     Case("discover-on-bootserver-port", pkt(D), BCAST, True, no_reply="proxy_unhandled"),
@@ -132,7 +144,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_proxy_exchange(case: Case) -> None:
-    run = ProxyWorld()(case.request, case.source, case.bootserver)
+    run = ProxyWorld(**dict(case.settings))(case.request, case.source, case.bootserver)
     if case.no_reply is not None:
         assert run.outcome.reply is None and run.outcome.no_reply == case.no_reply
         assert run.event("dhcp.ignored")["reason"] == case.no_reply
@@ -152,11 +164,16 @@ def test_proxy_exchange(case: Case) -> None:
     assert reply.server_id == SERVER and reply.siaddr == SERVER
     assert reply.vendor_class == "PXEClient"
     assert reply.option(Opt.CLIENT_UUID) == case.request.option(Opt.CLIENT_UUID)
-    assert reply.file.decode() == case.file and reply.option(Opt.BOOTFILE) == case.file.encode()
-    assert reply.option(Opt.TFTP_SERVER) == SERVER.encode()
-    assert vendor43(reply) == {PXE_DISCOVERY_CONTROL: bytes([PXE_USE_BOOTFILE])}
     event = run.event("dhcp.reply")
     assert event["proxy"] is True and event["phase"] == "pxe" and event["file"] == case.file
+    if case.file is None:        # proxy_offer = redirect: the ROM must ask on 4011 (iPXE, EDK2)
+        assert reply.file == b"" and reply.sname == b""
+        for code in (Opt.BOOTFILE, Opt.TFTP_SERVER, Opt.VENDOR_SPECIFIC, Opt.BOOTFILE_SIZE):
+            assert reply.option(code) is None, f"option {code} in a redirect offer"
+    else:
+        assert reply.file.decode() == case.file and reply.option(Opt.BOOTFILE) == case.file.encode()
+        assert reply.option(Opt.TFTP_SERVER) == SERVER.encode()
+        assert vendor43(reply) == {PXE_DISCOVERY_CONTROL: bytes([PXE_USE_BOOTFILE])}
     assert event["ip"] == case.ip and event["msgtype"] == case.reply.name.lower()
     assert run.outcome.reported == (None if case.ip == "0.0.0.0" else case.ip)
 
@@ -214,6 +231,19 @@ def test_http_acl_in_proxy_mode_is_asked_once_per_boot_with_the_reported_address
     assert denied.reply is None and denied.outcome.no_reply == "denied"
 
 
+def test_site_server_request_tells_the_address_of_a_client_we_offered_to() -> None:
+    """The REQUEST for the site's offer carries the address (option 50): kept, no reply."""
+    world = ProxyWorld(proxy_redirect=False)
+    before = world(pkt(Q, sid=SITE, want=CLIENT_IP))        # no proxy OFFER yet: not taken
+    assert before.outcome.reported is None and "ip" not in before.event("dhcp.ignored")
+    world(pkt(D))
+    run = world(pkt(Q, sid=SITE, want=CLIENT_IP))
+    assert run.outcome.reply is None and run.outcome.reported == CLIENT_IP
+    expected = {"mac": MAC_S, "reason": "site_server", "phase": "pxe", "ip": CLIENT_IP}
+    assert run.event("dhcp.ignored") == expected
+    assert world.clients[MAC_S].ip == CLIENT_IP
+
+
 def test_notification_and_tftp_address_follow_the_reported_address() -> None:
     world = ProxyWorld()
     offer = world(pkt(D))
@@ -228,7 +258,10 @@ def test_proxy_golden_ipxe_discover() -> None:
     60 PXEClient and option 54 (iPXE's test for a proxy offer), no address, the BIOS boot file."""
     raw = bytes.fromhex((GOLDEN / "ipxe_discover.hex").read_text().strip())
     request = codec.decode(raw)
-    world = ProxyWorld(ipxe_bootfile=None)
+    redirect = ProxyWorld(ipxe_bootfile=None)(request).reply
+    assert redirect is not None and redirect.file == b"" and redirect.server_id == SERVER
+    assert redirect.vendor_class == "PXEClient" and redirect.option(Opt.VENDOR_SPECIFIC) is None
+    world = ProxyWorld(ipxe_bootfile=None, proxy_redirect=False)
     run = world(request)
     reply = run.reply
     assert reply is not None and reply.message_type == MessageType.OFFER
@@ -244,7 +277,7 @@ def test_proxy_golden_ipxe_discover() -> None:
     assert theirs.file.rstrip(b"\0") == b"pxelinux.0"
     assert "lease_time" not in options and "subnet_mask" not in options
     # iPXE's second stage (the same ROM, user class iPXE) gets ipxe_boot_file
-    assert ProxyWorld()(request).reply.file == b"http://10.0.0.1/boot.ipxe"
+    assert ProxyWorld(proxy_redirect=False)(request).reply.file == b"http://10.0.0.1/boot.ipxe"
 
 
 def test_proxy_scapy_built_bootserver_request() -> None:
@@ -265,3 +298,58 @@ def test_proxy_scapy_built_bootserver_request() -> None:
     assert run.reply is not None and run.reply.option(Opt.CLIENT_UUID) == uuid17
     assert dict(decode_suboptions(options["vendor_specific"][0])) == {PXE_BOOT_ITEM: ITEM}
 
+
+
+# ---------------------------------------------------------------- real ROMs (golden/README.txt)
+
+ROMS = [
+    # (name, DISCOVER file, REQUEST file, the request's source, boot file by its architecture)
+    ("ipxe", "ipxe_proxy_discover", "ipxe_proxy_request", ("10.79.0.111", 68), "pxelinux.0"),
+    ("ovmf", "ovmf_proxy_discover", "ovmf_proxy_request", ("10.79.0.112", 4011), "shimx64.efi"),
+]
+
+
+def golden(name: str) -> BootpPacket:
+    return codec.decode(bytes.fromhex((GOLDEN / f"{name}.hex").read_text().strip()))
+
+
+def scapy_options(raw: bytes) -> tuple[BOOTP, dict]:
+    theirs = BOOTP(raw)
+    return theirs, {o[0]: o[1:] for o in theirs[DHCP].options if isinstance(o, tuple)}
+
+
+@pytest.mark.parametrize("name, discover, bootserver_request, source, file", ROMS, ids=[r[0] for r in ROMS])
+def test_real_rom_proxy_exchange(name: str, discover: str, bootserver_request: str,
+                                 source: tuple[str, int], file: str) -> None:
+    """A real ROM's DISCOVER gets the redirect OFFER, its REQUEST to 4011 the ACK with its boot
+    file; scapy reads both replies as we mean them."""
+    world = ProxyWorld(ipxe_bootfile=None, bootfile_size=lambda name, ip: 70_000)
+    rom_discover, rom_request = golden(discover), golden(bootserver_request)
+    offer = world(rom_discover)
+    assert offer.outcome.reply is not None
+    dest = offer.outcome.destination
+    assert dest is not None and (dest.address, dest.port, dest.bootserver) == ("255.255.255.255", 68, False)
+    theirs, options = scapy_options(codec.encode(offer.outcome.reply))
+    assert options["message-type"] == (2,) and options["server_id"] == (SERVER,)
+    assert options["vendor_class_id"] == (b"PXEClient",)
+    assert theirs.xid == rom_discover.xid and theirs.yiaddr == "0.0.0.0" and theirs.siaddr == SERVER
+    assert theirs.file.rstrip(b"\0") == b"" and "vendor_specific" not in options
+    assert not {"lease_time", "subnet_mask", "router", "name_server"} & set(options)
+
+    ack = world(rom_request, source, bootserver=True)
+    assert ack.outcome.reply is not None
+    dest = ack.outcome.destination
+    assert dest is not None and (dest.address, dest.port, dest.bootserver) == (*source, True)
+    theirs, options = scapy_options(codec.encode(ack.outcome.reply))
+    assert options["message-type"] == (5,) and options["server_id"] == (SERVER,)
+    assert theirs.xid == rom_request.xid and theirs.ciaddr == rom_request.ciaddr == source[0]
+    assert theirs.yiaddr == "0.0.0.0" and theirs.siaddr == SERVER
+    assert theirs.file.rstrip(b"\0") == file.encode()
+    assert dict(decode_suboptions(ack.outcome.reply.option(Opt.VENDOR_SPECIFIC))) == {
+        PXE_DISCOVERY_CONTROL: bytes([PXE_USE_BOOTFILE])}
+    assert ack.outcome.reply.option(Opt.CLIENT_UUID) == rom_request.option(Opt.CLIENT_UUID)
+    if Opt.BOOTFILE_SIZE in rom_request.requested_params:          # EDK2 asks for option 13
+        assert ack.outcome.reply.option(Opt.BOOTFILE_SIZE) == (137).to_bytes(2, "big")
+    assert ack.outcome.reported == source[0]
+    assert [n for k, f in ack.events if (n := notice_for(k, f))] == [
+        ("BOOT", rom_request.mac.hex(":").upper(), source[0], rom_request.uuid)]
