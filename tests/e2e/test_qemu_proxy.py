@@ -13,12 +13,20 @@ machines power on at once, so that one boot carries every check (README, "proxyD
 * the other MAC, not in ``[mac]``, gets its address from dnsmasq and nothing from massboot: it
   never loads a boot program.
 
+And an OVMF machine (Debian ``ovmf``; virtio-net with no option ROM, so EDK2's own UEFI PXE
+asks, architecture 7) gets its address from dnsmasq and the EFI boot file of ``[bootfile]
+00007`` from massboot: the proxy OFFER, its REQUEST to port 4011, the ACK, the TFTP transfer of
+the whole file to the address dnsmasq gave. What the firmware does with the file is not the
+test's business (it is random bytes).
+
 Root only; under ``CI=true`` a missing tool or package fails instead of skipping.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tool
+from tests.conftest import require, require_root, require_tool
 from tests.e2e.test_qemu_pxe import (  # noqa: F401  (fixtures)
     MARK,
     NO_BOOT,
@@ -78,6 +86,12 @@ MILESTONES = (
     ("done", f"{MARK} done"),
     ("no_boot_device", NO_BOOT),
 )
+
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
+OVMF_MAC = "52:54:00:12:34:57"
+OVMF_TIMEOUT = 150
 
 
 @pytest.fixture
@@ -156,3 +170,52 @@ def test_proxy_boot_beside_dnsmasq(boot_files: BootFiles, accel: str, lab: SiteL
     assert not [m for m in REPLY.finditer(log) if m["mac"].lower() == DENIED_MAC], denied_log
     assert re.search(rf"DHCPACK\(ps0\) \S+ {DENIED_MAC}", site), f"dnsmasq did not serve it{denied_log}"
     assert "PXELINUX" not in denied.text() and not denied.markers(), denied_log
+
+
+@pytest.mark.timeout(OVMF_TIMEOUT + 90)
+def test_ovmf_gets_efi_boot_file_beside_dnsmasq(lab: SiteLab, tmp_path: Path) -> None:
+    require_root()
+    require_tool("qemu-system-x86_64")
+    require(OVMF_CODE.exists() and OVMF_VARS.exists(), "OVMF is missing (Debian package ovmf)")
+    root = tmp_path / "tftp"
+    root.mkdir()
+    efi = os.urandom(300 * 1024)
+    (root / "bootx64.efi").write_bytes(efi)
+    config = tmp_path / "massboot.ini"
+    text = CONFIG.format(mac=OVMF_MAC.replace(":", "-"))
+    text = text.replace("default = pxelinux.0", "default = pxelinux.0\n00007 = bootx64.efi")
+    config.write_text(text.replace("root = tftp", f"root = {root}"))
+    lab.start_dnsmasq()
+    lab.start_massboot(config)
+    variables = lab.work / "OVMF_VARS.fd"
+    shutil.copyfile(OVMF_VARS, variables)
+    serial = lab.work / "ovmf.serial"
+    argv = ["qemu-system-x86_64", "-nographic", "-nodefaults", "-m", "512", "-no-reboot", "-accel", "tcg",
+            "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,file={variables}",
+            "-netdev", f"tap,id=n0,ifname={TAPS[0]},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=n0,mac={OVMF_MAC},disable-legacy=on,romfile=",
+            "-serial", f"file:{serial}"]
+    with open(lab.work / "ovmf.qemu.log", "wb") as out:
+        vm = lab.popen(lab.lab, argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    started = time.monotonic()
+    done = re.compile(rf"tftp done client=(?P<ip>[\d.]+):\d+ file=bootx64.efi bytes={len(efi)} ")
+    while time.monotonic() - started < OVMF_TIMEOUT and vm.poll() is None:
+        if done.search(lab.massboot_text()):
+            break
+        time.sleep(0.5)
+    took = time.monotonic() - started
+    log, site = lab.massboot_text(), lab.dnsmasq_text()
+    diag = f"\nmassboot log:\n{log}\ndnsmasq log:\n{site}"
+    found = done.search(log)
+    print(f"\n--- OVMF UEFI PXE (tcg): bootx64.efi fetched {took:.1f}s after power-on")
+    assert found is not None, f"OVMF did not fetch bootx64.efi in {OVMF_TIMEOUT} s{diag}"
+    ip = found["ip"]
+    mine = [m for m in REPLY.finditer(log) if m["mac"].lower() == OVMF_MAC]
+    assert [(m["proxy"], m["kind"]) for m in mine][:1] == [("proxy ", "offer")], diag
+    acks = [m for m in mine if m["kind"] == "ack"]
+    assert acks and acks[0]["ip"] == ip and acks[0]["proxy"], f"the 4011 ACK{diag}"
+    assert re.search(rf"proxy ack mac={OVMF_MAC.upper()} ip={re.escape(ip)} phase=pxe arch=7 "
+                     rf"file=bootx64.efi to={re.escape(ip)}:\d+", log), diag
+    assert re.search(rf"DHCPACK\(ps0\) {re.escape(ip)} {OVMF_MAC}", site), f"{ip} is not dnsmasq's{diag}"
+    assert not [m for m in REPLY.finditer(log) if not m["proxy"]], f"a non-proxy reply{diag}"
