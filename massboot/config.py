@@ -1048,6 +1048,42 @@ def _unset(table: Section, name: str) -> str:
     return text if text.startswith("(") else f"({text})"
 
 
+def _describe_bootp(b: BootpConfig) -> Iterable[str]:
+    if b.mode == "proxy":
+        yield (f"bootp: mode proxy (proxyDHCP: boot information only, no addresses, OFFER "
+               f"{b.proxy_offer}), listen {b.address}:{b.port} and PXE boot server port "
+               f"{b.bootserver_port}")
+        yield f"bootp: access {b.access or 'none'}, PXE clients only"
+    else:
+        assert b.pool_start is not None
+        last = pool_addresses(b.pool_start, b.pool_count)[-1] if b.pool_count else None
+        pool = f"{b.pool_start} .. {last} ({b.pool_count} addresses)" if last else "none (pool_count = 0)"
+        yield "bootp: mode full"
+        yield f"bootp: listen {b.address}:{b.port}, pool {pool}, lease {b.lease_time}s"
+        simple = "on" if b.allow_simple_dhcp else "off"
+        yield f"bootp: access {b.access or 'none'}, allow_simple_dhcp {simple}"
+        dns = "auto" if b.dns_auto else ";".join(b.dns) or _unset(BOOTPD, "dns")
+        yield f"bootp: router {b.gateway or _unset(BOOTPD, 'gateway')}, dns {dns}"
+    yield f"bootp: boot file default {b.default_bootfile!r}" + "".join(
+        f", arch {k} {v!r}" for k, v in sorted(b.bootfiles.items()))
+    if b.ipxe_boot_file:
+        yield f"bootp: iPXE clients get {b.ipxe_boot_file!r}"
+    if b.static:
+        yield f"bootp: {len(b.static)} static lease(s)"
+    for sub in b.subnets:
+        yield (f"bootp: relay subnet {sub.name} {sub.network}, "
+               f"pool from {sub.pool_start} ({sub.pool_count})")
+    if b.relays is not None:
+        yield "bootp: relayed requests only from " + ", ".join(str(n) for n in b.relays)
+    if b.notify:
+        yield "bootp: notify " + ", ".join(f"{h}:{p}" for h, p in b.notify)
+    if b.mode == "full":
+        yield f"bootp: lease database {b.lease_db}"
+        probe = f"probe on ({b.probe_timeout:g}s)" if b.probe else "probe off"
+        yield (f"bootp: offers held {b.offer_hold:g}s, reclaim {b.reclaim}, "
+               f"decline probation {b.decline_probation:g}s, {probe}")
+
+
 def describe(config: Config) -> Iterable[str]:
     """Human summary of what would be served (for ``--check-config``).
 
@@ -1060,38 +1096,8 @@ def describe(config: Config) -> Iterable[str]:
     b = config.bootp
     if b is None:
         yield "bootp: not configured (no [bootpd]/[bootp] section)"
-    elif b.mode == "proxy":
-        yield (f"bootp: mode proxy (proxyDHCP: boot information only, no addresses), listen "
-               f"{b.address}:{b.port} and PXE boot server port {b.bootserver_port}")
-        yield f"bootp: access {b.access or 'none'}, PXE clients only"
     else:
-        assert b.pool_start is not None
-        last = pool_addresses(b.pool_start, b.pool_count)[-1] if b.pool_count else None
-        pool = f"{b.pool_start} .. {last} ({b.pool_count} addresses)" if last else "none (pool_count = 0)"
-        yield "bootp: mode full"
-        yield f"bootp: listen {b.address}:{b.port}, pool {pool}, lease {b.lease_time}s"
-        simple = "on" if b.allow_simple_dhcp else "off"
-        yield f"bootp: access {b.access or 'none'}, allow_simple_dhcp {simple}"
-        dns = "auto" if b.dns_auto else ";".join(b.dns) or _unset(BOOTPD, "dns")
-        yield f"bootp: router {b.gateway or _unset(BOOTPD, 'gateway')}, dns {dns}"
-        yield f"bootp: boot file default {b.default_bootfile!r}" + "".join(
-            f", arch {k} {v!r}" for k, v in sorted(b.bootfiles.items()))
-        if b.ipxe_boot_file:
-            yield f"bootp: iPXE clients get {b.ipxe_boot_file!r}"
-        if b.static:
-            yield f"bootp: {len(b.static)} static lease(s)"
-        for sub in b.subnets:
-            yield (f"bootp: relay subnet {sub.name} {sub.network}, "
-                   f"pool from {sub.pool_start} ({sub.pool_count})")
-        if b.relays is not None:
-            yield "bootp: relayed requests only from " + ", ".join(str(n) for n in b.relays)
-        if b.notify:
-            yield "bootp: notify " + ", ".join(f"{h}:{p}" for h, p in b.notify)
-        if b.mode == "full":
-            yield f"bootp: lease database {b.lease_db}"
-            probe = f"probe on ({b.probe_timeout:g}s)" if b.probe else "probe off"
-            yield (f"bootp: offers held {b.offer_hold:g}s, reclaim {b.reclaim}, "
-                   f"decline probation {b.decline_probation:g}s, {probe}")
+        yield from _describe_bootp(b)
     t = config.tftp
     largest = TFTPD["blocksize"].parse
     assert isinstance(largest, Int)

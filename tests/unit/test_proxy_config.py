@@ -62,3 +62,14 @@ def test_proxy_server_address() -> None:
         detect_proxy(None, networks=[LO])
     with pytest.raises(NetworkDetectError, match=r"\[tftpd\] address 10.9.9.9 is not an address of this"):
         detect_proxy("10.9.9.9", networks=[LO, ETH0])
+
+
+def test_deploy_proxy_sample_loads_in_proxy_mode() -> None:
+    from pathlib import Path
+
+    sample = Path(__file__).parents[2] / "deploy" / "proxy.ini"
+    config = cfg.load(str(sample), state_dir="/tmp/massboot-proxy-sample-state")
+    b = config.bootp
+    assert b is not None and b.mode == "proxy" and b.proxy_offer == "redirect" and b.access == "mac"
+    lines = list(cfg.describe(config))
+    assert any("mode proxy" in line for line in lines) and any("boot file default" in line for line in lines)
