@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve the root over HTTP from here; massboot reads it through its cache")
     parser.add_argument("--netns", action="store_true",
                         help="(root) massboot and the rack in two namespaces: broadcast DHCP over a veth")
+    parser.add_argument("--proxy", action="store_true",
+                        help="massboot in proxy mode (proxyDHCP) beside a site DHCP server: the "
+                             "simulator's own minimal one, or --site-server")
+    parser.add_argument("--site-server", metavar="HOST:PORT",
+                        help="with --proxy: a running site DHCP server the relay forwards to as well")
     parser.add_argument("--make-root", metavar="DIR",
                         help="write the boot root (files of the given sizes) into DIR and exit")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (root, log)")
@@ -83,6 +88,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    tftp_port=args.tftp_port, server_pid=args.server_pid, relay_ip=args.relay_ip,
                    relay_port=args.relay_port, relay_socket=args.relay_socket,
                    server_log_level=args.server_log_level, remote_root=args.remote_root, netns=args.netns,
+                   proxy=args.proxy, site_server=args.site_server,
                    keep=args.keep, json_path=args.json, plot_path=args.plot, progress=not args.quiet)
 
 

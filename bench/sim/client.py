@@ -134,6 +134,10 @@ def parse_boot_config(text: str, ipxe: bool) -> tuple[str | None, str | None]:
     return kernel, initrd
 
 
+def _ip_text(value: bytes | None) -> str | None:
+    return ".".join(str(b) for b in value) if value is not None and len(value) == 4 else None
+
+
 class SimClient:
     """One simulated machine: see the module docstring for what it does."""
 
@@ -189,15 +193,19 @@ class SimClient:
 
     def _boot(self) -> None:
         profile = self.profile
-        ack = self._dora(pxe=True)
-        self.result.ip = ack.yiaddr
-        self.mark("address")
+        if self.rack.proxy:         # the address from the site server, the boot file from massboot
+            ip, ack = self._proxy_dhcp()
+        else:
+            ack = self._dora(pxe=True)
+            ip = ack.yiaddr
+            self.result.ip = ip
+            self.mark("address")
         if ack.siaddr != "0.0.0.0":
             self.tftp_host = ack.siaddr
         elif ack.option(Opt.TFTP_SERVER):
             self.tftp_host = (ack.option(Opt.TFTP_SERVER) or b"").decode("latin-1").strip("\0")
-        if self.rack.broadcast or (ack.yiaddr.startswith("127.") and self.tftp_host.startswith("127.")):
-            self.bind_ip = ack.yiaddr  # on loopback (or the AnyIP route of --netns) it owns its address
+        if self.rack.broadcast or (ip.startswith("127.") and self.tftp_host.startswith("127.")):
+            self.bind_ip = ip  # on loopback (or the AnyIP route of --netns) it owns its address
         bootfile = ack.file.decode("latin-1") or (ack.option(Opt.BOOTFILE) or b"").decode("latin-1")
         bootfile = bootfile.strip("\0")
         if not bootfile:
@@ -211,7 +219,7 @@ class SimClient:
         else:
             stage = profile.loader
             config = None
-            for name in pxelinux_probes(str(self.uuid), self.result.mac, ack.yiaddr):
+            for name in pxelinux_probes(str(self.uuid), self.result.mac, ip):
                 self.result.probes += 1
                 got = self._fetch(name, stage, self.loader_options, keep=True, missing_ok=True)
                 if got is not None:
@@ -295,6 +303,112 @@ class SimClient:
             return ack
         finally:
             box.close()
+
+    def _proxy_dhcp(self) -> tuple[str, BootpPacket]:
+        """``--proxy`` (README, "proxyDHCP"): one DISCOVER relayed to both servers; the site's
+        OFFER (an address) and massboot's proxy OFFER (``PXEClient``, no address) are awaited,
+        retransmitting on the firmware's schedule until both came; the REQUEST for the site's
+        address; then a REQUEST to massboot's PXE boot server port from that address, whose ACK
+        names the boot file. Returns the address and that ACK."""
+        waits = self.profile.dhcp_waits
+        rack = self.rack
+        started = time.monotonic()
+        box = rack.mailbox()
+        try:
+            xid = self.rng.getrandbits(32)
+            box.watch(xid)
+            options = self._options(True)
+            resends_before = self.result.dhcp_resends
+            site, proxy = self._both_offers(box, self._packet(xid, MessageType.DISCOVER, options), waits)
+            server_id = site.option(Opt.SERVER_ID) or b""
+            request = self._packet(xid, MessageType.REQUEST, options + [
+                (Opt.SERVER_ID, server_id), (Opt.REQUESTED_IP, ip_bytes(site.yiaddr))])
+            ack = self._transact(box, request, (MessageType.ACK, MessageType.NAK), waits)
+            if ack.message_type == MessageType.NAK or ack.yiaddr != site.yiaddr:
+                raise ClientFailure("dhcp_nak", f"the site server refused {site.yiaddr}")
+            rack.dhcp_exchanges += 1
+            self.result.dhcp_exchanges += 1
+            if self.result.dhcp_resends > resends_before:
+                self.result.dhcp_lost += 1
+        finally:
+            box.close()
+        ip = ack.yiaddr
+        self.result.ip = ip
+        self.mark("address")
+        boot = self._bootserver(ip, proxy, options, waits)
+        self.result.dora_times.append(time.monotonic() - started)
+        return ip, boot
+
+    def _both_offers(self, box: RelayMailbox, discover: BootpPacket,
+                     waits: tuple[float, ...]) -> tuple[BootpPacket, BootpPacket]:
+        rack = self.rack
+        site: BootpPacket | None = None
+        proxy: BootpPacket | None = None
+        for attempt, wait in enumerate(waits):
+            if attempt:
+                self.result.dhcp_resends += 1
+            secs = min(int(time.monotonic() - self.power_on), 0xFFFF)
+            self._send_dhcp(box, encode(replace(discover, secs=secs)))
+            deadline = time.monotonic() + wait * rack.scale
+            while (remaining := deadline - time.monotonic()) > 0:
+                data = box.recv(remaining)
+                if data is None:
+                    break
+                if rack.loss and self.rng.random() < rack.loss:
+                    rack.dropped_in += 1
+                    continue
+                try:
+                    reply = decode(data)
+                except PacketError:
+                    continue
+                if reply.xid != discover.xid or reply.message_type != MessageType.OFFER:
+                    continue
+                if reply.yiaddr != "0.0.0.0":
+                    site = site or reply
+                elif (reply.vendor_class or "").startswith("PXEClient"):
+                    proxy = proxy or reply
+                if site is not None and proxy is not None:
+                    return site, proxy
+        missing = "the site server's OFFER" if site is None else "the proxy OFFER"
+        raise ClientFailure("dhcp_timeout", f"no {missing} after {len(waits)} DISCOVERs")
+
+    def _bootserver(self, ip: str, proxy: BootpPacket, options: list[tuple[int, bytes]],
+                    waits: tuple[float, ...]) -> BootpPacket:
+        """The REQUEST to the PXE boot server port (option 54 of the proxy OFFER, the port the
+        rack knows), from *ip* (``ciaddr``), until its ACK names a boot file."""
+        rack = self.rack
+        server = (_ip_text(proxy.option(Opt.SERVER_ID)) or rack.bootserver[0], rack.bootserver[1])
+        xid = self.rng.getrandbits(32)
+        request = replace(self._packet(xid, MessageType.REQUEST, options), giaddr="0.0.0.0", hops=0,
+                          flags=0, ciaddr=ip)
+        sock = LeanUdp((ip if ip.startswith("127.") else "0.0.0.0", 0))
+        buf = bytearray(4096)
+        try:
+            for attempt, wait in enumerate(waits):
+                if attempt:
+                    self.result.dhcp_resends += 1
+                if not (rack.loss and self.rng.random() < rack.loss):
+                    sock.sendto(encode(request), server)
+                else:
+                    rack.dropped_out += 1
+                deadline = time.monotonic() + wait * rack.scale
+                while (remaining := deadline - time.monotonic()) > 0:
+                    got = sock.recvfrom_into(buf, remaining)
+                    if got is None:
+                        break
+                    if rack.loss and self.rng.random() < rack.loss:
+                        rack.dropped_in += 1
+                        continue
+                    try:
+                        reply = decode(bytes(buf[:got[0]]))
+                    except PacketError:
+                        continue
+                    if reply.xid == xid and reply.message_type == MessageType.ACK and reply.file:
+                        rack.bootserver_exchanges += 1
+                        return reply
+        finally:
+            sock.close()
+        raise ClientFailure("dhcp_timeout", f"no ACK from the PXE boot server port after {len(waits)} tries")
 
     def _transact(self, box: RelayMailbox, request: BootpPacket, wanted: tuple[MessageType, ...],
                   waits: tuple[float, ...]) -> BootpPacket:

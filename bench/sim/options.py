@@ -40,6 +40,8 @@ class Options:
     server_log_level: str = "info"
     remote_root: bool = False
     netns: bool = False
+    proxy: bool = False                # massboot in proxy mode beside a site DHCP server
+    site_server: str | None = None     # --site-server HOST:PORT (default: the simulator's own)
     keep: bool = False
     workdir: str | None = None
     json_path: str | None = None

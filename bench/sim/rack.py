@@ -23,6 +23,7 @@ from .options import DHCP_ONLY_PHASES, PHASES, Options, SetupError
 from .profiles import PROFILES, allocate_profiles
 from .report import Summary, summarise
 from .servers import ServerProcess, UpstreamHttp, make_root
+from .site import SiteServer
 from .transport import BroadcastPort, RelayMailbox, SharedRelay, SocketMailbox
 
 __all__ = ["Rack", "run"]
@@ -32,7 +33,8 @@ class Rack:
     """The shared state of a run: options, counters, the relay, the clients' results."""
 
     def __init__(self, opts: Options, server_host: str, dhcp_port: int, tftp_port: int,
-                 broadcast_if: str | None = None) -> None:
+                 broadcast_if: str | None = None, bootserver_port: int = 0,
+                 site: tuple[str, int] | None = None) -> None:
         self.opts = opts
         self.server_host = server_host
         self.dhcp_server = (server_host, dhcp_port)
@@ -53,8 +55,14 @@ class Rack:
         self.broadcast = broadcast_if is not None
         if broadcast_if is not None:
             self.relay = BroadcastPort(broadcast_if)
-        elif opts.relay_socket == "shared" or opts.relay_port:
+        elif opts.relay_socket == "shared" or opts.relay_port or site is not None:
             self.relay = SharedRelay(opts.relay_ip, opts.relay_port, self.dhcp_server)
+        #: --proxy: massboot's PXE boot server port, and the site server the relay also forwards to
+        self.proxy = site is not None
+        self.bootserver = (server_host, bootserver_port)
+        self.bootserver_exchanges = 0
+        if site is not None and self.relay is not None:
+            self.relay.also = (site,)
 
     def now(self) -> float:
         """Seconds since the start of the run."""
@@ -126,14 +134,29 @@ def run(opts: Options) -> Summary:
         raise SetupError("--remote-root needs the massboot the simulator starts (no --server)")
     if opts.netns and (opts.server is not None or opts.remote_root):
         raise SetupError("--netns runs the massboot it starts from a local root (no --server, --remote-root)")
+    if opts.proxy and (opts.server is not None or opts.netns or opts.dhcp_only):
+        raise SetupError("--proxy runs the massboot it starts, relayed (no --server, --netns, --dhcp-only)")
+    if opts.site_server is not None and not opts.proxy:
+        raise SetupError("--site-server goes with --proxy")
     _raise_fd_limit(opts.clients * 3 + 256)
     workdir = opts.workdir or tempfile.mkdtemp(prefix="massboot-sim-")
     os.makedirs(workdir, exist_ok=True)
     server: ServerProcess | None = None
     upstream: UpstreamHttp | None = None
     netns: Namespaces | None = None
+    site: SiteServer | None = None
+    site_address: tuple[str, int] | None = None
     files: dict[str, int] = {}
     try:
+        if opts.proxy:
+            if opts.site_server is not None:
+                host_, _, port_ = opts.site_server.rpartition(":")
+                if not host_ or not port_.isdigit():
+                    raise SetupError(f"--site-server {opts.site_server!r}: write HOST:PORT")
+                site_address = (host_, int(port_))
+            else:
+                site = SiteServer()
+                site_address = (site.address, site.port)
         if opts.netns:
             netns = Namespaces()
             netns.create()
@@ -145,10 +168,15 @@ def run(opts: Options) -> Summary:
                 upstream = UpstreamHttp(root)
                 root, cache_dir = upstream.url, os.path.join(workdir, "cache")
             server = ServerProcess(workdir, root, opts.clients * max(1, opts.rounds), opts.server_log_level,
-                                   cache_dir, netns)
+                                   cache_dir, netns, proxy=opts.proxy)
             server.start()
             host, dhcp_port, tftp_port = "127.0.0.1", server.dhcp_port, server.tftp_port
             target = f"massboot (started, {host} dhcp:{dhcp_port} tftp:{tftp_port})"
+            if site_address is not None:
+                target = (f"massboot in proxy mode (started, {host} dhcp:{dhcp_port} boot server:"
+                          f"{server.bootserver_port} tftp:{tftp_port}), site DHCP server "
+                          f"{site_address[0]}:{site_address[1]}"
+                          + (" (the simulator's own)" if site is not None else ""))
             if netns is not None:
                 host = netns.server_ip
                 target = (f"massboot (started in netns {netns.server}, {host}; broadcast DHCP from "
@@ -158,7 +186,10 @@ def run(opts: Options) -> Summary:
             host, dhcp_port, tftp_port = opts.server, opts.dhcp_port, opts.tftp_port
             target = f"{host} dhcp:{dhcp_port} tftp:{tftp_port}"
         summary = _run_rack(opts, host, dhcp_port, tftp_port, target, server, files,
-                            netns.client_if if netns is not None else None)
+                            netns.client_if if netns is not None else None,
+                            server.bootserver_port if server is not None else 0, site_address)
+        if site is not None:
+            summary.target += f"; site server: {site.offers} OFFERs, {site.acks} ACKs"
         if upstream is not None:
             summary.target += f", root {upstream.url} (cache {cache_dir})"
             summary.upstream = upstream.figures(files)
@@ -168,6 +199,8 @@ def run(opts: Options) -> Summary:
             server.stop()
         if upstream is not None:
             upstream.close()
+        if site is not None:
+            site.close()
         if netns is not None:
             netns.close()
         if opts.workdir is None and not opts.keep:
@@ -185,10 +218,11 @@ def _raise_fd_limit(wanted: int) -> None:
 
 def _run_rack(opts: Options, host: str, dhcp_port: int, tftp_port: int, target: str,
               server: ServerProcess | None, files: dict[str, int],
-              broadcast_if: str | None = None) -> Summary:
+              broadcast_if: str | None = None, bootserver_port: int = 0,
+              site: tuple[str, int] | None = None) -> Summary:
     master = random.Random(opts.seed)
     profiles = allocate_profiles(opts.mix, opts.clients, master)
-    rack = Rack(opts, host, dhcp_port, tftp_port, broadcast_if)
+    rack = Rack(opts, host, dhcp_port, tftp_port, broadcast_if, bootserver_port, site)
     clients = [SimClient(rack, i, PROFILES[name], random.Random(master.getrandbits(64)))
                for i, name in enumerate(profiles)]
     starts = [master.uniform(0, opts.ramp) if opts.ramp > 0 else 0.0 for _ in clients]
@@ -215,6 +249,8 @@ def _run_rack(opts: Options, host: str, dhcp_port: int, tftp_port: int, target: 
     results = [c.result for c in clients]
     summary = summarise(opts, target, rack, results, elapsed, server, files, samples,
                          _self_cpu() - cpu_before)
+    if rack.proxy:
+        summary.target += f"; {rack.bootserver_exchanges} boot-server (port 4011) exchanges"
     return summary
 
 

@@ -198,11 +198,36 @@ class UpstreamHttp:
         self.server.stop(timeout=1)
 
 
+MASSBOOT_PROXY_CONFIG = """\
+[logger]
+type = stderr
+level = {log_level}
+
+[bootpd]
+mode = proxy
+address = 127.0.0.1
+port = {dhcp_port}
+bootserver_port = {bootserver_port}
+ipxe_boot_file = {ipxe}
+
+[bootfile]
+default = {bios}
+00007 = {uefi}
+00009 = {uefi}
+
+[tftpd]
+address = 127.0.0.1
+port = {tftp_port}
+root = {root}
+"""
+
+
 class ServerProcess:
     """massboot started as a subprocess on loopback, with its CPU time and peak RSS."""
 
     def __init__(self, workdir: str, root: str, clients: int, log_level: str,
-                 cache_dir: str | None = None, netns: Namespaces | None = None) -> None:
+                 cache_dir: str | None = None, netns: Namespaces | None = None,
+                 proxy: bool = False) -> None:
         self.workdir = workdir
         self.netns = netns
         if netns is not None:  # massboot alone in its namespace: the standard ports, any address
@@ -216,6 +241,28 @@ class ServerProcess:
             address, pool_start = "address = 127.0.0.1\n", "127.1.0.1"
         self.config_path = os.path.join(workdir, "massboot.ini")
         self.log_path = os.path.join(workdir, "massboot.log")
+        self.bootserver_port = 0
+        if proxy:   # README, "proxyDHCP": no pool, a second socket on the PXE boot server port
+            self.bootserver_port = free_udp_port()
+            while self.bootserver_port in (self.dhcp_port, self.tftp_port):
+                self.bootserver_port = free_udp_port()
+            with open(self.config_path, "w", encoding="utf-8") as handle:
+                handle.write(MASSBOOT_PROXY_CONFIG.format(
+                    log_level=log_level, dhcp_port=self.dhcp_port, tftp_port=self.tftp_port,
+                    bootserver_port=self.bootserver_port, ipxe=IPXE_SCRIPT, bios=BOOTFILE_BIOS,
+                    uefi=BOOTFILE_UEFI, root=root))
+                if cache_dir is not None:
+                    handle.write(f"cache_dir = {cache_dir}\n")
+        else:
+            self._write_config(address, pool_start, log_level, clients, root, cache_dir)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.cpu_at_ready = 0.0
+        self.cpu_s: float | None = None
+        self.peak_rss_mb: float | None = None
+
+    def _write_config(self, address: str, pool_start: str, log_level: str, clients: int, root: str,
+                      cache_dir: str | None) -> None:
+        workdir = self.workdir
         with open(self.config_path, "w", encoding="utf-8") as handle:
             handle.write(MASSBOOT_CONFIG.format(
                 bootpd_address=address, tftpd_address=address, pool_start=pool_start,
@@ -224,10 +271,6 @@ class ServerProcess:
                 ipxe=IPXE_SCRIPT, bios=BOOTFILE_BIOS, uefi=BOOTFILE_UEFI, root=root))
             if cache_dir is not None:
                 handle.write(f"cache_dir = {cache_dir}\n")
-        self.process: subprocess.Popen[bytes] | None = None
-        self.cpu_at_ready = 0.0
-        self.cpu_s: float | None = None
-        self.peak_rss_mb: float | None = None
 
     def start(self, timeout: float = 20.0) -> None:
         """Start massboot and wait for both listeners' log lines.

@@ -45,6 +45,8 @@ class SharedRelay:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         _set_rcvbuf(self.sock, 8 << 20)
         self.sock.bind((relay_ip, relay_port))
+        #: further servers every request is forwarded to (``--proxy``: the site DHCP server)
+        self.also: tuple[tuple[str, int], ...] = ()
         self.routes: dict[int, Queue] = {}
         self.strays = 0
         self._reader = gevent.spawn(self._read)
@@ -89,6 +91,7 @@ class BroadcastPort(SharedRelay):
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
         _set_rcvbuf(self.sock, 8 << 20)
         self.sock.bind(("0.0.0.0", 68))
+        self.also = ()
         self.routes = {}
         self.strays = 0
         self._reader = gevent.spawn(self._read)
@@ -102,6 +105,8 @@ class _SharedMailbox(RelayMailbox):
 
     def send(self, data: bytes) -> None:
         self.relay.sock.sendto(data, self.relay.server)
+        for server in self.relay.also:       # a relay with several helper addresses
+            self.relay.sock.sendto(data, server)
 
     def recv(self, timeout: float) -> bytes | None:
         try:

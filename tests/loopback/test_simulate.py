@@ -170,3 +170,26 @@ def test_remote_root_fetches_one_copy_of_each_file_upstream():
     # the probes for configs that do not exist went upstream too, and came back 404
     assert up["not_found"] > 0 and up["gets"] == up["gets_ok"] + up["not_found"]
     assert "upstream: 6 GETs" in report.format_summary(summary)
+
+
+def test_proxy_rack_gets_addresses_from_the_site_server_and_files_from_massboot():
+    """--proxy: massboot in proxy mode beside the simulator's own site server, 2 % loss."""
+    opts = Options(clients=12, mix={"bios": 1, "uefi": 1, "ipxe": 1}, proxy=True, loss=2.0, seed=3,
+                   timeout_scale=0.5, duration=60, progress=False, **SMALL)
+    summary = run(opts)
+    assert summary.all_booted, summary.failures
+    assert "proxy mode" in summary.target and "12 boot-server (port 4011) exchanges" in summary.target
+    for r in summary.results:
+        assert r.ip is not None and r.ip.startswith("127.1.") and r.os_ip == r.ip   # the site's
+        assert r.bytes == servers.expected_bytes(r.profile, summary.files), (r.profile, r.files)
+        times = [r.marks[p] for p in PHASES]
+        assert times == sorted(times), r.marks
+
+
+def test_proxy_option_conflicts():
+    from bench.sim.options import SetupError
+
+    for bad in ({"proxy": True, "server": "127.0.0.1"}, {"proxy": True, "dhcp_only": True},
+                {"site_server": "127.0.0.1:67"}):
+        with pytest.raises(SetupError):
+            run(Options(clients=1, progress=False, **bad))
