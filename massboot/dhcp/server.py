@@ -48,6 +48,7 @@ socket, receive errors, an exchange that failed with a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -174,6 +175,8 @@ class DhcpServer:
         Every store takes the new ``[static_dhcp]`` table (:meth:`LeaseStore.set_static`): an
         entry applies at its MAC's next request.
         """
+        if config.mode != self.config.mode:   # a restart applies it (cli.restart_needed says so)
+            config = dataclasses.replace(config, mode=self.config.mode)
         settings = Settings.from_config(config, self.server_ip, bootfile_size=self.settings.bootfile_size)
         if self.main is None:          # proxy mode: no store, no scope (a mode change takes a restart)
             self.config, self.settings, self.http_acl = config, settings, http_acl

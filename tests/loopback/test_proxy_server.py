@@ -73,7 +73,8 @@ class ProxyLab:
         self.notify.bind((HOST, 0))
         self.notify.settimeout(5)
         text = CONFIG.format(notify_port=self.notify.getsockname()[1], root=root)
-        self.config = cfg.loads(text, path=f"{tmp_path}/massboot.ini")
+        (tmp_path / "massboot.ini").write_text(text)
+        self.config = cfg.load(str(tmp_path / "massboot.ini"), state_dir=str(tmp_path / "state"))
         self.registry = CollectorRegistry()
         self.services = Services(self.config, registry=self.registry)
         self.services.start()
@@ -207,3 +208,42 @@ def test_real_rom_bootserver_request(lab: ProxyLab, name: str) -> None:
     assert peer == (HOST, lab.dhcp.bootserver_port)
     assert ack.xid == rom.xid and ack.message_type == MessageType.ACK and ack.ciaddr == CLIENT_IP
     assert ack.yiaddr == "0.0.0.0" and ack.file == (b"shimx64.efi" if rom.client_arch == 7 else b"pxelinux.0")
+
+
+def test_reload_keeps_the_running_mode(lab: ProxyLab, tmp_path: Path) -> None:
+    """A reload applies the ACLs; a change of mode waits for a restart (and says so)."""
+    from massboot.cli import restart_needed
+
+    path = Path(lab.config.path)
+    text = path.read_text()
+    with_acl = text.replace("mode = proxy", "mode = proxy\naccess = mac")
+    path.write_text(with_acl + "[mac]\n52-54-00-00-00-01 = yes\n")
+    assert lab.services.reload(str(tmp_path / "state"))
+    assert lab.dhcp.settings.access == "mac" and lab.dhcp.settings.proxy
+    denied = lab.relay.packet(MAC, MessageType.DISCOVER, pxe_options())
+    lab.relay.send(denied)
+    wait_for(lambda: lab.value("massboot_dhcp_acl_decisions_total", acl="mac", verdict="denied") == 1,
+             what="the reloaded ACL")
+    full = text.replace("mode = proxy", "mode = full\npool_start = 127.0.0.100")
+    path.write_text(full)
+    new = cfg.load(str(path), state_dir=str(tmp_path / "state"))
+    assert "[bootpd] mode" in restart_needed(lab.services.config, new)
+    assert lab.services.reload(str(tmp_path / "state"))
+    assert lab.dhcp.settings.proxy                       # still proxy until a restart
+    offer = lab.relay.exchange(lab.relay.packet(bytes.fromhex("525400000002"), MessageType.DISCOVER,
+                                                pxe_options()))
+    assert offer is not None and offer.yiaddr == "0.0.0.0" and offer.vendor_class == "PXEClient"
+
+
+def test_leases_command_refuses_proxy_mode(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "tftp").mkdir()
+    path = tmp_path / "proxy.ini"
+    path.write_text(CONFIG.format(notify_port=9, root=tmp_path / "tftp"))
+    result = subprocess.run([sys.executable, "-m", "massboot", "-c", str(path), "leases", "list"],
+                            capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).parents[2])
+    assert result.returncode == 2, result
+    assert "[bootpd] mode = 'proxy': proxy mode keeps no leases" in result.stderr
