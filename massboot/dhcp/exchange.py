@@ -599,8 +599,7 @@ class Exchange:
         dest = Destination(address, port, bootserver=req.bootserver)
         self._emit("dhcp.reply", msgtype=MSG_NAMES[msgtype], mac=client.mac, ip=reported or NO_ADDRESS,
                    pxe=True, arch=req.arch, phase="pxe", file=None if redirect else boot.bootfile,
-                   ipxe=req.ipxe,
-                   uuid=client.uuid, to=(dest.address, dest.port), proxy=True)
+                   ipxe=req.ipxe, uuid=client.uuid, to=(dest.address, dest.port), proxy=True)
         client.state = self._new_state
         return self._done(reply=reply, destination=dest, reported=reported)
 
