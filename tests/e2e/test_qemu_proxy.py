@@ -172,8 +172,12 @@ def test_proxy_boot_beside_dnsmasq(boot_files: BootFiles, accel: str, lab: SiteL
     assert "PXELINUX" not in denied.text() and not denied.markers(), denied_log
 
 
+@pytest.mark.parametrize("offer", ["redirect", "bootfile"])
 @pytest.mark.timeout(OVMF_TIMEOUT + 90)
-def test_ovmf_gets_efi_boot_file_beside_dnsmasq(lab: SiteLab, tmp_path: Path) -> None:
+def test_ovmf_gets_efi_boot_file_beside_dnsmasq(lab: SiteLab, tmp_path: Path, offer: str) -> None:
+    """proxy_offer = redirect: EDK2 asks port 4011 from its address and gets the file there;
+    bootfile: it takes the file from the OFFER, and massboot learns its address from option 50
+    of its REQUEST to dnsmasq."""
     require_root()
     require_tool("qemu-system-x86_64")
     require(OVMF_CODE.exists() and OVMF_VARS.exists(), "OVMF is missing (Debian package ovmf)")
@@ -184,6 +188,7 @@ def test_ovmf_gets_efi_boot_file_beside_dnsmasq(lab: SiteLab, tmp_path: Path) ->
     config = tmp_path / "massboot.ini"
     text = CONFIG.format(mac=OVMF_MAC.replace(":", "-"))
     text = text.replace("default = pxelinux.0", "default = pxelinux.0\n00007 = bootx64.efi")
+    text = text.replace("mode = proxy", f"mode = proxy\nproxy_offer = {offer}")
     config.write_text(text.replace("root = tftp", f"root = {root}"))
     lab.start_dnsmasq()
     lab.start_massboot(config)
@@ -208,14 +213,20 @@ def test_ovmf_gets_efi_boot_file_beside_dnsmasq(lab: SiteLab, tmp_path: Path) ->
     log, site = lab.massboot_text(), lab.dnsmasq_text()
     diag = f"\nmassboot log:\n{log}\ndnsmasq log:\n{site}"
     found = done.search(log)
-    print(f"\n--- OVMF UEFI PXE (tcg): bootx64.efi fetched {took:.1f}s after power-on")
+    print(f"\n--- OVMF UEFI PXE (tcg), proxy_offer = {offer}: bootx64.efi fetched {took:.1f}s after power-on")
     assert found is not None, f"OVMF did not fetch bootx64.efi in {OVMF_TIMEOUT} s{diag}"
     ip = found["ip"]
     mine = [m for m in REPLY.finditer(log) if m["mac"].lower() == OVMF_MAC]
     assert [(m["proxy"], m["kind"]) for m in mine][:1] == [("proxy ", "offer")], diag
+    assert re.search(rf"DHCPACK\(ps0\) {re.escape(ip)} {OVMF_MAC}", site), f"{ip} is not dnsmasq's{diag}"
+    assert not [m for m in REPLY.finditer(log) if not m["proxy"]], f"a non-proxy reply{diag}"
+    if offer == "bootfile":
+        assert re.search(rf"proxy offer mac={OVMF_MAC.upper()} ip=0.0.0.0 phase=pxe arch=7 file=bootx64.efi",
+                         log), diag
+        assert re.search(rf"ignored mac={OVMF_MAC.upper()} phase=pxe reason=site_server ip={re.escape(ip)}",
+                         log), f"the address was not learnt from the site REQUEST{diag}"
+        return
     acks = [m for m in mine if m["kind"] == "ack"]
     assert acks and acks[0]["ip"] == ip and acks[0]["proxy"], f"the 4011 ACK{diag}"
     assert re.search(rf"proxy ack mac={OVMF_MAC.upper()} ip={re.escape(ip)} phase=pxe arch=7 "
                      rf"file=bootx64.efi to={re.escape(ip)}:\d+", log), diag
-    assert re.search(rf"DHCPACK\(ps0\) {re.escape(ip)} {OVMF_MAC}", site), f"{ip} is not dnsmasq's{diag}"
-    assert not [m for m in REPLY.finditer(log) if not m["proxy"]], f"a non-proxy reply{diag}"
