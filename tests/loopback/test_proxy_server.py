@@ -63,7 +63,7 @@ def wait_for(condition, timeout: float = 5.0, what: str = "condition") -> None:
 
 
 class ProxyLab:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, extra: str = "", bootpd: str = "") -> None:
         root = tmp_path / "tftp"
         root.mkdir()
         (root / "pxelinux.0").write_bytes(b"loader" * 100)
@@ -72,7 +72,8 @@ class ProxyLab:
         self.notify = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.notify.bind((HOST, 0))
         self.notify.settimeout(5)
-        text = CONFIG.format(notify_port=self.notify.getsockname()[1], root=root)
+        text = CONFIG.format(notify_port=self.notify.getsockname()[1], root=root) + extra
+        text = text.replace("mode = proxy", f"mode = proxy\n{bootpd}")
         (tmp_path / "massboot.ini").write_text(text)
         self.config = cfg.load(str(tmp_path / "massboot.ini"), state_dir=str(tmp_path / "state"))
         self.registry = CollectorRegistry()
@@ -247,3 +248,58 @@ def test_leases_command_refuses_proxy_mode(tmp_path: Path) -> None:
                             cwd=Path(__file__).parents[2])
     assert result.returncode == 2, result
     assert "[bootpd] mode = 'proxy': proxy mode keeps no leases" in result.stderr
+
+
+class AclServer:
+    """A real HTTP ACL server: 52:54:00:A1:* allowed, others denied; every query kept."""
+
+    def __init__(self) -> None:
+        from gevent.server import StreamServer
+
+        self.queries: list[str] = []
+        self.server = StreamServer((HOST, 0), self._handle)
+        self.server.start()
+        self.port = self.server.server_port
+
+    def _handle(self, sock: socket.socket, _address: object) -> None:
+        stream = sock.makefile("rb")
+        line = stream.readline().decode("latin-1")
+        while stream.readline().strip():
+            pass
+        if not line:
+            return
+        target = line.split()[1]
+        self.queries.append(target)
+        allowed = "MAC=52-54-00-A1" in target.upper()
+        status = "200 OK" if allowed else "403 Forbidden"
+        sock.sendall(f"HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+
+    def close(self) -> None:
+        self.server.stop(timeout=1)
+
+
+def test_http_acl_in_proxy_mode(tmp_path: Path) -> None:
+    """access = http against a real ACL server: asked at the DISCOVER on the PXE path, not again
+    for the same boot's 4011 REQUEST; a denied MAC gets nothing."""
+    acl = AclServer()
+    lab = None
+    try:
+        text = f"[http]\nlocation = 127.0.0.1:{acl.port}\ntimeout = 2\ncache_ttl = 0\n"
+        lab = ProxyLab(tmp_path, extra=text, bootpd="access = http")
+        options = pxe_options(arch=0)
+        offer = lab.relay.exchange(lab.relay.packet(MAC, MessageType.DISCOVER, options))
+        assert offer is not None and offer.message_type == MessageType.OFFER
+        assert len(acl.queries) == 1 and acl.queries[0].startswith("/boot?mac=52-54-00-A1-B2-C3")
+        ack, _ = lab.bootserver_request(options)
+        assert ack is not None and ack.file == b"pxelinux.0"
+        assert len(acl.queries) == 1, acl.queries                 # same boot: not asked again
+        other = bytes.fromhex("5254000000ff")
+        lab.relay.send(lab.relay.packet(other, MessageType.DISCOVER, options))
+        wait_for(lambda: lab.value("massboot_dhcp_acl_decisions_total", acl="http", verdict="denied") == 1,
+                 what="the denial")
+        assert lab.relay.recv(0.3) is None
+        assert lab.value("massboot_dhcp_proxy_replies_sent_total", type="offer") == 1
+    finally:
+        if lab is not None:
+            lab.close()
+        acl.close()
