@@ -34,6 +34,8 @@ from tests.conftest import require_root, require_tool
 from tests.netns.sitelab import SERVER_IP, SITE_IP, SITE_RANGE, SiteLab
 from tests.netns.test_dhcp_clients import run_dhclient, run_udhcpc
 
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
+
 CLIENT_MAC = "02:00:00:79:00:01"
 DENIED_MAC = "02:00:00:79:00:99"
 GOLDEN = Path(__file__).parents[1] / "unit" / "golden" / "ipxe_discover.hex"
