@@ -96,7 +96,8 @@ OVMF_TIMEOUT = 150
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[SiteLab]:
-    require_tool("dnsmasq")
+    require_root()
+    require_tool("ip", "dnsmasq", "qemu-system-x86_64")
     with SiteLab(tmp_path / "lab", taps=2) as made:
         yield made
 
