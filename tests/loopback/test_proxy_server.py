@@ -303,3 +303,21 @@ def test_http_acl_in_proxy_mode(tmp_path: Path) -> None:
         if lab is not None:
             lab.close()
         acl.close()
+
+
+def test_bootserver_port_in_use_names_that_port(tmp_path: Path) -> None:
+    from massboot.cli import StartupError
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind((HOST, 0))
+    port = holder.getsockname()[1]
+    try:
+        (tmp_path / "tftp").mkdir()
+        text = CONFIG.format(notify_port=9, root=tmp_path / "tftp").replace("bootserver_port = 0",
+                                                                            f"bootserver_port = {port}")
+        services = Services(cfg.loads(text, path=f"{tmp_path}/massboot.ini"), registry=CollectorRegistry())
+        with pytest.raises(StartupError, match=rf"dhcp: cannot listen on UDP 127.0.0.1:{port}: .*in use"):
+            services.start()
+        services.stop(grace=0.1)
+    finally:
+        holder.close()
