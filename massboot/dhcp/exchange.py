@@ -41,7 +41,12 @@ Behaviour (README, "DHCP and PXE behaviour"):
   :class:`ProbeQuery`, the server pings, :meth:`Exchange.on_probe` goes on; an address that
   answers is set aside and another one is tried (RFC 2131 §4.4.1: the server SHOULD probe).
 * pybootd's PXE→OS state machine (:func:`~massboot.dhcp.policy.next_state`): a MAC must start
-  with a PXE DISCOVER unless ``allow_simple_dhcp`` is on.
+  with a PXE DISCOVER unless ``allow_simple_dhcp`` is on. A UEFI HTTP Boot request (option 60
+  ``HTTPClient``) is a boot-firmware request like a PXE one (:attr:`Classification.boot_client`):
+  it gets option 60 ``HTTPClient`` back and its boot file as a full URL
+  (:func:`~massboot.dhcp.policy.select_http_bootfile`), or no answer at all when its
+  architecture has no HTTP boot file (``dhcp.ignored``, reason ``no_http_bootfile``; README,
+  "UEFI: ipxe.efi and UEFI HTTP Boot").
 * ACLs: static clients are always served; ``access = mac`` / ``uuid`` are decided here;
   ``access = http`` is asked when the client's state changes (or always with
   ``always_check``), and a denial puts the client back to the idle state.
@@ -119,11 +124,16 @@ class Settings:
     bootfile_size: Callable[[str, str], int | None] | None = None
     probe: bool = False                        # ICMP-probe a reused address before offering it
     probe_timeout: float = 0.5
+    #: ``http://ADDRESS:PORT/``: massboot's own HTTP server (``-H``), the prefix of a relative
+    #: boot file given to a UEFI HTTP Boot client; None when this process serves no HTTP
+    http_base: str | None = None
 
     @classmethod
     def from_config(cls, config: BootpConfig, server_ip: str, *,
-                    bootfile_size: Callable[[str, str], int | None] | None = None) -> Settings:
-        """Build the settings from the validated ``[bootpd]`` section."""
+                    bootfile_size: Callable[[str, str], int | None] | None = None,
+                    http_base: str | None = None) -> Settings:
+        """Build the settings from the validated ``[bootpd]`` section (*http_base*: see the
+        attribute)."""
         return cls(
             server_ip=server_ip, sname=f"{config.servername}.{config.domain}", server_port=config.port,
             allow_simple_dhcp=config.allow_simple_dhcp, access=config.access,
@@ -135,7 +145,7 @@ class Settings:
             default_bootfile=config.default_bootfile, bootfiles=config.bootfiles,
             ipxe_bootfile=config.ipxe_boot_file, bootfile_size=bootfile_size,
             domain_name=config.domain if config.domain_explicit else None,
-            probe=config.probe, probe_timeout=config.probe_timeout)
+            probe=config.probe, probe_timeout=config.probe_timeout, http_base=http_base)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +158,8 @@ class Classification:
         mac: ``AA:BB:CC:DD:EE:FF``.
         msgtype: option 53; None for plain BOOTP or an unknown value (see *bad_type*).
         bad_type: option 53 is present but names no known message type.
-        pxe: a PXE firmware request (option 97, or option 60 ``PXEClient``): the PXE phase;
-            otherwise the installed OS's DHCP client (the OS phase).
+        pxe: a PXE firmware request (option 97, or option 60 ``PXEClient``), not an HTTP Boot
+            one (see *http_client*).
         ipxe: iPXE (user class ``iPXE`` or option 175).
         uuid: the machine UUID of option 97.
         arch: the client architecture (option 93, else option 60).
@@ -159,6 +169,11 @@ class Classification:
             not 6 for Ethernet), else None. The codec accepts any ``hlen`` up to 16 (RFC 2131
             §2: other hardware types are valid BOOTP); massboot keys clients, leases and ACLs
             by a 6-octet MAC, so such a request is malformed *for us*.
+        http_client: a UEFI HTTP Boot firmware request (option 60 ``HTTPClient...``, UEFI 2.5
+            and later, "HTTP Boot"), which may carry option 97 as well.
+
+    A request from boot firmware, PXE or HTTP (:attr:`boot_client`), is in the PXE phase (the
+    firmware's); any other is the installed OS's DHCP client (the OS phase).
     """
 
     packet: BootpPacket
@@ -173,6 +188,13 @@ class Classification:
     relayed: bool
     kind: RequestKind | None
     bad_hlen: str | None = None
+    http_client: bool = False
+
+    @property
+    def boot_client(self) -> bool:
+        """Boot firmware asks (PXE or UEFI HTTP Boot): what "is this a PXE-phase request" means
+        for the state machine, the HTTP ACL's path, notifications and boot progress."""
+        return self.pxe or self.http_client
 
     @property
     def name(self) -> str:
@@ -181,8 +203,8 @@ class Classification:
 
     @property
     def phase(self) -> str:
-        """``pxe`` or ``os``."""
-        return "pxe" if self.pxe else "os"
+        """``pxe`` (boot firmware, PXE or HTTP) or ``os``."""
+        return "pxe" if self.boot_client else "os"
 
 
 def classify(packet: BootpPacket, source: tuple[str, int]) -> Classification:
@@ -191,11 +213,13 @@ def classify(packet: BootpPacket, source: tuple[str, int]) -> Classification:
     kind = None
     if msgtype == MessageType.REQUEST:
         kind = policy.request_kind(packet, unicast=source[0] == packet.ciaddr)
+    http_client = packet.is_http_client
     return Classification(
         packet=packet, source=source, mac=mac_str(packet.mac), msgtype=msgtype,
         bad_type=msgtype is None and packet.option(Opt.MESSAGE_TYPE) is not None,
-        pxe=packet.is_pxe, ipxe=packet.is_ipxe, uuid=packet.uuid, arch=packet.client_arch,
-        relayed=packet.giaddr != NO_ADDRESS, kind=kind, bad_hlen=hardware_problem(packet))
+        pxe=packet.is_pxe and not http_client, ipxe=packet.is_ipxe, uuid=packet.uuid,
+        arch=packet.client_arch, relayed=packet.giaddr != NO_ADDRESS, kind=kind,
+        bad_hlen=hardware_problem(packet), http_client=http_client)
 
 
 def hardware_problem(packet: BootpPacket) -> str | None:
@@ -310,6 +334,7 @@ class Exchange:
         self.admitted = False
         self._probing: Lease | None = None     # the offer a ProbeQuery waits for
         self._probes = 0
+        self._http_url: str | None = None      # an HTTP Boot client's boot file (start())
 
     # ------------------------------------------------------------------ steps
     def start(self) -> Outcome | AclQuery | ProbeQuery:
@@ -323,8 +348,9 @@ class Exchange:
             self._emit("dhcp.malformed", reason=Reason.BAD_MESSAGE_TYPE, source=req.source[0],
                        detail=f"message type {value} unknown (RFC 2132 §9.6)")
             return self._done(no_reply="malformed")
-        self._emit("dhcp.received", msgtype=req.name, mac=req.mac, relayed=req.relayed, pxe=req.pxe,
-                   ipxe=req.ipxe, uuid=req.uuid, arch=req.arch)
+        self._emit("dhcp.received", msgtype=req.name, mac=req.mac, relayed=req.relayed,
+                   pxe=req.boot_client, ipxe=req.ipxe, uuid=req.uuid, arch=req.arch,
+                   **({"http": True} if req.http_client else {}))
         client = self.client
         if client is None:
             client = self.client = Client(req.mac)
@@ -337,20 +363,27 @@ class Exchange:
             client.arch = req.arch
         msgtype = req.msgtype
         if msgtype == MessageType.REQUEST and req.packet.server_id not in (None, settings.server_ip):
-            client.state = policy.next_state(client.state, req.pxe, msgtype)
+            client.state = policy.next_state(client.state, req.boot_client, msgtype)
             return self._ignore("other_server")
         if msgtype == MessageType.RELEASE:
             return self._release()
         if msgtype == MessageType.DECLINE:
             return self._decline()
-        self._new_state = policy.next_state(client.state, req.pxe, msgtype)
+        self._new_state = policy.next_state(client.state, req.boot_client, msgtype)
         if self._new_state == State.IDLE and not settings.allow_simple_dhcp:
             return self._ignore("idle_state")
         if msgtype is None and not settings.allow_simple_dhcp:
             return self._ignore("bootp_not_allowed")
+        if req.http_client:
+            # before the ACLs and the pool: an HTTP client with no boot URL gets no answer at
+            # all (README, "UEFI: ipxe.efi and UEFI HTTP Boot"), not an address it cannot boot from
+            self._http_url, why = policy.select_http_bootfile(req.arch, settings.bootfiles,
+                                                              settings.http_base)
+            if self._http_url is None:
+                return self._ignore("no_http_bootfile", detail=why)
         allowed = self._local_acl(client)
         if allowed is None:
-            return AclQuery(req.packet.mac, client.uuid, client.ip, req.pxe, self.take_events())
+            return AclQuery(req.packet.mac, client.uuid, client.ip, req.boot_client, self.take_events())
         return self._answer(allowed)
 
     def on_acl(self, result: AclResult) -> Outcome | ProbeQuery:
@@ -496,6 +529,9 @@ class Exchange:
     # ------------------------------------------------------------------ replies
     def _boot_info(self) -> BootInfo:
         req, settings, client = self.request, self.settings, self._known()
+        if req.http_client:
+            assert self._http_url is not None, "start() ignores an HTTP client without a URL"
+            return BootInfo(settings.server_ip, settings.sname, self._http_url)
         bootfile, fell_back = policy.select_bootfile(req.arch, req.ipxe, settings.default_bootfile,
                                                      settings.bootfiles, settings.ipxe_bootfile)
         if fell_back:
@@ -512,8 +548,8 @@ class Exchange:
         req, settings, client, net = self.request, self.settings, self._known(), self.scope.net
         boot = self._boot_info() if msgtype != MessageType.NAK else None
         reply = policy.build_reply(req.packet, msgtype, yiaddr=yiaddr, net=net, boot=boot, pxe=req.pxe,
-                                   hostname=None if req.pxe else client.hostname, message=message,
-                                   domain=settings.domain_name)
+                                   hostname=None if req.boot_client else client.hostname,
+                                   message=message, domain=settings.domain_name, http=req.http_client)
         buggy = settings.buggy is not None and bool(settings.buggy.check(mac_int(req.packet.mac)))
         dest = Destination(*policy.destination(req.packet, reply, req.source,
                                                server_port=settings.server_port,
@@ -523,10 +559,12 @@ class Exchange:
             client.ip = assigned
         name = MSG_NAMES[msgtype] if msgtype is not None else "bootp"
         file = boot.bootfile if boot else None
-        refused = {} if nak is None else {"requested": nak[0], "bound": nak[1]}
-        self._emit("dhcp.reply", msgtype=name, mac=client.mac, ip=yiaddr, pxe=req.pxe, arch=req.arch,
-                   phase=req.phase, file=file, ipxe=req.ipxe, uuid=client.uuid,
-                   to=(dest.address, dest.port), **refused)
+        extra: dict[str, Any] = {} if nak is None else {"requested": nak[0], "bound": nak[1]}
+        if req.http_client:
+            extra["http"] = True
+        self._emit("dhcp.reply", msgtype=name, mac=client.mac, ip=yiaddr, pxe=req.boot_client,
+                   arch=req.arch, phase=req.phase, file=file, ipxe=req.ipxe, uuid=client.uuid,
+                   to=(dest.address, dest.port), **extra)
         return self._done(reply=reply, destination=dest, assigned=assigned, lease=lease)
 
     def _exhausted(self) -> Outcome:

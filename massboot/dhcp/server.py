@@ -106,6 +106,8 @@ class DhcpServer:
         events: the event bus every outcome goes to.
         subnet_stores: a lease store per ``[subnet:NAME]`` section, by name.
         bootfile_size: ``name, client_ip → size or None``, never blocking (option 13).
+        http_base: ``http://ADDRESS:PORT/`` of this process's HTTP server (``-H``), for UEFI HTTP
+            Boot clients' relative boot files; None without it.
         http_acl: the remote ACL when ``access = http``.
         prober: ``ip, timeout → True (answered), False or None (could not probe)``, used when
             ``probe = on``; an :class:`~massboot.dhcp.probe.IcmpProber` when None.
@@ -114,6 +116,7 @@ class DhcpServer:
     def __init__(self, config: BootpConfig, server_ip: str, netmask: str, store: LeaseStore,
                  events: EventBus, *, subnet_stores: dict[str, LeaseStore] | None = None,
                  bootfile_size: Callable[[str, str], int | None] | None = None,
+                 http_base: str | None = None,
                  http_acl: HttpAcl | None = None,
                  dns: tuple[str, ...] | None = None,
                  prober: Callable[[str, float], bool | None] | None = None) -> None:
@@ -121,7 +124,8 @@ class DhcpServer:
         self.server_ip = server_ip
         self.events = events
         self.http_acl = http_acl
-        self.settings = Settings.from_config(config, server_ip, bootfile_size=bootfile_size)
+        self.settings = Settings.from_config(config, server_ip, bootfile_size=bootfile_size,
+                                             http_base=http_base)
         if prober is None:      # opens its socket at the first probe: probe may be turned on by a reload
             from massboot.dhcp.probe import IcmpProber
 
@@ -166,7 +170,8 @@ class DhcpServer:
                     store.set_static(config.static)
                 except LeaseStoreError as exc:    # logged by the store; memory is up to date
                     log.error("reload: [static_dhcp]: %s", exc)
-        settings = Settings.from_config(config, self.server_ip, bootfile_size=self.settings.bootfile_size)
+        settings = Settings.from_config(config, self.server_ip, bootfile_size=self.settings.bootfile_size,
+                                        http_base=self.settings.http_base)
         net = self.main.net
         main = Scope("main", self.main.store,
                      Network(self.server_ip, config.netmask or net.netmask,
