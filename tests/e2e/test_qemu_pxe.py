@@ -461,19 +461,22 @@ class Lab:
             subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=20)
 
     # -- massboot ------------------------------------------------------------------------
-    def start_massboot(self, config: Path, timeout: float = 30) -> subprocess.Popen:
-        """``python -m massboot -c CONFIG`` in the namespace; returns once DHCP and TFTP listen."""
+    def start_massboot(self, config: Path, timeout: float = 30, *, extra_args: Sequence[str] = (),
+                       ready_lines: Sequence[str] = ("dhcp listening on", "tftp listening on")
+                       ) -> subprocess.Popen:
+        """``python -m massboot -c CONFIG [EXTRA_ARGS]`` in the namespace; returns once every
+        one of *ready_lines* is in its log (by default: DHCP and TFTP listen)."""
         env = clean_env()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
-        proc = self.popen([sys.executable, "-m", "massboot", "-c", str(config)], self.massboot_log,
-                          cwd=str(config.parent), env=env)
+        proc = self.popen([sys.executable, "-m", "massboot", "-c", str(config), *extra_args],
+                          self.massboot_log, cwd=str(config.parent), env=env)
 
         def ready() -> bool:
             text = self.massboot_log.read_text(errors="replace")
             if proc.poll() is not None:
                 raise RuntimeError(f"massboot exited with {proc.returncode}:\n{text}")
-            return "dhcp listening on" in text and "tftp listening on" in text
+            return all(line in text for line in ready_lines)
 
         if not wait_until(ready, timeout):
             raise TimeoutError(f"massboot not listening after {timeout} s:\n{self.massboot_log.read_text()}")

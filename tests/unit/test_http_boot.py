@@ -9,8 +9,10 @@ becomes a URL on massboot's own HTTP server (``-H``). The tables below run the s
 
 from __future__ import annotations
 
+import ipaddress
 import uuid as uuid_module
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pytest
 
@@ -23,11 +25,14 @@ from massboot.dhcp.packet import (
     MessageType,
     Opt,
     arch_from_vendor_class,
+    decode,
+    encode,
     ip_bytes,
     u8,
 )
 from massboot.dhcp.policy import (
     HTTP_ARCH_TWINS,
+    RequestKind,
     State,
     http_url,
     relative_http_bootfiles,
@@ -37,6 +42,7 @@ from tests.unit.test_exchange import MAC, MAC_S, PARAMS, SERVER, SUBNET_BCAST, U
 
 D, Q, A = MessageType.DISCOVER, MessageType.REQUEST, MessageType.ACK
 BASE = "http://10.0.0.1:8080/"
+MAC_OVMF = bytes.fromhex("525400123456")
 OVMF_PARAMS = bytes([1, 2, 3, 4, 5, 6, 12, 13, 15, 17, 18, 22, 23, 28, 40, 41, 42, 43, 50, 51, 54, 58,
                      59, 60, 235, 67, 97])     # what Debian 12's OVMF asks in its HTTPClient DISCOVER
 
@@ -318,3 +324,67 @@ def test_http_boot_base_and_description() -> None:
     assert lines[-1].startswith("http boot: arch 15, 17, 18, 20, 23, 24, 26, 28, 30, 38, 40: no HTTP")
     off = list(describe_http_boot(config.bootp, None))
     assert not any("arch 16 gets" in line for line in off)
+
+
+# ---------------------------------------------------------------- OVMF's own packets (golden)
+
+GOLDEN = Path(__file__).parent / "golden"
+OVMF_UUID = "7373614d-6f62-744f-a5e2-652d65326521"    # option 97 read raw (golden/README.txt)
+
+
+def golden(name: str) -> bytes:
+    return bytes.fromhex((GOLDEN / f"{name}.hex").read_text().strip())
+
+
+@dataclass(frozen=True)
+class Capture:
+    name: str
+    msgtype: MessageType
+    pxe: bool
+    http_client: bool
+    arch: int
+
+
+CAPTURES = [
+    Capture("ovmf_pxe_discover", D, True, False, 7),
+    Capture("ovmf_pxe_request", Q, True, False, 7),
+    Capture("ovmf_http_discover", D, False, True, 16),
+    Capture("ovmf_http_request", Q, False, True, 16),
+]
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=[c.name for c in CAPTURES])
+def test_ovmf_packets_decode_and_classify(capture: Capture) -> None:
+    raw = golden(capture.name)
+    packet = decode(raw)
+    assert encode(packet) == raw          # byte-exact: EDK2 ends with END and no padding past 300
+    assert packet.message_type == capture.msgtype and packet.broadcast and packet.mac == MAC_OVMF
+    assert packet.uuid == OVMF_UUID and packet.is_pxe     # option 97 in both: is_pxe is not enough
+    request = classify(packet, ("0.0.0.0", 68))
+    assert (request.pxe, request.http_client, request.boot_client, request.arch, request.ipxe) == (
+        capture.pxe, capture.http_client, True, capture.arch, False)
+    if capture.msgtype == Q:
+        assert request.kind == RequestKind.SELECTING
+        assert (packet.server_id, packet.requested_ip) == ("10.78.0.1", "10.78.0.100")
+
+
+@pytest.mark.parametrize("kind", ["pxe", "http"])
+def test_ovmf_dora(kind: str) -> None:
+    """OVMF's own DISCOVER and REQUEST through the exchange (its REQUEST names 10.78.0.1 and
+    10.78.0.100, so this world is that network)."""
+    w = world(server_ip="10.78.0.1", pool=["10.78.0.100", "10.78.0.101"], bootfiles={7: "ipxe.efi"},
+              http_base="http://10.78.0.1:8080/")
+    w.main = replace(w.main, network=ipaddress.IPv4Network("10.78.0.0/24"))
+    offer = w(decode(golden(f"ovmf_{kind}_discover")))
+    ack = w(decode(golden(f"ovmf_{kind}_request")))
+    for run in (offer, ack):
+        reply = run.reply
+        assert reply is not None and reply.yiaddr == "10.78.0.100"
+        if kind == "pxe":
+            assert reply.file == b"ipxe.efi" and reply.option(Opt.VENDOR_CLASS) == b"PXEClient"
+            assert reply.option(Opt.BOOTFILE) == b"ipxe.efi"      # it asks for 67
+        else:
+            assert reply.option(Opt.VENDOR_CLASS) == b"HTTPClient"
+            assert reply.option(Opt.BOOTFILE) == b"http://10.78.0.1:8080/ipxe.efi"
+        assert run.event("dhcp.reply")["phase"] == "pxe"
+    assert ack.reply.message_type == A and ack.outcome.lease.uuid == OVMF_UUID
