@@ -234,14 +234,22 @@ def probe_uefi_accel(work: Path) -> str:
     argv = [*qemu_base("kvm"), "-nic", "none",
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,unit=1,file={variables}", "-serial", f"file:{serial}"]
-    with open(work / "probe.log", "wb") as out:
+    log = work / "probe.log"
+    with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def verdict() -> str | None:      # KVM's failure shows in QEMU's output at once
+        if serial.exists() and b"BdsDxe" in serial.read_bytes():
+            return "kvm"
+        if proc.poll() is not None or b"KVM internal error" in log.read_bytes():
+            return "tcg"
+        return None
+
     try:
-        ok = bool(wait_until(lambda: serial.exists() and b"BdsDxe" in serial.read_bytes(), 30,
-                             interval=0.5))
+        chosen = wait_until(verdict, 30, interval=0.25)
     finally:
         kill(proc, signal.SIGKILL)
-    return "kvm" if ok else "tcg"
+    return chosen if isinstance(chosen, str) else "tcg"
 
 
 def dhcp_payloads(pcap: Path) -> Iterator[bytes]:
