@@ -11,6 +11,7 @@ from scapy.layers.dhcp import BOOTP, DHCP
 
 from massboot.events import EventBus
 from massboot.metrics import Metrics
+from tests.loopback.test_cli import GOOD, free_port, run, write
 from tests.loopback.test_dhcp_server import Harness
 
 MAC = bytes.fromhex("525400c0ffee")
@@ -127,3 +128,27 @@ def test_no_http_bootfile_is_counted_in_metrics() -> None:
     events.emit("dhcp.ignored", mac=MAC_S, reason="no_http_bootfile", phase="pxe", detail="x")
     value = registry.get_sample_value("massboot_dhcp_requests_ignored_total", {"reason": "no_http_bootfile"})
     assert value == 1.0
+
+
+# ---------------------------------------------------------------- the command line (a real process)
+
+HTTP_CONFIG = GOOD.replace("default = pxelinux.0\n", "default = pxelinux.0\n00007 = ipxe.efi\n"
+                           "00016 = efi/ipxe.efi\n") + "[httpd]\nport = 8080\n"
+
+
+def test_relative_http_bootfile_without_h_exits_2(tmp_path) -> None:
+    config = write(tmp_path, HTTP_CONFIG.format(dhcp=free_port(), tftp=free_port()))
+    for args in (("--check-config",), ()):          # checked, and refused at startup
+        result = run("-c", config, *args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "[bootfile] 16 = 'efi/ipxe.efi': a file name for UEFI HTTP Boot clients" in result.stderr
+        assert "run with -H" in result.stderr
+
+
+def test_check_config_shows_what_http_clients_get(tmp_path) -> None:
+    result = run("-c", write(tmp_path, HTTP_CONFIG.format(dhcp=free_port(), tftp=free_port())),
+                 "--check-config", "-H")
+    assert result.returncode == 0, result.stderr
+    assert "http boot: arch 16 gets http://127.0.0.1:8080/efi/ipxe.efi ([bootfile] 16)" in result.stdout
+    assert "http boot: arch 15, 17, 18, 19, 20, 23" in result.stdout     # no twin entry: nothing
+    assert result.stdout.strip().endswith("config OK")
