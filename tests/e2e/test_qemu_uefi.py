@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -83,6 +84,7 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 IPXE_EFI = Path("/usr/lib/ipxe/ipxe.efi")
 HTTP_PORT = 8080
 HTTP_BASE = f"http://{SERVER_IP}:{HTTP_PORT}/"
+METRICS_PORT = 9469       # /clients, inside the namespace
 #: virtio-net for Linux, in load order (Debian 12's kernel builds them as modules)
 VIRTIO_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
                   "failover", "net_failover", "virtio_net")
@@ -307,6 +309,7 @@ def write_config(directory: Path, *, ipxe_boot_file: str = f"{HTTP_BASE}boot.ipx
         "[bootfile]", "default = undionly.kpxe", "7 = ipxe.efi",
         "[tftpd]", "root = tftp",
         "[httpd]", f"port = {HTTP_PORT}",
+        "[metrics]", "address = 127.0.0.1", f"port = {METRICS_PORT}",
     ]
     config = directory / "massboot.ini"
     config.write_text("\n".join(lines) + "\n")
@@ -346,6 +349,26 @@ def http_sent(log: str, ip: str) -> dict[str, int]:
     """``file: bytes`` of every ``200`` massboot's HTTP server sent to *ip* (its log lines)."""
     return {m["file"]: int(m["bytes"]) for m in HTTP_GET.finditer(log)
             if m["ip"] == ip and m["status"] == "200"}
+
+
+def boot_record(lab: Lab) -> dict | None:
+    """The VM's ``/clients`` record (boot progress), read with curl inside the namespace."""
+    out = subprocess.run(["ip", "netns", "exec", lab.ns, "curl", "-sf", "--max-time", "10",
+                          f"http://127.0.0.1:{METRICS_PORT}/clients"],
+                         capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise AssertionError(f"GET /clients failed ({out.returncode}): {out.stderr}")
+    return next((r for r in json.loads(out.stdout) if r["mac"].lower() == VM_MAC), None)
+
+
+def check_progress(lab: Lab, files: UefiFiles, diag: str) -> None:
+    """Boot progress saw one whole boot: the firmware's download (TFTP or HTTP), iPXE's over
+    HTTP and /init's by TFTP, done."""
+    record = boot_record(lab)
+    assert record is not None, f"no /clients record for {VM_MAC}{diag}"
+    least = sum(p.stat().st_size for p in (files.ipxe_efi, files.vmlinuz, files.initrd, files.payload))
+    assert (record["phase"], record["boots"]) == ("done", 1) and record["bytes"] >= least, \
+        f"boot progress {record}{diag}"
 
 
 def uefi_excerpt(vm: Vm) -> str:
@@ -433,6 +456,7 @@ def test_uefi_pxe_ipxe_http(uefi_files: UefiFiles, uefi_accel: str, lab: Lab, tm
     assert got.get("vmlinuz") == uefi_files.vmlinuz.stat().st_size, f"vmlinuz over HTTP: {got}{diag}"
     assert got.get("initrd.img") == uefi_files.initrd.stat().st_size, f"initrd.img over HTTP: {got}{diag}"
     assert "boot.ipxe" in got and "ipxe.efi" not in got, f"HTTP downloads {got}{diag}"
+    check_progress(lab, uefi_files, diag)
 
 
 @within(BOOT_TIMEOUT, QEMU_EXIT)
@@ -465,6 +489,7 @@ def test_uefi_http_boot(uefi_files: UefiFiles, uefi_accel: str, lab: Lab, tmp_pa
     expected = {"ipxe.efi": uefi_files.ipxe_efi.stat().st_size, "boot.ipxe": len(IPXE_SCRIPT),
                 "vmlinuz": uefi_files.vmlinuz.stat().st_size, "initrd.img": uefi_files.initrd.stat().st_size}
     assert got == expected, f"HTTP downloads {got}{diag}"
+    check_progress(lab, uefi_files, diag)
 
 
 # ------------------------------------------------------------------------------------------
