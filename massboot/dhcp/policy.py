@@ -168,7 +168,7 @@ def select_bootfile(arch: int | None, ipxe: bool, default: str, by_arch: Mapping
 
 def is_url(name: str) -> bool:
     """True for an ``http://`` or ``https://`` boot file (case-insensitive scheme)."""
-    return name[:8].lower().startswith(("http://", "https://"))
+    return name.lower().startswith(("http://", "https://"))
 
 
 def http_base(address: str, port: int) -> str:
@@ -182,28 +182,27 @@ def http_base(address: str, port: int) -> str:
 
 
 def http_url(name: str, base: str | None) -> str | None:
-    """*name* as a URL: itself when it is one, else *base* + the name percent-encoded
-    (RFC 3986 §2.1; ``/`` kept), else None when there is no *base* (HTTP not served)."""
+    """*name* as a URL: itself when it is one, else *base* + the name without leading ``/``,
+    percent-encoded (RFC 3986 §2.1; :func:`urllib.parse.quote` keeps ``/``), else None when
+    there is no *base* (HTTP not served)."""
     if is_url(name):
         return name
     if base is None:
         return None
-    return base + urllib.parse.quote(name.lstrip("/"), safe="/")
+    return base + urllib.parse.quote(name.lstrip("/"))
 
 
-def http_bootfile_entry(arch: int | None, by_arch: Mapping[int, str]) -> tuple[int | None, str | None]:
+def http_bootfile_entry(arch: int, by_arch: Mapping[int, str]) -> tuple[int, str] | None:
     """The ``[bootfile]`` entry an HTTP Boot client of architecture *arch* uses.
 
     Its own entry, else its PXE twin's (:data:`HTTP_ARCH_TWINS`); never the default nor a BIOS
-    entry. Returns ``(key, value)``, or ``(None, None)`` when there is none.
+    entry. Returns ``(key, value)``, or None when there is none.
     """
-    if arch is None:
-        return None, None
     twin = HTTP_ARCH_TWINS.get(arch)
     for key in (arch, twin):
         if key is not None and key not in BIOS_ARCHES and key in by_arch:
             return key, by_arch[key]
-    return None, None
+    return None
 
 
 def select_http_bootfile(arch: int | None, by_arch: Mapping[int, str],
@@ -220,12 +219,14 @@ def select_http_bootfile(arch: int | None, by_arch: Mapping[int, str],
         ``(url, why)``: *url* None when the client gets nothing (it is ignored, logged and
         counted); *why* says which entry was used, or why there is none (for the log line).
     """
-    key, value = http_bootfile_entry(arch, by_arch)
-    if key is None or value is None:
-        twin = HTTP_ARCH_TWINS.get(arch) if arch is not None else None
+    if arch is None:
+        return None, "no architecture (option 93, option 60's Arch field) given"
+    entry = http_bootfile_entry(arch, by_arch)
+    if entry is None:
+        twin = HTTP_ARCH_TWINS.get(arch)
         wanted = f"[bootfile] {arch}" + (f" nor {twin}" if twin is not None else "")
-        return None, (f"arch {arch}: no {wanted} entry (an HTTP client never gets the default or a "
-                      "BIOS file)" if arch is not None else "no architecture (option 93) given")
+        return None, f"arch {arch}: no {wanted} entry (an HTTP client never gets the default or a BIOS file)"
+    key, value = entry
     url = http_url(value, base)
     if url is None:
         return None, (f"[bootfile] {key} = {value!r} is a file name and this massboot serves no "
