@@ -115,7 +115,7 @@ class Services:
     """The object graph: built once from the config, started, stopped."""
 
     def __init__(self, config: cfg.Config, *, run_dhcp: bool = True, run_tftp: bool = True,
-                 registry: CollectorRegistry | None = None) -> None:
+                 run_http: bool = False, registry: CollectorRegistry | None = None) -> None:
         from massboot.eventlog import EventLog
         from massboot.events import EventBus
 
@@ -132,11 +132,14 @@ class Services:
         self.subnet_stores: dict = {}
         self.server_ip: str | None = None
         self.netmask: str | None = None
+        self.run_http = run_http     # -H: this process serves HTTP (relative HTTP Boot files)
         if run_dhcp and config.bootp is None:
             raise cfg.ConfigError("bootpd", None, None,
                                   "missing section: the DHCP server needs [bootpd] (or [bootp]) "
                                   "with pool_start; use -t to run TFTP only")
         if run_dhcp:
+            assert config.bootp is not None
+            check_http_bootfiles(config.bootp, run_http)
             self._detect_network()
         self._build_files()         # TFTP serves from it; DHCP asks it for option 13 sizes
         if run_dhcp:
@@ -218,7 +221,8 @@ class Services:
         self._open_subnet_stores(bootp)
         self.dhcp = DhcpServer(bootp, self.server_ip, self.netmask, main_store, self.events,
                                subnet_stores=dict(self.subnet_stores), http_acl=http_acl_for(bootp),
-                               dns=self._dns(bootp), bootfile_size=size)
+                               dns=self._dns(bootp), bootfile_size=size,
+                               http_base=http_boot_base(self.config, self.server_ip, self.run_http))
         self.admin = admin_server(self.config.admin_socket, self.dhcp)
 
     def _build_tftp(self) -> None:
@@ -316,6 +320,8 @@ class Services:
                 cfg.check_local_root(new)
             if (new.bootp is None) != (old.bootp is None) and self.dhcp is not None:
                 raise cfg.ConfigError("bootpd", None, None, "the section cannot be removed by a reload")
+            if self.dhcp is not None and new.bootp is not None:
+                check_http_bootfiles(new.bootp, self.run_http)
         except (cfg.ConfigError, OSError) as exc:
             log.error("reload: %s: %s; the running configuration is kept", old.path, exc)
             return False
@@ -415,6 +421,39 @@ def restart_needed(old: cfg.Config, new: cfg.Config) -> list[str]:
                 out.append(f"[subnet:{sub.name}] pool_start/pool_count")
     out.extend(name for name, a, b in pairs if a != b)
     return out
+
+
+def check_http_bootfiles(bootp: cfg.BootpConfig, run_http: bool) -> None:
+    """A UEFI HTTP Boot architecture's own ``[bootfile]`` entry that is a file name needs this
+    process's HTTP server to become a URL (README, "UEFI: ipxe.efi and UEFI HTTP Boot").
+
+    A PXE twin's file name (``[bootfile] 7 = ipxe.efi``) is no error: without ``-H`` the HTTP
+    twin (16) simply gets nothing, and the request is ignored, logged and counted.
+
+    Raises:
+        ConfigError: names ``[bootfile]``, the architecture and the value.
+    """
+    from massboot.dhcp.policy import relative_http_bootfiles
+
+    relative = next(relative_http_bootfiles(bootp.bootfiles), None)
+    if relative is not None and not run_http:
+        arch, value = relative
+        raise cfg.ConfigError("bootfile", str(arch), value,
+                              f"a file name for UEFI HTTP Boot clients (architecture {arch}) needs "
+                              "massboot's HTTP server: run with -H, or give a full http:// URL")
+
+
+def http_boot_base(config: cfg.Config, server_ip: str | None, run_http: bool) -> str | None:
+    """``http://ADDRESS:PORT/``, the prefix of relative HTTP Boot files: ``[httpd] address``
+    (the server address when unset or ``0.0.0.0``) and ``port``; None without ``-H``."""
+    from massboot.dhcp.policy import http_base
+
+    address = config.httpd.address
+    if address in (None, "0.0.0.0"):
+        address = server_ip
+    if not run_http or address is None:
+        return None
+    return http_base(address, config.httpd.port)
 
 
 def lifecycle_options(bootp: cfg.BootpConfig) -> dict[str, Any]:
@@ -573,7 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nError: {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
-        return check_config(config, run_dhcp=not args.tftp)
+        return check_config(config, run_dhcp=not args.tftp, run_http=args.http)
     # a SIGHUP while starting (logrotate does not know we are) is kept for once we serve,
     # instead of killing the process (README, "Reload")
     early_hup: list[int] = []
@@ -585,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     user = args.user or (config.massboot.user if config.massboot is not None else None)
     try:
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
-        services = Services(config, run_dhcp=not args.tftp, run_tftp=not args.pxe)
+        services = Services(config, run_dhcp=not args.tftp, run_tftp=not args.pxe, run_http=args.http)
         services.start()
         if user:   # after binding and after opening every file it writes (README, Privileges)
             drop_privileges(user, services.private_paths())
@@ -653,7 +692,7 @@ def leases_command(args: argparse.Namespace) -> int:
         return EXIT_ERROR
 
 
-def check_config(config: cfg.Config, *, run_dhcp: bool) -> int:
+def check_config(config: cfg.Config, *, run_dhcp: bool, run_http: bool = False) -> int:
     """``--check-config``: validate everything that can be validated without binding.
 
     The config is loaded and the TFTP root checked by :func:`main` first, as for a normal start.
@@ -664,12 +703,19 @@ def check_config(config: cfg.Config, *, run_dhcp: bool) -> int:
         print(line)
     if run_dhcp and config.bootp is not None:
         try:
+            check_http_bootfiles(config.bootp, run_http)
+        except cfg.ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        try:
             network = server_network(config)
         except NetworkDetectError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_CONFIG
         print(f"network: {network.ifname} {network.address}/{network.prefixlen}, "
               f"server address {network.address}")
+        for line in describe_http_boot(config.bootp, http_boot_base(config, network.address, run_http)):
+            print(line)
     try:
         from massboot.files import FileStore
 
@@ -683,6 +729,22 @@ def check_config(config: cfg.Config, *, run_dhcp: bool) -> int:
         return EXIT_CONFIG
     print("config OK")
     return EXIT_OK
+
+
+def describe_http_boot(bootp: cfg.BootpConfig, base: str | None) -> Iterable[str]:
+    """What UEFI HTTP Boot clients get, per architecture (for ``--check-config``)."""
+    from massboot.dhcp.policy import HTTP_ARCH_TWINS, select_http_bootfile
+
+    without = []
+    for arch in HTTP_ARCH_TWINS:
+        url, why = select_http_bootfile(arch, bootp.bootfiles, base)
+        if url is None:
+            without.append(str(arch))
+        else:
+            yield f"http boot: arch {arch} gets {url} ({why})"
+    if without:
+        yield (f"http boot: arch {', '.join(without)}: no HTTP boot file, ignored (a PXE twin's "
+               "file name needs -H; an HTTP client never gets the default)")
 
 
 def run_until_signal(services: Services, watch_period: float = WATCH_PERIOD,

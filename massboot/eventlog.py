@@ -103,6 +103,9 @@ def _dhcp_ignored(e: Event) -> Line:
     f = e.fields
     if f["reason"] == "decline_refused":     # a spoofed or stale DECLINE (counted: metrics)
         return DEBUG, "decline refused mac=%s: %s", (f["mac"], _dash(f.get("detail")))
+    if f["reason"] == "no_http_bootfile":    # a [bootfile] gap the operator must see (README, UEFI)
+        return (WARNING, "http boot client mac=%s ignored: %s",
+                (f["mac"], _dash(f.get("detail"))))
     if "ip" in f:       # proxy mode: the address a client takes from the site server
         return DEBUG, "ignored mac=%s phase=%s reason=%s ip=%s", (f["mac"], _dash(f.get("phase")),
                                                                   f["reason"], f["ip"])

@@ -9,15 +9,18 @@ Each kind is an :class:`EventKind` (a :class:`~enum.StrEnum`: ``EventKind.DHCP_R
 "dhcp.reply"``, so a subscriber may compare with either) and declares its fields once, in
 :data:`FIELDS`: those every emitter passes, then in brackets those some emitters add.
 
-``dhcp.received``   a request decoded: msgtype (discover, request, ...), mac, relayed, pxe,
-                    ipxe, uuid, arch
+``dhcp.received``   a request decoded: msgtype (discover, request, ...), mac, relayed, pxe
+                    (boot firmware: PXE or UEFI HTTP Boot), ipxe, uuid, arch [http (True: UEFI
+                    HTTP Boot firmware, option 60 ``HTTPClient``)]
 ``dhcp.reply``      a reply sent: msgtype (offer, ack, nak, bootp), mac, ip, pxe, arch, phase
                     (pxe or os), file, ipxe, uuid [to (ip, port); requested, bound (a NAK's);
-                    proxy (True: a proxyDHCP reply, ip is the address the client reported)]
+                    proxy (True: a proxyDHCP reply, ip is the address the client reported);
+                    http (True: to UEFI HTTP Boot firmware, *file* is a URL)]
 ``dhcp.ignored``    a request not answered: mac, reason [phase, detail (the relay or hop count
                     of ``relay_not_allowed`` and ``too_many_hops``; a refused DECLINE's:
-                    other_server, other_mac, outside_pool, not_held; ip: the address a
-                    proxy-mode client asks the site server for, ``site_server``)]
+                    other_server, other_mac, outside_pool, not_held; ``no_http_bootfile``'s:
+                    which [bootfile] entry is missing); ip: the address a proxy-mode client
+                    asks the site server for, ``site_server``]
 ``dhcp.arch_fallback`` an architecture without a [bootfile] entry got the default: mac, arch
                     [file]
 ``dhcp.malformed``  a datagram dropped: reason (:class:`massboot.dhcp.packet.Reason`)
@@ -125,8 +128,9 @@ _TRANSFER = "ip port name bytes duration retransmits blocks blocks_sent"
 
 #: Each kind's fields, declared once (see the module docstring for their meaning).
 FIELDS: dict[EventKind, Fields] = {
-    EventKind.DHCP_RECEIVED: _f("msgtype mac relayed pxe ipxe uuid arch"),
-    EventKind.DHCP_REPLY: _f("msgtype mac ip pxe arch phase file ipxe uuid", "to requested bound proxy"),
+    EventKind.DHCP_RECEIVED: _f("msgtype mac relayed pxe ipxe uuid arch", "http"),
+    EventKind.DHCP_REPLY: _f("msgtype mac ip pxe arch phase file ipxe uuid",
+                             "to requested bound proxy http"),
     EventKind.DHCP_IGNORED: _f("mac reason", "phase detail ip"),
     EventKind.DHCP_ARCH_FALLBACK: _f("mac arch", "file"),
     EventKind.DHCP_MALFORMED: _f("reason", "source detail"),

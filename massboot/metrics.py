@@ -68,7 +68,7 @@ REPLY_TYPES = ("offer", "ack", "nak", "bootp")
 IGNORE_REASONS = ("in_flight", "idle_state", "bootp_not_allowed", "other_server", "not_our_address",
                   "unhandled", "internal_error", "pool_full", "acl_busy", "relay_not_allowed",
                   "too_many_hops", "decline_refused", "address_in_use", "probe_busy",
-                  "not_boot_client", "site_server", "proxy_unhandled")
+                  "not_boot_client", "site_server", "proxy_unhandled", "no_http_bootfile")
 PROBE_RESULTS = ("in_use", "free", "unavailable")
 ACL_TYPES = ("mac", "uuid", "http")
 ACL_VERDICTS = ("allowed", "denied", "error")

@@ -41,7 +41,12 @@ Behaviour (README, "DHCP and PXE behaviour"):
   :class:`ProbeQuery`, the server pings, :meth:`Exchange.on_probe` goes on; an address that
   answers is set aside and another one is tried (RFC 2131 §4.4.1: the server SHOULD probe).
 * pybootd's PXE→OS state machine (:func:`~massboot.dhcp.policy.next_state`): a MAC must start
-  with a PXE DISCOVER unless ``allow_simple_dhcp`` is on.
+  with a PXE DISCOVER unless ``allow_simple_dhcp`` is on. A UEFI HTTP Boot request (option 60
+  ``HTTPClient``) is a boot-firmware request like a PXE one (:attr:`Classification.boot_client`):
+  it gets option 60 ``HTTPClient`` back and its boot file as a full URL
+  (:func:`~massboot.dhcp.policy.select_http_bootfile`), or no answer at all when its
+  architecture has no HTTP boot file (``dhcp.ignored``, reason ``no_http_bootfile``; README,
+  "UEFI: ipxe.efi and UEFI HTTP Boot").
 * ACLs: static clients are always served; ``access = mac`` / ``uuid`` are decided here;
   ``access = http`` is asked when the client's state changes (or always with
   ``always_check``), and a denial puts the client back to the idle state.
@@ -128,11 +133,16 @@ class Settings:
     probe_timeout: float = 0.5
     proxy: bool = False                        # [bootpd] mode = proxy (README, "proxyDHCP")
     proxy_redirect: bool = True                # proxy_offer = redirect: no boot file in the OFFER
+    #: ``http://ADDRESS:PORT/``: massboot's own HTTP server (``-H``), the prefix of a relative
+    #: boot file given to a UEFI HTTP Boot client; None when this process serves no HTTP
+    http_base: str | None = None
 
     @classmethod
     def from_config(cls, config: BootpConfig, server_ip: str, *,
-                    bootfile_size: Callable[[str, str], int | None] | None = None) -> Settings:
-        """Build the settings from the validated ``[bootpd]`` section."""
+                    bootfile_size: Callable[[str, str], int | None] | None = None,
+                    http_base: str | None = None) -> Settings:
+        """Build the settings from the validated ``[bootpd]`` section (*http_base*: see the
+        attribute)."""
         return cls(
             server_ip=server_ip, sname=f"{config.servername}.{config.domain}", server_port=config.port,
             allow_simple_dhcp=config.allow_simple_dhcp, access=config.access,
@@ -145,7 +155,7 @@ class Settings:
             ipxe_bootfile=config.ipxe_boot_file, bootfile_size=bootfile_size,
             domain_name=config.domain if config.domain_explicit else None,
             probe=config.probe, probe_timeout=config.probe_timeout, proxy=config.mode == "proxy",
-            proxy_redirect=config.proxy_offer == "redirect")
+            proxy_redirect=config.proxy_offer == "redirect", http_base=http_base)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +168,8 @@ class Classification:
         mac: ``AA:BB:CC:DD:EE:FF``.
         msgtype: option 53; None for plain BOOTP or an unknown value (see *bad_type*).
         bad_type: option 53 is present but names no known message type.
-        pxe: a PXE firmware request (option 97, or option 60 ``PXEClient``): the PXE phase;
-            otherwise the installed OS's DHCP client (the OS phase).
+        pxe: a PXE firmware request (option 97, or option 60 ``PXEClient``), not an HTTP Boot
+            one (see *http_client*).
         ipxe: iPXE (user class ``iPXE`` or option 175).
         uuid: the machine UUID of option 97.
         arch: the client architecture (option 93, else option 60).
@@ -172,6 +182,11 @@ class Classification:
         bootserver: it came in on the PXE boot server port (4011: proxy mode, PXE 2.1 §2.2.1).
         boot_item: the PXE boot item it asks for (option 43, sub-option 71: type and layer,
             PXE 2.1 §2.4.5), else None.
+        http_client: a UEFI HTTP Boot firmware request (option 60 ``HTTPClient...``, UEFI 2.5
+            and later, "HTTP Boot"), which may carry option 97 as well.
+
+    A request from boot firmware, PXE or HTTP (:attr:`boot_client`), is in the PXE phase (the
+    firmware's); any other is the installed OS's DHCP client (the OS phase).
     """
 
     packet: BootpPacket
@@ -188,14 +203,14 @@ class Classification:
     bad_hlen: str | None = None
     bootserver: bool = False
     boot_item: bytes | None = None
+    http_client: bool = False
 
     @property
     def boot_client(self) -> bool:
-        """Boot firmware asking (not an installed OS): the only requests proxy mode answers.
-
-        Every "is this a boot firmware request" decision reads this one property.
-        """
-        return self.pxe
+        """Boot firmware asks (PXE or UEFI HTTP Boot), not an installed OS: what "is this a
+        PXE-phase request" means for the state machine, the HTTP ACL's path, notifications,
+        boot progress and proxy mode. Every such decision reads this one property."""
+        return self.pxe or self.http_client
 
     @property
     def name(self) -> str:
@@ -204,8 +219,8 @@ class Classification:
 
     @property
     def phase(self) -> str:
-        """``pxe`` or ``os``."""
-        return "pxe" if self.pxe else "os"
+        """``pxe`` (boot firmware, PXE or HTTP) or ``os``."""
+        return "pxe" if self.boot_client else "os"
 
 
 def classify(packet: BootpPacket, source: tuple[str, int], *, bootserver: bool = False) -> Classification:
@@ -217,12 +232,14 @@ def classify(packet: BootpPacket, source: tuple[str, int], *, bootserver: bool =
     kind = None
     if msgtype == MessageType.REQUEST:
         kind = policy.request_kind(packet, unicast=source[0] == packet.ciaddr)
+    http_client = packet.is_http_client
     return Classification(
         packet=packet, source=source, mac=mac_str(packet.mac), msgtype=msgtype,
         bad_type=msgtype is None and packet.option(Opt.MESSAGE_TYPE) is not None,
-        pxe=packet.is_pxe, ipxe=packet.is_ipxe, uuid=packet.uuid, arch=packet.client_arch,
-        relayed=packet.giaddr != NO_ADDRESS, kind=kind, bad_hlen=hardware_problem(packet),
-        bootserver=bootserver, boot_item=_boot_item(packet))
+        pxe=packet.is_pxe and not http_client, ipxe=packet.is_ipxe, uuid=packet.uuid,
+        arch=packet.client_arch, relayed=packet.giaddr != NO_ADDRESS, kind=kind,
+        bad_hlen=hardware_problem(packet), bootserver=bootserver, boot_item=_boot_item(packet),
+        http_client=http_client)
 
 
 def _boot_item(packet: BootpPacket) -> bytes | None:
@@ -355,6 +372,7 @@ class Exchange:
         self.admitted = False
         self._probing: Lease | None = None     # the offer a ProbeQuery waits for
         self._probes = 0
+        self._http_url: str | None = None      # an HTTP Boot client's boot file (start())
 
     # ------------------------------------------------------------------ steps
     def start(self) -> Outcome | AclQuery | ProbeQuery:
@@ -368,8 +386,9 @@ class Exchange:
             self._emit("dhcp.malformed", reason=Reason.BAD_MESSAGE_TYPE, source=req.source[0],
                        detail=f"message type {value} unknown (RFC 2132 §9.6)")
             return self._done(no_reply="malformed")
-        self._emit("dhcp.received", msgtype=req.name, mac=req.mac, relayed=req.relayed, pxe=req.pxe,
-                   ipxe=req.ipxe, uuid=req.uuid, arch=req.arch)
+        self._emit("dhcp.received", msgtype=req.name, mac=req.mac, relayed=req.relayed,
+                   pxe=req.boot_client, ipxe=req.ipxe, uuid=req.uuid, arch=req.arch,
+                   **({"http": True} if req.http_client else {}))
         client = self.client
         if client is None:
             client = self.client = Client(req.mac)
@@ -384,20 +403,27 @@ class Exchange:
         if settings.proxy:
             return self._proxy_start(client)
         if msgtype == MessageType.REQUEST and req.packet.server_id not in (None, settings.server_ip):
-            client.state = policy.next_state(client.state, req.pxe, msgtype)
+            client.state = policy.next_state(client.state, req.boot_client, msgtype)
             return self._ignore("other_server")
         if msgtype == MessageType.RELEASE:
             return self._release()
         if msgtype == MessageType.DECLINE:
             return self._decline()
-        self._new_state = policy.next_state(client.state, req.pxe, msgtype)
+        self._new_state = policy.next_state(client.state, req.boot_client, msgtype)
         if self._new_state == State.IDLE and not settings.allow_simple_dhcp:
             return self._ignore("idle_state")
         if msgtype is None and not settings.allow_simple_dhcp:
             return self._ignore("bootp_not_allowed")
+        if req.http_client:
+            # before the ACLs and the pool: an HTTP client with no boot URL gets no answer at
+            # all (README, "UEFI: ipxe.efi and UEFI HTTP Boot"), not an address it cannot boot from
+            self._http_url, why = policy.select_http_bootfile(req.arch, settings.bootfiles,
+                                                              settings.http_base)
+            if self._http_url is None:
+                return self._ignore("no_http_bootfile", detail=why)
         allowed = self._local_acl(client)
         if allowed is None:
-            return AclQuery(req.packet.mac, client.uuid, client.ip, req.pxe, self.take_events())
+            return AclQuery(req.packet.mac, client.uuid, client.ip, req.boot_client, self.take_events())
         return self._answer(allowed)
 
     def on_acl(self, result: AclResult) -> Outcome | ProbeQuery:
@@ -569,6 +595,12 @@ class Exchange:
         # every answered request is the PXE phase; a DISCOVER begins a boot, so the HTTP ACL is
         # asked at each boot's DISCOVER (its cache absorbs retransmissions) and at a boot-server
         # REQUEST from a client without a record, not again within a boot (README, "proxyDHCP")
+        if req.http_client:
+            # a UEFI HTTP Boot client gets its URL in the OFFER or nothing (README, "proxyDHCP")
+            self._http_url, why = policy.select_http_bootfile(req.arch, self.settings.bootfiles,
+                                                              self.settings.http_base)
+            if self._http_url is None:
+                return self._ignore("no_http_bootfile", detail=why)
         if msgtype == MessageType.DISCOVER:
             client.state = State.IDLE
         self._new_state = State.PXE
@@ -592,20 +624,25 @@ class Exchange:
         boot = self._boot_info()
         item = req.boot_item if req.bootserver else None
         # proxy_offer = redirect: the OFFER names no boot file, the ROM asks on 4011 with its address
-        redirect = settings.proxy_redirect and msgtype == MessageType.OFFER
+        # (never to an HTTP client: UEFI HTTP Boot has no boot-server step to redirect to)
+        redirect = settings.proxy_redirect and msgtype == MessageType.OFFER and not req.http_client
         reply = policy.build_proxy_reply(req.packet, msgtype, server_ip=settings.server_ip, boot=boot,
-                                         boot_item=item, redirect=redirect)
+                                         boot_item=item, redirect=redirect, http=req.http_client)
         address, port = policy.proxy_destination(req.packet, req.source, server_port=settings.server_port)
         dest = Destination(address, port, bootserver=req.bootserver)
         self._emit("dhcp.reply", msgtype=MSG_NAMES[msgtype], mac=client.mac, ip=reported or NO_ADDRESS,
                    pxe=True, arch=req.arch, phase="pxe", file=None if redirect else boot.bootfile,
-                   ipxe=req.ipxe, uuid=client.uuid, to=(dest.address, dest.port), proxy=True)
+                   ipxe=req.ipxe, uuid=client.uuid, to=(dest.address, dest.port), proxy=True,
+                   **({"http": True} if req.http_client else {}))
         client.state = self._new_state
         return self._done(reply=reply, destination=dest, reported=reported)
 
     # ------------------------------------------------------------------ replies
     def _boot_info(self) -> BootInfo:
         req, settings, client = self.request, self.settings, self._known()
+        if req.http_client:
+            assert self._http_url is not None, "start() ignores an HTTP client without a URL"
+            return BootInfo(settings.server_ip, settings.sname, self._http_url)
         bootfile, fell_back = policy.select_bootfile(req.arch, req.ipxe, settings.default_bootfile,
                                                      settings.bootfiles, settings.ipxe_bootfile)
         if fell_back:
@@ -622,8 +659,8 @@ class Exchange:
         req, settings, client, net = self.request, self.settings, self._known(), self._full().net
         boot = self._boot_info() if msgtype != MessageType.NAK else None
         reply = policy.build_reply(req.packet, msgtype, yiaddr=yiaddr, net=net, boot=boot, pxe=req.pxe,
-                                   hostname=None if req.pxe else client.hostname, message=message,
-                                   domain=settings.domain_name)
+                                   hostname=None if req.boot_client else client.hostname,
+                                   message=message, domain=settings.domain_name, http=req.http_client)
         buggy = settings.buggy is not None and bool(settings.buggy.check(mac_int(req.packet.mac)))
         dest = Destination(*policy.destination(req.packet, reply, req.source,
                                                server_port=settings.server_port,
@@ -633,10 +670,12 @@ class Exchange:
             client.ip = assigned
         name = MSG_NAMES[msgtype] if msgtype is not None else "bootp"
         file = boot.bootfile if boot else None
-        refused = {} if nak is None else {"requested": nak[0], "bound": nak[1]}
-        self._emit("dhcp.reply", msgtype=name, mac=client.mac, ip=yiaddr, pxe=req.pxe, arch=req.arch,
-                   phase=req.phase, file=file, ipxe=req.ipxe, uuid=client.uuid,
-                   to=(dest.address, dest.port), **refused)
+        extra: dict[str, Any] = {} if nak is None else {"requested": nak[0], "bound": nak[1]}
+        if req.http_client:
+            extra["http"] = True
+        self._emit("dhcp.reply", msgtype=name, mac=client.mac, ip=yiaddr, pxe=req.boot_client,
+                   arch=req.arch, phase=req.phase, file=file, ipxe=req.ipxe, uuid=client.uuid,
+                   to=(dest.address, dest.port), **extra)
         return self._done(reply=reply, destination=dest, assigned=assigned, lease=lease)
 
     def _exhausted(self) -> Outcome:

@@ -32,6 +32,7 @@ __all__ = [
     "BOOTREQUEST",
     "FLAG_BROADCAST",
     "HEADER_SIZE",
+    "HTTP_CLIENT_CLASS",
     "MAGIC_COOKIE",
     "BootpPacket",
     "MessageType",
@@ -148,6 +149,10 @@ class Opt(IntEnum):
 _PAD = 0
 _END = 255
 _IPXE_USER_CLASS = b"iPXE"
+#: option 60 of UEFI HTTP Boot firmware (UEFI 2.5 and later, "HTTP Boot": "HTTPClient:Arch:xxxxx:UNDI:yyyzzz")
+HTTP_CLIENT_CLASS = b"HTTPClient"
+#: the vendor classes whose second and third fields carry the architecture (lower case)
+_ARCH_CLASSES = ("pxeclient", "httpclient")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +294,8 @@ def parse_user_classes(value: bytes) -> tuple[bytes, ...]:
 
 
 def arch_from_vendor_class(vendor_class: str) -> int | None:
-    """The architecture field of a PXE vendor class ``PXEClient:Arch:NNNNN:...`` (PXE 2.1).
+    """The architecture field of a PXE vendor class ``PXEClient:Arch:NNNNN:...`` (PXE 2.1), or
+    of a UEFI HTTP Boot one, ``HTTPClient:Arch:NNNNN:...`` (UEFI 2.5 and later, "HTTP Boot").
 
     The first two fields are compared case-insensitively, as pybootd does.
 
@@ -297,7 +303,7 @@ def arch_from_vendor_class(vendor_class: str) -> int | None:
         The decimal architecture number, or None if the text has no such field.
     """
     fields = vendor_class.split(":", 3)
-    if len(fields) < 3 or fields[0].lower() != "pxeclient" or fields[1].lower() != "arch":
+    if len(fields) < 3 or fields[0].lower() not in _ARCH_CLASSES or fields[1].lower() != "arch":
         return None
     digits = fields[2].strip()
     if not digits.isdigit() or not digits.isascii():
@@ -424,6 +430,13 @@ class BootpPacket:
             return True
         vendor_class = self.option(Opt.VENDOR_CLASS)
         return vendor_class is not None and vendor_class.startswith(b"PXEClient")
+
+    @property
+    def is_http_client(self) -> bool:
+        """True for UEFI HTTP Boot firmware: option 60 begins with ``HTTPClient`` (UEFI 2.5
+        and later, "HTTP Boot"). Such a request may carry option 97 too, so :attr:`is_pxe` is also True."""
+        vendor_class = self.option(Opt.VENDOR_CLASS)
+        return vendor_class is not None and vendor_class.startswith(HTTP_CLIENT_CLASS)
 
     @property
     def requested_ip(self) -> str | None:

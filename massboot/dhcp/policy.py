@@ -4,6 +4,8 @@
   behaviour");
 * :func:`request_kind` — which RFC 2131 §4.3.2 state a DHCPREQUEST comes from;
 * :func:`select_bootfile` — boot file by architecture, iPXE second stage (README, "[bootfile]");
+* :func:`select_http_bootfile` — a UEFI HTTP Boot client's boot URL (README, "UEFI: ipxe.efi and
+  UEFI HTTP Boot");
 * :func:`build_reply` — the reply packet and its options (RFC 2131 §4.3.1, RFC 2132);
 * :func:`destination` — where the reply goes (RFC 2131 §4.1);
 * :func:`build_proxy_reply`, :func:`proxy_destination` — proxy mode's OFFER and boot-server ACK
@@ -15,13 +17,15 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
 from massboot.dhcp.packet import (
     BOOTREPLY,
     FLAG_BROADCAST,
+    HTTP_CLIENT_CLASS,
     BootpPacket,
     MessageType,
     Opt,
@@ -40,6 +44,29 @@ PXE_USE_BOOTFILE = 0x08
 #: option 43 sub-option 71 (PXE_BOOT_ITEM, PXE 2.1 §2.4.5): the boot server type and layer a
 #: client asks the boot server for; the boot server's ACK carries it back
 PXE_BOOT_ITEM = 71
+
+#: The "boot from HTTP" client architectures (IANA "Processor Architecture Types", the registry
+#: RFC 4578 §2.1 began; option 93) and the PXE architecture of the same machine, its *twin*: an
+#: HTTP architecture without a ``[bootfile]`` entry of its own gets its twin's file, as a URL.
+#: 20 ("pc/at bios boot from HTTP") has no twin: an HTTP client never gets a BIOS file, so it
+#: needs an entry of its own (README, "UEFI: ipxe.efi and UEFI HTTP Boot").
+HTTP_ARCH_TWINS: Mapping[int, int | None] = {
+    15: 6,      # x86 UEFI boot from HTTP          -> 6 x86 UEFI (IA32)
+    16: 7,      # x64 UEFI boot from HTTP          -> 7 x64 UEFI
+    17: 9,      # EBC boot from HTTP               -> 9 EBC
+    18: 10,     # ARM UEFI 32 boot from HTTP       -> 10 ARM 32-bit UEFI
+    19: 11,     # ARM UEFI 64 boot from HTTP       -> 11 ARM 64-bit UEFI
+    20: None,   # pc/at BIOS boot from HTTP        -> (BIOS: no twin)
+    23: 21,     # ARM uboot 32 boot from HTTP      -> 21 ARM 32 uboot
+    24: 22,     # ARM uboot 64 boot from HTTP      -> 22 ARM 64 uboot
+    26: 25,     # RISC-V 32-bit UEFI boot from HTTP  -> 25
+    28: 27,     # RISC-V 64-bit UEFI boot from HTTP  -> 27
+    30: 29,     # RISC-V 128-bit UEFI boot from HTTP -> 29
+    38: 37,     # LoongArch 32-bit UEFI boot from HTTP -> 37
+    40: 39,     # LoongArch 64-bit UEFI boot from HTTP -> 39
+}
+#: architectures whose files are BIOS boot files: never given to an HTTP client as a twin
+BIOS_ARCHES = frozenset({0})
 
 
 class State(IntEnum):
@@ -144,6 +171,91 @@ def select_bootfile(arch: int | None, ipxe: bool, default: str, by_arch: Mapping
     return default, True
 
 
+def is_url(name: str) -> bool:
+    """True for an ``http://`` or ``https://`` boot file (case-insensitive scheme)."""
+    return name.lower().startswith(("http://", "https://"))
+
+
+def http_base(address: str, port: int) -> str:
+    """The URL prefix of massboot's own HTTP server, for relative HTTP boot files.
+
+    Args:
+        address: the address clients reach the server at (a unicast IPv4 address).
+        port: its TCP port.
+    """
+    return f"http://{address}:{port}/"
+
+
+def http_url(name: str, base: str | None) -> str | None:
+    """*name* as a URL: itself when it is one, else *base* + the name without leading ``/``,
+    percent-encoded (RFC 3986 §2.1; :func:`urllib.parse.quote` keeps ``/``), else None when
+    there is no *base* (HTTP not served)."""
+    if is_url(name):
+        return name
+    if base is None:
+        return None
+    return base + urllib.parse.quote(name.lstrip("/"))
+
+
+def http_bootfile_entry(arch: int, by_arch: Mapping[int, str]) -> tuple[int, str] | None:
+    """The ``[bootfile]`` entry an HTTP Boot client of architecture *arch* uses.
+
+    Its own entry, else its PXE twin's (:data:`HTTP_ARCH_TWINS`); never the default nor a BIOS
+    entry. Returns ``(key, value)``, or None when there is none.
+    """
+    twin = HTTP_ARCH_TWINS.get(arch)
+    for key in (arch, twin):
+        if key is not None and key not in BIOS_ARCHES and key in by_arch:
+            return key, by_arch[key]
+    return None
+
+
+def select_http_bootfile(arch: int | None, by_arch: Mapping[int, str],
+                         base: str | None) -> tuple[str | None, str]:
+    """A UEFI HTTP Boot client's boot file, as a full URL (README, "UEFI: ipxe.efi and UEFI HTTP
+    Boot").
+
+    Args:
+        arch: the client architecture (option 93, else option 60), None when unknown.
+        by_arch: the ``[bootfile]`` entries by architecture (not the default).
+        base: :func:`http_base` of massboot's HTTP server, None when this process serves no HTTP.
+
+    Returns:
+        ``(url, why)``: *url* None when the client gets nothing (it is ignored, logged and
+        counted); *why* says which entry was used, or why there is none (for the log line).
+    """
+    if arch is None:
+        return None, "no architecture (option 93, option 60's Arch field) given"
+    entry = http_bootfile_entry(arch, by_arch)
+    if entry is None:
+        twin = HTTP_ARCH_TWINS.get(arch)
+        wanted = f"[bootfile] {arch}" + (f" nor {twin}" if twin is not None else "")
+        return None, f"arch {arch}: no {wanted} entry (an HTTP client never gets the default or a BIOS file)"
+    key, value = entry
+    url = http_url(value, base)
+    if url is None:
+        return None, (f"[bootfile] {key} = {value!r} is a file name and this massboot serves no "
+                      "HTTP (-H)")
+    return url, f"[bootfile] {key}"
+
+
+def relative_http_bootfiles(by_arch: Mapping[int, str]) -> Iterator[tuple[int, str]]:
+    """``(arch, value)`` of each HTTP architecture's own ``[bootfile]`` entry that is a file
+    name, not a URL: with HTTP off, a configuration error (README, "UEFI: ipxe.efi and UEFI
+    HTTP Boot")."""
+    for arch in sorted(by_arch):
+        if arch in HTTP_ARCH_TWINS and not is_url(by_arch[arch]):
+            yield arch, by_arch[arch]
+
+
+def _http_options(boot: BootInfo) -> list[tuple[int, bytes]]:
+    """A UEFI HTTP Boot reply: option 60 ``HTTPClient`` (what makes it an "HTTP offer" for the
+    firmware) and the URL in option 67, sent whether asked for or not: the ``file`` field holds
+    127 bytes, a URL may be longer (EDK2 reads option 67 first; it reads one instance, so a URL
+    over 255 bytes, which :func:`~massboot.dhcp.packet.encode` splits, reaches it cut)."""
+    return [(Opt.VENDOR_CLASS, HTTP_CLIENT_CLASS), (Opt.BOOTFILE, boot.bootfile.encode("utf-8"))]
+
+
 def _pxe_options(packet: BootpPacket, boot: BootInfo) -> list[tuple[int, bytes]]:
     params = set(packet.requested_params)
     options: list[tuple[int, bytes]] = []
@@ -168,12 +280,15 @@ def _pxe_options(packet: BootpPacket, boot: BootInfo) -> list[tuple[int, bytes]]
 
 def build_reply(request: BootpPacket, msgtype: MessageType | None, *, yiaddr: str, net: Network,
                 boot: BootInfo | None, pxe: bool, hostname: str | None = None,
-                message: str | None = None, domain: str | None = None) -> BootpPacket:
+                message: str | None = None, domain: str | None = None,
+                http: bool = False) -> BootpPacket:
     """The reply to *request* (RFC 2131 §4.3.1 table 3, RFC 2132 options).
 
     *msgtype* None builds a plain BOOTP reply (RFC 951/1497: no option 53, no lease time).
     A NAK carries only 53, 54 and an optional message (56). *domain* is sent as option 15 when
-    the client asks for it in option 55 (README, ``[bootpd]`` domain).
+    the client asks for it in option 55 (README, ``[bootpd]`` domain). *http*: a UEFI HTTP Boot
+    client, whose *boot* file is a URL (option 60 ``HTTPClient`` and option 67 instead of the
+    PXE options; the ``file`` field carries the URL only when it fits whole).
     """
     options: list[tuple[int, bytes]] = []
     if msgtype is not None:
@@ -198,15 +313,19 @@ def build_reply(request: BootpPacket, msgtype: MessageType | None, *, yiaddr: st
         options.append((Opt.LEASE_TIME, u32(net.lease_time)))
         options.append((Opt.RENEWAL_T1, u32(net.lease_time // 2)))
         options.append((Opt.REBINDING_T2, u32(net.lease_time * 7 // 8)))
-    if pxe and boot is not None:
+    file = boot.bootfile.encode("utf-8")[:127] if boot else b""
+    if http and boot is not None:
+        options.extend(_http_options(boot))
+        if len(boot.bootfile.encode("utf-8")) > 127:
+            file = b""      # never a truncated URL: option 67 carries it whole
+    elif pxe and boot is not None:
         options.extend(_pxe_options(request, boot))
     return BootpPacket(
         op=BOOTREPLY, xid=request.xid, htype=request.htype, hlen=request.hlen, hops=0, secs=0,
         flags=request.flags, ciaddr=request.ciaddr, yiaddr=yiaddr,
         siaddr=boot.server_ip if boot else net.server_ip, giaddr=request.giaddr, chaddr=request.chaddr,
         sname=boot.sname.encode("utf-8")[:63] if boot else b"",
-        file=boot.bootfile.encode("utf-8")[:127] if boot else b"",
-        options=tuple(options) + _relay_echo(request), vendor=True)
+        file=file, options=tuple(options) + _relay_echo(request), vendor=True)
 
 
 def _relay_echo(request: BootpPacket) -> tuple[tuple[int, bytes], ...]:
@@ -241,7 +360,8 @@ def destination(request: BootpPacket, reply: BootpPacket, source: tuple[str, int
 
 
 def build_proxy_reply(request: BootpPacket, msgtype: MessageType, *, server_ip: str, boot: BootInfo,
-                      boot_item: bytes | None = None, redirect: bool = False) -> BootpPacket:
+                      boot_item: bytes | None = None, redirect: bool = False,
+                      http: bool = False) -> BootpPacket:
     """A proxyDHCP reply (PXE 2.1 §2.2, §2.5; README, "proxyDHCP"): boot information, no address.
 
     To a DISCOVER on port 67 an OFFER, to a REQUEST (port 4011, or 67 naming this server) an
@@ -258,7 +378,23 @@ def build_proxy_reply(request: BootpPacket, msgtype: MessageType, *, server_ip: 
     or 13, as dnsmasq's proxy OFFER to UEFI clients: a ROM then sends its REQUEST to option 54's
     port 4011 from the address the site server gave it (PXE 2.1 §2.2; iPXE does so whenever a
     proxy offer names no boot file and no menu), and gets the boot file in the ACK.
+
+    *http* (a UEFI HTTP Boot client, README "proxyDHCP"): an OFFER with option 60 ``HTTPClient``
+    and the boot URL in option 67 (and in ``file`` when it fits whole), no option 43: EDK2 takes
+    its address from the site server's offer and the URI from this one; it never asks on 4011.
     """
+    if http:
+        http_options = [(Opt.MESSAGE_TYPE, u8(msgtype)), (Opt.SERVER_ID, ip_bytes(server_ip)),
+                        *_http_options(boot)]
+        uuid_opt = request.option(Opt.CLIENT_UUID)
+        if uuid_opt is not None:
+            http_options.append((Opt.CLIENT_UUID, uuid_opt))
+        url = boot.bootfile.encode("utf-8")
+        return BootpPacket(
+            op=BOOTREPLY, xid=request.xid, htype=request.htype, hlen=request.hlen, flags=request.flags,
+            ciaddr=request.ciaddr, yiaddr="0.0.0.0", siaddr=boot.server_ip, giaddr=request.giaddr,
+            chaddr=request.chaddr, file=url if len(url) <= 127 else b"",
+            options=tuple(http_options) + _relay_echo(request), vendor=True)
     vendor = (request.vendor_class or "").startswith("HTTPClient")
     options: list[tuple[int, bytes]] = [
         (Opt.MESSAGE_TYPE, u8(msgtype)),

@@ -114,6 +114,8 @@ class DhcpServer:
         events: the event bus every outcome goes to.
         subnet_stores: a lease store per ``[subnet:NAME]`` section, by name.
         bootfile_size: ``name, client_ip → size or None``, never blocking (option 13).
+        http_base: ``http://ADDRESS:PORT/`` of this process's HTTP server (``-H``), for UEFI HTTP
+            Boot clients' relative boot files; None without it.
         http_acl: the remote ACL when ``access = http``.
         prober: ``ip, timeout → True (answered), False or None (could not probe)``, used when
             ``probe = on``; an :class:`~massboot.dhcp.probe.IcmpProber` when None.
@@ -122,6 +124,7 @@ class DhcpServer:
     def __init__(self, config: BootpConfig, server_ip: str, netmask: str, store: LeaseStore | None,
                  events: EventBus, *, subnet_stores: dict[str, LeaseStore] | None = None,
                  bootfile_size: Callable[[str, str], int | None] | None = None,
+                 http_base: str | None = None,
                  http_acl: HttpAcl | None = None,
                  dns: tuple[str, ...] | None = None,
                  prober: Callable[[str, float], bool | None] | None = None) -> None:
@@ -129,7 +132,8 @@ class DhcpServer:
         self.server_ip = server_ip
         self.events = events
         self.http_acl = http_acl
-        self.settings = Settings.from_config(config, server_ip, bootfile_size=bootfile_size)
+        self.settings = Settings.from_config(config, server_ip, bootfile_size=bootfile_size,
+                                             http_base=http_base)
         if prober is None:      # opens its socket at the first probe: probe may be turned on by a reload
             from massboot.dhcp.probe import IcmpProber
 
@@ -177,7 +181,8 @@ class DhcpServer:
         """
         if config.mode != self.config.mode:   # a restart applies it (cli.restart_needed says so)
             config = dataclasses.replace(config, mode=self.config.mode)
-        settings = Settings.from_config(config, self.server_ip, bootfile_size=self.settings.bootfile_size)
+        settings = Settings.from_config(config, self.server_ip, bootfile_size=self.settings.bootfile_size,
+                                        http_base=self.settings.http_base)
         if self.main is None:          # proxy mode: no store, no scope (a mode change takes a restart)
             self.config, self.settings, self.http_acl = config, settings, http_acl
             self.clients.max_clients = config.max_clients

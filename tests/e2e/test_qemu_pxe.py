@@ -461,19 +461,21 @@ class Lab:
             subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=20)
 
     # -- massboot ------------------------------------------------------------------------
-    def start_massboot(self, config: Path, timeout: float = 30) -> subprocess.Popen:
-        """``python -m massboot -c CONFIG`` in the namespace; returns once DHCP and TFTP listen."""
+    def start_massboot(self, config: Path, timeout: float = 30, args: Sequence[str] = ()) -> subprocess.Popen:
+        """``python -m massboot -c CONFIG [ARGS]`` in the namespace; returns once DHCP and TFTP
+        (and with ``-H`` HTTP) listen."""
         env = clean_env()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
-        proc = self.popen([sys.executable, "-m", "massboot", "-c", str(config)], self.massboot_log,
+        proc = self.popen([sys.executable, "-m", "massboot", "-c", str(config), *args], self.massboot_log,
                           cwd=str(config.parent), env=env)
+        wanted = ["dhcp listening on", "tftp listening on"] + (["http listening on"] if "-H" in args else [])
 
         def ready() -> bool:
             text = self.massboot_log.read_text(errors="replace")
             if proc.poll() is not None:
                 raise RuntimeError(f"massboot exited with {proc.returncode}:\n{text}")
-            return "dhcp listening on" in text and "tftp listening on" in text
+            return all(needle in text for needle in wanted)
 
         if not wait_until(ready, timeout):
             raise TimeoutError(f"massboot not listening after {timeout} s:\n{self.massboot_log.read_text()}")

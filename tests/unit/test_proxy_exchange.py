@@ -195,17 +195,36 @@ def test_a_broken_option_43_is_no_boot_item() -> None:
     assert run.reply is not None and vendor43(run.reply) == {PXE_DISCOVERY_CONTROL: bytes([PXE_USE_BOOTFILE])}
 
 
-def test_http_client_gets_httpclient_back() -> None:
-    """UEFI HTTP Boot's option 60 is HTTPClient: the proxy reply names it back (as smee does)."""
-    request = pkt(D, arch=16, options=())
-    http = b"HTTPClient:Arch:00016:UNDI:003001"
-    request = BootpPacket(op=request.op, xid=request.xid, chaddr=request.chaddr, options=tuple(
+def http_discover(arch: int = 16) -> BootpPacket:
+    """A UEFI HTTP Boot DISCOVER (option 60 ``HTTPClient``, as OVMF sends it)."""
+    request = pkt(D, arch=arch, options=())
+    http = f"HTTPClient:Arch:{arch:05d}:UNDI:003001".encode()
+    return BootpPacket(op=request.op, xid=request.xid, chaddr=request.chaddr, options=tuple(
         (c, http if c == Opt.VENDOR_CLASS else v) for c, v in request.options))
-    reply = ProxyWorld()(request).reply
-    if classify(request, BCAST).boot_client:       # once HTTP boot clients are boot clients
-        assert reply is not None and reply.vendor_class == "HTTPClient"
-    else:
-        assert reply is None
+
+
+def test_http_client_gets_a_proxy_offer_with_its_url() -> None:
+    """UEFI HTTP Boot in proxy mode: option 60 HTTPClient and the URL, no address, no option 43,
+    never redirected to 4011 (EDK2 has no boot-server step): the PXE twin's entry (16 -> 7)."""
+    world = ProxyWorld(http_base="http://10.0.0.1:8080/")
+    request = http_discover(16)
+    assert classify(request, BCAST).boot_client and classify(request, BCAST).http_client
+    run = world(request)
+    reply = run.reply
+    assert reply is not None and reply.message_type == MessageType.OFFER
+    assert reply.yiaddr == "0.0.0.0" and reply.vendor_class == "HTTPClient"
+    assert reply.option(Opt.BOOTFILE) == b"http://10.0.0.1:8080/shimx64.efi"
+    assert reply.file == b"http://10.0.0.1:8080/shimx64.efi"
+    assert reply.option(Opt.VENDOR_SPECIFIC) is None and reply.option(Opt.LEASE_TIME) is None
+    assert run.event("dhcp.reply")["http"] is True and run.event("dhcp.reply")["proxy"] is True
+
+
+def test_http_client_without_an_http_boot_file_gets_nothing_in_proxy_mode() -> None:
+    """No -H and a file name as the entry, or an architecture without one: no answer, counted."""
+    run = ProxyWorld()(http_discover(16))          # no http_base: shimx64.efi has no URL
+    assert run.reply is None and run.outcome.no_reply == "no_http_bootfile"
+    run = ProxyWorld(http_base="http://10.0.0.1/")(http_discover(19))     # no [bootfile] 19 or 11
+    assert run.reply is None and run.outcome.no_reply == "no_http_bootfile"
 
 
 def test_mac_acl_in_proxy_mode() -> None:
