@@ -478,10 +478,46 @@ TFTPD = Section("tftpd", (
     Option("http_timeout", Float(0.1, 600), "10", "*massboot*: seconds before a silent mirror is an error"),
 ))
 
-#: pybootd's ``-H`` file server: its options are accepted (no warning) and not used yet.
-HTTPD = Section("httpd", tuple(
-    Option(name, parse_text, None, "pybootd's ``-H`` file server: accepted, not served yet")
-    for name in ("address", "port", "root", "check_ip")))
+def parse_local_root(section: str, option: str, value: str) -> str:
+    """A local directory (``[httpd] root``); a URL is refused: the TFTP root's mirror is served,
+    through the one cache, when ``root`` is unset."""
+    if "://" in value:
+        raise ConfigError(section, option, value,
+                          "a local directory only; to serve a mirror, leave [httpd] root unset: the "
+                          "[tftpd] root (local or URL) is then served through the same cache")
+    return value
+
+
+#: pybootd's ``-H`` file server (README, "HTTP boot"); pybootd's four options keep their
+#: names, defaults and meaning, massboot's bounds follow.
+HTTPD = Section("httpd", (
+    Option("address", parse_ip, None, "HTTP bind address (``0.0.0.0`` without the DHCP server "
+           "when unset)", default_doc="the server address"),
+    Option("port", Int(0, 65535), "80", "HTTP port"),
+    Option("root", parse_local_root, None,
+           "a local directory served over HTTP; unset: the ``[tftpd]`` root (local or URL) is "
+           "served, through the same file store and cache as TFTP. ``[filters]`` and confinement "
+           "apply either way", default_doc="the TFTP root"),
+    Option("check_ip", parse_bool, "yes",
+           "only clients whose address massboot leased (bound, static, reserved, or expired and "
+           "not reclaimed yet) may download; others get ``401``. Read from the lease store, also "
+           "with ``-t``"),
+    Option("max_connections", Int(1, 100000), "1024",
+           "*massboot*: connections served at once; when all are taken, the one idle longest "
+           "(between requests) is closed for the newcomer; with none idle the newcomer gets "
+           "``503`` (counted)"),
+    Option("max_per_client", Int(1, 100000), "32",
+           "*massboot*: connections one address may hold; one more gets ``503`` (counted)"),
+    Option("idle_timeout", Float(0.1, 3600), "30",
+           "*massboot*: seconds a connection may wait for its next request (keep-alive)"),
+    Option("request_timeout", Float(0.1, 600), "10",
+           "*massboot*: seconds a request head may take to arrive once begun; then ``408``"),
+    Option("send_timeout", Float(0.1, 3600), "30",
+           "*massboot*: seconds a client may read nothing of a response before it is dropped"),
+    Option("max_request_bytes", Int(256, 1 << 20), "8192",
+           "*massboot*: the largest request head (request line and headers); larger: ``431`` "
+           "(``414`` when the request line alone is too long)"),
+))
 
 METRICS = Section("metrics", (
     Option("address", parse_ip, "127.0.0.1", "address of the HTTP endpoint"),
@@ -657,6 +693,22 @@ class TftpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpdConfig:
+    """``[httpd]`` (README, "HTTP boot"); used with ``-H``."""
+
+    address: str | None = None    # None: the BOOTP-detected server address
+    port: int = HTTPD.default("port")
+    root: str | None = None       # absolute local directory; None: the TFTP root's file store
+    check_ip: bool = HTTPD.default("check_ip")
+    max_connections: int = HTTPD.default("max_connections")
+    max_per_client: int = HTTPD.default("max_per_client")
+    idle_timeout: float = HTTPD.default("idle_timeout")
+    request_timeout: float = HTTPD.default("request_timeout")
+    send_timeout: float = HTTPD.default("send_timeout")
+    max_request_bytes: int = HTTPD.default("max_request_bytes")
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     address: str = METRICS.default("address")
     port: int = METRICS.default("port")
@@ -684,6 +736,7 @@ class Config:
     metrics: MetricsConfig | None
     warnings: tuple[str, ...] = ()
     massboot: MassbootConfig | None = None   # None only for a Config built by hand: see state_dir
+    httpd: HttpdConfig = HttpdConfig()
 
     @property
     def state_dir(self) -> str:
@@ -803,8 +856,9 @@ def loads(text: str, path: str = "<string>", *, state_dir: str | None = None) ->
     bootp = _bootp(reader, base_dir, massboot.state_dir) if reader.has("bootpd") else None
     tftp = _tftp(reader, base_dir, massboot.state_dir)
     metrics = MetricsConfig(**METRICS.read(reader)) if reader.has("metrics") else None
+    httpd = _httpd(reader, base_dir)
     return Config(path=path, base_dir=base_dir, logger=logger, bootp=bootp, tftp=tftp,
-                  metrics=metrics, warnings=tuple(warnings), massboot=massboot)
+                  metrics=metrics, warnings=tuple(warnings), massboot=massboot, httpd=httpd)
 
 
 def _check_names(reader: _Reader) -> None:
@@ -949,6 +1003,13 @@ def _tftp(r: _Reader, base_dir: str, state_dir: str) -> TftpConfig:
     return TftpConfig(**v, filters=_filters(r))
 
 
+def _httpd(r: _Reader, base_dir: str) -> HttpdConfig:
+    v = HTTPD.read(r)
+    if v["root"]:
+        v["root"] = os.path.normpath(os.path.join(base_dir, v["root"]))
+    return HttpdConfig(**v)
+
+
 def default_cache_dir(state_dir: str) -> str:
     """``[tftpd] cache_dir`` when unset: ``cache`` in the state directory, private to massboot."""
     return os.path.join(state_dir, "cache")
@@ -993,6 +1054,17 @@ def check_local_root(config: Config) -> None:
     """
     if not config.remote_root and not os.path.isdir(config.tftp.root):
         raise ConfigError("tftpd", "root", config.tftp.root, "not a directory")
+
+
+def check_http_root(config: Config) -> None:
+    """Fail when ``[httpd] root`` is set and not a directory (checked when ``-H`` is given).
+
+    Raises:
+        ConfigError: names ``[httpd] root`` and the path.
+    """
+    root = config.httpd.root
+    if root is not None and not os.path.isdir(root):
+        raise ConfigError("httpd", "root", root, "not a directory")
 
 
 def pool_addresses(start: str, count: int) -> list[str]:
@@ -1055,6 +1127,9 @@ def describe(config: Config) -> Iterable[str]:
                f"max {t.cache_size >> 20} MiB, {t.max_downloads} downloads at once")
     for pattern, target in t.filters:
         yield f"tftp: filter {pattern} -> {target}"
+    h = config.httpd
+    yield (f"http (-H): listen {h.address or _unset(HTTPD, 'address')}:{h.port}, root "
+           f"{h.root or _unset(HTTPD, 'root')}, check_ip {'on' if h.check_ip else 'off'}")
     if config.metrics:
         yield f"metrics: http://{config.metrics.address}:{config.metrics.port}/metrics"
     for warning in config.warnings:

@@ -263,7 +263,7 @@ def test_readme_option_tables_are_the_code_tables():
 
     text = readme_options.README.read_text(encoding="utf-8")
     found = readme_options.tables(text)
-    assert sorted(found) == ["bootpd", "http", "logger", "massboot", "metrics", "subnet:NAME", "tftpd"]
+    assert sorted(found) == ["bootpd", "http", "httpd", "logger", "massboot", "metrics", "subnet:NAME", "tftpd"]
     lines = text.splitlines()
     for name, (start, end) in found.items():
         table = readme_options.section_table(name)
@@ -322,3 +322,31 @@ def test_http_location_scheme(location, ok):
         with pytest.raises(cfg.ConfigError) as err:
             cfg.loads(text, path="/x/y.ini")
         assert err.value.option == "location"
+
+
+def test_httpd_pybootd_options_and_defaults(tmp_path):
+    """[httpd] keeps pybootd's names, defaults (port 80, check_ip yes) and meaning (spec 2.7)."""
+    c = load("pybootd-1.8-sample.ini")
+    assert (c.httpd.port, c.httpd.check_ip, c.httpd.root, c.httpd.address) == (8000, True, "/tmp", None)
+    empty = cfg.loads("[tftpd]\nroot = .\n")
+    assert (empty.httpd.port, empty.httpd.check_ip, empty.httpd.root) == (80, True, None)
+    assert empty.httpd.max_request_bytes == 8192 and empty.httpd.max_connections == 1024
+    rel = cfg.loads("[httpd]\nroot = boot\ncheck_ip = no\n", path=str(tmp_path / "m.ini"))
+    assert rel.httpd.root == str(tmp_path / "boot") and rel.httpd.check_ip is False
+    with pytest.raises(cfg.ConfigError, match="not a directory"):
+        cfg.check_http_root(rel)
+    (tmp_path / "boot").mkdir()
+    cfg.check_http_root(rel)
+
+
+@pytest.mark.parametrize("text, option", [
+    ("[httpd]\nroot = http://mirror/x\n", "root"),
+    ("[httpd]\ncheck_ip = maybe\n", "check_ip"),
+    ("[httpd]\nport = 70000\n", "port"),
+    ("[httpd]\nmax_request_bytes = 10\n", "max_request_bytes"),
+    ("[httpd]\naddress = nowhere\n", "address"),
+])
+def test_httpd_bad_values(text, option):
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.loads(text)
+    assert (err.value.section, err.value.option) == ("httpd", option)
