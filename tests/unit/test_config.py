@@ -263,7 +263,8 @@ def test_readme_option_tables_are_the_code_tables():
 
     text = readme_options.README.read_text(encoding="utf-8")
     found = readme_options.tables(text)
-    assert sorted(found) == ["bootpd", "http", "httpd", "logger", "massboot", "metrics", "subnet:NAME", "tftpd"]
+    assert sorted(found) == ["bootpd", "http", "httpd", "logger", "massboot", "metrics", "subnet:NAME",
+                             "tftpd"]
     lines = text.splitlines()
     for name, (start, end) in found.items():
         table = readme_options.section_table(name)
