@@ -25,9 +25,9 @@ import re
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["ALLOW", "FileMeta", "HttpError", "Plan", "Request", "UNSATISFIABLE", "chunk_header",
-           "etag_for", "head_end", "parse_range", "parse_request", "plan_error", "plan_file",
-           "render_head"]
+__all__ = ["ALLOW", "CONTENT_TYPES", "UNSATISFIABLE", "FileMeta", "HttpError", "Plan", "Request",
+           "chunk_header", "content_type", "etag_for", "head_end", "parse_range", "parse_request",
+           "plan_error", "plan_file", "render_head"]
 
 #: the methods served (RFC 9110 section 9.3.1, 9.3.2)
 ALLOW = ("GET", "HEAD")
@@ -42,6 +42,13 @@ REASONS = {
     500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
     503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
 }
+
+#: ``Content-Type`` by file name ending: UEFI HTTP Boot (EDK2's HttpBootDxe) takes a boot file
+#: labelled ``application/efi`` as an EFI image and ``application/vnd.efi-iso`` as a CD image
+#: whatever its name (UEFI 2.9 section 24.7.3.1); anything else is ``application/octet-stream``
+#: (EDK2 then goes by the ``.efi``/``.iso``/``.img`` ending), scripts and configs included
+CONTENT_TYPES = {".efi": "application/efi", ".iso": "application/vnd.efi-iso"}
+OCTETS = "application/octet-stream"
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")   # RFC 9110 section 5.6.2
 _VERSION = re.compile(r"HTTP/(\d)\.(\d)")
@@ -260,6 +267,14 @@ class FileMeta:
     etag: str | None = None
 
 
+def content_type(name: str) -> str:
+    """The ``Content-Type`` of a file served under *name* (see :data:`CONTENT_TYPES`)."""
+    dot = name.rfind(".")
+    if dot < 0 or "/" in name[dot:]:
+        return OCTETS
+    return CONTENT_TYPES.get(name[dot:].lower(), OCTETS)
+
+
 def etag_for(ino: int, size: int, mtime_ns: int) -> str:
     """A strong entity tag for one version of a file (RFC 9110 section 8.8.3)."""
     return f'"{ino:x}-{size:x}-{mtime_ns:x}"'
@@ -376,12 +391,12 @@ def plan_file(request: Request, meta: FileMeta) -> Plan:
         # still downloading, length unknown: chunked for HTTP/1.1, until close for HTTP/1.0
         chunked = request.version >= (1, 1)
         keep = keep and chunked
-        headers = _common(keep) + [("Content-Type", "application/octet-stream")] + validators
+        headers = _common(keep) + [("Content-Type", content_type(request.name))] + validators
         if chunked:
             headers.append(("Transfer-Encoding", "chunked"))
         return Plan(200, headers, 0, None, send_body=send, chunked=chunked and send,
                     keep_alive=keep)
-    headers = [("Accept-Ranges", "bytes"), ("Content-Type", "application/octet-stream")] + validators
+    headers = [("Accept-Ranges", "bytes"), ("Content-Type", content_type(request.name))] + validators
     wanted = parse_range(request.headers.get("range"), size) if _range_applies(request, meta) else None
     if wanted is UNSATISFIABLE:
         return Plan(416, _common(keep) + [("Content-Range", f"bytes */{size}"),

@@ -10,6 +10,7 @@ from massboot.http.protocol import (
     HttpError,
     Request,
     chunk_header,
+    content_type,
     etag_for,
     head_end,
     http_date,
@@ -199,3 +200,15 @@ def test_plan_error_and_render():
     assert text.startswith("HTTP/1.1 405 Method Not Allowed\r\n") and text.endswith("\r\n\r\n")
     assert "\r\nAllow: GET, HEAD\r\n" in text and "\r\nContent-Length: 23\r\n" in text
     assert chunk_header(0) == b"0\r\n" and chunk_header(255) == b"ff\r\n"
+
+
+@pytest.mark.parametrize("name, wanted", [
+    ("shimx64.efi", "application/efi"), ("EFI/BOOT/BOOTX64.EFI", "application/efi"),
+    ("debian.iso", "application/vnd.efi-iso"), ("vmlinuz", "application/octet-stream"),
+    ("initrd.img", "application/octet-stream"), ("boot.ipxe", "application/octet-stream"),
+    ("dir.efi/file", "application/octet-stream"), ("", "application/octet-stream"),
+])
+def test_content_type(name, wanted):
+    assert content_type(name) == wanted
+    plan = plan_file(Request("GET", "/" + name, name), META)
+    assert headers(plan)["Content-Type"] == wanted
