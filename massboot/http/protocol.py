@@ -96,20 +96,16 @@ class Request:
     keep_alive: bool = True
 
 
-def head_end(buf: bytes | bytearray | memoryview, start: int = 0) -> int:
+def head_end(buf: bytes | bytearray, start: int = 0) -> int:
     """The offset just after the blank line that ends a request head in *buf*, or -1.
 
-    Lines may end with CRLF or a bare LF (RFC 9112 section 2.2 lets a server accept LF).
-    Searching starts at *start* minus 3, so a caller may pass what it had searched already.
+    Lines may end with CRLF or a bare LF (RFC 9112 section 2.2 lets a server accept LF): the
+    head ends at the first ``LF LF`` or ``LF CR LF`` (the end of ``CR LF CR LF``). Searching
+    starts at *start* minus 3, so a caller may pass what it had searched already.
     """
-    data = bytes(buf) if isinstance(buf, memoryview) else buf
     begin = max(0, start - 3)
-    best = -1
-    for blank in (b"\r\n\r\n", b"\n\n", b"\n\r\n"):
-        i = data.find(blank, begin)
-        if i >= 0 and (best < 0 or i + len(blank) < best):
-            best = i + len(blank)
-    return best
+    ends = [i + len(blank) for blank in (b"\n\n", b"\n\r\n") if (i := buf.find(blank, begin)) >= 0]
+    return min(ends, default=-1)
 
 
 def _percent_decode(path: str) -> str:
@@ -230,9 +226,9 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | _Unsatisfiabl
         serve the whole file: no header, another unit, a syntax error, or several ranges
         (a server may ignore ``Range``, section 14.2; boot clients ask one range at a time).
     """
-    if value is None or "," in value:
+    if value is None:
         return None
-    m = _RANGE.fullmatch(value)
+    m = _RANGE.fullmatch(value)     # one range: "a-b, c-d" does not match
     if m is None:
         return None
     first, last = m.group(1), m.group(2)
@@ -270,9 +266,7 @@ class FileMeta:
 def content_type(name: str) -> str:
     """The ``Content-Type`` of a file served under *name* (see :data:`CONTENT_TYPES`)."""
     dot = name.rfind(".")
-    if dot < 0 or "/" in name[dot:]:
-        return OCTETS
-    return CONTENT_TYPES.get(name[dot:].lower(), OCTETS)
+    return OCTETS if dot < 0 else CONTENT_TYPES.get(name[dot:].lower(), OCTETS)
 
 
 def etag_for(ino: int, size: int, mtime_ns: int) -> str:

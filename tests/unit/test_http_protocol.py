@@ -64,6 +64,8 @@ def test_target_decoded_once(target, name):
 @pytest.mark.parametrize("head, status, reason", [
     (req("GET /f"), 400, "bad_request"),
     (req("GET  /f HTTP/1.1"), 400, "bad_request"),
+    (req("GET  /f HTTP/1.1", "Host: h"), 400, "bad_request"),       # one space between parts
+    (req("GET /f  HTTP/1.1", "Host: h"), 400, "bad_request"),
     (req("GET /f HTTP/2.0", "Host: h"), 505, "version"),
     (req("GET /f HTTQ/1.1", "Host: h"), 400, "bad_request"),
     (req("POST /f HTTP/1.1", "Host: h"), 405, "method"),
@@ -207,6 +209,7 @@ def test_plan_error_and_render():
     ("debian.iso", "application/vnd.efi-iso"), ("vmlinuz", "application/octet-stream"),
     ("initrd.img", "application/octet-stream"), ("boot.ipxe", "application/octet-stream"),
     ("dir.efi/file", "application/octet-stream"), ("", "application/octet-stream"),
+    ("grub.x64.efi", "application/efi"), (".efi", "application/efi"), ("a.EfI", "application/efi"),
 ])
 def test_content_type(name, wanted):
     assert content_type(name) == wanted
@@ -348,6 +351,7 @@ def test_reason_phrases(status, phrase):
     (req("GET /f HTTP/1.1", "Host: a", "Content-Length: 0", "Content-Length: 0"),
      "content-length given twice"),
     (req("POST /f HTTP/1.1", "Host: h"), "POST"),
+    (req("BREW /f HTTP/1.1", "Host: h"), "BREW"),
     (req("GET /f HTTP/1.1"), "no Host"),
     (req("GET /f HTTP/1.1", "Host: a", "Transfer-Encoding: chunked"), "Transfer-Encoding in a request"),
     (req("GET /f HTTP/1.1", "Host: a", "Content-Length: -1"), "malformed Content-Length"),
@@ -376,6 +380,8 @@ def test_http_error_defaults():
     ("/a?b?c", "a"),
     ("/a#b?c", "a"),
     ("/%3f%23", "?#"),
+    ("http://h/a://b", "a://b"),
+    ("http:///x", "x"),
 ])
 def test_more_targets(target, name):
     assert parse_request(req(f"GET {target} HTTP/1.1", "Host: h")).name == name
@@ -388,6 +394,10 @@ def test_request_fields():
     assert parse_request(req("GET /f HTTP/1.9", "Host: h")).version == (1, 1)
     assert parse_request(req("GET /f HTTP/1.1", "Host: h", "Connection: upgrade, close ")).keep_alive is False
     assert parse_request(req("GET /f HTTP/1.0", "Connection: Keep-Alive")).keep_alive is True
+    both = parse_request(req("GET /f HTTP/1.1", "Host: h", "Connection: keep-alive,close"))
+    assert both.keep_alive is False
+    odd = parse_request(req("GET /f HTTP/1.1", "Host: h:80", "X-A: XvX", "X-B: \x0bv\x0c"))
+    assert odd.headers == {"host": "h:80", "x-a": "XvX", "x-b": "\x0bv\x0c"}   # OWS is SP and HTAB
 
 
 @pytest.mark.parametrize("data, start, end", [
@@ -400,7 +410,7 @@ def test_request_fields():
 ])
 def test_head_end_earliest(data, start, end):
     assert head_end(data, start) == end
-    assert head_end(memoryview(data), start) == end
+    assert head_end(bytearray(data), start) == end
 
 
 def test_range_edges():
@@ -433,6 +443,19 @@ def test_if_range_cases(meta, if_range, status):
     (FileMeta(10, 5.0, '"e"'), {"if-modified-since": "Sun, 06 Nov 1994 08:49:37"}, 200),  # no zone
     (FileMeta(10, 5.0, '"e"'), {"if-none-match": 'W/"x", "e"'}, 304),
     (FileMeta(10, 5.0, '"e"'), {"if-none-match": '"E"'}, 200),
+    (FileMeta(10, 5.0, '"e"'), {"if-none-match": '"x","e"'}, 304),
+    (FileMeta(10, 5.0, None), {"if-none-match": '"x"'}, 200),          # no tag: nothing matches
 ])
 def test_conditional_edges(meta, fields, status):
     assert plan_file(Request("GET", "/f", "f", headers=fields), meta).status == status
+
+
+def test_keep_alive_follows_the_request_in_every_answer():
+    for fields, status in (({}, 200), ({"range": "bytes=0-0"}, 206), ({"range": "bytes=99999-"}, 416),
+                           ({"if-none-match": META.etag}, 304)):
+        for keep in (True, False):
+            plan = plan_file(Request("GET", "/f", "f", headers=fields, keep_alive=keep), META)
+            assert plan.status == status and plan.keep_alive is keep
+            assert headers(plan)["Connection"] == ("keep-alive" if keep else "close")
+    head = plan_file(Request("HEAD", "/f", "f", headers={"range": "bytes=0-9"}), META)
+    assert head.status == 206 and not head.send_body and headers(head)["Content-Length"] == "10"
