@@ -131,3 +131,30 @@ class _SourceAdapter(requests.adapters.HTTPAdapter):
         kwargs["source_address"] = (self._source, 0)
         return super().init_poolmanager(*args, **kwargs)
 
+
+
+def test_sighup_tunes_http_bounds_and_says_what_needs_a_restart(tmp_path):
+    """README, "Reload": the HTTP timeouts and limits apply to what comes next; the listener,
+    the root and check_ip need a restart."""
+    (tmp_path / "f").write_bytes(b"x")
+    path, port = config(tmp_path, extra="check_ip = no\nmax_request_bytes = 8192")
+    mb = Running("-c", path, "-t", "-H")
+    try:
+        mb.wait_for("http listening on 127.0.0.1")
+        head = b"GET /f HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 2000 + b"\r\nConnection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(head)
+            assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        text = open(path).read().replace("max_request_bytes = 8192", "max_request_bytes = 1024")
+        open(path, "w").write(text.replace("check_ip = no", "check_ip = yes"))
+        mb.proc.send_signal(signal.SIGHUP)
+        mb.wait_for("reload: [httpd] address/port/root/check_ip/max_connections changed: takes effect "
+                    "at the next restart")
+        mb.wait_for("applied")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(head)
+            assert sock.recv(100).startswith(b"HTTP/1.1 431")
+        mb.proc.send_signal(signal.SIGTERM)
+        assert mb.exit_code() == 0, mb.log
+    finally:
+        mb.close()
