@@ -3,14 +3,16 @@ lease database another massboot writes), with ``-p``, and its startup errors (RE
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
+import sys
 import time
 
 import requests
 
 from massboot.dhcp.leases import SqliteLeaseStore
-from tests.loopback.test_cli import Running, free_port, run, write
+from tests.loopback.test_cli import ENV, REPO, Running, free_port, run, write
 
 CONFIG = """
 [bootpd]
@@ -158,3 +160,48 @@ def test_sighup_tunes_http_bounds_and_says_what_needs_a_restart(tmp_path):
         assert mb.exit_code() == 0, mb.log
     finally:
         mb.close()
+
+
+def test_out_of_file_descriptors_idle_connections_make_room(tmp_path):
+    """A process limited to 64 descriptors, 120 idle connections: accept fails with EMFILE,
+    an idle connection is closed for the newcomer (counted), and downloads go on."""
+    import resource
+    import subprocess
+
+    (tmp_path / "f").write_bytes(b"x" * 100_000)
+    metrics = free_port(socket.SOCK_STREAM)
+    path, port = config(tmp_path, extra=f"check_ip = no\n[metrics]\naddress = 127.0.0.1\nport = {metrics}")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    log = open(tmp_path / "log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "massboot", "-c", path, "-t", "-H"], cwd=REPO, env=ENV,
+                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=limit)
+    idle: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 20
+        while "http listening" not in (tmp_path / "log").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "log").read_text()
+            time.sleep(0.05)
+        for _ in range(120):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        for _ in range(5):
+            r = requests.get(f"http://127.0.0.1:{port}/f", timeout=10, headers={"Connection": "close"})
+            assert r.status_code == 200 and len(r.content) == 100_000
+        text = requests.get(f"http://127.0.0.1:{metrics}/metrics", timeout=10).text
+        refused = re.search(r'^massboot_http_connections_refused_total\{reason="fds"\} (\S+)', text, re.M)
+        evicted = re.search(r"^massboot_http_connections_evicted_total (\S+)", text, re.M)
+        assert refused and float(refused[1]) > 0, text
+        assert evicted and float(evicted[1]) > 0, text
+        assert proc.poll() is None
+    finally:
+        for sock in idle:
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=20) == 0, (tmp_path / "log").read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
