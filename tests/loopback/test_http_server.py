@@ -472,3 +472,27 @@ def test_metrics_and_progress(local):
         gevent.sleep(0.02)
     assert sample("massboot_http_connections") == 0
     assert metrics.health() == (True, {"http": "up"})
+
+
+def test_hundred_clients_of_one_download_in_flight(mirror, serve, tmp_path):
+    """A rack asking for one kernel at once while the mirror is slow to start: one upstream GET,
+    every client streamed from it as it fills, every body whole."""
+    body = os.urandom(4 << 20)
+    mirror.files["vmlinuz"] = body
+    mirror.drip = (256 << 10, 0.01)
+    store = FileStore(mirror.root, cache_dir=str(tmp_path / "cache"), http_timeout=5.0,
+                      session=requests.Session())
+    server = serve(store, store, max_per_client=200)     # one address plays the whole rack
+    url = f"http://127.0.0.1:{server.port}/vmlinuz"
+
+    def fetch(n: int) -> str:
+        with requests.get(url, timeout=60, stream=True) as r:
+            assert r.status_code == 200
+            return sha(b"".join(r.iter_content(1 << 16)))
+
+    jobs = [gevent.spawn(fetch, n) for n in range(100)]
+    gevent.joinall(jobs, timeout=120, raise_error=True)
+    assert {job.value for job in jobs} == {sha(body)}
+    assert len(mirror.gets("vmlinuz")) == 1
+    done = server.recorder.of("http.done")
+    assert len(done) == 100 and {e.get("bytes") for e in done} == {len(body)}
