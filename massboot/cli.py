@@ -125,6 +125,7 @@ class Services:
         self.dhcp = None
         self.tftp = None
         self.http = None
+        self.lease_view = None               # check_ip's view of another process's lease files
         self.files = None
         self.metrics = None
         self.admin = None
@@ -267,8 +268,9 @@ class Services:
             raise cfg.ConfigError("httpd", "check_ip", "yes",
                                   "[bootpd] lease_db = :memory: lives only in the DHCP server's "
                                   "process: give it a database file, or set check_ip = no")
-        return SqliteLeases([bootp.lease_db, *(subnet_db(bootp.lease_db, sub.name)
-                                               for sub in bootp.subnets)])
+        self.lease_view = SqliteLeases([bootp.lease_db, *(subnet_db(bootp.lease_db, sub.name)
+                                                          for sub in bootp.subnets)])
+        return self.lease_view
 
     @property
     def http_address(self) -> str:
@@ -337,6 +339,8 @@ class Services:
             self.tftp.stop(grace)
         if self.http is not None:
             self.http.stop(grace)
+        if self.lease_view is not None:
+            self.lease_view.close()
         if self.metrics is not None:
             self.metrics.stop()
         if self.files is not None:

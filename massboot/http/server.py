@@ -43,7 +43,7 @@ import socket as _stdsocket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import gevent
 from gevent import socket as gsocket
@@ -64,7 +64,7 @@ from massboot.http.protocol import (
     plan_file,
     render_head,
 )
-from massboot.sources import FileError, FileReason, Source
+from massboot.sources import FdSource, FileError, FileReason, Source
 
 __all__ = ["SENDFILE_CHUNK", "FileOpener", "HttpServer"]
 
@@ -460,16 +460,17 @@ class HttpServer:
         except (OSError, _SendTimeout) as exc:
             log.debug("http client=%s:%d: error reply not sent: %s", conn.ip, conn.port, exc)
 
-    def _meta(self, source: Source, fd: int) -> FileMeta:
-        available, complete = source.ready(0)    # type: ignore[attr-defined]
+    def _meta(self, source: FdSource, fd: int) -> FileMeta:
+        available, complete = source.ready(0)
         if not complete:        # a download in flight: its length if the mirror gave one
             return FileMeta(source.size)
         st = os.fstat(fd)       # an open descriptor: no disk access
         return FileMeta(available, st.st_mtime, etag_for(st.st_ino, available, st.st_mtime_ns))
 
-    def _respond(self, conn: _Conn, request: Request, source: Source, started: float) -> bool:
+    def _respond(self, conn: _Conn, request: Request, opened: Source, started: float) -> bool:
+        source = cast(FdSource, opened)     # the file store's sources are all FdSources
         try:
-            fd = source.fileno()        # type: ignore[attr-defined]
+            fd = source.fileno()
             plan = plan_file(request, self._meta(source, fd))
         except FileError as exc:        # the download failed before anything was sent
             status, reason = _FILE_STATUS.get(exc.reason, (500, "error"))
@@ -501,7 +502,7 @@ class HttpServer:
         self._done(conn, method, name, plan.status, conn.sent, started, body, None)
         return plan.keep_alive
 
-    def _send_body(self, conn: _Conn, source: Any, fd: int, plan: Plan) -> None:
+    def _send_body(self, conn: _Conn, source: FdSource, fd: int, plan: Plan) -> None:
         out = conn.sock.fileno()
         pos = plan.start
         end = None if plan.length is None else plan.start + plan.length

@@ -624,24 +624,24 @@ def replies(log: str, mac: str = VM_MAC) -> list[Reply]:
     return out
 
 
-def tftp_done(log: str) -> list[tuple[int, str, str, int]]:
-    """(line, client ip, file, bytes) of every completed TFTP transfer."""
+def _files_sent(log: str, pattern: re.Pattern[str]) -> list[tuple[int, str, str, int]]:
+    """(line, client ip, file, bytes) of every line of massboot's log *pattern* matches."""
     out = []
     for n, line in enumerate(log.splitlines()):
-        m = TFTP_DONE.search(line)
+        m = pattern.search(line)
         if m:
             out.append((n, m["ip"], m["file"], int(m["bytes"])))
     return out
+
+
+def tftp_done(log: str) -> list[tuple[int, str, str, int]]:
+    """(line, client ip, file, bytes) of every completed TFTP transfer."""
+    return _files_sent(log, TFTP_DONE)
 
 
 def http_done(log: str) -> list[tuple[int, str, str, int]]:
     """(line, client ip, file, bytes) of every GET answered 200 by massboot -H."""
-    out = []
-    for n, line in enumerate(log.splitlines()):
-        m = HTTP_DONE.search(line)
-        if m:
-            out.append((n, m["ip"], m["file"], int(m["bytes"])))
-    return out
+    return _files_sent(log, HTTP_DONE)
 
 
 def first_line(entries: Sequence[tuple[int, str, str, int]], pred: Callable[[str], bool]) -> int | None:

@@ -244,6 +244,7 @@ def test_check_ip_reads_sqlite_of_another_process(tmp_path):
         view("10.0.0.11")
         assert os.stat(path).st_mtime_ns == before             # never written
     finally:
+        view.close()
         store.close()
 
 
