@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", "--pxe", action="store_true", help="run only the BOOTP/DHCP/PXE server")
     parser.add_argument("-t", "--tftp", action="store_true", help="run only the TFTP server")
     parser.add_argument("-H", "--http", action="store_true",
-                        help="pybootd's HTTP file server (not provided yet: accepted and ignored)")
+                        help="also run the HTTP file server ([httpd]; beside -p or -t too)")
     parser.add_argument("-d", "--debug", action="store_true", help="debug logging and tracebacks")
     parser.add_argument("--check-config", action="store_true",
                         help="load and validate the config, print what would be served, exit 0 or 2")
@@ -124,6 +124,8 @@ class Services:
         self.events.subscribe(EventLog())      # the outcome log: one line per event (README, "[logger]")
         self.dhcp = None
         self.tftp = None
+        self.http = None
+        self.lease_view = None               # check_ip's view of another process's lease files
         self.files = None
         self.metrics = None
         self.admin = None
@@ -146,12 +148,14 @@ class Services:
             self._build_dhcp()
         if run_tftp:
             self._build_tftp()
+        if run_http:
+            self._build_http()
         if config.metrics is not None:
             from massboot.metrics import Metrics
 
             subnets = config.bootp.subnets if config.bootp is not None else ()
             self.metrics = Metrics(config.metrics, self.events, registry=registry,
-                                   dhcp=self.dhcp, tftp=self.tftp, cache=self.files,
+                                   dhcp=self.dhcp, tftp=self.tftp, http=self.http, cache=self.files,
                                    scopes=("main", *(sub.name for sub in subnets)))
 
     def _detect_network(self) -> None:
@@ -238,6 +242,46 @@ class Services:
                                first_retries=t.first_retries, max_per_client=t.max_per_client,
                                transfer_memory=t.transfer_memory, memory_budget=t.memory_budget)
 
+    def _build_http(self) -> None:
+        from massboot.http.server import HttpServer
+
+        h = self.config.httpd
+        assert self.files is not None
+        # [httpd] root: another root, the same filters, confinement and cache (README, "HTTP boot")
+        files = self.files if h.root is None else self.files.for_root(h.root)
+        self.http = HttpServer(self.http_address, h.port, files, self.events,
+                               is_leased=self._lease_check(), max_connections=h.max_connections,
+                               max_per_client=h.max_per_client, idle_timeout=h.idle_timeout,
+                               request_timeout=h.request_timeout, send_timeout=h.send_timeout,
+                               max_request_bytes=h.max_request_bytes)
+
+    def _lease_check(self) -> Callable[[str], bool] | None:
+        """``[httpd] check_ip``: the lease stores of this process's DHCP server, or with ``-t``
+        the lease databases another massboot writes, read-only (README, "HTTP boot")."""
+        from massboot.http.leased import SqliteLeases, StoreLeases
+
+        h = self.config.httpd
+        if not h.check_ip:
+            return None
+        if self.dhcp is not None:
+            return StoreLeases(lambda: self.stores)
+        bootp = self.config.bootp
+        if bootp is None:
+            raise cfg.ConfigError("httpd", "check_ip", "yes",
+                                  "needs [bootpd] lease_db to know which addresses massboot leased; "
+                                  "add the [bootpd] section the DHCP server uses, or set check_ip = no")
+        if bootp.lease_db == ":memory:":
+            raise cfg.ConfigError("httpd", "check_ip", "yes",
+                                  "[bootpd] lease_db = :memory: lives only in the DHCP server's "
+                                  "process: give it a database file, or set check_ip = no")
+        self.lease_view = SqliteLeases([bootp.lease_db, *(subnet_db(bootp.lease_db, sub.name)
+                                                          for sub in bootp.subnets)])
+        return self.lease_view
+
+    @property
+    def http_address(self) -> str:
+        return self.config.httpd.address or self.server_ip or "0.0.0.0"
+
     def start(self) -> None:
         """Bind every socket.
 
@@ -249,6 +293,8 @@ class Services:
         # number of transfers that can run at once, within reason
         hub = gevent.get_hub()
         hub.threadpool.maxsize = max(hub.threadpool.maxsize, 32)
+        if self.http is not None:   # a socket and a file per connection
+            raise_nofile(2 * self.config.httpd.max_connections + self.config.tftp.pool_size + 256)
         for name, service, transport, address, port in self._listeners():
             try:
                 service.start()
@@ -269,6 +315,8 @@ class Services:
             out.append(("dhcp", self.dhcp, "UDP", self.config.bootp.address, self.config.bootp.port))
         if self.tftp is not None:
             out.append(("tftp", self.tftp, "UDP", self.tftp_address, self.config.tftp.port))
+        if self.http is not None:
+            out.append(("http", self.http, "TCP", self.http_address, self.config.httpd.port))
         if self.metrics is not None and self.config.metrics is not None:
             out.append(("metrics", self.metrics, "TCP", self.config.metrics.address,
                         self.config.metrics.port))
@@ -297,6 +345,10 @@ class Services:
             self.dhcp.stop(grace)
         if self.tftp is not None:
             self.tftp.stop(grace)
+        if self.http is not None:
+            self.http.stop(grace)
+        if self.lease_view is not None:
+            self.lease_view.close()
         if self.metrics is not None:
             self.metrics.stop()
         if self.files is not None:
@@ -316,8 +368,10 @@ class Services:
         old = self.config
         try:
             new = cfg.load(old.path, state_dir=state_dir)
-            if self.tftp is not None:
+            if self.tftp is not None or (self.http is not None and new.httpd.root is None):
                 cfg.check_local_root(new)
+            if self.http is not None:
+                cfg.check_http_root(new)
             if (new.bootp is None) != (old.bootp is None) and self.dhcp is not None:
                 raise cfg.ConfigError("bootpd", None, None, "the section cannot be removed by a reload")
             if self.dhcp is not None and new.bootp is not None:
@@ -342,6 +396,11 @@ class Services:
                            first_timeout=t.first_timeout, first_retries=t.first_retries,
                            max_per_client=t.max_per_client, transfer_memory=t.transfer_memory,
                            memory_budget=t.memory_budget)
+        if self.http is not None:
+            h = new.httpd
+            self.http.tune(idle_timeout=h.idle_timeout, request_timeout=h.request_timeout,
+                           send_timeout=h.send_timeout, max_request_bytes=h.max_request_bytes,
+                           max_per_client=h.max_per_client)
         if self.dhcp is not None and new.bootp is not None and old.bootp is not None:
             bootp = new.bootp
             self._open_subnet_stores(bootp)
@@ -401,7 +460,12 @@ def restart_needed(old: cfg.Config, new: cfg.Config) -> list[str]:
              ("[tftpd] cache_dir/cache_size",
               (old.tftp.cache_dir, old.tftp.cache_size), (new.tftp.cache_dir, new.tftp.cache_size)),
              ("[tftpd] pool_size", old.tftp.pool_size, new.tftp.pool_size),
-             ("[metrics]", old.metrics, new.metrics)]
+             ("[metrics]", old.metrics, new.metrics),
+             ("[httpd] address/port/root/check_ip/max_connections",
+              (old.httpd.address, old.httpd.port, old.httpd.root, old.httpd.check_ip,
+               old.httpd.max_connections),
+              (new.httpd.address, new.httpd.port, new.httpd.root, new.httpd.check_ip,
+               new.httpd.max_connections))]
     if old.bootp is not None and new.bootp is not None:
         o, n = old.bootp, new.bootp
         pairs += [("[bootpd] mode", o.mode, n.mode),
@@ -551,6 +615,7 @@ _PORT_HOLDERS = {
     "dhcp": "another DHCP server (dnsmasq, isc-dhcp-server, kea-dhcp4) or another massboot",
     "tftp": "another TFTP server (tftpd-hpa, atftpd, dnsmasq with enable-tftp) or another massboot",
     "metrics": "another exporter or another massboot",
+    "http": "another web server (nginx, apache2, lighttpd) or another massboot",
 }
 
 
@@ -571,6 +636,20 @@ def bind_error(service: str, transport: str, address: str, port: int, exc: OSErr
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"{where}: {reason}: {address} is not an address of this host"
     return f"{where}: {reason}"
+
+
+def raise_nofile(wanted: int) -> None:
+    """Raise the soft limit on open files towards *wanted* (within the hard limit): the HTTP
+    server holds a socket and a file per connection, and the usual soft limit is 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, target, exc)
 
 
 def resolv_conf_nameservers(path: str = "/etc/resolv.conf") -> tuple[str, ...]:
@@ -606,8 +685,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return leases_command(args)
     try:
         config = cfg.load(args.config, state_dir=args.state_dir)
-        if not args.pxe:
-            cfg.check_local_root(config)   # TFTP runs: a missing local root is a config error
+        # TFTP runs, or HTTP serves the TFTP root: a missing local root is a config error
+        if not args.pxe or (args.http and config.httpd.root is None):
+            cfg.check_local_root(config)
+        if args.http:
+            cfg.check_http_root(config)
     except cfg.ConfigError as exc:
         print(f"\nError: {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -619,8 +701,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, lambda signum, frame: early_hup.append(signum))
     setup_logging(config.logger, args.debug)
     log.info("massboot-%s", __version__)
-    if args.http:
-        log.warning("-H: the HTTP file server is not provided yet; ignored")
     user = args.user or (config.massboot.user if config.massboot is not None else None)
     try:
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The outcome log: one line per DHCP/TFTP event, written by a subscriber of the bus.
+"""The outcome log: one line per DHCP/TFTP/HTTP event, written by a subscriber of the bus.
 
 The servers do not log their outcomes themselves: they emit events (:mod:`massboot.events`)
 and :class:`EventLog` writes one line for each, in the ``key=value`` text operators know
@@ -224,7 +224,37 @@ def _tftp_dropped(e: Event) -> Line:
             (f["ip"], f["port"], client_text(f["name"]), f["reason"]))
 
 
+# ---------------------------------------------------------------------------- HTTP
+def _http_start(e: Event) -> Line:
+    f = e.fields
+    return (DEBUG, "http %s client=%s:%d file=%s status=%d bytes=%s",
+            (f["method"], f["ip"], f["port"], client_text(f["name"]), f["status"], _dash(f["bytes"])))
+
+
+def _http_done(e: Event) -> Line:
+    f = e.fields
+    if "reason" in f:
+        return (INFO, "http %s client=%s:%d file=%s status=%d reason=%s",
+                (f["method"], f["ip"], f["port"], client_text(f["name"]), f["status"], f["reason"]))
+    return (INFO, "http %s client=%s:%d file=%s status=%d bytes=%d duration=%.3fs rate=%.2fMB/s",
+            (f["method"], f["ip"], f["port"], client_text(f["name"]), f["status"], f["bytes"],
+             f["duration"], _rate(e)))
+
+
+def _http_fail(e: Event) -> Line:
+    f = e.fields
+    return (INFO, "http failed %s client=%s:%d file=%s status=%d reason=%s bytes=%d duration=%.3fs: %s",
+            (f["method"], f["ip"], f["port"], client_text(f["name"]), f["status"], f["reason"],
+             f["bytes"], f["duration"], _detail(f["detail"])))
+
+
+def _http_refused(e: Event) -> Line:
+    f = e.fields   # DEBUG: a flood of them is what the counter is for
+    return DEBUG, "http refused connection client=%s:%d reason=%s", (f["ip"], f["port"], f["reason"])
+
+
 _DHCP = _Origin("massboot.dhcp.server", "dhcp", "server.py")
+_HTTP = _Origin("massboot.http.server", "http", "server.py")
 _TFTP = _Origin("massboot.tftp.server", "tftp", "server.py")
 _NOTIFY = _Origin("massboot.notify", "notify.py")
 
@@ -246,6 +276,10 @@ _FORMATS: dict[EventKind, tuple[_Origin, Callable[[Event], Line]]] = {
     EventKind.TFTP_MALFORMED: (_TFTP, _tftp_malformed),
     EventKind.TFTP_DENIED: (_TFTP, _tftp_denied),
     EventKind.TFTP_DROPPED: (_TFTP, _tftp_dropped),
+    EventKind.HTTP_START: (_HTTP, _http_start),
+    EventKind.HTTP_DONE: (_HTTP, _http_done),
+    EventKind.HTTP_FAIL: (_HTTP, _http_fail),
+    EventKind.HTTP_REFUSED: (_HTTP, _http_refused),
 }
 
 #: the kinds that get a line

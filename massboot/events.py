@@ -1,4 +1,4 @@
-"""One event bus: every DHCP/TFTP outcome is an event.
+"""One event bus: every DHCP/TFTP/HTTP outcome is an event.
 
 Servers call :meth:`EventBus.emit` once per outcome; logging (:mod:`massboot.eventlog`),
 metrics, the boot-progress tracker and notifications subscribe. Subscribers run synchronously
@@ -47,6 +47,18 @@ Each kind is an :class:`EventKind` (a :class:`~enum.StrEnum`: ``EventKind.DHCP_R
 ``tftp.dropped``    a read request left unanswered, the client will retry: ip, port, name,
                     reason (pool_full: every transfer slot is taken; memory: ``memory_budget``
                     is spent)
+``http.start``      an HTTP response with a body begins: ip, port, method, name, status, bytes
+                    (the body's length; None: unknown yet, streamed from a download)
+``http.done``       an HTTP request answered in full: ip, port, method (GET, HEAD; ``-`` for a
+                    request that did not parse), name (the decoded path, ``""`` when none),
+                    status, bytes (of the body), duration, body (True after ``http.start``)
+                    [reason: why an error status (not_found, access, not_leased, upstream,
+                    bad_request, method, version, too_large, timeout, lease_store, error)]
+``http.fail``       an HTTP response cut short: the fields of ``http.done`` and reason
+                    (client_gone, send_timeout, upstream), detail
+``http.refused``    a connection turned away with 503 (or left in the backlog): ip, port,
+                    reason (connections: max_connections busy and none idle; per_client:
+                    max_per_client; fds: out of descriptors)
 ``cache.hit`` / ``cache.coalesced``: url, bytes; ``cache.miss``: url, bytes [prefetch];
 ``cache.upstream``: url, bytes, status [error, reason (a
 :class:`massboot.sources.FileReason` value: not_found, access, upstream)];
@@ -97,6 +109,10 @@ class EventKind(StrEnum):
     TFTP_MALFORMED = "tftp.malformed"
     TFTP_DENIED = "tftp.denied"
     TFTP_DROPPED = "tftp.dropped"
+    HTTP_START = "http.start"
+    HTTP_DONE = "http.done"
+    HTTP_FAIL = "http.fail"
+    HTTP_REFUSED = "http.refused"
     CACHE_HIT = "cache.hit"
     CACHE_MISS = "cache.miss"
     CACHE_COALESCED = "cache.coalesced"
@@ -146,6 +162,10 @@ FIELDS: dict[EventKind, Fields] = {
     EventKind.TFTP_MALFORMED: _f("reason ip port detail", "transfer"),
     EventKind.TFTP_DENIED: _f("ip port name reason code message"),
     EventKind.TFTP_DROPPED: _f("ip port name reason"),
+    EventKind.HTTP_START: _f("ip port method name status bytes"),
+    EventKind.HTTP_DONE: _f("ip port method name status bytes duration body", "reason"),
+    EventKind.HTTP_FAIL: _f("ip port method name status bytes duration body reason detail"),
+    EventKind.HTTP_REFUSED: _f("ip port reason"),
     EventKind.CACHE_HIT: _f("url bytes"),
     EventKind.CACHE_MISS: _f("url bytes", "prefetch"),
     EventKind.CACHE_COALESCED: _f("url bytes"),

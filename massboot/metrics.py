@@ -51,8 +51,8 @@ from massboot.events import Event, EventBus, EventKind
 from massboot.progress import PHASES, ProgressTracker
 from massboot.tftp import packet as tftp_packet
 
-__all__ = ["BOOT_BUCKETS", "CacheStatus", "DhcpStatus", "Metrics", "ServerStatus", "TRANSFER_BUCKETS",
-           "TftpStatus", "malformed_reason"]
+__all__ = ["BOOT_BUCKETS", "CacheStatus", "DhcpStatus", "HttpStatus", "Metrics", "ServerStatus",
+           "TRANSFER_BUCKETS", "TftpStatus", "malformed_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,14 @@ TFTP_FAIL_REASONS = ("timeout", "client_error", "options_refused", "read_error",
 TFTP_DENY_REASONS = ("not_found", "access", "write", "error", "busy")
 TFTP_DROP_REASONS = ("pool_full", "memory")
 CACHE_REFUSE_REASONS = ("downloads", "space")
+#: the ``code`` label values of ``massboot_http_requests``; any other status is ``other``
+HTTP_CODES = ("200", "206", "304", "400", "401", "403", "404", "405", "408", "413", "414", "416",
+              "431", "500", "501", "502", "503", "505")
+HTTP_METHODS = ("GET", "HEAD")
+HTTP_FAIL_REASONS = ("client_gone", "send_timeout", "upstream")
+HTTP_REFUSE_REASONS = ("connections", "per_client", "fds")
+#: HTTP request durations, request head to last byte: 1 ms .. 10 min (as TFTP transfers)
+HTTP_BUCKETS = TRANSFER_BUCKETS
 _DR, _TR = dhcp_packet.Reason, tftp_packet.Reason
 #: the ``reason`` label values of ``massboot_malformed_packets``: the codecs' reasons (a DHCP
 #: ``not_bytes`` is a caller's bug, counted as ``other``)
@@ -160,6 +168,25 @@ class TftpStatus(ServerStatus, Protocol):
         ...
 
 
+class HttpStatus(ServerStatus, Protocol):
+    """The HTTP file server's status (:class:`massboot.http.server.HttpServer`)."""
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        ...
+
+    @property
+    def sending(self) -> int:
+        """Responses whose body is being sent now."""
+        ...
+
+    @property
+    def evicted(self) -> int:
+        """Idle connections closed to make room for a newcomer (a counter)."""
+        ...
+
+
 class CacheStatus(Protocol):
     """The file store's remote-file cache (:class:`massboot.files.FileStore`)."""
 
@@ -229,7 +256,8 @@ class _ScrapeCollector(Collector):
         m = self._metrics
         for counts in m.counters:
             yield counts.family()
-        for read in (m._collect_progress, m._collect_dhcp, m._collect_tftp, m._collect_cache):
+        for read in (m._collect_progress, m._collect_dhcp, m._collect_tftp, m._collect_http,
+                     m._collect_cache):
             try:
                 yield from read()
             except Exception:  # a scrape must not fail because one server is half-built
@@ -244,6 +272,7 @@ class Metrics:
         events: the bus to subscribe to.
         dhcp: the DHCP server's status, read at scrape time; None when it does not run.
         tftp: the TFTP server's status; None when it does not run.
+        http: the HTTP file server's status (``-H``); None when it does not run.
         cache: the file store's cache; None when there is no file store.
         scopes: the DHCP scope names (``main`` and each ``[subnet:NAME]``): the bounded
             ``scope`` label values.
@@ -253,11 +282,13 @@ class Metrics:
 
     def __init__(self, config: MetricsConfig, events: EventBus, *, dhcp: DhcpStatus | None = None,
                  tftp: TftpStatus | None = None, cache: CacheStatus | None = None,
+                 http: HttpStatus | None = None,
                  scopes: Sequence[str] = ("main",), registry: CollectorRegistry | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self._dhcp = dhcp
         self._tftp = tftp
+        self._http = http
         self._cache = cache
         self._scopes = tuple(scopes)
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -327,7 +358,24 @@ class Metrics:
                                "flight; space: cache_size full of files in use or in flight).",
                                ("reason",), [(r,) for r in CACHE_REFUSE_REASONS])
 
+        self.http_requests = c("massboot_http_requests", "HTTP requests answered or cut short, by "
+                               "method (GET, HEAD, other: did not parse) and status code.",
+                               ("method", "code"),
+                               [(m, code) for m in HTTP_METHODS for code in ("200", "206", "404")])
+        self.http_bytes = c("massboot_http_sent_bytes", "File bytes sent in HTTP response bodies.")
+        self.http_failed = c("massboot_http_responses_failed", "HTTP responses cut short, by reason "
+                             "(client_gone, send_timeout: the client stopped reading, upstream: the "
+                             "mirror download failed).", ("reason",), [(r,) for r in HTTP_FAIL_REASONS])
+        self.http_conn_refused = c("massboot_http_connections_refused", "HTTP connections turned "
+                                   "away with 503, by reason (connections: max_connections busy, none "
+                                   "idle; per_client: max_per_client; fds: out of file descriptors).",
+                                   ("reason",), [(r,) for r in HTTP_REFUSE_REASONS])
+
         self.registry.register(_ScrapeCollector(self))   # first: counters lead the exposition
+        self.http_duration = Histogram(
+            "massboot_http_request_duration_seconds",
+            "Duration of HTTP responses with a body sent in full, from the request head to the last "
+            "byte.", buckets=HTTP_BUCKETS, registry=self.registry)
         self.transfer_duration = Histogram(
             "massboot_tftp_transfer_duration_seconds",
             "Duration of completed TFTP transfers, from the read request to the last ACK.",
@@ -367,6 +415,10 @@ class Metrics:
             EventKind.TFTP_DENIED: self._tftp_denied,
             EventKind.TFTP_DROPPED: self._tftp_dropped,
             EventKind.TFTP_MALFORMED: self._malformed,
+            EventKind.HTTP_DONE: self._http_done,
+            EventKind.HTTP_FAIL: self._http_fail,
+            EventKind.HTTP_REFUSED: lambda e: self.http_conn_refused.inc(
+                (_bounded(e.get("reason"), HTTP_REFUSE_REASONS),)),
             EventKind.CACHE_HIT: lambda e: self.cache_hits.inc(),
             EventKind.CACHE_MISS: lambda e: self.cache_misses.inc(),
             EventKind.CACHE_COALESCED: lambda e: self.cache_coalesced.inc(),
@@ -474,6 +526,20 @@ class Metrics:
     def _tftp_dropped(self, event: Event) -> None:
         self.tftp_dropped.inc((_bounded(event.get("reason"), TFTP_DROP_REASONS),))
 
+    def _http_end(self, event: Event) -> None:
+        self.http_requests.inc((_bounded(event.get("method"), HTTP_METHODS),
+                                _bounded(str(event.get("status")), HTTP_CODES)))
+        self.http_bytes.inc(amount=int(event.get("bytes") or 0))
+
+    def _http_done(self, event: Event) -> None:
+        self._http_end(event)
+        if event.get("body"):
+            self.http_duration.observe(event.get("duration") or 0.0)
+
+    def _http_fail(self, event: Event) -> None:
+        self._http_end(event)
+        self.http_failed.inc((_bounded(event.get("reason"), HTTP_FAIL_REASONS),))
+
     def _cache_upstream(self, event: Event) -> None:
         self.cache_upstream.inc(amount=int(event.get("bytes") or 0))
         error = event.get("error")
@@ -538,8 +604,20 @@ class Metrics:
                                   "that passed (ICMP errors, lack of buffers); a persistent one stops "
                                   "the service.", value=counts["receive_errors"])
 
+    def _collect_http(self) -> Iterator[Metric]:
+        http = self._http
+        if http is None:
+            return
+        yield GaugeMetricFamily("massboot_http_connections", "HTTP connections open ([httpd] "
+                                "max_connections at most).", value=http.connections)
+        yield GaugeMetricFamily("massboot_http_responses_active", "HTTP responses whose body is "
+                                "being sent.", value=http.sending)
+        yield CounterMetricFamily("massboot_http_connections_evicted", "Idle HTTP connections "
+                                  "closed to make room for a new one (max_connections reached).",
+                                  value=http.evicted)
+
     def _workers(self) -> Iterator[tuple[str, int, int]]:
-        for name, server in (("dhcp", self._dhcp), ("tftp", self._tftp)):
+        for name, server in (("dhcp", self._dhcp), ("tftp", self._tftp), ("http", self._http)):
             if server is not None:
                 yield (name, *server.workers())
         if self._dhcp is not None:
@@ -560,7 +638,7 @@ class Metrics:
                                     "the most all TFTP transfer windows may buffer.", value=budget)
         busy = GaugeMetricFamily("massboot_workers_busy", "Greenlets of a server's bounded pool in "
                                  "use (dhcp: exchanges, dhcp_acl: HTTP ACL calls, dhcp_probe: exchanges "
-                                 "waiting on ICMP probes, tftp: transfers).",
+                                 "waiting on ICMP probes, tftp: transfers, http: connections).",
                                  labels=("pool",))
         capacity = GaugeMetricFamily("massboot_workers_capacity", "Size of a server's bounded pool.",
                                      labels=("pool",))
@@ -644,7 +722,7 @@ class Metrics:
     def health(self) -> tuple[bool, dict[str, str]]:
         """``(healthy, {service: "up" | "down"})`` for the configured servers."""
         status: dict[str, str] = {}
-        for name, server in (("dhcp", self._dhcp), ("tftp", self._tftp)):
+        for name, server in (("dhcp", self._dhcp), ("tftp", self._tftp), ("http", self._http)):
             if server is None:
                 continue
             status[name] = "up" if server.alive else "down"

@@ -52,7 +52,11 @@ request did not come from iPXE (``ipxe`` false: the ROM started over). A PXE req
 while in ``loader`` or ``kernel`` is a chainload and continues the same boot. A new boot resets
 the phase, the byte and retransmit counts and the boot timer.
 
-TFTP events carry the client's IP address; it is mapped to the MAC through the addresses the
+HTTP responses with a body (``http.start``, then ``http.done`` or ``http.fail``) count exactly
+as TFTP transfers: a kernel and initrd fetched over HTTP (iPXE, UEFI HTTP Boot) move a client
+through the same phases. Answers without a body (HEAD, 304, errors) are not transfers.
+
+TFTP and HTTP events carry the client's IP address; it is mapped to the MAC through the addresses the
 DHCP replies handed out. Transfers from an address no reply handed out (``-t`` mode, static
 addressing) are not tracked here (the TFTP counters still count them).
 
@@ -166,6 +170,10 @@ class ProgressTracker:
             EventKind.TFTP_START: self._tftp_start,
             EventKind.TFTP_DONE: self._tftp_end,
             EventKind.TFTP_FAIL: self._tftp_end,
+            # a file fetched over HTTP moves a client exactly as one fetched by TFTP
+            EventKind.HTTP_START: self._tftp_start,
+            EventKind.HTTP_DONE: self._http_end,
+            EventKind.HTTP_FAIL: self._http_end,
         }
 
     # ------------------------------------------------------------------ queries
@@ -407,7 +415,7 @@ class ProgressTracker:
         record.last_file = name
         record.bytes += int(event.get("bytes") or 0)
         record.retransmits += int(event.get("retransmits") or 0)
-        if event.kind == EventKind.TFTP_DONE:
+        if event.kind in (EventKind.TFTP_DONE, EventKind.HTTP_DONE):
             record.files += 1
             record.last_transfer_end = t
             record.progress_at = max(record.progress_at, t)
@@ -421,3 +429,9 @@ class ProgressTracker:
                 self._enter(record, DONE, t)
         if record.phase == OS:
             self._finish_if_done(record, t)
+
+    # ------------------------------------------------------------------ HTTP
+    def _http_end(self, event: Event) -> None:
+        """An HTTP response ended; only one with a body (after ``http.start``) is a transfer."""
+        if event.get("body"):
+            self._tftp_end(event)

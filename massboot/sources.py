@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["TEXT_MAX", "ClientInfo", "ClientLookup", "FileError", "FileReason", "Source", "WouldBlock",
-           "client_text"]
+__all__ = ["TEXT_MAX", "ClientInfo", "ClientLookup", "FdSource", "FileError", "FileReason", "Source",
+           "WouldBlock", "client_text"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +81,28 @@ class Source(Protocol):
 
     def close(self) -> None:
         """Release the file; idempotent."""
+        ...
+
+
+class FdSource(Source, Protocol):
+    """A source backed by a file descriptor, for ``os.sendfile`` (the HTTP server): local files,
+    cached copies and downloads in flight (their ``.part`` file) are all one."""
+
+    def fileno(self) -> int:
+        """The descriptor; its bytes are the file's from offset 0.
+
+        Raises:
+            FileError: CLOSED once the source is closed.
+        """
+        ...
+
+    def ready(self, end: int) -> tuple[int, bool]:
+        """Wait until the first *end* bytes can be read, or the file is complete; return
+        ``(bytes readable now, complete)`` (the size once complete).
+
+        Raises:
+            FileError: the download behind the source failed or stalled.
+        """
         ...
 
 

@@ -26,10 +26,10 @@ TESTS=${TESTS:-tests/unit}
 
 if [ $# -eq 0 ]; then
     # the pure cores: codecs, the transfer state machine, the lease index, the ACL rule table,
-    # name resolution and confinement, the sans-IO DHCP exchange
+    # name resolution and confinement, the sans-IO DHCP exchange, the sans-IO HTTP core
     set -- massboot/tftp/packet.py massboot/tftp/transfer.py massboot/dhcp/packet.py \
         massboot/dhcp/leases.py:_Index massboot/acl.py:RuleTable massboot/files/names.py \
-        massboot/dhcp/exchange.py
+        massboot/dhcp/exchange.py massboot/http/protocol.py
 fi
 
 "$PYTHON" -c "import mutmut" 2>/dev/null || {

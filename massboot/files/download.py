@@ -214,6 +214,9 @@ class StreamSource(BufferedSource):
         self._dl = dl
         self._stall = stall
 
+    def _final_size(self) -> int | None:
+        return self._dl.size     # set to the bytes received once complete
+
     def _limit(self, end: int, wait: bool = True) -> int | None:
         dl = self._dl
         while True:

@@ -337,6 +337,38 @@ class BufferedSource:
         self._start, self._buf, self._view = start, new, view
         return self._view[offset - start:end - start]
 
+    def fileno(self) -> int:
+        """The descriptor to ``os.sendfile`` from (see :class:`massboot.sources.FdSource`).
+
+        Raises:
+            FileError: CLOSED once the source is closed.
+        """
+        if self._fd is None:
+            raise FileError(FileReason.CLOSED, "Source closed")
+        return self._fd.fd
+
+    def ready(self, end: int) -> tuple[int, bool]:
+        """Wait until the file's first *end* bytes can be read, or it is complete.
+
+        Returns:
+            ``(bytes readable now, complete)``; once complete, the first is the file's size.
+
+        Raises:
+            FileError: the download behind the source failed, or stalled.
+        """
+        if self._fd is None:
+            raise FileError(FileReason.CLOSED, "Source closed")
+        limit = self._limit(end)
+        if limit is None:
+            size = self._final_size()
+            assert size is not None
+            return size, True
+        return limit, False
+
+    def _final_size(self) -> int | None:
+        """The size once the file is complete."""
+        return self.size
+
     def close(self) -> None:
         """See :meth:`massboot.sources.Source.close`."""
         fd, self._fd = self._fd, None

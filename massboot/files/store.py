@@ -10,10 +10,10 @@ from massboot.events import EventBus
 from massboot.files.cache import CacheDir, default_cache_dir
 from massboot.files.local import LocalFiles
 from massboot.files.mirror import MAX_DOWNLOADS, Mirror
-from massboot.files.names import Resolver
+from massboot.files.names import Resolver, Target
 from massboot.sources import ClientLookup, FileError, Source
 
-__all__ = ["FileStore"]
+__all__ = ["FileStore", "RootView"]
 
 
 def _counter(name: str, doc: str) -> property:
@@ -53,6 +53,7 @@ class FileStore:
                  session: requests.Session | None = None) -> None:
         self._local = LocalFiles()
         self._base_dir, self._client_lookup = base_dir, client_lookup
+        self._filters = tuple(filters)
         self._names = Resolver(root, filters, base_dir=base_dir, client_lookup=client_lookup,
                                first_line=self._local.first_line)
         self._own_session = session is None
@@ -122,11 +123,24 @@ class FileStore:
         Raises:
             ValueError: a filter target uses an unknown ``{variable}`` (the old filters stay).
         """
-        self._names = Resolver(self._names.root, filters, base_dir=self._base_dir,
-                               client_lookup=self._client_lookup, first_line=self._local.first_line)
+        self._names = self._resolver(self._names.root, filters)
+        self._filters = tuple(filters)
+
+    def _resolver(self, root: str, filters: Sequence[tuple[str, str]]) -> Resolver:
+        return Resolver(root, filters, base_dir=self._base_dir, client_lookup=self._client_lookup,
+                        first_line=self._local.first_line)
+
+    def for_root(self, root: str) -> RootView:
+        """The same store serving another local *root* (``[httpd] root``): the same
+        ``[filters]`` (those :meth:`set_filters` sets included), confinement, local reads and
+        remote cache; only the names not filtered elsewhere are looked up under *root*."""
+        return RootView(self, root)
 
     def open(self, name: str, client_ip: str) -> Source:
         """Open the file a client asked for.
+
+        The source is a :class:`~massboot.sources.FdSource` (``fileno``, ``ready``): local
+        files, cached copies and downloads in flight alike.
 
         Args:
             name: the name from the request, as sent.
@@ -139,7 +153,9 @@ class FileStore:
             FileError: ``ACCESS`` for a refused name, ``NOT_FOUND`` for a missing file,
                 ``UPSTREAM`` for a mirror failure.
         """
-        target = self._names.resolve(name, client_ip)
+        return self._open(self._names.resolve(name, client_ip))
+
+    def _open(self, target: Target) -> Source:
         if target.url is not None:
             return self._mirror.open(target.url)
         return self._local.open(target.paths, target.confine)
@@ -166,3 +182,26 @@ class FileStore:
         self._mirror.close()
         if self._own_session:
             self._session.close()
+
+
+class RootView:
+    """A :class:`FileStore` seen through another local root (see :meth:`FileStore.for_root`)."""
+
+    def __init__(self, store: FileStore, root: str) -> None:
+        self._store = store
+        self._root = root
+        self._filters = store._filters
+        self._names = store._resolver(root, self._filters)
+
+    @property
+    def root(self) -> str:
+        """The absolute local root."""
+        return self._names.root
+
+    def open(self, name: str, client_ip: str) -> Source:
+        """See :meth:`FileStore.open`."""
+        store = self._store
+        if store._filters is not self._filters:    # a reload changed them
+            self._names = store._resolver(self._root, store._filters)
+            self._filters = store._filters
+        return store._open(self._names.resolve(name, client_ip))

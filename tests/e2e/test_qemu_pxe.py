@@ -24,9 +24,12 @@ The tests:
 
 * ``test_unlisted_mac_gets_nothing``: ``access = mac``, the VM's MAC not in ``[mac]``: massboot
   logs the denials, sends no offer, the VM never starts a boot loader.
-* ``test_boot_local_root``: ``access = mac`` with the MAC listed, a local TFTP root: the whole
-  chain, the markers, the address (PXE ack == udhcpc lease == OS ack) and the sha256 on the
-  serial console, and massboot's log shows the phases in order.
+* ``test_boot_local_root_ipxe_http``: ``access = mac`` with the MAC listed, a local root, and
+  ``massboot -H`` (README, "HTTP boot"): the e1000's iPXE gets ``ipxe_boot_file``, a URL, and
+  loads that iPXE script, then the kernel and the initrd over HTTP from massboot (``check_ip``
+  on: the VM's leased address may download); /init then fetches payload.bin by TFTP. The markers,
+  the address (PXE ack == udhcpc lease == OS ack) and the sha256 on the serial console, and
+  massboot's log shows the steps in order. (The pxelinux chain by TFTP is the mirror test's.)
 * ``test_boot_mirror_root``: ``[tftpd] root = http://10.78.0.1:8081/``: EVERY file (pxelinux.0,
   ldlinux.c32, pxe.cfg, vmlinuz, initrd.img, payload.bin) comes from a ``python -m http.server``
   mirror through massboot's cache. The VM boots twice (two power-ons of the same machine, as
@@ -108,6 +111,8 @@ ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>c78])")
 REPLY = re.compile(r"PXE\[server\] INFO: (?P<kind>offer|ack|nak|bootp) mac=(?P<mac>\S+) ip=(?P<ip>\S+) "
                    r"phase=(?P<phase>\S+) ")
 TFTP_DONE = re.compile(r"tftp done client=(?P<ip>[\d.]+):\d+ file=(?P<file>\S+) bytes=(?P<bytes>\d+)")
+HTTP_DONE = re.compile(r"http GET client=(?P<ip>[\d.]+):\d+ file=(?P<file>\S+) status=200 "
+                       r"bytes=(?P<bytes>\d+)")
 GET = re.compile(r'"GET (?P<path>\S+) HTTP/1\.[01]" (?P<status>\d{3})')
 
 # No "serial" line: with -nographic SeaBIOS already copies the VGA text to the serial port, and
@@ -121,6 +126,14 @@ label linux
   kernel vmlinuz
   initrd initrd.img
   append console=ttyS0,115200 loglevel=4 panic=-1 tftp_file=payload.bin
+"""
+
+# README, "HTTP boot": the script iPXE gets as ipxe_boot_file; ${next-server} is massboot
+IPXE_SCRIPT = """\
+#!ipxe
+kernel http://${next-server}/vmlinuz console=ttyS0,115200 loglevel=4 panic=-1 tftp_file=payload.bin
+initrd http://${next-server}/initrd.img
+boot
 """
 
 _counter = itertools.count(1)
@@ -563,9 +576,10 @@ def probe_accel(files: BootFiles, work: Path) -> str:
 # ------------------------------------------------------------------------------------------
 
 
-def write_config(directory: Path, root: str, mac_listed: bool | None) -> Path:
+def write_config(directory: Path, root: str, mac_listed: bool | None, http: bool = False) -> Path:
     """massboot's ini for one test: *root* for [tftpd]; *mac_listed* None means no ACL, True
-    ``access = mac`` with the VM's MAC listed, False ``access = mac`` with another MAC only."""
+    ``access = mac`` with the VM's MAC listed, False ``access = mac`` with another MAC only;
+    *http*: iPXE gets ``boot.ipxe`` over HTTP (``ipxe_boot_file``; run massboot with ``-H``)."""
     acl = ""
     if mac_listed is not None:
         acl = "access = mac\n"
@@ -573,10 +587,12 @@ def write_config(directory: Path, root: str, mac_listed: bool | None) -> Path:
         "[logger]", "type = stderr", "level = info",
         "[bootpd]", f"pool_start = {POOL_START}", "pool_count = 20", "lease_db = leases.sqlite3",
         acl.strip(),
+        f"ipxe_boot_file = http://{SERVER_IP}/boot.ipxe" if http else "",
         "[bootfile]", "default = pxelinux.0",
         # cache_revalidate: no conditional GET between the mirror test's two boots, however slow
         "[tftpd]", f"root = {root}", "cache_dir = cache", "cache_revalidate = 3600",
         "[filters]", "pxelinux.cfg/* = pxe.cfg",
+        *(["[httpd]", "port = 80", "check_ip = yes"] if http else []),
     ]
     if mac_listed is not None:
         lines += ["[mac]", f"{OTHER_MAC_INI} = yes"]
@@ -608,14 +624,24 @@ def replies(log: str, mac: str = VM_MAC) -> list[Reply]:
     return out
 
 
-def tftp_done(log: str) -> list[tuple[int, str, str, int]]:
-    """(line, client ip, file, bytes) of every completed TFTP transfer."""
+def _files_sent(log: str, pattern: re.Pattern[str]) -> list[tuple[int, str, str, int]]:
+    """(line, client ip, file, bytes) of every line of massboot's log *pattern* matches."""
     out = []
     for n, line in enumerate(log.splitlines()):
-        m = TFTP_DONE.search(line)
+        m = pattern.search(line)
         if m:
             out.append((n, m["ip"], m["file"], int(m["bytes"])))
     return out
+
+
+def tftp_done(log: str) -> list[tuple[int, str, str, int]]:
+    """(line, client ip, file, bytes) of every completed TFTP transfer."""
+    return _files_sent(log, TFTP_DONE)
+
+
+def http_done(log: str) -> list[tuple[int, str, str, int]]:
+    """(line, client ip, file, bytes) of every GET answered 200 by massboot -H."""
+    return _files_sent(log, HTTP_DONE)
 
 
 def first_line(entries: Sequence[tuple[int, str, str, int]], pred: Callable[[str], bool]) -> int | None:
@@ -636,8 +662,12 @@ def report(name: str, vm: Vm, accel: str) -> str:
     return f"\n--- {name} ({accel}): {times}\n{excerpt(vm)}\n---"
 
 
-def check_boot(vm: Vm, log: str, files: BootFiles) -> str:
-    """Assert one whole boot on the serial console and in massboot's log; return the address."""
+def check_boot(vm: Vm, log: str, files: BootFiles, http: bool = False) -> str:
+    """Assert one whole boot on the serial console and in massboot's log; return the address.
+
+    *http*: the iPXE script, the kernel and the initrd came by HTTP (README, "HTTP boot"), not
+    the pxelinux chain by TFTP.
+    """
     diag = f"\nserial excerpt:\n{excerpt(vm)}\nmassboot log:\n{log}"
     markers = vm.markers()
     failed = [m for m in markers if m.startswith("FAIL")]
@@ -664,16 +694,29 @@ def check_boot(vm: Vm, log: str, files: BootFiles) -> str:
     assert os_ip[1] == ip, f"OS phase got {os_ip[1]}, PXE phase {ip}: lease not sticky{diag}"
     assert not [r for r in mine if r.kind == "nak"], f"massboot sent a NAK{diag}"
     done = [d for d in tftp_done(log) if d[1] == ip]
-    order = [
-        ("pxe ack", pxe_acks[0].line),
-        ("pxelinux.0", first_line(done, lambda n: n == "pxelinux.0")),
-        ("ldlinux.c32", first_line(done, lambda n: n == "ldlinux.c32")),
-        ("pxelinux.cfg/...", first_line(done, lambda n: n.startswith("pxelinux.cfg/"))),
-        ("vmlinuz", first_line(done, lambda n: n == "vmlinuz")),
-        ("initrd.img", first_line(done, lambda n: n == "initrd.img")),
-        ("os ack", os_acks[0].line),
-        ("payload.bin", first_line(done, lambda n: n == "payload.bin")),
-    ]
+    if http:
+        fetched = [d for d in http_done(log) if d[1] == ip]
+        assert not [d for d in done if d[2] != "payload.bin"], f"a boot file came by TFTP{diag}"
+        order = [
+            ("pxe ack", pxe_acks[0].line),
+            ("boot.ipxe (http)", first_line(fetched, lambda n: n == "boot.ipxe")),
+            ("vmlinuz (http)", first_line(fetched, lambda n: n == "vmlinuz")),
+            ("initrd.img (http)", first_line(fetched, lambda n: n == "initrd.img")),
+            ("os ack", os_acks[0].line),
+            ("payload.bin", first_line(done, lambda n: n == "payload.bin")),
+        ]
+        done = fetched
+    else:
+        order = [
+            ("pxe ack", pxe_acks[0].line),
+            ("pxelinux.0", first_line(done, lambda n: n == "pxelinux.0")),
+            ("ldlinux.c32", first_line(done, lambda n: n == "ldlinux.c32")),
+            ("pxelinux.cfg/...", first_line(done, lambda n: n.startswith("pxelinux.cfg/"))),
+            ("vmlinuz", first_line(done, lambda n: n == "vmlinuz")),
+            ("initrd.img", first_line(done, lambda n: n == "initrd.img")),
+            ("os ack", os_acks[0].line),
+            ("payload.bin", first_line(done, lambda n: n == "payload.bin")),
+        ]
     missing = [name for name, line in order if line is None]
     assert not missing, f"massboot's log lacks {missing}{diag}"
     lines = [line for _name, line in order]
@@ -752,14 +795,16 @@ def test_unlisted_mac_gets_nothing(boot_files: BootFiles, accel: str, lab: Lab, 
 
 
 @within(BOOT_TIMEOUT, QEMU_EXIT)
-def test_boot_local_root(boot_files: BootFiles, accel: str, lab: Lab, tmp_path: Path) -> None:
-    """access = mac with the MAC listed, local root: the whole chain to the OS and power-off."""
+def test_boot_local_root_ipxe_http(boot_files: BootFiles, accel: str, lab: Lab, tmp_path: Path) -> None:
+    """access = mac with the MAC listed, local root, ``-H``: iPXE loads its script, the kernel and
+    the initrd over HTTP from massboot (README, "HTTP boot", the BIOS recipe), then the OS."""
     boot_files.install(tmp_path / "tftp")
-    lab.start_massboot(write_config(tmp_path, "tftp", mac_listed=True))
+    (tmp_path / "tftp" / "boot.ipxe").write_text(IPXE_SCRIPT)
+    lab.start_massboot(write_config(tmp_path, "tftp", mac_listed=True, http=True), args=("-H",))
     vm = lab.start_vm("local", accel)
     watch(vm, BOOT_TIMEOUT)
-    print(report("local root", vm, accel))
-    ip = check_boot(vm, lab.massboot_text(), boot_files)
+    print(report("local root, iPXE over HTTP", vm, accel))
+    ip = check_boot(vm, lab.massboot_text(), boot_files, http=True)
     assert vm.proc.wait(timeout=30) == 0, "QEMU did not exit cleanly after poweroff"
     assert ip.startswith("10.78.0.")
 

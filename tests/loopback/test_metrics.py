@@ -93,6 +93,11 @@ cache_dir = {cache}
 address = 127.0.0.1
 port = 0
 stall_after = {stall_after}
+
+[httpd]
+address = 127.0.0.1
+port = 0
+check_ip = no
 """
 
 
@@ -163,6 +168,7 @@ class Rack:
     tmp_path: object
     stall_after: float = 60.0
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    http: bool = False          # also the HTTP file server (-H)
 
     def __post_init__(self) -> None:
         self.mirror = Mirror(FILES)
@@ -173,7 +179,7 @@ class Rack:
                              mirror=self.mirror.root, cache=f"{self.tmp_path}/cache",
                              stall_after=self.stall_after)
         self.config = cfg.loads(text, path=f"{self.tmp_path}/massboot.ini")
-        self.services = Services(self.config, registry=self.registry)
+        self.services = Services(self.config, registry=self.registry, run_http=self.http)
         self.services.start()
         assert self.services.metrics is not None and self.services.dhcp is not None
         assert self.services.tftp is not None

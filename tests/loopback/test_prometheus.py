@@ -38,7 +38,7 @@ import pytest
 import requests
 
 from tests.conftest import require, require_tool
-from tests.loopback.test_metrics import HOST, Rack, boot_rack, wait_for
+from tests.loopback.test_metrics import FILES, HOST, Rack, boot_rack, wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "10m", "$instance": ".+"}
@@ -213,7 +213,7 @@ class Prometheus:
 @pytest.fixture
 def prometheus_rack(tmp_path: Path) -> Iterator[tuple[Rack, Prometheus]]:
     require_tool("prometheus")
-    rack = Rack(tmp_path, stall_after=1.0)
+    rack = Rack(tmp_path, stall_after=1.0, http=True)
     prom: Prometheus | None = None
     try:
         prom = Prometheus(tmp_path, rack.metrics.port)
@@ -230,6 +230,11 @@ def test_prometheus_evaluates_every_dashboard_and_alert_expression(prometheus_ra
     wait_for(lambda: prom.scalar('up{job="massboot"}') == 1, timeout=30, what="massboot scraped")
 
     boot_rack(rack)
+    # the HTTP panels: a file from the cache and a missing one, over HTTP (-H)
+    assert rack.services.http is not None
+    base = f"http://{HOST}:{rack.services.http.port}/"
+    assert requests.get(base + "vmlinuz", timeout=10).content == FILES["vmlinuz"]
+    assert requests.get(base + "missing", timeout=10).status_code == 404
     samples = 'count_over_time(massboot_build_info{job="massboot"}[10m])'
     after_boot = prom.scalar(samples)
     # three more scrapes, stalled clients seen, and the rules evaluated on them

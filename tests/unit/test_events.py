@@ -113,6 +113,24 @@ LINES = [
      "massboot.tftp.server", logging.INFO,
      "tftp failed client=10.0.0.5:2070 file=vmlinuz reason=timeout bytes=0 duration=0.000s rate=0.00MB/s "
      "retransmits=5: no ACK after 5 retransmissions"),
+    ("http.start", dict(ip="10.0.0.5", port=40000, method="GET", name="vmlinuz", status=200, bytes=None),
+     "massboot.http.server", logging.DEBUG, "http GET client=10.0.0.5:40000 file=vmlinuz status=200 bytes=-"),
+    ("http.done", dict(ip="10.0.0.5", port=40000, method="GET", name="vmlinuz", status=200,
+                       bytes=2_000_000, duration=2.0, body=True),
+     "massboot.http.server", logging.INFO,
+     "http GET client=10.0.0.5:40000 file=vmlinuz status=200 bytes=2000000 duration=2.000s rate=1.00MB/s"),
+    ("http.done", dict(ip="10.0.0.5", port=40000, method="-", name="a b\n", status=400, bytes=0,
+                       duration=0.0, body=False, reason="bad_request"),
+     "massboot.http.server", logging.INFO,
+     "http - client=10.0.0.5:40000 file='a b\\n' status=400 reason=bad_request"),
+    ("http.fail", dict(ip="10.0.0.5", port=40000, method="GET", name="initrd", status=206, bytes=10,
+                       duration=1.0, body=True, reason="client_gone", detail="Connection reset by peer"),
+     "massboot.http.server", logging.INFO,
+     "http failed GET client=10.0.0.5:40000 file=initrd status=206 reason=client_gone bytes=10 "
+     "duration=1.000s: Connection reset by peer"),
+    ("http.refused", dict(ip="10.0.0.5", port=40000, reason="connections"),
+     "massboot.http.server", logging.DEBUG,
+     "http refused connection client=10.0.0.5:40000 reason=connections"),
 ]
 
 

@@ -354,3 +354,53 @@ def test_other_events_are_ignored() -> None:
     f.emit("dhcp.malformed", reason="truncated")
     f.emit("tftp.done", ip=IP, port=1, name="x", bytes=1, duration=1.0, ttfb=0.1, retransmits=0)
     assert len(f.tracker) == 0
+
+
+# -- HTTP (README, "HTTP boot"): a file fetched over HTTP counts as a TFTP transfer
+
+
+def http(f: Feed, name: str, status: int = 200, method: str = "GET", nbytes: int = 1000,
+         fail: str | None = None, ip: str = IP) -> None:
+    body = method == "GET" and status in (200, 206)
+    if body:
+        f.emit("http.start", ip=ip, port=3000, method=method, name=name, status=status, bytes=nbytes)
+    if fail is not None:
+        f.emit("http.fail", ip=ip, port=3000, method=method, name=name, status=status, bytes=nbytes // 2,
+               duration=0.5, body=body, reason=fail, detail="reset")
+    else:
+        f.emit("http.done", ip=ip, port=3000, method=method, name=name, status=status,
+               bytes=nbytes if body else 0, duration=0.5, body=body)
+
+
+def test_ipxe_over_http_walks_the_same_phases() -> None:
+    """BIOS two-stage: undionly.kpxe by TFTP, then the script, kernel and initrd over HTTP."""
+    f = Feed()
+    f.pxe_dora(file="undionly.kpxe")
+    f.transfer("undionly.kpxe", nbytes=70_000)
+    assert f.phase() == "loader"
+    f.pxe_dora(file="http://10.0.0.1/boot.ipxe", ipxe=True)     # iPXE's own DHCP: a chainload
+    assert f.phase() == "loader"
+    http(f, "boot.ipxe", status=404)                             # an error is not a transfer
+    http(f, "vmlinuz", method="HEAD")
+    assert f.phase() == "loader" and f.tracker.get(MAC).transfers == 0
+    http(f, "boot.ipxe", nbytes=100)
+    assert f.phase() == "kernel"
+    f.emit("http.start", ip=IP, port=3001, method="GET", name="vmlinuz", status=200, bytes=8_000_000)
+    assert f.tracker.get(MAC).transfers == 1 and f.tracker.get(MAC).last_file == "vmlinuz"
+    f.emit("http.done", ip=IP, port=3001, method="GET", name="vmlinuz", status=200, bytes=8_000_000,
+           duration=1.0, body=True)
+    http(f, "initrd.img", nbytes=1000, fail="client_gone")       # cut: counted bytes, no file
+    http(f, "initrd.img", status=206, nbytes=30_000_000)
+    f.os_dora()
+    assert f.phase() == "done" and len(f.boots) == 1
+    record = f.tracker.get(MAC)
+    assert record.files == 4 and record.bytes == 70_000 + 100 + 8_000_000 + 500 + 30_000_000
+
+
+def test_uefi_http_boot_file_is_the_loader() -> None:
+    f = Feed()
+    f.pxe_dora(file="http://10.0.0.1/shimx64.efi")
+    http(f, "shimx64.efi", nbytes=900_000)
+    assert f.phase() == "loader" and f.tracker.get(MAC).loader_file == "shimx64.efi"
+    http(f, "grubx64.efi")
+    assert f.phase() == "kernel"
