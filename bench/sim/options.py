@@ -39,6 +39,7 @@ class Options:
     relay_socket: str = "shared"
     server_log_level: str = "info"
     remote_root: bool = False
+    http_server: str = "massboot"  # what serves HTTP when the mix needs it: massboot's -H, or nginx
     netns: bool = False
     keep: bool = False
     workdir: str | None = None
