@@ -14,8 +14,9 @@ The servers, each started by the bench on a free loopback port and stopped after
 
 * ``massboot``: ``python -m massboot -t -H -c CONF`` from this checkout, ``[tftpd] root`` the
   directory, ``[httpd] address 127.0.0.1``, its port, ``check_ip = off`` (the generator has no
-  lease) and no ``root`` (so it serves the TFTP root, through the same file store), logging
-  at ``warning``.
+  lease), ``max_per_client`` lifted (every connection comes from 127.0.0.1; nginx has no such
+  cap), ``max_connections`` above ``--clients``, and no ``root`` (so it serves the TFTP root,
+  through the same file store), logging at ``warning``.
 * ``nginx``: the Debian package as a private instance (``bench/nginx.py``): temporary prefix,
   ``worker_processes 1``, ``sendfile on``, ``access_log off``, never the system service.
 * ``--extra-server NAME=COMMAND``: any other server (a massboot branch, a prototype) serving
@@ -75,6 +76,8 @@ root = {root}
 address = 127.0.0.1
 port = {port}
 check_ip = off
+max_per_client = 100000
+max_connections = {max_connections}
 """
 
 
@@ -132,7 +135,7 @@ def massboot_http_missing() -> str | None:
     return None
 
 
-def start_server(name: str, root: str, work: str, extra: dict[str, str]) -> Server:
+def start_server(name: str, root: str, work: str, extra: dict[str, str], clients: int = 500) -> Server:
     """Start *name* on a free loopback port, serving *root*; wait until it accepts connections.
 
     Raises:
@@ -153,7 +156,8 @@ def start_server(name: str, root: str, work: str, extra: dict[str, str]) -> Serv
             s.bind(("127.0.0.1", 0))
             tftp_port = s.getsockname()[1]
         with open(config, "w") as f:
-            f.write(MASSBOOT_CONFIG.format(port=port, tftp_port=tftp_port, root=root))
+            f.write(MASSBOOT_CONFIG.format(port=port, tftp_port=tftp_port, root=root,
+                                           max_connections=max(1024, clients + 64)))
         argv = [sys.executable, "-m", "massboot", "-t", "-H", "-c", config]
     elif name in extra:
         argv = [part.format(root=root, port=port) for part in shlex.split(extra[name])]
@@ -326,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
         for rnd in range(args.rounds):
             shift = rnd % len(order)
             for name in order[shift:] + order[:shift]:  # each server takes each slot in turn
-                server = start_server(name, root, work, extra)
+                server = start_server(name, root, work, extra, args.clients)
                 try:
                     run_spec = HttpLoadSpec(("127.0.0.1", server.port), spec.files, verify_every=1,
                                             timeout=spec.timeout, deadline=30)
