@@ -189,16 +189,18 @@ def run(opts: Options) -> Summary:
             if http is not None:
                 target += f" http:{http[1]}"
             target += ")"
-            if nginx is not None:
-                target += f", HTTP from nginx (started, {nginx.url})"
             if netns is not None:
                 host = netns.server_ip
                 target = (f"massboot (started in netns {netns.server}, {host}; broadcast DHCP from "
                           f"netns {netns.clients}, {netns.client_if})")
+                if http is not None:
+                    target = target[:-1] + f"; HTTP {http[0]}:{http[1]})"
                 netns.enter()
         else:
             host, dhcp_port, tftp_port = opts.server, opts.dhcp_port, opts.tftp_port
             target = f"{host} dhcp:{dhcp_port} tftp:{tftp_port}"
+        if nginx is not None:
+            target += f", HTTP from nginx (started, {nginx.url})"
         http_cpu = tree_cpu(nginx.pid) if nginx is not None else None
         summary = _run_rack(opts, host, dhcp_port, tftp_port, target, server, files,
                             netns.client_if if netns is not None else None)

@@ -61,3 +61,25 @@ def test_netns_rack_boots_by_broadcast_and_cleans_up(tmp_path):
     ns = Namespaces()   # the names are derived from this process's pid
     left = _namespaces().split()
     assert ns.server not in left and ns.clients not in left, left
+
+
+def test_netns_rack_with_http_clients_reads_kernel_and_initrd_over_http(tmp_path):
+    """The http profile across the veth: TFTP for iPXE, then script, kernel and initrd over HTTP
+    from a private nginx the simulator starts in the server's namespace (port 80 there), each
+    client connecting from the address it leased."""
+    require_root()
+    require_tool("ip", "nginx")
+    opts = Options(clients=12, mix={"bios": 1, "http": 2}, netns=True, seed=12, ramp=0.3, timeout_scale=0.5,
+                   duration=90, progress=False, http_server="nginx", workdir=str(tmp_path / "run"), **SMALL)
+    summary = run(opts)
+    failures = {r.mac: r.failure for r in summary.results if not r.ok}
+    assert summary.all_booted and summary.failed == 0, failures
+    assert f"HTTP from nginx (started, http://{Namespaces.server_ip}:80/)" in summary.target
+    for r in summary.results:
+        assert r.bytes == expected_bytes(r.profile, summary.files), (r.profile, r.files)
+        if r.profile == "http":
+            assert r.http_requests == 3 and r.http_connections == 1 and r.dhcp_exchanges == 3
+    assert summary.http_requests == 3 * summary.profiles["http"]
+    ns = Namespaces()
+    left = _namespaces().split()
+    assert ns.server not in left and ns.clients not in left, left
