@@ -255,8 +255,8 @@ class SimClient:
                 self.mark("bootfile")
                 chained = PROFILES[profile.chain]
                 ipxe_ack = self._dora(pxe=True, profile=chained)  # iPXE asks again, as iPXE
-                if ipxe_ack.yiaddr != ack.yiaddr:
-                    raise ClientFailure("dhcp_mismatch", f"iPXE got {ipxe_ack.yiaddr}, the ROM {ack.yiaddr}")
+                if ipxe_ack.yiaddr != ack.yiaddr and self.bind_ip == ack.yiaddr:
+                    self.bind_ip = ipxe_ack.yiaddr  # iPXE uses what it was given (massboot's is sticky)
                 script_uri = self._bootfile(ipxe_ack)
                 stage = chained.loader
                 config = self._load(script_uri, stage, self.loader_options, keep=True)
