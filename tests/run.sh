@@ -13,7 +13,9 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-/usr/bin/python3}
 VENV=.venv-test
 DEBIAN_PACKAGES="python3-venv iproute2 nftables isc-dhcp-client busybox udhcpc atftp tftp-hpa curl
-    prometheus systemd qemu-system-x86 ipxe-qemu nginx"
+    prometheus systemd qemu-system-x86 ipxe-qemu"
+# nginx: the peer of bench/http_bench.py and the simulator's --http-server (tests/loopback/test_http_bench.py)
+DEBIAN_PACKAGES="$DEBIAN_PACKAGES nginx"
 
 owner=$(stat -c %u:%g .)
 if [ "$(id -u)" = 0 ] && [ "$owner" != 0:0 ]; then
