@@ -14,8 +14,6 @@ PYTHON=${PYTHON:-/usr/bin/python3}
 VENV=.venv-test
 DEBIAN_PACKAGES="python3-venv iproute2 nftables isc-dhcp-client busybox udhcpc atftp tftp-hpa curl
     prometheus systemd qemu-system-x86 ipxe-qemu"
-# nginx: the peer of bench/http_bench.py and the simulator's --http-server (tests/loopback/test_http_bench.py)
-DEBIAN_PACKAGES="$DEBIAN_PACKAGES nginx"
 
 owner=$(stat -c %u:%g .)
 if [ "$(id -u)" = 0 ] && [ "$owner" != 0:0 ]; then
@@ -23,6 +21,8 @@ if [ "$(id -u)" = 0 ] && [ "$owner" != 0:0 ]; then
     trap 'chown -R --from=0:0 "$owner" . 2>/dev/null || true' EXIT
 fi
 
+# nginx: the peer of bench/http_bench.py and the simulator's --http-server (tests/loopback/test_http_bench.py)
+DEBIAN_PACKAGES="$DEBIAN_PACKAGES nginx"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
