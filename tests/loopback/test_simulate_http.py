@@ -229,3 +229,21 @@ def test_http_mix_needs_an_http_server():
         pytest.skip("this massboot serves HTTP")
     with pytest.raises(SetupError, match="--http-server nginx"):
         run(Options(clients=2, mix={"http": 1}, progress=False, **SMALL))
+
+
+def test_remote_root_tftp_and_http_clients_share_one_upstream_copy():
+    """--remote-root with massboot's -H: TFTP (bios) and HTTP (http) clients of the same kernel
+    and initrd cause one upstream GET of each between them (the one file store)."""
+    missing = servers.massboot_http_missing()
+    if missing:
+        pytest.skip(missing)
+    opts = Options(clients=12, mix={"bios": 1, "http": 1}, remote_root=True, seed=6, ramp=0.3,
+                   timeout_scale=0.5, duration=60, progress=False, **SMALL)
+    summary = run(opts)
+    port = summary.target.split(" http:", 1)[1].split(")", 1)[0]
+    _check_rack(summary, f"127.0.0.1:{port}")
+    up = summary.upstream
+    assert up is not None
+    for name in ("vmlinuz", "initrd.img", servers.HTTP_SCRIPT, "pxelinux.0"):
+        assert up["by_path"][name] == [1, summary.files[name]], (name, up["by_path"].get(name))
+    assert up["copies"] == 1.0
