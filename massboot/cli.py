@@ -264,8 +264,15 @@ class Services:
         if not h.check_ip:
             return None
         if self.dhcp is not None:
+            if self.dhcp.proxy:    # no leases: the addresses boot clients reported (README, proxyDHCP)
+                return self.dhcp.reported
             return StoreLeases(lambda: self.stores)
         bootp = self.config.bootp
+        if bootp is not None and bootp.mode == "proxy":
+            raise cfg.ConfigError("httpd", "check_ip", "yes",
+                                  "in proxy mode massboot leases nothing: only the DHCP server's own "
+                                  "process knows the addresses boot clients reported; run -H with "
+                                  "the DHCP server, or set check_ip = no")
         if bootp is None:
             raise cfg.ConfigError("httpd", "check_ip", "yes",
                                   "needs [bootpd] lease_db to know which addresses massboot leased; "

@@ -21,6 +21,8 @@ if [ "$(id -u)" = 0 ] && [ "$owner" != 0:0 ]; then
     trap 'chown -R --from=0:0 "$owner" . 2>/dev/null || true' EXIT
 fi
 
+# nginx: the peer of bench/http_bench.py and the simulator's --http-server (tests/loopback/test_http_bench.py)
+DEBIAN_PACKAGES="$DEBIAN_PACKAGES nginx"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = Options()
     parser.add_argument("--clients", type=int, default=d.clients, help="number of machines (%(default)s)")
     parser.add_argument("--mix", default="bios=60,uefi=30,ipxe=10",
-                        help="firmware profiles and weights: bios, uefi, ipxe, plain (%(default)s)")
+                        help="firmware profiles and weights, name=W or name:W: bios, uefi, ipxe, http "
+                             "(PXE ROM, then iPXE over HTTP), plain (%(default)s)")
     parser.add_argument("--ramp", type=float, default=d.ramp,
                         help="power-on spread in seconds, uniform (%(default)s: all at once)")
     parser.add_argument("--loss", type=float, default=d.loss,
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="[logger] level of the massboot started here (%(default)s)")
     parser.add_argument("--remote-root", action="store_true",
                         help="serve the root over HTTP from here; massboot reads it through its cache")
+    parser.add_argument("--http-server", choices=("massboot", "nginx"), default=d.http_server,
+                        help="with the http profile in the mix: who serves the script, kernel and initrd "
+                             "over HTTP, massboot's -H or a private nginx on the same root (%(default)s)")
     parser.add_argument("--netns", action="store_true",
                         help="(root) massboot and the rack in two namespaces: broadcast DHCP over a veth")
     parser.add_argument("--proxy", action="store_true",
@@ -89,6 +93,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    relay_port=args.relay_port, relay_socket=args.relay_socket,
                    server_log_level=args.server_log_level, remote_root=args.remote_root, netns=args.netns,
                    proxy=args.proxy, site_server=args.site_server,
+                   http_server=args.http_server,
                    keep=args.keep, json_path=args.json, plot_path=args.plot, progress=not args.quiet)
 
 

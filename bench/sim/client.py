@@ -1,5 +1,8 @@
 """One simulated machine: PXE DHCP, the boot file, the PXELINUX config probes or the iPXE
-script, kernel and initrd, the booted OS's DHCP (see bench/README.md, "simulate.py").
+script, kernel and initrd, the booted OS's DHCP (see bench/README.md, "simulate.py"). A
+chainloading profile (``http``) asks for an address a second time as iPXE once its boot file
+is loaded, and reads the script, kernel and initrd named by URLs: ``http://`` ones over HTTP
+(``bench/sim/http.py``), the others by TFTP.
 
 DHCP follows RFC 2131 as a relay agent would forward it (``giaddr``, hops 1) or, with
 ``--netns``, by broadcast; PXE options as in RFC 4578 and the PXE 2.1 specification. TFTP
@@ -10,9 +13,11 @@ both directions.
 
 from __future__ import annotations
 
+import posixpath
 import random
 import re
 import time
+import urllib.parse
 import uuid as uuidlib
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -34,13 +39,15 @@ from massboot.dhcp.packet import (
 )
 
 from ..tftpcore import DONE, FAILED, ReadClient, unknown_tid_error
-from .profiles import OS_DHCP_WAITS, OS_PARAMS, Profile, Stage
+from .http import HttpConnection, HttpFailure, split_url
+from .profiles import HTTP_IDLE_TIMEOUT, OS_DHCP_WAITS, OS_PARAMS, PROFILES, Profile, Stage
 from .transport import LeanUdp, RelayMailbox
 
 if TYPE_CHECKING:
     from .rack import Rack
 
-__all__ = ["ClientFailure", "ClientResult", "SimClient", "parse_boot_config", "pxelinux_probes"]
+__all__ = ["ClientFailure", "ClientResult", "SimClient", "parse_boot_config", "parse_ipxe_script",
+           "pxelinux_probes", "resolve_uri"]
 
 _KEEP_LIMIT = 1 << 20  # config files and scripts are read into memory, up to this size
 
@@ -66,6 +73,8 @@ class ClientResult:
     dhcp_lost: int = 0
     tftp_resends: int = 0
     tftp_duplicates: int = 0
+    http_requests: int = 0
+    http_connections: int = 0
     dora_times: list[float] = field(default_factory=list)
 
 
@@ -138,6 +147,45 @@ def _ip_text(value: bytes | None) -> str | None:
     return ".".join(str(b) for b in value) if value is not None and len(value) == 4 else None
 
 
+def resolve_uri(base: str, ref: str) -> str:
+    """*ref* as iPXE resolves it against the URI of the script that names it (RFC 3986
+    section 5.2): an absolute URI stays, a relative one is joined to the script's; a script
+    reached by a plain TFTP name resolves to a TFTP name (relative to the script's directory)."""
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", ref):
+        return ref
+    if re.match(r"https?://", base, re.IGNORECASE):
+        return urllib.parse.urljoin(base, ref)
+    match = re.match(r"(tftp://[^/]*/)(.*)", base, re.IGNORECASE)
+    if match:
+        return match.group(1) + posixpath.normpath(posixpath.join(posixpath.dirname(match.group(2)), ref))
+    if ref.startswith("/"):
+        return ref.lstrip("/")
+    return posixpath.normpath(posixpath.join(posixpath.dirname(base), ref))
+
+
+def parse_ipxe_script(text: str, base: str) -> tuple[str | None, str | None]:
+    """The kernel and initrd an iPXE script names (``kernel``/``chain``/``imgexec``,
+    ``initrd``/``module``/``imgfetch``: the first of each), as URIs resolved against *base*,
+    the URI the script was read from (:func:`resolve_uri`). Options (``--name X``) and the
+    kernel's command line are skipped; a script must start with ``#!ipxe`` (iPXE refuses
+    anything else as a script), else ``(None, None)``."""
+    if not text.lstrip().startswith("#!ipxe"):
+        return None, None
+    kernel: str | None = None
+    initrd: str | None = None
+    for raw in text.splitlines():
+        words = raw.split()
+        if not words or words[0].startswith("#") or words[0].startswith(":"):
+            continue
+        keyword = words[0].lower()
+        args = _arguments(words[1:])
+        if keyword in ("kernel", "chain", "imgexec") and args and kernel is None:
+            kernel = resolve_uri(base, args[0])
+        elif keyword in ("initrd", "module", "imgfetch") and args and initrd is None:
+            initrd = resolve_uri(base, args[0])
+    return kernel, initrd
+
+
 class SimClient:
     """One simulated machine: see the module docstring for what it does."""
 
@@ -158,6 +206,7 @@ class SimClient:
         self.server_id: bytes | None = None
         self.tftp_host = rack.server_host
         self.bind_ip = "0.0.0.0"
+        self._http: dict[tuple[str, int], HttpConnection] = {}
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -206,41 +255,67 @@ class SimClient:
             self.tftp_host = (ack.option(Opt.TFTP_SERVER) or b"").decode("latin-1").strip("\0")
         if self.rack.broadcast or (ip.startswith("127.") and self.tftp_host.startswith("127.")):
             self.bind_ip = ip  # on loopback (or the AnyIP route of --netns) it owns its address
-        bootfile = ack.file.decode("latin-1") or (ack.option(Opt.BOOTFILE) or b"").decode("latin-1")
-        bootfile = bootfile.strip("\0")
-        if not bootfile:
-            raise ClientFailure("no_bootfile", "the ACK names no boot file")
+        bootfile = self._bootfile(ack)
         stage = profile.firmware
-        got = self._fetch(bootfile, stage, self.firmware_options, keep=profile.ipxe)
-        assert got is not None
-        self.mark("bootfile")
-        if profile.ipxe:
-            config = got[1]
-        else:
-            stage = profile.loader
-            config = None
-            for name in pxelinux_probes(str(self.uuid), self.result.mac, ip):
-                self.result.probes += 1
-                got = self._fetch(name, stage, self.loader_options, keep=True, missing_ok=True)
-                if got is not None:
-                    config = got[1]
-                    break
-            if config is None:
-                raise ClientFailure("no_config", "no pxelinux.cfg file found")
-        self.mark("config")
-        kernel, initrd = parse_boot_config(config.decode("latin-1"), profile.ipxe)
-        if kernel is None:
-            raise ClientFailure("no_kernel", "the config names no kernel")
-        self._fetch(kernel, stage, self.loader_options)
-        self.mark("kernel")
-        if initrd is not None:
-            self._fetch(initrd, stage, self.loader_options)
-        self.mark("initrd")
+        try:
+            if profile.chain is not None:
+                self._fetch(bootfile, stage, self.firmware_options)  # iPXE itself (undionly.kpxe)
+                self.mark("bootfile")
+                chained = PROFILES[profile.chain]
+                if self.rack.proxy:  # iPXE asks again, as iPXE: both servers again
+                    ipxe_ip, ipxe_ack = self._proxy_dhcp(chained, first=False)
+                else:
+                    ipxe_ack = self._dora(pxe=True, profile=chained)  # iPXE asks again, as iPXE
+                    ipxe_ip = ipxe_ack.yiaddr
+                if ipxe_ip != ip and self.bind_ip == ip:
+                    self.bind_ip = ipxe_ip  # iPXE uses what it was given (massboot's is sticky)
+                script_uri = self._bootfile(ipxe_ack)
+                stage = chained.loader
+                config = self._load(script_uri, stage, self.loader_options, keep=True)
+                kernel, initrd = parse_ipxe_script(config.decode("latin-1"), script_uri)
+            elif profile.ipxe:
+                config = self._load(bootfile, stage, self.firmware_options, keep=True)
+                self.mark("bootfile")
+                kernel, initrd = parse_ipxe_script(config.decode("latin-1"), bootfile)
+            else:
+                got = self._fetch(bootfile, stage, self.firmware_options)
+                assert got is not None
+                self.mark("bootfile")
+                stage = profile.loader
+                config = None
+                for name in pxelinux_probes(str(self.uuid), self.result.mac, ip):
+                    self.result.probes += 1
+                    got = self._fetch(name, stage, self.loader_options, keep=True, missing_ok=True)
+                    if got is not None:
+                        config = got[1]
+                        break
+                if config is None:
+                    raise ClientFailure("no_config", "no pxelinux.cfg file found")
+                kernel, initrd = parse_boot_config(config.decode("latin-1"), False)
+            self.mark("config")
+            if kernel is None:
+                raise ClientFailure("no_kernel", "the config names no kernel")
+            self._load(kernel, stage, self.loader_options)
+            self.mark("kernel")
+            if initrd is not None:
+                self._load(initrd, stage, self.loader_options)
+            self.mark("initrd")
+        finally:
+            self._close_http()  # the kernel starts: the boot loader's connections are gone
         os_ack = self._dora(pxe=False)
         self.result.os_ip = os_ack.yiaddr
         if self.rack.opts.release:
             self._release(os_ack)
         self.mark("booted")
+
+    @staticmethod
+    def _bootfile(ack: BootpPacket) -> str:
+        """The boot file of an ACK: the ``file`` field, else option 67."""
+        bootfile = ack.file.decode("latin-1").strip("\0") or \
+            (ack.option(Opt.BOOTFILE) or b"").decode("latin-1").strip("\0")
+        if not bootfile:
+            raise ClientFailure("no_bootfile", "the ACK names no boot file")
+        return bootfile
 
     def _dhcp_only(self) -> None:
         for round_ in range(max(1, self.rack.opts.rounds)):
@@ -252,8 +327,8 @@ class SimClient:
 
     # -- DHCP ----------------------------------------------------------------------------
 
-    def _options(self, pxe: bool) -> list[tuple[int, bytes]]:
-        profile = self.profile
+    def _options(self, pxe: bool, profile: Profile | None = None) -> list[tuple[int, bytes]]:
+        profile = profile or self.profile
         if not pxe:
             return [(Opt.MAX_SIZE, u16(576)), (Opt.CLIENT_ID, b"\x01" + self.mac),
                     (Opt.VENDOR_CLASS, b"Linux ipconfig"), (Opt.PARAM_REQUEST, OS_PARAMS)]
@@ -272,15 +347,17 @@ class SimClient:
                            chaddr=self.mac, options=((Opt.MESSAGE_TYPE, u8(msgtype)), *options),
                            **fields)  # type: ignore[arg-type]
 
-    def _dora(self, pxe: bool) -> BootpPacket:
-        """DISCOVER → OFFER, REQUEST → ACK, retransmitting on the firmware's schedule."""
-        waits = (self.profile.dhcp_waits if pxe else OS_DHCP_WAITS)
+    def _dora(self, pxe: bool, profile: Profile | None = None) -> BootpPacket:
+        """DISCOVER → OFFER, REQUEST → ACK, retransmitting on the firmware's schedule (of
+        *profile*, the client's own by default)."""
+        profile = profile or self.profile
+        waits = (profile.dhcp_waits if pxe else OS_DHCP_WAITS)
         started = time.monotonic()
         box = self.rack.mailbox()
         try:
             xid = self.rng.getrandbits(32)
             box.watch(xid)
-            options = self._options(pxe)
+            options = self._options(pxe, profile)
             resends_before = self.result.dhcp_resends
             offer = self._transact(box, self._packet(xid, MessageType.DISCOVER, options),
                                    (MessageType.OFFER,), waits)
@@ -304,20 +381,23 @@ class SimClient:
         finally:
             box.close()
 
-    def _proxy_dhcp(self) -> tuple[str, BootpPacket]:
+    def _proxy_dhcp(self, profile: Profile | None = None, *, first: bool = True) -> tuple[str, BootpPacket]:
         """``--proxy`` (README, "proxyDHCP"): one DISCOVER relayed to both servers; the site's
         OFFER (an address) and massboot's proxy OFFER (``PXEClient``, no address) are awaited,
         retransmitting on the firmware's schedule until both came; the REQUEST for the site's
         address; then a REQUEST to massboot's PXE boot server port from that address, whose ACK
-        names the boot file. Returns the address and that ACK."""
-        waits = self.profile.dhcp_waits
+        names the boot file. Returns the address and that ACK. *profile*: the stage asking (the
+        client's own by default; the chained iPXE's for its second exchange, *first* False:
+        the client's address and its mark are the first exchange's)."""
+        profile = profile or self.profile
+        waits = profile.dhcp_waits
         rack = self.rack
         started = time.monotonic()
         box = rack.mailbox()
         try:
             xid = self.rng.getrandbits(32)
             box.watch(xid)
-            options = self._options(True)
+            options = self._options(True, profile)
             resends_before = self.result.dhcp_resends
             site, proxy = self._both_offers(box, self._packet(xid, MessageType.DISCOVER, options), waits)
             server_id = site.option(Opt.SERVER_ID) or b""
@@ -333,8 +413,9 @@ class SimClient:
         finally:
             box.close()
         ip = ack.yiaddr
-        self.result.ip = ip
-        self.mark("address")
+        if first:
+            self.result.ip = ip
+            self.mark("address")
         boot = self._bootserver(ip, proxy, options, waits)
         self.result.dora_times.append(time.monotonic() - started)
         return ip, boot
@@ -455,6 +536,51 @@ class SimClient:
             self._send_dhcp(box, encode(packet))
         finally:
             box.close()
+
+    # -- files by URI: TFTP or HTTP ---------------------------------------------------------
+
+    def _load(self, uri: str, stage: Stage, options: dict[str, str], *, keep: bool = False) -> bytes:
+        """Read the file *uri* names: ``http://`` over HTTP, ``tftp://`` or a plain name by TFTP
+        (from the DHCP server's TFTP server, as today). Returns the content when ``keep``."""
+        if re.match(r"http://", uri, re.IGNORECASE):
+            return self._http_fetch(uri, keep)
+        if "://" in uri and not re.match(r"tftp://", uri, re.IGNORECASE):
+            raise ClientFailure("unsupported_uri", uri[:80])
+        got = self._fetch(_strip_tftp_url(uri), stage, options, keep=keep)
+        assert got is not None
+        return got[1]
+
+    def _http_fetch(self, url: str, keep: bool) -> bytes:
+        """GET *url* on the client's kept-alive connection to that server (a new one at first)."""
+        rack = self.rack
+        try:
+            host, port, target = split_url(url)
+        except ValueError as exc:
+            raise ClientFailure("bad_uri", str(exc)) from exc
+        conn = self._http.get((host, port))
+        if conn is None:
+            conn = self._http[(host, port)] = HttpConnection((host, port), self.bind_ip,
+                                                             HTTP_IDLE_TIMEOUT * rack.scale)
+        rack.http_requests += 1
+
+        def count(n: int) -> None:
+            rack.bytes += n
+
+        try:
+            reader = conn.get(target, keep=_KEEP_LIMIT if keep else 0, progress=count)
+        except HttpFailure as exc:
+            raise ClientFailure(exc.reason, exc.detail) from exc
+        name = urllib.parse.unquote(urllib.parse.urlsplit(url).path).lstrip("/")
+        self.result.bytes += reader.received
+        self.result.files[name] = reader.received
+        return reader.content
+
+    def _close_http(self) -> None:
+        for conn in self._http.values():
+            self.result.http_requests += conn.requests
+            self.result.http_connections += conn.connections
+            conn.close()
+        self._http.clear()
 
     # -- TFTP ----------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ class Options:
     relay_socket: str = "shared"
     server_log_level: str = "info"
     remote_root: bool = False
+    http_server: str = "massboot"  # what serves HTTP when the mix needs it: massboot's -H, or nginx
     netns: bool = False
     proxy: bool = False                # massboot in proxy mode beside a site DHCP server
     site_server: str | None = None     # --site-server HOST:PORT (default: the simulator's own)

@@ -1,5 +1,7 @@
 """Firmware profiles: how each kind of client asks for an address (its DHCP options and
 retransmissions) and reads files by TFTP (its options and waits), and the ``--mix`` of them.
+``http`` is a PXE ROM that loads iPXE by TFTP, which asks for an address again as iPXE and
+then reads its script, kernel and initrd over HTTP (:attr:`Profile.chain`).
 
 The sources of every figure are cited where it is defined (PXE 2.1 specification, iPXE's
 ``config/dhcp.h``, syslinux's ``core/fs/pxe``, EDK2's ``PxeBcDxe``); bench/README.md has the
@@ -11,8 +13,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["IPXE_DHCP_WAITS", "OS_DHCP_WAITS", "OS_PARAMS", "PROFILES", "PXELINUX_WAITS", "PXE_DHCP_WAITS",
-           "Profile", "Stage", "allocate_profiles", "parse_mix"]
+__all__ = ["HTTP_IDLE_TIMEOUT", "IPXE_DHCP_WAITS", "OS_DHCP_WAITS", "OS_PARAMS", "PROFILES", "PXELINUX_WAITS",
+           "PXE_DHCP_WAITS", "Profile", "Stage", "allocate_profiles", "needs_http", "parse_mix"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,10 @@ class Profile:
         firmware: the stage that reads the boot file.
         loader: the stage that reads configs, kernel and initrd.
         ipxe: sends user class ``iPXE`` and reads an iPXE script instead of PXELINUX configs.
+        chain: the boot file is iPXE (``undionly.kpxe``): once it is loaded, the client asks
+            for an address again with the DHCP identity of this profile (user class ``iPXE``),
+            and goes on as that profile with the boot file of that answer (an ``http://``
+            script for ``http``), reading what the script names by its URLs.
     """
 
     name: str
@@ -73,6 +79,7 @@ class Profile:
     firmware: Stage
     loader: Stage
     ipxe: bool = False
+    chain: str | None = None
 
 
 # Option 55 of an Intel-style BIOS PXE 2.1 ROM and of EDK2's PXE base code.
@@ -103,6 +110,9 @@ _EDK2 = Stage("edk2", (1468,), True, 4, (4.0,) * 6)
 # iPXE's retry timer: 1/4 s doubling, gives up past 10 s.
 _IPXE = Stage("ipxe", (1432,), True, None, (0.25, 0.5, 1.0, 2.0, 4.0, 8.0))
 _RFC1350 = Stage("rfc1350", (), False, None, (1.0, 2.0, 4.0, 8.0, 16.0))
+#: HTTP (iPXE's HTTP/1.1 over its own TCP): seconds without a byte before a download fails;
+#: TCP retransmits lost segments itself, so ``--loss`` (datagrams) does not apply to HTTP.
+HTTP_IDLE_TIMEOUT = 120.0
 
 PROFILES: dict[str, Profile] = {
     "bios": Profile("bios", 0, "PXEClient:Arch:00000:UNDI:002001", bytes([1, 2, 1]), _BIOS_PARAMS, 1260,
@@ -111,19 +121,24 @@ PROFILES: dict[str, Profile] = {
                     PXE_DHCP_WAITS, _EDK2, _EDK2),
     "ipxe": Profile("ipxe", 0, "PXEClient:Arch:00000:UNDI:002001", bytes([1, 2, 1]), _IPXE_PARAMS, 1472,
                     IPXE_DHCP_WAITS, _IPXE, _IPXE, ipxe=True),
+    # The two-stage recipe (README, "HTTP boot"): the PXE ROM reads iPXE (undionly.kpxe, here the
+    # arch-0 boot file) by TFTP; iPXE asks again, gets ipxe_boot_file, an http:// script.
+    "http": Profile("http", 0, "PXEClient:Arch:00000:UNDI:002001", bytes([1, 2, 1]), _BIOS_PARAMS, 1260,
+                    PXE_DHCP_WAITS, _BIOS_ROM, _IPXE, chain="ipxe"),
     "plain": Profile("plain", 0, "PXEClient:Arch:00000:UNDI:002001", bytes([1, 2, 1]), _BIOS_PARAMS, 1260,
                      PXE_DHCP_WAITS, _RFC1350, _RFC1350),
 }
 
 
 def parse_mix(text: str) -> dict[str, float]:
-    """``bios=60,uefi=30,ipxe=10`` (weights, any scale); a bare name means weight 1."""
+    """``bios=60,uefi=30,ipxe=10`` or ``bios:1,http:1`` (weights, any scale); a bare name means
+    weight 1."""
     mix: dict[str, float] = {}
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
-        name, _, weight = part.partition("=")
+        name, _, weight = part.replace(":", "=", 1).partition("=")
         name = name.strip().lower()
         if name not in PROFILES:
             raise ValueError(f"unknown profile {name!r} (known: {', '.join(PROFILES)})")
@@ -134,6 +149,12 @@ def parse_mix(text: str) -> dict[str, float]:
     if not mix or sum(mix.values()) <= 0:
         raise ValueError(f"empty mix: {text!r}")
     return mix
+
+
+def needs_http(mix: dict[str, float]) -> bool:
+    """The mix has a profile that loads its files over HTTP: the server must serve HTTP and
+    hand iPXE an ``http://`` script (``ipxe`` clients in that run get it too)."""
+    return any(PROFILES[name].chain is not None for name, weight in mix.items() if weight > 0)
 
 
 def allocate_profiles(mix: dict[str, float], clients: int, rng: random.Random) -> list[str]:

@@ -17,12 +17,22 @@ from collections import Counter
 
 import gevent
 
+from ..nginx import Nginx, NginxError, free_tcp_port
+from ..proctree import tree_cpu, tree_peak_rss_mib
 from .client import SimClient
 from .netns import Namespaces
 from .options import DHCP_ONLY_PHASES, PHASES, Options, SetupError
-from .profiles import PROFILES, allocate_profiles
+from .profiles import PROFILES, allocate_profiles, needs_http
 from .report import Summary, summarise
-from .servers import ServerProcess, UpstreamHttp, make_root
+from .servers import (
+    HTTP_SCRIPT,
+    IPXE_SCRIPT,
+    ServerProcess,
+    UpstreamHttp,
+    make_root,
+    massboot_http_missing,
+    write_http_script,
+)
 from .site import SiteServer
 from .transport import BroadcastPort, RelayMailbox, SharedRelay, SocketMailbox
 
@@ -50,6 +60,7 @@ class Rack:
         self.dropped_in = 0
         self.send_errors = 0
         self.dhcp_exchanges = 0
+        self.http_requests = 0
         self.t0 = time.monotonic()
         self.relay: SharedRelay | None = None
         self.broadcast = broadcast_if is not None
@@ -138,6 +149,13 @@ def run(opts: Options) -> Summary:
         raise SetupError("--proxy runs the massboot it starts, relayed (no --server, --netns, --dhcp-only)")
     if opts.site_server is not None and not opts.proxy:
         raise SetupError("--site-server goes with --proxy")
+    if opts.http_server not in ("massboot", "nginx"):
+        raise SetupError(f"--http-server {opts.http_server!r}: massboot or nginx")
+    http_wanted = needs_http(opts.mix) and not opts.dhcp_only and opts.server is None
+    if http_wanted and opts.http_server == "massboot":
+        missing = massboot_http_missing()
+        if missing:
+            raise SetupError(f"the mix has HTTP clients, but {missing}")
     _raise_fd_limit(opts.clients * 3 + 256)
     workdir = opts.workdir or tempfile.mkdtemp(prefix="massboot-sim-")
     os.makedirs(workdir, exist_ok=True)
@@ -146,6 +164,7 @@ def run(opts: Options) -> Summary:
     netns: Namespaces | None = None
     site: SiteServer | None = None
     site_address: tuple[str, int] | None = None
+    nginx: Nginx | None = None
     files: dict[str, int] = {}
     try:
         if opts.proxy:
@@ -164,14 +183,36 @@ def run(opts: Options) -> Summary:
             root = os.path.join(workdir, "root")
             files = make_root(root, opts.bootfile_size, opts.kernel_size, opts.initrd_size)
             cache_dir = None
+            ipxe_boot_file, http = IPXE_SCRIPT, None
+            if http_wanted:
+                # the HTTP recipe: iPXE gets an http:// script naming http:// kernel and initrd
+                http_host = netns.server_ip if netns is not None else "127.0.0.1"
+                if opts.http_server == "nginx":
+                    nginx = Nginx(os.path.join(workdir, "nginx"), root, address=http_host,
+                                  port=80 if netns is not None else 0,
+                                  command_prefix=["ip", "netns", "exec", netns.server] if netns else None)
+                    try:
+                        nginx.start()
+                    except NginxError as exc:
+                        raise SetupError(str(exc)) from exc
+                    base = nginx.url
+                else:
+                    http = (http_host, 80 if netns is not None else free_tcp_port())
+                    base = f"http://{http[0]}:{http[1]}/"
+                files[HTTP_SCRIPT] = write_http_script(root, base)
+                ipxe_boot_file = base + HTTP_SCRIPT
             if opts.remote_root:
                 upstream = UpstreamHttp(root)
                 root, cache_dir = upstream.url, os.path.join(workdir, "cache")
             server = ServerProcess(workdir, root, opts.clients * max(1, opts.rounds), opts.server_log_level,
-                                   cache_dir, netns, proxy=opts.proxy)
+                                   cache_dir, netns, proxy=opts.proxy,
+                                   ipxe_boot_file=ipxe_boot_file, http=http)
             server.start()
             host, dhcp_port, tftp_port = "127.0.0.1", server.dhcp_port, server.tftp_port
-            target = f"massboot (started, {host} dhcp:{dhcp_port} tftp:{tftp_port})"
+            target = f"massboot (started, {host} dhcp:{dhcp_port} tftp:{tftp_port}"
+            if http is not None:
+                target += f" http:{http[1]}"
+            target += ")"
             if site_address is not None:
                 target = (f"massboot in proxy mode (started, {host} dhcp:{dhcp_port} boot server:"
                           f"{server.bootserver_port} tftp:{tftp_port}), site DHCP server "
@@ -181,15 +222,23 @@ def run(opts: Options) -> Summary:
                 host = netns.server_ip
                 target = (f"massboot (started in netns {netns.server}, {host}; broadcast DHCP from "
                           f"netns {netns.clients}, {netns.client_if})")
+                if http is not None:
+                    target = target[:-1] + f"; HTTP {http[0]}:{http[1]})"
                 netns.enter()
         else:
             host, dhcp_port, tftp_port = opts.server, opts.dhcp_port, opts.tftp_port
             target = f"{host} dhcp:{dhcp_port} tftp:{tftp_port}"
+        if nginx is not None:
+            target += f", HTTP from nginx (started, {nginx.url})"
+        http_cpu = tree_cpu(nginx.pid) if nginx is not None else None
         summary = _run_rack(opts, host, dhcp_port, tftp_port, target, server, files,
                             netns.client_if if netns is not None else None,
                             server.bootserver_port if server is not None else 0, site_address)
         if site is not None:
             summary.target += f"; site server: {site.offers} OFFERs, {site.acks} ACKs"
+        if nginx is not None and http_cpu is not None:
+            summary.http_server = {"name": "nginx", "cpu_s": tree_cpu(nginx.pid) - http_cpu,
+                                   "peak_rss_mb": tree_peak_rss_mib(nginx.pid)}
         if upstream is not None:
             summary.target += f", root {upstream.url} (cache {cache_dir})"
             summary.upstream = upstream.figures(files)
@@ -197,6 +246,8 @@ def run(opts: Options) -> Summary:
     finally:
         if server is not None:
             server.stop()
+        if nginx is not None:
+            nginx.stop()
         if upstream is not None:
             upstream.close()
         if site is not None:

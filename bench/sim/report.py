@@ -30,6 +30,9 @@ class Summary:
     read to the end (they differ when clients were still transferring at ``--duration``);
     ``mb_per_s`` is ``bytes`` over the span from the first power-on to the last client's last
     phase. ``dhcp_lost`` counts DORA exchanges that needed at least one retransmission.
+    ``by_profile`` has, per profile, the clients, those booted, the time to fully booted and
+    the time from the config (PXELINUX config or iPXE script) to the initrd's last byte
+    (``kernel_initrd``: where TFTP and HTTP differ), as :func:`percentiles`.
     """
 
     mode: str
@@ -63,6 +66,10 @@ class Summary:
     throughput: list[tuple[float, float]]
     results: list[ClientResult]
     upstream: dict[str, Any] | None = None
+    http_requests: int = 0
+    http_connections: int = 0
+    by_profile: dict[str, dict[str, Any]] | None = None
+    http_server: dict[str, Any] | None = None  # the HTTP server started beside massboot (nginx)
 
     @property
     def all_booted(self) -> bool:
@@ -103,6 +110,17 @@ def summarise(opts: Options, target: str, rack: Rack, results: list[ClientResult
     starts = [r.marks["power_on"] for r in results if "power_on" in r.marks]
     span = (max(ends) - min(starts)) if ends and starts else elapsed
     dhcp_exchanges = sum(r.dhcp_exchanges for r in results)
+    by_profile: dict[str, dict[str, Any]] = {}
+    for name in sorted({r.profile for r in results}):
+        rows = [r for r in results if r.profile == name]
+        by_profile[name] = {
+            "clients": len(rows), "booted": sum(1 for r in rows if r.ok),
+            "booted_time": percentiles([r.marks["booted"] - r.marks["power_on"] for r in rows
+                                        if "booted" in r.marks]),
+            "kernel_initrd": percentiles([r.marks["initrd"] - r.marks["config"] for r in rows
+                                          if "initrd" in r.marks and "config" in r.marks]),
+            "http_requests": sum(r.http_requests for r in rows),
+        }
     return Summary(
         mode="dhcp-only" if opts.dhcp_only else "boot",
         target=target,
@@ -134,6 +152,9 @@ def summarise(opts: Options, target: str, rack: Rack, results: list[ClientResult
         files=files,
         throughput=samples,
         results=results,
+        http_requests=rack.http_requests,
+        http_connections=sum(r.http_connections for r in results),
+        by_profile=by_profile,
     )
 
 
@@ -164,10 +185,21 @@ def format_summary(s: Summary) -> str:
         if stats:
             lines.append(f"{label:26}{_fmt_s(stats['p50']):>10}{_fmt_s(stats['p95']):>10}"
                          f"{_fmt_s(stats['max']):>10}")
+    if s.mode == "boot" and s.by_profile and len(s.by_profile) > 1:
+        lines.append("")
+        lines.append(f"{'by profile':12}{'booted':>10}{'fully booted p50':>18}{'p95':>10}{'max':>10}"
+                     f"{'kernel+initrd p50':>19}{'p95':>10}")
+        for name, row in s.by_profile.items():
+            booted, ki = row["booted_time"], row["kernel_initrd"]
+            lines.append(f"{name:12}{row['booted']:>6}/{row['clients']:<3}"
+                         f"{_fmt_s(booted.get('p50')):>18}{_fmt_s(booted.get('p95')):>10}"
+                         f"{_fmt_s(booted.get('max')):>10}{_fmt_s(ki.get('p50')):>19}{_fmt_s(ki.get('p95')):>10}")
     lines.append("")
     if s.mode == "boot":
         partial = s.bytes - s.bytes_completed
-        lines.append(f"transferred: {s.bytes / 1e6:,.1f} MB in {s.tftp_transfers} TFTP transfers, "
+        http = (f" and {s.http_requests} HTTP GETs ({s.http_connections} connections)"
+                if s.http_requests else "")
+        lines.append(f"transferred: {s.bytes / 1e6:,.1f} MB in {s.tftp_transfers} TFTP transfers{http}, "
                      f"{s.mb_per_s:,.1f} MB/s aggregate"
                      + (f" ({partial / 1e6:,.1f} MB of unfinished files)" if partial else ""))
     lost_pct = 100.0 * s.dhcp_lost / s.dhcp_exchanges if s.dhcp_exchanges else 0.0
@@ -189,6 +221,10 @@ def format_summary(s: Summary) -> str:
         per = f", {s.server_cpu_s / (s.bytes / 1e8):.2f} CPU-s per 100 MB" if s.bytes else ""
         lines.append(f"server: {s.server_cpu_s:.2f} CPU-seconds during the run{per}, "
                      f"peak RSS {s.server_peak_rss_mb or 0:.1f} MiB")
+    if s.http_server is not None:
+        h = s.http_server
+        lines.append(f"HTTP server ({h['name']}): {h['cpu_s']:.2f} CPU-seconds during the run, "
+                     f"peak RSS {h['peak_rss_mb']:.1f} MiB")
     lines.append(f"simulator: {s.simulator_cpu_s:.2f} CPU-seconds, wall {s.elapsed:.2f} s")
     return "\n".join(lines)
 

@@ -23,9 +23,10 @@ from .netns import Namespaces
 from .options import SetupError
 from .profiles import PROFILES
 
-__all__ = ["BOOTFILE_BIOS", "BOOTFILE_UEFI", "INITRD", "IPXE_SCRIPT", "IPXE_SCRIPT_TEXT", "KERNEL",
-           "PXELINUX_DEFAULT", "ExternalServer", "ServerProcess", "UpstreamHttp", "expected_bytes",
-           "free_udp_port", "make_root", "proc_cpu_seconds", "proc_peak_rss_mb"]
+__all__ = ["BOOTFILE_BIOS", "BOOTFILE_UEFI", "HTTP_SCRIPT", "INITRD", "IPXE_SCRIPT", "IPXE_SCRIPT_TEXT",
+           "KERNEL", "PXELINUX_DEFAULT", "ExternalServer", "ServerProcess", "UpstreamHttp", "expected_bytes",
+           "free_udp_port", "http_script_text", "make_root", "massboot_http_missing", "proc_cpu_seconds",
+           "proc_peak_rss_mb", "write_http_script"]
 
 BOOTFILE_BIOS = "pxelinux.0"
 BOOTFILE_UEFI = "bootx64.efi"
@@ -35,6 +36,32 @@ INITRD = "initrd.img"
 PXELINUX_DEFAULT = (f"default linux\nprompt 0\ntimeout 0\nlabel linux\n  kernel {KERNEL}\n"
                     f"  append initrd={INITRD} console=ttyS0 quiet\n")
 IPXE_SCRIPT_TEXT = f"#!ipxe\nkernel {KERNEL} console=ttyS0 quiet\ninitrd {INITRD}\nboot\n"
+#: The second stage of the HTTP recipe (README, "HTTP boot"): ``ipxe_boot_file`` is its URL.
+HTTP_SCRIPT = "boot-http.ipxe"
+
+
+def http_script_text(base_url: str) -> str:
+    """The iPXE script that loads kernel and initrd over HTTP from *base_url* (``http://h:p/``)."""
+    return (f"#!ipxe\nkernel {base_url}{KERNEL} console=ttyS0 quiet\ninitrd {base_url}{INITRD}\n"
+            "boot\n")
+
+
+def write_http_script(root: str, base_url: str) -> int:
+    """Write :data:`HTTP_SCRIPT` into *root*; returns its size."""
+    text = http_script_text(base_url)
+    with open(os.path.join(root, HTTP_SCRIPT), "w", encoding="ascii") as handle:
+        handle.write(text)
+    return len(text)
+
+
+def massboot_http_missing() -> str | None:
+    """Why the massboot imported here cannot serve HTTP (``-H`` still a no-op), or None."""
+    from massboot.cli import build_parser
+
+    if "not provided yet" in build_parser().format_help():
+        return ("this massboot accepts -H and serves nothing yet (issue 12's HTTP server): "
+                "use --http-server nginx")
+    return None
 
 
 def _write_blob(path: str, size: int, seed: int) -> None:
@@ -73,8 +100,11 @@ def make_root(root: str, bootfile_size: int, kernel_size: int, initrd_size: int)
 def expected_bytes(profile: str, files: dict[str, int]) -> int:
     """Bytes a client of ``profile`` reads from the generated root (for consistency checks)."""
     config = files["pxelinux.cfg/default"]
+    script = files.get(HTTP_SCRIPT) or files[IPXE_SCRIPT]  # iPXE gets the HTTP script when there is one
     if profile == "ipxe":
-        return files[IPXE_SCRIPT] + files[KERNEL] + files[INITRD]
+        return script + files[KERNEL] + files[INITRD]
+    if PROFILES[profile].chain is not None:
+        return files[BOOTFILE_BIOS] + script + files[KERNEL] + files[INITRD]
     bootfile = files[BOOTFILE_UEFI] if PROFILES[profile].arch in (7, 9) else files[BOOTFILE_BIOS]
     return bootfile + config + files[KERNEL] + files[INITRD]
 
@@ -107,6 +137,13 @@ default = {bios}
 [tftpd]
 {tftpd_address}port = {tftp_port}
 root = {root}
+"""
+
+# massboot's -H (issue 12), serving the [tftpd] root: no [httpd] root.
+HTTPD_CONFIG = """
+[httpd]
+address = {address}
+port = {port}
 """
 
 
@@ -227,9 +264,11 @@ class ServerProcess:
 
     def __init__(self, workdir: str, root: str, clients: int, log_level: str,
                  cache_dir: str | None = None, netns: Namespaces | None = None,
-                 proxy: bool = False) -> None:
+                 proxy: bool = False, ipxe_boot_file: str = IPXE_SCRIPT,
+                 http: tuple[str, int] | None = None) -> None:
         self.workdir = workdir
         self.netns = netns
+        self.http = http  # (address, port) of massboot's -H, or None
         if netns is not None:  # massboot alone in its namespace: the standard ports, any address
             self.dhcp_port, self.tftp_port = 67, 69
             address, pool_start = "", netns.pool_start
@@ -249,28 +288,32 @@ class ServerProcess:
             with open(self.config_path, "w", encoding="utf-8") as handle:
                 handle.write(MASSBOOT_PROXY_CONFIG.format(
                     log_level=log_level, dhcp_port=self.dhcp_port, tftp_port=self.tftp_port,
-                    bootserver_port=self.bootserver_port, ipxe=IPXE_SCRIPT, bios=BOOTFILE_BIOS,
+                    bootserver_port=self.bootserver_port, ipxe=ipxe_boot_file, bios=BOOTFILE_BIOS,
                     uefi=BOOTFILE_UEFI, root=root))
                 if cache_dir is not None:
                     handle.write(f"cache_dir = {cache_dir}\n")
+                if http is not None:
+                    handle.write(HTTPD_CONFIG.format(address=http[0], port=http[1]))
         else:
-            self._write_config(address, pool_start, log_level, clients, root, cache_dir)
+            self._write_config(address, pool_start, log_level, clients, root, cache_dir, ipxe_boot_file)
         self.process: subprocess.Popen[bytes] | None = None
         self.cpu_at_ready = 0.0
         self.cpu_s: float | None = None
         self.peak_rss_mb: float | None = None
 
     def _write_config(self, address: str, pool_start: str, log_level: str, clients: int, root: str,
-                      cache_dir: str | None) -> None:
+                      cache_dir: str | None, ipxe_boot_file: str) -> None:
         workdir = self.workdir
         with open(self.config_path, "w", encoding="utf-8") as handle:
             handle.write(MASSBOOT_CONFIG.format(
                 bootpd_address=address, tftpd_address=address, pool_start=pool_start,
                 log_level=log_level, dhcp_port=self.dhcp_port, tftp_port=self.tftp_port,
                 pool_count=max(clients + 16, 64), lease_db=os.path.join(workdir, "leases.sqlite3"),
-                ipxe=IPXE_SCRIPT, bios=BOOTFILE_BIOS, uefi=BOOTFILE_UEFI, root=root))
+                ipxe=ipxe_boot_file, bios=BOOTFILE_BIOS, uefi=BOOTFILE_UEFI, root=root))
             if cache_dir is not None:
                 handle.write(f"cache_dir = {cache_dir}\n")
+            if self.http is not None:
+                handle.write(HTTPD_CONFIG.format(address=self.http[0], port=self.http[1]))
 
     def start(self, timeout: float = 20.0) -> None:
         """Start massboot and wait for both listeners' log lines.
@@ -284,6 +327,8 @@ class ServerProcess:
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
         try:
             argv = [sys.executable, "-m", "massboot", "-c", self.config_path]
+            if self.http is not None:
+                argv.append("-H")
             if self.netns is not None:  # `ip netns exec` execs massboot: the pid is massboot's
                 argv = ["ip", "netns", "exec", self.netns.server, *argv]
             self.process = subprocess.Popen(argv,
@@ -294,7 +339,8 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_text()
-            if ("dhcp listening on" in text and "tftp listening on" in text) or self._bound():
+            if (("dhcp listening on" in text and "tftp listening on" in text) or self._bound()) \
+                    and self._http_listening():
                 self.cpu_at_ready = proc_cpu_seconds(self.process.pid) or 0.0
                 return
             if self.process.poll() is not None:
@@ -314,6 +360,19 @@ class ServerProcess:
         except (OSError, IndexError):
             return False
         return all(f"{port:04X}" in ports for port in (self.dhcp_port, self.tftp_port))
+
+    def _http_listening(self) -> bool:
+        """massboot's -H listens (True without -H)."""
+        if self.http is None:
+            return True
+        assert self.process is not None
+        try:
+            with open(f"/proc/{self.process.pid}/net/tcp", encoding="ascii") as handle:
+                rows = [line.split() for line in handle.readlines()[1:]]
+        except OSError:
+            return False
+        # local address (hex ip:port) and state 0A (LISTEN)
+        return any(row[3] == "0A" and row[1].endswith(f":{self.http[1]:04X}") for row in rows if len(row) > 3)
 
     def log_text(self) -> str:
         try:

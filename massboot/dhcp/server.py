@@ -596,6 +596,12 @@ class DhcpServer:
             self.events.emit(event.kind, **event.fields)
 
     # ------------------------------------------------------------------ for the TFTP side
+    def reported(self, ip: str) -> bool:
+        """Proxy mode: a boot client reported *ip* as the address the site server gave it (the
+        ``ciaddr`` of its port-4011 REQUEST, or option 50): ``[httpd] check_ip``'s question
+        when massboot leases nothing (README, "proxyDHCP"). Bounded by ``max_clients``."""
+        return ip in self._ip_to_mac
+
     def client_info(self, ip: str) -> ClientInfo | None:
         """What the DHCP side knows of the client holding *ip* (TFTP filters' variables)."""
         mac = self._ip_to_mac.get(ip)

@@ -63,7 +63,7 @@ def wait_for(condition, timeout: float = 5.0, what: str = "condition") -> None:
 
 
 class ProxyLab:
-    def __init__(self, tmp_path: Path, extra: str = "", bootpd: str = "") -> None:
+    def __init__(self, tmp_path: Path, extra: str = "", bootpd: str = "", run_http: bool = False) -> None:
         root = tmp_path / "tftp"
         root.mkdir()
         (root / "pxelinux.0").write_bytes(b"loader" * 100)
@@ -77,7 +77,7 @@ class ProxyLab:
         (tmp_path / "massboot.ini").write_text(text)
         self.config = cfg.load(str(tmp_path / "massboot.ini"), state_dir=str(tmp_path / "state"))
         self.registry = CollectorRegistry()
-        self.services = Services(self.config, registry=self.registry)
+        self.services = Services(self.config, registry=self.registry, run_http=run_http)
         self.services.start()
         dhcp = self.services.dhcp
         assert dhcp is not None and self.services.tftp is not None and self.services.metrics is not None
@@ -321,3 +321,33 @@ def test_bootserver_port_in_use_names_that_port(tmp_path: Path) -> None:
         services.stop(grace=0.1)
     finally:
         holder.close()
+
+
+def test_check_ip_in_proxy_mode_knows_the_reported_addresses(tmp_path: Path) -> None:
+    """``[httpd] check_ip`` in proxy mode (README, "proxyDHCP"): massboot leases nothing, so an
+    address may download once a boot client reported it on the boot server port, not before."""
+    lab = ProxyLab(tmp_path, extra="[httpd]\naddress = 127.0.0.1\nport = 0\ncheck_ip = yes\n", run_http=True)
+    try:
+        assert lab.services.http is not None
+        url = f"http://{HOST}:{lab.services.http.port}/vmlinuz"
+
+        def get() -> int:
+            with socket.create_connection((HOST, lab.services.http.port), timeout=5,
+                                          source_address=(CLIENT_IP, 0)) as conn:
+                conn.sendall(b"GET /vmlinuz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return int(conn.recv(64).split(b" ", 2)[1])
+
+        assert get() == 401, f"{url}: no boot client reported {CLIENT_IP} yet"
+        ack, _ = lab.bootserver_request(pxe_options(arch=0))
+        assert ack is not None and ack.message_type == MessageType.ACK
+        assert get() == 200
+    finally:
+        lab.close()
+
+
+def test_check_ip_in_proxy_mode_without_the_dhcp_server_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "tftp").mkdir()
+    text = CONFIG.format(notify_port=9, root=tmp_path / "tftp") + "[httpd]\nport = 0\ncheck_ip = yes\n"
+    config = cfg.loads(text, path=f"{tmp_path}/massboot.ini")
+    with pytest.raises(cfg.ConfigError, match=r"check_ip.*proxy mode massboot leases nothing"):
+        Services(config, run_dhcp=False, run_http=True, registry=CollectorRegistry())

@@ -17,7 +17,7 @@ import pytest
 from bench.sim.netns import Namespaces
 from bench.sim.options import Options
 from bench.sim.rack import run
-from bench.sim.servers import expected_bytes
+from bench.sim.servers import expected_bytes, massboot_http_missing
 from tests.conftest import require_root, require_tool
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
@@ -59,5 +59,35 @@ def test_netns_rack_boots_by_broadcast_and_cleans_up(tmp_path):
 
     # both namespaces (and with them the veth pair) are gone
     ns = Namespaces()   # the names are derived from this process's pid
+    left = _namespaces().split()
+    assert ns.server not in left and ns.clients not in left, left
+
+
+@pytest.mark.parametrize("http_server", ["nginx", "massboot"])
+def test_netns_rack_with_http_clients_reads_kernel_and_initrd_over_http(tmp_path, http_server):
+    """The http profile across the veth: TFTP for iPXE, then script, kernel and initrd over HTTP
+    from a private nginx the simulator starts in the server's namespace (port 80 there), or
+    from massboot's own -H (``check_ip`` on: each client connects from the address it leased;
+    skipped while this massboot's -H serves nothing)."""
+    require_root()
+    require_tool("ip", "nginx")
+    if http_server == "massboot" and massboot_http_missing():
+        pytest.skip(massboot_http_missing() or "")
+    opts = Options(clients=12, mix={"bios": 1, "http": 2}, netns=True, seed=12, ramp=0.3, timeout_scale=0.5,
+                   duration=90, progress=False, http_server=http_server, workdir=str(tmp_path / "run"),
+                   **SMALL)
+    summary = run(opts)
+    failures = {r.mac: r.failure for r in summary.results if not r.ok}
+    assert summary.all_booted and summary.failed == 0, failures
+    if http_server == "nginx":
+        assert f"HTTP from nginx (started, http://{Namespaces.server_ip}:80/)" in summary.target
+    else:
+        assert f"HTTP {Namespaces.server_ip}:80)" in summary.target
+    for r in summary.results:
+        assert r.bytes == expected_bytes(r.profile, summary.files), (r.profile, r.files)
+        if r.profile == "http":
+            assert r.http_requests == 3 and r.http_connections == 1 and r.dhcp_exchanges == 3
+    assert summary.http_requests == 3 * summary.profiles["http"]
+    ns = Namespaces()
     left = _namespaces().split()
     assert ns.server not in left and ns.clients not in left, left
