@@ -65,9 +65,11 @@ from massboot.dhcp.leases.base import (
     LeaseStats,
     LeaseStore,
     LeaseStoreError,
+    LeaseStoreUnavailable,
 )
 from massboot.dhcp.leases.index import _Change, _Index  # noqa: F401 (the pure core, for its tests)
 from massboot.dhcp.leases.memory import MemoryLeaseStore, _IndexedLeaseStore  # noqa: F401
+from massboot.dhcp.leases.postgresql import PostgresLeaseStore
 from massboot.dhcp.leases.sqlite import SCHEMA_VERSION, SqliteLeaseStore
 
 __all__ = [
@@ -85,7 +87,9 @@ __all__ = [
     "LeaseStats",
     "LeaseStore",
     "LeaseStoreError",
+    "LeaseStoreUnavailable",
     "MemoryLeaseStore",
+    "PostgresLeaseStore",
     "OFFERED",
     "PROBE_IN_USE_HOLD",
     "RECLAIM_EXPIRED",

@@ -76,6 +76,9 @@ class Binding:
 
     lease: Lease | None
     bound: bool
+    #: seconds the binding may be granted for when less than asked: a store that cannot record
+    #: a renewal now (its database unreachable) grants what is left of the committed lease
+    lease_time: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,11 @@ class LeaseConflict(ValueError):
 
 class LeaseStoreError(RuntimeError):
     """The persistent store could not record a change."""
+
+
+class LeaseStoreUnavailable(LeaseStoreError):
+    """The store's database cannot be reached now; the store retries by itself (README,
+    "Several servers")."""
 
 
 class LeaseStore(ABC):
@@ -259,6 +267,11 @@ class LeaseStore(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release resources; pending writes are finished first."""
+
+    @property
+    def database_up(self) -> bool | None:
+        """Whether the store's database server answers now; None for an embedded store."""
+        return None
 
 
 

@@ -464,6 +464,50 @@ class _Index:
                 self.stale.add(mac)
         return conflicts
 
+    # -- another server's committed changes (README, "Several servers") ---------------------
+
+    def adopt(self, removed: Iterable[str], rows: Iterable[Lease],
+              returned: Iterable[str], aside: Iterable[tuple[str, float]]) -> None:
+        """Take what other servers committed since this index last saw the database.
+
+        *removed*: MACs whose binding is gone; *rows*: bindings created or changed;
+        *returned*: addresses whose probation ended (or that the operator took back);
+        *aside*: ``(ip, until)`` set aside. The marks (suspect, held, stale) are set by the
+        caller. No decision is made: the other server made it.
+        """
+        for mac in removed:
+            self._forget(mac)
+        rows = list(rows)
+        for lease in rows:                     # first let go of the addresses that moved
+            old = self.by_mac.get(lease.mac)
+            if old is not None and old.ip != lease.ip:
+                self._forget(lease.mac)
+        for lease in rows:
+            self._put(lease)
+        for ip in returned:
+            if self.aside.pop(ip, None) is not None:
+                position = self.position.get(ip)
+                if position is not None:
+                    heapq.heappush(self.free_heap, position)
+        for ip, until in aside:
+            self.aside[ip] = until
+            heapq.heappush(self.aside_heap, (until, ip))
+
+    def _forget(self, mac: str) -> None:
+        """Drop the MAC's binding from the index only (no change to persist, no probe mark)."""
+        lease = self.by_mac.pop(mac, None)
+        if lease is None:
+            return
+        ip = lease.ip
+        if self.owner.get(ip) == mac:
+            if ip in self.static_owner:
+                self.owner[ip] = self.static_owner[ip]
+            else:
+                del self.owner[ip]
+                position = self.position.get(ip)
+                if position is not None:
+                    heapq.heappush(self.free_heap, position)
+
     def counts(self, now: float) -> tuple[int, int]:
         used = free = 0
         strict = self.reclaim == RECLAIM_NEVER
