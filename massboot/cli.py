@@ -173,10 +173,11 @@ class Services:
         """The DHCP side's knowledge of a client, for TFTP filters (None in -t mode)."""
         return self.dhcp.client_info(ip) if self.dhcp is not None else None
 
-    def _store(self, path: str, pool: list[str], static: dict[str, str], exclude: Iterable[str] = ()):
+    def _store(self, path: str, pool: list[str], static: dict[str, str], exclude: Iterable[str] = (),
+               scope: str = "main"):
         assert self.config.bootp is not None
         store, paths = open_lease_store(path, pool, static, exclude=exclude,
-                                        lifecycle=lifecycle_options(self.config.bootp))
+                                        lifecycle=lifecycle_options(self.config.bootp), scope=scope)
         self.stores.append(store)
         self.store_paths.extend(paths)
         return store
@@ -188,7 +189,8 @@ class Services:
         for sub in bootp.subnets:
             if sub.name not in self.subnet_stores:
                 self.subnet_stores[sub.name] = self._store(subnet_db(bootp.lease_db, sub.name),
-                                                           subnet_pool(sub, bootp.static), bootp.static)
+                                                           subnet_pool(sub, bootp.static), bootp.static,
+                                                           scope=sub.name)
 
     def _dns(self, bootp: cfg.BootpConfig) -> tuple[str, ...]:
         if bootp.dns_auto:
@@ -399,17 +401,22 @@ def lifecycle_options(bootp: cfg.BootpConfig) -> dict[str, Any]:
 
 
 def open_lease_store(path: str, pool: list[str], static: dict[str, str], *, exclude: Iterable[str] = (),
-                     lifecycle: Mapping[str, Any] | None = None) -> tuple[Any, list[str]]:
-    """A lease store at *path* (``:memory:``: in memory); returns it and its files.
+                     lifecycle: Mapping[str, Any] | None = None,
+                     scope: str = "main") -> tuple[Any, list[str]]:
+    """A lease store at *path* (``:memory:``: in memory; ``postgresql://``: that database's pool
+    *scope*, README "Several servers"); returns it and its files.
 
     The database is created ``0600`` and an existing one is made so (README, Privileges): it
     holds every client's MAC and address. *lifecycle*: :func:`lifecycle_options`.
     """
-    from massboot.dhcp.leases import MemoryLeaseStore, SqliteLeaseStore
+    from massboot.dhcp.leases import MemoryLeaseStore, PostgresLeaseStore, SqliteLeaseStore
+    from massboot.dhcp.leases.postgresql import is_dsn
 
     options = dict(lifecycle or {})
     if path == ":memory:":
         return MemoryLeaseStore(pool, static, exclude, **options), []
+    if is_dsn(path):
+        return PostgresLeaseStore(path, pool, static, exclude, scope=scope, **options), []
     os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
     old = os.umask(0o077)
     try:
@@ -424,8 +431,11 @@ def open_lease_store(path: str, pool: list[str], static: dict[str, str], *, excl
 
 
 def subnet_db(lease_db: str, name: str) -> str:
-    """The lease database of ``[subnet:NAME]``: ``leases.NAME.sqlite3`` beside the main one."""
-    if lease_db == ":memory:":
+    """The lease database of ``[subnet:NAME]``: ``leases.NAME.sqlite3`` beside the main one
+    (PostgreSQL: the same database, the subnet's own scope)."""
+    from massboot.dhcp.leases.postgresql import is_dsn
+
+    if lease_db == ":memory:" or is_dsn(lease_db):
         return lease_db
     stem, ext = os.path.splitext(lease_db)
     return f"{stem}.{name}{ext}"
@@ -606,7 +616,7 @@ def leases_command(args: argparse.Namespace) -> int:
         for sub in bootp.subnets:
             store, _ = open_lease_store(subnet_db(bootp.lease_db, sub.name),
                                         subnet_pool(sub, bootp.static), bootp.static,
-                                        lifecycle=lifecycle_options(bootp))
+                                        lifecycle=lifecycle_options(bootp), scope=sub.name)
             stores.append(admin.AdminScope(sub.name, store, sub.network))
 
         def close() -> None:
