@@ -591,8 +591,17 @@ class PostgresLeaseStore(_IndexedLeaseStore):
                     for _, _, done in batch:
                         done.set_exception(error)
                     continue
+                items = [(decision, args) for decision, args, _ in batch]
                 try:
-                    results = self._run_batch([(decision, args) for decision, args, _ in batch])
+                    try:
+                        results = self._run_batch(items)
+                    except Exception as exc:
+                        # a connection the server closed (a restart, an administrator) is
+                        # replaced at once and the batch run again on the reloaded pool: its
+                        # decisions are made anew, so one that did commit is not made twice
+                        if not _unreachable(exc) or not self._replace_connection():
+                            raise
+                        results = self._run_batch(items)
                 except Exception as exc:
                     error = self._failed(exc)
                     for _, _, done in batch:
@@ -605,6 +614,22 @@ class PostgresLeaseStore(_IndexedLeaseStore):
                             done.set_exception(value)
         finally:
             self._flusher = None
+
+    def _replace_connection(self) -> bool:
+        """Open a new connection in place of a broken one; False when none can be made now."""
+        old, self._con = self._con, None
+        if old is not None:
+            try:
+                old.close()
+            except Exception:
+                pass
+        try:
+            con = self._target.connect()
+            self._target.session(con)
+        except Exception:
+            return False
+        self._con, self._dirty = con, True
+        return True
 
     def _failed(self, exc: Exception) -> LeaseStoreError:
         """A transaction failed: the index must be reloaded; when the server is gone, degrade."""
