@@ -21,7 +21,7 @@ returns only once its transaction is committed: an ACK leaves only after its com
 
 The driver is pg8000: pure Python over the standard socket module, so under gevent's
 monkey-patching every wait on the database is a cooperative wait and the hub never blocks
-(``tests/unit/test_leases_pg_hub.py`` proves it with a stalled database).
+(``tests/loopback/test_leases_pg_hub.py`` proves it with a stalled database).
 
 Faults. When the database cannot be reached (a connection error, or no answer within the
 DSN's ``timeout``), the store is *degraded*: the index may hold decisions that were never
