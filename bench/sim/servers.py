@@ -202,7 +202,8 @@ class ServerProcess:
     """massboot started as a subprocess on loopback, with its CPU time and peak RSS."""
 
     def __init__(self, workdir: str, root: str, clients: int, log_level: str,
-                 cache_dir: str | None = None, netns: Namespaces | None = None) -> None:
+                 cache_dir: str | None = None, netns: Namespaces | None = None,
+                 lease_db: str | None = None) -> None:
         self.workdir = workdir
         self.netns = netns
         if netns is not None:  # massboot alone in its namespace: the standard ports, any address
@@ -220,7 +221,8 @@ class ServerProcess:
             handle.write(MASSBOOT_CONFIG.format(
                 bootpd_address=address, tftpd_address=address, pool_start=pool_start,
                 log_level=log_level, dhcp_port=self.dhcp_port, tftp_port=self.tftp_port,
-                pool_count=max(clients + 16, 64), lease_db=os.path.join(workdir, "leases.sqlite3"),
+                pool_count=max(clients + 16, 64),
+                lease_db=lease_db or os.path.join(workdir, "leases.sqlite3"),
                 ipxe=IPXE_SCRIPT, bios=BOOTFILE_BIOS, uefi=BOOTFILE_UEFI, root=root))
             if cache_dir is not None:
                 handle.write(f"cache_dir = {cache_dir}\n")
