@@ -69,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     reserve.add_argument("ip", help="an address of a served network, not a [static_dhcp] one")
     export = ops.add_parser("export", help="every binding, as a backup")
     export.add_argument("--format", choices=("csv", "json"), default="csv", help="default: csv")
+    migrate = ops.add_parser("migrate", help="copy a SQLite lease database into PostgreSQL, keeping "
+                                             "every binding (README, Several servers)")
+    migrate.add_argument("--from", dest="source", required=True, metavar="sqlite:PATH",
+                         help="the SQLite lease database (stop the server that writes it first)")
+    migrate.add_argument("--to", dest="target", metavar="postgresql://...",
+                         help="the database (default: [bootpd] lease_db when it is one)")
+    migrate.add_argument("--scope", default="main",
+                         help="the pool it becomes: main, or a [subnet:NAME]'s name (default: main)")
+    migrate.add_argument("--replace", action="store_true",
+                         help="overwrite a pool that already has bindings (default: refuse)")
     return parser
 
 
@@ -600,6 +610,8 @@ def leases_command(args: argparse.Namespace) -> int:
         print(f"\nError: {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     bootp = config.bootp
+    if args.leases_command == "migrate":
+        return migrate_command(args, bootp)
 
     def offline() -> tuple[admin.LeaseAdmin, Any]:
         from massboot.dhcp.server import main_pool, subnet_pool
@@ -632,6 +644,31 @@ def leases_command(args: argparse.Namespace) -> int:
             log.exception("leases %s failed", args.leases_command)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def migrate_command(args: argparse.Namespace, bootp: cfg.BootpConfig) -> int:
+    """``massboot leases migrate --from sqlite:PATH --to postgresql://...`` (README, "Several servers")."""
+    from massboot.dhcp.leases import LeaseStoreError
+    from massboot.dhcp.leases.migrate import migrate
+    from massboot.dhcp.leases.postgresql import is_dsn, redact
+
+    target = args.target or (bootp.lease_db if is_dsn(bootp.lease_db) else None)
+    if target is None:
+        print("error: --to postgresql://... (or [bootpd] lease_db = postgresql://...)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        moved = migrate(args.source, target, scope=args.scope, replace=args.replace,
+                        offer_hold=bootp.offer_hold, decline_probation=bootp.decline_probation,
+                        base_dir=os.getcwd())
+    except ValueError as exc:
+        print(f"error: {redact(target)}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except LeaseStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"migrated {moved.bindings} bindings and {moved.declined} declined addresses from "
+          f"{moved.source} to {redact(moved.target)} scope {moved.scope}")
+    return 0
 
 
 def check_config(config: cfg.Config, *, run_dhcp: bool) -> int:
