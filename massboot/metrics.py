@@ -524,13 +524,12 @@ class Metrics:
         for family, _ in families:
             yield family
         db_up = dhcp.lease_db_up()
-        if db_up:
-            up = GaugeMetricFamily("massboot_lease_db_up", "1 while the scope's lease database "
-                                   "(PostgreSQL) answers; 0: degraded, only known bindings are "
-                                   "renewed (README, Several servers).", labels=("scope",))
-            for scope, value in db_up.items():
-                up.add_metric((scope,), 1 if value else 0)
-            yield up
+        up = GaugeMetricFamily("massboot_lease_db_up", "1 while the scope's lease database answers "
+                               "(always for SQLite); 0: PostgreSQL unreachable, degraded: only known "
+                               "bindings are renewed (README, Several servers).", labels=("scope",))
+        for scope in dhcp.lease_counts():
+            up.add_metric((scope,), 1 if db_up.get(scope, True) else 0)
+        yield up
         counts = dhcp.guard_counts()
         yield GaugeMetricFamily("massboot_dhcp_clients", "Client records the DHCP server keeps "
                                 "(at most [bootpd] max_clients).", value=counts["clients"])
