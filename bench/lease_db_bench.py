@@ -41,6 +41,9 @@ from tests.pgserver import PASSWORD, SUPERUSER, PgCluster  # noqa: E402
 SERVER_ADDRESSES = ("127.0.0.11", "127.0.0.12", "127.0.0.13")
 RELAYS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 MASSBOOT_INI = """\
+[massboot]
+state_dir = {state_dir}
+
 [logger]
 type = stderr
 level = warning
@@ -61,6 +64,10 @@ default = pxelinux.0
 address = {address}
 port = 6969
 root = {root}
+
+[metrics]
+address = {address}
+port = 9469
 """
 
 
@@ -123,6 +130,22 @@ def _wait_port(address: str, port: int, proc: subprocess.Popen[bytes], log: str)
         raise RuntimeError(f"server did not start:\n{f.read()[-3000:]}")
 
 
+def ignored_reasons(address: str) -> dict[str, float]:
+    """``massboot_dhcp_requests_ignored_total`` by reason, from the server's /metrics."""
+    import urllib.request
+
+    out: dict[str, float] = {}
+    try:
+        with urllib.request.urlopen(f"http://{address}:9469/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return out
+    for m in re.finditer(r'^massboot_dhcp_requests_ignored_total\{reason="([^"]+)"\} (\S+)', text, re.M):
+        if float(m.group(2)):
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
 class Massboot(Target):
     def __init__(self, name: str, servers: int, store: str, cluster: PgCluster, workdir: str,
                  pool_count: int, python: str) -> None:
@@ -142,9 +165,11 @@ class Massboot(Target):
         for n in range(self.servers):
             address = SERVER_ADDRESSES[n]
             ini = os.path.join(self.workdir, f"massboot{n}.ini")
+            state_dir = os.path.join(self.workdir, f"state{n}")
+            os.makedirs(state_dir, exist_ok=True)
             with open(ini, "w") as f:
                 f.write(MASSBOOT_INI.format(address=address, pool_count=self.pool_count, lease_db=lease_db,
-                                            root=self.workdir))
+                                            root=self.workdir, state_dir=state_dir))
             log = os.path.join(self.workdir, f"massboot{n}.log")
             with open(log, "wb") as out:
                 proc = subprocess.Popen([self.python, "-m", "massboot", "-c", ini], stdout=out,
@@ -201,26 +226,35 @@ def run_one(target: Target, rate: int, clients: int, period: int, workdir: str) 
     try:
         time.sleep(0.5)
         cpu0 = target.cpu_seconds()
-        share = rate / target.servers
+        share = max(1, round(rate / target.servers))
         runs = [perfdhcp(RELAYS[n], SERVER_ADDRESSES[n], share, clients, period,
                          f"02:{n + 1:02x}:00:00:00:00", os.path.join(workdir, f"perfdhcp{n}.out"))
                 for n in range(target.servers)]
         for proc in runs:
             proc.wait(timeout=period + 120)
         cpu1 = target.cpu_seconds()
+        ignored: dict[str, float] = {}
+        if isinstance(target, Massboot):
+            for n in range(target.servers):
+                for reason, count in ignored_reasons(SERVER_ADDRESSES[n]).items():
+                    ignored[reason] = ignored.get(reason, 0) + count
     finally:
         target.stop()
     total: dict[str, float] = {}
     for n in range(target.servers):
         with open(os.path.join(workdir, f"perfdhcp{n}.out"), errors="replace") as f:
-            for key, value in parse_perfdhcp(f.read()).items():
-                total[key] = total.get(key, 0) + value
+            text = f.read()
+        figures = parse_perfdhcp(text)
+        if not figures:
+            raise RuntimeError(f"perfdhcp said:\n{text[-2000:]}")
+        for key, value in figures.items():
+            total[key] = total.get(key, 0) + value
     do_sent, do_recv = total.get("do_sent", 0), total.get("do_received", 0)
     ra_sent, ra_recv = total.get("ra_sent", 0), total.get("ra_received", 0)
     return {"target": target.name, "rate": rate, "dora_per_s": ra_recv / period,
             "do_drops": 100.0 * (1 - do_recv / do_sent) if do_sent else 100.0,
             "ra_drops": 100.0 * (1 - ra_recv / ra_sent) if ra_sent else 100.0,
-            "done": ra_recv, "started": do_sent, "server_cpu_s": cpu1 - cpu0}
+            "done": ra_recv, "started": do_sent, "server_cpu_s": cpu1 - cpu0, "ignored": ignored}
 
 
 def main() -> int:
@@ -253,7 +287,8 @@ def main() -> int:
                 r = run_one(targets[name], rate, args.clients, args.period, workdir)
                 results.append(r)
                 print(f"{r['target']:16} {rate:6d} {r['dora_per_s']:8.0f} {r['do_drops']:8.2f}% "
-                      f"{r['ra_drops']:8.2f}% {r['done']:6.0f}/{r['started']:<7.0f} {r['server_cpu_s']:6.1f}",
+                      f"{r['ra_drops']:8.2f}% {r['done']:6.0f}/{r['started']:<7.0f} {r['server_cpu_s']:6.1f} "
+                      + " ".join(f"{k}={v:.0f}" for k, v in sorted(r["ignored"].items())),
                       flush=True)
         print("\nbest DORA/s with < 1 % drops each way:")
         for name in args.targets.split(","):

@@ -328,7 +328,7 @@ class Exchange:
         client = self.client
         if client is None:
             client = self.client = Client(req.mac)
-            lease = self.scope.store.get(req.mac)
+            lease = self.scope.store.known(req.mac)     # for its UUID: no database round trip
             if lease is not None and lease.uuid:
                 client.uuid = lease.uuid
         if req.uuid:

@@ -285,10 +285,13 @@ def test_dsn_parsing(tmp_path) -> None:
     assert t.password_file == str(tmp_path / "pw") and t.unix_sock is None
     t = parse_dsn("postgresql://boot@/leases?host=/run/postgresql")
     assert t.unix_sock == "/run/postgresql/.s.PGSQL.5432" and t.host is None and t.sslmode == "disable"
+    assert parse_dsn("postgresql://boot@db/leases").sslmode == "disable"
     for bad, why in [("postgresql://boot:secret@db/leases", "password in the URL"),
                      ("postgresql://db/leases?pasword_file=x", "unknown parameter"),
                      ("postgresql://db:99999/leases", "out of range|port"),
                      ("postgresql://db/leases?sslmode=maybe", "sslmode"),
+                     ("postgresql://db/leases?sslmode=prefer", "fall back"),
+                     ("postgresql://boot@/x?host=/run/postgresql&sslmode=require", "unix socket"),
                      ("postgresql://db/leases?timeout=0", "between")]:
         with pytest.raises(ValueError, match=why) as info:
             parse_dsn(bad)

@@ -136,6 +136,11 @@ class LeaseStore(ABC):
     def get(self, mac: str) -> Lease | None:
         """The MAC's binding (an offer past its hold is none), or None."""
 
+    def known(self, mac: str) -> Lease | None:
+        """The MAC's binding as this server last saw it, without asking a shared database (it
+        may lag the other servers by a moment): for information (a UUID), never a decision."""
+        return self.get(mac)
+
     @abstractmethod
     def by_ip(self, ip: str) -> Lease | None:
         """The lease holding *ip*, or None."""

@@ -134,38 +134,48 @@ _LEASE_COLUMNS = "mac, ip, static, state, uuid, expires, updated, reserved"
 _LEASE_RECORD = ("mac text, ip text, static boolean, state text, uuid text, expires double precision, "
                  "updated double precision, reserved boolean")
 
-# one statement writes a whole batch: deletions and their tombstones, upserts, marks, the seq
-_WRITE = f"""
-WITH
- del_l AS (DELETE FROM massboot_leases WHERE scope = :scope
-           AND mac IN (SELECT json_array_elements_text(CAST(:deletes AS json)))),
- up_l AS (INSERT INTO massboot_leases (scope, {_LEASE_COLUMNS}, seq)
+# one statement writes a whole batch: deletions and their tombstones, upserts, marks, the seq;
+# only the parts a batch needs are in it (an empty DELETE ... IN (...) may still scan the table)
+_WRITE_PARTS = {
+    "deletes": """del_l AS (DELETE FROM massboot_leases WHERE scope = :scope
+           AND mac IN (SELECT json_array_elements_text(CAST(:deletes AS json))))""",
+    "upserts": f"""up_l AS (INSERT INTO massboot_leases (scope, {_LEASE_COLUMNS}, seq)
           SELECT :scope, {_LEASE_COLUMNS}, :seq
           FROM json_to_recordset(CAST(:upserts AS json)) AS r({_LEASE_RECORD})
           ON CONFLICT (scope, mac) DO UPDATE SET ip = excluded.ip, static = excluded.static,
              state = excluded.state, uuid = excluded.uuid, expires = excluded.expires,
-             updated = excluded.updated, reserved = excluded.reserved, seq = excluded.seq),
- del_d AS (DELETE FROM massboot_declined WHERE scope = :scope
-           AND ip IN (SELECT json_array_elements_text(CAST(:returned AS json)))),
- up_d AS (INSERT INTO massboot_declined (scope, ip, mac, at, until, seq)
+             updated = excluded.updated, reserved = excluded.reserved, seq = excluded.seq)""",
+    "returned": """del_d AS (DELETE FROM massboot_declined WHERE scope = :scope
+           AND ip IN (SELECT json_array_elements_text(CAST(:returned AS json))))""",
+    "aside": """up_d AS (INSERT INTO massboot_declined (scope, ip, mac, at, until, seq)
           SELECT :scope, ip, mac, at, until, :seq
           FROM json_to_recordset(CAST(:aside AS json)) AS r(ip text, mac text, at double precision,
                                                              until double precision)
           ON CONFLICT (scope, ip) DO UPDATE SET mac = excluded.mac, at = excluded.at,
-             until = excluded.until, seq = excluded.seq),
- del_m AS (DELETE FROM massboot_marks m USING json_to_recordset(CAST(:unmarks AS json))
+             until = excluded.until, seq = excluded.seq)""",
+    "unmarks": """del_m AS (DELETE FROM massboot_marks m USING json_to_recordset(CAST(:unmarks AS json))
                AS r(kind text, key text)
-           WHERE m.scope = :scope AND m.kind = r.kind AND m.key = r.key),
- up_m AS (INSERT INTO massboot_marks (scope, kind, key, until, seq)
+           WHERE m.scope = :scope AND m.kind = r.kind AND m.key = r.key)""",
+    "marks": """up_m AS (INSERT INTO massboot_marks (scope, kind, key, until, seq)
           SELECT :scope, kind, key, until, :seq
           FROM json_to_recordset(CAST(:marks AS json)) AS r(kind text, key text, until double precision)
-          ON CONFLICT (scope, kind, key) DO UPDATE SET until = excluded.until, seq = excluded.seq),
- tomb AS (INSERT INTO massboot_removed (scope, kind, key, seq, at)
+          ON CONFLICT (scope, kind, key) DO UPDATE SET until = excluded.until, seq = excluded.seq)""",
+    "tombs": """tomb AS (INSERT INTO massboot_removed (scope, kind, key, seq, at)
           SELECT :scope, kind, key, :seq, :now
           FROM json_to_recordset(CAST(:tombs AS json)) AS r(kind text, key text)
-          ON CONFLICT (scope, kind, key) DO UPDATE SET seq = excluded.seq, at = excluded.at)
-UPDATE massboot_scopes SET seq = :seq WHERE scope = :scope
-"""
+          ON CONFLICT (scope, kind, key) DO UPDATE SET seq = excluded.seq, at = excluded.at)""",
+}
+
+
+def _write(con: Any, scope: str, seq: int, now: float, **parts: list[Any]) -> None:
+    """Write one batch (the non-empty *parts*) and the pool's new *seq*, in one statement."""
+    used = {name: json.dumps(rows) for name, rows in parts.items() if rows}
+    ctes = ",\n ".join(_WRITE_PARTS[name] for name in used)
+    sql = (f"WITH {ctes}\n" if ctes else "") + "UPDATE massboot_scopes SET seq = :seq WHERE scope = :scope"
+    params: dict[str, Any] = {"scope": scope, "seq": seq, **used}
+    if "tombs" in used:
+        params["now"] = now
+    con.run(sql, **params)
 
 
 # ----------------------------------------------------------------------------- the DSN
@@ -186,7 +196,7 @@ class PgTarget:
     port: int = DEFAULT_PORT
     unix_sock: str | None = None
     password_file: str | None = None
-    sslmode: str = "prefer"
+    sslmode: str = "disable"
     connect_timeout: float = DEFAULT_TIMEOUT
     timeout: float = DEFAULT_TIMEOUT
     application_name: str = "massboot"
@@ -219,18 +229,18 @@ class PgTarget:
         """
         import pg8000.native
 
-        context: ssl.SSLContext | bool | None = None
-        if self.sslmode in ("require", "prefer"):
+        context: ssl.SSLContext | None = None
+        if self.sslmode == "require":           # encrypted, the certificate not checked (libpq's)
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        elif self.sslmode == "verify-full":
+        elif self.sslmode == "verify-full":     # the system's CAs, and the host name
             context = ssl.create_default_context()
         try:
             return pg8000.native.Connection(
                 self.user, host=self.host or "localhost", database=self.database, port=self.port,
                 password=self.password(), unix_sock=self.unix_sock,
-                ssl_context=None if self.sslmode == "prefer" else context,
+                ssl_context=context,
                 # the socket's timeout: past the statement timeout, so that a slow statement is
                 # cancelled by the server (an error) before the link is given up (unreachable)
                 timeout=max(self.connect_timeout, self.timeout + 2.0),
@@ -306,11 +316,14 @@ def parse_dsn(dsn: str, *, base_dir: str = ".") -> PgTarget:
     if host is None or host.startswith("/"):
         directory = host or "/run/postgresql"
         unix_sock, host = os.path.join(directory, f".s.PGSQL.{port}"), None
-    sslmode = params.get("sslmode", "prefer" if unix_sock is None else "disable")
-    if sslmode not in ("disable", "prefer", "require", "verify-full"):
-        raise ValueError(f"sslmode {sslmode!r}: use disable, prefer, require or verify-full")
-    if unix_sock is not None:
-        sslmode = "disable"
+    sslmode = params.get("sslmode", "disable")
+    if sslmode in ("allow", "prefer"):
+        raise ValueError(f"sslmode {sslmode}: massboot does not fall back from TLS silently; "
+                         "use disable, require or verify-full")
+    if sslmode not in ("disable", "require", "verify-full"):
+        raise ValueError(f"sslmode {sslmode!r}: use disable, require or verify-full")
+    if unix_sock is not None and sslmode != "disable":
+        raise ValueError("sslmode: a unix socket carries no TLS (use disable, or a host name)")
     timeouts = {}
     for name in ("connect_timeout", "timeout"):
         if name in params:
@@ -459,6 +472,7 @@ class PostgresLeaseStore(_IndexedLeaseStore):
         self._committed: dict[str, Lease] = {}
         self._committed_ip: dict[str, str] = {}
         self.transactions = 0        # committed (for the bench and the tests)
+        self._load_change: _Change | None = None     # what a reload dropped, written next
         self._con = self._target.connect()     # raises: a bad DSN or no server is a startup error
         try:
             ensure_schema(self._con, self._target.shown)
@@ -514,6 +528,11 @@ class PostgresLeaseStore(_IndexedLeaseStore):
         if self._con is None:
             return self._known(_norm_mac(mac))
         return super().get(mac)
+
+    def known(self, mac: str) -> Lease | None:
+        if self._con is None:
+            return self._known(_norm_mac(mac))
+        return super().get(mac)          # the index as the last transaction left it: no wait
 
     def by_ip(self, ip: str) -> Lease | None:
         self._sync()
@@ -739,13 +758,12 @@ class PostgresLeaseStore(_IndexedLeaseStore):
                 tombs = [{"kind": "lease", "key": mac} for mac in change.deletes]
                 tombs += [{"kind": "declined", "key": ip} for ip in change.returned]
                 tombs += unmarked
-                con.run(_WRITE, scope=scope, seq=seq + 1, now=now,
-                        deletes=json.dumps(sorted(change.deletes)),
-                        upserts=json.dumps([_lease_json(lease) for lease in change.upserts.values()]),
-                        returned=json.dumps(sorted(change.returned)),
-                        aside=json.dumps([{"ip": ip, "mac": mac, "at": at, "until": until}
-                                          for ip, (mac, at, until) in change.set_aside.items()]),
-                        unmarks=json.dumps(unmarked), marks=json.dumps(marked), tombs=json.dumps(tombs))
+                _write(con, scope, seq + 1, now, deletes=sorted(change.deletes),
+                       upserts=[_lease_json(lease) for lease in change.upserts.values()],
+                       returned=sorted(change.returned),
+                       aside=[{"ip": ip, "mac": mac, "at": at, "until": until}
+                              for ip, (mac, at, until) in change.set_aside.items()],
+                       unmarks=unmarked, marks=marked, tombs=tombs)
                 if seq % 1000 == 999:
                     self._prune(con, now)
                 con.run("COMMIT")
@@ -762,8 +780,6 @@ class PostgresLeaseStore(_IndexedLeaseStore):
                 _rollback(con)
             raise
 
-    _load_change: _Change | None = None
-
     def _reload(self, con: Any, now: float) -> None:
         """Rebuild the index from the database (at open, after a failed transaction)."""
         rows = [_lease(row) for row in con.run(
@@ -774,8 +790,10 @@ class PostgresLeaseStore(_IndexedLeaseStore):
         marks = con.run("SELECT kind, key, until FROM massboot_marks WHERE scope = :s", s=self._scope)
         index = self._index
         counters = (index.offers_expired, index.reclaimed, index.probation_ended)
-        pool, static, exclude, offer_hold, reclaim, probation = self._settings
-        index.__init__(pool, index_static(index), exclude, offer_hold=offer_hold, reclaim=reclaim,
+        pool, _, exclude, offer_hold, reclaim, probation = self._settings
+        # in place: queued decisions hold its bound methods; the [static_dhcp] it has now (a
+        # reload may have changed it since the store was opened)
+        index.__init__(pool, dict(index.static), exclude, offer_hold=offer_hold, reclaim=reclaim,
                        decline_probation=probation)
         index.offers_expired, index.reclaimed, index.probation_ended = counters
         self._load_change = index.load(rows, declined, now)
@@ -875,11 +893,6 @@ class PostgresLeaseStore(_IndexedLeaseStore):
                 pass
 
 
-def index_static(index: Any) -> dict[str, str]:
-    """The index's current ``[static_dhcp]`` (a reload may have changed it since open)."""
-    return dict(index.static)
-
-
 def copy_leases(rows: Iterable[Lease], declined: Iterable[tuple[str, str | None, float, float]],
                 target: PgTarget, scope: str, *, replace_existing: bool = False) -> int:
     """Write *rows* and *declined* ``(ip, mac, at, until)`` into *scope* of an empty pool (migrate).
@@ -906,10 +919,9 @@ def copy_leases(rows: Iterable[Lease], declined: Iterable[tuple[str, str | None,
                 con.run(f"DELETE FROM {table} WHERE scope = :s", s=scope)
             rows = list(rows)
             aside = [{"ip": ip, "mac": mac, "at": at, "until": until} for ip, mac, at, until in declined]
-            con.run(_WRITE, scope=scope, seq=seq + 1, now=time.time(), deletes="[]",
-                    upserts=json.dumps([_lease_json(replace(lease, mac=_norm_mac(lease.mac)))
-                                        for lease in rows]),
-                    returned="[]", aside=json.dumps(aside), unmarks="[]", marks="[]", tombs="[]")
+            _write(con, scope, seq + 1, time.time(),
+                   upserts=[_lease_json(replace(lease, mac=_norm_mac(lease.mac))) for lease in rows],
+                   aside=aside)
             con.run("UPDATE massboot_scopes SET pruned = :p WHERE scope = :s", p=seq + 1, s=scope)
             con.run("COMMIT")
         except BaseException:
