@@ -249,7 +249,9 @@ class PgTarget:
             raise
         except Exception as exc:
             raise LeaseStoreUnavailable(
-                f"lease database {self.shown}: cannot connect: {_reason(exc)}") from None
+                f"lease database {self.shown}: cannot connect: {_reason(exc)} (is PostgreSQL "
+                f"running there, with database {self.database!r} and user {self.user!r}, and does "
+                "its pg_hba.conf admit this host?)") from None
 
 
 def is_dsn(value: str) -> bool:
