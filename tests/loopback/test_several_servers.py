@@ -95,6 +95,16 @@ def _check(summary, bindings: dict[str, tuple[str, str]], fleet: Fleet) -> None:
     assert len({ip for ip, _ in bindings.values()}) == len(bindings)
 
 
+def _timeline(summary, started: float, events: list[tuple[str, float]]) -> str:
+    """One line for the report: the fault's times and what the clients went through."""
+    retried = [r for r in summary.results if r.boot_retries]
+    booted = sorted(r.marks["booted"] for r in summary.results)
+    parts = [f"{name} at {at - started:.2f} s" for name, at in events]
+    parts += [f"{len(retried)} clients started their boot again ({sum(r.boot_retries for r in retried)} "
+              f"retries)", f"last booted at {booted[-1]:.2f} s", f"run {summary.elapsed:.1f} s"]
+    return "timeline: " + ", ".join(parts)
+
+
 def _database(dsn: str) -> str:
     return dsn.split("?")[0].rsplit("/", 1)[1]
 
@@ -121,8 +131,10 @@ def test_a_server_killed_mid_boot_every_client_still_boots(pg_cluster, pg_dsn, f
         killed.append(time.monotonic())
 
     killer = gevent.spawn(kill_later)
+    started = time.monotonic()
     summary = _boot(f, ramp=2.0, seed=4)
     killer.get(timeout=5)
+    print(_timeline(summary, started, [("server 1 SIGKILLed", killed[0])]))
     assert killed and victim.process.wait(timeout=10) == -signal.SIGKILL
     _check(summary, _bindings(pg_cluster, _database(pg_dsn)), f)
     # some clients were caught by it: their boot started again and went to another server
@@ -145,9 +157,11 @@ def test_the_database_restarted_mid_boot_loses_nothing_and_service_resumes(pg_cl
             outage.append(time.monotonic())
 
         restarter = gevent.spawn(restart_later)
+        started = time.monotonic()
         summary = _boot(f, ramp=4.0, seed=5)
         restarter.get(timeout=60)
         assert len(outage) == 2
+        print(_timeline(summary, started, [("database stopped", outage[0]), ("started", outage[1])]))
         _check(summary, _bindings(cluster, "leases"), f)
         logs = [s.log_text() for s in f.servers]
         # the servers noticed, and came back by themselves
