@@ -22,7 +22,8 @@ thread):
                (RFC 8288, ``rel="next"``) and ``X-Next-Cursor`` give the next page's;
                ``?phase=stalled`` (or any phase) filters it. Built and sent in slices, yielding
                to the hub between them, so a large page never stalls the transfers;
-``/healthz``   ``200`` while every configured server's reader is alive, else ``503``; a JSON body.
+``/healthz``   ``200`` while every configured server's reader is alive, else ``503``; a JSON body
+               (``degraded``, still ``200``, while a PostgreSQL lease database is unreachable).
 """
 
 from __future__ import annotations
