@@ -688,6 +688,15 @@ def check_config(config: cfg.Config, *, run_dhcp: bool) -> int:
             return EXIT_CONFIG
         print(f"network: {network.ifname} {network.address}/{network.prefixlen}, "
               f"server address {network.address}")
+        from massboot.dhcp.leases import LeaseStoreError
+        from massboot.dhcp.leases.postgresql import check_database, is_dsn, parse_dsn
+
+        if is_dsn(config.bootp.lease_db):       # README, "Several servers"
+            try:
+                print(check_database(parse_dsn(config.bootp.lease_db)))
+            except LeaseStoreError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_ERROR
     try:
         from massboot.files import FileStore
 

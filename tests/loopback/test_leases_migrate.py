@@ -99,3 +99,22 @@ def test_migrate_from_the_oldest_schema_and_bad_arguments(tmp_path, pg_dsn) -> N
     assert bad.returncode == 2 and "password in the URL" in bad.stderr and ":pw@" not in bad.stderr
     no_target = massboot(config, "migrate", "--from", f"sqlite:{path}")
     assert no_target.returncode == 2 and "--to" in no_target.stderr
+
+
+def test_check_config_logs_in_and_reads_the_schema_version(tmp_path, pg_dsn) -> None:
+    from tests.pgserver import free_port
+
+    def check(dsn: str) -> subprocess.CompletedProcess:
+        config = tmp_path / "massboot.ini"
+        config.write_text(CONFIG.replace("pool_count = 20\n", f"pool_count = 20\nlease_db = {dsn}\n"))
+        return subprocess.run([sys.executable, "-m", "massboot", "-c", str(config), "--check-config"],
+                              cwd=REPO, env=ENV, text=True, capture_output=True, timeout=60)
+
+    empty = check(pg_dsn)
+    assert empty.returncode == 0 and "reachable, empty" in empty.stdout, empty.stderr
+    PostgresLeaseStore(pg_dsn, POOL).close()
+    ready = check(pg_dsn)
+    assert ready.returncode == 0 and "reachable, schema version 1" in ready.stdout
+    port = pg_dsn.split("@127.0.0.1:")[1].split("/")[0]
+    away = check(pg_dsn.replace(f":{port}/", f":{free_port()}/") + "&connect_timeout=1")
+    assert away.returncode == 1 and "cannot connect" in away.stderr and PASSWORD not in away.stderr

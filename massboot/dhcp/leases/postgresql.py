@@ -404,6 +404,35 @@ def ensure_schema(con: Any, shown: str) -> None:
         raise
 
 
+def check_database(target: PgTarget) -> str:
+    """``--check-config``: log in and read the schema version, changing nothing.
+
+    Returns:
+        A line saying what was found.
+
+    Raises:
+        LeaseStoreError: unreachable, refused, or a newer schema than this massboot's.
+    """
+    con = target.connect()
+    try:
+        try:
+            exists = con.run("SELECT to_regclass('massboot_schema') IS NOT NULL")[0][0]
+            version = con.run("SELECT version FROM massboot_schema")[0][0] if exists else None
+        except Exception as exc:
+            raise LeaseStoreError(f"lease database {target.shown}: {_reason(exc)}") from None
+    finally:
+        try:
+            con.close()
+        except Exception:
+            pass
+    if version is None:
+        return f"lease database {target.shown}: reachable, empty (massboot creates its tables)"
+    if version > SCHEMA_VERSION:
+        raise LeaseStoreError(f"lease database {target.shown}: schema version {version} is newer than "
+                              f"this massboot's ({SCHEMA_VERSION}); upgrade massboot")
+    return f"lease database {target.shown}: reachable, schema version {version}"
+
+
 def _rollback(con: Any) -> None:
     try:
         con.run("ROLLBACK")
