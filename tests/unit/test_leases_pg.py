@@ -316,3 +316,24 @@ def test_an_unreachable_database_at_startup_names_it_and_never_the_password(tmp_
     with pytest.raises(LeaseStoreUnavailable, match="cannot connect") as info:
         PostgresLeaseStore(dsn, POOL)
     assert "s3cret" not in str(info.value) and "127.0.0.1" in str(info.value)
+
+
+def test_a_reconnection_uses_the_password_read_at_start(pg_cluster, pg_dsn, tmp_path) -> None:
+    """As after massboot dropped its privileges: the root-only password file cannot be read."""
+    secret = tmp_path / "pw"
+    secret.write_text(open(pg_dsn.split("password_file=")[1]).read())
+    dsn = pg_dsn.split("?")[0] + f"?password_file={secret}"
+    store = PostgresLeaseStore(dsn, POOL)
+    try:
+        first = store.bind(MAC_A, None, lease_time=600).lease
+        secret.unlink()
+        con = pg_cluster.connect(pg_dsn.split("?")[0].rsplit("/", 1)[1])
+        try:
+            con.run("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'massboot'")
+        finally:
+            con.close()
+        assert store.bind(MAC_B, None, lease_time=600).bound and store.database_up
+        assert store.get(MAC_A) == first
+    finally:
+        store.close()

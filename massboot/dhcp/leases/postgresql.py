@@ -221,7 +221,7 @@ class PgTarget:
         con.run(f"SET statement_timeout = {int(self.timeout * 1000)}")
         con.run("SET idle_in_transaction_session_timeout = 10000")
 
-    def connect(self) -> Any:
+    def connect(self, password: str | None = None) -> Any:
         """A new pg8000 connection (cooperative under gevent: plain sockets).
 
         Raises:
@@ -239,7 +239,7 @@ class PgTarget:
         try:
             return pg8000.native.Connection(
                 self.user, host=self.host or "localhost", database=self.database, port=self.port,
-                password=self.password(), unix_sock=self.unix_sock,
+                password=password if password is not None else self.password(), unix_sock=self.unix_sock,
                 ssl_context=context,
                 # the socket's timeout: past the statement timeout, so that a slow statement is
                 # cancelled by the server (an error) before the link is given up (unreachable)
@@ -504,7 +504,10 @@ class PostgresLeaseStore(_IndexedLeaseStore):
         self._committed_ip: dict[str, str] = {}
         self.transactions = 0        # committed (for the bench and the tests)
         self._load_change: _Change | None = None     # what a reload dropped, written next
-        self._con = self._target.connect()     # raises: a bad DSN or no server is a startup error
+        # read now, as root if massboot starts as root: a reconnection after the privileges are
+        # dropped may no longer read the file (a new password there is used when it can)
+        self._secret = self._target.password()
+        self._con = self._connect()            # raises: a bad DSN or no server is a startup error
         try:
             ensure_schema(self._con, self._target.shown)
             self._target.session(self._con)
@@ -520,6 +523,13 @@ class PostgresLeaseStore(_IndexedLeaseStore):
         used, size = self.counts()
         log.info("lease store %s scope %s: %d leases, %d declined, pool %d/%d in use",
                  self._target.shown, scope, len(self._index.by_mac), len(self._index.aside), used, size)
+
+    def _connect(self) -> Any:
+        try:
+            self._secret = self._target.password()
+        except LeaseStoreError:
+            pass                           # unreadable now (privileges dropped): the one read before
+        return self._target.connect(self._secret)
 
     # -- the interface -------------------------------------------------------------------
 
@@ -674,7 +684,7 @@ class PostgresLeaseStore(_IndexedLeaseStore):
             except Exception:
                 pass
         try:
-            con = self._target.connect()
+            con = self._connect()
             self._target.session(con)
         except Exception:
             return False
@@ -719,7 +729,7 @@ class PostgresLeaseStore(_IndexedLeaseStore):
                 sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
                 try:
-                    con = self._target.connect()
+                    con = self._connect()
                     self._target.session(con)
                 except LeaseStoreError as exc:
                     log.debug("lease database %s: %s", self._target.shown, exc)
