@@ -114,7 +114,7 @@ def test_check_config_logs_in_and_reads_the_schema_version(tmp_path, pg_dsn) -> 
     assert empty.returncode == 0 and "reachable, empty" in empty.stdout, empty.stderr
     PostgresLeaseStore(pg_dsn, POOL).close()
     ready = check(pg_dsn)
-    assert ready.returncode == 0 and "reachable, schema version 1" in ready.stdout
+    assert ready.returncode == 0 and "reachable, schema version 2" in ready.stdout
     port = pg_dsn.split("@127.0.0.1:")[1].split("/")[0]
     away = check(pg_dsn.replace(f":{port}/", f":{free_port()}/") + "&connect_timeout=1")
     assert away.returncode == 1 and "cannot connect" in away.stderr and PASSWORD not in away.stderr

@@ -19,7 +19,7 @@ from massboot.dhcp.leases import (
     LeaseStoreUnavailable,
     PostgresLeaseStore,
 )
-from massboot.dhcp.leases.postgresql import copy_leases, parse_dsn, redact
+from massboot.dhcp.leases.postgresql import _MIGRATIONS, SCHEMA_VERSION, copy_leases, parse_dsn, redact
 from tests.pgserver import PgCluster
 from tests.unit.test_leases import MAC_A, MAC_B, MAC_C, POOL, T0, Clock, mac
 
@@ -164,17 +164,43 @@ def test_the_database_guards_one_mac_per_address(pg_cluster, pg_dsn) -> None:
         store.close()
 
 
-def test_the_schema_is_versioned_and_a_newer_one_is_refused(pg_cluster, pg_dsn) -> None:
-    PostgresLeaseStore(pg_dsn, POOL).close()
+def test_the_schema_is_versioned_migrated_and_a_newer_one_is_refused(pg_cluster, pg_dsn) -> None:
     database = pg_dsn.split("?")[0].rsplit("/", 1)[1]
     con = pg_cluster.connect(database)
-    try:
-        assert con.run("SELECT version FROM massboot_schema") == [[1]]
-        con.run("UPDATE massboot_schema SET version = 2")
+    try:           # the first schema, as the first massboot with PostgreSQL left it, with a lease
+        con.run("CREATE TABLE massboot_schema (version integer NOT NULL)")
+        con.run("INSERT INTO massboot_schema VALUES (1)")
+        for statement in _MIGRATIONS[1].split(";"):
+            if statement.strip():
+                con.run(statement)
+        con.run("INSERT INTO massboot_scopes (scope, seq) VALUES ('main', 1)")
+        con.run("INSERT INTO massboot_leases (scope, mac, ip, state, expires, updated, seq) "
+                "VALUES ('main', :m, '10.0.0.12', 'bound', :e, 1, 1)", m=MAC_A, e=T0 * 2)
     finally:
         con.close()
-    with pytest.raises(LeaseStoreError, match="schema version 2 is newer"):
+    store = PostgresLeaseStore(pg_dsn, POOL)
+    try:
+        assert store.get(MAC_A).ip == "10.0.0.12" and store.allocate(MAC_B).ip == "10.0.0.10"
+    finally:
+        store.close()
+    con = pg_cluster.connect(database)
+    try:
+        assert con.run("SELECT version FROM massboot_schema") == [[SCHEMA_VERSION]] and SCHEMA_VERSION == 2
+        assert con.run("SELECT settings <> '' FROM massboot_scopes") == [[True]]
+        con.run("UPDATE massboot_schema SET version = 3")
+    finally:
+        con.close()
+    with pytest.raises(LeaseStoreError, match="schema version 3 is newer"):
         PostgresLeaseStore(pg_dsn, POOL)
+
+
+def test_servers_of_one_pool_with_different_settings_are_warned_about(servers, caplog) -> None:
+    caplog.set_level("WARNING", logger="massboot.dhcp.leases")
+    servers(2)
+    assert not caplog.records                                   # the same settings: quiet
+    servers(1, pool=POOL[:5])
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "differ from those of" in warning and "pid" in warning
 
 
 def test_scopes_are_separate_pools(pg_dsn) -> None:

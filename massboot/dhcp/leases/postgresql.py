@@ -37,6 +37,7 @@ show it); it comes from the file named by ``password_file=``, else from ``PGPASS
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -66,7 +67,7 @@ from massboot.dhcp.leases.memory import _IndexedLeaseStore
 log = logging.getLogger("massboot.dhcp.leases")    # one logger for the package
 
 #: the schema this code writes (``massboot_schema.version``); an older one is migrated at open
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMES = ("postgresql", "postgres")
 DEFAULT_PORT = 5432
 DEFAULT_TIMEOUT = 5.0
@@ -127,6 +128,12 @@ CREATE TABLE massboot_removed (             -- tombstones: lease (mac), declined
     PRIMARY KEY (scope, kind, key)
 );
 CREATE INDEX massboot_removed_seq ON massboot_removed (scope, seq);
+""",
+    # which settings the servers of a pool decide by, and who wrote them last (a warning when
+    # two servers of one pool differ)
+    2: """
+ALTER TABLE massboot_scopes ADD COLUMN settings text NOT NULL DEFAULT '';
+ALTER TABLE massboot_scopes ADD COLUMN settings_by text NOT NULL DEFAULT ''
 """,
 }
 
@@ -512,6 +519,7 @@ class PostgresLeaseStore(_IndexedLeaseStore):
             ensure_schema(self._con, self._target.shown)
             self._target.session(self._con)
             self._con.run("INSERT INTO massboot_scopes (scope) VALUES (:s) ON CONFLICT DO NOTHING", s=scope)
+            self._compare_settings()
             self._run_batch([])        # load the pool (and forget what the config now forbids)
         except BaseException as exc:
             self.close()
@@ -523,6 +531,23 @@ class PostgresLeaseStore(_IndexedLeaseStore):
         used, size = self.counts()
         log.info("lease store %s scope %s: %d leases, %d declined, pool %d/%d in use",
                  self._target.shown, scope, len(self._index.by_mac), len(self._index.aside), used, size)
+
+    def _compare_settings(self) -> None:
+        """Record the settings this server decides by; warn when another server of the pool
+        recorded different ones (README, "Several servers": they must be the same)."""
+        pool, static, _, offer_hold, reclaim, probation = self._settings
+        text = json.dumps({"pool": pool, "static": sorted(self._index.static.items()),
+                           "offer_hold": offer_hold, "reclaim": reclaim, "decline_probation": probation})
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        me = f"{socket.gethostname()} pid {os.getpid()}"
+        before, by = self._con.run("SELECT settings, settings_by FROM massboot_scopes WHERE scope = :s",
+                                   s=self._scope)[0]
+        self._con.run("UPDATE massboot_scopes SET settings = :d, settings_by = :me WHERE scope = :s",
+                      d=digest, me=me, s=self._scope)
+        if before and before != digest:
+            log.warning("lease pool %s of %s: this server's pool, [static_dhcp] or lease lifecycle "
+                        "options differ from those of %s, which shares it; every server of a pool "
+                        "needs the same (README, Several servers)", self._scope, self._target.shown, by)
 
     def _connect(self) -> Any:
         try:
