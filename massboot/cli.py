@@ -69,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     reserve.add_argument("ip", help="an address of a served network, not a [static_dhcp] one")
     export = ops.add_parser("export", help="every binding, as a backup")
     export.add_argument("--format", choices=("csv", "json"), default="csv", help="default: csv")
+    migrate = ops.add_parser("migrate", help="copy a SQLite lease database into PostgreSQL, keeping "
+                                             "every binding (README, Several servers)")
+    migrate.add_argument("--from", dest="source", required=True, metavar="sqlite:PATH",
+                         help="the SQLite lease database (stop the server that writes it first)")
+    migrate.add_argument("--to", dest="target", metavar="postgresql://...",
+                         help="the database (default: [bootpd] lease_db when it is one)")
+    migrate.add_argument("--scope", default="main",
+                         help="the pool it becomes: main, or a [subnet:NAME]'s name (default: main)")
+    migrate.add_argument("--replace", action="store_true",
+                         help="overwrite a pool that already has bindings (default: refuse)")
     return parser
 
 
@@ -178,10 +188,11 @@ class Services:
         """The DHCP side's knowledge of a client, for TFTP filters (None in -t mode)."""
         return self.dhcp.client_info(ip) if self.dhcp is not None else None
 
-    def _store(self, path: str, pool: list[str], static: dict[str, str], exclude: Iterable[str] = ()):
+    def _store(self, path: str, pool: list[str], static: dict[str, str], exclude: Iterable[str] = (),
+               scope: str = "main"):
         assert self.config.bootp is not None
         store, paths = open_lease_store(path, pool, static, exclude=exclude,
-                                        lifecycle=lifecycle_options(self.config.bootp))
+                                        lifecycle=lifecycle_options(self.config.bootp), scope=scope)
         self.stores.append(store)
         self.store_paths.extend(paths)
         return store
@@ -193,7 +204,8 @@ class Services:
         for sub in bootp.subnets:
             if sub.name not in self.subnet_stores:
                 self.subnet_stores[sub.name] = self._store(subnet_db(bootp.lease_db, sub.name),
-                                                           subnet_pool(sub, bootp.static), bootp.static)
+                                                           subnet_pool(sub, bootp.static), bootp.static,
+                                                           scope=sub.name)
 
     def _dns(self, bootp: cfg.BootpConfig) -> tuple[str, ...]:
         if bootp.dns_auto:
@@ -534,17 +546,22 @@ def lifecycle_options(bootp: cfg.BootpConfig) -> dict[str, Any]:
 
 
 def open_lease_store(path: str, pool: list[str], static: dict[str, str], *, exclude: Iterable[str] = (),
-                     lifecycle: Mapping[str, Any] | None = None) -> tuple[Any, list[str]]:
-    """A lease store at *path* (``:memory:``: in memory); returns it and its files.
+                     lifecycle: Mapping[str, Any] | None = None,
+                     scope: str = "main") -> tuple[Any, list[str]]:
+    """A lease store at *path* (``:memory:``: in memory; ``postgresql://``: that database's pool
+    *scope*, README "Several servers"); returns it and its files.
 
     The database is created ``0600`` and an existing one is made so (README, Privileges): it
     holds every client's MAC and address. *lifecycle*: :func:`lifecycle_options`.
     """
-    from massboot.dhcp.leases import MemoryLeaseStore, SqliteLeaseStore
+    from massboot.dhcp.leases import MemoryLeaseStore, PostgresLeaseStore, SqliteLeaseStore
+    from massboot.dhcp.leases.postgresql import is_dsn
 
     options = dict(lifecycle or {})
     if path == ":memory:":
         return MemoryLeaseStore(pool, static, exclude, **options), []
+    if is_dsn(path):
+        return PostgresLeaseStore(path, pool, static, exclude, scope=scope, **options), []
     os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
     old = os.umask(0o077)
     try:
@@ -559,8 +576,11 @@ def open_lease_store(path: str, pool: list[str], static: dict[str, str], *, excl
 
 
 def subnet_db(lease_db: str, name: str) -> str:
-    """The lease database of ``[subnet:NAME]``: ``leases.NAME.sqlite3`` beside the main one."""
-    if lease_db == ":memory:":
+    """The lease database of ``[subnet:NAME]``: ``leases.NAME.sqlite3`` beside the main one
+    (PostgreSQL: the same database, the subnet's own scope)."""
+    from massboot.dhcp.leases.postgresql import is_dsn
+
+    if lease_db == ":memory:" or is_dsn(lease_db):
         return lease_db
     stem, ext = os.path.splitext(lease_db)
     return f"{stem}.{name}{ext}"
@@ -744,6 +764,8 @@ def leases_command(args: argparse.Namespace) -> int:
         print(f"\nError: {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     bootp = config.bootp
+    if args.leases_command == "migrate":
+        return migrate_command(args, bootp)
 
     def offline() -> tuple[admin.LeaseAdmin, Any]:
         from massboot.dhcp.server import main_pool, subnet_pool
@@ -761,7 +783,7 @@ def leases_command(args: argparse.Namespace) -> int:
         for sub in bootp.subnets:
             store, _ = open_lease_store(subnet_db(bootp.lease_db, sub.name),
                                         subnet_pool(sub, bootp.static), bootp.static,
-                                        lifecycle=lifecycle_options(bootp))
+                                        lifecycle=lifecycle_options(bootp), scope=sub.name)
             stores.append(admin.AdminScope(sub.name, store, sub.network))
 
         def close() -> None:
@@ -777,6 +799,31 @@ def leases_command(args: argparse.Namespace) -> int:
             log.exception("leases %s failed", args.leases_command)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def migrate_command(args: argparse.Namespace, bootp: cfg.BootpConfig) -> int:
+    """``massboot leases migrate --from sqlite:PATH --to postgresql://...`` (README, "Several servers")."""
+    from massboot.dhcp.leases import LeaseStoreError
+    from massboot.dhcp.leases.migrate import migrate
+    from massboot.dhcp.leases.postgresql import is_dsn, redact
+
+    target = args.target or (bootp.lease_db if is_dsn(bootp.lease_db) else None)
+    if target is None:
+        print("error: --to postgresql://... (or [bootpd] lease_db = postgresql://...)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        moved = migrate(args.source, target, scope=args.scope, replace=args.replace,
+                        offer_hold=bootp.offer_hold, decline_probation=bootp.decline_probation,
+                        base_dir=os.getcwd())
+    except ValueError as exc:
+        print(f"error: {redact(target)}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except LeaseStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"migrated {moved.bindings} bindings and {moved.declined} declined addresses from "
+          f"{moved.source} to {redact(moved.target)} scope {moved.scope}")
+    return 0
 
 
 def check_config(config: cfg.Config, *, run_dhcp: bool, run_http: bool = False) -> int:
@@ -803,6 +850,15 @@ def check_config(config: cfg.Config, *, run_dhcp: bool, run_http: bool = False) 
               f"server address {network.address}")
         for line in describe_http_boot(config.bootp, http_boot_base(config, network.address, run_http)):
             print(line)
+        from massboot.dhcp.leases import LeaseStoreError
+        from massboot.dhcp.leases.postgresql import check_database, is_dsn, parse_dsn
+
+        if is_dsn(config.bootp.lease_db):       # README, "Several servers"
+            try:
+                print(check_database(parse_dsn(config.bootp.lease_db)))
+            except LeaseStoreError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_ERROR
     try:
         from massboot.files import FileStore
 

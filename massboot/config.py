@@ -365,7 +365,10 @@ BOOTPD = Section("bootpd", (
            "breaks the iPXE→iPXE chainload loop", default_doc="(none)"),
     Option("lease_db", parse_text, "massboot-leases.sqlite3",
            "*massboot*: the lease database (SQLite, WAL); a relative path is relative to "
-           "``[massboot] state_dir``; created ``0600``; ``:memory:`` keeps leases in memory only",
+           "``[massboot] state_dir``; created ``0600``; ``:memory:`` keeps leases in memory only; "
+           "``postgresql://USER@HOST:PORT/DB?password_file=PATH``: one pool shared by several "
+           "servers (README, Several servers; the password from that file or ``PGPASSWORD``, "
+           "never in the URL)",
            default_doc="in ``state_dir``"),
     Option("pool_size", Int(1, 100000), "256", "*massboot*: DHCP exchanges handled at once; when all "
            "are busy the read loop waits for one up to 0.5 s (a burst waits in ``rcvbuf``), then "
@@ -914,6 +917,35 @@ def _logger(reader: _Reader, base_dir: str) -> LoggerConfig:
     return LoggerConfig(**v)
 
 
+def _is_dsn(value: str) -> bool:
+    from massboot.dhcp.leases.postgresql import is_dsn
+
+    return is_dsn(value)
+
+
+def _lease_dsn(value: str, base_dir: str) -> str:
+    """``lease_db = postgresql://...``: checked here (README, "Several servers"); a relative
+    ``password_file`` is made absolute (relative to the config file). The value is never shown
+    with a password in it."""
+    import urllib.parse
+
+    from massboot.dhcp.leases.postgresql import parse_dsn, redact
+
+    try:
+        target = parse_dsn(value, base_dir=base_dir)
+    except ValueError as exc:
+        raise ConfigError("bootpd", "lease_db", redact(value), str(exc)) from None
+    if target.password_file is not None:
+        if not os.access(target.password_file, os.R_OK):
+            raise ConfigError("bootpd", "lease_db", value,
+                              f"password_file {target.password_file} cannot be read")
+        parts = urllib.parse.urlsplit(value)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        query = [(k, target.password_file if k == "password_file" else v) for k, v in query]
+        value = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, safe="/")))
+    return value
+
+
 def _bootp(r: _Reader, base_dir: str, state_dir: str) -> BootpConfig:
     s = "bootpd"
     v = BOOTPD.read(r)
@@ -931,7 +963,9 @@ def _bootp(r: _Reader, base_dir: str, state_dir: str) -> BootpConfig:
         raise ConfigError(s, "access", access, f"missing access section '[{access}]'")
     v["dns"], v["dns_auto"] = v["dns"] or ((), False)
     v["notify"] = v["notify"] or ()
-    if v["lease_db"] != ":memory:":
+    if _is_dsn(v["lease_db"]):
+        v["lease_db"] = _lease_dsn(v["lease_db"], base_dir)
+    elif v["lease_db"] != ":memory:":
         v["lease_db"] = os.path.join(state_dir, v["lease_db"])
 
     # [bootfile] (1.8) and [bootp] boot_file (documented generation) are the same setting

@@ -22,7 +22,8 @@ thread):
                (RFC 8288, ``rel="next"``) and ``X-Next-Cursor`` give the next page's;
                ``?phase=stalled`` (or any phase) filters it. Built and sent in slices, yielding
                to the hub between them, so a large page never stalls the transfers;
-``/healthz``   ``200`` while every configured server's reader is alive, else ``503``; a JSON body.
+``/healthz``   ``200`` while every configured server's reader is alive, else ``503``; a JSON body
+               (``degraded``, still ``200``, while a PostgreSQL lease database is unreachable).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ REPLY_TYPES = ("offer", "ack", "nak", "bootp")
 IGNORE_REASONS = ("in_flight", "idle_state", "bootp_not_allowed", "other_server", "not_our_address",
                   "unhandled", "internal_error", "pool_full", "acl_busy", "relay_not_allowed",
                   "too_many_hops", "decline_refused", "address_in_use", "probe_busy",
-                  "not_boot_client", "site_server", "proxy_unhandled", "no_http_bootfile")
+                  "not_boot_client", "site_server", "proxy_unhandled", "no_http_bootfile",
+                  "lease_db_down")
 PROBE_RESULTS = ("in_use", "free", "unavailable")
 ACL_TYPES = ("mac", "uuid", "http")
 ACL_VERDICTS = ("allowed", "denied", "error")
@@ -135,6 +137,11 @@ class DhcpStatus(ServerStatus, Protocol):
 
     def lease_stats(self) -> dict[str, LeaseStats]:
         """``scope → lifecycle counters`` (offers expired, leases reclaimed, probations ended)."""
+        ...
+
+    def lease_db_up(self) -> dict[str, bool]:
+        """``scope → reachable`` of each lease store with a database server (README, "Several
+        servers"); empty for SQLite."""
         ...
 
     def client_identity(self, mac: str) -> tuple[str | None, int | None]:
@@ -589,6 +596,13 @@ class Metrics:
                 family.add_metric((scope,), getattr(stats, name))
         for family, _ in families:
             yield family
+        db_up = dhcp.lease_db_up()
+        up = GaugeMetricFamily("massboot_lease_db_up", "1 while the scope's lease database answers "
+                               "(always for SQLite); 0: PostgreSQL unreachable, degraded: only known "
+                               "bindings are renewed (README, Several servers).", labels=("scope",))
+        for scope in dhcp.lease_counts():
+            up.add_metric((scope,), 1 if db_up.get(scope, True) else 0)
+        yield up
         counts = dhcp.guard_counts()
         yield GaugeMetricFamily("massboot_dhcp_clients", "Client records the DHCP server keeps "
                                 "(at most [bootpd] max_clients).", value=counts["clients"])
@@ -720,13 +734,20 @@ class Metrics:
                 record["arch"] = arch
 
     def health(self) -> tuple[bool, dict[str, str]]:
-        """``(healthy, {service: "up" | "down"})`` for the configured servers."""
+        """``(healthy, {service: "up" | "down"})`` for the configured servers; with a lease
+        database server, ``lease_db`` too: ``down`` there is *degraded*, not unhealthy (the
+        server still renews known bindings; restarting it would not help)."""
         status: dict[str, str] = {}
         for name, server in (("dhcp", self._dhcp), ("tftp", self._tftp), ("http", self._http)):
             if server is None:
                 continue
             status[name] = "up" if server.alive else "down"
-        return all(v == "up" for v in status.values()), status
+        healthy = all(v == "up" for v in status.values())
+        if self._dhcp is not None:
+            db_up = self._dhcp.lease_db_up()
+            if db_up:
+                status["lease_db"] = "up" if all(db_up.values()) else "down"
+        return healthy, status
 
     def wsgi_app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """The WSGI application behind the HTTP server (usable on its own in tests)."""
@@ -750,7 +771,8 @@ class Metrics:
             return self._clients_page(start_response, phase, query.get("after", [None])[0], limit)
         if path == "/healthz":
             healthy, status = self.health()
-            body = {"status": "ok" if healthy else "failing", **status}
+            state = "ok" if status.get("lease_db", "up") == "up" else "degraded"
+            body = {"status": state if healthy else "failing", **status}
             return _reply(start_response, "200 OK" if healthy else "503 Service Unavailable", body)
         if path == "/":
             text = b"massboot: /metrics /clients /healthz\n"

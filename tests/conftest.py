@@ -28,3 +28,28 @@ def require_root() -> None:
 def require_tool(*names: str) -> None:
     for name in names:
         require(shutil.which(name) is not None, f"{name} is not installed")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL cluster for the session (tests/pgserver.py); under CI=true it
+    must run (the lease store's contract runs on it)."""
+    from tests.pgserver import PgCluster, pg_bindir
+
+    require(pg_bindir() is not None, "PostgreSQL is not installed (Debian package postgresql)")
+    try:
+        import pg8000  # noqa: F401
+    except ImportError:
+        require(False, "pg8000 is not installed (requirements.txt)")
+    cluster = PgCluster().start()
+    yield cluster
+    cluster.stop(remove=True)
+
+
+@pytest.fixture
+def pg_dsn(pg_cluster, request):
+    """A new empty database in the session's cluster; its DSN (password from a file)."""
+    import re
+
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:50]
+    return pg_cluster.create_database(name)

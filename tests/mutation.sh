@@ -5,7 +5,7 @@
 #     tests/mutation.sh [MODULE[:NAME,NAME...]]...
 #
 # MODULE is a path such as massboot/tftp/packet.py; NAME limits the run to one class or
-# top-level function of it (massboot/dhcp/leases.py:_Index). Without arguments the default
+# top-level function of it (massboot/dhcp/leases/index.py:_Index). Without arguments the default
 # set below is run. Each module is mutated in a scratch copy of the checkout (nothing is
 # written here; KEEP=1 keeps the copy for `mutmut show NAME`), the survivors are listed and
 # the score printed: killed / (mutants - skipped), a mutant that hangs a test counting as
@@ -28,7 +28,7 @@ if [ $# -eq 0 ]; then
     # the pure cores: codecs, the transfer state machine, the lease index, the ACL rule table,
     # name resolution and confinement, the sans-IO DHCP exchange, the sans-IO HTTP core
     set -- massboot/tftp/packet.py massboot/tftp/transfer.py massboot/dhcp/packet.py \
-        massboot/dhcp/leases.py:_Index massboot/acl.py:RuleTable massboot/files/names.py \
+        massboot/dhcp/leases/index.py:_Index massboot/acl.py:RuleTable massboot/files/names.py \
         massboot/dhcp/exchange.py massboot/http/protocol.py
 fi
 

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-/usr/bin/python3}
 VENV=.venv-test
 DEBIAN_PACKAGES="python3-venv iproute2 nftables isc-dhcp-client busybox udhcpc atftp tftp-hpa curl
-    wget prometheus systemd qemu-system-x86 ipxe-qemu dnsmasq-base ovmf ipxe"
+    wget prometheus systemd qemu-system-x86 ipxe-qemu dnsmasq-base ovmf ipxe postgresql"
 
 owner=$(stat -c %u:%g .)
 if [ "$(id -u)" = 0 ] && [ "$owner" != 0:0 ]; then

@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use a running server at HOST instead of starting massboot")
     parser.add_argument("--dhcp-port", type=int, default=d.dhcp_port, help="with --server (%(default)s)")
     parser.add_argument("--tftp-port", type=int, default=d.tftp_port, help="with --server (%(default)s)")
+    parser.add_argument("--servers", metavar="HOST:DHCP:TFTP,...", type=parse_servers, default=[],
+                        help="use several running servers sharing one lease pool: the relay forwards "
+                             "every request to all of them (README, Several servers)")
+    parser.add_argument("--boot-retries", type=int, default=d.boot_retries,
+                        help="whole boots a client starts again from DISCOVER after a DHCP or TFTP "
+                             "timeout, as firmware set to retry network boot does (%(default)s)")
     parser.add_argument("--server-pid", type=int,
                         help="with --server: report this process's CPU time and peak RSS")
     parser.add_argument("--relay-ip", default=d.relay_ip, help="relay agent address, giaddr (%(default)s)")
@@ -82,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_servers(text: str) -> list[tuple[str, int, int]]:
+    """``HOST:DHCP:TFTP,HOST:DHCP:TFTP`` → ``[(host, dhcp_port, tftp_port), ...]``."""
+    out = []
+    for item in text.split(","):
+        try:
+            host, dhcp, tftp = item.strip().rsplit(":", 2)
+            out.append((host, int(dhcp), int(tftp)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not HOST:DHCP_PORT:TFTP_PORT") from None
+    return out
+
+
 def options_from_args(args: argparse.Namespace) -> Options:
     """Options from parsed arguments (ValueError on a bad ``--mix``)."""
     return Options(clients=args.clients, mix=parse_mix(args.mix), ramp=args.ramp, loss=args.loss,
@@ -94,7 +112,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    server_log_level=args.server_log_level, remote_root=args.remote_root, netns=args.netns,
                    proxy=args.proxy, site_server=args.site_server,
                    http_server=args.http_server,
-                   keep=args.keep, json_path=args.json, plot_path=args.plot, progress=not args.quiet)
+                   keep=args.keep, json_path=args.json, plot_path=args.plot, progress=not args.quiet,
+                   servers=args.servers, boot_retries=args.boot_retries)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

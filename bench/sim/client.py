@@ -50,6 +50,11 @@ __all__ = ["ClientFailure", "ClientResult", "SimClient", "parse_boot_config", "p
            "pxelinux_probes", "resolve_uri"]
 
 _KEEP_LIMIT = 1 << 20  # config files and scripts are read into memory, up to this size
+#: failures after which firmware set to retry network boot starts again (any DHCP or TFTP
+#: failure: a server gone mid-transfer shows as a timeout, or as ERROR 5 from whoever took its
+#: port), and its pause (s)
+RETRIED_PREFIXES = ("dhcp_", "tftp_")
+BOOT_RETRY_PAUSE = 1.0
 
 
 @dataclass
@@ -76,6 +81,7 @@ class ClientResult:
     http_requests: int = 0
     http_connections: int = 0
     dora_times: list[float] = field(default_factory=list)
+    boot_retries: int = 0
 
 
 class ClientFailure(Exception):
@@ -205,14 +211,16 @@ class SimClient:
         self.phase = "power_on"
         self.server_id: bytes | None = None
         self.tftp_host = rack.server_host
+        self.tftp_port = rack.tftp_port
         self.bind_ip = "0.0.0.0"
         self._http: dict[tuple[str, int], HttpConnection] = {}
 
     # -- bookkeeping ---------------------------------------------------------------------
 
     def mark(self, phase: str) -> None:
+        if phase not in self.result.marks:      # a boot started again counts each phase once
+            self.rack.phase_counts[phase] += 1
         self.result.marks[phase] = self.rack.now()
-        self.rack.phase_counts[phase] += 1
         self.phase = phase
 
     def run(self) -> None:
@@ -220,10 +228,22 @@ class SimClient:
         try:
             self.power_on = time.monotonic()
             self.mark("power_on")
-            if self.rack.opts.dhcp_only:
-                self._dhcp_only()
-            else:
-                self._boot()
+            while True:
+                try:
+                    if self.rack.opts.dhcp_only:
+                        self._dhcp_only()
+                    else:
+                        self._boot()
+                    break
+                except ClientFailure as exc:
+                    # firmware set to retry network boot starts again from DISCOVER (a server
+                    # died, its TFTP or its ACK never came: README, "Several servers")
+                    if not exc.reason.startswith(RETRIED_PREFIXES) or \
+                            self.result.boot_retries >= self.rack.opts.boot_retries:
+                        raise
+                    self.result.boot_retries += 1
+                    self.rack.boot_retries += 1
+                    gevent.sleep(BOOT_RETRY_PAUSE * self.rack.scale)
             self.result.ok = True
         except ClientFailure as exc:
             self._fail(exc.reason, exc.detail)
@@ -372,6 +392,7 @@ class SimClient:
             if ack.yiaddr != offer.yiaddr:
                 raise ClientFailure("dhcp_mismatch", f"offered {offer.yiaddr}, acked {ack.yiaddr}")
             self.server_id = server_id
+            self.tftp_port = self.rack.tftp_port_for(box.source)
             self.rack.dhcp_exchanges += 1
             self.result.dhcp_exchanges += 1
             self.result.dora_times.append(time.monotonic() - started)
@@ -606,7 +627,7 @@ class SimClient:
         on_packet = core.on_packet
         sock = LeanUdp((self.bind_ip, 0))
         try:
-            server = (self.tftp_host, rack.tftp_port)
+            server = (self.tftp_host, self.tftp_port)
             rack.transfers += 1
             peer: tuple[str, int] | None = None
             buf = bytearray(65536 + 4)

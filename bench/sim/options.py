@@ -38,6 +38,11 @@ class Options:
     relay_port: int = 0
     relay_socket: str = "shared"
     server_log_level: str = "info"
+    #: several servers at once (README "Several servers"): ``(host, dhcp_port, tftp_port)`` each;
+    #: the relay forwards every request to all of them
+    servers: list[tuple[str, int, int]] = field(default_factory=list)
+    #: whole boots the firmware starts again, from DISCOVER, after a DHCP or TFTP timeout
+    boot_retries: int = 0
     remote_root: bool = False
     http_server: str = "massboot"  # what serves HTTP when the mix needs it: massboot's -H, or nginx
     netns: bool = False

@@ -49,6 +49,11 @@ class Rack:
         self.server_host = server_host
         self.dhcp_server = (server_host, dhcp_port)
         self.tftp_port = tftp_port
+        # several servers: each request goes to all; a client reads its files from the one
+        # whose ACK it took (its TFTP port, on loopback where they share an address)
+        self.dhcp_servers = [(h, d) for h, d, _ in opts.servers] or [self.dhcp_server]
+        self.tftp_ports = {(h, d): t for h, d, t in opts.servers}
+        self.boot_retries = 0
         self.loss = opts.loss / 100.0
         self.scale = opts.timeout_scale
         self.phases = DHCP_ONLY_PHASES if opts.dhcp_only else PHASES
@@ -67,13 +72,12 @@ class Rack:
         if broadcast_if is not None:
             self.relay = BroadcastPort(broadcast_if)
         elif opts.relay_socket == "shared" or opts.relay_port or site is not None:
-            self.relay = SharedRelay(opts.relay_ip, opts.relay_port, self.dhcp_server)
-        #: --proxy: massboot's PXE boot server port, and the site server the relay also forwards to
+            self.relay = SharedRelay(opts.relay_ip, opts.relay_port,
+                                     self.dhcp_servers + ([site] if site is not None else []))
+        #: --proxy: massboot's PXE boot server port (the relay forwards to the site server too)
         self.proxy = site is not None
         self.bootserver = (server_host, bootserver_port)
         self.bootserver_exchanges = 0
-        if site is not None and self.relay is not None:
-            self.relay.also = (site,)
 
     def now(self) -> float:
         """Seconds since the start of the run."""
@@ -83,7 +87,11 @@ class Rack:
         """A client's way to the DHCP server: on the shared relay, or a socket of its own."""
         if self.relay is not None:
             return self.relay.mailbox()
-        return SocketMailbox(self.opts.relay_ip, self.dhcp_server)
+        return SocketMailbox(self.opts.relay_ip, self.dhcp_servers)
+
+    def tftp_port_for(self, dhcp_source: tuple[str, int] | None) -> int:
+        """The TFTP port of the server whose DHCP reply came from *dhcp_source*."""
+        return self.tftp_ports.get(dhcp_source, self.tftp_port) if dhcp_source else self.tftp_port
 
     def close(self) -> None:
         """Close the shared relay socket, if any."""
@@ -179,7 +187,7 @@ def run(opts: Options) -> Summary:
         if opts.netns:
             netns = Namespaces()
             netns.create()
-        if opts.server is None:
+        if opts.server is None and not opts.servers:
             root = os.path.join(workdir, "root")
             files = make_root(root, opts.bootfile_size, opts.kernel_size, opts.initrd_size)
             cache_dir = None
@@ -225,6 +233,9 @@ def run(opts: Options) -> Summary:
                 if http is not None:
                     target = target[:-1] + f"; HTTP {http[0]}:{http[1]})"
                 netns.enter()
+        elif opts.servers:
+            host, dhcp_port, tftp_port = opts.servers[0]
+            target = "servers " + ", ".join(f"{h} dhcp:{d} tftp:{t}" for h, d, t in opts.servers)
         else:
             host, dhcp_port, tftp_port = opts.server, opts.dhcp_port, opts.tftp_port
             target = f"{host} dhcp:{dhcp_port} tftp:{tftp_port}"

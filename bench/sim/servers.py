@@ -265,7 +265,7 @@ class ServerProcess:
     def __init__(self, workdir: str, root: str, clients: int, log_level: str,
                  cache_dir: str | None = None, netns: Namespaces | None = None,
                  proxy: bool = False, ipxe_boot_file: str = IPXE_SCRIPT,
-                 http: tuple[str, int] | None = None) -> None:
+                 http: tuple[str, int] | None = None, lease_db: str | None = None) -> None:
         self.workdir = workdir
         self.netns = netns
         self.http = http  # (address, port) of massboot's -H, or None
@@ -295,20 +295,22 @@ class ServerProcess:
                 if http is not None:
                     handle.write(HTTPD_CONFIG.format(address=http[0], port=http[1]))
         else:
-            self._write_config(address, pool_start, log_level, clients, root, cache_dir, ipxe_boot_file)
+            self._write_config(address, pool_start, log_level, clients, root, cache_dir, ipxe_boot_file,
+                               lease_db)
         self.process: subprocess.Popen[bytes] | None = None
         self.cpu_at_ready = 0.0
         self.cpu_s: float | None = None
         self.peak_rss_mb: float | None = None
 
     def _write_config(self, address: str, pool_start: str, log_level: str, clients: int, root: str,
-                      cache_dir: str | None, ipxe_boot_file: str) -> None:
+                      cache_dir: str | None, ipxe_boot_file: str, lease_db: str | None) -> None:
         workdir = self.workdir
         with open(self.config_path, "w", encoding="utf-8") as handle:
             handle.write(MASSBOOT_CONFIG.format(
                 bootpd_address=address, tftpd_address=address, pool_start=pool_start,
                 log_level=log_level, dhcp_port=self.dhcp_port, tftp_port=self.tftp_port,
-                pool_count=max(clients + 16, 64), lease_db=os.path.join(workdir, "leases.sqlite3"),
+                pool_count=max(clients + 16, 64),
+                lease_db=lease_db or os.path.join(workdir, "leases.sqlite3"),
                 ipxe=ipxe_boot_file, bios=BOOTFILE_BIOS, uefi=BOOTFILE_UEFI, root=root))
             if cache_dir is not None:
                 handle.write(f"cache_dir = {cache_dir}\n")

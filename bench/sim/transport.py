@@ -14,7 +14,10 @@ __all__ = ["BroadcastPort", "LeanUdp", "RelayMailbox", "SharedRelay", "SocketMai
 
 
 class RelayMailbox:
-    """A client's view of the DHCP relay: send a request, receive the replies of its xids."""
+    """A client's view of the DHCP relay: send a request, receive the replies of its xids
+    (:attr:`source`: where the last one came from)."""
+
+    source: tuple[str, int] | None = None
 
     def send(self, data: bytes) -> None:
         raise NotImplementedError
@@ -36,8 +39,12 @@ class SharedRelay:
     always answers relays on its own port (dnsmasq): bind ``relay_ip:relay_port``.
     """
 
-    def __init__(self, relay_ip: str, relay_port: int, server: tuple[str, int]) -> None:
-        self.server = server
+    def __init__(self, relay_ip: str, relay_port: int,
+                 server: tuple[str, int] | list[tuple[str, int]]) -> None:
+        # several servers sharing one pool: a relay with several helper addresses forwards each
+        # request to all of them (README, "Several servers")
+        self.servers = list(server) if isinstance(server, list) else [server]
+        self.server = self.servers[0]
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if relay_port:  # share the port with a server bound to the wildcard address (dnsmasq)
@@ -45,8 +52,6 @@ class SharedRelay:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         _set_rcvbuf(self.sock, 8 << 20)
         self.sock.bind((relay_ip, relay_port))
-        #: further servers every request is forwarded to (``--proxy``: the site DHCP server)
-        self.also: tuple[tuple[str, int], ...] = ()
         self.routes: dict[int, Queue] = {}
         self.strays = 0
         self._reader = gevent.spawn(self._read)
@@ -56,7 +61,7 @@ class SharedRelay:
         routes = self.routes
         while True:
             try:
-                data = sock.recv(4096)
+                data, source = sock.recvfrom(4096)
             except OSError:
                 return
             if len(data) < 8:
@@ -66,7 +71,7 @@ class SharedRelay:
             if box is None:
                 self.strays += 1
             else:
-                box.put(data)
+                box.put((data, source))
 
     def mailbox(self) -> RelayMailbox:
         """A new client mailbox on this relay."""
@@ -85,13 +90,13 @@ class BroadcastPort(SharedRelay):
 
     def __init__(self, ifname: str) -> None:  # not super().__init__: that binds a relay address
         self.server = ("255.255.255.255", 67)
+        self.servers = [self.server]
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
         _set_rcvbuf(self.sock, 8 << 20)
         self.sock.bind(("0.0.0.0", 68))
-        self.also = ()
         self.routes = {}
         self.strays = 0
         self._reader = gevent.spawn(self._read)
@@ -104,15 +109,15 @@ class _SharedMailbox(RelayMailbox):
         self.xids: list[int] = []
 
     def send(self, data: bytes) -> None:
-        self.relay.sock.sendto(data, self.relay.server)
-        for server in self.relay.also:       # a relay with several helper addresses
+        for server in self.relay.servers:
             self.relay.sock.sendto(data, server)
 
     def recv(self, timeout: float) -> bytes | None:
         try:
-            return self.queue.get(timeout=timeout)
+            data, self.source = self.queue.get(timeout=timeout)
         except Empty:
             return None
+        return data
 
     def watch(self, xid: int) -> None:
         self.relay.routes[xid] = self.queue
@@ -128,20 +133,23 @@ class _SharedMailbox(RelayMailbox):
 class SocketMailbox(RelayMailbox):
     """A relay socket of the client's own (``relay_ip:0``): replies come back to its port."""
 
-    def __init__(self, relay_ip: str, server: tuple[str, int]) -> None:
-        self.server = server
+    def __init__(self, relay_ip: str, server: tuple[str, int] | list[tuple[str, int]]) -> None:
+        self.servers = list(server) if isinstance(server, list) else [server]
+        self.server = self.servers[0]
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((relay_ip, 0))
 
     def send(self, data: bytes) -> None:
-        self.sock.sendto(data, self.server)
+        for server in self.servers:
+            self.sock.sendto(data, server)
 
     def recv(self, timeout: float) -> bytes | None:
         self.sock.settimeout(timeout)
         try:
-            return self.sock.recv(4096)
+            data, self.source = self.sock.recvfrom(4096)
         except TimeoutError:
             return None
+        return data
 
     def close(self) -> None:
         self.sock.close()

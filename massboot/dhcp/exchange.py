@@ -64,7 +64,7 @@ from __future__ import annotations
 import ipaddress
 import uuid as uuid_module
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from massboot.acl import AclResult, RuleTable, Verdict
@@ -392,7 +392,7 @@ class Exchange:
         client = self.client
         if client is None:
             client = self.client = Client(req.mac)
-            lease = self.scope.store.get(req.mac) if self.scope is not None else None
+            lease = self.scope.store.known(req.mac) if self.scope is not None else None  # UUID: no DB trip
             if lease is not None and lease.uuid:
                 client.uuid = lease.uuid
         if req.uuid:
@@ -539,8 +539,10 @@ class Exchange:
             return self._reply(MessageType.NAK, NO_ADDRESS, message=f"address {wanted} is not yours",
                                nak=(wanted, binding.lease.ip))
         lease = binding.lease
-        # this ACK binds lease.ip: the Notifier sends BOOT or LEASE on its dhcp.reply
-        outcome = self._reply(MessageType.ACK, lease.ip, lease=lease)
+        # this ACK binds lease.ip: the Notifier sends BOOT or LEASE on its dhcp.reply; a store
+        # that could not record the renewal grants only what is left of the committed lease
+        # (README, "Several servers")
+        outcome = self._reply(MessageType.ACK, lease.ip, lease=lease, lease_time=binding.lease_time)
         client.state = self._new_state
         return outcome
 
@@ -654,9 +656,13 @@ class Exchange:
         return BootInfo(settings.server_ip, settings.sname, bootfile, size)
 
     def _reply(self, msgtype: MessageType | None, yiaddr: str, *, message: str | None = None,
-               lease: Lease | None = None, nak: tuple[str | None, str] | None = None) -> Outcome:
-        """Build and address a reply; *nak*: the addresses a NAK refuses, ``(requested, bound)``."""
+               lease: Lease | None = None, nak: tuple[str | None, str] | None = None,
+               lease_time: int | None = None) -> Outcome:
+        """Build and address a reply; *nak*: the addresses a NAK refuses, ``(requested, bound)``;
+        *lease_time*: less than the scope's (option 51)."""
         req, settings, client, net = self.request, self.settings, self._known(), self._full().net
+        if lease_time is not None and lease_time < net.lease_time:
+            net = replace(net, lease_time=lease_time)
         boot = self._boot_info() if msgtype != MessageType.NAK else None
         reply = policy.build_reply(req.packet, msgtype, yiaddr=yiaddr, net=net, boot=boot, pxe=req.pxe,
                                    hostname=None if req.boot_client else client.hostname,

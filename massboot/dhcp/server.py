@@ -54,6 +54,7 @@ import ipaddress
 import logging
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -79,7 +80,7 @@ from massboot.dhcp.exchange import (
     hardware_problem,
     select_scope,
 )
-from massboot.dhcp.leases import LeaseStats, LeaseStore, LeaseStoreError
+from massboot.dhcp.leases import LeaseStats, LeaseStore, LeaseStoreError, LeaseStoreUnavailable
 from massboot.dhcp.packet import BOOTREQUEST, BootpPacket, PacketError, Reason, decode, encode
 from massboot.dhcp.policy import Network
 from massboot.events import EventBus
@@ -496,6 +497,10 @@ class DhcpServer:
             self._in_flight.discard(key)
 
     def _failed(self, mac: bytes) -> None:
+        if isinstance(sys.exc_info()[1], LeaseStoreUnavailable):
+            # the store logs the outage once; the client retries (README, "Several servers")
+            self.events.emit("dhcp.ignored", mac=mac_str(mac), reason="lease_db_down")
+            return
         log.exception("dhcp exchange with %s failed", mac_str(mac))
         self.events.emit("dhcp.ignored", mac=mac_str(mac), reason="internal_error")
 
@@ -622,6 +627,15 @@ class DhcpServer:
     def lease_counts(self) -> dict[str, tuple[int, int]]:
         """``scope → (bound, size)`` of every pool, for metrics."""
         return {scope.name: scope.store.counts() for scope in self._all_scopes()}
+
+    def lease_db_up(self) -> dict[str, bool]:
+        """``scope → reachable`` of each store with a database server (none for SQLite)."""
+        out = {}
+        for scope in [self.main, *self.scopes]:
+            up = scope.store.database_up
+            if up is not None:
+                out[scope.name] = up
+        return out
 
     def lease_stats(self) -> dict[str, LeaseStats]:
         """``scope → lifecycle counters`` of every pool, for metrics."""

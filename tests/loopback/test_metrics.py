@@ -540,6 +540,9 @@ class FakeDhcp:
     def lease_stats(self) -> dict[str, LeaseStats]:
         return {"main": LeaseStats(offers_expired=4, reclaimed=2, probation_ended=1), "rack2": LeaseStats()}
 
+    def lease_db_up(self) -> dict[str, bool]:
+        return {}
+
     def client_identity(self, mac: str) -> tuple[str | None, int | None]:
         return (UUID, 7) if mac == MAC_A else (None, None)
 

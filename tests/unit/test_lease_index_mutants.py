@@ -1,5 +1,5 @@
 """The lease index seen through the stores, pinned down by mutation testing (tests/mutation.sh
-``massboot/dhcp/leases.py:_Index``): reloading a database under a changed config, timestamps
+``massboot/dhcp/leases/index.py:_Index``): reloading a database under a changed config, timestamps
 and boundaries on an injected clock, conflicts and their reasons, DECLINE from the holder only
 with its probation (RFC 2131 §4.3.3), reclaim, probes, the operator's reservations, counts, and
 what each decision logs (README "Lease lifecycle").

@@ -32,6 +32,7 @@ from massboot.dhcp.leases import (
     MemoryLeaseStore,
     SqliteLeaseStore,
 )
+from massboot.dhcp.leases.postgresql import PostgresLeaseStore
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL = [f"10.0.0.{i}" for i in range(10, 20)]
@@ -45,13 +46,17 @@ def mac(n: int) -> str:
     return "02:00:" + ":".join(f"{b:02X}" for b in n.to_bytes(4, "big"))
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def make_store(request, tmp_path):
+    """The store contract runs on every store; PostgreSQL on a real server (tests/pgserver.py)."""
     stores: list[LeaseStore] = []
+    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgresql" else None
 
     def factory(pool=POOL, static={}, exclude=(), name="leases.db", **options) -> LeaseStore:  # noqa: B006
         if request.param == "memory":
             store: LeaseStore = MemoryLeaseStore(pool, static, exclude, **options)
+        elif request.param == "postgresql":
+            store = PostgresLeaseStore(dsn, pool, static, exclude, scope=name, **options)
         else:
             store = SqliteLeaseStore(str(tmp_path / name), pool, static, exclude, **options)
         stores.append(store)
