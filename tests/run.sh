@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-/usr/bin/python3}
 VENV=.venv-test
 DEBIAN_PACKAGES="python3-venv iproute2 nftables isc-dhcp-client busybox udhcpc atftp tftp-hpa curl
-    wget prometheus systemd qemu-system-x86 ipxe-qemu dnsmasq-base ovmf ipxe postgresql"
+    wget prometheus systemd qemu-system-x86 ipxe-qemu dnsmasq-base ovmf ipxe postgresql nginx"
 
 owner=$(stat -c %u:%g .)
 if [ "$(id -u)" = 0 ] && [ "$owner" != 0:0 ]; then
@@ -21,13 +21,25 @@ if [ "$(id -u)" = 0 ] && [ "$owner" != 0:0 ]; then
     trap 'chown -R --from=0:0 "$owner" . 2>/dev/null || true' EXIT
 fi
 
-# nginx: the peer of bench/http_bench.py and the simulator's --http-server (tests/loopback/test_http_bench.py)
-DEBIAN_PACKAGES="$DEBIAN_PACKAGES nginx"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # The tests start private instances of PostgreSQL, nginx and dnsmasq (temporary directories,
+    # loopback ports or their own namespaces): installing a package must not start its system
+    # service. policy-rc.d's exit code 101 ("action forbidden", honoured by invoke-rc.d and
+    # deb-systemd-invoke) holds for this install only, unless the machine has a policy already.
+    policy=/usr/sbin/policy-rc.d
+    made_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && made_policy=1
+    fi
+    set +e
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $DEBIAN_PACKAGES >/dev/null
+    rc=$?
+    set -e
+    [ -n "$made_policy" ] && rm -f "$policy"
+    [ "$rc" = 0 ] || exit "$rc"
 fi
 if [ ! -x "$PYTHON" ]; then
     echo "tests/run.sh: no interpreter at $PYTHON; set PYTHON=/path/to/python3 (3.11 or later)" >&2
