@@ -270,7 +270,7 @@ class Services:
     def _lease_check(self) -> Callable[[str], bool] | None:
         """``[httpd] check_ip``: the lease stores of this process's DHCP server, or with ``-t``
         the lease databases another massboot writes, read-only (README, "HTTP boot")."""
-        from massboot.http.leased import SqliteLeases, StoreLeases
+        from massboot.http.leased import PgLeases, SqliteLeases, StoreLeases
 
         h = self.config.httpd
         if not h.check_ip:
@@ -293,6 +293,11 @@ class Services:
             raise cfg.ConfigError("httpd", "check_ip", "yes",
                                   "[bootpd] lease_db = :memory: lives only in the DHCP server's "
                                   "process: give it a database file, or set check_ip = no")
+        from massboot.dhcp.leases.postgresql import is_dsn, parse_dsn
+
+        if is_dsn(bootp.lease_db):      # the shared database (README, "Several servers")
+            self.lease_view = PgLeases(parse_dsn(bootp.lease_db, base_dir=self.config.base_dir))
+            return self.lease_view
         self.lease_view = SqliteLeases([bootp.lease_db, *(subnet_db(bootp.lease_db, sub.name)
                                                           for sub in bootp.subnets)])
         return self.lease_view

@@ -50,6 +50,7 @@ from gevent import socket as gsocket
 from gevent.event import Event
 from gevent.pool import Group, Pool
 
+from massboot.dhcp.leases import LeaseStoreUnavailable
 from massboot.events import EventBus
 from massboot.http.protocol import (
     FileMeta,
@@ -439,6 +440,8 @@ class HttpServer:
         try:
             if self._is_leased(ip):
                 return None
+        except LeaseStoreUnavailable:   # an unreachable database: its view says so once
+            return 503, "lease_store"
         except Exception:   # a lease store that cannot answer: refuse, never serve blindly
             log.exception("http check_ip failed for %s", ip)
             return 503, "lease_store"

@@ -18,7 +18,7 @@ import requests
 from prometheus_client import CollectorRegistry
 
 from massboot.config import MetricsConfig
-from massboot.dhcp.leases import MemoryLeaseStore, SqliteLeaseStore
+from massboot.dhcp.leases import LeaseStoreUnavailable, MemoryLeaseStore, SqliteLeaseStore
 from massboot.events import EventBus, EventRecorder
 from massboot.files import FileStore
 from massboot.http.leased import SqliteLeases, StoreLeases
@@ -497,3 +497,31 @@ def test_hundred_clients_of_one_download_in_flight(mirror, serve, tmp_path):
     assert len(mirror.gets("vmlinuz")) == 1
     done = server.recorder.of("http.done")
     assert len(done) == 100 and {e.get("bytes") for e in done} == {len(body)}
+
+
+def test_check_ip_reads_the_postgresql_pool_of_other_processes(pg_dsn):
+    """-t -H with ``lease_db = postgresql://...`` (README, "Several servers"): the shared pool,
+    read only; an unreachable database is 503 for every question, never a download."""
+    from massboot.dhcp.leases.postgresql import PostgresLeaseStore, parse_dsn
+    from massboot.http.leased import PgLeases
+
+    store = PostgresLeaseStore(pg_dsn, ["10.0.0.10", "10.0.0.11"], {"AA:00:00:00:00:09": "10.0.0.9"})
+    view = PgLeases(parse_dsn(pg_dsn), ttl=0, negative_ttl=0)
+    try:
+        assert not view("10.0.0.10") and not view("10.0.0.9")
+        store.commit("AA:00:00:00:00:09", "10.0.0.9", lease_time=60)   # a static client's ACK
+        assert view("10.0.0.9")
+        store.allocate("AA:00:00:00:00:01")
+        assert not view("10.0.0.10")                          # offered
+        store.commit("AA:00:00:00:00:01", "10.0.0.10", lease_time=60)
+        assert view("10.0.0.10")
+        store.release("AA:00:00:00:00:01")
+        assert not view("10.0.0.10")
+        store.reserve("AA:00:00:00:00:02", "10.0.0.11")
+        assert view("10.0.0.11")                              # reserved
+    finally:
+        view.close()
+        store.close()
+    dead = PgLeases(parse_dsn(pg_dsn.replace(f":{parse_dsn(pg_dsn).port}/", ":1/")), ttl=0, negative_ttl=0)
+    with pytest.raises(LeaseStoreUnavailable):
+        dead("10.0.0.9")
