@@ -159,6 +159,7 @@ def test_a_second_allocate_changes_and_logs_nothing(caplog) -> None:
     store = MemoryLeaseStore(POOL)
     first = store.allocate(A)
     caplog.set_level(logging.DEBUG, logger=LOGGER)
+    caplog.clear()   # what came before (a store's opening line) is not this test's
     assert store.allocate(A) == first
     assert messages(caplog, logging.DEBUG) == []
 
@@ -227,6 +228,7 @@ def test_decline_of_another_macs_address_changes_nothing_and_says_why_at_debug(c
     store = MemoryLeaseStore(POOL)
     a = store.allocate(A)
     caplog.set_level(logging.DEBUG, logger=LOGGER)
+    caplog.clear()   # what came before (a store's opening line) is not this test's
     assert store.decline(B, a.ip) == Decline(a.ip, "other_mac")
     assert records(caplog) == [(logging.DEBUG, f"decline mac={B} ip={a.ip}: other_mac")]
     assert store.get(A) == a and store.by_ip(a.ip) == a
@@ -242,6 +244,7 @@ def test_decline_outside_the_pool_names_the_address() -> None:
 def test_decline_of_a_free_address_changes_nothing(caplog) -> None:
     store = MemoryLeaseStore(POOL)
     caplog.set_level(logging.DEBUG, logger=LOGGER)
+    caplog.clear()   # what came before (a store's opening line) is not this test's
     assert store.decline(A, "10.0.0.10") == Decline("10.0.0.10", "not_held")
     assert records(caplog) == [(logging.DEBUG, f"decline mac={A} ip=10.0.0.10: not_held")]
     assert store.counts() == (0, 10)
@@ -255,6 +258,7 @@ def test_decline_of_its_own_address_sets_it_aside_durably_for_the_probation(tmp_
     store.commit(A, a.ip, lease_time=60)
     clock.t = T0 + 10
     caplog.set_level(logging.DEBUG, logger=LOGGER)
+    caplog.clear()   # what came before (a store's opening line) is not this test's
     assert store.decline(A, a.ip) == Decline(a.ip, None, T0 + 510)
     assert records(caplog) == [(logging.DEBUG, f"decline mac={A} ip={a.ip}: set aside")]
     assert store.get(A) is None and store.by_ip(a.ip) is None

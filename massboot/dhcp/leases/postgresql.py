@@ -765,17 +765,24 @@ class PostgresLeaseStore(_IndexedLeaseStore):
                 if self._closed:
                     con.close()
                     return
-                self._con, self._dirty = con, True
+                self._dirty = True
                 try:
-                    self._run_batch([])        # reload the pool as the others left it
+                    # reload the pool as the others left it, on the new connection before it is
+                    # published: a decision arriving now waits (no connection: not answered)
+                    # rather than sharing the connection with this reload (one statement at a
+                    # time on a pg8000 connection)
+                    self._run_batch([], con)
                 except Exception as exc:
-                    self._con = None
                     try:
                         con.close()
                     except Exception:
                         pass
                     log.debug("lease database %s: reload failed: %s", self._target.shown, _reason(exc))
                     continue
+                if self._closed:
+                    con.close()
+                    return
+                self._con = con
                 down = time.monotonic() - (self._down_since or time.monotonic())
                 self._down_since = None
                 log.warning("lease database %s reachable again after %.1f s; pool reloaded",
@@ -783,10 +790,12 @@ class PostgresLeaseStore(_IndexedLeaseStore):
         finally:
             self._reconnector = None
 
-    def _run_batch(self, batch: list[tuple[Callable[..., Any] | None, tuple[Any, ...]]]
-                   ) -> list[tuple[bool, Any]]:
-        """One transaction: lock the pool, catch up, decide every item, write, commit."""
-        con = self._con
+    def _run_batch(self, batch: list[tuple[Callable[..., Any] | None, tuple[Any, ...]]],
+                   con: Any = None) -> list[tuple[bool, Any]]:
+        """One transaction: lock the pool, catch up, decide every item, write, commit (on *con*,
+        a connection not published yet, else the store's)."""
+        if con is None:
+            con = self._con
         if con is None:
             raise LeaseStoreUnavailable(f"lease database {self._target.shown} unreachable")
         scope = self._scope
@@ -842,8 +851,7 @@ class PostgresLeaseStore(_IndexedLeaseStore):
             return results
         except BaseException:
             self._dirty = True
-            if self._con is con:
-                _rollback(con)
+            _rollback(con)
             raise
 
     def _reload(self, con: Any, now: float) -> None:
