@@ -360,7 +360,8 @@ def _free_port() -> int:
 
 
 def test_ovmf_http_boot_in_proxy_mode(tmp_path: Path) -> None:
-    """OVMF's HTTP Boot DISCOVER and REQUEST as captured (golden/ovmf_http_*.hex), relayed, with
+    """OVMF's HTTP Boot DISCOVER and REQUEST as captured beside dnsmasq
+    (golden/ovmf_proxy_http_*.hex), relayed, with
     ``-H`` and ``check_ip`` (README, "proxyDHCP"): a proxy OFFER whose option 67 is the URL of
     ``[bootfile] 00007``'s file on this server's ``-H``; the REQUEST for the site server's offer
     is left alone but its option 50 lets that address download. The DHCP gauges are scraped in
@@ -382,7 +383,7 @@ def test_ovmf_http_boot_in_proxy_mode(tmp_path: Path) -> None:
             head, _, body = data.partition(b"\r\n\r\n")
             return int(head.split(b" ", 2)[1]), body
 
-        discover = decode(bytes.fromhex((GOLDEN / "ovmf_http_discover.hex").read_text().strip()))
+        discover = decode(bytes.fromhex((GOLDEN / "ovmf_proxy_http_discover.hex").read_text().strip()))
         assert discover.vendor_class.startswith("HTTPClient:Arch:00016")
         discover = replace(discover, giaddr=lab.relay.relay_ip, chaddr=MAC)
         offer = lab.relay.exchange(discover)
@@ -395,10 +396,10 @@ def test_ovmf_http_boot_in_proxy_mode(tmp_path: Path) -> None:
         assert offer.option(Opt.CLIENT_UUID) == discover.option(Opt.CLIENT_UUID)
         assert get()[0] == 401, "no boot client reported the address yet"
 
-        request = decode(bytes.fromhex((GOLDEN / "ovmf_http_request.hex").read_text().strip()))
-        site = bytes([127, 0, 0, 9])
-        options = tuple((code, site if code == Opt.SERVER_ID else
-                         socket.inet_aton(CLIENT_IP) if code == Opt.REQUESTED_IP else value)
+        # its REQUEST names dnsmasq (10.79.0.2) and dnsmasq's address, here CLIENT_IP
+        request = decode(bytes.fromhex((GOLDEN / "ovmf_proxy_http_request.hex").read_text().strip()))
+        assert request.server_id == "10.79.0.2" and request.requested_ip is not None
+        options = tuple((code, socket.inet_aton(CLIENT_IP) if code == Opt.REQUESTED_IP else value)
                         for code, value in request.options)
         lab.relay.send(replace(request, giaddr=lab.relay.relay_ip, chaddr=MAC, options=options))
         wait_for(lambda: lab.value("massboot_dhcp_requests_ignored_total", reason="site_server") == 1,
