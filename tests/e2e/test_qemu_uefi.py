@@ -74,6 +74,7 @@ from tests.e2e.test_qemu_pxe import (
     extract,
     fetch_debs,
     kill,
+    once,
     qemu_base,
     replies,
     tftp_done,
@@ -421,7 +422,7 @@ def uefi_files(tmp_path_factory: pytest.TempPathFactory) -> UefiFiles:
     require(IPXE_EFI.exists(), "ipxe.efi is missing (Debian package ipxe)")
     cache = Path(os.environ.get("MASSBOOT_E2E_CACHE", DEFAULT_CACHE))
     try:
-        files = build_uefi_files(cache, tmp_path_factory.mktemp("e2e-uefi"))
+        files = once("uefi_files", lambda: build_uefi_files(cache, tmp_path_factory.mktemp("e2e-uefi")))
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         require(False, f"boot files unavailable: {exc}")
     return files
@@ -429,7 +430,7 @@ def uefi_files(tmp_path_factory: pytest.TempPathFactory) -> UefiFiles:
 
 @pytest.fixture(scope="session")
 def uefi_accel(uefi_files: UefiFiles, tmp_path_factory: pytest.TempPathFactory) -> str:
-    chosen = probe_uefi_accel(tmp_path_factory.mktemp("uefi-accel"))
+    chosen = once("uefi_accel", lambda: probe_uefi_accel(tmp_path_factory.mktemp("uefi-accel")))
     print(f"\nQEMU accelerator (UEFI): {chosen}")
     return chosen
 
