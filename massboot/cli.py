@@ -226,7 +226,8 @@ class Services:
         size = files.size if files is not None else None
         if bootp.mode == "proxy":     # no pool, no lease store (README, "proxyDHCP")
             self.dhcp = DhcpServer(bootp, self.server_ip, self.netmask, None, self.events,
-                                   http_acl=http_acl_for(bootp), dns=(), bootfile_size=size)
+                                   http_acl=http_acl_for(bootp), dns=(), bootfile_size=size,
+                                   http_base=http_boot_base(self.config, self.server_ip, self.run_http))
             return
         pool, skipped = main_pool(bootp, self.server_ip, self.netmask)
         if skipped:

@@ -629,9 +629,10 @@ class DhcpServer:
         return {scope.name: scope.store.counts() for scope in self._all_scopes()}
 
     def lease_db_up(self) -> dict[str, bool]:
-        """``scope → reachable`` of each store with a database server (none for SQLite)."""
+        """``scope → reachable`` of each store with a database server (none for SQLite, nor in
+        proxy mode)."""
         out = {}
-        for scope in [self.main, *self.scopes]:
+        for scope in self._all_scopes():
             up = scope.store.database_up
             if up is not None:
                 out[scope.name] = up

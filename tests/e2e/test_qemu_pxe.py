@@ -65,6 +65,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -731,6 +732,17 @@ def check_boot(vm: Vm, log: str, files: BootFiles, http: bool = False) -> str:
 # Fixtures
 # ------------------------------------------------------------------------------------------
 
+#: what the session fixtures made, by name: pytest keeps one instance of a session fixture per
+#: module that defines *or imports* it (test_qemu_proxy imports them), so each is made here once
+_SESSION: dict[str, Any] = {}
+
+
+def once(name: str, make: Callable[[], Any]) -> Any:
+    """*make*'s value, made once per pytest process (see :data:`_SESSION`); a failure is not kept."""
+    if name not in _SESSION:
+        _SESSION[name] = make()
+    return _SESSION[name]
+
 
 @pytest.fixture(scope="session")
 def boot_files(tmp_path_factory: pytest.TempPathFactory) -> BootFiles:
@@ -742,7 +754,7 @@ def boot_files(tmp_path_factory: pytest.TempPathFactory) -> BootFiles:
     cache = Path(os.environ.get("MASSBOOT_E2E_CACHE", DEFAULT_CACHE))
     started = time.monotonic()
     try:
-        files = build_boot_files(cache, tmp_path_factory.mktemp("e2e-boot"))
+        files = once("boot_files", lambda: build_boot_files(cache, tmp_path_factory.mktemp("e2e-boot")))
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         require(False, f"boot files unavailable: {exc}")
     print(f"\nboot files: kernel {files.kernel_release}, initrd {files.initrd.stat().st_size} bytes, "
@@ -753,7 +765,7 @@ def boot_files(tmp_path_factory: pytest.TempPathFactory) -> BootFiles:
 @pytest.fixture(scope="session")
 def accel(boot_files: BootFiles, tmp_path_factory: pytest.TempPathFactory) -> str:
     """QEMU's accelerator for the session (KVM only when it really boots a guest)."""
-    chosen = probe_accel(boot_files, tmp_path_factory.mktemp("e2e-accel"))
+    chosen = once("accel", lambda: probe_accel(boot_files, tmp_path_factory.mktemp("e2e-accel")))
     print(f"\nQEMU accelerator: {chosen}")
     return chosen
 

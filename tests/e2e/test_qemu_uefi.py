@@ -74,6 +74,7 @@ from tests.e2e.test_qemu_pxe import (
     extract,
     fetch_debs,
     kill,
+    once,
     qemu_base,
     replies,
     tftp_done,
@@ -206,22 +207,29 @@ def start_uefi_vm(lab: Lab, name: str, accel: str, *, pxe: bool = True) -> Vm:
     """Power on the UEFI machine: OVMF, virtio-net without option ROM, serial to a file, every
     frame to ``NAME.pcap``. *pxe* False turns OVMF's PXEv4 and PXEv6 boot options off, so that
     UEFI HTTPv4 comes first."""
-    serial = lab.work / f"{name}.serial"
-    variables = lab.work / f"{name}.vars.fd"
+    argv = ovmf_argv(accel, lab.work, name, tap=TAP, mac=VM_MAC, pxe=pxe)
+    proc = lab.popen(argv, lab.work / f"{name}.qemu.log")
+    return Vm(proc=proc, serial=lab.work / f"{name}.serial", started=time.monotonic())
+
+
+def ovmf_argv(accel: str, work: Path, name: str, *, tap: str, mac: str, pxe: bool = True) -> list[str]:
+    """QEMU's command line for the UEFI machine (see :func:`start_uefi_vm`): its serial console
+    goes to ``WORK/NAME.serial``, every frame of its NIC on *tap* to ``WORK/NAME.pcap``, its
+    variables to a copy of ``OVMF_VARS_4M.fd``."""
+    variables = work / f"{name}.vars.fd"
     shutil.copyfile(OVMF_VARS, variables)
     argv = [*qemu_base(accel),
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,unit=1,file={variables}",
-            "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no",
-            "-device", f"virtio-net-pci,netdev=n0,mac={VM_MAC},romfile=",
-            "-object", f"filter-dump,id=dump0,netdev=n0,file={lab.work / f'{name}.pcap'}",
+            "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile=",
+            "-object", f"filter-dump,id=dump0,netdev=n0,file={work / f'{name}.pcap'}",
             "-smbios", f"type=1,uuid={VM_UUID}",
-            "-serial", f"file:{serial}"]
+            "-serial", f"file:{work / f'{name}.serial'}"]
     if not pxe:
         argv += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no",
                  "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"]
-    proc = lab.popen(argv, lab.work / f"{name}.qemu.log")
-    return Vm(proc=proc, serial=serial, started=time.monotonic())
+    return argv
 
 
 def probe_uefi_accel(work: Path) -> str:
@@ -257,16 +265,22 @@ def probe_uefi_accel(work: Path) -> str:
     return chosen if isinstance(chosen, str) else "tcg"
 
 
-def dhcp_payloads(pcap: Path) -> Iterator[bytes]:
-    """The UDP payloads to port 67 in a QEMU ``filter-dump`` of a virtio-net NIC (libpcap format;
-    each frame starts with the virtio-net header)."""
+def dhcp_payloads(pcap: Path, port: int = 67) -> Iterator[bytes]:
+    """The UDP payloads to *port* (67: the machine's requests; 68: the servers' replies) in a
+    QEMU ``filter-dump`` of a virtio-net NIC (libpcap format; each frame starts with the
+    virtio-net header)."""
+    return (payload for _when, payload in dhcp_frames(pcap, port))
+
+
+def dhcp_frames(pcap: Path, port: int = 67) -> Iterator[tuple[float, bytes]]:
+    """``(capture time, UDP payload)`` of every frame to *port* in *pcap* (see :func:`dhcp_payloads`)."""
     data = pcap.read_bytes()
     if len(data) < 24:
         return
     endian = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
     offset = 24
     while offset + 16 <= len(data):
-        _sec, _usec, length, _orig = struct.unpack(endian + "IIII", data[offset:offset + 16])
+        sec, usec, length, _orig = struct.unpack(endian + "IIII", data[offset:offset + 16])
         frame = data[offset + 16:offset + 16 + length]
         offset += 16 + length
         for start in (VNET_HEADER, 0):           # with the header, or without (another NIC model)
@@ -275,8 +289,8 @@ def dhcp_payloads(pcap: Path) -> Iterator[bytes]:
                 continue
             ihl = (eth[14] & 0x0F) * 4
             udp = eth[14 + ihl:]
-            if len(udp) >= 8 and struct.unpack("!H", udp[2:4])[0] == 67:
-                yield bytes(udp[8:struct.unpack("!H", udp[4:6])[0]])
+            if len(udp) >= 8 and struct.unpack("!H", udp[2:4])[0] == port:
+                yield sec + usec / 1e6, bytes(udp[8:struct.unpack("!H", udp[4:6])[0]])
             break
 
 
@@ -408,7 +422,7 @@ def uefi_files(tmp_path_factory: pytest.TempPathFactory) -> UefiFiles:
     require(IPXE_EFI.exists(), "ipxe.efi is missing (Debian package ipxe)")
     cache = Path(os.environ.get("MASSBOOT_E2E_CACHE", DEFAULT_CACHE))
     try:
-        files = build_uefi_files(cache, tmp_path_factory.mktemp("e2e-uefi"))
+        files = once("uefi_files", lambda: build_uefi_files(cache, tmp_path_factory.mktemp("e2e-uefi")))
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         require(False, f"boot files unavailable: {exc}")
     return files
@@ -416,7 +430,7 @@ def uefi_files(tmp_path_factory: pytest.TempPathFactory) -> UefiFiles:
 
 @pytest.fixture(scope="session")
 def uefi_accel(uefi_files: UefiFiles, tmp_path_factory: pytest.TempPathFactory) -> str:
-    chosen = probe_uefi_accel(tmp_path_factory.mktemp("uefi-accel"))
+    chosen = once("uefi_accel", lambda: probe_uefi_accel(tmp_path_factory.mktemp("uefi-accel")))
     print(f"\nQEMU accelerator (UEFI): {chosen}")
     return chosen
 
@@ -502,15 +516,19 @@ def test_uefi_http_boot(uefi_files: UefiFiles, uefi_accel: str, lab: Lab, tmp_pa
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the DHCP DISCOVER and REQUEST of OVMF's PXE and HTTP Boot, as one line of hex
-    each, from the ``.pcap`` files two boots of this module left (``pytest --basetemp DIR``)."""
+    each, from the ``.pcap`` files two boots of this module left (``pytest --basetemp DIR``);
+    with ``--only http --prefix ovmf_proxy_``, those of the HTTP Boot of
+    ``test_qemu_proxy.test_ovmf_http_boot_beside_dnsmasq`` (``ovmf-http.pcap``)."""
     parser = argparse.ArgumentParser(prog="python -m tests.e2e.test_qemu_uefi", description=main.__doc__)
     parser.add_argument("--capture", type=Path, required=True, help="where to write the .hex files")
+    parser.add_argument("--only", choices=("pxe", "http"), help="only this boot's packets")
+    parser.add_argument("--prefix", default="ovmf_", help="the files' name prefix (default ovmf_)")
     parser.add_argument("pcaps", type=Path, nargs="+")
     args = parser.parse_args(argv)
-    wanted = {("ovmf_pxe_discover", b"PXEClient", MessageType.DISCOVER),
-              ("ovmf_pxe_request", b"PXEClient", MessageType.REQUEST),
-              ("ovmf_http_discover", b"HTTPClient", MessageType.DISCOVER),
-              ("ovmf_http_request", b"HTTPClient", MessageType.REQUEST)}
+    wanted = {(f"{args.prefix}{kind}_{what}", vendor, msgtype)
+              for kind, vendor in (("pxe", b"PXEClient"), ("http", b"HTTPClient"))
+              if args.only in (None, kind)
+              for what, msgtype in (("discover", MessageType.DISCOVER), ("request", MessageType.REQUEST))}
     found: dict[str, bytes] = {}
     for pcap in args.pcaps:
         for payload in dhcp_payloads(pcap):

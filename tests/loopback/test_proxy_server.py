@@ -351,3 +351,63 @@ def test_check_ip_in_proxy_mode_without_the_dhcp_server_is_a_config_error(tmp_pa
     config = cfg.loads(text, path=f"{tmp_path}/massboot.ini")
     with pytest.raises(cfg.ConfigError, match=r"check_ip.*proxy mode massboot leases nothing"):
         Services(config, run_dhcp=False, run_http=True, registry=CollectorRegistry())
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+def test_ovmf_http_boot_in_proxy_mode(tmp_path: Path) -> None:
+    """OVMF's HTTP Boot DISCOVER and REQUEST as captured beside dnsmasq
+    (golden/ovmf_proxy_http_*.hex), relayed, with
+    ``-H`` and ``check_ip`` (README, "proxyDHCP"): a proxy OFFER whose option 67 is the URL of
+    ``[bootfile] 00007``'s file on this server's ``-H``; the REQUEST for the site server's offer
+    is left alone but its option 50 lets that address download. The DHCP gauges are scraped in
+    proxy mode too (no lease store)."""
+    port = _free_port()
+    lab = ProxyLab(tmp_path, extra=f"[httpd]\naddress = 127.0.0.1\nport = {port}\ncheck_ip = yes\n",
+                   run_http=True)
+    try:
+        assert lab.services.http is not None and lab.services.http.port == port
+        (tmp_path / "tftp" / "shimx64.efi").write_bytes(b"efi" * 1000)
+        url = f"http://{HOST}:{port}/shimx64.efi"
+
+        def get() -> tuple[int, bytes]:
+            with socket.create_connection((HOST, port), timeout=5, source_address=(CLIENT_IP, 0)) as conn:
+                conn.sendall(b"GET /shimx64.efi HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := conn.recv(65536):
+                    data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            return int(head.split(b" ", 2)[1]), body
+
+        discover = decode(bytes.fromhex((GOLDEN / "ovmf_proxy_http_discover.hex").read_text().strip()))
+        assert discover.vendor_class.startswith("HTTPClient:Arch:00016")
+        discover = replace(discover, giaddr=lab.relay.relay_ip, chaddr=MAC)
+        offer = lab.relay.exchange(discover)
+        assert offer is not None and offer.message_type == MessageType.OFFER
+        # what EDK2's HttpBootDxe calls HttpOfferTypeProxyIpUri: no address, HTTPClient, an IP URL
+        assert offer.yiaddr == "0.0.0.0" and offer.server_id == HOST
+        assert offer.option(Opt.VENDOR_CLASS) == b"HTTPClient"
+        assert offer.option(Opt.BOOTFILE) == url.encode() and offer.file == url.encode()
+        assert offer.option(Opt.VENDOR_SPECIFIC) is None and offer.option(Opt.LEASE_TIME) is None
+        assert offer.option(Opt.CLIENT_UUID) == discover.option(Opt.CLIENT_UUID)
+        assert get()[0] == 401, "no boot client reported the address yet"
+
+        # its REQUEST names dnsmasq (10.79.0.2) and dnsmasq's address, here CLIENT_IP
+        request = decode(bytes.fromhex((GOLDEN / "ovmf_proxy_http_request.hex").read_text().strip()))
+        assert request.server_id == "10.79.0.2" and request.requested_ip is not None
+        options = tuple((code, socket.inet_aton(CLIENT_IP) if code == Opt.REQUESTED_IP else value)
+                        for code, value in request.options)
+        lab.relay.send(replace(request, giaddr=lab.relay.relay_ip, chaddr=MAC, options=options))
+        wait_for(lambda: lab.value("massboot_dhcp_requests_ignored_total", reason="site_server") == 1,
+                 what="site_server counted")
+        assert lab.relay.recv(0.2) is None
+        assert get() == (200, b"efi" * 1000)
+        assert lab.value("massboot_dhcp_proxy_replies_sent_total", type="offer") == 1
+        assert lab.value("massboot_dhcp_clients") == 1
+        assert lab.value("massboot_http_requests_total", method="GET", code="401") == 1
+    finally:
+        lab.close()

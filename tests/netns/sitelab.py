@@ -172,12 +172,15 @@ class SiteLab:
         return self.dnsmasq_log.read_text(errors="replace") if self.dnsmasq_log.exists() else ""
 
     # -- massboot ----------------------------------------------------------------------------
-    def start_massboot(self, config: Path, timeout: float = 30, tftp: bool = True) -> subprocess.Popen:
+    def start_massboot(self, config: Path, timeout: float = 30, tftp: bool = True,
+                       args: Sequence[str] = ()) -> subprocess.Popen:
+        """``python -m massboot -c CONFIG [ARGS]`` in the lab namespace; returns once DHCP (and
+        TFTP, and with ``-H`` HTTP) listen."""
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
         with open(self.massboot_log, "ab") as out:
-            argv = [sys.executable, "-m", "massboot", "-c", str(config)]
+            argv = [sys.executable, "-m", "massboot", "-c", str(config), *args]
             proc = self.popen(self.lab, argv, cwd=str(config.parent), env=env, stdout=out,
                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
@@ -185,7 +188,8 @@ class SiteLab:
             text = self.massboot_text()
             if proc.poll() is not None:
                 raise RuntimeError(f"massboot exited with {proc.returncode}:\n{text}")
-            return "dhcp listening on" in text and (not tftp or "tftp listening on" in text)
+            return "dhcp listening on" in text and (not tftp or "tftp listening on" in text) and \
+                ("-H" not in args or "http listening on" in text)
 
         wait_until(ready, timeout, "massboot to listen")
         return proc
