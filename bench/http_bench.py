@@ -57,10 +57,10 @@ if not __package__:  # run as a file: bench/ is on sys.path, not its parent (see
     import _as_file  # noqa: F401
 
 from bench.http_client import HttpLoadResult, HttpLoadSpec, run_load  # noqa: E402
+from bench.loadgen import parse_size  # noqa: E402
 from bench.nginx import Nginx, NginxError, free_tcp_port, nginx_binary, nginx_version  # noqa: E402
 from bench.proctree import host_cpu, tree_cpu, tree_peak_rss_mib  # noqa: E402
 from bench.tftp_bench import machine, median, size_label  # noqa: E402
-from bench.tftp_client import parse_size  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # massboot runs from here
 ALL_SERVERS = ("massboot", "nginx")

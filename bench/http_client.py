@@ -1,11 +1,12 @@
 """A lean HTTP load generator: N concurrent downloads, one GET per connection, from a few
 worker processes.
 
-Each worker process runs one ``epoll`` loop over its clients' sockets and no greenlets. Every
-client opens its own TCP connection (all at once: the storm), sends one ``GET`` and reads the
-whole response with the shared sans-IO core (``bench/httpcore.py``), then closes. Its time is
-from ``connect()`` to the last body byte; the time to the first byte of the header is kept too
-(``ttfb``: the listen queue and the server's accept loop show there).
+Each worker process (forked and collected by ``bench/loadgen.py``) runs one ``epoll`` loop over
+its clients' sockets and no greenlets. Every client opens its own TCP connection (all at once:
+the storm), sends one ``GET`` and reads the whole response with the shared sans-IO core
+(``bench/httpcore.py``), then closes. Its time is from ``connect()`` to the last body byte; the
+time to the first byte of the header is kept too (``ttfb``: the listen queue and the server's
+accept loop show there).
 
 Reading costs the generator as little as the kernel allows: a body framed by
 ``Content-Length`` that is not hashed is read with ``recv(..., MSG_TRUNC)``, which on a Linux
@@ -29,9 +30,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import hashlib
-import multiprocessing
-import multiprocessing.connection
 import multiprocessing.synchronize
 import os
 import select
@@ -39,7 +37,6 @@ import socket
 import sys
 import time
 import urllib.parse
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,7 +44,15 @@ if not __package__:  # run as a file: bench/ is on sys.path, not its parent (see
     import _as_file  # noqa: F401
 
 from bench.httpcore import DONE, ResponseReader, request
-from bench.tftp_client import parse_size, quantile
+from bench.loadgen import (
+    WorkerTally,
+    add_file_arguments,
+    common_figures,
+    cpu_since,
+    expected_file,
+    quantile,
+    run_workers,
+)
 
 _BUF = 4 << 20  # one receive buffer per worker; MSG_TRUNC reads never touch it
 _TICK = 0.1  # seconds between timeout scans
@@ -67,19 +72,11 @@ class HttpLoadSpec:
 
 
 @dataclass
-class HttpWorkerResult:
+class HttpWorkerResult(WorkerTally):
     """What one worker measured; merged by :func:`merge`."""
 
-    durations: list[float] = field(default_factory=list)  # successful downloads, seconds
     ttfb: list[float] = field(default_factory=list)
-    failures: dict[str, int] = field(default_factory=dict)
-    ok: int = 0
-    bytes_ok: int = 0
     bytes_in: int = 0  # every body byte received, failed downloads included
-    first_start: float = float("inf")
-    last_end: float = 0.0
-    sha_checked: int = 0
-    cpu: float = 0.0
 
 
 @dataclass
@@ -237,56 +234,23 @@ def run_worker(spec: HttpLoadSpec, count: int, first_index: int,
             for c in list(clients.values()):
                 if c.state and now - c.last > spec.timeout:
                     finish(c, "timeout")
-    times1 = os.times()
-    result.cpu = (times1.user - times0.user) + (times1.system - times0.system)
+    result.cpu = cpu_since(times0)
     poller.close()
-    failures: Counter[str] = Counter()
     for c in clients.values():
-        if c.reason == "" and c.reader.state == DONE:
-            result.ok += 1
-            result.bytes_ok += c.reader.received
-            result.durations.append(c.end - c.start)
+        ok = c.reason == "" and c.reader.state == DONE
+        result.count(ok=ok, size=c.reader.received, start=c.start, end=c.end, hashed=c.hashed,
+                     reason=c.reason)
+        if ok:
             result.ttfb.append((c.first or c.end) - c.start)
-            if c.hashed:
-                result.sha_checked += 1
-        else:
-            failures[c.reason or "unknown"] += 1
-        result.first_start = min(result.first_start, c.start)
-        result.last_end = max(result.last_end, c.end)
-    result.failures = dict(failures)
     return result
-
-
-def _worker_main(spec: HttpLoadSpec, count: int, first_index: int, ready: multiprocessing.synchronize.Barrier,
-                 conn: multiprocessing.connection.Connection, cpu: int | None) -> None:
-    try:
-        conn.send(run_worker(spec, count, first_index, ready, cpu))
-    except BaseException as exc:  # reported to the parent, which decides
-        try:
-            ready.abort()
-        except Exception:
-            pass
-        conn.send(exc)
-    finally:
-        conn.close()
 
 
 def merge(parts: list[HttpWorkerResult], clients: int) -> HttpLoadResult:
     """Merge the workers' results into one set of figures."""
-    durations = [d for p in parts for d in p.durations]
-    failures: Counter[str] = Counter()
-    for p in parts:
-        failures.update(p.failures)
-    ok = sum(p.ok for p in parts)
-    bytes_ok = sum(p.bytes_ok for p in parts)
-    wall = max(max(p.last_end for p in parts) - min(p.first_start for p in parts), 1e-9)
     return HttpLoadResult(
-        clients=clients, ok=ok, failed=clients - ok, failures=dict(failures), bytes_ok=bytes_ok,
-        bytes_in=sum(p.bytes_in for p in parts), wall=wall, mbps=bytes_ok / wall / 1e6,
-        p50=quantile(durations, 0.50), p95=quantile(durations, 0.95),
-        max=max(durations, default=float("nan")),
-        ttfb_p95=quantile([t for p in parts for t in p.ttfb], 0.95),
-        sha_checked=sum(p.sha_checked for p in parts), gen_cpu=sum(p.cpu for p in parts))
+        **common_figures(parts, clients), bytes_in=sum(p.bytes_in for p in parts),
+        max=max((d for p in parts for d in p.durations), default=float("nan")),
+        ttfb_p95=quantile([t for p in parts for t in p.ttfb], 0.95))
 
 
 def run_load(spec: HttpLoadSpec, clients: int, workers: int, *, cpus: list[int] | None = None,
@@ -301,44 +265,7 @@ def run_load(spec: HttpLoadSpec, clients: int, workers: int, *, cpus: list[int] 
         before_start: called in the parent once every worker has its sockets, just before the
             first connect (e.g. to read the server's CPU counters).
     """
-    workers = max(1, min(workers, clients))
-    ctx = multiprocessing.get_context("fork")
-    ready = ctx.Barrier(workers + 1)
-    procs = []
-    conns = []
-    index = 0
-    for w in range(workers):
-        count = clients // workers + (1 if w < clients % workers else 0)
-        parent_conn, child_conn = ctx.Pipe(duplex=False)
-        cpu = cpus[w % len(cpus)] if cpus else None
-        proc = ctx.Process(target=_worker_main, args=(spec, count, index, ready, child_conn, cpu),
-                           daemon=True)
-        proc.start()
-        child_conn.close()
-        procs.append(proc)
-        conns.append(parent_conn)
-        index += count
-    try:
-        try:
-            ready.wait(timeout=60)
-        except Exception as exc:
-            raise RuntimeError("load generator workers did not start") from exc
-        if before_start is not None:
-            before_start()
-        parts: list[HttpWorkerResult] = []
-        for conn in conns:
-            if not conn.poll(spec.deadline + 30):
-                raise RuntimeError("a load generator worker did not report")
-            item = conn.recv()
-            if isinstance(item, BaseException):
-                raise RuntimeError(f"load generator worker failed: {item!r}") from item
-            parts.append(item)
-    finally:
-        for proc in procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+    parts = run_workers(run_worker, spec, clients, workers, cpus=cpus, before_start=before_start)
     return merge(parts, clients)
 
 
@@ -357,28 +284,13 @@ def main() -> int:
     """Run the generator alone against a server that is already running."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="http://HOST:PORT/PATH to download")
-    parser.add_argument("--local", help="local copy of the file (size and sha256 taken from it)")
-    parser.add_argument("--size", help="expected size (with K/M/G), when --local is not given")
-    parser.add_argument("--sha256", default="", help="expected sha256, when --local is not given")
-    parser.add_argument("--clients", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=2)
+    add_file_arguments(parser)
     parser.add_argument("--verify-every", type=int, default=10, help="sha256 on every Nth client")
     parser.add_argument("--copy", action="store_true", help="copy every body to user space (no MSG_TRUNC)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds without a byte before failing")
     parser.add_argument("--deadline", type=float, default=300.0)
     args = parser.parse_args()
-    if args.local:
-        digest = hashlib.sha256()
-        size = 0
-        with open(args.local, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-        sha = digest.hexdigest()
-    elif args.size:
-        size, sha = parse_size(args.size), args.sha256
-    else:
-        parser.error("give --local or --size")
+    size, sha = expected_file(parser, args)
     spec = spec_from_url(args.url, size, sha, verify_every=args.verify_every if sha else 0, copy=args.copy,
                          timeout=args.timeout, deadline=args.deadline)
     res = run_load(spec, args.clients, args.workers)

@@ -1,9 +1,9 @@
 """A lean TFTP load generator: N concurrent read transfers from a few worker processes.
 
-Each worker process runs one ``epoll`` loop over its clients' sockets (one UDP socket, so one
-TID, per client) and no greenlets: per DATA block the cost is one ``recv_into``, one call of
-the shared sans-IO client (``bench/tftpcore.py``, which holds the protocol) and, when an ACK
-is due, one ``send``. Once the server's first answer
+Each worker process (forked and collected by ``bench/loadgen.py``) runs one ``epoll`` loop over
+its clients' sockets (one UDP socket, so one TID, per client) and no greenlets: per DATA block
+the cost is one ``recv_into``, one call of the shared sans-IO client (``bench/tftpcore.py``,
+which holds the protocol) and, when an ACK is due, one ``send``. Once the server's first answer
 has told a client the server's TID its socket is ``connect``-ed, so the kernel filters strangers
 and no address tuple is built per packet.
 
@@ -29,14 +29,10 @@ Used by ``bench/tftp_bench.py``; also runnable alone::
 from __future__ import annotations
 
 import argparse
-import hashlib
-import multiprocessing
-import multiprocessing.connection
 import multiprocessing.synchronize
 import os
 import select
 import socket
-import statistics
 import sys
 import time
 from collections import Counter
@@ -46,6 +42,15 @@ from typing import Any
 if not __package__:  # run as a file: bench/ is on sys.path, not its parent (see bench/_as_file.py)
     import _as_file  # noqa: F401
 
+from bench.loadgen import (
+    WorkerTally,
+    add_file_arguments,
+    common_figures,
+    cpu_since,
+    expected_file,
+    parse_size,  # noqa: F401  (bench/tftp_bench.py imports it from here)
+    run_workers,
+)
 from bench.tftpcore import DONE, FAILED, ReadClient
 
 _RECV_BUF = 65536 + 4
@@ -71,20 +76,12 @@ class LoadSpec:
 
 
 @dataclass
-class WorkerResult:
+class WorkerResult(WorkerTally):
     """What one worker measured; merged by :func:`merge`."""
 
-    durations: list[float] = field(default_factory=list)  # successful transfers, seconds
-    failures: dict[str, int] = field(default_factory=dict)
-    ok: int = 0
-    bytes_ok: int = 0
-    first_start: float = float("inf")
-    last_end: float = 0.0
     client_resends: int = 0
     dup_data: int = 0
-    sha_checked: int = 0
     windowsize_agreed: list[int] = field(default_factory=list)
-    cpu: float = 0.0  # CPU-seconds of this worker during the run
 
 
 @dataclass
@@ -271,80 +268,27 @@ def run_worker(spec: LoadSpec, count: int, first_index: int,
                         c.send(reply)
             except OSError:
                 pass
-    times1 = os.times()
-    result.cpu = (times1.user - times0.user) + (times1.system - times0.system)
-    failures: Counter[str] = Counter()
+    result.cpu = cpu_since(times0)
     for c in clients.values():
         core = c.core
         result.client_resends += core.resends
         result.dup_data += core.duplicates + core.oack_repeats
-        if core.state == DONE and c.reason == "":
-            result.ok += 1
-            result.bytes_ok += core.received
-            result.durations.append(c.end - c.start)
-            if c.hashed:
-                result.sha_checked += 1
-        else:
-            failures[c.reason or "unknown"] += 1
-        result.first_start = min(result.first_start, c.start)
-        result.last_end = max(result.last_end, c.end)
+        result.count(ok=core.state == DONE and c.reason == "", size=core.received, start=c.start, end=c.end,
+                     hashed=c.hashed, reason=c.reason)
         poller.unregister(c.sock.fileno())
         c.sock.close()
     poller.close()
-    result.failures = dict(failures)
     return result
-
-
-def _worker_main(spec: LoadSpec, count: int, first_index: int, ready: multiprocessing.synchronize.Barrier,
-                 conn: multiprocessing.connection.Connection, cpu: int | None) -> None:
-    try:
-        conn.send(run_worker(spec, count, first_index, ready, cpu))
-    except BaseException as exc:  # reported to the parent, which decides
-        try:
-            ready.abort()
-        except Exception:
-            pass
-        conn.send(exc)
-    finally:
-        conn.close()
-
-
-def quantile(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) by linear interpolation; NaN for no values."""
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q * 100) - 1))]
 
 
 def merge(parts: list[WorkerResult], clients: int) -> LoadResult:
     """Merge the workers' results into one set of figures."""
-    durations = [d for p in parts for d in p.durations]
-    failures: Counter[str] = Counter()
-    for p in parts:
-        failures.update(p.failures)
-    ok = sum(p.ok for p in parts)
-    bytes_ok = sum(p.bytes_ok for p in parts)
-    first = min(p.first_start for p in parts)
-    last = max(p.last_end for p in parts)
-    wall = max(last - first, 1e-9)
     windows = Counter(w for p in parts for w in p.windowsize_agreed)
     return LoadResult(
-        clients=clients,
-        ok=ok,
-        failed=clients - ok,
-        failures=dict(failures),
-        bytes_ok=bytes_ok,
-        wall=wall,
-        mbps=bytes_ok / wall / 1e6,
-        p50=quantile(durations, 0.50),
-        p95=quantile(durations, 0.95),
+        **common_figures(parts, clients),
         client_resends=sum(p.client_resends for p in parts),
         dup_data=sum(p.dup_data for p in parts),
-        sha_checked=sum(p.sha_checked for p in parts),
         windowsize=windows.most_common(1)[0][0] if windows else 0,
-        gen_cpu=sum(p.cpu for p in parts),
     )
 
 
@@ -360,54 +304,8 @@ def run_load(spec: LoadSpec, clients: int, workers: int, *, cpus: list[int] | No
         before_start: called in the parent once every worker has its sockets, just before the
             first RRQ leaves (e.g. to read the server's CPU counters).
     """
-    workers = max(1, min(workers, clients))
-    ctx = multiprocessing.get_context("fork")
-    ready = ctx.Barrier(workers + 1)
-    procs = []
-    conns = []
-    index = 0
-    for w in range(workers):
-        count = clients // workers + (1 if w < clients % workers else 0)
-        parent_conn, child_conn = ctx.Pipe(duplex=False)
-        cpu = cpus[w % len(cpus)] if cpus else None
-        proc = ctx.Process(target=_worker_main, args=(spec, count, index, ready, child_conn, cpu),
-                           daemon=True)
-        proc.start()
-        child_conn.close()
-        procs.append(proc)
-        conns.append(parent_conn)
-        index += count
-    try:
-        try:
-            ready.wait(timeout=60)
-        except Exception as exc:
-            raise RuntimeError("load generator workers did not start") from exc
-        if before_start is not None:
-            before_start()
-        parts: list[WorkerResult] = []
-        for conn in conns:
-            if not conn.poll(spec.deadline + 30):
-                raise RuntimeError("a load generator worker did not report")
-            item = conn.recv()
-            if isinstance(item, BaseException):
-                raise RuntimeError(f"load generator worker failed: {item!r}") from item
-            parts.append(item)
-    finally:
-        for proc in procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+    parts = run_workers(run_worker, spec, clients, workers, cpus=cpus, before_start=before_start)
     return merge(parts, clients)
-
-
-def parse_size(text: str) -> int:
-    """``1M`` -> 1048576 (K, M, G are powers of 1024)."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper()
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
 
 
 def main() -> int:
@@ -415,11 +313,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", default="127.0.0.1:69", help="HOST:PORT of the TFTP server")
     parser.add_argument("--file", required=True, help="name to request")
-    parser.add_argument("--local", help="local copy of the file (size and sha256 taken from it)")
-    parser.add_argument("--size", help="expected size (with K/M/G), when --local is not given")
-    parser.add_argument("--sha256", default="", help="expected sha256, when --local is not given")
-    parser.add_argument("--clients", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=2)
+    add_file_arguments(parser)
     parser.add_argument("--blksize", type=int, default=1428)
     parser.add_argument("--windowsize", type=int, default=1)
     parser.add_argument("--verify-every", type=int, default=10)
@@ -428,14 +322,7 @@ def main() -> int:
     parser.add_argument("--deadline", type=float, default=120.0)
     args = parser.parse_args()
     host, _, port = args.server.rpartition(":")
-    if args.local:
-        with open(args.local, "rb") as f:
-            data = f.read()
-        size, sha = len(data), hashlib.sha256(data).hexdigest()
-    elif args.size:
-        size, sha = parse_size(args.size), args.sha256
-    else:
-        parser.error("give --local or --size")
+    size, sha = expected_file(parser, args)
     spec = LoadSpec((host, int(port)), args.file, size, sha, blksize=args.blksize,
                     windowsize=args.windowsize, verify_every=args.verify_every if sha else 0,
                     timeout=args.timeout, retries=args.retries, deadline=args.deadline)
