@@ -44,7 +44,6 @@ import os
 import random
 import resource
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -59,8 +58,8 @@ if not __package__:  # run as a file: bench/ is on sys.path, not its parent (see
 from bench.http_client import HttpLoadResult, HttpLoadSpec, run_load  # noqa: E402
 from bench.loadgen import parse_size  # noqa: E402
 from bench.nginx import Nginx, NginxError, free_tcp_port, nginx_binary, nginx_version  # noqa: E402
-from bench.proctree import host_cpu, tree_cpu, tree_peak_rss_mib  # noqa: E402
-from bench.tftp_bench import machine, median, size_label  # noqa: E402
+from bench.proctree import host_cpu, stop_process, tree_cpu, tree_peak_rss_mib  # noqa: E402
+from bench.tftp_bench import free_port, machine, median, size_label  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # massboot runs from here
 ALL_SERVERS = ("massboot", "nginx")
@@ -108,16 +107,6 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float) ->
     return False
 
 
-def _stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _tail(path: str) -> str:
     try:
         with open(path, errors="replace") as f:
@@ -152,11 +141,8 @@ def start_server(name: str, root: str, work: str, extra: dict[str, str], clients
     log = os.path.join(work, f"{name}-{port}.log")
     if name == "massboot":
         config = os.path.join(work, f"massboot-{port}.ini")
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            tftp_port = s.getsockname()[1]
         with open(config, "w") as f:
-            f.write(MASSBOOT_CONFIG.format(port=port, tftp_port=tftp_port, root=root,
+            f.write(MASSBOOT_CONFIG.format(port=port, tftp_port=free_port(), root=root,
                                            max_connections=max(1024, clients + 64)))
         argv = [sys.executable, "-m", "massboot", "-t", "-H", "-c", config]
     elif name in extra:
@@ -166,9 +152,9 @@ def start_server(name: str, root: str, work: str, extra: dict[str, str], clients
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
     if not _wait_listening(port, proc, 30.0):
-        _stop_process(proc)
+        stop_process(proc)
         raise RuntimeError(f"{name} did not listen on 127.0.0.1:{port}:\n{_tail(log)}")
-    return Server(name, proc.pid, port, lambda: _stop_process(proc), log)
+    return Server(name, proc.pid, port, lambda: stop_process(proc), log)
 
 
 # ----------------------------------------------------------------------------- measuring

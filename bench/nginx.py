@@ -17,6 +17,8 @@ import socket
 import subprocess
 import time
 
+from bench.proctree import stop_process
+
 __all__ = ["NGINX_CONF", "Nginx", "NginxError", "nginx_binary", "nginx_version"]
 
 NGINX_CONF = """\
@@ -167,14 +169,8 @@ class Nginx:
 
     def stop(self) -> None:
         """SIGQUIT (graceful), then SIGKILL after 10 s; the worker goes with the master."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGQUIT)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, signal.SIGQUIT, timeout=10)
 
     def __enter__(self) -> Nginx:
         self.start()

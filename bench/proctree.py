@@ -1,14 +1,17 @@
 """CPU time and peak memory of a process tree (a server and the children it forked), and of
-the whole machine, from ``/proc``: the benches' server figures."""
+the whole machine, from ``/proc``: the benches' server figures; and how the benches stop the
+servers they started."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+from typing import Any
 
-__all__ = ["host_cpu", "tree_cpu", "tree_peak_rss_mib", "tree_pids"]
+__all__ = ["host_cpu", "stop_process", "tree_cpu", "tree_peak_rss_mib", "tree_pids"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
 
 
 def tree_pids(pid: int) -> list[int]:
@@ -76,3 +79,16 @@ def tree_peak_rss_mib(pid: int) -> float:
         except (OSError, ValueError):
             pass
     return total / 1024
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    """Stop a server we started: *sig* (its graceful stop), then SIGKILL after *timeout* seconds;
+    reaped either way. Nothing when it has already exited."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -66,6 +66,7 @@ from typing import Any
 if not __package__:  # run as a file: bench/ is on sys.path, not its parent (see bench/_as_file.py)
     import _as_file  # noqa: F401
 
+from bench.proctree import stop_process  # noqa: E402
 from bench.tftp_client import LoadResult, LoadSpec, parse_size, run_load  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # servers run from here
@@ -277,13 +278,7 @@ class Server:
 
     def stop(self) -> None:
         """SIGTERM (massboot stops gracefully, which also writes a cProfile), then SIGKILL."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @dataclass
