@@ -19,6 +19,7 @@ import re
 import time
 import urllib.parse
 import uuid as uuidlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -443,34 +444,17 @@ class SimClient:
 
     def _both_offers(self, box: RelayMailbox, discover: BootpPacket,
                      waits: tuple[float, ...]) -> tuple[BootpPacket, BootpPacket]:
-        rack = self.rack
         site: BootpPacket | None = None
         proxy: BootpPacket | None = None
-        for attempt, wait in enumerate(waits):
-            if attempt:
-                self.result.dhcp_resends += 1
-            secs = min(int(time.monotonic() - self.power_on), 0xFFFF)
-            self._send_dhcp(box, encode(replace(discover, secs=secs)))
-            deadline = time.monotonic() + wait * rack.scale
-            while (remaining := deadline - time.monotonic()) > 0:
-                data = box.recv(remaining)
-                if data is None:
-                    break
-                if rack.loss and self.rng.random() < rack.loss:
-                    rack.dropped_in += 1
-                    continue
-                try:
-                    reply = decode(data)
-                except PacketError:
-                    continue
-                if reply.xid != discover.xid or reply.message_type != MessageType.OFFER:
-                    continue
-                if reply.yiaddr != "0.0.0.0":
-                    site = site or reply
-                elif (reply.vendor_class or "").startswith("PXEClient"):
-                    proxy = proxy or reply
-                if site is not None and proxy is not None:
-                    return site, proxy
+        for reply in self._relayed(box, discover, waits):
+            if reply.xid != discover.xid or reply.message_type != MessageType.OFFER:
+                continue
+            if reply.yiaddr != "0.0.0.0":
+                site = site or reply
+            elif (reply.vendor_class or "").startswith("PXEClient"):
+                proxy = proxy or reply
+            if site is not None and proxy is not None:
+                return site, proxy
         missing = "the site server's OFFER" if site is None else "the proxy OFFER"
         raise ClientFailure("dhcp_timeout", f"no {missing} after {len(waits)} DISCOVERs")
 
@@ -485,47 +469,57 @@ class SimClient:
                           flags=0, ciaddr=ip)
         sock = LeanUdp((ip if ip.startswith("127.") else "0.0.0.0", 0))
         buf = bytearray(4096)
+
+        def send() -> None:
+            if not (rack.loss and self.rng.random() < rack.loss):
+                sock.sendto(encode(request), server)
+            else:
+                rack.dropped_out += 1
+
+        def recv(timeout: float) -> bytes | None:
+            got = sock.recvfrom_into(buf, timeout)
+            return None if got is None else bytes(buf[:got[0]])
+
         try:
-            for attempt, wait in enumerate(waits):
-                if attempt:
-                    self.result.dhcp_resends += 1
-                if not (rack.loss and self.rng.random() < rack.loss):
-                    sock.sendto(encode(request), server)
-                else:
-                    rack.dropped_out += 1
-                deadline = time.monotonic() + wait * rack.scale
-                while (remaining := deadline - time.monotonic()) > 0:
-                    got = sock.recvfrom_into(buf, remaining)
-                    if got is None:
-                        break
-                    if rack.loss and self.rng.random() < rack.loss:
-                        rack.dropped_in += 1
-                        continue
-                    try:
-                        reply = decode(bytes(buf[:got[0]]))
-                    except PacketError:
-                        continue
-                    if reply.xid == xid and reply.message_type == MessageType.ACK and reply.file:
-                        rack.bootserver_exchanges += 1
-                        return reply
+            for reply in self._replies(send, recv, waits):
+                if reply.xid == xid and reply.message_type == MessageType.ACK and reply.file:
+                    rack.bootserver_exchanges += 1
+                    return reply
         finally:
             sock.close()
         raise ClientFailure("dhcp_timeout", f"no ACK from the PXE boot server port after {len(waits)} tries")
 
     def _transact(self, box: RelayMailbox, request: BootpPacket, wanted: tuple[MessageType, ...],
                   waits: tuple[float, ...]) -> BootpPacket:
+        for reply in self._relayed(box, request, waits):
+            if reply.xid == request.xid and reply.chaddr[:6] == self.mac and reply.message_type in wanted:
+                return reply
+        name = MessageType(request.message_type or 0).name if request.message_type else "request"
+        raise ClientFailure("dhcp_timeout", f"no answer to {name} after {len(waits)} tries")
+
+    def _relayed(self, box: RelayMailbox, request: BootpPacket,
+                 waits: tuple[float, ...]) -> Iterator[BootpPacket]:
+        """:meth:`_replies` through the relay mailbox *box*, ``secs`` brought up to date on each try."""
+
+        def send() -> None:
+            secs = min(int(time.monotonic() - self.power_on), 0xFFFF)
+            self._send_dhcp(box, encode(replace(request, secs=secs)))
+
+        return self._replies(send, box.recv, waits)
+
+    def _replies(self, send: Callable[[], None], recv: Callable[[float], bytes | None],
+                 waits: tuple[float, ...]) -> Iterator[BootpPacket]:
+        """Call *send* on the firmware's schedule (one try per wait in *waits*) and yield every
+        datagram *recv* returns that survives the injected loss and decodes; the next try goes
+        out when a wait ends with the caller still asking. Ends after the last wait."""
         rack = self.rack
         for attempt, wait in enumerate(waits):
             if attempt:
                 self.result.dhcp_resends += 1
-            secs = min(int(time.monotonic() - self.power_on), 0xFFFF)
-            self._send_dhcp(box, encode(replace(request, secs=secs)))
+            send()
             deadline = time.monotonic() + wait * rack.scale
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                data = box.recv(remaining)
+            while (remaining := deadline - time.monotonic()) > 0:
+                data = recv(remaining)
                 if data is None:
                     break
                 if rack.loss and self.rng.random() < rack.loss:
@@ -535,10 +529,7 @@ class SimClient:
                     reply = decode(data)
                 except PacketError:
                     continue
-                if reply.xid == request.xid and reply.chaddr[:6] == self.mac and reply.message_type in wanted:
-                    return reply
-        name = MessageType(request.message_type or 0).name if request.message_type else "request"
-        raise ClientFailure("dhcp_timeout", f"no answer to {name} after {len(waits)} tries")
+                yield reply
 
     def _send_dhcp(self, box: RelayMailbox, data: bytes) -> None:
         rack = self.rack

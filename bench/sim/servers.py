@@ -116,19 +116,15 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
-MASSBOOT_CONFIG = """\
+# What every massboot configuration of the simulator has around its [bootpd] section (a
+# ``cache_dir`` line and the [httpd] section may follow: ServerProcess._write_config).
+_LOGGER_CONFIG = """\
 [logger]
 type = stderr
 level = {log_level}
 
-[bootpd]
-{bootpd_address}port = {dhcp_port}
-pool_start = {pool_start}
-pool_count = {pool_count}
-lease_time = 3600
-lease_db = {lease_db}
-ipxe_boot_file = {ipxe}
-
+"""
+_FILES_CONFIG = """
 [bootfile]
 default = {bios}
 00007 = {uefi}
@@ -138,6 +134,16 @@ default = {bios}
 {tftpd_address}port = {tftp_port}
 root = {root}
 """
+
+MASSBOOT_CONFIG = _LOGGER_CONFIG + """\
+[bootpd]
+{bootpd_address}port = {dhcp_port}
+pool_start = {pool_start}
+pool_count = {pool_count}
+lease_time = 3600
+lease_db = {lease_db}
+ipxe_boot_file = {ipxe}
+""" + _FILES_CONFIG
 
 # massboot's -H (issue 12), serving the [tftpd] root: no [httpd] root.
 HTTPD_CONFIG = """
@@ -235,28 +241,14 @@ class UpstreamHttp:
         self.server.stop(timeout=1)
 
 
-MASSBOOT_PROXY_CONFIG = """\
-[logger]
-type = stderr
-level = {log_level}
-
+MASSBOOT_PROXY_CONFIG = _LOGGER_CONFIG + """\
 [bootpd]
 mode = proxy
 address = 127.0.0.1
 port = {dhcp_port}
 bootserver_port = {bootserver_port}
 ipxe_boot_file = {ipxe}
-
-[bootfile]
-default = {bios}
-00007 = {uefi}
-00009 = {uefi}
-
-[tftpd]
-address = 127.0.0.1
-port = {tftp_port}
-root = {root}
-"""
+""" + _FILES_CONFIG
 
 
 class ServerProcess:
@@ -285,33 +277,25 @@ class ServerProcess:
             self.bootserver_port = free_udp_port()
             while self.bootserver_port in (self.dhcp_port, self.tftp_port):
                 self.bootserver_port = free_udp_port()
-            with open(self.config_path, "w", encoding="utf-8") as handle:
-                handle.write(MASSBOOT_PROXY_CONFIG.format(
-                    log_level=log_level, dhcp_port=self.dhcp_port, tftp_port=self.tftp_port,
-                    bootserver_port=self.bootserver_port, ipxe=ipxe_boot_file, bios=BOOTFILE_BIOS,
-                    uefi=BOOTFILE_UEFI, root=root))
-                if cache_dir is not None:
-                    handle.write(f"cache_dir = {cache_dir}\n")
-                if http is not None:
-                    handle.write(HTTPD_CONFIG.format(address=http[0], port=http[1]))
+            self._write_config(MASSBOOT_PROXY_CONFIG, cache_dir, log_level=log_level, root=root,
+                               ipxe=ipxe_boot_file, tftpd_address="address = 127.0.0.1\n",
+                               bootserver_port=self.bootserver_port)
         else:
-            self._write_config(address, pool_start, log_level, clients, root, cache_dir, ipxe_boot_file,
-                               lease_db)
+            self._write_config(MASSBOOT_CONFIG, cache_dir, log_level=log_level, root=root,
+                               ipxe=ipxe_boot_file, bootpd_address=address, tftpd_address=address,
+                               pool_start=pool_start, pool_count=max(clients + 16, 64),
+                               lease_db=lease_db or os.path.join(workdir, "leases.sqlite3"))
         self.process: subprocess.Popen[bytes] | None = None
         self.cpu_at_ready = 0.0
         self.cpu_s: float | None = None
         self.peak_rss_mb: float | None = None
 
-    def _write_config(self, address: str, pool_start: str, log_level: str, clients: int, root: str,
-                      cache_dir: str | None, ipxe_boot_file: str, lease_db: str | None) -> None:
-        workdir = self.workdir
+    def _write_config(self, template: str, cache_dir: str | None, **values: Any) -> None:
+        """massboot.ini: *template* with the ports, the boot files and *values*; then ``cache_dir``
+        (in [tftpd], the template's last section) and [httpd] when asked."""
         with open(self.config_path, "w", encoding="utf-8") as handle:
-            handle.write(MASSBOOT_CONFIG.format(
-                bootpd_address=address, tftpd_address=address, pool_start=pool_start,
-                log_level=log_level, dhcp_port=self.dhcp_port, tftp_port=self.tftp_port,
-                pool_count=max(clients + 16, 64),
-                lease_db=lease_db or os.path.join(workdir, "leases.sqlite3"),
-                ipxe=ipxe_boot_file, bios=BOOTFILE_BIOS, uefi=BOOTFILE_UEFI, root=root))
+            handle.write(template.format(dhcp_port=self.dhcp_port, tftp_port=self.tftp_port,
+                                         bios=BOOTFILE_BIOS, uefi=BOOTFILE_UEFI, **values))
             if cache_dir is not None:
                 handle.write(f"cache_dir = {cache_dir}\n")
             if self.http is not None:
