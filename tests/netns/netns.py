@@ -10,8 +10,11 @@ pid too, then the namespaces go (which removes the veth pair).
 :meth:`NetnsPair.popen` runs a command inside a namespace (``ip netns exec`` execs it, so the
 pid is the command's own); :meth:`NetnsPair.socket` opens a socket *inside* a namespace from
 this very process (``setns(2)`` around the socket creation only), so a test can play a
-hand-written client without a helper process. :class:`Massboot` runs the server as a
-subprocess in the server namespace and waits for its readiness line in its log.
+hand-written client without a helper process (both come from :class:`NamespaceProcesses`,
+which ``tests/netns/sitelab.py`` shares). :class:`Massboot` runs the server as a subprocess in
+the server namespace and waits for its readiness line in its log. :func:`add_namespace`,
+:func:`wait_carrier` and :func:`delete_namespace` are the steps every layout here is built and
+removed with.
 
 Everything here needs root; tests call ``require_root()`` first.
 """
@@ -59,7 +62,8 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, inter
         time.sleep(interval)
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``ip ARGS`` (iproute2); with *check*, a failure raises RuntimeError with its stderr."""
     result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
     if check and result.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
@@ -68,7 +72,35 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def _sysctl(ns: str, *settings: str) -> None:
     for setting in settings:
-        _ip("netns", "exec", ns, "sysctl", "-q", "-w", setting)
+        run_ip("netns", "exec", ns, "sysctl", "-q", "-w", setting)
+
+
+def add_namespace(ns: str, rmem_max: int = 0) -> None:
+    """Create namespace *ns*: ``rp_filter`` off and IPv6 off (set before any interface exists,
+    so that every later one inherits "default"), ``net.core.rmem_max`` when given, ``lo`` up."""
+    run_ip("netns", "add", ns)
+    _sysctl(ns, "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
+            "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+    if rmem_max:
+        _sysctl(ns, f"net.core.rmem_max={rmem_max}")
+    run_ip("-n", ns, "link", "set", "lo", "up")
+
+
+def wait_carrier(ns: str, ifname: str, timeout: float = 10) -> None:
+    """Wait until *ifname* in *ns* has its carrier (``LOWER_UP``)."""
+    wait_until(lambda: "LOWER_UP" in run_ip("-n", ns, "link", "show", ifname).stdout, timeout,
+               f"{ifname} up in {ns}")
+
+
+def delete_namespace(ns: str) -> None:
+    """Kill by pid every process still living in *ns* (a daemonized client, say), then delete
+    it; nothing when it does not exist."""
+    for pid in _netns_pids(ns):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    run_ip("netns", "del", ns, check=False)
 
 
 def _host_rmem_max() -> int:
@@ -112,34 +144,24 @@ def inside(ns: str) -> Iterator[None]:
         os.close(own)
 
 
-@dataclass
-class NetnsPair:
-    """Two namespaces joined by a veth pair; see :func:`namespace_pair`."""
+class NamespaceProcesses:
+    """Processes and sockets inside a test's namespaces: every process started is kept in
+    ``procs``, for the teardown to kill by pid."""
 
-    server: str
-    client: str
-    server_if: str
-    client_if: str
-    server_mac: str
-    client_mac: str
-    server_addr: str                        # "10.77.0.1/24"
-    client_addr: str | None = None
-    procs: list[subprocess.Popen] = field(default_factory=list)
+    procs: list[subprocess.Popen]
+    run_timeout: float = 20  # seconds :meth:`run` waits by default
 
-    @property
-    def server_ip(self) -> str:
-        return self.server_addr.split("/")[0]
-
-    # -- processes -----------------------------------------------------------------------
     def popen(self, ns: str, argv: Sequence[str], **kwargs: object) -> subprocess.Popen:
-        """Start *argv* inside namespace *ns*; it is killed by pid when the pair closes."""
+        """Start *argv* inside namespace *ns*; it is killed by pid at teardown."""
         proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kwargs)  # type: ignore[call-overload]
         self.procs.append(proc)
         return proc
 
-    def run(self, ns: str, argv: Sequence[str], timeout: float = 20,
+    def run(self, ns: str, argv: Sequence[str], timeout: float | None = None,
             **kwargs: object) -> subprocess.CompletedProcess[str]:
-        """Run *argv* inside *ns* to completion (killed by pid if it outlives *timeout*)."""
+        """Run *argv* inside *ns* to completion (killed by pid if it outlives *timeout*, by
+        default :attr:`run_timeout`)."""
+        timeout = self.run_timeout if timeout is None else timeout
         proc = self.popen(ns, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
         try:
             out, err = proc.communicate(timeout=timeout)
@@ -149,7 +171,6 @@ class NetnsPair:
             raise TimeoutError(f"{' '.join(argv)} did not finish in {timeout} s\n{out}\n{err}") from None
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
-    # -- sockets -------------------------------------------------------------------------
     def socket(self, ns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM, proto: int = 0,
                setup: Callable[[socket.socket], None] | None = None) -> socket.socket:
         """A socket living in namespace *ns*; *setup* (setsockopt, bind...) runs in *ns* too,
@@ -164,17 +185,30 @@ class NetnsPair:
                 raise
         return sock
 
-    # -- teardown ------------------------------------------------------------------------
+
+@dataclass
+class NetnsPair(NamespaceProcesses):
+    """Two namespaces joined by a veth pair; see :func:`namespace_pair`."""
+
+    server: str
+    client: str
+    server_if: str
+    client_if: str
+    server_mac: str
+    client_mac: str
+    server_addr: str                        # "10.77.0.1/24"
+    client_addr: str | None = None
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def serverrun_ip(self) -> str:
+        return self.server_addr.split("/")[0]
+
     def close(self) -> None:
         for proc in self.procs:
             kill(proc)
         for ns in (self.client, self.server):
-            for pid in _netns_pids(ns):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            _ip("netns", "del", ns, check=False)
+            delete_namespace(ns)
 
 
 def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 10) -> int | None:
@@ -195,7 +229,7 @@ def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 10)
 def _netns_pids(ns: str) -> list[int]:
     if not os.path.exists(os.path.join(NETNS_DIR, ns)):
         return []
-    result = _ip("netns", "pids", ns, check=False)
+    result = run_ip("netns", "pids", ns, check=False)
     me = os.getpid()
     return [int(p) for p in result.stdout.split() if p.isdigit() and int(p) != me]
 
@@ -220,26 +254,17 @@ def namespace_pair(tag: str = "t", server_addr: str = "10.77.0.1/24", client_add
     try:
         rmem_max = min(WANTED_RMEM_MAX, _host_rmem_max())
         for ns in (pair.server, pair.client):
-            _ip("netns", "add", ns)
-            # before the veth exists, so that it inherits "default"
-            _sysctl(ns, "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
-                    "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-            if rmem_max:
-                _sysctl(ns, f"net.core.rmem_max={rmem_max}")
-            _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("link", "add", server_if, "netns", pair.server, "address", pair.server_mac, "type", "veth",
+            add_namespace(ns, rmem_max)
+        run_ip("link", "add", server_if, "netns", pair.server, "address", pair.server_mac, "type", "veth",
             "peer", "name", client_if, "netns", pair.client, "address", pair.client_mac)
         ends = ((pair.server, server_if, server_addr), (pair.client, client_if, client_addr))
         for ns, ifname, addr in ends:
             _sysctl(ns, f"net.ipv4.conf.{ifname}.rp_filter=0")
             if addr:
-                _ip("-n", ns, "addr", "add", addr, "dev", ifname)
-            _ip("-n", ns, "link", "set", ifname, "up")
+                run_ip("-n", ns, "addr", "add", addr, "dev", ifname)
+            run_ip("-n", ns, "link", "set", ifname, "up")
         for ns, ifname, _addr in ends:
-            def carrier(ns: str = ns, ifname: str = ifname) -> bool:
-                return "LOWER_UP" in _ip("-n", ns, "link", "show", ifname).stdout
-
-            wait_until(carrier, 10, f"{ifname} up in {ns}")
+            wait_carrier(ns, ifname)
         yield pair
     finally:
         pair.close()

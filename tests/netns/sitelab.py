@@ -13,39 +13,66 @@ Three network namespaces the lab creates and removes:
 The two veth pairs are created directly inside the namespaces, their lab ends enslaved to the
 bridge; nothing appears on the host's interfaces. :meth:`SiteLab.close` kills every process it
 started by pid, then any process left in its namespaces by pid, then deletes the namespaces.
-It offers ``popen``/``run``/``client``/``client_if`` as :class:`tests.netns.netns.NetnsPair`
-does, so the dhclient and udhcpc helpers of ``test_dhcp_clients`` run in it unchanged.
+It offers ``popen``/``run``/``socket``/``client``/``client_if`` as
+:class:`tests.netns.netns.NetnsPair` does (both are :class:`~tests.netns.netns.NamespaceProcesses`),
+so the dhclient and udhcpc helpers of ``test_dhcp_clients`` run in it unchanged.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.netns.netns import REPO, inside, kill, wait_until
+from tests.netns.netns import (
+    REPO,
+    NamespaceProcesses,
+    add_namespace,
+    delete_namespace,
+    kill,
+    run_ip,
+    wait_carrier,
+    wait_until,
+)
 
 BRIDGE = "mbpbr0"
 TAPS = ("mbptap0", "mbptap1")        # QEMU's NICs, on the bridge
 SERVER_IP = "10.79.0.1"
 SITE_IP = "10.79.0.2"
 SITE_RANGE = ("10.79.0.100", "10.79.0.150")
+#: massboot in proxy mode on the lab, booting only the MAC ``{mac}`` (``-`` form); ``{root}`` the
+#: TFTP root, ``{filter}`` one [filters] line (README, "proxyDHCP").
+PROXY_CONFIG = """\
+[logger]
+type = stderr
+level = debug
+[bootpd]
+mode = proxy
+access = mac
+[mac]
+{mac} = yes
+[bootfile]
+default = pxelinux.0
+[tftpd]
+root = {root}
+[filters]
+{filter}
+"""
+#: massboot's log line for each reply it sends (``proxy`` set for a proxy OFFER/ACK).
+REPLY = re.compile(r"PXE\[server\] INFO: (?P<proxy>proxy )?(?P<kind>offer|ack|nak|bootp) mac=(?P<mac>\S+) "
+                   r"ip=(?P<ip>\S+) phase=(?P<phase>\S+) ")
 _counter = itertools.count(1)
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
-    return result
-
-
-class SiteLab:
+class SiteLab(NamespaceProcesses):
     """The three namespaces; see the module docstring."""
+
+    run_timeout = 30
 
     def __init__(self, work: Path, client_mac: str = "02:00:00:79:00:01", taps: int = 0) -> None:
         n = f"{os.getpid()}-{next(_counter)}"
@@ -74,77 +101,33 @@ class SiteLab:
     def _create(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
         for ns in (self.lab, self.site, self.client):
-            _ip("netns", "add", ns)
-            for setting in ("net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
-                            "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"):
-                _ip("netns", "exec", ns, "sysctl", "-q", "-w", setting)
-            _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("-n", self.lab, "link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0")
-        _ip("-n", self.lab, "addr", "add", f"{SERVER_IP}/24", "dev", BRIDGE)
-        _ip("link", "add", "ps0", "netns", self.site, "type", "veth",
-            "peer", "name", "lps0", "netns", self.lab)
-        _ip("link", "add", self.client_if, "netns", self.client, "address", self.client_mac, "type", "veth",
-            "peer", "name", "lpc0", "netns", self.lab)
+            add_namespace(ns)
+        run_ip("-n", self.lab, "link", "add", BRIDGE, "type", "bridge", "stp_state", "0",
+               "forward_delay", "0")
+        run_ip("-n", self.lab, "addr", "add", f"{SERVER_IP}/24", "dev", BRIDGE)
+        run_ip("link", "add", "ps0", "netns", self.site, "type", "veth",
+               "peer", "name", "lps0", "netns", self.lab)
+        run_ip("link", "add", self.client_if, "netns", self.client, "address", self.client_mac,
+               "type", "veth", "peer", "name", "lpc0", "netns", self.lab)
         ports = ["lps0", "lpc0"]
         for tap in self.taps:
-            _ip("-n", self.lab, "tuntap", "add", "dev", tap, "mode", "tap")
+            run_ip("-n", self.lab, "tuntap", "add", "dev", tap, "mode", "tap")
             ports.append(tap)
         for port in ports:
-            _ip("-n", self.lab, "link", "set", port, "master", BRIDGE)
-            _ip("-n", self.lab, "link", "set", port, "up")
-        _ip("-n", self.lab, "link", "set", BRIDGE, "up")
-        _ip("-n", self.site, "addr", "add", f"{SITE_IP}/24", "dev", "ps0")
-        _ip("-n", self.site, "link", "set", "ps0", "up")
-        _ip("-n", self.client, "link", "set", self.client_if, "up")
+            run_ip("-n", self.lab, "link", "set", port, "master", BRIDGE)
+            run_ip("-n", self.lab, "link", "set", port, "up")
+        run_ip("-n", self.lab, "link", "set", BRIDGE, "up")
+        run_ip("-n", self.site, "addr", "add", f"{SITE_IP}/24", "dev", "ps0")
+        run_ip("-n", self.site, "link", "set", "ps0", "up")
+        run_ip("-n", self.client, "link", "set", self.client_if, "up")
         for ns, ifname in ((self.site, "ps0"), (self.client, self.client_if), (self.lab, BRIDGE)):
-            def up(ns: str = ns, ifname: str = ifname) -> bool:
-                return "LOWER_UP" in _ip("-n", ns, "link", "show", ifname).stdout
-
-            wait_until(up, 10, f"{ifname} up in {ns}")
+            wait_carrier(ns, ifname)
 
     def close(self) -> None:
         for proc in reversed(self.procs):
             kill(proc, signal.SIGTERM, timeout=5)
         for ns in (self.client, self.site, self.lab):
-            if not os.path.exists(f"/run/netns/{ns}"):
-                continue
-            pids = _ip("netns", "pids", ns, check=False).stdout.split()
-            for pid in (int(p) for p in pids if p.isdigit() and int(p) != os.getpid()):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            _ip("netns", "del", ns, check=False)
-
-    # -- processes (NetnsPair's interface) -------------------------------------------------
-    def popen(self, ns: str, argv: Sequence[str], **kwargs: object) -> subprocess.Popen:
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kwargs)  # type: ignore[call-overload]
-        self.procs.append(proc)
-        return proc
-
-    def run(self, ns: str, argv: Sequence[str], timeout: float = 30,
-            **kwargs: object) -> subprocess.CompletedProcess[str]:
-        proc = self.popen(ns, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill(proc)
-            out, err = proc.communicate()
-            raise TimeoutError(f"{' '.join(argv)} did not finish in {timeout} s\n{out}\n{err}") from None
-        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
-
-    def socket_in(self, ns: str, setup) -> object:
-        """A UDP socket living in *ns*, *setup* (binds, options) run there."""
-        import socket
-
-        with inside(ns):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                setup(sock)
-            except BaseException:
-                sock.close()
-                raise
-        return sock
+            delete_namespace(ns)
 
     # -- the site DHCP server --------------------------------------------------------------
     def start_dnsmasq(self, lease_time: str = "10m", timeout: float = 20) -> subprocess.Popen:

@@ -31,7 +31,7 @@ import pytest
 from massboot.dhcp.packet import FLAG_BROADCAST, BootpPacket, MessageType, Opt, decode, encode, ip_bytes, u8
 from massboot.ident import parse_mac
 from tests.conftest import require_root, require_tool
-from tests.netns.sitelab import SERVER_IP, SITE_IP, SITE_RANGE, SiteLab
+from tests.netns.sitelab import PROXY_CONFIG, REPLY, SERVER_IP, SITE_IP, SITE_RANGE, SiteLab
 from tests.netns.test_dhcp_clients import run_dhclient, run_udhcpc
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
@@ -39,24 +39,6 @@ pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 CLIENT_MAC = "02:00:00:79:00:01"
 DENIED_MAC = "02:00:00:79:00:99"
 GOLDEN = Path(__file__).parents[1] / "unit" / "golden" / "ipxe_discover.hex"
-CONFIG = """\
-[logger]
-type = stderr
-level = debug
-[bootpd]
-mode = proxy
-access = mac
-[mac]
-{client} = yes
-[bootfile]
-default = pxelinux.0
-[tftpd]
-root = {root}
-[filters]
-boot.cfg = cfg-{{ip}}
-"""
-REPLY = re.compile(r"PXE\[server\] INFO: (?P<proxy>proxy )?(?P<kind>offer|ack|nak|bootp) mac=(?P<mac>\S+) "
-                   r"ip=(?P<ip>\S+) phase=(?P<phase>\S+) ")
 
 
 def addresses() -> list[str]:
@@ -74,7 +56,8 @@ def lab(tmp_path: Path) -> Iterator[SiteLab]:
     for ip in addresses():
         (root / f"cfg-{ip}").write_text(f"config for {ip}\n")
     config = tmp_path / "massboot.ini"
-    config.write_text(CONFIG.format(client=CLIENT_MAC.replace(":", "-"), root=root))
+    config.write_text(PROXY_CONFIG.format(mac=CLIENT_MAC.replace(":", "-"), root=root,
+                                          filter="boot.cfg = cfg-{ip}"))
     with SiteLab(tmp_path / "lab", client_mac=CLIENT_MAC) as made:
         made.start_dnsmasq()
         made.start_massboot(config)
@@ -94,7 +77,7 @@ class Rom:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, lab.client_if.encode())
             sock.bind(("0.0.0.0", 68))
 
-        self.sock: socket.socket = lab.socket_in(lab.client, setup)  # type: ignore[assignment]
+        self.sock: socket.socket = lab.socket(lab.client, setup=setup)
 
     def close(self) -> None:
         self.sock.close()
