@@ -339,7 +339,7 @@ def test_reload_applies_relays_hops_and_max_clients(harness):
     h = harness()
     assert h.client.dora(STATIC, pxe_options())[1] is not None
     new = cfg.loads(base.BASE.format(bootpd="relays = 127.0.2.0/24\nmax_hops = 0\nmax_clients = 1",
-                                     extra="")).bootp
+                                     extra="", lease_time=3600)).bootp
     h.server.apply(new, subnet_stores={}, http_acl=None, dns=())
     assert_unanswered(h, h.client.packet(ALLOWED, MessageType.DISCOVER, pxe_options()),
                       "dhcp.ignored", reason="relay_not_allowed")

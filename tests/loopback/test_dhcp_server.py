@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import socket
 import time
+from collections.abc import Callable
 
 import gevent
 import pytest
 
 from massboot import config as cfg
 from massboot.acl import HttpAcl
-from massboot.dhcp.leases import MemoryLeaseStore, SqliteLeaseStore
+from massboot.config import BootpConfig
+from massboot.dhcp.leases import LeaseStore, MemoryLeaseStore, SqliteLeaseStore
 from massboot.dhcp.packet import BOOTREPLY, MessageType, Opt, bytes_ip, encode, ip_bytes
 from massboot.dhcp.server import DhcpServer, main_pool, subnet_pool
 from massboot.events import EventBus, EventRecorder
@@ -27,7 +29,7 @@ address = 127.0.0.1
 port = 0
 pool_start = 127.0.0.100
 pool_count = 20
-lease_time = 3600
+lease_time = {lease_time}
 dns = 127.0.0.53;127.0.0.54
 {bootpd}
 [bootfile]
@@ -38,16 +40,31 @@ default = pxelinux.0
 
 
 class Harness:
-    def __init__(self, bootpd: str = "", extra: str = "", db: str | None = None, **kwargs) -> None:
-        self.config = cfg.loads(BASE.format(bootpd=bootpd, extra=extra)).bootp
+    """A DhcpServer on 127.0.0.1 (relays on 127/8) from :data:`BASE` and a relay client.
+
+    Args:
+        bootpd, extra: lines added to [bootpd] and after [bootfile].
+        db: a SQLite lease file (the in-memory store by default).
+        store: ``(pool, config) -> lease store`` for any other store (PostgreSQL).
+        lease_time: [bootpd] lease_time.
+        kwargs: for DhcpServer.
+    """
+
+    def __init__(self, bootpd: str = "", extra: str = "", db: str | None = None,
+                 store: Callable[[list[str], BootpConfig], LeaseStore] | None = None, lease_time: int = 3600,
+                 **kwargs) -> None:
+        self.config = cfg.loads(BASE.format(bootpd=bootpd, extra=extra, lease_time=lease_time)).bootp
         self.events = EventBus()
         self.recorder = EventRecorder()
         self.events.subscribe(self.recorder)
         pool, _ = main_pool(self.config, "127.0.0.1", "255.0.0.0")
         c = self.config
         lifecycle = dict(offer_hold=c.offer_hold, reclaim=c.reclaim, decline_probation=c.decline_probation)
-        self.store = SqliteLeaseStore(db, pool, c.static, **lifecycle) if db else MemoryLeaseStore(
-            pool, c.static, **lifecycle)
+        if store is not None:
+            self.store = store(pool, c)
+        else:
+            self.store = SqliteLeaseStore(db, pool, c.static, **lifecycle) if db else MemoryLeaseStore(
+                pool, c.static, **lifecycle)
         subnet_stores = {s.name: MemoryLeaseStore(subnet_pool(s, {})) for s in self.config.subnets}
         self.server = DhcpServer(self.config, "127.0.0.1", "255.0.0.0", self.store, self.events,
                                  subnet_stores=subnet_stores, **kwargs)

@@ -13,28 +13,14 @@ import time
 import gevent
 from prometheus_client import CollectorRegistry
 
-from massboot import config as cfg
 from massboot.config import MetricsConfig
 from massboot.dhcp.leases import PostgresLeaseStore
 from massboot.dhcp.packet import MessageType, Opt, ip_bytes
-from massboot.dhcp.server import DhcpServer, main_pool
-from massboot.events import EventBus
 from massboot.metrics import Metrics
 from tests.loopback.dhcpclient import RelayClient
+from tests.loopback.test_dhcp_server import Harness
 from tests.pgserver import PgCluster
 
-CONFIG = """
-[bootpd]
-address = 127.0.0.1
-port = 0
-pool_start = 127.0.0.100
-pool_count = 20
-lease_time = 600
-allow_simple_dhcp = on
-
-[bootfile]
-default = pxelinux.0
-"""
 KNOWN = bytes.fromhex("525400bb0001")
 NEW = bytes.fromhex("525400bb0002")
 
@@ -59,15 +45,12 @@ def _request(client: RelayClient, mac: bytes, ip: str):
 
 def test_known_clients_are_renewed_up_to_their_committed_expiry_new_ones_wait(pg_cluster) -> None:
     cluster = PgCluster().start()
-    config = cfg.loads(CONFIG).bootp
-    events = EventBus()
+    dsn = cluster.create_database("leases") + "&timeout=2&connect_timeout=1"
+    h = Harness(bootpd="allow_simple_dhcp = on", lease_time=600,
+                store=lambda pool, _config: PostgresLeaseStore(dsn, pool))
+    client, store = h.client, h.store
     registry = CollectorRegistry()
-    pool, _ = main_pool(config, "127.0.0.1", "255.0.0.0")
-    store = PostgresLeaseStore(cluster.create_database("leases") + "&timeout=2&connect_timeout=1", pool)
-    dhcp = DhcpServer(config, "127.0.0.1", "255.0.0.0", store, events)
-    dhcp.start()
-    metrics = Metrics(MetricsConfig(port=0), events, dhcp=dhcp, registry=registry)
-    client = RelayClient(("127.0.0.1", dhcp.port))
+    metrics = Metrics(MetricsConfig(port=0), h.events, dhcp=h.server, registry=registry)
     try:
         offer, ack = client.dora(KNOWN)
         assert ack is not None and ack.message_type == MessageType.ACK
@@ -100,7 +83,5 @@ def test_known_clients_are_renewed_up_to_their_committed_expiry_new_ones_wait(pg
         assert registry.get_sample_value("massboot_lease_db_up", {"scope": "main"}) == 1
         assert _health(metrics)["status"] == "ok"
     finally:
-        client.close()
-        dhcp.stop(1)
-        store.close()
+        h.close()
         cluster.stop(remove=True)

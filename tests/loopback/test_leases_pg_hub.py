@@ -21,29 +21,15 @@ import time
 import gevent
 import pytest
 
-from massboot import config as cfg
 from massboot.dhcp.leases import PostgresLeaseStore
 from massboot.dhcp.packet import MessageType
-from massboot.dhcp.server import DhcpServer, main_pool
-from massboot.events import EventBus, EventRecorder
 from massboot.tftp.server import TftpServer
-from tests.loopback.dhcpclient import RelayClient, pxe_options
+from tests.loopback.dhcpclient import pxe_options
+from tests.loopback.test_dhcp_server import Harness
 from tests.loopback.test_tftp_server import FILES, MemStore
 
 HOLD = 1.5          # seconds the database stalls
 TICK = 0.02
-CONFIG = """
-[bootpd]
-address = 127.0.0.1
-port = 0
-pool_start = 127.0.0.100
-pool_count = 20
-lease_time = 3600
-allow_simple_dhcp = on
-
-[bootfile]
-default = pxelinux.0
-"""
 
 
 def _tftp_read(port: int, name: str, marks: list[float]) -> bytes:
@@ -75,22 +61,13 @@ def _tftp_read(port: int, name: str, marks: list[float]) -> bytes:
 
 @pytest.fixture
 def rack(pg_cluster, pg_dsn):
-    config = cfg.loads(CONFIG).bootp
-    events = EventBus()
-    recorder = EventRecorder()
-    events.subscribe(recorder)
-    pool, _ = main_pool(config, "127.0.0.1", "255.0.0.0")
-    store = PostgresLeaseStore(pg_dsn + "&timeout=10", pool)
-    dhcp = DhcpServer(config, "127.0.0.1", "255.0.0.0", store, events)
-    dhcp.start()
-    tftp = TftpServer("127.0.0.1", 0, MemStore(FILES), events, timeout_min=0.05, timeout_max=1.0)
+    h = Harness(bootpd="allow_simple_dhcp = on",
+                store=lambda pool, _config: PostgresLeaseStore(pg_dsn + "&timeout=10", pool))
+    tftp = TftpServer("127.0.0.1", 0, MemStore(FILES), h.events, timeout_min=0.05, timeout_max=1.0)
     tftp.start()
-    client = RelayClient(("127.0.0.1", dhcp.port))
-    yield dhcp, tftp, client, recorder, store
-    client.close()
+    yield h.server, tftp, h.client, h.recorder, h.store
     tftp.stop(timeout=0)
-    dhcp.stop(1)
-    store.close()
+    h.close()
 
 
 def _stall_and_measure(rack, pg_cluster, pg_dsn, stall, resume) -> None:

@@ -23,7 +23,6 @@ import pytest
 import requests
 import tftpy
 from gevent.pywsgi import WSGIServer
-from gevent.server import StreamServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -39,6 +38,7 @@ from massboot.metrics import Metrics, malformed_reason
 from massboot.progress import PHASES
 from massboot.tftp.packet import Reason as TftpReason
 from massboot.tftp.server import TftpServer
+from tests.loopback.aclserver import AclServer
 from tests.loopback.dhcpclient import RelayClient, pxe_options
 
 HOST = "127.0.0.1"
@@ -114,30 +114,13 @@ def mac_bytes(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
 
 
-class AclServer:
+def acl_verdict(target: str) -> str | None:
     """The remote ACL: 52-54-00-* allowed, others denied, ``MAC_F`` gets no answer at all."""
-
-    def __init__(self) -> None:
-        self.server = StreamServer((HOST, 0), self._handle)
-        self.server.start()
-        self.port = self.server.server_port
-
-    def _handle(self, sock: socket.socket, _address: object) -> None:
-        stream = sock.makefile("rb")
-        line = stream.readline().decode("latin-1")
-        while stream.readline().strip():
-            pass
-        if not line:
-            return
-        query = parse_qs(urlsplit(line.split()[1]).query)
-        mac = query.get("mac", [""])[0].upper().replace("-", ":")
-        if mac == MAC_F:
-            return                                   # hang up: a connection error, verdict "error"
-        status = "200 OK" if mac.startswith("52:54:00") else "403 Forbidden"
-        sock.sendall(f"HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
-
-    def close(self) -> None:
-        self.server.stop(timeout=1)
+    query = parse_qs(urlsplit(target).query)
+    mac = query.get("mac", [""])[0].upper().replace("-", ":")
+    if mac == MAC_F:
+        return None                                  # hang up: a connection error, verdict "error"
+    return "200 OK" if mac.startswith("52:54:00") else "403 Forbidden"
 
 
 class Mirror:
@@ -172,7 +155,7 @@ class Rack:
 
     def __post_init__(self) -> None:
         self.mirror = Mirror(FILES)
-        self.acl = AclServer()
+        self.acl = AclServer(acl_verdict)
         self.notify = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.notify.bind((HOST, 0))
         text = CONFIG.format(notify_port=self.notify.getsockname()[1], acl_port=self.acl.port,

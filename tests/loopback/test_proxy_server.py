@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from massboot import config as cfg
 from massboot.cli import Services
 from massboot.dhcp.packet import BOOTREQUEST, BootpPacket, MessageType, Opt, decode, encode, u8
+from tests.loopback.aclserver import AclServer
 from tests.loopback.dhcpclient import RelayClient, pxe_options
 
 HOST = "127.0.0.1"
@@ -250,38 +251,11 @@ def test_leases_command_refuses_proxy_mode(tmp_path: Path) -> None:
     assert "[bootpd] mode = 'proxy': proxy mode keeps no leases" in result.stderr
 
 
-class AclServer:
-    """A real HTTP ACL server: 52:54:00:A1:* allowed, others denied; every query kept."""
-
-    def __init__(self) -> None:
-        from gevent.server import StreamServer
-
-        self.queries: list[str] = []
-        self.server = StreamServer((HOST, 0), self._handle)
-        self.server.start()
-        self.port = self.server.server_port
-
-    def _handle(self, sock: socket.socket, _address: object) -> None:
-        stream = sock.makefile("rb")
-        line = stream.readline().decode("latin-1")
-        while stream.readline().strip():
-            pass
-        if not line:
-            return
-        target = line.split()[1]
-        self.queries.append(target)
-        allowed = "MAC=52-54-00-A1" in target.upper()
-        status = "200 OK" if allowed else "403 Forbidden"
-        sock.sendall(f"HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
-
-    def close(self) -> None:
-        self.server.stop(timeout=1)
-
-
 def test_http_acl_in_proxy_mode(tmp_path: Path) -> None:
     """access = http against a real ACL server: asked at the DISCOVER on the PXE path, not again
     for the same boot's 4011 REQUEST; a denied MAC gets nothing."""
-    acl = AclServer()
+    # a real HTTP ACL server: 52:54:00:A1:* allowed, others denied; every query kept
+    acl = AclServer(lambda target: "200 OK" if "MAC=52-54-00-A1" in target.upper() else "403 Forbidden")
     lab = None
     try:
         text = f"[http]\nlocation = 127.0.0.1:{acl.port}\ntimeout = 2\ncache_ttl = 0\n"
