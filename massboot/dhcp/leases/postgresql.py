@@ -45,7 +45,8 @@ import socket
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -420,18 +421,9 @@ def check_database(target: PgTarget) -> str:
     Raises:
         LeaseStoreError: unreachable, refused, or a newer schema than this massboot's.
     """
-    con = target.connect()
-    try:
-        try:
-            exists = con.run("SELECT to_regclass('massboot_schema') IS NOT NULL")[0][0]
-            version = con.run("SELECT version FROM massboot_schema")[0][0] if exists else None
-        except Exception as exc:
-            raise LeaseStoreError(f"lease database {target.shown}: {_reason(exc)}") from None
-    finally:
-        try:
-            con.close()
-        except Exception:
-            pass
+    with _one_shot(target) as con:
+        exists = con.run("SELECT to_regclass('massboot_schema') IS NOT NULL")[0][0]
+        version = con.run("SELECT version FROM massboot_schema")[0][0] if exists else None
     if version is None:
         return f"lease database {target.shown}: reachable, empty (massboot creates its tables)"
     if version > SCHEMA_VERSION:
@@ -445,6 +437,28 @@ def _rollback(con: Any) -> None:
         con.run("ROLLBACK")
     except Exception:   # the connection is gone: so is the transaction
         pass
+
+
+def _close(con: Any) -> None:
+    try:
+        con.close()
+    except Exception:   # already gone
+        pass
+
+
+@contextmanager
+def _one_shot(target: PgTarget) -> Iterator[Any]:
+    """A connection for one operator command (check, migrate), closed after; a driver error
+    becomes a :class:`LeaseStoreError` that names the database (raised by the connect too)."""
+    con = target.connect()
+    try:
+        yield con
+    except LeaseStoreError:
+        raise
+    except Exception as exc:
+        raise LeaseStoreError(f"lease database {target.shown}: {_reason(exc)}") from None
+    finally:
+        _close(con)
 
 
 def _lease(row: Sequence[Any]) -> Lease:
@@ -733,10 +747,7 @@ class PostgresLeaseStore(_IndexedLeaseStore):
 
         con, self._con = self._con, None
         if con is not None:
-            try:
-                con.close()
-            except Exception:
-                pass
+            _close(con)
         if self._down_since is None:
             self._down_since = time.monotonic()
             log.warning("lease database %s unreachable (%s): known bindings are renewed up to their "
@@ -773,10 +784,7 @@ class PostgresLeaseStore(_IndexedLeaseStore):
                     # time on a pg8000 connection)
                     self._run_batch([], con)
                 except Exception as exc:
-                    try:
-                        con.close()
-                    except Exception:
-                        pass
+                    _close(con)
                     log.debug("lease database %s: reload failed: %s", self._target.shown, _reason(exc))
                     continue
                 if self._closed:
@@ -961,10 +969,7 @@ class PostgresLeaseStore(_IndexedLeaseStore):
             self._reconnector.kill(block=False)
         con, self._con = self._con, None
         if con is not None:
-            try:
-                con.close()
-            except Exception:
-                pass
+            _close(con)
 
 
 def copy_leases(rows: Iterable[Lease], declined: Iterable[tuple[str, str | None, float, float]],
@@ -978,8 +983,7 @@ def copy_leases(rows: Iterable[Lease], declined: Iterable[tuple[str, str | None,
         LeaseStoreError: the pool already has bindings (and not *replace_existing*), or the
             database refused the rows.
     """
-    con = target.connect()
-    try:
+    with _one_shot(target) as con:
         ensure_schema(con, target.shown)
         con.run("INSERT INTO massboot_scopes (scope) VALUES (:s) ON CONFLICT DO NOTHING", s=scope)
         con.run("BEGIN")
@@ -1002,12 +1006,3 @@ def copy_leases(rows: Iterable[Lease], declined: Iterable[tuple[str, str | None,
             _rollback(con)
             raise
         return len(rows)
-    except LeaseStoreError:
-        raise
-    except Exception as exc:
-        raise LeaseStoreError(f"lease database {target.shown}: {_reason(exc)}") from None
-    finally:
-        try:
-            con.close()
-        except Exception:
-            pass
