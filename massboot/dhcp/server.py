@@ -212,16 +212,7 @@ class DhcpServer:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Bind the socket (synchronously) and start reading."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        # learn the interface of each request, so that a limited broadcast (255.255.255.255) goes
-        # out of that interface without SO_BINDTODEVICE or a route (RFC 2131 §4.1)
-        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        set_rcvbuf(sock, self.config.rcvbuf)
-        if self.settings.buggy is not None:
-            self._bind_to_device(sock)
-        sock.bind((self.config.address, self.config.port))
+        sock = self._bind(self.config.port)
         self.socket = sock
         if self.proxy:
             try:
@@ -241,22 +232,31 @@ class DhcpServer:
             log.info("dhcp listening on %s:%d server=%s pool=%s+%d", self.config.address, self.port,
                      self.server_ip, self.config.pool_start, self.config.pool_count)
 
-    def _bootserver_bind(self) -> socket.socket:
-        """Proxy mode's second socket, on the PXE boot server port (PXE 2.1 §2.2.1)."""
+    def _bind(self, port: int) -> socket.socket:
+        """A DHCP socket bound to *port* of ``[bootpd] address`` (closed again if that fails)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            # learn the interface of each request, so that a limited broadcast (255.255.255.255)
+            # goes out of that interface without SO_BINDTODEVICE or a route (RFC 2131 §4.1)
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
             set_rcvbuf(sock, self.config.rcvbuf)
             if self.settings.buggy is not None:
                 self._bind_to_device(sock)
-            sock.bind((self.config.address, self.config.bootserver_port))
-        except OSError as exc:
+            sock.bind((self.config.address, port))
+        except OSError:
             sock.close()
-            exc.bootserver_port = self.config.bootserver_port    # type: ignore[attr-defined]
             raise
         return sock
+
+    def _bootserver_bind(self) -> socket.socket:
+        """Proxy mode's second socket, on the PXE boot server port (PXE 2.1 §2.2.1)."""
+        try:
+            return self._bind(self.config.bootserver_port)
+        except OSError as exc:
+            exc.bootserver_port = self.config.bootserver_port    # type: ignore[attr-defined]
+            raise
 
     def _readers(self) -> list[gevent.Greenlet | None]:
         return [self._reader] + ([self._bootserver_reader] if self.proxy else [])
