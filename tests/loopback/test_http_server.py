@@ -225,21 +225,27 @@ def test_check_ip_401(local, tmp_path):
     assert get(fails, "/a%20b").status == 503
 
 
+def _view_follows_the_store(store, view) -> None:
+    """*view* (check_ip's reader of the lease store of another process) on *store*, whose pool
+    is 10.0.0.10-11 with AA:00:00:00:00:09 static at 10.0.0.9: only bound addresses are leased."""
+    assert not view("10.0.0.10") and not view("10.0.0.9")
+    store.commit("AA:00:00:00:00:09", "10.0.0.9", lease_time=60)   # a static client's ACK
+    assert view("10.0.0.9")
+    store.allocate("AA:00:00:00:00:01")
+    assert not view("10.0.0.10")                          # offered
+    store.commit("AA:00:00:00:00:01", "10.0.0.10", lease_time=60)
+    assert view("10.0.0.10")
+    store.release("AA:00:00:00:00:01")
+    assert not view("10.0.0.10")
+
+
 def test_check_ip_reads_sqlite_of_another_process(tmp_path):
     """-t -H: the lease database written by the DHCP server, read-only."""
     path = str(tmp_path / "leases.sqlite3")
     store = SqliteLeaseStore(path, ["10.0.0.10", "10.0.0.11"], {"AA:00:00:00:00:09": "10.0.0.9"})
     view = SqliteLeases([path, str(tmp_path / "missing.sqlite3")], ttl=0, negative_ttl=0)
     try:
-        assert not view("10.0.0.10") and not view("10.0.0.9")
-        store.commit("AA:00:00:00:00:09", "10.0.0.9", lease_time=60)   # a static client's ACK
-        assert view("10.0.0.9")
-        store.allocate("AA:00:00:00:00:01")
-        assert not view("10.0.0.10")                          # offered
-        store.commit("AA:00:00:00:00:01", "10.0.0.10", lease_time=60)
-        assert view("10.0.0.10")
-        store.release("AA:00:00:00:00:01")
-        assert not view("10.0.0.10")
+        _view_follows_the_store(store, view)
         before = os.stat(path).st_mtime_ns
         view("10.0.0.11")
         assert os.stat(path).st_mtime_ns == before             # never written
@@ -508,15 +514,7 @@ def test_check_ip_reads_the_postgresql_pool_of_other_processes(pg_dsn):
     store = PostgresLeaseStore(pg_dsn, ["10.0.0.10", "10.0.0.11"], {"AA:00:00:00:00:09": "10.0.0.9"})
     view = PgLeases(parse_dsn(pg_dsn), ttl=0, negative_ttl=0)
     try:
-        assert not view("10.0.0.10") and not view("10.0.0.9")
-        store.commit("AA:00:00:00:00:09", "10.0.0.9", lease_time=60)   # a static client's ACK
-        assert view("10.0.0.9")
-        store.allocate("AA:00:00:00:00:01")
-        assert not view("10.0.0.10")                          # offered
-        store.commit("AA:00:00:00:00:01", "10.0.0.10", lease_time=60)
-        assert view("10.0.0.10")
-        store.release("AA:00:00:00:00:01")
-        assert not view("10.0.0.10")
+        _view_follows_the_store(store, view)
         store.reserve("AA:00:00:00:00:02", "10.0.0.11")
         assert view("10.0.0.11")                              # reserved
     finally:

@@ -21,28 +21,13 @@ from massboot.dhcp.exchange import AclQuery, Exchange, Outcome, Settings, classi
 from massboot.dhcp.packet import BootpPacket, MessageType, Opt, decode_suboptions
 from massboot.dhcp.policy import PXE_BOOT_ITEM, PXE_DISCOVERY_CONTROL, PXE_USE_BOOTFILE
 from massboot.notify import notice_for
-from tests.unit.test_exchange import BCAST, INF, MAC, MAC_S, UUID, D, Q, os_pkt, pkt
+from tests.unit.test_exchange import BCAST, INF, MAC, MAC_S, UUID, D, Q, Run, os_pkt, pkt
 
 SERVER = "10.0.0.1"
 SITE = "10.0.0.2"               # the site DHCP server
 CLIENT_IP = "10.0.0.57"          # the address the site server gave the client
 GOLDEN = Path(__file__).parent / "golden"
 R, L = MessageType.RELEASE, MessageType.DECLINE
-
-
-@dataclass
-class Run:
-    outcome: Outcome
-    events: list[tuple[str, dict]]
-    query: AclQuery | None
-
-    @property
-    def reply(self) -> BootpPacket | None:
-        return None if self.outcome.reply is None else codec.decode(codec.encode(self.outcome.reply))
-
-    def event(self, kind: str) -> dict:
-        (fields,) = [f for k, f in self.events if k == kind]
-        return fields
 
 
 class ProxyWorld:
