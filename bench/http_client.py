@@ -43,16 +43,8 @@ from typing import Any
 if not __package__:  # run as a file: bench/ is on sys.path, not its parent (see bench/_as_file.py)
     import _as_file  # noqa: F401
 
+from bench import loadgen
 from bench.httpcore import DONE, ResponseReader, request
-from bench.loadgen import (
-    WorkerTally,
-    add_file_arguments,
-    common_figures,
-    cpu_since,
-    expected_file,
-    quantile,
-    run_workers,
-)
 
 _BUF = 4 << 20  # one receive buffer per worker; MSG_TRUNC reads never touch it
 _TICK = 0.1  # seconds between timeout scans
@@ -72,7 +64,7 @@ class HttpLoadSpec:
 
 
 @dataclass
-class HttpWorkerResult(WorkerTally):
+class HttpWorkerResult(loadgen.WorkerTally):
     """What one worker measured; merged by :func:`merge`."""
 
     ttfb: list[float] = field(default_factory=list)
@@ -234,7 +226,7 @@ def run_worker(spec: HttpLoadSpec, count: int, first_index: int,
             for c in list(clients.values()):
                 if c.state and now - c.last > spec.timeout:
                     finish(c, "timeout")
-    result.cpu = cpu_since(times0)
+    result.cpu = loadgen.cpu_since(times0)
     poller.close()
     for c in clients.values():
         ok = c.reason == "" and c.reader.state == DONE
@@ -248,9 +240,9 @@ def run_worker(spec: HttpLoadSpec, count: int, first_index: int,
 def merge(parts: list[HttpWorkerResult], clients: int) -> HttpLoadResult:
     """Merge the workers' results into one set of figures."""
     return HttpLoadResult(
-        **common_figures(parts, clients), bytes_in=sum(p.bytes_in for p in parts),
+        **loadgen.common_figures(parts, clients), bytes_in=sum(p.bytes_in for p in parts),
         max=max((d for p in parts for d in p.durations), default=float("nan")),
-        ttfb_p95=quantile([t for p in parts for t in p.ttfb], 0.95))
+        ttfb_p95=loadgen.quantile([t for p in parts for t in p.ttfb], 0.95))
 
 
 def run_load(spec: HttpLoadSpec, clients: int, workers: int, *, cpus: list[int] | None = None,
@@ -265,7 +257,7 @@ def run_load(spec: HttpLoadSpec, clients: int, workers: int, *, cpus: list[int] 
         before_start: called in the parent once every worker has its sockets, just before the
             first connect (e.g. to read the server's CPU counters).
     """
-    parts = run_workers(run_worker, spec, clients, workers, cpus=cpus, before_start=before_start)
+    parts = loadgen.run_workers(run_worker, spec, clients, workers, cpus=cpus, before_start=before_start)
     return merge(parts, clients)
 
 
@@ -284,13 +276,13 @@ def main() -> int:
     """Run the generator alone against a server that is already running."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="http://HOST:PORT/PATH to download")
-    add_file_arguments(parser)
+    loadgen.add_file_arguments(parser)
     parser.add_argument("--verify-every", type=int, default=10, help="sha256 on every Nth client")
     parser.add_argument("--copy", action="store_true", help="copy every body to user space (no MSG_TRUNC)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds without a byte before failing")
     parser.add_argument("--deadline", type=float, default=300.0)
     args = parser.parse_args()
-    size, sha = expected_file(parser, args)
+    size, sha = loadgen.expected_file(parser, args)
     spec = spec_from_url(args.url, size, sha, verify_every=args.verify_every if sha else 0, copy=args.copy,
                          timeout=args.timeout, deadline=args.deadline)
     res = run_load(spec, args.clients, args.workers)

@@ -42,16 +42,10 @@ from typing import Any
 if not __package__:  # run as a file: bench/ is on sys.path, not its parent (see bench/_as_file.py)
     import _as_file  # noqa: F401
 
-from bench.loadgen import (
-    WorkerTally,
-    add_file_arguments,
-    common_figures,
-    cpu_since,
-    expected_file,
-    parse_size,  # noqa: F401  (bench/tftp_bench.py imports it from here)
-    run_workers,
-)
+from bench import loadgen
 from bench.tftpcore import DONE, FAILED, ReadClient
+
+parse_size = loadgen.parse_size  # bench/tftp_bench.py imports it from here
 
 _RECV_BUF = 65536 + 4
 _TICK = 0.05  # seconds between timeout scans
@@ -76,7 +70,7 @@ class LoadSpec:
 
 
 @dataclass
-class WorkerResult(WorkerTally):
+class WorkerResult(loadgen.WorkerTally):
     """What one worker measured; merged by :func:`merge`."""
 
     client_resends: int = 0
@@ -268,7 +262,7 @@ def run_worker(spec: LoadSpec, count: int, first_index: int,
                         c.send(reply)
             except OSError:
                 pass
-    result.cpu = cpu_since(times0)
+    result.cpu = loadgen.cpu_since(times0)
     for c in clients.values():
         core = c.core
         result.client_resends += core.resends
@@ -285,7 +279,7 @@ def merge(parts: list[WorkerResult], clients: int) -> LoadResult:
     """Merge the workers' results into one set of figures."""
     windows = Counter(w for p in parts for w in p.windowsize_agreed)
     return LoadResult(
-        **common_figures(parts, clients),
+        **loadgen.common_figures(parts, clients),
         client_resends=sum(p.client_resends for p in parts),
         dup_data=sum(p.dup_data for p in parts),
         windowsize=windows.most_common(1)[0][0] if windows else 0,
@@ -304,7 +298,7 @@ def run_load(spec: LoadSpec, clients: int, workers: int, *, cpus: list[int] | No
         before_start: called in the parent once every worker has its sockets, just before the
             first RRQ leaves (e.g. to read the server's CPU counters).
     """
-    parts = run_workers(run_worker, spec, clients, workers, cpus=cpus, before_start=before_start)
+    parts = loadgen.run_workers(run_worker, spec, clients, workers, cpus=cpus, before_start=before_start)
     return merge(parts, clients)
 
 
@@ -313,7 +307,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", default="127.0.0.1:69", help="HOST:PORT of the TFTP server")
     parser.add_argument("--file", required=True, help="name to request")
-    add_file_arguments(parser)
+    loadgen.add_file_arguments(parser)
     parser.add_argument("--blksize", type=int, default=1428)
     parser.add_argument("--windowsize", type=int, default=1)
     parser.add_argument("--verify-every", type=int, default=10)
@@ -322,7 +316,7 @@ def main() -> int:
     parser.add_argument("--deadline", type=float, default=120.0)
     args = parser.parse_args()
     host, _, port = args.server.rpartition(":")
-    size, sha = expected_file(parser, args)
+    size, sha = loadgen.expected_file(parser, args)
     spec = LoadSpec((host, int(port)), args.file, size, sha, blksize=args.blksize,
                     windowsize=args.windowsize, verify_every=args.verify_every if sha else 0,
                     timeout=args.timeout, retries=args.retries, deadline=args.deadline)
