@@ -718,10 +718,7 @@ class PostgresLeaseStore(_IndexedLeaseStore):
         """Open a new connection in place of a broken one; False when none can be made now."""
         old, self._con = self._con, None
         if old is not None:
-            try:
-                old.close()
-            except Exception:
-                pass
+            _close(old)
         try:
             con = self._connect()
             self._target.session(con)
