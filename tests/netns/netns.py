@@ -201,7 +201,7 @@ class NetnsPair(NamespaceProcesses):
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     @property
-    def serverrun_ip(self) -> str:
+    def server_ip(self) -> str:
         return self.server_addr.split("/")[0]
 
     def close(self) -> None:
