@@ -30,7 +30,6 @@ from .servers import (
     ServerProcess,
     UpstreamHttp,
     make_root,
-    massboot_http_missing,
     write_http_script,
 )
 from .site import SiteServer
@@ -160,10 +159,6 @@ def run(opts: Options) -> Summary:
     if opts.http_server not in ("massboot", "nginx"):
         raise SetupError(f"--http-server {opts.http_server!r}: massboot or nginx")
     http_wanted = needs_http(opts.mix) and not opts.dhcp_only and opts.server is None
-    if http_wanted and opts.http_server == "massboot":
-        missing = massboot_http_missing()
-        if missing:
-            raise SetupError(f"the mix has HTTP clients, but {missing}")
     _raise_fd_limit(opts.clients * 3 + 256)
     workdir = opts.workdir or tempfile.mkdtemp(prefix="massboot-sim-")
     os.makedirs(workdir, exist_ok=True)

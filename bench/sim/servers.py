@@ -25,7 +25,7 @@ from .profiles import PROFILES
 
 __all__ = ["BOOTFILE_BIOS", "BOOTFILE_UEFI", "HTTP_SCRIPT", "INITRD", "IPXE_SCRIPT", "IPXE_SCRIPT_TEXT",
            "KERNEL", "PXELINUX_DEFAULT", "ExternalServer", "ServerProcess", "UpstreamHttp", "expected_bytes",
-           "free_udp_port", "http_script_text", "make_root", "massboot_http_missing", "proc_cpu_seconds",
+           "free_udp_port", "http_script_text", "make_root", "proc_cpu_seconds",
            "proc_peak_rss_mb", "write_http_script"]
 
 BOOTFILE_BIOS = "pxelinux.0"
@@ -52,16 +52,6 @@ def write_http_script(root: str, base_url: str) -> int:
     with open(os.path.join(root, HTTP_SCRIPT), "w", encoding="ascii") as handle:
         handle.write(text)
     return len(text)
-
-
-def massboot_http_missing() -> str | None:
-    """Why the massboot imported here cannot serve HTTP (``-H`` still a no-op), or None."""
-    from massboot.cli import build_parser
-
-    if "not provided yet" in build_parser().format_help():
-        return ("this massboot accepts -H and serves nothing yet (issue 12's HTTP server): "
-                "use --http-server nginx")
-    return None
 
 
 def _write_blob(path: str, size: int, seed: int) -> None:

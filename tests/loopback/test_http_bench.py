@@ -17,7 +17,6 @@ import subprocess
 import sys
 
 from bench.nginx import nginx_binary
-from bench.sim.servers import massboot_http_missing
 from tests.conftest import require
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,7 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_bench_against_nginx_verifies_every_download(tmp_path):
     require(nginx_binary() is not None, "nginx is not installed (apt-get install nginx)")
     out = tmp_path / "bench.json"
-    names = ["nginx"] if massboot_http_missing() else ["massboot", "nginx"]
+    names = ["massboot", "nginx"]
     run = subprocess.run(
         [sys.executable, "-m", "bench.http_bench", "--servers", ",".join(names), "--clients", "12",
          "--size", "300K", "--files", "3", "--rounds", "2", "--workers", "2", "--verify-every", "2",

@@ -20,7 +20,7 @@ from gevent.server import StreamServer
 from bench.nginx import Nginx, nginx_binary
 from bench.sim import client, profiles, servers
 from bench.sim.http import HttpConnection, HttpFailure, split_url
-from bench.sim.options import PHASES, Options, SetupError
+from bench.sim.options import PHASES, Options
 from bench.sim.rack import run
 from bench.sim.report import format_summary
 from tests.conftest import require
@@ -214,9 +214,6 @@ def test_rack_with_http_clients_against_massboot_and_nginx():
 
 def test_rack_with_http_clients_against_massboot_http():
     """massboot serves DHCP, TFTP and HTTP (-H, [httpd] without root: the TFTP root)."""
-    missing = servers.massboot_http_missing()
-    if missing:
-        pytest.skip(missing)
     opts = Options(clients=10, mix={"bios": 1, "http": 3}, seed=4, ramp=0.3, timeout_scale=0.5,
                    duration=60, progress=False, **SMALL)
     summary = run(opts)
@@ -224,19 +221,9 @@ def test_rack_with_http_clients_against_massboot_http():
     _check_rack(summary, f"127.0.0.1:{port}")
 
 
-def test_http_mix_needs_an_http_server():
-    if servers.massboot_http_missing() is None:
-        pytest.skip("this massboot serves HTTP")
-    with pytest.raises(SetupError, match="--http-server nginx"):
-        run(Options(clients=2, mix={"http": 1}, progress=False, **SMALL))
-
-
 def test_remote_root_tftp_and_http_clients_share_one_upstream_copy():
     """--remote-root with massboot's -H: TFTP (bios) and HTTP (http) clients of the same kernel
     and initrd cause one upstream GET of each between them (the one file store)."""
-    missing = servers.massboot_http_missing()
-    if missing:
-        pytest.skip(missing)
     opts = Options(clients=12, mix={"bios": 1, "http": 1}, remote_root=True, seed=6, ramp=0.3,
                    timeout_scale=0.5, duration=60, progress=False, **SMALL)
     summary = run(opts)

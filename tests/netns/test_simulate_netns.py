@@ -17,7 +17,7 @@ import pytest
 from bench.sim.netns import Namespaces
 from bench.sim.options import Options
 from bench.sim.rack import run
-from bench.sim.servers import expected_bytes, massboot_http_missing
+from bench.sim.servers import expected_bytes
 from tests.conftest import require_root, require_tool
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
@@ -67,12 +67,9 @@ def test_netns_rack_boots_by_broadcast_and_cleans_up(tmp_path):
 def test_netns_rack_with_http_clients_reads_kernel_and_initrd_over_http(tmp_path, http_server):
     """The http profile across the veth: TFTP for iPXE, then script, kernel and initrd over HTTP
     from a private nginx the simulator starts in the server's namespace (port 80 there), or
-    from massboot's own -H (``check_ip`` on: each client connects from the address it leased;
-    skipped while this massboot's -H serves nothing)."""
+    from massboot's own -H (``check_ip`` on: each client connects from the address it leased)."""
     require_root()
     require_tool("ip", "nginx")
-    if http_server == "massboot" and massboot_http_missing():
-        pytest.skip(massboot_http_missing() or "")
     opts = Options(clients=12, mix={"bios": 1, "http": 2}, netns=True, seed=12, ramp=0.3, timeout_scale=0.5,
                    duration=90, progress=False, http_server=http_server, workdir=str(tmp_path / "run"),
                    **SMALL)
