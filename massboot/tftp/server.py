@@ -58,6 +58,7 @@ import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 from gevent.hub import Waiter
+from gevent.monkey import get_original
 from gevent.pool import Pool
 
 from massboot.events import EventBus
@@ -85,6 +86,9 @@ _FATAL_ERRNOS = (errno.EBADF, errno.ENOTSOCK, errno.EINVAL)
 _ERRORS_MAX = 100  # receive errors in a row that make any error fatal (the service is dead)
 _PERIOD_SHARE = 0.8  # a transfer's repeating timer period as a share of its RTO (see _Pump)
 _DRAIN_MAX = 64  # datagrams read per callback: bounded work, the io watcher fires again
+# the real epoll, also when gevent patched `select` (it removes epoll there)
+_epoll, _EPOLLIN = get_original("select", ["epoll", "EPOLLIN"])
+_READY_MAX = 256  # ready transfer sockets served per wake-up of the dispatcher (the rest next)
 _MEMORY_MIN = window_memory(BLKSIZE_DEFAULT, 1)  # the smallest window: one 512-byte block
 
 # The one place a file store's refusal becomes a TFTP error (RFC 1350 section 5) and a
@@ -198,6 +202,7 @@ class TftpServer:
         self._stopped = Event()
         self._transfers: dict[tuple[str, int], ReadTransfer | None] = {}
         self._pumps: dict[tuple[str, int], _Pump] = {}
+        self._dispatcher: _Dispatcher | None = None
 
     def tune(self, *, max_blksize: int | None, max_windowsize: int, timeout_min: float,
              timeout_max: float, retries: int, backoff_max: float | None = None,
@@ -236,6 +241,8 @@ class TftpServer:
             sock.close()
             raise
         self._socket = sock
+        if self._dispatcher is None:
+            self._dispatcher = _Dispatcher()
         self._pool = Pool(self._pool_size)
         self._error = None
         self._stopped.clear()
@@ -307,6 +314,9 @@ class TftpServer:
             if len(self._pool):
                 log.info("tftp stopping: aborting %d transfer(s)", len(self._pool))
             self._pool.kill(block=True)
+        if self._dispatcher is not None and not self._transfers:
+            self._dispatcher.close()
+            self._dispatcher = None
         self._stopped.set()
 
     def __enter__(self) -> TftpServer:
@@ -484,7 +494,8 @@ class TftpServer:
         over, or when the next block cannot be read without waiting: it then reads it here,
         where waiting is allowed (a threadpool read, a download still on its way).
         """
-        pump = _Pump(self, sock, client, transfer)
+        assert self._dispatcher is not None
+        pump = _Pump(self, self._dispatcher, sock, client, transfer)
         self._pumps[client] = pump
         try:
             transfer.read = reader.wait
@@ -590,24 +601,86 @@ def _would_block(offset: int, length: int) -> bytes:
     raise WouldBlock
 
 
-class _Pump:
-    """Drives one transfer's DATA/ACK exchange from an io watcher and a timer (no greenlet).
+class _Dispatcher:
+    """One io watcher for every transfer socket: an ``epoll`` set the event loop watches.
 
-    The io callback drains every datagram queued on the transfer's socket (at most
-    ``_DRAIN_MAX`` per call), hands the ACKs to the transfer as one batch and sends what it
-    returns. The timer fires at the transfer's deadline; it drains the socket first (an ACK
-    already queued is not a timeout), then calls ``on_timeout`` only if the deadline still
-    passed, and re-arms itself for the next deadline. The transfer's greenlet is woken when the
-    transfer is over, stalls on a read, or a callback raised.
+    A transfer's socket is in the set while its :class:`_Pump` drives it (:meth:`add`,
+    :meth:`remove`). When any of them is readable the loop wakes this dispatcher once; it asks
+    the set which sockets are ready (level-triggered, at most ``_READY_MAX`` at a time, the rest
+    on the next wake-up) and calls their pumps in one pass. In a PXE storm hundreds of sockets
+    are ready at each wake-up, so the loop's per-watcher work (one Python callback per socket
+    and per datagram) is paid once per wake-up instead.
     """
 
-    __slots__ = ("_buf", "_client", "_clock", "_io", "_loop", "_period", "_recv", "_send",
-                 "_server", "_sock", "_timer", "_transfer", "_waiter")
+    __slots__ = ("_epoll", "_io", "_poll", "_pumps")
 
-    def __init__(self, server: TftpServer, sock: _socket.socket, client: tuple[str, int],
-                 transfer: ReadTransfer) -> None:
+    def __init__(self) -> None:
+        self._epoll = _epoll()
+        self._poll = self._epoll.poll
+        self._pumps: dict[int, _Pump] = {}
+        self._io = gevent.get_hub().loop.io(self._epoll.fileno(), 1)
+
+    def add(self, fd: int, pump: _Pump) -> None:
+        """Drive *pump* whenever *fd* is readable."""
+        if fd in self._pumps:
+            return
+        self._epoll.register(fd, _EPOLLIN)
+        self._pumps[fd] = pump
+        if len(self._pumps) == 1:
+            self._io.start(self._on_ready)
+
+    def remove(self, fd: int) -> None:
+        """Stop driving *fd* (before it is closed); no-op when it is not in the set."""
+        if self._pumps.pop(fd, None) is None:
+            return
+        try:
+            self._epoll.unregister(fd)
+        except OSError:  # already closed
+            pass
+        if not self._pumps:
+            self._io.stop()
+
+    def close(self) -> None:
+        self._io.stop()
+        self._io.close()
+        self._epoll.close()
+        self._pumps.clear()
+
+    def _on_ready(self) -> None:
+        pumps = self._pumps
+        try:
+            ready = self._poll(0, _READY_MAX)
+        except InterruptedError:
+            return
+        for fd, _ in ready:
+            # a pump called before may have ended its transfer (and a new socket may reuse the
+            # number): a stale or spurious wake-up finds nothing to read, harmlessly
+            pump = pumps.get(fd)
+            if pump is not None:
+                pump.on_readable()
+
+
+class _Pump:
+    """Drives one transfer's DATA/ACK exchange from the event loop (no greenlet).
+
+    :class:`_Dispatcher` calls :meth:`on_readable` when the socket has data: it drains every
+    datagram queued on the transfer's socket (at most ``_DRAIN_MAX`` per call), hands the ACKs
+    to the transfer as one batch and sends what it returns. The timer fires at the transfer's
+    deadline; it drains the socket first (an ACK already queued is not a timeout), then calls
+    ``on_timeout`` only if the deadline still passed, and re-arms itself for the next deadline.
+    The transfer's greenlet is woken when the transfer is over, stalls on a read, or a callback
+    raised.
+    """
+
+    __slots__ = ("_buf", "_client", "_clock", "_dispatcher", "_fd", "_loop", "_on_timer_cb",
+                 "_period", "_recv", "_send", "_server", "_sock", "_timer", "_transfer", "_waiter")
+
+    def __init__(self, server: TftpServer, dispatcher: _Dispatcher, sock: _socket.socket,
+                 client: tuple[str, int], transfer: ReadTransfer) -> None:
         self._server = server
+        self._dispatcher = dispatcher
         self._sock = sock
+        self._fd = sock.fileno()
         self._client = client
         self._transfer = transfer
         self._clock = server._clock
@@ -615,8 +688,8 @@ class _Pump:
         self._recv = sock.recvfrom_into
         self._send = sock.sendto
         self._loop = gevent.get_hub().loop
-        self._io = self._loop.io(sock.fileno(), 1)
         self._timer: object | None = None
+        self._on_timer_cb = self._on_timer
         self._period = 0.0
         self._waiter: Waiter | None = None
 
@@ -640,19 +713,18 @@ class _Pump:
     def wait(self) -> None:
         """Run the exchange from callbacks until the greenlet is needed again."""
         self._waiter = waiter = Waiter()
-        self._io.start(self._on_readable)
+        self._dispatcher.add(self._fd, self)
         self._arm(self._transfer.deadline - self._clock())
         try:
             waiter.get()
         finally:
             self._waiter = None
-            self._io.stop()
+            self._dispatcher.remove(self._fd)
             self._disarm()
 
     def close(self) -> None:
-        self._io.stop()
+        self._dispatcher.remove(self._fd)
         self._disarm()
-        self._io.close()
 
     def _arm(self, delay: float) -> None:
         """A new timer: first after *delay*, then every RTO (see :meth:`_touch`)."""
@@ -660,7 +732,7 @@ class _Pump:
         period = self._period = _PERIOD_SHARE * self._transfer.timeout
         timer = self._loop.timer(max(delay, 0.0), period)
         self._timer = timer
-        timer.start(self._on_timer)
+        timer.start(self._on_timer_cb)
 
     def _disarm(self) -> None:
         timer, self._timer = self._timer, None
@@ -671,18 +743,19 @@ class _Pump:
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:
-            self._io.stop()
+            self._dispatcher.remove(self._fd)
             self._disarm()
             waiter.switch(None)
 
     def _crash(self) -> None:
         waiter = self._waiter
         if waiter is not None:
-            self._io.stop()
+            self._dispatcher.remove(self._fd)
             self._disarm()
             waiter.throw(*sys.exc_info())
 
-    def _on_readable(self) -> None:
+    def on_readable(self) -> None:
+        """The socket has data (called by :class:`_Dispatcher`); never raises."""
         transfer = self._transfer
         try:
             # The common case first: one ACK that acknowledges all that was sent. Any other
@@ -727,7 +800,7 @@ class _Pump:
         """
         timer = self._timer
         if timer is not None and self._transfer.timeout >= self._period:
-            timer.again(self._on_timer)  # type: ignore[attr-defined]
+            timer.again(self._on_timer_cb)  # type: ignore[attr-defined]
         else:
             self._arm(self._transfer.timeout)
 
