@@ -34,8 +34,16 @@ file through the injected store (a :class:`massboot.sources.FileError` becomes a
 once, ``tftp.denied``: its reason maps to a TFTP error code in one table, ``_FILE_ERRORS``),
 negotiates options (RFC 2347-2349, RFC 7440) and drives a
 :class:`~massboot.tftp.transfer.ReadTransfer`. A datagram from any other (ip, port) on that
-socket gets ERROR 5 and the transfer goes on. Mode ``netascii`` is converted; any other mode
+port gets ERROR 5 and the transfer goes on. Mode ``netascii`` is converted; any other mode
 is served as ``octet``, as pybootd did.
+
+The data path (README "Performance"): once negotiated, the transfer's socket is connected to
+its client (no address per datagram; a second socket on the same port hears the others, see
+:func:`_connect`), and the DATA/ACK exchange runs in event-loop callbacks, not in the
+transfer's greenlet: one epoll set (:class:`_Dispatcher`) holds every running transfer's
+sockets, so a wake-up serves all the ACKs that are ready, and each ACK that acknowledges the
+whole window takes :meth:`ReadTransfer.on_ack_all`, reading the next block from the source's
+buffer and sending it at once (:class:`_Pump`). Events are per transfer, never per packet.
 
 Events (see :mod:`massboot.events`): ``tftp.start``, then ``tftp.done`` or ``tftp.fail``, with
 ``duration`` measured from the RRQ's arrival and ``ttfb`` from the RRQ's arrival to the moment
