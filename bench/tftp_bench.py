@@ -21,7 +21,9 @@ dnsmasq 2.90's TFTP port is fixed at 69, so by default the whole run (servers an
 generator) happens inside a private network namespace this script creates and removes: every
 server then listens on port 69 of the namespace's own 127.0.0.1 and nothing touches the host's
 port 69. ``--no-netns`` runs on the host's loopback with a free unprivileged port, without
-dnsmasq. ``--extra-server NAME=COMMAND`` adds any other server (a massboot branch, a prototype).
+dnsmasq. ``--extra-server NAME=COMMAND`` adds any other server (a prototype);
+``--massboot-tree NAME=PATH`` adds massboot from another checkout with the same config (a
+before/after pair: ``git worktree add ../main main``, then ``--massboot-tree main=../main``).
 
 The load generator (``bench/tftp_client.py``) is a few forked processes, each one epoll loop
 over its clients' sockets: no greenlets. ``--gen-check`` re-runs the storm against the fastest
@@ -85,6 +87,13 @@ address = 127.0.0.1
 port = {port}
 root = {root}
 max_per_client = 100000
+"""
+
+# massboot from another checkout, first on sys.path (before this checkout and PYTHONPATH)
+TREE_MASSBOOT = """\
+import runpy, sys
+sys.path.insert(0, sys.argv.pop(1))
+runpy.run_module("massboot", run_name="__main__", alter_sys=True)
 """
 
 # massboot under cProfile with a chosen clock: "cpu" (the main thread's CPU time, where the hub
@@ -293,14 +302,17 @@ class Env:
     tftpd_hpa: str | None
     exits: ExitAccounting | None
     extra: dict[str, str] = field(default_factory=dict)  # name -> command with {root} and {port}
+    trees: dict[str, str] = field(default_factory=dict)  # name -> another massboot checkout
 
 
 def server_command(name: str, env: Env, profile: str | None = None, clock: str = "cpu") -> list[str]:
     """The command line that runs *name* in the foreground on 127.0.0.1:env.port."""
-    if name == "massboot":
+    if name == "massboot" or name in env.trees:
         config = os.path.join(env.work, "massboot.ini")
         with open(config, "w") as f:
             f.write(MASSBOOT_CONFIG.format(port=env.port, root=env.root))
+        if name in env.trees:  # the same server and config from another checkout (before/after)
+            return [sys.executable, "-c", TREE_MASSBOOT, env.trees[name], "-t", "-c", config]
         if profile:
             return [sys.executable, "-c", PROFILED_MASSBOOT, profile, clock, "-t", "-c", config]
         return [sys.executable, "-m", "massboot", "-t", "-c", config]
@@ -328,6 +340,10 @@ def available(name: str, env: Env, netns: bool) -> str | None:
     """Why *name* cannot run here, or None."""
     if name in env.extra:
         return None
+    if name in env.trees:
+        tree = env.trees[name]
+        return None if os.path.isfile(os.path.join(tree, "massboot", "__main__.py")) else \
+            f"{tree} is not a massboot checkout"
     if name == "dnsmasq":
         if not env.dnsmasq:
             return "dnsmasq not installed"
@@ -598,7 +614,9 @@ def run(args: argparse.Namespace, netns: bool, exits: ExitAccounting | None) -> 
         env = Env(root=root, work=work, port=args.port or (69 if netns else free_port()),
                   atftpd=args.atftpd or shutil.which("atftpd"), dnsmasq=shutil.which("dnsmasq"),
                   tftpd_hpa=shutil.which("in.tftpd"), exits=exits,
-                  extra=dict(item.split("=", 1) for item in args.extra_server))
+                  extra=dict(item.split("=", 1) for item in args.extra_server),
+                  trees={name: os.path.abspath(path) for name, path in
+                         (item.split("=", 1) for item in args.massboot_tree)})
         files = {size: make_file(root, size, seed=size) for size in set(sizes + [stream_size])}
         order: list[str] = []
         for name in names + (stream_names if args.stream_rounds else []):
@@ -851,6 +869,9 @@ def main() -> int:
     parser.add_argument("--extra-server", metavar="NAME=COMMAND", action="append", default=[],
                         help="another server to measure (name it in --servers): a command that serves "
                              "{root} on 127.0.0.1:{port} in the foreground, e.g. a massboot branch")
+    parser.add_argument("--massboot-tree", metavar="NAME=PATH", action="append", default=[],
+                        help="massboot from another checkout (e.g. main=../main, a git worktree), "
+                             "with the same config as massboot; name it in --servers")
     parser.add_argument("--no-netns", action="store_true",
                         help="run on the host's loopback (no root needed; no dnsmasq)")
     args = parser.parse_args()

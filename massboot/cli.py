@@ -318,8 +318,12 @@ class Services:
         # number of transfers that can run at once, within reason
         hub = gevent.get_hub()
         hub.threadpool.maxsize = max(hub.threadpool.maxsize, 32)
-        if self.http is not None:   # a socket and a file per connection
-            raise_nofile(2 * self.config.httpd.max_connections + self.config.tftp.pool_size + 256)
+        # a TFTP transfer holds two sockets (massboot.tftp.server._connect) and a file; an HTTP
+        # connection a socket and a file
+        wanted = 3 * self.config.tftp.pool_size + 256
+        if self.http is not None:
+            wanted += 2 * self.config.httpd.max_connections
+        raise_nofile(wanted)
         for name, service, transport, address, port in self._listeners():
             try:
                 service.start()
@@ -672,8 +676,9 @@ def bind_error(service: str, transport: str, address: str, port: int, exc: OSErr
 
 
 def raise_nofile(wanted: int) -> None:
-    """Raise the soft limit on open files towards *wanted* (within the hard limit): the HTTP
-    server holds a socket and a file per connection, and the usual soft limit is 1024."""
+    """Raise the soft limit on open files towards *wanted* (within the hard limit): a TFTP
+    transfer holds two sockets and a file, an HTTP connection a socket and a file, and the
+    usual soft limit is 1024."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

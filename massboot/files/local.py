@@ -19,13 +19,12 @@ import gevent
 
 from massboot.sources import FileError, FileReason, WouldBlock
 
-__all__ = ["KEEP_BEHIND", "LOCAL_CHUNK", "BufferedSource", "Fd", "LocalFiles", "blocking"]
+__all__ = ["LOCAL_CHUNK", "BufferedSource", "Fd", "LocalFiles", "blocking"]
 
 log = logging.getLogger(__name__)
 
-KEEP_BEHIND = 32 << 10   # bytes a source keeps before its read point for retransmitted blocks
 # bytes a local source reads at a time: with hundreds of transfers at once this is most of the
-# server's memory (500 x (32 + 32) KiB), and one preadv per ~22 blocks of 1428 costs little
+# server's memory (500 x 32 KiB), and one preadv per ~22 blocks of 1428 costs little
 LOCAL_CHUNK = 32 << 10
 SIZE_TTL = 5.0            # seconds a local file size answered for DHCP option 13 is reused
 SIZE_CACHE_MAX = 1024
@@ -236,15 +235,19 @@ class LocalFiles:
 class BufferedSource:
     """Reads a file descriptor a chunk at a time into a small buffer; reads slice it.
 
-    The buffer keeps up to ``KEEP_BEHIND`` bytes before the latest read so retransmitted
-    blocks come from memory, and at most one chunk ahead: memory stays O(chunk).
+    The buffer holds at most one chunk ahead of the reader: memory stays O(chunk). It is
+    allocated once and refilled in place: a refill moves the unread rest of the chunk to its
+    front and reads the next chunk behind it, with no allocation and no zeroing per chunk.
+    Nothing is kept behind the read point: a TFTP transfer resends from its own window slots,
+    and a read before the buffer reads the file again.
 
     :meth:`read_nowait` is the event-loop path (the TFTP server calls it from a socket
     callback): it answers from the buffer without a copy (a ``memoryview`` slice), refills the
     buffer inline with ``preadv(RWF_NOWAIT)`` when the bytes are in the page cache, and raises
     :class:`~massboot.sources.WouldBlock` when they are not (or a download has not brought them
-    yet); :meth:`read` may then wait for them (the threadpool, the download). A buffer is never
-    changed once filled (a refill makes a new one), so slices handed out stay valid.
+    yet); :meth:`read` may then wait for them (the threadpool, the download). A slice from
+    :meth:`read_nowait` is valid until the next read: copy it before reading again (the
+    transfer copies it into its window slot at once); :meth:`read` returns a copy.
 
     Args:
         files: whose :meth:`LocalFiles.read_into` fills the buffer.
@@ -271,12 +274,12 @@ class BufferedSource:
         """
         return None
 
-    def _fill(self, buf: bytearray, at: int, offset: int, nowait: bool) -> int:
-        """Read into ``buf[at:]`` from file *offset*; the count of bytes read."""
+    def _fill(self, buf: bytearray, at: int, length: int, offset: int, nowait: bool) -> int:
+        """Read into ``buf[at:at + length]`` from file *offset*; the count of bytes read."""
         assert self._fd is not None
         # no `with`: a threadpool read may still hold the view when this greenlet is killed;
         # the views die with this frame, before the caller trims *buf*
-        part = memoryview(buf)[at:]
+        part = memoryview(buf)[at:at + length]
         return self._files.read_into(self._fd.fd, part, offset, nowait)
 
     def read(self, offset: int, length: int) -> bytes:
@@ -305,37 +308,38 @@ class BufferedSource:
             raise FileError(FileReason.CLOSED, "Source closed")
         start = self._start
         buf_end = start + len(self._view)
-        if buf_end > start and start <= offset <= buf_end:
-            want = max(LOCAL_CHUNK, end - buf_end)
+        if buf_end > start and start <= offset <= buf_end:  # sequential: read on from buf_end
+            tail = buf_end - offset  # the unread rest, moved to the front
+            want = max(LOCAL_CHUNK - tail, end - buf_end)  # the buffer stays one chunk
             if limit is not None:
                 want = min(want, limit - buf_end)
             if want <= 0:
                 return self._view[offset - start:end - start]
-            keep = max(start, offset - KEEP_BEHIND)
-            tail = buf_end - keep
-            new = bytearray(tail + want)
-            new[:tail] = self._view[keep - start:]
-            got = self._fill(new, tail, buf_end, nowait)
-            start = keep
+            at = buf_end
         else:
             want = max(LOCAL_CHUNK, length)
             if limit is not None:
                 want = min(want, limit - offset)
             if want <= 0:
                 return b""
-            new = bytearray(want)
             tail = 0
-            got = self._fill(new, 0, offset, nowait)
-            start = offset
+            at = offset
+        buf = self._buf
+        if isinstance(buf, bytearray) and len(buf) >= tail + want:
+            if tail:  # a copy first: the rest may overlap the front
+                buf[:tail] = bytes(self._view[offset - start:])
+        else:  # the first read, or a longer one than ever
+            rest = self._view[offset - start:] if tail else b""
+            buf = bytearray(tail + want)
+            buf[:tail] = rest
+        self._start, self._buf, self._view = offset, buf, memoryview(buf)[:tail]  # valid meanwhile
+        got = self._fill(buf, tail, want, at, nowait)
         if self._fd is None:  # closed while the threadpool read
             raise FileError(FileReason.CLOSED, "Source closed")
-        view = memoryview(new)
-        if got < want:  # trimmed by the view: a threadpool thread may still hold *new*
-            view = view[:tail + got]
-            if limit is None and (got == 0 or not nowait):  # a blocking read stops only there
-                self._eof = start + tail + got
-        self._start, self._buf, self._view = start, new, view
-        return self._view[offset - start:end - start]
+        if got < want and limit is None and (got == 0 or not nowait):  # a blocking read stops only there
+            self._eof = at + got
+        self._view = memoryview(buf)[:tail + got]
+        return self._view[0:length]
 
     def fileno(self) -> int:
         """The descriptor to ``os.sendfile`` from (see :class:`massboot.sources.FdSource`).

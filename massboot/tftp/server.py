@@ -34,8 +34,16 @@ file through the injected store (a :class:`massboot.sources.FileError` becomes a
 once, ``tftp.denied``: its reason maps to a TFTP error code in one table, ``_FILE_ERRORS``),
 negotiates options (RFC 2347-2349, RFC 7440) and drives a
 :class:`~massboot.tftp.transfer.ReadTransfer`. A datagram from any other (ip, port) on that
-socket gets ERROR 5 and the transfer goes on. Mode ``netascii`` is converted; any other mode
+port gets ERROR 5 and the transfer goes on. Mode ``netascii`` is converted; any other mode
 is served as ``octet``, as pybootd did.
+
+The data path (README "Performance"): once negotiated, the transfer's socket is connected to
+its client (no address per datagram; a second socket on the same port hears the others, see
+:func:`_connect`), and the DATA/ACK exchange runs in event-loop callbacks, not in the
+transfer's greenlet: one epoll set (:class:`_Dispatcher`) holds every running transfer's
+sockets, so a wake-up serves all the ACKs that are ready, and each ACK that acknowledges the
+whole window takes :meth:`ReadTransfer.on_ack_all`, reading the next block from the source's
+buffer and sending it at once (:class:`_Pump`). Events are per transfer, never per packet.
 
 Events (see :mod:`massboot.events`): ``tftp.start``, then ``tftp.done`` or ``tftp.fail``, with
 ``duration`` measured from the RRQ's arrival and ``ttfb`` from the RRQ's arrival to the moment
@@ -51,13 +59,14 @@ import errno
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 from gevent.hub import Waiter
+from gevent.monkey import get_original
 from gevent.pool import Pool
 
 from massboot.events import EventBus
@@ -85,6 +94,9 @@ _FATAL_ERRNOS = (errno.EBADF, errno.ENOTSOCK, errno.EINVAL)
 _ERRORS_MAX = 100  # receive errors in a row that make any error fatal (the service is dead)
 _PERIOD_SHARE = 0.8  # a transfer's repeating timer period as a share of its RTO (see _Pump)
 _DRAIN_MAX = 64  # datagrams read per callback: bounded work, the io watcher fires again
+# the real epoll, also when gevent patched `select` (it removes epoll there)
+_epoll, _EPOLLIN = get_original("select", ["epoll", "EPOLLIN"])
+_READY_MAX = 256  # ready transfer sockets served per wake-up of the dispatcher (the rest next)
 _MEMORY_MIN = window_memory(BLKSIZE_DEFAULT, 1)  # the smallest window: one 512-byte block
 
 # The one place a file store's refusal becomes a TFTP error (RFC 1350 section 5) and a
@@ -198,6 +210,7 @@ class TftpServer:
         self._stopped = Event()
         self._transfers: dict[tuple[str, int], ReadTransfer | None] = {}
         self._pumps: dict[tuple[str, int], _Pump] = {}
+        self._dispatcher: _Dispatcher | None = None
 
     def tune(self, *, max_blksize: int | None, max_windowsize: int, timeout_min: float,
              timeout_max: float, retries: int, backoff_max: float | None = None,
@@ -236,6 +249,8 @@ class TftpServer:
             sock.close()
             raise
         self._socket = sock
+        if self._dispatcher is None:
+            self._dispatcher = _Dispatcher()
         self._pool = Pool(self._pool_size)
         self._error = None
         self._stopped.clear()
@@ -307,6 +322,9 @@ class TftpServer:
             if len(self._pool):
                 log.info("tftp stopping: aborting %d transfer(s)", len(self._pool))
             self._pool.kill(block=True)
+        if self._dispatcher is not None and not self._transfers:
+            self._dispatcher.close()
+            self._dispatcher = None
         self._stopped.set()
 
     def __enter__(self) -> TftpServer:
@@ -484,7 +502,13 @@ class TftpServer:
         over, or when the next block cannot be read without waiting: it then reads it here,
         where waiting is allowed (a threadpool read, a download still on its way).
         """
-        pump = _Pump(self, sock, client, transfer)
+        assert self._dispatcher is not None
+        strangers = _connect(sock, client)
+        try:
+            pump = _Pump(self, self._dispatcher, sock, strangers, client, transfer)
+        except BaseException:
+            strangers.close()
+            raise
         self._pumps[client] = pump
         try:
             transfer.read = reader.wait
@@ -499,6 +523,7 @@ class TftpServer:
         finally:
             self._pumps.pop(client, None)
             pump.close()
+            strangers.close()
 
     def _datagram(self, transfer: ReadTransfer, client: tuple[str, int], data: bytes) -> None:
         """A datagram from the client that is not an ACK."""
@@ -571,6 +596,30 @@ def _send(sock: gsocket.socket | _socket.socket | None, datagram: Datagram, addr
         log.debug("tftp send to %s:%d failed: %s", address[0], address[1], exc)
 
 
+def _connect(sock: _socket.socket, client: tuple[str, int]) -> _socket.socket:
+    """Connect the transfer's socket to its client; return the socket that hears the others.
+
+    A connected UDP socket receives only its peer's datagrams and sends without an address
+    (no address to convert per datagram, the route cached), which is most of the cost of a
+    block once the Python is lean. RFC 1350 section 4 still wants an ERROR 5 for a datagram
+    from any other (ip, port) on the transfer's port: a second, unconnected socket bound to the
+    same port hears those (the kernel prefers the connected socket for its peer's datagrams).
+    Both sockets are in one ``SO_REUSEPORT`` group, which only this process's user can join;
+    the port itself was picked before (an ephemeral bind never lands on a port in use).
+    """
+    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
+    strangers = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        strangers.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
+        strangers.setblocking(False)
+        strangers.bind(sock.getsockname())
+        sock.connect(client)
+    except BaseException:
+        strangers.close()
+        raise
+    return strangers
+
+
 class _Reader:
     """The transfer's read functions: waiting in the greenlet, never waiting in a callback.
 
@@ -590,44 +639,108 @@ def _would_block(offset: int, length: int) -> bytes:
     raise WouldBlock
 
 
-class _Pump:
-    """Drives one transfer's DATA/ACK exchange from an io watcher and a timer (no greenlet).
+class _Dispatcher:
+    """One io watcher for every transfer socket: an ``epoll`` set the event loop watches.
 
-    The io callback drains every datagram queued on the transfer's socket (at most
-    ``_DRAIN_MAX`` per call), hands the ACKs to the transfer as one batch and sends what it
-    returns. The timer fires at the transfer's deadline; it drains the socket first (an ACK
-    already queued is not a timeout), then calls ``on_timeout`` only if the deadline still
-    passed, and re-arms itself for the next deadline. The transfer's greenlet is woken when the
-    transfer is over, stalls on a read, or a callback raised.
+    A transfer's sockets are in the set while its :class:`_Pump` drives it (:meth:`add`,
+    :meth:`remove`). When any of them is readable the loop wakes this dispatcher once; it asks
+    the set which sockets are ready (level-triggered, at most ``_READY_MAX`` at a time, the rest
+    on the next wake-up) and calls their handlers in one pass. In a PXE storm hundreds of
+    sockets are ready at each wake-up, so the loop's per-watcher work is paid once per wake-up
+    instead of once per datagram.
     """
 
-    __slots__ = ("_buf", "_client", "_clock", "_io", "_loop", "_period", "_recv", "_send",
-                 "_server", "_sock", "_timer", "_transfer", "_waiter")
+    __slots__ = ("_epoll", "_handlers", "_io", "_poll")
 
-    def __init__(self, server: TftpServer, sock: _socket.socket, client: tuple[str, int],
-                 transfer: ReadTransfer) -> None:
+    def __init__(self) -> None:
+        self._epoll = _epoll()
+        self._poll = self._epoll.poll
+        self._handlers: dict[int, Callable[[], None]] = {}
+        self._io = gevent.get_hub().loop.io(self._epoll.fileno(), 1)
+
+    def add(self, fd: int, handler: Callable[[], None]) -> None:
+        """Call *handler* (which must not raise) whenever *fd* is readable."""
+        if fd in self._handlers:
+            return
+        self._epoll.register(fd, _EPOLLIN)
+        self._handlers[fd] = handler
+        if len(self._handlers) == 1:
+            self._io.start(self._on_ready)
+
+    def remove(self, fd: int) -> None:
+        """Stop watching *fd* (before it is closed); no-op when it is not in the set."""
+        if self._handlers.pop(fd, None) is None:
+            return
+        try:
+            self._epoll.unregister(fd)
+        except OSError:  # already closed
+            pass
+        if not self._handlers:
+            self._io.stop()
+
+    def close(self) -> None:
+        self._io.stop()
+        self._io.close()
+        self._epoll.close()
+        self._handlers.clear()
+
+    def _on_ready(self) -> None:
+        handlers = self._handlers
+        try:
+            ready = self._poll(0, _READY_MAX)
+        except InterruptedError:
+            return
+        for fd, _ in ready:
+            # a handler called before may have ended its transfer (and a new socket may reuse
+            # the number): a stale or spurious wake-up finds nothing to read, harmlessly
+            handler = handlers.get(fd)
+            if handler is not None:
+                handler()
+
+
+class _Pump:
+    """Drives one transfer's DATA/ACK exchange from the event loop (no greenlet).
+
+    :class:`_Dispatcher` calls :meth:`on_readable` when the socket has data: it drains every
+    datagram queued on the transfer's socket (at most ``_DRAIN_MAX`` per call), hands the ACKs
+    to the transfer as one batch and sends what it returns. The timer fires at the transfer's
+    deadline; it drains the socket first (an ACK already queued is not a timeout), then calls
+    ``on_timeout`` only if the deadline still passed, and re-arms itself for the next deadline.
+    The transfer's greenlet is woken when the transfer is over, stalls on a read, or a callback
+    raised.
+    """
+
+    __slots__ = ("_buf", "_client", "_clock", "_dispatcher", "_fd", "_loop", "_on_timer_cb",
+                 "_period", "_recv", "_send", "_server", "_strangers", "_strangers_fd", "_timer",
+                 "_transfer", "_waiter")
+
+    def __init__(self, server: TftpServer, dispatcher: _Dispatcher, sock: _socket.socket,
+                 strangers: _socket.socket, client: tuple[str, int], transfer: ReadTransfer) -> None:
         self._server = server
-        self._sock = sock
+        self._dispatcher = dispatcher
+        self._fd = sock.fileno()  # connected to the client: only its datagrams (see _connect)
+        self._strangers = strangers  # the same port, everybody else's datagrams
+        self._strangers_fd = strangers.fileno()
         self._client = client
         self._transfer = transfer
         self._clock = server._clock
         self._buf = bytearray(_TRANSFER_BUFSIZE)
-        self._recv = sock.recvfrom_into
-        self._send = sock.sendto
+        self._recv = sock.recv_into
+        self._send = sock.send
         self._loop = gevent.get_hub().loop
-        self._io = self._loop.io(sock.fileno(), 1)
         self._timer: object | None = None
+        self._on_timer_cb = self._on_timer
         self._period = 0.0
         self._waiter: Waiter | None = None
 
     def send(self, datagrams: Iterable[Datagram]) -> None:
         """Send a batch; a failed send counts as a lost packet (the timer will resend it)."""
-        send, client = self._send, self._client
+        send = self._send
         try:
             for datagram in datagrams:
-                send(datagram, client)
+                send(datagram)
         except OSError as exc:  # EAGAIN with a full send buffer included
-            log.debug("tftp send to %s:%d failed: %s", client[0], client[1], exc)
+            log.debug("tftp send to %s:%d failed: %s", *self._client, exc)
 
     def request_again(self) -> None:
         """The client repeated its request (the listener saw it): resend the first answer if
@@ -640,19 +753,21 @@ class _Pump:
     def wait(self) -> None:
         """Run the exchange from callbacks until the greenlet is needed again."""
         self._waiter = waiter = Waiter()
-        self._io.start(self._on_readable)
+        self._dispatcher.add(self._fd, self.on_readable)
+        self._dispatcher.add(self._strangers_fd, self.on_stranger)
         self._arm(self._transfer.deadline - self._clock())
         try:
             waiter.get()
         finally:
             self._waiter = None
-            self._io.stop()
+            self._dispatcher.remove(self._fd)
+            self._dispatcher.remove(self._strangers_fd)
             self._disarm()
 
     def close(self) -> None:
-        self._io.stop()
+        self._dispatcher.remove(self._fd)
+        self._dispatcher.remove(self._strangers_fd)
         self._disarm()
-        self._io.close()
 
     def _arm(self, delay: float) -> None:
         """A new timer: first after *delay*, then every RTO (see :meth:`_touch`)."""
@@ -660,7 +775,7 @@ class _Pump:
         period = self._period = _PERIOD_SHARE * self._transfer.timeout
         timer = self._loop.timer(max(delay, 0.0), period)
         self._timer = timer
-        timer.start(self._on_timer)
+        timer.start(self._on_timer_cb)
 
     def _disarm(self) -> None:
         timer, self._timer = self._timer, None
@@ -671,37 +786,40 @@ class _Pump:
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:
-            self._io.stop()
+            self._dispatcher.remove(self._fd)
+            self._dispatcher.remove(self._strangers_fd)
             self._disarm()
             waiter.switch(None)
 
     def _crash(self) -> None:
         waiter = self._waiter
         if waiter is not None:
-            self._io.stop()
+            self._dispatcher.remove(self._fd)
+            self._dispatcher.remove(self._strangers_fd)
             self._disarm()
             waiter.throw(*sys.exc_info())
 
-    def _on_readable(self) -> None:
+    def on_readable(self) -> None:
+        """The client's datagrams are queued (called by :class:`_Dispatcher`); never raises."""
         transfer = self._transfer
         try:
             # The common case first: one ACK that acknowledges all that was sent. Any other
             # datagram queued behind it is older or a duplicate, so acting at once is what a
-            # full drain would do (and no second recvfrom is spent to find the queue empty);
+            # full drain would do (and no second recv is spent to find the queue empty);
             # anything else takes the full drain.
-            try:
-                size, peer = self._recv(self._buf)
-            except OSError:
-                size, peer = -1, None
             buf = self._buf
-            if size == 4 and peer == self._client and buf[1] == 4 and buf[0] == 0:
+            try:
+                size = self._recv(buf)
+            except OSError:
+                size = -1
+            if size == 4 and buf[1] == 4 and buf[0] == 0:
                 out = transfer.on_ack_all(buf[2] << 8 | buf[3])
                 if out is None:
-                    self._drain(size, peer)
+                    self._drain(size)
                 elif out:
                     if len(out) == 1:
                         try:
-                            self._send(out[0], self._client)
+                            self._send(out[0])
                         except OSError as exc:  # a loss: the timer resends
                             log.debug("tftp send to %s:%d failed: %s", *self._client, exc)
                     else:
@@ -710,12 +828,30 @@ class _Pump:
                         self._touch()
                         return
             else:
-                self._drain(size, peer)
+                self._drain(size)
         except BaseException:
             self._crash()
             return
         if transfer.finished or transfer.stalled:
             self._wake()
+
+    def on_stranger(self) -> None:
+        """Datagrams on the transfer's port from others than the client (called by
+        :class:`_Dispatcher`): each gets ERROR 5, a bounded number per call; never raises."""
+        recv, buf, sock = self._strangers.recvfrom_into, self._buf, self._strangers
+        stranger = self._server._stranger
+        try:
+            for _ in range(_DRAIN_MAX):
+                try:
+                    size, peer = recv(buf)
+                except BlockingIOError:
+                    return
+                except OSError as exc:
+                    log.debug("tftp recv error on the port of client=%s:%d: %s", *self._client, exc)
+                    continue
+                stranger(sock, buf, size, peer)
+        except BaseException:
+            self._crash()
 
     def _touch(self) -> None:
         """Progress moved the deadline to now + RTO: restart the timer (no new watcher).
@@ -727,14 +863,14 @@ class _Pump:
         """
         timer = self._timer
         if timer is not None and self._transfer.timeout >= self._period:
-            timer.again(self._on_timer)  # type: ignore[attr-defined]
+            timer.again(self._on_timer_cb)  # type: ignore[attr-defined]
         else:
             self._arm(self._transfer.timeout)
 
-    def _drain(self, size: int = -1, peer: tuple[str, int] | None = None) -> None:
+    def _drain(self, size: int = -1) -> None:
         """Read what is queued (bounded); act on the ACKs as one batch.
 
-        *size* and *peer* describe a datagram already in the buffer (``size`` -1: none).
+        *size* describes a datagram already in the buffer (-1: none).
         """
         recv, buf, client, transfer = self._recv, self._buf, self._client, self._transfer
         acks: list[int] | None = None
@@ -742,7 +878,7 @@ class _Pump:
         for _ in range(_DRAIN_MAX):
             if size < 0:
                 try:
-                    size, peer = recv(buf)
+                    size = recv(buf)
                 except BlockingIOError:
                     break
                 except InterruptedError:
@@ -750,12 +886,6 @@ class _Pump:
                 except OSError as exc:  # e.g. an ICMP error reported late; treat as a loss
                     log.debug("tftp recv error client=%s:%d: %s", *client, exc)
                     continue
-            elif peer is None:
-                break
-            if peer != client:
-                self._server._stranger(self._sock, buf, size, peer)  # type: ignore[arg-type]
-                size = -1
-                continue
             if size >= 4 and buf[1] == 4 and buf[0] == 0:  # ACK
                 block = buf[2] << 8 | buf[3]
                 size = -1

@@ -83,6 +83,7 @@ _GRANULARITY = 0.001  # G in RFC 6298: the clock is far finer, 1 ms keeps RTO ab
 _INITIAL_RTO = 1.0  # RFC 6298 section 2.1 (capped by timeout_max)
 _BLOCK_MOD = 0x10000  # 16-bit block numbers, RFC 1350 section 5
 _pack_header = DATA_HEADER.pack_into
+_DATA = int(Opcode.DATA)  # a plain int packs twice as fast as the enum member, once per block
 
 # Reasons a transfer failed; short tokens suitable for metrics labels.
 REASON_TIMEOUT = "timeout"
@@ -518,7 +519,7 @@ class ReadTransfer:
         if len(chunk) != blksize:
             return self._fill(now)  # a short read (the end, or a source giving less): rare
         buf = self._slots[0]
-        _pack_header(buf, 0, Opcode.DATA, number & 0xFFFF)  # type: ignore[arg-type]
+        _pack_header(buf, 0, _DATA, number & 0xFFFF)  # type: ignore[arg-type]
         buf[4:] = chunk  # type: ignore[index]
         self._resent[0] = False
         self._high = number
@@ -691,7 +692,7 @@ class ReadTransfer:
             self._slots[slot] = buf
             self._views[slot] = memoryview(buf)
         size = len(payload)
-        DATA_HEADER.pack_into(buf, 0, Opcode.DATA, number & 0xFFFF)
+        _pack_header(buf, 0, _DATA, number & 0xFFFF)
         buf[4 : 4 + size] = payload
         if self._lengths[slot] != 4 + size or self._datagrams[slot] is None:
             self._lengths[slot] = 4 + size

@@ -246,3 +246,35 @@ def test_second_signal_exits_at_once(tmp_path):
     assert "second signal 15: exiting now" in mb.log
     # without the second signal the graceful stop would have ended the transfer and logged this
     assert not any(line.rstrip().endswith("INFO: stopped") for line in mb.lines), mb.log
+
+
+def test_open_files_limit_fits_a_full_tftp_pool(tmp_path):
+    """Started with the usual soft limit of 1024 open files, massboot raises it (within the hard
+    limit) to what a full transfer pool holds: two sockets and a file per transfer."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    wanted = 3 * 600 + 256
+    require(hard == resource.RLIM_INFINITY or hard >= wanted, f"hard open files limit {hard}")
+    path = write(tmp_path, f"[tftpd]\naddress = 127.0.0.1\nport = {free_port()}\nroot = .\n"
+                           "pool_size = 600\n")
+
+    def soft_1024() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+    proc = subprocess.Popen([sys.executable, "-m", "massboot", "-t", "-c", path], cwd=REPO, env=ENV,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=soft_1024)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "tftp listening" in line:
+                break
+        else:
+            pytest.fail(f"massboot exited {proc.wait()} before listening")
+        with open(f"/proc/{proc.pid}/limits") as f:
+            soft = next(line.split()[3] for line in f if line.startswith("Max open files"))
+        assert int(soft) >= wanted
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

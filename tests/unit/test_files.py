@@ -342,6 +342,30 @@ def test_sequential_reads_with_rereads(big):
     src.close()  # idempotent
 
 
+def test_nowait_reads_refill_one_buffer_in_place(big):
+    """The event-loop path (read_nowait, as the TFTP pump reads): every block right, with
+    rereads and a jump back; the source refills one chunk-sized buffer in place instead of a new
+    one per chunk, so its memory stays one chunk and a storm allocates nothing per block."""
+    store, data = big
+    src = store.open("big.img", "127.0.0.5")
+    block = 1428
+    buffers = set()
+    offset = n = 0
+    while offset < len(data):
+        chunk = bytes(src.read_nowait(offset, block))  # copied at once, as the transfer does
+        assert chunk == data[offset:offset + block]
+        buffers.add(id(src._buf))
+        assert len(src._buf) <= CHUNK
+        if n % 7 == 6:  # a read behind the buffer: read again from the file
+            back = max(0, offset - 30 * block)
+            assert bytes(src.read_nowait(back, block)) == data[back:back + block]
+        offset += block
+        n += 1
+    assert src.read_nowait(len(data), block) == b""
+    assert len(buffers) == 1
+    src.close()
+
+
 def test_random_offsets_and_lengths(big):
     store, data = big
     src = store.open("big.img", "127.0.0.5")
