@@ -767,17 +767,13 @@ class PostgresLeaseStore(_IndexedLeaseStore):
                     return
                 self._con, self._dirty = con, True
                 try:
-                    # reload the pool as the others left it, through the flusher like every
-                    # transaction: the connection has one user at a time (an exchange that
-                    # commits meanwhile joins the same queue, never the same socket)
-                    self._submit(None, ())
+                    self._run_batch([])        # reload the pool as the others left it
                 except Exception as exc:
-                    if self._con is con:
-                        self._con = None
-                        try:
-                            con.close()
-                        except Exception:
-                            pass
+                    self._con = None
+                    try:
+                        con.close()
+                    except Exception:
+                        pass
                     log.debug("lease database %s: reload failed: %s", self._target.shown, _reason(exc))
                     continue
                 down = time.monotonic() - (self._down_since or time.monotonic())
