@@ -10,7 +10,9 @@ Each line goes to the logger of the server the outcome comes from (``massboot.dh
 per-logger levels and pybootd's ``PXE[%(module)s]`` format read as before: ``PXE[server]`` also
 for what :mod:`massboot.dhcp.exchange` decides, since the server emits its events. The record
 is built directly, without the caller lookup on the stack that ``log.info()`` does, and only
-when its level is enabled (a line below it costs a tuple and one ``isEnabledFor``).
+when its level is enabled; a kind whose every line is below the level (``dhcp.received`` at
+``info``) costs one ``isEnabledFor``. The records go to the handler of ``[logger]``, which
+writes them off the hub in batches (:mod:`massboot.logwriter`).
 
 ``cache.*`` events are not written here: the file store logs its downloads itself.
 
@@ -258,29 +260,32 @@ _HTTP = _Origin("massboot.http.server", "http", "server.py")
 _TFTP = _Origin("massboot.tftp.server", "tftp", "server.py")
 _NOTIFY = _Origin("massboot.notify", "notify.py")
 
-_FORMATS: dict[EventKind, tuple[_Origin, Callable[[Event], Line]]] = {
-    EventKind.DHCP_RECEIVED: (_DHCP, _dhcp_received),
-    EventKind.DHCP_REPLY: (_DHCP, _dhcp_reply),
-    EventKind.DHCP_IGNORED: (_DHCP, _dhcp_ignored),
-    EventKind.DHCP_ARCH_FALLBACK: (_DHCP, _dhcp_arch_fallback),
-    EventKind.DHCP_MALFORMED: (_DHCP, _dhcp_malformed),
-    EventKind.DHCP_EXHAUSTED: (_DHCP, _dhcp_exhausted),
-    EventKind.DHCP_DECLINED: (_DHCP, _dhcp_declined),
-    EventKind.DHCP_PROBE: (_DHCP, _dhcp_probe),
-    EventKind.DHCP_RELEASED: (_DHCP, _dhcp_released),
-    EventKind.DHCP_ACL: (_DHCP, _dhcp_acl),
-    EventKind.DHCP_NOTIFY: (_NOTIFY, _dhcp_notify),
-    EventKind.TFTP_START: (_TFTP, _tftp_start),
-    EventKind.TFTP_DONE: (_TFTP, _tftp_done),
-    EventKind.TFTP_FAIL: (_TFTP, _tftp_fail),
-    EventKind.TFTP_MALFORMED: (_TFTP, _tftp_malformed),
-    EventKind.TFTP_DENIED: (_TFTP, _tftp_denied),
-    EventKind.TFTP_DROPPED: (_TFTP, _tftp_dropped),
-    EventKind.HTTP_START: (_HTTP, _http_start),
-    EventKind.HTTP_DONE: (_HTTP, _http_done),
-    EventKind.HTTP_FAIL: (_HTTP, _http_fail),
-    EventKind.HTTP_REFUSED: (_HTTP, _http_refused),
+#: kind → (origin, format, the lowest level its format returns): an event whose kind's lines
+#: are all below the logger's level is not formatted at all (``dhcp.received`` at ``info``)
+_FORMATS: dict[EventKind, tuple[_Origin, Callable[[Event], Line], int]] = {
+    EventKind.DHCP_RECEIVED: (_DHCP, _dhcp_received, DEBUG),
+    EventKind.DHCP_REPLY: (_DHCP, _dhcp_reply, INFO),
+    EventKind.DHCP_IGNORED: (_DHCP, _dhcp_ignored, DEBUG),
+    EventKind.DHCP_ARCH_FALLBACK: (_DHCP, _dhcp_arch_fallback, WARNING),
+    EventKind.DHCP_MALFORMED: (_DHCP, _dhcp_malformed, DEBUG),
+    EventKind.DHCP_EXHAUSTED: (_DHCP, _dhcp_exhausted, WARNING),
+    EventKind.DHCP_DECLINED: (_DHCP, _dhcp_declined, WARNING),
+    EventKind.DHCP_PROBE: (_DHCP, _dhcp_probe, DEBUG),
+    EventKind.DHCP_RELEASED: (_DHCP, _dhcp_released, INFO),
+    EventKind.DHCP_ACL: (_DHCP, _dhcp_acl, DEBUG),
+    EventKind.DHCP_NOTIFY: (_NOTIFY, _dhcp_notify, DEBUG),
+    EventKind.TFTP_START: (_TFTP, _tftp_start, DEBUG),
+    EventKind.TFTP_DONE: (_TFTP, _tftp_done, INFO),
+    EventKind.TFTP_FAIL: (_TFTP, _tftp_fail, INFO),
+    EventKind.TFTP_MALFORMED: (_TFTP, _tftp_malformed, DEBUG),
+    EventKind.TFTP_DENIED: (_TFTP, _tftp_denied, DEBUG),
+    EventKind.TFTP_DROPPED: (_TFTP, _tftp_dropped, DEBUG),
+    EventKind.HTTP_START: (_HTTP, _http_start, DEBUG),
+    EventKind.HTTP_DONE: (_HTTP, _http_done, INFO),
+    EventKind.HTTP_FAIL: (_HTTP, _http_fail, INFO),
+    EventKind.HTTP_REFUSED: (_HTTP, _http_refused, DEBUG),
 }
+
 
 #: the kinds that get a line
 LOGGED_KINDS = frozenset(_FORMATS)
@@ -296,7 +301,7 @@ class EventLog:
 
     def __init__(self, kinds: Iterable[EventKind | str] | None = None) -> None:
         wanted = LOGGED_KINDS if kinds is None else {EventKind(k) for k in kinds}
-        self._formats: dict[str, tuple[_Origin, Callable[[Event], Line]]] = {
+        self._formats: dict[str, tuple[_Origin, Callable[[Event], Line], int]] = {
             kind: entry for kind, entry in _FORMATS.items() if kind in wanted
         }
 
@@ -305,8 +310,10 @@ class EventLog:
         entry = self._formats.get(event.kind)
         if entry is None:
             return
-        origin, line = entry
+        origin, line, lowest = entry
         logger = origin.logger
+        if not logger.isEnabledFor(lowest):
+            return
         level, msg, args = line(event)
         if logger.isEnabledFor(level):
             logger.handle(logger.makeRecord(logger.name, level, origin.path, 0, msg, args, None,

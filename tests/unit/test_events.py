@@ -147,6 +147,15 @@ def test_outcome_lines(kind: str, fields: dict, logger: str, level: int, line: s
     assert record.event == kind     # type: ignore[attr-defined]
 
 
+def test_each_kinds_lowest_level_is_at_or_below_its_lines() -> None:
+    """A kind is skipped when its lowest level is off: no line of it may be below that."""
+    from massboot.eventlog import _FORMATS
+
+    for kind, _fields, _logger, level, _line in LINES:
+        assert _FORMATS[EventKind(kind)][2] <= level, kind
+    assert _FORMATS[EventKind.DHCP_RECEIVED][2] == logging.DEBUG
+
+
 def test_one_line_per_logged_kind_and_levels_respected(caplog: pytest.LogCaptureFixture) -> None:
     assert {EventKind(kind) for kind, *_ in LINES} | {"dhcp.received", "tftp.start", "tftp.malformed",
                                                       "tftp.denied", "tftp.dropped"} == LOGGED_KINDS

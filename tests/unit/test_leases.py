@@ -410,9 +410,19 @@ def test_sqlite_writes_do_not_block_the_hub(tmp_path) -> None:
         store.close()
 
 
-def test_concurrent_commits_share_transactions_and_all_are_durable(tmp_path) -> None:
+def test_concurrent_commits_share_transactions_and_all_are_durable(tmp_path, monkeypatch) -> None:
     """Group commit: 300 greenlets binding at once are written in a few transactions, each
     caller returns only once its row is committed, and every lease is there after a reopen."""
+    from massboot.dhcp.leases import sqlite
+
+    merged = []
+    real_merge = sqlite._merge
+
+    def counting_merge(changes):
+        merged.append(len(changes))
+        return real_merge(changes)
+
+    monkeypatch.setattr(sqlite, "_merge", counting_merge)
     pool = [f"10.1.{i // 250}.{i % 250 + 1}" for i in range(300)]
     path = str(tmp_path / "leases.sqlite3")
     store = SqliteLeaseStore(path, pool)
@@ -432,7 +442,7 @@ def test_concurrent_commits_share_transactions_and_all_are_durable(tmp_path) -> 
     ips = [g.get() for g in [gevent.spawn(bind, n) for n in range(300)]]
     store.close()
     assert len(set(ips)) == 300
-    assert sum(batches) == 600 and len(batches) < 600       # offers and binds, batched
+    assert sum(merged) == 600 and len(batches) == len(merged) < 600   # offers and binds, batched
     again = SqliteLeaseStore(path, pool)
     try:
         assert {again.get(mac(n)).ip for n in range(300)} == set(ips)
@@ -907,3 +917,56 @@ def test_set_static_is_durable(tmp_path) -> None:
         assert again.get(MAC_A).state == STATIC
     finally:
         again.close()
+
+
+def test_merged_batch_writes_what_the_changes_in_order_write(tmp_path) -> None:
+    """A group commit writes the net effect of its changes (multi-row statements): the same
+    rows as writing each change in turn, whatever a later change undoes of an earlier one."""
+    from massboot.dhcp.leases.base import Lease
+    from massboot.dhcp.leases.index import _Change
+    from massboot.dhcp.leases.sqlite import ROWS_PER_STATEMENT, _merge, _statements
+
+    def lease(n: int, state: str, ip: str | None = None) -> Lease:
+        return Lease(mac(n), ip or f"10.0.{n // 250}.{n % 250 + 1}", False, state, None, 100.0 + n, 50.0,
+                     False)
+
+    def change(upserts=(), deletes=(), aside=(), returned=()) -> _Change:
+        c = _Change()
+        for item in upserts:
+            c.upsert(item)
+        for m in deletes:
+            c.delete(m)
+        c.set_aside.update({ip: (mac(1), 1.0, 2.0) for ip in aside})
+        c.returned.update(returned)
+        return c
+
+    many = ROWS_PER_STATEMENT + 7          # more rows than one statement takes
+    changes = [
+        change(upserts=[lease(n, "offered") for n in range(many)], aside=["10.9.0.1", "10.9.0.2"]),
+        change(upserts=[lease(3, "bound")], deletes=[mac(4)], returned=["10.9.0.1"]),
+        change(deletes=[mac(3)], aside=["10.9.0.1"]),            # undone, then set aside again
+        change(upserts=[lease(4, "bound", "10.0.9.9")], returned=["10.9.0.2"]),
+        change(deletes=[mac(n) for n in range(10, many)]),
+    ]
+
+    def rows(store: SqliteLeaseStore) -> tuple[list, list]:
+        def read() -> tuple[list, list]:
+            db = store._db
+            return (db.execute("SELECT * FROM leases ORDER BY mac").fetchall(),
+                    db.execute("SELECT * FROM declined ORDER BY ip").fetchall())
+        return store._run(read)
+
+    one_by_one = SqliteLeaseStore(str(tmp_path / "a.sqlite3"), [])
+    merged = SqliteLeaseStore(str(tmp_path / "b.sqlite3"), [])
+    try:
+        for c in changes:
+            one_by_one._run(one_by_one._db_batch, [(one_by_one._db_apply, (c,))])
+        statements = _statements(_merge(changes))
+        assert len(statements) < 8
+        merged._run(merged._db_batch, [(merged._db_statements, (statements,))])
+        expected = rows(one_by_one)
+        assert len(expected[0]) == 9 and [ip for ip, *_ in expected[1]] == ["10.9.0.1"]
+        assert rows(merged) == expected
+    finally:
+        one_by_one.close()
+        merged.close()

@@ -109,7 +109,7 @@ class SqliteLeaseStore(_IndexedLeaseStore):
         # group commit: changes queue here in decision order; one flusher greenlet writes
         # everything queued in a single transaction, so a burst of ACKs costs one transaction
         # per batch instead of one per lease
-        self._pending: list[tuple[Callable[..., None], tuple[Any, ...], Any]] = []
+        self._pending: list[tuple[_Change, Any]] = []
         self._flusher: Any = None
         try:
             rows, declined = self._run(self._db_open, offer_hold, decline_probation)
@@ -170,25 +170,16 @@ class SqliteLeaseStore(_IndexedLeaseStore):
         return rows, declined
 
     def _db_apply(self, change: _Change) -> None:
+        self._db_statements(_statements(change))
+
+    def _db_statements(self, statements: list[tuple[str, list[Any]]]) -> None:
+        """Run prepared statements (worker thread): a few C calls per batch, each running
+        with the GIL released, instead of Python per lease that would trade the GIL with the
+        hub on every row."""
         assert self._db is not None
-        db = self._db
-        for mac in change.deletes:
-            db.execute("DELETE FROM leases WHERE mac = ?", (mac,))
-        for lease in change.upserts.values():
-            db.execute(
-                "INSERT INTO leases (mac, ip, static, state, uuid, expires, updated, reserved)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(mac) DO UPDATE SET ip=excluded.ip, static=excluded.static,"
-                " state=excluded.state, uuid=excluded.uuid, expires=excluded.expires,"
-                " updated=excluded.updated, reserved=excluded.reserved",
-                (lease.mac, lease.ip, int(lease.static), lease.state, lease.uuid, lease.expires or 0,
-                 lease.updated, int(lease.reserved)),
-            )
-        for ip in change.returned:
-            db.execute("DELETE FROM declined WHERE ip = ?", (ip,))
-        for ip, (mac, at, until) in change.set_aside.items():
-            db.execute("INSERT OR REPLACE INTO declined (ip, mac, at, until) VALUES (?, ?, ?, ?)",
-                       (ip, mac, at, until))
+        execute = self._db.execute
+        for sql, params in statements:
+            execute(sql, params)
 
     def _db_batch(self, items: list[tuple[Callable[..., None], tuple[Any, ...]]]) -> None:
         """Run queued changes, in order, in one transaction (worker thread)."""
@@ -211,33 +202,35 @@ class SqliteLeaseStore(_IndexedLeaseStore):
     # -- hook ------------------------------------------------------------------------------
 
     def _save(self, change: _Change) -> None:
-        self._write(self._db_apply, change)
-
-    def _write(self, func: Callable[..., None], *args: Any) -> None:
-        """Queue one change and wait (cooperatively) until its transaction is committed."""
+        """Queue *change* and wait (cooperatively) until its transaction is committed."""
         from gevent import spawn
         from gevent.event import AsyncResult
 
         if self._closed:
             raise LeaseStoreError("lease store is closed")
         done = AsyncResult()
-        self._pending.append((func, args, done))
+        self._pending.append((change, done))
         if self._flusher is None:
             self._flusher = spawn(self._flush)
         done.get()
 
     def _flush(self) -> None:
+        """Write everything queued, batch after batch: the changes of a batch are merged into
+        their net effect (:func:`_merge`, in decision order) and written by a handful of
+        multi-row statements in one transaction, built here on the hub so that the worker
+        thread runs only SQLite."""
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    self._run(self._db_batch, [(func, args) for func, args, _ in batch])
+                    statements = _statements(_merge([change for change, _ in batch]))
+                    self._run(self._db_batch, [(self._db_statements, (statements,))])
                 except Exception as exc:   # LeaseStoreError, or the store closed under us
-                    for _, _, done in batch:
+                    for _, done in batch:
                         done.set_exception(exc if isinstance(exc, LeaseStoreError)
                                            else LeaseStoreError(str(exc)))
                 else:
-                    for _, _, done in batch:
+                    for _, done in batch:
                         done.set(None)
         finally:
             self._flusher = None
@@ -252,3 +245,63 @@ class SqliteLeaseStore(_IndexedLeaseStore):
         finally:
             self._closed = True
             self._worker.kill()
+
+
+#: rows per multi-row statement: 8 columns x 500 stays far below SQLite's 32,766 variables
+ROWS_PER_STATEMENT = 500
+
+_UPSERT = ("INSERT INTO leases (mac, ip, static, state, uuid, expires, updated, reserved) VALUES {rows}"
+           " ON CONFLICT(mac) DO UPDATE SET ip=excluded.ip, static=excluded.static,"
+           " state=excluded.state, uuid=excluded.uuid, expires=excluded.expires,"
+           " updated=excluded.updated, reserved=excluded.reserved")
+_SET_ASIDE = "INSERT OR REPLACE INTO declined (ip, mac, at, until) VALUES {rows}"
+
+
+def _merge(changes: list[_Change]) -> _Change:
+    """The net effect of *changes* applied in order, as one change (what one transaction
+    writes). Within a change deletes come before upserts and returned addresses before those
+    set aside, as :meth:`SqliteLeaseStore._db_apply` has always written them."""
+    if len(changes) == 1:
+        return changes[0]
+    merged = _Change()
+    for change in changes:
+        for mac in change.deletes:
+            merged.delete(mac)
+        for lease in change.upserts.values():
+            merged.upsert(lease)
+        for ip in change.returned:
+            merged.set_aside.pop(ip, None)
+            merged.returned.add(ip)
+        for ip, aside in change.set_aside.items():
+            merged.returned.discard(ip)
+            merged.set_aside[ip] = aside
+    return merged
+
+
+def _chunks(items: list[Any], size: int = ROWS_PER_STATEMENT) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _statements(change: _Change) -> list[tuple[str, list[Any]]]:
+    """The SQL that writes *change*: multi-row ``DELETE … IN`` and ``INSERT … ON CONFLICT``
+    statements with their parameters. Deletes and upserts of one change never name the same
+    MAC (:class:`_Change` keeps them apart), nor the returned and set-aside addresses the same
+    address, so the statements' order does not matter."""
+    out: list[tuple[str, list[Any]]] = []
+    for macs in _chunks(sorted(change.deletes)):
+        out.append((f"DELETE FROM leases WHERE mac IN ({','.join('?' * len(macs))})", macs))
+    for leases in _chunks(list(change.upserts.values())):
+        params: list[Any] = []
+        for lease in leases:
+            params += (lease.mac, lease.ip, int(lease.static), lease.state, lease.uuid, lease.expires or 0,
+                       lease.updated, int(lease.reserved))
+        out.append((_UPSERT.format(rows=",".join(["(?,?,?,?,?,?,?,?)"] * len(leases))), params))
+    for ips in _chunks(sorted(change.returned)):
+        out.append((f"DELETE FROM declined WHERE ip IN ({','.join('?' * len(ips))})", ips))
+    for items in _chunks(list(change.set_aside.items())):
+        params = []
+        for ip, (mac, at, until) in items:
+            params += (ip, mac, at, until)
+        out.append((_SET_ASIDE.format(rows=",".join(["(?,?,?,?)"] * len(items))), params))
+    return out
