@@ -260,25 +260,26 @@ _HTTP = _Origin("massboot.http.server", "http", "server.py")
 _TFTP = _Origin("massboot.tftp.server", "tftp", "server.py")
 _NOTIFY = _Origin("massboot.notify", "notify.py")
 
-#: kind → (origin, format, the lowest level its format returns): an event whose kind's lines
-#: are all below the logger's level is not formatted at all (``dhcp.received`` at ``info``)
+#: kind → (origin, format, the highest level its format returns): an event whose kind's lines
+#: are all below the logger's level, its most severe one included, is not formatted at all
+#: (``dhcp.received`` at ``info``); a kind with any line at the logger's level is formatted
 _FORMATS: dict[EventKind, tuple[_Origin, Callable[[Event], Line], int]] = {
     EventKind.DHCP_RECEIVED: (_DHCP, _dhcp_received, DEBUG),
     EventKind.DHCP_REPLY: (_DHCP, _dhcp_reply, INFO),
-    EventKind.DHCP_IGNORED: (_DHCP, _dhcp_ignored, DEBUG),
+    EventKind.DHCP_IGNORED: (_DHCP, _dhcp_ignored, WARNING),
     EventKind.DHCP_ARCH_FALLBACK: (_DHCP, _dhcp_arch_fallback, WARNING),
     EventKind.DHCP_MALFORMED: (_DHCP, _dhcp_malformed, DEBUG),
     EventKind.DHCP_EXHAUSTED: (_DHCP, _dhcp_exhausted, WARNING),
     EventKind.DHCP_DECLINED: (_DHCP, _dhcp_declined, WARNING),
-    EventKind.DHCP_PROBE: (_DHCP, _dhcp_probe, DEBUG),
+    EventKind.DHCP_PROBE: (_DHCP, _dhcp_probe, WARNING),
     EventKind.DHCP_RELEASED: (_DHCP, _dhcp_released, INFO),
-    EventKind.DHCP_ACL: (_DHCP, _dhcp_acl, DEBUG),
-    EventKind.DHCP_NOTIFY: (_NOTIFY, _dhcp_notify, DEBUG),
+    EventKind.DHCP_ACL: (_DHCP, _dhcp_acl, INFO),
+    EventKind.DHCP_NOTIFY: (_NOTIFY, _dhcp_notify, WARNING),
     EventKind.TFTP_START: (_TFTP, _tftp_start, DEBUG),
     EventKind.TFTP_DONE: (_TFTP, _tftp_done, INFO),
     EventKind.TFTP_FAIL: (_TFTP, _tftp_fail, INFO),
     EventKind.TFTP_MALFORMED: (_TFTP, _tftp_malformed, DEBUG),
-    EventKind.TFTP_DENIED: (_TFTP, _tftp_denied, DEBUG),
+    EventKind.TFTP_DENIED: (_TFTP, _tftp_denied, INFO),
     EventKind.TFTP_DROPPED: (_TFTP, _tftp_dropped, DEBUG),
     EventKind.HTTP_START: (_HTTP, _http_start, DEBUG),
     EventKind.HTTP_DONE: (_HTTP, _http_done, INFO),
@@ -310,9 +311,9 @@ class EventLog:
         entry = self._formats.get(event.kind)
         if entry is None:
             return
-        origin, line, lowest = entry
+        origin, line, highest = entry
         logger = origin.logger
-        if not logger.isEnabledFor(lowest):
+        if not logger.isEnabledFor(highest):     # none of this kind's lines would be written
             return
         level, msg, args = line(event)
         if logger.isEnabledFor(level):

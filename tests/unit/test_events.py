@@ -147,13 +147,31 @@ def test_outcome_lines(kind: str, fields: dict, logger: str, level: int, line: s
     assert record.event == kind     # type: ignore[attr-defined]
 
 
-def test_each_kinds_lowest_level_is_at_or_below_its_lines() -> None:
-    """A kind is skipped when its lowest level is off: no line of it may be below that."""
+def test_each_kinds_highest_level_is_at_or_above_its_lines() -> None:
+    """A kind is skipped when its highest level is off: no line of it may be above that."""
     from massboot.eventlog import _FORMATS
 
     for kind, _fields, _logger, level, _line in LINES:
-        assert _FORMATS[EventKind(kind)][2] <= level, kind
+        assert _FORMATS[EventKind(kind)][2] >= level, kind
     assert _FORMATS[EventKind.DHCP_RECEIVED][2] == logging.DEBUG
+
+
+@pytest.mark.parametrize(("kind", "fields", "level"), [
+    ("dhcp.acl", dict(acl="mac", verdict="denied", mac="52:54:00:12:34:56"), logging.INFO),
+    ("dhcp.ignored", dict(mac="52:54:00:12:34:56", reason="no_http_bootfile", phase="pxe",
+                          detail="arch 19: no [bootfile] 19 nor 11 entry"), logging.WARNING),
+    ("tftp.denied", dict(ip="10.0.0.5", port=2000, name="../x", reason="outside_root", code=2,
+                         message="outside the root"), logging.INFO),
+])
+def test_a_kinds_line_at_info_or_above_is_written_at_info(kind: str, fields: dict, level: int,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The kinds whose usual line is DEBUG but whose other lines are not: at ``info`` those are
+    written (a denied MAC, a missing HTTP boot file, a path escape), the DEBUG ones are not."""
+    caplog.set_level(logging.INFO, logger="massboot")
+    bus = EventBus()
+    bus.subscribe(EventLog())
+    bus.emit(kind, **fields)
+    assert [r.levelno for r in caplog.records] == [level]
 
 
 def test_one_line_per_logged_kind_and_levels_respected(caplog: pytest.LogCaptureFixture) -> None:
