@@ -45,15 +45,19 @@ TAPS = ("mbptap0", "mbptap1")        # QEMU's NICs, on the bridge
 SERVER_IP = "10.79.0.1"
 SITE_IP = "10.79.0.2"
 SITE_RANGE = ("10.79.0.100", "10.79.0.150")
-#: massboot in proxy mode on the lab, booting only the MAC ``{mac}`` (``-`` form); ``{root}`` the
-#: TFTP root, ``{filter}`` one [filters] line (README, "proxyDHCP").
-PROXY_CONFIG = """\
+#: The head of every proxy-mode config here: debug log to stderr, ``mode = proxy``, ``access = mac``
+#: (a config goes on with more [bootpd] options or the [mac] section).
+PROXY_HEAD = """\
 [logger]
 type = stderr
 level = debug
 [bootpd]
 mode = proxy
 access = mac
+"""
+#: massboot in proxy mode on the lab, booting only the MAC ``{mac}`` (``-`` form); ``{root}`` the
+#: TFTP root, ``{filter}`` one [filters] line (README, "proxyDHCP").
+PROXY_CONFIG = PROXY_HEAD + """\
 [mac]
 {mac} = yes
 [bootfile]
