@@ -54,6 +54,7 @@ from tests.e2e.test_qemu_pxe import (  # noqa: F401  (fixtures)
     MARK,
     NO_BOOT,
     PXE_CFG,
+    PXELINUX_MILESTONES,
     QEMU_EXIT,
     BootFiles,
     Vm,
@@ -89,13 +90,7 @@ BOOT_TIMEOUT = 240
 CONFIG = PROXY_CONFIG.format(mac="{mac}", root="tftp", filter="pxelinux.cfg/* = pxe.cfg")
 MILESTONES = (
     ("pxe_dhcp", "net0: 10.79.0."),
-    ("nbp", "[PXE-NBP]"),
-    ("pxelinux", "PXELINUX 6"),
-    ("loaded", "Loading initrd.img"),
-    ("init", f"{MARK} init"),
-    ("lease", f"{MARK} lease"),
-    ("sha256", f"{MARK} sha256"),
-    ("done", f"{MARK} done"),
+    *PXELINUX_MILESTONES,
     ("no_boot_device", NO_BOOT),
 )
 

@@ -405,12 +405,9 @@ class Vm:
                 self.milestones[name] = time.monotonic() - self.started
 
 
-#: (name, text) pairs timed from QEMU's start: iPXE has an address (or gives up), pxelinux.0 is
-#: loaded, pxelinux runs, the kernel and initrd are loaded, then /init's markers
-MILESTONES = (
-    ("ipxe_gave_up", "No configuration methods"),
-    ("no_boot_device", "No bootable device"),
-    ("pxe_dhcp", "net0: 10.78.0."),
+#: (name, text) pairs of the pxelinux chain to Linux: pxelinux.0 is loaded, pxelinux runs, the
+#: kernel and initrd are loaded, then /init's markers
+PXELINUX_MILESTONES = (
     ("nbp", "[PXE-NBP]"),
     ("pxelinux", "PXELINUX 6"),
     ("loaded", "Loading initrd.img"),
@@ -418,6 +415,13 @@ MILESTONES = (
     ("lease", f"{MARK} lease"),
     ("sha256", f"{MARK} sha256"),
     ("done", f"{MARK} done"),
+)
+#: (name, text) pairs timed from QEMU's start: iPXE has an address (or gives up), then the chain
+MILESTONES = (
+    ("ipxe_gave_up", "No configuration methods"),
+    ("no_boot_device", "No bootable device"),
+    ("pxe_dhcp", "net0: 10.78.0."),
+    *PXELINUX_MILESTONES,
 )
 
 
