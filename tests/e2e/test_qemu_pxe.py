@@ -667,6 +667,25 @@ def report(name: str, vm: Vm, accel: str) -> str:
     return f"\n--- {name} ({accel}): {times}\n{excerpt(vm)}\n---"
 
 
+def check_markers(vm: Vm, kernel_release: str, payload_sha256: str, diag: str) -> re.Match[str]:
+    """Assert /init's serial markers of one Linux boot: no FAIL, the kernel, eth0 with VM_MAC, a
+    lease from massboot (SERVER_IP), payload.bin's sha256, done; return the lease's match (group
+    1 the address, 2 the server). *diag* ends every failure message."""
+    markers = vm.markers()
+    failed = [m for m in markers if m.startswith("FAIL")]
+    assert not failed, f"/init failed: {failed}{diag}"
+    assert any(m.startswith("init kernel=" + kernel_release) for m in markers), f"no /init marker{diag}"
+    assert f"eth0 mac={VM_MAC.lower()}" in markers, f"no eth0 marker{diag}"
+    lease = next((m for m in markers if m.startswith("lease ip=")), None)
+    assert lease is not None, f"no lease marker{diag}"
+    os_ip = re.match(r"lease ip=(\S+) mask=\S+ server=(\S+)", lease)
+    assert os_ip is not None and os_ip[2] == SERVER_IP, f"bad lease marker {lease!r}{diag}"
+    assert f"sha256 {payload_sha256} file=payload.bin bytes={1 << 20}" in markers, \
+        f"sha256 of payload.bin not seen{diag}"
+    assert "done" in markers, f"no done marker{diag}"
+    return os_ip
+
+
 def check_boot(vm: Vm, log: str, files: BootFiles, http: bool = False) -> str:
     """Assert one whole boot on the serial console and in massboot's log; return the address.
 
@@ -674,18 +693,7 @@ def check_boot(vm: Vm, log: str, files: BootFiles, http: bool = False) -> str:
     the pxelinux chain by TFTP.
     """
     diag = f"\nserial excerpt:\n{excerpt(vm)}\nmassboot log:\n{log}"
-    markers = vm.markers()
-    failed = [m for m in markers if m.startswith("FAIL")]
-    assert not failed, f"/init failed: {failed}{diag}"
-    assert any(m.startswith("init kernel=" + files.kernel_release) for m in markers), f"no /init marker{diag}"
-    assert f"eth0 mac={VM_MAC.lower()}" in markers, f"no eth0 marker{diag}"
-    lease = next((m for m in markers if m.startswith("lease ip=")), None)
-    assert lease is not None, f"no lease marker{diag}"
-    os_ip = re.match(r"lease ip=(\S+) mask=\S+ server=(\S+)", lease)
-    assert os_ip is not None and os_ip[2] == SERVER_IP, f"bad lease marker {lease!r}{diag}"
-    assert f"sha256 {files.payload_sha256} file=payload.bin bytes={1 << 20}" in markers, \
-        f"sha256 of payload.bin not seen{diag}"
-    assert "done" in markers, f"no done marker{diag}"
+    os_ip = check_markers(vm, files.kernel_release, files.payload_sha256, diag)
 
     # massboot's view: PXE ack -> pxelinux.0 -> ldlinux.c32 -> pxelinux.cfg -> vmlinuz -> initrd
     # -> OS ack (same address) -> payload.bin

@@ -70,6 +70,7 @@ from tests.e2e.test_qemu_pxe import (
     Cpio,
     Lab,
     Vm,
+    check_markers,
     excerpt,
     extract,
     fetch_debs,
@@ -342,18 +343,7 @@ def start_massboot(lab: Lab, config: Path, timeout: float = 30) -> subprocess.Po
 def check_linux(vm: Vm, log: str, files: UefiFiles) -> str:
     """The Linux half of a boot on the serial console and in massboot's log; returns the address."""
     diag = f"\nserial excerpt:\n{uefi_excerpt(vm)}\nmassboot log:\n{log}"
-    markers = vm.markers()
-    failed = [m for m in markers if m.startswith("FAIL")]
-    assert not failed, f"/init failed: {failed}{diag}"
-    assert any(m.startswith("init kernel=" + files.kernel_release) for m in markers), f"no /init marker{diag}"
-    assert f"eth0 mac={VM_MAC.lower()}" in markers, f"no eth0 marker{diag}"
-    lease = next((m for m in markers if m.startswith("lease ip=")), None)
-    assert lease is not None, f"no lease marker{diag}"
-    os_ip = re.match(r"lease ip=(\S+) mask=\S+ server=(\S+)", lease)
-    assert os_ip is not None and os_ip[2] == SERVER_IP, f"bad lease marker {lease!r}{diag}"
-    assert f"sha256 {files.payload_sha256} file=payload.bin bytes={1 << 20}" in markers, \
-        f"sha256 of payload.bin not seen{diag}"
-    assert "done" in markers, f"no done marker{diag}"
+    os_ip = check_markers(vm, files.kernel_release, files.payload_sha256, diag)
     mine = replies(log)
     os_acks = [r for r in mine if r.kind == "ack" and r.phase == "os"]
     assert os_acks and os_acks[0].ip == os_ip[1], f"no OS-phase ack for {os_ip[1]}{diag}"
