@@ -70,6 +70,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import require, require_root, require_tool
+from tests.netns.netns import NamespaceLayout, add_namespace, delete_namespace, run_ip
 
 pytestmark = pytest.mark.e2e
 
@@ -361,12 +362,6 @@ def kill(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10)
     return proc.returncode
 
 
-def _ip(*args: str) -> None:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
-    if result.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
-
-
 def clean_env() -> dict[str, str]:
     """This process's environment without proxies (the mirror is local to the namespace)."""
     return {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
@@ -425,11 +420,12 @@ MILESTONES = (
 )
 
 
-class Lab:
+class Lab(NamespaceLayout):
     """One network namespace: a bridge with massboot's address and a tap for the VM.
 
     Every process started here runs inside the namespace and is stopped by its pid in
-    :meth:`close`, which then deletes the namespace (and with it the bridge and the tap).
+    :meth:`close`, which then deletes the namespace (and with it the bridge and the tap) with
+    :func:`tests.netns.netns.delete_namespace`.
     """
 
     def __init__(self, work: Path) -> None:
@@ -439,29 +435,14 @@ class Lab:
         self.massboot_log = work / "massboot.log"
         self.mirror_log = work / "mirror.log"
 
-    def __enter__(self) -> Lab:
-        try:
-            self._create()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _create(self) -> None:
-        _ip("netns", "add", self.ns)
-        for setting in ("net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
-                        "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"):
-            _ip("netns", "exec", self.ns, "sysctl", "-q", "-w", setting)
-        _ip("-n", self.ns, "link", "set", "lo", "up")
-        _ip("-n", self.ns, "link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0")
-        _ip("-n", self.ns, "addr", "add", SERVER_ADDR, "dev", BRIDGE)
-        _ip("-n", self.ns, "tuntap", "add", "dev", TAP, "mode", "tap")
-        _ip("-n", self.ns, "link", "set", TAP, "master", BRIDGE)
-        _ip("-n", self.ns, "link", "set", TAP, "up")
-        _ip("-n", self.ns, "link", "set", BRIDGE, "up")
+        add_namespace(self.ns)
+        run_ip("-n", self.ns, "link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0")
+        run_ip("-n", self.ns, "addr", "add", SERVER_ADDR, "dev", BRIDGE)
+        run_ip("-n", self.ns, "tuntap", "add", "dev", TAP, "mode", "tap")
+        run_ip("-n", self.ns, "link", "set", TAP, "master", BRIDGE)
+        run_ip("-n", self.ns, "link", "set", TAP, "up")
+        run_ip("-n", self.ns, "link", "set", BRIDGE, "up")
 
     def popen(self, argv: Sequence[str], log: Path, **kwargs: object) -> subprocess.Popen:
         """Start *argv* in the namespace, stdout and stderr to *log*; stopped in :meth:`close`."""
@@ -472,11 +453,11 @@ class Lab:
         return proc
 
     def close(self) -> None:
-        """Stop every process by pid, then delete the namespace."""
+        """Stop every process by pid, then delete the namespace (any process left in it killed
+        by pid first)."""
         for proc in reversed(self.procs):
             kill(proc)
-        if os.path.exists(f"/run/netns/{self.ns}"):
-            subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=20)
+        delete_namespace(self.ns)
 
     # -- massboot ------------------------------------------------------------------------
     def start_massboot(self, config: Path, timeout: float = 30, args: Sequence[str] = ()) -> subprocess.Popen:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from tests.netns.netns import (
     REPO,
+    NamespaceLayout,
     NamespaceProcesses,
     add_namespace,
     delete_namespace,
@@ -73,7 +74,7 @@ REPLY = re.compile(r"PXE\[server\] INFO: (?P<proxy>proxy )?(?P<kind>offer|ack|na
 _counter = itertools.count(1)
 
 
-class SiteLab(NamespaceProcesses):
+class SiteLab(NamespaceProcesses, NamespaceLayout):
     """The three namespaces; see the module docstring."""
 
     run_timeout = 30
@@ -90,18 +91,7 @@ class SiteLab(NamespaceProcesses):
         self.dnsmasq_log = work / "dnsmasq.log"
         self.dnsmasq_leases = work / "dnsmasq.leases"
 
-    # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> SiteLab:
-        try:
-            self._create()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
+    # -- lifecycle (NamespaceLayout) ----------------------------------------------------------
     def _create(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
         for ns in (self.lab, self.site, self.client):
