@@ -55,7 +55,7 @@ from pathlib import Path
 
 import pytest
 
-from massboot.dhcp.exchange import classify
+from massboot.dhcp.exchange import Classification, classify
 from massboot.dhcp.packet import BootpPacket, MessageType, PacketError, decode
 from tests.conftest import require, require_root, require_tool
 from tests.e2e.test_qemu_pxe import (
@@ -312,6 +312,14 @@ def first(requests: Sequence[BootpPacket], vendor: bytes, msgtype: MessageType) 
                  and p.message_type == msgtype), None)
 
 
+def classified_discover(requests: Sequence[BootpPacket], vendor: bytes, diag: str) -> Classification:
+    """The firmware's first DISCOVER whose option 60 begins with *vendor* (asserted present), as
+    massboot's classify() sees it."""
+    discover = first(requests, vendor, MessageType.DISCOVER)
+    assert discover is not None, f"no OVMF {vendor.split(b':')[0].decode()} DISCOVER captured{diag}"
+    return classify(discover, ("0.0.0.0", 68))
+
+
 # ------------------------------------------------------------------------------------------
 # massboot
 # ------------------------------------------------------------------------------------------
@@ -432,24 +440,31 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         yield created
 
 
+def boot_uefi(lab: Lab, files: UefiFiles, accel: str, tmp_path: Path, name: str, title: str, *,
+              pxe: bool = True) -> tuple[Vm, str, str]:
+    """Serve *files* from ``tmp_path/tftp``, start massboot (``-H``) and the OVMF machine *name*
+    (:func:`start_uefi_vm`), follow it to power-off or BOOT_TIMEOUT and print its timing under
+    *title*; return the VM, massboot's log and the diagnostics every assertion ends with."""
+    files.install(tmp_path / "tftp")
+    start_massboot(lab, write_config(tmp_path))
+    vm = start_uefi_vm(lab, name, accel, pxe=pxe)
+    follow(vm, BOOT_TIMEOUT)
+    print(report(title, vm, accel))
+    log = lab.massboot_text()
+    return vm, log, f"\nserial excerpt:\n{uefi_excerpt(vm)}\nmassboot log:\n{log}"
+
+
 @within(BOOT_TIMEOUT, QEMU_EXIT)
 def test_uefi_pxe_ipxe_http(uefi_files: UefiFiles, uefi_accel: str, lab: Lab, tmp_path: Path) -> None:
     """OVMF PXE: ipxe.efi by TFTP, then the iPXE script, kernel and initrd by HTTP, Linux."""
-    uefi_files.install(tmp_path / "tftp")
-    start_massboot(lab, write_config(tmp_path))
-    vm = start_uefi_vm(lab, "uefi-pxe", uefi_accel)
-    follow(vm, BOOT_TIMEOUT)
-    print(report("UEFI PXE -> ipxe.efi -> HTTP", vm, uefi_accel))
-    log = lab.massboot_text()
-    diag = f"\nserial excerpt:\n{uefi_excerpt(vm)}\nmassboot log:\n{log}"
+    vm, log, diag = boot_uefi(lab, uefi_files, uefi_accel, tmp_path, "uefi-pxe",
+                              "UEFI PXE -> ipxe.efi -> HTTP")
     ip = check_linux(vm, log, uefi_files)
     assert vm.proc.wait(timeout=QEMU_EXIT) == 0, "QEMU did not exit cleanly after poweroff"
 
     # the firmware's own DHCP: PXEClient arch 7, classified as PXE boot firmware
     requests = firmware_requests(tmp_path / "uefi-pxe.pcap")
-    discover = first(requests, b"PXEClient:Arch:00007", MessageType.DISCOVER)
-    assert discover is not None, f"no OVMF PXEClient DISCOVER captured{diag}"
-    request = classify(discover, ("0.0.0.0", 68))
+    request = classified_discover(requests, b"PXEClient:Arch:00007", diag)
     assert (request.pxe, request.http_client, request.arch, request.ipxe) == (True, False, 7, False)
     # massboot's view: the PXE ack gives ipxe.efi, TFTP sends it, iPXE gets the script URL
     urls = [m.groupdict() for m in REPLY_URL.finditer(log)]
@@ -469,21 +484,14 @@ def test_uefi_pxe_ipxe_http(uefi_files: UefiFiles, uefi_accel: str, lab: Lab, tm
 @within(BOOT_TIMEOUT, QEMU_EXIT)
 def test_uefi_http_boot(uefi_files: UefiFiles, uefi_accel: str, lab: Lab, tmp_path: Path) -> None:
     """OVMF HTTP Boot: HTTPClient DHCP, ipxe.efi by HTTP from the firmware itself, then Linux."""
-    uefi_files.install(tmp_path / "tftp")
-    start_massboot(lab, write_config(tmp_path))
-    vm = start_uefi_vm(lab, "uefi-http", uefi_accel, pxe=False)
-    follow(vm, BOOT_TIMEOUT)
-    print(report("UEFI HTTP Boot -> ipxe.efi -> HTTP", vm, uefi_accel))
-    log = lab.massboot_text()
-    diag = f"\nserial excerpt:\n{uefi_excerpt(vm)}\nmassboot log:\n{log}"
+    vm, log, diag = boot_uefi(lab, uefi_files, uefi_accel, tmp_path, "uefi-http",
+                              "UEFI HTTP Boot -> ipxe.efi -> HTTP", pxe=False)
     assert "Start PXE over IPv4" not in vm.text(), f"PXE was tried: the fw_cfg switches failed{diag}"
     ip = check_linux(vm, log, uefi_files)
     assert vm.proc.wait(timeout=QEMU_EXIT) == 0, "QEMU did not exit cleanly after poweroff"
 
     requests = firmware_requests(tmp_path / "uefi-http.pcap")
-    discover = first(requests, b"HTTPClient:Arch:00016", MessageType.DISCOVER)
-    assert discover is not None, f"no OVMF HTTPClient DISCOVER captured{diag}"
-    request = classify(discover, ("0.0.0.0", 68))
+    request = classified_discover(requests, b"HTTPClient:Arch:00016", diag)
     assert (request.pxe, request.http_client, request.boot_client, request.arch) == (False, True, True, 16)
     assert first(requests, b"HTTPClient", MessageType.REQUEST) is not None, f"no HTTPClient REQUEST{diag}"
     urls = [m.groupdict() for m in REPLY_URL.finditer(log)]
