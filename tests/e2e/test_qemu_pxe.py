@@ -147,17 +147,24 @@ _counter = itertools.count(1)
 
 
 @dataclass(frozen=True)
-class BootFiles:
+class LinuxFiles:
+    """What every e2e Linux boot serves: the kernel, the initramfs (:func:`initramfs_base`) and
+    the payload its /init fetches (:func:`write_payload`)."""
+
+    vmlinuz: Path
+    initrd: Path
+    kernel_release: str
+    payload: Path
+    payload_sha256: str
+
+
+@dataclass(frozen=True)
+class BootFiles(LinuxFiles):
     """Everything a boot serves, built once per session (see :func:`build_boot_files`)."""
 
     pxelinux: Path
     ldlinux: Path
-    vmlinuz: Path
-    initrd: Path
     busybox: Path
-    kernel_release: str
-    payload: Path
-    payload_sha256: str
 
     def install(self, root: Path) -> None:
         """Copy the served files into *root* under the names pxe.cfg uses."""
@@ -293,9 +300,10 @@ class Cpio:
         return self._out.getvalue()
 
 
-def build_initramfs(busybox: Path, e1000: Path) -> bytes:
-    """gzip'd newc cpio: busybox-static as /bin/busybox, /init and udhcpc's script from
-    ``tests/e2e/initramfs``, e1000.ko, and the /dev/console the kernel opens for /init."""
+def initramfs_base(busybox: Path) -> Cpio:
+    """The newc cpio every e2e initramfs starts with: busybox-static as /bin/busybox (and
+    /bin/sh), /init and udhcpc's script from ``tests/e2e/initramfs``, the /dev/console the kernel
+    opens for /init; the caller adds the NIC's modules under /lib/modules."""
     cpio = Cpio()
     for d in ("bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "tmp"):
         cpio.directory(d)
@@ -305,8 +313,22 @@ def build_initramfs(busybox: Path, e1000: Path) -> bytes:
     cpio.symlink("bin/sh", "busybox")
     cpio.file("init", (INITRAMFS_SRC / "init").read_bytes(), 0o755)
     cpio.file("etc/udhcpc.script", (INITRAMFS_SRC / "udhcpc.script").read_bytes(), 0o755)
+    return cpio
+
+
+def build_initramfs(busybox: Path, e1000: Path) -> bytes:
+    """gzip'd newc cpio: :func:`initramfs_base` and e1000.ko."""
+    cpio = initramfs_base(busybox)
     cpio.file("lib/modules/e1000.ko", e1000.read_bytes())
     return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
+
+
+def write_payload(work: Path) -> tuple[Path, str]:
+    """``work/payload.bin``: 1 MiB of random bytes the VM's /init fetches by TFTP and whose
+    sha256 it prints; returns the path and that sha256 (hex)."""
+    payload = work / "payload.bin"
+    payload.write_bytes(os.urandom(1 << 20))
+    return payload, hashlib.sha256(payload.read_bytes()).hexdigest()
 
 
 def build_boot_files(cache: Path, work: Path) -> BootFiles:
@@ -326,11 +348,10 @@ def build_boot_files(cache: Path, work: Path) -> BootFiles:
         raise RuntimeError("pxelinux.0, ldlinux.c32 or busybox missing from the packages")
     initrd = work / "initrd.img"
     initrd.write_bytes(build_initramfs(busybox[0], e1000))
-    payload = work / "payload.bin"       # 1 MiB the VM fetches by TFTP; its sha256 must match
-    payload.write_bytes(os.urandom(1 << 20))
+    payload, sha256 = write_payload(work)
     return BootFiles(pxelinux=pxelinux[0], ldlinux=ldlinux[0], vmlinuz=vmlinuz, initrd=initrd,
                      busybox=busybox[0], kernel_release=vmlinuz.name.removeprefix("vmlinuz-"),
-                     payload=payload, payload_sha256=hashlib.sha256(payload.read_bytes()).hexdigest())
+                     payload=payload, payload_sha256=sha256)
 
 
 # ------------------------------------------------------------------------------------------
@@ -534,14 +555,23 @@ def watch(vm: Vm, timeout: float, until: Callable[[Vm], bool] | None = None) -> 
     vm.note(MILESTONES)
 
 
-def probe_accel(files: BootFiles, work: Path) -> str:
-    """``kvm`` when /dev/kvm boots this kernel and initramfs to /init (a direct ``-kernel`` boot
-    in ``massboot_e2e=probe`` mode), else ``tcg``. ``MASSBOOT_E2E_ACCEL`` overrides."""
+def accel_override() -> str | None:
+    """The accelerator known without a probe boot: ``MASSBOOT_E2E_ACCEL`` when it says ``kvm`` or
+    ``tcg``, ``tcg`` when /dev/kvm is not usable; None when KVM must be probed."""
     forced = os.environ.get("MASSBOOT_E2E_ACCEL", "").strip().lower()
     if forced in ("kvm", "tcg"):
         return forced
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
+    return None
+
+
+def probe_accel(files: BootFiles, work: Path) -> str:
+    """``kvm`` when /dev/kvm boots this kernel and initramfs to /init (a direct ``-kernel`` boot
+    in ``massboot_e2e=probe`` mode), else ``tcg``. ``MASSBOOT_E2E_ACCEL`` overrides."""
+    known = accel_override()
+    if known is not None:
+        return known
     serial = work / "kvm-probe.serial"
     argv = [*qemu_base("kvm"), "-nic", "none", "-kernel", str(files.vmlinuz), "-initrd", str(files.initrd),
             "-append", "console=ttyS0 loglevel=1 panic=-1 massboot_e2e=probe", "-serial", f"file:{serial}"]
@@ -648,20 +678,20 @@ def report(name: str, vm: Vm, accel: str) -> str:
     return f"\n--- {name} ({accel}): {times}\n{excerpt(vm)}\n---"
 
 
-def check_markers(vm: Vm, kernel_release: str, payload_sha256: str, diag: str) -> re.Match[str]:
+def check_markers(vm: Vm, files: LinuxFiles, diag: str) -> re.Match[str]:
     """Assert /init's serial markers of one Linux boot: no FAIL, the kernel, eth0 with VM_MAC, a
     lease from massboot (SERVER_IP), payload.bin's sha256, done; return the lease's match (group
     1 the address, 2 the server). *diag* ends every failure message."""
     markers = vm.markers()
     failed = [m for m in markers if m.startswith("FAIL")]
     assert not failed, f"/init failed: {failed}{diag}"
-    assert any(m.startswith("init kernel=" + kernel_release) for m in markers), f"no /init marker{diag}"
+    assert any(m.startswith("init kernel=" + files.kernel_release) for m in markers), f"no /init marker{diag}"
     assert f"eth0 mac={VM_MAC.lower()}" in markers, f"no eth0 marker{diag}"
     lease = next((m for m in markers if m.startswith("lease ip=")), None)
     assert lease is not None, f"no lease marker{diag}"
     os_ip = re.match(r"lease ip=(\S+) mask=\S+ server=(\S+)", lease)
     assert os_ip is not None and os_ip[2] == SERVER_IP, f"bad lease marker {lease!r}{diag}"
-    assert f"sha256 {payload_sha256} file=payload.bin bytes={1 << 20}" in markers, \
+    assert f"sha256 {files.payload_sha256} file=payload.bin bytes={1 << 20}" in markers, \
         f"sha256 of payload.bin not seen{diag}"
     assert "done" in markers, f"no done marker{diag}"
     return os_ip
@@ -674,7 +704,7 @@ def check_boot(vm: Vm, log: str, files: BootFiles, http: bool = False) -> str:
     the pxelinux chain by TFTP.
     """
     diag = f"\nserial excerpt:\n{excerpt(vm)}\nmassboot log:\n{log}"
-    os_ip = check_markers(vm, files.kernel_release, files.payload_sha256, diag)
+    os_ip = check_markers(vm, files, diag)
 
     # massboot's view: PXE ack -> pxelinux.0 -> ldlinux.c32 -> pxelinux.cfg -> vmlinuz -> initrd
     # -> OS ack (same address) -> payload.bin
@@ -763,9 +793,10 @@ def accel(boot_files: BootFiles, tmp_path_factory: pytest.TempPathFactory) -> st
     return chosen
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    """A fresh namespace (bridge + tap) for one test; everything in it is stopped afterwards."""
+@pytest.fixture(name="lab")
+def lab_fixture(tmp_path: Path) -> Iterator[Lab]:
+    """A fresh namespace (bridge + tap) for one test; everything in it is stopped afterwards
+    (test_qemu_uefi's tests use it too)."""
     require_root()
     with Lab(tmp_path) as created:
         yield created

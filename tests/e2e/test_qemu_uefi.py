@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -58,28 +57,31 @@ import pytest
 from massboot.dhcp.exchange import Classification, classify
 from massboot.dhcp.packet import BootpPacket, MessageType, PacketError, decode
 from tests.conftest import require, require_root, require_tool
-from tests.e2e.test_qemu_pxe import (
+from tests.e2e.test_qemu_pxe import (  # noqa: F401  (the lab fixture)
     DEFAULT_CACHE,
-    INITRAMFS_SRC,
     MARK,
     POOL_START,
     SERVER_IP,
     TAP,
     VM_MAC,
     VM_UUID,
-    Cpio,
     Lab,
+    LinuxFiles,
     Vm,
+    accel_override,
     check_markers,
     excerpt,
     extract,
     fetch_debs,
+    initramfs_base,
     kill,
+    lab_fixture,
     once,
     qemu_base,
     replies,
     tftp_done,
     wait_until,
+    write_payload,
 )
 
 pytestmark = pytest.mark.e2e
@@ -138,15 +140,10 @@ def within(*waits: float) -> pytest.MarkDecorator:
 
 
 @dataclass(frozen=True)
-class UefiFiles:
+class UefiFiles(LinuxFiles):
     """What the UEFI boots serve, built once per session."""
 
     ipxe_efi: Path
-    vmlinuz: Path
-    initrd: Path
-    kernel_release: str
-    payload: Path
-    payload_sha256: str
 
     def install(self, root: Path) -> None:
         """Copy the served files into *root* (TFTP and HTTP share it)."""
@@ -160,15 +157,7 @@ class UefiFiles:
 def build_initramfs(busybox: Path, modules: dict[str, Path]) -> bytes:
     """gzip'd newc cpio: busybox, /init from ``tests/e2e/initramfs`` and the virtio-net modules
     with ``/lib/modules/order`` (the order /init loads them in)."""
-    cpio = Cpio()
-    for d in ("bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "tmp"):
-        cpio.directory(d)
-    cpio.chardev("dev/console", 5, 1)
-    cpio.chardev("dev/null", 1, 3, 0o666)
-    cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
-    cpio.symlink("bin/sh", "busybox")
-    cpio.file("init", (INITRAMFS_SRC / "init").read_bytes(), 0o755)
-    cpio.file("etc/udhcpc.script", (INITRAMFS_SRC / "udhcpc.script").read_bytes(), 0o755)
+    cpio = initramfs_base(busybox)
     for name in VIRTIO_MODULES:
         cpio.file(f"lib/modules/{name}.ko", modules[name].read_bytes())
     cpio.file("lib/modules/order", "".join(f"{name}.ko\n" for name in VIRTIO_MODULES).encode())
@@ -192,11 +181,10 @@ def build_uefi_files(cache: Path, work: Path) -> UefiFiles:
         raise RuntimeError("busybox missing from busybox-static")
     initrd = work / "initrd.img"
     initrd.write_bytes(build_initramfs(busybox[0], modules))
-    payload = work / "payload.bin"
-    payload.write_bytes(os.urandom(1 << 20))
+    payload, sha256 = write_payload(work)
     return UefiFiles(ipxe_efi=IPXE_EFI.resolve(), vmlinuz=vmlinuz, initrd=initrd,
                      kernel_release=vmlinuz.name.removeprefix("vmlinuz-"), payload=payload,
-                     payload_sha256=hashlib.sha256(payload.read_bytes()).hexdigest())
+                     payload_sha256=sha256)
 
 
 # ------------------------------------------------------------------------------------------
@@ -237,11 +225,9 @@ def probe_uefi_accel(work: Path) -> str:
     """``kvm`` when /dev/kvm runs OVMF to its boot manager, else ``tcg``; ``MASSBOOT_E2E_ACCEL``
     overrides. (On this project's CI machines KVM runs SeaBIOS and Linux but stops OVMF with
     an "emulation failure" early in its SEC phase: the probe must boot this firmware.)"""
-    forced = os.environ.get("MASSBOOT_E2E_ACCEL", "").strip().lower()
-    if forced in ("kvm", "tcg"):
-        return forced
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "tcg"
+    known = accel_override()
+    if known is not None:
+        return known
     serial = work / "probe.serial"
     variables = work / "probe.vars.fd"
     shutil.copyfile(OVMF_VARS, variables)
@@ -351,7 +337,7 @@ def start_massboot(lab: Lab, config: Path, timeout: float = 30) -> subprocess.Po
 def check_linux(vm: Vm, log: str, files: UefiFiles) -> str:
     """The Linux half of a boot on the serial console and in massboot's log; returns the address."""
     diag = f"\nserial excerpt:\n{uefi_excerpt(vm)}\nmassboot log:\n{log}"
-    os_ip = check_markers(vm, files.kernel_release, files.payload_sha256, diag)
+    os_ip = check_markers(vm, files, diag)
     mine = replies(log)
     os_acks = [r for r in mine if r.kind == "ack" and r.phase == "os"]
     assert os_acks and os_acks[0].ip == os_ip[1], f"no OS-phase ack for {os_ip[1]}{diag}"
@@ -431,13 +417,6 @@ def uefi_accel(uefi_files: UefiFiles, tmp_path_factory: pytest.TempPathFactory) 
     chosen = once("uefi_accel", lambda: probe_uefi_accel(tmp_path_factory.mktemp("uefi-accel")))
     print(f"\nQEMU accelerator (UEFI): {chosen}")
     return chosen
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    require_root()
-    with Lab(tmp_path) as created:
-        yield created
 
 
 def boot_uefi(lab: Lab, files: UefiFiles, accel: str, tmp_path: Path, name: str, title: str, *,
