@@ -54,6 +54,7 @@ from tests.e2e.test_qemu_pxe import (  # noqa: F401  (fixtures)
     MARK,
     NO_BOOT,
     PXE_CFG,
+    PXELINUX_MILESTONES,
     QEMU_EXIT,
     BootFiles,
     Vm,
@@ -77,7 +78,7 @@ from tests.e2e.test_qemu_uefi import (  # noqa: F401  (fixtures)
     uefi_excerpt,
     uefi_files,
 )
-from tests.netns.sitelab import SERVER_IP, SITE_IP, SITE_RANGE, TAPS, SiteLab
+from tests.netns.sitelab import PROXY_CONFIG, PROXY_HEAD, REPLY, SERVER_IP, SITE_IP, SITE_RANGE, TAPS, SiteLab
 
 pytestmark = pytest.mark.e2e
 
@@ -85,33 +86,11 @@ VM_MAC = "52:54:00:12:34:56"
 DENIED_MAC = "52:54:00:65:43:21"
 VM_UUID = "4d617373-626f-4f74-a5e2-652d65326521"
 BOOT_TIMEOUT = 240
-CONFIG = """\
-[logger]
-type = stderr
-level = debug
-[bootpd]
-mode = proxy
-access = mac
-[mac]
-{mac} = yes
-[bootfile]
-default = pxelinux.0
-[tftpd]
-root = tftp
-[filters]
-pxelinux.cfg/* = pxe.cfg
-"""
-REPLY = re.compile(r"PXE\[server\] INFO: (?P<proxy>proxy )?(?P<kind>offer|ack|nak|bootp) mac=(?P<mac>\S+) "
-                   r"ip=(?P<ip>\S+) phase=(?P<phase>\S+) ")
+#: massboot in proxy mode (sitelab's PROXY_CONFIG) with the boot files of test_qemu_pxe
+CONFIG = PROXY_CONFIG.format(mac="{mac}", root="tftp", filter="pxelinux.cfg/* = pxe.cfg")
 MILESTONES = (
     ("pxe_dhcp", "net0: 10.79.0."),
-    ("nbp", "[PXE-NBP]"),
-    ("pxelinux", "PXELINUX 6"),
-    ("loaded", "Loading initrd.img"),
-    ("init", f"{MARK} init"),
-    ("lease", f"{MARK} lease"),
-    ("sha256", f"{MARK} sha256"),
-    ("done", f"{MARK} done"),
+    *PXELINUX_MILESTONES,
     ("no_boot_device", NO_BOOT),
 )
 
@@ -269,13 +248,7 @@ HTTP_PORT = 8080
 HTTP_BASE = f"http://{SERVER_IP}:{HTTP_PORT}/"
 METRICS_PORT = 9469
 HTTP_BOOT_TIMEOUT = 300       # power-on to power-off under TCG: firmware, DHCP x3, downloads, Linux
-HTTP_CONFIG = f"""\
-[logger]
-type = stderr
-level = debug
-[bootpd]
-mode = proxy
-access = mac
+HTTP_CONFIG = PROXY_HEAD + f"""\
 ipxe_boot_file = {HTTP_BASE}boot.ipxe
 [mac]
 {{mac}} = yes

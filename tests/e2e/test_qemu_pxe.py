@@ -70,6 +70,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import require, require_root, require_tool
+from tests.netns.netns import NamespaceLayout, add_namespace, delete_namespace, run_ip
 
 pytestmark = pytest.mark.e2e
 
@@ -146,17 +147,24 @@ _counter = itertools.count(1)
 
 
 @dataclass(frozen=True)
-class BootFiles:
+class LinuxFiles:
+    """What every e2e Linux boot serves: the kernel, the initramfs (:func:`initramfs_base`) and
+    the payload its /init fetches (:func:`write_payload`)."""
+
+    vmlinuz: Path
+    initrd: Path
+    kernel_release: str
+    payload: Path
+    payload_sha256: str
+
+
+@dataclass(frozen=True)
+class BootFiles(LinuxFiles):
     """Everything a boot serves, built once per session (see :func:`build_boot_files`)."""
 
     pxelinux: Path
     ldlinux: Path
-    vmlinuz: Path
-    initrd: Path
     busybox: Path
-    kernel_release: str
-    payload: Path
-    payload_sha256: str
 
     def install(self, root: Path) -> None:
         """Copy the served files into *root* under the names pxe.cfg uses."""
@@ -292,9 +300,10 @@ class Cpio:
         return self._out.getvalue()
 
 
-def build_initramfs(busybox: Path, e1000: Path) -> bytes:
-    """gzip'd newc cpio: busybox-static as /bin/busybox, /init and udhcpc's script from
-    ``tests/e2e/initramfs``, e1000.ko, and the /dev/console the kernel opens for /init."""
+def initramfs_base(busybox: Path) -> Cpio:
+    """The newc cpio every e2e initramfs starts with: busybox-static as /bin/busybox (and
+    /bin/sh), /init and udhcpc's script from ``tests/e2e/initramfs``, the /dev/console the kernel
+    opens for /init; the caller adds the NIC's modules under /lib/modules."""
     cpio = Cpio()
     for d in ("bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "tmp"):
         cpio.directory(d)
@@ -304,8 +313,22 @@ def build_initramfs(busybox: Path, e1000: Path) -> bytes:
     cpio.symlink("bin/sh", "busybox")
     cpio.file("init", (INITRAMFS_SRC / "init").read_bytes(), 0o755)
     cpio.file("etc/udhcpc.script", (INITRAMFS_SRC / "udhcpc.script").read_bytes(), 0o755)
+    return cpio
+
+
+def build_initramfs(busybox: Path, e1000: Path) -> bytes:
+    """gzip'd newc cpio: :func:`initramfs_base` and e1000.ko."""
+    cpio = initramfs_base(busybox)
     cpio.file("lib/modules/e1000.ko", e1000.read_bytes())
     return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
+
+
+def write_payload(work: Path) -> tuple[Path, str]:
+    """``work/payload.bin``: 1 MiB of random bytes the VM's /init fetches by TFTP and whose
+    sha256 it prints; returns the path and that sha256 (hex)."""
+    payload = work / "payload.bin"
+    payload.write_bytes(os.urandom(1 << 20))
+    return payload, hashlib.sha256(payload.read_bytes()).hexdigest()
 
 
 def build_boot_files(cache: Path, work: Path) -> BootFiles:
@@ -325,11 +348,10 @@ def build_boot_files(cache: Path, work: Path) -> BootFiles:
         raise RuntimeError("pxelinux.0, ldlinux.c32 or busybox missing from the packages")
     initrd = work / "initrd.img"
     initrd.write_bytes(build_initramfs(busybox[0], e1000))
-    payload = work / "payload.bin"       # 1 MiB the VM fetches by TFTP; its sha256 must match
-    payload.write_bytes(os.urandom(1 << 20))
+    payload, sha256 = write_payload(work)
     return BootFiles(pxelinux=pxelinux[0], ldlinux=ldlinux[0], vmlinuz=vmlinuz, initrd=initrd,
                      busybox=busybox[0], kernel_release=vmlinuz.name.removeprefix("vmlinuz-"),
-                     payload=payload, payload_sha256=hashlib.sha256(payload.read_bytes()).hexdigest())
+                     payload=payload, payload_sha256=sha256)
 
 
 # ------------------------------------------------------------------------------------------
@@ -359,12 +381,6 @@ def kill(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=timeout)
     return proc.returncode
-
-
-def _ip(*args: str) -> None:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
-    if result.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
 
 
 def clean_env() -> dict[str, str]:
@@ -405,12 +421,9 @@ class Vm:
                 self.milestones[name] = time.monotonic() - self.started
 
 
-#: (name, text) pairs timed from QEMU's start: iPXE has an address (or gives up), pxelinux.0 is
-#: loaded, pxelinux runs, the kernel and initrd are loaded, then /init's markers
-MILESTONES = (
-    ("ipxe_gave_up", "No configuration methods"),
-    ("no_boot_device", "No bootable device"),
-    ("pxe_dhcp", "net0: 10.78.0."),
+#: (name, text) pairs of the pxelinux chain to Linux: pxelinux.0 is loaded, pxelinux runs, the
+#: kernel and initrd are loaded, then /init's markers
+PXELINUX_MILESTONES = (
     ("nbp", "[PXE-NBP]"),
     ("pxelinux", "PXELINUX 6"),
     ("loaded", "Loading initrd.img"),
@@ -419,13 +432,21 @@ MILESTONES = (
     ("sha256", f"{MARK} sha256"),
     ("done", f"{MARK} done"),
 )
+#: (name, text) pairs timed from QEMU's start: iPXE has an address (or gives up), then the chain
+MILESTONES = (
+    ("ipxe_gave_up", "No configuration methods"),
+    ("no_boot_device", "No bootable device"),
+    ("pxe_dhcp", "net0: 10.78.0."),
+    *PXELINUX_MILESTONES,
+)
 
 
-class Lab:
+class Lab(NamespaceLayout):
     """One network namespace: a bridge with massboot's address and a tap for the VM.
 
     Every process started here runs inside the namespace and is stopped by its pid in
-    :meth:`close`, which then deletes the namespace (and with it the bridge and the tap).
+    :meth:`close`, which then deletes the namespace (and with it the bridge and the tap) with
+    :func:`tests.netns.netns.delete_namespace`.
     """
 
     def __init__(self, work: Path) -> None:
@@ -435,29 +456,14 @@ class Lab:
         self.massboot_log = work / "massboot.log"
         self.mirror_log = work / "mirror.log"
 
-    def __enter__(self) -> Lab:
-        try:
-            self._create()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _create(self) -> None:
-        _ip("netns", "add", self.ns)
-        for setting in ("net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
-                        "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"):
-            _ip("netns", "exec", self.ns, "sysctl", "-q", "-w", setting)
-        _ip("-n", self.ns, "link", "set", "lo", "up")
-        _ip("-n", self.ns, "link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0")
-        _ip("-n", self.ns, "addr", "add", SERVER_ADDR, "dev", BRIDGE)
-        _ip("-n", self.ns, "tuntap", "add", "dev", TAP, "mode", "tap")
-        _ip("-n", self.ns, "link", "set", TAP, "master", BRIDGE)
-        _ip("-n", self.ns, "link", "set", TAP, "up")
-        _ip("-n", self.ns, "link", "set", BRIDGE, "up")
+        add_namespace(self.ns)
+        run_ip("-n", self.ns, "link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0")
+        run_ip("-n", self.ns, "addr", "add", SERVER_ADDR, "dev", BRIDGE)
+        run_ip("-n", self.ns, "tuntap", "add", "dev", TAP, "mode", "tap")
+        run_ip("-n", self.ns, "link", "set", TAP, "master", BRIDGE)
+        run_ip("-n", self.ns, "link", "set", TAP, "up")
+        run_ip("-n", self.ns, "link", "set", BRIDGE, "up")
 
     def popen(self, argv: Sequence[str], log: Path, **kwargs: object) -> subprocess.Popen:
         """Start *argv* in the namespace, stdout and stderr to *log*; stopped in :meth:`close`."""
@@ -468,11 +474,11 @@ class Lab:
         return proc
 
     def close(self) -> None:
-        """Stop every process by pid, then delete the namespace."""
+        """Stop every process by pid, then delete the namespace (any process left in it killed
+        by pid first)."""
         for proc in reversed(self.procs):
             kill(proc)
-        if os.path.exists(f"/run/netns/{self.ns}"):
-            subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=20)
+        delete_namespace(self.ns)
 
     # -- massboot ------------------------------------------------------------------------
     def start_massboot(self, config: Path, timeout: float = 30, args: Sequence[str] = ()) -> subprocess.Popen:
@@ -549,14 +555,23 @@ def watch(vm: Vm, timeout: float, until: Callable[[Vm], bool] | None = None) -> 
     vm.note(MILESTONES)
 
 
-def probe_accel(files: BootFiles, work: Path) -> str:
-    """``kvm`` when /dev/kvm boots this kernel and initramfs to /init (a direct ``-kernel`` boot
-    in ``massboot_e2e=probe`` mode), else ``tcg``. ``MASSBOOT_E2E_ACCEL`` overrides."""
+def accel_override() -> str | None:
+    """The accelerator known without a probe boot: ``MASSBOOT_E2E_ACCEL`` when it says ``kvm`` or
+    ``tcg``, ``tcg`` when /dev/kvm is not usable; None when KVM must be probed."""
     forced = os.environ.get("MASSBOOT_E2E_ACCEL", "").strip().lower()
     if forced in ("kvm", "tcg"):
         return forced
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
+    return None
+
+
+def probe_accel(files: BootFiles, work: Path) -> str:
+    """``kvm`` when /dev/kvm boots this kernel and initramfs to /init (a direct ``-kernel`` boot
+    in ``massboot_e2e=probe`` mode), else ``tcg``. ``MASSBOOT_E2E_ACCEL`` overrides."""
+    known = accel_override()
+    if known is not None:
+        return known
     serial = work / "kvm-probe.serial"
     argv = [*qemu_base("kvm"), "-nic", "none", "-kernel", str(files.vmlinuz), "-initrd", str(files.initrd),
             "-append", "console=ttyS0 loglevel=1 panic=-1 massboot_e2e=probe", "-serial", f"file:{serial}"]
@@ -663,13 +678,10 @@ def report(name: str, vm: Vm, accel: str) -> str:
     return f"\n--- {name} ({accel}): {times}\n{excerpt(vm)}\n---"
 
 
-def check_boot(vm: Vm, log: str, files: BootFiles, http: bool = False) -> str:
-    """Assert one whole boot on the serial console and in massboot's log; return the address.
-
-    *http*: the iPXE script, the kernel and the initrd came by HTTP (README, "HTTP boot"), not
-    the pxelinux chain by TFTP.
-    """
-    diag = f"\nserial excerpt:\n{excerpt(vm)}\nmassboot log:\n{log}"
+def check_markers(vm: Vm, files: LinuxFiles, diag: str) -> re.Match[str]:
+    """Assert /init's serial markers of one Linux boot: no FAIL, the kernel, eth0 with VM_MAC, a
+    lease from massboot (SERVER_IP), payload.bin's sha256, done; return the lease's match (group
+    1 the address, 2 the server). *diag* ends every failure message."""
     markers = vm.markers()
     failed = [m for m in markers if m.startswith("FAIL")]
     assert not failed, f"/init failed: {failed}{diag}"
@@ -682,6 +694,17 @@ def check_boot(vm: Vm, log: str, files: BootFiles, http: bool = False) -> str:
     assert f"sha256 {files.payload_sha256} file=payload.bin bytes={1 << 20}" in markers, \
         f"sha256 of payload.bin not seen{diag}"
     assert "done" in markers, f"no done marker{diag}"
+    return os_ip
+
+
+def check_boot(vm: Vm, log: str, files: BootFiles, http: bool = False) -> str:
+    """Assert one whole boot on the serial console and in massboot's log; return the address.
+
+    *http*: the iPXE script, the kernel and the initrd came by HTTP (README, "HTTP boot"), not
+    the pxelinux chain by TFTP.
+    """
+    diag = f"\nserial excerpt:\n{excerpt(vm)}\nmassboot log:\n{log}"
+    os_ip = check_markers(vm, files, diag)
 
     # massboot's view: PXE ack -> pxelinux.0 -> ldlinux.c32 -> pxelinux.cfg -> vmlinuz -> initrd
     # -> OS ack (same address) -> payload.bin
@@ -770,9 +793,10 @@ def accel(boot_files: BootFiles, tmp_path_factory: pytest.TempPathFactory) -> st
     return chosen
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    """A fresh namespace (bridge + tap) for one test; everything in it is stopped afterwards."""
+@pytest.fixture(name="lab")
+def lab_fixture(tmp_path: Path) -> Iterator[Lab]:
+    """A fresh namespace (bridge + tap) for one test; everything in it is stopped afterwards
+    (test_qemu_uefi's tests use it too)."""
     require_root()
     with Lab(tmp_path) as created:
         yield created

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -55,30 +54,34 @@ from pathlib import Path
 
 import pytest
 
-from massboot.dhcp.exchange import classify
+from massboot.dhcp.exchange import Classification, classify
 from massboot.dhcp.packet import BootpPacket, MessageType, PacketError, decode
 from tests.conftest import require, require_root, require_tool
-from tests.e2e.test_qemu_pxe import (
+from tests.e2e.test_qemu_pxe import (  # noqa: F401  (the lab fixture)
     DEFAULT_CACHE,
-    INITRAMFS_SRC,
     MARK,
     POOL_START,
     SERVER_IP,
     TAP,
     VM_MAC,
     VM_UUID,
-    Cpio,
     Lab,
+    LinuxFiles,
     Vm,
+    accel_override,
+    check_markers,
     excerpt,
     extract,
     fetch_debs,
+    initramfs_base,
     kill,
+    lab_fixture,
     once,
     qemu_base,
     replies,
     tftp_done,
     wait_until,
+    write_payload,
 )
 
 pytestmark = pytest.mark.e2e
@@ -137,15 +140,10 @@ def within(*waits: float) -> pytest.MarkDecorator:
 
 
 @dataclass(frozen=True)
-class UefiFiles:
+class UefiFiles(LinuxFiles):
     """What the UEFI boots serve, built once per session."""
 
     ipxe_efi: Path
-    vmlinuz: Path
-    initrd: Path
-    kernel_release: str
-    payload: Path
-    payload_sha256: str
 
     def install(self, root: Path) -> None:
         """Copy the served files into *root* (TFTP and HTTP share it)."""
@@ -159,15 +157,7 @@ class UefiFiles:
 def build_initramfs(busybox: Path, modules: dict[str, Path]) -> bytes:
     """gzip'd newc cpio: busybox, /init from ``tests/e2e/initramfs`` and the virtio-net modules
     with ``/lib/modules/order`` (the order /init loads them in)."""
-    cpio = Cpio()
-    for d in ("bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "tmp"):
-        cpio.directory(d)
-    cpio.chardev("dev/console", 5, 1)
-    cpio.chardev("dev/null", 1, 3, 0o666)
-    cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
-    cpio.symlink("bin/sh", "busybox")
-    cpio.file("init", (INITRAMFS_SRC / "init").read_bytes(), 0o755)
-    cpio.file("etc/udhcpc.script", (INITRAMFS_SRC / "udhcpc.script").read_bytes(), 0o755)
+    cpio = initramfs_base(busybox)
     for name in VIRTIO_MODULES:
         cpio.file(f"lib/modules/{name}.ko", modules[name].read_bytes())
     cpio.file("lib/modules/order", "".join(f"{name}.ko\n" for name in VIRTIO_MODULES).encode())
@@ -191,11 +181,10 @@ def build_uefi_files(cache: Path, work: Path) -> UefiFiles:
         raise RuntimeError("busybox missing from busybox-static")
     initrd = work / "initrd.img"
     initrd.write_bytes(build_initramfs(busybox[0], modules))
-    payload = work / "payload.bin"
-    payload.write_bytes(os.urandom(1 << 20))
+    payload, sha256 = write_payload(work)
     return UefiFiles(ipxe_efi=IPXE_EFI.resolve(), vmlinuz=vmlinuz, initrd=initrd,
                      kernel_release=vmlinuz.name.removeprefix("vmlinuz-"), payload=payload,
-                     payload_sha256=hashlib.sha256(payload.read_bytes()).hexdigest())
+                     payload_sha256=sha256)
 
 
 # ------------------------------------------------------------------------------------------
@@ -236,11 +225,9 @@ def probe_uefi_accel(work: Path) -> str:
     """``kvm`` when /dev/kvm runs OVMF to its boot manager, else ``tcg``; ``MASSBOOT_E2E_ACCEL``
     overrides. (On this project's CI machines KVM runs SeaBIOS and Linux but stops OVMF with
     an "emulation failure" early in its SEC phase: the probe must boot this firmware.)"""
-    forced = os.environ.get("MASSBOOT_E2E_ACCEL", "").strip().lower()
-    if forced in ("kvm", "tcg"):
-        return forced
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "tcg"
+    known = accel_override()
+    if known is not None:
+        return known
     serial = work / "probe.serial"
     variables = work / "probe.vars.fd"
     shutil.copyfile(OVMF_VARS, variables)
@@ -311,6 +298,14 @@ def first(requests: Sequence[BootpPacket], vendor: bytes, msgtype: MessageType) 
                  and p.message_type == msgtype), None)
 
 
+def classified_discover(requests: Sequence[BootpPacket], vendor: bytes, diag: str) -> Classification:
+    """The firmware's first DISCOVER whose option 60 begins with *vendor* (asserted present), as
+    massboot's classify() sees it."""
+    discover = first(requests, vendor, MessageType.DISCOVER)
+    assert discover is not None, f"no OVMF {vendor.split(b':')[0].decode()} DISCOVER captured{diag}"
+    return classify(discover, ("0.0.0.0", 68))
+
+
 # ------------------------------------------------------------------------------------------
 # massboot
 # ------------------------------------------------------------------------------------------
@@ -342,18 +337,7 @@ def start_massboot(lab: Lab, config: Path, timeout: float = 30) -> subprocess.Po
 def check_linux(vm: Vm, log: str, files: UefiFiles) -> str:
     """The Linux half of a boot on the serial console and in massboot's log; returns the address."""
     diag = f"\nserial excerpt:\n{uefi_excerpt(vm)}\nmassboot log:\n{log}"
-    markers = vm.markers()
-    failed = [m for m in markers if m.startswith("FAIL")]
-    assert not failed, f"/init failed: {failed}{diag}"
-    assert any(m.startswith("init kernel=" + files.kernel_release) for m in markers), f"no /init marker{diag}"
-    assert f"eth0 mac={VM_MAC.lower()}" in markers, f"no eth0 marker{diag}"
-    lease = next((m for m in markers if m.startswith("lease ip=")), None)
-    assert lease is not None, f"no lease marker{diag}"
-    os_ip = re.match(r"lease ip=(\S+) mask=\S+ server=(\S+)", lease)
-    assert os_ip is not None and os_ip[2] == SERVER_IP, f"bad lease marker {lease!r}{diag}"
-    assert f"sha256 {files.payload_sha256} file=payload.bin bytes={1 << 20}" in markers, \
-        f"sha256 of payload.bin not seen{diag}"
-    assert "done" in markers, f"no done marker{diag}"
+    os_ip = check_markers(vm, files, diag)
     mine = replies(log)
     os_acks = [r for r in mine if r.kind == "ack" and r.phase == "os"]
     assert os_acks and os_acks[0].ip == os_ip[1], f"no OS-phase ack for {os_ip[1]}{diag}"
@@ -435,31 +419,31 @@ def uefi_accel(uefi_files: UefiFiles, tmp_path_factory: pytest.TempPathFactory) 
     return chosen
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    require_root()
-    with Lab(tmp_path) as created:
-        yield created
+def boot_uefi(lab: Lab, files: UefiFiles, accel: str, tmp_path: Path, name: str, title: str, *,
+              pxe: bool = True) -> tuple[Vm, str, str]:
+    """Serve *files* from ``tmp_path/tftp``, start massboot (``-H``) and the OVMF machine *name*
+    (:func:`start_uefi_vm`), follow it to power-off or BOOT_TIMEOUT and print its timing under
+    *title*; return the VM, massboot's log and the diagnostics every assertion ends with."""
+    files.install(tmp_path / "tftp")
+    start_massboot(lab, write_config(tmp_path))
+    vm = start_uefi_vm(lab, name, accel, pxe=pxe)
+    follow(vm, BOOT_TIMEOUT)
+    print(report(title, vm, accel))
+    log = lab.massboot_text()
+    return vm, log, f"\nserial excerpt:\n{uefi_excerpt(vm)}\nmassboot log:\n{log}"
 
 
 @within(BOOT_TIMEOUT, QEMU_EXIT)
 def test_uefi_pxe_ipxe_http(uefi_files: UefiFiles, uefi_accel: str, lab: Lab, tmp_path: Path) -> None:
     """OVMF PXE: ipxe.efi by TFTP, then the iPXE script, kernel and initrd by HTTP, Linux."""
-    uefi_files.install(tmp_path / "tftp")
-    start_massboot(lab, write_config(tmp_path))
-    vm = start_uefi_vm(lab, "uefi-pxe", uefi_accel)
-    follow(vm, BOOT_TIMEOUT)
-    print(report("UEFI PXE -> ipxe.efi -> HTTP", vm, uefi_accel))
-    log = lab.massboot_text()
-    diag = f"\nserial excerpt:\n{uefi_excerpt(vm)}\nmassboot log:\n{log}"
+    vm, log, diag = boot_uefi(lab, uefi_files, uefi_accel, tmp_path, "uefi-pxe",
+                              "UEFI PXE -> ipxe.efi -> HTTP")
     ip = check_linux(vm, log, uefi_files)
     assert vm.proc.wait(timeout=QEMU_EXIT) == 0, "QEMU did not exit cleanly after poweroff"
 
     # the firmware's own DHCP: PXEClient arch 7, classified as PXE boot firmware
     requests = firmware_requests(tmp_path / "uefi-pxe.pcap")
-    discover = first(requests, b"PXEClient:Arch:00007", MessageType.DISCOVER)
-    assert discover is not None, f"no OVMF PXEClient DISCOVER captured{diag}"
-    request = classify(discover, ("0.0.0.0", 68))
+    request = classified_discover(requests, b"PXEClient:Arch:00007", diag)
     assert (request.pxe, request.http_client, request.arch, request.ipxe) == (True, False, 7, False)
     # massboot's view: the PXE ack gives ipxe.efi, TFTP sends it, iPXE gets the script URL
     urls = [m.groupdict() for m in REPLY_URL.finditer(log)]
@@ -479,21 +463,14 @@ def test_uefi_pxe_ipxe_http(uefi_files: UefiFiles, uefi_accel: str, lab: Lab, tm
 @within(BOOT_TIMEOUT, QEMU_EXIT)
 def test_uefi_http_boot(uefi_files: UefiFiles, uefi_accel: str, lab: Lab, tmp_path: Path) -> None:
     """OVMF HTTP Boot: HTTPClient DHCP, ipxe.efi by HTTP from the firmware itself, then Linux."""
-    uefi_files.install(tmp_path / "tftp")
-    start_massboot(lab, write_config(tmp_path))
-    vm = start_uefi_vm(lab, "uefi-http", uefi_accel, pxe=False)
-    follow(vm, BOOT_TIMEOUT)
-    print(report("UEFI HTTP Boot -> ipxe.efi -> HTTP", vm, uefi_accel))
-    log = lab.massboot_text()
-    diag = f"\nserial excerpt:\n{uefi_excerpt(vm)}\nmassboot log:\n{log}"
+    vm, log, diag = boot_uefi(lab, uefi_files, uefi_accel, tmp_path, "uefi-http",
+                              "UEFI HTTP Boot -> ipxe.efi -> HTTP", pxe=False)
     assert "Start PXE over IPv4" not in vm.text(), f"PXE was tried: the fw_cfg switches failed{diag}"
     ip = check_linux(vm, log, uefi_files)
     assert vm.proc.wait(timeout=QEMU_EXIT) == 0, "QEMU did not exit cleanly after poweroff"
 
     requests = firmware_requests(tmp_path / "uefi-http.pcap")
-    discover = first(requests, b"HTTPClient:Arch:00016", MessageType.DISCOVER)
-    assert discover is not None, f"no OVMF HTTPClient DISCOVER captured{diag}"
-    request = classify(discover, ("0.0.0.0", 68))
+    request = classified_discover(requests, b"HTTPClient:Arch:00016", diag)
     assert (request.pxe, request.http_client, request.boot_client, request.arch) == (False, True, True, 16)
     assert first(requests, b"HTTPClient", MessageType.REQUEST) is not None, f"no HTTPClient REQUEST{diag}"
     urls = [m.groupdict() for m in REPLY_URL.finditer(log)]

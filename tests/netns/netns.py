@@ -14,7 +14,8 @@ hand-written client without a helper process (both come from :class:`NamespacePr
 which ``tests/netns/sitelab.py`` shares). :class:`Massboot` runs the server as a subprocess in
 the server namespace and waits for its readiness line in its log. :func:`add_namespace`,
 :func:`wait_carrier` and :func:`delete_namespace` are the steps every layout here is built and
-removed with.
+removed with; :class:`NamespaceLayout` makes a hand-built layout (``tests/netns/sitelab.py``, the
+QEMU labs of ``tests/e2e``) a context manager that removes what it built, failure included.
 
 Everything here needs root; tests call ``require_root()`` first.
 """
@@ -31,10 +32,12 @@ import socket
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 REPO = Path(__file__).resolve().parents[2]
 CLONE_NEWNET = 0x40000000
@@ -142,6 +145,30 @@ def inside(ns: str) -> Iterator[None]:
             os.close(target)
     finally:
         os.close(own)
+
+
+class NamespaceLayout(ABC):
+    """Namespaces a test builds in :meth:`_create` and removes in :meth:`close`; as a context
+    manager it removes whatever was built when the building fails half-way."""
+
+    @abstractmethod
+    def _create(self) -> None:
+        """Create the namespaces, their links and addresses."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Kill every process started here by pid, then delete the namespaces."""
+
+    def __enter__(self) -> Self:
+        try:
+            self._create()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class NamespaceProcesses:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from tests.netns.netns import (
     REPO,
+    NamespaceLayout,
     NamespaceProcesses,
     add_namespace,
     delete_namespace,
@@ -45,15 +46,19 @@ TAPS = ("mbptap0", "mbptap1")        # QEMU's NICs, on the bridge
 SERVER_IP = "10.79.0.1"
 SITE_IP = "10.79.0.2"
 SITE_RANGE = ("10.79.0.100", "10.79.0.150")
-#: massboot in proxy mode on the lab, booting only the MAC ``{mac}`` (``-`` form); ``{root}`` the
-#: TFTP root, ``{filter}`` one [filters] line (README, "proxyDHCP").
-PROXY_CONFIG = """\
+#: The head of every proxy-mode config here: debug log to stderr, ``mode = proxy``, ``access = mac``
+#: (a config goes on with more [bootpd] options or the [mac] section).
+PROXY_HEAD = """\
 [logger]
 type = stderr
 level = debug
 [bootpd]
 mode = proxy
 access = mac
+"""
+#: massboot in proxy mode on the lab, booting only the MAC ``{mac}`` (``-`` form); ``{root}`` the
+#: TFTP root, ``{filter}`` one [filters] line (README, "proxyDHCP").
+PROXY_CONFIG = PROXY_HEAD + """\
 [mac]
 {mac} = yes
 [bootfile]
@@ -69,7 +74,7 @@ REPLY = re.compile(r"PXE\[server\] INFO: (?P<proxy>proxy )?(?P<kind>offer|ack|na
 _counter = itertools.count(1)
 
 
-class SiteLab(NamespaceProcesses):
+class SiteLab(NamespaceProcesses, NamespaceLayout):
     """The three namespaces; see the module docstring."""
 
     run_timeout = 30
@@ -86,18 +91,7 @@ class SiteLab(NamespaceProcesses):
         self.dnsmasq_log = work / "dnsmasq.log"
         self.dnsmasq_leases = work / "dnsmasq.leases"
 
-    # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> SiteLab:
-        try:
-            self._create()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
+    # -- lifecycle (NamespaceLayout) ----------------------------------------------------------
     def _create(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
         for ns in (self.lab, self.site, self.client):
