@@ -115,36 +115,3 @@ def test_a_stalled_output_never_blocks_the_hub_and_drops_are_counted(monkeypatch
     assert lines[300].endswith("INFO: after")
     assert lines[301].split(" ", 1)[1].startswith("WARNING: log: 700 lines dropped")
     assert len(lines) == 302
-
-
-class CountingStream:
-    def __init__(self) -> None:
-        self.writes: list[str] = []
-
-    def write(self, text: str) -> None:
-        self.writes.append(text)
-
-    def flush(self) -> None:
-        pass
-
-
-def test_lines_of_many_turns_of_the_loop_go_out_in_one_write(monkeypatch) -> None:
-    """The writer wakes once per batch, not once per line or per turn of the hub's loop."""
-    monkeypatch.setattr(logwriter, "BATCH_DELAY", 30.0)
-    stream = CountingStream()
-    handler = BufferedHandler(stream)        # type: ignore[arg-type]
-    logger = make_logger("batch", handler)
-    try:
-        for n in range(300):
-            logger.info("line %d", n)
-            gevent.sleep(0.001)              # many turns of the loop; the batch timer has not fired
-        assert stream.writes == []
-        handler.flush()
-        assert len(stream.writes) == 1 and stream.writes[0].count("\n") == 300
-        for n in range(10):                  # a second batch: a new timer, not the expired one
-            logger.info("again %d", n)
-            gevent.sleep(0.001)
-        assert len(stream.writes) == 1
-    finally:
-        handler.close()
-    assert len(stream.writes) == 2 and stream.writes[1].count("\n") == 10
