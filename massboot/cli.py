@@ -88,33 +88,25 @@ def setup_logging(logger: cfg.LoggerConfig, debug: bool) -> None:
     Called again on SIGHUP: a ``type = file`` log is closed and opened again by its name, so
     that a log rotated by renaming goes on in a new file (README, "Reload").
     """
-    from massboot.logwriter import BufferedHandler, LineFormatter
-
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-        handler.close()           # a BufferedHandler writes what it holds first
-    # no line shows a thread's name, and under gevent the first record of each greenlet would
-    # make a thread object for it (one per DHCP exchange)
-    logging.logThreads = False
+        handler.close()
     handler: logging.Handler
     fmt = LOG_FORMAT
     datefmt = None
-    # stream and file logs are written by a thread of their own, in batches (issue #14:
-    # massboot.logwriter); syslog datagrams are sent as they come
     if logger.type == "stderr":
-        handler, fmt, datefmt = BufferedHandler(sys.stderr), "%(asctime)s " + LOG_FORMAT, "%X"
+        handler, fmt, datefmt = logging.StreamHandler(sys.stderr), "%(asctime)s " + LOG_FORMAT, "%X"
     elif logger.type == "stdout":
-        handler = BufferedHandler(sys.stdout)
+        handler = logging.StreamHandler(sys.stdout)
     elif logger.type == "file":
         assert logger.file is not None
-        handler = BufferedHandler(open(logger.file, "a", encoding="utf-8"), owned=True)  # noqa: SIM115
-        fmt = "%(asctime)s " + LOG_FORMAT
+        handler, fmt = logging.FileHandler(logger.file), "%(asctime)s " + LOG_FORMAT
     elif logger.type == "syslog":
         handler = logging.handlers.SysLogHandler(address="/dev/log")
     else:
         handler = logging.NullHandler()
-    handler.setFormatter(LineFormatter(fmt, datefmt))
+    handler.setFormatter(logging.Formatter(fmt, datefmt))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logger.level)
 
@@ -928,8 +920,6 @@ def run_until_signal(services: Services, watch_period: float = WATCH_PERIOD,
         signals["count"] += 1
         if signals["count"] > 1:
             log.warning("second signal %d: exiting now, transfers still running are cut", signum)
-            for handler in logging.getLogger().handlers:     # os._exit runs no atexit: write the log
-                handler.flush()
             os._exit(EXIT_ERROR)
         log.info("signal %d: stopping", signum)
         stop.set()
