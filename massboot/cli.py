@@ -125,7 +125,8 @@ class Services:
     """The object graph: built once from the config, started, stopped."""
 
     def __init__(self, config: cfg.Config, *, run_dhcp: bool = True, run_tftp: bool = True,
-                 run_http: bool = False, registry: CollectorRegistry | None = None) -> None:
+                 run_http: bool = False, registry: CollectorRegistry | None = None,
+                 debug: bool = False) -> None:
         from massboot.eventlog import EventLog
         from massboot.events import EventBus
 
@@ -145,6 +146,7 @@ class Services:
         self.server_ip: str | None = None
         self.netmask: str | None = None
         self.run_http = run_http     # -H: this process serves HTTP (relative HTTP Boot files)
+        self.debug = debug           # -d, for the TFTP worker processes
         if run_dhcp and config.bootp is None:
             raise cfg.ConfigError("bootpd", None, None,
                                   "missing section: the DHCP server needs [bootpd] (or [bootp]) "
@@ -167,6 +169,9 @@ class Services:
             self.metrics = Metrics(config.metrics, self.events, registry=registry,
                                    dhcp=self.dhcp, tftp=self.tftp, http=self.http, cache=self.files,
                                    scopes=("main", *(sub.name for sub in subnets)))
+            collector = getattr(self.tftp, "collector", None)
+            if collector is not None:    # the TFTP worker processes' own families
+                self.metrics.registry.register(collector())
 
     def _detect_network(self) -> None:
         bootp = self.config.bootp
@@ -182,7 +187,7 @@ class Services:
                                cache_max_bytes=t.cache_size, revalidate_after=t.cache_revalidate,
                                http_timeout=t.http_timeout, max_downloads=t.max_downloads,
                                client_lookup=self._client_info,
-                               events=self.events)
+                               events=self.events, shared=t.processes > 1)
 
     def _client_info(self, ip: str) -> ClientInfo | None:
         """The DHCP side's knowledge of a client, for TFTP filters (None in -t mode)."""
@@ -243,17 +248,22 @@ class Services:
         self.admin = admin_server(self.config.admin_socket, self.dhcp)
 
     def _build_tftp(self) -> None:
-        from massboot.tftp.server import TftpServer
-
         t = self.config.tftp
         address = t.address or self.server_ip or "0.0.0.0"
-        self.tftp = TftpServer(address, t.port, self.files, self.events, pool_size=t.pool_size,
-                               max_blksize=t.blocksize, max_windowsize=t.windowsize,
-                               timeout_min=t.timeout_min, timeout_max=t.timeout,
-                               backoff_max=t.backoff_max, retries=t.retries,
-                               rcvbuf=t.rcvbuf, first_timeout=t.first_timeout,
-                               first_retries=t.first_retries, max_per_client=t.max_per_client,
-                               transfer_memory=t.transfer_memory, memory_budget=t.memory_budget)
+        if t.processes > 1:     # README, "TFTP worker processes"
+            from massboot.workers import TftpWorkers
+
+            self.tftp = TftpWorkers(self.config, address, self.events, self._client_info,
+                                    debug=self.debug)
+            return
+        self.tftp = tftp_server(self.config, address, self.files, self.events)
+
+    def launch(self) -> None:
+        """Start what runs as the final user: the TFTP worker processes (after :meth:`start`
+        and the privilege drop; README, "TFTP worker processes")."""
+        launch = getattr(self.tftp, "launch", None)
+        if launch is not None:
+            launch()
 
     def _build_http(self) -> None:
         from massboot.http.server import HttpServer
@@ -489,6 +499,7 @@ def restart_needed(old: cfg.Config, new: cfg.Config) -> list[str]:
              ("[tftpd] cache_dir/cache_size",
               (old.tftp.cache_dir, old.tftp.cache_size), (new.tftp.cache_dir, new.tftp.cache_size)),
              ("[tftpd] pool_size", old.tftp.pool_size, new.tftp.pool_size),
+             ("[tftpd] processes", old.tftp.processes, new.tftp.processes),
              ("[metrics]", old.metrics, new.metrics),
              ("[httpd] address/port/root/check_ip/max_connections",
               (old.httpd.address, old.httpd.port, old.httpd.root, old.httpd.check_ip,
@@ -614,6 +625,22 @@ def admin_server(path: str, dhcp: Any) -> Any:
         return [AdminScope(s.name, s.store, s.network) for s in dhcp._all_scopes()]
 
     return AdminServer(path, LeaseAdmin(scopes, lambda: dhcp.config.static))
+
+
+def tftp_server(config: cfg.Config, address: str, files: Any, events: Any, **overrides: Any) -> Any:
+    """The :class:`~massboot.tftp.server.TftpServer` of ``[tftpd]``; *overrides*: constructor
+    arguments that differ (a TFTP worker's socket and budget shares, :mod:`massboot.workers`)."""
+    from massboot.tftp.server import TftpServer
+
+    t = config.tftp
+    kwargs: dict[str, Any] = dict(
+        pool_size=t.pool_size, max_blksize=t.blocksize, max_windowsize=t.windowsize,
+        timeout_min=t.timeout_min, timeout_max=t.timeout, backoff_max=t.backoff_max,
+        retries=t.retries, rcvbuf=t.rcvbuf, first_timeout=t.first_timeout,
+        first_retries=t.first_retries, max_per_client=t.max_per_client,
+        transfer_memory=t.transfer_memory, memory_budget=t.memory_budget)
+    kwargs.update(overrides)
+    return TftpServer(address, t.port, files, events, **kwargs)
 
 
 def drop_privileges(user: str, paths: Sequence[str]) -> None:
@@ -742,12 +769,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     user = args.user or (config.massboot.user if config.massboot is not None else None)
     try:
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
-        services = Services(config, run_dhcp=not args.tftp, run_tftp=not args.pxe, run_http=args.http)
+        services = Services(config, run_dhcp=not args.tftp, run_tftp=not args.pxe, run_http=args.http,
+                            debug=args.debug)
         services.start()
         if user:   # after binding and after opening every file it writes (README, Privileges)
             drop_privileges(user, services.private_paths())
         else:
             services.private_paths()
+        services.launch()   # the TFTP worker processes run as the final user
     except cfg.ConfigError as exc:
         print(f"\nError: {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -485,6 +485,10 @@ TFTPD = Section("tftpd", (
            "*massboot*: transfers served at once; while all run, new requests are dropped (the "
            "clients retry)"),
     Option("rcvbuf", parse_size, "4M", "*massboot*: receive buffer of the TFTP listener"),
+    Option("processes", Int(1, 64), "1",
+           "*massboot*: TFTP worker processes sharing the port (``SO_REUSEPORT``), each client IP "
+           "always served by the same one; ``pool_size`` and ``memory_budget`` are split among "
+           "them (README, \"TFTP worker processes\"); a change needs a restart"),
     Option("cache_dir", parse_text, None,
            "*massboot*: where remote files are cached; created ``0700``, it must belong to "
            "massboot's user and not be writable by group or others (else exit code 2)",
@@ -711,6 +715,7 @@ class TftpConfig:
     root: str = TFTPD.default("root")                    # absolute local path or http(s):// URL
     pool_size: int = TFTPD.default("pool_size")
     rcvbuf: int = TFTPD.default("rcvbuf")
+    processes: int = TFTPD.default("processes")          # TFTP worker processes (massboot.workers)
     cache_dir: str | None = None
     cache_size: int = TFTPD.default("cache_size")        # bytes
     max_downloads: int = TFTPD.default("max_downloads")
@@ -1075,6 +1080,10 @@ def _tftp(r: _Reader, base_dir: str, state_dir: str) -> TftpConfig:
     for option in ("transfer_memory", "memory_budget"):   # one 512-byte block and its header
         if v[option] < 516:
             raise ConfigError(s, option, str(v[option]), "must be at least 516 bytes (one 512-byte block)")
+    for option in ("pool_size", "memory_budget"):   # split among the workers (massboot.workers)
+        if v["processes"] > 1 and v[option] < v["processes"] * (516 if option == "memory_budget" else 1):
+            raise ConfigError(s, "processes", str(v["processes"]),
+                              f"more workers than {option} = {v[option]} can be split among")
     return TftpConfig(**v, filters=_filters(r))
 
 

@@ -23,7 +23,8 @@ thread):
                ``?phase=stalled`` (or any phase) filters it. Built and sent in slices, yielding
                to the hub between them, so a large page never stalls the transfers;
 ``/healthz``   ``200`` while every configured server's reader is alive, else ``503``; a JSON body
-               (``degraded``, still ``200``, while a PostgreSQL lease database is unreachable).
+               (``degraded``, still ``200``, while a PostgreSQL lease database is unreachable or
+               a TFTP worker process is down: ``tftp_worker_N``, restarted by the parent).
 """
 
 from __future__ import annotations
@@ -743,6 +744,10 @@ class Metrics:
                 continue
             status[name] = "up" if server.alive else "down"
         healthy = all(v == "up" for v in status.values())
+        states = getattr(self._tftp, "states", None)
+        if states is not None:   # TFTP worker processes: one down is degraded, it is restarted
+            for index, up in enumerate(states()):
+                status[f"tftp_worker_{index}"] = "up" if up else "down"
         if self._dhcp is not None:
             db_up = self._dhcp.lease_db_up()
             if db_up:
@@ -771,7 +776,8 @@ class Metrics:
             return self._clients_page(start_response, phase, query.get("after", [None])[0], limit)
         if path == "/healthz":
             healthy, status = self.health()
-            state = "ok" if status.get("lease_db", "up") == "up" else "degraded"
+            state = "ok" if all(v == "up" for k, v in status.items()
+                                if k == "lease_db" or k.startswith("tftp_worker_")) else "degraded"
             body = {"status": state if healthy else "failing", **status}
             return _reply(start_response, "200 OK" if healthy else "503 Service Unavailable", body)
         if path == "/":

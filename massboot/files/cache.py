@@ -41,7 +41,7 @@ from massboot.config import ConfigError, default_cache_dir
 from massboot.files.local import blocking, open_cloexec
 from massboot.sources import client_text
 
-__all__ = ["CacheDir", "Entry", "Missing", "cache_key", "default_cache_dir"]
+__all__ = ["CacheDir", "Entry", "FlightLocks", "Missing", "cache_key", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,60 @@ def check_private(path: str) -> None:
         raise ConfigError("tftpd", "cache_dir", path,
                           f"writable by group or others (mode {st.st_mode & 0o777:04o}): they "
                           "could plant files that would be served; chmod 0700 it")
+
+
+class FlightLocks:
+    """One upstream download per file across the processes sharing a cache directory
+    (``[tftpd] processes``, README "TFTP worker processes").
+
+    A process downloads a URL only while it holds an exclusive ``flock`` on the URL key's lock
+    file, until the file is filed (``.data`` and ``.json``) or the download failed; the others
+    wait for the lock and then take the file from the directory (:meth:`CacheDir.adopt`). The
+    kernel releases the lock of a process that died. There are :attr:`STRIPES` lock files
+    (``flight/NNN.lock``, by key), so no client can make the directory grow: two URLs of one
+    stripe download one after the other. Every call is a quick system call on a local file;
+    callers on the hub run them in the thread pool.
+    """
+
+    STRIPES = 1024
+
+    def __init__(self, directory: str) -> None:
+        self.dir = os.path.join(directory, "flight")
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.dir, f"{int(key[:8], 16) % self.STRIPES:03x}.lock")
+
+    def try_lock(self, key: str) -> int | None:
+        """The descriptor holding *key*'s lock, or None when another holder has it. Blocking."""
+        import fcntl
+
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        fd = open_cloexec(self._path(key), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @staticmethod
+    def unlock(fd: int) -> None:
+        """Give a lock back (closing the descriptor releases it)."""
+        os.close(fd)
+
+    def held(self, key: str) -> bool:
+        """Whether some holder has *key*'s lock now. Blocking."""
+        try:
+            fd = self.try_lock(key)
+        except OSError:
+            return False
+        if fd is None:
+            return True
+        os.close(fd)
+        return False
 
 
 class Missing:
@@ -195,6 +249,7 @@ class CacheDir:
         self.orphaned = 0
         self.loaded = False
         self.space = gevent.event.Event()
+        self.flight: FlightLocks | None = None   # set when processes share the directory
 
     def __len__(self) -> int:
         return len(self._index)
@@ -334,6 +389,50 @@ class CacheDir:
             self._freed()
         _discard(self.path(entry.key, entry.token, "data"), self.path(entry.key, entry.token, "json"))
 
+    def adopt(self, url: str) -> Entry | None:
+        """Index the newest complete copy of *url* another process filed (or revalidated) in
+        the directory; the entry when it is fresh, else None. Blocking."""
+        key = cache_key(url)
+        best: tuple[float, str, dict[str, Any]] | None = None
+        try:
+            names = [n for n in os.listdir(self.dir) if n.startswith(key) and n.endswith(".json")]
+        except OSError:
+            return None
+        for name in names:
+            m = _CACHE_NAME.match(name)
+            if not m:
+                continue
+            try:
+                with open(os.path.join(self.dir, name), encoding="utf-8") as f:
+                    meta = json.load(f)
+                fetched, size = float(meta["fetched"]), int(meta["size"])
+                if str(meta["url"]) != url or os.stat(self.path(key, m.group(2), "data")).st_size != size:
+                    continue
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if best is None or fetched > best[0]:
+                best = (min(fetched, time.time()), m.group(2), meta)
+        if best is None:
+            return None
+        fetched, token, meta = best
+        old = self._index.get(key)
+        if old is not None and old.token == token:
+            entry = old
+            entry.fetched = fetched
+            entry.fresh_until = fetched + self._revalidate_after
+            entry.etag, entry.last_modified = meta.get("etag"), meta.get("last_modified")
+        else:
+            entry = Entry(key, token, url, int(meta["size"]), meta.get("etag"),
+                          meta.get("last_modified"), fetched, fetched + self._revalidate_after)
+            if old is not None:
+                if old.fetched >= fetched:
+                    return old if old.fresh_until > time.time() else None
+                self.drop(old)
+            self._index[key] = entry
+            self.total += entry.size
+            self.evict()
+        return entry if entry.fresh_until > time.time() else None
+
     def evict(self, extra: int = 0) -> None:
         """Evict least-recently-used entries not being read until *extra* more bytes fit."""
         if self.used + extra <= self.max_bytes:
@@ -387,8 +486,13 @@ class CacheDir:
             self._index[entry.key] = entry
             self.total += entry.size
             keep.update({f"{entry.key}.{entry.token}.data", f"{entry.key}.{entry.token}.json"})
+        busy: dict[str, bool] = {}
         for name in names:
-            if _CACHE_NAME.match(name) and name not in keep:
+            m = _CACHE_NAME.match(name)
+            if m and name not in keep:
+                # another process's download in flight (or being filed) is not a crash's leftover
+                if self.flight is not None and busy.setdefault(m.group(1), self.flight.held(m.group(1))):
+                    continue
                 _unlink_quietly(os.path.join(self.dir, name))
         if self._index:
             log.info("cache %s: %d files, %d bytes", self.dir, len(self._index), self.total)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -36,7 +37,7 @@ import requests
 
 from massboot.config import ConfigError
 from massboot.events import EventBus
-from massboot.files.cache import CacheDir, Entry, Missing
+from massboot.files.cache import CacheDir, Entry, FlightLocks, Missing, cache_key
 from massboot.files.download import Download, StreamSource, upstream_error
 from massboot.files.local import BufferedSource, Fd, LocalFiles, blocking
 from massboot.sources import FileError, FileReason, Source, client_text
@@ -52,6 +53,20 @@ REVALIDATE_BACKOFF = 30.0  # seconds a stale copy is served without asking a mir
 NEGATIVE_TTL = 30.0
 MISSING_MAX = 4096        # names remembered as missing; the oldest go first (never a wipe)
 MAX_DOWNLOADS = 8         # default upstream downloads at once ([tftpd] max_downloads)
+FLIGHT_POLL = 0.05        # seconds between looks at another process's download of a file
+
+
+def _part_bytes(directory: str, key: str) -> int:
+    """Bytes of *key*'s ``.part`` files in *directory* (another process's download). Blocking."""
+    import glob
+
+    total = 0
+    for path in glob.glob(os.path.join(glob.escape(directory), f"{key}.*.part")):
+        try:
+            total += os.stat(path).st_size
+        except OSError:
+            continue
+    return total
 
 
 class Mirror:
@@ -78,8 +93,12 @@ class Mirror:
     def __init__(self, cache: CacheDir, files: LocalFiles, session: requests.Session, *,
                  http_timeout: float, revalidate_after: float, events: EventBus,
                  max_downloads: int = MAX_DOWNLOADS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, shared: bool = False) -> None:
         self.cache = cache
+        # processes sharing the directory: one download per file among them all
+        self._flight = FlightLocks(cache.dir) if shared else None
+        cache.flight = self._flight
+        self._flight_fds: dict[str, int] = {}       # url → the lock of our download of it
         self._files = files
         self._session = session
         self.http_timeout = http_timeout
@@ -133,7 +152,12 @@ class Mirror:
                     self._wait_room(url)
                     attempts -= 1
                     continue
-                dl = self._start(url, entry)
+                lock = None
+                if self._flight is not None:
+                    lock = self._lead(url)
+                    if lock is None:    # another process filed it meanwhile: look again
+                        continue
+                dl = self._start(url, entry, lock)
             kind = "miss" if started else "coalesced"
             # a download waiting for cache space (up to http_timeout more) has its answer
             if not dl.headers.wait(self.http_timeout) and not (
@@ -204,6 +228,8 @@ class Mirror:
         # a prefetch never waits, for a slot or for space
         full = "downloads" if self.active >= self.max_downloads else (
             "space" if self.cache.room() <= 0 else None)
+        if self._flight is not None and full is None and (entry is None or entry.fresh_until <= time.time()):
+            return self._prefetch_shared(url, entry)
         if entry is not None:
             if entry.fresh_until <= time.time() and full is None:
                 self._start(url, entry)
@@ -215,6 +241,68 @@ class Mirror:
         self.misses += 1
         self._events.emit("cache.miss", url=url, bytes=None, prefetch=True)
         return None
+
+    def _prefetch_shared(self, url: str, entry: Entry | None) -> int | None:
+        """:meth:`size` when processes share the cache: a prefetch only if no other process
+        downloads the file; it never waits."""
+        lock = blocking(self._flight.try_lock, cache_key(url))   # type: ignore[union-attr]
+        if lock is None:        # another process downloads it
+            return entry.size if entry is not None else None
+        adopted = blocking(self.cache.adopt, url)
+        if adopted is not None:
+            FlightLocks.unlock(lock)
+            return adopted.size
+        self._start(url, entry, lock)
+        if entry is not None:
+            return entry.size
+        self.misses += 1
+        self._events.emit("cache.miss", url=url, bytes=None, prefetch=True)
+        return None
+
+    def _lead(self, url: str) -> int | None:
+        """Take the URL's flight lock to download it (its descriptor); None when, once the
+        lock was ours, another process had filed a fresh copy meanwhile (now in the index), or
+        when a greenlet of this process started the download meanwhile: look again.
+
+        While another process holds the lock, wait cooperatively (``FLIGHT_POLL`` apart) as long
+        as its ``.part`` file keeps growing, at most ``2 × http_timeout + 1`` s without growth.
+
+        Raises:
+            FileError: UPSTREAM when the other process's download stalled.
+        """
+        flight = self._flight
+        assert flight is not None
+        key = cache_key(url)
+        stall = 2 * self.http_timeout + 1.0
+        seen, since = -1, time.monotonic()
+        polls = 0
+        while True:
+            if url in self._inflight:   # a greenlet of ours leads: join its download
+                return None
+            lock = blocking(flight.try_lock, key)
+            if lock is not None and url in self._inflight:
+                FlightLocks.unlock(lock)
+                return None
+            if lock is not None:
+                try:
+                    adopted = blocking(self.cache.adopt, url)
+                except BaseException:
+                    FlightLocks.unlock(lock)
+                    raise
+                if adopted is not None:
+                    FlightLocks.unlock(lock)
+                    return None
+                return lock
+            if self._closed:
+                raise FileError(FileReason.UPSTREAM, "upstream failed: server stopping")
+            polls += 1
+            if polls % 10 == 0:     # the other download's progress, every ~0.5 s
+                grown = blocking(_part_bytes, self.cache.dir, key)
+                if grown != seen:
+                    seen, since = grown, time.monotonic()
+            if time.monotonic() - since > stall:
+                raise FileError(FileReason.UPSTREAM, "upstream failed: stalled")
+            gevent.sleep(FLIGHT_POLL)
 
     def close(self) -> None:
         """Stop the downloads in flight; their readers get FileError."""
@@ -253,8 +341,10 @@ class Mirror:
 
     # ------------------------------------------------------------------ downloads
 
-    def _start(self, url: str, stale: Entry | None) -> Download:
+    def _start(self, url: str, stale: Entry | None, lock: int | None = None) -> Download:
         dl = Download(url, stale)
+        if lock is not None:     # given back when the download greenlet ends (_run)
+            self._flight_fds[url] = lock
         self._inflight[url] = dl
         self.active += 1
         dl.greenlet = gevent.spawn(self._run, dl)
@@ -323,6 +413,9 @@ class Mirror:
         finally:
             if not dl.done:
                 self._fail(dl, FileError(FileReason.UPSTREAM, "upstream failed"))
+            lock = self._flight_fds.pop(dl.url, None)
+            if lock is not None:    # filed (or failed) and its metadata written: others may look
+                FlightLocks.unlock(lock)
             self._end(dl)
 
     def _received(self, size: int) -> None:

@@ -38,6 +38,8 @@ class FileStore:
         client_lookup: the DHCP side's knowledge of a client, for filter variables.
         events: the event bus for ``cache.*`` events.
         session: the ``requests.Session`` for upstream GETs.
+        shared: other processes use the cache directory too (``[tftpd] processes``): one
+            download per file among them all (:class:`~massboot.files.cache.FlightLocks`).
 
     Raises:
         ValueError: a filter target uses an unknown ``{variable}``.
@@ -50,7 +52,7 @@ class FileStore:
                  revalidate_after: float = 300.0, http_timeout: float = 10.0,
                  max_downloads: int = MAX_DOWNLOADS,
                  client_lookup: ClientLookup | None = None, events: EventBus | None = None,
-                 session: requests.Session | None = None) -> None:
+                 session: requests.Session | None = None, shared: bool = False) -> None:
         self._local = LocalFiles()
         self._base_dir, self._client_lookup = base_dir, client_lookup
         self._filters = tuple(filters)
@@ -63,7 +65,7 @@ class FileStore:
         # a local root uses the cache too, for the http(s):// targets of its filters
         self._mirror = Mirror(cache, self._local, self._session, http_timeout=http_timeout,
                               revalidate_after=revalidate_after, max_downloads=max_downloads,
-                              events=events if events is not None else EventBus())
+                              events=events if events is not None else EventBus(), shared=shared)
         # checked at startup when URLs are known to be fetched; a [path] filter file that names
         # a URL only at run time makes the first download check it (Mirror._ensure_dir)
         if self._names.remote or any(t.strip().startswith(("http://", "https://"))

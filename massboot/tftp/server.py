@@ -150,6 +150,9 @@ class TftpServer:
         max_per_client: transfers one IP address may run at once.
         transfer_memory: the most bytes one transfer's window may buffer.
         memory_budget: the most bytes all transfers' windows may buffer together.
+        listener: a UDP socket already bound to the TFTP port, used instead of binding one
+            (a TFTP worker process's share of the ``SO_REUSEPORT`` group, see
+            :mod:`massboot.workers`); *address* still names the transfers' address.
     """
 
     def __init__(
@@ -172,6 +175,7 @@ class TftpServer:
         max_per_client: int = 8,
         transfer_memory: int = 1 << 20,
         memory_budget: int = 256 << 20,
+        listener: gsocket.socket | None = None,
     ) -> None:
         if max_blksize is not None and not BLKSIZE_MIN <= max_blksize <= BLKSIZE_MAX:
             raise ValueError(f"max_blksize {max_blksize} outside {BLKSIZE_MIN}..{BLKSIZE_MAX}")
@@ -211,6 +215,7 @@ class TftpServer:
         self._transfers: dict[tuple[str, int], ReadTransfer | None] = {}
         self._pumps: dict[tuple[str, int], _Pump] = {}
         self._dispatcher: _Dispatcher | None = None
+        self._listener = listener
 
     def tune(self, *, max_blksize: int | None, max_windowsize: int, timeout_min: float,
              timeout_max: float, retries: int, backoff_max: float | None = None,
@@ -241,13 +246,16 @@ class TftpServer:
         """Bind the listener (synchronously) and start reading in a greenlet."""
         if self._socket is not None:
             raise RuntimeError("TftpServer already started")
-        sock = gsocket.socket(gsocket.AF_INET, gsocket.SOCK_DGRAM)
-        try:
-            _set_rcvbuf(sock, self._rcvbuf)
-            sock.bind((self._address, self._requested_port))
-        except BaseException:
-            sock.close()
-            raise
+        if self._listener is not None:   # bound by the parent (massboot.workers)
+            sock, self._listener = self._listener, None
+        else:
+            sock = gsocket.socket(gsocket.AF_INET, gsocket.SOCK_DGRAM)
+            try:
+                _set_rcvbuf(sock, self._rcvbuf)
+                sock.bind((self._address, self._requested_port))
+            except BaseException:
+                sock.close()
+                raise
         self._socket = sock
         if self._dispatcher is None:
             self._dispatcher = _Dispatcher()
