@@ -1,0 +1,295 @@
+"""``[tftpd] processes = 2`` as a real subprocess on 127.0.0.0/8 (README, "TFTP worker processes").
+
+Clients send from several 127.x addresses: the reuseport group steers each source address to
+worker ``address mod 2`` (the kernel's BPF program), which the per-worker event counters of
+/metrics show. Checked: steering, ``max_per_client`` for the whole server, the parent's
+summed metrics, the boot progress and the filters' ``{mac}`` (the DHCP side's client map reaches
+the workers), a worker killed and restarted, and one upstream GET per file for both workers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+import gevent
+import gevent.event
+import pytest
+import requests
+
+from massboot.tftp.packet import Ack, Data, Error, ErrorCode, Opcode, OptionAck, Request, decode
+from massboot.workers import share, steering_program
+from tests.loopback.dhcpclient import RelayClient, pxe_options
+from tests.loopback.test_cli import Running, free_port
+from tests.mirror import Mirror
+
+MAC_A = bytes.fromhex("525400000b01")
+MAC_B = bytes.fromhex("525400000b02")
+WAIT = 10.0
+
+CONFIG = """
+[logger]
+level = info
+[massboot]
+state_dir = state
+[bootpd]
+address = 127.0.0.1
+port = {dhcp}
+pool_start = 127.0.0.100
+pool_count = 10
+probe = off
+[bootfile]
+default = pxelinux.0
+[tftpd]
+address = 127.0.0.1
+port = {tftp}
+root = {root}
+processes = 2
+max_per_client = 2
+{tftpd}
+[filters]
+mac.txt = by-mac/{{mac}}.txt
+[metrics]
+address = 127.0.0.1
+port = {metrics}
+"""
+
+
+def colon(mac: bytes) -> str:
+    return ":".join(f"{b:02X}" for b in mac)
+
+
+def worker_of(ip: str, count: int = 2) -> int:
+    return int(ipaddress.IPv4Address(ip)) % count
+
+
+def download(src: str, port: int, name: str, blksize: int = 1428, timeout: float = WAIT) -> bytes:
+    """A lock-step RRQ/ACK download from source address *src* (blksize and tsize asked)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((src, 0))
+        sock.settimeout(timeout)
+        sock.sendto(Request(Opcode.RRQ, name, "octet",
+                            {"blksize": str(blksize), "tsize": "0"}).encode(), ("127.0.0.1", port))
+        out = bytearray()
+        expected = 1
+        while True:
+            data, peer = sock.recvfrom(65536)
+            packet = decode(data)
+            if isinstance(packet, OptionAck):
+                blksize = int(packet.options.get("blksize", 512))
+                sock.sendto(Ack(0).encode(), peer)
+                continue
+            if isinstance(packet, Error):
+                raise AssertionError(f"ERROR {packet.code}: {packet.message}")
+            assert isinstance(packet, Data)
+            if packet.block == expected % 65536:
+                out += packet.payload
+                expected += 1
+            sock.sendto(Ack(packet.block).encode(), peer)
+            if len(packet.payload) < blksize and packet.block == (expected - 1) % 65536:
+                return bytes(out)
+    finally:
+        sock.close()
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def scrape(port: int) -> str:
+    return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+
+def worker_events(port: int) -> tuple[float, float]:
+    text = scrape(port)
+    return tuple(metric(text, "massboot_tftp_worker_events_total", f'{{worker="{w}"}}')
+                 for w in (0, 1))  # type: ignore[return-value]
+
+
+def pids(mb: Running) -> dict[int, int]:
+    found = {}
+    for m in re.finditer(r"tftp worker (\d) started \(pid (\d+)\)", mb.log):
+        found[int(m.group(1))] = int(m.group(2))
+    return found
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    root = tmp_path / "files"
+    (root / "by-mac").mkdir(parents=True)
+    payload = os.urandom(1 << 20)
+    (root / "1m.bin").write_bytes(payload)
+    for mac in (MAC_A, MAC_B):
+        (root / "by-mac" / f"{colon(mac)}.txt").write_text(f"config of {colon(mac)}\n")
+    dhcp, tftp, metrics = free_port(), free_port(), free_port(socket.SOCK_STREAM)
+    path = tmp_path / "massboot.ini"
+    path.write_text(CONFIG.format(dhcp=dhcp, tftp=tftp, metrics=metrics, root=root, tftpd=""))
+    mb = Running("-c", str(path))
+    try:
+        mb.wait_for("tftp worker 0 started")
+        mb.wait_for("tftp worker 1 started")
+        deadline = time.monotonic() + 20
+        while mb.log.count("tftp listening on 127.0.0.1") < 3:   # the parent and both workers
+            assert time.monotonic() < deadline, mb.log
+            time.sleep(0.05)
+        yield mb, dhcp, tftp, metrics, payload
+    finally:
+        if mb.proc.poll() is None:
+            mb.proc.send_signal(signal.SIGTERM)
+            assert mb.exit_code() == 0, mb.log
+        mb.close()
+
+
+def test_budget_shares_sum_and_the_program():
+    for total in (1, 2, 3, 1000, 256 << 20):
+        for count in range(1, 9):
+            if total >= count:
+                assert sum(share(total, i, count) for i in range(count)) == total
+    program = steering_program(3)
+    assert len(program) == 24     # three struct sock_filter
+    # ld [SKF_NET_OFF + 12]: the IPv4 source address
+    assert program[:8] == bytes.fromhex("2000 0000") + (-0x100000 + 12 & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def test_two_workers_steer_by_source_cap_sum_and_resolve_filters(server):
+    mb, dhcp, tftp, metrics, payload = server
+    relay = RelayClient(("127.0.0.1", dhcp))
+    try:
+        _, ack_a = relay.dora(MAC_A, pxe_options())
+        _, ack_b = relay.dora(MAC_B, pxe_options())
+    finally:
+        relay.close()
+    assert ack_a is not None and ack_b is not None
+    ip_a, ip_b = ack_a.yiaddr, ack_b.yiaddr
+    assert {worker_of(ip_a), worker_of(ip_b)} == {0, 1}     # consecutive addresses: both workers
+
+    # the DHCP side's client map reaches each worker: {mac} resolves in both
+    assert download(ip_a, tftp, "mac.txt") == f"config of {colon(MAC_A)}\n".encode()
+    assert download(ip_b, tftp, "mac.txt") == f"config of {colon(MAC_B)}\n".encode()
+
+    # steering: every transfer of one source address lands in worker (address mod 2)
+    sources = [f"127.0.0.{n}" for n in range(1, 9)]
+    for worker in (0, 1):
+        before = worker_events(metrics)
+        group = [ip for ip in sources if worker_of(ip) == worker]
+        jobs = [gevent.spawn(download, ip, tftp, "1m.bin") for ip in group for _ in range(2)]
+        gevent.joinall(jobs, raise_error=True)
+        assert all(job.value == payload for job in jobs)
+        deadline = time.monotonic() + 5
+        while True:
+            after = worker_events(metrics)
+            delta = (after[0] - before[0], after[1] - before[1])
+            if delta[worker] >= 2 * len(jobs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert delta[worker] == 2 * len(jobs), (delta, mb.log)     # tftp.start + tftp.done each
+        assert delta[1 - worker] == 0, delta
+
+    # one view: the parent's counters hold every worker's transfers
+    text = scrape(metrics)
+    assert metric(text, "massboot_tftp_transfers_completed_total") == 2 + 2 * len(sources)
+    assert metric(text, "massboot_workers_capacity", '{pool="tftp"}') == 1000
+    health = requests.get(f"http://127.0.0.1:{metrics}/healthz", timeout=5).json()
+    assert health == {"status": "ok", "tftp": "up", "dhcp": "up", "tftp_worker_0": "up",
+                      "tftp_worker_1": "up"}
+
+    # boot progress: the workers' transfers moved both clients past their boot file
+    clients = {c["mac"]: c for c in requests.get(f"http://127.0.0.1:{metrics}/clients", timeout=5).json()}
+    for mac in (MAC_A, MAC_B):
+        assert clients[colon(mac)]["phase"] in ("loader", "kernel"), clients
+        assert clients[colon(mac)]["bytes"] >= len(f"config of {colon(mac)}\n")
+
+    # max_per_client = 2 for the whole server: a third transfer from one address, from another
+    # port (the kernel's port hash could have sent it to the other worker), is refused
+    held = []
+    try:
+        for _ in range(2):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.3", 0))
+            sock.settimeout(WAIT)
+            sock.sendto(Request(Opcode.RRQ, "1m.bin", "octet", {}).encode(), ("127.0.0.1", tftp))
+            assert isinstance(decode(sock.recvfrom(65536)[0]), Data)    # running, never ACKed
+            held.append(sock)
+        for _ in range(3):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as third:
+                third.bind(("127.0.0.3", 0))
+                third.settimeout(WAIT)
+                third.sendto(Request(Opcode.RRQ, "1m.bin", "octet", {}).encode(), ("127.0.0.1", tftp))
+                reply = decode(third.recvfrom(65536)[0])
+                assert reply == Error(ErrorCode.NOT_DEFINED, "Too many transfers from this address")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_killed_worker_is_restarted_on_its_socket(server):
+    mb, _dhcp, tftp, metrics, payload = server
+    victim = pids(mb)[1]
+    os.kill(victim, signal.SIGKILL)
+    seen_down = False
+    deadline = time.monotonic() + 20
+    while "tftp worker 1 started" not in mb.log.split("restarting it", 1)[-1] or \
+            "restarting it" not in mb.log:
+        health = requests.get(f"http://127.0.0.1:{metrics}/healthz", timeout=5)
+        if health.json().get("tftp_worker_1") == "down":
+            seen_down = True
+            assert health.status_code == 200 and health.json()["status"] == "degraded"
+        assert time.monotonic() < deadline, mb.log
+        time.sleep(0.05)
+    assert seen_down
+    assert re.search(rf"tftp worker 1 \(pid {victim}\) killed by signal SIGKILL; restarting it", mb.log)
+    # the new worker reads the same socket: odd source addresses are served again
+    assert download("127.0.0.1", tftp, "1m.bin", timeout=WAIT) == payload
+    assert pids(mb)[1] != victim
+    text = scrape(metrics)
+    assert metric(text, "massboot_tftp_worker_restarts_total", '{worker="1"}') == 1
+    assert metric(text, "massboot_tftp_worker_restarts_total", '{worker="0"}') == 0
+
+
+def test_one_upstream_get_for_both_workers(tmp_path):
+    mirror = Mirror()
+    body = os.urandom(3 << 20)
+    mirror.files["kernel"] = body
+    mirror.hold_headers = gevent.event.Event()    # every client asks while the GET is held
+    (tmp_path / "files").mkdir()
+    dhcp, tftp, metrics = free_port(), free_port(), free_port(socket.SOCK_STREAM)
+    path = tmp_path / "massboot.ini"
+    path.write_text(CONFIG.format(dhcp=dhcp, tftp=tftp, metrics=metrics, root=mirror.root,
+                                  tftpd="http_timeout = 10"))
+    mb = Running("-t", "-c", str(path))
+    try:
+        deadline = time.monotonic() + 20
+        while mb.log.count("tftp listening on 127.0.0.1") < 3:
+            assert mb.proc.poll() is None and time.monotonic() < deadline, mb.log
+            time.sleep(0.05)
+        sources = [f"127.0.0.{n}" for n in range(1, 11)]
+        assert {worker_of(ip) for ip in sources} == {0, 1}
+        jobs = [gevent.spawn(download, ip, tftp, "kernel", timeout=30) for ip in sources]
+        deadline = time.monotonic() + 10
+        while not mirror.gets("kernel"):
+            assert time.monotonic() < deadline, mb.log
+            gevent.sleep(0.05)
+        gevent.sleep(1.0)      # the other worker's clients wait on the flight lock meanwhile
+        mirror.hold_headers.set()
+        gevent.joinall(jobs, raise_error=True)
+        assert all(job.value == body for job in jobs)
+        assert len(mirror.gets("kernel")) == 1, mirror.requests
+        # later clients of both workers: from the cache, still one GET
+        for ip in ("127.0.0.20", "127.0.0.21"):
+            assert download(ip, tftp, "kernel") == body
+        assert len(mirror.gets("kernel")) == 1, mirror.requests
+        text = scrape(metrics)
+        assert metric(text, "massboot_tftp_transfers_completed_total") == len(sources) + 2
+    finally:
+        mb.proc.send_signal(signal.SIGTERM)
+        code = mb.exit_code()
+        mb.close()
+        mirror.stop()
+    assert code == 0, mb.log
