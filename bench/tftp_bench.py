@@ -24,6 +24,10 @@ port 69. ``--no-netns`` runs on the host's loopback with a free unprivileged por
 dnsmasq. ``--extra-server NAME=COMMAND`` adds any other server (a prototype);
 ``--massboot-tree NAME=PATH`` adds massboot from another checkout with the same config (a
 before/after pair: ``git worktree add ../main main``, then ``--massboot-tree main=../main``).
+``massboot-pN`` in ``--servers`` is massboot with ``[tftpd] processes = N`` (its CPU counts its
+worker processes'); give ``--sources N`` too, so that the clients send from 127.0.0.1 ..
+127.0.0.N and the source-address steering spreads them over the workers (every server of the
+run gets the same clients).
 
 The load generator (``bench/tftp_client.py``) is a few forked processes, each one epoll loop
 over its clients' sockets: no greenlets. ``--gen-check`` re-runs the storm against the fastest
@@ -49,6 +53,7 @@ import os
 import platform
 import pstats
 import random
+import re
 import resource
 import shlex
 import shutil
@@ -87,6 +92,7 @@ address = 127.0.0.1
 port = {port}
 root = {root}
 max_per_client = 100000
+processes = {processes}
 """
 
 # massboot from another checkout, first on sys.path (before this checkout and PYTHONPATH)
@@ -239,13 +245,33 @@ class ExitAccounting:
             return self._user[pid] / 1e6, self._system[pid] / 1e6
 
 
-def server_cpu(pid: int, exits: ExitAccounting | None) -> tuple[float, float]:
-    """The server's (user, system) CPU-seconds: its threads, plus its exited children."""
+def live_children(pid: int) -> list[int]:
+    """The running children of *pid* (``/proc/PID/task/*/children``)."""
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+    except OSError:
+        pass
+    return out
+
+
+def server_cpu(pid: int, exits: ExitAccounting | None, live: bool = False) -> tuple[float, float]:
+    """The server's (user, system) CPU-seconds: its threads, plus its exited children, plus
+    with *live* its running children's own (massboot's TFTP worker processes)."""
     if exits is None:
-        return proc_cpu(pid)
-    user, system = proc_cpu(pid, children=False)
-    child_user, child_system = exits.children(pid)
-    return user + child_user, system + child_system
+        user, system = proc_cpu(pid)
+    else:
+        user, system = proc_cpu(pid, children=False)
+        child_user, child_system = exits.children(pid)
+        user, system = user + child_user, system + child_system
+    if live:
+        for child in live_children(pid):
+            child_user, child_system = proc_cpu(child, children=False)
+            if child_user == child_user:     # not NaN: still there
+                user, system = user + child_user, system + child_system
+    return user, system
 
 
 def free_port() -> int:
@@ -305,12 +331,22 @@ class Env:
     trees: dict[str, str] = field(default_factory=dict)  # name -> another massboot checkout
 
 
+def massboot_processes(name: str) -> int | None:
+    """``massboot-pN``: massboot with ``[tftpd] processes = N`` (README, "TFTP worker
+    processes"); give ``--sources`` so that the clients reach every worker."""
+    m = re.fullmatch(r"massboot-p(\d+)", name)
+    return int(m.group(1)) if m else None
+
+
 def server_command(name: str, env: Env, profile: str | None = None, clock: str = "cpu") -> list[str]:
     """The command line that runs *name* in the foreground on 127.0.0.1:env.port."""
+    processes = massboot_processes(name)
+    if processes:
+        name = "massboot"
     if name == "massboot" or name in env.trees:
         config = os.path.join(env.work, "massboot.ini")
         with open(config, "w") as f:
-            f.write(MASSBOOT_CONFIG.format(port=env.port, root=env.root))
+            f.write(MASSBOOT_CONFIG.format(port=env.port, root=env.root, processes=processes or 1))
         if name in env.trees:  # the same server and config from another checkout (before/after)
             return [sys.executable, "-c", TREE_MASSBOOT, env.trees[name], "-t", "-c", config]
         if profile:
@@ -338,7 +374,7 @@ def server_command(name: str, env: Env, profile: str | None = None, clock: str =
 
 def available(name: str, env: Env, netns: bool) -> str | None:
     """Why *name* cannot run here, or None."""
-    if name in env.extra:
+    if name in env.extra or massboot_processes(name):
         return None
     if name in env.trees:
         tree = env.trees[name]
@@ -427,10 +463,11 @@ def measure(server: Server, spec: LoadSpec, clients: int, workers: int, exits: E
             cpus: list[int] | None = None) -> tuple[LoadResult, float, float]:
     """Run one load against *server*; return the figures and the server's CPU-seconds (all, user)."""
     before: list[tuple[float, float]] = []
+    live = server.name.startswith("massboot")   # its TFTP worker processes, while they run
     result = run_load(spec, clients, workers, cpus=cpus,
-                      before_start=lambda: before.append(server_cpu(server.pid, exits)))
+                      before_start=lambda: before.append(server_cpu(server.pid, exits, live)))
     time.sleep(0.2)  # the server's last bookkeeping, its children's exits and their records
-    user, system = server_cpu(server.pid, exits)
+    user, system = server_cpu(server.pid, exits, live)
     return result, user + system - sum(before[0]), user - before[0][0]
 
 
@@ -639,13 +676,14 @@ def run(args: argparse.Namespace, netns: bool, exits: ExitAccounting | None) -> 
                 try:
                     warm_name, warm_sha = files[sizes[0]]
                     run_load(LoadSpec(("127.0.0.1", env.port), warm_name, sizes[0], warm_sha,
-                                      deadline=30), 4, 1)
+                                      deadline=30, sources=args.sources), 4, 1)
                     if name in names and rnd < args.rounds:
                         for size in sizes:
                             fname, sha = files[size]
                             spec = LoadSpec(("127.0.0.1", env.port), fname, size, sha, blksize=args.blksize,
                                             verify_every=args.verify_every, timeout=args.timeout,
-                                            retries=args.retries, deadline=args.deadline)
+                                            retries=args.retries, deadline=args.deadline,
+                                            sources=args.sources)
                             if args.pin_storm and ncpu >= 2:
                                 set_affinity(server.pid, {0})
                                 try:
@@ -842,6 +880,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="load generator processes")
     parser.add_argument("--pin-storm", action="store_true",
                         help="storm with the server pinned to CPU 0 and the generator to the other CPUs")
+    parser.add_argument("--sources", type=int, default=1, metavar="N",
+                        help="storm clients send from 127.0.0.1..127.0.0.N in turn (default 1); "
+                             "massboot-pN (processes = N) steers each source address to one worker")
     parser.add_argument("--blksize", type=int, default=1428)
     parser.add_argument("--verify-every", type=int, default=10, help="sha256 on every Nth client")
     parser.add_argument("--timeout", type=float, default=1.0, help="client resend timeout, seconds")

@@ -67,6 +67,7 @@ class LoadSpec:
     retries: int = 5
     deadline: float = 120.0  # seconds for the whole run
     spin: bool = False  # busy-poll instead of sleeping in epoll (one pinned client on its own CPU)
+    sources: int = 1  # clients send from 127.0.0.1 .. 127.0.0.N in turn (server on 127.x only)
 
 
 @dataclass
@@ -158,9 +159,13 @@ def run_worker(spec: LoadSpec, count: int, first_index: int,
     clients: dict[int, _Client] = {}
     for i in range(count):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind((spec.server[0] if spec.server[0].startswith("127.") else "0.0.0.0", 0))
-        sock.setblocking(False)
         index = first_index + i
+        local = spec.server[0].startswith("127.")
+        if local and spec.sources > 1:   # several source addresses: the steering of SO_REUSEPORT
+            sock.bind((f"127.0.0.{1 + index % spec.sources}", 0))   # workers (massboot processes)
+        else:
+            sock.bind((spec.server[0] if local else "0.0.0.0", 0))
+        sock.setblocking(False)
         hashed = spec.verify_every > 0 and index % spec.verify_every == 0
         core = ReadClient(spec.filename, options, waits=waits, size=spec.size,
                           sha256=spec.sha256 if hashed else None, require_oack=True)

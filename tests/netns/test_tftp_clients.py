@@ -54,7 +54,12 @@ level = info
 address = {address}
 port = 69
 root = {root}
+processes = {processes}
 """
+#: the whole module runs against one TFTP process and against two worker processes (README,
+#: "TFTP worker processes"); CLIENT_IP goes to worker 0 (its address is even), OTHER_IP to 1
+PROCESSES = (1, 2)
+OTHER_IP = "10.78.0.3"
 #: name -> size; random content, generated once per module.
 FILES = {"empty.bin": 0, "b511.bin": 511, "b512.bin": 512, "64k.bin": 64 << 10, "1m.bin": 1 << 20,
          "40m.bin": 40 << 20}
@@ -108,6 +113,7 @@ class TftpEnv:
     server: Massboot
     root: Path
     digests: dict[str, str]     # file name in the root -> sha256 hex
+    processes: int = 1
 
 
 def _write_random(path: Path, size: int) -> str:
@@ -130,8 +136,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def tftp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TftpEnv]:
+@pytest.fixture(scope="module", params=PROCESSES, ids=[f"processes{n}" for n in PROCESSES])
+def tftp(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[TftpEnv]:
+    processes = request.param
     require_root()
     require_tool("ip")
     base = tmp_path_factory.mktemp("tftp-clients")
@@ -151,12 +158,16 @@ def tftp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TftpEnv]:
     conf_dir = base / "etc"
     conf_dir.mkdir()
     config = conf_dir / "massboot.ini"
-    config.write_text(CONFIG.format(address=SERVER_IP, root=root))
+    config.write_text(CONFIG.format(address=SERVER_IP, root=root, processes=processes))
     with namespace_pair("tftpcli", server_addr=f"{SERVER_IP}/24", client_addr=f"{CLIENT_IP}/24",
                         server_if="mts0", client_if="mtc0") as pair:
+        pair.run(pair.client, ["ip", "addr", "add", f"{OTHER_IP}/24", "dev", "mtc0"], timeout=10)
         server = Massboot(pair, config, base, args=("-t",), ready="tftp listening on").start(timeout=30)
+        # the parent's line, then each worker's
+        wait_until(lambda: server.log_text().count("tftp listening on") >= 1 + (processes > 1) * processes,
+                   30, "every TFTP worker listening")
         try:
-            yield TftpEnv(pair, server, root, digests)
+            yield TftpEnv(pair, server, root, digests, processes)
         finally:
             status = server.stop()
         # a graceful stop (SIGTERM), with transfers still running (curl's abandoned ones)
@@ -295,6 +306,23 @@ def test_download_sha256(tftp: TftpEnv, tmp_path: Path, client: str, name: str) 
     assert (int(line["blksize"]), int(line["windowsize"])) == (blksize, windowsize), line.group(0)
     if client == "tftp-hpa" and name == BIG:
         assert size // 512 + 1 > 0xFFFF, "the rollover case must need more than 65535 blocks"
+
+
+def test_both_client_addresses_served_at_once(tftp: TftpEnv, tmp_path: Path) -> None:
+    """curl from CLIENT_IP and from OTHER_IP at once (with processes = 2: one client per worker,
+    steered by source address), 1 MiB each, right bytes; and tftp-hpa after them."""
+    require_client("curl")
+    outs = {ip: tmp_path / f"{ip}.bin" for ip in (CLIENT_IP, OTHER_IP)}
+    procs = [tftp.pair.popen(tftp.pair.client, ["curl", "-sS", "--interface", ip, "-o", str(out),
+                                                 f"tftp://{SERVER_IP}/1m.bin"])
+             for ip, out in outs.items()]
+    for proc in procs:
+        assert proc.wait(timeout=CLIENT_TIMEOUT) == 0
+    for out in outs.values():
+        assert sha256_file(out) == tftp.digests["1m.bin"]
+    for ip in outs:
+        wait_until(lambda ip=ip: re.search(rf"tftp done client={re.escape(ip)}:\d+ file='1m.bin'",
+                                           tftp.server.log_text()), 10, f"the done line of {ip}")
 
 
 # ------------------------------------------------------------------------------------------
