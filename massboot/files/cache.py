@@ -4,7 +4,9 @@ Each complete file is ``<key>.<token>.data`` with its metadata in ``<key>.<token
 download in progress is ``<key>.<token>.part``. The key is a hash of the URL, the token tells
 two generations of one URL apart. The index is rebuilt from the directory at startup, so
 complete files survive a restart; what a crash left behind is removed. One cache directory
-belongs to one process.
+belongs to one massboot; its TFTP worker processes share it (``[tftpd] processes``): each keeps
+its own index, :class:`FlightLocks` makes one download per file among them, and a process
+takes what another filed with :meth:`CacheDir.adopt`.
 
 The directory is trusted only when it is private (README, "A mirror as root"): :meth:`CacheDir.load`
 creates it ``0700`` and refuses one that belongs to another user or that group or others may

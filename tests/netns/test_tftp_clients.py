@@ -321,8 +321,8 @@ def test_both_client_addresses_served_at_once(tftp: TftpEnv, tmp_path: Path) -> 
     for out in outs.values():
         assert sha256_file(out) == tftp.digests["1m.bin"]
     for ip in outs:
-        wait_until(lambda ip=ip: re.search(rf"tftp done client={re.escape(ip)}:\d+ file='1m.bin'",
-                                           tftp.server.log_text()), 10, f"the done line of {ip}")
+        line = re.compile(DONE_LINE.format(ip=re.escape(ip), name=re.escape("1m.bin")), re.M)
+        wait_until(lambda line=line: line.search(tftp.server.log_text()), 10, f"the done line of {ip}")
 
 
 # ------------------------------------------------------------------------------------------

@@ -351,3 +351,23 @@ def test_httpd_bad_values(text, option):
     with pytest.raises(cfg.ConfigError) as err:
         cfg.loads(text)
     assert (err.value.section, err.value.option) == ("httpd", option)
+
+
+@pytest.mark.parametrize("options, value", [
+    ("processes = 0", "0"),
+    ("processes = 65", "65"),
+    ("processes = two", "two"),
+    ("processes = 4\npool_size = 3", "4"),
+    ("processes = 2\nmemory_budget = 1K", "2"),
+])
+def test_tftp_processes_bounds(options, value):
+    """[tftpd] processes: 1..64, and no more than pool_size and memory_budget can be split among
+    (README, "TFTP worker processes"): the error names the section, the option and the value."""
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.loads(BASE + f"[tftpd]\n{options}\n")
+    assert (err.value.section, err.value.option, err.value.value) == ("tftpd", "processes", value)
+
+
+def test_tftp_processes_default_and_set():
+    assert cfg.loads(BASE).tftp.processes == 1
+    assert cfg.loads(BASE + "[tftpd]\nprocesses = 4\n").tftp.processes == 4
