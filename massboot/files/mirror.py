@@ -99,6 +99,7 @@ class Mirror:
         self._flight = FlightLocks(cache.dir) if shared else None
         cache.flight = self._flight
         self._flight_fds: dict[str, int] = {}       # url → the lock of our download of it
+        self._flight_waits: dict[str, gevent.event.Event] = {}   # url → set when _lead ends
         self._files = files
         self._session = session
         self.http_timeout = http_timeout
@@ -272,6 +273,18 @@ class Mirror:
         """
         flight = self._flight
         assert flight is not None
+        waiting = self._flight_waits.get(url)
+        if waiting is not None:     # a greenlet of ours already watches the other process
+            waiting.wait(2 * self.http_timeout + 1.0)
+            return None
+        self._flight_waits[url] = waiting = gevent.event.Event()
+        try:
+            return self._lead_or_wait(url, flight)
+        finally:
+            del self._flight_waits[url]
+            waiting.set()
+
+    def _lead_or_wait(self, url: str, flight: FlightLocks) -> int | None:
         key = cache_key(url)
         stall = 2 * self.http_timeout + 1.0
         seen, since = -1, time.monotonic()
