@@ -166,8 +166,10 @@ class Services:
             from massboot.metrics import Metrics
 
             subnets = config.bootp.subnets if config.bootp is not None else ()
+            cache_view = getattr(self.tftp, "cache_view", None)   # TFTP worker processes'
             self.metrics = Metrics(config.metrics, self.events, registry=registry,
-                                   dhcp=self.dhcp, tftp=self.tftp, http=self.http, cache=self.files,
+                                   dhcp=self.dhcp, tftp=self.tftp, http=self.http,
+                                   cache=self.files if cache_view is None else cache_view(self.files),
                                    scopes=("main", *(sub.name for sub in subnets)))
             collector = getattr(self.tftp, "collector", None)
             if collector is not None:    # the TFTP worker processes' own families

@@ -42,6 +42,8 @@ The mirror cache is one directory for all processes; one upstream download per f
 processes is :class:`massboot.files.cache.FlightLocks`'s job.
 """
 
+from __future__ import annotations
+
 from gevent import monkey
 
 if not monkey.is_module_patched("socket"):   # run as ``python -m massboot.workers``
@@ -391,9 +393,45 @@ class TftpWorkers:
     def buffered_bytes(self) -> int:
         return self._sum("buffered")
 
+    def cache_view(self, files: Any) -> _CacheView:
+        """The parent's file store as :mod:`massboot.metrics` reads it, with the workers' cache
+        figures: downloads summed, the directory's contents as the process knowing most."""
+        return _CacheView(self, files)
+
     def collector(self) -> Collector:
         """The workers' own families, for the metrics registry."""
         return _WorkersCollector(self)
+
+
+class _CacheView:
+    """``metrics.CacheStatus`` over the parent's store and the workers' reports."""
+
+    def __init__(self, pool: TftpWorkers, files: Any) -> None:
+        self._pool = pool
+        self._files = files
+
+    @property
+    def remote(self) -> bool:
+        return bool(self._files.remote)
+
+    def _most(self, name: str, own: int) -> int:
+        return max([own, *(int(w.status.get(name, 0)) for w in self._pool._workers)])
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._most("cached_bytes", self._files.cached_bytes)
+
+    @property
+    def cached_files(self) -> int:
+        return self._most("cached_files", self._files.cached_files)
+
+    @property
+    def used_bytes(self) -> int:
+        return self._most("used_bytes", self._files.used_bytes)
+
+    @property
+    def downloads_active(self) -> int:
+        return self._files.downloads_active + self._pool._sum("downloads")
 
 
 class _WorkersCollector(Collector):
@@ -495,7 +533,8 @@ class Worker:
         return json.dumps({"t": kind, "pid": os.getpid(), "active": tftp.active, "busy": busy,
                            "capacity": capacity, "reserved": reserved, "budget": budget,
                            "buffered": tftp.buffered_bytes(), "dropped": self.dropped,
-                           "downloads": files.downloads_active}).encode()
+                           "downloads": files.downloads_active, "cached_bytes": files.cached_bytes,
+                           "cached_files": files.cached_files, "used_bytes": files.used_bytes}).encode()
 
     def _send_loop(self) -> None:
         send = self._channel.send
@@ -568,6 +607,7 @@ class Worker:
                        transfer_memory=t.transfer_memory,
                        memory_budget=share(t.memory_budget, self.index, self.count))
         self.config = new
+        log.info("tftp worker %d: reload applied", self.index)
 
     def run(self) -> int:
         """Serve until SIGTERM or the parent goes; the exit code."""

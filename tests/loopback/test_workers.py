@@ -293,3 +293,27 @@ def test_one_upstream_get_for_both_workers(tmp_path):
         mb.close()
         mirror.stop()
     assert code == 0, mb.log
+
+
+def test_reload_reaches_both_workers(server, tmp_path):
+    """SIGHUP: each worker reads the config again (max_per_client 2 → 1 applies in both);
+    a changed ``processes`` is logged as needing a restart."""
+    mb, _dhcp, tftp, _metrics, _payload = server
+    path = tmp_path / "massboot.ini"
+    path.write_text(path.read_text().replace("max_per_client = 2", "max_per_client = 1")
+                    .replace("processes = 2", "processes = 3"))
+    mb.proc.send_signal(signal.SIGHUP)
+    mb.wait_for("reload: [tftpd] processes changed: takes effect at the next restart")
+    mb.wait_for("tftp worker 0: reload applied")
+    mb.wait_for("tftp worker 1: reload applied")
+    for src in ("127.0.0.2", "127.0.0.3"):      # worker 0, worker 1
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second:
+            for sock in (first, second):
+                sock.bind((src, 0))
+                sock.settimeout(WAIT)
+            first.sendto(Request(Opcode.RRQ, "1m.bin", "octet", {}).encode(), ("127.0.0.1", tftp))
+            assert isinstance(decode(first.recvfrom(65536)[0]), Data)
+            second.sendto(Request(Opcode.RRQ, "1m.bin", "octet", {}).encode(), ("127.0.0.1", tftp))
+            assert decode(second.recvfrom(65536)[0]) == \
+                Error(ErrorCode.NOT_DEFINED, "Too many transfers from this address")
