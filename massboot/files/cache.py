@@ -59,6 +59,7 @@ def _open_sized(path: str, size: int) -> int:
     return fd
 
 
+_KEY = re.compile(r"[0-9a-f]{32}")
 _CACHE_NAME = re.compile(r"^([0-9a-f]{32})\.([0-9a-f]{12})\.(data|json|part|jtmp)$")
 
 
@@ -99,52 +100,66 @@ class FlightLocks:
     (``[tftpd] processes``, README "TFTP worker processes").
 
     A process downloads a URL only while it holds an exclusive ``flock`` on the URL key's lock
-    file, until the file is filed (``.data`` and ``.json``) or the download failed; the others
-    wait for the lock and then take the file from the directory (:meth:`CacheDir.adopt`). The
-    kernel releases the lock of a process that died. There are :attr:`STRIPES` lock files
-    (``flight/NNN.lock``, by key), so no client can make the directory grow: two URLs of one
-    stripe download one after the other. Every call is a quick system call on a local file;
-    callers on the hub run them in the thread pool.
+    file (``flight/<key>.lock``), until the file is filed (``.data`` and ``.json``) or the
+    download failed; the others read the growing ``.part`` file meanwhile, or wait, and then
+    take the file from the directory (:meth:`CacheDir.adopt`). The kernel releases the lock of a
+    process that died. The holder removes the lock file before it lets go, so the directory
+    holds one file per download in flight (a crash's leftover is removed by the next
+    :meth:`CacheDir.load`); whoever locks a file that was removed meanwhile (it opened it just
+    before) sees it by the inode and tries again. Every call is a few system calls on a local
+    file; callers on the hub run them in the thread pool.
     """
-
-    STRIPES = 1024
 
     def __init__(self, directory: str) -> None:
         self.dir = os.path.join(directory, "flight")
 
     def _path(self, key: str) -> str:
-        return os.path.join(self.dir, f"{int(key[:8], 16) % self.STRIPES:03x}.lock")
+        return os.path.join(self.dir, f"{key}.lock")
 
     def try_lock(self, key: str) -> int | None:
         """The descriptor holding *key*'s lock, or None when another holder has it. Blocking."""
         import fcntl
 
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        fd = open_cloexec(self._path(key), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        path = self._path(key)
+        while True:
+            fd = open_cloexec(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                try:
+                    same = os.stat(path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                return fd
+            os.close(fd)       # its holder removed it as it let go: lock the new one
 
-    @staticmethod
-    def unlock(fd: int) -> None:
-        """Give a lock back (closing the descriptor releases it)."""
+    def unlock(self, key: str, fd: int) -> None:
+        """Give *key*'s lock back: remove the file, then close (which releases the lock)."""
+        try:
+            os.unlink(self._path(key))
+        except OSError:
+            pass
         os.close(fd)
 
     def held(self, key: str) -> bool:
-        """Whether some holder has *key*'s lock now. Blocking."""
+        """Whether some holder has *key*'s lock now (a crash's leftover lock file is removed).
+        Blocking."""
+        if not os.path.exists(self._path(key)):
+            return False
         try:
             fd = self.try_lock(key)
         except OSError:
             return False
         if fd is None:
             return True
-        os.close(fd)
+        self.unlock(key, fd)
         return False
 
 
@@ -496,6 +511,14 @@ class CacheDir:
                 if self.flight is not None and busy.setdefault(m.group(1), self.flight.held(m.group(1))):
                     continue
                 _unlink_quietly(os.path.join(self.dir, name))
+        if self.flight is not None:     # lock files a crashed process left (held() removes them)
+            try:
+                stale = [n[:-5] for n in os.listdir(self.flight.dir) if n.endswith(".lock")]
+            except OSError:
+                stale = []
+            for key in stale:
+                if _KEY.fullmatch(key):
+                    self.flight.held(key)
         if self._index:
             log.info("cache %s: %d files, %d bytes", self.dir, len(self._index), self.total)
         self.loaded = True

@@ -39,7 +39,7 @@ from massboot.config import ConfigError
 from massboot.events import EventBus
 from massboot.files.cache import CacheDir, Entry, FlightLocks, Missing, cache_key
 from massboot.files.download import Download, StreamSource, upstream_error
-from massboot.files.local import BufferedSource, Fd, LocalFiles, blocking
+from massboot.files.local import BufferedSource, Fd, LocalFiles, blocking, open_cloexec
 from massboot.sources import FileError, FileReason, Source, client_text
 
 __all__ = ["MAX_DOWNLOADS", "Mirror"]
@@ -56,17 +56,23 @@ MAX_DOWNLOADS = 8         # default upstream downloads at once ([tftpd] max_down
 FLIGHT_POLL = 0.05        # seconds between looks at another process's download of a file
 
 
-def _part_bytes(directory: str, key: str) -> int:
-    """Bytes of *key*'s ``.part`` files in *directory* (another process's download). Blocking."""
+def _open_part(directory: str, key: str) -> tuple[str, int] | None:
+    """The token and a read descriptor of *key*'s newest ``.part`` file in *directory* (another
+    process's download in flight), or None. Blocking."""
     import glob
 
-    total = 0
+    found = []
     for path in glob.glob(os.path.join(glob.escape(directory), f"{key}.*.part")):
         try:
-            total += os.stat(path).st_size
+            found.append((os.stat(path).st_mtime, path))
         except OSError:
             continue
-    return total
+    for _mtime, path in sorted(found, reverse=True):
+        try:
+            return os.path.basename(path).split(".")[1], open_cloexec(path)
+        except OSError:
+            continue
+    return None
 
 
 class Mirror:
@@ -246,12 +252,18 @@ class Mirror:
     def _prefetch_shared(self, url: str, entry: Entry | None) -> int | None:
         """:meth:`size` when processes share the cache: a prefetch only if no other process
         downloads the file; it never waits."""
-        lock = blocking(self._flight.try_lock, cache_key(url))   # type: ignore[union-attr]
+        flight, key = self._flight, cache_key(url)
+        assert flight is not None
+        lock = blocking(flight.try_lock, key)
         if lock is None:        # another process downloads it
             return entry.size if entry is not None else None
-        adopted = blocking(self.cache.adopt, url)
+        try:
+            adopted = blocking(self.cache.adopt, url)
+        except BaseException:
+            flight.unlock(key, lock)
+            raise
         if adopted is not None:
-            FlightLocks.unlock(lock)
+            flight.unlock(key, lock)
             return adopted.size
         self._start(url, entry, lock)
         if entry is not None:
@@ -265,8 +277,9 @@ class Mirror:
         lock was ours, another process had filed a fresh copy meanwhile (now in the index), or
         when a greenlet of this process started the download meanwhile: look again.
 
-        While another process holds the lock, wait cooperatively (``FLIGHT_POLL`` apart) as long
-        as its ``.part`` file keeps growing, at most ``2 × http_timeout + 1`` s without growth.
+        While another process holds the lock: once its ``.part`` file exists, follow it
+        (:meth:`_follow`); until then wait cooperatively (``FLIGHT_POLL`` apart), at most
+        ``2 × http_timeout + 1`` s.
 
         Raises:
             FileError: UPSTREAM when the other process's download stalled.
@@ -287,35 +300,89 @@ class Mirror:
     def _lead_or_wait(self, url: str, flight: FlightLocks) -> int | None:
         key = cache_key(url)
         stall = 2 * self.http_timeout + 1.0
-        seen, since = -1, time.monotonic()
-        polls = 0
+        since = time.monotonic()
         while True:
-            if url in self._inflight:   # a greenlet of ours leads: join its download
+            if url in self._inflight:   # a greenlet of ours leads or follows: join it
                 return None
             lock = blocking(flight.try_lock, key)
             if lock is not None and url in self._inflight:
-                FlightLocks.unlock(lock)
+                flight.unlock(key, lock)
                 return None
             if lock is not None:
                 try:
                     adopted = blocking(self.cache.adopt, url)
                 except BaseException:
-                    FlightLocks.unlock(lock)
+                    flight.unlock(key, lock)
                     raise
                 if adopted is not None:
-                    FlightLocks.unlock(lock)
+                    flight.unlock(key, lock)
                     return None
                 return lock
+            # another process downloads it: read its .part file as it grows, once there is one
+            part = blocking(_open_part, self.cache.dir, key)
+            if part is not None:
+                if url in self._inflight or self._closed:
+                    os.close(part[1])
+                else:
+                    self._follow(url, *part)
+                return None
             if self._closed:
                 raise FileError(FileReason.UPSTREAM, "upstream failed: server stopping")
-            polls += 1
-            if polls % 10 == 0:     # the other download's progress, every ~0.5 s
-                grown = blocking(_part_bytes, self.cache.dir, key)
-                if grown != seen:
-                    seen, since = grown, time.monotonic()
-            if time.monotonic() - since > stall:
+            if time.monotonic() - since > stall:   # no answer, no body: the leader is stuck
                 raise FileError(FileReason.UPSTREAM, "upstream failed: stalled")
             gevent.sleep(FLIGHT_POLL)
+
+    def _follow(self, url: str, token: str, fd: int) -> None:
+        """Serve another process's download in flight from its ``.part`` file (*fd*): a
+        :class:`Download` in :attr:`_inflight` that :meth:`_watch` moves along, so that this
+        process's readers stream it as the downloader's own do (its size is known once it is
+        complete)."""
+        dl = Download(url, None)
+        dl.token = token
+        dl.fd = Fd(fd)
+        dl.headers.set()
+        self._inflight[url] = dl
+        dl.greenlet = gevent.spawn(self._watch, dl)
+
+    def _watch(self, dl: Download) -> None:
+        """Follow another process's download: the bytes on disk every ``FLIGHT_POLL`` s; once
+        its flight lock is free, the file it filed (complete) or nothing (failed)."""
+        flight = self._flight
+        assert flight is not None and dl.fd is not None
+        stall = 2 * self.http_timeout + 1.0
+        since = time.monotonic()
+        try:
+            while True:
+                size = os.fstat(dl.fd.fd).st_size
+                if size > dl.received:
+                    dl.received, since = size, time.monotonic()
+                    dl.notify()
+                lock = blocking(flight.try_lock, dl.key)
+                if lock is not None:
+                    try:
+                        entry = blocking(self.cache.adopt, dl.url)
+                    finally:
+                        flight.unlock(dl.key, lock)
+                    final = os.fstat(dl.fd.fd).st_size
+                    if entry is None or entry.token != dl.token or entry.size != final:
+                        raise FileError(FileReason.UPSTREAM, "upstream failed")
+                    dl.received = dl.size = final
+                    dl.complete = True
+                    dl.stored = entry
+                    self.cache.pin(entry, dl.readers)   # its readers now read a cached file
+                    self._finish(dl)
+                    return
+                if time.monotonic() - since > stall:
+                    raise FileError(FileReason.UPSTREAM, "upstream failed: stalled")
+                gevent.sleep(FLIGHT_POLL)
+        except FileError as exc:
+            dl.error = exc
+            self._finish(dl)
+        except BaseException as exc:  # GreenletExit included: a reader must never hang
+            dl.error = upstream_error(exc)
+            self._finish(dl)
+            if not isinstance(exc, Exception):
+                raise
 
     def close(self) -> None:
         """Stop the downloads in flight; their readers get FileError."""
@@ -427,8 +494,8 @@ class Mirror:
             if not dl.done:
                 self._fail(dl, FileError(FileReason.UPSTREAM, "upstream failed"))
             lock = self._flight_fds.pop(dl.url, None)
-            if lock is not None:    # filed (or failed) and its metadata written: others may look
-                FlightLocks.unlock(lock)
+            if lock is not None and self._flight is not None:
+                self._flight.unlock(dl.key, lock)   # filed (or failed), metadata written: others look
             self._end(dl)
 
     def _received(self, size: int) -> None:

@@ -68,8 +68,10 @@ def worker_of(ip: str, count: int = 2) -> int:
     return int(ipaddress.IPv4Address(ip)) % count
 
 
-def download(src: str, port: int, name: str, blksize: int = 1428, timeout: float = WAIT) -> bytes:
-    """A lock-step RRQ/ACK download from source address *src* (blksize and tsize asked)."""
+def download(src: str, port: int, name: str, blksize: int = 1428, timeout: float = WAIT,
+             progress: dict[str, int] | None = None) -> bytes:
+    """A lock-step RRQ/ACK download from source address *src* (blksize and tsize asked);
+    *progress*: bytes received so far, by source address."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.bind((src, 0))
@@ -91,6 +93,8 @@ def download(src: str, port: int, name: str, blksize: int = 1428, timeout: float
             if packet.block == expected % 65536:
                 out += packet.payload
                 expected += 1
+                if progress is not None:
+                    progress[src] = len(out)
             sock.sendto(Ack(packet.block).encode(), peer)
             if len(packet.payload) < blksize and packet.block == (expected - 1) % 65536:
                 return bytes(out)
@@ -258,6 +262,7 @@ def test_one_upstream_get_for_both_workers(tmp_path):
     body = os.urandom(3 << 20)
     mirror.files["kernel"] = body
     mirror.hold_headers = gevent.event.Event()    # every client asks while the GET is held
+    mirror.hold_at = 1 << 20                      # then the body stops at 1 MiB of 3 until gate
     (tmp_path / "files").mkdir()
     dhcp, tftp, metrics = free_port(), free_port(), free_port(socket.SOCK_STREAM)
     path = tmp_path / "massboot.ini"
@@ -271,13 +276,23 @@ def test_one_upstream_get_for_both_workers(tmp_path):
             time.sleep(0.05)
         sources = [f"127.0.0.{n}" for n in range(1, 11)]
         assert {worker_of(ip) for ip in sources} == {0, 1}
-        jobs = [gevent.spawn(download, ip, tftp, "kernel", timeout=30) for ip in sources]
+        progress: dict[str, int] = {}
+        jobs = [gevent.spawn(download, ip, tftp, "kernel", timeout=30, progress=progress)
+                for ip in sources]
         deadline = time.monotonic() + 10
         while not mirror.gets("kernel"):
             assert time.monotonic() < deadline, mb.log
             gevent.sleep(0.05)
         gevent.sleep(1.0)      # the other worker's clients wait on the flight lock meanwhile
         mirror.hold_headers.set()
+        # the body is held at 1 MiB: every client, of both workers, streams the part there is
+        # (the other worker reads the downloader's growing .part file)
+        deadline = time.monotonic() + 15
+        while not all(progress.get(ip, 0) >= 512 << 10 for ip in sources):
+            assert time.monotonic() < deadline, (progress, mb.log)
+            gevent.sleep(0.05)
+        assert all(progress[ip] < len(body) for ip in sources)
+        mirror.gate.set()
         gevent.joinall(jobs, raise_error=True)
         assert all(job.value == body for job in jobs)
         assert len(mirror.gets("kernel")) == 1, mirror.requests
