@@ -332,3 +332,26 @@ def test_reload_reaches_both_workers(server, tmp_path):
             second.sendto(Request(Opcode.RRQ, "1m.bin", "octet", {}).encode(), ("127.0.0.1", tftp))
             assert decode(second.recvfrom(65536)[0]) == \
                 Error(ErrorCode.NOT_DEFINED, "Too many transfers from this address")
+
+
+def test_workers_stop_when_the_parent_is_killed(server):
+    """A worker whose parent died (SIGKILL: no cleanup) stops: it must not keep serving, or
+    keep the port's group, without the parent."""
+    mb, *_ = server
+    workers = pids(mb)
+    assert len(workers) == 2
+    mb.proc.kill()
+    mb.proc.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(") ", 1)[1][0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 15
+    while any(alive(pid) for pid in workers.values()):
+        assert time.monotonic() < deadline, mb.log
+        time.sleep(0.1)
+    assert "the parent is gone, stopping" in mb.log

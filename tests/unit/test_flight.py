@@ -1,0 +1,60 @@
+"""FlightLocks: one download per file across processes (README, "TFTP worker processes")."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from massboot.files.cache import FlightLocks, cache_key
+
+KEY = cache_key("http://mirror.example/vmlinuz")
+
+
+def test_one_holder_and_the_file_goes_with_it(tmp_path):
+    locks = FlightLocks(str(tmp_path))
+    fd = locks.try_lock(KEY)
+    assert fd is not None
+    assert locks.try_lock(KEY) is None            # another open file description: refused
+    assert locks.held(KEY)
+    assert os.listdir(locks.dir) == [f"{KEY}.lock"]
+    locks.unlock(KEY, fd)
+    assert os.listdir(locks.dir) == []            # one lock file per download in flight
+    assert not locks.held(KEY)
+    other = locks.try_lock(cache_key("http://mirror.example/initrd"))
+    assert other is not None and locks.try_lock(KEY) is not None   # keys are independent
+
+
+def test_a_file_removed_while_it_was_opened_is_not_a_lock(tmp_path):
+    """The holder removes the file, then lets go: whoever opened it before must not hold a lock
+    on the removed inode (two holders) but lock the new file."""
+    import fcntl
+
+    locks = FlightLocks(str(tmp_path))
+    fd = locks.try_lock(KEY)
+    assert fd is not None
+    stale = os.open(os.path.join(locks.dir, f"{KEY}.lock"), os.O_RDWR)   # opened before the unlink
+    locks.unlock(KEY, fd)
+    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)   # the old inode: lockable, and meaningless
+    mine = locks.try_lock(KEY)                           # the path's new file
+    assert mine is not None and locks.try_lock(KEY) is None
+    os.close(stale)
+    locks.unlock(KEY, mine)
+
+
+def test_a_dead_holders_lock_is_released_and_its_leftover_removed(tmp_path):
+    locks = FlightLocks(str(tmp_path))
+    code = (f"import sys, time; sys.path.insert(0, {os.getcwd()!r}); "
+            "from massboot.files.cache import FlightLocks; "
+            f"fd = FlightLocks({str(tmp_path)!r}).try_lock({KEY!r}); print(fd, flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip().isdigit()
+        assert locks.try_lock(KEY) is None and locks.held(KEY)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert os.listdir(locks.dir) == [f"{KEY}.lock"]      # the crash left the file...
+    assert not locks.held(KEY)                           # ...unlocked; held() removes it
+    assert os.listdir(locks.dir) == []
