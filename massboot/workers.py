@@ -161,6 +161,8 @@ class _Worker:
         self.restarts = 0
         self.status: dict[str, Any] = {}
         self.events = 0                   # events received from it
+        self.invalid = 0                  # messages or events from it that made no sense
+        self.dropped_before = 0           # events its earlier processes dropped (a counter)
         self.up = False                   # ready message received, process running
         self.last_exit: str | None = None
 
@@ -196,8 +198,6 @@ class TftpWorkers:
         self._supervisors: list[gevent.Greenlet] = []
         self._stopping = False
         self._launched = False
-        self.origin: int | None = None    # the worker whose event is being emitted (tests)
-        self.forward_errors = 0
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -310,6 +310,7 @@ class TftpWorkers:
             reader.kill()
             worker.channel.close()
             worker.channel = None
+            worker.dropped_before += int(worker.status.get("dropped", 0))
             worker.status = {}
             if self._stopping:
                 return
@@ -335,7 +336,7 @@ class TftpWorkers:
                 message = json.loads(data)
                 kind = message["t"]
             except (ValueError, KeyError, TypeError):
-                self.forward_errors += 1
+                worker.invalid += 1
                 continue
             if kind == "evs":
                 self._emit(worker, message.get("e", ()))
@@ -351,13 +352,10 @@ class TftpWorkers:
         for item in events:
             try:
                 kind, fields = item
-                self.origin = worker.index
                 self._events.emit(kind, **fields)
                 worker.events += 1
-            except (TypeError, ValueError):
-                self.forward_errors += 1
-            finally:
-                self.origin = None
+            except (TypeError, ValueError):     # not [kind, {fields}], or not an event's fields
+                worker.invalid += 1
 
     def _answer(self, channel: socket.socket, message: dict[str, Any]) -> None:
         info = None
@@ -447,13 +445,14 @@ class _WorkersCollector(Collector):
         events = CounterMetricFamily("massboot_tftp_worker_events", "Events a TFTP worker "
                                      "forwarded to the parent.", labels=("worker",))
         dropped = CounterMetricFamily("massboot_tftp_worker_events_dropped", "Events a TFTP worker "
-                                      "dropped: its queue to the parent was full.", labels=("worker",))
+                                      "dropped (its queue to the parent was full, or one was too "
+                                      "large), or the parent could not read.", labels=("worker",))
         for w in pool._workers:
             label = (str(w.index),)
             up.add_metric(label, 1 if w.up else 0)
             restarts.add_metric(label, w.restarts)
             events.add_metric(label, w.events)
-            dropped.add_metric(label, int(w.status.get("dropped", 0)))
+            dropped.add_metric(label, w.dropped_before + int(w.status.get("dropped", 0)) + w.invalid)
         yield from (up, restarts, events, dropped)
 
 
