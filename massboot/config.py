@@ -1219,6 +1219,10 @@ def describe(config: Config) -> Iterable[str]:
     blocksize = f"up to {t.blocksize}" if t.blocksize else f"{_unset(TFTPD, 'blocksize')} up to {largest.hi}"
     yield (f"tftp: listen {t.address or _unset(TFTPD, 'address')}:{t.port}, root {t.root}, "
            f"blocksize {blocksize}")
+    if t.processes > 1:
+        share = t.memory_budget // t.processes >> 20
+        yield (f"tftp: {t.processes} worker processes, steered by client address; each "
+               f"pool_size ~{t.pool_size // t.processes}, memory_budget ~{share} MiB")
     if config.remote_root:
         yield (f"tftp: remote cache {t.cache_dir or default_cache_dir(config.base_dir)}, "
                f"max {t.cache_size >> 20} MiB, {t.max_downloads} downloads at once")
