@@ -33,7 +33,9 @@ The tests:
 * ``test_boot_mirror_root``: ``[tftpd] root = http://10.78.0.1:8081/``: EVERY file (pxelinux.0,
   ldlinux.c32, pxe.cfg, vmlinuz, initrd.img, payload.bin) comes from a ``python -m http.server``
   mirror through massboot's cache. The VM boots twice (two power-ons of the same machine, as
-  two machines of a rack would): the mirror's log must show exactly one GET per file.
+  two machines of a rack would): the mirror's log must show exactly one GET per file. massboot
+  runs with ``[tftpd] processes = 2``: the parent's prefetch of the boot file and the worker
+  that serves it share one download.
 
 QEMU uses KVM when ``/dev/kvm`` really runs a guest (probed once: a direct ``-kernel`` boot of
 the same initramfs in ``massboot_e2e=probe`` mode), else TCG; ``MASSBOOT_E2E_ACCEL=tcg|kvm``
@@ -592,10 +594,12 @@ def probe_accel(files: BootFiles, work: Path) -> str:
 # ------------------------------------------------------------------------------------------
 
 
-def write_config(directory: Path, root: str, mac_listed: bool | None, http: bool = False) -> Path:
+def write_config(directory: Path, root: str, mac_listed: bool | None, http: bool = False,
+                 processes: int = 1) -> Path:
     """massboot's ini for one test: *root* for [tftpd]; *mac_listed* None means no ACL, True
     ``access = mac`` with the VM's MAC listed, False ``access = mac`` with another MAC only;
-    *http*: iPXE gets ``boot.ipxe`` over HTTP (``ipxe_boot_file``; run massboot with ``-H``)."""
+    *http*: iPXE gets ``boot.ipxe`` over HTTP (``ipxe_boot_file``; run massboot with ``-H``);
+    *processes*: ``[tftpd] processes`` (README, "TFTP worker processes")."""
     acl = ""
     if mac_listed is not None:
         acl = "access = mac\n"
@@ -607,6 +611,7 @@ def write_config(directory: Path, root: str, mac_listed: bool | None, http: bool
         "[bootfile]", "default = pxelinux.0",
         # cache_revalidate: no conditional GET between the mirror test's two boots, however slow
         "[tftpd]", f"root = {root}", "cache_dir = cache", "cache_revalidate = 3600",
+        f"processes = {processes}",
         "[filters]", "pxelinux.cfg/* = pxe.cfg",
         *(["[httpd]", "port = 80", "check_ip = yes"] if http else []),
     ]
@@ -852,7 +857,9 @@ def test_boot_mirror_root(boot_files: BootFiles, accel: str, lab: Lab, tmp_path:
     mirror = tmp_path / "mirror"
     boot_files.install(mirror)
     lab.start_mirror(mirror)
-    config = write_config(tmp_path, f"http://{SERVER_IP}:{MIRROR_PORT}/", mac_listed=None)
+    # two TFTP worker processes: the parent's DHCP side prefetches the boot file (option 13)
+    # while a worker serves it, one flight for both (README, "TFTP worker processes")
+    config = write_config(tmp_path, f"http://{SERVER_IP}:{MIRROR_PORT}/", mac_listed=None, processes=2)
     lab.start_massboot(config)
     served = ["/pxelinux.0", "/ldlinux.c32", "/pxe.cfg", "/vmlinuz", "/initrd.img", "/payload.bin"]
     addresses = []
