@@ -139,7 +139,12 @@ def reuseport_group(address: str, port: int, count: int, rcvbuf: int = 0) -> lis
             _set_rcvbuf(sock, rcvbuf)   # type: ignore[arg-type]
             sock.bind((address, port))
             port = sock.getsockname()[1]
-        steer_by_source(socks[0], count)
+        try:
+            steer_by_source(socks[0], count)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{exc.strerror}: the kernel refused the steering by source "
+                          "address (SO_ATTACH_REUSEPORT_CBPF, Linux 4.5+); set [tftpd] processes = 1"
+                          ) from exc
     except BaseException:
         for sock in socks:
             sock.close()

@@ -355,3 +355,20 @@ def test_workers_stop_when_the_parent_is_killed(server):
         assert time.monotonic() < deadline, mb.log
         time.sleep(0.1)
     assert "the parent is gone, stopping" in mb.log
+
+
+def test_group_bound_in_index_order_and_a_refused_program_named(monkeypatch):
+    import massboot.workers as workers
+
+    socks = workers.reuseport_group("127.0.0.1", 0, 3)
+    try:
+        ports = {s.getsockname()[1] for s in socks}
+        assert len(ports) == 1 and len(socks) == 3
+    finally:
+        for s in socks:
+            s.close()
+    good = workers.steering_program
+    monkeypatch.setattr(workers, "steering_program", lambda n: good(n)[:8])   # no RET: invalid
+    with pytest.raises(OSError) as err:
+        workers.reuseport_group("127.0.0.1", 0, 2)
+    assert "SO_ATTACH_REUSEPORT_CBPF" in str(err.value) and "processes = 1" in str(err.value)
