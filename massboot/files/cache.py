@@ -508,8 +508,12 @@ class CacheDir:
             m = _CACHE_NAME.match(name)
             if m and name not in keep:
                 # another process's download in flight (or being filed) is not a crash's leftover
-                if self.flight is not None and busy.setdefault(m.group(1), self.flight.held(m.group(1))):
-                    continue
+                if self.flight is not None:
+                    key = m.group(1)
+                    if key not in busy:
+                        busy[key] = self.flight.held(key)
+                    if busy[key]:
+                        continue
                 _unlink_quietly(os.path.join(self.dir, name))
         if self.flight is not None:     # lock files a crashed process left (held() removes them)
             try:

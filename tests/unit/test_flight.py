@@ -58,3 +58,26 @@ def test_a_dead_holders_lock_is_released_and_its_leftover_removed(tmp_path):
     assert os.listdir(locks.dir) == [f"{KEY}.lock"]      # the crash left the file...
     assert not locks.held(KEY)                           # ...unlocked; held() removes it
     assert os.listdir(locks.dir) == []
+
+
+def test_load_keeps_another_processs_download_in_flight(tmp_path):
+    """A worker (re)starting indexes the shared directory: the .part of a download whose flight
+    lock is held is another process's, not a crash's leftover."""
+    from massboot.files.cache import CacheDir
+
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(mode=0o700)
+    part = cache_dir / f"{KEY}.0123456789ab.part"
+    part.write_bytes(b"half a kernel")
+    locks = FlightLocks(str(cache_dir))
+    fd = locks.try_lock(KEY)
+    assert fd is not None
+    cache = CacheDir(str(cache_dir), 1 << 20, 60.0)
+    cache.flight = FlightLocks(str(cache_dir))
+    cache.load()
+    assert part.exists()
+    locks.unlock(KEY, fd)
+    again = CacheDir(str(cache_dir), 1 << 20, 60.0)
+    again.flight = FlightLocks(str(cache_dir))
+    again.load()
+    assert not part.exists()          # nobody downloads it any more: a leftover
