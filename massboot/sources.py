@@ -39,6 +39,7 @@ class FileReason(enum.Enum):
     ACCESS = "access"         # a refused name, a permission error, a mirror's 401/403
     UPSTREAM = "upstream"     # the mirror failed: no answer, an HTTP error, cut short, stopping
     CLOSED = "closed"         # a read from a source already closed
+    BUSY = "busy"             # out of descriptors or memory while opening: try again later
 
 
 class FileError(Exception):

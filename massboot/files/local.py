@@ -65,6 +65,9 @@ def _inside(path: str, root: str) -> bool:
 
 Confine = str | tuple[str, ...] | None
 
+# open() failing for one of these says the process (or system) is out of descriptors or memory
+_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM))
+
 
 def _lookup(paths: tuple[str, ...], confine: Confine, open_it: bool) -> tuple[int | None, int]:
     """Find the first regular file among *paths*; return ``(fd or None, size)``. Blocking.
@@ -95,6 +98,8 @@ def _lookup(paths: tuple[str, ...], confine: Confine, open_it: bool) -> tuple[in
         except PermissionError:
             raise FileError(FileReason.ACCESS, "Access violation") from None
         except OSError as exc:
+            if exc.errno in _OUT_OF_RESOURCES:  # the server's shortage, not the file's absence
+                raise FileError(FileReason.BUSY, "Server busy, try again") from None
             raise FileError(FileReason.NOT_FOUND, f"Cannot open file: {exc.strerror}") from None
         if stat.S_ISREG(st.st_mode):
             return fd, st.st_size

@@ -92,6 +92,7 @@ _FILE_STATUS: dict[FileReason, tuple[int, str]] = {
     FileReason.ACCESS: (403, "access"),
     FileReason.UPSTREAM: (502, "upstream"),
     FileReason.CLOSED: (500, "error"),
+    FileReason.BUSY: (503, "busy"),
 }
 
 
@@ -422,7 +423,14 @@ class HttpServer:
         if refusal is not None:
             return self._error_reply(conn, request, refusal[0], refusal[1], started)
         try:
-            source = self._files.open(request.name, conn.ip)
+            try:
+                source = self._files.open(request.name, conn.ip)
+            except FileError as exc:
+                # out of descriptors: an idle connection makes room for the file, as for a
+                # newcomer in the accept loop; with none idle the client gets 503 Retry-After
+                if exc.reason is not FileReason.BUSY or not self._evict_idle():
+                    raise
+                source = self._files.open(request.name, conn.ip)
         except FileError as exc:
             status, reason = _FILE_STATUS.get(exc.reason, (500, "error"))
             return self._error_reply(conn, request, status, reason, started)
@@ -448,7 +456,8 @@ class HttpServer:
         return 401, "not_leased"
 
     def _error_reply(self, conn: _Conn, request: Request, status: int, reason: str, started: float) -> bool:
-        plan = plan_error(status, request)
+        # a 503 says when to come back (RFC 9110 section 10.2.3): our shortages are brief
+        plan = plan_error(status, request, headers=(("Retry-After", "1"),) if status == 503 else ())
         self._reply_error(conn, plan)
         self._done(conn, request.method, request.name, status, 0, started, False, reason)
         return plan.keep_alive

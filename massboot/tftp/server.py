@@ -106,6 +106,7 @@ _FILE_ERRORS: dict[FileReason, tuple[ErrorCode, str]] = {
     FileReason.ACCESS: (ErrorCode.ACCESS_VIOLATION, "access"),
     FileReason.UPSTREAM: (ErrorCode.NOT_DEFINED, "error"),
     FileReason.CLOSED: (ErrorCode.NOT_DEFINED, "error"),
+    FileReason.BUSY: (ErrorCode.NOT_DEFINED, "busy"),
 }
 
 

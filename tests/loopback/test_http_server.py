@@ -523,3 +523,56 @@ def test_check_ip_reads_the_postgresql_pool_of_other_processes(pg_dsn):
     dead = PgLeases(parse_dsn(pg_dsn.replace(f":{parse_dsn(pg_dsn).port}/", ":1/")), ttl=0, negative_ttl=0)
     with pytest.raises(LeaseStoreUnavailable):
         dead("10.0.0.9")
+
+
+def test_out_of_descriptors_opening_a_file_is_busy_never_404(root, local, monkeypatch):
+    """open() failing with EMFILE is the server's shortage: an idle connection is closed and the
+    file opened again; with none idle the client gets 503 + Retry-After (reason busy), not 404."""
+    import errno
+
+    from massboot.files import local as local_files
+
+    real = local_files.open_cloexec
+    failures = {"left": 0}
+
+    def open_cloexec(path: str) -> int:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(path)
+
+    monkeypatch.setattr(local_files, "open_cloexec", open_cloexec)
+    server = local()
+    failures["left"] = 1             # nobody idle: nothing to free
+    resp = get(server, "/vmlinuz")
+    assert resp.status == 503 and resp.getheader("Retry-After") == "1"
+    done = server.recorder.of("http.done")[-1]
+    assert (done.get("status"), done.get("reason")) == (503, "busy")
+    idle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        time.sleep(0.3)              # accepted: the idle connection waits for its request head
+        evicted = server.evicted
+        failures["left"] = 1         # one idle connection: it makes room, the GET succeeds
+        resp = get(server, "/vmlinuz")
+        assert resp.status == 200 and resp.body == DATA
+        assert server.evicted == evicted + 1
+        assert idle.recv(1) == b""   # it was the one closed
+    finally:
+        idle.close()
+
+
+def test_lookup_out_of_descriptors_is_busy(tmp_path, monkeypatch):
+    import errno
+
+    from massboot.files import local as local_files
+    from massboot.sources import FileError, FileReason
+
+    (tmp_path / "f").write_bytes(b"x")
+
+    def emfile(path: str) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(local_files, "open_cloexec", emfile)
+    with pytest.raises(FileError) as info:
+        local_files._lookup((str(tmp_path / "f"),), None, True)
+    assert info.value.reason is FileReason.BUSY
