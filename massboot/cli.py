@@ -245,6 +245,7 @@ class Services:
     def _build_tftp(self) -> None:
         from massboot.tftp.server import TftpServer
 
+        check_fast_path(self.config.tftp)
         t = self.config.tftp
         address = t.address or self.server_ip or "0.0.0.0"
         self.tftp = TftpServer(address, t.port, self.files, self.events, pool_size=t.pool_size,
@@ -253,7 +254,8 @@ class Services:
                                backoff_max=t.backoff_max, retries=t.retries,
                                rcvbuf=t.rcvbuf, first_timeout=t.first_timeout,
                                first_retries=t.first_retries, max_per_client=t.max_per_client,
-                               transfer_memory=t.transfer_memory, memory_budget=t.memory_budget)
+                               transfer_memory=t.transfer_memory, memory_budget=t.memory_budget,
+                               fast_path=t.fast_path)
 
     def _build_http(self) -> None:
         from massboot.http.server import HttpServer
@@ -837,6 +839,20 @@ def migrate_command(args: argparse.Namespace, bootp: cfg.BootpConfig) -> int:
     return 0
 
 
+def check_fast_path(tftp: cfg.TftpConfig) -> None:
+    """``[tftpd] fast_path = on`` needs the compiled data path (README, Performance).
+
+    Raises:
+        ConfigError: names ``[tftpd] fast_path`` and the fix.
+    """
+    from massboot.tftp.server import FAST_PATH_FIX, fast_path_available
+
+    if tftp.fast_path == "on" and not fast_path_available():
+        raise cfg.ConfigError("tftpd", "fast_path", "on",
+                              f"the compiled TFTP data path (massboot.tftp._fastpath) is not built: "
+                              f"{FAST_PATH_FIX}; or set fast_path = auto")
+
+
 def check_config(config: cfg.Config, *, run_dhcp: bool, run_http: bool = False) -> int:
     """``--check-config``: validate everything that can be validated without binding.
 
@@ -870,6 +886,11 @@ def check_config(config: cfg.Config, *, run_dhcp: bool, run_http: bool = False) 
             except LeaseStoreError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return EXIT_ERROR
+    try:
+        check_fast_path(config.tftp)
+    except cfg.ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         from massboot.files import FileStore
 

@@ -485,6 +485,10 @@ TFTPD = Section("tftpd", (
            "*massboot*: transfers served at once; while all run, new requests are dropped (the "
            "clients retry)"),
     Option("rcvbuf", parse_size, "4M", "*massboot*: receive buffer of the TFTP listener"),
+    Option("fast_path", Choice({"auto": "auto", "on": "on", "off": "off"}), "auto",
+           "*massboot*: the compiled TFTP data path (README, Performance): ``auto`` uses it when "
+           "it was built at install (gcc and python3-dev there), ``on`` requires it (else exit "
+           "code 2), ``off`` runs the pure-Python path; read at start, not at a reload"),
     Option("cache_dir", parse_text, None,
            "*massboot*: where remote files are cached; created ``0700``, it must belong to "
            "massboot's user and not be writable by group or others (else exit code 2)",
@@ -711,6 +715,7 @@ class TftpConfig:
     root: str = TFTPD.default("root")                    # absolute local path or http(s):// URL
     pool_size: int = TFTPD.default("pool_size")
     rcvbuf: int = TFTPD.default("rcvbuf")
+    fast_path: str = TFTPD.default("fast_path")          # auto | on | off (compiled data path)
     cache_dir: str | None = None
     cache_size: int = TFTPD.default("cache_size")        # bytes
     max_downloads: int = TFTPD.default("max_downloads")
