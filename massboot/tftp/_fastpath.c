@@ -69,6 +69,7 @@ static Py_ssize_t offsets[NFIELDS];
 static PyTypeObject *transfer_type = NULL;
 static unsigned long long total_blocks = 0;   /* blocks sent by lanes, all dispatchers */
 static unsigned long long total_handoffs = 0; /* datagrams lanes handed to Python */
+static unsigned long long total_would_block = 0; /* block reads the page cache could not answer */
 
 #define MEMBER(obj, f) (*(PyObject **)((char *)(obj) + offsets[f]))
 
@@ -326,7 +327,9 @@ static int lane_ack(Lane *self, Py_ssize_t size)
     struct iovec iov = {data + 4, (size_t)blksize};
     ssize_t got = preadv2(self->file, &iov, 1, (off_t)offset, RWF_NOWAIT);
     if (got != blksize) {
-        if (got < 0 && (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS))
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            total_would_block++;
+        else if (got < 0 && (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS))
             self->nowait = 0;  /* this kernel or file system cannot: the threadpool reads */
         return 0;
     }
@@ -697,13 +700,14 @@ static PyTypeObject DispatcherType = {
 
 static PyObject *fp_counters(PyObject *module, PyObject *unused)
 {
-    return Py_BuildValue("(KK)", total_blocks, total_handoffs);
+    return Py_BuildValue("(KKK)", total_blocks, total_handoffs, total_would_block);
 }
 
 static PyMethodDef module_methods[] = {
     {"bind", fp_bind, METH_O, "bind(ReadTransfer): find the member offsets lanes use"},
     {"counters", fp_counters, METH_NOARGS,
-     "(blocks sent by lanes, datagrams lanes handed to Python), process-wide"},
+     "(blocks sent by lanes, datagrams lanes handed to Python, block reads that would have "
+     "waited), process-wide"},
     {NULL}
 };
 

@@ -133,10 +133,11 @@ def fast_path_available() -> bool:
     return _fastpath is not None
 
 
-def fast_path_counters() -> tuple[int, int]:
-    """``(blocks sent by the compiled path, datagrams it handed to Python)`` since the process
-    started; ``(0, 0)`` without it."""
-    return _fastpath.counters() if _fastpath is not None else (0, 0)
+def fast_path_counters() -> tuple[int, int, int]:
+    """``(blocks sent by the compiled path, datagrams it handed to Python, block reads it left
+    to Python because the page cache did not hold them)`` since the process started; zeros
+    without it."""
+    return _fastpath.counters() if _fastpath is not None else (0, 0, 0)
 
 
 def _file_error(exc: BaseException) -> tuple[ErrorCode, str]:
