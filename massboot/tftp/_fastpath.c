@@ -11,8 +11,9 @@
  *   take), a Lane is served here.
  *
  * Lane: one lock-step transfer (windowsize 1, octet, a complete local file) in its common
- *   case: recv the client's datagram; when it is the ACK of the one block sent, read the next
- *   full block with preadv2(RWF_NOWAIT) straight into the transfer's window slot, update the
+ *   case: recv the client's datagram; when it is the ACK of the one block sent, copy the next
+ *   full block into the transfer's window slot from the lane's read-ahead chunk (CHUNK bytes,
+ *   refilled with preadv2(RWF_NOWAIT) from the page cache, never waiting), update the
  *   transfer's state exactly as ReadTransfer.on_ack_all does, send, restart the timer. The
  *   state stays in the ReadTransfer object (its __slots__, read and written here through the
  *   member offsets bind() found), so there is no second copy to drift. Anything else (another
@@ -30,6 +31,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <string.h>
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -46,6 +48,7 @@
 #define SENDING 1         /* ReadTransfer._SENDING */
 #define OP_DATA 3         /* RFC 1350 section 5 */
 #define OP_ACK 4
+#define CHUNK (16 << 10)  /* bytes a lane reads ahead: one preadv2 per ~11 blocks of 1428 */
 #define K_VAR 4.0         /* RFC 6298 section 2, as in transfer.py */
 #define GRANULARITY 0.001
 
@@ -161,6 +164,10 @@ typedef struct {
     long long size;       /* the file's size: a block that would end beyond it is Python's */
     long long blksize;
     int nowait;           /* RWF_NOWAIT works here; cleared when the kernel refuses it */
+    char *chunk;          /* read-ahead: file bytes [chunk_start, chunk_start + chunk_len) */
+    long long chunk_start;
+    long long chunk_len;
+    long long chunk_cap;
     unsigned long long blocks;
     unsigned long long handoffs;
 } Lane;
@@ -217,6 +224,10 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwds)
     self->size = size;
     self->blksize = blksize;
     self->nowait = 1;
+    self->chunk = NULL;
+    self->chunk_start = 0;
+    self->chunk_len = 0;
+    self->chunk_cap = blksize > CHUNK ? blksize : CHUNK;
     return 0;
 }
 
@@ -243,10 +254,18 @@ static int lane_clear(Lane *self)
     return 0;
 }
 
+static void lane_free_chunk(Lane *self)
+{
+    PyMem_Free(self->chunk);
+    self->chunk = NULL;
+    self->chunk_len = 0;
+}
+
 static void lane_dealloc(Lane *self)
 {
     PyObject_GC_UnTrack(self);
     lane_clear(self);
+    lane_free_chunk(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -322,17 +341,32 @@ static int lane_ack(Lane *self, Py_ssize_t size)
     }
     char *data = PyByteArray_AS_STRING(slot);
 
-    /* The block, straight from the page cache into the slot, or Python's (WouldBlock, the end,
-     * a truncated file). The slot held the block just acknowledged: nothing needs it now. */
-    struct iovec iov = {data + 4, (size_t)blksize};
-    ssize_t got = preadv2(self->file, &iov, 1, (off_t)offset, RWF_NOWAIT);
-    if (got != blksize) {
-        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            total_would_block++;
-        else if (got < 0 && (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS))
-            self->nowait = 0;  /* this kernel or file system cannot: the threadpool reads */
-        return 0;
+    /* The block from the read-ahead chunk, refilled from the page cache when it does not
+     * hold it, or Python's (WouldBlock, the end, a truncated file): a chunk holds what the
+     * file held when it was read, as massboot.files' buffer does. */
+    if (offset < self->chunk_start || offset + blksize > self->chunk_start + self->chunk_len) {
+        if (self->chunk == NULL) {
+            self->chunk = PyMem_Malloc((size_t)self->chunk_cap);
+            if (self->chunk == NULL)
+                return 0;
+        }
+        long long want = self->chunk_cap;
+        if (want > self->size - offset)
+            want = self->size - offset;   /* >= blksize, checked above */
+        struct iovec iov = {self->chunk, (size_t)want};
+        ssize_t got = preadv2(self->file, &iov, 1, (off_t)offset, RWF_NOWAIT);
+        self->chunk_start = offset;
+        self->chunk_len = got > 0 ? got : 0;
+        if (got < blksize) {
+            if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                total_would_block++;
+            else if (got < 0 && (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS))
+                self->nowait = 0;  /* this kernel or file system cannot: the threadpool reads */
+            self->chunk_len = 0;
+            return 0;
+        }
     }
+    memcpy(data + 4, self->chunk + (offset - self->chunk_start), (size_t)blksize);
 
     double now = monotonic();
     /* RFC 6298 section 2 (on_ack_all's inline _sample(), the same operations in order) */

@@ -319,7 +319,7 @@ def test_blocks_not_in_the_page_cache_are_read_without_stalling_the_hub(served: 
     assert served.recorder.of("tftp.done")[0].get("retransmits") == 0
     if served.compiled:
         assert served.would_block() >= 10          # the lane met EAGAIN and handed over
-        assert served.lane_blocks() >= 4096 * 0.9  # and served the rest itself
+        assert served.lane_blocks() >= 4096 * 3 // 4  # and served most of the rest itself
 
 
 # -- the C code against ReadTransfer.on_ack_all, member by member ----------------------------
