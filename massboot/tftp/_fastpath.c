@@ -10,11 +10,13 @@
  *   called (the Python handlers: strangers on a transfer's port, transfers the lane does not
  *   take), a Lane is served here.
  *
- * Lane: one lock-step transfer (windowsize 1, octet, a complete local file) in its common
- *   case: recv the client's datagram; when it is the ACK of the one block sent, copy the next
- *   full block into the transfer's window slot from the lane's read-ahead chunk (CHUNK bytes,
- *   refilled with preadv2(RWF_NOWAIT) from the page cache, never waiting), update the
- *   transfer's state exactly as ReadTransfer.on_ack_all does, send, restart the timer. The
+ * Lane: one transfer (octet, windowsize up to MAX_WINDOW, a complete local file) in its
+ *   common case: recv the client's datagram; when it is the ACK of everything sent, put the
+ *   next full block into the transfer's window slot from the lane's read-ahead chunk (CHUNK
+ *   bytes, refilled with preadv2(RWF_NOWAIT) from the page cache, never waiting), or, for a
+ *   window (RFC 7440), read the next window's blocks into their slots with one preadv2; update
+ *   the transfer's state exactly as ReadTransfer.on_ack_all (and its _fill) does, send (one
+ *   sendmmsg for a window), restart the timer. The
  *   state stays in the ReadTransfer object (its __slots__, read and written here through the
  *   member offsets bind() found), so there is no second copy to drift. Anything else (another
  *   datagram, an ACK that is not the ACK of everything sent, the first RTT sample, a resent
@@ -48,6 +50,7 @@
 #define SENDING 1         /* ReadTransfer._SENDING */
 #define OP_DATA 3         /* RFC 1350 section 5 */
 #define OP_ACK 4
+#define MAX_WINDOW 64     /* the largest window a lane serves (the [tftpd] windowsize default) */
 #define CHUNK (16 << 10)  /* bytes a lane reads ahead: one preadv2 per ~11 blocks of 1428 */
 #define K_VAR 4.0         /* RFC 6298 section 2, as in transfer.py */
 #define GRANULARITY 0.001
@@ -58,14 +61,14 @@ enum {
     F_STATE, F_WINDOW, F_NETASCII, F_EOF, F_NEXT, F_BASE, F_HIGH, F_LAST, F_OFFSET, F_BLKSIZE,
     F_RESENT, F_SENT_AT, F_SRTT, F_RTTVAR, F_RTO, F_TIMEOUT_MIN, F_TIMEOUT_MAX, F_TIMEOUTS,
     F_PROGRESS_AT, F_BYTES_ACKED, F_BYTES_SENT, F_STALLED, F_DEADLINE, F_SLOTS, F_LENGTHS,
-    NFIELDS
+    F_DATAGRAMS, NFIELDS
 };
 
 static const char *field_names[NFIELDS] = {
     "_state", "_window", "_netascii", "_eof", "_next", "_base", "_high", "_last", "_offset",
     "_blksize", "_resent", "_sent_at", "_srtt", "_rttvar", "_rto", "_timeout_min",
     "_timeout_max", "_timeouts", "_progress_at", "bytes_acked", "bytes_sent", "stalled",
-    "_deadline", "_slots", "_lengths",
+    "_deadline", "_slots", "_lengths", "_datagrams",
 };
 
 static Py_ssize_t offsets[NFIELDS];
@@ -163,6 +166,7 @@ typedef struct {
     int file;             /* the file's descriptor (pread only) */
     long long size;       /* the file's size: a block that would end beyond it is Python's */
     long long blksize;
+    long long window;
     int nowait;           /* RWF_NOWAIT works here; cleared when the kernel refuses it */
     char *chunk;          /* read-ahead: file bytes [chunk_start, chunk_start + chunk_len) */
     long long chunk_start;
@@ -195,8 +199,9 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwds)
     long long window = int_member(transfer, F_WINDOW, &ok);
     long long blksize = int_member(transfer, F_BLKSIZE, &ok);
     PyObject *netascii = MEMBER(transfer, F_NETASCII);
-    if (!ok || window != 1 || netascii != Py_False || blksize < 8 || blksize > 65464) {
-        PyErr_SetString(PyExc_ValueError, "a lane serves lock-step octet transfers only");
+    if (!ok || window < 1 || window > MAX_WINDOW || netascii != Py_False || blksize < 8
+            || blksize > 65464) {
+        PyErr_SetString(PyExc_ValueError, "a lane serves octet transfers with windowsize up to 64");
         return -1;
     }
     if (self->buf.obj != NULL) {
@@ -223,6 +228,7 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwds)
     self->file = file;
     self->size = size;
     self->blksize = blksize;
+    self->window = window;
     self->nowait = 1;
     self->chunk = NULL;
     self->chunk_start = 0;
@@ -252,6 +258,15 @@ static int lane_clear(Lane *self)
     if (self->buf.obj != NULL)
         PyBuffer_Release(&self->buf);
     return 0;
+}
+
+/* A block read the page cache did not answer at once (or short): counted, Python's. */
+static void read_refused(Lane *self, ssize_t got)
+{
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        total_would_block++;
+    else if (got < 0 && (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS))
+        self->nowait = 0;  /* this kernel or file system cannot: the threadpool reads */
 }
 
 static void lane_free_chunk(Lane *self)
@@ -315,58 +330,83 @@ static int lane_ack(Lane *self, Py_ssize_t size)
     double tmin = float_member(t, F_TIMEOUT_MIN, &ok);
     double tmax = float_member(t, F_TIMEOUT_MAX, &ok);
     long long blksize = self->blksize;
+    long long window = self->window;
+    long long span = window * blksize;  /* the next window: all new, all full blocks */
     if (!ok || MEMBER(t, F_EOF) != Py_False || MEMBER(t, F_LAST) != Py_None || number <= high
-            || offset < 0 || offset + blksize > self->size || !self->nowait)
+            || offset < 0 || offset + span > self->size || !self->nowait)
         return 0;  /* a resend, the last block, or a short one: _fill() */
     PyObject *resent = MEMBER(t, F_RESENT), *sent_at = MEMBER(t, F_SENT_AT);
     PyObject *slots = MEMBER(t, F_SLOTS), *lengths = MEMBER(t, F_LENGTHS);
-    if (resent == NULL || sent_at == NULL || slots == NULL || lengths == NULL
-            || !PyList_CheckExact(resent) || PyList_GET_SIZE(resent) != 1
-            || !PyList_CheckExact(sent_at) || PyList_GET_SIZE(sent_at) != 1
-            || !PyList_CheckExact(slots) || PyList_GET_SIZE(slots) != 1
-            || !PyList_CheckExact(lengths) || PyList_GET_SIZE(lengths) != 1)
+    PyObject *datagrams = MEMBER(t, F_DATAGRAMS);
+    if (resent == NULL || sent_at == NULL || slots == NULL || lengths == NULL || datagrams == NULL
+            || !PyList_CheckExact(resent) || PyList_GET_SIZE(resent) != window
+            || !PyList_CheckExact(sent_at) || PyList_GET_SIZE(sent_at) != window
+            || !PyList_CheckExact(slots) || PyList_GET_SIZE(slots) != window
+            || !PyList_CheckExact(lengths) || PyList_GET_SIZE(lengths) != window
+            || !PyList_CheckExact(datagrams) || PyList_GET_SIZE(datagrams) != window)
         return 0;
-    if (PyList_GET_ITEM(resent, 0) != Py_False)
+    Py_ssize_t acked_slot = (Py_ssize_t)((number - 1) % window);
+    if (PyList_GET_ITEM(resent, acked_slot) != Py_False)
         return 0;  /* Karn's rule: no sample; rare, Python's */
-    PyObject *slot = PyList_GET_ITEM(slots, 0);
-    PyObject *length = PyList_GET_ITEM(lengths, 0);
-    PyObject *sent = PyList_GET_ITEM(sent_at, 0);
-    if (!PyByteArray_CheckExact(slot) || PyByteArray_GET_SIZE(slot) != 4 + blksize
-            || !PyLong_CheckExact(length) || !PyFloat_CheckExact(sent))
+    PyObject *sent = PyList_GET_ITEM(sent_at, acked_slot);
+    if (!PyFloat_CheckExact(sent))
         return 0;
-    int overflow = 0;
-    if (PyLong_AsLongLongAndOverflow(length, &overflow) != 4 + blksize) {
-        PyErr_Clear();
-        return 0;  /* a short last block's datagram */
-    }
-    char *data = PyByteArray_AS_STRING(slot);
-
-    /* The block from the read-ahead chunk, refilled from the page cache when it does not
-     * hold it, or Python's (WouldBlock, the end, a truncated file): a chunk holds what the
-     * file held when it was read, as massboot.files' buffer does. */
-    if (offset < self->chunk_start || offset + blksize > self->chunk_start + self->chunk_len) {
-        if (self->chunk == NULL) {
-            self->chunk = PyMem_Malloc((size_t)self->chunk_cap);
-            if (self->chunk == NULL)
-                return 0;
+    /* every slot allocated and full-sized, its datagram view made (_store() would keep it) */
+    char *data[MAX_WINDOW];
+    for (long long i = 0; i < window; i++) {
+        Py_ssize_t at = (Py_ssize_t)((number + i) % window);
+        PyObject *slot = PyList_GET_ITEM(slots, at);
+        PyObject *length = PyList_GET_ITEM(lengths, at);
+        if (!PyByteArray_CheckExact(slot) || PyByteArray_GET_SIZE(slot) != 4 + blksize
+                || !PyLong_CheckExact(length) || PyList_GET_ITEM(datagrams, at) == Py_None)
+            return 0;
+        int overflow = 0;
+        if (PyLong_AsLongLongAndOverflow(length, &overflow) != 4 + blksize) {
+            PyErr_Clear();
+            return 0;  /* a short last block's datagram */
         }
-        long long want = self->chunk_cap;
-        if (want > self->size - offset)
-            want = self->size - offset;   /* >= blksize, checked above */
-        struct iovec iov = {self->chunk, (size_t)want};
-        ssize_t got = preadv2(self->file, &iov, 1, (off_t)offset, RWF_NOWAIT);
-        self->chunk_start = offset;
-        self->chunk_len = got > 0 ? got : 0;
-        if (got < blksize) {
-            if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-                total_would_block++;
-            else if (got < 0 && (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS))
-                self->nowait = 0;  /* this kernel or file system cannot: the threadpool reads */
-            self->chunk_len = 0;
+        data[i] = PyByteArray_AS_STRING(slot);
+    }
+
+    if (window == 1) {
+        /* The block from the read-ahead chunk, refilled from the page cache when it does not
+         * hold it, or Python's (WouldBlock, the end, a truncated file): a chunk holds what the
+         * file held when it was read, as massboot.files' buffer does. The slot held the block
+         * just acknowledged: nothing needs it now. */
+        if (offset < self->chunk_start || offset + blksize > self->chunk_start + self->chunk_len) {
+            if (self->chunk == NULL) {
+                self->chunk = PyMem_Malloc((size_t)self->chunk_cap);
+                if (self->chunk == NULL)
+                    return 0;
+            }
+            long long want = self->chunk_cap;
+            if (want > self->size - offset)
+                want = self->size - offset;   /* >= blksize, checked above */
+            struct iovec iov = {self->chunk, (size_t)want};
+            ssize_t got = preadv2(self->file, &iov, 1, (off_t)offset, RWF_NOWAIT);
+            self->chunk_start = offset;
+            self->chunk_len = got > 0 ? got : 0;
+            if (got < blksize) {
+                read_refused(self, got);
+                self->chunk_len = 0;
+                return 0;
+            }
+        }
+        memcpy(data[0] + 4, self->chunk + (offset - self->chunk_start), (size_t)blksize);
+    } else {
+        /* RFC 7440: the whole next window in one preadv2, each block straight into its slot
+         * (they held blocks this ACK acknowledges); anything short is Python's */
+        struct iovec iov[MAX_WINDOW];
+        for (long long i = 0; i < window; i++) {
+            iov[i].iov_base = data[i] + 4;
+            iov[i].iov_len = (size_t)blksize;
+        }
+        ssize_t got = preadv2(self->file, iov, (int)window, (off_t)offset, RWF_NOWAIT);
+        if (got != span) {
+            read_refused(self, got);
             return 0;
         }
     }
-    memcpy(data + 4, self->chunk + (offset - self->chunk_start), (size_t)blksize);
 
     double now = monotonic();
     /* RFC 6298 section 2 (on_ack_all's inline _sample(), the same operations in order) */
@@ -382,54 +422,83 @@ static int lane_ack(Lane *self, Py_ssize_t size)
 
     /* every new object first: a failed allocation leaves the transfer as it was */
     PyObject *o_base = PyLong_FromLongLong(number);
-    PyObject *o_next = PyLong_FromLongLong(number + 1);
-    PyObject *o_offset = PyLong_FromLongLong(offset + blksize);
+    PyObject *o_high = PyLong_FromLongLong(number + window - 1);
+    PyObject *o_next = PyLong_FromLongLong(number + window);
+    PyObject *o_offset = PyLong_FromLongLong(offset + span);
     PyObject *o_acked = PyLong_FromLongLong(bytes_acked + (number - base) * blksize);
-    PyObject *o_sent = PyLong_FromLongLong(bytes_sent + blksize);
+    PyObject *o_sent = PyLong_FromLongLong(bytes_sent + span);
     PyObject *o_now = PyFloat_FromDouble(now);
     PyObject *o_srtt = PyFloat_FromDouble(srtt);
     PyObject *o_rttvar = PyFloat_FromDouble(rttvar);
     PyObject *o_rto = PyFloat_FromDouble(rto);
     PyObject *o_deadline = PyFloat_FromDouble(now + rto);
     PyObject *o_zero = PyLong_FromLong(0);
-    if (!o_base || !o_next || !o_offset || !o_acked || !o_sent || !o_now || !o_srtt || !o_rttvar
-            || !o_rto || !o_deadline || !o_zero) {
-        Py_XDECREF(o_base); Py_XDECREF(o_next); Py_XDECREF(o_offset); Py_XDECREF(o_acked);
-        Py_XDECREF(o_sent); Py_XDECREF(o_now); Py_XDECREF(o_srtt); Py_XDECREF(o_rttvar);
-        Py_XDECREF(o_rto); Py_XDECREF(o_deadline); Py_XDECREF(o_zero);
+    if (!o_base || !o_high || !o_next || !o_offset || !o_acked || !o_sent || !o_now || !o_srtt
+            || !o_rttvar || !o_rto || !o_deadline || !o_zero) {
+        Py_XDECREF(o_base); Py_XDECREF(o_high); Py_XDECREF(o_next); Py_XDECREF(o_offset);
+        Py_XDECREF(o_acked); Py_XDECREF(o_sent); Py_XDECREF(o_now); Py_XDECREF(o_srtt);
+        Py_XDECREF(o_rttvar); Py_XDECREF(o_rto); Py_XDECREF(o_deadline); Py_XDECREF(o_zero);
         return -1;
     }
-    /* DATA header, RFC 1350 section 5: block numbers wrap after 65535 */
-    data[0] = 0;
-    data[1] = OP_DATA;
-    data[2] = (char)((number >> 8) & 0xFF);
-    data[3] = (char)(number & 0xFF);
+    /* DATA headers, RFC 1350 section 5: block numbers wrap after 65535 */
+    for (long long i = 0; i < window; i++) {
+        long long n = number + i;
+        data[i][0] = 0;
+        data[i][1] = OP_DATA;
+        data[i][2] = (char)((n >> 8) & 0xFF);
+        data[i][3] = (char)(n & 0xFF);
+    }
 
-    /* the state, as on_ack_all leaves it */
+    /* the state, as on_ack_all (and _fill() for a window) leaves it */
     set_member(t, F_SRTT, o_srtt);
     set_member(t, F_RTTVAR, o_rttvar);
     set_member(t, F_RTO, o_rto);
-    Py_INCREF(o_base);
     set_member(t, F_BASE, o_base);
     set_member(t, F_TIMEOUTS, o_zero);
-    Py_INCREF(o_now);
-    set_member(t, F_PROGRESS_AT, o_now);
     set_member(t, F_BYTES_ACKED, o_acked);
-    /* _resent[0] is False already */
-    set_member(t, F_HIGH, o_base);
-    set_member(t, F_OFFSET, o_offset);
-    set_member(t, F_BYTES_SENT, o_sent);
-    PyList_SET_ITEM(sent_at, 0, o_now);  /* steals; the old one goes */
-    Py_DECREF(sent);
-    set_member(t, F_NEXT, o_next);
     Py_INCREF(Py_False);
     set_member(t, F_STALLED, Py_False);
+    for (long long i = 0; i < window; i++) {
+        Py_ssize_t at = (Py_ssize_t)((number + i) % window);
+        PyObject *old = PyList_GET_ITEM(resent, at);
+        Py_INCREF(Py_False);
+        PyList_SET_ITEM(resent, at, Py_False);
+        Py_DECREF(old);
+        old = PyList_GET_ITEM(sent_at, at);
+        Py_INCREF(o_now);
+        PyList_SET_ITEM(sent_at, at, o_now);
+        Py_DECREF(old);
+    }
+    set_member(t, F_HIGH, o_high);
+    set_member(t, F_OFFSET, o_offset);
+    set_member(t, F_BYTES_SENT, o_sent);
+    set_member(t, F_NEXT, o_next);
+    set_member(t, F_PROGRESS_AT, o_now);  /* the reference this function held */
     set_member(t, F_DEADLINE, o_deadline);
 
     /* a failed send is a loss: the timer resends (as _Pump does) */
-    (void)send(self->sock, data, (size_t)(4 + blksize), MSG_DONTWAIT);
-    self->blocks++;
-    total_blocks++;
+    if (window == 1) {
+        (void)send(self->sock, data[0], (size_t)(4 + blksize), MSG_DONTWAIT);
+    } else {
+        struct mmsghdr msgs[MAX_WINDOW];
+        struct iovec iov[MAX_WINDOW];
+        memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)window);
+        for (long long i = 0; i < window; i++) {
+            iov[i].iov_base = data[i];
+            iov[i].iov_len = (size_t)(4 + blksize);
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        unsigned int done = 0;
+        while (done < (unsigned int)window) {
+            int n = sendmmsg(self->sock, msgs + done, (unsigned int)window - done, MSG_DONTWAIT);
+            if (n <= 0)
+                break;
+            done += (unsigned int)n;
+        }
+    }
+    self->blocks += (unsigned long long)window;
+    total_blocks += (unsigned long long)window;
 
     /* progress: restart the timer from now (_Pump._touch) */
     if (self->again != NULL && rto >= self->period) {

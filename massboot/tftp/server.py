@@ -47,12 +47,14 @@ buffer and sending it at once (:class:`_Pump`). Events are per transfer, never p
 
 The compiled data path (``[tftpd] fast_path``, README "Performance"): when the optional C
 extension :mod:`massboot.tftp._fastpath` is built, its ``Dispatcher`` replaces
-:class:`_Dispatcher`, and a lock-step octet transfer of a complete local file runs as a
-``Lane``: the C code receives the ACK, reads the next full block with ``preadv2(RWF_NOWAIT)``
-into the transfer's window slot, updates the :class:`ReadTransfer` members exactly as
-:meth:`ReadTransfer.on_ack_all` does, sends and restarts the timer, with no Python call per
-block. Anything else (another datagram, a duplicate ACK, the last block, a read the page
-cache cannot answer, a timeout) goes to the same Python code as without it.
+:class:`_Dispatcher`, and an octet transfer of a complete local file (windowsize up to 64)
+runs as a ``Lane``: the C code receives the ACK of everything sent, reads the next full
+block (lock-step, from a 16 KiB read-ahead) or window (RFC 7440, one ``preadv2`` into the
+window's slots) with ``RWF_NOWAIT``, updates the :class:`ReadTransfer` members exactly as
+:meth:`ReadTransfer.on_ack_all` does, sends (``sendmmsg`` for a window) and restarts the
+timer, with no Python call per block. Anything else (another datagram, a duplicate ACK or
+one inside the window, the last block, a read the page cache cannot answer, a timeout) goes
+to the same Python code as without it.
 
 Events (see :mod:`massboot.events`): ``tftp.start``, then ``tftp.done`` or ``tftp.fail``, with
 ``duration`` measured from the RRQ's arrival and ``ttfb`` from the RRQ's arrival to the moment
@@ -116,6 +118,7 @@ _DRAIN_MAX = 64  # datagrams read per callback: bounded work, the io watcher fir
 # the real epoll, also when gevent patched `select` (it removes epoll there)
 _epoll, _EPOLLIN = get_original("select", ["epoll", "EPOLLIN"])
 _READY_MAX = 256  # ready transfer sockets served per wake-up of the dispatcher (the rest next)
+_LANE_WINDOW_MAX = 64  # the largest window the compiled path serves (MAX_WINDOW in _fastpath.c)
 _MEMORY_MIN = window_memory(BLKSIZE_DEFAULT, 1)  # the smallest window: one 512-byte block
 
 # The one place a file store's refusal becomes a TFTP error (RFC 1350 section 5) and a
@@ -859,10 +862,10 @@ class _Pump:
         self._lane = None
 
     def _make_lane(self) -> object | None:
-        """A compiled ``Lane`` for this transfer when it qualifies (lock-step, octet, a
-        complete local file, the real clock), else None: the Python handler serves it."""
+        """A compiled ``Lane`` for this transfer when it qualifies (octet, windowsize up to 64,
+        a complete local file, the real clock), else None: the Python handler serves it."""
         fast, transfer = self._fast, self._transfer
-        if fast is None or transfer.windowsize != 1 or self._clock is not time.monotonic:
+        if fast is None or transfer.windowsize > _LANE_WINDOW_MAX or self._clock is not time.monotonic:
             return None
         try:
             found = fast()

@@ -118,17 +118,18 @@ def finish(client: Client, content: bytes, first: int, blksize: int = 512) -> by
         block += 1
 
 
-def test_the_chosen_path_serves_lock_step_blocks(served: Served, client: Client) -> None:
+@pytest.mark.parametrize("windowsize", [1, 16])
+def test_the_chosen_path_serves_the_blocks(served: Served, client: Client, windowsize: int) -> None:
     content = pattern(700_000)
     served.put("kernel", content)
-    assert client.download("kernel", blksize=1428, tsize=0) == content
+    assert client.download("kernel", blksize=1428, tsize=0, windowsize=windowsize) == content
     wait_for(lambda: len(served.recorder.of("tftp.done")) == 1)
     done = served.recorder.of("tftp.done")[0]
     assert done.get("bytes") == len(content) and done.get("retransmits") == 0
     blocks_total = len(content) // 1428 + 1
     if served.compiled:
-        # Python takes ACK 0, the first RTT sample and the last (short) block; C the rest
-        assert served.lane_blocks() >= blocks_total - 3
+        # Python takes ACK 0, the first window (the first RTT sample) and the last one; C the rest
+        assert served.lane_blocks() >= blocks_total - 3 * windowsize
     else:
         assert served.lane_blocks() == 0
 
@@ -349,7 +350,8 @@ def _assert_same(lane_side: ReadTransfer, python_side: ReadTransfer) -> None:
     assert [bytes(d) for d in lane_side._datagrams] == [bytes(d) for d in python_side._datagrams]
 
 
-def test_lane_updates_the_transfer_as_on_ack_all(tmp_path) -> None:
+@pytest.mark.parametrize("window", [1, 16])
+def test_lane_updates_the_transfer_as_on_ack_all(tmp_path, window: int) -> None:
     """Feed the same ACKs to a transfer served by a Lane and to its twin through
     on_ack_all (its clock set to the instant the C code used): every member equal, the
     floats of the RTT estimate bit for bit, and the datagram sent is the slot's."""
@@ -370,17 +372,18 @@ def test_lane_updates_the_transfer_as_on_ack_all(tmp_path) -> None:
             return os.pread(fd, length, offset)
 
         now = [0.0]
-        lane_side = ReadTransfer(read, blksize=8, timeout_min=0.001, timeout_max=2.0)
-        python_side = ReadTransfer(read, blksize=8, timeout_min=0.001, timeout_max=2.0,
-                                   clock=lambda: now[0])
+        lane_side = ReadTransfer(read, blksize=8, windowsize=window, timeout_min=0.001,
+                                 timeout_max=2.0)
+        python_side = ReadTransfer(read, blksize=8, windowsize=window, timeout_min=0.001,
+                                   timeout_max=2.0, clock=lambda: now[0])
         handed: list[int] = []
         touched: list[int] = []
         buf = bytearray(2048)
         lane = _fastpath.Lane(lane_side, server_end.fileno(), buf, fd, len(content),
                               handed.append, lambda: touched.append(1))
         assert dispatcher.add(server_end.fileno(), lane) == 1
-        lane_side.start()                              # DATA 1 (no OACK): Python's
-        assert lane_side.on_ack_all(1) is not None     # the first RTT sample: Python's
+        lane_side.start()                              # the first window (no OACK): Python's
+        assert lane_side.on_ack_all(window) is not None  # the first RTT sample: Python's
 
         def step(block: int) -> None:
             _copy_state(lane_side, python_side)
@@ -389,14 +392,17 @@ def test_lane_updates_the_transfer_as_on_ack_all(tmp_path) -> None:
             assert not handed, "the lane handed a plain ACK to Python"
             now[0] = lane_side._progress_at   # the instant the C code took
             out = python_side.on_ack_all(block)
-            assert out is not None and len(out) == 1
+            assert out is not None and len(out) == window
             _assert_same(lane_side, python_side)
-            assert client_end.recv(64) == bytes(out[0])
+            assert [client_end.recv(64) for _ in out] == [bytes(d) for d in out]
 
-        # blocks 3 .. 70,000 (full) by the lane, past block number 65535
-        for number in range(2, 70_000):
-            step(number & 0xFFFF)
-        assert len(touched) == lane.blocks == 70_000 - 2  # no timer set: the pump's touch
+        # full windows by the lane up to block 70,000, past block number 65535
+        steps = 0
+        while lane_side._next + window - 1 <= 70_000:
+            step((lane_side._next - 1) & 0xFFFF)
+            steps += 1
+        assert lane_side._next == 70_001 and steps == 70_000 // window - 2
+        assert len(touched) == steps and lane.blocks == steps * window  # no timer: touch()
         # the last (short) block is Python's: the ACK goes to the pump, nothing changed
         before = {name: getattr(lane_side, name) for name in _SCALARS}
         client_end.send(Ack(70_000 & 0xFFFF).encode())
@@ -417,7 +423,7 @@ def test_lane_updates_the_transfer_as_on_ack_all(tmp_path) -> None:
         os.close(fd)
 
 
-def test_lanes_take_lock_step_octet_transfers_only(tmp_path) -> None:
+def test_lanes_take_octet_transfers_with_windows_up_to_64_only(tmp_path) -> None:
     if not fast_path_available():
         from tests.conftest import require
 
@@ -426,7 +432,7 @@ def test_lanes_take_lock_step_octet_transfers_only(tmp_path) -> None:
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        for options in ({"windowsize": 8}, {"netascii": True}):
+        for options in ({"windowsize": 65}, {"netascii": True}):
             transfer = ReadTransfer(lambda offset, length: b"", **options)  # type: ignore[arg-type]
             with pytest.raises(ValueError):
                 _fastpath.Lane(transfer, sock.fileno(), bytearray(64), 0, 0, print, print)
