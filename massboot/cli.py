@@ -891,6 +891,10 @@ def check_config(config: cfg.Config, *, run_dhcp: bool, run_http: bool = False) 
     except cfg.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    from massboot.tftp.server import fast_path_available
+
+    compiled = config.tftp.fast_path != "off" and fast_path_available()
+    print(f"tftp data path: {'compiled' if compiled else 'python'} (fast_path = {config.tftp.fast_path})")
     try:
         from massboot.files import FileStore
 

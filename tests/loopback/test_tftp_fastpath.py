@@ -440,3 +440,65 @@ def test_lanes_take_octet_transfers_with_windows_up_to_64_only(tmp_path) -> None
             _fastpath.Lane(object(), sock.fileno(), bytearray(64), 0, 0, print, print)
     finally:
         sock.close()
+
+
+# -- selection: [tftpd] fast_path ----------------------------------------------------------
+
+
+def test_fast_path_option_values() -> None:
+    from massboot import config as cfg
+
+    assert cfg.loads("[tftpd]\n").tftp.fast_path == "auto"
+    assert cfg.loads("[tftpd]\nfast_path = OFF\n").tftp.fast_path == "off"
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.loads("[tftpd]\nfast_path = fast\n")
+    assert "[tftpd] fast_path" in str(err.value) and "auto, on, off" in str(err.value)
+
+
+def test_fast_path_on_without_the_compiled_module_exits_2(tmp_path) -> None:
+    """``fast_path = on`` where the extension was not built: exit code 2, the section,
+    option and value, and the fix; ``auto`` starts on the Python path and says so."""
+    import subprocess
+    import sys
+
+    (tmp_path / "root").mkdir()
+    ini = tmp_path / "m.ini"
+    ini.write_text(f"[tftpd]\naddress = 127.0.0.1\nport = 0\nroot = root\nfast_path = on\n"
+                   f"[massboot]\nstate_dir = {tmp_path / 'state'}\n")
+    # the module hidden as if never built (an entry of None makes its import fail)
+    hide = ("import runpy, sys; sys.modules['massboot.tftp._fastpath'] = None; "
+            "sys.argv[0] = 'massboot'; runpy.run_module('massboot', run_name='__main__', alter_sys=True)")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": repo}
+    for extra in ([], ["--check-config"]):
+        proc = subprocess.run([sys.executable, "-c", hide, "-t", "-c", str(ini), *extra], env=env,
+                              capture_output=True, text=True, timeout=60, cwd=repo)
+        assert proc.returncode == 2, proc.stderr
+        assert "[tftpd] fast_path = 'on'" in proc.stderr
+        assert "apt-get install gcc python3-dev" in proc.stderr
+    ini.write_text(ini.read_text().replace("fast_path = on", "fast_path = auto"))
+    proc = subprocess.Popen([sys.executable, "-c", hide, "-t", "-c", str(ini)], env=env, cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "compiled data path is not built" in line:
+                break
+        text = "".join(lines)
+        assert "data_path=python" in text and "apt-get install gcc python3-dev" in text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_the_server_refuses_fast_path_on_without_the_module(monkeypatch) -> None:
+    import massboot.tftp.server as server_module
+
+    monkeypatch.setattr(server_module, "_fastpath", None)
+    with pytest.raises(RuntimeError, match="apt-get install gcc python3-dev"):
+        TftpServer(HOST, 0, FileStore("."), EventBus(), fast_path="on")
+    assert TftpServer(HOST, 0, FileStore("."), EventBus()).data_path == "python"
+    with pytest.raises(ValueError):
+        TftpServer(HOST, 0, FileStore("."), EventBus(), fast_path="yes")
