@@ -162,6 +162,7 @@ typedef struct {
     PyObject *timer_cb;   /* the callback again() takes */
     Py_buffer buf;        /* the pump's receive buffer (held: it cannot be resized) */
     double period;        /* the timer's repeat period */
+    double again_at;      /* when again() last restarted it (0: not since it was made) */
     int sock;             /* the transfer socket, connected to the client */
     int file;             /* the file's descriptor (pread only) */
     long long size;       /* the file's size: a block that would end beyond it is Python's */
@@ -300,6 +301,7 @@ static PyObject *lane_set_timer(Lane *self, PyObject *args)
         Py_XSETREF(self->timer_cb, cb);
     }
     self->period = period;
+    self->again_at = 0.0;
     Py_RETURN_NONE;
 }
 
@@ -500,12 +502,18 @@ static int lane_ack(Lane *self, Py_ssize_t size)
     self->blocks += (unsigned long long)window;
     total_blocks += (unsigned long long)window;
 
-    /* progress: restart the timer from now (_Pump._touch) */
+    /* progress: restart the timer from now (_Pump._touch), at most every quarter period: it
+     * then fires no sooner than 3/4 of a period after the last ACK, never after the deadline
+     * (now + RTO >= now + period); an early firing finds the deadline moved and re-arms
+     * (_Pump._on_timer), so a lost ACK is still resent at its deadline */
     if (self->again != NULL && rto >= self->period) {
-        PyObject *r = PyObject_CallOneArg(self->again, self->timer_cb);
-        if (r == NULL)
-            return -2;
-        Py_DECREF(r);
+        if (now - self->again_at >= 0.25 * self->period) {
+            PyObject *r = PyObject_CallOneArg(self->again, self->timer_cb);
+            if (r == NULL)
+                return -2;
+            Py_DECREF(r);
+            self->again_at = now;
+        }
     } else {
         PyObject *r = PyObject_CallNoArgs(self->touch);
         if (r == NULL)
