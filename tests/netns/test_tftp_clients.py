@@ -40,7 +40,7 @@ import pytest
 
 from massboot.sources import client_text
 from massboot.tftp.packet import Data, Error, ErrorCode, Opcode, OptionAck, Packet, Request, decode
-from tests.conftest import require, require_root, require_tool
+from tests.conftest import fast_path_option, require, require_root, require_tool
 from tests.netns.netns import Massboot, NetnsPair, namespace_pair, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
@@ -54,6 +54,7 @@ level = info
 address = {address}
 port = 69
 root = {root}
+fast_path = {fast_path}
 """
 #: name -> size; random content, generated once per module.
 FILES = {"empty.bin": 0, "b511.bin": 511, "b512.bin": 512, "64k.bin": 64 << 10, "1m.bin": 1 << 20,
@@ -130,10 +131,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def tftp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TftpEnv]:
+@pytest.fixture(scope="module", params=["compiled", "python"])
+def tftp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TftpEnv]:
+    """massboot in a namespace, once per data path (``[tftpd] fast_path``, README Performance)."""
     require_root()
     require_tool("ip")
+    if request.param == "compiled":
+        from massboot.tftp.server import fast_path_available
+
+        require(fast_path_available(), "the compiled TFTP data path is not built: apt-get install "
+                "gcc python3-dev, then pip install -e .")
     base = tmp_path_factory.mktemp("tftp-clients")
     root = base / "root"
     root.mkdir()
@@ -151,11 +158,13 @@ def tftp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TftpEnv]:
     conf_dir = base / "etc"
     conf_dir.mkdir()
     config = conf_dir / "massboot.ini"
-    config.write_text(CONFIG.format(address=SERVER_IP, root=root))
+    config.write_text(CONFIG.format(address=SERVER_IP, root=root,
+                                    fast_path=fast_path_option(request.param)))
     with namespace_pair("tftpcli", server_addr=f"{SERVER_IP}/24", client_addr=f"{CLIENT_IP}/24",
                         server_if="mts0", client_if="mtc0") as pair:
         server = Massboot(pair, config, base, args=("-t",), ready="tftp listening on").start(timeout=30)
         try:
+            assert f"data_path={request.param}" in server.log_text(), server.log_text()
             yield TftpEnv(pair, server, root, digests)
         finally:
             status = server.stop()
