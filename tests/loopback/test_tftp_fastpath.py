@@ -502,3 +502,23 @@ def test_the_server_refuses_fast_path_on_without_the_module(monkeypatch) -> None
     assert TftpServer(HOST, 0, FileStore("."), EventBus()).data_path == "python"
     with pytest.raises(ValueError):
         TftpServer(HOST, 0, FileStore("."), EventBus(), fast_path="yes")
+
+
+def test_metrics_say_which_data_path_runs(served: Served, client: Client) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from massboot.config import MetricsConfig
+    from massboot.metrics import Metrics
+
+    registry = CollectorRegistry()
+    Metrics(MetricsConfig(port=0), EventBus(), tftp=served.server, registry=registry)
+    v = registry.get_sample_value
+    other = "python" if served.compiled else "compiled"
+    assert v("massboot_tftp_data_path", {"path": served.data_path}) == 1
+    assert v("massboot_tftp_data_path", {"path": other}) == 0
+    before = v("massboot_tftp_compiled_blocks_total")
+    content = pattern(200_000)
+    served.put("f", content)
+    assert client.download("f", blksize=1428) == content
+    sent = v("massboot_tftp_compiled_blocks_total") - before
+    assert sent >= 200_000 // 1428 - 3 if served.compiled else sent == 0
