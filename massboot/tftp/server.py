@@ -95,12 +95,17 @@ from massboot.tftp.packet import (
 )
 from massboot.tftp.transfer import Datagram, ReadTransfer, negotiate, window_memory
 
+_FAST_PATH_BROKEN: str | None = None  # why a built module cannot serve this ReadTransfer
 try:
     from massboot.tftp import _fastpath  # type: ignore[attr-defined]
 except ImportError:  # built by `pip install` when gcc and python3-dev are there (setup.py)
     _fastpath = None
 else:
-    _fastpath.bind(ReadTransfer)
+    try:
+        _fastpath.bind(ReadTransfer)
+    except TypeError as exc:  # a module built from other sources than this transfer.py's
+        _FAST_PATH_BROKEN = str(exc)
+        _fastpath = None
 
 __all__ = ["FAST_PATHS", "FileStoreLike", "TftpServer", "fast_path_available", "fast_path_counters"]
 
@@ -300,7 +305,10 @@ class TftpServer:
         self._reader = gevent.spawn(self._read_loop, sock, self._pool)
         log.info("tftp listening on %s:%d pool=%d data_path=%s", self._address, self.port,
                  self._pool_size, self.data_path)
-        if self._fast_path == "auto" and _fastpath is None:
+        if self._fast_path == "auto" and _FAST_PATH_BROKEN is not None:
+            log.warning("tftp: the compiled data path does not match this massboot (%s), Python "
+                        "serves every block (rebuild it: pip install)", _FAST_PATH_BROKEN)
+        elif self._fast_path == "auto" and _fastpath is None:
             log.info("tftp: the compiled data path is not built, Python serves every block "
                      "(for it: %s)", FAST_PATH_FIX)
 
