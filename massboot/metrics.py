@@ -786,6 +786,9 @@ class Metrics:
             healthy, status = self.health()
             state = "ok" if status.get("lease_db", "up") == "up" else "degraded"
             body = {"status": state if healthy else "failing", **status}
+            data_path = getattr(self._tftp, "data_path", None)   # [tftpd] fast_path
+            if data_path is not None:
+                body["tftp_data_path"] = data_path
             return _reply(start_response, "200 OK" if healthy else "503 Service Unavailable", body)
         if path == "/":
             text = b"massboot: /metrics /clients /healthz\n"

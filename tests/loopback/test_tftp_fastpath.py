@@ -522,3 +522,20 @@ def test_metrics_say_which_data_path_runs(served: Served, client: Client) -> Non
     assert client.download("f", blksize=1428) == content
     sent = v("massboot_tftp_compiled_blocks_total") - before
     assert sent >= 200_000 // 1428 - 3 if served.compiled else sent == 0
+
+
+def test_healthz_says_which_data_path_runs(served: Served) -> None:
+    import requests
+    from prometheus_client import CollectorRegistry
+
+    from massboot.config import MetricsConfig
+    from massboot.metrics import Metrics
+
+    metrics = Metrics(MetricsConfig(address=HOST, port=0), EventBus(), tftp=served.server,
+                      registry=CollectorRegistry())
+    metrics.start()
+    try:
+        body = requests.get(f"http://{HOST}:{metrics.port}/healthz", timeout=5).json()
+    finally:
+        metrics.stop()
+    assert body == {"status": "ok", "tftp": "up", "tftp_data_path": served.data_path}
