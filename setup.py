@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "massboot" / "__init__.py").read_text()).group(1)
@@ -19,6 +19,10 @@ setup(
     packages=find_packages(include=["massboot", "massboot.*"]),
     install_requires=[line.strip() for line in (HERE / "requirements.txt").read_text().splitlines()
                       if line.strip() and not line.startswith("#")],
+    # The compiled TFTP data path (README "Performance"): optional, a machine without gcc and
+    # python3-dev installs and runs the pure-Python path ([tftpd] fast_path = auto).
+    ext_modules=[Extension("massboot.tftp._fastpath", ["massboot/tftp/_fastpath.c"],
+                           extra_compile_args=["-O2", "-ffp-contract=off"], optional=True)],
     entry_points={"console_scripts": ["massboot = massboot.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -24,10 +24,11 @@ port 69. ``--no-netns`` runs on the host's loopback with a free unprivileged por
 dnsmasq. ``--extra-server NAME=COMMAND`` adds any other server (a prototype);
 ``--massboot-tree NAME=PATH`` adds massboot from another checkout with the same config (a
 before/after pair: ``git worktree add ../main main``, then ``--massboot-tree main=../main``).
-``massboot-pN`` in ``--servers`` is massboot with ``[tftpd] processes = N`` (its CPU counts its
-worker processes'); give ``--sources N`` too, so that the clients send from 127.0.0.1 ..
-127.0.0.N and the source-address steering spreads them over the workers (every server of the
-run gets the same clients).
+``massboot`` runs the compiled data path (``[tftpd] fast_path = on``), ``massboot-python``
+the same checkout with ``fast_path = off``. ``massboot-pN`` in ``--servers`` is massboot (compiled
+data path) with ``[tftpd] processes = N`` (its CPU counts its worker processes'); give
+``--sources N`` too, so that the clients send from 127.0.0.1 .. 127.0.0.N and the source-address
+steering spreads them over the workers (every server of the run gets the same clients).
 
 The load generator (``bench/tftp_client.py``) is a few forked processes, each one epoll loop
 over its clients' sockets: no greenlets. ``--gen-check`` re-runs the storm against the fastest
@@ -80,7 +81,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # servers ru
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CLONE_NEWNET = 0x40000000
-ALL_SERVERS = ("massboot", "dnsmasq", "tftpd-hpa", "atftpd", "tftpy")
+ALL_SERVERS = ("massboot", "massboot-python", "dnsmasq", "tftpd-hpa", "atftpd", "tftpy")
+# massboot-python: this checkout with [tftpd] fast_path = off (the pure-Python data path), to
+# compare with massboot's compiled one (fast_path = on) in the same run (README, Performance)
+FAST_PATH = {"massboot": "on", "massboot-python": "off"}
 
 # Every load-generator client sends from 127.0.0.1: the per-address cap ([tftpd]
 # max_per_client, 8 by default, README) is lifted, as the other servers have none.
@@ -343,10 +347,12 @@ def server_command(name: str, env: Env, profile: str | None = None, clock: str =
     processes = massboot_processes(name)
     if processes:
         name = "massboot"
-    if name == "massboot" or name in env.trees:
+    if name in FAST_PATH or name in env.trees:
         config = os.path.join(env.work, "massboot.ini")
         with open(config, "w") as f:
             f.write(MASSBOOT_CONFIG.format(port=env.port, root=env.root, processes=processes or 1))
+            if name in FAST_PATH:
+                f.write(f"fast_path = {FAST_PATH[name]}\n")
         if name in env.trees:  # the same server and config from another checkout (before/after)
             return [sys.executable, "-c", TREE_MASSBOOT, env.trees[name], "-t", "-c", config]
         if profile:
@@ -380,6 +386,14 @@ def available(name: str, env: Env, netns: bool) -> str | None:
         tree = env.trees[name]
         return None if os.path.isfile(os.path.join(tree, "massboot", "__main__.py")) else \
             f"{tree} is not a massboot checkout"
+    if name == "massboot":
+        try:
+            from massboot.tftp.server import fast_path_available
+        except ImportError:
+            return None
+        if not fast_path_available():
+            return ("the compiled data path is not built (apt-get install gcc python3-dev; "
+                    "python setup.py build_ext --inplace); massboot-python still runs")
     if name == "dnsmasq":
         if not env.dnsmasq:
             return "dnsmasq not installed"

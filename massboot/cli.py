@@ -250,6 +250,7 @@ class Services:
         self.admin = admin_server(self.config.admin_socket, self.dhcp)
 
     def _build_tftp(self) -> None:
+        check_fast_path(self.config.tftp)
         t = self.config.tftp
         address = t.address or self.server_ip or "0.0.0.0"
         if t.processes > 1:     # README, "TFTP worker processes"
@@ -640,7 +641,7 @@ def tftp_server(config: cfg.Config, address: str, files: Any, events: Any, **ove
         timeout_min=t.timeout_min, timeout_max=t.timeout, backoff_max=t.backoff_max,
         retries=t.retries, rcvbuf=t.rcvbuf, first_timeout=t.first_timeout,
         first_retries=t.first_retries, max_per_client=t.max_per_client,
-        transfer_memory=t.transfer_memory, memory_budget=t.memory_budget)
+        transfer_memory=t.transfer_memory, memory_budget=t.memory_budget, fast_path=t.fast_path)
     kwargs.update(overrides)
     return TftpServer(address, t.port, files, events, **kwargs)
 
@@ -868,6 +869,20 @@ def migrate_command(args: argparse.Namespace, bootp: cfg.BootpConfig) -> int:
     return 0
 
 
+def check_fast_path(tftp: cfg.TftpConfig) -> None:
+    """``[tftpd] fast_path = on`` needs the compiled data path (README, Performance).
+
+    Raises:
+        ConfigError: names ``[tftpd] fast_path`` and the fix.
+    """
+    from massboot.tftp.server import FAST_PATH_FIX, fast_path_available
+
+    if tftp.fast_path == "on" and not fast_path_available():
+        raise cfg.ConfigError("tftpd", "fast_path", "on",
+                              f"the compiled TFTP data path (massboot.tftp._fastpath) is not built: "
+                              f"{FAST_PATH_FIX}; or set fast_path = auto")
+
+
 def check_config(config: cfg.Config, *, run_dhcp: bool, run_http: bool = False) -> int:
     """``--check-config``: validate everything that can be validated without binding.
 
@@ -901,6 +916,15 @@ def check_config(config: cfg.Config, *, run_dhcp: bool, run_http: bool = False) 
             except LeaseStoreError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return EXIT_ERROR
+    try:
+        check_fast_path(config.tftp)
+    except cfg.ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    from massboot.tftp.server import fast_path_available
+
+    compiled = config.tftp.fast_path != "off" and fast_path_available()
+    print(f"tftp data path: {'compiled' if compiled else 'python'} (fast_path = {config.tftp.fast_path})")
     try:
         from massboot.files import FileStore
 

@@ -489,6 +489,10 @@ TFTPD = Section("tftpd", (
            "*massboot*: TFTP worker processes sharing the port (``SO_REUSEPORT``), each client IP "
            "always served by the same one; ``pool_size`` and ``memory_budget`` are split among "
            "them (README, \"TFTP worker processes\"); a change needs a restart"),
+    Option("fast_path", Choice({"auto": "auto", "on": "on", "off": "off"}), "auto",
+           "*massboot*: the compiled TFTP data path (README, Performance): ``auto`` uses it when "
+           "it was built at install (gcc and python3-dev there), ``on`` requires it (else exit "
+           "code 2), ``off`` runs the pure-Python path; read at start, not at a reload"),
     Option("cache_dir", parse_text, None,
            "*massboot*: where remote files are cached; created ``0700``, it must belong to "
            "massboot's user and not be writable by group or others (else exit code 2)",
@@ -716,6 +720,7 @@ class TftpConfig:
     pool_size: int = TFTPD.default("pool_size")
     rcvbuf: int = TFTPD.default("rcvbuf")
     processes: int = TFTPD.default("processes")          # TFTP worker processes (massboot.workers)
+    fast_path: str = TFTPD.default("fast_path")          # auto | on | off (compiled data path)
     cache_dir: str | None = None
     cache_size: int = TFTPD.default("cache_size")        # bytes
     max_downloads: int = TFTPD.default("max_downloads")

@@ -651,6 +651,19 @@ class Metrics:
                                     "promised to running TFTP transfers.", value=reserved)
             yield GaugeMetricFamily("massboot_tftp_buffer_budget_bytes", "[tftpd] memory_budget: "
                                     "the most all TFTP transfer windows may buffer.", value=budget)
+            data_path = getattr(tftp, "data_path", None)   # [tftpd] fast_path (README, Performance)
+            if data_path is not None:
+                path = GaugeMetricFamily("massboot_tftp_data_path", "1 for the TFTP data path "
+                                         "that runs: compiled or python ([tftpd] fast_path).",
+                                         labels=("path",))
+                for name in ("compiled", "python"):
+                    path.add_metric((name,), 1 if name == data_path else 0)
+                yield path
+                from massboot.tftp.server import fast_path_counters
+
+                yield CounterMetricFamily("massboot_tftp_compiled_blocks", "TFTP DATA blocks the "
+                                          "compiled data path sent (the rest went through Python).",
+                                          value=fast_path_counters()[0])
         busy = GaugeMetricFamily("massboot_workers_busy", "Greenlets of a server's bounded pool in "
                                  "use (dhcp: exchanges, dhcp_acl: HTTP ACL calls, dhcp_probe: exchanges "
                                  "waiting on ICMP probes, tftp: transfers, http: connections).",
@@ -779,6 +792,9 @@ class Metrics:
             state = "ok" if all(v == "up" for k, v in status.items()
                                 if k == "lease_db" or k.startswith("tftp_worker_")) else "degraded"
             body = {"status": state if healthy else "failing", **status}
+            data_path = getattr(self._tftp, "data_path", None)   # [tftpd] fast_path
+            if data_path is not None:
+                body["tftp_data_path"] = data_path
             return _reply(start_response, "200 OK" if healthy else "503 Service Unavailable", body)
         if path == "/":
             text = b"massboot: /metrics /clients /healthz\n"

@@ -30,6 +30,24 @@ def require_tool(*names: str) -> None:
         require(shutil.which(name) is not None, f"{name} is not installed")
 
 
+@pytest.fixture(params=["compiled", "python"])
+def tftp_data_path(request: pytest.FixtureRequest) -> str:
+    """The TFTP data path a test's server runs (``[tftpd] fast_path``, README "Performance"):
+    every TFTP scenario runs against both. Under CI=true the compiled one must be built (gcc
+    and python3-dev at ``pip install``), outside CI its half skips with the reason."""
+    if request.param == "compiled":
+        from massboot.tftp.server import fast_path_available
+
+        require(fast_path_available(), "the compiled TFTP data path (massboot.tftp._fastpath) "
+                "is not built: apt-get install gcc python3-dev, then pip install -e .")
+    return request.param
+
+
+def fast_path_option(data_path: str) -> str:
+    """TftpServer's ``fast_path`` for a :func:`tftp_data_path` value."""
+    return "on" if data_path == "compiled" else "off"
+
+
 @pytest.fixture(scope="session")
 def pg_cluster():
     """A throwaway PostgreSQL cluster for the session (tests/pgserver.py); under CI=true it

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-/usr/bin/python3}
 VENV=.venv-test
-DEBIAN_PACKAGES="python3-venv iproute2 nftables isc-dhcp-client busybox udhcpc atftp tftp-hpa curl
+DEBIAN_PACKAGES="python3-venv gcc python3-dev iproute2 nftables isc-dhcp-client busybox udhcpc atftp tftp-hpa curl
     wget prometheus systemd qemu-system-x86 ipxe-qemu dnsmasq-base ovmf ipxe postgresql nginx"
 
 owner=$(stat -c %u:%g .)

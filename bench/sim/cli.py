@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one relay socket for the rack, or one per DHCP exchange (%(default)s)")
     parser.add_argument("--server-log-level", default=d.server_log_level,
                         help="[logger] level of the massboot started here (%(default)s)")
+    parser.add_argument("--tftp-fast-path", choices=("auto", "on", "off"), default=d.tftp_fast_path,
+                        help="[tftpd] fast_path of the massboot started here: the compiled TFTP data "
+                             "path or the pure-Python one (unset: massboot's default, auto)")
     parser.add_argument("--remote-root", action="store_true",
                         help="serve the root over HTTP from here; massboot reads it through its cache")
     parser.add_argument("--http-server", choices=("massboot", "nginx"), default=d.http_server,
@@ -109,7 +112,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    initrd_size=args.initrd_size, server=args.server, dhcp_port=args.dhcp_port,
                    tftp_port=args.tftp_port, server_pid=args.server_pid, relay_ip=args.relay_ip,
                    relay_port=args.relay_port, relay_socket=args.relay_socket,
-                   server_log_level=args.server_log_level, remote_root=args.remote_root, netns=args.netns,
+                   server_log_level=args.server_log_level, tftp_fast_path=args.tftp_fast_path,
+                   remote_root=args.remote_root, netns=args.netns,
                    proxy=args.proxy, site_server=args.site_server,
                    http_server=args.http_server,
                    keep=args.keep, json_path=args.json, plot_path=args.plot, progress=not args.quiet,

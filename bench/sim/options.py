@@ -38,6 +38,7 @@ class Options:
     relay_port: int = 0
     relay_socket: str = "shared"
     server_log_level: str = "info"
+    tftp_fast_path: str | None = None  # [tftpd] fast_path of the massboot started here (None: unset)
     #: several servers at once (README "Several servers"): ``(host, dhcp_port, tftp_port)`` each;
     #: the relay forwards every request to all of them
     servers: list[tuple[str, int, int]] = field(default_factory=list)

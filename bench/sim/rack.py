@@ -209,7 +209,8 @@ def run(opts: Options) -> Summary:
                 root, cache_dir = upstream.url, os.path.join(workdir, "cache")
             server = ServerProcess(workdir, root, opts.clients * max(1, opts.rounds), opts.server_log_level,
                                    cache_dir, netns, proxy=opts.proxy,
-                                   ipxe_boot_file=ipxe_boot_file, http=http)
+                                   ipxe_boot_file=ipxe_boot_file, http=http,
+                                   tftp_fast_path=opts.tftp_fast_path)
             server.start()
             host, dhcp_port, tftp_port = "127.0.0.1", server.dhcp_port, server.tftp_port
             target = f"massboot (started, {host} dhcp:{dhcp_port} tftp:{tftp_port}"

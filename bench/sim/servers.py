@@ -247,8 +247,10 @@ class ServerProcess:
     def __init__(self, workdir: str, root: str, clients: int, log_level: str,
                  cache_dir: str | None = None, netns: Namespaces | None = None,
                  proxy: bool = False, ipxe_boot_file: str = IPXE_SCRIPT,
-                 http: tuple[str, int] | None = None, lease_db: str | None = None) -> None:
+                 http: tuple[str, int] | None = None, lease_db: str | None = None,
+                 tftp_fast_path: str | None = None) -> None:
         self.workdir = workdir
+        self.tftp_fast_path = tftp_fast_path  # [tftpd] fast_path, None: unset
         self.netns = netns
         self.http = http  # (address, port) of massboot's -H, or None
         if netns is not None:  # massboot alone in its namespace: the standard ports, any address
@@ -288,6 +290,8 @@ class ServerProcess:
                                          bios=BOOTFILE_BIOS, uefi=BOOTFILE_UEFI, **values))
             if cache_dir is not None:
                 handle.write(f"cache_dir = {cache_dir}\n")
+            if self.tftp_fast_path is not None:
+                handle.write(f"fast_path = {self.tftp_fast_path}\n")
             if self.http is not None:
                 handle.write(HTTPD_CONFIG.format(address=self.http[0], port=self.http[1]))
 

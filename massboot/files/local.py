@@ -346,6 +346,25 @@ class BufferedSource:
         self._view = memoryview(buf)[:tail + got]
         return self._view[0:length]
 
+    def fast_file(self) -> tuple[int, int] | None:
+        """``(descriptor, size)`` for the compiled TFTP data path (README "Performance"), which
+        reads blocks with ``preadv2(RWF_NOWAIT)`` itself (never ``mmap``: a file truncated
+        meanwhile reads short, where a mapping would SIGBUS); None while a download still
+        brings the bytes, once closed, or where ``RWF_NOWAIT`` is refused.
+
+        A read past the file's real end (truncated since) is short, and the TFTP server
+        then reads through :meth:`read_nowait` as without this.
+        """
+        if self._fd is None or not self._files.nowait:
+            return None
+        try:
+            if self._limit(0, False) is not None:   # a download in progress
+                return None
+        except (WouldBlock, FileError):
+            return None
+        size = self._final_size()
+        return None if size is None else (self._fd.fd, size)
+
     def fileno(self) -> int:
         """The descriptor to ``os.sendfile`` from (see :class:`massboot.sources.FdSource`).
 

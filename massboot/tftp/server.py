@@ -45,6 +45,17 @@ sockets, so a wake-up serves all the ACKs that are ready, and each ACK that ackn
 whole window takes :meth:`ReadTransfer.on_ack_all`, reading the next block from the source's
 buffer and sending it at once (:class:`_Pump`). Events are per transfer, never per packet.
 
+The compiled data path (``[tftpd] fast_path``, README "Performance"): when the optional C
+extension :mod:`massboot.tftp._fastpath` is built, its ``Dispatcher`` replaces
+:class:`_Dispatcher`, and an octet transfer of a complete local file (windowsize up to 64)
+runs as a ``Lane``: the C code receives the ACK of everything sent, reads the next full
+block (lock-step, from a 16 KiB read-ahead) or window (RFC 7440, one ``preadv2`` into the
+window's slots) with ``RWF_NOWAIT``, updates the :class:`ReadTransfer` members exactly as
+:meth:`ReadTransfer.on_ack_all` does, sends (``sendmmsg`` for a window) and restarts the
+timer, with no Python call per block. Anything else (another datagram, a duplicate ACK or
+one inside the window, the last block, a read the page cache cannot answer, a timeout) goes
+to the same Python code as without it.
+
 Events (see :mod:`massboot.events`): ``tftp.start``, then ``tftp.done`` or ``tftp.fail``, with
 ``duration`` measured from the RRQ's arrival and ``ttfb`` from the RRQ's arrival to the moment
 DATA 1 was first sent (after the OACK round trip, when there is one). The one log line per
@@ -84,7 +95,22 @@ from massboot.tftp.packet import (
 )
 from massboot.tftp.transfer import Datagram, ReadTransfer, negotiate, window_memory
 
-__all__ = ["FileStoreLike", "TftpServer"]
+_FAST_PATH_BROKEN: str | None = None  # why a built module cannot serve this ReadTransfer
+try:
+    from massboot.tftp import _fastpath  # type: ignore[attr-defined]
+except ImportError:  # built by `pip install` when gcc and python3-dev are there (setup.py)
+    _fastpath = None
+else:
+    try:
+        _fastpath.bind(ReadTransfer)
+    except TypeError as exc:  # a module built from other sources than this transfer.py's
+        _FAST_PATH_BROKEN = str(exc)
+        _fastpath = None
+
+__all__ = ["FAST_PATHS", "FileStoreLike", "TftpServer", "fast_path_available", "fast_path_counters"]
+
+FAST_PATHS = ("auto", "on", "off")  # [tftpd] fast_path
+FAST_PATH_FIX = "apt-get install gcc python3-dev, then reinstall massboot (pip install)"
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +123,7 @@ _DRAIN_MAX = 64  # datagrams read per callback: bounded work, the io watcher fir
 # the real epoll, also when gevent patched `select` (it removes epoll there)
 _epoll, _EPOLLIN = get_original("select", ["epoll", "EPOLLIN"])
 _READY_MAX = 256  # ready transfer sockets served per wake-up of the dispatcher (the rest next)
+_LANE_WINDOW_MAX = 64  # the largest window the compiled path serves (MAX_WINDOW in _fastpath.c)
 _MEMORY_MIN = window_memory(BLKSIZE_DEFAULT, 1)  # the smallest window: one 512-byte block
 
 # The one place a file store's refusal becomes a TFTP error (RFC 1350 section 5) and a
@@ -108,6 +135,18 @@ _FILE_ERRORS: dict[FileReason, tuple[ErrorCode, str]] = {
     FileReason.CLOSED: (ErrorCode.NOT_DEFINED, "error"),
     FileReason.BUSY: (ErrorCode.NOT_DEFINED, "busy"),
 }
+
+
+def fast_path_available() -> bool:
+    """True when the compiled data path (:mod:`massboot.tftp._fastpath`) can be imported."""
+    return _fastpath is not None
+
+
+def fast_path_counters() -> tuple[int, int, int]:
+    """``(blocks sent by the compiled path, datagrams it handed to Python, block reads it left
+    to Python because the page cache did not hold them)`` since the process started; zeros
+    without it."""
+    return _fastpath.counters() if _fastpath is not None else (0, 0, 0)
 
 
 def _file_error(exc: BaseException) -> tuple[ErrorCode, str]:
@@ -154,6 +193,8 @@ class TftpServer:
         listener: a UDP socket already bound to the TFTP port, used instead of binding one
             (a TFTP worker process's share of the ``SO_REUSEPORT`` group, see
             :mod:`massboot.workers`); *address* still names the transfers' address.
+        fast_path: ``auto`` (the compiled data path when it is built), ``on`` (it, or
+            RuntimeError), ``off`` (pure Python); see the module docstring.
     """
 
     def __init__(
@@ -177,7 +218,12 @@ class TftpServer:
         transfer_memory: int = 1 << 20,
         memory_budget: int = 256 << 20,
         listener: gsocket.socket | None = None,
+        fast_path: str = "auto",
     ) -> None:
+        if fast_path not in FAST_PATHS:
+            raise ValueError(f"fast_path {fast_path!r} not one of {', '.join(FAST_PATHS)}")
+        if fast_path == "on" and _fastpath is None:
+            raise RuntimeError(f"the compiled TFTP data path is not built: {FAST_PATH_FIX}")
         if max_blksize is not None and not BLKSIZE_MIN <= max_blksize <= BLKSIZE_MAX:
             raise ValueError(f"max_blksize {max_blksize} outside {BLKSIZE_MIN}..{BLKSIZE_MAX}")
         if not 1 <= max_windowsize <= 65535:
@@ -215,8 +261,10 @@ class TftpServer:
         self._stopped = Event()
         self._transfers: dict[tuple[str, int], ReadTransfer | None] = {}
         self._pumps: dict[tuple[str, int], _Pump] = {}
-        self._dispatcher: _Dispatcher | None = None
         self._listener = listener
+        self._fast_path = fast_path
+        self._compiled = fast_path != "off" and _fastpath is not None
+        self._dispatcher: _Dispatcher | _CompiledDispatcher | None = None
 
     def tune(self, *, max_blksize: int | None, max_windowsize: int, timeout_min: float,
              timeout_max: float, retries: int, backoff_max: float | None = None,
@@ -259,12 +307,19 @@ class TftpServer:
                 raise
         self._socket = sock
         if self._dispatcher is None:
-            self._dispatcher = _Dispatcher()
+            self._dispatcher = _CompiledDispatcher() if self._compiled else _Dispatcher()
         self._pool = Pool(self._pool_size)
         self._error = None
         self._stopped.clear()
         self._reader = gevent.spawn(self._read_loop, sock, self._pool)
-        log.info("tftp listening on %s:%d pool=%d", self._address, self.port, self._pool_size)
+        log.info("tftp listening on %s:%d pool=%d data_path=%s", self._address, self.port,
+                 self._pool_size, self.data_path)
+        if self._fast_path == "auto" and _FAST_PATH_BROKEN is not None:
+            log.warning("tftp: the compiled data path does not match this massboot (%s), Python "
+                        "serves every block (rebuild it: pip install)", _FAST_PATH_BROKEN)
+        elif self._fast_path == "auto" and _fastpath is None:
+            log.info("tftp: the compiled data path is not built, Python serves every block "
+                     "(for it: %s)", FAST_PATH_FIX)
 
     @property
     def alive(self) -> bool:
@@ -288,6 +343,11 @@ class TftpServer:
         if self._socket is None:
             raise RuntimeError("TftpServer not started")
         return self._socket.getsockname()[1]
+
+    @property
+    def data_path(self) -> str:
+        """``compiled`` or ``python``: which data path serves the DATA/ACK exchange."""
+        return "compiled" if self._compiled else "python"
 
     @property
     def active(self) -> int:
@@ -514,7 +574,7 @@ class TftpServer:
         assert self._dispatcher is not None
         strangers = _connect(sock, client)
         try:
-            pump = _Pump(self, self._dispatcher, sock, strangers, client, transfer)
+            pump = _Pump(self, self._dispatcher, sock, strangers, client, transfer, reader.fast)
         except BaseException:
             strangers.close()
             raise
@@ -637,11 +697,14 @@ class _Reader:
     without one always raises WouldBlock there, so all its reads happen in the greenlet.
     """
 
-    __slots__ = ("inline", "wait")
+    __slots__ = ("fast", "inline", "wait")
 
     def __init__(self, source: Source) -> None:
         self.wait = source.read
         self.inline = getattr(source, "read_nowait", None) or _would_block
+        # ``fast_file() -> (fd, size) | None``: the descriptor the compiled path may pread
+        # and how far (massboot.files' local and complete cached files)
+        self.fast: Callable[[], tuple[int, int] | None] | None = getattr(source, "fast_file", None)
 
 
 def _would_block(offset: int, length: int) -> bytes:
@@ -660,6 +723,7 @@ class _Dispatcher:
     """
 
     __slots__ = ("_epoll", "_handlers", "_io", "_poll")
+    compiled = False
 
     def __init__(self) -> None:
         self._epoll = _epoll()
@@ -707,6 +771,36 @@ class _Dispatcher:
                 handler()
 
 
+class _CompiledDispatcher:
+    """:class:`_Dispatcher`'s interface on the compiled ``Dispatcher``: the epoll set, the
+    table and the wake-up loop are C; a handler may be a ``Lane`` (served in C) or a
+    callable (called as by :class:`_Dispatcher`)."""
+
+    __slots__ = ("_c", "_io")
+    compiled = True
+
+    def __init__(self) -> None:
+        assert _fastpath is not None
+        self._c = _fastpath.Dispatcher()
+        self._io = gevent.get_hub().loop.io(self._c.fileno(), 1)
+
+    def add(self, fd: int, handler: object) -> None:
+        """Serve *fd* whenever readable: a ``Lane``, or a callable that must not raise."""
+        self._c.add(fd, handler)
+        if not self._io.active:
+            self._io.start(self._c.on_ready)
+
+    def remove(self, fd: int) -> None:
+        """Stop watching *fd* (before it is closed); no-op when it is not in the set."""
+        if self._c.remove(fd) == 0 and self._io.active:
+            self._io.stop()
+
+    def close(self) -> None:
+        self._io.stop()
+        self._io.close()
+        self._c.close()
+
+
 class _Pump:
     """Drives one transfer's DATA/ACK exchange from the event loop (no greenlet).
 
@@ -719,12 +813,14 @@ class _Pump:
     raised.
     """
 
-    __slots__ = ("_buf", "_client", "_clock", "_dispatcher", "_fd", "_loop", "_on_timer_cb",
-                 "_period", "_recv", "_send", "_server", "_strangers", "_strangers_fd", "_timer",
-                 "_transfer", "_waiter")
+    __slots__ = ("_buf", "_client", "_clock", "_dispatcher", "_fast", "_fd", "_lane", "_loop",
+                 "_on_timer_cb", "_period", "_recv", "_send", "_server", "_strangers",
+                 "_strangers_fd", "_timer", "_transfer", "_waiter")
 
-    def __init__(self, server: TftpServer, dispatcher: _Dispatcher, sock: _socket.socket,
-                 strangers: _socket.socket, client: tuple[str, int], transfer: ReadTransfer) -> None:
+    def __init__(self, server: TftpServer, dispatcher: _Dispatcher | _CompiledDispatcher,
+                 sock: _socket.socket, strangers: _socket.socket, client: tuple[str, int],
+                 transfer: ReadTransfer,
+                 fast: Callable[[], tuple[int, int] | None] | None = None) -> None:
         self._server = server
         self._dispatcher = dispatcher
         self._fd = sock.fileno()  # connected to the client: only its datagrams (see _connect)
@@ -741,6 +837,8 @@ class _Pump:
         self._on_timer_cb = self._on_timer
         self._period = 0.0
         self._waiter: Waiter | None = None
+        self._fast = fast if dispatcher.compiled else None
+        self._lane: object | None = None
 
     def send(self, datagrams: Iterable[Datagram]) -> None:
         """Send a batch; a failed send counts as a lost packet (the timer will resend it)."""
@@ -762,7 +860,8 @@ class _Pump:
     def wait(self) -> None:
         """Run the exchange from callbacks until the greenlet is needed again."""
         self._waiter = waiter = Waiter()
-        self._dispatcher.add(self._fd, self.on_readable)
+        self._lane = lane = self._make_lane()
+        self._dispatcher.add(self._fd, lane or self.on_readable)
         self._dispatcher.add(self._strangers_fd, self.on_stranger)
         self._arm(self._transfer.deadline - self._clock())
         try:
@@ -777,6 +876,23 @@ class _Pump:
         self._dispatcher.remove(self._fd)
         self._dispatcher.remove(self._strangers_fd)
         self._disarm()
+        self._lane = None
+
+    def _make_lane(self) -> object | None:
+        """A compiled ``Lane`` for this transfer when it qualifies (octet, windowsize up to 64,
+        a complete local file, the real clock), else None: the Python handler serves it."""
+        fast, transfer = self._fast, self._transfer
+        if fast is None or transfer.windowsize > _LANE_WINDOW_MAX or self._clock is not time.monotonic:
+            return None
+        try:
+            found = fast()
+            if found is None:
+                return None
+            return _fastpath.Lane(transfer, self._fd, self._buf, found[0], found[1],  # type: ignore[union-attr]
+                                  self.on_readable, self._touch)
+        except (ValueError, TypeError, OSError) as exc:  # netascii, a closed file...
+            log.debug("tftp client=%s:%d served in Python: %s", *self._client, exc)
+            return None
 
     def _arm(self, delay: float) -> None:
         """A new timer: first after *delay*, then every RTO (see :meth:`_touch`)."""
@@ -785,9 +901,15 @@ class _Pump:
         timer = self._loop.timer(max(delay, 0.0), period)
         self._timer = timer
         timer.start(self._on_timer_cb)
+        lane = self._lane
+        if lane is not None:  # the compiled path restarts it on progress, as _touch does
+            lane.set_timer(timer.again, self._on_timer_cb, period)  # type: ignore[attr-defined]
 
     def _disarm(self) -> None:
         timer, self._timer = self._timer, None
+        lane = self._lane
+        if lane is not None:
+            lane.set_timer(None, None, 0.0)  # type: ignore[attr-defined]
         if timer is not None:
             timer.stop()  # type: ignore[attr-defined]
             timer.close()  # type: ignore[attr-defined]
@@ -808,8 +930,12 @@ class _Pump:
             self._disarm()
             waiter.throw(*sys.exc_info())
 
-    def on_readable(self) -> None:
-        """The client's datagrams are queued (called by :class:`_Dispatcher`); never raises."""
+    def on_readable(self, size: int | None = None) -> None:
+        """The client's datagrams are queued (called by :class:`_Dispatcher`); never raises.
+
+        *size*: a datagram the compiled ``Lane`` already received into the buffer and did
+        not take (-1: its receive failed); None: receive one here.
+        """
         transfer = self._transfer
         try:
             # The common case first: one ACK that acknowledges all that was sent. Any other
@@ -817,10 +943,11 @@ class _Pump:
             # full drain would do (and no second recv is spent to find the queue empty);
             # anything else takes the full drain.
             buf = self._buf
-            try:
-                size = self._recv(buf)
-            except OSError:
-                size = -1
+            if size is None:
+                try:
+                    size = self._recv(buf)
+                except OSError:
+                    size = -1
             if size == 4 and buf[1] == 4 and buf[0] == 0:
                 out = transfer.on_ack_all(buf[2] << 8 | buf[3])
                 if out is None:

@@ -225,6 +225,20 @@ class ReadTransfer:
         clock: monotonic clock in seconds (injectable for tests).
     """
 
+    # Slots, not a __dict__: the compiled data path (massboot/tftp/_fastpath.c, README
+    # "Performance") reads and writes the lock-step state through these members, so the
+    # transfer stays the one owner of its state whichever path serves a block.
+    __slots__ = (
+        "_backoff_max", "_base", "_blksize", "_buffered", "_clock", "_datagrams", "_deadline",
+        "_eof", "_error_code", "_first_resends", "_first_retries", "_first_timeout",
+        "_first_wait", "_high", "_last", "_lengths", "_netascii", "_next", "_oack",
+        "_oack_resent", "_oack_sent_at", "_offset", "_pending", "_progress_at", "_read_errors",
+        "_resent", "_retries", "_rto", "_rttvar", "_sent_at", "_slots", "_srtt", "_started",
+        "_state", "_timeout_max", "_timeout_min", "_timeouts", "_views", "_window",
+        "bytes_acked", "bytes_sent", "detail", "first_data_at", "read", "reason",
+        "retransmits", "stalled",
+    )
+
     def __init__(
         self,
         read: ReadFunc,

@@ -435,7 +435,8 @@ def test_metrics_endpoint_over_http(rack: Rack) -> None:
     assert all(name.startswith(("massboot_", "process_")) for name in families)
 
     health = requests.get(rack.url + "/healthz", timeout=5)
-    assert health.status_code == 200 and health.json() == {"status": "ok", "dhcp": "up", "tftp": "up"}
+    assert health.status_code == 200 and health.json() == {
+        "status": "ok", "dhcp": "up", "tftp": "up", "tftp_data_path": rack.services.tftp.data_path}
     assert requests.get(rack.url + "/nope", timeout=5).status_code == 404
     assert requests.get(rack.url + "/clients", params={"phase": "nope"}, timeout=5).status_code == 400
     records = requests.get(rack.url + "/clients", timeout=5).json()

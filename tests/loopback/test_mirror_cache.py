@@ -27,7 +27,7 @@ from massboot.files import ClientInfo, FileError, FileReason, FileStore
 from massboot.metrics import Metrics
 from massboot.tftp.packet import Data, Error, OptionAck
 from massboot.tftp.server import TftpServer
-from tests.conftest import require, require_root
+from tests.conftest import fast_path_option, require, require_root
 from tests.loopback.test_tftp_server import Client
 from tests.mirror import Mirror
 
@@ -403,7 +403,8 @@ def test_upstream_404_is_remembered_for_a_while(mirror, make_store):
 class Served:
     """massboot's TFTP side on a mirror root: the file store, the TFTP server, the metrics."""
 
-    def __init__(self, root: str, cache_dir: str, http_timeout: float, **kw) -> None:
+    def __init__(self, root: str, cache_dir: str, http_timeout: float, fast_path: str = "auto",
+                 **kw) -> None:
         self.bus = EventBus()
         self.events = EventRecorder()
         self.bus.subscribe(self.events)
@@ -411,7 +412,7 @@ class Served:
                                session=requests.Session(), **kw)
         # every test client sends from 127.0.0.1: no per-address cap ([tftpd] max_per_client)
         self.tftp = TftpServer("127.0.0.1", 0, self.store, self.bus, timeout_min=0.5, timeout_max=2.0,
-                               max_per_client=1000)
+                               max_per_client=1000, fast_path=fast_path)
         self.tftp.start()
         self.metrics = Metrics(MetricsConfig(port=0), self.bus, registry=CollectorRegistry(),
                                tftp=self.tftp, cache=self.store)
@@ -452,11 +453,13 @@ class Served:
 
 
 @pytest.fixture
-def serve(tmp_path):
+def serve(tmp_path, tftp_data_path):
+    """massboot's TFTP side, once on each data path (tests/conftest.py ``tftp_data_path``)."""
     made = []
 
     def make(root: str, cache_dir: str | None = None, http_timeout: float = 5.0, **kw) -> Served:
-        served = Served(root, cache_dir or str(tmp_path / "cache"), http_timeout, **kw)
+        served = Served(root, cache_dir or str(tmp_path / "cache"), http_timeout,
+                        fast_path_option(tftp_data_path), **kw)
         made.append(served)
         return served
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import re
 import socket
 import time
@@ -31,6 +32,7 @@ from massboot.tftp.packet import (
 )
 from massboot.tftp.server import TftpServer
 from massboot.tftp.transfer import WouldBlock
+from tests.conftest import fast_path_option
 from tests.loopback.outcomelog import lines, one_line_per_event
 
 HOST = "127.0.0.1"
@@ -59,12 +61,22 @@ FILES = {
 
 
 class MemSource:
-    def __init__(self, data: bytes, size_known: bool, fail_at: int | None, crash: bool) -> None:
+    """A file in memory; with *path* (the same bytes on disk) it also offers ``fast_file``, as
+    massboot.files' local sources do, so the compiled data path serves it (up to *fail_at*)."""
+
+    def __init__(self, data: bytes, size_known: bool, fail_at: int | None, crash: bool,
+                 path: str | None = None) -> None:
         self.data = data
         self.size = len(data) if size_known else None
         self.fail_at = fail_at
         self.crash = crash
         self.closed = False
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if path is not None else None
+
+    def fast_file(self) -> tuple[int, int] | None:
+        if self._fd is None or self.crash:
+            return None
+        return self._fd, len(self.data) if self.fail_at is None else min(self.fail_at, len(self.data))
 
     def read(self, offset: int, length: int) -> bytes:
         if self.crash:
@@ -75,13 +87,17 @@ class MemSource:
 
     def close(self) -> None:
         self.closed = True
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 class MemStore:
     """In-memory files; names starting with ``deny`` are refused, ``broken`` raises a bug."""
 
-    def __init__(self, files: dict[str, bytes]) -> None:
+    def __init__(self, files: dict[str, bytes], disk: str | None = None) -> None:
         self.files = files
+        self.disk = disk  # a copy of the files on disk: the sources offer fast_file
         self.opened: list[tuple[str, str]] = []
         self.sources: list[MemSource] = []
         self.size_known = True
@@ -96,7 +112,14 @@ class MemStore:
             raise RuntimeError("a bug while opening")
         if name not in self.files:
             raise FileError(FileReason.NOT_FOUND, "File not found")
-        source = MemSource(self.files[name], self.size_known, self.fail_at, self.crash_on_read)
+        path = None
+        if self.disk is not None:  # written at the first open (tests add files to self.files)
+            path = os.path.join(self.disk, name)
+            if not os.path.exists(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "wb") as f:
+                    f.write(self.files[name])
+        source = MemSource(self.files[name], self.size_known, self.fail_at, self.crash_on_read, path)
         self.sources.append(source)
         return source
 
@@ -105,18 +128,26 @@ ServerFactory = Callable[..., tuple[TftpServer, MemStore, EventRecorder]]
 
 
 @pytest.fixture
-def make_server() -> Iterator[ServerFactory]:
+def make_server(tftp_data_path: str, tmp_path) -> Iterator[ServerFactory]:
+    """Servers on both data paths (tests/conftest.py ``tftp_data_path``): for the compiled one
+    the files are on disk too, so its lanes serve them."""
     servers: list[TftpServer] = []
+    disk: str | None = None
+    if tftp_data_path == "compiled":
+        disk = str(tmp_path / "files")
+        os.mkdir(disk)
 
     def factory(**kwargs: object) -> tuple[TftpServer, MemStore, EventRecorder]:
-        store = MemStore(FILES)
+        store = MemStore(FILES, disk)
         bus = EventBus()
         recorder = EventRecorder()
         bus.subscribe(recorder)
-        options: dict[str, object] = {"timeout_min": 0.01, "timeout_max": 0.5, "retries": 5}
+        options: dict[str, object] = {"timeout_min": 0.01, "timeout_max": 0.5, "retries": 5,
+                                      "fast_path": fast_path_option(tftp_data_path)}
         options.update(kwargs)
         server = TftpServer(HOST, 0, store, bus, **options)  # type: ignore[arg-type]
         server.start()
+        assert server.data_path == tftp_data_path
         servers.append(server)
         return server, store, recorder
 
@@ -703,14 +734,15 @@ def test_read_error_in_the_event_loop_path_ends_the_transfer(make_server, client
     assert server.active == 0
 
 
-def test_local_files_through_the_file_store(client_factory, tmp_path) -> None:
+def test_local_files_through_the_file_store(client_factory, tmp_path, tftp_data_path) -> None:
     from massboot.files import FileStore
 
     content = pattern(3 * 128 * 1024 + 777)
     (tmp_path / "kernel").write_bytes(content)
     bus, recorder = EventBus(), EventRecorder()
     bus.subscribe(recorder)
-    with TftpServer(HOST, 0, FileStore(str(tmp_path)), bus, timeout_min=0.01) as server:
+    with TftpServer(HOST, 0, FileStore(str(tmp_path)), bus, timeout_min=0.01,
+                    fast_path=fast_path_option(tftp_data_path)) as server:
         for windowsize in (1, 16):
             client = client_factory(server.port)
             got = client.download("kernel", windowsize=windowsize, blksize=1428, tsize=0)

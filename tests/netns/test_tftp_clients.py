@@ -40,7 +40,7 @@ import pytest
 
 from massboot.sources import client_text
 from massboot.tftp.packet import Data, Error, ErrorCode, Opcode, OptionAck, Packet, Request, decode
-from tests.conftest import require, require_root, require_tool
+from tests.conftest import fast_path_option, require, require_root, require_tool
 from tests.netns.netns import Massboot, NetnsPair, namespace_pair, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
@@ -55,10 +55,12 @@ address = {address}
 port = 69
 root = {root}
 processes = {processes}
+fast_path = {fast_path}
 """
-#: the whole module runs against one TFTP process and against two worker processes (README,
-#: "TFTP worker processes"); CLIENT_IP goes to worker 0 (its address is even), OTHER_IP to 1
-PROCESSES = (1, 2)
+#: the whole module runs against each TFTP data path in one process, and against two worker
+#: processes on the compiled path (README, "TFTP worker processes"; the Python path's workers are
+#: the same code): CLIENT_IP goes to worker 0 (its address is even), OTHER_IP to 1
+SERVERS = (("compiled", 1), ("python", 1), ("compiled", 2))
 OTHER_IP = "10.78.0.3"
 #: name -> size; random content, generated once per module.
 FILES = {"empty.bin": 0, "b511.bin": 511, "b512.bin": 512, "64k.bin": 64 << 10, "1m.bin": 1 << 20,
@@ -136,11 +138,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-@pytest.fixture(scope="module", params=PROCESSES, ids=[f"processes{n}" for n in PROCESSES])
+@pytest.fixture(scope="module", params=SERVERS, ids=[f"{path}-processes{n}" for path, n in SERVERS])
 def tftp(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[TftpEnv]:
-    processes = request.param
+    """massboot in a namespace, per data path (``[tftpd] fast_path``, README Performance) and
+    number of TFTP processes (README, "TFTP worker processes")."""
+    data_path, processes = request.param
     require_root()
     require_tool("ip")
+    if data_path == "compiled":
+        from massboot.tftp.server import fast_path_available
+
+        require(fast_path_available(), "the compiled TFTP data path is not built: apt-get install "
+                "gcc python3-dev, then pip install -e .")
     base = tmp_path_factory.mktemp("tftp-clients")
     root = base / "root"
     root.mkdir()
@@ -158,7 +167,8 @@ def tftp(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     conf_dir = base / "etc"
     conf_dir.mkdir()
     config = conf_dir / "massboot.ini"
-    config.write_text(CONFIG.format(address=SERVER_IP, root=root, processes=processes))
+    config.write_text(CONFIG.format(address=SERVER_IP, root=root, processes=processes,
+                                    fast_path=fast_path_option(data_path)))
     with namespace_pair("tftpcli", server_addr=f"{SERVER_IP}/24", client_addr=f"{CLIENT_IP}/24",
                         server_if="mts0", client_if="mtc0") as pair:
         pair.run(pair.client, ["ip", "addr", "add", f"{OTHER_IP}/24", "dev", "mtc0"], timeout=10)
@@ -167,6 +177,7 @@ def tftp(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
         wait_until(lambda: server.log_text().count("tftp listening on") >= 1 + (processes > 1) * processes,
                    30, "every TFTP worker listening")
         try:
+            assert f"data_path={data_path}" in server.log_text(), server.log_text()
             yield TftpEnv(pair, server, root, digests, processes)
         finally:
             status = server.stop()

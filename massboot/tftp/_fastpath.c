@@ -1,0 +1,848 @@
+/*
+ * massboot.tftp._fastpath: the compiled TFTP data path (README "Performance", issue #14).
+ *
+ * Optional: setup.py builds it when a C compiler and the Python headers are there; without it
+ * massboot.tftp.server runs the same exchange in Python. Two objects:
+ *
+ * Dispatcher: one epoll set for every running transfer's sockets, watched by one io watcher of
+ *   the gevent loop (on_ready() is its callback). It asks the set which sockets are ready
+ *   (level-triggered, at most READY_MAX per wake-up) and serves each one: a plain callable is
+ *   called (the Python handlers: strangers on a transfer's port, transfers the lane does not
+ *   take), a Lane is served here.
+ *
+ * Lane: one transfer (octet, windowsize up to MAX_WINDOW, a complete local file) in its
+ *   common case: recv the client's datagram; when it is the ACK of everything sent, put the
+ *   next full block into the transfer's window slot from the lane's read-ahead chunk (CHUNK
+ *   bytes, refilled with preadv2(RWF_NOWAIT) from the page cache, never waiting), or, for a
+ *   window (RFC 7440), read the next window's blocks into their slots with one preadv2; update
+ *   the transfer's state exactly as ReadTransfer.on_ack_all (and its _fill) does, send (one
+ *   sendmmsg for a window), restart the timer. The
+ *   state stays in the ReadTransfer object (its __slots__, read and written here through the
+ *   member offsets bind() found), so there is no second copy to drift. Anything else (another
+ *   datagram, an ACK that is not the ACK of everything sent, the first RTT sample, a resent
+ *   block, the last or a short block, a read the page cache cannot answer at once) is handed
+ *   to the Python pump unchanged, with the datagram already in its buffer: the Python code
+ *   decides exactly as it would have without the lane, since nothing was changed before.
+ *
+ * No mmap: a file the operator truncates would SIGBUS the server; pread just returns less.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef RWF_NOWAIT
+#define RWF_NOWAIT 0x00000008
+#endif
+
+#define READY_MAX 256     /* ready sockets served per wake-up (the rest on the next one) */
+#define SENDING 1         /* ReadTransfer._SENDING */
+#define OP_DATA 3         /* RFC 1350 section 5 */
+#define OP_ACK 4
+#define MAX_WINDOW 64     /* the largest window a lane serves (the [tftpd] windowsize default) */
+#define CHUNK (16 << 10)  /* bytes a lane reads ahead: one preadv2 per ~11 blocks of 1428 */
+#define K_VAR 4.0         /* RFC 6298 section 2, as in transfer.py */
+#define GRANULARITY 0.001
+
+/* -- ReadTransfer members, by offset ------------------------------------------------------ */
+
+enum {
+    F_STATE, F_WINDOW, F_NETASCII, F_EOF, F_NEXT, F_BASE, F_HIGH, F_LAST, F_OFFSET, F_BLKSIZE,
+    F_RESENT, F_SENT_AT, F_SRTT, F_RTTVAR, F_RTO, F_TIMEOUT_MIN, F_TIMEOUT_MAX, F_TIMEOUTS,
+    F_PROGRESS_AT, F_BYTES_ACKED, F_BYTES_SENT, F_STALLED, F_DEADLINE, F_SLOTS, F_LENGTHS,
+    F_DATAGRAMS, NFIELDS
+};
+
+static const char *field_names[NFIELDS] = {
+    "_state", "_window", "_netascii", "_eof", "_next", "_base", "_high", "_last", "_offset",
+    "_blksize", "_resent", "_sent_at", "_srtt", "_rttvar", "_rto", "_timeout_min",
+    "_timeout_max", "_timeouts", "_progress_at", "bytes_acked", "bytes_sent", "stalled",
+    "_deadline", "_slots", "_lengths", "_datagrams",
+};
+
+static Py_ssize_t offsets[NFIELDS];
+static PyTypeObject *transfer_type = NULL;
+static unsigned long long total_blocks = 0;   /* blocks sent by lanes, all dispatchers */
+static unsigned long long total_handoffs = 0; /* datagrams lanes handed to Python */
+static unsigned long long total_would_block = 0; /* block reads the page cache could not answer */
+
+#define MEMBER(obj, f) (*(PyObject **)((char *)(obj) + offsets[f]))
+
+static inline void set_member(PyObject *obj, int f, PyObject *value) /* steals value */
+{
+    PyObject **slot = &MEMBER(obj, f);
+    PyObject *old = *slot;
+    *slot = value;
+    Py_XDECREF(old);
+}
+
+/* An exact int member that fits a long long; -1 with *ok = 0 otherwise. */
+static inline long long int_member(PyObject *obj, int f, int *ok)
+{
+    PyObject *v = MEMBER(obj, f);
+    if (v == NULL || !PyLong_CheckExact(v)) {
+        *ok = 0;
+        return -1;
+    }
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (x == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        *ok = 0;
+        return -1;
+    }
+    return x;
+}
+
+static inline double float_member(PyObject *obj, int f, int *ok)
+{
+    PyObject *v = MEMBER(obj, f);
+    if (v == NULL || !PyFloat_CheckExact(v)) {
+        *ok = 0;
+        return 0.0;
+    }
+    return PyFloat_AS_DOUBLE(v);
+}
+
+static PyObject *fp_bind(PyObject *module, PyObject *cls)
+{
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "bind() takes the ReadTransfer class");
+        return NULL;
+    }
+    PyObject *dict = ((PyTypeObject *)cls)->tp_dict;
+    for (int i = 0; i < NFIELDS; i++) {
+        PyObject *descr = PyDict_GetItemString(dict, field_names[i]);
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+            PyErr_Format(PyExc_TypeError, "%s.%s is not a __slots__ member", ((PyTypeObject *)cls)->tp_name,
+                         field_names[i]);
+            return NULL;
+        }
+        PyMemberDef *def = ((PyMemberDescrObject *)descr)->d_member;
+        if (def->type != T_OBJECT_EX || (def->flags & READONLY)) {
+            PyErr_Format(PyExc_TypeError, "%s.%s: not a writable object slot", ((PyTypeObject *)cls)->tp_name,
+                         field_names[i]);
+            return NULL;
+        }
+        offsets[i] = def->offset;
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(transfer_type, (PyTypeObject *)cls);
+    Py_RETURN_NONE;
+}
+
+static inline double monotonic(void)
+{
+    /* time.monotonic(): CLOCK_MONOTONIC as nanoseconds, then seconds as a double */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    return (double)ns / 1e9;
+}
+
+/* -- Lane ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *transfer;   /* the ReadTransfer: the one owner of the state */
+    PyObject *handoff;    /* handoff(size): the Python pump takes the datagram in its buffer */
+    PyObject *touch;      /* touch(): the pump re-arms its timer (a new watcher) */
+    PyObject *again;      /* the current timer's bound again(), or None */
+    PyObject *timer_cb;   /* the callback again() takes */
+    Py_buffer buf;        /* the pump's receive buffer (held: it cannot be resized) */
+    double period;        /* the timer's repeat period */
+    double again_at;      /* when again() last restarted it (0: not since it was made) */
+    int sock;             /* the transfer socket, connected to the client */
+    int file;             /* the file's descriptor (pread only) */
+    long long size;       /* the file's size: a block that would end beyond it is Python's */
+    long long blksize;
+    long long window;
+    int nowait;           /* RWF_NOWAIT works here; cleared when the kernel refuses it */
+    char *chunk;          /* read-ahead: file bytes [chunk_start, chunk_start + chunk_len) */
+    long long chunk_start;
+    long long chunk_len;
+    long long chunk_cap;
+    unsigned long long blocks;
+    unsigned long long handoffs;
+} Lane;
+
+static PyTypeObject LaneType;
+
+static int lane_init(Lane *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"transfer", "sock", "buf", "file", "size", "handoff", "touch", NULL};
+    PyObject *transfer, *buf, *handoff, *touch;
+    int sock, file;
+    long long size;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiOiLOO", kwlist, &transfer, &sock, &buf, &file,
+                                     &size, &handoff, &touch))
+        return -1;
+    if (transfer_type == NULL || !PyObject_TypeCheck(transfer, transfer_type)) {
+        PyErr_SetString(PyExc_TypeError, "Lane needs a ReadTransfer of the class given to bind()");
+        return -1;
+    }
+    if (!PyCallable_Check(handoff) || !PyCallable_Check(touch)) {
+        PyErr_SetString(PyExc_TypeError, "handoff and touch must be callable");
+        return -1;
+    }
+    int ok = 1;
+    long long window = int_member(transfer, F_WINDOW, &ok);
+    long long blksize = int_member(transfer, F_BLKSIZE, &ok);
+    PyObject *netascii = MEMBER(transfer, F_NETASCII);
+    if (!ok || window < 1 || window > MAX_WINDOW || netascii != Py_False || blksize < 8
+            || blksize > 65464) {
+        PyErr_SetString(PyExc_ValueError, "a lane serves octet transfers with windowsize up to 64");
+        return -1;
+    }
+    if (self->buf.obj != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Lane already initialised");
+        return -1;
+    }
+    if (PyObject_GetBuffer(buf, &self->buf, PyBUF_WRITABLE) < 0)
+        return -1;
+    if (self->buf.len < 4) {
+        PyBuffer_Release(&self->buf);
+        PyErr_SetString(PyExc_ValueError, "buffer too small");
+        return -1;
+    }
+    Py_INCREF(transfer);
+    Py_INCREF(handoff);
+    Py_INCREF(touch);
+    self->transfer = transfer;
+    self->handoff = handoff;
+    self->touch = touch;
+    self->again = NULL;
+    self->timer_cb = NULL;
+    self->period = 0.0;
+    self->sock = sock;
+    self->file = file;
+    self->size = size;
+    self->blksize = blksize;
+    self->window = window;
+    self->nowait = 1;
+    self->chunk = NULL;
+    self->chunk_start = 0;
+    self->chunk_len = 0;
+    self->chunk_cap = blksize > CHUNK ? blksize : CHUNK;
+    return 0;
+}
+
+static int lane_traverse(Lane *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->transfer);
+    Py_VISIT(self->handoff);
+    Py_VISIT(self->touch);
+    Py_VISIT(self->again);
+    Py_VISIT(self->timer_cb);
+    Py_VISIT(self->buf.obj);
+    return 0;
+}
+
+static int lane_clear(Lane *self)
+{
+    Py_CLEAR(self->transfer);
+    Py_CLEAR(self->handoff);
+    Py_CLEAR(self->touch);
+    Py_CLEAR(self->again);
+    Py_CLEAR(self->timer_cb);
+    if (self->buf.obj != NULL)
+        PyBuffer_Release(&self->buf);
+    return 0;
+}
+
+/* A block read the page cache did not answer at once (or short): counted, Python's. */
+static void read_refused(Lane *self, ssize_t got)
+{
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        total_would_block++;
+    else if (got < 0 && (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS))
+        self->nowait = 0;  /* this kernel or file system cannot: the threadpool reads */
+}
+
+static void lane_free_chunk(Lane *self)
+{
+    PyMem_Free(self->chunk);
+    self->chunk = NULL;
+    self->chunk_len = 0;
+}
+
+static void lane_dealloc(Lane *self)
+{
+    PyObject_GC_UnTrack(self);
+    lane_clear(self);
+    lane_free_chunk(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *lane_set_timer(Lane *self, PyObject *args)
+{
+    PyObject *again, *cb;
+    double period;
+    if (!PyArg_ParseTuple(args, "OOd", &again, &cb, &period))
+        return NULL;
+    if (again == Py_None) {
+        Py_CLEAR(self->again);
+        Py_CLEAR(self->timer_cb);
+    } else {
+        Py_INCREF(again);
+        Py_INCREF(cb);
+        Py_XSETREF(self->again, again);
+        Py_XSETREF(self->timer_cb, cb);
+    }
+    self->period = period;
+    self->again_at = 0.0;
+    Py_RETURN_NONE;
+}
+
+/*
+ * The ACK in the buffer, as ReadTransfer.on_ack_all's lock-step path would take it.
+ * 1: done (the next block is sent); 0: the Python pump must take it (nothing was changed);
+ * -1: a Python error (nothing was changed either).
+ */
+static int lane_ack(Lane *self, Py_ssize_t size)
+{
+    const unsigned char *buf = (const unsigned char *)self->buf.buf;
+    if (size != 4 || buf[0] != 0 || buf[1] != OP_ACK)
+        return 0;
+    long block = (long)buf[2] << 8 | buf[3];
+    PyObject *t = self->transfer;
+    int ok = 1;
+    long long state = int_member(t, F_STATE, &ok);
+    long long number = int_member(t, F_NEXT, &ok);
+    long long base = int_member(t, F_BASE, &ok);
+    if (!ok || state != SENDING || ((block - number + 1) & 0xFFFF) != 0 || number <= base)
+        return 0;  /* not the ACK of everything sent: on_ack()'s cases */
+    long long high = int_member(t, F_HIGH, &ok);
+    long long offset = int_member(t, F_OFFSET, &ok);
+    long long bytes_acked = int_member(t, F_BYTES_ACKED, &ok);
+    long long bytes_sent = int_member(t, F_BYTES_SENT, &ok);
+    double srtt = float_member(t, F_SRTT, &ok);   /* None before the first sample */
+    double rttvar = float_member(t, F_RTTVAR, &ok);
+    double tmin = float_member(t, F_TIMEOUT_MIN, &ok);
+    double tmax = float_member(t, F_TIMEOUT_MAX, &ok);
+    long long blksize = self->blksize;
+    long long window = self->window;
+    long long span = window * blksize;  /* the next window: all new, all full blocks */
+    if (!ok || MEMBER(t, F_EOF) != Py_False || MEMBER(t, F_LAST) != Py_None || number <= high
+            || offset < 0 || offset + span > self->size || !self->nowait)
+        return 0;  /* a resend, the last block, or a short one: _fill() */
+    PyObject *resent = MEMBER(t, F_RESENT), *sent_at = MEMBER(t, F_SENT_AT);
+    PyObject *slots = MEMBER(t, F_SLOTS), *lengths = MEMBER(t, F_LENGTHS);
+    PyObject *datagrams = MEMBER(t, F_DATAGRAMS);
+    if (resent == NULL || sent_at == NULL || slots == NULL || lengths == NULL || datagrams == NULL
+            || !PyList_CheckExact(resent) || PyList_GET_SIZE(resent) != window
+            || !PyList_CheckExact(sent_at) || PyList_GET_SIZE(sent_at) != window
+            || !PyList_CheckExact(slots) || PyList_GET_SIZE(slots) != window
+            || !PyList_CheckExact(lengths) || PyList_GET_SIZE(lengths) != window
+            || !PyList_CheckExact(datagrams) || PyList_GET_SIZE(datagrams) != window)
+        return 0;
+    Py_ssize_t acked_slot = (Py_ssize_t)((number - 1) % window);
+    if (PyList_GET_ITEM(resent, acked_slot) != Py_False)
+        return 0;  /* Karn's rule: no sample; rare, Python's */
+    PyObject *sent = PyList_GET_ITEM(sent_at, acked_slot);
+    if (!PyFloat_CheckExact(sent))
+        return 0;
+    /* every slot allocated and full-sized, its datagram view made (_store() would keep it) */
+    char *data[MAX_WINDOW];
+    for (long long i = 0; i < window; i++) {
+        Py_ssize_t at = (Py_ssize_t)((number + i) % window);
+        PyObject *slot = PyList_GET_ITEM(slots, at);
+        PyObject *length = PyList_GET_ITEM(lengths, at);
+        if (!PyByteArray_CheckExact(slot) || PyByteArray_GET_SIZE(slot) != 4 + blksize
+                || !PyLong_CheckExact(length) || PyList_GET_ITEM(datagrams, at) == Py_None)
+            return 0;
+        int overflow = 0;
+        if (PyLong_AsLongLongAndOverflow(length, &overflow) != 4 + blksize) {
+            PyErr_Clear();
+            return 0;  /* a short last block's datagram */
+        }
+        data[i] = PyByteArray_AS_STRING(slot);
+    }
+
+    if (window == 1) {
+        /* The block from the read-ahead chunk, refilled from the page cache when it does not
+         * hold it, or Python's (WouldBlock, the end, a truncated file): a chunk holds what the
+         * file held when it was read, as massboot.files' buffer does. The slot held the block
+         * just acknowledged: nothing needs it now. */
+        if (offset < self->chunk_start || offset + blksize > self->chunk_start + self->chunk_len) {
+            if (self->chunk == NULL) {
+                self->chunk = PyMem_Malloc((size_t)self->chunk_cap);
+                if (self->chunk == NULL)
+                    return 0;
+            }
+            long long want = self->chunk_cap;
+            if (want > self->size - offset)
+                want = self->size - offset;   /* >= blksize, checked above */
+            struct iovec iov = {self->chunk, (size_t)want};
+            ssize_t got = preadv2(self->file, &iov, 1, (off_t)offset, RWF_NOWAIT);
+            self->chunk_start = offset;
+            self->chunk_len = got > 0 ? got : 0;
+            if (got < blksize) {
+                read_refused(self, got);
+                self->chunk_len = 0;
+                return 0;
+            }
+        }
+        memcpy(data[0] + 4, self->chunk + (offset - self->chunk_start), (size_t)blksize);
+    } else {
+        /* RFC 7440: the whole next window in one preadv2, each block straight into its slot
+         * (they held blocks this ACK acknowledges); anything short is Python's */
+        struct iovec iov[MAX_WINDOW];
+        for (long long i = 0; i < window; i++) {
+            iov[i].iov_base = data[i] + 4;
+            iov[i].iov_len = (size_t)blksize;
+        }
+        ssize_t got = preadv2(self->file, iov, (int)window, (off_t)offset, RWF_NOWAIT);
+        if (got != span) {
+            read_refused(self, got);
+            return 0;
+        }
+    }
+
+    double now = monotonic();
+    /* RFC 6298 section 2 (on_ack_all's inline _sample(), the same operations in order) */
+    double rtt = now - PyFloat_AS_DOUBLE(sent);
+    if (rtt < 0.0)
+        rtt = 0.0;
+    double err = srtt - rtt;
+    rttvar = 0.75 * rttvar + 0.25 * (err >= 0.0 ? err : -err);
+    srtt = 0.875 * srtt + 0.125 * rtt;
+    double var = K_VAR * rttvar;
+    double rto = srtt + (var > GRANULARITY ? var : GRANULARITY);
+    rto = rto < tmin ? tmin : rto > tmax ? tmax : rto;
+
+    /* every new object first: a failed allocation leaves the transfer as it was */
+    PyObject *o_base = PyLong_FromLongLong(number);
+    PyObject *o_high = PyLong_FromLongLong(number + window - 1);
+    PyObject *o_next = PyLong_FromLongLong(number + window);
+    PyObject *o_offset = PyLong_FromLongLong(offset + span);
+    PyObject *o_acked = PyLong_FromLongLong(bytes_acked + (number - base) * blksize);
+    PyObject *o_sent = PyLong_FromLongLong(bytes_sent + span);
+    PyObject *o_now = PyFloat_FromDouble(now);
+    PyObject *o_srtt = PyFloat_FromDouble(srtt);
+    PyObject *o_rttvar = PyFloat_FromDouble(rttvar);
+    PyObject *o_rto = PyFloat_FromDouble(rto);
+    PyObject *o_deadline = PyFloat_FromDouble(now + rto);
+    PyObject *o_zero = PyLong_FromLong(0);
+    if (!o_base || !o_high || !o_next || !o_offset || !o_acked || !o_sent || !o_now || !o_srtt
+            || !o_rttvar || !o_rto || !o_deadline || !o_zero) {
+        Py_XDECREF(o_base); Py_XDECREF(o_high); Py_XDECREF(o_next); Py_XDECREF(o_offset);
+        Py_XDECREF(o_acked); Py_XDECREF(o_sent); Py_XDECREF(o_now); Py_XDECREF(o_srtt);
+        Py_XDECREF(o_rttvar); Py_XDECREF(o_rto); Py_XDECREF(o_deadline); Py_XDECREF(o_zero);
+        return -1;
+    }
+    /* DATA headers, RFC 1350 section 5: block numbers wrap after 65535 */
+    for (long long i = 0; i < window; i++) {
+        long long n = number + i;
+        data[i][0] = 0;
+        data[i][1] = OP_DATA;
+        data[i][2] = (char)((n >> 8) & 0xFF);
+        data[i][3] = (char)(n & 0xFF);
+    }
+
+    /* the state, as on_ack_all (and _fill() for a window) leaves it */
+    set_member(t, F_SRTT, o_srtt);
+    set_member(t, F_RTTVAR, o_rttvar);
+    set_member(t, F_RTO, o_rto);
+    set_member(t, F_BASE, o_base);
+    set_member(t, F_TIMEOUTS, o_zero);
+    set_member(t, F_BYTES_ACKED, o_acked);
+    Py_INCREF(Py_False);
+    set_member(t, F_STALLED, Py_False);
+    for (long long i = 0; i < window; i++) {
+        Py_ssize_t at = (Py_ssize_t)((number + i) % window);
+        PyObject *old = PyList_GET_ITEM(resent, at);
+        Py_INCREF(Py_False);
+        PyList_SET_ITEM(resent, at, Py_False);
+        Py_DECREF(old);
+        old = PyList_GET_ITEM(sent_at, at);
+        Py_INCREF(o_now);
+        PyList_SET_ITEM(sent_at, at, o_now);
+        Py_DECREF(old);
+    }
+    set_member(t, F_HIGH, o_high);
+    set_member(t, F_OFFSET, o_offset);
+    set_member(t, F_BYTES_SENT, o_sent);
+    set_member(t, F_NEXT, o_next);
+    set_member(t, F_PROGRESS_AT, o_now);  /* the reference this function held */
+    set_member(t, F_DEADLINE, o_deadline);
+
+    /* a failed send is a loss: the timer resends (as _Pump does) */
+    if (window == 1) {
+        (void)send(self->sock, data[0], (size_t)(4 + blksize), MSG_DONTWAIT);
+    } else {
+        struct mmsghdr msgs[MAX_WINDOW];
+        struct iovec iov[MAX_WINDOW];
+        memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)window);
+        for (long long i = 0; i < window; i++) {
+            iov[i].iov_base = data[i];
+            iov[i].iov_len = (size_t)(4 + blksize);
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        unsigned int done = 0;
+        while (done < (unsigned int)window) {
+            int n = sendmmsg(self->sock, msgs + done, (unsigned int)window - done, MSG_DONTWAIT);
+            if (n <= 0)
+                break;
+            done += (unsigned int)n;
+        }
+    }
+    self->blocks += (unsigned long long)window;
+    total_blocks += (unsigned long long)window;
+
+    /* progress: restart the timer from now (_Pump._touch), at most every quarter period: it
+     * then fires no sooner than 3/4 of a period after the last ACK, never after the deadline
+     * (now + RTO >= now + period); an early firing finds the deadline moved and re-arms
+     * (_Pump._on_timer), so a lost ACK is still resent at its deadline */
+    if (self->again != NULL && rto >= self->period) {
+        if (now - self->again_at >= 0.25 * self->period) {
+            PyObject *r = PyObject_CallOneArg(self->again, self->timer_cb);
+            if (r == NULL)
+                return -2;
+            Py_DECREF(r);
+            self->again_at = now;
+        }
+    } else {
+        PyObject *r = PyObject_CallNoArgs(self->touch);
+        if (r == NULL)
+            return -2;
+        Py_DECREF(r);
+    }
+    return 1;
+}
+
+/* The socket is readable: one datagram, as _Pump.on_readable takes one. -1: a Python error. */
+static int lane_ready(Lane *self)
+{
+    if (self->transfer == NULL)
+        return 0;
+    ssize_t size = recv(self->sock, self->buf.buf, (size_t)self->buf.len, MSG_DONTWAIT);
+    if (size < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return 0;  /* a stale wake-up */
+        size = -1;     /* an error reported late (ICMP): the pump's drain sees it again */
+    } else {
+        int r = lane_ack(self, size);
+        if (r == 1)
+            return 0;
+        if (r == -2)
+            return -1;  /* the state moved: only the timer call failed; reported */
+        if (r < 0)
+            PyErr_WriteUnraisable((PyObject *)self);
+    }
+    self->handoffs++;
+    total_handoffs++;
+    PyObject *arg = PyLong_FromSsize_t(size);
+    if (arg == NULL)
+        return -1;
+    PyObject *r = PyObject_CallOneArg(self->handoff, arg);
+    Py_DECREF(arg);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *lane_get_blocks(Lane *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->blocks);
+}
+
+static PyObject *lane_get_handoffs(Lane *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->handoffs);
+}
+
+static PyMethodDef lane_methods[] = {
+    {"set_timer", (PyCFunction)lane_set_timer, METH_VARARGS,
+     "set_timer(again, callback, period): the timer restarted on progress (again=None: none)"},
+    {NULL}
+};
+
+static PyGetSetDef lane_getset[] = {
+    {"blocks", (getter)lane_get_blocks, NULL, "blocks this lane sent", NULL},
+    {"handoffs", (getter)lane_get_handoffs, NULL, "datagrams handed to the Python pump", NULL},
+    {NULL}
+};
+
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "massboot.tftp._fastpath.Lane",
+    .tp_doc = "Lane(transfer, sock, buf, file, size, handoff, touch): one lock-step transfer",
+    .tp_basicsize = sizeof(Lane),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)lane_init,
+    .tp_dealloc = (destructor)lane_dealloc,
+    .tp_traverse = (traverseproc)lane_traverse,
+    .tp_clear = (inquiry)lane_clear,
+    .tp_methods = lane_methods,
+    .tp_getset = lane_getset,
+};
+
+/* -- Dispatcher ------------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    int epfd;
+    PyObject **table;   /* fd -> handler or Lane (strong references) */
+    int cap;
+    int count;
+} Dispatcher;
+
+static int dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kwds)
+{
+    if (!PyArg_ParseTuple(args, ""))
+        return -1;
+    if (self->epfd > 0 || self->table != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Dispatcher already initialised");
+        return -1;
+    }
+    self->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (self->epfd < 0) {
+        self->epfd = -1;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *dispatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Dispatcher *self = (Dispatcher *)type->tp_alloc(type, 0);
+    if (self != NULL)
+        self->epfd = -1;
+    return (PyObject *)self;
+}
+
+static void dispatcher_clear_table(Dispatcher *self)
+{
+    PyObject **table = self->table;
+    int cap = self->cap;
+    self->table = NULL;
+    self->cap = 0;
+    self->count = 0;
+    if (table != NULL) {
+        for (int i = 0; i < cap; i++)
+            Py_XDECREF(table[i]);
+        PyMem_Free(table);
+    }
+}
+
+static int dispatcher_traverse(Dispatcher *self, visitproc visit, void *arg)
+{
+    for (int i = 0; i < self->cap; i++)
+        Py_VISIT(self->table[i]);
+    return 0;
+}
+
+static int dispatcher_tp_clear(Dispatcher *self)
+{
+    dispatcher_clear_table(self);
+    return 0;
+}
+
+static void dispatcher_dealloc(Dispatcher *self)
+{
+    PyObject_GC_UnTrack(self);
+    dispatcher_clear_table(self);
+    if (self->epfd >= 0)
+        close(self->epfd);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *dispatcher_add(Dispatcher *self, PyObject *args)
+{
+    int fd;
+    PyObject *handler;
+    if (!PyArg_ParseTuple(args, "iO", &fd, &handler))
+        return NULL;
+    if (self->epfd < 0) {
+        PyErr_SetString(PyExc_ValueError, "Dispatcher closed");
+        return NULL;
+    }
+    if (fd < 0 || (!PyCallable_Check(handler) && !Py_IS_TYPE(handler, &LaneType))) {
+        PyErr_SetString(PyExc_ValueError, "add(fd, handler): a descriptor and a callable or Lane");
+        return NULL;
+    }
+    if (fd < self->cap && self->table[fd] != NULL)
+        return PyLong_FromLong(self->count);   /* already there, as _Dispatcher.add */
+    if (fd >= self->cap) {
+        int cap = self->cap ? self->cap : 1024;
+        while (cap <= fd)
+            cap *= 2;
+        PyObject **table = PyMem_Realloc(self->table, sizeof(PyObject *) * (size_t)cap);
+        if (table == NULL)
+            return PyErr_NoMemory();
+        for (int i = self->cap; i < cap; i++)
+            table[i] = NULL;
+        self->table = table;
+        self->cap = cap;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        if (errno != EEXIST || epoll_ctl(self->epfd, EPOLL_CTL_MOD, fd, &ev) < 0)
+            return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_INCREF(handler);
+    self->table[fd] = handler;
+    self->count++;
+    return PyLong_FromLong(self->count);
+}
+
+static PyObject *dispatcher_remove(Dispatcher *self, PyObject *arg)
+{
+    int fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < 0 || fd >= self->cap || self->table[fd] == NULL)
+        return PyLong_FromLong(self->count);
+    PyObject *old = self->table[fd];
+    self->table[fd] = NULL;
+    self->count--;
+    if (self->epfd >= 0)
+        (void)epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL);  /* ENOENT/EBADF: already closed */
+    Py_DECREF(old);
+    return PyLong_FromLong(self->count);
+}
+
+static PyObject *dispatcher_on_ready(Dispatcher *self, PyObject *unused)
+{
+    struct epoll_event events[READY_MAX];
+    if (self->epfd < 0)
+        Py_RETURN_NONE;
+    int n = epoll_wait(self->epfd, events, READY_MAX, 0);
+    if (n < 0) {
+        if (errno == EINTR)
+            Py_RETURN_NONE;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    for (int i = 0; i < n; i++) {
+        /* a handler called before may have ended its transfer (a new socket may reuse the
+         * number, the table may have grown, the dispatcher may be closed): look it up anew;
+         * a stale wake-up finds nothing to read, harmlessly */
+        int fd = events[i].data.fd;
+        if (fd < 0 || fd >= self->cap || self->table == NULL)
+            continue;
+        PyObject *entry = self->table[fd];
+        if (entry == NULL)
+            continue;
+        Py_INCREF(entry);
+        int failed;
+        if (Py_IS_TYPE(entry, &LaneType)) {
+            failed = lane_ready((Lane *)entry) < 0;
+        } else {
+            PyObject *r = PyObject_CallNoArgs(entry);
+            failed = r == NULL;
+            Py_XDECREF(r);
+        }
+        if (failed)  /* the handlers never raise; a bug is reported, the others served */
+            PyErr_WriteUnraisable(entry);
+        Py_DECREF(entry);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *dispatcher_fileno(Dispatcher *self, PyObject *unused)
+{
+    return PyLong_FromLong(self->epfd);
+}
+
+static PyObject *dispatcher_close(Dispatcher *self, PyObject *unused)
+{
+    dispatcher_clear_table(self);
+    if (self->epfd >= 0) {
+        close(self->epfd);
+        self->epfd = -1;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *dispatcher_len(Dispatcher *self, void *closure)
+{
+    return PyLong_FromLong(self->count);
+}
+
+static PyMethodDef dispatcher_methods[] = {
+    {"add", (PyCFunction)dispatcher_add, METH_VARARGS,
+     "add(fd, handler): serve fd when readable (a callable or a Lane); the count watched"},
+    {"remove", (PyCFunction)dispatcher_remove, METH_O,
+     "remove(fd): stop watching fd (before it is closed); the count watched"},
+    {"on_ready", (PyCFunction)dispatcher_on_ready, METH_NOARGS,
+     "serve the ready descriptors (the io watcher's callback)"},
+    {"fileno", (PyCFunction)dispatcher_fileno, METH_NOARGS, "the epoll descriptor"},
+    {"close", (PyCFunction)dispatcher_close, METH_NOARGS, "forget every entry, close the set"},
+    {NULL}
+};
+
+static PyGetSetDef dispatcher_getset[] = {
+    {"count", (getter)dispatcher_len, NULL, "descriptors watched", NULL},
+    {NULL}
+};
+
+static PyTypeObject DispatcherType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "massboot.tftp._fastpath.Dispatcher",
+    .tp_doc = "Dispatcher(): one epoll set for the transfer sockets, lanes served in C",
+    .tp_basicsize = sizeof(Dispatcher),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = dispatcher_new,
+    .tp_init = (initproc)dispatcher_init,
+    .tp_dealloc = (destructor)dispatcher_dealloc,
+    .tp_traverse = (traverseproc)dispatcher_traverse,
+    .tp_clear = (inquiry)dispatcher_tp_clear,
+    .tp_methods = dispatcher_methods,
+    .tp_getset = dispatcher_getset,
+};
+
+/* -- module -------------------------------------------------------------------------------- */
+
+static PyObject *fp_counters(PyObject *module, PyObject *unused)
+{
+    return Py_BuildValue("(KKK)", total_blocks, total_handoffs, total_would_block);
+}
+
+static PyMethodDef module_methods[] = {
+    {"bind", fp_bind, METH_O, "bind(ReadTransfer): find the member offsets lanes use"},
+    {"counters", fp_counters, METH_NOARGS,
+     "(blocks sent by lanes, datagrams lanes handed to Python, block reads that would have "
+     "waited), process-wide"},
+    {NULL}
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "massboot.tftp._fastpath",
+    .m_doc = "The compiled TFTP data path (see massboot.tftp.server).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void)
+{
+    if (PyType_Ready(&LaneType) < 0 || PyType_Ready(&DispatcherType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&LaneType);
+    Py_INCREF(&DispatcherType);
+    if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0
+            || PyModule_AddObject(m, "Dispatcher", (PyObject *)&DispatcherType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

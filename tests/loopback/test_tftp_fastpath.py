@@ -1,0 +1,541 @@
+"""The TFTP data path under attack and at its edges, on both paths (``[tftpd] fast_path``).
+
+Every test runs against the compiled data path (massboot/tftp/_fastpath.c, its lanes serving
+lock-step transfers of local files) and the pure-Python one, with real files through
+:class:`massboot.files.FileStore` and a scripted client on 127.0.0.1. The compiled half is
+checked to have served the blocks itself (``fast_path_counters``), so a lane that silently
+handed everything to Python would fail here. ``test_lane_updates_the_transfer_as_on_ack_all``
+checks the C code against ReadTransfer.on_ack_all member by member, bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from massboot.events import EventBus, EventRecorder
+from massboot.files import FileStore
+from massboot.tftp.packet import Ack, Data, Error, ErrorCode, OptionAck
+from massboot.tftp.server import TftpServer, fast_path_available, fast_path_counters
+from massboot.tftp.transfer import ReadTransfer
+from tests.conftest import fast_path_option
+from tests.loopback.test_tftp_server import HOST, WAIT, Client, pattern, wait_for
+
+QUIET = 0.3  # seconds a client listens to be sure nothing more comes (resends are >= 1 s here)
+
+
+class Served:
+    def __init__(self, server: TftpServer, root: str, recorder: EventRecorder, data_path: str) -> None:
+        self.server, self.root, self.recorder, self.data_path = server, root, recorder, data_path
+        self.counters = fast_path_counters()
+
+    @property
+    def compiled(self) -> bool:
+        return self.data_path == "compiled"
+
+    def put(self, name: str, data: bytes) -> str:
+        path = os.path.join(self.root, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def lane_blocks(self) -> int:
+        """Blocks the compiled path sent since the server started."""
+        return fast_path_counters()[0] - self.counters[0]
+
+    def would_block(self) -> int:
+        return fast_path_counters()[2] - self.counters[2]
+
+
+@pytest.fixture
+def served(tftp_data_path: str, tmp_path) -> Iterator[Served]:
+    bus, recorder = EventBus(), EventRecorder()
+    bus.subscribe(recorder)
+    root = tmp_path / "root"
+    root.mkdir()
+    # a resend only after 1 s: a test that listens for QUIET seconds hears none
+    server = TftpServer(HOST, 0, FileStore(str(root)), bus, timeout_min=1.0, timeout_max=2.0,
+                        fast_path=fast_path_option(tftp_data_path))
+    server.start()
+    try:
+        yield Served(server, str(root), recorder, tftp_data_path)
+    finally:
+        server.stop(timeout=0)
+
+
+@pytest.fixture
+def client(served: Served) -> Iterator[Client]:
+    c = Client(served.server.port)
+    yield c
+    c.close()
+
+
+def quiet(client: Client, seconds: float = QUIET) -> bool:
+    """True when nothing arrives for *seconds*."""
+    client.sock.settimeout(seconds)
+    try:
+        client.sock.recvfrom(65536)
+    except TimeoutError:
+        return True
+    finally:
+        client.sock.settimeout(WAIT)
+    return False
+
+
+def start(client: Client, name: str, blksize: int = 512) -> None:
+    """RRQ with blksize (an OACK), ACK 0: DATA 1 is on its way."""
+    client.rrq(name, blksize=blksize)
+    assert isinstance(client.recv_from_tid(), OptionAck)
+    client.ack(0)
+
+
+def blocks(client: Client, content: bytes, first: int, last: int, blksize: int = 512) -> None:
+    """Receive DATA first..last (ACKing each but the last) and check them."""
+    for block in range(first, last + 1):
+        packet = client.recv_from_tid()
+        assert packet == Data(block % 65536, content[(block - 1) * blksize:block * blksize]), block
+        if block < last:
+            client.ack(block)
+
+
+def finish(client: Client, content: bytes, first: int, blksize: int = 512) -> bytes:
+    """ACK first - 1, then lock-step to the end; the bytes received from block *first* on."""
+    client.ack(first - 1)
+    got = bytearray()
+    block = first
+    while True:
+        packet = client.recv_from_tid()
+        assert isinstance(packet, Data) and packet.block == block % 65536, (packet, block)
+        got += packet.payload
+        client.ack(packet.block)
+        if len(packet.payload) < blksize:
+            return bytes(got)
+        block += 1
+
+
+@pytest.mark.parametrize("windowsize", [1, 16])
+def test_the_chosen_path_serves_the_blocks(served: Served, client: Client, windowsize: int) -> None:
+    content = pattern(700_000)
+    served.put("kernel", content)
+    assert client.download("kernel", blksize=1428, tsize=0, windowsize=windowsize) == content
+    wait_for(lambda: len(served.recorder.of("tftp.done")) == 1)
+    done = served.recorder.of("tftp.done")[0]
+    assert done.get("bytes") == len(content) and done.get("retransmits") == 0
+    blocks_total = len(content) // 1428 + 1
+    if served.compiled:
+        # Python takes ACK 0, the first window (the first RTT sample) and the last one; C the rest
+        assert served.lane_blocks() >= blocks_total - 3 * windowsize
+    else:
+        assert served.lane_blocks() == 0
+
+
+def test_acks_for_blocks_never_sent_are_ignored(served: Served, client: Client) -> None:
+    content = pattern(100 * 512 + 17)
+    served.put("f", content)
+    start(client, "f")
+    blocks(client, content, 1, 20)
+    # DATA 20 is out: ACKs for blocks never sent, far ahead, wrapped, old, and 0
+    for block in (21, 22, 60, 65535, 20 + 32768, 19, 1, 0):
+        client.ack(block)
+    assert quiet(client), "an ACK for a block never sent was answered"
+    got = finish(client, content, 21)
+    assert got == content[20 * 512:]
+    wait_for(lambda: len(served.recorder.of("tftp.done")) == 1)
+    assert served.recorder.of("tftp.done")[0].get("retransmits") == 0
+
+
+def test_a_duplicate_ack_sends_nothing_twice(served: Served, client: Client) -> None:
+    """RFC 1123 4.2.3.1 (Sorcerer's Apprentice): a duplicate ACK gets no second DATA."""
+    content = pattern(50 * 512 + 1)
+    served.put("f", content)
+    start(client, "f")
+    blocks(client, content, 1, 10)
+    client.ack(10)
+    assert client.recv_from_tid() == Data(11, content[10 * 512:11 * 512])
+    client.ack(10)   # the same ACK again, while DATA 11 is out
+    client.ack(10)
+    assert quiet(client)
+    assert finish(client, content, 12) == content[11 * 512:]
+    wait_for(lambda: len(served.recorder.of("tftp.done")) == 1)
+    assert served.recorder.of("tftp.done")[0].get("retransmits") == 0
+
+
+def test_block_numbers_roll_over_past_65535_at_blksize_512(served: Served) -> None:
+    """A 32 MiB + 1000 byte file at 512 bytes a block: 65,538 blocks, numbers wrap to 0."""
+    content = pattern(32 * 1024 * 1024 + 1000)
+    served.put("big", content)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(WAIT)
+    try:
+        sock.sendto(b"\x00\x01big\x00octet\x00", (HOST, served.server.port))  # no options: 512
+        digest = hashlib.sha256()
+        expected = 1
+        numbers = []
+        while True:
+            data, peer = sock.recvfrom(1024)
+            assert data[:2] == b"\x00\x03"
+            number = data[2] << 8 | data[3]
+            if number != expected & 0xFFFF:  # a resend of the previous block: ACK it again
+                assert number == (expected - 1) & 0xFFFF
+                sock.sendto(data[:4].replace(b"\x00\x03", b"\x00\x04", 1), peer)
+                continue
+            if expected in (65535, 65536, 65537):
+                numbers.append(number)
+            digest.update(data[4:])
+            sock.sendto(b"\x00\x04" + data[2:4], peer)
+            if len(data) - 4 < 512:
+                break
+            expected += 1
+    finally:
+        sock.close()
+    assert numbers == [65535, 0, 1]
+    assert expected == 65538
+    assert digest.hexdigest() == hashlib.sha256(content).hexdigest()
+    wait_for(lambda: len(served.recorder.of("tftp.done")) == 1)
+    done = served.recorder.of("tftp.done")[0]
+    assert done.get("bytes") == len(content) and done.get("blocks") == 65538
+    if served.compiled:
+        assert served.lane_blocks() >= 65538 - 3
+
+
+@pytest.mark.parametrize("new_size", [0, 60_000])
+def test_a_file_truncated_during_the_transfer(served: Served, client: Client, new_size: int) -> None:
+    """The operator truncates a file being served: no crash (no mmap, no SIGBUS), the client
+    gets a prefix of the file and a final short block, the transfer ends."""
+    content = pattern(1024 * 1024)
+    path = served.put("f", content)
+    start(client, "f")
+    blocks(client, content, 1, 100)
+    os.truncate(path, new_size)
+    got = content[:100 * 512] + finish(client, content, 101)
+    assert got == content[:len(got)] and new_size <= len(got) < len(content)
+    wait_for(lambda: len(served.recorder.of("tftp.done")) == 1)
+    assert served.recorder.of("tftp.done")[0].get("bytes") == len(got)
+    assert served.server.alive and served.server.active == 0
+
+
+def test_an_error_mid_transfer_ends_it_quietly(served: Served, client: Client) -> None:
+    content = pattern(300 * 512)
+    served.put("f", content)
+    start(client, "f")
+    blocks(client, content, 1, 40)
+    client.send_raw(Error(ErrorCode.DISK_FULL, "disk full").encode(), client.tid)
+    assert quiet(client), "a DATA after the client's ERROR"
+    wait_for(lambda: len(served.recorder.of("tftp.fail")) == 1)
+    assert served.recorder.of("tftp.fail")[0].get("reason") == "client_error"
+    assert served.server.active == 0
+    if served.compiled:
+        assert served.lane_blocks() >= 37
+
+
+def test_strangers_on_the_transfer_port_get_error_5_mid_transfer(served: Served, client: Client) -> None:
+    content = pattern(200 * 512 + 3)
+    served.put("f", content)
+    start(client, "f")
+    blocks(client, content, 1, 30)
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.bind((HOST, 0))
+    stranger.settimeout(WAIT)
+    try:
+        for datagram in (Ack(30).encode(), Ack(31).encode(), b"\x00\x09junk", b"\xff"):
+            stranger.sendto(datagram, client.tid)
+            data, peer = stranger.recvfrom(1024)
+            assert peer == client.tid
+            assert data == Error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID").encode()
+        stranger.sendto(Error(ErrorCode.NOT_DEFINED, "x").encode(), client.tid)  # never answered
+        assert quiet(client)
+        assert finish(client, content, 31) == content[30 * 512:]
+        stranger.settimeout(QUIET)
+        with pytest.raises(TimeoutError):
+            stranger.recvfrom(1024)
+    finally:
+        stranger.close()
+    wait_for(lambda: len(served.recorder.of("tftp.done")) == 1)
+    assert served.recorder.of("tftp.done")[0].get("retransmits") == 0
+
+
+def test_a_lost_ack_is_resent_on_time_after_blocks_from_the_lane(served: Served, client: Client) -> None:
+    """After blocks the lane sent (its timer restarted from C), a lost ACK still gets its
+    resend from the timer, then the transfer goes on."""
+    content = pattern(400 * 512 + 9)
+    served.put("f", content)
+    start(client, "f")
+    blocks(client, content, 1, 300)
+    sent = time.monotonic()
+    assert client.recv_from_tid() == Data(300, content[299 * 512:300 * 512])  # the resend
+    assert time.monotonic() - sent >= 0.5   # the RTO (timeout_min 1 s), not a stray datagram
+    assert finish(client, content, 301) == content[300 * 512:]
+    wait_for(lambda: len(served.recorder.of("tftp.done")) == 1)
+    assert served.recorder.of("tftp.done")[0].get("retransmits") == 1
+    if served.compiled:
+        assert served.lane_blocks() >= 390
+
+
+def _page_cache_can_be_dropped(path: str) -> bool:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        try:
+            os.preadv(fd, [bytearray(512)], 4096 * 8, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return True
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_blocks_not_in_the_page_cache_are_read_without_stalling_the_hub(served: Served,
+                                                                         client: Client) -> None:
+    """The client drops the file's pages before every 25th ACK: the next block's read would
+    wait for the disk, so the lane hands it to Python, which reads it in the threadpool."""
+    content = pattern(2 * 1024 * 1024)
+    path = served.put("f", content)
+    if not _page_cache_can_be_dropped(path):
+        pytest.skip("this file system keeps the pages (tmpfs?): no EAGAIN to provoke")
+    start(client, "f")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        received = bytearray()
+        block = 1
+        while True:
+            packet = client.recv_from_tid()
+            assert isinstance(packet, Data) and packet.block == block % 65536
+            received += packet.payload
+            if block % 25 == 0:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            client.ack(packet.block)
+            if len(packet.payload) < 512:
+                break
+            block += 1
+    finally:
+        os.close(fd)
+    assert bytes(received) == content
+    wait_for(lambda: len(served.recorder.of("tftp.done")) == 1)
+    assert served.recorder.of("tftp.done")[0].get("retransmits") == 0
+    if served.compiled:
+        assert served.would_block() >= 10          # the lane met EAGAIN and handed over
+        assert served.lane_blocks() >= 4096 * 3 // 4  # and served most of the rest itself
+
+
+# -- the C code against ReadTransfer.on_ack_all, member by member ----------------------------
+
+_SCALARS = [name for name in ReadTransfer.__slots__
+            if name not in ("read", "_clock", "_slots", "_views", "_datagrams", "_read_errors",
+                            "_error_code")]
+
+
+def _copy_state(source: ReadTransfer, target: ReadTransfer) -> None:
+    """Make *target* a twin of *source* (its own buffers)."""
+    for name in _SCALARS:
+        value = getattr(source, name)
+        setattr(target, name, list(value) if isinstance(value, list) else
+                bytearray(value) if isinstance(value, bytearray) else value)
+    slots = [bytearray(b) if b is not None else None for b in source._slots]
+    target._slots = slots
+    target._views = [memoryview(b) if b is not None else None for b in slots]
+    target._datagrams = [memoryview(b)[:n] if b is not None else None
+                         for b, n in zip(slots, source._lengths, strict=True)]
+
+
+def _assert_same(lane_side: ReadTransfer, python_side: ReadTransfer) -> None:
+    for name in _SCALARS:
+        assert getattr(lane_side, name) == getattr(python_side, name), name
+    assert lane_side._slots == python_side._slots
+    assert [bytes(d) for d in lane_side._datagrams] == [bytes(d) for d in python_side._datagrams]
+
+
+@pytest.mark.parametrize("window", [1, 16])
+def test_lane_updates_the_transfer_as_on_ack_all(tmp_path, window: int) -> None:
+    """Feed the same ACKs to a transfer served by a Lane and to its twin through
+    on_ack_all (its clock set to the instant the C code used): every member equal, the
+    floats of the RTT estimate bit for bit, and the datagram sent is the slot's."""
+    if not fast_path_available():
+        from tests.conftest import require
+
+        require(False, "the compiled TFTP data path is not built")
+    from massboot.tftp import _fastpath
+
+    content = pattern(70_000 * 8 + 5)  # blksize 8: the block numbers wrap
+    path = tmp_path / "f"
+    path.write_bytes(content)
+    fd = os.open(path, os.O_RDONLY)
+    server_end, client_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dispatcher = _fastpath.Dispatcher()
+    try:
+        def read(offset: int, length: int) -> bytes:
+            return os.pread(fd, length, offset)
+
+        now = [0.0]
+        lane_side = ReadTransfer(read, blksize=8, windowsize=window, timeout_min=0.001,
+                                 timeout_max=2.0)
+        python_side = ReadTransfer(read, blksize=8, windowsize=window, timeout_min=0.001,
+                                   timeout_max=2.0, clock=lambda: now[0])
+        handed: list[int] = []
+        touched: list[int] = []
+        buf = bytearray(2048)
+        lane = _fastpath.Lane(lane_side, server_end.fileno(), buf, fd, len(content),
+                              handed.append, lambda: touched.append(1))
+        assert dispatcher.add(server_end.fileno(), lane) == 1
+        lane_side.start()                              # the first window (no OACK): Python's
+        assert lane_side.on_ack_all(window) is not None  # the first RTT sample: Python's
+
+        def step(block: int) -> None:
+            _copy_state(lane_side, python_side)
+            client_end.send(Ack(block).encode())
+            dispatcher.on_ready()
+            assert not handed, "the lane handed a plain ACK to Python"
+            now[0] = lane_side._progress_at   # the instant the C code took
+            out = python_side.on_ack_all(block)
+            assert out is not None and len(out) == window
+            _assert_same(lane_side, python_side)
+            assert [client_end.recv(64) for _ in out] == [bytes(d) for d in out]
+
+        # full windows by the lane up to block 70,000, past block number 65535
+        steps = 0
+        while lane_side._next + window - 1 <= 70_000:
+            step((lane_side._next - 1) & 0xFFFF)
+            steps += 1
+        assert lane_side._next == 70_001 and steps == 70_000 // window - 2
+        assert len(touched) == steps and lane.blocks == steps * window  # no timer: touch()
+        # the last (short) block is Python's: the ACK goes to the pump, nothing changed
+        before = {name: getattr(lane_side, name) for name in _SCALARS}
+        client_end.send(Ack(70_000 & 0xFFFF).encode())
+        dispatcher.on_ready()
+        assert handed == [4] and bytes(buf[:4]) == Ack(70_000 & 0xFFFF).encode()
+        assert lane_side._next == 70_001
+        assert before == {name: getattr(lane_side, name) for name in _SCALARS}
+        # ACKs that are not the ACK of everything sent: handed over, nothing changed
+        for block in (0, 5, (70_000 + 1) & 0xFFFF):
+            client_end.send(Ack(block).encode())
+            dispatcher.on_ready()
+        assert handed == [4, 4, 4, 4]
+        assert before == {name: getattr(lane_side, name) for name in _SCALARS}
+    finally:
+        dispatcher.close()
+        server_end.close()
+        client_end.close()
+        os.close(fd)
+
+
+def test_lanes_take_octet_transfers_with_windows_up_to_64_only(tmp_path) -> None:
+    if not fast_path_available():
+        from tests.conftest import require
+
+        require(False, "the compiled TFTP data path is not built")
+    from massboot.tftp import _fastpath
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for options in ({"windowsize": 65}, {"netascii": True}):
+            transfer = ReadTransfer(lambda offset, length: b"", **options)  # type: ignore[arg-type]
+            with pytest.raises(ValueError):
+                _fastpath.Lane(transfer, sock.fileno(), bytearray(64), 0, 0, print, print)
+        with pytest.raises(TypeError):
+            _fastpath.Lane(object(), sock.fileno(), bytearray(64), 0, 0, print, print)
+    finally:
+        sock.close()
+
+
+# -- selection: [tftpd] fast_path ----------------------------------------------------------
+
+
+def test_fast_path_option_values() -> None:
+    from massboot import config as cfg
+
+    assert cfg.loads("[tftpd]\n").tftp.fast_path == "auto"
+    assert cfg.loads("[tftpd]\nfast_path = OFF\n").tftp.fast_path == "off"
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.loads("[tftpd]\nfast_path = fast\n")
+    assert "[tftpd] fast_path" in str(err.value) and "auto, on, off" in str(err.value)
+
+
+def test_fast_path_on_without_the_compiled_module_exits_2(tmp_path) -> None:
+    """``fast_path = on`` where the extension was not built: exit code 2, the section,
+    option and value, and the fix; ``auto`` starts on the Python path and says so."""
+    import subprocess
+    import sys
+
+    (tmp_path / "root").mkdir()
+    ini = tmp_path / "m.ini"
+    ini.write_text(f"[tftpd]\naddress = 127.0.0.1\nport = 0\nroot = root\nfast_path = on\n"
+                   f"[massboot]\nstate_dir = {tmp_path / 'state'}\n")
+    # the module hidden as if never built (an entry of None makes its import fail)
+    hide = ("import runpy, sys; sys.modules['massboot.tftp._fastpath'] = None; "
+            "sys.argv[0] = 'massboot'; runpy.run_module('massboot', run_name='__main__', alter_sys=True)")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": repo}
+    for extra in ([], ["--check-config"]):
+        proc = subprocess.run([sys.executable, "-c", hide, "-t", "-c", str(ini), *extra], env=env,
+                              capture_output=True, text=True, timeout=60, cwd=repo)
+        assert proc.returncode == 2, proc.stderr
+        assert "[tftpd] fast_path = 'on'" in proc.stderr
+        assert "apt-get install gcc python3-dev" in proc.stderr
+    ini.write_text(ini.read_text().replace("fast_path = on", "fast_path = auto"))
+    proc = subprocess.Popen([sys.executable, "-c", hide, "-t", "-c", str(ini)], env=env, cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "compiled data path is not built" in line:
+                break
+        text = "".join(lines)
+        assert "data_path=python" in text and "apt-get install gcc python3-dev" in text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_the_server_refuses_fast_path_on_without_the_module(monkeypatch) -> None:
+    import massboot.tftp.server as server_module
+
+    monkeypatch.setattr(server_module, "_fastpath", None)
+    with pytest.raises(RuntimeError, match="apt-get install gcc python3-dev"):
+        TftpServer(HOST, 0, FileStore("."), EventBus(), fast_path="on")
+    assert TftpServer(HOST, 0, FileStore("."), EventBus()).data_path == "python"
+    with pytest.raises(ValueError):
+        TftpServer(HOST, 0, FileStore("."), EventBus(), fast_path="yes")
+
+
+def test_metrics_say_which_data_path_runs(served: Served, client: Client) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from massboot.config import MetricsConfig
+    from massboot.metrics import Metrics
+
+    registry = CollectorRegistry()
+    Metrics(MetricsConfig(port=0), EventBus(), tftp=served.server, registry=registry)
+    v = registry.get_sample_value
+    other = "python" if served.compiled else "compiled"
+    assert v("massboot_tftp_data_path", {"path": served.data_path}) == 1
+    assert v("massboot_tftp_data_path", {"path": other}) == 0
+    before = v("massboot_tftp_compiled_blocks_total")
+    content = pattern(200_000)
+    served.put("f", content)
+    assert client.download("f", blksize=1428) == content
+    sent = v("massboot_tftp_compiled_blocks_total") - before
+    assert sent >= 200_000 // 1428 - 3 if served.compiled else sent == 0
+
+
+def test_healthz_says_which_data_path_runs(served: Served) -> None:
+    import requests
+    from prometheus_client import CollectorRegistry
+
+    from massboot.config import MetricsConfig
+    from massboot.metrics import Metrics
+
+    metrics = Metrics(MetricsConfig(address=HOST, port=0), EventBus(), tftp=served.server,
+                      registry=CollectorRegistry())
+    metrics.start()
+    try:
+        body = requests.get(f"http://{HOST}:{metrics.port}/healthz", timeout=5).json()
+    finally:
+        metrics.stop()
+    assert body == {"status": "ok", "tftp": "up", "tftp_data_path": served.data_path}
