@@ -85,29 +85,52 @@ def build_parser() -> argparse.ArgumentParser:
 def setup_logging(logger: cfg.LoggerConfig, debug: bool) -> None:
     """Logging per ``[logger]`` (pybootd's types, levels and format).
 
-    Called again on SIGHUP: a ``type = file`` log is closed and opened again by its name, so
-    that a log rotated by renaming goes on in a new file (README, "Reload").
+    Called again on SIGHUP: a ``type = file`` log is opened again by its name, so that a log
+    rotated by renaming goes on in a new file (README, "Reload"). Stream and file logs are
+    written by a thread of their own, in batches handed over by the hub
+    (:mod:`massboot.logwriter`); syslog datagrams are sent as they come.
     """
+    from massboot.logwriter import BufferedHandler, LineFormatter
+
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
+    # no line shows a thread's or a process's name, and under gevent the first record of each
+    # greenlet would make a thread object for it (one per DHCP exchange)
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler: logging.Handler
     fmt = LOG_FORMAT
     datefmt = None
+    kept = None
+    if logger.type in ("stderr", "stdout", "file"):
+        stream = sys.stderr if logger.type == "stderr" else sys.stdout if logger.type == "stdout" else None
+        path = os.path.abspath(logger.file) if logger.type == "file" and logger.file else None
+        for old in root.handlers:       # a reload: the same output goes on (a file reopened)
+            if isinstance(old, BufferedHandler) and old.stream is stream and old.path == path:
+                kept = old
+    for old in list(root.handlers):
+        if old is not kept:
+            root.removeHandler(old)
+            if isinstance(old, BufferedHandler):
+                old.close(wait=0)           # its thread writes what it holds, then stops
+            else:
+                old.close()
     if logger.type == "stderr":
-        handler, fmt, datefmt = logging.StreamHandler(sys.stderr), "%(asctime)s " + LOG_FORMAT, "%X"
+        handler, fmt, datefmt = kept or BufferedHandler(sys.stderr), "%(asctime)s " + LOG_FORMAT, "%X"
     elif logger.type == "stdout":
-        handler = logging.StreamHandler(sys.stdout)
+        handler = kept or BufferedHandler(sys.stdout)
     elif logger.type == "file":
         assert logger.file is not None
-        handler, fmt = logging.FileHandler(logger.file), "%(asctime)s " + LOG_FORMAT
+        handler, fmt = kept or BufferedHandler(path=os.path.abspath(logger.file)), "%(asctime)s " + LOG_FORMAT
     elif logger.type == "syslog":
         handler = logging.handlers.SysLogHandler(address="/dev/log")
     else:
         handler = logging.NullHandler()
-    handler.setFormatter(logging.Formatter(fmt, datefmt))
-    root.addHandler(handler)
+    if kept is not None:
+        kept.reopen()
+    handler.setFormatter(LineFormatter(fmt, datefmt))
+    if kept is None:
+        root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logger.level)
 
 
@@ -920,6 +943,9 @@ def run_until_signal(services: Services, watch_period: float = WATCH_PERIOD,
         signals["count"] += 1
         if signals["count"] > 1:
             log.warning("second signal %d: exiting now, transfers still running are cut", signum)
+            from massboot.logwriter import flush_all
+
+            flush_all()            # os._exit runs no atexit: write what the log holds
             os._exit(EXIT_ERROR)
         log.info("signal %d: stopping", signum)
         stop.set()

@@ -11,7 +11,8 @@ per-logger levels and pybootd's ``PXE[%(module)s]`` format read as before: ``PXE
 for what :mod:`massboot.dhcp.exchange` decides, since the server emits its events. The record
 is built directly, without the caller lookup on the stack that ``log.info()`` does, and only
 when its level is enabled; a kind whose every line is below the level (``dhcp.received`` at
-``info``) costs one ``isEnabledFor``. The records go to the handler of ``[logger]``.
+``info``) costs one ``isEnabledFor``. The records go to the handler of ``[logger]``, which
+writes them off the hub in batches (:mod:`massboot.logwriter`).
 
 ``cache.*`` events are not written here: the file store logs its downloads itself.
 
