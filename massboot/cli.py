@@ -134,6 +134,28 @@ def setup_logging(logger: cfg.LoggerConfig, debug: bool) -> None:
     root.setLevel(logging.DEBUG if debug else logger.level)
 
 
+#: the cyclic garbage collector's thresholds while serving (gen0, gen1, gen2); see tune_gc
+GC_THRESHOLDS = (20_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector's pauses rare once the server is up (issue #14).
+
+    Under perfdhcp the default thresholds (700, 10, 10) ran about 100 collections a second,
+    1.5 s of a 12 s run, full ones up to 150 ms long while every lease of the index was scanned
+    again; a 150 ms pause overflows the receive buffer of a busy DHCP socket. What startup
+    built (modules, config, the lease index read from the database) is frozen out of the
+    collections (:func:`gc.freeze`), and a young generation of 20,000 objects makes a
+    collection about 30 times rarer: 0.15 s in that run, none of them full. Memory is freed by
+    reference counting as before; only cyclic garbage waits a little longer.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 class Listener(Protocol):
     """What the main loop watches of a service (the same state ``/healthz`` reports)."""
 
@@ -771,6 +793,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             drop_privileges(user, services.private_paths())
         else:
             services.private_paths()
+        tune_gc()
     except cfg.ConfigError as exc:
         print(f"\nError: {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
