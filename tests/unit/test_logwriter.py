@@ -237,3 +237,23 @@ def test_an_outcome_record_reads_as_the_log_record_logging_would_make() -> None:
                          ("PXE[%(module)s] %(levelname)s: %(message)s", None)):
         assert LineFormatter(fmt, datefmt).format(ours) == logging.Formatter(fmt, datefmt).format(theirs)
     assert logging.Formatter("%(message)s").format(ours).startswith("offer mac=52:54:00:00:00:01 ")
+
+
+def test_the_drops_and_write_errors_are_metrics(monkeypatch, tmp_path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from massboot.config import MetricsConfig
+    from massboot.events import EventBus
+    from massboot.metrics import Metrics
+
+    handler = BufferedHandler(path=str(tmp_path / "log"))
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [handler])
+    try:
+        handler.dropped, handler.errors = 7, 2
+        registry = CollectorRegistry()
+        Metrics(MetricsConfig(port=0), EventBus(), registry=registry)
+        assert registry.get_sample_value("massboot_log_lines_dropped_total") == 7
+        assert registry.get_sample_value("massboot_log_write_errors_total") == 2
+    finally:
+        handler.close()
