@@ -11,7 +11,8 @@ per-logger levels and pybootd's ``PXE[%(module)s]`` format read as before: ``PXE
 for what :mod:`massboot.dhcp.exchange` decides, since the server emits its events. The record
 is built directly, without the caller lookup on the stack that ``log.info()`` does, and only
 when its level is enabled; a kind whose every line is below the level (``dhcp.received`` at
-``info``) costs one ``isEnabledFor``. The records go to the handler of ``[logger]``.
+``info``) costs one ``isEnabledFor``. The records go to the handler of ``[logger]``, which
+writes them off the hub in batches (:mod:`massboot.logwriter`).
 
 ``cache.*`` events are not written here: the file store logs its downloads itself.
 
@@ -26,6 +27,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -45,11 +49,61 @@ Line = tuple[int, str, tuple[Any, ...]]
 class _Origin:
     """A logger and the source file its lines are attributed to."""
 
-    __slots__ = ("logger", "path")
+    __slots__ = ("logger", "path", "filename", "module")
 
     def __init__(self, name: str, *path: str) -> None:
         self.logger = logging.getLogger(name)
         self.path = os.path.join(_PACKAGE, *path)
+        self.filename = os.path.basename(self.path)
+        self.module = os.path.splitext(self.filename)[0]
+
+
+_LEVEL_NAMES = {level: logging.getLevelName(level) for level in (DEBUG, INFO, WARNING)}
+
+
+class EventRecord(logging.LogRecord):
+    """A :class:`logging.LogRecord` of one outcome line, built without the work the base class
+    does per record that is the same for every line of an origin (the file and module names
+    from the path, the level's name): the outcome log makes one per OFFER and ACK (issue #14).
+    Every attribute a handler or formatter reads is there, set as the base class sets it.
+    """
+
+    def __init__(self, origin: _Origin, level: int, msg: str, args: tuple[Any, ...],
+                 kind: str) -> None:   # noqa: D107 (a LogRecord; no super().__init__ on purpose)
+        created = time.time()
+        self.name = origin.logger.name
+        self.msg = msg
+        self.args = args
+        self.levelname = _LEVEL_NAMES.get(level) or logging.getLevelName(level)
+        self.levelno = level
+        self.pathname = origin.path
+        self.filename = origin.filename
+        self.module = origin.module
+        self.exc_info = None
+        self.exc_text = None
+        self.stack_info = None
+        self.lineno = 0
+        self.funcName = None
+        self.created = created
+        self.msecs = int((created - int(created)) * 1000) + 0.0
+        self.relativeCreated = (created - logging._startTime) * 1000
+        if logging.logThreads:
+            self.thread: int | None = threading.get_ident()
+            self.threadName: str | None = threading.current_thread().name
+        else:
+            self.thread = self.threadName = None
+        self.processName = None
+        if logging.logMultiprocessing:
+            self.processName = "MainProcess"
+            mp = sys.modules.get("multiprocessing")
+            if mp is not None:
+                try:
+                    self.processName = mp.current_process().name
+                except Exception:      # pragma: no cover (as logging does)
+                    pass
+        self.process = os.getpid() if logging.logProcesses else None
+        self.taskName = None            # Python 3.12's field
+        self.event = kind
 
 
 def _quoted(value: Any, limit: int = 32) -> str:
@@ -316,5 +370,4 @@ class EventLog:
             return
         level, msg, args = line(event)
         if logger.isEnabledFor(level):
-            logger.handle(logger.makeRecord(logger.name, level, origin.path, 0, msg, args, None,
-                                            extra={"event": event.kind}))
+            logger.handle(EventRecord(origin, level, msg, args, event.kind))

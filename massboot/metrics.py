@@ -265,7 +265,7 @@ class _ScrapeCollector(Collector):
         for counts in m.counters:
             yield counts.family()
         for read in (m._collect_progress, m._collect_dhcp, m._collect_tftp, m._collect_http,
-                     m._collect_cache):
+                     m._collect_cache, m._collect_log):
             try:
                 yield from read()
             except Exception:  # a scrape must not fail because one server is half-built
@@ -618,6 +618,20 @@ class Metrics:
         yield CounterMetricFamily("massboot_dhcp_receive_errors", "Receive errors on the DHCP socket "
                                   "that passed (ICMP errors, lack of buffers); a persistent one stops "
                                   "the service.", value=counts["receive_errors"])
+
+    def _collect_log(self) -> Iterator[Metric]:
+        """The log writer's counters (massboot.logwriter; README, "[logger]")."""
+        from massboot.logwriter import BufferedHandler
+
+        writers = [h for h in logging.getLogger().handlers if isinstance(h, BufferedHandler)]
+        if not writers:
+            return
+        yield CounterMetricFamily("massboot_log_lines_dropped", "Log lines dropped because 100,000 "
+                                  "were waiting to be written (the log's output did not keep up).",
+                                  value=sum(h.dropped for h in writers))
+        yield CounterMetricFamily("massboot_log_write_errors", "Batches of log lines the log's "
+                                  "output refused (a full disk, a closed pipe).",
+                                  value=sum(h.errors for h in writers))
 
     def _collect_http(self) -> Iterator[Metric]:
         http = self._http

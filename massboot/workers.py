@@ -639,7 +639,7 @@ class Worker:
 
 def worker_main(argv: Sequence[str] | None = None) -> int:
     """``python -m massboot.workers``: started by :class:`TftpWorkers` only."""
-    from massboot.cli import setup_logging
+    from massboot.cli import setup_logging, tune_gc
 
     parser = argparse.ArgumentParser(prog="massboot.workers")
     parser.add_argument("--config", required=True)
@@ -664,6 +664,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     except (cfg.ConfigError, ValueError) as exc:
         log.error("tftp worker %d cannot start: %s", args.index, exc)
         return 2
+    tune_gc()       # as the parent does once it is up: rare collector pauses (issue #14)
     return worker.run()
 
 

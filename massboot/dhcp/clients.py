@@ -20,7 +20,7 @@ unlike an ``OrderedDict``, finds its first entry by skipping the holes left by m
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import struct
 import uuid as uuid_module
 from itertools import islice
@@ -62,7 +62,7 @@ def pack(client: Client) -> bytes:
     ip = _NO_IP
     if client.ip is not None:
         flags |= _IP
-        ip = ipaddress.IPv4Address(client.ip).packed
+        ip = socket.inet_aton(client.ip)          # an address this server assigned: dotted quad
     for flag, value in ((_HOSTNAME, client.hostname), (_FILE, client.file)):
         if value is not None:
             flags |= flag
@@ -75,7 +75,7 @@ def unpack(mac: str, record: bytes) -> Client:
     """The :class:`Client` of *mac* from its packed *record*."""
     flags, state, arch, ip = _HEAD.unpack_from(record)
     client = Client(mac, State(state), arch=None if arch < 0 else arch,
-                    ip=str(ipaddress.IPv4Address(ip)) if flags & _IP else None)
+                    ip=socket.inet_ntoa(ip) if flags & _IP else None)
     pos = _HEAD.size
 
     def text() -> str:

@@ -1,4 +1,4 @@
-"""The BOOTP/DHCP/PXE server: one UDP socket, a greenlet per exchange from a bounded pool.
+"""The BOOTP/DHCP/PXE server: one UDP socket, its exchanges answered inline, in a bounded number.
 
 The read loop decodes each datagram (a :class:`PacketError` is dropped: a ``dhcp.malformed``
 event with the codec's reason), drops what it must not serve (a relayed request from a relay
@@ -12,7 +12,16 @@ burst is absorbed by the kernel's receive buffer (``rcvbuf``) while the loop rea
 error that passes (an ICMP error, a lack of buffers) is counted and logged once per burst; one
 that persists ends the read loop with that exception, so that the process exits.
 
-Inside an exchange greenlet the decisions are :class:`massboot.dhcp.exchange.Exchange`'s (no
+With a SQLite or in-memory lease store (or none: proxy mode) the read loop answers each
+request itself, without a greenlet per exchange (issue #14): the store decides at once on its
+index and queues the commit, which the requests of one read batch share (one transaction);
+the reply waits, parked, until that commit is done, and one greenlet per commit sends the
+replies it holds, in order (:meth:`DhcpServer._run_inline`). A parked exchange holds its slot
+of ``pool_size`` as one in the pool does, so a stuck disk fills the slots and the loop drops
+and counts (``pool_full``). A PostgreSQL store decides in the database: its exchanges run in
+the pool's greenlets, as all did before.
+
+Inside an exchange the decisions are :class:`massboot.dhcp.exchange.Exchange`'s (no
 I/O). Nothing in the exchange pool waits on the HTTP ACL (README, "[http]: the remote ACL"):
 a verdict the ACL has cached answers at once; otherwise the exchange is handed to the ACL's own
 pool of ``[http] max_calls`` greenlets (:meth:`massboot.acl.HttpAcl.submit`), where the call
@@ -61,7 +70,7 @@ from typing import Any
 
 import gevent
 import gevent.event
-from gevent.pool import Pool
+from gevent.pool import Group, Pool
 
 from massboot.acl import AclResult, HttpAcl
 from massboot.config import BootpConfig, SubnetConfig, pool_addresses
@@ -81,6 +90,7 @@ from massboot.dhcp.exchange import (
     select_scope,
 )
 from massboot.dhcp.leases import LeaseStats, LeaseStore, LeaseStoreError, LeaseStoreUnavailable
+from massboot.dhcp.leases.memory import DEFER_ATTRIBUTE, deferring
 from massboot.dhcp.packet import BOOTREQUEST, BootpPacket, PacketError, Reason, decode, encode
 from massboot.dhcp.policy import Network
 from massboot.events import EventBus
@@ -102,6 +112,9 @@ MAX_CONSECUTIVE_ERRORS = 100
 ERROR_BACKOFF = 0.01
 #: the longest the read loop waits for an exchange slot before it drops and counts (pool_full)
 POOL_WAIT = 0.5
+#: the events an exchange records before its first lease decision: what is emitted of one
+#: whose commit failed (as when the store raised in the decision)
+_BEFORE_DECISION = frozenset({"dhcp.received", "dhcp.acl", "dhcp.malformed"})
 
 
 class DhcpServer:
@@ -160,7 +173,14 @@ class DhcpServer:
         self.pool = Pool(config.pool_size)
         #: exchanges waiting on ICMP probes, out of the exchange pool (one ICMP socket each)
         self.probe_pool = Pool(config.pool_size)
-        self._active = 0               # exchanges in the pool that have not ended yet
+        self._active = 0               # exchanges (in the pool, or answered inline) not ended yet
+        #: the read loop answers inline: every store hands it its commits' results
+        self._inline = self._stores_defer()
+        #: exchanges answered inline whose replies wait for a commit, by the commit's result
+        self._parked: dict[Any, list[tuple[Exchange, Outcome, int, bytes]]] = {}
+        self._park_now: tuple[Any, Exchange, Outcome, int] | None = None
+        #: the greenlets that send a commit's replies (joined at stop)
+        self._finishers = Group()
         self._slot_freed = gevent.event.Event()
         self._stuck = False            # the last wait for a slot timed out, none freed since
         self.socket: socket.socket | None = None
@@ -201,7 +221,13 @@ class DhcpServer:
         scopes = [self._scope(sub, subnet_stores[sub.name], dns, config) for sub in config.subnets]
         self.config, self.settings, self.http_acl, self.main, self.scopes = (
             config, settings, http_acl, main, scopes)
+        self._inline = self._stores_defer()
         self.clients.max_clients = config.max_clients      # a smaller bound applies at the next record
+
+    def _stores_defer(self) -> bool:
+        """Every scope's store can hand the read loop its commits' results (SQLite, memory;
+        proxy mode has none): the loop then answers inline instead of a greenlet each."""
+        return all(getattr(scope.store, "defers_saves", False) for scope in self._all_scopes())
 
     def _scope(self, sub: SubnetConfig, store: LeaseStore, dns: tuple[str, ...],
                config: BootpConfig | None = None) -> Scope:
@@ -300,6 +326,7 @@ class DhcpServer:
                 reader.kill(block=True, timeout=1)
         pools = [self.pool] + ([self.http_acl.pool] if self.http_acl is not None else [])
         pools.append(self.probe_pool)     # last: an exchange may go on to it from the others
+        pools.insert(0, self._finishers)  # replies waiting for their commit are sent
         for pool in pools:          # the exchanges waiting on the ACL or a probe finish there
             pool.join(timeout=timeout)
         for pool in pools:
@@ -328,6 +355,7 @@ class DhcpServer:
         sock = sock or self.socket
         assert sock is not None
         failures = 0                      # receive errors in a row
+        deferring(gevent.getcurrent(), [])     # inline exchanges hand their commits' results here
         while self._running:
             try:
                 data, ancillary, _flags, source = sock.recvmsg(65535, PKTINFO_SPACE)
@@ -363,6 +391,9 @@ class DhcpServer:
             self._in_flight.add(key)
             ifindex = _ifindex(ancillary)
             self._active += 1
+            if self._inline:
+                self._run_inline(packet, (source[0], source[1], ifindex, bootserver), key)
+                continue
             # the slot is free: the pool may still count an ended exchange until its link
             # callback runs in the hub's next turn, the only wait spawn() can have here
             self.pool.spawn(self._run, packet, (source[0], source[1], ifindex, bootserver), key)
@@ -439,6 +470,86 @@ class DhcpServer:
             if not handed_off:
                 self._in_flight.discard(key)
 
+    def _run_inline(self, packet: BootpPacket, source: tuple[str, int, int, bool], key: bytes) -> None:
+        """One exchange answered in the read loop, without a greenlet of its own (issue #14).
+
+        Its lease decisions are taken at once on the store's index, and their commit is
+        queued with those of the other requests of the same read batch (one transaction); the
+        reply is parked until that commit is done (:meth:`_park`): an ACK still leaves only
+        once its binding is durable. The ``pool_size`` bound counts parked exchanges as it
+        counts the pool's. An exchange that must wait for the HTTP ACL or a probe is handed
+        to their pools as before."""
+        handed_off = False
+        try:
+            handed_off = self._serve(packet, source[:2], source[2], key, source[3])
+        except Exception:
+            self._park_now = None
+            self._failed(packet.mac)
+        finally:
+            waits = getattr(gevent.getcurrent(), DEFER_ATTRIBUTE, None)
+            if waits:       # decided, then failed before its reply: nothing to carry out
+                waits.clear()
+        parked, self._park_now = self._park_now, None
+        if parked is not None:
+            self._park(*parked, key)
+            return
+        self._active -= 1
+        self._stuck = False
+        self._slot_freed.set()
+        if not handed_off:
+            self._in_flight.discard(key)
+
+    def _park(self, done: Any, exchange: Exchange, outcome: Outcome, ifindex: int, key: bytes) -> None:
+        """Carry out *outcome* once *done* (its commit's result) is set: one greenlet per commit
+        sends the replies of all the exchanges it holds, in order."""
+        group = self._parked.get(done)
+        if group is None:
+            group = self._parked[done] = []
+            self._finishers.spawn(self._finish, done, group)
+        group.append((exchange, outcome, ifindex, key))
+
+    def _finish(self, done: Any, group: list[tuple[Exchange, Outcome, int, bytes]]) -> None:
+        """The commit of *group*'s decisions is done: send their replies (or, when it failed,
+        none: the clients retry), end the exchanges."""
+        done.wait()
+        self._parked.pop(done, None)
+        error = done.exception
+        for exchange, outcome, ifindex, key in group:
+            try:
+                if error is None:
+                    self._carry_out(exchange, outcome, ifindex)
+                else:
+                    self._commit_failed(exchange, outcome, error)
+            except Exception:
+                self._failed(exchange.request.packet.mac)
+            finally:
+                self._active -= 1
+                self._in_flight.discard(key)
+        self._stuck = False
+        self._slot_freed.set()
+
+    def _commit_failed(self, exchange: Exchange, outcome: Outcome, error: BaseException) -> None:
+        """What an exchange whose store raised would have done (:meth:`_failed`), for one whose
+        commit failed after its decision: the events of before the decision, no reply. The
+        client's record keeps its state: the exchange changed a copy (:class:`ClientTable`),
+        which only :meth:`_carry_out` keeps."""
+        self._emit(tuple(e for e in outcome.events if e.kind in _BEFORE_DECISION))
+        mac = exchange.request.mac
+        if isinstance(error, LeaseStoreUnavailable):
+            self.events.emit("dhcp.ignored", mac=mac, reason="lease_db_down")
+            return
+        log.error("dhcp exchange with %s failed: %s", mac, error)
+        self.events.emit("dhcp.ignored", mac=mac, reason="internal_error")
+
+    def _take_waits(self) -> list[Any]:
+        """The commit results this greenlet's decisions handed it (emptied), if any."""
+        waits = getattr(gevent.getcurrent(), DEFER_ATTRIBUTE, None)
+        if not waits:
+            return []
+        taken = list(waits)
+        waits.clear()
+        return taken
+
     def _serve(self, packet: BootpPacket, source: tuple[str, int], ifindex: int, key: bytes,
                bootserver: bool = False) -> bool:
         """Answer, or hand the exchange to the ACL's or the probe pool; True when handed (it
@@ -448,8 +559,10 @@ class DhcpServer:
             assert acl is not None
             result = acl.cached(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe)
             if result is None:
+                waits = self._take_waits()
+
                 def then(answer: AclResult) -> None:
-                    self._after_acl(exchange, answer, ifindex, key)
+                    self._after_acl(exchange, answer, ifindex, key, waits)
 
                 known = exchange.request.mac in self.clients
                 if acl.submit(step.mac, uuid=step.uuid, ip=step.ip, pxe=step.pxe, then=then, known=known):
@@ -472,13 +585,18 @@ class DhcpServer:
             self.events.emit("dhcp.ignored", mac=exchange.request.mac, reason="probe_busy",
                              phase=exchange.request.phase)
             return False
-        self.probe_pool.spawn(self._after_probe, exchange, step, ifindex, key)   # a free slot: no wait
+        # a free slot: no wait; the commits of the decisions taken so far go along
+        self.probe_pool.spawn(self._after_probe, exchange, step, ifindex, key, self._take_waits())
         return True
 
-    def _after_acl(self, exchange: Exchange, result: AclResult, ifindex: int, key: bytes) -> None:
-        """The rest of an exchange, in the ACL pool's greenlet that asked."""
+    def _after_acl(self, exchange: Exchange, result: AclResult, ifindex: int, key: bytes,
+                   waits: list[Any] = ()) -> None:         # type: ignore[assignment]
+        """The rest of an exchange, in the ACL pool's greenlet that asked (*waits*: the commits
+        of its decisions taken inline, waited for first)."""
         handed_off = False
         try:
+            for done in waits:
+                done.get()
             step = self._step(exchange, exchange.on_acl, result)
             handed_off = self._go_on(exchange, step, ifindex, key)
         except Exception:
@@ -487,9 +605,13 @@ class DhcpServer:
             if not handed_off:
                 self._in_flight.discard(key)
 
-    def _after_probe(self, exchange: Exchange, step: ProbeQuery, ifindex: int, key: bytes) -> None:
-        """The probes and the rest of an exchange, in a greenlet of the probe pool."""
+    def _after_probe(self, exchange: Exchange, step: ProbeQuery, ifindex: int, key: bytes,
+                     waits: list[Any] = ()) -> None:       # type: ignore[assignment]
+        """The probes and the rest of an exchange, in a greenlet of the probe pool (*waits*: the
+        commits of its decisions taken inline, waited for first)."""
         try:
+            for done in waits:
+                done.get()
             self._carry_out(exchange, self._probes_here(exchange, step), ifindex)
         except Exception:
             self._failed(exchange.request.packet.mac)
@@ -568,6 +690,10 @@ class DhcpServer:
             return None
 
     def _carry_out(self, exchange: Exchange, outcome: Outcome, ifindex: int) -> BootpPacket | None:
+        waits = self._take_waits()
+        if waits:       # answered inline: the reply waits for its commit (_run_inline parks it)
+            self._park_now = (waits[-1], exchange, outcome, ifindex)
+            return outcome.reply
         client = exchange.client
         # a record only for a request that passed its checks, or a client we know already
         if client is not None and (exchange.admitted or client.mac in self.clients):
@@ -648,8 +774,8 @@ class DhcpServer:
 
     def workers(self) -> tuple[int, int]:
         """``(busy, capacity)`` of the exchange pool, for metrics."""
-        pool = self.pool
-        return pool.size - pool.free_count(), pool.size
+        # answered inline or in a greenlet, an exchange holds its slot until its reply is sent
+        return min(self._active, self.pool.size), self.pool.size
 
     def probe_workers(self) -> tuple[int, int]:
         """``(exchanges probing, capacity)`` of the probe pool, for metrics."""

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 import gevent
 import gevent.event
 import pytest
+from gevent.monkey import get_original
 from gevent.pywsgi import WSGIServer
 from prometheus_client import generate_latest
 
@@ -36,6 +37,8 @@ harness = base.harness         # the fixture, shared
 
 STATIC = bytes.fromhex("525400ab0001")
 ALLOWED = bytes.fromhex("525400ab0002")
+NativeEvent = get_original("threading", "Event")
+native_sleep = get_original("time", "sleep")
 FLOOD = [bytes.fromhex(f"02dead{i:06x}") for i in range(200)]   # locally administered, spoofed
 
 
@@ -154,40 +157,43 @@ def test_flood_of_strangers_does_not_starve_static_and_allowed_clients(harness, 
         flood.close()
 
 
-def test_full_exchange_pool_drops_and_counts(harness):
-    """Exchanges stuck in a slow lease store fill the pool: the read loop drops and counts the
-    rest (``pool_full``) instead of blocking, and goes on once the store answers."""
-    h = harness(bootpd="pool_size = 4")
-    gate = gevent.event.Event()
-    allocate = h.store.allocate
+def gated_commits(store, delay: float = 0.0):
+    """Make *store*'s (SQLite) commits wait for the returned gate (a real thread's event: they
+    run in the store's worker thread), and each take *delay* seconds: a slow or stuck disk."""
+    gate = NativeEvent()
+    batch = store._db_batch
 
-    def slow_allocate(*args, **kwargs):
-        gate.wait()
-        return allocate(*args, **kwargs)
+    def gated(items):
+        gate.wait(30)
+        native_sleep(delay)
+        return batch(items)
 
-    h.store.allocate = slow_allocate
+    store._db_batch = gated
+    return gate
+
+
+def test_full_exchange_pool_drops_and_counts(harness, tmp_path):
+    """Exchanges waiting for a stuck lease commit fill the pool (answered inline or in a
+    greenlet, an exchange holds its slot until its reply is sent): the read loop drops and
+    counts the rest (``pool_full``) instead of blocking, and goes on once the store answers."""
+    h = harness(bootpd="pool_size = 4", db=str(tmp_path / "leases.sqlite3"))
+    gate = gated_commits(h.store)
     _discovers(h.client, FLOOD[:10])
     _wait(lambda: _ignored(h, "pool_full") == 6)
     assert h.server.workers() == (4, 4) and h.server.alive
+    assert h.client.recv(0.2) is None            # no OFFER before its commit
     gate.set()
     offers = [h.client.recv(2) for _ in range(4)]
     assert all(o is not None and o.message_type == MessageType.OFFER for o in offers)
-    h.store.allocate = allocate
     assert h.client.dora(ALLOWED, pxe_options())[1] is not None
 
 
-def test_a_burst_larger_than_the_pool_waits_its_turn(harness):
+def test_a_burst_larger_than_the_pool_waits_its_turn(harness, tmp_path):
     """A rack powering on: 16 DISCOVERs at once into 2 slots whose exchanges each take a
     moment (a lease commit). The loop waits for slots and the burst waits in the receive
     buffer: every client gets its OFFER at the first try, nothing is dropped."""
-    h = harness(bootpd="pool_size = 2")          # the pool has 20 addresses
-    allocate = h.store.allocate
-
-    def slow_allocate(*args, **kwargs):
-        gevent.sleep(0.005)
-        return allocate(*args, **kwargs)
-
-    h.store.allocate = slow_allocate
+    h = harness(bootpd="pool_size = 2", db=str(tmp_path / "leases.sqlite3"))   # 20 addresses
+    gated_commits(h.store, delay=0.005).set()
     macs = FLOOD[:16]
     _discovers(h.client, macs)
     offers = [h.client.recv(5) for _ in macs]

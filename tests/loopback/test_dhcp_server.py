@@ -17,6 +17,7 @@ from massboot.dhcp.leases import LeaseStore, MemoryLeaseStore, SqliteLeaseStore
 from massboot.dhcp.packet import BOOTREPLY, MessageType, Opt, bytes_ip, encode, ip_bytes
 from massboot.dhcp.server import DhcpServer, main_pool, subnet_pool
 from massboot.events import EventBus, EventRecorder
+from massboot.ident import mac_str
 from massboot.notify import Notifier
 from tests.loopback.dhcpclient import RelayClient, pxe_options
 from tests.loopback.test_tftp_server import nothing_pending
@@ -484,3 +485,59 @@ def test_lease_store_failure_gets_no_ack_and_is_reported(harness):
     _wait(lambda: h.recorder.of("dhcp.ignored"))
     assert [e.get("msgtype") for e in h.recorder.of("dhcp.received")] == ["discover", "request"]
     assert [e.get("reason") for e in h.recorder.of("dhcp.ignored")] == ["internal_error"]
+
+
+def test_a_failed_commit_gets_no_ack_and_the_client_state_is_kept(harness, tmp_path):
+    """Answered inline, a REQUEST's binding is decided at once and committed with its read
+    batch; when that commit fails no ACK leaves, the outcome is reported as when the store
+    raised, and the client's state is what it was (its retry is served as the first try)."""
+    import sqlite3
+
+    h = harness(db=str(tmp_path / "leases.sqlite3"))
+    batch = h.store._db_batch
+    failing = []
+
+    def maybe_failing(items):
+        if failing:
+            raise sqlite3.OperationalError("disk I/O error")
+        return batch(items)
+
+    h.store._db_batch = maybe_failing
+    offer = h.client.exchange(h.client.packet(MAC1, MessageType.DISCOVER, pxe_options()))
+    assert offer is not None
+    state = h.server.clients.get(mac_str(MAC1)).state
+    failing.append(True)
+    request = h.client.packet(MAC1, MessageType.REQUEST, pxe_options() + [
+        (Opt.SERVER_ID, offer.option(Opt.SERVER_ID)), (Opt.REQUESTED_IP, ip_bytes(offer.yiaddr))])
+    assert h.client.exchange(request, timeout=0.5) is None
+    _wait(lambda: h.recorder.of("dhcp.ignored"))
+    assert [e.get("reason") for e in h.recorder.of("dhcp.ignored")] == ["internal_error"]
+    assert [e.get("msgtype") for e in h.recorder.of("dhcp.reply")] == ["offer"]
+    assert [e.get("msgtype") for e in h.recorder.of("dhcp.received")] == ["discover", "request"]
+    assert h.server.clients.get(mac_str(MAC1)).state == state
+    assert h.server.workers()[0] == 0
+    failing.clear()                                          # the disk is back: the retry is ACKed
+    ack = h.client.exchange(request)
+    assert ack is not None and ack.message_type == MessageType.ACK and ack.yiaddr == offer.yiaddr
+
+
+def test_the_requests_of_one_read_batch_share_one_commit(harness, tmp_path):
+    """A burst read in one go is decided inline and written by one transaction (or very few),
+    not one per exchange; every client gets its OFFER, after that commit."""
+    h = harness(bootpd="pool_size = 64", db=str(tmp_path / "leases.sqlite3"))
+    batch = h.store._db_batch
+    transactions = []
+
+    def counting(items):
+        transactions.append(len(items))
+        return batch(items)
+
+    h.store._db_batch = counting
+    macs = [bytes.fromhex(f"0200c0de{i:04x}") for i in range(16)]     # the pool has 20 addresses
+    for mac in macs:
+        h.client.send(h.client.packet(mac, MessageType.DISCOVER, pxe_options()))
+    offers = [h.client.recv(5) for _ in macs]
+    assert all(o is not None and o.message_type == MessageType.OFFER for o in offers)
+    assert sorted(bytes(o.mac) for o in offers) == sorted(macs)
+    assert 1 <= len(transactions) <= 3, transactions
+    assert {lease.mac for lease in h.store.leases()} >= {mac_str(m) for m in macs}

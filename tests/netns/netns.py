@@ -320,8 +320,20 @@ class Massboot:
         """The current (last) run's log."""
         return self.logs[-1]
 
-    def log_text(self, run: int = -1) -> str:
-        return self.logs[run].read_text(errors="replace")
+    def log_text(self, run: int = -1, until: str | Callable[[str], object] | None = None,
+                 timeout: float = 10) -> str:
+        """The log of run *run*; with *until* (a regex, or a test of the text), once it holds
+        or *timeout* seconds have passed: massboot writes its lines from a thread of its own
+        (massboot.logwriter), a moment after the event, so a test waits for the line it wants."""
+        text = self.logs[run].read_text(errors="replace")
+        if until is None:
+            return text
+        check = (lambda t: re.search(until, t, re.M)) if isinstance(until, str) else until
+        deadline = time.monotonic() + timeout
+        while not check(text) and time.monotonic() < deadline:
+            time.sleep(0.02)
+            text = self.logs[run].read_text(errors="replace")
+        return text
 
     def start(self, timeout: float = 20) -> Massboot:
         assert self.proc is None or self.proc.poll() is not None, "massboot is already running"

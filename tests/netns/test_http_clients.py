@@ -94,7 +94,8 @@ def url(name: str) -> str:
 
 
 def logged(env: HttpEnv, pattern: str) -> bool:
-    return re.search(pattern, env.server.log_text(), re.M) is not None
+    """A line of massboot's log matches *pattern* (waiting a few seconds for it)."""
+    return re.search(pattern, env.server.log_text(until=pattern, timeout=5), re.M) is not None
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,29 @@ log = logging.getLogger("massboot.dhcp.leases")    # one logger for the package
 
 
 
+#: the attribute of a greenlet that answers several requests without waiting on each one's
+#: commit (:func:`deferring`)
+DEFER_ATTRIBUTE = "massboot_lease_waits"
+
+
+def deferring(greenlet: Any, waits: list[Any] | None) -> None:
+    """Make *greenlet*'s lease decisions hand their durability wait to it instead of waiting.
+
+    With a list, a persistent store's save in *greenlet* appends the result its commit will
+    set (a :class:`gevent.event.AsyncResult`, shared by every change of one transaction) to
+    *waits* and returns at once; the caller must not act on the decision (send an ACK) before
+    that result is set without an exception. With None, saves in *greenlet* wait again. Only
+    the stores whose :attr:`~_IndexedLeaseStore.defers_saves` is true honour it (the DHCP read
+    loop answers inline only then).
+    """
+    setattr(greenlet, DEFER_ATTRIBUTE, waits)
+
+
 class _IndexedLeaseStore(LeaseStore):
     """The decisions of both stores; subclasses persist each change through :meth:`_save`."""
+
+    #: a save can hand its wait to the greenlet deciding (:func:`deferring`), or needs none
+    defers_saves = True
 
     def __init__(
         self,

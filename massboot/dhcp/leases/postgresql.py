@@ -493,6 +493,10 @@ class PostgresLeaseStore(_IndexedLeaseStore):
             later faults make the store degraded, then it recovers by itself).
     """
 
+    #: a decision is taken in the database: it waits in the deciding greenlet (the DHCP read
+    #: loop hands such exchanges to its pool)
+    defers_saves = False
+
     def __init__(
         self,
         dsn: str | PgTarget,

@@ -17,7 +17,7 @@ from massboot.dhcp.leases.base import (
     LeaseStoreError,
 )
 from massboot.dhcp.leases.index import _Change
-from massboot.dhcp.leases.memory import _IndexedLeaseStore
+from massboot.dhcp.leases.memory import DEFER_ATTRIBUTE, _IndexedLeaseStore
 
 log = logging.getLogger("massboot.dhcp.leases")    # one logger for the package
 
@@ -108,8 +108,9 @@ class SqliteLeaseStore(_IndexedLeaseStore):
         self._closed = False
         # group commit: changes queue here in decision order; one flusher greenlet writes
         # everything queued in a single transaction, so a burst of ACKs costs one transaction
-        # per batch instead of one per lease
-        self._pending: list[tuple[_Change, Any]] = []
+        # per batch instead of one per lease; every change of a batch shares one result
+        self._pending: list[_Change] = []
+        self._pending_done: Any = None
         self._flusher: Any = None
         try:
             rows, declined = self._run(self._db_open, offer_hold, decline_probation)
@@ -202,16 +203,26 @@ class SqliteLeaseStore(_IndexedLeaseStore):
     # -- hook ------------------------------------------------------------------------------
 
     def _save(self, change: _Change) -> None:
-        """Queue *change* and wait (cooperatively) until its transaction is committed."""
-        from gevent import spawn
+        """Queue *change* and wait (cooperatively) until its transaction is committed.
+
+        In a greenlet that defers its waits (:func:`~massboot.dhcp.leases.memory.deferring`:
+        the DHCP read loop, which answers the requests of one read batch inline) the batch's
+        result is handed to it instead: the caller sends its ACK once that result is set."""
+        from gevent import getcurrent, spawn
         from gevent.event import AsyncResult
 
         if self._closed:
             raise LeaseStoreError("lease store is closed")
-        done = AsyncResult()
-        self._pending.append((change, done))
+        done = self._pending_done
+        if done is None:
+            done = self._pending_done = AsyncResult()
+        self._pending.append(change)
         if self._flusher is None:
             self._flusher = spawn(self._flush)
+        waits = getattr(getcurrent(), DEFER_ATTRIBUTE, None)
+        if waits is not None:
+            waits.append(done)
+            return
         done.get()
 
     def _flush(self) -> None:
@@ -221,17 +232,15 @@ class SqliteLeaseStore(_IndexedLeaseStore):
         thread runs only SQLite."""
         try:
             while self._pending:
-                batch, self._pending = self._pending, []
+                batch, done = self._pending, self._pending_done
+                self._pending, self._pending_done = [], None
                 try:
-                    statements = _statements(_merge([change for change, _ in batch]))
+                    statements = _statements(_merge(batch))
                     self._run(self._db_batch, [(self._db_statements, (statements,))])
                 except Exception as exc:   # LeaseStoreError, or the store closed under us
-                    for _, done in batch:
-                        done.set_exception(exc if isinstance(exc, LeaseStoreError)
-                                           else LeaseStoreError(str(exc)))
+                    done.set_exception(exc if isinstance(exc, LeaseStoreError) else LeaseStoreError(str(exc)))
                 else:
-                    for _, done in batch:
-                        done.set(None)
+                    done.set(None)
         finally:
             self._flusher = None
 
