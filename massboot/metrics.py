@@ -675,9 +675,10 @@ class Metrics:
                 yield path
                 from massboot.tftp.server import fast_path_counters
 
+                summed = getattr(tftp, "compiled_blocks", None)     # worker processes, summed
                 yield CounterMetricFamily("massboot_tftp_compiled_blocks", "TFTP DATA blocks the "
                                           "compiled data path sent (the rest went through Python).",
-                                          value=fast_path_counters()[0])
+                                          value=summed() if summed else fast_path_counters()[0])
         busy = GaugeMetricFamily("massboot_workers_busy", "Greenlets of a server's bounded pool in "
                                  "use (dhcp: exchanges, dhcp_acl: HTTP ACL calls, dhcp_probe: exchanges "
                                  "waiting on ICMP probes, tftp: transfers, http: connections).",

@@ -168,6 +168,7 @@ class _Worker:
         self.events = 0                   # events received from it
         self.invalid = 0                  # messages or events from it that made no sense
         self.dropped_before = 0           # events its earlier processes dropped (a counter)
+        self.compiled_before = 0          # DATA blocks its earlier processes' compiled path sent
         self.up = False                   # ready message received, process running
         self.last_exit: str | None = None
 
@@ -316,6 +317,7 @@ class TftpWorkers:
             worker.channel.close()
             worker.channel = None
             worker.dropped_before += int(worker.status.get("dropped", 0))
+            worker.compiled_before += int(worker.status.get("compiled_blocks", 0))
             worker.status = {}
             if self._stopping:
                 return
@@ -395,6 +397,20 @@ class TftpWorkers:
 
     def buffered_bytes(self) -> int:
         return self._sum("buffered")
+
+    @property
+    def data_path(self) -> str | None:
+        """The TFTP data path the workers run (``[tftpd] fast_path``; one config, one answer),
+        None before any reported."""
+        for w in self._workers:
+            path = w.status.get("data_path")
+            if path in ("compiled", "python"):
+                return path
+        return None
+
+    def compiled_blocks(self) -> int:
+        """DATA blocks the workers' compiled data path sent, earlier processes included."""
+        return sum(w.compiled_before + int(w.status.get("compiled_blocks", 0)) for w in self._workers)
 
     def cache_view(self, files: Any) -> _CacheView:
         """The parent's file store as :mod:`massboot.metrics` reads it, with the workers' cache
@@ -534,7 +550,10 @@ class Worker:
         tftp, files = self.tftp, self.files
         busy, capacity = tftp.workers()
         reserved, budget = tftp.memory()
+        from massboot.tftp.server import fast_path_counters
+
         return json.dumps({"t": kind, "pid": os.getpid(), "active": tftp.active, "busy": busy,
+                           "data_path": tftp.data_path, "compiled_blocks": fast_path_counters()[0],
                            "capacity": capacity, "reserved": reserved, "budget": budget,
                            "buffered": tftp.buffered_bytes(), "dropped": self.dropped,
                            "downloads": files.downloads_active, "cached_bytes": files.cached_bytes,

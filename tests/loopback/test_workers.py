@@ -200,9 +200,20 @@ def test_two_workers_steer_by_source_cap_sum_and_resolve_filters(server):
     text = scrape(metrics)
     assert metric(text, "massboot_tftp_transfers_completed_total") == 2 + 2 * len(sources)
     assert metric(text, "massboot_workers_capacity", '{pool="tftp"}') == 1000
+    from massboot.tftp.server import fast_path_available
+
+    path = "compiled" if fast_path_available() else "python"    # fast_path = auto
     health = requests.get(f"http://127.0.0.1:{metrics}/healthz", timeout=5).json()
     assert health == {"status": "ok", "tftp": "up", "dhcp": "up", "tftp_worker_0": "up",
-                      "tftp_worker_1": "up"}
+                      "tftp_worker_1": "up", "tftp_data_path": path}
+    # the workers' data path and the blocks their compiled path sent (summed), as one process's
+    assert metric(text, "massboot_tftp_data_path", f'{{path="{path}"}}') == 1
+    blocks = 2 * len(sources) * (len(payload) // 1428)       # the downloads' blocks, 1428 bytes
+    deadline = time.monotonic() + 3     # the workers report every STATUS_PERIOD (0.5 s)
+    while (compiled := metric(scrape(metrics), "massboot_tftp_compiled_blocks_total")) <= blocks // 2 \
+            and path == "compiled" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (compiled > blocks // 2) if path == "compiled" else compiled == 0, (compiled, blocks)
 
     # boot progress: the workers' transfers moved both clients past their boot file
     clients = {c["mac"]: c for c in requests.get(f"http://127.0.0.1:{metrics}/clients", timeout=5).json()}
