@@ -1,7 +1,8 @@
 """The mirror cache's directory: complete files, their metadata, LRU eviction.
 
 Each complete file is ``<key>.<token>.data`` with its metadata in ``<key>.<token>.json``; a
-download in progress is ``<key>.<token>.part``. The key is a hash of the URL, the token tells
+download in progress is ``<key>.<token>.part`` (and, when worker processes share the directory,
+its announced length in ``<key>.<token>.size``). The key is a hash of the URL, the token tells
 two generations of one URL apart. The index is rebuilt from the directory at startup, so
 complete files survive a restart; what a crash left behind is removed. One cache directory
 belongs to one massboot; its TFTP worker processes share it (``[tftpd] processes``): each keeps
@@ -60,7 +61,7 @@ def _open_sized(path: str, size: int) -> int:
 
 
 _KEY = re.compile(r"[0-9a-f]{32}")
-_CACHE_NAME = re.compile(r"^([0-9a-f]{32})\.([0-9a-f]{12})\.(data|json|part|jtmp)$")
+_CACHE_NAME = re.compile(r"^([0-9a-f]{32})\.([0-9a-f]{12})\.(data|json|part|jtmp|size|stmp)$")
 
 
 def cache_key(url: str) -> str:
@@ -73,6 +74,20 @@ def _write_json(path: str, tmp: str, meta: dict[str, Any]) -> None:
                    encoding="utf-8") as f:
         json.dump(meta, f)
     os.replace(tmp, path)
+
+
+def _write_size(path: str, tmp: str, size: int) -> None:
+    fd = open_cloexec(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, b"%d\n" % size)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)       # readers see no file or the whole number, never a part of it
+
+
+def _read_size(path: str) -> str:
+    with open(path, encoding="ascii") as f:
+        return f.read(32)
 
 
 def check_private(path: str) -> None:
@@ -339,14 +354,37 @@ class CacheDir:
         self.evict()
         self._freed()
 
-    def create_part(self, key: str, token: str) -> int:
-        """Create the ``.part`` file of a download; its descriptor, read-write."""
+    def create_part(self, key: str, token: str, size: int | None = None) -> int:
+        """Create the ``.part`` file of a download; its descriptor, read-write.
+
+        When processes share the directory and the mirror said the length (*size*,
+        ``Content-Length``), it is written first, atomically, next to the part
+        (``<key>.<token>.size``): the other processes' clients that stream the part get their
+        ``tsize`` from it (:meth:`part_size`). It goes when the part is filed or discarded.
+        """
+        if self.flight is not None and size is not None:
+            blocking(_write_size, self.path(key, token, "size"), self.path(key, token, "stmp"), size)
         return blocking(open_cloexec, self.path(key, token, "part"),
                         os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
 
+    def part_size(self, key: str, token: str) -> int | None:
+        """The length another process's download in flight announced (see :meth:`create_part`),
+        or None: none written (no ``Content-Length``), gone (filed or failed meanwhile), or not
+        a number within ``max_bytes`` (never trusted beyond what fits the cache). Blocking."""
+        try:
+            text = _read_size(self.path(key, token, "size"))
+        except (OSError, ValueError):
+            return None
+        text = text.strip()
+        if not text.isdigit() or len(text) > 20:
+            return None
+        size = int(text)
+        return size if size <= self.max_bytes else None
+
     def discard_part(self, key: str, token: str) -> None:
-        """Remove a failed download's ``.part`` file (in the background)."""
-        _discard(self.path(key, token, "part"))
+        """Remove a failed download's ``.part`` file and its announced size (in the background)."""
+        _discard(self.path(key, token, "part"), self.path(key, token, "size"),
+                 self.path(key, token, "stmp"))
 
     def add(self, key: str, token: str, url: str, size: int, etag: str | None,
             last_modified: str | None) -> Entry | None:
@@ -364,8 +402,10 @@ class CacheDir:
         except OSError as exc:
             log.warning("download of %s not cached: %s", client_text(url), exc)
             _discard(self.path(key, token, "part"), self.path(key, token, "data"),
-                     self.path(key, token, "jtmp"))
+                     self.path(key, token, "jtmp"), self.path(key, token, "size"))
             return None
+        if self.flight is not None:     # the announced length: filed, so no longer in flight
+            blocking(_unlink_quietly, self.path(key, token, "size"))
         old = self._index.get(key)
         if old is not None:
             self.drop(old)

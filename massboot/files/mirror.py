@@ -321,10 +321,11 @@ class Mirror:
             # another process downloads it: read its .part file as it grows, once there is one
             part = blocking(_open_part, self.cache.dir, key)
             if part is not None:
+                announced = blocking(self.cache.part_size, key, part[0])
                 if url in self._inflight or self._closed:
                     os.close(part[1])
                 else:
-                    self._follow(url, *part)
+                    self._follow(url, *part, announced)
                 return None
             if self._closed:
                 raise FileError(FileReason.UPSTREAM, "upstream failed: server stopping")
@@ -332,13 +333,15 @@ class Mirror:
                 raise FileError(FileReason.UPSTREAM, "upstream failed: stalled")
             gevent.sleep(FLIGHT_POLL)
 
-    def _follow(self, url: str, token: str, fd: int) -> None:
+    def _follow(self, url: str, token: str, fd: int, size: int | None = None) -> None:
         """Serve another process's download in flight from its ``.part`` file (*fd*): a
         :class:`Download` in :attr:`_inflight` that :meth:`_watch` moves along, so that this
-        process's readers stream it as the downloader's own do (its size is known once it is
-        complete)."""
+        process's readers stream it as the downloader's own do. Its *size* is the length the
+        downloader announced (the mirror's ``Content-Length``, :meth:`CacheDir.part_size`), so
+        the clients get their ``tsize`` at once; without one, it is known once complete."""
         dl = Download(url, None)
         dl.token = token
+        dl.size = size
         dl.fd = Fd(fd)
         dl.headers.set()
         self._inflight[url] = dl
@@ -354,6 +357,8 @@ class Mirror:
         try:
             while True:
                 size = os.fstat(dl.fd.fd).st_size
+                if dl.size is not None and size > dl.size:    # more than the mirror said
+                    raise FileError(FileReason.UPSTREAM, "upstream failed: longer than announced")
                 if size > dl.received:
                     dl.received, since = size, time.monotonic()
                     dl.notify()
@@ -364,7 +369,8 @@ class Mirror:
                     finally:
                         flight.unlock(dl.key, lock)
                     final = os.fstat(dl.fd.fd).st_size
-                    if entry is None or entry.token != dl.token or entry.size != final:
+                    if entry is None or entry.token != dl.token or entry.size != final or (
+                            dl.size is not None and final != dl.size):
                         raise FileError(FileReason.UPSTREAM, "upstream failed")
                     dl.received = dl.size = final
                     dl.complete = True
