@@ -44,7 +44,8 @@ from massboot.config import ConfigError, default_cache_dir
 from massboot.files.local import blocking, open_cloexec
 from massboot.sources import client_text
 
-__all__ = ["CacheDir", "Entry", "FlightLocks", "Missing", "cache_key", "default_cache_dir"]
+__all__ = ["CacheDir", "Entry", "FlightLocks", "Missing", "SharedMissing", "cache_key",
+           "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -204,16 +205,90 @@ class Missing:
         del self._until[url]
         return False
 
-    def add(self, url: str) -> None:
-        """Remember that *url* is missing for ``ttl`` seconds from now."""
+    def add(self, url: str, ttl: float | None = None) -> None:
+        """Remember that *url* is missing for ``ttl`` seconds from now (or *ttl*, at most
+        ``ttl``: what is left of another process's answer, :class:`SharedMissing`)."""
         now = self._clock()
         self._until.pop(url, None)
-        self._until[url] = now + self.ttl
+        self._until[url] = now + (self.ttl if ttl is None else min(ttl, self.ttl))
         while self._until:
             oldest, until = next(iter(self._until.items()))
             if until > now and len(self._until) <= self.limit:
                 break
             del self._until[oldest]
+
+
+class SharedMissing:
+    """The mirror's 404/410 answers shared by the processes of one cache directory
+    (``[tftpd] processes``, README "TFTP worker processes"): one empty file per URL key in
+    ``missing/``, its modification time the moment of the answer, so each missing name is asked
+    of the mirror once per *ttl* for all the workers, not once per worker.
+
+    A process that gets a 404 marks the key before it lets go of the key's flight lock; one
+    that takes the lock looks here before it downloads (:meth:`remaining`). A marker expires as
+    :class:`Missing`'s entries do (*ttl* seconds; one "from the future" counts as expired), a
+    successful download clears it, and every ``PRUNE_EVERY`` marks of one process remove the
+    expired ones and, beyond *limit*, the oldest: the directory holds at most about
+    ``limit + PRUNE_EVERY`` per process. Names are URL hashes, never client text. Every call is
+    a few system calls on a local directory; callers on the hub run them in the thread pool.
+    """
+
+    PRUNE_EVERY = 64
+
+    def __init__(self, directory: str, ttl: float, limit: int = 4096,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.dir = os.path.join(directory, "missing")
+        self.ttl = ttl
+        self.limit = limit
+        self._clock = clock
+        self._marks = 0
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.dir, key)
+
+    def mark(self, key: str) -> None:
+        """The mirror answered 404 for *key*'s URL now. Blocking."""
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        now = self._clock()
+        os.close(open_cloexec(self._path(key), os.O_WRONLY | os.O_CREAT, 0o600))
+        os.utime(self._path(key), (now, now))
+        self._marks += 1
+        if self._marks % self.PRUNE_EVERY == 0:
+            self.prune()
+
+    def remaining(self, key: str) -> float:
+        """Seconds *key*'s URL is still known missing (0: not, or no longer). Blocking."""
+        try:
+            marked = os.stat(self._path(key)).st_mtime
+        except OSError:
+            return 0.0
+        left = marked + self.ttl - self._clock()
+        return left if 0 < left <= self.ttl else 0.0
+
+    def clear(self, key: str) -> None:
+        """*key*'s URL was downloaded: no longer missing. Blocking."""
+        _unlink_quietly(self._path(key))
+
+    def prune(self) -> None:
+        """Remove the expired markers, then the oldest beyond ``limit``. Blocking."""
+        try:
+            names = [n for n in os.listdir(self.dir) if _KEY.fullmatch(n)]
+        except OSError:
+            return
+        now = self._clock()
+        alive: list[tuple[float, str]] = []
+        for name in names:
+            try:
+                marked = os.stat(self._path(name)).st_mtime
+            except OSError:
+                continue
+            if 0 < marked + self.ttl - now <= self.ttl:
+                alive.append((marked, name))
+            else:
+                _unlink_quietly(self._path(name))
+        alive.sort()
+        for _marked, name in alive[:max(0, len(alive) - self.limit)]:
+            _unlink_quietly(self._path(name))
 
 
 def _unlink_quietly(*paths: str) -> None:

@@ -37,7 +37,7 @@ import requests
 
 from massboot.config import ConfigError
 from massboot.events import EventBus
-from massboot.files.cache import CacheDir, Entry, FlightLocks, Missing, cache_key
+from massboot.files.cache import CacheDir, Entry, FlightLocks, Missing, SharedMissing, cache_key
 from massboot.files.download import Download, StreamSource, upstream_error
 from massboot.files.local import BufferedSource, Fd, LocalFiles, blocking, open_cloexec
 from massboot.sources import FileError, FileReason, Source, client_text
@@ -113,6 +113,9 @@ class Mirror:
         self._events = events
         self._inflight: dict[str, Download] = {}    # url → download
         self._missing = Missing(min(revalidate_after, NEGATIVE_TTL), MISSING_MAX, clock)
+        # processes sharing the directory share the 404s too: one GET per missing name for all
+        self._shared_missing = SharedMissing(cache.dir, self._missing.ttl, MISSING_MAX) \
+            if shared else None
         self._closed = False
         self.max_downloads = max_downloads
         self.active = 0                              # downloads holding a slot
@@ -163,6 +166,9 @@ class Mirror:
                 if self._flight is not None:
                     lock = self._lead(url)
                     if lock is None:    # another process filed it meanwhile: look again
+                        if url in self._missing:     # or the mirror told it 404
+                            self._count("hit", url, None)
+                            raise FileError(FileReason.NOT_FOUND, "File not found")
                         continue
                 dl = self._start(url, entry, lock)
             kind = "miss" if started else "coalesced"
@@ -265,6 +271,9 @@ class Mirror:
         if adopted is not None:
             flight.unlock(key, lock)
             return adopted.size
+        if self._known_missing(url, key):
+            flight.unlock(key, lock)
+            return None
         self._start(url, entry, lock)
         if entry is not None:
             return entry.size
@@ -314,7 +323,7 @@ class Mirror:
                 except BaseException:
                     flight.unlock(key, lock)
                     raise
-                if adopted is not None:
+                if adopted is not None or self._known_missing(url, key):
                     flight.unlock(key, lock)
                     return None
                 return lock
@@ -332,6 +341,21 @@ class Mirror:
             if time.monotonic() - since > stall:   # no answer, no body: the leader is stuck
                 raise FileError(FileReason.UPSTREAM, "upstream failed: stalled")
             gevent.sleep(FLIGHT_POLL)
+
+    def _known_missing(self, url: str, key: str) -> bool:
+        """Whether another process got a 404 for *url* within the negative TTL (then it is
+        remembered here too, for what is left of it)."""
+        shared = self._shared_missing
+        if shared is None:
+            return False
+        try:
+            left = blocking(shared.remaining, key)
+        except OSError:
+            return False
+        if left <= 0:
+            return False
+        self._missing.add(url, left)
+        return True
 
     def _follow(self, url: str, token: str, fd: int, size: int | None = None) -> None:
         """Serve another process's download in flight from its ``.part`` file (*fd*): a
@@ -500,9 +524,26 @@ class Mirror:
             if not dl.done:
                 self._fail(dl, FileError(FileReason.UPSTREAM, "upstream failed"))
             lock = self._flight_fds.pop(dl.url, None)
-            if lock is not None and self._flight is not None:
-                self._flight.unlock(dl.key, lock)   # filed (or failed), metadata written: others look
-            self._end(dl)
+            try:
+                if lock is not None and self._shared_missing is not None:
+                    self._share_answer(dl)      # before the lock goes: who takes it next sees it
+            finally:
+                if lock is not None and self._flight is not None:
+                    self._flight.unlock(dl.key, lock)   # filed (or failed), metadata written: others look
+                self._end(dl)
+
+    def _share_answer(self, dl: Download) -> None:
+        """A 404 marks the URL missing for the other processes; a filed file clears it."""
+        shared = self._shared_missing
+        assert shared is not None
+        try:
+            if dl.error is not None and dl.error.reason is FileReason.NOT_FOUND:
+                blocking(shared.mark, dl.key)
+            elif dl.complete:
+                blocking(shared.clear, dl.key)
+        except OSError as exc:
+            log.warning("cache: the answer for %s not shared with the other workers: %s",
+                        client_text(dl.url), exc)
 
     def _received(self, size: int) -> None:
         self.upstream_bytes += size

@@ -441,3 +441,36 @@ def test_tsize_of_a_download_in_flight_in_the_other_worker(tmp_path):
     finally:
         stop(mb)
         mirror.stop()
+
+
+def not_found(src: str, port: int, name: str) -> bool:
+    """Whether an RRQ from *src* for *name* is answered ERROR 1 (File not found)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((src, 0))
+        sock.settimeout(WAIT)
+        sock.sendto(Request(Opcode.RRQ, name, "octet", {"tsize": "0"}).encode(), ("127.0.0.1", port))
+        reply = decode(sock.recvfrom(65536)[0])
+    return isinstance(reply, Error) and reply.code == ErrorCode.FILE_NOT_FOUND
+
+
+def test_a_404_is_asked_of_the_mirror_once_for_both_workers(tmp_path):
+    """PXELINUX's config probes that do not exist: the first worker's 404 is shared through the
+    cache directory, so the other worker's clients get File not found without a GET of their
+    own (README, "TFTP worker processes")."""
+    mirror = Mirror()
+    mb, tftp, _metrics = two_workers_on(mirror, tmp_path)
+    try:
+        names = [f"pxelinux.cfg/01-52-54-00-00-0b-{n:02x}" for n in range(3)]
+        for name in names:
+            for src in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):   # 0, 1, 0, 1
+                assert not_found(src, tftp, name), mb.log
+            assert len(mirror.gets(name)) == 1, (name, mirror.requests)
+        markers = os.listdir(tmp_path / "state" / "cache" / "missing")
+        assert len(markers) == len(names) and all(re.fullmatch(r"[0-9a-f]{32}", m) for m in markers)
+        # a file that appears is found once the negative answer expired (not within it)
+        mirror.files[names[0]] = b"default local\n"
+        assert not_found("127.0.0.3", tftp, names[0])
+        assert len(mirror.gets(names[0])) == 1
+    finally:
+        stop(mb)
+        mirror.stop()

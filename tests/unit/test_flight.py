@@ -122,3 +122,33 @@ def test_the_announced_length_of_a_part_bounded_and_gone_once_filed(tmp_path):
     plain.load()
     os.close(plain.create_part(KEY, "e" * 12, 7))                 # one process: nothing written
     assert os.listdir(plain.dir) == [f"{KEY}.{'e' * 12}.part"]
+
+
+def test_shared_missing_expires_clears_and_stays_bounded(tmp_path):
+    """The 404s shared by the workers: a marker holds for ttl seconds from its answer (a
+    "future" one not at all), a download clears it, and pruning keeps the newest `limit`."""
+    from massboot.files.cache import SharedMissing
+
+    now = [1_000_000.0]
+    shared = SharedMissing(str(tmp_path), ttl=30.0, limit=5, clock=lambda: now[0])
+    assert shared.remaining(KEY) == 0
+    shared.mark(KEY)
+    now[0] += 10
+    assert shared.remaining(KEY) == 20.0
+    other = SharedMissing(str(tmp_path), ttl=30.0, limit=5, clock=lambda: now[0])
+    assert other.remaining(KEY) == 20.0                      # another process sees it
+    now[0] += 20
+    assert other.remaining(KEY) == 0                         # expired, as Missing's entries
+    shared.mark(KEY)
+    other.clear(KEY)                                         # downloaded meanwhile
+    assert shared.remaining(KEY) == 0
+    shared.mark(KEY)
+    os.utime(os.path.join(shared.dir, KEY), (now[0] + 3600, now[0] + 3600))
+    assert shared.remaining(KEY) == 0                        # from the future: not trusted
+    keys = [cache_key(f"http://mirror.example/{n}") for n in range(SharedMissing.PRUNE_EVERY)]
+    fresh = SharedMissing(str(tmp_path), ttl=30.0, limit=5, clock=lambda: now[0])
+    for key in keys:
+        now[0] += 0.01
+        fresh.mark(key)                                     # the 64th mark prunes
+    left = set(os.listdir(fresh.dir))
+    assert left == set(keys[-5:]), len(left)                 # the newest 5; the future one gone
