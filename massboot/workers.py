@@ -153,6 +153,29 @@ def reuseport_group(address: str, port: int, count: int, rcvbuf: int = 0) -> lis
 
 
 # ---------------------------------------------------------------------------- parent side
+_TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # what holds massboot/
+
+
+def _first_unreadable(paths: Sequence[str]) -> str | None:
+    """The first of *paths*, or of the directories above one, that this process cannot use,
+    or None: every directory above must be searchable; the path itself and its own directory
+    readable too (the import system lists the directories it imports from), and so must
+    every directory from massboot's top down."""
+    for path in paths:
+        parts = os.path.abspath(path).split(os.sep)
+        for n in range(2, len(parts) + 1):
+            step = os.sep.join(parts[:n])
+            if not os.path.isdir(step):
+                mode = os.R_OK
+            elif n >= len(parts) - 1 or step.startswith(_TOP):
+                mode = os.R_OK | os.X_OK
+            else:
+                mode = os.X_OK
+            if not os.access(step, mode):
+                return step
+    return None
+
+
 class _Worker:
     """The parent's record of one worker."""
 
@@ -207,6 +230,12 @@ class TftpWorkers:
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         """Bind the sockets (before the privilege drop); :meth:`launch` starts the workers."""
+        # what launch() imports, imported now: after the drop, massboot's user may not be able
+        # to read the checkout, which probe() reports (README, "TFTP worker processes")
+        import pwd  # noqa: F401
+
+        import gevent.fileobject  # noqa: F401  (the probe's pipes)
+
         t = self._config.tftp
         socks = reuseport_group(self._address, t.port, self.count, t.rcvbuf)
         self._workers = [_Worker(i, sock) for i, sock in enumerate(socks)]
@@ -214,9 +243,14 @@ class TftpWorkers:
                  self._address, self.port, t.pool_size, self.count)
 
     def launch(self) -> None:
-        """Start every worker and watch it (after the privilege drop: they run as this user)."""
+        """Start every worker and watch it (after the privilege drop: they run as this user).
+
+        Raises:
+            massboot.cli.StartupError: a worker could not start as this user (see :meth:`probe`).
+        """
         if self._launched:
             return
+        self.probe()
         self._launched = True
         for worker in self._workers:
             self._supervisors.append(gevent.spawn(self._supervise, worker))
@@ -274,18 +308,80 @@ class TftpWorkers:
             if worker.proc is not None and worker.proc.poll() is None:
                 worker.proc.send_signal(signal.SIGHUP)
 
+    def probe(self) -> None:
+        """Run ``python -m massboot.workers --probe`` once, as the workers will run (this user,
+        after the privilege drop): it imports what a worker imports and loads the config.
+
+        A worker is a new interpreter that reads massboot, its packages and the config file
+        again as massboot's user: started as root with ``[massboot] user`` from a checkout or a
+        virtualenv that user cannot read (a home directory), every worker would die at once
+        and be restarted forever. This says so at startup instead (README, "TFTP worker
+        processes"): which path, which user, the fix.
+
+        Raises:
+            massboot.cli.StartupError: the probe could not run or failed.
+        """
+        from massboot.cli import StartupError
+
+        uid = os.geteuid()
+        try:
+            import pwd
+
+            user = f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+        except KeyError:
+            user = f"uid {uid}"
+        argv = self._argv(0) + ["--probe"]
+        try:
+            done = subprocess.run(argv, env=self._env(), capture_output=True, timeout=60,
+                                  start_new_session=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            said = getattr(exc, "strerror", None) or str(exc)
+        else:
+            if done.returncode == 0:
+                return
+            lines = [line for line in done.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+            said = lines[-1].strip() if lines else f"exit status {done.returncode}"
+        said = said if len(said) <= 300 else said[:297] + "..."
+        unreadable = _first_unreadable(self._needs())
+        where = f"{unreadable} is not readable by it" if unreadable else "it cannot run"
+        raise StartupError(
+            f"tftp: the worker processes ([tftpd] processes = {self.count}) cannot start as "
+            f"user {user}: {where} ({self._python} -m massboot.workers: {said}). Each worker "
+            f"is a new interpreter that reads massboot, its packages and {self._config.path} "
+            "as that user: install massboot where that user can read it (e.g. a virtualenv "
+            "under /opt, not a private home directory), make the path readable, or set "
+            "[tftpd] processes = 1")
+
+    def _needs(self) -> list[str]:
+        """What a worker reads as massboot's user: the interpreter, massboot, its packages,
+        the config file."""
+        import gevent as _gevent
+        import prometheus_client
+
+        paths = [self._python, os.path.join(_TOP, "massboot", "workers.py"),
+                 os.path.dirname(os.path.abspath(_gevent.__file__)),
+                 os.path.dirname(os.path.abspath(prometheus_client.__file__))]
+        return paths + [os.path.abspath(self._config.path)]
+
     # -- one worker ---------------------------------------------------------------------
-    def _command(self, worker: _Worker) -> list[str]:
+    def _argv(self, index: int) -> list[str]:
         argv = [self._python, "-m", "massboot.workers", "--config", self._config.path,
-                "--state-dir", self._config.state_dir, "--index", str(worker.index),
+                "--state-dir", self._config.state_dir, "--index", str(index),
                 "--count", str(self.count), "--address", self._address]
         return argv + (["--debug"] if self._debug else [])
 
+    def _command(self, worker: _Worker) -> list[str]:
+        return self._argv(worker.index)
+
+    @staticmethod
+    def _env() -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = _TOP + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        return env
+
     def _spawn(self, worker: _Worker) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = dict(os.environ)
-        top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = top + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env = self._env()
         env["MASSBOOT_WORKER_FDS"] = f"{worker.sock.fileno()},{theirs.fileno()}"
         try:
             worker.proc = subprocess.Popen(self._command(worker), env=env, close_fds=True,
@@ -648,14 +744,22 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--address", required=True)
     parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--probe", action="store_true",
+                        help="import what a worker imports, load the config, exit (TftpWorkers.probe)")
     args = parser.parse_args(argv)
-    listener_fd, channel_fd = (int(x) for x in os.environ["MASSBOOT_WORKER_FDS"].split(","))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         config = cfg.load(args.config, state_dir=args.state_dir)
     except (cfg.ConfigError, OSError) as exc:
         print(f"massboot tftp worker {args.index}: {args.config}: {exc}", file=sys.stderr)
         return 2
+    if args.probe:
+        import massboot.cli  # noqa: F401
+        import massboot.files  # noqa: F401
+        import massboot.files.mirror  # noqa: F401
+        import massboot.tftp.server  # noqa: F401
+        return 0
+    listener_fd, channel_fd = (int(x) for x in os.environ["MASSBOOT_WORKER_FDS"].split(","))
     setup_logging(config.logger, args.debug)
     listener = socket.socket(fileno=listener_fd)
     channel = socket.socket(fileno=channel_fd)
