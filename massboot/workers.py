@@ -73,7 +73,8 @@ from massboot import config as cfg  # noqa: E402
 from massboot.events import EventBus  # noqa: E402
 from massboot.sources import ClientInfo, ClientLookup  # noqa: E402
 
-__all__ = ["TftpWorkers", "reuseport_group", "share", "steer_by_source", "worker_main"]
+__all__ = ["TftpWorkers", "reuseport_group", "share", "single_collector", "steer_by_source",
+           "worker_main"]
 
 log = logging.getLogger("massboot.workers")
 
@@ -555,6 +556,29 @@ class _WorkersCollector(Collector):
             events.add_metric(label, w.events)
             dropped.add_metric(label, w.dropped_before + int(w.status.get("dropped", 0)) + w.invalid)
         yield from (up, restarts, events, dropped)
+
+
+class _SingleCollector(Collector):
+    """``processes = 1``: the TFTP server in the massboot process is worker 0 (up while it
+    serves, never restarted: a dead TFTP server stops massboot), so the alerts and the
+    dashboard panel on the worker families work whatever ``processes`` is."""
+
+    def __init__(self, tftp: Any) -> None:
+        self._tftp = tftp
+
+    def collect(self) -> Iterator[Any]:
+        up = GaugeMetricFamily("massboot_tftp_worker_up", "1 while a TFTP worker process runs "
+                               "(README, TFTP worker processes).", labels=("worker",))
+        restarts = CounterMetricFamily("massboot_tftp_worker_restarts", "TFTP worker processes "
+                                       "started again after they died.", labels=("worker",))
+        up.add_metric(("0",), 1 if self._tftp.alive else 0)
+        restarts.add_metric(("0",), 0)
+        yield from (up, restarts)
+
+
+def single_collector(tftp: Any) -> Collector:
+    """The worker families of ``processes = 1`` (worker 0: the TFTP server of this process)."""
+    return _SingleCollector(tftp)
 
 
 def _exit_text(status: int) -> str:
