@@ -180,7 +180,14 @@ def test_two_workers_steer_by_source_cap_sum_and_resolve_filters(server):
 
     # steering: every transfer of one source address lands in worker (address mod 2)
     sources = [f"127.0.0.{n}" for n in range(1, 9)]
+    finished = 2
     for worker in (0, 1):
+        # a client is done at its last DATA, the worker at the last ACK: every earlier
+        # transfer's tftp.done must be in before the count starts
+        deadline = time.monotonic() + 5
+        while metric(scrape(metrics), "massboot_tftp_transfers_completed_total") < finished:
+            assert time.monotonic() < deadline, mb.log
+            time.sleep(0.05)
         before = worker_events(metrics)
         group = [ip for ip in sources if worker_of(ip) == worker]
         jobs = [gevent.spawn(download, ip, tftp, "1m.bin") for ip in group for _ in range(2)]
@@ -195,6 +202,7 @@ def test_two_workers_steer_by_source_cap_sum_and_resolve_filters(server):
             time.sleep(0.1)
         assert delta[worker] == 2 * len(jobs), (delta, mb.log)     # tftp.start + tftp.done each
         assert delta[1 - worker] == 0, delta
+        finished += len(jobs)
 
     # one view: the parent's counters hold every worker's transfers
     text = scrape(metrics)
