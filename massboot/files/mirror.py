@@ -75,6 +75,16 @@ def _open_part(directory: str, key: str) -> tuple[str, int] | None:
     return None
 
 
+def _announced(cache: CacheDir, key: str) -> int | None:
+    """The length announced for *key*'s newest ``.part`` (another process's download in
+    flight, :meth:`CacheDir.part_size`), or None. Blocking."""
+    part = _open_part(cache.dir, key)
+    if part is None:
+        return None
+    os.close(part[1])
+    return cache.part_size(key, part[0])
+
+
 class Mirror:
     """Single-flight downloads of URLs into a cache directory, and sources to read them.
 
@@ -261,8 +271,8 @@ class Mirror:
         flight, key = self._flight, cache_key(url)
         assert flight is not None
         lock = blocking(flight.try_lock, key)
-        if lock is None:        # another process downloads it
-            return entry.size if entry is not None else None
+        if lock is None:        # another process downloads it: the length it announced, if any
+            return entry.size if entry is not None else blocking(_announced, self.cache, key)
         try:
             adopted = blocking(self.cache.adopt, url)
         except BaseException:
