@@ -10,6 +10,9 @@ interpreter (``python -m massboot.workers``, its own gevent hub, nothing of the 
 greenlets) that receives its socket and one end of a ``SOCK_SEQPACKET`` socketpair, loads the
 config itself and runs a :class:`~massboot.tftp.server.TftpServer` on that socket with its
 share of ``pool_size`` and ``memory_budget`` (the shares add up to the configured values).
+Before the first one it runs the same command once with ``--probe`` (imports, config, exit):
+a worker that cannot run as massboot's user (an unreadable checkout) stops the startup with a
+message naming the path, the user and the fix, instead of a restart loop.
 
 The parent keeps its copy of every socket: a dead worker's socket keeps its index in the
 group (its clients' datagrams wait in its queue instead of being steered to another worker),
