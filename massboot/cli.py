@@ -219,6 +219,10 @@ class Services:
             collector = getattr(self.tftp, "collector", None)
             if collector is not None:    # the TFTP worker processes' own families
                 self.metrics.registry.register(collector())
+            elif self.tftp is not None:  # processes = 1: worker 0 is this process's server
+                from massboot.workers import single_collector
+
+                self.metrics.registry.register(single_collector(self.tftp))
 
     def _detect_network(self) -> None:
         bootp = self.config.bootp

@@ -10,6 +10,9 @@ interpreter (``python -m massboot.workers``, its own gevent hub, nothing of the 
 greenlets) that receives its socket and one end of a ``SOCK_SEQPACKET`` socketpair, loads the
 config itself and runs a :class:`~massboot.tftp.server.TftpServer` on that socket with its
 share of ``pool_size`` and ``memory_budget`` (the shares add up to the configured values).
+Before the first one it runs the same command once with ``--probe`` (imports, config, exit):
+a worker that cannot run as massboot's user (an unreadable checkout) stops the startup with a
+message naming the path, the user and the fix, instead of a restart loop.
 
 The parent keeps its copy of every socket: a dead worker's socket keeps its index in the
 group (its clients' datagrams wait in its queue instead of being steered to another worker),
@@ -73,7 +76,8 @@ from massboot import config as cfg  # noqa: E402
 from massboot.events import EventBus  # noqa: E402
 from massboot.sources import ClientInfo, ClientLookup  # noqa: E402
 
-__all__ = ["TftpWorkers", "reuseport_group", "share", "steer_by_source", "worker_main"]
+__all__ = ["TftpWorkers", "reuseport_group", "share", "single_collector", "steer_by_source",
+           "worker_main"]
 
 log = logging.getLogger("massboot.workers")
 
@@ -153,6 +157,29 @@ def reuseport_group(address: str, port: int, count: int, rcvbuf: int = 0) -> lis
 
 
 # ---------------------------------------------------------------------------- parent side
+_TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # what holds massboot/
+
+
+def _first_unreadable(paths: Sequence[str]) -> str | None:
+    """The first of *paths*, or of the directories above one, that this process cannot use,
+    or None: every directory above must be searchable; the path itself and its own directory
+    readable too (the import system lists the directories it imports from), and so must
+    every directory from massboot's top down."""
+    for path in paths:
+        parts = os.path.abspath(path).split(os.sep)
+        for n in range(2, len(parts) + 1):
+            step = os.sep.join(parts[:n])
+            if not os.path.isdir(step):
+                mode = os.R_OK
+            elif n >= len(parts) - 1 or step.startswith(_TOP):
+                mode = os.R_OK | os.X_OK
+            else:
+                mode = os.X_OK
+            if not os.access(step, mode):
+                return step
+    return None
+
+
 class _Worker:
     """The parent's record of one worker."""
 
@@ -208,6 +235,12 @@ class TftpWorkers:
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         """Bind the sockets (before the privilege drop); :meth:`launch` starts the workers."""
+        # what launch() imports, imported now: after the drop, massboot's user may not be able
+        # to read the checkout, which probe() reports (README, "TFTP worker processes")
+        import pwd  # noqa: F401
+
+        import gevent.fileobject  # noqa: F401  (the probe's pipes)
+
         t = self._config.tftp
         socks = reuseport_group(self._address, t.port, self.count, t.rcvbuf)
         self._workers = [_Worker(i, sock) for i, sock in enumerate(socks)]
@@ -215,9 +248,14 @@ class TftpWorkers:
                  self._address, self.port, t.pool_size, self.count)
 
     def launch(self) -> None:
-        """Start every worker and watch it (after the privilege drop: they run as this user)."""
+        """Start every worker and watch it (after the privilege drop: they run as this user).
+
+        Raises:
+            massboot.cli.StartupError: a worker could not start as this user (see :meth:`probe`).
+        """
         if self._launched:
             return
+        self.probe()
         self._launched = True
         for worker in self._workers:
             self._supervisors.append(gevent.spawn(self._supervise, worker))
@@ -275,18 +313,80 @@ class TftpWorkers:
             if worker.proc is not None and worker.proc.poll() is None:
                 worker.proc.send_signal(signal.SIGHUP)
 
+    def probe(self) -> None:
+        """Run ``python -m massboot.workers --probe`` once, as the workers will run (this user,
+        after the privilege drop): it imports what a worker imports and loads the config.
+
+        A worker is a new interpreter that reads massboot, its packages and the config file
+        again as massboot's user: started as root with ``[massboot] user`` from a checkout or a
+        virtualenv that user cannot read (a home directory), every worker would die at once
+        and be restarted forever. This says so at startup instead (README, "TFTP worker
+        processes"): which path, which user, the fix.
+
+        Raises:
+            massboot.cli.StartupError: the probe could not run or failed.
+        """
+        from massboot.cli import StartupError
+
+        uid = os.geteuid()
+        try:
+            import pwd
+
+            user = f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+        except KeyError:
+            user = f"uid {uid}"
+        argv = self._argv(0) + ["--probe"]
+        try:
+            done = subprocess.run(argv, env=self._env(), capture_output=True, timeout=60,
+                                  start_new_session=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            said = getattr(exc, "strerror", None) or str(exc)
+        else:
+            if done.returncode == 0:
+                return
+            lines = [line for line in done.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+            said = lines[-1].strip() if lines else f"exit status {done.returncode}"
+        said = said if len(said) <= 300 else said[:297] + "..."
+        unreadable = _first_unreadable(self._needs())
+        where = f"{unreadable} is not readable by it" if unreadable else "it cannot run"
+        raise StartupError(
+            f"tftp: the worker processes ([tftpd] processes = {self.count}) cannot start as "
+            f"user {user}: {where} ({self._python} -m massboot.workers: {said}). Each worker "
+            f"is a new interpreter that reads massboot, its packages and {self._config.path} "
+            "as that user: install massboot where that user can read it (e.g. a virtualenv "
+            "under /opt, not a private home directory), make the path readable, or set "
+            "[tftpd] processes = 1")
+
+    def _needs(self) -> list[str]:
+        """What a worker reads as massboot's user: the interpreter, massboot, its packages,
+        the config file."""
+        import gevent as _gevent
+        import prometheus_client
+
+        paths = [self._python, os.path.join(_TOP, "massboot", "workers.py"),
+                 os.path.dirname(os.path.abspath(_gevent.__file__)),
+                 os.path.dirname(os.path.abspath(prometheus_client.__file__))]
+        return paths + [os.path.abspath(self._config.path)]
+
     # -- one worker ---------------------------------------------------------------------
-    def _command(self, worker: _Worker) -> list[str]:
+    def _argv(self, index: int) -> list[str]:
         argv = [self._python, "-m", "massboot.workers", "--config", self._config.path,
-                "--state-dir", self._config.state_dir, "--index", str(worker.index),
+                "--state-dir", self._config.state_dir, "--index", str(index),
                 "--count", str(self.count), "--address", self._address]
         return argv + (["--debug"] if self._debug else [])
 
+    def _command(self, worker: _Worker) -> list[str]:
+        return self._argv(worker.index)
+
+    @staticmethod
+    def _env() -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = _TOP + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        return env
+
     def _spawn(self, worker: _Worker) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = dict(os.environ)
-        top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = top + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env = self._env()
         env["MASSBOOT_WORKER_FDS"] = f"{worker.sock.fileno()},{theirs.fileno()}"
         try:
             worker.proc = subprocess.Popen(self._command(worker), env=env, close_fds=True,
@@ -475,6 +575,29 @@ class _WorkersCollector(Collector):
             events.add_metric(label, w.events)
             dropped.add_metric(label, w.dropped_before + int(w.status.get("dropped", 0)) + w.invalid)
         yield from (up, restarts, events, dropped)
+
+
+class _SingleCollector(Collector):
+    """``processes = 1``: the TFTP server in the massboot process is worker 0 (up while it
+    serves, never restarted: a dead TFTP server stops massboot), so the alerts and the
+    dashboard panel on the worker families work whatever ``processes`` is."""
+
+    def __init__(self, tftp: Any) -> None:
+        self._tftp = tftp
+
+    def collect(self) -> Iterator[Any]:
+        up = GaugeMetricFamily("massboot_tftp_worker_up", "1 while a TFTP worker process runs "
+                               "(README, TFTP worker processes).", labels=("worker",))
+        restarts = CounterMetricFamily("massboot_tftp_worker_restarts", "TFTP worker processes "
+                                       "started again after they died.", labels=("worker",))
+        up.add_metric(("0",), 1 if self._tftp.alive else 0)
+        restarts.add_metric(("0",), 0)
+        yield from (up, restarts)
+
+
+def single_collector(tftp: Any) -> Collector:
+    """The worker families of ``processes = 1`` (worker 0: the TFTP server of this process)."""
+    return _SingleCollector(tftp)
 
 
 def _exit_text(status: int) -> str:
@@ -667,14 +790,22 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--address", required=True)
     parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--probe", action="store_true",
+                        help="import what a worker imports, load the config, exit (TftpWorkers.probe)")
     args = parser.parse_args(argv)
-    listener_fd, channel_fd = (int(x) for x in os.environ["MASSBOOT_WORKER_FDS"].split(","))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         config = cfg.load(args.config, state_dir=args.state_dir)
     except (cfg.ConfigError, OSError) as exc:
         print(f"massboot tftp worker {args.index}: {args.config}: {exc}", file=sys.stderr)
         return 2
+    if args.probe:
+        import massboot.cli  # noqa: F401
+        import massboot.files  # noqa: F401
+        import massboot.files.mirror  # noqa: F401
+        import massboot.tftp.server  # noqa: F401
+        return 0
+    listener_fd, channel_fd = (int(x) for x in os.environ["MASSBOOT_WORKER_FDS"].split(","))
     setup_logging(config.logger, args.debug)
     listener = socket.socket(fileno=listener_fd)
     channel = socket.socket(fileno=channel_fd)

@@ -1,7 +1,8 @@
 """The mirror cache's directory: complete files, their metadata, LRU eviction.
 
 Each complete file is ``<key>.<token>.data`` with its metadata in ``<key>.<token>.json``; a
-download in progress is ``<key>.<token>.part``. The key is a hash of the URL, the token tells
+download in progress is ``<key>.<token>.part`` (and, when worker processes share the directory,
+its announced length in ``<key>.<token>.size``). The key is a hash of the URL, the token tells
 two generations of one URL apart. The index is rebuilt from the directory at startup, so
 complete files survive a restart; what a crash left behind is removed. One cache directory
 belongs to one massboot; its TFTP worker processes share it (``[tftpd] processes``): each keeps
@@ -43,7 +44,8 @@ from massboot.config import ConfigError, default_cache_dir
 from massboot.files.local import blocking, open_cloexec
 from massboot.sources import client_text
 
-__all__ = ["CacheDir", "Entry", "FlightLocks", "Missing", "cache_key", "default_cache_dir"]
+__all__ = ["CacheDir", "Entry", "FlightLocks", "Missing", "SharedMissing", "cache_key",
+           "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ def _open_sized(path: str, size: int) -> int:
 
 
 _KEY = re.compile(r"[0-9a-f]{32}")
-_CACHE_NAME = re.compile(r"^([0-9a-f]{32})\.([0-9a-f]{12})\.(data|json|part|jtmp)$")
+_CACHE_NAME = re.compile(r"^([0-9a-f]{32})\.([0-9a-f]{12})\.(data|json|part|jtmp|size|stmp)$")
 
 
 def cache_key(url: str) -> str:
@@ -73,6 +75,20 @@ def _write_json(path: str, tmp: str, meta: dict[str, Any]) -> None:
                    encoding="utf-8") as f:
         json.dump(meta, f)
     os.replace(tmp, path)
+
+
+def _write_size(path: str, tmp: str, size: int) -> None:
+    fd = open_cloexec(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, b"%d\n" % size)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)       # readers see no file or the whole number, never a part of it
+
+
+def _read_size(path: str) -> str:
+    with open(path, encoding="ascii") as f:
+        return f.read(32)
 
 
 def check_private(path: str) -> None:
@@ -189,16 +205,90 @@ class Missing:
         del self._until[url]
         return False
 
-    def add(self, url: str) -> None:
-        """Remember that *url* is missing for ``ttl`` seconds from now."""
+    def add(self, url: str, ttl: float | None = None) -> None:
+        """Remember that *url* is missing for ``ttl`` seconds from now (or *ttl*, at most
+        ``ttl``: what is left of another process's answer, :class:`SharedMissing`)."""
         now = self._clock()
         self._until.pop(url, None)
-        self._until[url] = now + self.ttl
+        self._until[url] = now + (self.ttl if ttl is None else min(ttl, self.ttl))
         while self._until:
             oldest, until = next(iter(self._until.items()))
             if until > now and len(self._until) <= self.limit:
                 break
             del self._until[oldest]
+
+
+class SharedMissing:
+    """The mirror's 404/410 answers shared by the processes of one cache directory
+    (``[tftpd] processes``, README "TFTP worker processes"): one empty file per URL key in
+    ``missing/``, its modification time the moment of the answer, so each missing name is asked
+    of the mirror once per *ttl* for all the workers, not once per worker.
+
+    A process that gets a 404 marks the key before it lets go of the key's flight lock; one
+    that takes the lock looks here before it downloads (:meth:`remaining`). A marker expires as
+    :class:`Missing`'s entries do (*ttl* seconds; one "from the future" counts as expired), a
+    successful download clears it, and every ``PRUNE_EVERY`` marks of one process remove the
+    expired ones and, beyond *limit*, the oldest: the directory holds at most about
+    ``limit + PRUNE_EVERY`` per process. Names are URL hashes, never client text. Every call is
+    a few system calls on a local directory; callers on the hub run them in the thread pool.
+    """
+
+    PRUNE_EVERY = 64
+
+    def __init__(self, directory: str, ttl: float, limit: int = 4096,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.dir = os.path.join(directory, "missing")
+        self.ttl = ttl
+        self.limit = limit
+        self._clock = clock
+        self._marks = 0
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.dir, key)
+
+    def mark(self, key: str) -> None:
+        """The mirror answered 404 for *key*'s URL now. Blocking."""
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        now = self._clock()
+        os.close(open_cloexec(self._path(key), os.O_WRONLY | os.O_CREAT, 0o600))
+        os.utime(self._path(key), (now, now))
+        self._marks += 1
+        if self._marks % self.PRUNE_EVERY == 0:
+            self.prune()
+
+    def remaining(self, key: str) -> float:
+        """Seconds *key*'s URL is still known missing (0: not, or no longer). Blocking."""
+        try:
+            marked = os.stat(self._path(key)).st_mtime
+        except OSError:
+            return 0.0
+        left = marked + self.ttl - self._clock()
+        return left if 0 < left <= self.ttl else 0.0
+
+    def clear(self, key: str) -> None:
+        """*key*'s URL was downloaded: no longer missing. Blocking."""
+        _unlink_quietly(self._path(key))
+
+    def prune(self) -> None:
+        """Remove the expired markers, then the oldest beyond ``limit``. Blocking."""
+        try:
+            names = [n for n in os.listdir(self.dir) if _KEY.fullmatch(n)]
+        except OSError:
+            return
+        now = self._clock()
+        alive: list[tuple[float, str]] = []
+        for name in names:
+            try:
+                marked = os.stat(self._path(name)).st_mtime
+            except OSError:
+                continue
+            if 0 < marked + self.ttl - now <= self.ttl:
+                alive.append((marked, name))
+            else:
+                _unlink_quietly(self._path(name))
+        alive.sort()
+        for _marked, name in alive[:max(0, len(alive) - self.limit)]:
+            _unlink_quietly(self._path(name))
 
 
 def _unlink_quietly(*paths: str) -> None:
@@ -339,14 +429,37 @@ class CacheDir:
         self.evict()
         self._freed()
 
-    def create_part(self, key: str, token: str) -> int:
-        """Create the ``.part`` file of a download; its descriptor, read-write."""
+    def create_part(self, key: str, token: str, size: int | None = None) -> int:
+        """Create the ``.part`` file of a download; its descriptor, read-write.
+
+        When processes share the directory and the mirror said the length (*size*,
+        ``Content-Length``), it is written first, atomically, next to the part
+        (``<key>.<token>.size``): the other processes' clients that stream the part get their
+        ``tsize`` from it (:meth:`part_size`). It goes when the part is filed or discarded.
+        """
+        if self.flight is not None and size is not None:
+            blocking(_write_size, self.path(key, token, "size"), self.path(key, token, "stmp"), size)
         return blocking(open_cloexec, self.path(key, token, "part"),
                         os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
 
+    def part_size(self, key: str, token: str) -> int | None:
+        """The length another process's download in flight announced (see :meth:`create_part`),
+        or None: none written (no ``Content-Length``), gone (filed or failed meanwhile), or not
+        a number within ``max_bytes`` (never trusted beyond what fits the cache). Blocking."""
+        try:
+            text = _read_size(self.path(key, token, "size"))
+        except (OSError, ValueError):
+            return None
+        text = text.strip()
+        if not text.isdigit() or len(text) > 20:
+            return None
+        size = int(text)
+        return size if size <= self.max_bytes else None
+
     def discard_part(self, key: str, token: str) -> None:
-        """Remove a failed download's ``.part`` file (in the background)."""
-        _discard(self.path(key, token, "part"))
+        """Remove a failed download's ``.part`` file and its announced size (in the background)."""
+        _discard(self.path(key, token, "part"), self.path(key, token, "size"),
+                 self.path(key, token, "stmp"))
 
     def add(self, key: str, token: str, url: str, size: int, etag: str | None,
             last_modified: str | None) -> Entry | None:
@@ -364,8 +477,10 @@ class CacheDir:
         except OSError as exc:
             log.warning("download of %s not cached: %s", client_text(url), exc)
             _discard(self.path(key, token, "part"), self.path(key, token, "data"),
-                     self.path(key, token, "jtmp"))
+                     self.path(key, token, "jtmp"), self.path(key, token, "size"))
             return None
+        if self.flight is not None:     # the announced length: filed, so no longer in flight
+            blocking(_unlink_quietly, self.path(key, token, "size"))
         old = self._index.get(key)
         if old is not None:
             self.drop(old)

@@ -171,7 +171,7 @@ class Download:
             self.last_modified = resp.headers.get("Last-Modified")
             if length:
                 reserve(length)
-            fd = cache.create_part(self.key, self.token)
+            fd = cache.create_part(self.key, self.token, length)
             self.fd = Fd(fd)
             self.headers.set()
             raw = resp.raw

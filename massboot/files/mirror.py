@@ -37,7 +37,7 @@ import requests
 
 from massboot.config import ConfigError
 from massboot.events import EventBus
-from massboot.files.cache import CacheDir, Entry, FlightLocks, Missing, cache_key
+from massboot.files.cache import CacheDir, Entry, FlightLocks, Missing, SharedMissing, cache_key
 from massboot.files.download import Download, StreamSource, upstream_error
 from massboot.files.local import BufferedSource, Fd, LocalFiles, blocking, open_cloexec
 from massboot.sources import FileError, FileReason, Source, client_text
@@ -73,6 +73,16 @@ def _open_part(directory: str, key: str) -> tuple[str, int] | None:
         except OSError:
             continue
     return None
+
+
+def _announced(cache: CacheDir, key: str) -> int | None:
+    """The length announced for *key*'s newest ``.part`` (another process's download in
+    flight, :meth:`CacheDir.part_size`), or None. Blocking."""
+    part = _open_part(cache.dir, key)
+    if part is None:
+        return None
+    os.close(part[1])
+    return cache.part_size(key, part[0])
 
 
 class Mirror:
@@ -113,6 +123,9 @@ class Mirror:
         self._events = events
         self._inflight: dict[str, Download] = {}    # url → download
         self._missing = Missing(min(revalidate_after, NEGATIVE_TTL), MISSING_MAX, clock)
+        # processes sharing the directory share the 404s too: one GET per missing name for all
+        self._shared_missing = SharedMissing(cache.dir, self._missing.ttl, MISSING_MAX) \
+            if shared else None
         self._closed = False
         self.max_downloads = max_downloads
         self.active = 0                              # downloads holding a slot
@@ -163,6 +176,9 @@ class Mirror:
                 if self._flight is not None:
                     lock = self._lead(url)
                     if lock is None:    # another process filed it meanwhile: look again
+                        if url in self._missing:     # or the mirror told it 404
+                            self._count("hit", url, None)
+                            raise FileError(FileReason.NOT_FOUND, "File not found")
                         continue
                 dl = self._start(url, entry, lock)
             kind = "miss" if started else "coalesced"
@@ -255,8 +271,8 @@ class Mirror:
         flight, key = self._flight, cache_key(url)
         assert flight is not None
         lock = blocking(flight.try_lock, key)
-        if lock is None:        # another process downloads it
-            return entry.size if entry is not None else None
+        if lock is None:        # another process downloads it: the length it announced, if any
+            return entry.size if entry is not None else blocking(_announced, self.cache, key)
         try:
             adopted = blocking(self.cache.adopt, url)
         except BaseException:
@@ -265,6 +281,9 @@ class Mirror:
         if adopted is not None:
             flight.unlock(key, lock)
             return adopted.size
+        if self._known_missing(url, key):
+            flight.unlock(key, lock)
+            return None
         self._start(url, entry, lock)
         if entry is not None:
             return entry.size
@@ -314,17 +333,18 @@ class Mirror:
                 except BaseException:
                     flight.unlock(key, lock)
                     raise
-                if adopted is not None:
+                if adopted is not None or self._known_missing(url, key):
                     flight.unlock(key, lock)
                     return None
                 return lock
             # another process downloads it: read its .part file as it grows, once there is one
             part = blocking(_open_part, self.cache.dir, key)
             if part is not None:
+                announced = blocking(self.cache.part_size, key, part[0])
                 if url in self._inflight or self._closed:
                     os.close(part[1])
                 else:
-                    self._follow(url, *part)
+                    self._follow(url, *part, announced)
                 return None
             if self._closed:
                 raise FileError(FileReason.UPSTREAM, "upstream failed: server stopping")
@@ -332,13 +352,30 @@ class Mirror:
                 raise FileError(FileReason.UPSTREAM, "upstream failed: stalled")
             gevent.sleep(FLIGHT_POLL)
 
-    def _follow(self, url: str, token: str, fd: int) -> None:
+    def _known_missing(self, url: str, key: str) -> bool:
+        """Whether another process got a 404 for *url* within the negative TTL (then it is
+        remembered here too, for what is left of it)."""
+        shared = self._shared_missing
+        if shared is None:
+            return False
+        try:
+            left = blocking(shared.remaining, key)
+        except OSError:
+            return False
+        if left <= 0:
+            return False
+        self._missing.add(url, left)
+        return True
+
+    def _follow(self, url: str, token: str, fd: int, size: int | None = None) -> None:
         """Serve another process's download in flight from its ``.part`` file (*fd*): a
         :class:`Download` in :attr:`_inflight` that :meth:`_watch` moves along, so that this
-        process's readers stream it as the downloader's own do (its size is known once it is
-        complete)."""
+        process's readers stream it as the downloader's own do. Its *size* is the length the
+        downloader announced (the mirror's ``Content-Length``, :meth:`CacheDir.part_size`), so
+        the clients get their ``tsize`` at once; without one, it is known once complete."""
         dl = Download(url, None)
         dl.token = token
+        dl.size = size
         dl.fd = Fd(fd)
         dl.headers.set()
         self._inflight[url] = dl
@@ -354,6 +391,8 @@ class Mirror:
         try:
             while True:
                 size = os.fstat(dl.fd.fd).st_size
+                if dl.size is not None and size > dl.size:    # more than the mirror said
+                    raise FileError(FileReason.UPSTREAM, "upstream failed: longer than announced")
                 if size > dl.received:
                     dl.received, since = size, time.monotonic()
                     dl.notify()
@@ -364,7 +403,8 @@ class Mirror:
                     finally:
                         flight.unlock(dl.key, lock)
                     final = os.fstat(dl.fd.fd).st_size
-                    if entry is None or entry.token != dl.token or entry.size != final:
+                    if entry is None or entry.token != dl.token or entry.size != final or (
+                            dl.size is not None and final != dl.size):
                         raise FileError(FileReason.UPSTREAM, "upstream failed")
                     dl.received = dl.size = final
                     dl.complete = True
@@ -494,9 +534,26 @@ class Mirror:
             if not dl.done:
                 self._fail(dl, FileError(FileReason.UPSTREAM, "upstream failed"))
             lock = self._flight_fds.pop(dl.url, None)
-            if lock is not None and self._flight is not None:
-                self._flight.unlock(dl.key, lock)   # filed (or failed), metadata written: others look
-            self._end(dl)
+            try:
+                if lock is not None and self._shared_missing is not None:
+                    self._share_answer(dl)      # before the lock goes: who takes it next sees it
+            finally:
+                if lock is not None and self._flight is not None:
+                    self._flight.unlock(dl.key, lock)   # filed (or failed), metadata written: others look
+                self._end(dl)
+
+    def _share_answer(self, dl: Download) -> None:
+        """A 404 marks the URL missing for the other processes; a filed file clears it."""
+        shared = self._shared_missing
+        assert shared is not None
+        try:
+            if dl.error is not None and dl.error.reason is FileReason.NOT_FOUND:
+                blocking(shared.mark, dl.key)
+            elif dl.complete:
+                blocking(shared.clear, dl.key)
+        except OSError as exc:
+            log.warning("cache: the answer for %s not shared with the other workers: %s",
+                        client_text(dl.url), exc)
 
     def _received(self, size: int) -> None:
         self.upstream_bytes += size

@@ -920,3 +920,37 @@ def test_downloads_beyond_max_downloads_wait_then_are_refused(mirror, make_store
     wait_until(lambda: store.downloads_active == 0)
     assert drain(store.open("c", IP)) == b"c" * 100_000
     assert mirror.peak <= 2
+
+
+def test_shared_cache_size_and_tsize_of_another_process_download(mirror, make_store):
+    """Two stores sharing one cache directory, as two TFTP worker processes do (flight locks
+    are per open file, so they exclude each other in one process too): while the first
+    downloads a file held at 1 MiB, the second's size() (DHCP option 13, the parent's
+    prefetch) and its stream source (tsize) give the mirror's Content-Length, and it reads
+    the whole file; the mirror is asked once."""
+    body = os.urandom(3 << 20)
+    mirror.files["vmlinuz"] = body
+    mirror.hold_at = 1 << 20
+    first = make_store(mirror.root, shared=True)
+    second = make_store(mirror.root, shared=True)
+    src = first.open("vmlinuz", "10.0.0.1")
+    try:
+        assert src.size == len(body)
+        deadline = time.monotonic() + 10
+        while mirror.sent < 1 << 20:
+            assert time.monotonic() < deadline
+            gevent.sleep(0.05)
+        assert second.size("vmlinuz", "10.0.0.2") == len(body)     # no prefetch of its own
+        other = second.open("vmlinuz", "10.0.0.2")
+        try:
+            assert other.size == len(body)
+            reader = gevent.spawn(drain, other)
+            gevent.sleep(0.3)
+            mirror.gate.set()
+            assert reader.get(timeout=20) == body
+        finally:
+            other.close()
+        assert drain(src) == body
+    finally:
+        src.close()
+    assert len(mirror.gets("vmlinuz")) == 1, mirror.requests

@@ -39,6 +39,7 @@ import requests
 
 from tests.conftest import require, require_tool
 from tests.loopback.test_metrics import FILES, HOST, Rack, boot_rack, wait_for
+from tests.loopback.test_workers import pids, server  # noqa: F401  (server: a fixture)
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "10m", "$instance": ".+"}
@@ -295,3 +296,48 @@ def test_prometheus_evaluates_every_dashboard_and_alert_expression(prometheus_ra
     assert prom.scalar("massboot_tftp_transfers_completed_total") == rack.value(
         "massboot_tftp_transfers_completed_total")
     assert prom.scalar('massboot_dhcp_replies_sent_total{type="ack"}') == 3
+
+
+def test_worker_alerts_fire_for_a_dying_worker(server, tmp_path: Path) -> None:  # noqa: F811
+    """``[tftpd] processes = 2`` scraped by the real Prometheus: a worker killed again each time
+    it comes back (its restart delay doubles) sets off MassbootTftpWorkerRestarting (no for:,
+    firing) and MassbootTftpWorkerDown (for: 1m, pending) for that worker only, and the new
+    dashboard panels' expressions have data for both workers."""
+    require_tool("prometheus")
+    mb, _dhcp, _tftp, metrics, _payload = server
+    prom = Prometheus(tmp_path, metrics)
+    try:
+        wait_for(prom.ready, timeout=60, what="prometheus ready")
+        wait_for(lambda: prom.scalar('count(massboot_tftp_worker_up{job="massboot"} == 1)') == 2,
+                 timeout=30, what="both workers scraped up")
+        killed: set[int] = set()
+
+        def alerts() -> dict[str, dict[str, str]]:
+            found = requests.get(prom.url + "/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+            return {a["labels"]["alertname"]: {**a["labels"], "state": a["state"]} for a in found
+                    if a["labels"]["alertname"].startswith("MassbootTftpWorker")}
+
+        def kill_and_look() -> bool:
+            pid = pids(mb).get(1)
+            if pid is not None and pid not in killed:
+                killed.add(pid)
+                os.kill(pid, signal.SIGKILL)
+            active = alerts()
+            time.sleep(0.2)
+            return {"MassbootTftpWorkerRestarting", "MassbootTftpWorkerDown"} <= set(active)
+
+        wait_for(kill_and_look, timeout=45, what="the worker alerts active")
+        active = alerts()
+        assert active["MassbootTftpWorkerRestarting"]["worker"] == "1"
+        assert active["MassbootTftpWorkerRestarting"]["state"] == "firing"
+        assert active["MassbootTftpWorkerDown"]["worker"] == "1"
+        assert active["MassbootTftpWorkerDown"]["state"] == "pending"     # for: 1m not elapsed
+        for title, expr in dashboard_expressions():
+            if "TFTP worker" in title:
+                result = prom.query(grafana_to_promql(expr))["data"]["result"]
+                assert {r["metric"]["worker"] for r in result} == {"0", "1"}, (title, result)
+        assert prom.scalar('massboot_tftp_worker_restarts_total{worker="0"}') == 0
+    finally:
+        prom.stop()
+        wait_for(lambda: pids(mb).get(1) not in killed, timeout=60,
+                 what="worker 1 back")

@@ -180,7 +180,14 @@ def test_two_workers_steer_by_source_cap_sum_and_resolve_filters(server):
 
     # steering: every transfer of one source address lands in worker (address mod 2)
     sources = [f"127.0.0.{n}" for n in range(1, 9)]
+    finished = 2
     for worker in (0, 1):
+        # a client is done at its last DATA, the worker at the last ACK: every earlier
+        # transfer's tftp.done must be in before the count starts
+        deadline = time.monotonic() + 5
+        while metric(scrape(metrics), "massboot_tftp_transfers_completed_total") < finished:
+            assert time.monotonic() < deadline, mb.log
+            time.sleep(0.05)
         before = worker_events(metrics)
         group = [ip for ip in sources if worker_of(ip) == worker]
         jobs = [gevent.spawn(download, ip, tftp, "1m.bin") for ip in group for _ in range(2)]
@@ -195,6 +202,7 @@ def test_two_workers_steer_by_source_cap_sum_and_resolve_filters(server):
             time.sleep(0.1)
         assert delta[worker] == 2 * len(jobs), (delta, mb.log)     # tftp.start + tftp.done each
         assert delta[1 - worker] == 0, delta
+        finished += len(jobs)
 
     # one view: the parent's counters hold every worker's transfers
     text = scrape(metrics)
@@ -383,3 +391,105 @@ def test_group_bound_in_index_order_and_a_refused_program_named(monkeypatch):
     with pytest.raises(OSError) as err:
         workers.reuseport_group("127.0.0.1", 0, 2)
     assert "SO_ATTACH_REUSEPORT_CBPF" in str(err.value) and "processes = 1" in str(err.value)
+
+
+def oack(src: str, port: int, name: str, timeout: float = WAIT) -> tuple[socket.socket, dict[str, str]]:
+    """An RRQ from *src* asking blksize and tsize; the socket (the transfer left running) and
+    the options of the OACK."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((src, 0))
+    sock.settimeout(timeout)
+    sock.sendto(Request(Opcode.RRQ, name, "octet", {"blksize": "1428", "tsize": "0"}).encode(),
+                ("127.0.0.1", port))
+    reply = decode(sock.recvfrom(65536)[0])
+    assert isinstance(reply, OptionAck), reply
+    return sock, dict(reply.options)
+
+
+def two_workers_on(mirror: Mirror, tmp_path: Path, tftpd: str = "http_timeout = 10"
+                   ) -> tuple[Running, int, int]:
+    """massboot -t with processes = 2 on *mirror*; (running, tftp port, metrics port)."""
+    (tmp_path / "files").mkdir(exist_ok=True)
+    dhcp, tftp, metrics = free_port(), free_port(), free_port(socket.SOCK_STREAM)
+    path = tmp_path / "massboot.ini"
+    path.write_text(CONFIG.format(dhcp=dhcp, tftp=tftp, metrics=metrics, root=mirror.root,
+                                  tftpd=tftpd))
+    mb = Running("-t", "-c", str(path))
+    deadline = time.monotonic() + 20
+    while mb.log.count("tftp listening on 127.0.0.1") < 3:
+        assert mb.proc.poll() is None and time.monotonic() < deadline, mb.log
+        time.sleep(0.05)
+    return mb, tftp, metrics
+
+
+def stop(mb: Running) -> None:
+    mb.proc.send_signal(signal.SIGTERM)
+    code = mb.exit_code()
+    mb.close()
+    assert code == 0, mb.log
+
+
+def test_tsize_of_a_download_in_flight_in_the_other_worker(tmp_path):
+    """A client of the worker that does not download the file asks tsize while the other
+    worker's download is held at 1 MiB: it gets the mirror's Content-Length (the downloader's
+    announced length next to its .part), then the whole file."""
+    mirror = Mirror()
+    body = os.urandom(3 << 20)
+    mirror.files["kernel"] = body
+    mirror.hold_at = 1 << 20
+    mb, tftp, _metrics = two_workers_on(mirror, tmp_path)
+    try:
+        leader, follower = "127.0.0.2", "127.0.0.3"        # worker 0 downloads, worker 1 follows
+        assert (worker_of(leader), worker_of(follower)) == (0, 1)
+        first, options = oack(leader, tftp, "kernel")
+        assert options["tsize"] == str(len(body))            # the downloader's own client
+        deadline = time.monotonic() + 10
+        while mirror.sent < 1 << 20:
+            assert time.monotonic() < deadline, mb.log
+            gevent.sleep(0.05)
+        second, options = oack(follower, tftp, "kernel")
+        assert options["tsize"] == str(len(body)), (options, mb.log)
+        assert mirror.sent < len(body)                       # still in flight when it asked
+        second.close()
+        first.close()
+        job = gevent.spawn(download, follower, tftp, "kernel", timeout=30)
+        gevent.sleep(0.5)
+        mirror.gate.set()
+        assert job.get(timeout=40) == body
+        assert len(mirror.gets("kernel")) == 1, mirror.requests
+    finally:
+        stop(mb)
+        mirror.stop()
+
+
+def not_found(src: str, port: int, name: str) -> bool:
+    """Whether an RRQ from *src* for *name* is answered ERROR 1 (File not found)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((src, 0))
+        sock.settimeout(WAIT)
+        sock.sendto(Request(Opcode.RRQ, name, "octet", {"tsize": "0"}).encode(), ("127.0.0.1", port))
+        reply = decode(sock.recvfrom(65536)[0])
+    return isinstance(reply, Error) and reply.code == ErrorCode.FILE_NOT_FOUND
+
+
+def test_a_404_is_asked_of_the_mirror_once_for_both_workers(tmp_path):
+    """PXELINUX's config probes that do not exist: the first worker's 404 is shared through the
+    cache directory, so the other worker's clients get File not found without a GET of their
+    own (README, "TFTP worker processes")."""
+    mirror = Mirror()
+    mb, tftp, _metrics = two_workers_on(mirror, tmp_path)
+    try:
+        names = [f"pxelinux.cfg/01-52-54-00-00-0b-{n:02x}" for n in range(3)]
+        for name in names:
+            for src in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):   # 0, 1, 0, 1
+                assert not_found(src, tftp, name), mb.log
+            assert len(mirror.gets(name)) == 1, (name, mirror.requests)
+        markers = os.listdir(tmp_path / "state" / "cache" / "missing")
+        assert len(markers) == len(names) and all(re.fullmatch(r"[0-9a-f]{32}", m) for m in markers)
+        # a file that appears is found once the negative answer expired (not within it)
+        mirror.files[names[0]] = b"default local\n"
+        assert not_found("127.0.0.3", tftp, names[0])
+        assert len(mirror.gets(names[0])) == 1
+    finally:
+        stop(mb)
+        mirror.stop()

@@ -81,3 +81,74 @@ def test_load_keeps_another_processs_download_in_flight(tmp_path):
     again.flight = FlightLocks(str(cache_dir))
     again.load()
     assert not part.exists()          # nobody downloads it any more: a leftover
+
+
+def test_the_announced_length_of_a_part_bounded_and_gone_once_filed(tmp_path):
+    """create_part writes the download's Content-Length next to its .part (processes sharing
+    the directory): another process reads it for its clients' tsize, never more than the cache
+    holds, never garbage; filing or discarding the part removes it, load() removes a leftover."""
+    from massboot.files.cache import CacheDir
+
+    cache = CacheDir(str(tmp_path / "cache"), max_bytes=10 << 20, revalidate_after=60)
+    cache.flight = FlightLocks(cache.dir)
+    cache.load()
+    fd = cache.create_part(KEY, "a" * 12, 5 << 20)
+    os.close(fd)
+    assert cache.part_size(KEY, "a" * 12) == 5 << 20
+    assert cache.part_size(KEY, "b" * 12) is None                 # another generation: none
+    sidecar = cache.path(KEY, "a" * 12, "size")
+    for planted in (b"11534336\n", b"-1\n", b"12abc\n", b"", b"9" * 40):   # > max_bytes, garbage
+        with open(sidecar, "wb") as f:
+            f.write(planted)
+        assert cache.part_size(KEY, "a" * 12) is None, planted
+    with open(sidecar, "wb") as f:
+        f.write(b"3\n")
+    with open(cache.path(KEY, "a" * 12, "part"), "wb") as f:
+        f.write(b"abc")
+    assert cache.add(KEY, "a" * 12, "http://mirror.example/vmlinuz", 3, None, None) is not None
+    assert not os.path.exists(sidecar)                            # filed: no longer in flight
+    os.close(cache.create_part(KEY, "c" * 12, 7))
+    cache.discard_part(KEY, "c" * 12)
+    import gevent
+    gevent.sleep(0.1)                                             # discarded in the background
+    assert not os.path.exists(cache.path(KEY, "c" * 12, "size"))
+    os.close(cache.create_part(KEY, "d" * 12, 7))                 # a crash's leftover: removed
+    again = CacheDir(cache.dir, max_bytes=10 << 20, revalidate_after=60)
+    again.flight = FlightLocks(cache.dir)
+    again.load()
+    assert sorted(os.listdir(cache.dir)) == sorted(
+        [f"{KEY}.{'a' * 12}.data", f"{KEY}.{'a' * 12}.json"])
+    plain = CacheDir(str(tmp_path / "plain"), max_bytes=10 << 20, revalidate_after=60)
+    plain.load()
+    os.close(plain.create_part(KEY, "e" * 12, 7))                 # one process: nothing written
+    assert os.listdir(plain.dir) == [f"{KEY}.{'e' * 12}.part"]
+
+
+def test_shared_missing_expires_clears_and_stays_bounded(tmp_path):
+    """The 404s shared by the workers: a marker holds for ttl seconds from its answer (a
+    "future" one not at all), a download clears it, and pruning keeps the newest `limit`."""
+    from massboot.files.cache import SharedMissing
+
+    now = [1_000_000.0]
+    shared = SharedMissing(str(tmp_path), ttl=30.0, limit=5, clock=lambda: now[0])
+    assert shared.remaining(KEY) == 0
+    shared.mark(KEY)
+    now[0] += 10
+    assert shared.remaining(KEY) == 20.0
+    other = SharedMissing(str(tmp_path), ttl=30.0, limit=5, clock=lambda: now[0])
+    assert other.remaining(KEY) == 20.0                      # another process sees it
+    now[0] += 20
+    assert other.remaining(KEY) == 0                         # expired, as Missing's entries
+    shared.mark(KEY)
+    other.clear(KEY)                                         # downloaded meanwhile
+    assert shared.remaining(KEY) == 0
+    shared.mark(KEY)
+    os.utime(os.path.join(shared.dir, KEY), (now[0] + 3600, now[0] + 3600))
+    assert shared.remaining(KEY) == 0                        # from the future: not trusted
+    keys = [cache_key(f"http://mirror.example/{n}") for n in range(SharedMissing.PRUNE_EVERY)]
+    fresh = SharedMissing(str(tmp_path), ttl=30.0, limit=5, clock=lambda: now[0])
+    for key in keys:
+        now[0] += 0.01
+        fresh.mark(key)                                     # the 64th mark prunes
+    left = set(os.listdir(fresh.dir))
+    assert left == set(keys[-5:]), len(left)                 # the newest 5; the future one gone
