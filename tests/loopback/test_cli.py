@@ -35,8 +35,10 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
 class Running:
     """A massboot subprocess whose stderr is collected line by line as it comes."""
 
-    def __init__(self, *argv: str, prefix: tuple[str, ...] = ("-m", "massboot")) -> None:
-        self.proc = subprocess.Popen([sys.executable, *prefix, *argv], cwd=REPO, env=ENV,
+    def __init__(self, *argv: str, prefix: tuple[str, ...] = ("-m", "massboot"),
+                 python: str = sys.executable, cwd: str | os.PathLike[str] = REPO,
+                 env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen([python, *prefix, *argv], cwd=cwd, env=ENV if env is None else env,
                                      stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

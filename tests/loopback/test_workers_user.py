@@ -23,7 +23,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from tests.loopback.test_cli import REPO, free_port
+from tests.loopback.test_cli import REPO, Running, free_port
 from tests.loopback.test_workers import download, metric, pids, scrape, worker_of
 
 CONFIG = """
@@ -90,33 +89,20 @@ def install_copy(dest: Path) -> None:
             shutil.copy2(top, dest / top.name)
 
 
-class Server:
+class Server(Running):
     """massboot run by the system interpreter from *copy*, stderr collected as it comes."""
 
     def __init__(self, copy: Path, config: Path) -> None:
-        python = os.path.realpath(sys.executable)     # the base interpreter, not the venv's
         env = dict(os.environ, PYTHONPATH=str(copy))
         env.pop("VIRTUAL_ENV", None)
-        self.proc = subprocess.Popen([python, "-m", "massboot", "-t", "-c", str(config)], cwd=copy,
-                                     env=env, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:  # type: ignore[union-attr]
-            self.lines.append(line)
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
+        # the base interpreter, not the venv's
+        super().__init__("-t", "-c", str(config), python=os.path.realpath(sys.executable), cwd=copy,
+                         env=env)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=30)
-        self._reader.join(timeout=5)
-        return code
+        return self.exit_code(timeout=30)
 
 
 @pytest.fixture
