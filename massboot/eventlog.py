@@ -71,39 +71,61 @@ class EventRecord(logging.LogRecord):
     def __init__(self, origin: _Origin, level: int, msg: str, args: tuple[Any, ...],
                  kind: str) -> None:   # noqa: D107 (a LogRecord; no super().__init__ on purpose)
         created = time.time()
-        self.name = origin.logger.name
+        # the attributes that are the same for every line of an origin and level in this
+        # process, set in one step from a dict made once (see _constants)
+        constants = _TEMPLATES.get((origin, level, _pid))
+        if constants is None:
+            constants = _constants(origin, level)
+        self.__dict__.update(constants)
         self.msg = msg
         self.args = args
-        self.levelname = _LEVEL_NAMES.get(level) or logging.getLevelName(level)
-        self.levelno = level
-        self.pathname = origin.path
-        self.filename = origin.filename
-        self.module = origin.module
-        self.exc_info = None
-        self.exc_text = None
-        self.stack_info = None
-        self.lineno = 0
-        self.funcName = None
         self.created = created
         self.msecs = int((created - int(created)) * 1000) + 0.0
         self.relativeCreated = (created - logging._startTime) * 1000
-        if logging.logThreads:
-            self.thread: int | None = threading.get_ident()
-            self.threadName: str | None = threading.current_thread().name
-        else:
-            self.thread = self.threadName = None
-        self.processName = None
-        if logging.logMultiprocessing:
-            self.processName = "MainProcess"
-            mp = sys.modules.get("multiprocessing")
-            if mp is not None:
-                try:
-                    self.processName = mp.current_process().name
-                except Exception:      # pragma: no cover (as logging does)
-                    pass
-        self.process = os.getpid() if logging.logProcesses else None
-        self.taskName = None            # Python 3.12's field
+        if logging.logThreads:      # the greenlet's, under gevent's monkey-patching
+            self.thread = threading.get_ident()
+            self.threadName = threading.current_thread().name
         self.event = kind
+
+
+#: the constant attributes of an EventRecord, by (origin, level, process): a handful
+_TEMPLATES: dict[tuple[Any, ...], dict[str, Any]] = {}
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+    _TEMPLATES.clear()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def _constants(origin: _Origin, level: int) -> dict[str, Any]:
+    """What :class:`logging.LogRecord` sets alike for every record of *origin* at *level* in
+    this process, in its order."""
+    process_name = None
+    if logging.logMultiprocessing:
+        process_name = "MainProcess"
+        mp = sys.modules.get("multiprocessing")
+        if mp is not None:
+            try:
+                process_name = mp.current_process().name
+            except Exception:      # pragma: no cover (as logging does)
+                pass
+    constants = {
+        "name": origin.logger.name, "msg": None, "args": None,
+        "levelname": _LEVEL_NAMES.get(level) or logging.getLevelName(level), "levelno": level,
+        "pathname": origin.path, "filename": origin.filename, "module": origin.module,
+        "exc_info": None, "exc_text": None, "stack_info": None, "lineno": 0, "funcName": None,
+        "created": 0.0, "msecs": 0.0, "relativeCreated": 0.0,
+        "thread": None, "threadName": None,
+        "processName": process_name, "process": os.getpid() if logging.logProcesses else None,
+        "taskName": None,             # Python 3.12's field
+    }
+    _TEMPLATES[(origin, level, _pid)] = constants
+    return constants
 
 
 def _quoted(value: Any, limit: int = 32) -> str:

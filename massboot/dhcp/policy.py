@@ -262,8 +262,7 @@ def _pxe_options(packet: BootpPacket, boot: BootInfo) -> list[tuple[int, bytes]]
     vendor_class = packet.vendor_class or ""
     if vendor_class.startswith("PXEClient"):
         options.append((Opt.VENDOR_CLASS, b"PXEClient"))
-    options.append((Opt.VENDOR_SPECIFIC,
-                    encode_suboptions([(PXE_DISCOVERY_CONTROL, u8(PXE_USE_BOOTFILE))])))
+    options.append(_USE_BOOTFILE)
     uuid_opt = packet.option(Opt.CLIENT_UUID)
     if uuid_opt is not None:
         options.append((Opt.CLIENT_UUID, uuid_opt))
@@ -278,6 +277,34 @@ def _pxe_options(packet: BootpPacket, boot: BootInfo) -> list[tuple[int, bytes]]
     return options
 
 
+#: option 43 of a PXE reply: discovery control "use the boot file of this reply" (PXE 2.1 §2.4.5)
+_USE_BOOTFILE = (Opt.VENDOR_SPECIFIC, encode_suboptions([(PXE_DISCOVERY_CONTROL, u8(PXE_USE_BOOTFILE))]))
+
+
+@functools.lru_cache(maxsize=64)
+def _head_options(msgtype: MessageType, server_ip: str) -> tuple[tuple[int, bytes], ...]:
+    """Options 53 and 54 of a reply (RFC 2132 §9.6, §9.7)."""
+    return (Opt.MESSAGE_TYPE, u8(msgtype)), (Opt.SERVER_ID, ip_bytes(server_ip))
+
+
+@functools.lru_cache(maxsize=64)
+def _net_options(netmask: str, router: str | None, dns: tuple[str, ...]) -> tuple[tuple[int, bytes], ...]:
+    """Options 1, 3 and 6 of a scope (RFC 2132 §3.3, §3.5, §3.8: DNS one option, 4×N bytes)."""
+    options = [(Opt.SUBNET_MASK, ip_bytes(netmask))]
+    if router:
+        options.append((Opt.ROUTER, ip_bytes(router)))
+    if dns:
+        options.append((Opt.DNS, ips_bytes(dns)))
+    return tuple(options)
+
+
+@functools.lru_cache(maxsize=64)
+def _lease_options(lease_time: int) -> tuple[tuple[int, bytes], ...]:
+    """Options 51, 58 and 59 (RFC 2132 §9.2, §9.11, §9.12): T1 half, T2 7/8 of the lease."""
+    return ((Opt.LEASE_TIME, u32(lease_time)), (Opt.RENEWAL_T1, u32(lease_time // 2)),
+            (Opt.REBINDING_T2, u32(lease_time * 7 // 8)))
+
+
 def build_reply(request: BootpPacket, msgtype: MessageType | None, *, yiaddr: str, net: Network,
                 boot: BootInfo | None, pxe: bool, hostname: str | None = None,
                 message: str | None = None, domain: str | None = None,
@@ -290,29 +317,23 @@ def build_reply(request: BootpPacket, msgtype: MessageType | None, *, yiaddr: st
     client, whose *boot* file is a URL (option 60 ``HTTPClient`` and option 67 instead of the
     PXE options; the ``file`` field carries the URL only when it fits whole).
     """
-    options: list[tuple[int, bytes]] = []
-    if msgtype is not None:
-        options.append((Opt.MESSAGE_TYPE, u8(msgtype)))
-        options.append((Opt.SERVER_ID, ip_bytes(net.server_ip)))
+    # the option runs that are the same for every reply of a scope come encoded from caches
+    # keyed by their values (issue #14): a reload that changes a value makes a new key, so a
+    # stale run cannot be served
+    options: list[tuple[int, bytes]] = [] if msgtype is None else list(_head_options(msgtype, net.server_ip))
     if msgtype == MessageType.NAK:
         if message:
             options.append((Opt.MESSAGE, message.encode("utf-8")[:255]))
         return BootpPacket(op=BOOTREPLY, xid=request.xid, htype=request.htype, hlen=request.hlen,
                            flags=request.flags, giaddr=request.giaddr, chaddr=request.chaddr,
                            options=tuple(options) + _relay_echo(request))
-    options.append((Opt.SUBNET_MASK, ip_bytes(net.netmask)))
-    if net.router:
-        options.append((Opt.ROUTER, ip_bytes(net.router)))
-    if net.dns:
-        options.append((Opt.DNS, ips_bytes(net.dns)))   # one option, 4×N bytes (RFC 2132 §3.8)
+    options += _net_options(net.netmask, net.router, net.dns)
     if hostname:
         options.append((Opt.HOSTNAME, hostname.encode("utf-8")[:255]))
     if domain and Opt.DOMAIN_NAME in request.requested_params:
         options.append((Opt.DOMAIN_NAME, domain.encode("utf-8")[:255]))   # RFC 2132 §3.17
-    if msgtype in (MessageType.OFFER, MessageType.ACK) and msgtype is not None and yiaddr != "0.0.0.0":
-        options.append((Opt.LEASE_TIME, u32(net.lease_time)))
-        options.append((Opt.RENEWAL_T1, u32(net.lease_time // 2)))
-        options.append((Opt.REBINDING_T2, u32(net.lease_time * 7 // 8)))
+    if (msgtype == MessageType.OFFER or msgtype == MessageType.ACK) and yiaddr != "0.0.0.0":
+        options += _lease_options(net.lease_time)
     file = boot.bootfile.encode("utf-8")[:127] if boot else b""
     if http and boot is not None:
         options.extend(_http_options(boot))
