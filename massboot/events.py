@@ -215,6 +215,12 @@ class EventBus:
             TypeError: a field :data:`FIELDS` requires is missing, or one it does not know
                 is given.
         """
+        return self.publish(kind, fields)
+
+    def publish(self, kind: EventKind | str, fields: dict[str, Any]) -> Event:
+        """:meth:`emit` with the fields as a dict made for this event, which the event keeps
+        (no copy): the DHCP exchange's records come this way (issue #14). Checked and raised
+        as :meth:`emit`."""
         spec = _SPECS.get(kind)
         if spec is None:
             raise ValueError(f"unknown event kind {kind!r}")

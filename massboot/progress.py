@@ -302,48 +302,50 @@ class ProgressTracker:
 
     # ------------------------------------------------------------------ DHCP
     def _dhcp_received(self, event: Event) -> None:
-        mac = event.get("mac")
+        f = event.fields        # read directly: a hot path (issue #14)
+        mac = f.get("mac")
         if not mac:
             return
         t = event.time
         record = self._touch(mac, t)
         assert record is not None
-        if event.get("uuid"):
-            record.uuid = event.get("uuid")
-        if event.get("arch") is not None:
-            record.arch = event.get("arch")
-        if event.get("msgtype") in ("discover", "bootp"):
+        if f.get("uuid"):
+            record.uuid = f.get("uuid")
+        if f.get("arch") is not None:
+            record.arch = f.get("arch")
+        if f.get("msgtype") in ("discover", "bootp"):
             record.discover_at = t
-            if event.get("pxe") is True and self._restarts(record, event):
+            if f.get("pxe") is True and self._restarts(record, event):
                 self._new_boot(record, t, t)
 
     def _dhcp_reply(self, event: Event) -> None:
-        mac = event.get("mac")
+        f = event.fields        # read directly: a hot path (issue #14)
+        mac = f.get("mac")
         if not mac:
             return
         t = event.time
         record = self._touch(mac, t)
         assert record is not None
-        msgtype = event.get("msgtype")
+        msgtype = f.get("msgtype")
         if msgtype == "nak":
             return
-        ip = event.get("ip")
+        ip = f.get("ip")
         if ip not in _NO_ADDRESS:
             self._set_ip(record, ip)
-        if event.get("arch") is not None:
-            record.arch = event.get("arch")
-        if event.get("uuid"):
-            record.uuid = event.get("uuid")
-        pxe = event.get("phase", "pxe" if event.get("pxe") else "os") == "pxe"
-        if event.get("proxy"):
+        if f.get("arch") is not None:
+            record.arch = f.get("arch")
+        if f.get("uuid"):
+            record.uuid = f.get("uuid")
+        pxe = f.get("phase", "pxe" if f.get("pxe") else "os") == "pxe"
+        if f.get("proxy"):
             record.proxy = True
         if pxe:
             if self._restarts(record, event):
                 started = record.discover_at if msgtype == "offer" and record.discover_at else t
                 self._new_boot(record, started, t)
             record.replied = True
-            if event.get("file"):
-                record.boot_file = event.get("file")
+            if f.get("file"):
+                record.boot_file = f.get("file")
             if record.phase in _BEFORE_LOADER:
                 if msgtype == "offer":
                     if record.phase == DISCOVERING:

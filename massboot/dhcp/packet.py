@@ -107,6 +107,10 @@ class MessageType(IntEnum):
     INFORM = 8
 
 
+#: option 53 values by number (RFC 2132 §9.6)
+_MESSAGE_TYPES: dict[int, MessageType] = {t.value: t for t in MessageType}
+
+
 class Opt(IntEnum):
     """DHCP/BOOTP option codes."""
 
@@ -376,10 +380,7 @@ class BootpPacket:
         value = self.option(Opt.MESSAGE_TYPE)
         if not value:
             return None
-        try:
-            return MessageType(value[0])
-        except ValueError:
-            return None
+        return _MESSAGE_TYPES.get(value[0])     # a lookup: an Enum call costs ten times more
 
     @property
     def requested_params(self) -> tuple[int, ...]:

@@ -723,8 +723,9 @@ class DhcpServer:
             sock.sendto(data, (dest.address, dest.port))
 
     def _emit(self, events: tuple[EventRecord, ...]) -> None:
+        publish = self.events.publish      # the exchange made each fields dict for its event
         for event in events:
-            self.events.emit(event.kind, **event.fields)
+            publish(event.kind, event.fields)
 
     # ------------------------------------------------------------------ for the TFTP side
     def reported(self, ip: str) -> bool:

@@ -17,7 +17,17 @@ import uuid as uuid_module
 
 from massboot.dhcp.exchange import Exchange, Outcome, Scope, Settings, classify
 from massboot.dhcp.leases import MemoryLeaseStore
-from massboot.dhcp.packet import BOOTREQUEST, FLAG_BROADCAST, BootpPacket, MessageType, Opt, encode, ip_bytes, u8
+from massboot.dhcp.packet import (
+    BOOTREQUEST,
+    FLAG_BROADCAST,
+    BootpPacket,
+    MessageType,
+    Opt,
+    decode,
+    encode,
+    ip_bytes,
+    u8,
+)
 from massboot.dhcp.policy import Network
 
 SERVER = "10.0.0.1"
@@ -40,7 +50,8 @@ def request(msgtype: int | None, mac: str, *, arch: int | None = None, ipxe: boo
     elif arch is not None:
         opts.append((Opt.VENDOR_CLASS, f"PXEClient:Arch:{arch:05d}:UNDI:002001".encode()))
     if arch is not None:
-        opts += [(Opt.CLIENT_ARCH, arch.to_bytes(2, "big")), (Opt.CLIENT_UUID, b"\0" + uuid_module.UUID(UUID).bytes)]
+        opts += [(Opt.CLIENT_ARCH, arch.to_bytes(2, "big")),
+                 (Opt.CLIENT_UUID, b"\0" + uuid_module.UUID(UUID).bytes)]
     if ipxe:
         opts.append((Opt.USER_CLASS, b"\x04iPXE"))
     if sid:
@@ -53,8 +64,10 @@ def request(msgtype: int | None, mac: str, *, arch: int | None = None, ipxe: boo
 
 def _settings(**overrides) -> Settings:
     values = dict(server_ip=SERVER, sname="massboot.local", allow_simple_dhcp=True,
-                  default_bootfile="pxelinux.0", bootfiles={7: "shimx64.efi", 16: "http://10.0.0.1/boot.efi"},
-                  ipxe_bootfile="boot.ipxe", domain_name="rack.example", bootfile_size=lambda name, ip: 40_000)
+                  default_bootfile="pxelinux.0",
+                  bootfiles={7: "shimx64.efi", 16: "http://10.0.0.1/boot.efi"},
+                  ipxe_bootfile="boot.ipxe", domain_name="rack.example",
+                  bootfile_size=lambda name, ip: 40_000)
     values.update(overrides)
     return Settings(**values)
 
@@ -102,7 +115,8 @@ def transcript() -> list[str]:
     relayed = dict(giaddr="10.9.0.1", hops=1, options=((Opt.RELAY_AGENT, AGENT),))
     offer = run("relayed-discover", request(D, "52:54:00:00:00:05", arch=0, **relayed),
                 source=("10.9.0.1", 67), scope=racks)
-    run("relayed-request", request(Q, "52:54:00:00:00:05", arch=0, want=offer.assigned, sid=SERVER, **relayed),
+    run("relayed-request",
+        request(Q, "52:54:00:00:00:05", arch=0, want=offer.assigned, sid=SERVER, **relayed),
         source=("10.9.0.1", 67), scope=racks)
     run("bootp", request(None, "52:54:00:00:00:06"))
     run("inform", request(INF, "52:54:00:00:00:01", ciaddr="10.0.0.77"), source=("10.0.0.77", 68))
@@ -136,8 +150,6 @@ def test_a_reload_changes_the_cached_option_runs() -> None:
     run keyed by the old values is not served."""
     line = next(line for line in transcript() if line.startswith("reloaded-discover "))
     reply = bytes.fromhex(line.split(" ")[2])
-    from massboot.dhcp.packet import decode
-
     packet = decode(reply)
     assert packet.option(Opt.SUBNET_MASK) == ip_bytes("255.255.0.0")
     assert packet.option(Opt.ROUTER) == ip_bytes("10.0.0.253")
