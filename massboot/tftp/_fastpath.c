@@ -37,6 +37,7 @@
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -54,12 +55,6 @@
 #define CHUNK (16 << 10)  /* bytes a lane reads ahead: one preadv2 per ~11 blocks of 1428 */
 #define K_VAR 4.0         /* RFC 6298 section 2, as in transfer.py */
 #define GRANULARITY 0.001
-/* A lane restarts its timer (a Python call into gevent) at most once per this share of its
- * period. In a storm a client ACKs every few milliseconds and the period is at least
- * 0.8 * timeout_min (16 ms by default): at 1/4 nearly every block paid a restart (0.92 calls
- * per block measured, 500 clients); at 1/2 every second one, and an early firing (no ACK for
- * half a period, then a Python re-arm) stays rare. */
-#define AGAIN_SHARE 0.5
 
 /* -- ReadTransfer members, by offset ------------------------------------------------------ */
 
@@ -82,6 +77,9 @@ static PyTypeObject *transfer_type = NULL;
 static unsigned long long total_blocks = 0;   /* blocks sent by lanes, all dispatchers */
 static unsigned long long total_handoffs = 0; /* datagrams lanes handed to Python */
 static unsigned long long total_would_block = 0; /* block reads the page cache could not answer */
+static unsigned long long total_timer_arms = 0;  /* timerfd_settime calls, all dispatchers */
+static unsigned long long total_timer_fires = 0; /* timer wake-ups */
+static unsigned long long total_expired = 0;     /* lanes whose deadline passed: Python's timer */
 
 #define MEMBER(obj, f) (*(PyObject **)((char *)(obj) + offsets[f]))
 
@@ -157,18 +155,62 @@ static inline double monotonic(void)
     return (double)ns / 1e9;
 }
 
+/* -- Dispatcher state (its methods below) ---------------------------------------------------- */
+
+/* One timer for every lane of a dispatcher: a timerfd in its epoll set, armed for the earliest
+ * lane deadline (deadlines[fd], the transfer's _deadline as the lane last saw it). A lane's ACK
+ * moves its deadline in C, with no call out of C; the timerfd is re-armed only when a deadline
+ * moves before the time it is armed for. When it fires, each lane whose deadline passed (read
+ * again from its transfer: Python may have moved it) gets its Python timer callback, the same
+ * _Pump._on_timer the Python path's libev timer calls. */
+typedef struct Dispatcher {
+    PyObject_HEAD
+    int epfd;
+    int tfd;            /* the timerfd (in the epoll set), -1 when closed */
+    PyObject **table;   /* fd -> handler or Lane (strong references) */
+    double *deadlines;  /* fd -> a lane's deadline (INFINITY: none, or not a lane) */
+    double armed;       /* when the timerfd fires (INFINITY: disarmed) */
+    int cap;
+    int count;
+} Dispatcher;
+
+/* Fire the timer at *when* (CLOCK_MONOTONIC seconds, as monotonic() gives; INFINITY: never). */
+static void dispatcher_arm(Dispatcher *self, double when)
+{
+    self->armed = when;
+    if (self->tfd < 0)
+        return;
+    struct itimerspec spec;
+    memset(&spec, 0, sizeof(spec));
+    if (isfinite(when)) {
+        /* rounded up: once it fired, monotonic() >= when */
+        double ns = ceil(when * 1e9);
+        if (ns < 1.0)
+            ns = 1.0;  /* 0 would disarm */
+        spec.it_value.tv_sec = (time_t)(ns / 1e9);
+        spec.it_value.tv_nsec = (long)(ns - (double)spec.it_value.tv_sec * 1e9);
+        if (spec.it_value.tv_nsec < 0)
+            spec.it_value.tv_nsec = 0;
+        if (spec.it_value.tv_nsec >= 1000000000L) {
+            spec.it_value.tv_sec++;
+            spec.it_value.tv_nsec -= 1000000000L;
+        }
+        if (spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0)
+            spec.it_value.tv_nsec = 1;
+    }
+    total_timer_arms++;
+    (void)timerfd_settime(self->tfd, TFD_TIMER_ABSTIME, &spec, NULL);
+}
+
 /* -- Lane ---------------------------------------------------------------------------------- */
 
 typedef struct {
     PyObject_HEAD
     PyObject *transfer;   /* the ReadTransfer: the one owner of the state */
     PyObject *handoff;    /* handoff(size): the Python pump takes the datagram in its buffer */
-    PyObject *touch;      /* touch(): the pump re-arms its timer (a new watcher) */
-    PyObject *again;      /* the current timer's bound again(), or None */
-    PyObject *timer_cb;   /* the callback again() takes */
+    PyObject *timer;      /* timer(): the transfer's deadline passed (the pump's _on_timer) */
     Py_buffer buf;        /* the pump's receive buffer (held: it cannot be resized) */
-    double period;        /* the timer's repeat period */
-    double again_at;      /* when again() last restarted it (0: not since it was made) */
+    struct Dispatcher *owner; /* the dispatcher serving it (borrowed: it holds the lane), or NULL */
     int sock;             /* the transfer socket, connected to the client */
     int file;             /* the file's descriptor (pread only) */
     long long size;       /* the file's size: a block that would end beyond it is Python's */
@@ -187,19 +229,19 @@ static PyTypeObject LaneType;
 
 static int lane_init(Lane *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"transfer", "sock", "buf", "file", "size", "handoff", "touch", NULL};
-    PyObject *transfer, *buf, *handoff, *touch;
+    static char *kwlist[] = {"transfer", "sock", "buf", "file", "size", "handoff", "timer", NULL};
+    PyObject *transfer, *buf, *handoff, *timer;
     int sock, file;
     long long size;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiOiLOO", kwlist, &transfer, &sock, &buf, &file,
-                                     &size, &handoff, &touch))
+                                     &size, &handoff, &timer))
         return -1;
     if (transfer_type == NULL || !PyObject_TypeCheck(transfer, transfer_type)) {
         PyErr_SetString(PyExc_TypeError, "Lane needs a ReadTransfer of the class given to bind()");
         return -1;
     }
-    if (!PyCallable_Check(handoff) || !PyCallable_Check(touch)) {
-        PyErr_SetString(PyExc_TypeError, "handoff and touch must be callable");
+    if (!PyCallable_Check(handoff) || !PyCallable_Check(timer)) {
+        PyErr_SetString(PyExc_TypeError, "handoff and timer must be callable");
         return -1;
     }
     int ok = 1;
@@ -224,13 +266,11 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwds)
     }
     Py_INCREF(transfer);
     Py_INCREF(handoff);
-    Py_INCREF(touch);
+    Py_INCREF(timer);
     self->transfer = transfer;
     self->handoff = handoff;
-    self->touch = touch;
-    self->again = NULL;
-    self->timer_cb = NULL;
-    self->period = 0.0;
+    self->timer = timer;
+    self->owner = NULL;
     self->sock = sock;
     self->file = file;
     self->size = size;
@@ -248,9 +288,7 @@ static int lane_traverse(Lane *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->transfer);
     Py_VISIT(self->handoff);
-    Py_VISIT(self->touch);
-    Py_VISIT(self->again);
-    Py_VISIT(self->timer_cb);
+    Py_VISIT(self->timer);
     Py_VISIT(self->buf.obj);
     return 0;
 }
@@ -259,9 +297,7 @@ static int lane_clear(Lane *self)
 {
     Py_CLEAR(self->transfer);
     Py_CLEAR(self->handoff);
-    Py_CLEAR(self->touch);
-    Py_CLEAR(self->again);
-    Py_CLEAR(self->timer_cb);
+    Py_CLEAR(self->timer);
     if (self->buf.obj != NULL)
         PyBuffer_Release(&self->buf);
     return 0;
@@ -291,23 +327,36 @@ static void lane_dealloc(Lane *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *lane_set_timer(Lane *self, PyObject *args)
+/* The transfer's deadline as its `deadline` property gives it (INFINITY once finished). */
+static double lane_transfer_deadline(Lane *self)
 {
-    PyObject *again, *cb;
-    double period;
-    if (!PyArg_ParseTuple(args, "OOd", &again, &cb, &period))
-        return NULL;
-    if (again == Py_None) {
-        Py_CLEAR(self->again);
-        Py_CLEAR(self->timer_cb);
-    } else {
-        Py_INCREF(again);
-        Py_INCREF(cb);
-        Py_XSETREF(self->again, again);
-        Py_XSETREF(self->timer_cb, cb);
-    }
-    self->period = period;
-    self->again_at = 0.0;
+    PyObject *t = self->transfer;
+    if (t == NULL)
+        return INFINITY;
+    int ok = 1;
+    long long state = int_member(t, F_STATE, &ok);
+    double deadline = float_member(t, F_DEADLINE, &ok);
+    if (ok && state > SENDING)
+        return INFINITY;  /* _DONE, _FAILED */
+    if (!ok)  /* not a float (never, in ReadTransfer): at once, Python's timer decides */
+        return 0.0;
+    return deadline;
+}
+
+/* The lane's deadline is now *deadline*: the dispatcher's timer fires by then. */
+static inline void lane_schedule(Lane *self, double deadline)
+{
+    Dispatcher *d = self->owner;
+    if (d == NULL || self->sock < 0 || self->sock >= d->cap)
+        return;
+    d->deadlines[self->sock] = deadline;
+    if (deadline < d->armed)
+        dispatcher_arm(d, deadline);
+}
+
+static PyObject *lane_rearm(Lane *self, PyObject *unused)
+{
+    lane_schedule(self, lane_transfer_deadline(self));
     Py_RETURN_NONE;
 }
 
@@ -508,25 +557,8 @@ static int lane_ack(Lane *self, Py_ssize_t size)
     self->blocks += (unsigned long long)window;
     total_blocks += (unsigned long long)window;
 
-    /* progress: restart the timer from now (_Pump._touch), at most every AGAIN_SHARE of a
-     * period: it then fires no sooner than (1 - AGAIN_SHARE) of a period after the last ACK,
-     * never after the deadline
-     * (now + RTO >= now + period); an early firing finds the deadline moved and re-arms
-     * (_Pump._on_timer), so a lost ACK is still resent at its deadline */
-    if (self->again != NULL && rto >= self->period) {
-        if (now - self->again_at >= AGAIN_SHARE * self->period) {
-            PyObject *r = PyObject_CallOneArg(self->again, self->timer_cb);
-            if (r == NULL)
-                return -2;
-            Py_DECREF(r);
-            self->again_at = now;
-        }
-    } else {
-        PyObject *r = PyObject_CallNoArgs(self->touch);
-        if (r == NULL)
-            return -2;
-        Py_DECREF(r);
-    }
+    /* progress: the deadline moved to now + RTO (o_deadline); no call out of C */
+    lane_schedule(self, now + rto);
     return 1;
 }
 
@@ -544,8 +576,6 @@ static int lane_ready(Lane *self)
         int r = lane_ack(self, size);
         if (r == 1)
             return 0;
-        if (r == -2)
-            return -1;  /* the state moved: only the timer call failed; reported */
         if (r < 0)
             PyErr_WriteUnraisable((PyObject *)self);
     }
@@ -556,6 +586,8 @@ static int lane_ready(Lane *self)
         return -1;
     PyObject *r = PyObject_CallOneArg(self->handoff, arg);
     Py_DECREF(arg);
+    /* Python may have moved the deadline (without calling rearm()) */
+    lane_schedule(self, lane_transfer_deadline(self));
     if (r == NULL)
         return -1;
     Py_DECREF(r);
@@ -573,8 +605,8 @@ static PyObject *lane_get_handoffs(Lane *self, void *closure)
 }
 
 static PyMethodDef lane_methods[] = {
-    {"set_timer", (PyCFunction)lane_set_timer, METH_VARARGS,
-     "set_timer(again, callback, period): the timer restarted on progress (again=None: none)"},
+    {"rearm", (PyCFunction)lane_rearm, METH_NOARGS,
+     "rearm(): the transfer's deadline moved (Python): the dispatcher's timer fires by it"},
     {NULL}
 };
 
@@ -587,7 +619,7 @@ static PyGetSetDef lane_getset[] = {
 static PyTypeObject LaneType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "massboot.tftp._fastpath.Lane",
-    .tp_doc = "Lane(transfer, sock, buf, file, size, handoff, touch): one lock-step transfer",
+    .tp_doc = "Lane(transfer, sock, buf, file, size, handoff, timer): one lock-step transfer",
     .tp_basicsize = sizeof(Lane),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,
@@ -601,13 +633,6 @@ static PyTypeObject LaneType = {
 
 /* -- Dispatcher ------------------------------------------------------------------------------ */
 
-typedef struct {
-    PyObject_HEAD
-    int epfd;
-    PyObject **table;   /* fd -> handler or Lane (strong references) */
-    int cap;
-    int count;
-} Dispatcher;
 
 static int dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kwds)
 {
@@ -623,14 +648,27 @@ static int dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kwds)
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
+    self->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = self->tfd};
+    if (self->tfd < 0 || epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->tfd, &ev) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        if (self->tfd >= 0)
+            close(self->tfd);
+        close(self->epfd);
+        self->tfd = self->epfd = -1;
+        return -1;
+    }
+    self->armed = INFINITY;
     return 0;
 }
 
 static PyObject *dispatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     Dispatcher *self = (Dispatcher *)type->tp_alloc(type, 0);
-    if (self != NULL)
-        self->epfd = -1;
+    if (self != NULL) {
+        self->epfd = self->tfd = -1;
+        self->armed = INFINITY;
+    }
     return (PyObject *)self;
 }
 
@@ -639,11 +677,19 @@ static void dispatcher_clear_table(Dispatcher *self)
     PyObject **table = self->table;
     int cap = self->cap;
     self->table = NULL;
+    PyMem_Free(self->deadlines);
+    self->deadlines = NULL;
     self->cap = 0;
     self->count = 0;
+    if (self->armed != INFINITY)
+        dispatcher_arm(self, INFINITY);
     if (table != NULL) {
-        for (int i = 0; i < cap; i++)
+        for (int i = 0; i < cap; i++) {
+            if (table[i] != NULL && Py_IS_TYPE(table[i], &LaneType)
+                    && ((Lane *)table[i])->owner == self)
+                ((Lane *)table[i])->owner = NULL;
             Py_XDECREF(table[i]);
+        }
         PyMem_Free(table);
     }
 }
@@ -665,6 +711,8 @@ static void dispatcher_dealloc(Dispatcher *self)
 {
     PyObject_GC_UnTrack(self);
     dispatcher_clear_table(self);
+    if (self->tfd >= 0)
+        close(self->tfd);
     if (self->epfd >= 0)
         close(self->epfd);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -690,13 +738,23 @@ static PyObject *dispatcher_add(Dispatcher *self, PyObject *args)
         int cap = self->cap ? self->cap : 1024;
         while (cap <= fd)
             cap *= 2;
+        double *deadlines = PyMem_Realloc(self->deadlines, sizeof(double) * (size_t)cap);
+        if (deadlines == NULL)
+            return PyErr_NoMemory();
+        self->deadlines = deadlines;
         PyObject **table = PyMem_Realloc(self->table, sizeof(PyObject *) * (size_t)cap);
         if (table == NULL)
             return PyErr_NoMemory();
-        for (int i = self->cap; i < cap; i++)
+        for (int i = self->cap; i < cap; i++) {
             table[i] = NULL;
+            deadlines[i] = INFINITY;
+        }
         self->table = table;
         self->cap = cap;
+    }
+    if (Py_IS_TYPE(handler, &LaneType) && ((Lane *)handler)->owner != NULL) {
+        PyErr_SetString(PyExc_ValueError, "add(): this Lane is served by a dispatcher already");
+        return NULL;
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
     if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
@@ -706,6 +764,11 @@ static PyObject *dispatcher_add(Dispatcher *self, PyObject *args)
     Py_INCREF(handler);
     self->table[fd] = handler;
     self->count++;
+    if (Py_IS_TYPE(handler, &LaneType) && ((Lane *)handler)->sock == fd) {
+        Lane *lane = (Lane *)handler;
+        lane->owner = self;   /* its deadline is this dispatcher's timer's business */
+        lane_schedule(lane, lane_transfer_deadline(lane));
+    }
     return PyLong_FromLong(self->count);
 }
 
@@ -718,11 +781,59 @@ static PyObject *dispatcher_remove(Dispatcher *self, PyObject *arg)
         return PyLong_FromLong(self->count);
     PyObject *old = self->table[fd];
     self->table[fd] = NULL;
+    self->deadlines[fd] = INFINITY;  /* the timer may fire early once: nothing is due */
     self->count--;
+    if (Py_IS_TYPE(old, &LaneType) && ((Lane *)old)->owner == self)
+        ((Lane *)old)->owner = NULL;
     if (self->epfd >= 0)
         (void)epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL);  /* ENOENT/EBADF: already closed */
     Py_DECREF(old);
     return PyLong_FromLong(self->count);
+}
+
+/* The timerfd fired: every lane whose deadline passed gets its Python timer callback (which
+ * drains its socket first, then resends or gives up, as the Python path's timer); then the
+ * timer is armed for the earliest deadline left. */
+static void dispatcher_expire(Dispatcher *self)
+{
+    uint64_t expirations;
+    if (self->tfd < 0)
+        return;
+    total_timer_fires++;
+    (void)read(self->tfd, &expirations, sizeof(expirations));  /* EAGAIN: an early wake-up */
+    self->armed = INFINITY;  /* fired (or about to be re-armed below) */
+    double now = monotonic();
+    for (int fd = 0; fd < self->cap; fd++) {
+        /* a callback may end transfers, add others, grow or clear the table: re-read */
+        if (self->deadlines == NULL || self->deadlines[fd] > now)
+            continue;
+        PyObject *entry = self->table[fd];
+        if (entry == NULL || !Py_IS_TYPE(entry, &LaneType)) {
+            self->deadlines[fd] = INFINITY;
+            continue;
+        }
+        Lane *lane = (Lane *)entry;
+        double deadline = lane_transfer_deadline(lane);  /* Python may have moved it */
+        self->deadlines[fd] = deadline;
+        if (deadline > now || lane->timer == NULL)
+            continue;
+        total_expired++;
+        Py_INCREF(entry);
+        PyObject *r = PyObject_CallNoArgs(lane->timer);
+        if (r == NULL)  /* _on_timer never raises; a bug is reported, the others served */
+            PyErr_WriteUnraisable(entry);
+        Py_XDECREF(r);
+        if (lane->owner == self && self->table != NULL && fd < self->cap && self->table[fd] == entry)
+            self->deadlines[fd] = lane_transfer_deadline(lane);
+        Py_DECREF(entry);
+    }
+    double earliest = INFINITY;
+    for (int fd = 0; fd < self->cap; fd++) {
+        if (self->deadlines[fd] < earliest)
+            earliest = self->deadlines[fd];
+    }
+    if (earliest != self->armed)
+        dispatcher_arm(self, earliest);
 }
 
 static PyObject *dispatcher_on_ready(Dispatcher *self, PyObject *unused)
@@ -736,11 +847,16 @@ static PyObject *dispatcher_on_ready(Dispatcher *self, PyObject *unused)
             Py_RETURN_NONE;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    int timer = 0;
     for (int i = 0; i < n; i++) {
         /* a handler called before may have ended its transfer (a new socket may reuse the
          * number, the table may have grown, the dispatcher may be closed): look it up anew;
          * a stale wake-up finds nothing to read, harmlessly */
         int fd = events[i].data.fd;
+        if (fd == self->tfd && fd >= 0) {
+            timer = 1;  /* after the ACKs of this wake-up: an ACK served is not a timeout */
+            continue;
+        }
         if (fd < 0 || fd >= self->cap || self->table == NULL)
             continue;
         PyObject *entry = self->table[fd];
@@ -759,6 +875,8 @@ static PyObject *dispatcher_on_ready(Dispatcher *self, PyObject *unused)
             PyErr_WriteUnraisable(entry);
         Py_DECREF(entry);
     }
+    if (timer)
+        dispatcher_expire(self);
     Py_RETURN_NONE;
 }
 
@@ -770,6 +888,10 @@ static PyObject *dispatcher_fileno(Dispatcher *self, PyObject *unused)
 static PyObject *dispatcher_close(Dispatcher *self, PyObject *unused)
 {
     dispatcher_clear_table(self);
+    if (self->tfd >= 0) {
+        close(self->tfd);
+        self->tfd = -1;
+    }
     if (self->epfd >= 0) {
         close(self->epfd);
         self->epfd = -1;
@@ -821,7 +943,14 @@ static PyObject *fp_counters(PyObject *module, PyObject *unused)
     return Py_BuildValue("(KKK)", total_blocks, total_handoffs, total_would_block);
 }
 
+static PyObject *fp_timer_counters(PyObject *module, PyObject *unused)
+{
+    return Py_BuildValue("(KKK)", total_timer_arms, total_timer_fires, total_expired);
+}
+
 static PyMethodDef module_methods[] = {
+    {"timer_counters", fp_timer_counters, METH_NOARGS,
+     "(timer arms, timer wake-ups, lane deadlines that passed), process-wide"},
     {"bind", fp_bind, METH_O, "bind(ReadTransfer): find the member offsets lanes use"},
     {"counters", fp_counters, METH_NOARGS,
      "(blocks sent by lanes, datagrams lanes handed to Python, block reads that would have "

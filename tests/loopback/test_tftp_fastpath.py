@@ -382,10 +382,14 @@ def test_lane_updates_the_transfer_as_on_ack_all(tmp_path, window: int) -> None:
         python_side = ReadTransfer(read, blksize=8, windowsize=window, timeout_min=0.001,
                                    timeout_max=2.0, clock=lambda: now[0])
         handed: list[int] = []
-        touched: list[int] = []
+        timers: list[float] = []  # how late the dispatcher's timer called, past the deadline
+
+        def timer() -> None:
+            timers.append(time.monotonic() - lane_side.deadline)
+
         buf = bytearray(2048)
         lane = _fastpath.Lane(lane_side, server_end.fileno(), buf, fd, len(content),
-                              handed.append, lambda: touched.append(1))
+                              handed.append, timer)
         assert dispatcher.add(server_end.fileno(), lane) == 1
         lane_side.start()                              # the first window (no OACK): Python's
         assert lane_side.on_ack_all(window) is not None  # the first RTT sample: Python's
@@ -407,7 +411,9 @@ def test_lane_updates_the_transfer_as_on_ack_all(tmp_path, window: int) -> None:
             step((lane_side._next - 1) & 0xFFFF)
             steps += 1
         assert lane_side._next == 70_001 and steps == 70_000 // window - 2
-        assert len(touched) == steps and lane.blocks == steps * window  # no timer: touch()
+        assert lane.blocks == steps * window
+        # the timer (RTO 1 ms here) calls only once the deadline passed, never early
+        assert all(late >= 0.0 for late in timers), timers
         # the last (short) block is Python's: the ACK goes to the pump, nothing changed
         before = {name: getattr(lane_side, name) for name in _SCALARS}
         client_end.send(Ack(70_000 & 0xFFFF).encode())
