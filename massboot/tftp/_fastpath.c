@@ -8,21 +8,28 @@
  *   the gevent loop (on_ready() is its callback). It asks the set which sockets are ready
  *   (level-triggered, at most READY_MAX per wake-up) and serves each one: a plain callable is
  *   called (the Python handlers: strangers on a transfer's port, transfers the lane does not
- *   take), a Lane is served here.
+ *   take), a Lane is served here. One timerfd in the same set is the timer of all its lanes
+ *   (armed for the earliest deadline; a lane whose deadline passed gets the pump's Python
+ *   timer callback).
  *
  * Lane: one transfer (octet, windowsize up to MAX_WINDOW, a complete local file) in its
- *   common case: recv the client's datagram; when it is the ACK of everything sent, put the
- *   next full block into the transfer's window slot from the lane's read-ahead chunk (CHUNK
- *   bytes, refilled with preadv2(RWF_NOWAIT) from the page cache, never waiting), or, for a
- *   window (RFC 7440), read the next window's blocks into their slots with one preadv2; update
- *   the transfer's state exactly as ReadTransfer.on_ack_all (and its _fill) does, send (one
- *   sendmmsg for a window), restart the timer. The
- *   state stays in the ReadTransfer object (its __slots__, read and written here through the
- *   member offsets bind() found), so there is no second copy to drift. Anything else (another
- *   datagram, an ACK that is not the ACK of everything sent, the first RTT sample, a resent
- *   block, the last or a short block, a read the page cache cannot answer at once) is handed
- *   to the Python pump unchanged, with the datagram already in its buffer: the Python code
- *   decides exactly as it would have without the lane, since nothing was changed before.
+ *   common case: recv the client's datagram; when it is the ACK of everything sent, send the
+ *   next full block from the lane's read-ahead chunk (CHUNK bytes, refilled with
+ *   preadv2(RWF_NOWAIT) from the page cache, never waiting; header and chunk slice as two
+ *   iovecs, no copy), or, for a window (RFC 7440), read the next window's blocks into their
+ *   slots with one preadv2 and send them with one sendmmsg; update the transfer's state
+ *   exactly as ReadTransfer.on_ack_all (and its _fill) does, and move its deadline in the
+ *   dispatcher's timer: no Python object is touched per block. The running state lives in
+ *   the lane (plain C values, loaded from the ReadTransfer's __slots__ by member offset at
+ *   the first ACK it takes) and is written back into the ReadTransfer (lane_flush(), member
+ *   for member what on_ack_all would have left, the block in its slot) before Python can
+ *   look: a datagram handed to the pump, the timer's callback, remove() from the dispatcher
+ *   (the end of the exchange, a stall, shutdown), sync() (the pump's request_again). Anything
+ *   else (another datagram, an ACK that is not the ACK of everything sent, the first RTT
+ *   sample, a resent block, the last or a short block, a read the page cache cannot answer at
+ *   once) is handed to the Python pump unchanged, with the datagram already in its buffer:
+ *   the Python code decides exactly as it would have without the lane, since the transfer it
+ *   finds is the one on_ack_all would have left.
  *
  * No mmap: a file the operator truncates would SIGBUS the server; pread just returns less.
  */
@@ -223,6 +230,18 @@ typedef struct {
     long long chunk_cap;
     unsigned long long blocks;
     unsigned long long handoffs;
+    /* The running state, while `cached`: the transfer's members as on_ack_all would have left
+     * them (state _SENDING, eof False, last None, timeouts 0, stalled False, every resent
+     * False: the lane's invariants), kept here as plain C values so that an ACK touches no
+     * Python object. lane_flush() writes it back into the ReadTransfer before anything in
+     * Python can look (a handoff, the timer, remove(), sync()); the next ACK loads it again. */
+    int cached;
+    int slot_stale;       /* window 1: the slot lacks the block sent (it went from the chunk) */
+    long long c_next, c_base, c_high, c_offset, c_acked, c_sent;
+    double c_srtt, c_rttvar, c_rto, c_tmin, c_tmax, c_progress, c_deadline;
+    double c_sent_at[MAX_WINDOW];
+    char *c_data[MAX_WINDOW];   /* the slots' buffers, by slot (header + blksize) */
+    char c_header[4];           /* window 1: the DATA header sent with the chunk slice */
 } Lane;
 
 static PyTypeObject LaneType;
@@ -330,6 +349,8 @@ static void lane_dealloc(Lane *self)
 /* The transfer's deadline as its `deadline` property gives it (INFINITY once finished). */
 static double lane_transfer_deadline(Lane *self)
 {
+    if (self->cached)
+        return self->c_deadline;
     PyObject *t = self->transfer;
     if (t == NULL)
         return INFINITY;
@@ -354,44 +375,142 @@ static inline void lane_schedule(Lane *self, double deadline)
         dispatcher_arm(d, deadline);
 }
 
+/* Window 1: put the block last sent (header + chunk slice) into the slot, as on_ack_all's
+ * `buf[4:] = chunk` would have. The chunk still holds it: it is refilled only after this. */
+static void lane_materialize(Lane *self)
+{
+    if (!self->slot_stale)
+        return;
+    long long at = self->c_offset - self->blksize - self->chunk_start;
+    char *slot = self->c_data[0];
+    memcpy(slot, self->c_header, 4);
+    memcpy(slot + 4, self->chunk + at, (size_t)self->blksize);
+    self->slot_stale = 0;
+}
+
+/*
+ * Write the running state back into the ReadTransfer: member for member what on_ack_all
+ * would have produced. 0: done (or nothing cached); -1: no memory (a Python error; the state
+ * stays here and the lane goes on).
+ */
+static int lane_flush(Lane *self)
+{
+    if (!self->cached)
+        return 0;
+    PyObject *t = self->transfer;
+    long long window = self->window;
+    PyObject *sent_at = MEMBER(t, F_SENT_AT), *resent = MEMBER(t, F_RESENT);
+    PyObject *o_at[MAX_WINDOW];
+    int n_at = 0;
+    PyObject *o_base = PyLong_FromLongLong(self->c_base);
+    PyObject *o_high = PyLong_FromLongLong(self->c_high);
+    PyObject *o_next = PyLong_FromLongLong(self->c_next);
+    PyObject *o_offset = PyLong_FromLongLong(self->c_offset);
+    PyObject *o_acked = PyLong_FromLongLong(self->c_acked);
+    PyObject *o_sent = PyLong_FromLongLong(self->c_sent);
+    PyObject *o_progress = PyFloat_FromDouble(self->c_progress);
+    PyObject *o_srtt = PyFloat_FromDouble(self->c_srtt);
+    PyObject *o_rttvar = PyFloat_FromDouble(self->c_rttvar);
+    PyObject *o_rto = PyFloat_FromDouble(self->c_rto);
+    PyObject *o_deadline = PyFloat_FromDouble(self->c_deadline);
+    PyObject *o_zero = PyLong_FromLong(0);
+    int failed = !o_base || !o_high || !o_next || !o_offset || !o_acked || !o_sent
+        || !o_progress || !o_srtt || !o_rttvar || !o_rto || !o_deadline || !o_zero;
+    for (long long i = 0; i < window && !failed; i++) {
+        /* the same float object for equal instants, as _fill() shares `now` */
+        if (self->c_sent_at[i] == self->c_progress) {
+            Py_INCREF(o_progress);
+            o_at[n_at++] = o_progress;
+        } else {
+            o_at[n_at] = PyFloat_FromDouble(self->c_sent_at[i]);
+            failed = o_at[n_at++] == NULL;
+        }
+    }
+    if (failed) {
+        Py_XDECREF(o_base); Py_XDECREF(o_high); Py_XDECREF(o_next); Py_XDECREF(o_offset);
+        Py_XDECREF(o_acked); Py_XDECREF(o_sent); Py_XDECREF(o_progress); Py_XDECREF(o_srtt);
+        Py_XDECREF(o_rttvar); Py_XDECREF(o_rto); Py_XDECREF(o_deadline); Py_XDECREF(o_zero);
+        for (int i = 0; i < n_at; i++)
+            Py_XDECREF(o_at[i]);
+        return -1;
+    }
+    lane_materialize(self);
+    set_member(t, F_SRTT, o_srtt);
+    set_member(t, F_RTTVAR, o_rttvar);
+    set_member(t, F_RTO, o_rto);
+    set_member(t, F_BASE, o_base);
+    set_member(t, F_TIMEOUTS, o_zero);
+    set_member(t, F_BYTES_ACKED, o_acked);
+    Py_INCREF(Py_False);
+    set_member(t, F_STALLED, Py_False);
+    /* load checked both lists (PyList_CheckExact, length window); only the lane wrote since */
+    for (long long i = 0; i < window; i++) {
+        PyObject *old = PyList_GET_ITEM(resent, i);
+        Py_INCREF(Py_False);
+        PyList_SET_ITEM(resent, i, Py_False);
+        Py_DECREF(old);
+        old = PyList_GET_ITEM(sent_at, i);
+        PyList_SET_ITEM(sent_at, i, o_at[i]);
+        Py_DECREF(old);
+    }
+    set_member(t, F_HIGH, o_high);
+    set_member(t, F_OFFSET, o_offset);
+    set_member(t, F_BYTES_SENT, o_sent);
+    set_member(t, F_NEXT, o_next);
+    set_member(t, F_PROGRESS_AT, o_progress);
+    set_member(t, F_DEADLINE, o_deadline);
+    self->cached = 0;
+    return 0;
+}
+
+/* lane_flush() for the Python side; errors reported, never raised (the callers never fail). */
+static void lane_flush_or_report(Lane *self)
+{
+    if (lane_flush(self) < 0)
+        PyErr_WriteUnraisable((PyObject *)self);
+}
+
 static PyObject *lane_rearm(Lane *self, PyObject *unused)
 {
     lane_schedule(self, lane_transfer_deadline(self));
     Py_RETURN_NONE;
 }
 
-/*
- * The ACK in the buffer, as ReadTransfer.on_ack_all's lock-step path would take it.
- * 1: done (the next block is sent); 0: the Python pump must take it (nothing was changed);
- * -1: a Python error (nothing was changed either).
- */
-static int lane_ack(Lane *self, Py_ssize_t size)
+static PyObject *lane_sync(Lane *self, PyObject *unused)
 {
-    const unsigned char *buf = (const unsigned char *)self->buf.buf;
-    if (size != 4 || buf[0] != 0 || buf[1] != OP_ACK)
-        return 0;
-    long block = (long)buf[2] << 8 | buf[3];
+    if (lane_flush(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/*
+ * Load the running state from the transfer, when the ACK of everything sent may be the lane's:
+ * the checks on_ack_all's lock-step path (and _fill() for a window) imply. 1: loaded
+ * (`cached`); 0: the Python pump must take it (nothing was changed).
+ */
+static int lane_load(Lane *self)
+{
     PyObject *t = self->transfer;
     int ok = 1;
     long long state = int_member(t, F_STATE, &ok);
     long long number = int_member(t, F_NEXT, &ok);
     long long base = int_member(t, F_BASE, &ok);
-    if (!ok || state != SENDING || ((block - number + 1) & 0xFFFF) != 0 || number <= base)
-        return 0;  /* not the ACK of everything sent: on_ack()'s cases */
     long long high = int_member(t, F_HIGH, &ok);
     long long offset = int_member(t, F_OFFSET, &ok);
     long long bytes_acked = int_member(t, F_BYTES_ACKED, &ok);
     long long bytes_sent = int_member(t, F_BYTES_SENT, &ok);
     double srtt = float_member(t, F_SRTT, &ok);   /* None before the first sample */
     double rttvar = float_member(t, F_RTTVAR, &ok);
+    double rto = float_member(t, F_RTO, &ok);
     double tmin = float_member(t, F_TIMEOUT_MIN, &ok);
     double tmax = float_member(t, F_TIMEOUT_MAX, &ok);
+    double progress = float_member(t, F_PROGRESS_AT, &ok);
+    double deadline = float_member(t, F_DEADLINE, &ok);
     long long blksize = self->blksize;
     long long window = self->window;
-    long long span = window * blksize;  /* the next window: all new, all full blocks */
-    if (!ok || MEMBER(t, F_EOF) != Py_False || MEMBER(t, F_LAST) != Py_None || number <= high
-            || offset < 0 || offset + span > self->size || !self->nowait)
-        return 0;  /* a resend, the last block, or a short one: _fill() */
+    if (!ok || state != SENDING || number <= base || MEMBER(t, F_EOF) != Py_False
+            || MEMBER(t, F_LAST) != Py_None || number <= high || offset < 0)
+        return 0;  /* not sending new blocks: on_ack()'s and _fill()'s cases */
     PyObject *resent = MEMBER(t, F_RESENT), *sent_at = MEMBER(t, F_SENT_AT);
     PyObject *slots = MEMBER(t, F_SLOTS), *lengths = MEMBER(t, F_LENGTHS);
     PyObject *datagrams = MEMBER(t, F_DATAGRAMS);
@@ -405,37 +524,83 @@ static int lane_ack(Lane *self, Py_ssize_t size)
     Py_ssize_t acked_slot = (Py_ssize_t)((number - 1) % window);
     if (PyList_GET_ITEM(resent, acked_slot) != Py_False)
         return 0;  /* Karn's rule: no sample; rare, Python's */
-    PyObject *sent = PyList_GET_ITEM(sent_at, acked_slot);
-    if (!PyFloat_CheckExact(sent))
-        return 0;
-    /* every slot allocated and full-sized, its datagram view made (_store() would keep it) */
-    char *data[MAX_WINDOW];
     for (long long i = 0; i < window; i++) {
-        Py_ssize_t at = (Py_ssize_t)((number + i) % window);
-        PyObject *slot = PyList_GET_ITEM(slots, at);
-        PyObject *length = PyList_GET_ITEM(lengths, at);
+        PyObject *at = PyList_GET_ITEM(sent_at, i);
+        if (!PyFloat_CheckExact(at))
+            return 0;
+        self->c_sent_at[i] = PyFloat_AS_DOUBLE(at);
+    }
+    /* every slot allocated and full-sized, its datagram view made (_store() would keep it) */
+    for (long long i = 0; i < window; i++) {
+        PyObject *slot = PyList_GET_ITEM(slots, i);
+        PyObject *length = PyList_GET_ITEM(lengths, i);
         if (!PyByteArray_CheckExact(slot) || PyByteArray_GET_SIZE(slot) != 4 + blksize
-                || !PyLong_CheckExact(length) || PyList_GET_ITEM(datagrams, at) == Py_None)
+                || !PyLong_CheckExact(length) || PyList_GET_ITEM(datagrams, i) == Py_None)
             return 0;
         int overflow = 0;
         if (PyLong_AsLongLongAndOverflow(length, &overflow) != 4 + blksize) {
             PyErr_Clear();
             return 0;  /* a short last block's datagram */
         }
-        data[i] = PyByteArray_AS_STRING(slot);
+        self->c_data[i] = PyByteArray_AS_STRING(slot);
     }
+    self->c_next = number;
+    self->c_base = base;
+    self->c_high = high;
+    self->c_offset = offset;
+    self->c_acked = bytes_acked;
+    self->c_sent = bytes_sent;
+    self->c_srtt = srtt;
+    self->c_rttvar = rttvar;
+    self->c_rto = rto;
+    self->c_tmin = tmin;
+    self->c_tmax = tmax;
+    self->c_progress = progress;
+    self->c_deadline = deadline;
+    self->slot_stale = 0;
+    self->cached = 1;
+    return 1;
+}
+
+/*
+ * The ACK in the buffer, as ReadTransfer.on_ack_all's lock-step path would take it.
+ * 1: done (the next block is sent); 0: the Python pump must take it (nothing was changed in
+ * the running state: lane_flush() then gives the transfer as it was before this ACK).
+ */
+static int lane_ack(Lane *self, Py_ssize_t size)
+{
+    const unsigned char *buf = (const unsigned char *)self->buf.buf;
+    if (size != 4 || buf[0] != 0 || buf[1] != OP_ACK)
+        return 0;
+    long block = (long)buf[2] << 8 | buf[3];
+    if (!self->cached) {
+        /* cheap first: the ACK of everything sent (sent_all()) */
+        int ok = 1;
+        long long number = int_member(self->transfer, F_NEXT, &ok);
+        if (!ok || ((block - number + 1) & 0xFFFF) != 0 || !lane_load(self))
+            return 0;
+    }
+    long long number = self->c_next;
+    long long blksize = self->blksize;
+    long long window = self->window;
+    long long span = window * blksize;  /* the next window: all new, all full blocks */
+    long long offset = self->c_offset;
+    if (((block - number + 1) & 0xFFFF) != 0 || offset + span > self->size || !self->nowait)
+        return 0;  /* not the ACK of everything sent; the last block, or a short one: _fill() */
 
     if (window == 1) {
         /* The block from the read-ahead chunk, refilled from the page cache when it does not
          * hold it, or Python's (WouldBlock, the end, a truncated file): a chunk holds what the
-         * file held when it was read, as massboot.files' buffer does. The slot held the block
-         * just acknowledged: nothing needs it now. */
+         * file held when it was read, as massboot.files' buffer does. It is sent from the
+         * chunk (header and slice, two iovecs): the slot gets it only when Python may need
+         * it (lane_materialize()). */
         if (offset < self->chunk_start || offset + blksize > self->chunk_start + self->chunk_len) {
             if (self->chunk == NULL) {
                 self->chunk = PyMem_Malloc((size_t)self->chunk_cap);
                 if (self->chunk == NULL)
                     return 0;
             }
+            lane_materialize(self);  /* the block sent last leaves the chunk now */
             long long want = self->chunk_cap;
             if (want > self->size - offset)
                 want = self->size - offset;   /* >= blksize, checked above */
@@ -449,99 +614,78 @@ static int lane_ack(Lane *self, Py_ssize_t size)
                 return 0;
             }
         }
-        memcpy(data[0] + 4, self->chunk + (offset - self->chunk_start), (size_t)blksize);
     } else {
         /* RFC 7440: the whole next window in one preadv2, each block straight into its slot
          * (they held blocks this ACK acknowledges); anything short is Python's */
         struct iovec iov[MAX_WINDOW];
         for (long long i = 0; i < window; i++) {
-            iov[i].iov_base = data[i] + 4;
+            iov[i].iov_base = self->c_data[(number + i) % window] + 4;
             iov[i].iov_len = (size_t)blksize;
         }
         ssize_t got = preadv2(self->file, iov, (int)window, (off_t)offset, RWF_NOWAIT);
         if (got != span) {
             read_refused(self, got);
-            return 0;
+            return 0;  /* the slots hold other bytes now: Python's _fill() reads them again */
         }
     }
 
     double now = monotonic();
     /* RFC 6298 section 2 (on_ack_all's inline _sample(), the same operations in order) */
-    double rtt = now - PyFloat_AS_DOUBLE(sent);
+    double rtt = now - self->c_sent_at[(number - 1) % window];
     if (rtt < 0.0)
         rtt = 0.0;
+    double srtt = self->c_srtt, rttvar = self->c_rttvar;
     double err = srtt - rtt;
     rttvar = 0.75 * rttvar + 0.25 * (err >= 0.0 ? err : -err);
     srtt = 0.875 * srtt + 0.125 * rtt;
     double var = K_VAR * rttvar;
     double rto = srtt + (var > GRANULARITY ? var : GRANULARITY);
-    rto = rto < tmin ? tmin : rto > tmax ? tmax : rto;
-
-    /* every new object first: a failed allocation leaves the transfer as it was */
-    PyObject *o_base = PyLong_FromLongLong(number);
-    PyObject *o_high = PyLong_FromLongLong(number + window - 1);
-    PyObject *o_next = PyLong_FromLongLong(number + window);
-    PyObject *o_offset = PyLong_FromLongLong(offset + span);
-    PyObject *o_acked = PyLong_FromLongLong(bytes_acked + (number - base) * blksize);
-    PyObject *o_sent = PyLong_FromLongLong(bytes_sent + span);
-    PyObject *o_now = PyFloat_FromDouble(now);
-    PyObject *o_srtt = PyFloat_FromDouble(srtt);
-    PyObject *o_rttvar = PyFloat_FromDouble(rttvar);
-    PyObject *o_rto = PyFloat_FromDouble(rto);
-    PyObject *o_deadline = PyFloat_FromDouble(now + rto);
-    PyObject *o_zero = PyLong_FromLong(0);
-    if (!o_base || !o_high || !o_next || !o_offset || !o_acked || !o_sent || !o_now || !o_srtt
-            || !o_rttvar || !o_rto || !o_deadline || !o_zero) {
-        Py_XDECREF(o_base); Py_XDECREF(o_high); Py_XDECREF(o_next); Py_XDECREF(o_offset);
-        Py_XDECREF(o_acked); Py_XDECREF(o_sent); Py_XDECREF(o_now); Py_XDECREF(o_srtt);
-        Py_XDECREF(o_rttvar); Py_XDECREF(o_rto); Py_XDECREF(o_deadline); Py_XDECREF(o_zero);
-        return -1;
-    }
-    /* DATA headers, RFC 1350 section 5: block numbers wrap after 65535 */
-    for (long long i = 0; i < window; i++) {
-        long long n = number + i;
-        data[i][0] = 0;
-        data[i][1] = OP_DATA;
-        data[i][2] = (char)((n >> 8) & 0xFF);
-        data[i][3] = (char)(n & 0xFF);
-    }
+    rto = rto < self->c_tmin ? self->c_tmin : rto > self->c_tmax ? self->c_tmax : rto;
 
     /* the state, as on_ack_all (and _fill() for a window) leaves it */
-    set_member(t, F_SRTT, o_srtt);
-    set_member(t, F_RTTVAR, o_rttvar);
-    set_member(t, F_RTO, o_rto);
-    set_member(t, F_BASE, o_base);
-    set_member(t, F_TIMEOUTS, o_zero);
-    set_member(t, F_BYTES_ACKED, o_acked);
-    Py_INCREF(Py_False);
-    set_member(t, F_STALLED, Py_False);
-    for (long long i = 0; i < window; i++) {
-        Py_ssize_t at = (Py_ssize_t)((number + i) % window);
-        PyObject *old = PyList_GET_ITEM(resent, at);
-        Py_INCREF(Py_False);
-        PyList_SET_ITEM(resent, at, Py_False);
-        Py_DECREF(old);
-        old = PyList_GET_ITEM(sent_at, at);
-        Py_INCREF(o_now);
-        PyList_SET_ITEM(sent_at, at, o_now);
-        Py_DECREF(old);
-    }
-    set_member(t, F_HIGH, o_high);
-    set_member(t, F_OFFSET, o_offset);
-    set_member(t, F_BYTES_SENT, o_sent);
-    set_member(t, F_NEXT, o_next);
-    set_member(t, F_PROGRESS_AT, o_now);  /* the reference this function held */
-    set_member(t, F_DEADLINE, o_deadline);
+    self->c_srtt = srtt;
+    self->c_rttvar = rttvar;
+    self->c_rto = rto;
+    self->c_acked += (number - self->c_base) * blksize;
+    self->c_base = number;
+    self->c_high = number + window - 1;
+    self->c_offset = offset + span;
+    self->c_sent += span;
+    self->c_next = number + window;
+    self->c_progress = now;
+    self->c_deadline = now + rto;
+    for (long long i = 0; i < window; i++)
+        self->c_sent_at[i] = now;  /* every slot: the whole window is new */
 
-    /* a failed send is a loss: the timer resends (as _Pump does) */
+    /* DATA headers, RFC 1350 section 5: block numbers wrap after 65535; a failed send is a
+     * loss: the timer resends (as _Pump does) */
     if (window == 1) {
-        (void)send(self->sock, data[0], (size_t)(4 + blksize), MSG_DONTWAIT);
+        self->c_header[0] = 0;
+        self->c_header[1] = OP_DATA;
+        self->c_header[2] = (char)((number >> 8) & 0xFF);
+        self->c_header[3] = (char)(number & 0xFF);
+        struct iovec iov[2] = {
+            {self->c_header, 4},
+            {self->chunk + (offset - self->chunk_start), (size_t)blksize},
+        };
+        struct msghdr msg;
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_iov = iov;
+        msg.msg_iovlen = 2;
+        self->slot_stale = 1;
+        (void)sendmsg(self->sock, &msg, MSG_DONTWAIT);
     } else {
         struct mmsghdr msgs[MAX_WINDOW];
         struct iovec iov[MAX_WINDOW];
         memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)window);
         for (long long i = 0; i < window; i++) {
-            iov[i].iov_base = data[i];
+            long long n = number + i;
+            char *data = self->c_data[n % window];
+            data[0] = 0;
+            data[1] = OP_DATA;
+            data[2] = (char)((n >> 8) & 0xFF);
+            data[3] = (char)(n & 0xFF);
+            iov[i].iov_base = data;
             iov[i].iov_len = (size_t)(4 + blksize);
             msgs[i].msg_hdr.msg_iov = &iov[i];
             msgs[i].msg_hdr.msg_iovlen = 1;
@@ -557,8 +701,8 @@ static int lane_ack(Lane *self, Py_ssize_t size)
     self->blocks += (unsigned long long)window;
     total_blocks += (unsigned long long)window;
 
-    /* progress: the deadline moved to now + RTO (o_deadline); no call out of C */
-    lane_schedule(self, now + rto);
+    /* progress: the deadline moved to now + RTO; no call out of C */
+    lane_schedule(self, self->c_deadline);
     return 1;
 }
 
@@ -572,13 +716,10 @@ static int lane_ready(Lane *self)
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return 0;  /* a stale wake-up */
         size = -1;     /* an error reported late (ICMP): the pump's drain sees it again */
-    } else {
-        int r = lane_ack(self, size);
-        if (r == 1)
-            return 0;
-        if (r < 0)
-            PyErr_WriteUnraisable((PyObject *)self);
+    } else if (lane_ack(self, size)) {
+        return 0;
     }
+    lane_flush_or_report(self);  /* the transfer as it was before this datagram */
     self->handoffs++;
     total_handoffs++;
     PyObject *arg = PyLong_FromSsize_t(size);
@@ -605,6 +746,8 @@ static PyObject *lane_get_handoffs(Lane *self, void *closure)
 }
 
 static PyMethodDef lane_methods[] = {
+    {"sync", (PyCFunction)lane_sync, METH_NOARGS,
+     "sync(): write the running state back into the transfer (before Python reads it)"},
     {"rearm", (PyCFunction)lane_rearm, METH_NOARGS,
      "rearm(): the transfer's deadline moved (Python): the dispatcher's timer fires by it"},
     {NULL}
@@ -686,8 +829,10 @@ static void dispatcher_clear_table(Dispatcher *self)
     if (table != NULL) {
         for (int i = 0; i < cap; i++) {
             if (table[i] != NULL && Py_IS_TYPE(table[i], &LaneType)
-                    && ((Lane *)table[i])->owner == self)
+                    && ((Lane *)table[i])->owner == self) {
                 ((Lane *)table[i])->owner = NULL;
+                lane_flush_or_report((Lane *)table[i]);
+            }
             Py_XDECREF(table[i]);
         }
         PyMem_Free(table);
@@ -783,8 +928,10 @@ static PyObject *dispatcher_remove(Dispatcher *self, PyObject *arg)
     self->table[fd] = NULL;
     self->deadlines[fd] = INFINITY;  /* the timer may fire early once: nothing is due */
     self->count--;
-    if (Py_IS_TYPE(old, &LaneType) && ((Lane *)old)->owner == self)
+    if (Py_IS_TYPE(old, &LaneType) && ((Lane *)old)->owner == self) {
         ((Lane *)old)->owner = NULL;
+        lane_flush_or_report((Lane *)old);  /* the transfer is Python's again */
+    }
     if (self->epfd >= 0)
         (void)epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL);  /* ENOENT/EBADF: already closed */
     Py_DECREF(old);
@@ -819,6 +966,7 @@ static void dispatcher_expire(Dispatcher *self)
             continue;
         total_expired++;
         Py_INCREF(entry);
+        lane_flush_or_report(lane);
         PyObject *r = PyObject_CallNoArgs(lane->timer);
         if (r == NULL)  /* _on_timer never raises; a bug is reported, the others served */
             PyErr_WriteUnraisable(entry);

@@ -50,12 +50,14 @@ extension :mod:`massboot.tftp._fastpath` is built, its ``Dispatcher`` replaces
 :class:`_Dispatcher`, and an octet transfer of a complete local file (windowsize up to 64)
 runs as a ``Lane``: the C code receives the ACK of everything sent, reads the next full
 block (lock-step, from a 16 KiB read-ahead) or window (RFC 7440, one ``preadv2`` into the
-window's slots) with ``RWF_NOWAIT``, updates the :class:`ReadTransfer` members exactly as
-:meth:`ReadTransfer.on_ack_all` does, sends (``sendmmsg`` for a window) and moves the
-transfer's deadline in the dispatcher's one timer for all lanes (a ``timerfd`` in its epoll
-set), with no Python call per block. Anything else (another datagram, a duplicate ACK or
-one inside the window, the last block, a read the page cache cannot answer, a timeout) goes
-to the same Python code as without it.
+window's slots) with ``RWF_NOWAIT``, sends it (``sendmmsg`` for a window), keeps the running
+state in C and moves the transfer's deadline in the dispatcher's one timer for all lanes (a
+``timerfd`` in its epoll set): no Python call and no Python object per block. Before Python
+can look at the transfer (a datagram handed over, the timer's callback, the lane leaving the
+dispatcher, ``sync()``) the lane writes the state back into the :class:`ReadTransfer`
+members, exactly what :meth:`ReadTransfer.on_ack_all` would have left. Anything else
+(another datagram, a duplicate ACK or one inside the window, the last block, a read the page
+cache cannot answer, a timeout) goes to the same Python code as without it.
 
 Events (see :mod:`massboot.events`): ``tftp.start``, then ``tftp.done`` or ``tftp.fail``, with
 ``duration`` measured from the RRQ's arrival and ``ttfb`` from the RRQ's arrival to the moment
@@ -853,9 +855,11 @@ class _Pump:
     def request_again(self) -> None:
         """The client repeated its request (the listener saw it): resend the first answer if
         the transfer has not been ACKed yet (:meth:`ReadTransfer.on_request_again`)."""
+        lane = self._lane
         try:
+            if lane is not None:  # the running state back into the transfer first
+                lane.sync()  # type: ignore[attr-defined]
             self.send(self._transfer.on_request_again())
-            lane = self._lane
             if lane is not None:  # the deadline moved
                 lane.rearm()  # type: ignore[attr-defined]
         except BaseException:
