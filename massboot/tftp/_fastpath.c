@@ -8,21 +8,28 @@
  *   the gevent loop (on_ready() is its callback). It asks the set which sockets are ready
  *   (level-triggered, at most READY_MAX per wake-up) and serves each one: a plain callable is
  *   called (the Python handlers: strangers on a transfer's port, transfers the lane does not
- *   take), a Lane is served here.
+ *   take), a Lane is served here. One timerfd in the same set is the timer of all its lanes
+ *   (armed for the earliest deadline; a lane whose deadline passed gets the pump's Python
+ *   timer callback).
  *
  * Lane: one transfer (octet, windowsize up to MAX_WINDOW, a complete local file) in its
- *   common case: recv the client's datagram; when it is the ACK of everything sent, put the
- *   next full block into the transfer's window slot from the lane's read-ahead chunk (CHUNK
- *   bytes, refilled with preadv2(RWF_NOWAIT) from the page cache, never waiting), or, for a
- *   window (RFC 7440), read the next window's blocks into their slots with one preadv2; update
- *   the transfer's state exactly as ReadTransfer.on_ack_all (and its _fill) does, send (one
- *   sendmmsg for a window), restart the timer. The
- *   state stays in the ReadTransfer object (its __slots__, read and written here through the
- *   member offsets bind() found), so there is no second copy to drift. Anything else (another
- *   datagram, an ACK that is not the ACK of everything sent, the first RTT sample, a resent
- *   block, the last or a short block, a read the page cache cannot answer at once) is handed
- *   to the Python pump unchanged, with the datagram already in its buffer: the Python code
- *   decides exactly as it would have without the lane, since nothing was changed before.
+ *   common case: recv the client's datagram; when it is the ACK of everything sent, send the
+ *   next full block from the lane's read-ahead chunk (CHUNK bytes, refilled with
+ *   preadv2(RWF_NOWAIT) from the page cache, never waiting; header and chunk slice as two
+ *   iovecs, no copy), or, for a window (RFC 7440), read the next window's blocks into their
+ *   slots with one preadv2 and send them with one sendmmsg; update the transfer's state
+ *   exactly as ReadTransfer.on_ack_all (and its _fill) does, and move its deadline in the
+ *   dispatcher's timer: no Python object is touched per block. The running state lives in
+ *   the lane (plain C values, loaded from the ReadTransfer's __slots__ by member offset at
+ *   the first ACK it takes) and is written back into the ReadTransfer (lane_flush(), member
+ *   for member what on_ack_all would have left, the block in its slot) before Python can
+ *   look: a datagram handed to the pump, the timer's callback, remove() from the dispatcher
+ *   (the end of the exchange, a stall, shutdown), sync() (the pump's request_again). Anything
+ *   else (another datagram, an ACK that is not the ACK of everything sent, the first RTT
+ *   sample, a resent block, the last or a short block, a read the page cache cannot answer at
+ *   once) is handed to the Python pump unchanged, with the datagram already in its buffer:
+ *   the Python code decides exactly as it would have without the lane, since the transfer it
+ *   finds is the one on_ack_all would have left.
  *
  * No mmap: a file the operator truncates would SIGBUS the server; pread just returns less.
  */
@@ -37,6 +44,7 @@
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -54,12 +62,6 @@
 #define CHUNK (16 << 10)  /* bytes a lane reads ahead: one preadv2 per ~11 blocks of 1428 */
 #define K_VAR 4.0         /* RFC 6298 section 2, as in transfer.py */
 #define GRANULARITY 0.001
-/* A lane restarts its timer (a Python call into gevent) at most once per this share of its
- * period. In a storm a client ACKs every few milliseconds and the period is at least
- * 0.8 * timeout_min (16 ms by default): at 1/4 nearly every block paid a restart (0.92 calls
- * per block measured, 500 clients); at 1/2 every second one, and an early firing (no ACK for
- * half a period, then a Python re-arm) stays rare. */
-#define AGAIN_SHARE 0.5
 
 /* -- ReadTransfer members, by offset ------------------------------------------------------ */
 
@@ -82,6 +84,9 @@ static PyTypeObject *transfer_type = NULL;
 static unsigned long long total_blocks = 0;   /* blocks sent by lanes, all dispatchers */
 static unsigned long long total_handoffs = 0; /* datagrams lanes handed to Python */
 static unsigned long long total_would_block = 0; /* block reads the page cache could not answer */
+static unsigned long long total_timer_arms = 0;  /* timerfd_settime calls, all dispatchers */
+static unsigned long long total_timer_fires = 0; /* timer wake-ups */
+static unsigned long long total_expired = 0;     /* lanes whose deadline passed: Python's timer */
 
 #define MEMBER(obj, f) (*(PyObject **)((char *)(obj) + offsets[f]))
 
@@ -157,49 +162,111 @@ static inline double monotonic(void)
     return (double)ns / 1e9;
 }
 
+/* -- Dispatcher state (its methods below) ---------------------------------------------------- */
+
+/* One timer for every lane of a dispatcher: a timerfd in its epoll set, armed for the earliest
+ * lane deadline (deadlines[fd], the transfer's _deadline as the lane last saw it). A lane's ACK
+ * moves its deadline in C, with no call out of C; the timerfd is re-armed only when a deadline
+ * moves before the time it is armed for. When it fires, each lane whose deadline passed (read
+ * again from its transfer: Python may have moved it) gets its Python timer callback, the same
+ * _Pump._on_timer the Python path's libev timer calls. */
+typedef struct Dispatcher {
+    PyObject_HEAD
+    int epfd;
+    int tfd;            /* the timerfd (in the epoll set), -1 when closed */
+    PyObject **table;   /* fd -> handler or Lane (strong references) */
+    double *deadlines;  /* fd -> a lane's deadline (INFINITY: none, or not a lane) */
+    double armed;       /* when the timerfd fires (INFINITY: disarmed) */
+    int cap;
+    int count;
+} Dispatcher;
+
+/* Fire the timer at *when* (CLOCK_MONOTONIC seconds, as monotonic() gives; INFINITY: never). */
+static void dispatcher_arm(Dispatcher *self, double when)
+{
+    self->armed = when;
+    if (self->tfd < 0)
+        return;
+    struct itimerspec spec;
+    memset(&spec, 0, sizeof(spec));
+    if (isfinite(when)) {
+        /* rounded up: once it fired, monotonic() >= when */
+        double ns = ceil(when * 1e9);
+        if (ns < 1.0)
+            ns = 1.0;  /* 0 would disarm */
+        spec.it_value.tv_sec = (time_t)(ns / 1e9);
+        spec.it_value.tv_nsec = (long)(ns - (double)spec.it_value.tv_sec * 1e9);
+        if (spec.it_value.tv_nsec < 0)
+            spec.it_value.tv_nsec = 0;
+        if (spec.it_value.tv_nsec >= 1000000000L) {
+            spec.it_value.tv_sec++;
+            spec.it_value.tv_nsec -= 1000000000L;
+        }
+        if (spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0)
+            spec.it_value.tv_nsec = 1;
+    }
+    total_timer_arms++;
+    (void)timerfd_settime(self->tfd, TFD_TIMER_ABSTIME, &spec, NULL);
+}
+
 /* -- Lane ---------------------------------------------------------------------------------- */
 
+/* The fields an ACK touches come first, together (a storm touches each lane once per ACK,
+ * and the cache miss on its struct is most of the C module's cost): with the object header,
+ * the first four cache lines for a lock-step lane. */
 typedef struct {
     PyObject_HEAD
     PyObject *transfer;   /* the ReadTransfer: the one owner of the state */
-    PyObject *handoff;    /* handoff(size): the Python pump takes the datagram in its buffer */
-    PyObject *touch;      /* touch(): the pump re-arms its timer (a new watcher) */
-    PyObject *again;      /* the current timer's bound again(), or None */
-    PyObject *timer_cb;   /* the callback again() takes */
-    Py_buffer buf;        /* the pump's receive buffer (held: it cannot be resized) */
-    double period;        /* the timer's repeat period */
-    double again_at;      /* when again() last restarted it (0: not since it was made) */
+    struct Dispatcher *owner; /* the dispatcher serving it (borrowed: it holds the lane), or NULL */
+    char *rbuf;           /* buf.buf and buf.len (the pump's buffer), with the hot fields */
+    Py_ssize_t rlen;
     int sock;             /* the transfer socket, connected to the client */
     int file;             /* the file's descriptor (pread only) */
+    int nowait;           /* RWF_NOWAIT works here; cleared when the kernel refuses it */
+    /* The running state, while `cached`: the transfer's members as on_ack_all would have left
+     * them (state _SENDING, eof False, last None, timeouts 0, stalled False, every resent
+     * False: the lane's invariants), kept here as plain C values so that an ACK touches no
+     * Python object. lane_flush() writes it back into the ReadTransfer before anything in
+     * Python can look (a handoff, the timer, remove(), sync()); the next ACK loads it again. */
+    int cached;
+    int slot_stale;       /* window 1: the slot lacks the block sent (it went from the chunk) */
+    char c_header[4];     /* window 1: the DATA header sent with the chunk slice */
     long long size;       /* the file's size: a block that would end beyond it is Python's */
     long long blksize;
     long long window;
-    int nowait;           /* RWF_NOWAIT works here; cleared when the kernel refuses it */
+    long long c_next, c_base, c_high, c_offset, c_acked, c_sent;
+    double c_srtt, c_rttvar, c_rto, c_tmin, c_tmax, c_progress, c_deadline;
     char *chunk;          /* read-ahead: file bytes [chunk_start, chunk_start + chunk_len) */
     long long chunk_start;
     long long chunk_len;
     long long chunk_cap;
     unsigned long long blocks;
+    double c_sent_at[MAX_WINDOW];
+    char *c_data[MAX_WINDOW];   /* the slots' buffers, by slot (header + blksize) */
+    /* cold */
     unsigned long long handoffs;
+    PyObject *handoff;    /* handoff(size): the Python pump takes the datagram in its buffer */
+    PyObject *timer;      /* timer(): the transfer's deadline passed (the pump's _on_timer) */
+    Py_buffer buf;        /* the pump's receive buffer (held: it cannot be resized) */
 } Lane;
 
 static PyTypeObject LaneType;
 
 static int lane_init(Lane *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"transfer", "sock", "buf", "file", "size", "handoff", "touch", NULL};
-    PyObject *transfer, *buf, *handoff, *touch;
+    static char *kwlist[] = {"transfer", "sock", "buf", "file", "size", "handoff", "timer", NULL};
+    PyObject *transfer, *buf, *handoff, *timer;
     int sock, file;
     long long size;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiOiLOO", kwlist, &transfer, &sock, &buf, &file,
-                                     &size, &handoff, &touch))
+                                     &size, &handoff, &timer))
         return -1;
     if (transfer_type == NULL || !PyObject_TypeCheck(transfer, transfer_type)) {
         PyErr_SetString(PyExc_TypeError, "Lane needs a ReadTransfer of the class given to bind()");
         return -1;
     }
-    if (!PyCallable_Check(handoff) || !PyCallable_Check(touch)) {
-        PyErr_SetString(PyExc_TypeError, "handoff and touch must be callable");
+    if (!PyCallable_Check(handoff) || !PyCallable_Check(timer)) {
+        PyErr_SetString(PyExc_TypeError, "handoff and timer must be callable");
         return -1;
     }
     int ok = 1;
@@ -222,15 +289,15 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "buffer too small");
         return -1;
     }
+    self->rbuf = (char *)self->buf.buf;
+    self->rlen = self->buf.len;
     Py_INCREF(transfer);
     Py_INCREF(handoff);
-    Py_INCREF(touch);
+    Py_INCREF(timer);
     self->transfer = transfer;
     self->handoff = handoff;
-    self->touch = touch;
-    self->again = NULL;
-    self->timer_cb = NULL;
-    self->period = 0.0;
+    self->timer = timer;
+    self->owner = NULL;
     self->sock = sock;
     self->file = file;
     self->size = size;
@@ -248,9 +315,7 @@ static int lane_traverse(Lane *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->transfer);
     Py_VISIT(self->handoff);
-    Py_VISIT(self->touch);
-    Py_VISIT(self->again);
-    Py_VISIT(self->timer_cb);
+    Py_VISIT(self->timer);
     Py_VISIT(self->buf.obj);
     return 0;
 }
@@ -259,11 +324,11 @@ static int lane_clear(Lane *self)
 {
     Py_CLEAR(self->transfer);
     Py_CLEAR(self->handoff);
-    Py_CLEAR(self->touch);
-    Py_CLEAR(self->again);
-    Py_CLEAR(self->timer_cb);
+    Py_CLEAR(self->timer);
     if (self->buf.obj != NULL)
         PyBuffer_Release(&self->buf);
+    self->rbuf = NULL;
+    self->rlen = 0;
     return 0;
 }
 
@@ -291,58 +356,171 @@ static void lane_dealloc(Lane *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *lane_set_timer(Lane *self, PyObject *args)
+/* The transfer's deadline as its `deadline` property gives it (INFINITY once finished). */
+static double lane_transfer_deadline(Lane *self)
 {
-    PyObject *again, *cb;
-    double period;
-    if (!PyArg_ParseTuple(args, "OOd", &again, &cb, &period))
-        return NULL;
-    if (again == Py_None) {
-        Py_CLEAR(self->again);
-        Py_CLEAR(self->timer_cb);
-    } else {
-        Py_INCREF(again);
-        Py_INCREF(cb);
-        Py_XSETREF(self->again, again);
-        Py_XSETREF(self->timer_cb, cb);
+    if (self->cached)
+        return self->c_deadline;
+    PyObject *t = self->transfer;
+    if (t == NULL)
+        return INFINITY;
+    int ok = 1;
+    long long state = int_member(t, F_STATE, &ok);
+    double deadline = float_member(t, F_DEADLINE, &ok);
+    if (ok && state > SENDING)
+        return INFINITY;  /* _DONE, _FAILED */
+    if (!ok)  /* not a float (never, in ReadTransfer): at once, Python's timer decides */
+        return 0.0;
+    return deadline;
+}
+
+/* The lane's deadline is now *deadline*: the dispatcher's timer fires by then. */
+static inline void lane_schedule(Lane *self, double deadline)
+{
+    Dispatcher *d = self->owner;
+    if (d == NULL || self->sock < 0 || self->sock >= d->cap)
+        return;
+    d->deadlines[self->sock] = deadline;
+    if (deadline < d->armed)
+        dispatcher_arm(d, deadline);
+}
+
+/* Window 1: put the block last sent (header + chunk slice) into the slot, as on_ack_all's
+ * `buf[4:] = chunk` would have. The chunk still holds it: it is refilled only after this. */
+static void lane_materialize(Lane *self)
+{
+    if (!self->slot_stale)
+        return;
+    long long at = self->c_offset - self->blksize - self->chunk_start;
+    char *slot = self->c_data[0];
+    memcpy(slot, self->c_header, 4);
+    memcpy(slot + 4, self->chunk + at, (size_t)self->blksize);
+    self->slot_stale = 0;
+}
+
+/*
+ * Write the running state back into the ReadTransfer: member for member what on_ack_all
+ * would have produced. 0: done (or nothing cached); -1: no memory (a Python error; the state
+ * stays here and the lane goes on).
+ */
+static int lane_flush(Lane *self)
+{
+    if (!self->cached)
+        return 0;
+    PyObject *t = self->transfer;
+    long long window = self->window;
+    PyObject *sent_at = MEMBER(t, F_SENT_AT), *resent = MEMBER(t, F_RESENT);
+    PyObject *o_at[MAX_WINDOW];
+    int n_at = 0;
+    PyObject *o_base = PyLong_FromLongLong(self->c_base);
+    PyObject *o_high = PyLong_FromLongLong(self->c_high);
+    PyObject *o_next = PyLong_FromLongLong(self->c_next);
+    PyObject *o_offset = PyLong_FromLongLong(self->c_offset);
+    PyObject *o_acked = PyLong_FromLongLong(self->c_acked);
+    PyObject *o_sent = PyLong_FromLongLong(self->c_sent);
+    PyObject *o_progress = PyFloat_FromDouble(self->c_progress);
+    PyObject *o_srtt = PyFloat_FromDouble(self->c_srtt);
+    PyObject *o_rttvar = PyFloat_FromDouble(self->c_rttvar);
+    PyObject *o_rto = PyFloat_FromDouble(self->c_rto);
+    PyObject *o_deadline = PyFloat_FromDouble(self->c_deadline);
+    PyObject *o_zero = PyLong_FromLong(0);
+    int failed = !o_base || !o_high || !o_next || !o_offset || !o_acked || !o_sent
+        || !o_progress || !o_srtt || !o_rttvar || !o_rto || !o_deadline || !o_zero;
+    for (long long i = 0; i < window && !failed; i++) {
+        /* the same float object for equal instants, as _fill() shares `now` */
+        if (self->c_sent_at[i] == self->c_progress) {
+            Py_INCREF(o_progress);
+            o_at[n_at++] = o_progress;
+        } else {
+            o_at[n_at] = PyFloat_FromDouble(self->c_sent_at[i]);
+            failed = o_at[n_at++] == NULL;
+        }
     }
-    self->period = period;
-    self->again_at = 0.0;
+    if (failed) {
+        Py_XDECREF(o_base); Py_XDECREF(o_high); Py_XDECREF(o_next); Py_XDECREF(o_offset);
+        Py_XDECREF(o_acked); Py_XDECREF(o_sent); Py_XDECREF(o_progress); Py_XDECREF(o_srtt);
+        Py_XDECREF(o_rttvar); Py_XDECREF(o_rto); Py_XDECREF(o_deadline); Py_XDECREF(o_zero);
+        for (int i = 0; i < n_at; i++)
+            Py_XDECREF(o_at[i]);
+        return -1;
+    }
+    lane_materialize(self);
+    set_member(t, F_SRTT, o_srtt);
+    set_member(t, F_RTTVAR, o_rttvar);
+    set_member(t, F_RTO, o_rto);
+    set_member(t, F_BASE, o_base);
+    set_member(t, F_TIMEOUTS, o_zero);
+    set_member(t, F_BYTES_ACKED, o_acked);
+    Py_INCREF(Py_False);
+    set_member(t, F_STALLED, Py_False);
+    /* load checked both lists (PyList_CheckExact, length window); only the lane wrote since */
+    for (long long i = 0; i < window; i++) {
+        PyObject *old = PyList_GET_ITEM(resent, i);
+        Py_INCREF(Py_False);
+        PyList_SET_ITEM(resent, i, Py_False);
+        Py_DECREF(old);
+        old = PyList_GET_ITEM(sent_at, i);
+        PyList_SET_ITEM(sent_at, i, o_at[i]);
+        Py_DECREF(old);
+    }
+    set_member(t, F_HIGH, o_high);
+    set_member(t, F_OFFSET, o_offset);
+    set_member(t, F_BYTES_SENT, o_sent);
+    set_member(t, F_NEXT, o_next);
+    set_member(t, F_PROGRESS_AT, o_progress);
+    set_member(t, F_DEADLINE, o_deadline);
+    self->cached = 0;
+    return 0;
+}
+
+/* lane_flush() for the Python side; errors reported, never raised (the callers never fail). */
+static void lane_flush_or_report(Lane *self)
+{
+    if (lane_flush(self) < 0)
+        PyErr_WriteUnraisable((PyObject *)self);
+}
+
+static PyObject *lane_rearm(Lane *self, PyObject *unused)
+{
+    lane_schedule(self, lane_transfer_deadline(self));
+    Py_RETURN_NONE;
+}
+
+static PyObject *lane_sync(Lane *self, PyObject *unused)
+{
+    if (lane_flush(self) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
 /*
- * The ACK in the buffer, as ReadTransfer.on_ack_all's lock-step path would take it.
- * 1: done (the next block is sent); 0: the Python pump must take it (nothing was changed);
- * -1: a Python error (nothing was changed either).
+ * Load the running state from the transfer, when the ACK of everything sent may be the lane's:
+ * the checks on_ack_all's lock-step path (and _fill() for a window) imply. 1: loaded
+ * (`cached`); 0: the Python pump must take it (nothing was changed).
  */
-static int lane_ack(Lane *self, Py_ssize_t size)
+static int lane_load(Lane *self)
 {
-    const unsigned char *buf = (const unsigned char *)self->buf.buf;
-    if (size != 4 || buf[0] != 0 || buf[1] != OP_ACK)
-        return 0;
-    long block = (long)buf[2] << 8 | buf[3];
     PyObject *t = self->transfer;
     int ok = 1;
     long long state = int_member(t, F_STATE, &ok);
     long long number = int_member(t, F_NEXT, &ok);
     long long base = int_member(t, F_BASE, &ok);
-    if (!ok || state != SENDING || ((block - number + 1) & 0xFFFF) != 0 || number <= base)
-        return 0;  /* not the ACK of everything sent: on_ack()'s cases */
     long long high = int_member(t, F_HIGH, &ok);
     long long offset = int_member(t, F_OFFSET, &ok);
     long long bytes_acked = int_member(t, F_BYTES_ACKED, &ok);
     long long bytes_sent = int_member(t, F_BYTES_SENT, &ok);
     double srtt = float_member(t, F_SRTT, &ok);   /* None before the first sample */
     double rttvar = float_member(t, F_RTTVAR, &ok);
+    double rto = float_member(t, F_RTO, &ok);
     double tmin = float_member(t, F_TIMEOUT_MIN, &ok);
     double tmax = float_member(t, F_TIMEOUT_MAX, &ok);
+    double progress = float_member(t, F_PROGRESS_AT, &ok);
+    double deadline = float_member(t, F_DEADLINE, &ok);
     long long blksize = self->blksize;
     long long window = self->window;
-    long long span = window * blksize;  /* the next window: all new, all full blocks */
-    if (!ok || MEMBER(t, F_EOF) != Py_False || MEMBER(t, F_LAST) != Py_None || number <= high
-            || offset < 0 || offset + span > self->size || !self->nowait)
-        return 0;  /* a resend, the last block, or a short one: _fill() */
+    if (!ok || state != SENDING || number <= base || MEMBER(t, F_EOF) != Py_False
+            || MEMBER(t, F_LAST) != Py_None || number <= high || offset < 0)
+        return 0;  /* not sending new blocks: on_ack()'s and _fill()'s cases */
     PyObject *resent = MEMBER(t, F_RESENT), *sent_at = MEMBER(t, F_SENT_AT);
     PyObject *slots = MEMBER(t, F_SLOTS), *lengths = MEMBER(t, F_LENGTHS);
     PyObject *datagrams = MEMBER(t, F_DATAGRAMS);
@@ -356,37 +534,83 @@ static int lane_ack(Lane *self, Py_ssize_t size)
     Py_ssize_t acked_slot = (Py_ssize_t)((number - 1) % window);
     if (PyList_GET_ITEM(resent, acked_slot) != Py_False)
         return 0;  /* Karn's rule: no sample; rare, Python's */
-    PyObject *sent = PyList_GET_ITEM(sent_at, acked_slot);
-    if (!PyFloat_CheckExact(sent))
-        return 0;
-    /* every slot allocated and full-sized, its datagram view made (_store() would keep it) */
-    char *data[MAX_WINDOW];
     for (long long i = 0; i < window; i++) {
-        Py_ssize_t at = (Py_ssize_t)((number + i) % window);
-        PyObject *slot = PyList_GET_ITEM(slots, at);
-        PyObject *length = PyList_GET_ITEM(lengths, at);
+        PyObject *at = PyList_GET_ITEM(sent_at, i);
+        if (!PyFloat_CheckExact(at))
+            return 0;
+        self->c_sent_at[i] = PyFloat_AS_DOUBLE(at);
+    }
+    /* every slot allocated and full-sized, its datagram view made (_store() would keep it) */
+    for (long long i = 0; i < window; i++) {
+        PyObject *slot = PyList_GET_ITEM(slots, i);
+        PyObject *length = PyList_GET_ITEM(lengths, i);
         if (!PyByteArray_CheckExact(slot) || PyByteArray_GET_SIZE(slot) != 4 + blksize
-                || !PyLong_CheckExact(length) || PyList_GET_ITEM(datagrams, at) == Py_None)
+                || !PyLong_CheckExact(length) || PyList_GET_ITEM(datagrams, i) == Py_None)
             return 0;
         int overflow = 0;
         if (PyLong_AsLongLongAndOverflow(length, &overflow) != 4 + blksize) {
             PyErr_Clear();
             return 0;  /* a short last block's datagram */
         }
-        data[i] = PyByteArray_AS_STRING(slot);
+        self->c_data[i] = PyByteArray_AS_STRING(slot);
     }
+    self->c_next = number;
+    self->c_base = base;
+    self->c_high = high;
+    self->c_offset = offset;
+    self->c_acked = bytes_acked;
+    self->c_sent = bytes_sent;
+    self->c_srtt = srtt;
+    self->c_rttvar = rttvar;
+    self->c_rto = rto;
+    self->c_tmin = tmin;
+    self->c_tmax = tmax;
+    self->c_progress = progress;
+    self->c_deadline = deadline;
+    self->slot_stale = 0;
+    self->cached = 1;
+    return 1;
+}
+
+/*
+ * The ACK in the buffer, as ReadTransfer.on_ack_all's lock-step path would take it.
+ * 1: done (the next block is sent); 0: the Python pump must take it (nothing was changed in
+ * the running state: lane_flush() then gives the transfer as it was before this ACK).
+ */
+static int lane_ack(Lane *self, Py_ssize_t size)
+{
+    const unsigned char *buf = (const unsigned char *)self->rbuf;
+    if (size != 4 || buf[0] != 0 || buf[1] != OP_ACK)
+        return 0;
+    long block = (long)buf[2] << 8 | buf[3];
+    if (!self->cached) {
+        /* cheap first: the ACK of everything sent (sent_all()) */
+        int ok = 1;
+        long long number = int_member(self->transfer, F_NEXT, &ok);
+        if (!ok || ((block - number + 1) & 0xFFFF) != 0 || !lane_load(self))
+            return 0;
+    }
+    long long number = self->c_next;
+    long long blksize = self->blksize;
+    long long window = self->window;
+    long long span = window * blksize;  /* the next window: all new, all full blocks */
+    long long offset = self->c_offset;
+    if (((block - number + 1) & 0xFFFF) != 0 || offset + span > self->size || !self->nowait)
+        return 0;  /* not the ACK of everything sent; the last block, or a short one: _fill() */
 
     if (window == 1) {
         /* The block from the read-ahead chunk, refilled from the page cache when it does not
          * hold it, or Python's (WouldBlock, the end, a truncated file): a chunk holds what the
-         * file held when it was read, as massboot.files' buffer does. The slot held the block
-         * just acknowledged: nothing needs it now. */
+         * file held when it was read, as massboot.files' buffer does. It is sent from the
+         * chunk (header and slice, two iovecs): the slot gets it only when Python may need
+         * it (lane_materialize()). */
         if (offset < self->chunk_start || offset + blksize > self->chunk_start + self->chunk_len) {
             if (self->chunk == NULL) {
                 self->chunk = PyMem_Malloc((size_t)self->chunk_cap);
                 if (self->chunk == NULL)
                     return 0;
             }
+            lane_materialize(self);  /* the block sent last leaves the chunk now */
             long long want = self->chunk_cap;
             if (want > self->size - offset)
                 want = self->size - offset;   /* >= blksize, checked above */
@@ -400,99 +624,75 @@ static int lane_ack(Lane *self, Py_ssize_t size)
                 return 0;
             }
         }
-        memcpy(data[0] + 4, self->chunk + (offset - self->chunk_start), (size_t)blksize);
     } else {
         /* RFC 7440: the whole next window in one preadv2, each block straight into its slot
          * (they held blocks this ACK acknowledges); anything short is Python's */
         struct iovec iov[MAX_WINDOW];
         for (long long i = 0; i < window; i++) {
-            iov[i].iov_base = data[i] + 4;
+            iov[i].iov_base = self->c_data[(number + i) % window] + 4;
             iov[i].iov_len = (size_t)blksize;
         }
         ssize_t got = preadv2(self->file, iov, (int)window, (off_t)offset, RWF_NOWAIT);
         if (got != span) {
             read_refused(self, got);
-            return 0;
+            return 0;  /* the slots hold other bytes now: Python's _fill() reads them again */
         }
     }
 
     double now = monotonic();
     /* RFC 6298 section 2 (on_ack_all's inline _sample(), the same operations in order) */
-    double rtt = now - PyFloat_AS_DOUBLE(sent);
+    double rtt = now - self->c_sent_at[(number - 1) % window];
     if (rtt < 0.0)
         rtt = 0.0;
+    double srtt = self->c_srtt, rttvar = self->c_rttvar;
     double err = srtt - rtt;
     rttvar = 0.75 * rttvar + 0.25 * (err >= 0.0 ? err : -err);
     srtt = 0.875 * srtt + 0.125 * rtt;
     double var = K_VAR * rttvar;
     double rto = srtt + (var > GRANULARITY ? var : GRANULARITY);
-    rto = rto < tmin ? tmin : rto > tmax ? tmax : rto;
-
-    /* every new object first: a failed allocation leaves the transfer as it was */
-    PyObject *o_base = PyLong_FromLongLong(number);
-    PyObject *o_high = PyLong_FromLongLong(number + window - 1);
-    PyObject *o_next = PyLong_FromLongLong(number + window);
-    PyObject *o_offset = PyLong_FromLongLong(offset + span);
-    PyObject *o_acked = PyLong_FromLongLong(bytes_acked + (number - base) * blksize);
-    PyObject *o_sent = PyLong_FromLongLong(bytes_sent + span);
-    PyObject *o_now = PyFloat_FromDouble(now);
-    PyObject *o_srtt = PyFloat_FromDouble(srtt);
-    PyObject *o_rttvar = PyFloat_FromDouble(rttvar);
-    PyObject *o_rto = PyFloat_FromDouble(rto);
-    PyObject *o_deadline = PyFloat_FromDouble(now + rto);
-    PyObject *o_zero = PyLong_FromLong(0);
-    if (!o_base || !o_high || !o_next || !o_offset || !o_acked || !o_sent || !o_now || !o_srtt
-            || !o_rttvar || !o_rto || !o_deadline || !o_zero) {
-        Py_XDECREF(o_base); Py_XDECREF(o_high); Py_XDECREF(o_next); Py_XDECREF(o_offset);
-        Py_XDECREF(o_acked); Py_XDECREF(o_sent); Py_XDECREF(o_now); Py_XDECREF(o_srtt);
-        Py_XDECREF(o_rttvar); Py_XDECREF(o_rto); Py_XDECREF(o_deadline); Py_XDECREF(o_zero);
-        return -1;
-    }
-    /* DATA headers, RFC 1350 section 5: block numbers wrap after 65535 */
-    for (long long i = 0; i < window; i++) {
-        long long n = number + i;
-        data[i][0] = 0;
-        data[i][1] = OP_DATA;
-        data[i][2] = (char)((n >> 8) & 0xFF);
-        data[i][3] = (char)(n & 0xFF);
-    }
+    rto = rto < self->c_tmin ? self->c_tmin : rto > self->c_tmax ? self->c_tmax : rto;
 
     /* the state, as on_ack_all (and _fill() for a window) leaves it */
-    set_member(t, F_SRTT, o_srtt);
-    set_member(t, F_RTTVAR, o_rttvar);
-    set_member(t, F_RTO, o_rto);
-    set_member(t, F_BASE, o_base);
-    set_member(t, F_TIMEOUTS, o_zero);
-    set_member(t, F_BYTES_ACKED, o_acked);
-    Py_INCREF(Py_False);
-    set_member(t, F_STALLED, Py_False);
-    for (long long i = 0; i < window; i++) {
-        Py_ssize_t at = (Py_ssize_t)((number + i) % window);
-        PyObject *old = PyList_GET_ITEM(resent, at);
-        Py_INCREF(Py_False);
-        PyList_SET_ITEM(resent, at, Py_False);
-        Py_DECREF(old);
-        old = PyList_GET_ITEM(sent_at, at);
-        Py_INCREF(o_now);
-        PyList_SET_ITEM(sent_at, at, o_now);
-        Py_DECREF(old);
-    }
-    set_member(t, F_HIGH, o_high);
-    set_member(t, F_OFFSET, o_offset);
-    set_member(t, F_BYTES_SENT, o_sent);
-    set_member(t, F_NEXT, o_next);
-    set_member(t, F_PROGRESS_AT, o_now);  /* the reference this function held */
-    set_member(t, F_DEADLINE, o_deadline);
+    self->c_srtt = srtt;
+    self->c_rttvar = rttvar;
+    self->c_rto = rto;
+    self->c_acked += (number - self->c_base) * blksize;
+    self->c_base = number;
+    self->c_high = number + window - 1;
+    self->c_offset = offset + span;
+    self->c_sent += span;
+    self->c_next = number + window;
+    self->c_progress = now;
+    self->c_deadline = now + rto;
+    for (long long i = 0; i < window; i++)
+        self->c_sent_at[i] = now;  /* every slot: the whole window is new */
 
-    /* a failed send is a loss: the timer resends (as _Pump does) */
+    /* DATA headers, RFC 1350 section 5: block numbers wrap after 65535; a failed send is a
+     * loss: the timer resends (as _Pump does) */
     if (window == 1) {
-        (void)send(self->sock, data[0], (size_t)(4 + blksize), MSG_DONTWAIT);
+        self->c_header[0] = 0;
+        self->c_header[1] = OP_DATA;
+        self->c_header[2] = (char)((number >> 8) & 0xFF);
+        self->c_header[3] = (char)(number & 0xFF);
+        struct iovec iov[2] = {
+            {self->c_header, 4},
+            {self->chunk + (offset - self->chunk_start), (size_t)blksize},
+        };
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};
+        self->slot_stale = 1;
+        (void)sendmsg(self->sock, &msg, MSG_DONTWAIT);
     } else {
         struct mmsghdr msgs[MAX_WINDOW];
         struct iovec iov[MAX_WINDOW];
         memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)window);
         for (long long i = 0; i < window; i++) {
-            iov[i].iov_base = data[i];
+            long long n = number + i;
+            char *data = self->c_data[n % window];
+            data[0] = 0;
+            data[1] = OP_DATA;
+            data[2] = (char)((n >> 8) & 0xFF);
+            data[3] = (char)(n & 0xFF);
+            iov[i].iov_base = data;
             iov[i].iov_len = (size_t)(4 + blksize);
             msgs[i].msg_hdr.msg_iov = &iov[i];
             msgs[i].msg_hdr.msg_iovlen = 1;
@@ -508,25 +708,8 @@ static int lane_ack(Lane *self, Py_ssize_t size)
     self->blocks += (unsigned long long)window;
     total_blocks += (unsigned long long)window;
 
-    /* progress: restart the timer from now (_Pump._touch), at most every AGAIN_SHARE of a
-     * period: it then fires no sooner than (1 - AGAIN_SHARE) of a period after the last ACK,
-     * never after the deadline
-     * (now + RTO >= now + period); an early firing finds the deadline moved and re-arms
-     * (_Pump._on_timer), so a lost ACK is still resent at its deadline */
-    if (self->again != NULL && rto >= self->period) {
-        if (now - self->again_at >= AGAIN_SHARE * self->period) {
-            PyObject *r = PyObject_CallOneArg(self->again, self->timer_cb);
-            if (r == NULL)
-                return -2;
-            Py_DECREF(r);
-            self->again_at = now;
-        }
-    } else {
-        PyObject *r = PyObject_CallNoArgs(self->touch);
-        if (r == NULL)
-            return -2;
-        Py_DECREF(r);
-    }
+    /* progress: the deadline moved to now + RTO; no call out of C */
+    lane_schedule(self, self->c_deadline);
     return 1;
 }
 
@@ -535,20 +718,18 @@ static int lane_ready(Lane *self)
 {
     if (self->transfer == NULL)
         return 0;
-    ssize_t size = recv(self->sock, self->buf.buf, (size_t)self->buf.len, MSG_DONTWAIT);
+    /* recv, not recvmsg scattering the first bytes into the lane: recvmsg with two iovecs
+     * costs ~120 ns more in the kernel (measured on loopback), more than the buffer's cache
+     * line saves */
+    ssize_t size = recv(self->sock, self->rbuf, (size_t)self->rlen, MSG_DONTWAIT);
     if (size < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return 0;  /* a stale wake-up */
         size = -1;     /* an error reported late (ICMP): the pump's drain sees it again */
-    } else {
-        int r = lane_ack(self, size);
-        if (r == 1)
-            return 0;
-        if (r == -2)
-            return -1;  /* the state moved: only the timer call failed; reported */
-        if (r < 0)
-            PyErr_WriteUnraisable((PyObject *)self);
+    } else if (lane_ack(self, size)) {
+        return 0;
     }
+    lane_flush_or_report(self);  /* the transfer as it was before this datagram */
     self->handoffs++;
     total_handoffs++;
     PyObject *arg = PyLong_FromSsize_t(size);
@@ -556,6 +737,8 @@ static int lane_ready(Lane *self)
         return -1;
     PyObject *r = PyObject_CallOneArg(self->handoff, arg);
     Py_DECREF(arg);
+    /* Python may have moved the deadline (without calling rearm()) */
+    lane_schedule(self, lane_transfer_deadline(self));
     if (r == NULL)
         return -1;
     Py_DECREF(r);
@@ -573,8 +756,10 @@ static PyObject *lane_get_handoffs(Lane *self, void *closure)
 }
 
 static PyMethodDef lane_methods[] = {
-    {"set_timer", (PyCFunction)lane_set_timer, METH_VARARGS,
-     "set_timer(again, callback, period): the timer restarted on progress (again=None: none)"},
+    {"sync", (PyCFunction)lane_sync, METH_NOARGS,
+     "sync(): write the running state back into the transfer (before Python reads it)"},
+    {"rearm", (PyCFunction)lane_rearm, METH_NOARGS,
+     "rearm(): the transfer's deadline moved (Python): the dispatcher's timer fires by it"},
     {NULL}
 };
 
@@ -587,7 +772,7 @@ static PyGetSetDef lane_getset[] = {
 static PyTypeObject LaneType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "massboot.tftp._fastpath.Lane",
-    .tp_doc = "Lane(transfer, sock, buf, file, size, handoff, touch): one lock-step transfer",
+    .tp_doc = "Lane(transfer, sock, buf, file, size, handoff, timer): one lock-step transfer",
     .tp_basicsize = sizeof(Lane),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,
@@ -601,13 +786,6 @@ static PyTypeObject LaneType = {
 
 /* -- Dispatcher ------------------------------------------------------------------------------ */
 
-typedef struct {
-    PyObject_HEAD
-    int epfd;
-    PyObject **table;   /* fd -> handler or Lane (strong references) */
-    int cap;
-    int count;
-} Dispatcher;
 
 static int dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kwds)
 {
@@ -623,14 +801,27 @@ static int dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kwds)
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
+    self->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = self->tfd};
+    if (self->tfd < 0 || epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->tfd, &ev) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        if (self->tfd >= 0)
+            close(self->tfd);
+        close(self->epfd);
+        self->tfd = self->epfd = -1;
+        return -1;
+    }
+    self->armed = INFINITY;
     return 0;
 }
 
 static PyObject *dispatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     Dispatcher *self = (Dispatcher *)type->tp_alloc(type, 0);
-    if (self != NULL)
-        self->epfd = -1;
+    if (self != NULL) {
+        self->epfd = self->tfd = -1;
+        self->armed = INFINITY;
+    }
     return (PyObject *)self;
 }
 
@@ -639,11 +830,21 @@ static void dispatcher_clear_table(Dispatcher *self)
     PyObject **table = self->table;
     int cap = self->cap;
     self->table = NULL;
+    PyMem_Free(self->deadlines);
+    self->deadlines = NULL;
     self->cap = 0;
     self->count = 0;
+    if (self->armed != INFINITY)
+        dispatcher_arm(self, INFINITY);
     if (table != NULL) {
-        for (int i = 0; i < cap; i++)
+        for (int i = 0; i < cap; i++) {
+            if (table[i] != NULL && Py_IS_TYPE(table[i], &LaneType)
+                    && ((Lane *)table[i])->owner == self) {
+                ((Lane *)table[i])->owner = NULL;
+                lane_flush_or_report((Lane *)table[i]);
+            }
             Py_XDECREF(table[i]);
+        }
         PyMem_Free(table);
     }
 }
@@ -665,6 +866,8 @@ static void dispatcher_dealloc(Dispatcher *self)
 {
     PyObject_GC_UnTrack(self);
     dispatcher_clear_table(self);
+    if (self->tfd >= 0)
+        close(self->tfd);
     if (self->epfd >= 0)
         close(self->epfd);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -690,13 +893,23 @@ static PyObject *dispatcher_add(Dispatcher *self, PyObject *args)
         int cap = self->cap ? self->cap : 1024;
         while (cap <= fd)
             cap *= 2;
+        double *deadlines = PyMem_Realloc(self->deadlines, sizeof(double) * (size_t)cap);
+        if (deadlines == NULL)
+            return PyErr_NoMemory();
+        self->deadlines = deadlines;
         PyObject **table = PyMem_Realloc(self->table, sizeof(PyObject *) * (size_t)cap);
         if (table == NULL)
             return PyErr_NoMemory();
-        for (int i = self->cap; i < cap; i++)
+        for (int i = self->cap; i < cap; i++) {
             table[i] = NULL;
+            deadlines[i] = INFINITY;
+        }
         self->table = table;
         self->cap = cap;
+    }
+    if (Py_IS_TYPE(handler, &LaneType) && ((Lane *)handler)->owner != NULL) {
+        PyErr_SetString(PyExc_ValueError, "add(): this Lane is served by a dispatcher already");
+        return NULL;
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
     if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
@@ -706,6 +919,11 @@ static PyObject *dispatcher_add(Dispatcher *self, PyObject *args)
     Py_INCREF(handler);
     self->table[fd] = handler;
     self->count++;
+    if (Py_IS_TYPE(handler, &LaneType) && ((Lane *)handler)->sock == fd) {
+        Lane *lane = (Lane *)handler;
+        lane->owner = self;   /* its deadline is this dispatcher's timer's business */
+        lane_schedule(lane, lane_transfer_deadline(lane));
+    }
     return PyLong_FromLong(self->count);
 }
 
@@ -718,11 +936,62 @@ static PyObject *dispatcher_remove(Dispatcher *self, PyObject *arg)
         return PyLong_FromLong(self->count);
     PyObject *old = self->table[fd];
     self->table[fd] = NULL;
+    self->deadlines[fd] = INFINITY;  /* the timer may fire early once: nothing is due */
     self->count--;
+    if (Py_IS_TYPE(old, &LaneType) && ((Lane *)old)->owner == self) {
+        ((Lane *)old)->owner = NULL;
+        lane_flush_or_report((Lane *)old);  /* the transfer is Python's again */
+    }
     if (self->epfd >= 0)
         (void)epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL);  /* ENOENT/EBADF: already closed */
     Py_DECREF(old);
     return PyLong_FromLong(self->count);
+}
+
+/* The timerfd fired: every lane whose deadline passed gets its Python timer callback (which
+ * drains its socket first, then resends or gives up, as the Python path's timer); then the
+ * timer is armed for the earliest deadline left. */
+static void dispatcher_expire(Dispatcher *self)
+{
+    uint64_t expirations;
+    if (self->tfd < 0)
+        return;
+    total_timer_fires++;
+    (void)read(self->tfd, &expirations, sizeof(expirations));  /* EAGAIN: an early wake-up */
+    self->armed = INFINITY;  /* fired (or about to be re-armed below) */
+    double now = monotonic();
+    for (int fd = 0; fd < self->cap; fd++) {
+        /* a callback may end transfers, add others, grow or clear the table: re-read */
+        if (self->deadlines == NULL || self->deadlines[fd] > now)
+            continue;
+        PyObject *entry = self->table[fd];
+        if (entry == NULL || !Py_IS_TYPE(entry, &LaneType)) {
+            self->deadlines[fd] = INFINITY;
+            continue;
+        }
+        Lane *lane = (Lane *)entry;
+        double deadline = lane_transfer_deadline(lane);  /* Python may have moved it */
+        self->deadlines[fd] = deadline;
+        if (deadline > now || lane->timer == NULL)
+            continue;
+        total_expired++;
+        Py_INCREF(entry);
+        lane_flush_or_report(lane);
+        PyObject *r = PyObject_CallNoArgs(lane->timer);
+        if (r == NULL)  /* _on_timer never raises; a bug is reported, the others served */
+            PyErr_WriteUnraisable(entry);
+        Py_XDECREF(r);
+        if (lane->owner == self && self->table != NULL && fd < self->cap && self->table[fd] == entry)
+            self->deadlines[fd] = lane_transfer_deadline(lane);
+        Py_DECREF(entry);
+    }
+    double earliest = INFINITY;
+    for (int fd = 0; fd < self->cap; fd++) {
+        if (self->deadlines[fd] < earliest)
+            earliest = self->deadlines[fd];
+    }
+    if (earliest != self->armed)
+        dispatcher_arm(self, earliest);
 }
 
 static PyObject *dispatcher_on_ready(Dispatcher *self, PyObject *unused)
@@ -736,11 +1005,16 @@ static PyObject *dispatcher_on_ready(Dispatcher *self, PyObject *unused)
             Py_RETURN_NONE;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    int timer = 0;
     for (int i = 0; i < n; i++) {
         /* a handler called before may have ended its transfer (a new socket may reuse the
          * number, the table may have grown, the dispatcher may be closed): look it up anew;
          * a stale wake-up finds nothing to read, harmlessly */
         int fd = events[i].data.fd;
+        if (fd == self->tfd && fd >= 0) {
+            timer = 1;  /* after the ACKs of this wake-up: an ACK served is not a timeout */
+            continue;
+        }
         if (fd < 0 || fd >= self->cap || self->table == NULL)
             continue;
         PyObject *entry = self->table[fd];
@@ -759,6 +1033,8 @@ static PyObject *dispatcher_on_ready(Dispatcher *self, PyObject *unused)
             PyErr_WriteUnraisable(entry);
         Py_DECREF(entry);
     }
+    if (timer)
+        dispatcher_expire(self);
     Py_RETURN_NONE;
 }
 
@@ -770,6 +1046,10 @@ static PyObject *dispatcher_fileno(Dispatcher *self, PyObject *unused)
 static PyObject *dispatcher_close(Dispatcher *self, PyObject *unused)
 {
     dispatcher_clear_table(self);
+    if (self->tfd >= 0) {
+        close(self->tfd);
+        self->tfd = -1;
+    }
     if (self->epfd >= 0) {
         close(self->epfd);
         self->epfd = -1;
@@ -821,7 +1101,14 @@ static PyObject *fp_counters(PyObject *module, PyObject *unused)
     return Py_BuildValue("(KKK)", total_blocks, total_handoffs, total_would_block);
 }
 
+static PyObject *fp_timer_counters(PyObject *module, PyObject *unused)
+{
+    return Py_BuildValue("(KKK)", total_timer_arms, total_timer_fires, total_expired);
+}
+
 static PyMethodDef module_methods[] = {
+    {"timer_counters", fp_timer_counters, METH_NOARGS,
+     "(timer arms, timer wake-ups, lane deadlines that passed), process-wide"},
     {"bind", fp_bind, METH_O, "bind(ReadTransfer): find the member offsets lanes use"},
     {"counters", fp_counters, METH_NOARGS,
      "(blocks sent by lanes, datagrams lanes handed to Python, block reads that would have "

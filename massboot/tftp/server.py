@@ -50,11 +50,14 @@ extension :mod:`massboot.tftp._fastpath` is built, its ``Dispatcher`` replaces
 :class:`_Dispatcher`, and an octet transfer of a complete local file (windowsize up to 64)
 runs as a ``Lane``: the C code receives the ACK of everything sent, reads the next full
 block (lock-step, from a 16 KiB read-ahead) or window (RFC 7440, one ``preadv2`` into the
-window's slots) with ``RWF_NOWAIT``, updates the :class:`ReadTransfer` members exactly as
-:meth:`ReadTransfer.on_ack_all` does, sends (``sendmmsg`` for a window) and restarts the
-timer, with no Python call per block. Anything else (another datagram, a duplicate ACK or
-one inside the window, the last block, a read the page cache cannot answer, a timeout) goes
-to the same Python code as without it.
+window's slots) with ``RWF_NOWAIT``, sends it (``sendmmsg`` for a window), keeps the running
+state in C and moves the transfer's deadline in the dispatcher's one timer for all lanes (a
+``timerfd`` in its epoll set): no Python call and no Python object per block. Before Python
+can look at the transfer (a datagram handed over, the timer's callback, the lane leaving the
+dispatcher, ``sync()``) the lane writes the state back into the :class:`ReadTransfer`
+members, exactly what :meth:`ReadTransfer.on_ack_all` would have left. Anything else
+(another datagram, a duplicate ACK or one inside the window, the last block, a read the page
+cache cannot answer, a timeout) goes to the same Python code as without it.
 
 Events (see :mod:`massboot.events`): ``tftp.start``, then ``tftp.done`` or ``tftp.fail``, with
 ``duration`` measured from the RRQ's arrival and ``ttfb`` from the RRQ's arrival to the moment
@@ -852,8 +855,13 @@ class _Pump:
     def request_again(self) -> None:
         """The client repeated its request (the listener saw it): resend the first answer if
         the transfer has not been ACKed yet (:meth:`ReadTransfer.on_request_again`)."""
+        lane = self._lane
         try:
+            if lane is not None:  # the running state back into the transfer first
+                lane.sync()  # type: ignore[attr-defined]
             self.send(self._transfer.on_request_again())
+            if lane is not None:  # the deadline moved
+                lane.rearm()  # type: ignore[attr-defined]
         except BaseException:
             self._crash()
 
@@ -889,27 +897,30 @@ class _Pump:
             if found is None:
                 return None
             return _fastpath.Lane(transfer, self._fd, self._buf, found[0], found[1],  # type: ignore[union-attr]
-                                  self.on_readable, self._touch)
+                                  self.on_readable, self._on_timer_cb)
         except (ValueError, TypeError, OSError) as exc:  # netascii, a closed file...
             log.debug("tftp client=%s:%d served in Python: %s", *self._client, exc)
             return None
 
     def _arm(self, delay: float) -> None:
-        """A new timer: first after *delay*, then every RTO (see :meth:`_touch`)."""
+        """A new timer: first after *delay*, then every RTO (see :meth:`_touch`).
+
+        A lane has no timer of its own: its dispatcher's one timer (a timerfd, see
+        _fastpath.c) calls :meth:`_on_timer` when the transfer's deadline passed; *delay* is
+        always ``transfer.deadline - now`` here, which ``rearm()`` reads from the transfer.
+        """
+        lane = self._lane
+        if lane is not None:
+            lane.rearm()  # type: ignore[attr-defined]
+            return
         self._disarm()
         period = self._period = _PERIOD_SHARE * self._transfer.timeout
         timer = self._loop.timer(max(delay, 0.0), period)
         self._timer = timer
         timer.start(self._on_timer_cb)
-        lane = self._lane
-        if lane is not None:  # the compiled path restarts it on progress, as _touch does
-            lane.set_timer(timer.again, self._on_timer_cb, period)  # type: ignore[attr-defined]
 
     def _disarm(self) -> None:
         timer, self._timer = self._timer, None
-        lane = self._lane
-        if lane is not None:
-            lane.set_timer(None, None, 0.0)  # type: ignore[attr-defined]
         if timer is not None:
             timer.stop()  # type: ignore[attr-defined]
             timer.close()  # type: ignore[attr-defined]

@@ -226,8 +226,9 @@ class ReadTransfer:
     """
 
     # Slots, not a __dict__: the compiled data path (massboot/tftp/_fastpath.c, README
-    # "Performance") reads and writes the lock-step state through these members, so the
-    # transfer stays the one owner of its state whichever path serves a block.
+    # "Performance") loads the lock-step state from these members and writes it back into
+    # them before any Python code can look, so whichever path served a block, Python finds
+    # the state on_ack_all would have left.
     __slots__ = (
         "_backoff_max", "_base", "_blksize", "_buffered", "_clock", "_datagrams", "_deadline",
         "_eof", "_error_code", "_first_resends", "_first_retries", "_first_timeout",

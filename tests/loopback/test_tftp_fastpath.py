@@ -348,18 +348,35 @@ def _copy_state(source: ReadTransfer, target: ReadTransfer) -> None:
                          for b, n in zip(slots, source._lengths, strict=True)]
 
 
-def _assert_same(lane_side: ReadTransfer, python_side: ReadTransfer) -> None:
-    for name in _SCALARS:
-        assert getattr(lane_side, name) == getattr(python_side, name), name
-    assert lane_side._slots == python_side._slots
-    assert [bytes(d) for d in lane_side._datagrams] == [bytes(d) for d in python_side._datagrams]
+def _exact(value: object) -> object:
+    """A float as its bits (``float.hex``): equal only when bit for bit equal."""
+    if isinstance(value, float):
+        return value.hex()
+    if isinstance(value, list):
+        return [_exact(v) for v in value]
+    return value
+
+
+def _state(transfer: ReadTransfer) -> dict[str, object]:
+    """Every member the lane may write, the floats bit for bit, the slots' bytes."""
+    state = {name: _exact(getattr(transfer, name)) for name in _SCALARS}
+    state["slots"] = [bytes(b) if b is not None else None for b in transfer._slots]
+    state["datagrams"] = [bytes(d) if d is not None else None for d in transfer._datagrams]
+    return state
+
+
+# the points where Python may look at a running lane's transfer: each must find it written back
+TOUCHES = ("sync", "remove", "handoff", "timer")
 
 
 @pytest.mark.parametrize("window", [1, 16])
 def test_lane_updates_the_transfer_as_on_ack_all(tmp_path, window: int) -> None:
     """Feed the same ACKs to a transfer served by a Lane and to its twin through
-    on_ack_all (its clock set to the instant the C code used): every member equal, the
-    floats of the RTT estimate bit for bit, and the datagram sent is the slot's."""
+    on_ack_all (its clock set to the instant the C code used). The lane keeps the running
+    state in C: at each point where Python can look (``sync()``, ``remove()`` from the
+    dispatcher, a datagram handed to the pump, the timer's callback) the transfer must hold
+    every member on_ack_all would have produced, the floats of the RTT estimate bit for bit,
+    the slots' bytes included; and the datagrams sent are the twin's."""
     if not fast_path_available():
         from tests.conftest import require
 
@@ -371,6 +388,7 @@ def test_lane_updates_the_transfer_as_on_ack_all(tmp_path, window: int) -> None:
     path.write_bytes(content)
     fd = os.open(path, os.O_RDONLY)
     server_end, client_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock = server_end.fileno()
     dispatcher = _fastpath.Dispatcher()
     try:
         def read(offset: int, length: int) -> bytes:
@@ -382,45 +400,78 @@ def test_lane_updates_the_transfer_as_on_ack_all(tmp_path, window: int) -> None:
         python_side = ReadTransfer(read, blksize=8, windowsize=window, timeout_min=0.001,
                                    timeout_max=2.0, clock=lambda: now[0])
         handed: list[int] = []
-        touched: list[int] = []
+        seen: list[dict[str, object]] = []  # the transfer as a Python callback found it
+        timers: list[float] = []  # how late the dispatcher's timer called, past the deadline
+
+        def handoff(size: int) -> None:
+            handed.append(size)
+            seen.append(_state(lane_side))
+
+        def timer() -> None:
+            timers.append(time.monotonic() - lane_side.deadline)
+            seen.append(_state(lane_side))
+
         buf = bytearray(2048)
-        lane = _fastpath.Lane(lane_side, server_end.fileno(), buf, fd, len(content),
-                              handed.append, lambda: touched.append(1))
-        assert dispatcher.add(server_end.fileno(), lane) == 1
+        lane = _fastpath.Lane(lane_side, sock, buf, fd, len(content), handoff, timer)
+        assert dispatcher.add(sock, lane) == 1
         lane_side.start()                              # the first window (no OACK): Python's
         assert lane_side.on_ack_all(window) is not None  # the first RTT sample: Python's
 
-        def step(block: int) -> None:
+        def step(block: int, touch: str) -> None:
             _copy_state(lane_side, python_side)
+            del seen[:]
             client_end.send(Ack(block).encode())
             dispatcher.on_ready()
             assert not handed, "the lane handed a plain ACK to Python"
+            fired = len(timers)
+            if touch == "sync":
+                lane.sync()
+            elif touch == "remove":
+                assert dispatcher.remove(sock) == 0
+                assert dispatcher.add(sock, lane) == 1
+            elif touch == "handoff":  # a datagram the lane does not take (RFC 1350: opcode 9)
+                client_end.send(b"\x00\x09junk")
+                dispatcher.on_ready()
+                assert handed == [6] and bytes(buf[:6]) == b"\x00\x09junk"
+                del handed[:]
+            else:  # the deadline passes (RTO about 1 ms here)
+                for _ in range(300):
+                    if len(timers) > fired:
+                        break
+                    time.sleep(0.01)
+                    dispatcher.on_ready()
+                assert len(timers) > fired, "the timer did not call after the deadline"
+            found = seen[-1] if touch in ("handoff", "timer") else _state(lane_side)
             now[0] = lane_side._progress_at   # the instant the C code took
             out = python_side.on_ack_all(block)
             assert out is not None and len(out) == window
-            _assert_same(lane_side, python_side)
+            assert found == _state(python_side), touch
+            assert _state(lane_side) == found  # and nothing moved after the callback
             assert [client_end.recv(64) for _ in out] == [bytes(d) for d in out]
 
         # full windows by the lane up to block 70,000, past block number 65535
         steps = 0
         while lane_side._next + window - 1 <= 70_000:
-            step((lane_side._next - 1) & 0xFFFF)
+            touch = "timer" if steps % 1009 == 5 else TOUCHES[steps % 3]
+            step((lane_side._next - 1) & 0xFFFF, touch)
             steps += 1
         assert lane_side._next == 70_001 and steps == 70_000 // window - 2
-        assert len(touched) == steps and lane.blocks == steps * window  # no timer: touch()
+        assert lane.blocks == steps * window
+        # the timer calls only once the deadline passed, never early
+        assert timers and all(late >= 0.0 for late in timers), timers
         # the last (short) block is Python's: the ACK goes to the pump, nothing changed
-        before = {name: getattr(lane_side, name) for name in _SCALARS}
+        before = _state(lane_side)
         client_end.send(Ack(70_000 & 0xFFFF).encode())
         dispatcher.on_ready()
         assert handed == [4] and bytes(buf[:4]) == Ack(70_000 & 0xFFFF).encode()
         assert lane_side._next == 70_001
-        assert before == {name: getattr(lane_side, name) for name in _SCALARS}
+        assert before == _state(lane_side)
         # ACKs that are not the ACK of everything sent: handed over, nothing changed
         for block in (0, 5, (70_000 + 1) & 0xFFFF):
             client_end.send(Ack(block).encode())
             dispatcher.on_ready()
         assert handed == [4, 4, 4, 4]
-        assert before == {name: getattr(lane_side, name) for name in _SCALARS}
+        assert before == _state(lane_side)
     finally:
         dispatcher.close()
         server_end.close()
