@@ -73,7 +73,8 @@ class EventRecord(logging.LogRecord):
         created = time.time()
         # the attributes that are the same for every line of an origin and level in this
         # process, set in one step from a dict made once (see _constants)
-        constants = _TEMPLATES.get((origin, level, _pid))
+        constants = _TEMPLATES.get((origin, level, _pid, logging.logProcesses,
+                                    logging.logMultiprocessing))
         if constants is None:
             constants = _constants(origin, level)
         self.__dict__.update(constants)
@@ -88,7 +89,8 @@ class EventRecord(logging.LogRecord):
         self.event = kind
 
 
-#: the constant attributes of an EventRecord, by (origin, level, process): a handful
+#: the constant attributes of an EventRecord, by (origin, level, process, and logging's
+#: logProcesses and logMultiprocessing switches, which setup_logging turns off): a handful
 _TEMPLATES: dict[tuple[Any, ...], dict[str, Any]] = {}
 _pid = os.getpid()
 
@@ -124,7 +126,7 @@ def _constants(origin: _Origin, level: int) -> dict[str, Any]:
         "processName": process_name, "process": os.getpid() if logging.logProcesses else None,
         "taskName": None,             # Python 3.12's field
     }
-    _TEMPLATES[(origin, level, _pid)] = constants
+    _TEMPLATES[(origin, level, _pid, logging.logProcesses, logging.logMultiprocessing)] = constants
     return constants
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 
 import gevent
+import pytest
 from gevent.monkey import get_original
 
 from massboot import logwriter
@@ -257,3 +258,22 @@ def test_the_drops_and_write_errors_are_metrics(monkeypatch, tmp_path) -> None:
         assert registry.get_sample_value("massboot_log_write_errors_total") == 2
     finally:
         handler.close()
+
+
+def test_an_outcome_record_follows_loggings_switches_as_they_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """setup_logging turns logging.logProcesses/logMultiprocessing/logThreads off; a record
+    made before or after (the same process, e.g. tests, or a library turning them back on)
+    carries what LogRecord would carry with the switches of that moment, not a cached copy."""
+    from massboot.eventlog import _DHCP, EventRecord
+
+    logger = _DHCP.logger
+    for switches in ((True, True, True), (False, False, False), (True, False, True),
+                     (False, True, False), (True, True, True)):
+        monkeypatch.setattr(logging, "logProcesses", switches[0])
+        monkeypatch.setattr(logging, "logMultiprocessing", switches[1])
+        monkeypatch.setattr(logging, "logThreads", switches[2])
+        ours = EventRecord(_DHCP, logging.INFO, "ack mac=%s", ("52:54:00:00:00:02",), "dhcp.reply")
+        theirs = logger.makeRecord(logger.name, logging.INFO, _DHCP.path, 0, "ack mac=%s",
+                                   ("52:54:00:00:00:02",), None, extra={"event": "dhcp.reply"})
+        for name in ("process", "processName", "thread", "threadName"):
+            assert getattr(ours, name) == getattr(theirs, name), (switches, name)
