@@ -925,12 +925,11 @@ def check_fast_path(tftp: cfg.TftpConfig) -> None:
     Raises:
         ConfigError: names ``[tftpd] fast_path`` and the fix.
     """
-    from massboot.tftp.server import FAST_PATH_FIX, fast_path_available
+    from massboot.tftp.server import fast_path_problem
 
-    if tftp.fast_path == "on" and not fast_path_available():
-        raise cfg.ConfigError("tftpd", "fast_path", "on",
-                              f"the compiled TFTP data path (massboot.tftp._fastpath) is not built: "
-                              f"{FAST_PATH_FIX}; or set fast_path = auto")
+    problem = fast_path_problem()
+    if tftp.fast_path == "on" and problem is not None:
+        raise cfg.ConfigError("tftpd", "fast_path", "on", f"{problem}; or set fast_path = auto")
 
 
 def check_config(config: cfg.Config, *, run_dhcp: bool, run_http: bool = False) -> int:

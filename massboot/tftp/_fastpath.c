@@ -1133,8 +1133,12 @@ PyMODINIT_FUNC PyInit__fastpath(void)
         return NULL;
     Py_INCREF(&LaneType);
     Py_INCREF(&DispatcherType);
+    /* the glue contract with massboot/tftp/server.py (Lane's and Dispatcher's constructors and
+     * methods): server.py's FAST_PATH_API; a module with another number (an old build left in
+     * an updated checkout) is not used */
     if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0
-            || PyModule_AddObject(m, "Dispatcher", (PyObject *)&DispatcherType) < 0) {
+            || PyModule_AddObject(m, "Dispatcher", (PyObject *)&DispatcherType) < 0
+            || PyModule_AddIntConstant(m, "API", 2) < 0) {
         Py_DECREF(m);
         return NULL;
     }

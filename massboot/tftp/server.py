@@ -74,7 +74,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import gevent
 from gevent import socket as gsocket
@@ -98,19 +98,40 @@ from massboot.tftp.packet import (
 )
 from massboot.tftp.transfer import Datagram, ReadTransfer, negotiate, window_memory
 
-_FAST_PATH_BROKEN: str | None = None  # why a built module cannot serve this ReadTransfer
+#: the glue contract with the compiled module (Lane's and Dispatcher's constructors and
+#: methods): _fastpath.c's API constant; both change together
+FAST_PATH_API = 2
+
+
+def _fast_path_mismatch(module: Any) -> str | None:
+    """Why a built :mod:`massboot.tftp._fastpath` cannot serve this massboot, or None.
+
+    A checkout updated without rebuilding (``git pull`` in an editable install) keeps the old
+    ``.so``: its Lane would fail every transfer. Its API number says so before it is used
+    (a module without one is API 1); then its ``bind()`` checks :class:`ReadTransfer`'s members.
+    """
+    api = getattr(module, "API", 1)
+    if api != FAST_PATH_API:
+        return f"module API {api}, this massboot needs {FAST_PATH_API}"
+    try:
+        module.bind(ReadTransfer)
+    except TypeError as exc:  # a module built from other sources than this transfer.py's
+        return str(exc)
+    return None
+
+
+_FAST_PATH_BROKEN: str | None = None  # why a built module cannot serve this massboot
 try:
     from massboot.tftp import _fastpath  # type: ignore[attr-defined]
 except ImportError:  # built by `pip install` when gcc and python3-dev are there (setup.py)
     _fastpath = None
 else:
-    try:
-        _fastpath.bind(ReadTransfer)
-    except TypeError as exc:  # a module built from other sources than this transfer.py's
-        _FAST_PATH_BROKEN = str(exc)
+    _FAST_PATH_BROKEN = _fast_path_mismatch(_fastpath)
+    if _FAST_PATH_BROKEN is not None:
         _fastpath = None
 
-__all__ = ["FAST_PATHS", "FileStoreLike", "TftpServer", "fast_path_available", "fast_path_counters"]
+__all__ = ["FAST_PATHS", "FAST_PATH_API", "FileStoreLike", "TftpServer", "fast_path_available",
+           "fast_path_counters", "fast_path_problem"]
 
 FAST_PATHS = ("auto", "on", "off")  # [tftpd] fast_path
 FAST_PATH_FIX = "apt-get install gcc python3-dev, then reinstall massboot (pip install)"
@@ -138,6 +159,16 @@ _FILE_ERRORS: dict[FileReason, tuple[ErrorCode, str]] = {
     FileReason.CLOSED: (ErrorCode.NOT_DEFINED, "error"),
     FileReason.BUSY: (ErrorCode.NOT_DEFINED, "busy"),
 }
+
+
+def fast_path_problem() -> str | None:
+    """Why the compiled data path cannot run, with the fix; None when it can."""
+    if _fastpath is not None:
+        return None
+    if _FAST_PATH_BROKEN is not None:
+        return (f"the compiled TFTP data path (massboot.tftp._fastpath) does not match this "
+                f"massboot ({_FAST_PATH_BROKEN}): reinstall massboot (pip install) to rebuild it")
+    return f"the compiled TFTP data path (massboot.tftp._fastpath) is not built: {FAST_PATH_FIX}"
 
 
 def fast_path_available() -> bool:
@@ -226,7 +257,7 @@ class TftpServer:
         if fast_path not in FAST_PATHS:
             raise ValueError(f"fast_path {fast_path!r} not one of {', '.join(FAST_PATHS)}")
         if fast_path == "on" and _fastpath is None:
-            raise RuntimeError(f"the compiled TFTP data path is not built: {FAST_PATH_FIX}")
+            raise RuntimeError(fast_path_problem())
         if max_blksize is not None and not BLKSIZE_MIN <= max_blksize <= BLKSIZE_MAX:
             raise ValueError(f"max_blksize {max_blksize} outside {BLKSIZE_MIN}..{BLKSIZE_MAX}")
         if not 1 <= max_windowsize <= 65535:

@@ -595,3 +595,54 @@ def test_healthz_says_which_data_path_runs(served: Served) -> None:
     finally:
         metrics.stop()
     assert body == {"status": "ok", "tftp": "up", "tftp_data_path": served.data_path}
+
+
+def test_a_module_built_from_older_sources_is_not_used(tmp_path) -> None:
+    """A checkout updated without rebuilding keeps the old ``_fastpath`` .so (no ``API``
+    constant before API 2, another Lane contract): it must not serve a block. ``auto`` starts
+    on the Python path and says why and how to rebuild; ``on`` exits 2 naming the option."""
+    import subprocess
+    import sys
+
+    import massboot.tftp.server as server_module
+
+    if not fast_path_available():
+        require(False, "the compiled TFTP data path is not built")
+    assert server_module._fast_path_mismatch(server_module._fastpath) is None   # this build
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "f").write_bytes(b"x" * 3000)
+    ini = tmp_path / "m.ini"
+    ini.write_text(f"[tftpd]\naddress = 127.0.0.1\nport = 0\nroot = root\nfast_path = on\n"
+                   f"[massboot]\nstate_dir = {tmp_path / 'state'}\n")
+    # the real module as an old build presents itself: everything but the API constant
+    stale = ("import importlib, runpy, sys, types; "
+             "real = importlib.import_module('massboot.tftp._fastpath'); "
+             "old = types.ModuleType(real.__name__); "
+             "old.__dict__.update({k: v for k, v in vars(real).items() if k != 'API'}); "
+             "sys.modules[real.__name__] = old; sys.modules['massboot.tftp']._fastpath = old; "
+             "sys.argv[0] = 'massboot'; runpy.run_module('massboot', run_name='__main__', alter_sys=True)")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": repo}
+    for extra in ([], ["--check-config"]):
+        proc = subprocess.run([sys.executable, "-c", stale, "-t", "-c", str(ini), *extra], env=env,
+                              capture_output=True, text=True, timeout=60, cwd=repo)
+        assert proc.returncode == 2, proc.stderr
+        assert "[tftpd] fast_path = 'on'" in proc.stderr
+        assert "does not match this massboot (module API 1, this massboot needs 2)" in proc.stderr
+        assert "reinstall massboot (pip install) to rebuild it" in proc.stderr
+    ini.write_text(ini.read_text().replace("fast_path = on", "fast_path = auto"))
+    proc = subprocess.Popen([sys.executable, "-c", stale, "-t", "-c", str(ini)], env=env, cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "does not match this massboot" in line:
+                break
+        text = "".join(lines)
+        assert "data_path=python" in text and "module API 1, this massboot needs 2" in text
+        assert "rebuild it: pip install" in text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
