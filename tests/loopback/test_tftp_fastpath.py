@@ -511,9 +511,12 @@ def test_fast_path_option_values() -> None:
     assert "[tftpd] fast_path" in str(err.value) and "auto, on, off" in str(err.value)
 
 
-def test_fast_path_on_without_the_compiled_module_exits_2(tmp_path) -> None:
-    """``fast_path = on`` where the extension was not built: exit code 2, the section,
-    option and value, and the fix; ``auto`` starts on the Python path and says so."""
+def _on_exits_2_and_auto_starts_on_python(tmp_path, script: str, on_says: tuple[str, ...],
+                                          auto_marker: str, auto_says: tuple[str, ...]) -> None:
+    """massboot started by *script* (a ``python -c`` prelude that then runs ``massboot``):
+    ``fast_path = on`` exits 2 (start and ``--check-config``) naming the option and saying
+    *on_says*; ``auto`` starts on the Python path, its start log up to *auto_marker* saying
+    *auto_says*."""
     import subprocess
     import sys
 
@@ -521,32 +524,43 @@ def test_fast_path_on_without_the_compiled_module_exits_2(tmp_path) -> None:
     ini = tmp_path / "m.ini"
     ini.write_text(f"[tftpd]\naddress = 127.0.0.1\nport = 0\nroot = root\nfast_path = on\n"
                    f"[massboot]\nstate_dir = {tmp_path / 'state'}\n")
-    # the module hidden as if never built (an entry of None makes its import fail)
-    hide = ("import runpy, sys; sys.modules['massboot.tftp._fastpath'] = None; "
-            "sys.argv[0] = 'massboot'; runpy.run_module('massboot', run_name='__main__', alter_sys=True)")
+    script += "; sys.argv[0] = 'massboot'; runpy.run_module('massboot', run_name='__main__', alter_sys=True)"
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": repo}
     for extra in ([], ["--check-config"]):
-        proc = subprocess.run([sys.executable, "-c", hide, "-t", "-c", str(ini), *extra], env=env,
+        proc = subprocess.run([sys.executable, "-c", script, "-t", "-c", str(ini), *extra], env=env,
                               capture_output=True, text=True, timeout=60, cwd=repo)
         assert proc.returncode == 2, proc.stderr
         assert "[tftpd] fast_path = 'on'" in proc.stderr
-        assert "apt-get install gcc python3-dev" in proc.stderr
+        for text in on_says:
+            assert text in proc.stderr
     ini.write_text(ini.read_text().replace("fast_path = on", "fast_path = auto"))
-    proc = subprocess.Popen([sys.executable, "-c", hide, "-t", "-c", str(ini)], env=env, cwd=repo,
+    proc = subprocess.Popen([sys.executable, "-c", script, "-t", "-c", str(ini)], env=env, cwd=repo,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
         lines = []
         for line in proc.stdout:
             lines.append(line)
-            if "compiled data path is not built" in line:
+            if auto_marker in line:
                 break
-        text = "".join(lines)
-        assert "data_path=python" in text and "apt-get install gcc python3-dev" in text
+        log_text = "".join(lines)
+        assert "data_path=python" in log_text
+        for text in auto_says:
+            assert text in log_text
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_fast_path_on_without_the_compiled_module_exits_2(tmp_path) -> None:
+    """``fast_path = on`` where the extension was not built: exit code 2, the section,
+    option and value, and the fix; ``auto`` starts on the Python path and says so."""
+    # the module hidden as if never built (an entry of None makes its import fail)
+    hide = "import runpy, sys; sys.modules['massboot.tftp._fastpath'] = None"
+    _on_exits_2_and_auto_starts_on_python(tmp_path, hide, ("apt-get install gcc python3-dev",),
+                                          "compiled data path is not built",
+                                          ("apt-get install gcc python3-dev",))
 
 
 def test_the_server_refuses_fast_path_on_without_the_module(monkeypatch) -> None:
@@ -601,48 +615,19 @@ def test_a_module_built_from_older_sources_is_not_used(tmp_path) -> None:
     """A checkout updated without rebuilding keeps the old ``_fastpath`` .so (no ``API``
     constant before API 2, another Lane contract): it must not serve a block. ``auto`` starts
     on the Python path and says why and how to rebuild; ``on`` exits 2 naming the option."""
-    import subprocess
-    import sys
-
     import massboot.tftp.server as server_module
 
     if not fast_path_available():
         require(False, "the compiled TFTP data path is not built")
     assert server_module._fast_path_mismatch(server_module._fastpath) is None   # this build
-    (tmp_path / "root").mkdir()
-    (tmp_path / "root" / "f").write_bytes(b"x" * 3000)
-    ini = tmp_path / "m.ini"
-    ini.write_text(f"[tftpd]\naddress = 127.0.0.1\nport = 0\nroot = root\nfast_path = on\n"
-                   f"[massboot]\nstate_dir = {tmp_path / 'state'}\n")
     # the real module as an old build presents itself: everything but the API constant
     stale = ("import importlib, runpy, sys, types; "
              "real = importlib.import_module('massboot.tftp._fastpath'); "
              "old = types.ModuleType(real.__name__); "
              "old.__dict__.update({k: v for k, v in vars(real).items() if k != 'API'}); "
-             "sys.modules[real.__name__] = old; sys.modules['massboot.tftp']._fastpath = old; "
-             "sys.argv[0] = 'massboot'; runpy.run_module('massboot', run_name='__main__', alter_sys=True)")
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {**os.environ, "PYTHONPATH": repo}
-    for extra in ([], ["--check-config"]):
-        proc = subprocess.run([sys.executable, "-c", stale, "-t", "-c", str(ini), *extra], env=env,
-                              capture_output=True, text=True, timeout=60, cwd=repo)
-        assert proc.returncode == 2, proc.stderr
-        assert "[tftpd] fast_path = 'on'" in proc.stderr
-        assert "does not match this massboot (module API 1, this massboot needs 2)" in proc.stderr
-        assert "reinstall massboot (pip install) to rebuild it" in proc.stderr
-    ini.write_text(ini.read_text().replace("fast_path = on", "fast_path = auto"))
-    proc = subprocess.Popen([sys.executable, "-c", stale, "-t", "-c", str(ini)], env=env, cwd=repo,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "does not match this massboot" in line:
-                break
-        text = "".join(lines)
-        assert "data_path=python" in text and "module API 1, this massboot needs 2" in text
-        assert "rebuild it: pip install" in text
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+             "sys.modules[real.__name__] = old; sys.modules['massboot.tftp']._fastpath = old")
+    _on_exits_2_and_auto_starts_on_python(
+        tmp_path, stale,
+        ("does not match this massboot (module API 1, this massboot needs 2)",
+         "reinstall massboot (pip install) to rebuild it"),
+        "does not match this massboot", ("module API 1, this massboot needs 2", "rebuild it: pip install"))
