@@ -73,8 +73,7 @@ class EventRecord(logging.LogRecord):
         created = time.time()
         # the attributes that are the same for every line of an origin and level in this
         # process, set in one step from a dict made once (see _constants)
-        constants = _TEMPLATES.get((origin, level, _pid, logging.logProcesses,
-                                    logging.logMultiprocessing))
+        constants = _TEMPLATES.get((origin, level, logging.logProcesses, logging.logMultiprocessing))
         if constants is None:
             constants = _constants(origin, level)
         self.__dict__.update(constants)
@@ -89,19 +88,11 @@ class EventRecord(logging.LogRecord):
         self.event = kind
 
 
-#: the constant attributes of an EventRecord, by (origin, level, process, and logging's
-#: logProcesses and logMultiprocessing switches, which setup_logging turns off): a handful
+#: the constant attributes of an EventRecord, by (origin, level, and logging's logProcesses
+#: and logMultiprocessing switches, which setup_logging turns off): a handful; a forked child
+#: starts without them (its pid differs)
 _TEMPLATES: dict[tuple[Any, ...], dict[str, Any]] = {}
-_pid = os.getpid()
-
-
-def _forked() -> None:
-    global _pid
-    _pid = os.getpid()
-    _TEMPLATES.clear()
-
-
-os.register_at_fork(after_in_child=_forked)
+os.register_at_fork(after_in_child=_TEMPLATES.clear)
 
 
 def _constants(origin: _Origin, level: int) -> dict[str, Any]:
@@ -126,7 +117,7 @@ def _constants(origin: _Origin, level: int) -> dict[str, Any]:
         "processName": process_name, "process": os.getpid() if logging.logProcesses else None,
         "taskName": None,             # Python 3.12's field
     }
-    _TEMPLATES[(origin, level, _pid, logging.logProcesses, logging.logMultiprocessing)] = constants
+    _TEMPLATES[(origin, level, logging.logProcesses, logging.logMultiprocessing)] = constants
     return constants
 
 
