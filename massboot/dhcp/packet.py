@@ -20,7 +20,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
 from massboot import codec
@@ -361,6 +361,11 @@ class BootpPacket:
     file: bytes = b""
     options: tuple[tuple[int, bytes], ...] = ()
     vendor: bool = True
+    #: ``code → value`` of :attr:`options` (the first of a repeated code), made by :func:`decode`
+    #: or by the first :meth:`option` call: a request's options are read about ten times while
+    #: it is classified and answered (issue #14). Not a field of the message: never compared,
+    #: shown or copied by :func:`dataclasses.replace` (which makes a new one from ``options``).
+    _index: dict[int, bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def mac(self) -> bytes:
@@ -369,10 +374,13 @@ class BootpPacket:
 
     def option(self, code: int) -> bytes | None:
         """The value of option ``code``, or None if absent."""
-        for c, value in self.options:
-            if c == code:
-                return value
-        return None
+        index = self._index
+        if index is None:
+            index = {}
+            for c, value in self.options:
+                index.setdefault(c, value)
+            object.__setattr__(self, "_index", index)
+        return index.get(code)
 
     @property
     def message_type(self) -> MessageType | None:
@@ -543,7 +551,7 @@ def decode(data: bytes) -> BootpPacket:
             found.pop(Opt.OVERLOAD, None)
         options = tuple(found.items())
 
-    return BootpPacket(
+    packet = BootpPacket(
         op=op,
         xid=xid,
         htype=htype,
@@ -561,6 +569,9 @@ def decode(data: bytes) -> BootpPacket:
         options=options,
         vendor=vendor,
     )
+    if vendor:      # found holds each code once, as options does: the index is ready
+        object.__setattr__(packet, "_index", found)
+    return packet
 
 
 # ---------------------------------------------------------------------------------------------

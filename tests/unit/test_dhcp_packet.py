@@ -254,6 +254,26 @@ def test_option_lookup() -> None:
     assert p.option(Opt.DNS) is None
 
 
+def test_option_lookup_by_index_matches_the_options() -> None:
+    # the code → value index (issue #14): decode's, a built packet's (made at the first
+    # lookup, the first of a repeated code as the linear scan gave) and a replace()'s copy,
+    # which must read its own options, never the original's index
+    built = BootpPacket(op=BOOTREQUEST, options=((Opt.HOSTNAME, b"a"), (Opt.DNS, b"\1\2\3\4"),
+                                                  (Opt.HOSTNAME, b"b")))
+    assert built.option(Opt.HOSTNAME) == b"a" and built.option(Opt.DNS) == b"\1\2\3\4"
+    decoded = decode(encode(built))
+    assert decoded.option(Opt.HOSTNAME) == b"ab"          # RFC 3396 §7: concatenated
+    assert all(decoded.option(code) == value for code, value in decoded.options)
+    assert decoded.option(Opt.ROUTER) is None
+    copy = dataclasses.replace(decoded, options=((Opt.HOSTNAME, b"c"),))
+    assert copy.option(Opt.HOSTNAME) == b"c" and copy.option(Opt.DNS) is None
+    assert decoded.option(Opt.HOSTNAME) == b"ab"
+    # not part of the message: equality, hash and repr are the fields' alone
+    assert copy == dataclasses.replace(decoded, options=((Opt.HOSTNAME, b"c"),))
+    assert hash(decoded) == hash(decode(encode(built))) and "_index" not in repr(decoded)
+    assert decode(encode(BootpPacket(op=BOOTREQUEST, vendor=False))).option(Opt.HOSTNAME) is None
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [(b"\x01", MessageType.DISCOVER), (b"\x03", MessageType.REQUEST), (b"\x08", MessageType.INFORM),
