@@ -152,6 +152,9 @@ class Opt(IntEnum):
 
 _PAD = 0
 _END = 255
+_OVERLOAD = 52  # Opt.OVERLOAD, as a plain int for the encode loop
+_pton = socket.inet_pton
+_AF_INET = socket.AF_INET
 _IPXE_USER_CLASS = b"iPXE"
 #: option 60 of UEFI HTTP Boot firmware (UEFI 2.5 and later, "HTTP Boot": "HTTPClient:Arch:xxxxx:UNDI:yyyzzz")
 HTTP_CLIENT_CLASS = b"HTTPClient"
@@ -605,33 +608,38 @@ def encode(packet: BootpPacket, *, min_size: int = BOOTP_MIN_SIZE) -> bytes:
     if len(packet.file) > _FILE_SIZE:
         raise ValueError(f"file is {len(packet.file)} bytes, more than 128")
     try:
+        # inet_pton straight, not through ip_bytes: a reply is encoded per message (issue #14)
         header = _HEADER.pack(
             packet.op, packet.htype, packet.hlen, packet.hops, packet.xid, packet.secs, packet.flags,
-            ip_bytes(packet.ciaddr), ip_bytes(packet.yiaddr), ip_bytes(packet.siaddr),
-            ip_bytes(packet.giaddr), packet.chaddr, packet.sname, packet.file,
+            _pton(_AF_INET, packet.ciaddr), _pton(_AF_INET, packet.yiaddr),
+            _pton(_AF_INET, packet.siaddr), _pton(_AF_INET, packet.giaddr),
+            packet.chaddr, packet.sname, packet.file,
         )
     except struct.error as exc:
         raise ValueError(f"header field out of range: {exc}") from None
+    except (OSError, TypeError):     # not a dotted quad: ip_bytes raises, naming the address
+        for ip in (packet.ciaddr, packet.yiaddr, packet.siaddr, packet.giaddr):
+            ip_bytes(ip)
+        raise
 
     out = bytearray(header)
     if packet.vendor:
         out += MAGIC_COOKIE
         for code, value in packet.options:
-            if code == _PAD or code == _END or code == Opt.OVERLOAD:
-                continue
-            if not 0 < code < _END:
+            if 0 < code < _END and code != _OVERLOAD:
+                n = len(value)
+                if n <= _MAX_OPTION_LEN:
+                    out.append(code)
+                    out.append(n)
+                    out += value
+                    continue
+                for i in range(0, n, _MAX_OPTION_LEN):
+                    chunk = value[i : i + _MAX_OPTION_LEN]
+                    out.append(code)
+                    out.append(len(chunk))
+                    out += chunk
+            elif code != _PAD and code != _END and code != _OVERLOAD:
                 raise ValueError(f"option code out of 1..254: {code}")
-            n = len(value)
-            if n <= _MAX_OPTION_LEN:
-                out.append(code)
-                out.append(n)
-                out += value
-                continue
-            for i in range(0, n, _MAX_OPTION_LEN):
-                chunk = value[i : i + _MAX_OPTION_LEN]
-                out.append(code)
-                out.append(len(chunk))
-                out += chunk
         out.append(_END)
     elif packet.options:
         raise ValueError("options need the magic cookie: vendor=False packets carry none")

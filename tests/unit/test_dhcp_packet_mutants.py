@@ -131,6 +131,25 @@ def test_value_helper_errors() -> None:
         dp.u16(65536)
 
 
+def test_encode_names_the_bad_address_of_any_header_field() -> None:
+    # encode packs the four addresses straight (issue #14); the error still names the one
+    # that is wrong, as ip_bytes does, whichever field it is in
+    for name in ("ciaddr", "yiaddr", "siaddr", "giaddr"):
+        with pytest.raises(ValueError, match=r"^not an IPv4 address: '10\.0\.0'$"):
+            dp.encode(dp.BootpPacket(op=1, **{name: "10.0.0"}))
+    with pytest.raises(ValueError, match=r"^not an IPv4 address: None$"):
+        dp.encode(dp.BootpPacket(op=1, giaddr=None))       # type: ignore[arg-type]
+
+
+def test_encode_options_split_and_skip_as_before() -> None:
+    # the fast path (one check per option) writes what the general one did: long values split
+    # (RFC 3396 §6), PAD, END and OVERLOAD entries dropped, codes 0 and 255 never an error
+    packet = dp.BootpPacket(op=1, options=((0, b""), (12, b"h" * 300), (52, b"\x03"), (255, b""),
+                                           (254, b"z")))
+    body = dp.encode(packet, min_size=0)[dp.HEADER_SIZE + 4:]
+    assert body == b"\x0c\xff" + b"h" * 255 + b"\x0c\x2d" + b"h" * 45 + b"\xfe\x01z\xff"
+
+
 def test_encode_errors() -> None:
     with pytest.raises(ValueError, match=r"^chaddr is 17 bytes, more than 16$"):
         dp.encode(dp.BootpPacket(op=1, chaddr=bytes(17)))
