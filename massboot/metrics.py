@@ -435,7 +435,10 @@ class Metrics:
                 (_bounded(e.get("reason"), CACHE_REFUSE_REASONS),)),
         }
         self._wsgi_metrics = make_wsgi_app(self.registry)
-        events.subscribe(self.on_event)
+        # boot progress first, then the counters, as on_event does; each kind's handlers are
+        # called straight from the bus, without on_event's lookups (issue #14)
+        events.subscribe_kinds(self.progress.handlers())
+        events.subscribe_kinds(self._handlers)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:

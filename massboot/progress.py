@@ -236,6 +236,11 @@ class ProgressTracker:
 
     handle = __call__
 
+    def handlers(self) -> dict[str, Callable[[Event], None]]:
+        """Kind → handler, for :meth:`~massboot.events.EventBus.subscribe_kinds`: the events
+        :meth:`__call__` reacts to, each handed to its handler straight from the bus."""
+        return dict(self._handlers)
+
     # ------------------------------------------------------------------ records
     def _touch(self, mac: str, t: float, create: bool = True) -> ClientProgress | None:
         record = self._clients.get(mac)

@@ -52,6 +52,30 @@ def test_a_failing_subscriber_does_not_reach_the_emitter(caplog: pytest.LogCaptu
     assert len(recorder.events) == 1 and "failed on cache.hit" in caplog.text
 
 
+def test_handlers_per_kind_get_only_their_kinds_in_order(caplog: pytest.LogCaptureFixture) -> None:
+    # subscribe_kinds (issue #14: metrics and progress are called straight per kind); a
+    # generic subscriber and per-kind handlers run in the order they subscribed, a failing
+    # handler is logged and the others still run
+    bus, calls = EventBus(), []
+    bus.subscribe(lambda e: calls.append(("all", e.kind)))
+
+    def broken(event: Event) -> None:
+        raise RuntimeError("boom")
+
+    bus.subscribe_kinds({"dhcp.reply": broken,
+                         EventKind.DHCP_RECEIVED: lambda e: calls.append(("received", e.kind))})
+    bus.subscribe_kinds({"dhcp.reply": lambda e: calls.append(("reply", e.kind))})
+    bus.subscribe(lambda e: calls.append(("last", e.kind)))
+    bus.emit("dhcp.reply", msgtype="offer", mac=MAC, ip="10.0.0.5", pxe=True, arch=0, phase="pxe",
+             file=None, ipxe=False, uuid=None)
+    bus.emit("cache.hit", url="u", bytes=0)
+    assert calls == [("all", "dhcp.reply"), ("reply", "dhcp.reply"), ("last", "dhcp.reply"),
+                     ("all", "cache.hit"), ("last", "cache.hit")]
+    assert "failed on dhcp.reply" in caplog.text
+    with pytest.raises(ValueError):
+        bus.subscribe_kinds({"dhcp.rejected": broken})
+
+
 # ------------------------------------------------------------------ the outcome log, per kind
 MAC = "52:54:00:12:34:56"
 
