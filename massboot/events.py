@@ -180,7 +180,7 @@ _SPECS: dict[str, tuple[EventKind, frozenset[str], frozenset[str]]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)     # a value: never changed once built (issue #14)
 class Event:
     """One outcome: a kind (``dhcp.reply``), a wall-clock time and its fields."""
 

@@ -108,7 +108,7 @@ def _broadcast(address: str, netmask: str) -> str:
     return str(ipaddress.IPv4Network(f"{address}/{netmask}", strict=False).broadcast_address)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)     # a value: never changed once built (issue #14)
 class BootInfo:
     """What a PXE client is told to boot."""
 

@@ -728,3 +728,29 @@ def test_reclaim_never_and_offer_hold_in_the_exchange() -> None:
     clock.t += 31                                                 # MAC never REQUESTed
     assert w(pkt(D, mac=OTHER)).reply.yiaddr == "10.0.0.100"
     assert w(pkt(Q, sid=SERVER, want="10.0.0.100")).outcome.no_reply == "exhausted"   # too late
+
+
+def test_records_are_values_that_no_step_changes() -> None:
+    # Classification, Outcome, Destination, EventRecord (and events.Event, policy.BootInfo) are
+    # plain slotted dataclasses, not frozen=True, whose object.__setattr__ per field made
+    # them the costliest objects of an exchange (issue #14): still values, compared and
+    # hashed by their fields, and never changed by any step once built
+    import copy
+
+    from massboot.dhcp.exchange import Destination, EventRecord
+
+    w = world()
+    for packet in (pkt(D, arch=7), pkt(Q, sid=SERVER, want="10.0.0.100", arch=7)):
+        request = classify(packet, BCAST)
+        kept = copy.copy(request)
+        exchange = Exchange(w.settings, request, w.clients.get(request.mac), w.main)
+        outcome = exchange.start()
+        w.clients.setdefault(request.mac, exchange.client)
+        assert isinstance(outcome, Outcome) and outcome.reply is not None
+        assert request == kept and hash(request) == hash(kept) and request is not kept
+        dest = outcome.destination
+        assert dest == Destination(dest.address, dest.port) and hash(dest) == hash(copy.copy(dest))
+    assert Destination("10.0.0.255", 68) == Destination("10.0.0.255", 68)
+    assert hash(Destination("10.0.0.255", 68)) == hash(Destination("10.0.0.255", 68))
+    assert EventRecord("dhcp.reply", {}) == EventRecord("dhcp.reply", {})
+    assert EventRecord("dhcp.reply", {}) != EventRecord("dhcp.ignored", {})
