@@ -20,7 +20,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum, StrEnum
 
 from massboot import codec
@@ -497,9 +497,10 @@ def _parse_options(data: bytes, start: int, stop: int, found: dict[int, bytes], 
         if end > stop:
             raise PacketError(f"option {code} in {where} truncated: length {data[i + 1]} past the end",
                               reason=Reason.TRUNCATED)
-        value = data[i + 2 : end]
-        previous = found.get(code)
-        found[code] = value if previous is None else previous + value
+        if code in found:
+            found[code] += data[i + 2 : end]
+        else:
+            found[code] = data[i + 2 : end]
         i = end
 
 
@@ -537,8 +538,8 @@ def decode(data: bytes) -> BootpPacket:
 
     vendor = data[HEADER_SIZE : HEADER_SIZE + 4] == MAGIC_COOKIE
     options: tuple[tuple[int, bytes], ...] = ()
+    found: dict[int, bytes] = {}
     if vendor:
-        found: dict[int, bytes] = {}
         _parse_options(data, HEADER_SIZE + 4, len(data), found, "options")
         overload = found.pop(Opt.OVERLOAD, None)
         if overload is not None:
@@ -554,27 +555,30 @@ def decode(data: bytes) -> BootpPacket:
             found.pop(Opt.OVERLOAD, None)
         options = tuple(found.items())
 
-    packet = BootpPacket(
-        op=op,
-        xid=xid,
-        htype=htype,
-        hlen=hlen,
-        hops=hops,
-        secs=secs,
-        flags=flags,
-        ciaddr=socket.inet_ntoa(ciaddr),
-        yiaddr=socket.inet_ntoa(yiaddr),
-        siaddr=socket.inet_ntoa(siaddr),
-        giaddr=socket.inet_ntoa(giaddr),
-        chaddr=chaddr[:hlen],
-        sname=sname.rstrip(b"\0"),
-        file=file.rstrip(b"\0"),
-        options=options,
-        vendor=vendor,
-    )
-    if vendor:      # found holds each code once, as options does: the index is ready
-        object.__setattr__(packet, "_index", found)
+    # built field by field through the slots, not by the frozen dataclass's __init__ (its
+    # object.__setattr__ per field costs a third more: issue #14); the all-zero addresses
+    # of most requests need no inet_ntoa
+    packet = _new_packet(BootpPacket)
+    for set_field, value in zip(_PACKET_SETTERS, (
+            op, xid, htype, hlen, hops, secs, flags,
+            _NO_ADDRESS if ciaddr == _ZERO4 else _ntoa(ciaddr),
+            _NO_ADDRESS if yiaddr == _ZERO4 else _ntoa(yiaddr),
+            _NO_ADDRESS if siaddr == _ZERO4 else _ntoa(siaddr),
+            _NO_ADDRESS if giaddr == _ZERO4 else _ntoa(giaddr),
+            chaddr[:hlen], sname.rstrip(b"\0"), file.rstrip(b"\0"), options, vendor,
+            found if vendor else None), strict=True):   # found: each code once, as in options
+        set_field(packet, value)
     return packet
+
+
+_new_packet = object.__new__
+_ntoa = socket.inet_ntoa
+_ZERO4 = bytes(4)
+_NO_ADDRESS = "0.0.0.0"
+#: each field's slot setter, in the order of the fields (the option index last)
+_PACKET_SETTERS = tuple(BootpPacket.__dict__[f.name].__set__ for f in fields(BootpPacket))
+assert [f.name for f in fields(BootpPacket)][-1] == "_index" and len(_PACKET_SETTERS) == 17, \
+    "decode passes the 16 fields in their order, then the index"
 
 
 # ---------------------------------------------------------------------------------------------
