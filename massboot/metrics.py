@@ -228,6 +228,25 @@ def _bounded(value: Any, known: Iterable[str]) -> str:
     return value if isinstance(value, str) and value in known else OTHER
 
 
+def _label_keys(known: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """``value → (value,)`` of a bounded label's known values: the counter key, made once."""
+    return {value: (value,) for value in known}
+
+
+_OTHER_KEY = (OTHER,)
+
+
+def _keys(keys: dict[str, tuple[str, ...]], value: Any) -> tuple[str, ...]:
+    """The one-label counter key of *value*, as ``(_bounded(value, known),)`` gives it."""
+    if not isinstance(value, str):
+        return _OTHER_KEY
+    return keys.get(value, _OTHER_KEY)
+
+
+_RECEIVED_KEYS = _label_keys(DHCP_TYPES)
+_REPLY_KEYS = _label_keys(REPLY_TYPES)
+
+
 class _Counts:
     """A labelled counter kept as plain numbers; exported by the collector at scrape time."""
 
@@ -486,12 +505,18 @@ class Metrics:
             handler(event)
 
     def _dhcp_received(self, event: Event) -> None:
-        self.dhcp_received.inc((_bounded(event.get("msgtype"), DHCP_TYPES),))
+        # _bounded and inc, inline: two events per DHCP message (issue #14)
+        key = _keys(_RECEIVED_KEYS, event.fields.get("msgtype"))
+        values = self.dhcp_received.values
+        values[key] = values.get(key, 0) + 1
 
     def _dhcp_reply(self, event: Event) -> None:
-        self.dhcp_replies.inc((_bounded(event.get("msgtype"), REPLY_TYPES),))
-        if event.get("proxy"):
-            self.proxy_replies.inc((_bounded(event.get("msgtype"), ("offer", "ack")),))
+        f = event.fields
+        key = _keys(_REPLY_KEYS, f.get("msgtype"))
+        values = self.dhcp_replies.values
+        values[key] = values.get(key, 0) + 1
+        if f.get("proxy"):
+            self.proxy_replies.inc((_bounded(f.get("msgtype"), ("offer", "ack")),))
 
     def _dhcp_ignored(self, event: Event) -> None:
         reason = event.get("reason")

@@ -312,12 +312,20 @@ class ProgressTracker:
         if not mac:
             return
         t = event.time
-        record = self._touch(mac, t)
-        assert record is not None
-        if f.get("uuid"):
-            record.uuid = f.get("uuid")
-        if f.get("arch") is not None:
-            record.arch = f.get("arch")
+        record = self._clients.get(mac)
+        if record is None:
+            record = self._touch(mac, t)
+            assert record is not None
+        else:                   # _touch's update of a known client, inline
+            self._clients.move_to_end(mac)
+            if t > record.last_seen:
+                record.last_seen = t
+        uuid = f.get("uuid")
+        if uuid:
+            record.uuid = uuid
+        arch = f.get("arch")
+        if arch is not None:
+            record.arch = arch
         if f.get("msgtype") in ("discover", "bootp"):
             record.discover_at = t
             if f.get("pxe") is True and self._restarts(record, event):
@@ -329,18 +337,27 @@ class ProgressTracker:
         if not mac:
             return
         t = event.time
-        record = self._touch(mac, t)
-        assert record is not None
+        record = self._clients.get(mac)
+        if record is None:
+            record = self._touch(mac, t)
+            assert record is not None
+        else:                   # _touch's update of a known client, inline
+            self._clients.move_to_end(mac)
+            if t > record.last_seen:
+                record.last_seen = t
         msgtype = f.get("msgtype")
         if msgtype == "nak":
             return
         ip = f.get("ip")
         if ip not in _NO_ADDRESS:
-            self._set_ip(record, ip)
-        if f.get("arch") is not None:
-            record.arch = f.get("arch")
-        if f.get("uuid"):
-            record.uuid = f.get("uuid")
+            if record.ip != ip or self._by_ip.get(ip) != mac:
+                self._set_ip(record, ip)
+        arch = f.get("arch")
+        if arch is not None:
+            record.arch = arch
+        uuid = f.get("uuid")
+        if uuid:
+            record.uuid = uuid
         pxe = f.get("phase", "pxe" if f.get("pxe") else "os") == "pxe"
         if f.get("proxy"):
             record.proxy = True

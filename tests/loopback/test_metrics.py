@@ -448,6 +448,35 @@ def test_metrics_endpoint_over_http(rack: Rack) -> None:
     assert health.status_code == 503 and health.json()["dhcp"] == "down"
 
 
+def test_dhcp_counters_count_every_event_at_once() -> None:
+    """The DHCP counters (incremented inline, issue #14): each known type its own series,
+    anything else ``other``, right after every event."""
+    registry = CollectorRegistry()
+    bus = EventBus()
+    Metrics(MetricsConfig(port=0), bus, registry=registry)
+    v = registry.get_sample_value
+    received = dict(mac="52:54:00:00:00:01", relayed=False, pxe=True, ipxe=False, uuid=None, arch=0)
+    reply = dict(mac="52:54:00:00:00:01", ip="10.0.0.5", pxe=True, arch=0, phase="pxe", file="f",
+                 ipxe=False, uuid=None)
+    for msgtype in ("discover", "request", "bootp", "inform"):
+        bus.emit("dhcp.received", msgtype=msgtype, **received)
+        assert v("massboot_dhcp_packets_received_total", {"type": msgtype}) == 1
+        bus.emit("dhcp.received", msgtype=msgtype, **received)
+        assert v("massboot_dhcp_packets_received_total", {"type": msgtype}) == 2
+    for other in (None, 7, "weird"):
+        bus.emit("dhcp.received", msgtype=other, **received)
+        bus.emit("dhcp.reply", msgtype=other, **reply)
+    assert v("massboot_dhcp_packets_received_total", {"type": "other"}) == 3
+    assert v("massboot_dhcp_replies_sent_total", {"type": "other"}) == 3
+    for msgtype in ("offer", "ack", "nak", "bootp"):
+        bus.emit("dhcp.reply", msgtype=msgtype, **reply)
+        assert v("massboot_dhcp_replies_sent_total", {"type": msgtype}) == 1
+    bus.emit("dhcp.reply", msgtype="offer", proxy=True, **reply)
+    assert v("massboot_dhcp_replies_sent_total", {"type": "offer"}) == 2
+    assert v("massboot_dhcp_proxy_replies_sent_total", {"type": "offer"}) == 1
+    assert v("massboot_dhcp_proxy_replies_sent_total", {"type": "ack"}) == 0
+
+
 def test_labels_stay_bounded() -> None:
     """Unknown message types, reasons and verdicts become ``other``; nothing client-chosen leaks."""
     registry = CollectorRegistry()

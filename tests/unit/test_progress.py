@@ -312,6 +312,25 @@ def test_nak_changes_nothing() -> None:
     assert f.tracker.get(MAC).ip == IP             # type: ignore[union-attr]
 
 
+def test_an_address_taken_back_and_time_that_never_goes_back() -> None:
+    # the reply handler's inline update of a known client (issue #14): a client whose
+    # address went to another client and came back is found by it again; an event stamped
+    # earlier than the last one seen does not move last_seen back
+    f = Feed()
+    f.pxe_dora(MAC, IP)
+    f.pxe_dora(MAC2, IP)                             # IP moved to MAC2...
+    assert f.tracker.mac_for(IP) == MAC2
+    f.reply("ack", MAC, IP)                          # ...and back to MAC, whose record still says IP
+    assert f.tracker.mac_for(IP) == MAC and f.tracker.get(MAC).ip == IP     # type: ignore[union-attr]
+    seen = f.tracker.get(MAC).last_seen               # type: ignore[union-attr]
+    f.emit("dhcp.reply", after=-5.0, msgtype="ack", mac=MAC, ip=IP, pxe=True, arch=0, phase="pxe",
+           file="pxelinux.0")
+    f.emit("dhcp.received", after=-5.0, msgtype="request", mac=MAC, relayed=False)
+    assert f.tracker.get(MAC).last_seen == seen       # type: ignore[union-attr]
+    f.emit("dhcp.received", after=20.0, msgtype="request", mac=MAC, relayed=False)
+    assert f.tracker.get(MAC).last_seen == f.clock.now == seen + 10     # type: ignore[union-attr]
+
+
 def test_ip_to_mac_follows_the_latest_reply() -> None:
     f = Feed()
     f.pxe_dora(MAC, IP)
