@@ -177,7 +177,8 @@ class Services:
 
         self.config = config
         self.events = EventBus()
-        self.events.subscribe(EventLog())      # the outcome log: one line per event (README, "[logger]")
+        # the outcome log: one line per event (README, "[logger]"), a writer per kind (issue #14)
+        self.events.subscribe_kinds(EventLog().handlers())
         self.dhcp = None
         self.tftp = None
         self.http = None

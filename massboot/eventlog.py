@@ -370,19 +370,32 @@ class EventLog:
 
     def __init__(self, kinds: Iterable[EventKind | str] | None = None) -> None:
         wanted = LOGGED_KINDS if kinds is None else {EventKind(k) for k in kinds}
-        self._formats: dict[str, tuple[_Origin, Callable[[Event], Line], int]] = {
-            kind: entry for kind, entry in _FORMATS.items() if kind in wanted
+        self._writers: dict[str, Callable[[Event], None]] = {
+            kind: _writer(*entry) for kind, entry in _FORMATS.items() if kind in wanted
         }
 
     def __call__(self, event: Event) -> None:
         """Write *event*'s line (the :class:`~massboot.events.EventBus` subscriber)."""
-        entry = self._formats.get(event.kind)
-        if entry is None:
-            return
-        origin, line, highest = entry
-        logger = origin.logger
+        write = self._writers.get(event.kind)
+        if write is not None:
+            write(event)
+
+    def handlers(self) -> dict[str, Callable[[Event], None]]:
+        """Kind → the writer of its line, for :meth:`~massboot.events.EventBus.subscribe_kinds`:
+        the lines of :meth:`__call__`, without its lookup of the kind per event (issue #14)."""
+        return dict(self._writers)
+
+
+def _writer(origin: _Origin, line: Callable[[Event], Line], highest: int) -> Callable[[Event], None]:
+    """What writes the line of an event of one kind (*line* formats it; *highest*: the most
+    severe level it returns)."""
+    logger = origin.logger
+
+    def write(event: Event) -> None:
         if not logger.isEnabledFor(highest):     # none of this kind's lines would be written
             return
         level, msg, args = line(event)
-        if logger.isEnabledFor(level):
+        if level == highest or logger.isEnabledFor(level):
             logger.handle(EventRecord(origin, level, msg, args, event.kind))
+
+    return write

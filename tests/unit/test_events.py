@@ -171,6 +171,26 @@ def test_outcome_lines(kind: str, fields: dict, logger: str, level: int, line: s
     assert record.event == kind     # type: ignore[attr-defined]
 
 
+def test_the_writers_per_kind_write_the_subscribers_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """cli subscribes EventLog().handlers() per kind (issue #14): every line, level and logger
+    as the plain subscriber writes them, levels still read at each event."""
+    bus = EventBus()
+    bus.subscribe_kinds(EventLog().handlers())
+    assert set(EventLog().handlers()) == LOGGED_KINDS
+    assert set(EventLog(kinds=["dhcp.reply"]).handlers()) == {"dhcp.reply"}
+    caplog.set_level(logging.DEBUG, logger="massboot")
+    for kind, fields, *_ in LINES:
+        bus.emit(kind, **fields)
+    assert [(r.name, r.levelno, r.getMessage(), r.event) for r in caplog.records] == \
+        [(logger, level, line, kind) for kind, _fields, logger, level, line in LINES]
+    caplog.clear()
+    caplog.set_level(logging.WARNING, logger="massboot")     # a reload changes the level
+    for kind, fields, *_ in LINES:
+        bus.emit(kind, **fields)
+    assert [r.levelno for r in caplog.records] == \
+        [level for *_, level, _line in LINES if level >= logging.WARNING]
+
+
 def test_each_kinds_highest_level_is_at_or_above_its_lines() -> None:
     """A kind is skipped when its highest level is off: no line of it may be above that."""
     from massboot.eventlog import _FORMATS
