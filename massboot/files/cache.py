@@ -41,8 +41,9 @@ import gevent
 import gevent.event
 
 from massboot.config import ConfigError, default_cache_dir
+from massboot.files.cachedopen import CachedOpener
 from massboot.files.local import blocking, open_cloexec
-from massboot.sources import client_text
+from massboot.sources import FileError, client_text
 
 __all__ = ["CacheDir", "Entry", "FlightLocks", "Missing", "SharedMissing", "cache_key",
            "default_cache_dir"]
@@ -58,6 +59,25 @@ def _open_sized(path: str, size: int) -> int:
     if found != size:
         os.close(fd)
         raise OSError(errno.EIO, f"{found} bytes, cached with {size}")
+    return fd
+
+
+_CACHED = CachedOpener()
+
+
+def _open_sized_cached(path: str, size: int) -> int | None:
+    """:func:`_open_sized` from the kernel's caches alone, on the hub; None: use the threadpool."""
+    try:
+        found = _CACHED.lookup((path,), None, True)
+    except FileError as exc:
+        raise OSError(errno.ENOENT, exc.message) from None
+    if found is None:
+        return None
+    fd, found_size = found
+    assert fd is not None
+    if found_size != size:
+        os.close(fd)
+        raise OSError(errno.EIO, f"{found_size} bytes, cached with {size}")
     return fd
 
 
@@ -409,7 +429,9 @@ class CacheDir:
         self._index.move_to_end(entry.key)
         entry.readers += 1
         try:
-            return blocking(_open_sized, self.path(entry.key, entry.token, "data"), entry.size)
+            path = self.path(entry.key, entry.token, "data")
+            fd = _open_sized_cached(path, entry.size)
+            return fd if fd is not None else blocking(_open_sized, path, entry.size)
         except OSError as exc:
             entry.readers -= 1
             log.warning("cached copy of %s unreadable, fetching again: %s", client_text(entry.url), exc)

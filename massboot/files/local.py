@@ -1,7 +1,9 @@
 """Local files: lookup and confinement, reads that never stall the gevent hub.
 
 Opening, ``stat`` and reading a local file happen in gevent's threadpool, so a slow disk never
-stalls the hub. Reads from the event loop itself (the TFTP server's socket callbacks) try
+stalls the hub; an open or ``stat`` whose path walk the kernel can answer from its caches alone
+is made on the hub (:mod:`massboot.files.cachedopen`), without the threadpool's hop. Reads
+from the event loop itself (the TFTP server's socket callbacks) try
 ``preadv(RWF_NOWAIT)`` first: it answers from the page cache without blocking, or refuses.
 """
 
@@ -17,6 +19,7 @@ from typing import Any, TypeVar
 
 import gevent
 
+from massboot.files.cachedopen import CachedOpener
 from massboot.sources import FileError, FileReason, WouldBlock
 
 __all__ = ["LOCAL_CHUNK", "BufferedSource", "Fd", "LocalFiles", "blocking"]
@@ -84,9 +87,13 @@ def _lookup(paths: tuple[str, ...], confine: Confine, open_it: bool) -> tuple[in
                 raise FileError(FileReason.ACCESS, "Access violation")
         try:
             if open_it:
-                fd = open_cloexec(path)
+                # O_NONBLOCK: a FIFO's open would wait for a writer, for ever; a file's
+                # descriptor is made blocking again below
+                fd = open_cloexec(path, os.O_RDONLY | os.O_NONBLOCK)
                 try:
                     st = os.fstat(fd)
+                    if stat.S_ISREG(st.st_mode):
+                        os.set_blocking(fd, True)
                 except OSError:
                     os.close(fd)
                     raise
@@ -188,11 +195,13 @@ class LocalFiles:
 
     def __init__(self) -> None:
         self.nowait = bool(_RWF_NOWAIT) and hasattr(os, "preadv")
+        self.cached = CachedOpener()
         self._sizes: dict[tuple[Any, ...], tuple[int, float]] = {}   # sizes for option 13
 
     def open(self, paths: tuple[str, ...], confine: Confine) -> BufferedSource:
         """Open the first regular file among *paths*; raise FileError."""
-        fd, size = blocking(_lookup, paths, confine, True)
+        found = self.cached.lookup(paths, confine, True)
+        fd, size = found if found is not None else blocking(_lookup, paths, confine, True)
         assert fd is not None
         return BufferedSource(self, Fd(fd), size)
 
@@ -207,7 +216,8 @@ class LocalFiles:
         known = self._sizes.get(key)
         if known is not None and known[1] > now:
             return known[0]
-        size = blocking(_lookup, paths, confine, False)[1]
+        found = self.cached.lookup(paths, confine, False)
+        size = (found if found is not None else blocking(_lookup, paths, confine, False))[1]
         if len(self._sizes) >= SIZE_CACHE_MAX:
             self._sizes.clear()
         self._sizes[key] = (size, now + SIZE_TTL)

@@ -531,17 +531,23 @@ def test_out_of_descriptors_opening_a_file_is_busy_never_404(root, local, monkey
     import errno
 
     from massboot.files import local as local_files
+    from massboot.files.cachedopen import CachedOpener
 
     real = local_files.open_cloexec
+    real_openat2 = CachedOpener._openat2
     failures = {"left": 0}
 
-    def open_cloexec(path: str) -> int:
+    def open_cloexec(path: str, *flags: int) -> int:
         if failures["left"] > 0:
             failures["left"] -= 1
             raise OSError(errno.EMFILE, "Too many open files")
-        return real(path)
+        return real(path, *flags)
+
+    def openat2(self, *args) -> int:   # the hub's open from the caches is short of them too
+        return -errno.EMFILE if failures["left"] > 0 else real_openat2(self, *args)
 
     monkeypatch.setattr(local_files, "open_cloexec", open_cloexec)
+    monkeypatch.setattr(CachedOpener, "_openat2", openat2)
     server = local()
     failures["left"] = 1             # nobody idle: nothing to free
     resp = get(server, "/vmlinuz")
@@ -569,7 +575,7 @@ def test_lookup_out_of_descriptors_is_busy(tmp_path, monkeypatch):
 
     (tmp_path / "f").write_bytes(b"x")
 
-    def emfile(path: str) -> int:
+    def emfile(path: str, *flags: int) -> int:
         raise OSError(errno.EMFILE, "Too many open files")
 
     monkeypatch.setattr(local_files, "open_cloexec", emfile)
