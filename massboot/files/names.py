@@ -174,6 +174,28 @@ class Resolver:
             self._real_root = os.path.realpath(self.root)
         self._lookup = client_lookup
         self._first_line = first_line
+        # the real directories that client-chosen paths must stay in, resolved here (at start
+        # and when a reload changes [filters], as the root's) and not per request: realpath()
+        # makes an lstat per path component, on the event loop
+        self._real_dirs: dict[str, str] = {}
+        for flt in self._filters:
+            if flt.fields and not flt.indirect:
+                if os.path.isabs(flt.prefix):
+                    self._real_dir(flt.prefix)
+                elif not self.remote:
+                    for base in self._bases(flt):
+                        self._real_dir(os.path.join(base, flt.prefix))
+
+    def _bases(self, flt: Filter) -> tuple[str, ...]:
+        """Where a relative client-chosen path may be: under the root, or also in base_dir
+        when the template has a fixed directory (a bare ``{file}``: under the root only)."""
+        return (self.root, self._base_dir) if flt.prefix else (self.root,)
+
+    def _real_dir(self, path: str) -> str:
+        real = self._real_dirs.get(path)
+        if real is None:   # (every filter's directories are resolved in __init__)
+            real = self._real_dirs[path] = os.path.realpath(path)
+        return real
 
     def resolve(self, name: str, client_ip: str) -> Target:
         """The target of *name* for the client at *client_ip*; raise FileError."""
@@ -213,7 +235,7 @@ class Resolver:
             return Target(url=target)
         if os.path.isabs(target):
             if flt.fields and not flt.indirect:
-                return Target(paths=(target,), confine=os.path.realpath(flt.prefix))
+                return Target(paths=(target,), confine=self._real_dir(flt.prefix))
             return Target(paths=(target,))
         if self.remote:
             return Target(url=self._url(target))
@@ -221,9 +243,9 @@ class Resolver:
             # a client-chosen path stays inside the template's fixed directory, on the real
             # path too; a bare one ("{file}") under the root only, never in base_dir (where the
             # config and the lease database live)
-            bases = (self.root, self._base_dir) if flt.prefix else (self.root,)
+            bases = self._bases(flt)
             paths = tuple(os.path.join(b, target) for b in bases)
-            confine = tuple(os.path.realpath(os.path.join(b, flt.prefix)) for b in bases)
+            confine = tuple(self._real_dir(os.path.join(b, flt.prefix)) for b in bases)
             return Target(paths=paths, confine=confine)
         return Target(paths=self._admin_paths(target))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 
 import pytest
 
@@ -479,6 +480,34 @@ def test_value_stays_in_the_fixed_directory_on_the_real_path(tree, tmp_path):
     with pytest.raises(FileError) as err:              # a symlink out of /srv/cfg/
         store.open("other.cfg", "127.0.0.5")
     assert err.value.reason is FileReason.ACCESS
+
+
+def test_fixed_directories_resolved_once_not_per_request(tree, tmp_path, monkeypatch):
+    """realpath() makes an lstat per component: the root's and every template's fixed
+    directory are resolved when the filters are read (start, a reload of [filters]), never per
+    request."""
+    base, root = tree
+    cfg = tmp_path / "cfg"
+    write(cfg / "52:54:00:12:34:56.cfg", "per mac")
+    write(root / "cfg" / "52:54:00:12:34:56.cfg", "root per mac")
+    os.symlink(tmp_path / "secret", cfg / "escape.cfg")
+    store = FileStore("root", [("pxe.cfg", str(cfg) + "/{mac}.cfg"), ("other.cfg", str(cfg) + "/{file}"),
+                               ("rel.cfg", "cfg/{mac}.cfg")],
+                      base_dir=str(base), client_lookup=acl_file("escape.cfg"))
+
+    real = os.path.realpath
+
+    def no_realpath(path):   # the threadpool's lookup may: it runs beside the event loop
+        assert threading.current_thread() is not threading.main_thread(), f"realpath({path!r}) per request"
+        return real(path)
+
+    monkeypatch.setattr(os.path, "realpath", no_realpath)
+    for _ in range(2):
+        assert read_all(store, "pxe.cfg") == b"per mac"
+        assert read_all(store, "rel.cfg") == b"root per mac"
+        with pytest.raises(FileError) as err:          # still refused: the threadpool's check
+            store.open("other.cfg", "127.0.0.5")
+        assert err.value.reason is FileReason.ACCESS
 
 
 def test_values_side_by_side_cannot_make_a_traversal(tree):
