@@ -55,7 +55,11 @@ def _open_sized(path: str, size: int) -> int:
     """Open a cached copy for reading; OSError unless it still has the size it was cached with
     (a copy truncated or replaced behind massboot's back is fetched again, never served)."""
     fd = open_cloexec(path)
-    found = os.fstat(fd).st_size
+    return _sized(fd, os.fstat(fd).st_size, size)
+
+
+def _sized(fd: int, found: int, size: int) -> int:
+    """*fd* when its file has the *size* it was cached with; else closed, and OSError."""
     if found != size:
         os.close(fd)
         raise OSError(errno.EIO, f"{found} bytes, cached with {size}")
@@ -75,10 +79,7 @@ def _open_sized_cached(path: str, size: int) -> int | None:
         return None
     fd, found_size = found
     assert fd is not None
-    if found_size != size:
-        os.close(fd)
-        raise OSError(errno.EIO, f"{found_size} bytes, cached with {size}")
-    return fd
+    return _sized(fd, found_size, size)
 
 
 _KEY = re.compile(r"[0-9a-f]{32}")

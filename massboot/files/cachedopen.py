@@ -133,12 +133,10 @@ class CachedOpener:
         fd = self._syscall(_SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
         return fd if fd >= 0 else -ctypes.get_errno()
 
-    def _disable(self, err: int) -> bool:
-        """Whether *err* says this kernel has no openat2 or no RESOLVE_CACHED (then off for good)."""
+    def _disable(self, err: int) -> None:
+        """Off for good when *err* says this kernel has no openat2 or no RESOLVE_CACHED."""
         if err in (errno.ENOSYS, errno.EINVAL, errno.E2BIG, errno.EPERM):  # EPERM: a seccomp filter
             self.enabled = False
-            return True
-        return False
 
     def _open(self, base: str, rel: str, resolve: int, open_it: bool) -> object:
         try:

@@ -200,8 +200,7 @@ class LocalFiles:
 
     def open(self, paths: tuple[str, ...], confine: Confine) -> BufferedSource:
         """Open the first regular file among *paths*; raise FileError."""
-        found = self.cached.lookup(paths, confine, True)
-        fd, size = found if found is not None else blocking(_lookup, paths, confine, True)
+        fd, size = self._find(paths, confine, True)
         assert fd is not None
         return BufferedSource(self, Fd(fd), size)
 
@@ -216,12 +215,16 @@ class LocalFiles:
         known = self._sizes.get(key)
         if known is not None and known[1] > now:
             return known[0]
-        found = self.cached.lookup(paths, confine, False)
-        size = (found if found is not None else blocking(_lookup, paths, confine, False))[1]
+        size = self._find(paths, confine, False)[1]
         if len(self._sizes) >= SIZE_CACHE_MAX:
             self._sizes.clear()
         self._sizes[key] = (size, now + SIZE_TTL)
         return size
+
+    def _find(self, paths: tuple[str, ...], confine: Confine, open_it: bool) -> tuple[int | None, int]:
+        """:func:`_lookup`: on the hub when the kernel's caches answer, else in the threadpool."""
+        found = self.cached.lookup(paths, confine, open_it)
+        return found if found is not None else blocking(_lookup, paths, confine, open_it)
 
     def first_line(self, paths: tuple[str, ...]) -> str | None:
         """The first non-empty line of the first existing file among *paths* (a ``[path]`` filter)."""
