@@ -409,6 +409,8 @@ class DhcpServer:
         """
         if self._stuck:
             return False
+        for scope in self._all_scopes():    # parked exchanges wait on commits: no window
+            scope.store.hurry()
         deadline = time.monotonic() + POOL_WAIT
         while self._active >= self.pool.size:
             self._slot_freed.clear()

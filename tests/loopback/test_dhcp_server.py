@@ -541,3 +541,22 @@ def test_the_requests_of_one_read_batch_share_one_commit(harness, tmp_path):
     assert sorted(bytes(o.mac) for o in offers) == sorted(macs)
     assert 1 <= len(transactions) <= 3, transactions
     assert {lease.mac for lease in h.store.leases()} >= {mac_str(m) for m in macs}
+
+
+def test_a_full_exchange_pool_does_not_wait_for_the_commit_window(harness, tmp_path, monkeypatch):
+    """Exchanges parked on their commit hold their slots; when every slot is held the read
+    loop has the store commit at once instead of at the end of its window (README, "Lease
+    database writes"), so a small ``pool_size`` never limits the rate to a pool per window."""
+    from massboot.dhcp.leases import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "COMMIT_INTERVAL", 60.0)
+    h = harness(bootpd="pool_size = 2", db=str(tmp_path / "leases.sqlite3"))
+    first = h.client.exchange(h.client.packet(MAC1, MessageType.DISCOVER, pxe_options()))
+    assert first is not None and first.message_type == MessageType.OFFER    # after a quiet spell
+    macs = [bytes.fromhex(f"0200c0de{i:04x}") for i in range(3)]
+    for mac in macs:              # two park within the window and fill the pool; the third waits
+        h.client.send(h.client.packet(mac, MessageType.DISCOVER, pxe_options()))
+    offers = [h.client.recv(5) for _ in macs[:2]]
+    assert all(o is not None and o.message_type == MessageType.OFFER for o in offers), \
+        "the parked exchanges waited for the commit window"
+    assert sorted(bytes(o.mac) for o in offers) == sorted(macs[:2])

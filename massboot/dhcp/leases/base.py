@@ -273,6 +273,10 @@ class LeaseStore(ABC):
     def close(self) -> None:
         """Release resources; pending writes are finished first."""
 
+    def hurry(self) -> None:  # noqa: B027 (a no-op for a store without a commit window)
+        """Write the changes waiting for a group commit now, not at the end of its window
+        (the DHCP read loop asks when every exchange slot waits on a commit)."""
+
     @property
     def database_up(self) -> bool | None:
         """Whether the store's database server answers now; None for an embedded store."""

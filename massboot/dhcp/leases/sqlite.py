@@ -23,6 +23,12 @@ log = logging.getLogger("massboot.dhcp.leases")    # one logger for the package
 
 
 
+#: group commit (README, "Lease database writes"): a transaction starts at most this many
+#: seconds after the previous one started; what is decided meanwhile waits and shares the next
+COMMIT_INTERVAL = 0.01
+#: ... unless this many changes wait (or :meth:`SqliteLeaseStore.hurry`): then at once
+COMMIT_BATCH = 128
+
 #: the schema version this code writes (``PRAGMA user_version``); 0 is the schema of massboot
 #: before the lease lifecycle (no reservations, declines for ever, offers without expiry)
 SCHEMA_VERSION = 1
@@ -112,6 +118,9 @@ class SqliteLeaseStore(_IndexedLeaseStore):
         self._pending: list[_Change] = []
         self._pending_done: Any = None
         self._flusher: Any = None
+        self._last_commit = -COMMIT_INTERVAL      # time.monotonic() of the last transaction's start
+        self._wake: Any = None                    # set to end the flusher's wait at once
+        self._hurried = False                     # the next transaction starts without waiting
         try:
             rows, declined = self._run(self._db_open, offer_hold, decline_probation)
             change = self._index.load(rows, declined, self._clock())
@@ -219,19 +228,40 @@ class SqliteLeaseStore(_IndexedLeaseStore):
         self._pending.append(change)
         if self._flusher is None:
             self._flusher = spawn(self._flush)
+        elif len(self._pending) >= COMMIT_BATCH:
+            self.hurry()
         waits = getattr(getcurrent(), DEFER_ATTRIBUTE, None)
         if waits is not None:
             waits.append(done)
             return
         done.get()
 
+    def hurry(self) -> None:
+        self._hurried = True
+        if self._wake is not None:
+            self._wake.set()
+
     def _flush(self) -> None:
         """Write everything queued, batch after batch: the changes of a batch are merged into
         their net effect (:func:`_merge`, in decision order) and written by a handful of
         multi-row statements in one transaction, built here on the hub so that the worker
-        thread runs only SQLite."""
+        thread runs only SQLite.
+
+        A transaction starts at most every :data:`COMMIT_INTERVAL` (a change after a quiet
+        spell is written at once): each one hands the batch to the worker thread and its result
+        back, and at a few thousand requests a second one per read batch made the hub and the
+        worker trade the GIL for most of a core (README, "Lease database writes")."""
+        from gevent.event import Event
+
         try:
             while self._pending:
+                wait = self._last_commit + COMMIT_INTERVAL - time.monotonic()
+                if wait > 0 and len(self._pending) < COMMIT_BATCH and not self._hurried:
+                    self._wake = Event()
+                    self._wake.wait(wait)
+                    self._wake = None
+                self._hurried = False
+                self._last_commit = time.monotonic()
                 batch, done = self._pending, self._pending_done
                 self._pending, self._pending_done = [], None
                 try:
@@ -248,6 +278,7 @@ class SqliteLeaseStore(_IndexedLeaseStore):
         if self._closed:
             return
         if self._flusher is not None:
+            self.hurry()
             self._flusher.join(timeout=10)     # pending writes are finished first
         try:
             self._run(self._db_close)
