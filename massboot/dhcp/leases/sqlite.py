@@ -74,7 +74,9 @@ class SqliteLeaseStore(_IndexedLeaseStore):
     Decisions are taken on the in-memory index (atomic under gevent); every change is then
     written by ONE dedicated worker thread (a gevent thread pool of size 1, so writes happen in
     decision order), and the calling greenlet waits for it cooperatively: other greenlets keep
-    running while SQLite works. :meth:`commit` returns only once the row is durable. Offers are
+    running while SQLite works. :meth:`commit` returns only once the row is durable. Changes are
+    grouped: a transaction starts at most every :data:`COMMIT_INTERVAL` seconds (sooner once
+    :data:`COMMIT_BATCH` changes wait, or on :meth:`hurry`). Offers are
     persisted with their expiry, so a restart within the hold keeps them and one after it
     forgets them. The schema is versioned (``PRAGMA user_version``); an older database is
     migrated when opened.
