@@ -177,25 +177,21 @@ class Resolver:
         # the real directories that client-chosen paths must stay in, resolved here (at start
         # and when a reload changes [filters], as the root's) and not per request: realpath()
         # makes an lstat per path component, on the event loop
+        # (a client-chosen absolute target starts with its filter's absolute prefix: _expand
+        # refuses an absolute value, so a bare "{file}" never makes one)
         self._real_dirs: dict[str, str] = {}
         for flt in self._filters:
             if flt.fields and not flt.indirect:
                 if os.path.isabs(flt.prefix):
-                    self._real_dir(flt.prefix)
-                elif not self.remote:
-                    for base in self._bases(flt):
-                        self._real_dir(os.path.join(base, flt.prefix))
+                    dirs = [flt.prefix]
+                else:
+                    dirs = [] if self.remote else [os.path.join(b, flt.prefix) for b in self._bases(flt)]
+                self._real_dirs.update((d, os.path.realpath(d)) for d in dirs)
 
     def _bases(self, flt: Filter) -> tuple[str, ...]:
         """Where a relative client-chosen path may be: under the root, or also in base_dir
         when the template has a fixed directory (a bare ``{file}``: under the root only)."""
         return (self.root, self._base_dir) if flt.prefix else (self.root,)
-
-    def _real_dir(self, path: str) -> str:
-        real = self._real_dirs.get(path)
-        if real is None:   # (every filter's directories are resolved in __init__)
-            real = self._real_dirs[path] = os.path.realpath(path)
-        return real
 
     def resolve(self, name: str, client_ip: str) -> Target:
         """The target of *name* for the client at *client_ip*; raise FileError."""
@@ -235,7 +231,7 @@ class Resolver:
             return Target(url=target)
         if os.path.isabs(target):
             if flt.fields and not flt.indirect:
-                return Target(paths=(target,), confine=self._real_dir(flt.prefix))
+                return Target(paths=(target,), confine=self._real_dirs[flt.prefix])
             return Target(paths=(target,))
         if self.remote:
             return Target(url=self._url(target))
@@ -245,7 +241,7 @@ class Resolver:
             # config and the lease database live)
             bases = self._bases(flt)
             paths = tuple(os.path.join(b, target) for b in bases)
-            confine = tuple(self._real_dir(os.path.join(b, flt.prefix)) for b in bases)
+            confine = tuple(self._real_dirs[os.path.join(b, flt.prefix)] for b in bases)
             return Target(paths=paths, confine=confine)
         return Target(paths=self._admin_paths(target))
 

@@ -120,7 +120,7 @@ class SqliteLeaseStore(_IndexedLeaseStore):
         self._pending: list[_Change] = []
         self._pending_done: Any = None
         self._flusher: Any = None
-        self._last_commit = -COMMIT_INTERVAL      # time.monotonic() of the last transaction's start
+        self._last_commit = float("-inf")        # time.monotonic() of the last transaction's start
         self._wake: Any = None                    # set to end the flusher's wait at once
         self._hurried = False                     # the next transaction starts without waiting
         try:
