@@ -22,7 +22,9 @@ setup(
     # The compiled TFTP data path (README "Performance"): optional, a machine without gcc and
     # python3-dev installs and runs the pure-Python path ([tftpd] fast_path = auto).
     ext_modules=[Extension("massboot.tftp._fastpath", ["massboot/tftp/_fastpath.c"],
-                           extra_compile_args=["-O2", "-ffp-contract=off"], optional=True)],
+                           extra_compile_args=["-O2", "-ffp-contract=off"], optional=True),
+                 Extension("massboot.dhcp._codec", ["massboot/dhcp/_codec.c"],
+                           extra_compile_args=["-O2"], optional=True)],
     entry_points={"console_scripts": ["massboot = massboot.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

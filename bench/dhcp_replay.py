@@ -32,7 +32,13 @@ import gevent.event  # noqa: E402
 
 from massboot import cli  # noqa: E402
 from massboot import config as cfg  # noqa: E402
-from massboot.dhcp.packet import BOOTREQUEST, BootpPacket, MessageType, Opt, decode, encode, u8  # noqa: E402
+from massboot.dhcp import packet as _packet  # noqa: E402
+from massboot.dhcp.packet import BOOTREQUEST, BootpPacket, MessageType, Opt, u8  # noqa: E402
+
+# The scripted clients' own codec is the Python one in every checkout (README "DHCP: the
+# compiled codec"): the server's codec is what an A/B run compares, not the clients'.
+decode = getattr(_packet, "python_decode", _packet.decode)
+encode = getattr(_packet, "python_encode", _packet.encode)
 
 CONFIG = """
 [logger]

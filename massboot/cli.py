@@ -975,6 +975,9 @@ def check_config(config: cfg.Config, *, run_dhcp: bool, run_http: bool = False) 
 
     compiled = config.tftp.fast_path != "off" and fast_path_available()
     print(f"tftp data path: {'compiled' if compiled else 'python'} (fast_path = {config.tftp.fast_path})")
+    from massboot.dhcp.packet import CODEC, CODEC_PROBLEM
+
+    print(f"dhcp codec: {CODEC}" + (f" ({CODEC_PROBLEM})" if CODEC_PROBLEM else ""))
     try:
         from massboot.files import FileStore
 

@@ -635,6 +635,14 @@ class Metrics:
         yield CounterMetricFamily("massboot_dhcp_receive_errors", "Receive errors on the DHCP socket "
                                   "that passed (ICMP errors, lack of buffers); a persistent one stops "
                                   "the service.", value=counts["receive_errors"])
+        from massboot.dhcp.packet import CODEC  # README, Performance: the compiled codec
+
+        codec = GaugeMetricFamily("massboot_dhcp_codec", "1 for the DHCP codec that runs: compiled "
+                                  "or python (massboot/dhcp/_codec.c, built by pip install).",
+                                  labels=("codec",))
+        for name in ("compiled", "python"):
+            codec.add_metric((name,), 1 if name == CODEC else 0)
+        yield codec
 
     def _collect_log(self) -> Iterator[Metric]:
         """The log writer's counters (massboot.logwriter; README, "[logger]")."""

@@ -6,6 +6,8 @@ monkey.patch_all()
 
 import os  # noqa: E402
 import shutil  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -41,6 +43,19 @@ def tftp_data_path(request: pytest.FixtureRequest) -> str:
         require(fast_path_available(), "the compiled TFTP data path (massboot.tftp._fastpath) "
                 "is not built: apt-get install gcc python3-dev, then pip install -e .")
     return request.param
+
+
+@pytest.fixture(params=["compiled", "python"])
+def dhcp_codec(request: pytest.FixtureRequest) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``(decode, encode)`` of one DHCP codec (README "Performance", "DHCP: the compiled
+    codec"): the codec's tests run against both. Under CI=true the compiled one must be built,
+    outside CI its half skips with the reason."""
+    from massboot.dhcp import packet
+
+    if request.param == "compiled":
+        require(packet.CODEC == "compiled", str(packet.CODEC_PROBLEM))
+        return packet._codec.decode, packet._codec.encode
+    return packet.python_decode, packet.python_encode
 
 
 def fast_path_option(data_path: str) -> str:

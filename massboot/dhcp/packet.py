@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from enum import IntEnum, StrEnum
+from typing import Any
 
 from massboot import codec
 from massboot.ident import uuid_from_option97
@@ -30,6 +31,10 @@ __all__ = [
     "BOOTP_MIN_SIZE",
     "BOOTREPLY",
     "BOOTREQUEST",
+    "CODEC",
+    "CODEC_API",
+    "CODEC_PROBLEM",
+    "CODEC_STALE",
     "FLAG_BROADCAST",
     "HEADER_SIZE",
     "HTTP_CLIENT_CLASS",
@@ -48,6 +53,8 @@ __all__ = [
     "ip_bytes",
     "ips_bytes",
     "parse_user_classes",
+    "python_decode",
+    "python_encode",
     "u8",
     "u16",
     "u32",
@@ -511,8 +518,9 @@ def _parse_options(data: bytes, start: int, stop: int, found: dict[int, bytes], 
         i = end
 
 
-def decode(data: bytes) -> BootpPacket:
-    """Decode one BOOTP/DHCP datagram.
+def python_decode(data: bytes) -> BootpPacket:
+    """Decode one BOOTP/DHCP datagram (:func:`decode` is this function, or the compiled codec
+    that gives the same packets and hands it whatever it does not serve; see :data:`CODEC`).
 
     The fixed header is RFC 2131 §2. Options follow the magic cookie (RFC 2132 §2); without
     the cookie the packet is plain BOOTP (``vendor=False``, no options). Option overload
@@ -593,8 +601,10 @@ assert [f.name for f in fields(BootpPacket)][-1] == "_index" and len(_PACKET_SET
 # ---------------------------------------------------------------------------------------------
 
 
-def encode(packet: BootpPacket, *, min_size: int = BOOTP_MIN_SIZE) -> bytes:
-    """Encode a packet: header, magic cookie, options in the given order, END, zero padding.
+def python_encode(packet: BootpPacket, *, min_size: int = BOOTP_MIN_SIZE) -> bytes:
+    """Encode a packet: header, magic cookie, options in the given order, END, zero padding
+    (:func:`encode` is this function, or the compiled codec that gives the same bytes and hands
+    it whatever it does not serve; see :data:`CODEC`).
 
     A value longer than 255 bytes is split into consecutive instances of its option
     (RFC 3396 §6). Option 52 is never produced (an OVERLOAD entry in ``options`` is dropped),
@@ -657,3 +667,56 @@ def encode(packet: BootpPacket, *, min_size: int = BOOTP_MIN_SIZE) -> bytes:
     if len(out) < min_size:
         out += bytes(min_size - len(out))
     return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled codec (README "Performance", "DHCP: the compiled codec")
+# ---------------------------------------------------------------------------------------------
+
+#: the glue contract with massboot/dhcp/_codec.c (its bind() and the slots it fills): its API
+#: constant; both change together
+CODEC_API = 1
+CODEC_FIX = "apt-get install gcc python3-dev, then reinstall massboot (pip install)"
+
+
+def _bind_codec(module: Any) -> str | None:
+    """Bind a built :mod:`massboot.dhcp._codec` to this module; why it cannot serve, or None.
+
+    A checkout updated without rebuilding keeps the old ``.so``: its API number says so before
+    it is used; then its ``bind()`` checks :class:`BootpPacket`'s slots.
+    """
+    api = getattr(module, "API", None)
+    if api != CODEC_API:
+        return f"module API {api}, this massboot needs {CODEC_API}"
+    try:
+        module.bind(BootpPacket, python_decode, python_encode, _NO_ADDRESS)
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
+#: why the compiled codec does not serve (with the fix), or None when it does
+CODEC_PROBLEM: str | None = None
+#: True when a built codec does not match this massboot (an old build: a warning at start)
+CODEC_STALE = False
+try:
+    from massboot.dhcp import _codec  # type: ignore[attr-defined]
+except ImportError:     # built by `pip install` when gcc and python3-dev are there (setup.py)
+    _codec = None
+    CODEC_PROBLEM = f"the compiled DHCP codec (massboot.dhcp._codec) is not built: {CODEC_FIX}"
+else:
+    _mismatch = _bind_codec(_codec)
+    if _mismatch is not None:
+        _codec = None
+        CODEC_STALE = True
+        CODEC_PROBLEM = (f"the compiled DHCP codec (massboot.dhcp._codec) does not match this "
+                         f"massboot ({_mismatch}): reinstall massboot (pip install) to rebuild it")
+
+#: which codec :func:`decode` and :func:`encode` are: ``"compiled"`` or ``"python"``
+CODEC = "compiled" if _codec is not None else "python"
+#: decode one datagram: :func:`python_decode`'s contract, served by the compiled codec when it
+#: is built (it hands every datagram it does not decode itself, a malformed one included, to
+#: :func:`python_decode`, so errors have one source)
+decode: Callable[[bytes], BootpPacket] = _codec.decode if _codec is not None else python_decode
+#: encode one packet: :func:`python_encode`'s contract, served likewise
+encode: Callable[..., bytes] = _codec.encode if _codec is not None else python_encode

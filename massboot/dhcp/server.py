@@ -91,7 +91,17 @@ from massboot.dhcp.exchange import (
 )
 from massboot.dhcp.leases import LeaseStats, LeaseStore, LeaseStoreError, LeaseStoreUnavailable
 from massboot.dhcp.leases.memory import DEFER_ATTRIBUTE, deferring
-from massboot.dhcp.packet import BOOTREQUEST, BootpPacket, PacketError, Reason, decode, encode
+from massboot.dhcp.packet import (
+    BOOTREQUEST,
+    CODEC,
+    CODEC_PROBLEM,
+    CODEC_STALE,
+    BootpPacket,
+    PacketError,
+    Reason,
+    decode,
+    encode,
+)
 from massboot.dhcp.policy import Network
 from massboot.events import EventBus
 from massboot.ident import mac_str
@@ -251,12 +261,15 @@ class DhcpServer:
         self._reader = gevent.spawn(self._read_loop, sock, False)
         if self.bootserver_socket is not None:
             self._bootserver_reader = gevent.spawn(self._read_loop, self.bootserver_socket, True)
-            log.info("dhcp listening on %s:%d and %s:%d (PXE boot server) server=%s mode=proxy",
-                     self.config.address, self.port, self.config.address, self.bootserver_port,
-                     self.server_ip)
+            log.info("dhcp listening on %s:%d and %s:%d (PXE boot server) server=%s mode=proxy "
+                     "codec=%s", self.config.address, self.port, self.config.address,
+                     self.bootserver_port, self.server_ip, CODEC)
         else:
-            log.info("dhcp listening on %s:%d server=%s pool=%s+%d", self.config.address, self.port,
-                     self.server_ip, self.config.pool_start, self.config.pool_count)
+            log.info("dhcp listening on %s:%d server=%s pool=%s+%d codec=%s", self.config.address,
+                     self.port, self.server_ip, self.config.pool_start, self.config.pool_count, CODEC)
+        if CODEC_PROBLEM is not None:   # README "Performance", "DHCP: the compiled codec"
+            log.log(logging.WARNING if CODEC_STALE else logging.INFO,
+                    "dhcp: %s; the Python codec serves every message", CODEC_PROBLEM)
 
     def _bind(self, port: int) -> socket.socket:
         """A DHCP socket bound to *port* of ``[bootpd] address`` (closed again if that fails)."""

@@ -280,3 +280,58 @@ def test_open_files_limit_fits_a_full_tftp_pool(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# the module hidden as if never built (an entry of None makes its import fail), or an old build
+# left in an updated checkout (another API number)
+_CODEC_NOT_BUILT = "import sys; sys.modules['massboot.dhcp._codec'] = None"
+_CODEC_STALE = ("import sys, types; m = types.ModuleType('massboot.dhcp._codec'); m.API = 0; "
+                "sys.modules['massboot.dhcp._codec'] = m")
+
+
+@pytest.mark.parametrize("prelude, codec, says", [
+    ("", "compiled", None),
+    (_CODEC_NOT_BUILT, "python", "INFO: dhcp: the compiled DHCP codec "
+     "(massboot.dhcp._codec) is not built: apt-get install gcc python3-dev"),
+    (_CODEC_STALE, "python", "WARNING: dhcp: the compiled DHCP codec "
+     "(massboot.dhcp._codec) does not match this massboot (module API 0, this massboot needs 1): "
+     "reinstall massboot (pip install) to rebuild it"),
+], ids=["built", "not-built", "stale"])
+def test_the_start_log_says_which_dhcp_codec_runs(tmp_path, prelude: str, codec: str,
+                                                   says: str | None) -> None:
+    """README, Quick start and Performance: the DHCP start line names the codec; without the
+    compiled one (not built, or built from older sources) a line says why and how to build it,
+    and the Python codec answers: a DORA still completes."""
+    from massboot.dhcp.packet import BOOTREPLY, BootpPacket, MessageType, Opt, python_decode, python_encode
+
+    if codec == "compiled":
+        from massboot.dhcp.packet import CODEC, CODEC_PROBLEM
+
+        require(CODEC == "compiled", str(CODEC_PROBLEM))
+    dhcp, tftp = free_port(), free_port()
+    path = write(tmp_path, GOOD.format(dhcp=dhcp, tftp=tftp).replace(
+        "[bootfile]", "allow_simple_dhcp = on\n[bootfile]") + "[logger]\nlevel = info\n")
+    script = prelude + "; " if prelude else ""
+    script += "import runpy, sys; sys.argv[0] = 'massboot'; runpy.run_module('massboot', " \
+              "run_name='__main__', alter_sys=True)"
+    mb = Running("-c", script, "-p", "-c", path, prefix=())
+    try:
+        mb.wait_for("dhcp listening")
+        assert f"pool=127.0.0.100+10 codec={codec}" in mb.log
+        if says is None:
+            assert "DHCP codec" not in mb.log
+        else:
+            assert says in mb.log
+        mac = bytes.fromhex("525400c0dec0")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.bind(("127.0.0.1", 0))
+            request = BootpPacket(op=1, xid=7, chaddr=mac, giaddr="127.0.0.1",
+                                  options=((Opt.MESSAGE_TYPE, bytes([MessageType.DISCOVER])),))
+            s.sendto(python_encode(request), ("127.0.0.1", dhcp))
+            offer = python_decode(s.recvfrom(2048)[0])
+            assert offer.op == BOOTREPLY and offer.message_type is MessageType.OFFER
+            assert offer.chaddr == mac and offer.yiaddr.startswith("127.0.0.")
+    finally:
+        mb.proc.send_signal(signal.SIGTERM)
+        assert mb.exit_code() == 0, mb.log

@@ -601,6 +601,10 @@ def test_status_interfaces() -> None:
     assert v("massboot_dhcp_probations_ended_total", {"scope": "main"}) == 1
     assert v("massboot_dhcp_leases_reclaimed_total", {"scope": "rack2"}) == 0
     assert v("massboot_dhcp_receive_errors_total") == 3 and v("massboot_dhcp_acl_calls_total") == 9
+    from massboot.dhcp.packet import CODEC
+
+    assert v("massboot_dhcp_codec", {"codec": CODEC}) == 1
+    assert v("massboot_dhcp_codec", {"codec": "python" if CODEC == "compiled" else "compiled"}) == 0
     assert v("massboot_workers_busy", {"pool": "dhcp_acl"}) == 1
     assert v("massboot_workers_capacity", {"pool": "dhcp_probe"}) == 10
     assert v("massboot_cache_stored_bytes") == 1234 and v("massboot_cache_stored_files") == 2

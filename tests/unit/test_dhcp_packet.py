@@ -6,6 +6,7 @@ import dataclasses
 import random
 import re
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,14 @@ from massboot.dhcp.packet import (
 )
 
 GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.fixture(autouse=True)
+def _both_codecs(dhcp_codec, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here runs against the compiled codec and the Python one (conftest.dhcp_codec)."""
+    monkeypatch.setattr(sys.modules[__name__], "decode", dhcp_codec[0])
+    monkeypatch.setattr(sys.modules[__name__], "encode", dhcp_codec[1])
+
 MAC = bytes.fromhex("525400123456")
 UUID17 = bytes([0]) + bytes(range(0x10, 0x20))
 

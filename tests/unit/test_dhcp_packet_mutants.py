@@ -19,6 +19,14 @@ import pytest
 from massboot.dhcp import packet as dp
 
 
+@pytest.fixture(autouse=True)
+def _both_codecs(dhcp_codec, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here runs against the compiled codec and the Python one (conftest.dhcp_codec):
+    the mutants are mutants of the Python one."""
+    monkeypatch.setattr(dp, "decode", dhcp_codec[0])
+    monkeypatch.setattr(dp, "encode", dhcp_codec[1])
+
+
 def raw(options: bytes, *, sname: bytes = b"", file: bytes = b"", op: int = dp.BOOTREQUEST,
         hlen: int = 6) -> bytes:
     """A request with the given bytes after the magic cookie (no END added)."""
