@@ -224,6 +224,15 @@ class CacheStatus(Protocol):
         ...
 
 
+def _compiled_or_python(name: str, documentation: str, label: str, running: str) -> GaugeMetricFamily:
+    """A gauge that is 1 for the implementation that runs (``compiled`` or ``python``), 0 for
+    the other (README, Performance: the compiled TFTP data path and DHCP codec)."""
+    family = GaugeMetricFamily(name, documentation, labels=(label,))
+    for value in ("compiled", "python"):
+        family.add_metric((value,), 1 if value == running else 0)
+    return family
+
+
 def _bounded(value: Any, known: Iterable[str]) -> str:
     return value if isinstance(value, str) and value in known else OTHER
 
@@ -635,14 +644,9 @@ class Metrics:
         yield CounterMetricFamily("massboot_dhcp_receive_errors", "Receive errors on the DHCP socket "
                                   "that passed (ICMP errors, lack of buffers); a persistent one stops "
                                   "the service.", value=counts["receive_errors"])
-        from massboot.dhcp.packet import CODEC  # README, Performance: the compiled codec
-
-        codec = GaugeMetricFamily("massboot_dhcp_codec", "1 for the DHCP codec that runs: compiled "
+        yield _compiled_or_python("massboot_dhcp_codec", "1 for the DHCP codec that runs: compiled "
                                   "or python (massboot/dhcp/_codec.c, built by pip install).",
-                                  labels=("codec",))
-        for name in ("compiled", "python"):
-            codec.add_metric((name,), 1 if name == CODEC else 0)
-        yield codec
+                                  "codec", dhcp_packet.CODEC)   # README, Performance
 
     def _collect_log(self) -> Iterator[Metric]:
         """The log writer's counters (massboot.logwriter; README, "[logger]")."""
@@ -692,12 +696,9 @@ class Metrics:
                                     "the most all TFTP transfer windows may buffer.", value=budget)
             data_path = getattr(tftp, "data_path", None)   # [tftpd] fast_path (README, Performance)
             if data_path is not None:
-                path = GaugeMetricFamily("massboot_tftp_data_path", "1 for the TFTP data path "
-                                         "that runs: compiled or python ([tftpd] fast_path).",
-                                         labels=("path",))
-                for name in ("compiled", "python"):
-                    path.add_metric((name,), 1 if name == data_path else 0)
-                yield path
+                yield _compiled_or_python("massboot_tftp_data_path", "1 for the TFTP data path "
+                                          "that runs: compiled or python ([tftpd] fast_path).",
+                                          "path", data_path)
                 from massboot.tftp.server import fast_path_counters
 
                 summed = getattr(tftp, "compiled_blocks", None)     # worker processes, summed

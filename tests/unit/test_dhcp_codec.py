@@ -23,6 +23,7 @@ import pytest
 from massboot.dhcp import packet as dp
 from massboot.dhcp.packet import BOOTREPLY, BOOTREQUEST, HEADER_SIZE, MAGIC_COOKIE, BootpPacket
 from tests.conftest import require
+from tests.unit.test_dhcp_packet import _mutate as _edit
 
 GOLDEN = Path(__file__).parent / "golden"
 MAC = bytes.fromhex("525400123456")
@@ -79,23 +80,14 @@ def _seeds() -> list[bytes]:
 
 
 def _mutate(rng: random.Random, data: bytes) -> bytes:
-    buf = bytearray(data)
-    for _ in range(rng.randint(1, 5)):
-        low = HEADER_SIZE if len(buf) > HEADER_SIZE and rng.random() < 0.7 else 0
-        pos = rng.randrange(low, len(buf) + 1)
-        kind = rng.randrange(5)
-        if kind == 0 and pos < len(buf):
-            del buf[pos]
-        elif kind == 1:
-            buf.insert(pos, rng.choice((0, 52, 255, 1, 2, 3, rng.randrange(256))))
-        elif kind == 2 and pos < len(buf):
-            buf[pos] = rng.choice((0, 52, 255, 1, 2, 3, 17, rng.randrange(256)))
-        elif kind == 3:
-            del buf[pos:]
-        elif kind == 4:      # a whole TLV, often a repeat or an overload
-            code = rng.choice((52, 53, 43, 12, 55, rng.randrange(1, 255)))
-            value = rng.randbytes(rng.choice((0, 1, 2, 5, 40)))
-            buf[pos:pos] = bytes([code, len(value)]) + value
+    """test_dhcp_packet's edits, and often a whole TLV inserted: a repeat, an overload."""
+    buf = bytearray(_edit(rng, data))
+    if rng.random() < 0.6:
+        code = rng.choice((52, 53, 43, 12, 55, 0, 255, rng.randrange(1, 255)))
+        value = rng.choice((b"\x01", b"\x02", b"\x03", b"")) if code == 52 and rng.random() < 0.7 \
+            else rng.randbytes(rng.choice((0, 1, 2, 5, 40)))
+        pos = rng.randrange(min(HEADER_SIZE + 4, len(buf)), len(buf) + 1)
+        buf[pos:pos] = bytes([code, len(value)]) + value
     return bytes(buf)
 
 
