@@ -8,6 +8,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from gevent import getcurrent, spawn
+from gevent.event import AsyncResult
+
 from massboot.dhcp.leases.base import (
     DEFAULT_DECLINE_PROBATION,
     DEFAULT_OFFER_HOLD,
@@ -219,9 +222,6 @@ class SqliteLeaseStore(_IndexedLeaseStore):
         In a greenlet that defers its waits (:func:`~massboot.dhcp.leases.memory.deferring`:
         the DHCP read loop, which answers the requests of one read batch inline) the batch's
         result is handed to it instead: the caller sends its ACK once that result is set."""
-        from gevent import getcurrent, spawn
-        from gevent.event import AsyncResult
-
         if self._closed:
             raise LeaseStoreError("lease store is closed")
         done = self._pending_done
