@@ -836,6 +836,8 @@ class Metrics:
             data_path = getattr(self._tftp, "data_path", None)   # [tftpd] fast_path
             if data_path is not None:
                 body["tftp_data_path"] = data_path
+            if self._dhcp is not None:       # README, Performance: the compiled DHCP codec
+                body["dhcp_codec"] = dhcp_packet.CODEC
             return _reply(start_response, "200 OK" if healthy else "503 Service Unavailable", body)
         if path == "/":
             text = b"massboot: /metrics /clients /healthz\n"

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from massboot.config import MetricsConfig
 from massboot.dhcp.leases import PostgresLeaseStore
-from massboot.dhcp.packet import MessageType, Opt, ip_bytes
+from massboot.dhcp.packet import CODEC, MessageType, Opt, ip_bytes
 from massboot.metrics import Metrics
 from tests.loopback.dhcpclient import RelayClient
 from tests.loopback.test_dhcp_server import Harness
@@ -56,7 +56,8 @@ def test_known_clients_are_renewed_up_to_their_committed_expiry_new_ones_wait(pg
         assert ack is not None and ack.message_type == MessageType.ACK
         bound_at = time.time()
         assert int.from_bytes(ack.option(Opt.LEASE_TIME), "big") == 600
-        assert _health(metrics) == {"http": "200 OK", "status": "ok", "dhcp": "up", "lease_db": "up"}
+        assert _health(metrics) == {"http": "200 OK", "status": "ok", "dhcp": "up", "lease_db": "up",
+                                    "dhcp_codec": CODEC}
 
         cluster.stop()
         gevent.sleep(1.0)
@@ -70,7 +71,8 @@ def test_known_clients_are_renewed_up_to_their_committed_expiry_new_ones_wait(pg
         assert registry.get_sample_value("massboot_dhcp_requests_ignored_total",
                                          {"reason": "lease_db_down"}) >= 1
         assert registry.get_sample_value("massboot_lease_db_up", {"scope": "main"}) == 0
-        assert _health(metrics) == {"http": "200 OK", "status": "degraded", "dhcp": "up", "lease_db": "down"}
+        assert _health(metrics) == {"http": "200 OK", "status": "degraded", "dhcp": "up", "lease_db": "down",
+                                    "dhcp_codec": CODEC}
 
         cluster.start()
         deadline = time.monotonic() + 20

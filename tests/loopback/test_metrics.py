@@ -31,7 +31,7 @@ from massboot import config as cfg
 from massboot.cli import Services
 from massboot.config import MetricsConfig
 from massboot.dhcp.leases import LeaseStats
-from massboot.dhcp.packet import MessageType, Opt
+from massboot.dhcp.packet import CODEC, MessageType, Opt
 from massboot.dhcp.packet import Reason as DhcpReason
 from massboot.events import EventBus
 from massboot.metrics import Metrics, malformed_reason
@@ -436,7 +436,8 @@ def test_metrics_endpoint_over_http(rack: Rack) -> None:
 
     health = requests.get(rack.url + "/healthz", timeout=5)
     assert health.status_code == 200 and health.json() == {
-        "status": "ok", "dhcp": "up", "tftp": "up", "tftp_data_path": rack.services.tftp.data_path}
+        "status": "ok", "dhcp": "up", "tftp": "up", "tftp_data_path": rack.services.tftp.data_path,
+        "dhcp_codec": CODEC}
     assert requests.get(rack.url + "/nope", timeout=5).status_code == 404
     assert requests.get(rack.url + "/clients", params={"phase": "nope"}, timeout=5).status_code == 400
     records = requests.get(rack.url + "/clients", timeout=5).json()
@@ -601,8 +602,6 @@ def test_status_interfaces() -> None:
     assert v("massboot_dhcp_probations_ended_total", {"scope": "main"}) == 1
     assert v("massboot_dhcp_leases_reclaimed_total", {"scope": "rack2"}) == 0
     assert v("massboot_dhcp_receive_errors_total") == 3 and v("massboot_dhcp_acl_calls_total") == 9
-    from massboot.dhcp.packet import CODEC
-
     assert v("massboot_dhcp_codec", {"codec": CODEC}) == 1
     assert v("massboot_dhcp_codec", {"codec": "python" if CODEC == "compiled" else "compiled"}) == 0
     assert v("massboot_workers_busy", {"pool": "dhcp_acl"}) == 1

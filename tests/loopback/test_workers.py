@@ -22,6 +22,7 @@ import gevent.event
 import pytest
 import requests
 
+from massboot.dhcp.packet import CODEC
 from massboot.tftp.packet import Ack, Data, Error, ErrorCode, Opcode, OptionAck, Request, decode
 from massboot.workers import share, steering_program
 from tests.loopback.dhcpclient import RelayClient, pxe_options
@@ -213,7 +214,7 @@ def test_two_workers_steer_by_source_cap_sum_and_resolve_filters(server):
     path = "compiled" if fast_path_available() else "python"    # fast_path = auto
     health = requests.get(f"http://127.0.0.1:{metrics}/healthz", timeout=5).json()
     assert health == {"status": "ok", "tftp": "up", "dhcp": "up", "tftp_worker_0": "up",
-                      "tftp_worker_1": "up", "tftp_data_path": path}
+                      "tftp_worker_1": "up", "tftp_data_path": path, "dhcp_codec": CODEC}
     # the workers' data path and the blocks their compiled path sent (summed), as one process's
     assert metric(text, "massboot_tftp_data_path", f'{{path="{path}"}}') == 1
     blocks = 2 * len(sources) * (len(payload) // 1428)       # the downloads' blocks, 1428 bytes

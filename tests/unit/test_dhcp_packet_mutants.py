@@ -7,9 +7,13 @@ Equivalent mutants accepted (no observable difference, see README "Mutation test
 * ``_uint``: ``to_bytes(size)`` without ``"big"`` (big is the default byte order since 3.11).
 * ``arch_from_vendor_class``: ``split(":")`` and ``split(":", 4)`` for ``split(":", 3)``
   (only the first three fields are read).
-* ``encode``: ``0 <= code`` and ``code <= 255`` in the option range check (PAD and END are
+* ``python_encode``: ``0 <= code`` and ``code <= 255`` in the option range check (PAD and END are
   skipped just before it); ``n < 255`` for ``n <= 255`` (a 255-byte value split in 255-byte
   pieces is one piece); ``len(out) <= min_size`` (padding by zero bytes adds nothing).
+* ``python_decode``: ``strict=True`` of the ``zip`` that fills the slots made ``False``,
+  ``None`` or left out (the two tuples it zips always have 17 items); the all-zero address
+  shortcut disabled (``inet_ntoa`` of four zero bytes is ``"0.0.0.0"`` too: the shortcut only
+  spares the call).
 """
 
 from __future__ import annotations
