@@ -283,7 +283,14 @@ def test_well_formed_messages_never_reach_python(compiled) -> None:
             compiled.encode(BootpPacket(op=1, ciaddr="1.2.3"))
         assert handed == ["decode", "encode"]
     finally:
-        dp._bind_codec(compiled)
+        assert dp._bind_codec(compiled) is None
+    handed.clear()      # the real functions are bound again, the shared "0.0.0.0" with them
+    with pytest.raises(dp.PacketError):
+        compiled.decode(_raw(b"\x35\x05\x01"))
+    with pytest.raises(ValueError):
+        compiled.encode(BootpPacket(op=1, ciaddr="1.2.3"))
+    assert handed == []
+    assert compiled.decode(_raw(b"\x35\x01\x01")).ciaddr is dp._NO_ADDRESS
 
 
 def test_the_compiled_codec_is_the_one_in_use(compiled) -> None:
@@ -299,6 +306,15 @@ def test_a_stale_or_foreign_module_is_not_bound(compiled) -> None:
     refuses the class, is not used; a refused bind() leaves the bound class as it was."""
     assert dp._bind_codec(types.SimpleNamespace(API=0)) == "module API 0, this massboot needs 1"
     assert dp._bind_codec(types.SimpleNamespace()) == "module API None, this massboot needs 1"
+    calls: list[tuple[Any, ...]] = []
+
+    def refuse(*args: Any) -> None:
+        calls.append(args)
+        raise TypeError("BootpPacket.op is not a __slots__ member")
+
+    assert dp._bind_codec(types.SimpleNamespace(API=1, bind=refuse)) == \
+        "BootpPacket.op is not a __slots__ member"
+    assert calls == [(BootpPacket, dp.python_decode, dp.python_encode, "0.0.0.0")]
 
     @dataclasses.dataclass(frozen=True)
     class NoSlots:

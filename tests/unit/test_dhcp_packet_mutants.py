@@ -54,10 +54,20 @@ def test_suboption_errors() -> None:
         dp.encode_suboptions([(0, b"x")])
     with pytest.raises(ValueError, match=r"^sub-option 6 is 256 bytes, more than 255$"):
         dp.encode_suboptions([(6, bytes(256))])
-    with pytest.raises(dp.PacketError, match=r"^sub-option 6 truncated: no length octet$"):
+    with pytest.raises(dp.PacketError, match=r"^sub-option 6 truncated: no length octet$") as no_length:
         dp.decode_suboptions(b"\x01\x01a\x06")
-    with pytest.raises(dp.PacketError, match=r"^sub-option 6 truncated: length 9 past the end$"):
+    with pytest.raises(dp.PacketError, match=r"^sub-option 6 truncated: length 9 past the end$") as past:
         dp.decode_suboptions(b"\x01\x01a\x06\x09abc")
+    assert no_length.value.reason is past.value.reason is dp.Reason.TRUNCATED
+
+
+def test_the_option_index_is_made_once_and_kept() -> None:
+    """A packet built by its constructor indexes its options at the first lookup and keeps the
+    index (issue #14: a request's options are read about ten times)."""
+    packet = dp.BootpPacket(op=dp.BOOTREQUEST, options=((12, b"a"), (53, b"\x01"), (12, b"b")))
+    assert packet._index is None
+    assert packet.option(12) == b"a"
+    assert packet._index == {12: b"a", 53: b"\x01"}
 
 
 def test_pad_between_suboptions_is_skipped() -> None:
