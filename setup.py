@@ -19,8 +19,9 @@ setup(
     packages=find_packages(include=["massboot", "massboot.*"]),
     install_requires=[line.strip() for line in (HERE / "requirements.txt").read_text().splitlines()
                       if line.strip() and not line.startswith("#")],
-    # The compiled TFTP data path (README "Performance"): optional, a machine without gcc and
-    # python3-dev installs and runs the pure-Python path ([tftpd] fast_path = auto).
+    # The compiled TFTP data path and DHCP codec (README "Performance"): optional, a machine
+    # without gcc and python3-dev installs and runs the pure-Python ones ([tftpd] fast_path =
+    # auto; the DHCP codec has no option).
     ext_modules=[Extension("massboot.tftp._fastpath", ["massboot/tftp/_fastpath.c"],
                            extra_compile_args=["-O2", "-ffp-contract=off"], optional=True),
                  Extension("massboot.dhcp._codec", ["massboot/dhcp/_codec.c"],

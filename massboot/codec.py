@@ -1,10 +1,15 @@
-"""What the packet codecs share: the error they raise on a datagram they cannot decode."""
+"""What the packet codecs share: the error they raise on a datagram they cannot decode, and the
+fix that builds the compiled modules (the TFTP data path and the DHCP codec)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["PacketError"]
+__all__ = ["BUILD_FIX", "PacketError"]
+
+#: how to get the optional compiled modules (README, Quick start): setup.py builds them when
+#: a C compiler and the Python headers are there
+BUILD_FIX = "apt-get install gcc python3-dev, then reinstall massboot (pip install)"
 
 
 class PacketError(ValueError):

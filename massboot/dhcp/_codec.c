@@ -42,6 +42,7 @@
 #define END 255
 #define OVERLOAD 52
 #define MAX_SEGMENTS 1024   /* TLVs decoded here; a datagram with more goes to Python */
+#define LOCAL_SEGMENTS 64   /* held on the stack: a datagram with more allocates MAX_SEGMENTS */
 
 static const unsigned char cookie[4] = {0x63, 0x82, 0x53, 0x63};   /* RFC 2132 §2 */
 
@@ -105,9 +106,41 @@ static PyObject *codec_bind(PyObject *module, PyObject *args)
 typedef struct { const unsigned char *p; int len; unsigned char code; } Segment;
 
 typedef struct {
-    Segment seg[MAX_SEGMENTS];
+    Segment *seg;           /* local, or MAX_SEGMENTS allocated once local is full */
     int nseg;
+    int cap;
+    Segment local[LOCAL_SEGMENTS];
 } Walk;
+
+static void walk_init(Walk *w)
+{
+    w->seg = w->local;
+    w->nseg = 0;
+    w->cap = LOCAL_SEGMENTS;
+}
+
+static void walk_free(Walk *w)
+{
+    if (w->seg != w->local)
+        PyMem_Free(w->seg);
+    w->seg = w->local;
+}
+
+/* Room for one more segment: 0, or -1 (MAX_SEGMENTS reached, or no memory: Python answers) */
+static int walk_room(Walk *w)
+{
+    if (w->nseg < w->cap)
+        return 0;
+    if (w->seg != w->local)
+        return -1;
+    Segment *big = PyMem_Malloc(MAX_SEGMENTS * sizeof(Segment));
+    if (big == NULL)
+        return -1;
+    memcpy(big, w->local, sizeof w->local);
+    w->seg = big;
+    w->cap = MAX_SEGMENTS;
+    return 0;
+}
 
 /* The TLVs of p[0:n] appended to w (RFC 2132 §3.1, §3.2: PAD skipped, END stops; running out
  * of data on a TLV boundary is a missing END). 0, or -1 when Python must answer (truncated,
@@ -126,7 +159,7 @@ static int walk(Walk *w, const unsigned char *p, Py_ssize_t n)
         if (i + 1 >= n)
             return -1;
         Py_ssize_t end = i + 2 + p[i + 1];
-        if (end > n || w->nseg == MAX_SEGMENTS)
+        if (end > n || walk_room(w) < 0)
             return -1;
         w->seg[w->nseg].p = p + i + 2;
         w->seg[w->nseg].len = p[i + 1];
@@ -250,13 +283,10 @@ static PyObject *codec_decode(PyObject *module, PyObject *data)
 
     int vendor = n >= HEADER_SIZE + 4 && memcmp(p + HEADER_SIZE, cookie, 4) == 0;
     int overload = 0;
-    Walk *w = NULL;
+    Walk walked, *w = &walked;     /* on the stack: no allocation for a common datagram */
+    walk_init(w);
     PyObject *options = NULL, *index = NULL;
     if (vendor) {
-        w = PyMem_Malloc(sizeof(Walk));
-        if (w == NULL)
-            return PyErr_NoMemory();
-        w->nseg = 0;
         if (walk(w, p + HEADER_SIZE + 4, n - HEADER_SIZE - 4) < 0)
             goto python;
         int have52 = 0, len52 = 0, value52 = 0;
@@ -280,8 +310,7 @@ static PyObject *codec_decode(PyObject *module, PyObject *data)
         }
         if (collect(w, &options, &index) < 0)
             goto error;
-        PyMem_Free(w);
-        w = NULL;
+        walk_free(w);
     } else {
         options = empty_tuple;
         Py_INCREF(options);
@@ -329,10 +358,10 @@ done:
     return packet;
 
 python:
-    PyMem_Free(w);
+    walk_free(w);
     return PyObject_CallOneArg(decode_py, data);
 error:
-    PyMem_Free(w);
+    walk_free(w);
     Py_XDECREF(options);
     Py_XDECREF(index);
     return NULL;

@@ -676,7 +676,6 @@ def python_encode(packet: BootpPacket, *, min_size: int = BOOTP_MIN_SIZE) -> byt
 #: the glue contract with massboot/dhcp/_codec.c (its bind() and the slots it fills): its API
 #: constant; both change together
 CODEC_API = 1
-CODEC_FIX = "apt-get install gcc python3-dev, then reinstall massboot (pip install)"
 
 
 def _bind_codec(module: Any) -> str | None:
@@ -703,7 +702,7 @@ try:
     from massboot.dhcp import _codec  # type: ignore[attr-defined]
 except ImportError:     # built by `pip install` when gcc and python3-dev are there (setup.py)
     _codec = None
-    CODEC_PROBLEM = f"the compiled DHCP codec (massboot.dhcp._codec) is not built: {CODEC_FIX}"
+    CODEC_PROBLEM = f"the compiled DHCP codec (massboot.dhcp._codec) is not built: {codec.BUILD_FIX}"
 else:
     _mismatch = _bind_codec(_codec)
     if _mismatch is not None:

@@ -83,6 +83,7 @@ from gevent.hub import Waiter
 from gevent.monkey import get_original
 from gevent.pool import Pool
 
+from massboot.codec import BUILD_FIX
 from massboot.events import EventBus
 from massboot.sources import FileError, FileReason, Source, WouldBlock
 from massboot.tftp.packet import (
@@ -134,7 +135,7 @@ __all__ = ["FAST_PATHS", "FAST_PATH_API", "FileStoreLike", "TftpServer", "fast_p
            "fast_path_counters", "fast_path_problem"]
 
 FAST_PATHS = ("auto", "on", "off")  # [tftpd] fast_path
-FAST_PATH_FIX = "apt-get install gcc python3-dev, then reinstall massboot (pip install)"
+FAST_PATH_FIX = BUILD_FIX
 
 log = logging.getLogger(__name__)
 

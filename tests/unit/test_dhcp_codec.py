@@ -141,7 +141,9 @@ def test_decode_agrees_on_the_edges(compiled) -> None:
         _raw(b"\x34\x01\x01\x34\x01\x01"), _raw(b"\x34\x00\x34\x01\x02"),  # two 52s: 2 bytes; 1
         _raw(b"\x34\x01\x02", sname=b"\x0c\x40"),                         # sname runs out
         _raw(b"\x0c\xc8" + long_value + b"\x0c\xc8" + long_value),       # 400 bytes concatenated
+        _raw(b"\x01\x00" * 64), _raw(b"\x01\x00" * 65),                  # the walk's stack room
         _raw(b"\x01\x00" * 1024), _raw(b"\x01\x00" * 1025),              # the compiled walk's limit
+        _raw(b"\x34\x01\x03" + b"\x0c\x00" * 63, file=b"\x0c\x01f" * 40),  # grows in 'file'
         _raw(bytes(x for c in range(1, 255) for x in (c, 1, c)) * 4),    # every code, four times
         _raw(b"\x35\x01\x01", op=BOOTREPLY), _raw(b"\x35\x01\x01", op=3),
         bytes([1, 1, 17]) + bytes(300), bytes([1, 1, 16]) + bytes(300),  # hlen

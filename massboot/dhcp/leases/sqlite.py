@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from gevent import getcurrent, spawn
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 
 from massboot.dhcp.leases.base import (
     DEFAULT_DECLINE_PROBATION,
@@ -253,8 +253,6 @@ class SqliteLeaseStore(_IndexedLeaseStore):
         spell is written at once): each one hands the batch to the worker thread and its result
         back, and at a few thousand requests a second one per read batch made the hub and the
         worker trade the GIL for most of a core (README, "Lease database writes")."""
-        from gevent.event import Event
-
         try:
             while self._pending:
                 wait = self._last_commit + COMMIT_INTERVAL - time.monotonic()
