@@ -25,8 +25,9 @@
 # Prints one line per target and rate: DORA exchanges completed per second of the test period,
 # the drop ratios of DISCOVER-OFFER and REQUEST-ACK, the exchanges completed (ACKs) over those
 # started, the server's CPU seconds over the run and per 1,000 completed DORA, and (massboot)
-# the lines its log got. The namespace, the servers and the temporary directory are removed on
-# exit.
+# the lines its log got; then, per target, the highest offered rate with < 1 % drops and the
+# highest up to which every rate had < 1 % (bench/perfdhcp_summary.py). The namespace, the
+# servers and the temporary directory are removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HERE=$PWD
@@ -161,6 +162,8 @@ for rate in "${RATES[@]}"; do
                 printf "%-26s %6d %8.0f %8.3f %% %8.3f %% %8d/%-9d %8.2fs %9.3fs %8s\n", label, rate,
                     done / period, ratio["do"], ratio["ra"], done, started, cpu,
                     done ? cpu * 1000 / done : 0, lines
-            }' "$TMP/perfdhcp.out"
+            }' "$TMP/perfdhcp.out" | tee -a "$TMP/table"
     done
 done
+echo
+"$PYTHON" "$HERE/bench/perfdhcp_summary.py" "$TMP/table"
