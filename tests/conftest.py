@@ -23,6 +23,13 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def massboot_script(prelude: str) -> str:
+    """A ``python -c`` script that runs *prelude* (say, a compiled module hidden as if never
+    built), then massboot as ``python -m massboot`` would, with the arguments after it."""
+    return (f"{prelude}; import runpy, sys; sys.argv[0] = 'massboot'; "
+            "runpy.run_module('massboot', run_name='__main__', alter_sys=True)")
+
+
 def require_root() -> None:
     require(os.geteuid() == 0, "needs root for network namespaces")
 

@@ -135,7 +135,6 @@ __all__ = ["FAST_PATHS", "FAST_PATH_API", "FileStoreLike", "TftpServer", "fast_p
            "fast_path_counters", "fast_path_problem"]
 
 FAST_PATHS = ("auto", "on", "off")  # [tftpd] fast_path
-FAST_PATH_FIX = BUILD_FIX
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +168,7 @@ def fast_path_problem() -> str | None:
     if _FAST_PATH_BROKEN is not None:
         return (f"the compiled TFTP data path (massboot.tftp._fastpath) does not match this "
                 f"massboot ({_FAST_PATH_BROKEN}): reinstall massboot (pip install) to rebuild it")
-    return f"the compiled TFTP data path (massboot.tftp._fastpath) is not built: {FAST_PATH_FIX}"
+    return f"the compiled TFTP data path (massboot.tftp._fastpath) is not built: {BUILD_FIX}"
 
 
 def fast_path_available() -> bool:
@@ -354,7 +353,7 @@ class TftpServer:
                         "serves every block (rebuild it: pip install)", _FAST_PATH_BROKEN)
         elif self._fast_path == "auto" and _fastpath is None:
             log.info("tftp: the compiled data path is not built, Python serves every block "
-                     "(for it: %s)", FAST_PATH_FIX)
+                     "(for it: %s)", BUILD_FIX)
 
     @property
     def alive(self) -> bool:

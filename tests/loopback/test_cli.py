@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import massboot
-from tests.conftest import require, require_root, require_tool
+from tests.conftest import massboot_script, require, require_root, require_tool
 from tests.faults import FAULT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -284,16 +284,16 @@ def test_open_files_limit_fits_a_full_tftp_pool(tmp_path):
 
 # the module hidden as if never built (an entry of None makes its import fail), or an old build
 # left in an updated checkout (another API number)
-_CODEC_NOT_BUILT = "import sys; sys.modules['massboot.dhcp._codec'] = None"
-_CODEC_STALE = ("import sys, types; m = types.ModuleType('massboot.dhcp._codec'); m.API = 0; "
+CODEC_NOT_BUILT = "import sys; sys.modules['massboot.dhcp._codec'] = None"
+CODEC_STALE = ("import sys, types; m = types.ModuleType('massboot.dhcp._codec'); m.API = 0; "
                 "sys.modules['massboot.dhcp._codec'] = m")
 
 
 @pytest.mark.parametrize("prelude, codec, says", [
     ("", "compiled", None),
-    (_CODEC_NOT_BUILT, "python", "INFO: dhcp: the compiled DHCP codec "
+    (CODEC_NOT_BUILT, "python", "INFO: dhcp: the compiled DHCP codec "
      "(massboot.dhcp._codec) is not built: apt-get install gcc python3-dev"),
-    (_CODEC_STALE, "python", "WARNING: dhcp: the compiled DHCP codec "
+    (CODEC_STALE, "python", "WARNING: dhcp: the compiled DHCP codec "
      "(massboot.dhcp._codec) does not match this massboot (module API 0, this massboot needs 1): "
      "reinstall massboot (pip install) to rebuild it"),
 ], ids=["built", "not-built", "stale"])
@@ -311,10 +311,7 @@ def test_the_start_log_says_which_dhcp_codec_runs(tmp_path, prelude: str, codec:
     dhcp, tftp = free_port(), free_port()
     path = write(tmp_path, GOOD.format(dhcp=dhcp, tftp=tftp).replace(
         "[bootfile]", "allow_simple_dhcp = on\n[bootfile]") + "[logger]\nlevel = info\n")
-    script = prelude + "; " if prelude else ""
-    script += "import runpy, sys; sys.argv[0] = 'massboot'; runpy.run_module('massboot', " \
-              "run_name='__main__', alter_sys=True)"
-    mb = Running("-c", script, "-p", "-c", path, prefix=())
+    mb = Running("-c", massboot_script(prelude or "pass"), "-p", "-c", path, prefix=())
     try:
         mb.wait_for("dhcp listening")
         assert f"pool=127.0.0.100+10 codec={codec}" in mb.log

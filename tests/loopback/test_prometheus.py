@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import require, require_tool
+from tests.conftest import massboot_script, require, require_tool
 from tests.loopback import test_cli
 from tests.loopback.test_metrics import FILES, HOST, Rack, boot_rack, wait_for
 from tests.loopback.test_workers import pids, server  # noqa: F401  (server: a fixture)
@@ -359,9 +359,7 @@ def test_an_install_without_its_compiled_modules_sets_off_its_alert(tmp_path: Pa
     metrics = test_cli.free_port(socket.SOCK_STREAM)
     path = test_cli.write(tmp_path, test_cli.GOOD.format(dhcp=dhcp, tftp=tftp)
                           + f"[metrics]\naddress = {HOST}\nport = {metrics}\n")
-    script = test_cli._CODEC_NOT_BUILT + "; import runpy, sys; sys.argv[0] = 'massboot'; " \
-        "runpy.run_module('massboot', run_name='__main__', alter_sys=True)"
-    mb = test_cli.Running("-c", script, "-c", path, prefix=())
+    mb = test_cli.Running("-c", massboot_script(test_cli.CODEC_NOT_BUILT), "-c", path, prefix=())
     prom: Prometheus | None = None
     try:
         mb.wait_for("dhcp listening")

@@ -23,7 +23,7 @@ from massboot.files import FileStore
 from massboot.tftp.packet import Ack, Data, Error, ErrorCode, OptionAck
 from massboot.tftp.server import TftpServer, fast_path_available, fast_path_counters
 from massboot.tftp.transfer import ReadTransfer
-from tests.conftest import fast_path_option, require
+from tests.conftest import fast_path_option, massboot_script, require
 from tests.loopback.test_tftp_server import HOST, WAIT, Client, pattern, wait_for
 
 QUIET = 0.3  # seconds a client listens to be sure nothing more comes (resends are >= 1 s here)
@@ -513,7 +513,7 @@ def test_fast_path_option_values() -> None:
 
 def _on_exits_2_and_auto_starts_on_python(tmp_path, script: str, on_says: tuple[str, ...],
                                           auto_marker: str, auto_says: tuple[str, ...]) -> None:
-    """massboot started by *script* (a ``python -c`` prelude that then runs ``massboot``):
+    """massboot started after *script* (a ``python -c`` prelude; :func:`massboot_script`):
     ``fast_path = on`` exits 2 (start and ``--check-config``) naming the option and saying
     *on_says*; ``auto`` starts on the Python path, its start log up to *auto_marker* saying
     *auto_says*."""
@@ -524,7 +524,7 @@ def _on_exits_2_and_auto_starts_on_python(tmp_path, script: str, on_says: tuple[
     ini = tmp_path / "m.ini"
     ini.write_text(f"[tftpd]\naddress = 127.0.0.1\nport = 0\nroot = root\nfast_path = on\n"
                    f"[massboot]\nstate_dir = {tmp_path / 'state'}\n")
-    script += "; sys.argv[0] = 'massboot'; runpy.run_module('massboot', run_name='__main__', alter_sys=True)"
+    script = massboot_script(script)
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": repo}
     for extra in ([], ["--check-config"]):
@@ -557,7 +557,7 @@ def test_fast_path_on_without_the_compiled_module_exits_2(tmp_path) -> None:
     """``fast_path = on`` where the extension was not built: exit code 2, the section,
     option and value, and the fix; ``auto`` starts on the Python path and says so."""
     # the module hidden as if never built (an entry of None makes its import fail)
-    hide = "import runpy, sys; sys.modules['massboot.tftp._fastpath'] = None"
+    hide = "import sys; sys.modules['massboot.tftp._fastpath'] = None"
     _on_exits_2_and_auto_starts_on_python(tmp_path, hide, ("apt-get install gcc python3-dev",),
                                           "compiled data path is not built",
                                           ("apt-get install gcc python3-dev",))
@@ -621,7 +621,7 @@ def test_a_module_built_from_older_sources_is_not_used(tmp_path) -> None:
         require(False, "the compiled TFTP data path is not built")
     assert server_module._fast_path_mismatch(server_module._fastpath) is None   # this build
     # the real module as an old build presents itself: everything but the API constant
-    stale = ("import importlib, runpy, sys, types; "
+    stale = ("import importlib, sys, types; "
              "real = importlib.import_module('massboot.tftp._fastpath'); "
              "old = types.ModuleType(real.__name__); "
              "old.__dict__.update({k: v for k, v in vars(real).items() if k != 'API'}); "
