@@ -15,7 +15,10 @@ the same files:
 
 Server CPU is utime+stime from ``/proc/PID/stat`` (every thread) before and after the load,
 plus the exited children's from the kernel's taskstats records: tftpd-hpa forks a process per
-transfer and ignores SIGCHLD, so its children never reach its ``cutime``.
+transfer and ignores SIGCHLD, so its children never reach its ``cutime``. Each storm round
+also counts how often the server process slept (its threads' voluntary context switches) and
+the machine's context switches and wake-up interrupts (RES and CAL in ``/proc/interrupts``):
+``sched_counters()``, per round and per 100 MB in the table.
 
 dnsmasq 2.90's TFTP port is fixed at 69, so by default the whole run (servers and load
 generator) happens inside a private network namespace this script creates and removes: every
@@ -50,6 +53,7 @@ import contextlib
 import ctypes
 import hashlib
 import json
+import math
 import os
 import platform
 import pstats
@@ -153,6 +157,39 @@ def proc_cpu(pid: int, children: bool = True) -> tuple[float, float]:
     if children:
         user, system = user + fields[2], system + fields[3]
     return user / CLK_TCK, system / CLK_TCK
+
+
+def sched_counters(pid: int) -> dict[str, int]:
+    """Scheduling counters around a run (a storm's round): ``sleeps``, the voluntary context
+    switches of *pid*'s threads (each a wait for work, e.g. an event loop with nothing ready);
+    ``ctxt``, the machine's context switches (``/proc/stat``); ``ipi``, the machine's
+    rescheduling and function-call interrupts (``/proc/interrupts`` RES and CAL, every CPU:
+    most are one CPU waking a task that sleeps on another). The machine's figures count every
+    process: read them on a quiet machine."""
+    sleeps = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        tasks = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        sleeps += int(line.split()[1])
+        except OSError:   # the thread ended
+            pass
+    ctxt = ipi = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("ctxt "):
+                ctxt = int(line.split()[1])
+    with open("/proc/interrupts") as f:
+        for line in f:
+            fields = line.split()
+            if fields and fields[0] in ("RES:", "CAL:"):
+                ipi += sum(int(x) for x in fields[1:] if x.isdigit())
+    return {"sleeps": sleeps, "ctxt": ctxt, "ipi": ipi}
 
 
 class ExitAccounting:
@@ -474,12 +511,22 @@ class Sample:
 
 
 def measure(server: Server, spec: LoadSpec, clients: int, workers: int, exits: ExitAccounting | None,
-            cpus: list[int] | None = None) -> tuple[LoadResult, float, float]:
-    """Run one load against *server*; return the figures and the server's CPU-seconds (all, user)."""
+            cpus: list[int] | None = None, sched: dict[str, int] | None = None,
+            ) -> tuple[LoadResult, float, float]:
+    """Run one load against *server*; return the figures and the server's CPU-seconds (all, user).
+    With *sched*, fill it with what sched_counters() counted during the load."""
     before: list[tuple[float, float]] = []
+    counted: list[dict[str, int]] = []
     live = server.name.startswith("massboot")   # its TFTP worker processes, while they run
-    result = run_load(spec, clients, workers, cpus=cpus,
-                      before_start=lambda: before.append(server_cpu(server.pid, exits, live)))
+
+    def start() -> None:
+        before.append(server_cpu(server.pid, exits, live))
+        counted.append(sched_counters(server.pid))
+
+    result = run_load(spec, clients, workers, cpus=cpus, before_start=start)
+    if sched is not None:   # at the load's end, before the pause below
+        after = sched_counters(server.pid)
+        sched.update({key: after[key] - counted[0][key] for key in after})
     time.sleep(0.2)  # the server's last bookkeeping, its children's exits and their records
     user, system = server_cpu(server.pid, exits, live)
     return result, user + system - sum(before[0]), user - before[0][0]
@@ -510,13 +557,15 @@ def storm_table(samples: list[Sample], sizes: list[int], names: list[str], clien
     lines = []
     head = (f"{'server':<10} {'size':>5} {'MB/s':>7} {'x mb':>6} {'ok':>9} {'fail':>5} {'p50 ms':>8} "
             f"{'p95 ms':>8} {'srv CPU-s':>9} {'usr%':>5} {'gen CPU-s':>9} {'srv cores':>9} {'gen cores':>9} "
-            f"{'resend':>6} {'dupDATA':>7}")
+            f"{'resend':>6} {'dupDATA':>7} {'sleeps':>7} {'ipi':>7}")
     where = "server on CPU 0, generator on the others" if pinned else "no pinning"
     lines.append(f"PXE storm: {clients} clients, blksize 1428 + tsize, lock-step, {where}; "
                  "medians of rounds. "
                  "CPU-s per 100 MB (usr% = user share of the server's); x mb = MB/s / massboot's; "
                  "cores = CPU-s / wall; resend = client timeouts, dupDATA = server resends seen; "
-                 "ok, resend and dupDATA summed over rounds")
+                 "ok, resend and dupDATA summed over rounds; per 100 MB: sleeps = the server "
+                 "process's voluntary context switches (not its children's), ipi = the machine's "
+                 "wake-up interrupts (RES + CAL)")
     lines.append(head)
     lines.append("-" * len(head))
     for size in sizes:
@@ -539,7 +588,9 @@ def storm_table(samples: list[Sample], sizes: list[int], names: list[str], clien
                 f"{median([s.per_100mb(s.load.gen_cpu) for s in rows]):9.2f} "
                 f"{median([s.server_cpu / s.load.wall for s in rows]):9.2f} "
                 f"{median([s.load.gen_cpu / s.load.wall for s in rows]):9.2f} "
-                f"{sum(s.load.client_resends for s in rows):6d} {sum(s.load.dup_data for s in rows):7d}")
+                f"{sum(s.load.client_resends for s in rows):6d} {sum(s.load.dup_data for s in rows):7d} "
+                f"{median([s.per_100mb(s.extra.get('sleeps', math.nan)) for s in rows]):7.0f} "
+                f"{median([s.per_100mb(s.extra.get('ipi', math.nan)) for s in rows]):7.0f}")
     return "\n".join(lines)
 
 
@@ -698,22 +749,26 @@ def run(args: argparse.Namespace, netns: bool, exits: ExitAccounting | None) -> 
                                             verify_every=args.verify_every, timeout=args.timeout,
                                             retries=args.retries, deadline=args.deadline,
                                             sources=args.sources)
+                            sched: dict[str, int] = {}
                             if args.pin_storm and ncpu >= 2:
                                 set_affinity(server.pid, {0})
                                 try:
                                     load, cpu, user = measure(server, spec, args.clients, args.workers,
-                                                              env.exits, cpus=list(range(1, ncpu)))
+                                                              env.exits, cpus=list(range(1, ncpu)),
+                                                              sched=sched)
                                 finally:
                                     set_affinity(server.pid, all_cpus)
                             else:
-                                load, cpu, user = measure(server, spec, args.clients, args.workers, env.exits)
-                            sample = Sample(name, "storm", size, rnd, load, cpu, user)
+                                load, cpu, user = measure(server, spec, args.clients, args.workers, env.exits,
+                                                          sched=sched)
+                            sample = Sample(name, "storm", size, rnd, load, cpu, user, extra=sched)
                             samples.append(sample)
                             print(f"round {rnd + 1} {name:<10} storm {size_label(size):>4}: "
                                   f"{load.mbps:7.1f} MB/s {load.ok}/{load.clients} ok "
                                   f"p50 {load.p50 * 1e3:.0f} ms p95 {load.p95 * 1e3:.0f} ms "
                                   f"srv {sample.per_100mb(cpu):.2f} gen {sample.per_100mb(load.gen_cpu):.2f} "
-                                  f"CPU-s/100MB {load.failures or ''}", flush=True)
+                                  f"CPU-s/100MB; sleeps {sched['sleeps']} ctxt {sched['ctxt']} "
+                                  f"ipi {sched['ipi']} {load.failures or ''}", flush=True)
                     if name in stream_names and rnd < args.stream_rounds and ncpu >= 2:
                         fname, sha = files[stream_size]
                         spec = LoadSpec(("127.0.0.1", env.port), fname, stream_size, sha,

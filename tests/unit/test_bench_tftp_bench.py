@@ -1,0 +1,79 @@
+"""bench/tftp_bench.py's scheduling counters: what they count, and the storm table's columns.
+
+The counters read /proc (this process and the machine), so a thread that sleeps on purpose
+shows up in them; the table is built from samples made here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from bench.tftp_bench import Sample, sched_counters, storm_table
+from bench.tftp_client import LoadResult
+
+
+def test_sched_counters_count_the_sleeps_of_every_thread() -> None:
+    before = sched_counters(os.getpid())
+
+    def nap() -> None:
+        for _ in range(5):
+            time.sleep(0.005)
+
+    worker = threading.Thread(target=nap)
+    worker.start()
+    # read while the thread is alive: the sleeps of a thread that ended leave /proc/PID/task
+    while worker.is_alive() and sched_counters(os.getpid())["sleeps"] - before["sleeps"] < 5:
+        time.sleep(0.001)
+    after = sched_counters(os.getpid())
+    worker.join()
+    assert after["sleeps"] - before["sleeps"] >= 5
+    assert after["ctxt"] - before["ctxt"] >= 5   # the machine's switches include ours
+    assert after["ipi"] >= before["ipi"] >= 0
+
+
+def test_sched_counters_of_a_process_that_is_gone() -> None:
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+    counted = sched_counters(child)
+    assert counted["sleeps"] == 0
+    assert counted["ctxt"] > 0
+
+
+def load(mbps: float, bytes_ok: int = 500 * 2**20) -> LoadResult:
+    return LoadResult(clients=500, ok=500, failed=0, failures={}, bytes_ok=bytes_ok, wall=3.0,
+                      mbps=mbps, p50=3.0, p95=3.1, client_resends=0, dup_data=0, sha_checked=50,
+                      windowsize=1, gen_cpu=2.5)
+
+
+def test_storm_table_gives_sleeps_and_wakeups_per_100_mb() -> None:
+    size = 2**20
+    samples = [
+        Sample("massboot", "storm", size, 0, load(150.0), 2.8, 0.3,
+               extra={"sleeps": 5243, "ctxt": 20000, "ipi": 10486}),
+        Sample("massboot", "storm", size, 1, load(160.0), 2.7, 0.3,
+               extra={"sleeps": 15729, "ctxt": 40000, "ipi": 31457}),
+        Sample("massboot", "storm", size, 2, load(170.0), 2.6, 0.3,
+               extra={"sleeps": 10486, "ctxt": 30000, "ipi": 20972}),
+        Sample("dnsmasq", "storm", size, 0, load(200.0), 2.5, 0.2,
+               extra={"sleeps": 52, "ctxt": 3000, "ipi": 1049}),
+    ]
+    table = storm_table(samples, [size], ["massboot", "dnsmasq"], 500, pinned=True)
+    head = next(line for line in table.splitlines() if line.startswith("server"))
+    assert head.split()[-2:] == ["sleeps", "ipi"]
+    rows = {line.split()[0]: line.split() for line in table.splitlines()
+            if line.split() and line.split()[0] in ("massboot", "dnsmasq")}
+    # 500 MiB is 5.24 x 100 MB: the median round's 10,486 sleeps are 2,000 per 100 MB
+    assert rows["massboot"][-2:] == ["2000", "4000"]
+    assert rows["dnsmasq"][-2:] == ["10", "200"]
+
+
+def test_storm_table_without_counters_says_nan() -> None:
+    size = 2**20
+    samples = [Sample("massboot", "storm", size, 0, load(150.0), 2.8, 0.3)]
+    table = storm_table(samples, [size], ["massboot"], 500, pinned=False)
+    row = next(line for line in table.splitlines() if line.startswith("massboot"))
+    assert row.split()[-2:] == ["nan", "nan"]
