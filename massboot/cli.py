@@ -691,7 +691,8 @@ def tftp_server(config: cfg.Config, address: str, files: Any, events: Any, **ove
         timeout_min=t.timeout_min, timeout_max=t.timeout, backoff_max=t.backoff_max,
         retries=t.retries, rcvbuf=t.rcvbuf, first_timeout=t.first_timeout,
         first_retries=t.first_retries, max_per_client=t.max_per_client,
-        transfer_memory=t.transfer_memory, memory_budget=t.memory_budget, fast_path=t.fast_path)
+        transfer_memory=t.transfer_memory, memory_budget=t.memory_budget, fast_path=t.fast_path,
+        busy_poll=t.busy_poll)
     kwargs.update(overrides)
     return TftpServer(address, t.port, files, events, **kwargs)
 

@@ -493,6 +493,11 @@ TFTPD = Section("tftpd", (
            "*massboot*: the compiled TFTP data path (README, Performance): ``auto`` uses it when "
            "it was built at install (gcc and python3-dev there), ``on`` requires it (else exit "
            "code 2), ``off`` runs the pure-Python path; read at start, not at a reload"),
+    Option("busy_poll", Int(0, 1000), "100",
+           "*massboot*: microseconds the compiled data path keeps polling the transfers' sockets "
+           "after serving a wake-up, before the event loop may sleep, while 8 or more transfers "
+           "run; adapts down when nothing comes; ``0``: never (README, \"TFTP busy poll\"); "
+           "read at start, not at a reload"),
     Option("cache_dir", parse_text, None,
            "*massboot*: where remote files are cached; created ``0700``, it must belong to "
            "massboot's user and not be writable by group or others (else exit code 2)",
@@ -721,6 +726,7 @@ class TftpConfig:
     rcvbuf: int = TFTPD.default("rcvbuf")
     processes: int = TFTPD.default("processes")          # TFTP worker processes (massboot.workers)
     fast_path: str = TFTPD.default("fast_path")          # auto | on | off (compiled data path)
+    busy_poll: int = TFTPD.default("busy_poll")          # µs of busy poll in a storm (0: off)
     cache_dir: str | None = None
     cache_size: int = TFTPD.default("cache_size")        # bytes
     max_downloads: int = TFTPD.default("max_downloads")

@@ -699,12 +699,18 @@ class Metrics:
                 yield _compiled_or_python("massboot_tftp_data_path", "1 for the TFTP data path "
                                           "that runs: compiled or python ([tftpd] fast_path).",
                                           "path", data_path)
-                from massboot.tftp.server import fast_path_counters
+                from massboot.tftp.server import busy_poll_counters, fast_path_counters
 
                 summed = getattr(tftp, "compiled_blocks", None)     # worker processes, summed
                 yield CounterMetricFamily("massboot_tftp_compiled_blocks", "TFTP DATA blocks the "
                                           "compiled data path sent (the rest went through Python).",
                                           value=summed() if summed else fast_path_counters()[0])
+                spun = getattr(tftp, "busy_poll_seconds", None)     # worker processes, summed
+                yield CounterMetricFamily("massboot_tftp_busy_poll_seconds", "Time the compiled "
+                                          "TFTP data path spent polling its sockets between "
+                                          "wake-ups in a storm, yielding the CPU to any other "
+                                          "runnable task ([tftpd] busy_poll).",
+                                          value=spun() if spun else busy_poll_counters()[2] / 1e9)
         busy = GaugeMetricFamily("massboot_workers_busy", "Greenlets of a server's bounded pool in "
                                  "use (dhcp: exchanges, dhcp_acl: HTTP ACL calls, dhcp_probe: exchanges "
                                  "waiting on ICMP probes, tftp: transfers, http: connections).",

@@ -10,7 +10,11 @@
  *   called (the Python handlers: strangers on a transfer's port, transfers the lane does not
  *   take), a Lane is served here. One timerfd in the same set is the timer of all its lanes
  *   (armed for the earliest deadline; a lane whose deadline passed gets the pump's Python
- *   timer callback).
+ *   timer callback). Busy poll ([tftpd] busy_poll, README "TFTP busy poll"): while at least
+ *   SPIN_MIN_SOCKETS sockets are in the set, a wake-up that served datagrams polls the set
+ *   again for up to the spin window before it hands the thread back to the hub, the GIL
+ *   released and the CPU yielded between polls; the window adapts (halved after a spin that
+ *   found nothing, back up when the next wake-up came within the configured window).
  *
  * Lane: one transfer (octet, windowsize up to MAX_WINDOW, a complete local file) in its
  *   common case: recv the client's datagram; when it is the ACK of everything sent, send the
@@ -40,6 +44,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <sched.h>
 #include <string.h>
 #include <stdint.h>
 #include <sys/epoll.h>
@@ -84,6 +89,9 @@ static PyTypeObject *transfer_type = NULL;
 static unsigned long long total_blocks = 0;   /* blocks sent by lanes, all dispatchers */
 static unsigned long long total_handoffs = 0; /* datagrams lanes handed to Python */
 static unsigned long long total_would_block = 0; /* block reads the page cache could not answer */
+static unsigned long long total_spin_hits = 0;    /* busy polls that found a datagram */
+static unsigned long long total_spin_misses = 0;  /* busy polls that ran out their window */
+static long long total_spin_time = 0;             /* ns spent busy polling, all dispatchers */
 static unsigned long long total_timer_arms = 0;  /* timerfd_settime calls, all dispatchers */
 static unsigned long long total_timer_fires = 0; /* timer wake-ups */
 static unsigned long long total_expired = 0;     /* lanes whose deadline passed: Python's timer */
@@ -179,7 +187,17 @@ typedef struct Dispatcher {
     double armed;       /* when the timerfd fires (INFINITY: disarmed) */
     int cap;
     int count;
+    int64_t spin_max;   /* [tftpd] busy_poll in ns (0: never spin) */
+    int64_t spin;       /* the spin window now (adapts between 0 and spin_max) */
+    int64_t left_at;    /* when on_ready last handed the thread back to the hub */
+    unsigned long long spin_hits, spin_misses;
+    int64_t spin_time;  /* ns spent spinning */
 } Dispatcher;
+
+#define SPIN_MIN_SOCKETS 16          /* busy poll with this many sockets watched (8 transfers) */
+#define SPIN_FLOOR_NS 2000           /* a window shrunk below this is 0 (no spin) */
+#define SERVE_BUDGET_NS 1000000      /* serve at most ~1 ms per wake-up: the hub's other work */
+#define BUSY_POLL_MAX_US 1000        /* config.py's [tftpd] busy_poll bound */
 
 /* Fire the timer at *when* (CLOCK_MONOTONIC seconds, as monotonic() gives; INFINITY: never). */
 static void dispatcher_arm(Dispatcher *self, double when)
@@ -789,8 +807,16 @@ static PyTypeObject LaneType = {
 
 static int dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kwds)
 {
-    if (!PyArg_ParseTuple(args, ""))
+    static char *kwlist[] = {"busy_poll_us", NULL};
+    int busy_poll_us = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|i", kwlist, &busy_poll_us))
         return -1;
+    if (busy_poll_us < 0 || busy_poll_us > BUSY_POLL_MAX_US) {
+        PyErr_Format(PyExc_ValueError, "busy_poll_us %d outside 0..%d", busy_poll_us,
+                     BUSY_POLL_MAX_US);
+        return -1;
+    }
+    self->spin_max = self->spin = (int64_t)busy_poll_us * 1000;
     if (self->epfd > 0 || self->table != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Dispatcher already initialised");
         return -1;
@@ -994,17 +1020,16 @@ static void dispatcher_expire(Dispatcher *self)
         dispatcher_arm(self, earliest);
 }
 
-static PyObject *dispatcher_on_ready(Dispatcher *self, PyObject *unused)
+static int64_t now_ns(void)
 {
-    struct epoll_event events[READY_MAX];
-    if (self->epfd < 0)
-        Py_RETURN_NONE;
-    int n = epoll_wait(self->epfd, events, READY_MAX, 0);
-    if (n < 0) {
-        if (errno == EINTR)
-            Py_RETURN_NONE;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Serve the n ready descriptors of one epoll_wait. */
+static void dispatcher_serve(Dispatcher *self, struct epoll_event *events, int n)
+{
     int timer = 0;
     for (int i = 0; i < n; i++) {
         /* a handler called before may have ended its transfer (a new socket may reuse the
@@ -1035,6 +1060,73 @@ static PyObject *dispatcher_on_ready(Dispatcher *self, PyObject *unused)
     }
     if (timer)
         dispatcher_expire(self);
+}
+
+/* Busy poll: poll the set again, yielding the CPU in between, until something is ready or the
+ * spin window passed; the GIL is released meanwhile (the lease and log threads may run). The
+ * number ready (0: none, or an error: back to the hub, which polls the set again). */
+static int dispatcher_spin(Dispatcher *self, struct epoll_event *events)
+{
+    int epfd = self->epfd, n = 0;
+    int64_t window = self->spin, began, ended;
+    Py_BEGIN_ALLOW_THREADS
+    began = now_ns();
+    for (;;) {
+        n = epoll_wait(epfd, events, READY_MAX, 0);
+        ended = now_ns();
+        if (n != 0 || ended - began >= window)
+            break;
+        sched_yield();   /* another task runnable on this CPU (the clients, on a shared box) */
+    }
+    Py_END_ALLOW_THREADS
+    self->spin_time += ended - began;
+    total_spin_time += ended - began;
+    if (n > 0) {
+        self->spin_hits++;
+        total_spin_hits++;
+        return n;
+    }
+    self->spin_misses++;
+    total_spin_misses++;
+    self->spin /= 2;     /* nothing came: a shorter window next time (a trickle spins ~never) */
+    if (self->spin < SPIN_FLOOR_NS)
+        self->spin = 0;
+    return 0;
+}
+
+static PyObject *dispatcher_on_ready(Dispatcher *self, PyObject *unused)
+{
+    struct epoll_event events[READY_MAX];
+    if (self->epfd < 0)
+        Py_RETURN_NONE;
+    int64_t began = 0;
+    if (self->spin_max > 0) {
+        began = now_ns();
+        /* woken within the configured window after the last hand-back: spinning would have
+         * caught it; the window grows back (doubling from the floor) */
+        if (self->spin < self->spin_max && self->left_at > 0
+                && began - self->left_at <= self->spin_max) {
+            self->spin = self->spin < SPIN_FLOOR_NS ? SPIN_FLOOR_NS : self->spin * 2;
+            if (self->spin > self->spin_max)
+                self->spin = self->spin_max;
+        }
+    }
+    int n = epoll_wait(self->epfd, events, READY_MAX, 0);
+    if (n < 0) {
+        if (errno == EINTR)
+            Py_RETURN_NONE;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    while (n > 0) {
+        dispatcher_serve(self, events, n);
+        /* a handler may have closed the set; spin only in a storm, within the budget */
+        if (self->spin <= 0 || self->epfd < 0 || self->count < SPIN_MIN_SOCKETS
+                || now_ns() - began > SERVE_BUDGET_NS)
+            break;
+        n = dispatcher_spin(self, events);
+    }
+    if (self->spin_max > 0)
+        self->left_at = now_ns();
     Py_RETURN_NONE;
 }
 
@@ -1074,15 +1166,25 @@ static PyMethodDef dispatcher_methods[] = {
     {NULL}
 };
 
+static PyObject *dispatcher_get_spin(Dispatcher *self, void *closure)
+{
+    return Py_BuildValue("(LLKKL)", (long long)self->spin_max / 1000, (long long)self->spin / 1000,
+                         self->spin_hits, self->spin_misses, (long long)self->spin_time);
+}
+
 static PyGetSetDef dispatcher_getset[] = {
     {"count", (getter)dispatcher_len, NULL, "descriptors watched", NULL},
+    {"busy_poll", (getter)dispatcher_get_spin, NULL,
+     "(configured µs, window now µs, spins that found a datagram, spins that did not, ns spun)",
+     NULL},
     {NULL}
 };
 
 static PyTypeObject DispatcherType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "massboot.tftp._fastpath.Dispatcher",
-    .tp_doc = "Dispatcher(): one epoll set for the transfer sockets, lanes served in C",
+    .tp_doc = "Dispatcher(busy_poll_us=0): one epoll set for the transfer sockets, lanes served "
+              "in C",
     .tp_basicsize = sizeof(Dispatcher),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = dispatcher_new,
@@ -1106,7 +1208,14 @@ static PyObject *fp_timer_counters(PyObject *module, PyObject *unused)
     return Py_BuildValue("(KKK)", total_timer_arms, total_timer_fires, total_expired);
 }
 
+static PyObject *fp_busy_poll_counters(PyObject *module, PyObject *unused)
+{
+    return Py_BuildValue("(KKL)", total_spin_hits, total_spin_misses, total_spin_time);
+}
+
 static PyMethodDef module_methods[] = {
+    {"busy_poll_counters", fp_busy_poll_counters, METH_NOARGS,
+     "(busy polls that found a datagram, busy polls that did not, ns spent), process-wide"},
     {"timer_counters", fp_timer_counters, METH_NOARGS,
      "(timer arms, timer wake-ups, lane deadlines that passed), process-wide"},
     {"bind", fp_bind, METH_O, "bind(ReadTransfer): find the member offsets lanes use"},
@@ -1138,7 +1247,7 @@ PyMODINIT_FUNC PyInit__fastpath(void)
      * an updated checkout) is not used */
     if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0
             || PyModule_AddObject(m, "Dispatcher", (PyObject *)&DispatcherType) < 0
-            || PyModule_AddIntConstant(m, "API", 2) < 0) {
+            || PyModule_AddIntConstant(m, "API", 3) < 0) {
         Py_DECREF(m);
         return NULL;
     }

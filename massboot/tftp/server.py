@@ -57,7 +57,9 @@ can look at the transfer (a datagram handed over, the timer's callback, the lane
 dispatcher, ``sync()``) the lane writes the state back into the :class:`ReadTransfer`
 members, exactly what :meth:`ReadTransfer.on_ack_all` would have left. Anything else
 (another datagram, a duplicate ACK or one inside the window, the last block, a read the page
-cache cannot answer, a timeout) goes to the same Python code as without it.
+cache cannot answer, a timeout) goes to the same Python code as without it. In a storm (16
+or more sockets in the set) the compiled dispatcher busy polls the set for up to
+``[tftpd] busy_poll`` µs after a wake-up before the hub may sleep (README "TFTP busy poll").
 
 Events (see :mod:`massboot.events`): ``tftp.start``, then ``tftp.done`` or ``tftp.fail``, with
 ``duration`` measured from the RRQ's arrival and ``ttfb`` from the RRQ's arrival to the moment
@@ -101,7 +103,7 @@ from massboot.tftp.transfer import Datagram, ReadTransfer, negotiate, window_mem
 
 #: the glue contract with the compiled module (Lane's and Dispatcher's constructors and
 #: methods): _fastpath.c's API constant; both change together
-FAST_PATH_API = 2
+FAST_PATH_API = 3
 
 
 def _fast_path_mismatch(module: Any) -> str | None:
@@ -131,10 +133,11 @@ else:
     if _FAST_PATH_BROKEN is not None:
         _fastpath = None
 
-__all__ = ["FAST_PATHS", "FAST_PATH_API", "FileStoreLike", "TftpServer", "fast_path_available",
-           "fast_path_counters", "fast_path_problem"]
+__all__ = ["BUSY_POLL_MAX", "FAST_PATHS", "FAST_PATH_API", "FileStoreLike", "TftpServer",
+           "busy_poll_counters", "fast_path_available", "fast_path_counters", "fast_path_problem"]
 
 FAST_PATHS = ("auto", "on", "off")  # [tftpd] fast_path
+BUSY_POLL_MAX = 1000  # [tftpd] busy_poll's bound, µs (BUSY_POLL_MAX_US in _fastpath.c)
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +177,12 @@ def fast_path_problem() -> str | None:
 def fast_path_available() -> bool:
     """True when the compiled data path (:mod:`massboot.tftp._fastpath`) can be imported."""
     return _fastpath is not None
+
+
+def busy_poll_counters() -> tuple[int, int, int]:
+    """The compiled data path's busy polls in this process: (those that found a datagram,
+    those that ran out their window, nanoseconds spent); zeros without it."""
+    return _fastpath.busy_poll_counters() if _fastpath is not None else (0, 0, 0)
 
 
 def fast_path_counters() -> tuple[int, int, int]:
@@ -229,6 +238,9 @@ class TftpServer:
             :mod:`massboot.workers`); *address* still names the transfers' address.
         fast_path: ``auto`` (the compiled data path when it is built), ``on`` (it, or
             RuntimeError), ``off`` (pure Python); see the module docstring.
+        busy_poll: microseconds the compiled data path polls its sockets again after a
+            wake-up before it lets the event loop sleep, while 8 or more transfers run
+            (``[tftpd] busy_poll``, README "TFTP busy poll"); 0: never.
     """
 
     def __init__(
@@ -253,9 +265,12 @@ class TftpServer:
         memory_budget: int = 256 << 20,
         listener: gsocket.socket | None = None,
         fast_path: str = "auto",
+        busy_poll: int = 100,
     ) -> None:
         if fast_path not in FAST_PATHS:
             raise ValueError(f"fast_path {fast_path!r} not one of {', '.join(FAST_PATHS)}")
+        if not 0 <= busy_poll <= BUSY_POLL_MAX:
+            raise ValueError(f"busy_poll {busy_poll} outside 0..{BUSY_POLL_MAX}")
         if fast_path == "on" and _fastpath is None:
             raise RuntimeError(fast_path_problem())
         if max_blksize is not None and not BLKSIZE_MIN <= max_blksize <= BLKSIZE_MAX:
@@ -298,6 +313,7 @@ class TftpServer:
         self._listener = listener
         self._fast_path = fast_path
         self._compiled = fast_path != "off" and _fastpath is not None
+        self._busy_poll = busy_poll
         self._dispatcher: _Dispatcher | _CompiledDispatcher | None = None
 
     def tune(self, *, max_blksize: int | None, max_windowsize: int, timeout_min: float,
@@ -341,7 +357,8 @@ class TftpServer:
                 raise
         self._socket = sock
         if self._dispatcher is None:
-            self._dispatcher = _CompiledDispatcher() if self._compiled else _Dispatcher()
+            self._dispatcher = (_CompiledDispatcher(self._busy_poll) if self._compiled
+                                else _Dispatcher())
         self._pool = Pool(self._pool_size)
         self._error = None
         self._stopped.clear()
@@ -813,9 +830,9 @@ class _CompiledDispatcher:
     __slots__ = ("_c", "_io")
     compiled = True
 
-    def __init__(self) -> None:
+    def __init__(self, busy_poll: int = 0) -> None:
         assert _fastpath is not None
-        self._c = _fastpath.Dispatcher()
+        self._c = _fastpath.Dispatcher(busy_poll_us=busy_poll)
         self._io = gevent.get_hub().loop.io(self._c.fileno(), 1)
 
     def add(self, fd: int, handler: object) -> None:

@@ -628,6 +628,233 @@ def test_a_module_built_from_older_sources_is_not_used(tmp_path) -> None:
              "sys.modules[real.__name__] = old; sys.modules['massboot.tftp']._fastpath = old")
     _on_exits_2_and_auto_starts_on_python(
         tmp_path, stale,
-        ("does not match this massboot (module API 1, this massboot needs 2)",
+        ("does not match this massboot (module API 1, this massboot needs 3)",
          "reinstall massboot (pip install) to rebuild it"),
-        "does not match this massboot", ("module API 1, this massboot needs 2", "rebuild it: pip install"))
+        "does not match this massboot", ("module API 1, this massboot needs 3", "rebuild it: pip install"))
+
+
+# -- busy poll: [tftpd] busy_poll ----------------------------------------------------------
+
+
+def test_busy_poll_option_values() -> None:
+    from massboot import config as cfg
+
+    assert cfg.loads("[tftpd]\n").tftp.busy_poll == 100
+    assert cfg.loads("[tftpd]\nbusy_poll = 0\n").tftp.busy_poll == 0
+    assert cfg.loads("[tftpd]\nbusy_poll = 1000\n").tftp.busy_poll == 1000
+    for bad in ("1001", "-1", "fast"):
+        with pytest.raises(cfg.ConfigError) as err:
+            cfg.loads(f"[tftpd]\nbusy_poll = {bad}\n")
+        assert "[tftpd] busy_poll" in str(err.value) and bad in str(err.value)
+    with pytest.raises(ValueError, match="busy_poll 1001 outside 0..1000"):
+        TftpServer(HOST, 0, FileStore("."), EventBus(), busy_poll=1001)
+
+
+def _compiled_module():
+    if not fast_path_available():
+        require(False, "the compiled TFTP data path is not built")
+    from massboot.tftp import _fastpath
+
+    return _fastpath
+
+
+class _Sockets:
+    """*count* UDP sockets on 127.0.0.1 in a Dispatcher, each with a handler that reads one
+    datagram and records which socket it was, and a sender."""
+
+    def __init__(self, dispatcher, count: int) -> None:
+        self.socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
+        self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.served: list[int] = []
+        self.hooks: dict[int, object] = {}
+        for i, s in enumerate(self.socks):
+            s.bind((HOST, 0))
+            s.setblocking(False)
+            dispatcher.add(s.fileno(), self._handler(i))
+
+    def _handler(self, i: int):
+        def handle() -> None:
+            try:
+                self.socks[i].recv(64)
+            except BlockingIOError:
+                return
+            self.served.append(i)
+            hook = self.hooks.get(i)
+            if hook is not None:
+                hook()
+        return handle
+
+    def send(self, i: int) -> None:
+        self.sender.sendto(b"x", self.socks[i].getsockname())
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+        self.sender.close()
+
+
+@pytest.mark.parametrize(("busy_poll", "sockets", "spins"),
+                         [(1000, 16, True), (0, 16, False), (1000, 15, False)])
+def test_busy_poll_serves_what_comes_while_it_polls_with_the_gil_released(
+        busy_poll: int, sockets: int, spins: bool) -> None:
+    """Socket 0's handler wakes a Python thread that sends to socket 1. Busy polling (16 or
+    more sockets watched) serves socket 1 in the same on_ready() call, which needs the GIL
+    released while it polls (the thread must run to send); without busy poll, or with fewer
+    sockets, the call returns first (the GIL held throughout: the thread cannot send)."""
+    from gevent import monkey
+
+    # an OS thread and an OS lock (the suite runs monkey-patched: threading's would be greenlets)
+    start_thread = monkey.get_original("_thread", "start_new_thread")
+    allocate_lock = monkey.get_original("_thread", "allocate_lock")
+    fp = _compiled_module()
+    for _attempt in range(5):   # a thread slower than the 1 ms window on a loaded machine
+        dispatcher = fp.Dispatcher(busy_poll_us=busy_poll)
+        rig = _Sockets(dispatcher, sockets)
+        go, done = allocate_lock(), allocate_lock()
+        go.acquire()
+        done.acquire()
+        raw = monkey.get_original("socket", "socket")(socket.AF_INET, socket.SOCK_DGRAM)
+        target = rig.socks[1].getsockname()
+
+        def sender(go, done, raw, target) -> None:
+            try:
+                if go.acquire(True, 5):
+                    raw.sendto(b"x", target)
+            finally:
+                done.release()
+
+        start_thread(sender, (go, done, raw, target))
+        try:
+            rig.hooks[0] = go.release
+            rig.send(0)
+            time.sleep(0.05)   # socket 0's datagram is queued
+            dispatcher.on_ready()
+            served_in_call = list(rig.served)
+            stats = dispatcher.busy_poll
+        finally:
+            if 0 not in rig.served:
+                go.release()
+            assert done.acquire(True, 5)
+            raw.close()
+            dispatcher.close()
+            rig.close()
+        assert served_in_call[:1] == [0]
+        if not spins:
+            assert served_in_call == [0]
+            assert stats[2:4] == (0, 0)   # no busy poll at all
+            return
+        if served_in_call == [0, 1]:
+            assert stats[0] == busy_poll and stats[2] == 1   # a spin found socket 1's datagram
+            return
+    pytest.fail(f"socket 1 never served while busy polling: {served_in_call}, {stats}")
+
+
+def test_busy_poll_hands_the_hub_back_under_endless_traffic() -> None:
+    """A socket that is readable again as soon as it is served (its handler sends to it):
+    busy polling serves it again and again, then returns within its budget (~1 ms) so that
+    the hub's other work runs; without busy poll, once per call."""
+    fp = _compiled_module()
+    for busy_poll in (1000, 0):
+        dispatcher = fp.Dispatcher(busy_poll_us=busy_poll)
+        rig = _Sockets(dispatcher, 16)
+        ran_away = 50_000   # served this often in one call: the budget failed; end the call
+
+        def again(dispatcher=dispatcher, rig=rig, ran_away=ran_away) -> None:
+            if len(rig.served) >= ran_away:
+                dispatcher.close()   # on_ready stops at a closed set
+            else:
+                rig.send(3)
+
+        rig.hooks[3] = again
+        try:
+            rig.send(3)
+            time.sleep(0.05)
+            began = time.monotonic()
+            dispatcher.on_ready()
+            took = time.monotonic() - began
+        finally:
+            dispatcher.close()
+            rig.close()
+        if busy_poll:
+            assert 1 < len(rig.served) < ran_away, len(rig.served)
+            assert took < 1.0   # returned (the budget is ~1 ms; generous for a loaded machine)
+        else:
+            assert rig.served == [3]
+
+
+def test_busy_poll_window_shrinks_when_nothing_comes_and_grows_back() -> None:
+    """Each spin that finds nothing halves the window (a trickle of traffic soon spins not at
+    all); a wake-up within the configured window of the last hand-back doubles it again."""
+    fp = _compiled_module()
+    dispatcher = fp.Dispatcher(busy_poll_us=1000)
+    rig = _Sockets(dispatcher, 16)
+    try:
+        windows = []
+        for _ in range(12):
+            rig.send(5)
+            time.sleep(0.01)   # longer than the window: no growth at the next wake-up
+            dispatcher.on_ready()
+            windows.append(dispatcher.busy_poll[1])
+        assert windows[:3] == [500, 250, 125]
+        assert windows[-1] == 0
+        configured, window, hits, misses, spun = dispatcher.busy_poll
+        assert (configured, hits) == (1000, 0) and misses == 9 and spun > 0
+        for _attempt in range(10):   # two wake-ups in a row: the second within the window
+            dispatcher.on_ready()
+            dispatcher.on_ready()
+            if dispatcher.busy_poll[1] > 0:
+                break
+        assert dispatcher.busy_poll[1] > 0
+    finally:
+        dispatcher.close()
+        rig.close()
+    with pytest.raises(ValueError, match="busy_poll_us 1001 outside 0..1000"):
+        fp.Dispatcher(busy_poll_us=1001)
+
+
+def test_a_storm_is_served_whole_and_its_busy_poll_is_counted(tftp_data_path: str, tmp_path) -> None:
+    """24 lock-step clients at once (bench/tftp_client.py in another process, sha256 of every
+    file checked) against both paths: every file whole; the compiled path busy polled (16 or
+    more sockets watched) and ``massboot_tftp_busy_poll_seconds_total`` says how long, the
+    Python path did not poll at all."""
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry
+
+    from massboot.config import MetricsConfig
+    from massboot.metrics import Metrics
+    from massboot.tftp.server import busy_poll_counters
+
+    root = tmp_path / "root"
+    root.mkdir()
+    path = str(root / "storm.bin")
+    with open(path, "wb") as f:
+        f.write(os.urandom(1 << 20))
+    # 24 clients from one address: max_per_client above that; busy_poll as configured by default
+    server = TftpServer(HOST, 0, FileStore(str(root)), EventBus(), max_per_client=32,
+                        fast_path=fast_path_option(tftp_data_path))
+    server.start()
+    served = Served(server, str(root), EventRecorder(), tftp_data_path)
+    registry = CollectorRegistry()
+    Metrics(MetricsConfig(port=0), EventBus(), tftp=served.server, registry=registry)
+    before = busy_poll_counters()
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        out = subprocess.run(   # cooperative (the suite is monkey-patched): the hub serves meanwhile
+            [sys.executable, "-m", "bench.tftp_client", "--server", f"{HOST}:{served.server.port}",
+             "--file", "storm.bin", "--local", path, "--clients", "24", "--workers", "1",
+             "--verify-every", "1", "--deadline", "60"],
+            cwd=repo, capture_output=True, text=True, timeout=120)
+    finally:
+        server.stop(timeout=0)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "24/24 ok" in out.stdout and "sha256 checked 24" in out.stdout, out.stdout
+    hits, misses, spun = (a - b for a, b in zip(busy_poll_counters(), before, strict=True))
+    if served.compiled:
+        assert hits + misses > 0 and spun > 0, (hits, misses, spun)
+        seconds = registry.get_sample_value("massboot_tftp_busy_poll_seconds_total")
+        assert seconds == pytest.approx(busy_poll_counters()[2] / 1e9)
+        assert seconds >= spun / 1e9 > 0
+    else:
+        assert (hits, misses, spun) == (0, 0, 0)
