@@ -493,7 +493,7 @@ TFTPD = Section("tftpd", (
            "*massboot*: the compiled TFTP data path (README, Performance): ``auto`` uses it when "
            "it was built at install (gcc and python3-dev there), ``on`` requires it (else exit "
            "code 2), ``off`` runs the pure-Python path; read at start, not at a reload"),
-    Option("busy_poll", Int(0, 1000), "100",
+    Option("busy_poll", Int(0, 1000), "20",
            "*massboot*: microseconds the compiled data path keeps polling the transfers' sockets "
            "after serving a wake-up, before the event loop may sleep, while 8 or more transfers "
            "run; adapts down when nothing comes; ``0``: never (README, \"TFTP busy poll\"); "

@@ -265,7 +265,7 @@ class TftpServer:
         memory_budget: int = 256 << 20,
         listener: gsocket.socket | None = None,
         fast_path: str = "auto",
-        busy_poll: int = 100,
+        busy_poll: int = 20,
     ) -> None:
         if fast_path not in FAST_PATHS:
             raise ValueError(f"fast_path {fast_path!r} not one of {', '.join(FAST_PATHS)}")

@@ -639,7 +639,7 @@ def test_a_module_built_from_older_sources_is_not_used(tmp_path) -> None:
 def test_busy_poll_option_values() -> None:
     from massboot import config as cfg
 
-    assert cfg.loads("[tftpd]\n").tftp.busy_poll == 100
+    assert cfg.loads("[tftpd]\n").tftp.busy_poll == 20
     assert cfg.loads("[tftpd]\nbusy_poll = 0\n").tftp.busy_poll == 0
     assert cfg.loads("[tftpd]\nbusy_poll = 1000\n").tftp.busy_poll == 1000
     for bad in ("1001", "-1", "fast"):
