@@ -521,7 +521,8 @@ def measure(server: Server, spec: LoadSpec, clients: int, workers: int, exits: E
 
     def start() -> None:
         before.append(server_cpu(server.pid, exits, live))
-        counted.append(sched_counters(server.pid))
+        if sched is not None:
+            counted.append(sched_counters(server.pid))
 
     result = run_load(spec, clients, workers, cpus=cpus, before_start=start)
     if sched is not None:   # at the load's end, before the pause below

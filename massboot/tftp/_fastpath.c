@@ -190,8 +190,6 @@ typedef struct Dispatcher {
     int64_t spin_max;   /* [tftpd] busy_poll in ns (0: never spin) */
     int64_t spin;       /* the spin window now (adapts between 0 and spin_max) */
     int64_t left_at;    /* when on_ready last handed the thread back to the hub */
-    unsigned long long spin_hits, spin_misses;
-    int64_t spin_time;  /* ns spent spinning */
 } Dispatcher;
 
 #define SPIN_MIN_SOCKETS 16          /* busy poll with this many sockets watched (8 transfers) */
@@ -1079,14 +1077,11 @@ static int dispatcher_spin(Dispatcher *self, struct epoll_event *events)
         sched_yield();   /* another task runnable on this CPU (the clients, on a shared box) */
     }
     Py_END_ALLOW_THREADS
-    self->spin_time += ended - began;
     total_spin_time += ended - began;
     if (n > 0) {
-        self->spin_hits++;
         total_spin_hits++;
         return n;
     }
-    self->spin_misses++;
     total_spin_misses++;
     self->spin /= 2;     /* nothing came: a shorter window next time (a trickle spins ~never) */
     if (self->spin < SPIN_FLOOR_NS)
@@ -1168,15 +1163,13 @@ static PyMethodDef dispatcher_methods[] = {
 
 static PyObject *dispatcher_get_spin(Dispatcher *self, void *closure)
 {
-    return Py_BuildValue("(LLKKL)", (long long)self->spin_max / 1000, (long long)self->spin / 1000,
-                         self->spin_hits, self->spin_misses, (long long)self->spin_time);
+    return Py_BuildValue("(LL)", (long long)self->spin_max / 1000, (long long)self->spin / 1000);
 }
 
 static PyGetSetDef dispatcher_getset[] = {
     {"count", (getter)dispatcher_len, NULL, "descriptors watched", NULL},
     {"busy_poll", (getter)dispatcher_get_spin, NULL,
-     "(configured µs, window now µs, spins that found a datagram, spins that did not, ns spun)",
-     NULL},
+     "(configured µs, window now µs); the polls themselves: busy_poll_counters()", NULL},
     {NULL}
 };
 
