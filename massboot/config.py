@@ -496,7 +496,8 @@ TFTPD = Section("tftpd", (
     Option("busy_poll", Int(0, 1000), "20",
            "*massboot*: microseconds the compiled data path keeps polling the transfers' sockets "
            "after serving a wake-up, before the event loop may sleep, while 8 or more transfers "
-           "run; adapts down when nothing comes; ``0``: never (README, \"TFTP busy poll\"); "
+           "run; adapts down when nothing comes; also how long a storm scan lasts once no "
+           "transfer has a datagram; ``0``: neither (README, \"TFTP busy poll\"); "
            "read at start, not at a reload"),
     Option("cache_dir", parse_text, None,
            "*massboot*: where remote files are cached; created ``0700``, it must belong to "

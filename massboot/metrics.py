@@ -699,7 +699,7 @@ class Metrics:
                 yield _compiled_or_python("massboot_tftp_data_path", "1 for the TFTP data path "
                                           "that runs: compiled or python ([tftpd] fast_path).",
                                           "path", data_path)
-                from massboot.tftp.server import busy_poll_counters, fast_path_counters
+                from massboot.tftp.server import busy_poll_counters, fast_path_counters, scan_counters
 
                 summed = getattr(tftp, "compiled_blocks", None)     # worker processes, summed
                 yield CounterMetricFamily("massboot_tftp_compiled_blocks", "TFTP DATA blocks the "
@@ -711,6 +711,12 @@ class Metrics:
                                           "wake-ups in a storm, yielding the CPU to any other "
                                           "runnable task ([tftpd] busy_poll).",
                                           value=spun() if spun else busy_poll_counters()[2] / 1e9)
+                scans = getattr(tftp, "storm_scans", None)          # worker processes, summed
+                yield CounterMetricFamily("massboot_tftp_storm_scans", "Storm scans the compiled "
+                                          "TFTP data path began: many transfers ready at once, "
+                                          "their sockets polled in passes until the storm "
+                                          "passed ([tftpd] busy_poll).",
+                                          value=scans() if scans else scan_counters()[0])
         busy = GaugeMetricFamily("massboot_workers_busy", "Greenlets of a server's bounded pool in "
                                  "use (dhcp: exchanges, dhcp_acl: HTTP ACL calls, dhcp_probe: exchanges "
                                  "waiting on ICMP probes, tftp: transfers, http: connections).",

@@ -197,6 +197,7 @@ class _Worker:
         self.dropped_before = 0           # events its earlier processes dropped (a counter)
         self.compiled_before = 0          # DATA blocks its earlier processes' compiled path sent
         self.busy_poll_before = 0         # ns its earlier processes spent busy polling
+        self.scans_before = 0             # storm scans its earlier processes began
         self.up = False                   # ready message received, process running
         self.last_exit: str | None = None
 
@@ -420,6 +421,7 @@ class TftpWorkers:
             worker.dropped_before += int(worker.status.get("dropped", 0))
             worker.compiled_before += int(worker.status.get("compiled_blocks", 0))
             worker.busy_poll_before += int(worker.status.get("busy_poll_ns", 0))
+            worker.scans_before += int(worker.status.get("storm_scans", 0))
             worker.status = {}
             if self._stopping:
                 return
@@ -519,6 +521,10 @@ class TftpWorkers:
         included (``[tftpd] busy_poll``)."""
         return sum(w.busy_poll_before + int(w.status.get("busy_poll_ns", 0))
                    for w in self._workers) / 1e9
+
+    def storm_scans(self) -> int:
+        """Storm scans the workers' compiled data path began, earlier processes included."""
+        return sum(w.scans_before + int(w.status.get("storm_scans", 0)) for w in self._workers)
 
     def cache_view(self, files: Any) -> _CacheView:
         """The parent's file store as :mod:`massboot.metrics` reads it, with the workers' cache
@@ -681,11 +687,11 @@ class Worker:
         tftp, files = self.tftp, self.files
         busy, capacity = tftp.workers()
         reserved, budget = tftp.memory()
-        from massboot.tftp.server import busy_poll_counters, fast_path_counters
+        from massboot.tftp.server import busy_poll_counters, fast_path_counters, scan_counters
 
         return json.dumps({"t": kind, "pid": os.getpid(), "active": tftp.active, "busy": busy,
                            "data_path": tftp.data_path, "compiled_blocks": fast_path_counters()[0],
-                           "busy_poll_ns": busy_poll_counters()[2],
+                           "busy_poll_ns": busy_poll_counters()[2], "storm_scans": scan_counters()[0],
                            "capacity": capacity, "reserved": reserved, "budget": budget,
                            "buffered": tftp.buffered_bytes(), "dropped": self.dropped,
                            "downloads": files.downloads_active, "cached_bytes": files.cached_bytes,

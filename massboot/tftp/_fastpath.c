@@ -15,6 +15,13 @@
  *   again for up to the spin window before it hands the thread back to the hub, the GIL
  *   released and the CPU yielded between polls; the window adapts (halved after a spin that
  *   found nothing, back up when the next wake-up came within the configured window).
+ *   Storm scan (README "TFTP busy poll"): a wake-up that finds SCAN_MIN_READY or more lane
+ *   sockets ready at once takes every lane socket out of the epoll set and serves them in
+ *   passes of poll(fds, n, 0), as dnsmasq does, until no lane has had a datagram for the
+ *   storm-scan window: a socket in an epoll set costs whoever writes to it (the clients' ACKs,
+ *   on loopback the sender's CPU) two epoll callbacks per datagram through the hub's set; a
+ *   socket nobody waits on costs nothing. Meanwhile an eventfd in the set stays readable, so
+ *   the hub calls on_ready() again after its other work, never sleeping.
  *
  * Lane: one transfer (octet, windowsize up to MAX_WINDOW, a complete local file) in its
  *   common case: recv the client's datagram; when it is the ACK of everything sent, send the
@@ -44,10 +51,12 @@
 
 #include <errno.h>
 #include <math.h>
+#include <poll.h>
 #include <sched.h>
 #include <string.h>
 #include <stdint.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <sys/types.h>
@@ -92,6 +101,9 @@ static unsigned long long total_would_block = 0; /* block reads the page cache c
 static unsigned long long total_spin_hits = 0;    /* busy polls that found a datagram */
 static unsigned long long total_spin_misses = 0;  /* busy polls that ran out their window */
 static long long total_spin_time = 0;             /* ns spent busy polling, all dispatchers */
+static unsigned long long total_scans = 0;        /* storm scans begun */
+static unsigned long long total_scan_passes = 0;  /* poll() passes over the lane sockets */
+static unsigned long long total_scan_ready = 0;   /* lane sockets those passes found readable */
 static unsigned long long total_timer_arms = 0;  /* timerfd_settime calls, all dispatchers */
 static unsigned long long total_timer_fires = 0; /* timer wake-ups */
 static unsigned long long total_expired = 0;     /* lanes whose deadline passed: Python's timer */
@@ -190,12 +202,21 @@ typedef struct Dispatcher {
     int64_t spin_max;   /* [tftpd] busy_poll in ns (0: never spin) */
     int64_t spin;       /* the spin window now (adapts between 0 and spin_max) */
     int64_t left_at;    /* when on_ready last handed the thread back to the hub */
+    int evfd;           /* storm scan: an eventfd in the set, readable while scanning */
+    int scanning;       /* storm scan on: the lane sockets are in pfds, not the epoll set */
+    struct pollfd *pfds;  /* the lane sockets polled in a scan (npfds of cap) */
+    int npfds;
+    int *pidx;          /* fd -> its index in pfds, -1 */
+    int *ready;         /* a scan pass's readable sockets (cap entries) */
+    int64_t scan_idle;  /* the storm-scan window, ns (0: never scan) */
+    int64_t idle_since; /* when a scan pass last found nothing after one that did (0: it did) */
 } Dispatcher;
 
 #define SPIN_MIN_SOCKETS 16          /* busy poll with this many sockets watched (8 transfers) */
 #define SPIN_FLOOR_NS 2000           /* a window shrunk below this is 0 (no spin) */
 #define SERVE_BUDGET_NS 1000000      /* serve at most ~1 ms per wake-up: the hub's other work */
 #define BUSY_POLL_MAX_US 1000        /* config.py's [tftpd] busy_poll bound */
+#define SCAN_MIN_READY 16            /* lane sockets ready in one wake-up that start a scan */
 
 /* Fire the timer at *when* (CLOCK_MONOTONIC seconds, as monotonic() gives; INFINITY: never). */
 static void dispatcher_arm(Dispatcher *self, double when)
@@ -805,16 +826,22 @@ static PyTypeObject LaneType = {
 
 static int dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"busy_poll_us", NULL};
-    int busy_poll_us = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|i", kwlist, &busy_poll_us))
+    static char *kwlist[] = {"busy_poll_us", "storm_scan_us", NULL};
+    int busy_poll_us = 0, storm_scan_us = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|ii", kwlist, &busy_poll_us, &storm_scan_us))
         return -1;
     if (busy_poll_us < 0 || busy_poll_us > BUSY_POLL_MAX_US) {
         PyErr_Format(PyExc_ValueError, "busy_poll_us %d outside 0..%d", busy_poll_us,
                      BUSY_POLL_MAX_US);
         return -1;
     }
+    if (storm_scan_us < 0 || storm_scan_us > BUSY_POLL_MAX_US) {
+        PyErr_Format(PyExc_ValueError, "storm_scan_us %d outside 0..%d", storm_scan_us,
+                     BUSY_POLL_MAX_US);
+        return -1;
+    }
     self->spin_max = self->spin = (int64_t)busy_poll_us * 1000;
+    self->scan_idle = (int64_t)storm_scan_us * 1000;
     if (self->epfd > 0 || self->table != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Dispatcher already initialised");
         return -1;
@@ -826,13 +853,18 @@ static int dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     self->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    self->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = self->tfd};
-    if (self->tfd < 0 || epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->tfd, &ev) < 0) {
+    struct epoll_event ev2 = {.events = EPOLLIN, .data.fd = self->evfd};
+    if (self->tfd < 0 || epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->tfd, &ev) < 0
+            || self->evfd < 0 || epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->evfd, &ev2) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         if (self->tfd >= 0)
             close(self->tfd);
+        if (self->evfd >= 0)
+            close(self->evfd);
         close(self->epfd);
-        self->tfd = self->epfd = -1;
+        self->tfd = self->evfd = self->epfd = -1;
         return -1;
     }
     self->armed = INFINITY;
@@ -843,7 +875,7 @@ static PyObject *dispatcher_new(PyTypeObject *type, PyObject *args, PyObject *kw
 {
     Dispatcher *self = (Dispatcher *)type->tp_alloc(type, 0);
     if (self != NULL) {
-        self->epfd = self->tfd = -1;
+        self->epfd = self->tfd = self->evfd = -1;
         self->armed = INFINITY;
     }
     return (PyObject *)self;
@@ -856,6 +888,18 @@ static void dispatcher_clear_table(Dispatcher *self)
     self->table = NULL;
     PyMem_Free(self->deadlines);
     self->deadlines = NULL;
+    PyMem_Free(self->pfds);
+    self->pfds = NULL;
+    PyMem_Free(self->pidx);
+    self->pidx = NULL;
+    PyMem_Free(self->ready);
+    self->ready = NULL;
+    self->npfds = 0;
+    if (self->scanning) {
+        uint64_t v;
+        (void)read(self->evfd, &v, sizeof(v));  /* the hub may sleep again */
+        self->scanning = 0;
+    }
     self->cap = 0;
     self->count = 0;
     if (self->armed != INFINITY)
@@ -892,9 +936,76 @@ static void dispatcher_dealloc(Dispatcher *self)
     dispatcher_clear_table(self);
     if (self->tfd >= 0)
         close(self->tfd);
+    if (self->evfd >= 0)
+        close(self->evfd);
     if (self->epfd >= 0)
         close(self->epfd);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* -- storm scan: the lane sockets polled in passes instead of watched by epoll ---------------- */
+
+static void scan_add(Dispatcher *self, int fd)
+{
+    struct pollfd *p = &self->pfds[self->npfds];
+    p->fd = fd;
+    p->events = POLLIN;
+    p->revents = 0;
+    self->pidx[fd] = self->npfds++;
+}
+
+static void scan_drop(Dispatcher *self, int fd)
+{
+    int i = self->pidx[fd];
+    self->pidx[fd] = -1;
+    self->pfds[i] = self->pfds[--self->npfds];
+    if (i < self->npfds)
+        self->pidx[self->pfds[i].fd] = i;
+}
+
+/* Every lane socket leaves the epoll set for the scan's poll() passes; the eventfd, readable
+ * from now on, has the hub call on_ready() again after its other work instead of sleeping. */
+static void scan_enter(Dispatcher *self)
+{
+    for (int fd = 0; fd < self->cap; fd++) {
+        PyObject *entry = self->table[fd];
+        if (entry != NULL && Py_IS_TYPE(entry, &LaneType) && ((Lane *)entry)->sock == fd
+                && self->pidx[fd] < 0) {
+            (void)epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL);
+            scan_add(self, fd);
+        }
+    }
+    uint64_t one = 1;
+    if (write(self->evfd, &one, sizeof(one)) != sizeof(one)) {
+        /* cannot happen (a counter of 1 on a fresh eventfd); the hub would sleep: give back */
+        for (int i = 0; i < self->npfds; i++) {
+            struct epoll_event ev = {.events = EPOLLIN, .data.fd = self->pfds[i].fd};
+            (void)epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->pfds[i].fd, &ev);
+            self->pidx[self->pfds[i].fd] = -1;
+        }
+        self->npfds = 0;
+        return;
+    }
+    self->scanning = 1;
+    self->idle_since = 0;
+    total_scans++;
+}
+
+/* The storm is over (no lane datagram for the window): the lane sockets go back to the epoll
+ * set (a datagram that came meanwhile makes its socket ready there at once), the eventfd is
+ * read empty, the hub may sleep again. */
+static void scan_leave(Dispatcher *self)
+{
+    for (int i = 0; i < self->npfds; i++) {
+        int fd = self->pfds[i].fd;
+        struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+        (void)epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev);
+        self->pidx[fd] = -1;
+    }
+    self->npfds = 0;
+    uint64_t v;
+    (void)read(self->evfd, &v, sizeof(v));
+    self->scanning = 0;
 }
 
 static PyObject *dispatcher_add(Dispatcher *self, PyObject *args)
@@ -921,6 +1032,20 @@ static PyObject *dispatcher_add(Dispatcher *self, PyObject *args)
         if (deadlines == NULL)
             return PyErr_NoMemory();
         self->deadlines = deadlines;
+        struct pollfd *pfds = PyMem_Realloc(self->pfds, sizeof(struct pollfd) * (size_t)cap);
+        if (pfds == NULL)
+            return PyErr_NoMemory();
+        self->pfds = pfds;
+        int *pidx = PyMem_Realloc(self->pidx, sizeof(int) * (size_t)cap);
+        if (pidx == NULL)
+            return PyErr_NoMemory();
+        self->pidx = pidx;
+        int *ready = PyMem_Realloc(self->ready, sizeof(int) * (size_t)cap);
+        if (ready == NULL)
+            return PyErr_NoMemory();
+        self->ready = ready;
+        for (int i = self->cap; i < cap; i++)
+            pidx[i] = -1;
         PyObject **table = PyMem_Realloc(self->table, sizeof(PyObject *) * (size_t)cap);
         if (table == NULL)
             return PyErr_NoMemory();
@@ -936,7 +1061,9 @@ static PyObject *dispatcher_add(Dispatcher *self, PyObject *args)
         return NULL;
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
-    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    if (self->scanning && Py_IS_TYPE(handler, &LaneType) && ((Lane *)handler)->sock == fd) {
+        scan_add(self, fd);   /* a transfer begun during a storm scan: polled with the others */
+    } else if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
         if (errno != EEXIST || epoll_ctl(self->epfd, EPOLL_CTL_MOD, fd, &ev) < 0)
             return PyErr_SetFromErrno(PyExc_OSError);
     }
@@ -966,8 +1093,12 @@ static PyObject *dispatcher_remove(Dispatcher *self, PyObject *arg)
         ((Lane *)old)->owner = NULL;
         lane_flush_or_report((Lane *)old);  /* the transfer is Python's again */
     }
-    if (self->epfd >= 0)
+    if (self->pidx[fd] >= 0)
+        scan_drop(self, fd);  /* polled in a storm scan, not in the epoll set */
+    else if (self->epfd >= 0)
         (void)epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL);  /* ENOENT/EBADF: already closed */
+    if (self->scanning && self->npfds == 0)
+        scan_leave(self);     /* the storm's last transfer ended */
     Py_DECREF(old);
     return PyLong_FromLong(self->count);
 }
@@ -1026,38 +1157,103 @@ static int64_t now_ns(void)
 }
 
 /* Serve the n ready descriptors of one epoll_wait. */
-static void dispatcher_serve(Dispatcher *self, struct epoll_event *events, int n)
+/* Serve one readable descriptor. A handler called before may have ended its transfer (a new
+ * socket may reuse the number, the table may have grown, the dispatcher may be closed): it is
+ * looked up anew; a stale wake-up finds nothing to read, harmlessly. */
+static void dispatcher_serve_fd(Dispatcher *self, int fd)
 {
-    int timer = 0;
+    if (fd < 0 || fd >= self->cap || self->table == NULL)
+        return;
+    PyObject *entry = self->table[fd];
+    if (entry == NULL)
+        return;
+    Py_INCREF(entry);
+    int failed;
+    if (Py_IS_TYPE(entry, &LaneType)) {
+        failed = lane_ready((Lane *)entry) < 0;
+    } else {
+        PyObject *r = PyObject_CallNoArgs(entry);
+        failed = r == NULL;
+        Py_XDECREF(r);
+    }
+    if (failed)  /* the handlers never raise; a bug is reported, the others served */
+        PyErr_WriteUnraisable(entry);
+    Py_DECREF(entry);
+}
+
+/* Serve the n ready descriptors of one epoll_wait; the number of them that were lanes. */
+static int dispatcher_serve(Dispatcher *self, struct epoll_event *events, int n)
+{
+    int timer = 0, lanes = 0;
     for (int i = 0; i < n; i++) {
-        /* a handler called before may have ended its transfer (a new socket may reuse the
-         * number, the table may have grown, the dispatcher may be closed): look it up anew;
-         * a stale wake-up finds nothing to read, harmlessly */
         int fd = events[i].data.fd;
         if (fd == self->tfd && fd >= 0) {
             timer = 1;  /* after the ACKs of this wake-up: an ACK served is not a timeout */
             continue;
         }
-        if (fd < 0 || fd >= self->cap || self->table == NULL)
-            continue;
-        PyObject *entry = self->table[fd];
-        if (entry == NULL)
-            continue;
-        Py_INCREF(entry);
-        int failed;
-        if (Py_IS_TYPE(entry, &LaneType)) {
-            failed = lane_ready((Lane *)entry) < 0;
-        } else {
-            PyObject *r = PyObject_CallNoArgs(entry);
-            failed = r == NULL;
-            Py_XDECREF(r);
-        }
-        if (failed)  /* the handlers never raise; a bug is reported, the others served */
-            PyErr_WriteUnraisable(entry);
-        Py_DECREF(entry);
+        if (fd == self->evfd && fd >= 0)
+            continue;   /* the storm scan's: nothing to read */
+        if (fd >= 0 && fd < self->cap && self->table != NULL && self->table[fd] != NULL
+                && Py_IS_TYPE(self->table[fd], &LaneType))
+            lanes++;
+        dispatcher_serve_fd(self, fd);
     }
     if (timer)
         dispatcher_expire(self);
+    return lanes;
+}
+
+/* One on_ready() call in a storm scan: the epoll set first (the timer, the Python handlers),
+ * then poll() passes over the lane sockets, each serving every socket found readable, until
+ * the serving budget is spent (back to the hub, which calls again: the eventfd) or no lane had
+ * a datagram for the storm-scan window (the scan ends). Between empty passes the CPU is
+ * yielded with the GIL released, as in a busy poll, and that time counts as busy polling. */
+static void dispatcher_scan(Dispatcher *self, struct epoll_event *events)
+{
+    int n = epoll_wait(self->epfd, events, READY_MAX, 0);
+    if (n > 0)
+        dispatcher_serve(self, events, n);
+    int64_t began = now_ns();
+    while (self->scanning && self->epfd >= 0) {
+        int k = poll(self->pfds, (nfds_t)self->npfds, 0);
+        total_scan_passes++;
+        int m = 0;
+        int *ready = self->ready;
+        /* every readable socket of the pass first (serving may add, drop or move entries),
+         * all served before the next pass: none waits behind sockets that are ready again */
+        for (int i = 0; k > 0 && i < self->npfds;) {
+            short re = self->pfds[i].revents;
+            if (re & POLLNVAL) {   /* closed without remove(): epoll would have dropped it */
+                scan_drop(self, self->pfds[i].fd);   /* entry i is now another of this pass */
+                continue;
+            }
+            if (re)
+                ready[m++] = self->pfds[i].fd;
+            i++;
+        }
+        if (m > 0) {
+            total_scan_ready += (unsigned long long)m;
+            /* self->ready read anew: a handler's add() may have moved it (realloc keeps
+             * the entries), a close() ends the scan */
+            for (int i = 0; i < m && self->scanning && self->ready != NULL; i++)
+                dispatcher_serve_fd(self, self->ready[i]);
+            self->idle_since = 0;
+        } else {
+            int64_t t0 = now_ns();
+            if (self->idle_since == 0)
+                self->idle_since = t0;
+            else if (t0 - self->idle_since >= self->scan_idle) {
+                scan_leave(self);
+                break;
+            }
+            Py_BEGIN_ALLOW_THREADS
+            sched_yield();   /* another task runnable on this CPU (the clients, on a shared box) */
+            Py_END_ALLOW_THREADS
+            total_spin_time += now_ns() - t0;
+        }
+        if (now_ns() - began > SERVE_BUDGET_NS)
+            break;   /* the hub's other work; the eventfd brings it back here */
+    }
 }
 
 /* Busy poll: poll the set again, yielding the CPU in between, until something is ready or the
@@ -1094,6 +1290,10 @@ static PyObject *dispatcher_on_ready(Dispatcher *self, PyObject *unused)
     struct epoll_event events[READY_MAX];
     if (self->epfd < 0)
         Py_RETURN_NONE;
+    if (self->scanning) {
+        dispatcher_scan(self, events);
+        Py_RETURN_NONE;
+    }
     int64_t began = 0;
     if (self->spin_max > 0) {
         began = now_ns();
@@ -1113,7 +1313,11 @@ static PyObject *dispatcher_on_ready(Dispatcher *self, PyObject *unused)
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     while (n > 0) {
-        dispatcher_serve(self, events, n);
+        int lanes = dispatcher_serve(self, events, n);
+        if (lanes >= SCAN_MIN_READY && self->scan_idle > 0 && self->epfd >= 0) {
+            scan_enter(self);   /* a storm: served in poll() passes from the next call */
+            break;
+        }
         /* a handler may have closed the set; spin only in a storm, within the budget */
         if (self->spin <= 0 || self->epfd < 0 || self->count < SPIN_MIN_SOCKETS
                 || now_ns() - began > SERVE_BUDGET_NS)
@@ -1136,6 +1340,10 @@ static PyObject *dispatcher_close(Dispatcher *self, PyObject *unused)
     if (self->tfd >= 0) {
         close(self->tfd);
         self->tfd = -1;
+    }
+    if (self->evfd >= 0) {
+        close(self->evfd);
+        self->evfd = -1;
     }
     if (self->epfd >= 0) {
         close(self->epfd);
@@ -1166,17 +1374,24 @@ static PyObject *dispatcher_get_spin(Dispatcher *self, void *closure)
     return Py_BuildValue("(LL)", (long long)self->spin_max / 1000, (long long)self->spin / 1000);
 }
 
+static PyObject *dispatcher_get_scan(Dispatcher *self, void *closure)
+{
+    return Py_BuildValue("(Lii)", (long long)self->scan_idle / 1000, self->scanning, self->npfds);
+}
+
 static PyGetSetDef dispatcher_getset[] = {
     {"count", (getter)dispatcher_len, NULL, "descriptors watched", NULL},
     {"busy_poll", (getter)dispatcher_get_spin, NULL,
      "(configured µs, window now µs); the polls themselves: busy_poll_counters()", NULL},
+    {"storm_scan", (getter)dispatcher_get_scan, NULL,
+     "(window µs, scanning now, lane sockets polled); the scans: scan_counters()", NULL},
     {NULL}
 };
 
 static PyTypeObject DispatcherType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "massboot.tftp._fastpath.Dispatcher",
-    .tp_doc = "Dispatcher(busy_poll_us=0): one epoll set for the transfer sockets, lanes served "
+    .tp_doc = "Dispatcher(busy_poll_us=0, storm_scan_us=0): one epoll set for the transfer sockets, lanes served "
               "in C",
     .tp_basicsize = sizeof(Dispatcher),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
@@ -1206,7 +1421,14 @@ static PyObject *fp_busy_poll_counters(PyObject *module, PyObject *unused)
     return Py_BuildValue("(KKL)", total_spin_hits, total_spin_misses, total_spin_time);
 }
 
+static PyObject *fp_scan_counters(PyObject *module, PyObject *unused)
+{
+    return Py_BuildValue("(KKK)", total_scans, total_scan_passes, total_scan_ready);
+}
+
 static PyMethodDef module_methods[] = {
+    {"scan_counters", fp_scan_counters, METH_NOARGS,
+     "(storm scans begun, poll() passes, lane sockets found readable), process-wide"},
     {"busy_poll_counters", fp_busy_poll_counters, METH_NOARGS,
      "(busy polls that found a datagram, busy polls that did not, ns spent), process-wide"},
     {"timer_counters", fp_timer_counters, METH_NOARGS,
@@ -1240,7 +1462,7 @@ PyMODINIT_FUNC PyInit__fastpath(void)
      * an updated checkout) is not used */
     if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0
             || PyModule_AddObject(m, "Dispatcher", (PyObject *)&DispatcherType) < 0
-            || PyModule_AddIntConstant(m, "API", 3) < 0) {
+            || PyModule_AddIntConstant(m, "API", 4) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -59,7 +59,10 @@ members, exactly what :meth:`ReadTransfer.on_ack_all` would have left. Anything 
 (another datagram, a duplicate ACK or one inside the window, the last block, a read the page
 cache cannot answer, a timeout) goes to the same Python code as without it. In a storm (16
 or more sockets in the set) the compiled dispatcher busy polls the set for up to
-``[tftpd] busy_poll`` µs after a wake-up before the hub may sleep (README "TFTP busy poll").
+``[tftpd] busy_poll`` µs after a wake-up before the hub may sleep, and when 16 or more
+transfers are ready at once it takes their sockets out of the epoll set and serves them in
+``poll()`` passes until they all fell silent for that long (a storm scan, README "TFTP busy
+poll").
 
 Events (see :mod:`massboot.events`): ``tftp.start``, then ``tftp.done`` or ``tftp.fail``, with
 ``duration`` measured from the RRQ's arrival and ``ttfb`` from the RRQ's arrival to the moment
@@ -103,7 +106,7 @@ from massboot.tftp.transfer import Datagram, ReadTransfer, negotiate, window_mem
 
 #: the glue contract with the compiled module (Lane's and Dispatcher's constructors and
 #: methods): _fastpath.c's API constant; both change together
-FAST_PATH_API = 3
+FAST_PATH_API = 4
 
 
 def _fast_path_mismatch(module: Any) -> str | None:
@@ -134,7 +137,8 @@ else:
         _fastpath = None
 
 __all__ = ["BUSY_POLL_MAX", "FAST_PATHS", "FAST_PATH_API", "FileStoreLike", "TftpServer",
-           "busy_poll_counters", "fast_path_available", "fast_path_counters", "fast_path_problem"]
+           "busy_poll_counters", "fast_path_available", "fast_path_counters", "fast_path_problem",
+           "scan_counters"]
 
 FAST_PATHS = ("auto", "on", "off")  # [tftpd] fast_path
 BUSY_POLL_MAX = 1000  # [tftpd] busy_poll's bound, µs (BUSY_POLL_MAX_US in _fastpath.c)
@@ -183,6 +187,12 @@ def busy_poll_counters() -> tuple[int, int, int]:
     """The compiled data path's busy polls in this process: (those that found a datagram,
     those that ran out their window, nanoseconds spent); zeros without it."""
     return _fastpath.busy_poll_counters() if _fastpath is not None else (0, 0, 0)
+
+
+def scan_counters() -> tuple[int, int, int]:
+    """The compiled data path's storm scans in this process: (scans begun, ``poll()`` passes
+    over the transfer sockets, sockets those passes found readable); zeros without it."""
+    return _fastpath.scan_counters() if _fastpath is not None else (0, 0, 0)
 
 
 def fast_path_counters() -> tuple[int, int, int]:
@@ -832,7 +842,8 @@ class _CompiledDispatcher:
 
     def __init__(self, busy_poll: int = 0) -> None:
         assert _fastpath is not None
-        self._c = _fastpath.Dispatcher(busy_poll_us=busy_poll)
+        # the storm scan's window is busy_poll's (README "TFTP busy poll"): 0 turns both off
+        self._c = _fastpath.Dispatcher(busy_poll_us=busy_poll, storm_scan_us=busy_poll)
         self._io = gevent.get_hub().loop.io(self._c.fileno(), 1)
 
     def add(self, fd: int, handler: object) -> None:

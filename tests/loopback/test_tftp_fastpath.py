@@ -628,9 +628,9 @@ def test_a_module_built_from_older_sources_is_not_used(tmp_path) -> None:
              "sys.modules[real.__name__] = old; sys.modules['massboot.tftp']._fastpath = old")
     _on_exits_2_and_auto_starts_on_python(
         tmp_path, stale,
-        ("does not match this massboot (module API 1, this massboot needs 3)",
+        ("does not match this massboot (module API 1, this massboot needs 4)",
          "reinstall massboot (pip install) to rebuild it"),
-        "does not match this massboot", ("module API 1, this massboot needs 3", "rebuild it: pip install"))
+        "does not match this massboot", ("module API 1, this massboot needs 4", "rebuild it: pip install"))
 
 
 # -- busy poll: [tftpd] busy_poll ----------------------------------------------------------
@@ -822,8 +822,9 @@ def test_busy_poll_window_shrinks_when_nothing_comes_and_grows_back() -> None:
 def test_a_storm_is_served_whole_and_its_busy_poll_is_counted(tftp_data_path: str, tmp_path) -> None:
     """24 lock-step clients at once (bench/tftp_client.py in another process, sha256 of every
     file checked) against both paths: every file whole; the compiled path busy polled (16 or
-    more sockets watched) and ``massboot_tftp_busy_poll_seconds_total`` says how long, the
-    Python path did not poll at all."""
+    more sockets watched) or scanned its lanes (16 ready at once) and
+    ``massboot_tftp_busy_poll_seconds_total`` says how long, ``..._storm_scans_total`` how
+    many scans; the Python path did not poll at all."""
     import subprocess
     import sys
 
@@ -831,7 +832,7 @@ def test_a_storm_is_served_whole_and_its_busy_poll_is_counted(tftp_data_path: st
 
     from massboot.config import MetricsConfig
     from massboot.metrics import Metrics
-    from massboot.tftp.server import busy_poll_counters
+    from massboot.tftp.server import busy_poll_counters, scan_counters
 
     root = tmp_path / "root"
     root.mkdir()
@@ -845,7 +846,7 @@ def test_a_storm_is_served_whole_and_its_busy_poll_is_counted(tftp_data_path: st
     served = Served(server, str(root), EventRecorder(), tftp_data_path)
     registry = CollectorRegistry()
     Metrics(MetricsConfig(port=0), EventBus(), tftp=served.server, registry=registry)
-    before = busy_poll_counters()
+    before, scans_before = busy_poll_counters(), scan_counters()[0]
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         out = subprocess.run(   # cooperative (the suite is monkey-patched): the hub serves meanwhile
@@ -858,10 +859,131 @@ def test_a_storm_is_served_whole_and_its_busy_poll_is_counted(tftp_data_path: st
     assert out.returncode == 0, out.stdout + out.stderr
     assert "24/24 ok" in out.stdout and "sha256 checked 24" in out.stdout, out.stdout
     hits, misses, spun = (a - b for a, b in zip(busy_poll_counters(), before, strict=True))
-    if served.compiled:
-        assert hits + misses > 0 and spun > 0, (hits, misses, spun)
+    scans = scan_counters()[0] - scans_before
+    if served.compiled:   # busy polls, or a storm scan (16 lanes ready at once) polling
+        assert hits + misses + scans > 0 and spun > 0, (hits, misses, scans, spun)
         seconds = registry.get_sample_value("massboot_tftp_busy_poll_seconds_total")
         assert seconds == pytest.approx(busy_poll_counters()[2] / 1e9)
         assert seconds >= spun / 1e9 > 0
+        assert registry.get_sample_value("massboot_tftp_storm_scans_total") == scan_counters()[0]
     else:
-        assert (hits, misses, spun) == (0, 0, 0)
+        assert (hits, misses, spun, scans) == (0, 0, 0, 0)
+
+
+class _Lanes:
+    """*count* transfers of one file, each served by a Lane over a datagram socketpair, started
+    (DATA 1 sent, ACK 1 taken by Python: the first RTT sample) so that ACK 2 is a lane's."""
+
+    def __init__(self, dispatcher, tmp_path, count: int) -> None:
+        from massboot.tftp import _fastpath
+
+        content = pattern(512 * 64)
+        path = tmp_path / "scan.bin"
+        path.write_bytes(content)
+        self.fd = os.open(path, os.O_RDONLY)
+        self.pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(count)]
+        self.handed: list[int] = []
+        self.lanes = []
+        for server_end, client_end in self.pairs:
+            client_end.setblocking(False)
+            transfer = ReadTransfer(lambda offset, length: os.pread(self.fd, length, offset),
+                                    blksize=512, timeout_min=0.5, timeout_max=2.0)
+            transfer.start()
+            assert transfer.on_ack_all(1) is not None
+            lane = _fastpath.Lane(transfer, server_end.fileno(), bytearray(2048), self.fd,
+                                  len(content), self.handed.append, lambda: None)
+            dispatcher.add(server_end.fileno(), lane)
+            self.lanes.append(lane)
+
+    def ack(self, i: int, block: int) -> None:
+        self.pairs[i][1].send(Ack(block).encode())
+
+    def data(self, i: int) -> list[int]:
+        """The DATA block numbers client *i* received since last asked."""
+        got = []
+        while True:
+            try:
+                got.append(int.from_bytes(self.pairs[i][1].recv(2048)[2:4], "big"))
+            except BlockingIOError:
+                return got
+
+    def close(self) -> None:
+        for a, b in self.pairs:
+            a.close()
+            b.close()
+        os.close(self.fd)
+
+
+def _readable(fd: int) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def test_a_storm_scan_polls_the_lanes_and_ends_when_they_fall_silent(tmp_path) -> None:
+    """16 or more lanes ready in one wake-up start a storm scan (README "TFTP busy poll"): the
+    lane sockets leave the epoll set and are served in poll() passes while the set stays
+    readable (the hub calls again instead of sleeping); once no lane had a datagram for the
+    window the sockets are back in the set and the hub may sleep. Every ACK is answered with
+    the next block in each phase, nothing handed to Python."""
+    from massboot.tftp.server import scan_counters
+
+    fp = _compiled_module()
+    dispatcher = fp.Dispatcher(busy_poll_us=0, storm_scan_us=1000)
+    rig = _Lanes(dispatcher, tmp_path, 20)
+    try:
+        before = scan_counters()
+        for i in range(20):
+            rig.ack(i, 2)
+        assert _readable(dispatcher.fileno())
+        dispatcher.on_ready()
+        assert [rig.data(i) for i in range(20)] == [[3]] * 20   # served in the wake-up itself
+        assert dispatcher.storm_scan == (1000, 1, 20)           # scanning, 20 lane sockets
+        assert scan_counters()[0] - before[0] == 1
+        assert _readable(dispatcher.fileno())                   # nothing queued: the eventfd
+        for i in range(5):
+            rig.ack(i, 3)
+        dispatcher.on_ready()
+        assert [rig.data(i) for i in range(20)] == [[4]] * 5 + [[]] * 15
+        scans, passes, ready = (a - b for a, b in zip(scan_counters(), before, strict=True))
+        assert scans == 1 and passes >= 1 and ready == 5
+        for _ in range(200):   # silent for the 1 ms window: the scan ends (each call <= ~1 ms)
+            time.sleep(0.002)
+            dispatcher.on_ready()
+            if dispatcher.storm_scan[1] == 0:
+                break
+        assert dispatcher.storm_scan == (1000, 0, 0)
+        assert not _readable(dispatcher.fileno())               # the hub may sleep again
+        rig.ack(7, 3)                                           # back in the epoll set
+        assert _readable(dispatcher.fileno())
+        dispatcher.on_ready()
+        assert rig.data(7) == [4] and dispatcher.storm_scan[1] == 0   # one lane: no scan
+        assert rig.handed == []
+        assert scan_counters()[0] - before[0] == 1
+    finally:
+        dispatcher.close()
+        rig.close()
+
+
+def test_a_storm_scan_ends_with_its_last_transfer_and_needs_its_window(tmp_path) -> None:
+    """Removing every lane during a scan ends it (the hub may sleep); storm_scan_us = 0 (what
+    ``busy_poll = 0`` passes) never scans; 15 ready lanes do not start one; the bound holds."""
+    fp = _compiled_module()
+    for window, ready, scans in ((1000, 20, True), (0, 20, False), (1000, 15, False)):
+        dispatcher = fp.Dispatcher(busy_poll_us=0, storm_scan_us=window)
+        rig = _Lanes(dispatcher, tmp_path, 20)
+        try:
+            for i in range(ready):
+                rig.ack(i, 2)
+            dispatcher.on_ready()
+            assert [rig.data(i) for i in range(ready)] == [[3]] * ready
+            assert dispatcher.storm_scan[1] == int(scans), (window, ready)
+            for lane_sock, _ in rig.pairs:
+                dispatcher.remove(lane_sock.fileno())
+            assert dispatcher.storm_scan == (window, 0, 0)
+            assert not _readable(dispatcher.fileno())
+        finally:
+            dispatcher.close()
+            rig.close()
+    with pytest.raises(ValueError, match="storm_scan_us 1001 outside 0..1000"):
+        fp.Dispatcher(storm_scan_us=1001)
