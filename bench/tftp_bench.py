@@ -425,12 +425,13 @@ def available(name: str, env: Env, netns: bool) -> str | None:
             f"{tree} is not a massboot checkout"
     if name == "massboot":
         try:
-            from massboot.tftp.server import fast_path_available
+            from massboot.tftp.server import fast_path_problem
         except ImportError:
             return None
-        if not fast_path_available():
-            return ("the compiled data path is not built (apt-get install gcc python3-dev; "
-                    "python setup.py build_ext --inplace); massboot-python still runs")
+        problem = fast_path_problem()   # not built, or built from older sources: which one
+        if problem is not None:
+            return (f"{problem} (in a checkout: python setup.py build_ext --inplace); "
+                    "massboot-python still runs")
     if name == "dnsmasq":
         if not env.dnsmasq:
             return "dnsmasq not installed"

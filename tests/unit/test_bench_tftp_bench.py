@@ -77,3 +77,20 @@ def test_storm_table_without_counters_says_nan() -> None:
     table = storm_table(samples, [size], ["massboot"], 500, pinned=False)
     row = next(line for line in table.splitlines() if line.startswith("massboot"))
     assert row.split()[-2:] == ["nan", "nan"]
+
+
+def test_a_stale_compiled_module_is_named_as_such(monkeypatch) -> None:
+    """A checkout updated without rebuilding keeps an older _fastpath: the bench says so (and how
+    to rebuild) instead of calling it not built; a module that is not there is "not built"."""
+    from bench.tftp_bench import Env, available
+    from massboot.tftp import server
+
+    env = Env(root=".", work=".", port=0, atftpd=None, dnsmasq=None, tftpd_hpa=None, exits=None)
+    monkeypatch.setattr(server, "_fastpath", None)
+    monkeypatch.setattr(server, "_FAST_PATH_BROKEN", "module API 3, this massboot needs 4")
+    stale = available("massboot", env, netns=False)
+    assert stale is not None and "does not match this massboot (module API 3" in stale
+    assert "build_ext --inplace" in stale and "massboot-python still runs" in stale
+    monkeypatch.setattr(server, "_FAST_PATH_BROKEN", None)
+    missing = available("massboot", env, netns=False)
+    assert missing is not None and "is not built" in missing and "build_ext --inplace" in missing
