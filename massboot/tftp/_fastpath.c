@@ -1156,20 +1156,19 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Serve the n ready descriptors of one epoll_wait. */
-/* Serve one readable descriptor. A handler called before may have ended its transfer (a new
+/* Serve one readable descriptor; 1 when it was a lane's. A handler called before may have ended its transfer (a new
  * socket may reuse the number, the table may have grown, the dispatcher may be closed): it is
  * looked up anew; a stale wake-up finds nothing to read, harmlessly. */
-static void dispatcher_serve_fd(Dispatcher *self, int fd)
+static int dispatcher_serve_fd(Dispatcher *self, int fd)
 {
     if (fd < 0 || fd >= self->cap || self->table == NULL)
-        return;
+        return 0;
     PyObject *entry = self->table[fd];
     if (entry == NULL)
-        return;
+        return 0;
     Py_INCREF(entry);
-    int failed;
-    if (Py_IS_TYPE(entry, &LaneType)) {
+    int failed, lane = Py_IS_TYPE(entry, &LaneType);
+    if (lane) {
         failed = lane_ready((Lane *)entry) < 0;
     } else {
         PyObject *r = PyObject_CallNoArgs(entry);
@@ -1179,6 +1178,7 @@ static void dispatcher_serve_fd(Dispatcher *self, int fd)
     if (failed)  /* the handlers never raise; a bug is reported, the others served */
         PyErr_WriteUnraisable(entry);
     Py_DECREF(entry);
+    return lane;
 }
 
 /* Serve the n ready descriptors of one epoll_wait; the number of them that were lanes. */
@@ -1193,10 +1193,7 @@ static int dispatcher_serve(Dispatcher *self, struct epoll_event *events, int n)
         }
         if (fd == self->evfd && fd >= 0)
             continue;   /* the storm scan's: nothing to read */
-        if (fd >= 0 && fd < self->cap && self->table != NULL && self->table[fd] != NULL
-                && Py_IS_TYPE(self->table[fd], &LaneType))
-            lanes++;
-        dispatcher_serve_fd(self, fd);
+        lanes += dispatcher_serve_fd(self, fd);
     }
     if (timer)
         dispatcher_expire(self);
@@ -1391,8 +1388,8 @@ static PyGetSetDef dispatcher_getset[] = {
 static PyTypeObject DispatcherType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "massboot.tftp._fastpath.Dispatcher",
-    .tp_doc = "Dispatcher(busy_poll_us=0, storm_scan_us=0): one epoll set for the transfer sockets, lanes served "
-              "in C",
+    .tp_doc = "Dispatcher(busy_poll_us=0, storm_scan_us=0): one epoll set for the transfer "
+              "sockets, lanes served in C",
     .tp_basicsize = sizeof(Dispatcher),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = dispatcher_new,
