@@ -2,7 +2,7 @@
 
 massboot runs TFTP only (``python -m massboot -t``) in a "server" namespace on 10.78.0.1:69;
 the clients run in a "client" namespace at 10.78.0.2. One server serves the whole module; its
-root is a tmp dir filled once with random files of 0, 511, 512 bytes, 1 MiB and 40 MiB.
+root is a tmp dir filled once with random files of 0, 511, 512 bytes, 64 KiB, 1, 8 and 40 MiB.
 
 * Downloads: curl (tsize + blksize 512 by default, and ``--tftp-blksize 1468``), atftp
   (``blksize``, ``tsize``, ``windowsize``), busybox tftp (with and without ``-b``) and tftp-hpa
@@ -16,6 +16,9 @@ root is a tmp dir filled once with random files of 0, 511, 512 bytes, 1 MiB and 
   Percent-encoded names are literal for a local root: ``%2e%2e/etc/passwd`` is a missing file
   (ERROR 1), and a real directory named ``%2e%2e`` inside the root is served.
 * A missing file gets ERROR 1 at once (curl exits 68); a write request gets ERROR 2.
+* A storm: 24 curl downloads (blksize 1468) begun together and the server stopped for 0.3 s in
+  the middle of them: every sha256 right, and the compiled path counts a storm scan (README
+  "TFTP busy poll") in ``/metrics`` (``[metrics]`` on the server namespace's loopback).
 * Loss: nftables drops about 5 % of the DATA packets arriving in the client namespace and of
   the ACKs arriving in the server namespace (input hooks only: a drop on an output hook makes
   ``sendto`` fail with EPERM, which clients treat as fatal); curl still gets the right bytes.
@@ -31,7 +34,9 @@ import contextlib
 import hashlib
 import os
 import re
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +61,9 @@ port = 69
 root = {root}
 processes = {processes}
 fast_path = {fast_path}
+[metrics]
+address = 127.0.0.1
+port = {metrics_port}
 """
 #: the whole module runs against each TFTP data path in one process, and against two worker
 #: processes on the compiled path (README, "TFTP worker processes"; the Python path's workers are
@@ -64,13 +72,14 @@ SERVERS = (("compiled", 1), ("python", 1), ("compiled", 2))
 OTHER_IP = "10.78.0.3"
 #: name -> size; random content, generated once per module.
 FILES = {"empty.bin": 0, "b511.bin": 511, "b512.bin": 512, "64k.bin": 64 << 10, "1m.bin": 1 << 20,
-         "40m.bin": 40 << 20}
+         "8m.bin": 8 << 20, "40m.bin": 40 << 20}
 SMALL = ["empty.bin", "b511.bin", "b512.bin", "1m.bin"]
 BIG = "40m.bin"
 LITERAL_CONTENT = b"a directory really named %2e%2e, inside the root\n"
 CLIENT_TIMEOUT = 30       # seconds for one small download (they take well under a second)
 BIG_TIMEOUT = 150         # the 40 MiB downloads (a few seconds each on an idle machine)
 REPLY_TIMEOUT = 5.0       # a hand-written client's wait for the first reply
+METRICS_PORT = 9178       # /metrics on the server namespace's own loopback
 
 # client id -> (blksize, windowsize) that massboot must report for the transfer
 NEGOTIATED = {
@@ -116,6 +125,7 @@ class TftpEnv:
     root: Path
     digests: dict[str, str]     # file name in the root -> sha256 hex
     processes: int = 1
+    data_path: str = "compiled"
 
 
 def _write_random(path: Path, size: int) -> str:
@@ -168,7 +178,7 @@ def tftp(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     conf_dir.mkdir()
     config = conf_dir / "massboot.ini"
     config.write_text(CONFIG.format(address=SERVER_IP, root=root, processes=processes,
-                                    fast_path=fast_path_option(data_path)))
+                                    fast_path=fast_path_option(data_path), metrics_port=METRICS_PORT))
     with namespace_pair("tftpcli", server_addr=f"{SERVER_IP}/24", client_addr=f"{CLIENT_IP}/24",
                         server_if="mts0", client_if="mtc0") as pair:
         pair.run(pair.client, ["ip", "addr", "add", f"{OTHER_IP}/24", "dev", "mtc0"], timeout=10)
@@ -178,7 +188,7 @@ def tftp(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
                    30, "every TFTP worker listening")
         try:
             assert f"data_path={data_path}" in server.log_text(), server.log_text()
-            yield TftpEnv(pair, server, root, digests, processes)
+            yield TftpEnv(pair, server, root, digests, processes, data_path)
         finally:
             status = server.stop()
         # a graceful stop (SIGTERM), with transfers still running (curl's abandoned ones)
@@ -334,6 +344,122 @@ def test_both_client_addresses_served_at_once(tftp: TftpEnv, tmp_path: Path) -> 
     for ip in outs:
         line = re.compile(DONE_LINE.format(ip=re.escape(ip), name=re.escape("1m.bin")), re.M)
         wait_until(lambda line=line: line.search(tftp.server.log_text()), 10, f"the done line of {ip}")
+
+
+STORM_CLIENTS = 24      # curl processes at once; a storm scan needs 16 ready (README "TFTP busy poll")
+#: one address per client (``[tftpd] max_per_client`` is 8), all even: with processes = 2 the
+#: source-address steering sends them all to worker 0, where the storm must happen
+STORM_IPS = [f"10.78.0.{100 + 2 * i}" for i in range(STORM_CLIENTS)]
+STORM_FILE = "8m.bin"
+STORM_PAUSE = 0.3       # seconds the server is stopped (curl resends after 1 s at the soonest)
+
+
+def scrape(env: TftpEnv) -> str:
+    """The server's /metrics (the parent's, workers summed), from inside its namespace."""
+    result = env.pair.run(env.pair.server, ["curl", "-sS", f"http://127.0.0.1:{METRICS_PORT}/metrics"],
+                          timeout=10)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def metric(text: str, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert m, f"{name} not in /metrics:\n{text}"
+    return float(m.group(1))
+
+
+def server_pids(env: TftpEnv) -> list[int]:
+    """massboot's pid and its worker processes' (``[tftpd] processes``)."""
+    assert env.server.proc is not None
+    pids, todo = [], [env.server.proc.pid]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return pids
+
+
+@contextlib.contextmanager
+def stopped(pids: list[int]) -> Iterator[None]:
+    """The server's processes stopped (SIGSTOP) for the block, resumed (SIGCONT) after it."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def client_sockets(env: TftpEnv) -> int:
+    """UDP sockets bound to the storm's client addresses (a curl's, once it has started)."""
+    result = env.pair.run(env.pair.client, ["ss", "-Huan"], timeout=10)
+    locals_ = {line.split()[3] for line in result.stdout.splitlines() if len(line.split()) > 4}
+    return sum(1 for local in locals_ if local.rpartition(":")[0] in STORM_IPS)
+
+
+def transfer_sockets(env: TftpEnv) -> int:
+    """The server's transfer sockets to the storm's clients (each connected to its client)."""
+    result = env.pair.run(env.pair.server, ["ss", "-Hun", "state", "established"], timeout=10)
+    peers = {line.split()[-1] for line in result.stdout.splitlines() if line.strip()}
+    return sum(1 for peer in peers if peer.rpartition(":")[0] in STORM_IPS)
+
+
+def test_a_storm_of_real_clients(tftp: TftpEnv) -> None:
+    """24 curl downloads at once in the PXE ROMs' shape (blksize 1468, lock-step), and the server
+    stopped (SIGSTOP) for 0.3 s in the middle of them, as a loaded boot server is by its
+    scheduler: every client's ACK is waiting when it runs again. The compiled data path then
+    finds 24 transfer sockets ready in one wake-up and serves them in a storm scan (README
+    "TFTP busy poll"), counted in ``massboot_tftp_storm_scans_total``; every download's sha256
+    must be right, on both data paths and with two worker processes."""
+    require_client("curl")
+    require_tool("ss", "bash")
+    scans_before = metric(scrape(tftp), "massboot_tftp_storm_scans_total")
+    done = re.compile(DONE_LINE.format(ip=r"10\.78\.0\.\d+", name=re.escape(STORM_FILE)), re.M)
+    before = len(done.findall(tftp.server.log_text()))
+    for ip in STORM_IPS:
+        tftp.pair.run(tftp.pair.client, ["ip", "addr", "add", f"{ip}/24", "dev", "mtc0"], timeout=10)
+    url = f"tftp://{SERVER_IP}/{STORM_FILE}"
+    pids = server_pids(tftp)
+    procs: list[subprocess.Popen] = []
+    try:
+        # the clients start together: their RRQs wait for the stopped server, which answers them
+        # all in its first wake-up (a rack powered on at once), so the transfers overlap fully
+        with stopped(pids):
+            procs = [tftp.pair.popen(tftp.pair.client,
+                                     ["bash", "-o", "pipefail", "-c",
+                                      f"curl -sS --interface {ip} --tftp-blksize 1468 {url} | sha256sum"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for ip in STORM_IPS]
+            wait_until(lambda: client_sockets(tftp) >= STORM_CLIENTS, 30, "every curl's socket")
+            time.sleep(0.05)   # its RRQ follows at once
+        wait_until(lambda: transfer_sockets(tftp) >= STORM_CLIENTS - 4, 30, "the transfers running")
+        # the storm: every client's ACK waits for the stopped server
+        with stopped(pids):
+            time.sleep(STORM_PAUSE)
+            running = transfer_sockets(tftp)
+        # the premise: the stop fell in the middle of the storm, not after it
+        assert running >= 16, f"only {running} transfers were running when the server was stopped"
+        for proc in procs:
+            out, err = proc.communicate(timeout=BIG_TIMEOUT)
+            assert proc.returncode == 0, f"curl exited {proc.returncode}: {err}"
+            assert out.split()[0] == tftp.digests[STORM_FILE], out
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for ip in STORM_IPS:
+            tftp.pair.run(tftp.pair.client, ["ip", "addr", "del", f"{ip}/24", "dev", "mtc0"], timeout=10)
+    wait_until(lambda: len(done.findall(tftp.server.log_text())) - before >= STORM_CLIENTS, 10,
+               f"massboot's {STORM_CLIENTS} 'tftp done' lines")
+    if tftp.data_path == "compiled":
+        wait_until(lambda: metric(scrape(tftp), "massboot_tftp_storm_scans_total") > scans_before, 10,
+                   "a storm scan counted in /metrics")
+    else:   # the Python path has no scan: the metric stays at 0
+        assert metric(scrape(tftp), "massboot_tftp_storm_scans_total") == scans_before == 0
 
 
 # ------------------------------------------------------------------------------------------
