@@ -28,9 +28,11 @@ import os
 import stat
 import sys
 
+from gevent.monkey import get_original
+
 from massboot.sources import FileError, FileReason
 
-__all__ = ["LOCAL_FILE_SYSTEMS", "CachedOpener"]
+__all__ = ["LOCAL_FILE_SYSTEMS", "CachedOpener", "close_fd"]
 
 _SYS_OPENAT2 = 437  # one number on every Linux architecture (the syscall table is shared since 5.1)
 _AT_FDCWD = -100
@@ -65,6 +67,12 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
+#: the C library's close(2): gevent's ``os.close`` (under monkey-patching) checks each fd with
+#: fcntl and fstat and closes anything but a regular file one loop iteration later, a guard for
+#: descriptors its watchers may hold; the descriptors here (an ``O_PATH`` directory, a file) are
+#: never watched
+close_fd = _close = get_original("os", "close")
+
 _MISSING = object()
 _NOT_FILE = object()
 
@@ -89,6 +97,8 @@ class CachedOpener:
             except (OSError, AttributeError):
                 self.enabled = False
         self._dir_how = _OpenHow(_O_PATH | _O_DIRECTORY | _O_CLOEXEC, 0, _RESOLVE_CACHED)
+        self._statfs = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first field
+        self._f_type = ctypes.c_long.from_buffer(self._statfs)
 
     def lookup(self, paths: tuple[str, ...], confine: str | tuple[str, ...] | None,
                open_it: bool) -> tuple[int | None, int] | None:
@@ -156,7 +166,7 @@ class CachedOpener:
             flags = (os.O_RDONLY | os.O_NONBLOCK if open_it else _O_PATH) | _O_CLOEXEC
             fd = self._openat2(dirfd, rel_b, _OpenHow(flags, 0, resolve))
         finally:
-            os.close(dirfd)
+            _close(dirfd)
         if fd < 0:
             if -fd in (errno.ENOENT, errno.ENOTDIR):
                 return _MISSING
@@ -174,11 +184,10 @@ class CachedOpener:
             return None
         finally:
             if not keep:
-                os.close(fd)
+                _close(fd)
 
     def _local(self, fd: int) -> bool:
         assert self._fstatfs is not None
-        buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first field
-        if self._fstatfs(fd, buf) != 0:
+        if self._fstatfs(fd, self._statfs) != 0:
             return False
-        return (ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF) in LOCAL_FILE_SYSTEMS
+        return (self._f_type.value & 0xFFFFFFFF) in LOCAL_FILE_SYSTEMS

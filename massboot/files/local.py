@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import gevent
 
-from massboot.files.cachedopen import CachedOpener
+from massboot.files.cachedopen import CachedOpener, close_fd
 from massboot.sources import FileError, FileReason, WouldBlock
 
 __all__ = ["LOCAL_CHUNK", "BufferedSource", "Fd", "LocalFiles", "blocking"]
@@ -176,7 +176,7 @@ class Fd:
         self.refs -= 1
         if self.refs == 0:
             try:
-                os.close(self.fd)
+                close_fd(self.fd)  # a regular file's: never watched by the event loop
             except OSError:
                 pass
             on_close, self.on_close = self.on_close, None

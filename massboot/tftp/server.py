@@ -150,6 +150,8 @@ _TRANSFER_BUFSIZE = 2048  # ACKs are 4 bytes; a long ERROR message may be cut, h
 _FATAL_ERRNOS = (errno.EBADF, errno.ENOTSOCK, errno.EINVAL)
 _ERRORS_MAX = 100  # receive errors in a row that make any error fatal (the service is dead)
 _PERIOD_SHARE = 0.8  # a transfer's repeating timer period as a share of its RTO (see _Pump)
+# a transfer's sockets are made non-blocking by socket(2) itself (no FIONBIO ioctl after it)
+_SOCK_DGRAM_NONBLOCK = _socket.SOCK_DGRAM | _socket.SOCK_NONBLOCK
 _DRAIN_MAX = 64  # datagrams read per callback: bounded work, the io watcher fires again
 # the real epoll, also when gevent patched `select` (it removes epoll there)
 _epoll, _EPOLLIN = get_original("select", ["epoll", "EPOLLIN"])
@@ -543,8 +545,7 @@ class TftpServer:
         reserved = 0
         try:
             # the raw socket, non-blocking: the transfer is driven from libev callbacks
-            sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
-            sock.setblocking(False)
+            sock = _socket.socket(_socket.AF_INET, _SOCK_DGRAM_NONBLOCK)
             sock.bind((self._address, 0))
             try:
                 source = self._files.open(name, ip)
@@ -738,10 +739,9 @@ def _connect(sock: _socket.socket, client: tuple[str, int]) -> _socket.socket:
     the port itself was picked before (an ephemeral bind never lands on a port in use).
     """
     sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
-    strangers = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    strangers = _socket.socket(_socket.AF_INET, _SOCK_DGRAM_NONBLOCK)
     try:
         strangers.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
-        strangers.setblocking(False)
         strangers.bind(sock.getsockname())
         sock.connect(client)
     except BaseException:
