@@ -10,7 +10,8 @@ write requests and duplicate read requests cost no pool slot:
   nothing;
 * an RRQ from an address that already runs ``max_per_client`` transfers gets ERROR 0
   (``tftp.denied``, busy);
-* any other RRQ runs in a greenlet from a bounded :class:`gevent.pool.Pool`. While the pool is
+* any other RRQ runs in a greenlet from a bounded :class:`massboot.greenpool.WorkerPool` (kept
+  for a later request when it ends: README "Per-transfer cost"). While the pool is
   full, new RRQs are dropped unanswered and counted (``tftp.dropped``, pool_full): PXE ROMs
   abort on an ERROR but retransmit a lost RRQ. The listener never stops reading, so
   duplicates, junk and write requests are still handled and the kernel queue never fills with
@@ -86,10 +87,10 @@ from gevent import socket as gsocket
 from gevent.event import Event
 from gevent.hub import Waiter
 from gevent.monkey import get_original
-from gevent.pool import Pool
 
 from massboot.codec import BUILD_FIX
 from massboot.events import EventBus
+from massboot.greenpool import WorkerPool
 from massboot.sources import FileError, FileReason, Source, WouldBlock
 from massboot.tftp.packet import (
     BLKSIZE_DEFAULT,
@@ -316,7 +317,7 @@ class TftpServer:
         self._per_ip: dict[str, int] = {}
         self._clock = time.monotonic
         self._socket: gsocket.socket | None = None
-        self._pool: Pool | None = None
+        self._pool: WorkerPool | None = None
         self._reader: gevent.Greenlet | None = None
         self._error: str | None = None
         self._stopped = Event()
@@ -371,7 +372,7 @@ class TftpServer:
         if self._dispatcher is None:
             self._dispatcher = (_CompiledDispatcher(self._busy_poll) if self._compiled
                                 else _Dispatcher())
-        self._pool = Pool(self._pool_size)
+        self._pool = WorkerPool(self._pool_size)
         self._error = None
         self._stopped.clear()
         self._reader = gevent.spawn(self._read_loop, sock, self._pool)
@@ -469,7 +470,7 @@ class TftpServer:
 
     # -- listener ------------------------------------------------------------------------
 
-    def _read_loop(self, sock: gsocket.socket, pool: Pool) -> None:
+    def _read_loop(self, sock: gsocket.socket, pool: WorkerPool) -> None:
         errors = 0  # receive errors in a row
         while True:
             try:
@@ -490,7 +491,8 @@ class TftpServer:
             except Exception:
                 log.exception("tftp: failed to handle a datagram from %s:%d", *address[:2])
 
-    def _dispatch(self, sock: gsocket.socket, pool: Pool, data: bytes, address: tuple[str, int]) -> None:
+    def _dispatch(self, sock: gsocket.socket, pool: WorkerPool, data: bytes,
+                  address: tuple[str, int]) -> None:
         received = self._clock()
         address = (address[0], address[1])
         try:

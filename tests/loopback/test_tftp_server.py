@@ -464,6 +464,21 @@ def test_missing_file_gets_error_1_at_once(served, client_factory) -> None:
     assert not recorder.of("tftp.start")
 
 
+def test_requests_in_turn_share_one_kept_worker_that_stop_ends(served, client_factory) -> None:
+    """A transfer's greenlet is kept for the next request (README "Per-transfer cost"), and a
+    stopped server keeps none: a reload that restarts it leaks nothing."""
+    server, _, recorder = served
+    client = client_factory(server.port)
+    for n in range(1, 4):
+        client.rrq(f"no/such/file{n}")
+        reply, _ = client.recv(timeout=WAIT)
+        assert reply == Error(ErrorCode.FILE_NOT_FOUND, "File not found")
+        wait_for(lambda: server._pool.idle == 1)
+    assert len(server._pool._workers) == 1 and len(recorder.of("tftp.denied")) == 3
+    server.stop(timeout=1)
+    assert not server._pool._workers and server._pool.idle == 0
+
+
 def test_access_violation_from_the_store(served, client_factory) -> None:
     server, _, recorder = served
     client = client_factory(server.port)
