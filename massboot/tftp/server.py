@@ -11,8 +11,8 @@ write requests and duplicate read requests cost no pool slot:
 * an RRQ from an address that already runs ``max_per_client`` transfers gets ERROR 0
   (``tftp.denied``, busy);
 * any other RRQ runs in a greenlet from a bounded :class:`massboot.greenpool.WorkerPool` (kept
-  for a later request when it ends: README "Per-transfer cost"). While the pool is
-  full, new RRQs are dropped unanswered and counted (``tftp.dropped``, pool_full): PXE ROMs
+  for a later request when it ends: README "Per-transfer cost, second round"). While the pool
+  is full, new RRQs are dropped unanswered and counted (``tftp.dropped``, pool_full): PXE ROMs
   abort on an ERROR but retransmit a lost RRQ. The listener never stops reading, so
   duplicates, junk and write requests are still handled and the kernel queue never fills with
   stale requests (README ``[tftpd]``).

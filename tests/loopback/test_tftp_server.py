@@ -465,8 +465,8 @@ def test_missing_file_gets_error_1_at_once(served, client_factory) -> None:
 
 
 def test_requests_in_turn_share_one_kept_worker_that_stop_ends(served, client_factory) -> None:
-    """A transfer's greenlet is kept for the next request (README "Per-transfer cost"), and a
-    stopped server keeps none: a reload that restarts it leaks nothing."""
+    """A transfer's greenlet is kept for the next request (README "Per-transfer cost, second
+    round"), and a stopped server keeps none."""
     server, _, recorder = served
     client = client_factory(server.port)
     for n in range(1, 4):
