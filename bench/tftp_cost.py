@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ if not __package__:  # run as a file: bench/ is on sys.path, not its parent (see
     import _as_file  # noqa: F401
 
 from bench import loadgen
+from bench.tftp_bench import TREE_MASSBOOT, free_port, probe
 from bench.tftp_client import LoadSpec, run_load
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,13 +48,6 @@ address = 127.0.0.1
 port = {port}
 root = {root}
 max_per_client = 100000
-"""
-
-# massboot from another checkout, first on sys.path (as in bench/tftp_bench.py)
-TREE_MASSBOOT = """\
-import runpy, sys
-sys.path.insert(0, sys.argv.pop(1))
-runpy.run_module("massboot", run_name="__main__", alter_sys=True)
 """
 
 KINDS = ("16K", "missing")
@@ -89,29 +82,6 @@ class Server:
                 self.proc.wait()
 
 
-def free_port() -> int:
-    """A free UDP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def answers(port: int, timeout: float) -> bool:
-    """True once the server answers an RRQ (an ERROR for the missing name)."""
-    rrq = b"\0\1no-such-file\0octet\0"
-    end = time.monotonic() + timeout
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.2)
-        while time.monotonic() < end:
-            try:
-                s.sendto(rrq, ("127.0.0.1", port))
-                s.recvfrom(2048)
-                return True
-            except OSError:
-                time.sleep(0.05)
-    return False
-
-
 def start(name: str, tree: str | None, work: str, root: str) -> Server:
     """Start massboot (this checkout, or *tree*) on a free port serving *root*."""
     port = free_port()
@@ -124,7 +94,7 @@ def start(name: str, tree: str | None, work: str, root: str) -> Server:
                             stdin=subprocess.DEVNULL)
     log.close()
     server = Server(name, proc, port)
-    if not answers(port, 20.0) or proc.poll() is not None:
+    if not probe(port, 20.0) or proc.poll() is not None:
         server.stop()
         with open(os.path.join(work, f"{name}.log"), errors="replace") as f:
             raise RuntimeError(f"{name} did not start:\n{f.read()[-2000:]}")
