@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,20 +34,11 @@ if not __package__:  # run as a file: bench/ is on sys.path, not its parent (see
     import _as_file  # noqa: F401
 
 from bench import loadgen
-from bench.tftp_bench import TREE_MASSBOOT, free_port, probe
+from bench.proctree import stop_process
+from bench.tftp_bench import MASSBOOT_CONFIG, TREE_MASSBOOT, free_port, probe
 from bench.tftp_client import LoadSpec, run_load
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-CONFIG = """\
-[logger]
-level = warning
-[tftpd]
-address = 127.0.0.1
-port = {port}
-root = {root}
-max_per_client = 100000
-"""
 
 KINDS = ("16K", "missing")
 
@@ -73,13 +63,7 @@ class Server:
         return total / 1e9
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def start(name: str, tree: str | None, work: str, root: str) -> Server:
@@ -87,7 +71,7 @@ def start(name: str, tree: str | None, work: str, root: str) -> Server:
     port = free_port()
     config = os.path.join(work, f"{name}.ini")
     with open(config, "w") as f:
-        f.write(CONFIG.format(port=port, root=root))
+        f.write(MASSBOOT_CONFIG.format(port=port, root=root, processes=1))
     cmd = ([sys.executable, "-c", TREE_MASSBOOT, tree] if tree else [sys.executable, "-m", "massboot"])
     log = open(os.path.join(work, f"{name}.log"), "ab")
     proc = subprocess.Popen([*cmd, "-t", "-c", config], cwd=REPO, stdout=log, stderr=log,

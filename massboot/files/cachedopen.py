@@ -71,7 +71,7 @@ class _OpenHow(ctypes.Structure):
 #: fcntl and fstat and closes anything but a regular file one loop iteration later, a guard for
 #: descriptors its watchers may hold; the descriptors here (an ``O_PATH`` directory, a file) are
 #: never watched
-close_fd = _close = get_original("os", "close")
+close_fd = get_original("os", "close")
 
 _MISSING = object()
 _NOT_FILE = object()
@@ -166,7 +166,7 @@ class CachedOpener:
             flags = (os.O_RDONLY | os.O_NONBLOCK if open_it else _O_PATH) | _O_CLOEXEC
             fd = self._openat2(dirfd, rel_b, _OpenHow(flags, 0, resolve))
         finally:
-            _close(dirfd)
+            close_fd(dirfd)
         if fd < 0:
             if -fd in (errno.ENOENT, errno.ENOTDIR):
                 return _MISSING
@@ -184,7 +184,7 @@ class CachedOpener:
             return None
         finally:
             if not keep:
-                _close(fd)
+                close_fd(fd)
 
     def _local(self, fd: int) -> bool:
         assert self._fstatfs is not None
