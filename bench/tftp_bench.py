@@ -78,6 +78,7 @@ from typing import Any
 if not __package__:  # run as a file: bench/ is on sys.path, not its parent (see bench/_as_file.py)
     import _as_file  # noqa: F401
 
+from bench import paired  # noqa: E402
 from bench.proctree import stop_process  # noqa: E402
 from bench.tftp_client import LoadResult, LoadSpec, parse_size, run_load  # noqa: E402
 
@@ -596,6 +597,26 @@ def storm_table(samples: list[Sample], sizes: list[int], names: list[str], clien
     return "\n".join(lines)
 
 
+def paired_table(samples: list[Sample], sizes: list[int], names: list[str]) -> str:
+    """The storm round by round: each server's MB/s and server CPU per byte divided by the base
+    server's in the same round (massboot, else the first of ``--servers``), summed up by
+    :mod:`bench.paired` (median, geometric mean, rounds at or above 1, sign-flip p)."""
+    base = "massboot" if "massboot" in names else names[0]
+    lines = [f"PXE storm round by round against {base}: per round, a server's figure / {base}'s "
+             "in the same round; median (geomean, rounds >= 1, two-sided sign-flip p of the mean "
+             "log ratio); CPU = server CPU-s per 100 MB"]
+    for size in sizes:
+        storm = [s for s in samples if s.kind == "storm" and s.size == size]
+        mbps = {n: {s.round: s.load.mbps for s in storm if s.server == n} for n in names}
+        cpu = {n: {s.round: s.per_100mb(s.server_cpu) for s in storm if s.server == n} for n in names}
+        for name in names:
+            if name == base:
+                continue
+            speed, cost = paired.by_round(mbps, name, base), paired.by_round(cpu, name, base)
+            lines.append(f"{name:<10} {size_label(size):>5}  MB/s {speed.describe()}; CPU {cost.describe()}")
+    return "\n".join(lines)
+
+
 def stream_table(samples: list[Sample], names: list[str], size: int, window: int) -> str:
     """The single-stream table: medians over rounds and repeats."""
     lines = []
@@ -790,8 +811,10 @@ def run(args: argparse.Namespace, netns: bool, exits: ExitAccounting | None) -> 
                             set_affinity(server.pid, all_cpus)
                 finally:
                     server.stop()
-        report = [storm_table(samples, sizes, [n for n in order if n in names], args.clients,
-                              args.pin_storm and ncpu >= 2)]
+        storm_names = [n for n in order if n in names]
+        report = [storm_table(samples, sizes, storm_names, args.clients, args.pin_storm and ncpu >= 2)]
+        if len(storm_names) > 1 and args.rounds:
+            report.append(paired_table(samples, sizes, storm_names))
         if args.stream_rounds:
             report.append(stream_table(samples, [n for n in order if n in stream_names], stream_size,
                                        args.windowsize))

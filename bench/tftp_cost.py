@@ -33,7 +33,7 @@ from dataclasses import dataclass
 if not __package__:  # run as a file: bench/ is on sys.path, not its parent (see bench/_as_file.py)
     import _as_file  # noqa: F401
 
-from bench import loadgen
+from bench import loadgen, paired
 from bench.proctree import stop_process
 from bench.tftp_bench import MASSBOOT_CONFIG, TREE_MASSBOOT, free_port, probe
 from bench.tftp_client import LoadSpec, run_load
@@ -140,14 +140,17 @@ def main() -> int:
                     figures[server.name][kind].append(cost)
                     print(f"round {rnd + 1} {server.name:<10} {kind:<8} {cost:7.1f} µs per request",
                           flush=True)
-        print(f"\nserver CPU per request, {args.clients} simultaneous requests a wave, median of "
-              f"{args.rounds} waves (per wave: times the first server's, median)")
         first = servers[0].name
+        print(f"\nserver CPU per request, {args.clients} simultaneous requests a wave, median of "
+              f"{args.rounds} waves; per wave, times {first}'s in the same round: median (geomean, "
+              "waves >= 1, two-sided sign-flip p of the mean log ratio, bench/paired.py)")
         for kind in KINDS:
             for server in servers:
                 values = figures[server.name][kind]
-                ratio = statistics.median(v / f for v, f in zip(values, figures[first][kind], strict=True))
-                print(f"{kind:<8} {server.name:<10} {statistics.median(values):7.1f} µs  x{ratio:.2f}")
+                line = f"{kind:<8} {server.name:<10} {statistics.median(values):7.1f} µs"
+                if server.name != first:
+                    line += "  " + paired.compare(zip(values, figures[first][kind], strict=True)).describe()
+                print(line)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"clients": args.clients, "rounds": args.rounds, "figures": figures}, f,

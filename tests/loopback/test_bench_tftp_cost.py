@@ -34,7 +34,8 @@ def test_bench_measures_each_kind_per_server_and_round(tmp_path):
     # each server takes each slot in turn: the second round starts with the second server
     waves = [line.split()[2] for line in lines if line.startswith("round ")]
     assert waves == ["massboot", "other", "massboot", "other", "other", "massboot", "other", "massboot"]
-    assert any(line.startswith("missing  other") and "x" in line for line in lines), run.stdout
+    assert any(line.startswith("missing  other") and "x (geomean" in line and "p = " in line
+               for line in lines), run.stdout
 
 
 def test_bench_refuses_a_tree_that_is_not_a_checkout(tmp_path):

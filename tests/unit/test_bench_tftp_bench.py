@@ -10,7 +10,7 @@ import os
 import threading
 import time
 
-from bench.tftp_bench import Sample, sched_counters, storm_table
+from bench.tftp_bench import Sample, paired_table, sched_counters, storm_table
 from bench.tftp_client import LoadResult
 
 
@@ -77,6 +77,32 @@ def test_storm_table_without_counters_says_nan() -> None:
     table = storm_table(samples, [size], ["massboot"], 500, pinned=False)
     row = next(line for line in table.splitlines() if line.startswith("massboot"))
     assert row.split()[-2:] == ["nan", "nan"]
+
+
+def test_paired_table_compares_each_server_with_massboot_in_the_same_round() -> None:
+    size = 2**20
+    samples = [Sample("massboot", "storm", size, r, load(mbps), 2.0, 0.2)
+               for r, mbps in enumerate((100.0, 200.0, 150.0, 120.0))]
+    # dnsmasq: 1.10 times massboot in every round it ran (round 3 lost), half the CPU per byte
+    samples += [Sample("dnsmasq", "storm", size, r, load(mbps), 1.0, 0.1)
+                for r, mbps in enumerate((110.0, 220.0, 165.0))]
+    samples.append(Sample("dnsmasq", "stream", size, 3, load(999.0), 1.0, 0.1))   # not a storm
+    table = paired_table(samples, [size], ["dnsmasq", "massboot"])
+    assert table.splitlines()[0].startswith("PXE storm round by round against massboot")
+    row = table.splitlines()[1]
+    assert row.startswith("dnsmasq")
+    # 3 rounds all one way: p = 2 / 2 ** 3
+    assert "MB/s 1.10x (geomean 1.10, 3/3 rounds >= 1, p = 0.25)" in row, row
+    assert "CPU 0.50x (geomean 0.50, 0/3 rounds >= 1, p = 0.25)" in row, row
+    assert not any(line.startswith("massboot") for line in table.splitlines()[1:])
+
+
+def test_paired_table_without_massboot_uses_the_first_server() -> None:
+    size = 2**20
+    samples = [Sample(name, "storm", size, 0, load(mbps), 2.0, 0.2)
+               for name, mbps in (("a", 100.0), ("b", 50.0))]
+    table = paired_table(samples, [size], ["a", "b"])
+    assert "against a:" in table and "b             1M  MB/s 0.50x" in table, table
 
 
 def test_a_stale_compiled_module_is_named_as_such(monkeypatch) -> None:
