@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 __all__ = ["WorkerTally", "add_file_arguments", "common_figures", "cpu_since", "expected_file", "file_digest",
-           "parse_size", "quantile", "run_workers"]
+           "parse_size", "quantile", "run_workers", "switches"]
 
 
 class _Spec(Protocol):
@@ -45,6 +45,8 @@ class WorkerTally:
     last_end: float = 0.0
     sha_checked: int = 0
     cpu: float = 0.0  # CPU-seconds of this worker during the run
+    sleeps: int = 0  # its voluntary context switches during the run (waits with nothing to read)
+    preempted: int = 0  # its involuntary ones (another task took its CPU)
 
     def count(self, *, ok: bool, size: int, start: float, end: float, hashed: bool, reason: str) -> None:
         """Count one finished client: a success (*size* bytes) or a failure for *reason*."""
@@ -65,6 +67,23 @@ def cpu_since(times0: os.times_result) -> float:
     """CPU-seconds (user + system) this process used since ``os.times()`` returned *times0*."""
     times1 = os.times()
     return (times1.user - times0.user) + (times1.system - times0.system)
+
+
+def switches() -> tuple[int, int]:
+    """This process's context switches so far, from ``/proc/self/status``: voluntary (it waited,
+    e.g. in ``epoll`` with nothing ready) and involuntary (it was preempted); (0, 0) without
+    ``/proc``. A load generator that sleeps often against one server and seldom against another
+    is paced differently by them (README "The storm's last percent")."""
+    counts = {"voluntary_ctxt_switches": 0, "nonvoluntary_ctxt_switches": 0}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in counts:
+                    counts[key] = int(value)
+    except OSError:
+        pass
+    return counts["voluntary_ctxt_switches"], counts["nonvoluntary_ctxt_switches"]
 
 
 def quantile(values: list[float], q: float) -> float:

@@ -560,7 +560,7 @@ def storm_table(samples: list[Sample], sizes: list[int], names: list[str], clien
     lines = []
     head = (f"{'server':<10} {'size':>5} {'MB/s':>7} {'x mb':>6} {'ok':>9} {'fail':>5} {'p50 ms':>8} "
             f"{'p95 ms':>8} {'srv CPU-s':>9} {'usr%':>5} {'gen CPU-s':>9} {'srv cores':>9} {'gen cores':>9} "
-            f"{'resend':>6} {'dupDATA':>7} {'sleeps':>7} {'ipi':>7}")
+            f"{'resend':>6} {'dupDATA':>7} {'sleeps':>7} {'ipi':>7} {'gsleeps':>7} {'gpreempt':>8}")
     where = "server on CPU 0, generator on the others" if pinned else "no pinning"
     lines.append(f"PXE storm: {clients} clients, blksize 1428 + tsize, lock-step, {where}; "
                  "medians of rounds. "
@@ -568,7 +568,8 @@ def storm_table(samples: list[Sample], sizes: list[int], names: list[str], clien
                  "cores = CPU-s / wall; resend = client timeouts, dupDATA = server resends seen; "
                  "ok, resend and dupDATA summed over rounds; per 100 MB: sleeps = the server "
                  "process's voluntary context switches (not its children's), ipi = the machine's "
-                 "wake-up interrupts (RES + CAL)")
+                 "wake-up interrupts (RES + CAL), gsleeps and gpreempt = the generator's voluntary "
+                 "and involuntary context switches")
     lines.append(head)
     lines.append("-" * len(head))
     for size in sizes:
@@ -593,7 +594,9 @@ def storm_table(samples: list[Sample], sizes: list[int], names: list[str], clien
                 f"{median([s.load.gen_cpu / s.load.wall for s in rows]):9.2f} "
                 f"{sum(s.load.client_resends for s in rows):6d} {sum(s.load.dup_data for s in rows):7d} "
                 f"{median([s.per_100mb(s.extra.get('sleeps', math.nan)) for s in rows]):7.0f} "
-                f"{median([s.per_100mb(s.extra.get('ipi', math.nan)) for s in rows]):7.0f}")
+                f"{median([s.per_100mb(s.extra.get('ipi', math.nan)) for s in rows]):7.0f} "
+                f"{median([s.per_100mb(s.load.gen_sleeps) for s in rows]):7.0f} "
+                f"{median([s.per_100mb(s.load.gen_preempted) for s in rows]):8.0f}")
     return "\n".join(lines)
 
 
@@ -791,7 +794,8 @@ def run(args: argparse.Namespace, netns: bool, exits: ExitAccounting | None) -> 
                                   f"p50 {load.p50 * 1e3:.0f} ms p95 {load.p95 * 1e3:.0f} ms "
                                   f"srv {sample.per_100mb(cpu):.2f} gen {sample.per_100mb(load.gen_cpu):.2f} "
                                   f"CPU-s/100MB; sleeps {sched['sleeps']} ctxt {sched['ctxt']} "
-                                  f"ipi {sched['ipi']} {load.failures or ''}", flush=True)
+                                  f"ipi {sched['ipi']}; generator sleeps {load.gen_sleeps} preempted "
+                                  f"{load.gen_preempted} {load.failures or ''}", flush=True)
                     if name in stream_names and rnd < args.stream_rounds and ncpu >= 2:
                         fname, sha = files[stream_size]
                         spec = LoadSpec(("127.0.0.1", env.port), fname, stream_size, sha,

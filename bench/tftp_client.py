@@ -97,6 +97,8 @@ class LoadResult:
     sha_checked: int
     windowsize: int  # the most common window the server agreed to
     gen_cpu: float  # CPU-seconds of all workers
+    gen_sleeps: int = 0  # the workers' voluntary context switches (waits for a datagram)
+    gen_preempted: int = 0  # their involuntary ones (preempted)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -175,6 +177,7 @@ def run_worker(spec: LoadSpec, count: int, first_index: int,
     if ready is not None:
         ready.wait()
     times0 = os.times()
+    switches0 = loadgen.switches()
     clock = time.monotonic
     now = clock()
     end_by = now + spec.deadline
@@ -268,6 +271,8 @@ def run_worker(spec: LoadSpec, count: int, first_index: int,
             except OSError:
                 pass
     result.cpu = loadgen.cpu_since(times0)
+    voluntary, involuntary = loadgen.switches()
+    result.sleeps, result.preempted = voluntary - switches0[0], involuntary - switches0[1]
     for c in clients.values():
         core = c.core
         result.client_resends += core.resends
@@ -288,6 +293,8 @@ def merge(parts: list[WorkerResult], clients: int) -> LoadResult:
         client_resends=sum(p.client_resends for p in parts),
         dup_data=sum(p.dup_data for p in parts),
         windowsize=windows.most_common(1)[0][0] if windows else 0,
+        gen_sleeps=sum(p.sleeps for p in parts),
+        gen_preempted=sum(p.preempted for p in parts),
     )
 
 
@@ -329,7 +336,7 @@ def main() -> int:
     print(f"{res.ok}/{res.clients} ok, {res.mbps:.1f} MB/s, p50 {res.p50 * 1000:.1f} ms, "
           f"p95 {res.p95 * 1000:.1f} ms, failures {res.failures}, client resends {res.client_resends}, "
           f"dup DATA {res.dup_data}, sha256 checked {res.sha_checked}, window {res.windowsize}, "
-          f"generator CPU {res.gen_cpu:.2f} s")
+          f"generator CPU {res.gen_cpu:.2f} s, sleeps {res.gen_sleeps}, preempted {res.gen_preempted}")
     return 0 if res.failed == 0 else 1
 
 

@@ -7,11 +7,18 @@ shows up in them; the table is built from samples made here.
 from __future__ import annotations
 
 import os
+import re
+import socket
+import subprocess
+import sys
 import threading
 import time
 
+from bench import loadgen
 from bench.tftp_bench import Sample, paired_table, sched_counters, storm_table
 from bench.tftp_client import LoadResult
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_sched_counters_count_the_sleeps_of_every_thread() -> None:
@@ -63,12 +70,52 @@ def test_storm_table_gives_sleeps_and_wakeups_per_100_mb() -> None:
     ]
     table = storm_table(samples, [size], ["massboot", "dnsmasq"], 500, pinned=True)
     head = next(line for line in table.splitlines() if line.startswith("server"))
-    assert head.split()[-2:] == ["sleeps", "ipi"]
+    assert head.split()[-4:] == ["sleeps", "ipi", "gsleeps", "gpreempt"]
     rows = {line.split()[0]: line.split() for line in table.splitlines()
             if line.split() and line.split()[0] in ("massboot", "dnsmasq")}
     # 500 MiB is 5.24 x 100 MB: the median round's 10,486 sleeps are 2,000 per 100 MB
-    assert rows["massboot"][-2:] == ["2000", "4000"]
-    assert rows["dnsmasq"][-2:] == ["10", "200"]
+    assert rows["massboot"][-4:-2] == ["2000", "4000"]
+    assert rows["dnsmasq"][-4:-2] == ["10", "200"]
+
+
+def test_storm_table_gives_the_generators_sleeps_and_preemptions_per_100_mb() -> None:
+    size = 2**20
+    counted = [load(150.0), load(160.0), load(170.0)]
+    for result, (sleeps, preempted) in zip(counted, ((20972, 524), (52429, 1049), (31457, 0)), strict=True):
+        result.gen_sleeps, result.gen_preempted = sleeps, preempted
+    samples = [Sample("massboot", "storm", size, r, result, 2.8, 0.3) for r, result in enumerate(counted)]
+    table = storm_table(samples, [size], ["massboot"], 500, pinned=False)
+    row = next(line for line in table.splitlines() if line.startswith("massboot")).split()
+    assert row[-2:] == ["6000", "100"]   # the medians, 31,457 and 524, per 100 MB (5.24 of them)
+
+
+def test_switches_count_this_process_waiting() -> None:
+    voluntary, involuntary = loadgen.switches()
+    for _ in range(3):
+        time.sleep(0.002)
+    after = loadgen.switches()
+    assert after[0] - voluntary >= 3
+    assert after[1] >= involuntary
+
+
+def test_the_generator_counts_its_sleeps_against_a_silent_server() -> None:
+    # a "server" that never answers: each wait of a worker's epoll loop is a sleep; the clients
+    # give up after one resend. In a subprocess: the generator's epoll loop cannot run in this
+    # gevent-patched interpreter.
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "bench.tftp_client", "--server", f"127.0.0.1:{silent.getsockname()[1]}",
+             "--file", "nothing", "--size", "1", "--clients", "2", "--workers", "2", "--timeout", "0.05",
+             "--retries", "1"],
+            cwd=REPO, capture_output=True, text=True, timeout=60)
+    finally:
+        silent.close()
+    assert run.returncode == 1 and "0/2 ok" in run.stdout, run.stdout + run.stderr
+    found = re.search(r"sleeps (\d+), preempted (\d+)", run.stdout)
+    assert found, run.stdout
+    assert int(found.group(1)) >= 4   # each worker waited at least twice: the RRQ, its resend
 
 
 def test_storm_table_without_counters_says_nan() -> None:
@@ -76,7 +123,7 @@ def test_storm_table_without_counters_says_nan() -> None:
     samples = [Sample("massboot", "storm", size, 0, load(150.0), 2.8, 0.3)]
     table = storm_table(samples, [size], ["massboot"], 500, pinned=False)
     row = next(line for line in table.splitlines() if line.startswith("massboot"))
-    assert row.split()[-2:] == ["nan", "nan"]
+    assert row.split()[-4:-2] == ["nan", "nan"]
 
 
 def test_paired_table_compares_each_server_with_massboot_in_the_same_round() -> None:
