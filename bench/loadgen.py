@@ -45,8 +45,6 @@ class WorkerTally:
     last_end: float = 0.0
     sha_checked: int = 0
     cpu: float = 0.0  # CPU-seconds of this worker during the run
-    sleeps: int = 0  # its voluntary context switches during the run (waits with nothing to read)
-    preempted: int = 0  # its involuntary ones (another task took its CPU)
 
     def count(self, *, ok: bool, size: int, start: float, end: float, hashed: bool, reason: str) -> None:
         """Count one finished client: a success (*size* bytes) or a failure for *reason*."""

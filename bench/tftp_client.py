@@ -77,6 +77,8 @@ class WorkerResult(loadgen.WorkerTally):
     client_resends: int = 0
     dup_data: int = 0
     windowsize_agreed: list[int] = field(default_factory=list)
+    sleeps: int = 0  # voluntary context switches during the run (waits with nothing to read)
+    preempted: int = 0  # involuntary ones (another task took its CPU)
 
 
 @dataclass
