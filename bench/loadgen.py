@@ -67,14 +67,15 @@ def cpu_since(times0: os.times_result) -> float:
     return (times1.user - times0.user) + (times1.system - times0.system)
 
 
-def switches() -> tuple[int, int]:
-    """This process's context switches so far, from ``/proc/self/status``: voluntary (it waited,
-    e.g. in ``epoll`` with nothing ready) and involuntary (it was preempted); (0, 0) without
-    ``/proc``. A load generator that sleeps often against one server and seldom against another
-    is paced differently by them (README "The storm's last percent")."""
+def switches(status: str = "/proc/self/status") -> tuple[int, int]:
+    """The context switches so far of this process (or of the task whose ``status`` file is
+    given, e.g. ``/proc/PID/task/TID/status``): voluntary (it waited, e.g. in ``epoll`` with
+    nothing ready) and involuntary (it was preempted); (0, 0) when the file cannot be read (no
+    ``/proc``, a thread that ended). A load generator that sleeps often against one server and
+    seldom against another is paced differently by them (README "The storm's last percent")."""
     counts = {"voluntary_ctxt_switches": 0, "nonvoluntary_ctxt_switches": 0}
     try:
-        with open("/proc/self/status") as f:
+        with open(status) as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key in counts:

@@ -78,7 +78,7 @@ from typing import Any
 if not __package__:  # run as a file: bench/ is on sys.path, not its parent (see bench/_as_file.py)
     import _as_file  # noqa: F401
 
-from bench import paired  # noqa: E402
+from bench import loadgen, paired  # noqa: E402
 from bench.proctree import stop_process  # noqa: E402
 from bench.tftp_client import LoadResult, LoadSpec, parse_size, run_load  # noqa: E402
 
@@ -167,19 +167,12 @@ def sched_counters(pid: int) -> dict[str, int]:
     rescheduling and function-call interrupts (``/proc/interrupts`` RES and CAL, every CPU:
     most are one CPU waking a task that sleeps on another). The machine's figures count every
     process: read them on a quiet machine."""
-    sleeps = 0
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         tasks = []
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        sleeps += int(line.split()[1])
-        except OSError:   # the thread ended
-            pass
+    # a thread that ended meanwhile counts 0
+    sleeps = sum(loadgen.switches(f"/proc/{pid}/task/{tid}/status")[0] for tid in tasks)
     ctxt = ipi = 0
     with open("/proc/stat") as f:
         for line in f:
