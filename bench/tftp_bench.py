@@ -80,7 +80,7 @@ if not __package__:  # run as a file: bench/ is on sys.path, not its parent (see
 
 from bench import loadgen, paired  # noqa: E402
 from bench.proctree import stop_process  # noqa: E402
-from bench.tftp_client import LoadResult, LoadSpec, parse_size, run_load  # noqa: E402
+from bench.tftp_client import LoadResult, LoadSpec, compile_generator, parse_size, run_load  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # servers run from here
 
@@ -739,6 +739,8 @@ def run(args: argparse.Namespace, netns: bool, exits: ExitAccounting | None) -> 
                   trees={name: os.path.abspath(path) for name, path in
                          (item.split("=", 1) for item in args.massboot_tree)})
         files = {size: make_file(root, size, seed=size) for size in set(sizes + [stream_size])}
+        generator = compile_generator(work) if args.generator == "c" else ""
+        args.generator_path = generator
         order: list[str] = []
         for name in names + (stream_names if args.stream_rounds else []):
             if name in order:
@@ -752,7 +754,9 @@ def run(args: argparse.Namespace, netns: bool, exits: ExitAccounting | None) -> 
         ncpu = os.cpu_count() or 1
         all_cpus = set(range(ncpu))
         print(f"machine: {out['machine']['cpus']} CPUs, {out['machine']['model']}, {out['machine']['date']}; "
-              f"{'netns' if netns else 'host loopback'}, port {env.port}", flush=True)
+              f"{'netns' if netns else 'host loopback'}, port {env.port}; storm generator: "
+              f"{'compiled (bench/tftp_gen.c)' if generator else 'Python (bench/tftp_client.py)'}",
+              flush=True)
         for rnd in range(max(args.rounds, args.stream_rounds)):
             shift = rnd % len(order) if order else 0
             for name in order[shift:] + order[:shift]:  # each server takes each slot in turn
@@ -767,7 +771,8 @@ def run(args: argparse.Namespace, netns: bool, exits: ExitAccounting | None) -> 
                             spec = LoadSpec(("127.0.0.1", env.port), fname, size, sha, blksize=args.blksize,
                                             verify_every=args.verify_every, timeout=args.timeout,
                                             retries=args.retries, deadline=args.deadline,
-                                            sources=args.sources)
+                                            sources=args.sources, generator=generator,
+                                            local=os.path.join(root, fname))
                             sched: dict[str, int] = {}
                             if args.pin_storm and ncpu >= 2:
                                 set_affinity(server.pid, {0})
@@ -849,7 +854,8 @@ def gen_check(args: argparse.Namespace, env: Env, name: str, file: tuple[str, st
     results: dict[int, list[Sample]] = collections.defaultdict(list)
     spec = LoadSpec(("127.0.0.1", env.port), file[0], size, file[1], blksize=args.blksize,
                     verify_every=args.verify_every, timeout=args.timeout, retries=args.retries,
-                    deadline=args.deadline)
+                    deadline=args.deadline, sources=args.sources, generator=args.generator_path,
+                    local=os.path.join(env.root, file[0]))
     for rnd in range(args.rounds):
         for workers in [int(n) for n in args.gen_check.split(",")]:
             server = start_server(name, env)
@@ -969,6 +975,10 @@ def main() -> int:
                         help=f"storm servers, in order, from {','.join(ALL_SERVERS)}")
     parser.add_argument("--rounds", type=int, default=3, help="storm rounds (medians are quoted)")
     parser.add_argument("--workers", type=int, default=2, help="load generator processes")
+    parser.add_argument("--generator", choices=("python", "c"), default="python",
+                        help="the storm's load generator: bench/tftp_client.py's Python loop (default) or "
+                             "the same clients compiled (bench/tftp_gen.c, built with cc; checks every "
+                             "byte of every --verify-every-th client against the file)")
     parser.add_argument("--pin-storm", action="store_true",
                         help="storm with the server pinned to CPU 0 and the generator to the other CPUs")
     parser.add_argument("--sources", type=int, default=1, metavar="N",

@@ -20,6 +20,13 @@ A finished client keeps its socket until its worker ends and re-ACKs a retransmi
 Counted: failures (by reason), the client's own resends, and duplicate DATA received (the
 server's retransmissions as the client sees them).
 
+The same clients compiled (``bench/tftp_gen.c``, lock-step only): :func:`compile_generator`
+builds it with the system's ``cc``, ``LoadSpec.generator`` names the executable, and each worker
+process then runs one of it (:func:`run_worker_compiled`) instead of the loop above, for a
+fraction of the CPU per block: on a small machine a storm then measures the server, not the
+generator (README "The storm's last percent"). It compares every byte of every
+``verify_every``-th client with ``LoadSpec.local`` instead of hashing it.
+
 Used by ``bench/tftp_bench.py``; also runnable alone::
 
     python bench/tftp_client.py --server 127.0.0.1:6969 --file 1M.bin --size 1048576 \\
@@ -32,8 +39,11 @@ import argparse
 import multiprocessing.synchronize
 import os
 import select
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -68,6 +78,8 @@ class LoadSpec:
     deadline: float = 120.0  # seconds for the whole run
     spin: bool = False  # busy-poll instead of sleeping in epoll (one pinned client on its own CPU)
     sources: int = 1  # clients send from 127.0.0.1 .. 127.0.0.N in turn (server on 127.x only)
+    generator: str = ""  # the compiled generator (compile_generator()); "": this module's loop
+    local: str = ""  # a local copy of the file: the compiled generator compares blocks with it
 
 
 @dataclass
@@ -287,6 +299,102 @@ def run_worker(spec: LoadSpec, count: int, first_index: int,
     return result
 
 
+GENERATOR_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tftp_gen.c")
+
+
+def compile_generator(directory: str) -> str:
+    """Build ``bench/tftp_gen.c`` (the same clients as :func:`run_worker`, compiled) into
+    *directory* with the system's C compiler (``$CC``, else ``cc``); the executable's path.
+
+    Raises:
+        RuntimeError: no compiler, or it failed (its output in the message).
+    """
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise RuntimeError("no C compiler for the compiled generator (apt-get install gcc)")
+    path = os.path.join(directory, "tftp_gen")
+    done = subprocess.run([cc, "-O2", "-Wall", "-o", path, GENERATOR_SOURCE], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{cc} could not build {GENERATOR_SOURCE}:\n{done.stderr[-2000:]}")
+    return path
+
+
+def generator_command(spec: LoadSpec, count: int, first_index: int) -> list[str]:
+    """The compiled generator's command line for *count* clients from *first_index*."""
+    if spec.windowsize > 1:
+        raise ValueError("the compiled generator runs lock-step transfers only (windowsize 1)")
+    command = [spec.generator, "-s", spec.server[0], "-p", str(spec.server[1]), "-f", spec.filename,
+               "-z", str(spec.size), "-n", str(count), "-i", str(first_index), "-b", str(spec.blksize),
+               "-t", repr(spec.timeout), "-r", str(spec.retries), "-d", repr(spec.deadline),
+               "-S", str(spec.sources)]
+    if not spec.tsize:
+        command.append("-T")
+    if spec.verify_every > 0 and spec.local:
+        command += ["-v", str(spec.verify_every), "-l", spec.local]
+    return command
+
+
+def parse_generator_output(text: str, spec: LoadSpec) -> WorkerResult:
+    """The compiled generator's report (see ``bench/tftp_gen.c``) as a :class:`WorkerResult`.
+
+    Raises:
+        RuntimeError: the report is incomplete (no ``end`` line, or no ``cpu`` line).
+    """
+    result = WorkerResult()
+    cpu_seen = False
+    lines = text.splitlines()
+    if not lines or lines[-1] != "end":
+        raise RuntimeError(f"the compiled generator's report is incomplete: {text[-500:]!r}")
+    for line in lines[:-1]:
+        kind, _, rest = line.partition(" ")
+        if kind == "c":
+            fields = rest.split(" ", 8)
+            index, ok, start, end, received, resends, dups, window = fields[:8]
+            reason = fields[8] if len(fields) > 8 else ""
+            hashed = bool(spec.verify_every > 0 and spec.local and int(index) % spec.verify_every == 0)
+            result.client_resends += int(resends)
+            result.dup_data += int(dups)
+            if ok == "1":
+                result.windowsize_agreed.append(int(window))
+            result.count(ok=ok == "1" and not reason, size=int(received), start=float(start),
+                         end=float(end) if float(end) > 0 else float(start), hashed=hashed, reason=reason)
+        elif kind == "cpu":
+            cpu, sleeps, preempted = rest.split()
+            result.cpu, result.sleeps, result.preempted = float(cpu), int(sleeps), int(preempted)
+            cpu_seen = True
+    if not cpu_seen:
+        raise RuntimeError("the compiled generator's report has no cpu line")
+    return result
+
+
+def run_worker_compiled(spec: LoadSpec, count: int, first_index: int,
+                        ready: multiprocessing.synchronize.Barrier | None,
+                        cpu: int | None = None) -> WorkerResult:
+    """:func:`run_worker`'s clients run by the compiled generator (``spec.generator``): started
+    here (pinned to *cpu* with this process), released by *ready* with the other workers."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    proc = subprocess.Popen(generator_command(spec, count, first_index), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        line = proc.stdout.readline()
+        if line != "ready\n":
+            raise RuntimeError(f"the compiled generator did not start (exit {proc.wait()}): {line!r}")
+        if ready is not None:
+            ready.wait()
+        proc.stdin.write("go\n")
+        proc.stdin.close()
+        out = proc.stdout.read()
+        if proc.wait() != 0:
+            raise RuntimeError(f"the compiled generator exited with {proc.returncode}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return parse_generator_output(out, spec)
+
+
 def merge(parts: list[WorkerResult], clients: int) -> LoadResult:
     """Merge the workers' results into one set of figures."""
     windows = Counter(w for p in parts for w in p.windowsize_agreed)
@@ -312,7 +420,8 @@ def run_load(spec: LoadSpec, clients: int, workers: int, *, cpus: list[int] | No
         before_start: called in the parent once every worker has its sockets, just before the
             first RRQ leaves (e.g. to read the server's CPU counters).
     """
-    parts = loadgen.run_workers(run_worker, spec, clients, workers, cpus=cpus, before_start=before_start)
+    worker = run_worker_compiled if spec.generator else run_worker
+    parts = loadgen.run_workers(worker, spec, clients, workers, cpus=cpus, before_start=before_start)
     return merge(parts, clients)
 
 
@@ -328,16 +437,30 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1.0)
     parser.add_argument("--retries", type=int, default=5)
     parser.add_argument("--deadline", type=float, default=120.0)
+    parser.add_argument("--compiled", action="store_true",
+                        help="run the clients compiled (bench/tftp_gen.c, built with cc; lock-step only); "
+                             "with --local, every --verify-every-th client's bytes are compared with it")
     args = parser.parse_args()
     host, _, port = args.server.rpartition(":")
     size, sha = loadgen.expected_file(parser, args)
     spec = LoadSpec((host, int(port)), args.file, size, sha, blksize=args.blksize,
                     windowsize=args.windowsize, verify_every=args.verify_every if sha else 0,
-                    timeout=args.timeout, retries=args.retries, deadline=args.deadline)
-    res = run_load(spec, args.clients, args.workers)
+                    timeout=args.timeout, retries=args.retries, deadline=args.deadline,
+                    local=args.local or "")
+    with tempfile.TemporaryDirectory(prefix="tftp-gen-") as build:
+        if args.compiled:
+            if args.windowsize > 1:
+                parser.error("--compiled runs lock-step transfers only (no --windowsize)")
+            try:
+                spec.generator = compile_generator(build)
+            except RuntimeError as exc:
+                print(exc, file=sys.stderr)
+                return 2
+        res = run_load(spec, args.clients, args.workers)
+    checked = "bytes compared" if args.compiled else "sha256 checked"
     print(f"{res.ok}/{res.clients} ok, {res.mbps:.1f} MB/s, p50 {res.p50 * 1000:.1f} ms, "
           f"p95 {res.p95 * 1000:.1f} ms, failures {res.failures}, client resends {res.client_resends}, "
-          f"dup DATA {res.dup_data}, sha256 checked {res.sha_checked}, window {res.windowsize}, "
+          f"dup DATA {res.dup_data}, {checked} {res.sha_checked}, window {res.windowsize}, "
           f"generator CPU {res.gen_cpu:.2f} s, sleeps {res.gen_sleeps}, preempted {res.gen_preempted}")
     return 0 if res.failed == 0 else 1
 

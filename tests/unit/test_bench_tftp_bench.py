@@ -1,4 +1,5 @@
-"""bench/tftp_bench.py's scheduling counters: what they count, and the storm table's columns.
+"""bench/tftp_bench.py's scheduling counters: what they count, and the storm table's columns;
+how the compiled generator's command line is made and its report read.
 
 The counters read /proc (this process and the machine), so a thread that sleeps on purpose
 shows up in them; the table is built from samples made here.
@@ -14,9 +15,11 @@ import sys
 import threading
 import time
 
+import pytest
+
 from bench import loadgen
 from bench.tftp_bench import Sample, paired_table, sched_counters, storm_table
-from bench.tftp_client import LoadResult
+from bench.tftp_client import LoadResult, LoadSpec, generator_command, parse_generator_output
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -167,3 +170,35 @@ def test_a_stale_compiled_module_is_named_as_such(monkeypatch) -> None:
     monkeypatch.setattr(server, "_FAST_PATH_BROKEN", None)
     missing = available("massboot", env, netns=False)
     assert missing is not None and "is not built" in missing and "build_ext --inplace" in missing
+
+
+def test_the_compiled_generators_report_becomes_a_worker_result() -> None:
+    spec = LoadSpec(("127.0.0.1", 69), "f", 3000, "", verify_every=2, local="/some/copy", generator="gen")
+    report = ("c 10 1 100.0 101.5 3000 0 2 1 \n"
+              "c 11 0 100.0 103.0 1428 3 0 1 error Access violation\n"
+              "c 12 0 100.0 0.000000000 0 1 0 1 timeout\n"
+              "cpu 0.25 40 3\nend\n")
+    result = parse_generator_output(report, spec)
+    assert (result.ok, result.bytes_ok, result.durations) == (1, 3000, [1.5])
+    assert result.failures == {"error Access violation": 1, "timeout": 1}
+    assert result.sha_checked == 1   # client 10 compared (every 2nd), 12 compared but failed
+    assert (result.client_resends, result.dup_data, result.windowsize_agreed) == (4, 2, [1])
+    assert (result.cpu, result.sleeps, result.preempted) == (0.25, 40, 3)
+    assert (result.first_start, result.last_end) == (100.0, 103.0)
+    with pytest.raises(RuntimeError, match="incomplete"):
+        parse_generator_output(report.removesuffix("end\n"), spec)
+    with pytest.raises(RuntimeError, match="no cpu line"):
+        parse_generator_output("c 10 1 100.0 101.5 3000 0 2 1 \nend\n", spec)
+
+
+def test_the_compiled_generators_command_line() -> None:
+    spec = LoadSpec(("127.0.0.1", 6969), "pxelinux.0", 42, "", blksize=512, tsize=False, timeout=0.5,
+                    retries=2, deadline=30.0, sources=4, verify_every=10, local="/srv/pxelinux.0",
+                    generator="/tmp/tftp_gen")
+    assert generator_command(spec, 250, 250) == [
+        "/tmp/tftp_gen", "-s", "127.0.0.1", "-p", "6969", "-f", "pxelinux.0", "-z", "42", "-n", "250",
+        "-i", "250", "-b", "512", "-t", "0.5", "-r", "2", "-d", "30.0", "-S", "4", "-T",
+        "-v", "10", "-l", "/srv/pxelinux.0"]
+    spec.windowsize = 8
+    with pytest.raises(ValueError, match="lock-step"):
+        generator_command(spec, 1, 0)
