@@ -125,6 +125,19 @@ static const char *check_oack(const unsigned char *p, ssize_t n, long blksize, i
     return NULL;
 }
 
+/* The failure for an answer that is neither an OACK nor DATA, written into reason (96 bytes):
+ * the server's ERROR and its message, or the opcode. */
+static const char *other_answer(unsigned char *buf, ssize_t len, int op, char *reason)
+{
+    if (op == OP_ERROR) {
+        buf[len < 65535 ? len : 65535] = 0;   /* the buffer holds 65536 bytes */
+        snprintf(reason, 96, "error %.80s", (char *)buf + 4);
+    } else {
+        snprintf(reason, 96, "opcode %d", op);
+    }
+    return reason;
+}
+
 int main(int argc, char **argv)
 {
     const char *server_ip = NULL, *filename = NULL, *local = NULL;
@@ -246,33 +259,25 @@ int main(int argc, char **argv)
             Client *c = &clients[events[e].data.u64];
             struct sockaddr_in peer;
             socklen_t plen = sizeof(peer);
-            ssize_t len;
-            if (c->state == WAITING) {
-                len = recvfrom(c->sock, buf, 65536, 0, (struct sockaddr *)&peer, &plen);
-                if (len < 0) {
-                    if (errno != EAGAIN && errno != EINTR) {
-                        snprintf(reason, sizeof(reason), "socket error %d", errno);
-                        fail(c, reason, t);
-                        active--;
-                    }
-                    continue;
+            int first = c->state == WAITING;   /* the server's first answer: learn its TID */
+            /* lock-step: one datagram per event (epoll is level-triggered) */
+            ssize_t len = recvfrom(c->sock, buf, 65536, 0, first ? (struct sockaddr *)&peer : NULL,
+                                   first ? &plen : NULL);
+            if (len < 0) {
+                if (errno != EAGAIN && errno != EINTR && c->state < DONE) {
+                    snprintf(reason, sizeof(reason), "socket error %d", errno);
+                    fail(c, reason, t);
+                    active--;
                 }
-                if (len < 4)
-                    continue;
-                int op = buf[0] << 8 | buf[1];
-                const char *why = NULL;
-                if (op == OP_ERROR) {
-                    buf[len < 65535 ? len : 65535] = 0;
-                    snprintf(reason, sizeof(reason), "error %.80s", (char *)buf + 4);
-                    why = reason;
-                } else if (op == OP_DATA) {
-                    why = "no OACK";
-                } else if (op != OP_OACK) {
-                    snprintf(reason, sizeof(reason), "opcode %d", op);
-                    why = reason;
-                } else {
-                    why = check_oack(buf, len, blksize, tsize, size);
-                }
+                continue;
+            }
+            if (len < 4)
+                continue;
+            int op = buf[0] << 8 | buf[1];
+            uint32_t block = (uint32_t)(buf[2] << 8 | buf[3]);
+            if (first) {
+                const char *why = op == OP_OACK ? check_oack(buf, len, blksize, tsize, size)
+                                  : op == OP_DATA ? "no OACK" : other_answer(buf, len, op, reason);
                 if (why != NULL) {
                     fail(c, why, t);
                     active--;
@@ -286,20 +291,6 @@ int main(int argc, char **argv)
                 ack(c, 0);
                 continue;
             }
-            /* lock-step: one datagram per event (epoll is level-triggered) */
-            len = recv(c->sock, buf, 65536, 0);
-            if (len < 0) {
-                if (errno != EAGAIN && errno != EINTR && c->state == RUNNING) {
-                    snprintf(reason, sizeof(reason), "socket error %d", errno);
-                    fail(c, reason, t);
-                    active--;
-                }
-                continue;
-            }
-            if (len < 4)
-                continue;
-            int op = buf[0] << 8 | buf[1];
-            uint32_t block = (uint32_t)(buf[2] << 8 | buf[3]);
             if (c->state != RUNNING) {   /* dallying: our last ACK was lost */
                 if (c->state == DONE && op == OP_DATA && block == ((c->expected - 1) & 0xFFFF))
                     ack(c, block);
@@ -312,16 +303,8 @@ int main(int argc, char **argv)
                 }
                 continue;
             }
-            if (op == OP_ERROR) {
-                buf[len < 65535 ? len : 65535] = 0;
-                snprintf(reason, sizeof(reason), "error %.80s", (char *)buf + 4);
-                fail(c, reason, t);
-                active--;
-                continue;
-            }
             if (op != OP_DATA) {
-                snprintf(reason, sizeof(reason), "opcode %d", op);
-                fail(c, reason, t);
+                fail(c, other_answer(buf, len, op, reason), t);
                 active--;
                 continue;
             }

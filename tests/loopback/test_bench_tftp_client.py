@@ -131,3 +131,29 @@ def test_compiled_generator_refuses_a_wrong_first_answer(answer: bytes, reason: 
         tid.close()
     assert seen == [b"\0\1a file\0octet\0blksize\x001428\0tsize\x000\0"]
     assert run.returncode == 1 and f"{{'{reason}': 1}}" in run.stdout, run.stdout + run.stderr
+
+
+def test_compiled_generator_resends_to_a_silent_server_then_gives_up() -> None:
+    _needs_a_compiler()
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "bench.tftp_client", "--compiled", "--server",
+             f"127.0.0.1:{silent.getsockname()[1]}", "--file", "nothing", "--size", "1", "--clients", "2",
+             "--workers", "1", "--timeout", "0.1", "--retries", "2", "--deadline", "20"],
+            cwd=REPO, capture_output=True, text=True, timeout=60)
+        rrqs = 0
+        silent.setblocking(False)
+        while True:
+            try:
+                silent.recvfrom(2048)
+            except BlockingIOError:
+                break
+            rrqs += 1
+    finally:
+        silent.close()
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "0/2 ok" in run.stdout and "{'timeout': 2}" in run.stdout, run.stdout
+    assert "client resends 4" in run.stdout, run.stdout   # two resends each, then given up
+    assert rrqs == 6   # each client's RRQ and its two resends
