@@ -329,6 +329,8 @@ def generator_command(spec: LoadSpec, count: int, first_index: int) -> list[str]
                "-S", str(spec.sources)]
     if not spec.tsize:
         command.append("-T")
+    if spec.spin:
+        command.append("-P")
     if spec.verify_every > 0 and spec.local:
         command += ["-v", str(spec.verify_every), "-l", spec.local]
     return command
@@ -437,6 +439,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1.0)
     parser.add_argument("--retries", type=int, default=5)
     parser.add_argument("--deadline", type=float, default=120.0)
+    parser.add_argument("--spin", action="store_true",
+                        help="poll without sleeping (each worker keeps its CPU busy; pin it with taskset)")
     parser.add_argument("--compiled", action="store_true",
                         help="run the clients compiled (bench/tftp_gen.c, built with cc; lock-step only); "
                              "with --local, every --verify-every-th client's bytes are compared with it")
@@ -446,7 +450,7 @@ def main() -> int:
     spec = LoadSpec((host, int(port)), args.file, size, sha, blksize=args.blksize,
                     windowsize=args.windowsize, verify_every=args.verify_every if sha else 0,
                     timeout=args.timeout, retries=args.retries, deadline=args.deadline,
-                    local=args.local or "")
+                    local=args.local or "", spin=args.spin)
     with tempfile.TemporaryDirectory(prefix="tftp-gen-") as build:
         if args.compiled:
             if args.windowsize > 1:

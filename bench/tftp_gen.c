@@ -16,7 +16,8 @@
  * lost); a short block ends the transfer, whose size is checked. With -v N, every block of
  * clients 0, N, 2N... is compared byte for byte with the local copy (-l). No news for the
  * timeout: the RRQ or the last ACK again, -r times at most, then the client fails
- * ("timeout"). A worker gives up on what is left at the deadline (-d).
+ * ("timeout"). A worker gives up on what is left at the deadline (-d). With -P it polls
+ * without sleeping (LoadSpec.spin: the generator never waits to be woken).
  *
  * Protocol with the parent: once every socket exists it prints "ready" and waits for one
  * line on stdin; at the end it prints, per client, "c INDEX OK START END BYTES RESENDS DUPS
@@ -78,7 +79,7 @@ static void die(const char *what)
 static void usage(void)
 {
     fprintf(stderr, "usage: tftp_gen -s IP -p PORT -f NAME -z SIZE -n COUNT [-i FIRST] [-b BLKSIZE]"
-                    " [-T] [-t TIMEOUT] [-r RETRIES] [-d DEADLINE] [-S SOURCES] [-v EVERY -l LOCAL]\n");
+                    " [-T] [-t TIMEOUT] [-r RETRIES] [-d DEADLINE] [-S SOURCES] [-v EVERY -l LOCAL] [-P]\n");
     exit(2);
 }
 
@@ -141,11 +142,11 @@ static const char *other_answer(unsigned char *buf, ssize_t len, int op, char *r
 int main(int argc, char **argv)
 {
     const char *server_ip = NULL, *filename = NULL, *local = NULL;
-    int port = 0, tsize = 1, sources = 1, opt;
+    int port = 0, tsize = 1, sources = 1, spin = 0, opt;
     long blksize = 1428, count = 0, first = 0, retries = 5, every = 0;
     uint64_t size = 0;
     double timeout = 1.0, deadline = 120.0;
-    while ((opt = getopt(argc, argv, "s:p:f:z:n:i:b:Tt:r:d:S:v:l:")) != -1) {
+    while ((opt = getopt(argc, argv, "s:p:f:z:n:i:b:Tt:r:d:S:v:l:P")) != -1) {
         switch (opt) {
         case 's': server_ip = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -161,6 +162,7 @@ int main(int argc, char **argv)
         case 'S': sources = atoi(optarg); break;
         case 'v': every = atol(optarg); break;
         case 'l': local = optarg; break;
+        case 'P': spin = 1; break;
         default: usage();
         }
     }
@@ -253,7 +255,7 @@ int main(int argc, char **argv)
     int dallying = 0;
     double dally_until = 0;
     while (active > 0 || dallying) {
-        int n = epoll_wait(ep, events, EVENTS, dallying ? 10 : (int)(TICK * 1000));
+        int n = epoll_wait(ep, events, EVENTS, dallying ? 10 : spin ? 0 : (int)(TICK * 1000));
         t = now();
         for (int e = 0; e < n; e++) {
             Client *c = &clients[events[e].data.u64];

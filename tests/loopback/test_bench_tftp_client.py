@@ -157,3 +157,28 @@ def test_compiled_generator_resends_to_a_silent_server_then_gives_up() -> None:
     assert "0/2 ok" in run.stdout and "{'timeout': 2}" in run.stdout, run.stdout
     assert "client resends 4" in run.stdout, run.stdout   # two resends each, then given up
     assert rrqs == 6   # each client's RRQ and its two resends
+
+
+def test_compiled_generator_spins_instead_of_sleeping_when_told() -> None:
+    # against a silent server a worker has nothing to read for its whole run: it sleeps in
+    # epoll_wait about every 50 ms, unless it spins (LoadSpec.spin, -P), when it never waits
+    _needs_a_compiler()
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    sleeps = {}
+    try:
+        for spin in (False, True):
+            run = subprocess.run(
+                [sys.executable, "-m", "bench.tftp_client", "--compiled", "--server",
+                 f"127.0.0.1:{silent.getsockname()[1]}", "--file", "nothing", "--size", "1", "--clients",
+                 "1", "--workers", "1", "--timeout", "0.2", "--retries", "1", "--deadline", "20"]
+                + (["--spin"] if spin else []),
+                cwd=REPO, capture_output=True, text=True, timeout=60)
+            assert run.returncode == 1 and "{'timeout': 1}" in run.stdout, run.stdout + run.stderr
+            found = re.search(r"sleeps (\d+), preempted", run.stdout)
+            assert found, run.stdout
+            sleeps[spin] = int(found.group(1))
+    finally:
+        silent.close()
+    assert sleeps[False] >= 4, sleeps   # 0.4 s of 50 ms waits
+    assert sleeps[True] <= 2, sleeps

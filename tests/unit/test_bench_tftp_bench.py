@@ -199,6 +199,8 @@ def test_the_compiled_generators_command_line() -> None:
         "/tmp/tftp_gen", "-s", "127.0.0.1", "-p", "6969", "-f", "pxelinux.0", "-z", "42", "-n", "250",
         "-i", "250", "-b", "512", "-t", "0.5", "-r", "2", "-d", "30.0", "-S", "4", "-T",
         "-v", "10", "-l", "/srv/pxelinux.0"]
+    spec.spin = True   # busy-polls instead of sleeping in epoll_wait
+    assert "-P" in generator_command(spec, 1, 0)
     spec.windowsize = 8
     with pytest.raises(ValueError, match="lock-step"):
         generator_command(spec, 1, 0)
