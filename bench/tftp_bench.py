@@ -772,7 +772,7 @@ def run(args: argparse.Namespace, netns: bool, exits: ExitAccounting | None) -> 
                                             verify_every=args.verify_every, timeout=args.timeout,
                                             retries=args.retries, deadline=args.deadline,
                                             sources=args.sources, generator=generator,
-                                            local=os.path.join(root, fname))
+                                            local=os.path.join(root, fname), spin=args.spin_generator)
                             sched: dict[str, int] = {}
                             if args.pin_storm and ncpu >= 2:
                                 set_affinity(server.pid, {0})
@@ -979,6 +979,9 @@ def main() -> int:
                         help="the storm's load generator: bench/tftp_client.py's Python loop (default) or "
                              "the same clients compiled (bench/tftp_gen.c, built with cc; checks every "
                              "byte of every --verify-every-th client against the file)")
+    parser.add_argument("--spin-generator", action="store_true",
+                        help="the storm's generator processes poll without sleeping (each keeps a CPU "
+                             "busy: with --pin-storm and --workers 1)")
     parser.add_argument("--pin-storm", action="store_true",
                         help="storm with the server pinned to CPU 0 and the generator to the other CPUs")
     parser.add_argument("--sources", type=int, default=1, metavar="N",
