@@ -90,6 +90,14 @@ def test_compiled_generator_reads_whole_files_and_compares_every_byte(tmp_path):
     assert "0/6 ok" in bad.stdout and "{'content at block 204': 6}" in bad.stdout, bad.stdout
 
 
+def _compiled(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """bench/tftp_client.py --compiled against 127.0.0.1:port, one worker, with *args*."""
+    return subprocess.run(
+        [sys.executable, "-m", "bench.tftp_client", "--compiled", "--server", f"127.0.0.1:{port}",
+         "--workers", "1", "--deadline", "20", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
 def _oack(**options: str) -> bytes:
     return b"\0\6" + b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in options.items())
 
@@ -120,11 +128,8 @@ def test_compiled_generator_refuses_a_wrong_first_answer(answer: bytes, reason: 
     thread = threading.Thread(target=answer_once, daemon=True)
     thread.start()
     try:
-        run = subprocess.run(
-            [sys.executable, "-m", "bench.tftp_client", "--compiled", "--server",
-             f"127.0.0.1:{port69.getsockname()[1]}", "--file", "a file", "--size", "3000", "--clients", "1",
-             "--workers", "1", "--timeout", "0.3", "--retries", "0", "--deadline", "20"],
-            cwd=REPO, capture_output=True, text=True, timeout=60)
+        run = _compiled(port69.getsockname()[1], "--file", "a file", "--size", "3000", "--clients", "1",
+                        "--timeout", "0.3", "--retries", "0")
         thread.join(10)
     finally:
         port69.close()
@@ -138,11 +143,8 @@ def test_compiled_generator_resends_to_a_silent_server_then_gives_up() -> None:
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))
     try:
-        run = subprocess.run(
-            [sys.executable, "-m", "bench.tftp_client", "--compiled", "--server",
-             f"127.0.0.1:{silent.getsockname()[1]}", "--file", "nothing", "--size", "1", "--clients", "2",
-             "--workers", "1", "--timeout", "0.1", "--retries", "2", "--deadline", "20"],
-            cwd=REPO, capture_output=True, text=True, timeout=60)
+        run = _compiled(silent.getsockname()[1], "--file", "nothing", "--size", "1", "--clients", "2",
+                        "--timeout", "0.1", "--retries", "2")
         rrqs = 0
         silent.setblocking(False)
         while True:
@@ -168,12 +170,8 @@ def test_compiled_generator_spins_instead_of_sleeping_when_told() -> None:
     sleeps = {}
     try:
         for spin in (False, True):
-            run = subprocess.run(
-                [sys.executable, "-m", "bench.tftp_client", "--compiled", "--server",
-                 f"127.0.0.1:{silent.getsockname()[1]}", "--file", "nothing", "--size", "1", "--clients",
-                 "1", "--workers", "1", "--timeout", "0.2", "--retries", "1", "--deadline", "20"]
-                + (["--spin"] if spin else []),
-                cwd=REPO, capture_output=True, text=True, timeout=60)
+            run = _compiled(silent.getsockname()[1], "--file", "nothing", "--size", "1", "--clients", "1",
+                            "--timeout", "0.2", "--retries", "1", *(["--spin"] if spin else []))
             assert run.returncode == 1 and "{'timeout': 1}" in run.stdout, run.stdout + run.stderr
             found = re.search(r"sleeps (\d+), preempted", run.stdout)
             assert found, run.stdout
