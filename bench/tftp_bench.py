@@ -364,6 +364,7 @@ class Env:
     exits: ExitAccounting | None
     extra: dict[str, str] = field(default_factory=dict)  # name -> command with {root} and {port}
     trees: dict[str, str] = field(default_factory=dict)  # name -> another massboot checkout
+    generator: str = ""  # the compiled storm generator (--generator c), "": the Python one
 
 
 def massboot_processes(name: str) -> int | None:
@@ -717,6 +718,15 @@ def pyspy_summary(path: str, top: int) -> str:
 # ----------------------------------------------------------------------------- main
 
 
+def storm_spec(args: argparse.Namespace, env: Env, file: tuple[str, str], size: int) -> LoadSpec:
+    """What every client of a storm does (the storm's rounds and the generator check alike):
+    *file* is (name under env.root, sha256)."""
+    return LoadSpec(("127.0.0.1", env.port), file[0], size, file[1], blksize=args.blksize,
+                    verify_every=args.verify_every, timeout=args.timeout, retries=args.retries,
+                    deadline=args.deadline, sources=args.sources, generator=env.generator,
+                    local=os.path.join(env.root, file[0]), spin=args.spin_generator)
+
+
 def run(args: argparse.Namespace, netns: bool, exits: ExitAccounting | None) -> int:
     """The measurements (inside the namespace when there is one)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -739,8 +749,7 @@ def run(args: argparse.Namespace, netns: bool, exits: ExitAccounting | None) -> 
                   trees={name: os.path.abspath(path) for name, path in
                          (item.split("=", 1) for item in args.massboot_tree)})
         files = {size: make_file(root, size, seed=size) for size in set(sizes + [stream_size])}
-        generator = compile_generator(work) if args.generator == "c" else ""
-        args.generator_path = generator
+        env.generator = compile_generator(work) if args.generator == "c" else ""
         order: list[str] = []
         for name in names + (stream_names if args.stream_rounds else []):
             if name in order:
@@ -755,7 +764,7 @@ def run(args: argparse.Namespace, netns: bool, exits: ExitAccounting | None) -> 
         all_cpus = set(range(ncpu))
         print(f"machine: {out['machine']['cpus']} CPUs, {out['machine']['model']}, {out['machine']['date']}; "
               f"{'netns' if netns else 'host loopback'}, port {env.port}; storm generator: "
-              f"{'compiled (bench/tftp_gen.c)' if generator else 'Python (bench/tftp_client.py)'}",
+              f"{'compiled (bench/tftp_gen.c)' if env.generator else 'Python (bench/tftp_client.py)'}",
               flush=True)
         for rnd in range(max(args.rounds, args.stream_rounds)):
             shift = rnd % len(order) if order else 0
@@ -767,12 +776,7 @@ def run(args: argparse.Namespace, netns: bool, exits: ExitAccounting | None) -> 
                                       deadline=30, sources=args.sources), 4, 1)
                     if name in names and rnd < args.rounds:
                         for size in sizes:
-                            fname, sha = files[size]
-                            spec = LoadSpec(("127.0.0.1", env.port), fname, size, sha, blksize=args.blksize,
-                                            verify_every=args.verify_every, timeout=args.timeout,
-                                            retries=args.retries, deadline=args.deadline,
-                                            sources=args.sources, generator=generator,
-                                            local=os.path.join(root, fname), spin=args.spin_generator)
+                            spec = storm_spec(args, env, files[size], size)
                             sched: dict[str, int] = {}
                             if args.pin_storm and ncpu >= 2:
                                 set_affinity(server.pid, {0})
@@ -852,10 +856,7 @@ def gen_check(args: argparse.Namespace, env: Env, name: str, file: tuple[str, st
              f"{'workers':>7} {'MB/s':>7} {'p95 ms':>8} {'srv CPU-s':>9} {'gen CPU-s':>9} {'srv cores':>9} "
              f"{'gen cores':>9}"]
     results: dict[int, list[Sample]] = collections.defaultdict(list)
-    spec = LoadSpec(("127.0.0.1", env.port), file[0], size, file[1], blksize=args.blksize,
-                    verify_every=args.verify_every, timeout=args.timeout, retries=args.retries,
-                    deadline=args.deadline, sources=args.sources, generator=args.generator_path,
-                    local=os.path.join(env.root, file[0]))
+    spec = storm_spec(args, env, file, size)
     for rnd in range(args.rounds):
         for workers in [int(n) for n in args.gen_check.split(",")]:
             server = start_server(name, env)

@@ -336,7 +336,7 @@ def generator_command(spec: LoadSpec, count: int, first_index: int) -> list[str]
     return command
 
 
-def parse_generator_output(text: str, spec: LoadSpec) -> WorkerResult:
+def parse_generator_output(text: str) -> WorkerResult:
     """The compiled generator's report (see ``bench/tftp_gen.c``) as a :class:`WorkerResult`.
 
     Raises:
@@ -351,15 +351,14 @@ def parse_generator_output(text: str, spec: LoadSpec) -> WorkerResult:
         kind, _, rest = line.partition(" ")
         if kind == "c":
             fields = rest.split(" ", 8)
-            index, ok, start, end, received, resends, dups, window = fields[:8]
+            _index, ok, start, end, received, resends, dups, checked = fields[:8]
             reason = fields[8] if len(fields) > 8 else ""
-            hashed = bool(spec.verify_every > 0 and spec.local and int(index) % spec.verify_every == 0)
             result.client_resends += int(resends)
             result.dup_data += int(dups)
             if ok == "1":
-                result.windowsize_agreed.append(int(window))
-            result.count(ok=ok == "1" and not reason, size=int(received), start=float(start),
-                         end=float(end) if float(end) > 0 else float(start), hashed=hashed, reason=reason)
+                result.windowsize_agreed.append(1)   # lock-step: no windowsize option is sent
+            result.count(ok=ok == "1" and not reason, size=int(received), start=float(start), end=float(end),
+                         hashed=checked == "1", reason=reason)
         elif kind == "cpu":
             cpu, sleeps, preempted = rest.split()
             result.cpu, result.sleeps, result.preempted = float(cpu), int(sleeps), int(preempted)
@@ -394,7 +393,7 @@ def run_worker_compiled(spec: LoadSpec, count: int, first_index: int,
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return parse_generator_output(out, spec)
+    return parse_generator_output(out)
 
 
 def merge(parts: list[WorkerResult], clients: int) -> LoadResult:

@@ -21,10 +21,11 @@
  *
  * Protocol with the parent: once every socket exists it prints "ready" and waits for one
  * line on stdin; at the end it prints, per client, "c INDEX OK START END BYTES RESENDS DUPS
- * WINDOW REASON" (times CLOCK_MONOTONIC seconds, as Python's time.monotonic(); REASON empty
- * on success, possibly with spaces), then "cpu SECONDS SLEEPS PREEMPTED" (its CPU time and
- * context switches, voluntary and not, from the "go" to the end), then "end". Exit status 0, or 2 on a usage or setup
- * error (message on stderr).
+ * CHECKED REASON" (times CLOCK_MONOTONIC seconds, as Python's time.monotonic(); CHECKED 1 when
+ * its bytes were compared with -l; REASON empty on success, possibly with spaces), then "cpu
+ * SECONDS SLEEPS PREEMPTED" (its CPU time and context switches, voluntary and not, from the
+ * "go" to the end), then "end". Exit status 0, or 2 on a usage or setup error (message on
+ * stderr).
  */
 
 #define _GNU_SOURCE
@@ -50,6 +51,8 @@ enum { OP_RRQ = 1, OP_DATA = 3, OP_ACK = 4, OP_ERROR = 5, OP_OACK = 6 };
 #define TICK 0.05     /* seconds between timeout scans, as bench/tftp_client.py */
 #define DALLY 0.02    /* seconds a worker keeps answering repeats of last blocks */
 #define EVENTS 512
+#define REASON 96     /* bytes of a failure's text */
+#define DATAGRAM 65536  /* receive buffer: any UDP payload on loopback */
 
 typedef struct {
     int sock;
@@ -60,7 +63,7 @@ typedef struct {
     uint64_t received;
     double start, end, deadline;
     long resends, dups;
-    char reason[96];
+    char reason[REASON];
 } Client;
 
 static double now(void)
@@ -126,15 +129,15 @@ static const char *check_oack(const unsigned char *p, ssize_t n, long blksize, i
     return NULL;
 }
 
-/* The failure for an answer that is neither an OACK nor DATA, written into reason (96 bytes):
+/* The failure for an answer that is neither an OACK nor DATA, written into reason (REASON bytes):
  * the server's ERROR and its message, or the opcode. */
 static const char *other_answer(unsigned char *buf, ssize_t len, int op, char *reason)
 {
     if (op == OP_ERROR) {
-        buf[len < 65535 ? len : 65535] = 0;   /* the buffer holds 65536 bytes */
-        snprintf(reason, 96, "error %.80s", (char *)buf + 4);
+        buf[len] = 0;   /* len <= DATAGRAM: buf holds DATAGRAM + 1 bytes */
+        snprintf(reason, REASON, "error %.80s", (char *)buf + 4);
     } else {
-        snprintf(reason, 96, "opcode %d", op);
+        snprintf(reason, REASON, "opcode %d", op);
     }
     return reason;
 }
@@ -246,12 +249,11 @@ int main(int argc, char **argv)
         (void)sendto(c->sock, rrq, (size_t)rrq_len, 0, (struct sockaddr *)&srv, sizeof(srv));
     }
     long active = count;
-    size_t bufsize = (size_t)blksize + 4 + 1;
-    unsigned char *buf = malloc(bufsize > 65536 ? bufsize : 65536);
+    unsigned char *buf = malloc(DATAGRAM + 1);   /* + 1: an ERROR's message ends in a NUL */
     struct epoll_event events[EVENTS];
     if (buf == NULL)
         die("malloc");
-    char reason[96];
+    char reason[REASON];
     int dallying = 0;
     double dally_until = 0;
     while (active > 0 || dallying) {
@@ -263,7 +265,7 @@ int main(int argc, char **argv)
             socklen_t plen = sizeof(peer);
             int first = c->state == WAITING;   /* the server's first answer: learn its TID */
             /* lock-step: one datagram per event (epoll is level-triggered) */
-            ssize_t len = recvfrom(c->sock, buf, 65536, 0, first ? (struct sockaddr *)&peer : NULL,
+            ssize_t len = recvfrom(c->sock, buf, DATAGRAM, 0, first ? (struct sockaddr *)&peer : NULL,
                                    first ? &plen : NULL);
             if (len < 0) {
                 if (errno != EAGAIN && errno != EINTR && c->state < DONE) {
@@ -365,8 +367,7 @@ int main(int argc, char **argv)
                 if (c->state >= DONE || t < c->deadline)
                     continue;
                 if (++c->attempt > retries) {
-                    snprintf(reason, sizeof(reason), "timeout");
-                    fail(c, reason, t);
+                    fail(c, "timeout", t);
                     active--;
                     continue;
                 }
@@ -382,8 +383,8 @@ int main(int argc, char **argv)
     getrusage(RUSAGE_SELF, &ru1);
     for (long i = 0; i < count; i++) {
         Client *c = &clients[i];
-        printf("c %ld %d %.9f %.9f %llu %ld %ld 1 %s\n", first + i, c->state == DONE, c->start, c->end,
-               (unsigned long long)c->received, c->resends, c->dups, c->reason);
+        printf("c %ld %d %.9f %.9f %llu %ld %ld %d %s\n", first + i, c->state == DONE, c->start, c->end,
+               (unsigned long long)c->received, c->resends, c->dups, c->verify, c->reason);
         close(c->sock);
     }
     double cpu = (double)(ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec + ru1.ru_stime.tv_sec - ru0.ru_stime.tv_sec)
