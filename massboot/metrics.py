@@ -699,7 +699,12 @@ class Metrics:
                 yield _compiled_or_python("massboot_tftp_data_path", "1 for the TFTP data path "
                                           "that runs: compiled or python ([tftpd] fast_path).",
                                           "path", data_path)
-                from massboot.tftp.server import busy_poll_counters, fast_path_counters, scan_counters
+                from massboot.tftp.server import (
+                    busy_poll_counters,
+                    fast_path_counters,
+                    read_ahead_counters,
+                    scan_counters,
+                )
 
                 summed = getattr(tftp, "compiled_blocks", None)     # worker processes, summed
                 yield CounterMetricFamily("massboot_tftp_compiled_blocks", "TFTP DATA blocks the "
@@ -717,6 +722,18 @@ class Metrics:
                                           "their sockets polled in passes until the storm "
                                           "passed ([tftpd] busy_poll).",
                                           value=scans() if scans else scan_counters()[0])
+                shared = getattr(tftp, "read_ahead_chunks", None)   # worker processes, summed
+                chunks = CounterMetricFamily("massboot_tftp_read_ahead_chunks", "Read-ahead "
+                                             "chunks of the compiled TFTP data path by source: "
+                                             "shared (read by another transfer of the same file "
+                                             "moments before), read (from the page cache into the "
+                                             "shared chunks), own (into the transfer's own buffer: "
+                                             "every shared place for it was in use).",
+                                             labels=("source",))
+                for source, value in zip(("shared", "read", "own"),
+                                         shared() if shared else read_ahead_counters(), strict=True):
+                    chunks.add_metric((source,), value)
+                yield chunks
         busy = GaugeMetricFamily("massboot_workers_busy", "Greenlets of a server's bounded pool in "
                                  "use (dhcp: exchanges, dhcp_acl: HTTP ACL calls, dhcp_probe: exchanges "
                                  "waiting on ICMP probes, tftp: transfers, http: connections).",

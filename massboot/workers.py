@@ -89,6 +89,10 @@ ASK_TIMEOUT = 2.0           # seconds a worker waits for the parent's answer abo
 RESTART_MIN, RESTART_MAX = 1.0, 30.0   # seconds before a dead worker is started again
 STABLE_AFTER = 60.0         # a worker that lived this long restarts after RESTART_MIN again
 STOP_EXTRA = 3.0            # seconds beyond the grace period before a worker is killed
+# the compiled data path's counters a worker reports in its status, summed over the workers
+# (and over a worker's earlier processes) for /metrics
+COUNTERS = ("compiled_blocks", "busy_poll_ns", "storm_scans", "read_ahead_shared",
+            "read_ahead_read", "read_ahead_own")
 
 SO_ATTACH_REUSEPORT_CBPF = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)   # <asm/socket.h>
 _SKF_NET_OFF = -0x100000    # <linux/filter.h>: offsets from the network header
@@ -195,9 +199,7 @@ class _Worker:
         self.events = 0                   # events received from it
         self.invalid = 0                  # messages or events from it that made no sense
         self.dropped_before = 0           # events its earlier processes dropped (a counter)
-        self.compiled_before = 0          # DATA blocks its earlier processes' compiled path sent
-        self.busy_poll_before = 0         # ns its earlier processes spent busy polling
-        self.scans_before = 0             # storm scans its earlier processes began
+        self.before: dict[str, int] = {}  # its earlier processes' COUNTERS, summed
         self.up = False                   # ready message received, process running
         self.last_exit: str | None = None
 
@@ -419,9 +421,8 @@ class TftpWorkers:
             worker.channel.close()
             worker.channel = None
             worker.dropped_before += int(worker.status.get("dropped", 0))
-            worker.compiled_before += int(worker.status.get("compiled_blocks", 0))
-            worker.busy_poll_before += int(worker.status.get("busy_poll_ns", 0))
-            worker.scans_before += int(worker.status.get("storm_scans", 0))
+            for name in COUNTERS:
+                worker.before[name] = worker.before.get(name, 0) + int(worker.status.get(name, 0))
             worker.status = {}
             if self._stopping:
                 return
@@ -512,19 +513,28 @@ class TftpWorkers:
                 return path
         return None
 
+    def _counter(self, name: str) -> int:
+        """One of COUNTERS, summed over the workers, earlier processes included."""
+        return sum(w.before.get(name, 0) + int(w.status.get(name, 0)) for w in self._workers)
+
     def compiled_blocks(self) -> int:
         """DATA blocks the workers' compiled data path sent, earlier processes included."""
-        return sum(w.compiled_before + int(w.status.get("compiled_blocks", 0)) for w in self._workers)
+        return self._counter("compiled_blocks")
 
     def busy_poll_seconds(self) -> float:
         """Seconds the workers' compiled data path spent busy polling, earlier processes
         included (``[tftpd] busy_poll``)."""
-        return sum(w.busy_poll_before + int(w.status.get("busy_poll_ns", 0))
-                   for w in self._workers) / 1e9
+        return self._counter("busy_poll_ns") / 1e9
 
     def storm_scans(self) -> int:
         """Storm scans the workers' compiled data path began, earlier processes included."""
-        return sum(w.scans_before + int(w.status.get("storm_scans", 0)) for w in self._workers)
+        return self._counter("storm_scans")
+
+    def read_ahead_chunks(self) -> tuple[int, int, int]:
+        """The workers' read-ahead chunks, earlier processes included, as
+        :func:`massboot.tftp.server.read_ahead_counters` counts them in one."""
+        return (self._counter("read_ahead_shared"), self._counter("read_ahead_read"),
+                self._counter("read_ahead_own"))
 
     def cache_view(self, files: Any) -> _CacheView:
         """The parent's file store as :mod:`massboot.metrics` reads it, with the workers' cache
@@ -614,6 +624,21 @@ def single_collector(tftp: Any) -> Collector:
     return _SingleCollector(tftp)
 
 
+def _counters() -> dict[str, int]:
+    """This process's COUNTERS (a worker's status)."""
+    from massboot.tftp.server import (
+        busy_poll_counters,
+        fast_path_counters,
+        read_ahead_counters,
+        scan_counters,
+    )
+
+    shared, read, own = read_ahead_counters()
+    return {"compiled_blocks": fast_path_counters()[0], "busy_poll_ns": busy_poll_counters()[2],
+            "storm_scans": scan_counters()[0], "read_ahead_shared": shared,
+            "read_ahead_read": read, "read_ahead_own": own}
+
+
 def _exit_text(status: int) -> str:
     if status < 0:
         try:
@@ -687,12 +712,9 @@ class Worker:
         tftp, files = self.tftp, self.files
         busy, capacity = tftp.workers()
         reserved, budget = tftp.memory()
-        from massboot.tftp.server import busy_poll_counters, fast_path_counters, scan_counters
-
         return json.dumps({"t": kind, "pid": os.getpid(), "active": tftp.active, "busy": busy,
-                           "data_path": tftp.data_path, "compiled_blocks": fast_path_counters()[0],
-                           "busy_poll_ns": busy_poll_counters()[2], "storm_scans": scan_counters()[0],
-                           "capacity": capacity, "reserved": reserved, "budget": budget,
+                           "data_path": tftp.data_path, **_counters(), "capacity": capacity,
+                           "reserved": reserved, "budget": budget,
                            "buffered": tftp.buffered_bytes(), "dropped": self.dropped,
                            "downloads": files.downloads_active, "cached_bytes": files.cached_bytes,
                            "cached_files": files.cached_files, "used_bytes": files.used_bytes}).encode()

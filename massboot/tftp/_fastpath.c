@@ -27,7 +27,8 @@
  *   common case: recv the client's datagram; when it is the ACK of everything sent, send the
  *   next full block from the lane's read-ahead chunk (CHUNK bytes, refilled with
  *   preadv2(RWF_NOWAIT) from the page cache, never waiting; header and chunk slice as two
- *   iovecs, no copy), or, for a window (RFC 7440), read the next window's blocks into their
+ *   iovecs, no copy; the chunk shared with the lanes of the same file version, see "Shared
+ *   read-ahead" below), or, for a window (RFC 7440), read the next window's blocks into their
  *   slots with one preadv2 and send them with one sendmmsg; update the transfer's state
  *   exactly as ReadTransfer.on_ack_all (and its _fill) does, and move its deadline in the
  *   dispatcher's timer: no Python object is touched per block. The running state lives in
@@ -58,6 +59,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -246,6 +248,42 @@ static void dispatcher_arm(Dispatcher *self, double when)
     (void)timerfd_settime(self->tfd, TFD_TIMER_ABSTIME, &spec, NULL);
 }
 
+/* -- Shared read-ahead ------------------------------------------------------------------- */
+
+/* A rack boots the same few files at once: 500 lanes reading their own CHUNK of the same
+ * bytes is 500 copies out of the page cache and 8 MiB of buffers the CPU's caches cannot
+ * hold, so each block is sent from memory that is cold by then. Lanes of one file version
+ * (device, inode, size, mtime, ctime as fstat gave them when the lane began) and one blksize
+ * share chunks instead: SHARED_SLOTS chunks of whole blocks at fixed offsets, SHARED_WAYS
+ * places per chunk, taken by a lane for as long as it sends from it (pinned: never reused
+ * meanwhile) and given to another lane of the same version only within SHARED_TTL_NS of the
+ * read (a chunk holds what the file held when it was read, as a lane's own chunk does). When
+ * every place is pinned the lane reads into its own chunk, as before. */
+#define SHARED_SLOTS 128             /* chunks shared by the process's lanes (2 MiB) */
+#define SHARED_WAYS 4                /* places a chunk may take (the oldest unpinned is reused) */
+#define SHARED_TTL_NS 1000000000LL   /* a shared chunk is given out for a second after its read */
+
+typedef struct {
+    unsigned long long dev, ino;
+    long long size;
+    int64_t mtime, ctime;
+} FileVersion;
+
+typedef struct {
+    FileVersion version;
+    long long blksize, start, len;   /* file bytes [start, start + len); len 0: empty */
+    int64_t read_at;
+    int pins;                        /* lanes sending from it */
+    char *data;                      /* CHUNK bytes, allocated at first use */
+} SharedChunk;
+
+static SharedChunk shared[SHARED_SLOTS];
+static unsigned long long total_shared_hits = 0;   /* chunks a lane found read by another */
+static unsigned long long total_shared_reads = 0;  /* chunks read into the shared table */
+static unsigned long long total_own_reads = 0;     /* chunks read into a lane's own buffer */
+
+static int64_t now_ns(void);
+
 /* -- Lane ---------------------------------------------------------------------------------- */
 
 /* The fields an ACK touches come first, together (a storm touches each lane once per ACK,
@@ -273,11 +311,15 @@ typedef struct {
     long long window;
     long long c_next, c_base, c_high, c_offset, c_acked, c_sent;
     double c_srtt, c_rttvar, c_rto, c_tmin, c_tmax, c_progress, c_deadline;
-    char *chunk;          /* read-ahead: file bytes [chunk_start, chunk_start + chunk_len) */
+    char *view;           /* read-ahead: file bytes [chunk_start, chunk_start + chunk_len) */
     long long chunk_start;
     long long chunk_len;
     long long chunk_cap;
     unsigned long long blocks;
+    SharedChunk *pin;     /* the shared chunk `view` is in, or NULL (`chunk`, the lane's own) */
+    char *chunk;          /* the lane's own read-ahead buffer (chunk_cap bytes), or NULL */
+    int shareable;        /* a regular file, blksize <= CHUNK: its chunks may be shared */
+    FileVersion version;
     double c_sent_at[MAX_WINDOW];
     char *c_data[MAX_WINDOW];   /* the slots' buffers, by slot (header + blksize) */
     /* cold */
@@ -342,9 +384,20 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwds)
     self->window = window;
     self->nowait = 1;
     self->chunk = NULL;
+    self->view = NULL;
+    self->pin = NULL;
     self->chunk_start = 0;
     self->chunk_len = 0;
     self->chunk_cap = blksize > CHUNK ? blksize : CHUNK;
+    struct stat st;
+    self->shareable = window == 1 && blksize <= CHUNK && fstat(file, &st) == 0 && S_ISREG(st.st_mode);
+    if (self->shareable) {
+        self->version.dev = (unsigned long long)st.st_dev;
+        self->version.ino = (unsigned long long)st.st_ino;
+        self->version.size = (long long)st.st_size;
+        self->version.mtime = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+        self->version.ctime = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
+    }
     return 0;
 }
 
@@ -378,11 +431,22 @@ static void read_refused(Lane *self, ssize_t got)
         self->nowait = 0;  /* this kernel or file system cannot: the threadpool reads */
 }
 
+/* The lane no longer sends from its chunk (shared: unpinned). */
+static void lane_drop_view(Lane *self)
+{
+    if (self->pin != NULL) {
+        self->pin->pins--;
+        self->pin = NULL;
+    }
+    self->view = NULL;
+    self->chunk_len = 0;
+}
+
 static void lane_free_chunk(Lane *self)
 {
+    lane_drop_view(self);
     PyMem_Free(self->chunk);
     self->chunk = NULL;
-    self->chunk_len = 0;
 }
 
 static void lane_dealloc(Lane *self)
@@ -431,7 +495,7 @@ static void lane_materialize(Lane *self)
     long long at = self->c_offset - self->blksize - self->chunk_start;
     char *slot = self->c_data[0];
     memcpy(slot, self->c_header, 4);
-    memcpy(slot + 4, self->chunk + at, (size_t)self->blksize);
+    memcpy(slot + 4, self->view + at, (size_t)self->blksize);
     self->slot_stale = 0;
 }
 
@@ -609,6 +673,70 @@ static int lane_load(Lane *self)
     return 1;
 }
 
+static inline int same_version(const FileVersion *a, const FileVersion *b)
+{
+    return a->ino == b->ino && a->dev == b->dev && a->size == b->size && a->mtime == b->mtime
+        && a->ctime == b->ctime;
+}
+
+/* The block at *offset* from the shared chunks (see "Shared read-ahead"): 1, the lane sends
+ * from a shared chunk now (pinned); 0, none to be had (all places pinned, or the offset off the
+ * block grid): the lane's own chunk; -1, the page cache did not answer: Python's. */
+static int lane_share(Lane *self, long long offset)
+{
+    long long blksize = self->blksize;
+    long long per = CHUNK / blksize * blksize;   /* whole blocks: blksize <= CHUNK */
+    if (offset % blksize != 0)
+        return 0;
+    long long start = offset - offset % per;
+    uint64_t h = (self->version.ino * 0x9E3779B97F4A7C15ULL) ^ (self->version.dev * 0xC2B2AE3D27D4EB4FULL)
+        ^ ((uint64_t)(start / per) * 0x165667B19E3779F9ULL) ^ (uint64_t)blksize;
+    h ^= h >> 29;
+    SharedChunk *set = &shared[(h % (SHARED_SLOTS / SHARED_WAYS)) * SHARED_WAYS], *victim = NULL;
+    int64_t now = now_ns();
+    for (int i = 0; i < SHARED_WAYS; i++) {
+        SharedChunk *c = &set[i];
+        if (c->len > 0 && c->start == start && c->blksize == blksize && now - c->read_at < SHARED_TTL_NS
+                && offset + blksize <= start + c->len && same_version(&c->version, &self->version)) {
+            c->pins++;
+            self->pin = c;
+            self->view = c->data;
+            self->chunk_start = start;
+            self->chunk_len = c->len;
+            total_shared_hits++;
+            return 1;
+        }
+        if (c->pins == 0 && (victim == NULL || c->read_at < victim->read_at))
+            victim = c;
+    }
+    if (victim == NULL)
+        return 0;
+    if (victim->data == NULL && (victim->data = PyMem_Malloc(CHUNK)) == NULL)
+        return 0;
+    long long want = per;
+    if (want > self->size - start)
+        want = self->size - start;
+    victim->len = 0;
+    struct iovec iov = {victim->data, (size_t)want};
+    ssize_t got = preadv2(self->file, &iov, 1, (off_t)start, RWF_NOWAIT);
+    total_shared_reads++;
+    if (got < offset - start + blksize) {
+        read_refused(self, got);
+        return -1;
+    }
+    victim->version = self->version;
+    victim->blksize = blksize;
+    victim->start = start;
+    victim->len = got;
+    victim->read_at = now;
+    victim->pins++;
+    self->pin = victim;
+    self->view = victim->data;
+    self->chunk_start = start;
+    self->chunk_len = got;
+    return 1;
+}
+
 /*
  * The ACK in the buffer, as ReadTransfer.on_ack_all's lock-step path would take it.
  * 1: done (the next block is sent); 0: the Python pump must take it (nothing was changed in
@@ -642,23 +770,30 @@ static int lane_ack(Lane *self, Py_ssize_t size)
          * chunk (header and slice, two iovecs): the slot gets it only when Python may need
          * it (lane_materialize()). */
         if (offset < self->chunk_start || offset + blksize > self->chunk_start + self->chunk_len) {
-            if (self->chunk == NULL) {
-                self->chunk = PyMem_Malloc((size_t)self->chunk_cap);
-                if (self->chunk == NULL)
-                    return 0;
-            }
             lane_materialize(self);  /* the block sent last leaves the chunk now */
-            long long want = self->chunk_cap;
-            if (want > self->size - offset)
-                want = self->size - offset;   /* >= blksize, checked above */
-            struct iovec iov = {self->chunk, (size_t)want};
-            ssize_t got = preadv2(self->file, &iov, 1, (off_t)offset, RWF_NOWAIT);
-            self->chunk_start = offset;
-            self->chunk_len = got > 0 ? got : 0;
-            if (got < blksize) {
-                read_refused(self, got);
-                self->chunk_len = 0;
+            lane_drop_view(self);
+            int shared_ok = self->shareable ? lane_share(self, offset) : 0;
+            if (shared_ok < 0)
                 return 0;
+            if (shared_ok == 0) {
+                if (self->chunk == NULL) {
+                    self->chunk = PyMem_Malloc((size_t)self->chunk_cap);
+                    if (self->chunk == NULL)
+                        return 0;
+                }
+                long long want = self->chunk_cap;
+                if (want > self->size - offset)
+                    want = self->size - offset;   /* >= blksize, checked above */
+                struct iovec iov = {self->chunk, (size_t)want};
+                ssize_t got = preadv2(self->file, &iov, 1, (off_t)offset, RWF_NOWAIT);
+                total_own_reads++;
+                if (got < blksize) {
+                    read_refused(self, got);
+                    return 0;
+                }
+                self->view = self->chunk;
+                self->chunk_start = offset;
+                self->chunk_len = got;
             }
         }
     } else {
@@ -713,7 +848,7 @@ static int lane_ack(Lane *self, Py_ssize_t size)
         self->c_header[3] = (char)(number & 0xFF);
         struct iovec iov[2] = {
             {self->c_header, 4},
-            {self->chunk + (offset - self->chunk_start), (size_t)blksize},
+            {self->view + (offset - self->chunk_start), (size_t)blksize},
         };
         struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};
         self->slot_stale = 1;
@@ -1090,8 +1225,11 @@ static PyObject *dispatcher_remove(Dispatcher *self, PyObject *arg)
     self->deadlines[fd] = INFINITY;  /* the timer may fire early once: nothing is due */
     self->count--;
     if (Py_IS_TYPE(old, &LaneType) && ((Lane *)old)->owner == self) {
-        ((Lane *)old)->owner = NULL;
-        lane_flush_or_report((Lane *)old);  /* the transfer is Python's again */
+        Lane *lane = (Lane *)old;
+        lane->owner = NULL;
+        lane_flush_or_report(lane);  /* the transfer is Python's again */
+        if (!lane->cached)
+            lane_drop_view(lane);    /* its shared chunk free for others (the slot holds the block) */
     }
     if (self->pidx[fd] >= 0)
         scan_drop(self, fd);  /* polled in a storm scan, not in the epoll set */
@@ -1418,12 +1556,19 @@ static PyObject *fp_busy_poll_counters(PyObject *module, PyObject *unused)
     return Py_BuildValue("(KKL)", total_spin_hits, total_spin_misses, total_spin_time);
 }
 
+static PyObject *fp_chunk_counters(PyObject *module, PyObject *unused)
+{
+    return Py_BuildValue("(KKK)", total_shared_hits, total_shared_reads, total_own_reads);
+}
+
 static PyObject *fp_scan_counters(PyObject *module, PyObject *unused)
 {
     return Py_BuildValue("(KKK)", total_scans, total_scan_passes, total_scan_ready);
 }
 
 static PyMethodDef module_methods[] = {
+    {"chunk_counters", fp_chunk_counters, METH_NOARGS,
+     "(chunks found shared, chunks read into the shared table, chunks read by a lane alone)"},
     {"scan_counters", fp_scan_counters, METH_NOARGS,
      "(storm scans begun, poll() passes, lane sockets found readable), process-wide"},
     {"busy_poll_counters", fp_busy_poll_counters, METH_NOARGS,

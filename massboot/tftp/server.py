@@ -198,6 +198,13 @@ def scan_counters() -> tuple[int, int, int]:
     return _fastpath.scan_counters() if _fastpath is not None else (0, 0, 0)
 
 
+def read_ahead_counters() -> tuple[int, int, int]:
+    """The compiled data path's read-ahead chunks in this process (README "Performance", TFTP
+    data path): (found already read by another transfer of the same file, read into the shared
+    chunks, read into a transfer's own buffer); zeros without it."""
+    return _fastpath.chunk_counters() if _fastpath is not None else (0, 0, 0)
+
+
 def fast_path_counters() -> tuple[int, int, int]:
     """``(blocks sent by the compiled path, datagrams it handed to Python, block reads it left
     to Python because the page cache did not hold them)`` since the process started; zeros

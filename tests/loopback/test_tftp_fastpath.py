@@ -21,7 +21,7 @@ import pytest
 from massboot.events import EventBus, EventRecorder
 from massboot.files import FileStore
 from massboot.tftp.packet import Ack, Data, Error, ErrorCode, OptionAck
-from massboot.tftp.server import TftpServer, fast_path_available, fast_path_counters
+from massboot.tftp.server import TftpServer, fast_path_available, fast_path_counters, read_ahead_counters
 from massboot.tftp.transfer import ReadTransfer
 from tests.conftest import fast_path_option, massboot_script, require
 from tests.loopback.test_tftp_server import HOST, WAIT, Client, pattern, wait_for
@@ -50,6 +50,17 @@ class Served:
 
     def would_block(self) -> int:
         return fast_path_counters()[2] - self.counters[2]
+
+
+class ReadAhead:
+    """The read-ahead counters from now on: (shared, read, own), see read_ahead_counters()."""
+
+    def __init__(self) -> None:
+        self.start = read_ahead_counters()
+
+    def since(self) -> tuple[int, int, int]:
+        shared, read, own = (a - b for a, b in zip(read_ahead_counters(), self.start, strict=True))
+        return shared, read, own
 
 
 @pytest.fixture
@@ -586,12 +597,17 @@ def test_metrics_say_which_data_path_runs(served: Served, client: Client) -> Non
     other = "python" if served.compiled else "compiled"
     assert v("massboot_tftp_data_path", {"path": served.data_path}) == 1
     assert v("massboot_tftp_data_path", {"path": other}) == 0
-    before = v("massboot_tftp_compiled_blocks_total")
+    before, chunks = v("massboot_tftp_compiled_blocks_total"), ReadAhead()
     content = pattern(200_000)
     served.put("f", content)
     assert client.download("f", blksize=1428) == content
     sent = v("massboot_tftp_compiled_blocks_total") - before
     assert sent >= 200_000 // 1428 - 3 if served.compiled else sent == 0
+    # the read-ahead chunks by source, as the module counts them (none on the Python path)
+    for source, value in zip(("shared", "read", "own"), read_ahead_counters(), strict=True):
+        assert v("massboot_tftp_read_ahead_chunks_total", {"source": source}) == value
+    shared, read, own = chunks.since()
+    assert (read >= 200_000 // 15_708 - 2) if served.compiled else (shared, read, own) == (0, 0, 0)
 
 
 def test_healthz_says_which_data_path_runs(served: Served) -> None:
@@ -987,3 +1003,93 @@ def test_a_storm_scan_ends_with_its_last_transfer_and_needs_its_window(tmp_path)
             rig.close()
     with pytest.raises(ValueError, match="storm_scan_us 1001 outside 0..1000"):
         fp.Dispatcher(storm_scan_us=1001)
+
+
+# -- shared read-ahead (README "Performance", TFTP data path) ---------------------------------
+
+@pytest.mark.parametrize("how", ["in_place", "renamed"])
+def test_a_rewritten_file_is_never_served_from_chunks_of_the_old_one(served: Served, client: Client,
+                                                                     how: str) -> None:
+    """A transfer reads a file's chunks into the shared read-ahead; the operator then rewrites
+    the file (in place, same size, or a new file renamed over it) and the next transfer, well
+    within the second a shared chunk is handed out for, gets the new bytes, every one: a chunk
+    is shared only between transfers that opened the same file version."""
+    old, new = pattern(300_000, b"old"), pattern(300_000, b"new")
+    path = served.put("f", old)
+    before = ReadAhead()
+    assert client.download("f", blksize=1428) == old
+    if served.compiled:
+        assert before.since()[1] >= 300_000 // 15_708 - 2   # read into the shared chunks
+    time.sleep(0.05)    # past a coarse file-system clock tick: the rewrite changes the mtime
+    if how == "in_place":
+        with open(path, "r+b") as f:
+            f.write(new)
+    else:
+        with open(path + ".new", "wb") as f:
+            f.write(new)
+        os.rename(path + ".new", path)
+    again = ReadAhead()
+    second = Client(served.server.port)
+    try:
+        assert second.download("f", blksize=1428) == new
+    finally:
+        second.close()
+    assert again.since()[0] == 0    # nothing of the old version shared
+    wait_for(lambda: len(served.recorder.of("tftp.done")) == 2)
+
+
+def test_shared_chunks_are_handed_out_for_a_second_only(served: Served, client: Client) -> None:
+    """Transfers of one file that follow each other closely share its chunks; a second after
+    they were read they are read again (a shared chunk holds what the file held when it was
+    read: no older than a second for a transfer that did not read it itself)."""
+    content = pattern(200_000)
+    served.put("f", content)
+    assert client.download("f", blksize=1428) == content
+    soon = ReadAhead()
+    second, third = Client(served.server.port), Client(served.server.port)
+    try:
+        assert second.download("f", blksize=1428) == content
+        shared, read, own = soon.since()
+        assert (shared > 0) if served.compiled else (shared, read, own) == (0, 0, 0)
+        time.sleep(1.2)
+        late = ReadAhead()
+        assert third.download("f", blksize=1428) == content
+        shared, read, own = late.since()
+        assert shared == 0 and ((read > 0) if served.compiled else read == 0), (shared, read, own)
+    finally:
+        second.close()
+        third.close()
+
+
+def test_transfers_beyond_the_shared_chunks_read_their_own(tftp_data_path: str, tmp_path) -> None:
+    """160 transfers of 160 files hold a chunk each at once, more than the 128 shared places:
+    those that find every place for their chunk in use read into their own buffer, and every
+    transfer gets its own file's bytes, whichever way its blocks were read."""
+    root = tmp_path / "root"
+    root.mkdir()
+    contents = [pattern(40_000, b"file %d" % i) for i in range(160)]
+    for i, content in enumerate(contents):
+        (root / f"f{i}").write_bytes(content)
+    # no resend while the test client finishes the others one by one
+    server = TftpServer(HOST, 0, FileStore(str(root)), EventBus(), timeout_min=10.0,
+                        timeout_max=20.0, max_per_client=200, fast_path=fast_path_option(tftp_data_path))
+    server.start()
+    clients = [Client(server.port) for _ in contents]
+    before = ReadAhead()
+    try:
+        for i, c in enumerate(clients):
+            start(c, f"f{i}", blksize=1428)
+            blocks(c, contents[i], 1, 2, blksize=1428)
+            c.ack(2)     # the lane's: it reads the chunk of block 3 and holds it
+        if tftp_data_path == "compiled":
+            wait_for(lambda: sum(before.since()[1:]) >= len(clients))
+            shared, read, own = before.since()
+            assert read > 0 and own > 0 and read + own == len(clients), (shared, read, own)
+        for i, c in enumerate(clients):
+            assert contents[i][:2 * 1428] + finish(c, contents[i], 3, blksize=1428) == contents[i], i
+    finally:
+        for c in clients:
+            c.close()
+        server.stop(timeout=0)
+    if tftp_data_path != "compiled":
+        assert before.since() == (0, 0, 0)

@@ -223,6 +223,11 @@ def test_two_workers_steer_by_source_cap_sum_and_resolve_filters(server):
             and path == "compiled" and time.monotonic() < deadline:
         time.sleep(0.1)
     assert (compiled > blocks // 2) if path == "compiled" else compiled == 0, (compiled, blocks)
+    # and their read-ahead chunks (each download's lane reads one per 11 blocks, or shares it)
+    text = scrape(metrics)
+    chunks = sum(metric(text, "massboot_tftp_read_ahead_chunks_total", f'{{source="{source}"}}')
+                 for source in ("shared", "read", "own"))
+    assert (chunks >= blocks // 2 // 11) if path == "compiled" else chunks == 0, (chunks, blocks)
 
     # boot progress: the workers' transfers moved both clients past their boot file
     clients = {c["mac"]: c for c in requests.get(f"http://127.0.0.1:{metrics}/clients", timeout=5).json()}
