@@ -316,13 +316,13 @@ typedef struct {
     long long chunk_len;
     long long chunk_cap;
     unsigned long long blocks;
+    double c_sent_at[MAX_WINDOW];
+    char *c_data[MAX_WINDOW];   /* the slots' buffers, by slot (header + blksize) */
+    /* cold (a refill, every ~11 blocks, and the lane's end) */
     SharedChunk *pin;     /* the shared chunk `view` is in, or NULL (`chunk`, the lane's own) */
     char *chunk;          /* the lane's own read-ahead buffer (chunk_cap bytes), or NULL */
     int shareable;        /* a regular file, blksize <= CHUNK: its chunks may be shared */
     FileVersion version;
-    double c_sent_at[MAX_WINDOW];
-    char *c_data[MAX_WINDOW];   /* the slots' buffers, by slot (header + blksize) */
-    /* cold */
     unsigned long long handoffs;
     PyObject *handoff;    /* handoff(size): the Python pump takes the datagram in its buffer */
     PyObject *timer;      /* timer(): the transfer's deadline passed (the pump's _on_timer) */
