@@ -722,7 +722,7 @@ class Metrics:
                                           "their sockets polled in passes until the storm "
                                           "passed ([tftpd] busy_poll).",
                                           value=scans() if scans else scan_counters()[0])
-                shared = getattr(tftp, "read_ahead_chunks", None)   # worker processes, summed
+                read_ahead = getattr(tftp, "read_ahead_chunks", None)   # worker processes, summed
                 chunks = CounterMetricFamily("massboot_tftp_read_ahead_chunks", "Read-ahead "
                                              "chunks of the compiled TFTP data path by source: "
                                              "shared (read by another transfer of the same file "
@@ -731,7 +731,8 @@ class Metrics:
                                              "every shared place for it was in use).",
                                              labels=("source",))
                 for source, value in zip(("shared", "read", "own"),
-                                         shared() if shared else read_ahead_counters(), strict=True):
+                                         read_ahead() if read_ahead else read_ahead_counters(),
+                                         strict=True):
                     chunks.add_metric((source,), value)
                 yield chunks
         busy = GaugeMetricFamily("massboot_workers_busy", "Greenlets of a server's bounded pool in "

@@ -679,6 +679,16 @@ static inline int same_version(const FileVersion *a, const FileVersion *b)
         && a->ctime == b->ctime;
 }
 
+/* The lane sends from shared chunk *c* now, which stays pinned until lane_drop_view(). */
+static inline void lane_pin(Lane *self, SharedChunk *c)
+{
+    c->pins++;
+    self->pin = c;
+    self->view = c->data;
+    self->chunk_start = c->start;
+    self->chunk_len = c->len;
+}
+
 /* The block at *offset* from the shared chunks (see "Shared read-ahead"): 1, the lane sends
  * from a shared chunk now (pinned); 0, none to be had (all places pinned, or the offset off the
  * block grid): the lane's own chunk; -1, the page cache did not answer: Python's. */
@@ -698,12 +708,8 @@ static int lane_share(Lane *self, long long offset)
         SharedChunk *c = &set[i];
         if (c->len > 0 && c->start == start && c->blksize == blksize && now - c->read_at < SHARED_TTL_NS
                 && offset + blksize <= start + c->len && same_version(&c->version, &self->version)) {
-            c->pins++;
-            self->pin = c;
-            self->view = c->data;
-            self->chunk_start = start;
-            self->chunk_len = c->len;
             total_shared_hits++;
+            lane_pin(self, c);
             return 1;
         }
         if (c->pins == 0 && (victim == NULL || c->read_at < victim->read_at))
@@ -729,11 +735,7 @@ static int lane_share(Lane *self, long long offset)
     victim->start = start;
     victim->len = got;
     victim->read_at = now;
-    victim->pins++;
-    self->pin = victim;
-    self->view = victim->data;
-    self->chunk_start = start;
-    self->chunk_len = got;
+    lane_pin(self, victim);
     return 1;
 }
 

@@ -58,9 +58,8 @@ class ReadAhead:
     def __init__(self) -> None:
         self.start = read_ahead_counters()
 
-    def since(self) -> tuple[int, int, int]:
-        shared, read, own = (a - b for a, b in zip(read_ahead_counters(), self.start, strict=True))
-        return shared, read, own
+    def since(self) -> tuple[int, ...]:
+        return tuple(a - b for a, b in zip(read_ahead_counters(), self.start, strict=True))
 
 
 @pytest.fixture
